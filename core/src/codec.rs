@@ -1,0 +1,224 @@
+//! The chunk blob format.
+//!
+//! ```text
+//! offset size field
+//! 0      4    magic "LBCK"
+//! 4      1    format version (1)
+//! 5      1    flags: bit 0 = payload is zstd; bits 1..7 reserved (0), room for encryption
+//! 6      2    reserved, 0
+//! 8      4    raw length, u32 little endian (<= chunker::MAX_SIZE)
+//! 12     ..   payload: zstd frame, or the raw bytes
+//! ```
+//!
+//! Decoding never trusts the blob: the raw length is bounded by the maximum chunk size, zstd
+//! output is written into a buffer of exactly that capacity (more output is an error), and
+//! the zstd window is capped at the maximum chunk size.
+
+use crate::chunker::MAX_SIZE;
+use crate::{Error, Result};
+
+pub const MAGIC: &[u8; 4] = b"LBCK";
+pub const VERSION: u8 = 1;
+pub const HEADER_LEN: usize = 12;
+const FLAG_ZSTD: u8 = 1;
+/// log2 of MAX_SIZE: zstd frames declaring a larger window are refused.
+const MAX_WINDOW_LOG: u32 = 22;
+/// Default zstd level for chunk data.
+pub const DEFAULT_LEVEL: i32 = 3;
+/// Bytes sampled to decide whether a chunk is worth compressing.
+const PROBE_LEN: usize = 64 * 1024;
+
+/// Encodes chunks; keeps a zstd context to reuse between chunks (one per thread).
+pub struct Encoder {
+    level: i32,
+    compressor: zstd::bulk::Compressor<'static>,
+    probe: zstd::bulk::Compressor<'static>,
+}
+
+impl Encoder {
+    pub fn new(level: i32) -> Result<Self> {
+        let mk = |l| zstd::bulk::Compressor::new(l).map_err(|e| Error::io("creating zstd compressor", e));
+        Ok(Encoder { level, compressor: mk(level)?, probe: mk(1)? })
+    }
+
+    /// Encodes `data` (at most MAX_SIZE bytes) as a blob. Incompressible data (archives,
+    /// media, encrypted files) is noticed on a 64 KiB probe and stored raw without paying
+    /// for a full compression pass.
+    pub fn encode(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+        if data.len() > MAX_SIZE {
+            return Err(Error::CorruptBlob(format!("chunk of {} bytes exceeds the maximum {MAX_SIZE}", data.len())));
+        }
+        let worth_trying = self.level > 0 && {
+            if data.len() > 2 * PROBE_LEN {
+                let mid = data.len() / 2 - PROBE_LEN / 2;
+                let sample = &data[mid..mid + PROBE_LEN];
+                let packed = self.probe.compress(sample).map_err(|e| Error::io("zstd probe", e))?;
+                packed.len() < PROBE_LEN - PROBE_LEN / 16
+            } else {
+                true
+            }
+        };
+        if worth_trying {
+            let mut out = vec![0u8; HEADER_LEN + zstd::zstd_safe::compress_bound(data.len())];
+            out[..HEADER_LEN].copy_from_slice(&header(FLAG_ZSTD, data.len()));
+            let n = self
+                .compressor
+                .compress_to_buffer(data, &mut out[HEADER_LEN..])
+                .map_err(|e| Error::io("zstd compress", e))?;
+            out.truncate(HEADER_LEN + n);
+            // Keep the compressed form only when it saves at least 1/32 of the size.
+            if out.len() - HEADER_LEN < data.len() - data.len() / 32 {
+                return Ok(out);
+            }
+        }
+        Ok(encode_raw(data))
+    }
+}
+
+fn header(flags: u8, raw_len: usize) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(MAGIC);
+    h[4] = VERSION;
+    h[5] = flags;
+    h[8..12].copy_from_slice(&(raw_len as u32).to_le_bytes());
+    h
+}
+
+/// Stores `data` without compression.
+pub fn encode_raw(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + data.len());
+    out.extend_from_slice(&header(0, data.len()));
+    out.extend_from_slice(data);
+    out
+}
+
+/// The raw (decoded) length a blob declares, after checking its header.
+pub fn declared_len(blob: &[u8]) -> Result<usize> {
+    if blob.len() < HEADER_LEN {
+        return Err(Error::CorruptBlob(format!("{} bytes is shorter than the header", blob.len())));
+    }
+    if &blob[..4] != MAGIC {
+        return Err(Error::CorruptBlob("bad magic".into()));
+    }
+    if blob[4] != VERSION {
+        return Err(Error::CorruptBlob(format!("unknown format version {}", blob[4])));
+    }
+    if blob[5] & !FLAG_ZSTD != 0 || blob[6] != 0 || blob[7] != 0 {
+        return Err(Error::CorruptBlob(format!("unknown flags {:#04x}", blob[5])));
+    }
+    let raw_len = u32::from_le_bytes([blob[8], blob[9], blob[10], blob[11]]) as usize;
+    if raw_len > MAX_SIZE {
+        return Err(Error::CorruptBlob(format!("declared length {raw_len} exceeds the maximum chunk size")));
+    }
+    Ok(raw_len)
+}
+
+/// Decodes a blob into its plaintext. Does not check the chunk id: see [`decode_verified`].
+pub fn decode(blob: &[u8]) -> Result<Vec<u8>> {
+    let raw_len = declared_len(blob)?;
+    let payload = &blob[HEADER_LEN..];
+    if blob[5] & FLAG_ZSTD == 0 {
+        if payload.len() != raw_len {
+            return Err(Error::CorruptBlob(format!("raw payload is {} bytes, header says {raw_len}", payload.len())));
+        }
+        return Ok(payload.to_vec());
+    }
+    let mut d = zstd::bulk::Decompressor::new().map_err(|e| Error::io("creating zstd decompressor", e))?;
+    d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(MAX_WINDOW_LOG))
+        .map_err(|e| Error::io("configuring zstd decompressor", e))?;
+    let mut out = Vec::with_capacity(raw_len);
+    d.decompress_to_buffer(payload, &mut out)
+        .map_err(|e| Error::CorruptBlob(format!("zstd payload does not decode within {raw_len} bytes: {e}")))?;
+    if out.len() != raw_len {
+        return Err(Error::CorruptBlob(format!("decoded {} bytes, header says {raw_len}", out.len())));
+    }
+    Ok(out)
+}
+
+/// Decodes a blob and checks that its plaintext hashes to `id` under `key`.
+pub fn decode_verified(key: &crate::ChunkKey, id: &crate::ChunkId, blob: &[u8]) -> Result<Vec<u8>> {
+    let data = decode(blob).map_err(|e| match e {
+        Error::CorruptBlob(reason) => Error::CorruptBlob(format!("chunk {id}: {reason}")),
+        other => other,
+    })?;
+    if key.id_of(&data) != *id {
+        return Err(Error::ChunkMismatch { id: id.to_hex() });
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn compressible_data_is_compressed_and_random_is_not() {
+        let mut enc = Encoder::new(DEFAULT_LEVEL).expect("encoder");
+        let text = b"lifeboat ".repeat(100_000);
+        let blob = enc.encode(&text).expect("encode");
+        assert_eq!(blob[5], FLAG_ZSTD);
+        assert!(blob.len() < text.len() / 10);
+        assert_eq!(decode(&blob).expect("decode"), text);
+
+        let mut noise = vec![0u8; 1 << 20];
+        let mut x = 0x9e3779b97f4a7c15u64;
+        for b in noise.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let blob = enc.encode(&noise).expect("encode");
+        assert_eq!(blob[5], 0, "incompressible data must be stored raw");
+        assert_eq!(decode(&blob).expect("decode"), noise);
+    }
+
+    #[test]
+    fn refuses_output_beyond_declared_length() {
+        let data = vec![0u8; 100_000];
+        let mut blob = Encoder::new(3).expect("encoder").encode(&data).expect("encode");
+        blob[8..12].copy_from_slice(&1000u32.to_le_bytes());
+        assert!(matches!(decode(&blob), Err(Error::CorruptBlob(_))));
+    }
+
+    #[test]
+    fn refuses_declared_length_beyond_max_chunk() {
+        let mut blob = encode_raw(b"abc");
+        blob[8..12].copy_from_slice(&((MAX_SIZE + 1) as u32).to_le_bytes());
+        assert!(matches!(decode(&blob), Err(Error::CorruptBlob(_))));
+    }
+
+    #[test]
+    fn refuses_a_zstd_bomb_with_a_large_window() {
+        // 64 MiB of zeros compresses to a few KiB with a 2^26 window; the header claims a
+        // small length and the decoder must refuse rather than inflate.
+        let zeros = vec![0u8; 64 << 20];
+        let mut c = zstd::bulk::Compressor::new(19).expect("compressor");
+        c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(26)).expect("window");
+        let frame = c.compress(&zeros).expect("compress");
+        let mut blob = header(FLAG_ZSTD, MAX_SIZE).to_vec();
+        blob.extend_from_slice(&frame);
+        assert!(matches!(decode(&blob), Err(Error::CorruptBlob(_))));
+    }
+
+    #[test]
+    fn detects_a_tampered_chunk() {
+        let key = crate::ChunkKey::from_bytes([3; 32]);
+        let data = b"important bytes".to_vec();
+        let id = key.id_of(&data);
+        let mut blob = encode_raw(&data);
+        *blob.last_mut().expect("non-empty") ^= 1;
+        assert!(matches!(decode_verified(&key, &id, &blob), Err(Error::ChunkMismatch { .. })));
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(data in proptest::collection::vec(any::<u8>(), 0..300_000), level in 0i32..6, repeat in 1usize..4) {
+            let data: Vec<u8> = data.iter().copied().cycle().take(data.len() * repeat).collect();
+            let mut enc = Encoder::new(level).expect("encoder");
+            let blob = enc.encode(&data).expect("encode");
+            prop_assert_eq!(decode(&blob).expect("decode"), data);
+        }
+    }
+}

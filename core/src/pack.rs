@@ -1,0 +1,237 @@
+//! Pack files: many chunk blobs in one file, with a trailer index.
+//!
+//! ```text
+//! offset        size        field
+//! 0             8           magic "LBPACK" 0x00 0x01 (version 1)
+//! 8             ..          blobs, back to back (see `codec`)
+//! index_offset  44 × count  index entries: chunk id (32) | blob offset u64 LE | blob length u32 LE
+//! end - 56      8           index_offset u64 LE
+//! end - 48      4           count u32 LE
+//! end - 44      4           reserved, 0
+//! end - 40      32          BLAKE3 of the index entries
+//! end - 8       8           magic "LBPKEND1"
+//! ```
+//!
+//! A pack is named by the BLAKE3 hash of its whole content and becomes visible under
+//! `packs/` only once complete and synced, so the catalog's chunk index can always be
+//! rebuilt by reading every pack's trailer.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::IoContext;
+use crate::{ChunkId, Error, Result};
+
+const HEADER: &[u8; 8] = b"LBPACK\x00\x01";
+const END_MAGIC: &[u8; 8] = b"LBPKEND1";
+const ENTRY_LEN: usize = 44;
+const FOOTER_LEN: usize = 56;
+/// Packs are sealed once they reach this size.
+pub const TARGET_SIZE: u64 = 32 * 1024 * 1024;
+
+/// Where one chunk blob lives inside a pack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub id: ChunkId,
+    pub offset: u64,
+    pub length: u32,
+}
+
+/// A sealed pack.
+#[derive(Debug, Clone)]
+pub struct SealedPack {
+    /// 64 hex: BLAKE3 of the pack file.
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub entries: Vec<IndexEntry>,
+}
+
+/// The path of pack `name` (64 hex, already validated) under `packs_dir`.
+pub fn pack_path(packs_dir: &Path, name: &str) -> PathBuf {
+    packs_dir.join(&name[..2]).join(format!("{name}.pack"))
+}
+
+/// Appends blobs to a temp file; `seal` makes it a pack.
+pub struct PackWriter {
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    hasher: blake3::Hasher,
+    size: u64,
+    entries: Vec<IndexEntry>,
+}
+
+impl PackWriter {
+    pub fn create(tmp_dir: &Path) -> Result<Self> {
+        let tmp = crate::durable::temp_path(tmp_dir, "pack");
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .ctx(|| format!("creating pack {}", tmp.display()))?;
+        let mut w = PackWriter { tmp, out: BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new(), size: 0, entries: Vec::new() };
+        w.write(HEADER)?;
+        Ok(w)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.out.write_all(bytes).ctx(|| format!("writing pack {}", self.tmp.display()))?;
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Appends one blob. The caller has verified that `blob` decodes to a chunk with `id`.
+    pub fn add(&mut self, id: ChunkId, blob: &[u8]) -> Result<IndexEntry> {
+        let entry = IndexEntry { id, offset: self.size, length: blob.len() as u32 };
+        self.write(blob)?;
+        self.entries.push(entry);
+        Ok(entry)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Writes the trailer, syncs, and renames the pack into `packs_dir/<2 hex>/<name>.pack`.
+    pub fn seal(mut self, packs_dir: &Path) -> Result<SealedPack> {
+        let index_offset = self.size;
+        let mut index = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
+        for e in &self.entries {
+            index.extend_from_slice(e.id.as_bytes());
+            index.extend_from_slice(&e.offset.to_le_bytes());
+            index.extend_from_slice(&e.length.to_le_bytes());
+        }
+        let mut footer = Vec::with_capacity(FOOTER_LEN);
+        footer.extend_from_slice(&index_offset.to_le_bytes());
+        footer.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        footer.extend_from_slice(&[0; 4]);
+        footer.extend_from_slice(blake3::hash(&index).as_bytes());
+        footer.extend_from_slice(END_MAGIC);
+        self.write(&index)?;
+        self.write(&footer)?;
+        let tmp = self.tmp.clone();
+        let file = self.out.into_inner().map_err(|e| Error::io(format!("flushing pack {}", tmp.display()), e.into_error()))?;
+        file.sync_all().ctx(|| format!("syncing pack {}", tmp.display()))?;
+        drop(file);
+        let name = self.hasher.finalize().to_hex().to_string();
+        let path = pack_path(packs_dir, &name);
+        let dir = path.parent().unwrap_or(packs_dir);
+        let created = !dir.exists();
+        fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
+        crate::durable::rename_durable(&tmp, &path)?;
+        if created {
+            crate::durable::sync_dir(packs_dir)?;
+        }
+        Ok(SealedPack { name, path, size: self.size, entries: self.entries })
+    }
+
+    /// Abandons the pack and removes its temp file.
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// Reads and validates a pack's trailer index.
+pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>> {
+    let corrupt = |reason: String| Error::CorruptPack { path: path.to_owned(), reason };
+    let mut f = File::open(path).ctx(|| format!("opening pack {}", path.display()))?;
+    let size = f.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+    if size < (HEADER.len() + FOOTER_LEN) as u64 {
+        return Err(corrupt(format!("{size} bytes is too short for a pack")));
+    }
+    let mut head = [0u8; 8];
+    f.read_exact(&mut head).ctx(|| format!("reading {}", path.display()))?;
+    if &head != HEADER {
+        return Err(corrupt("bad header magic".into()));
+    }
+    let mut footer = [0u8; FOOTER_LEN];
+    f.seek(SeekFrom::Start(size - FOOTER_LEN as u64)).ctx(|| format!("seeking {}", path.display()))?;
+    f.read_exact(&mut footer).ctx(|| format!("reading {}", path.display()))?;
+    if &footer[48..] != END_MAGIC {
+        return Err(corrupt("bad trailer magic".into()));
+    }
+    let le64 = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]));
+    let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or([0; 4]));
+    let index_offset = le64(&footer[0..8]);
+    let count = le32(&footer[8..12]) as u64;
+    if index_offset < HEADER.len() as u64 || index_offset + count * ENTRY_LEN as u64 + FOOTER_LEN as u64 != size {
+        return Err(corrupt("index offset and count do not match the file size".into()));
+    }
+    let mut index = vec![0u8; (count as usize) * ENTRY_LEN];
+    f.seek(SeekFrom::Start(index_offset)).ctx(|| format!("seeking {}", path.display()))?;
+    f.read_exact(&mut index).ctx(|| format!("reading {}", path.display()))?;
+    if blake3::hash(&index).as_bytes() != &footer[16..48] {
+        return Err(corrupt("index checksum mismatch".into()));
+    }
+    index
+        .chunks_exact(ENTRY_LEN)
+        .map(|e| {
+            let entry = IndexEntry { id: ChunkId::from_slice(&e[..32])?, offset: le64(&e[32..40]), length: le32(&e[40..44]) };
+            if entry.offset < HEADER.len() as u64 || entry.offset + entry.length as u64 > index_offset {
+                return Err(corrupt(format!("entry for {} points outside the data area", entry.id)));
+            }
+            Ok(entry)
+        })
+        .collect()
+}
+
+/// Reads one blob from an open pack file.
+pub fn read_blob(file: &File, offset: u64, length: u32) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; length as usize];
+    file.read_exact_at(&mut buf, offset).ctx(|| format!("reading {length} bytes at {offset} from a pack"))?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec;
+
+    #[test]
+    fn seal_then_rebuild_index_from_the_pack_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let packs = dir.path().join("packs");
+        let key = crate::ChunkKey::from_bytes([5; 32]);
+        let mut w = PackWriter::create(dir.path()).expect("create");
+        let mut expect = Vec::new();
+        for i in 0..10u32 {
+            let data = format!("chunk number {i}").repeat(1000 * (i as usize + 1)).into_bytes();
+            let id = key.id_of(&data);
+            let blob = codec::Encoder::new(3).expect("enc").encode(&data).expect("encode");
+            expect.push((w.add(id, &blob).expect("add"), data));
+        }
+        let sealed = w.seal(&packs).expect("seal");
+        assert_eq!(sealed.path, pack_path(&packs, &sealed.name));
+        assert_eq!(blake3::hash(&fs::read(&sealed.path).expect("read")).to_hex().as_str(), sealed.name);
+        let index = read_index(&sealed.path).expect("index");
+        let file = File::open(&sealed.path).expect("open");
+        assert_eq!(index.len(), expect.len());
+        for (entry, (written, data)) in index.iter().zip(&expect) {
+            assert_eq!(entry, written);
+            let blob = read_blob(&file, entry.offset, entry.length).expect("blob");
+            assert_eq!(&codec::decode_verified(&key, &entry.id, &blob).expect("decode"), data);
+        }
+        // Nothing left behind in the temp dir but the packs folder.
+        assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1);
+    }
+
+    #[test]
+    fn a_damaged_trailer_is_reported() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = PackWriter::create(dir.path()).expect("create");
+        w.add(ChunkId([1; 32]), &codec::encode_raw(b"x")).expect("add");
+        let sealed = w.seal(&dir.path().join("packs")).expect("seal");
+        let mut bytes = fs::read(&sealed.path).expect("read");
+        let n = bytes.len();
+        bytes[n - 60] ^= 0xff; // inside the index entries
+        fs::write(&sealed.path, &bytes).expect("write");
+        assert!(matches!(read_index(&sealed.path), Err(Error::CorruptPack { .. })));
+    }
+}

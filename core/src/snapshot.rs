@@ -1,0 +1,217 @@
+//! Snapshot records and their on-store envelope.
+//!
+//! The record is JSON (`serde_json` of [`Record`]; the exact bytes are what the agent
+//! signs, and the snapshot id is the BLAKE3 hash of those bytes). The envelope stored at
+//! `snapshots/<id>.snap` adds what the controller knows:
+//!
+//! ```text
+//! "LBSNAP" 0x00 0x01    magic, version 1
+//! u32 len | record      the signed JSON record, byte for byte
+//! u32 len | signature   ed25519 by the agent
+//! u32 len | public key  the agent's key as recorded at enrollment
+//! i64 received_unix_ms  the controller's clock when it accepted the commit
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ChunkId, Error, Result};
+
+const MAGIC: &[u8; 8] = b"LBSNAP\x00\x01";
+pub const RECORD_VERSION: u32 = 1;
+
+/// Where a snapshot's tree lives: the chunks of its serialized stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TreeRef {
+    pub chunks: Vec<String>,
+    pub size: u64,
+    /// Keyed BLAKE3 of the whole serialized tree.
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stats {
+    pub files: u64,
+    pub dirs: u64,
+    pub other: u64,
+    /// Bytes of file content in the snapshot.
+    pub bytes: u64,
+    /// Bytes read from disk (unchanged files are not re-read).
+    pub bytes_read: u64,
+    /// Plaintext bytes of chunks the store did not have.
+    pub bytes_new: u64,
+    /// Bytes actually uploaded (after compression).
+    pub bytes_uploaded: u64,
+    pub chunks_new: u64,
+    pub chunks_reused: u64,
+}
+
+/// What an agent signs when it commits a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub version: u32,
+    pub agent_id: String,
+    pub agent_name: String,
+    pub hostname: String,
+    pub source: String,
+    pub source_kind: String,
+    pub source_path: String,
+    pub job_id: String,
+    pub parent: Option<String>,
+    /// The agent's clock. Informational: retention uses the controller's receive time.
+    pub started_unix_ms: i64,
+    pub finished_unix_ms: i64,
+    pub tree: TreeRef,
+    pub stats: Stats,
+}
+
+impl Record {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses and validates a record received from an agent or read from the store.
+    pub fn parse(bytes: &[u8]) -> Result<Record> {
+        let r: Record = serde_json::from_slice(bytes).map_err(|e| Error::InvalidRecord(e.to_string()))?;
+        if r.version != RECORD_VERSION {
+            return Err(Error::InvalidRecord(format!("unsupported record version {}", r.version)));
+        }
+        validate_name("source", &r.source)?;
+        if r.tree.chunks.is_empty() {
+            return Err(Error::InvalidRecord("tree has no chunks".into()));
+        }
+        r.tree_chunks()?;
+        if r.tree.hash.len() != 64 || !r.tree.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::InvalidRecord("tree hash is not 64 hex characters".into()));
+        }
+        Ok(r)
+    }
+
+    pub fn tree_chunks(&self) -> Result<Vec<ChunkId>> {
+        self.tree.chunks.iter().map(|c| ChunkId::parse_hex(c)).collect()
+    }
+}
+
+/// Snapshot id: BLAKE3 of the record bytes, 64 hex.
+pub fn snapshot_id(record: &[u8]) -> String {
+    blake3::hash(record).to_hex().to_string()
+}
+
+/// Validates a user-chosen name (source, agent): 1..=64 of `[A-Za-z0-9._-]`, not starting
+/// with `.` or `-`. Such names are safe in paths, URLs and shell lines.
+pub fn validate_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with(['.', '-'])
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidRecord(format!(
+            "{what} name {name:?} is invalid: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+        )))
+    }
+}
+
+/// A committed snapshot as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    pub record: Vec<u8>,
+    pub signature: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub received_unix_ms: i64,
+}
+
+impl Envelope {
+    pub fn id(&self) -> String {
+        snapshot_id(&self.record)
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        for part in [&self.record, &self.signature, &self.public_key] {
+            b.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            b.extend_from_slice(part);
+        }
+        b.extend_from_slice(&self.received_unix_ms.to_le_bytes());
+        b
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Envelope> {
+        let bad = |why: &str| Error::InvalidRecord(format!("snapshot envelope: {why}"));
+        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            return Err(bad("bad magic"));
+        }
+        let mut rest = &bytes[MAGIC.len()..];
+        let mut part = || -> Result<Vec<u8>> {
+            if rest.len() < 4 {
+                return Err(bad("truncated"));
+            }
+            let n = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if rest.len() < 4 + n {
+                return Err(bad("truncated"));
+            }
+            let v = rest[4..4 + n].to_vec();
+            rest = &rest[4 + n..];
+            Ok(v)
+        };
+        let (record, signature, public_key) = (part()?, part()?, part()?);
+        let tail: [u8; 8] = rest.try_into().map_err(|_| bad("bad trailer length"))?;
+        Ok(Envelope { record, signature, public_key, received_unix_ms: i64::from_le_bytes(tail) })
+    }
+
+    /// Verifies the agent's signature and parses the record.
+    pub fn verify(&self) -> Result<Record> {
+        crate::sign::verify_record(&self.public_key, &self.record, &self.signature)?;
+        Record::parse(&self.record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            version: 1,
+            agent_id: "a1".into(),
+            agent_name: "web-1".into(),
+            hostname: "web-1.example".into(),
+            source: "data".into(),
+            source_kind: "path".into(),
+            source_path: "/srv/data".into(),
+            job_id: "j1".into(),
+            parent: None,
+            started_unix_ms: 1,
+            finished_unix_ms: 2,
+            tree: TreeRef { chunks: vec!["ab".repeat(32)], size: 10, hash: "cd".repeat(32) },
+            stats: Stats::default(),
+        }
+    }
+
+    #[test]
+    fn envelope_round_trip_and_signature() {
+        let key = crate::sign::SigningKey::generate().expect("key");
+        let bytes = record().to_bytes();
+        let env = Envelope { signature: key.sign_record(&bytes), record: bytes, public_key: key.public_key(), received_unix_ms: 1234 };
+        let parsed = Envelope::parse(&env.to_bytes()).expect("parse");
+        assert_eq!(parsed, env);
+        assert_eq!(parsed.verify().expect("verify"), record());
+        let mut forged = parsed.clone();
+        forged.record = serde_json::to_vec(&Record { source: "other".into(), ..record() }).expect("json");
+        assert!(matches!(forged.verify(), Err(Error::BadSignature(_))));
+    }
+
+    #[test]
+    fn refuses_invalid_records() {
+        let mut r = record();
+        r.tree.chunks = vec!["../../etc".into()];
+        assert!(Record::parse(&r.to_bytes()).is_err());
+        let mut r = record();
+        r.source = "../x".into();
+        assert!(Record::parse(&r.to_bytes()).is_err());
+        assert!(Record::parse(br#"{"version":1,"extra":true}"#).is_err());
+    }
+}

@@ -1,0 +1,418 @@
+//! A snapshot's file tree and its byte serialization.
+//!
+//! The tree is a header, the root directory's metadata, then one length-prefixed entry per
+//! path, in the walk's order (depth first, names sorted bytewise; a directory comes before
+//! its children; a hardlink after the first path of its inode). Paths are raw bytes (names
+//! need not be UTF-8) relative to the source root, components joined by `/`.
+//!
+//! ```text
+//! "LBTREE" 0x00 0x01                                    header, version 1
+//! u32 len | entry                                       the root (empty path, kind Dir)
+//! u32 len | entry ...                                   every other path
+//! entry = kind u8 | path | mode u32 | uid u32 | gid u32 | mtime i64 | mtime_nsec u32
+//!       | size u64 | rdev u64 | ctime i64 | ctime_nsec u32 | ino u64 | dev u64 | flags u8
+//!       | target | content_hash (32, zero unless file) | n_chunks u32 | chunk ids (32 each)
+//!       | n_xattrs u32 | (name, value)...
+//! bytes-valued fields are u32 length + bytes; all integers little endian
+//! ```
+//!
+//! `ctime`, `ino` and `dev` are kept only so the next backup can tell that a file is
+//! unchanged without reading it; restore ignores them.
+
+use crate::{ChunkId, Error, Result};
+
+const HEADER: &[u8; 8] = b"LBTREE\x00\x01";
+const FLAG_SPARSE: u8 = 1;
+/// Refuse absurd sizes in hostile input before allocating.
+const MAX_ENTRY_LEN: usize = 64 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File = 1,
+    Dir = 2,
+    Symlink = 3,
+    /// Another path of an inode that appears earlier in the tree; `target` is that path.
+    Hardlink = 4,
+    Fifo = 5,
+    CharDevice = 6,
+    BlockDevice = 7,
+    Socket = 8,
+}
+
+impl Kind {
+    fn from_u8(v: u8) -> Result<Self> {
+        Ok(match v {
+            1 => Kind::File,
+            2 => Kind::Dir,
+            3 => Kind::Symlink,
+            4 => Kind::Hardlink,
+            5 => Kind::Fifo,
+            6 => Kind::CharDevice,
+            7 => Kind::BlockDevice,
+            8 => Kind::Socket,
+            other => return Err(Error::CorruptTree(format!("unknown entry kind {other}"))),
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "dir",
+            Kind::Symlink => "symlink",
+            Kind::Hardlink => "hardlink",
+            Kind::Fifo => "fifo",
+            Kind::CharDevice => "chardev",
+            Kind::BlockDevice => "blockdev",
+            Kind::Socket => "socket",
+        }
+    }
+}
+
+/// One path of a snapshot with all the metadata Lifeboat restores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub path: Vec<u8>,
+    pub kind: Kind,
+    /// Permission bits including setuid, setgid and sticky (mask 0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: i64,
+    pub mtime_nsec: u32,
+    pub size: u64,
+    pub rdev: u64,
+    pub ctime: i64,
+    pub ctime_nsec: u32,
+    pub ino: u64,
+    pub dev: u64,
+    /// The file had holes when it was read; restore it sparse.
+    pub sparse: bool,
+    /// Symlink target, or the first path of a hardlinked inode.
+    pub target: Vec<u8>,
+    /// Keyed BLAKE3 of the whole file content (files only).
+    pub content_hash: [u8; 32],
+    pub chunks: Vec<ChunkId>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Entry {
+    pub fn new(path: Vec<u8>, kind: Kind) -> Self {
+        Entry {
+            path,
+            kind,
+            mode: 0,
+            uid: 0,
+            gid: 0,
+            mtime: 0,
+            mtime_nsec: 0,
+            size: 0,
+            rdev: 0,
+            ctime: 0,
+            ctime_nsec: 0,
+            ino: 0,
+            dev: 0,
+            sparse: false,
+            target: Vec::new(),
+            content_hash: [0; 32],
+            chunks: Vec::new(),
+            xattrs: Vec::new(),
+        }
+    }
+
+    /// The path for messages (lossy for non-UTF-8 names).
+    pub fn display_path(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+}
+
+/// Checks that `path` is a safe relative path: no leading `/`, no empty, `.` or `..`
+/// component, no NUL. Called on every entry (and hardlink target) before any I/O.
+pub fn validate_path(path: &[u8]) -> Result<()> {
+    let bad = |reason| Err(Error::UnsafePath { path: String::from_utf8_lossy(path).into_owned(), reason });
+    if path.is_empty() {
+        return bad("empty name");
+    }
+    if path.contains(&0) {
+        return bad("contains a NUL byte");
+    }
+    if path[0] == b'/' {
+        return bad("absolute path");
+    }
+    for comp in path.split(|&b| b == b'/') {
+        match comp {
+            b"" => return bad("empty path component"),
+            b"." => return bad("`.` component"),
+            b".." => return bad("`..` component"),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Serializes a tree incrementally.
+pub struct TreeWriter {
+    buf: Vec<u8>,
+}
+
+impl TreeWriter {
+    /// Starts a tree with the root directory's metadata (its path is ignored).
+    pub fn new(root: &Entry) -> Self {
+        let mut w = TreeWriter { buf: HEADER.to_vec() };
+        w.push_unchecked(root);
+        w
+    }
+
+    pub fn push(&mut self, e: &Entry) -> Result<()> {
+        validate_path(&e.path)?;
+        if e.kind == Kind::Hardlink {
+            validate_path(&e.target)?;
+        }
+        self.push_unchecked(e);
+        Ok(())
+    }
+
+    fn push_unchecked(&mut self, e: &Entry) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&[0; 4]);
+        let b = &mut self.buf;
+        b.push(e.kind as u8);
+        put_bytes(b, &e.path);
+        for v in [e.mode, e.uid, e.gid] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.extend_from_slice(&e.mtime.to_le_bytes());
+        b.extend_from_slice(&e.mtime_nsec.to_le_bytes());
+        b.extend_from_slice(&e.size.to_le_bytes());
+        b.extend_from_slice(&e.rdev.to_le_bytes());
+        b.extend_from_slice(&e.ctime.to_le_bytes());
+        b.extend_from_slice(&e.ctime_nsec.to_le_bytes());
+        b.extend_from_slice(&e.ino.to_le_bytes());
+        b.extend_from_slice(&e.dev.to_le_bytes());
+        b.push(if e.sparse { FLAG_SPARSE } else { 0 });
+        put_bytes(b, &e.target);
+        b.extend_from_slice(&e.content_hash);
+        b.extend_from_slice(&(e.chunks.len() as u32).to_le_bytes());
+        for c in &e.chunks {
+            b.extend_from_slice(c.as_bytes());
+        }
+        b.extend_from_slice(&(e.xattrs.len() as u32).to_le_bytes());
+        for (k, v) in &e.xattrs {
+            put_bytes(b, k);
+            put_bytes(b, v);
+        }
+        let len = (self.buf.len() - start - 4) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+fn put_bytes(b: &mut Vec<u8>, v: &[u8]) {
+    b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    b.extend_from_slice(v);
+}
+
+/// A parsed tree: the root's metadata and every other entry, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tree {
+    pub root: Entry,
+    pub entries: Vec<Entry>,
+}
+
+impl Tree {
+    /// Parses and validates a serialized tree. Every path is checked with [`validate_path`]
+    /// and every entry's parent must be a directory that came before it.
+    pub fn parse(bytes: &[u8]) -> Result<Tree> {
+        if bytes.len() < HEADER.len() || &bytes[..HEADER.len()] != HEADER {
+            return Err(Error::CorruptTree("bad header".into()));
+        }
+        let mut r = Reader { b: &bytes[HEADER.len()..] };
+        let root = r.entry()?.ok_or_else(|| Error::CorruptTree("no root entry".into()))?;
+        let mut entries = Vec::new();
+        let mut dirs = std::collections::HashSet::new();
+        let mut paths = std::collections::HashSet::new();
+        while let Some(e) = r.entry()? {
+            validate_path(&e.path)?;
+            if let Some(pos) = e.path.iter().rposition(|&c| c == b'/') {
+                if !dirs.contains(&e.path[..pos]) {
+                    return Err(Error::CorruptTree(format!("{:?} comes before its parent directory", e.display_path())));
+                }
+            }
+            if e.kind == Kind::Hardlink {
+                validate_path(&e.target)?;
+                if !paths.contains(e.target.as_slice()) {
+                    return Err(Error::CorruptTree(format!("hardlink {:?} points at a path not seen before it", e.display_path())));
+                }
+            }
+            if !paths.insert(e.path.clone()) {
+                return Err(Error::CorruptTree(format!("duplicate path {:?}", e.display_path())));
+            }
+            if e.kind == Kind::Dir {
+                dirs.insert(e.path.clone());
+            }
+            entries.push(e);
+        }
+        Ok(Tree { root, entries })
+    }
+
+    pub fn serialize(&self) -> Result<Vec<u8>> {
+        let mut w = TreeWriter::new(&self.root);
+        for e in &self.entries {
+            w.push(e)?;
+        }
+        Ok(w.finish())
+    }
+
+    /// Every chunk id the tree references (with repeats).
+    pub fn chunk_ids(&self) -> impl Iterator<Item = &ChunkId> {
+        self.entries.iter().flat_map(|e| e.chunks.iter())
+    }
+}
+
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8]> {
+        if self.b.len() < n {
+            return Err(Error::CorruptTree("truncated entry".into()));
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> Result<u8> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        let s = self.take(4)?;
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn bytes(&mut self) -> Result<Vec<u8>> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+
+    fn entry(&mut self) -> Result<Option<Entry>> {
+        if self.b.is_empty() {
+            return Ok(None);
+        }
+        let len = self.u32()? as usize;
+        if len > MAX_ENTRY_LEN {
+            return Err(Error::CorruptTree(format!("entry of {len} bytes")));
+        }
+        let mut r = Reader { b: self.take(len)? };
+        let kind = Kind::from_u8(r.u8()?)?;
+        let mut e = Entry::new(r.bytes()?, kind);
+        e.mode = r.u32()?;
+        e.uid = r.u32()?;
+        e.gid = r.u32()?;
+        e.mtime = r.u64()? as i64;
+        e.mtime_nsec = r.u32()?;
+        e.size = r.u64()?;
+        e.rdev = r.u64()?;
+        e.ctime = r.u64()? as i64;
+        e.ctime_nsec = r.u32()?;
+        e.ino = r.u64()?;
+        e.dev = r.u64()?;
+        let flags = r.u8()?;
+        e.sparse = flags & FLAG_SPARSE != 0;
+        e.target = r.bytes()?;
+        e.content_hash.copy_from_slice(r.take(32)?);
+        let n = r.u32()? as usize;
+        if n > len / 32 {
+            return Err(Error::CorruptTree("chunk count exceeds entry size".into()));
+        }
+        e.chunks = (0..n).map(|_| ChunkId::from_slice(r.take(32)?)).collect::<Result<_>>()?;
+        let n = r.u32()? as usize;
+        if n > len / 8 {
+            return Err(Error::CorruptTree("xattr count exceeds entry size".into()));
+        }
+        for _ in 0..n {
+            e.xattrs.push((r.bytes()?, r.bytes()?));
+        }
+        if !r.b.is_empty() {
+            return Err(Error::CorruptTree(format!("{} trailing bytes in entry", r.b.len())));
+        }
+        if e.mode & !0o7777 != 0 {
+            return Err(Error::CorruptTree(format!("mode {:o} has bits outside 0o7777", e.mode)));
+        }
+        Ok(Some(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn refuses_unsafe_paths() {
+        for p in [&b""[..], b"/etc/passwd", b"a/../../b", b"..", b"a//b", b"a/./b", b"a\0b", b"a/"] {
+            assert!(matches!(validate_path(p), Err(Error::UnsafePath { .. })), "{p:?} accepted");
+        }
+        for p in [&b"a"[..], b"a/b/c", b"\xff\xfe/na\xefme", b"...", b".hidden"] {
+            assert!(validate_path(p).is_ok(), "{p:?} refused");
+        }
+    }
+
+    #[test]
+    fn refuses_a_child_before_its_parent_and_hostile_bytes() {
+        let root = Entry::new(Vec::new(), Kind::Dir);
+        let mut w = TreeWriter::new(&root);
+        w.push(&Entry::new(b"dir/file".to_vec(), Kind::File)).expect("push");
+        assert!(matches!(Tree::parse(&w.finish()), Err(Error::CorruptTree(_))));
+        assert!(Tree::parse(b"LBTREE\x00\x01\xff\xff\xff\xff").is_err());
+        assert!(Tree::parse(b"garbage").is_err());
+    }
+
+    fn arb_entry() -> impl Strategy<Value = Entry> {
+        (
+            proptest::collection::vec(1u8..=255, 1..40).prop_filter("safe", |p| validate_path(p).is_ok()),
+            any::<(u32, u32, i64, u32, u64, bool)>(),
+            proptest::collection::vec(any::<[u8; 32]>(), 0..4),
+            proptest::collection::vec((proptest::collection::vec(1u8..=255, 1..10), proptest::collection::vec(any::<u8>(), 0..20)), 0..3),
+        )
+            .prop_map(|(path, (uid, gid, mtime, nsec, size, sparse), chunks, xattrs)| {
+                let mut e = Entry::new(path, Kind::File);
+                e.mode = uid & 0o7777;
+                e.uid = uid;
+                e.gid = gid;
+                e.mtime = mtime;
+                e.mtime_nsec = nsec % 1_000_000_000;
+                e.size = size;
+                e.sparse = sparse;
+                e.chunks = chunks.into_iter().map(ChunkId).collect();
+                e.xattrs = xattrs;
+                e
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn serialize_parse_round_trip(mut entries in proptest::collection::vec(arb_entry(), 0..20)) {
+            // Make the paths unique and flat so parents need not exist.
+            for (i, e) in entries.iter_mut().enumerate() {
+                e.path.retain(|&b| b != b'/');
+                e.path.extend_from_slice(format!("-{i}").as_bytes());
+            }
+            let mut root = Entry::new(Vec::new(), Kind::Dir);
+            root.mode = 0o755;
+            let tree = Tree { root, entries };
+            let bytes = tree.serialize().expect("serialize");
+            prop_assert_eq!(Tree::parse(&bytes).expect("parse"), tree);
+        }
+    }
+}
