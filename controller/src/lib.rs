@@ -1,1 +1,180 @@
-//! placeholder
+//! The Lifeboat controller: catalog, store, enrollment, jobs, and the gRPC APIs.
+//!
+//! [`Controller`] is the shared state every service holds: the [`catalog::Catalog`]
+//! (SQLite), the [`store::Store`] (packs and snapshot envelopes), the [`jobs::Jobs`]
+//! dispatcher with its agent sessions, and the fleet CA. [`start`] prepares the data
+//! directory and binds everything; [`Running::serve`] runs until the shutdown future
+//! completes, then closes agent sessions and waits for connections to drain.
+//!
+//! Services: [`enroll`] (no client certificate), [`agent_api`] (agents) and
+//! [`operator_api`] (operators), all on one TLS port; [`http`] serves `/metrics`.
+
+pub mod agent_api;
+mod auth;
+pub mod catalog;
+pub mod enroll;
+mod error;
+pub mod http;
+pub mod jobs;
+pub mod operator_api;
+pub mod rebuild;
+pub mod setup;
+pub mod store;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifeboat_core::pki::Ca;
+use lifeboat_core::ChunkKey;
+use lifeboat_proto::pb;
+use lifeboat_proto::transport::{self, ServerTls};
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+
+/// Milliseconds since the Unix epoch, by the controller's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// State shared by every service.
+pub struct Controller {
+    pub catalog: Arc<catalog::Catalog>,
+    pub store: store::Store,
+    pub jobs: jobs::Jobs,
+    pub ca: Ca,
+    pub chunk_key: ChunkKey,
+    pub ca_fingerprint: String,
+}
+
+/// `lifeboat-controller serve` settings, validated.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub store: Option<PathBuf>,
+}
+
+/// A controller bound to its ports, ready to serve.
+pub struct Running {
+    pub ctl: Arc<Controller>,
+    pub url: String,
+    pub identity_path: PathBuf,
+    pub http_addr: Option<SocketAddr>,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    server_tls: ServerTls,
+    http_tls: Arc<rustls::ServerConfig>,
+    _lock: OwnedFd,
+}
+
+/// Takes the data directory's lock so two controllers (or a rebuild) never share it.
+pub fn lock_data_dir(data_dir: &Path) -> Result<OwnedFd, ApiError> {
+    let path = data_dir.join("controller.lock");
+    let fd = rustix::fs::open(&path, rustix::fs::OFlags::CREATE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::from_raw_mode(0o600))
+        .map_err(|e| ApiError::internal(format!("opening {}: {e}", path.display())))?;
+    rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
+        ApiError::FailedPrecondition(format!("{} is in use by another lifeboat-controller; stop it first", data_dir.display()))
+    })?;
+    Ok(fd)
+}
+
+/// The URL clients use for a listener: an unspecified address becomes loopback.
+pub fn url_for(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => "127.0.0.1".to_string(),
+        ip if ip.is_unspecified() => "[::1]".to_string(),
+        std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        ip => ip.to_string(),
+    };
+    format!("https://{ip}:{}", addr.port())
+}
+
+/// Prepares the data directory (first start creates the CA, chunk key and admin identity)
+/// and binds the gRPC listener (and the HTTPS one, if given).
+pub fn start(cfg: &ServeConfig, listener: TcpListener, http: Option<TcpListener>) -> Result<Running, ApiError> {
+    transport::install_crypto_provider();
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ApiError::internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
+    let lock = lock_data_dir(&cfg.data_dir)?;
+    let prepared = setup::prepare(&cfg.data_dir, cfg.store.as_deref())?;
+    let addr = listener.local_addr().map_err(|e| ApiError::internal(format!("listener address: {e}")))?;
+    let url = url_for(addr);
+    let identity_path = setup::ensure_admin_identity(&cfg.data_dir, &prepared, &url)?;
+    let server_tls = ServerTls::new(&prepared.ca.cert_pem, &prepared.server_chain_pem, &prepared.server_key_pem)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let http_tls = http_tls_config(&prepared)?;
+    let ca_fingerprint = lifeboat_core::pki::fingerprint(&prepared.ca.cert_pem)?;
+    let catalog = Arc::new(prepared.catalog);
+    let store = store::Store::open(&prepared.store_dir, prepared.chunk_key.clone(), catalog.clone())?;
+    let jobs = jobs::Jobs::new(catalog.clone());
+    jobs.recover_after_restart()?;
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let ctl = Arc::new(Controller { catalog, store, jobs, ca: prepared.ca, chunk_key: prepared.chunk_key, ca_fingerprint });
+    Ok(Running { ctl, url, identity_path, http_addr, listener, http, server_tls, http_tls, _lock: lock })
+}
+
+fn http_tls_config(p: &setup::Prepared) -> Result<Arc<rustls::ServerConfig>, ApiError> {
+    use rustls::pki_types::pem::PemObject;
+    let tls = |e: rustls::Error| ApiError::internal(format!("https config: {e}"));
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(p.server_chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(p.server_key_pem.as_bytes()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(tls)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(tls)?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+impl Running {
+    pub fn ca_fingerprint(&self) -> &str {
+        &self.ctl.ca_fingerprint
+    }
+
+    /// Serves until `shutdown` completes. Then: stop accepting, end agent sessions, give
+    /// in-flight calls up to 10 s, and flush the open pack.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ApiError> {
+        let ctl = self.ctl.clone();
+        if let Some(http) = self.http {
+            tokio::spawn(http::serve(ctl.clone(), http, self.http_tls));
+        }
+        let max = lifeboat_proto::MAX_MESSAGE_BYTES;
+        let router = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(pb::enrollment_server::EnrollmentServer::new(enroll::EnrollService(ctl.clone())))
+            .add_service(
+                pb::agent_api_server::AgentApiServer::new(agent_api::AgentService(ctl.clone()))
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            )
+            .add_service(pb::operator_api_server::OperatorApiServer::new(operator_api::OperatorService(ctl.clone())));
+        let incoming = transport::incoming(self.listener, self.server_tls);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let ctl_for_stop = ctl.clone();
+        let serve = router.serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop_rx.await;
+        });
+        tokio::pin!(serve);
+        tokio::select! {
+            res = &mut serve => res.map_err(|e| ApiError::internal(format!("server: {e}")))?,
+            () = shutdown => {
+                tracing::info!("shutting down");
+                let _ = stop_tx.send(());
+                ctl_for_stop.jobs.close_all();
+                if tokio::time::timeout(Duration::from_secs(10), &mut serve).await.is_err() {
+                    tracing::warn!("connections did not drain within 10 s; closing them");
+                }
+            }
+        }
+        let ctl2 = ctl.clone();
+        tokio::task::spawn_blocking(move || ctl2.store.flush()).await.map_err(ApiError::from)??;
+        Ok(())
+    }
+}

@@ -1,1 +1,92 @@
-fn main() {}
+//! `lifeboat-controller`: serve the fleet, or rebuild the catalog from the store.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "lifeboat-controller", version, about = "Lifeboat controller: catalog, store and scheduler for a fleet of agents")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve agents and operators over mTLS gRPC.
+    Serve {
+        /// Data directory: CA, keys, catalog, identity files (created on first start).
+        #[arg(long, env = "LIFEBOAT_DATA_DIR")]
+        data_dir: PathBuf,
+        /// gRPC (TLS) listen address.
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: SocketAddr,
+        /// HTTPS listen address for /metrics and /healthz.
+        #[arg(long)]
+        http: Option<SocketAddr>,
+        /// Store directory (default DATA_DIR/store); fixed at first start.
+        #[arg(long)]
+        store: Option<PathBuf>,
+    },
+    /// Rebuild the chunk index and snapshot list from the store alone (controller stopped).
+    RebuildCatalog {
+        #[arg(long, env = "LIFEBOAT_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main(Cli::parse()).await {
+        eprintln!("lifeboat-controller: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Serve { data_dir, listen, http, store } => {
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+            let http = match http {
+                Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a}"))?),
+                None => None,
+            };
+            let running = lifeboat_controller::start(&lifeboat_controller::ServeConfig { data_dir, store }, listener, http)?;
+            println!("lifeboat-controller listening on {}", running.url);
+            if let Some(a) = running.http_addr {
+                println!("metrics: {}/metrics", lifeboat_controller::url_for(a));
+            }
+            println!("CA fingerprint: {}", running.ca_fingerprint());
+            println!("admin identity: {}", running.identity_path.display());
+            running.serve(shutdown_signal()).await?;
+            Ok(())
+        }
+        Cmd::RebuildCatalog { data_dir } => {
+            let r = tokio::task::spawn_blocking(move || lifeboat_controller::rebuild::rebuild_catalog(&data_dir)).await??;
+            println!("rebuilt catalog: {} packs, {} chunks, {} snapshots", r.packs, r.chunks, r.snapshots);
+            for s in &r.skipped {
+                println!("skipped: {s}");
+            }
+            if !r.skipped.is_empty() {
+                anyhow::bail!("{} store files could not be read; they were left in place", r.skipped.len());
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

@@ -51,6 +51,7 @@ pub mod codec;
 pub mod durable;
 mod error;
 pub mod id;
+pub mod identity;
 pub mod pack;
 pub mod pki;
 pub mod restore;

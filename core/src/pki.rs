@@ -34,7 +34,7 @@ fn validity(days: i64) -> (OffsetDateTime, OffsetDateTime) {
 
 fn random_serial() -> Result<SerialNumber> {
     let mut b: [u8; 16] = crate::sign::random_bytes()?;
-    b[0] &= 0x7f; // positive
+    b[0] = (b[0] & 0x7f) | 0x40; // positive, and no leading zero byte for DER to strip
     Ok(SerialNumber::from_slice(&b))
 }
 

@@ -1,1 +1,22 @@
-//! placeholder
+//! Lifeboat's wire: the gRPC types generated from `proto/lifeboat.proto` ([`pb`]) and the
+//! TLS transport every process uses ([`transport`]).
+//!
+//! There is no plaintext path. Clients dial with [`transport::connect`], which performs
+//! TLS itself (rustls, aws-lc-rs) so that it can pin the fleet CA by fingerprint during
+//! enrollment and present a client certificate otherwise. The controller accepts with
+//! [`transport::incoming`], which picks the TLS configuration from the client's SNI:
+//! [`lifeboat_core::pki::ENROLL_NAME`] gets a handshake without a client certificate and
+//! can only reach enrollment; every other connection must present a certificate from the
+//! fleet CA or is refused during the handshake. The authenticated peer
+//! ([`transport::Peer`]) rides along in every request's extensions.
+
+pub mod transport;
+
+/// Generated protobuf and gRPC types (package `lifeboat.v1`).
+#[allow(clippy::all, rust_2018_idioms)]
+pub mod pb {
+    tonic::include_proto!("lifeboat.v1");
+}
+
+/// The largest gRPC message either side accepts: one maximum-size chunk plus framing.
+pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;

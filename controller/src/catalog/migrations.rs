@@ -1,0 +1,79 @@
+//! Numbered, forward-only schema migrations, embedded in the binary. The catalog's
+//! `PRAGMA user_version` is the number of migrations applied. Never edit a shipped
+//! migration: add the next one.
+
+pub(crate) const MIGRATIONS: &[&str] = &[
+    // 1: the foundation.
+    r#"
+    CREATE TABLE agents (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        labels        TEXT NOT NULL DEFAULT '{}',
+        hostname      TEXT NOT NULL DEFAULT '',
+        signing_key   BLOB NOT NULL,
+        cert_serial   TEXT NOT NULL DEFAULT '',
+        enrolled_ms   INTEGER NOT NULL,
+        last_seen_ms  INTEGER NOT NULL DEFAULT 0,
+        sources       TEXT NOT NULL DEFAULT '[]',
+        restore_roots TEXT NOT NULL DEFAULT '[]',
+        version       TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE operators (
+        name        TEXT PRIMARY KEY,
+        role        TEXT NOT NULL,
+        cert_serial TEXT NOT NULL,
+        created_ms  INTEGER NOT NULL
+    );
+    CREATE TABLE tokens (
+        hash       TEXT PRIMARY KEY,
+        labels     TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        used_ms    INTEGER,
+        used_by    TEXT
+    );
+    CREATE TABLE packs (
+        name       TEXT PRIMARY KEY,
+        size       INTEGER NOT NULL,
+        chunks     INTEGER NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE chunks (
+        id     BLOB PRIMARY KEY,
+        pack   TEXT NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE snapshots (
+        id            TEXT PRIMARY KEY,
+        agent_id      TEXT NOT NULL,
+        agent_name    TEXT NOT NULL,
+        source        TEXT NOT NULL,
+        source_path   TEXT NOT NULL,
+        hostname      TEXT NOT NULL,
+        received_ms   INTEGER NOT NULL,
+        agent_time_ms INTEGER NOT NULL,
+        files         INTEGER NOT NULL,
+        dirs          INTEGER NOT NULL,
+        bytes         INTEGER NOT NULL,
+        bytes_new     INTEGER NOT NULL,
+        parent        TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX snapshots_by_source ON snapshots(agent_id, source, received_ms);
+    CREATE TABLE jobs (
+        id           TEXT PRIMARY KEY,
+        kind         TEXT NOT NULL,
+        agent_id     TEXT NOT NULL,
+        state        INTEGER NOT NULL,
+        detail       TEXT NOT NULL,
+        job          BLOB NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        started_ms   INTEGER NOT NULL DEFAULT 0,
+        finished_ms  INTEGER NOT NULL DEFAULT 0,
+        progress     BLOB,
+        error        TEXT NOT NULL DEFAULT '',
+        snapshot_ids TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX jobs_by_agent_state ON jobs(agent_id, state);
+    "#,
+];

@@ -1,0 +1,87 @@
+//! The catalog: one SQLite file in WAL mode, owned by the controller.
+//!
+//! It indexes the store (packs, chunks, snapshots) and holds the control plane's state
+//! (agents, operators, tokens, jobs). Losing it never loses backups: `rebuild-catalog`
+//! restores the store index from the store alone. One connection behind a mutex is the
+//! only writer; statements are short, and bulk work (pack indexing) runs in one
+//! transaction off the async runtime.
+
+mod migrations;
+mod records;
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+pub use records::{AgentRow, JobRow, SnapshotRow, TokenCheck};
+
+use crate::error::ApiError;
+
+pub struct Catalog {
+    conn: Mutex<Connection>,
+}
+
+impl Catalog {
+    /// Opens (creating if needed) the catalog and applies pending migrations.
+    pub fn open(path: &Path) -> Result<Catalog, ApiError> {
+        let conn = Connection::open(path).map_err(|e| ApiError::internal(format!("opening catalog {}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let catalog = Catalog { conn: Mutex::new(conn) };
+        catalog.migrate()?;
+        Ok(catalog)
+    }
+
+    fn migrate(&self) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let known = migrations::MIGRATIONS.len() as i64;
+        if applied > known {
+            return Err(ApiError::internal(format!(
+                "catalog schema version {applied} is newer than this controller understands ({known}); run a newer lifeboat-controller"
+            )));
+        }
+        for (i, sql) in migrations::MIGRATIONS.iter().enumerate().skip(applied as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            tx.commit()?;
+            tracing::info!(version = i + 1, "catalog migrated");
+        }
+        Ok(())
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves SQLite consistent (statements are atomic),
+        // so a poisoned mutex is safe to keep using.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts for status and metrics: agents, snapshots, chunks, stored bytes.
+    pub fn totals(&self) -> Result<(u64, u64, u64, u64), ApiError> {
+        let conn = self.lock();
+        let one = |sql: &str| -> Result<u64, ApiError> { Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
+        Ok((
+            one("SELECT COUNT(*) FROM agents")?,
+            one("SELECT COUNT(*) FROM snapshots")?,
+            one("SELECT COUNT(*) FROM chunks")?,
+            one("SELECT COALESCE(SUM(size), 0) FROM packs")?,
+        ))
+    }
+
+    /// Records an operator identity (for audit and later revocation).
+    pub fn add_operator(&self, name: &str, role: &str, serial: &str, now_ms: i64) -> Result<(), ApiError> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO operators(name, role, cert_serial, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![name, role, serial, now_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn operator_serial(&self, name: &str) -> Result<Option<String>, ApiError> {
+        Ok(self.lock().query_row("SELECT cert_serial FROM operators WHERE name = ?1", [name], |r| r.get(0)).optional()?)
+    }
+}

@@ -1,0 +1,358 @@
+//! Typed rows and the queries over them.
+
+use std::collections::BTreeMap;
+
+use lifeboat_core::pack::SealedPack;
+use lifeboat_core::ChunkId;
+use rusqlite::{params, OptionalExtension, Row};
+
+use super::Catalog;
+use crate::error::ApiError;
+
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    pub id: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub hostname: String,
+    pub signing_key: Vec<u8>,
+    pub cert_serial: String,
+    pub enrolled_ms: i64,
+    pub last_seen_ms: i64,
+    /// `(name, kind, path)` as last reported by the agent.
+    pub sources: Vec<(String, String, String)>,
+    pub restore_roots: Vec<String>,
+    pub version: String,
+}
+
+impl AgentRow {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(AgentRow {
+            id: r.get(0)?,
+            name: r.get(1)?,
+            labels: serde_json::from_str(&r.get::<_, String>(2)?).unwrap_or_default(),
+            hostname: r.get(3)?,
+            signing_key: r.get(4)?,
+            cert_serial: r.get(5)?,
+            enrolled_ms: r.get(6)?,
+            last_seen_ms: r.get(7)?,
+            sources: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
+            restore_roots: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
+            version: r.get(10)?,
+        })
+    }
+}
+
+const AGENT_COLS: &str = "id, name, labels, hostname, signing_key, cert_serial, enrolled_ms, last_seen_ms, sources, restore_roots, version";
+
+/// The outcome of redeeming a join token.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenCheck {
+    Valid(BTreeMap<String, String>),
+    Unknown,
+    AlreadyUsed,
+    Expired,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub agent_id: String,
+    pub agent_name: String,
+    pub source: String,
+    pub source_path: String,
+    pub hostname: String,
+    pub received_ms: i64,
+    pub agent_time_ms: i64,
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+    pub bytes_new: u64,
+    pub parent: String,
+}
+
+impl SnapshotRow {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(SnapshotRow {
+            id: r.get(0)?,
+            agent_id: r.get(1)?,
+            agent_name: r.get(2)?,
+            source: r.get(3)?,
+            source_path: r.get(4)?,
+            hostname: r.get(5)?,
+            received_ms: r.get(6)?,
+            agent_time_ms: r.get(7)?,
+            files: r.get::<_, i64>(8)? as u64,
+            dirs: r.get::<_, i64>(9)? as u64,
+            bytes: r.get::<_, i64>(10)? as u64,
+            bytes_new: r.get::<_, i64>(11)? as u64,
+            parent: r.get(12)?,
+        })
+    }
+}
+
+const SNAP_COLS: &str = "id, agent_id, agent_name, source, source_path, hostname, received_ms, agent_time_ms, files, dirs, bytes, bytes_new, parent";
+
+#[derive(Debug, Clone)]
+pub struct JobRow {
+    pub id: String,
+    pub kind: String,
+    pub agent_id: String,
+    pub state: i32,
+    pub detail: String,
+    /// The prost-encoded `pb::Job` sent to the agent.
+    pub job: Vec<u8>,
+    pub created_ms: i64,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub progress: Option<Vec<u8>>,
+    pub error: String,
+    pub snapshot_ids: Vec<String>,
+}
+
+impl JobRow {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(JobRow {
+            id: r.get(0)?,
+            kind: r.get(1)?,
+            agent_id: r.get(2)?,
+            state: r.get(3)?,
+            detail: r.get(4)?,
+            job: r.get(5)?,
+            created_ms: r.get(6)?,
+            started_ms: r.get(7)?,
+            finished_ms: r.get(8)?,
+            progress: r.get(9)?,
+            error: r.get(10)?,
+            snapshot_ids: serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default(),
+        })
+    }
+}
+
+const JOB_COLS: &str = "id, kind, agent_id, state, detail, job, created_ms, started_ms, finished_ms, progress, error, snapshot_ids";
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+impl Catalog {
+    // ---- tokens ----
+
+    pub fn insert_token(&self, hash: &str, labels: &BTreeMap<String, String>, now_ms: i64, expires_ms: i64) -> Result<(), ApiError> {
+        self.lock().execute(
+            "INSERT INTO tokens(hash, labels, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![hash, json(labels), now_ms, expires_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a token used, exactly once, if it exists and has not expired.
+    pub fn redeem_token(&self, hash: &str, agent_id: &str, now_ms: i64) -> Result<TokenCheck, ApiError> {
+        let conn = self.lock();
+        let row: Option<(String, i64, Option<i64>)> = conn
+            .query_row("SELECT labels, expires_ms, used_ms FROM tokens WHERE hash = ?1", [hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((labels, expires_ms, used_ms)) = row else { return Ok(TokenCheck::Unknown) };
+        if used_ms.is_some() {
+            return Ok(TokenCheck::AlreadyUsed);
+        }
+        if expires_ms <= now_ms {
+            return Ok(TokenCheck::Expired);
+        }
+        let n = conn.execute("UPDATE tokens SET used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used_ms IS NULL", params![now_ms, agent_id, hash])?;
+        if n != 1 {
+            return Ok(TokenCheck::AlreadyUsed);
+        }
+        Ok(TokenCheck::Valid(serde_json::from_str(&labels).unwrap_or_default()))
+    }
+
+    // ---- agents ----
+
+    pub fn insert_agent(&self, a: &AgentRow) -> Result<(), ApiError> {
+        let res = self.lock().execute(
+            &format!("INSERT INTO agents({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            params![a.id, a.name, json(&a.labels), a.hostname, a.signing_key, a.cert_serial, a.enrolled_ms, a.last_seen_ms, json(&a.sources), json(&a.restore_roots), a.version],
+        );
+        match res {
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
+                Err(ApiError::AlreadyExists(format!("an agent named {:?} is already enrolled; choose another --name", a.name)))
+            }
+            other => Ok(other.map(|_| ())?),
+        }
+    }
+
+    pub fn agent(&self, id: &str) -> Result<Option<AgentRow>, ApiError> {
+        Ok(self.lock().query_row(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"), [id], AgentRow::from_row).optional()?)
+    }
+
+    /// Finds an agent by exact name or id.
+    pub fn find_agent(&self, name_or_id: &str) -> Result<AgentRow, ApiError> {
+        self.lock()
+            .query_row(&format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1 OR id = ?1"), [name_or_id], AgentRow::from_row)
+            .optional()?
+            .ok_or_else(|| ApiError::NotFound(format!("no agent named {name_or_id:?}; `lifeboat agents` lists them")))
+    }
+
+    pub fn agents(&self) -> Result<Vec<AgentRow>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?;
+        let rows = st.query_map([], AgentRow::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn update_agent_hello(&self, id: &str, hostname: &str, version: &str, sources: &[(String, String, String)], roots: &[String], now_ms: i64) -> Result<(), ApiError> {
+        self.lock().execute(
+            "UPDATE agents SET hostname = ?2, version = ?3, sources = ?4, restore_roots = ?5, last_seen_ms = ?6 WHERE id = ?1",
+            params![id, hostname, version, json(&sources), json(&roots), now_ms],
+        )?;
+        Ok(())
+    }
+
+    pub fn touch_agent(&self, id: &str, now_ms: i64) -> Result<(), ApiError> {
+        self.lock().execute("UPDATE agents SET last_seen_ms = ?2 WHERE id = ?1", params![id, now_ms])?;
+        Ok(())
+    }
+
+    // ---- chunks and packs ----
+
+    /// Records a sealed pack and its chunks in one transaction.
+    pub fn insert_pack(&self, pack: &SealedPack, now_ms: i64) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO packs(name, size, chunks, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![pack.name, pack.size as i64, pack.entries.len() as i64, now_ms],
+        )?;
+        {
+            let mut st = tx.prepare("INSERT OR IGNORE INTO chunks(id, pack, offset, length) VALUES (?1, ?2, ?3, ?4)")?;
+            for e in &pack.entries {
+                st.execute(params![&e.id.as_bytes()[..], pack.name, e.offset as i64, e.length as i64])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Where a chunk is stored: `(pack, offset, length)`.
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<(String, u64, u32)>, ApiError> {
+        Ok(self
+            .lock()
+            .query_row("SELECT pack, offset, length FROM chunks WHERE id = ?1", [&id.as_bytes()[..]], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u32))
+            })
+            .optional()?)
+    }
+
+    /// The subset of `ids` that the index does not know.
+    pub fn unknown_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+        let mut out = Vec::new();
+        for id in ids {
+            if !st.exists([&id.as_bytes()[..]])? {
+                out.push(*id);
+            }
+        }
+        Ok(out)
+    }
+
+    // ---- snapshots ----
+
+    pub fn insert_snapshot(&self, s: &SnapshotRow) -> Result<(), ApiError> {
+        self.lock().execute(
+            &format!("INSERT OR IGNORE INTO snapshots({SNAP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+            params![
+                s.id, s.agent_id, s.agent_name, s.source, s.source_path, s.hostname, s.received_ms, s.agent_time_ms,
+                s.files as i64, s.dirs as i64, s.bytes as i64, s.bytes_new as i64, s.parent
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Snapshots, newest first, optionally of one agent (id) and one source.
+    pub fn snapshots(&self, agent_id: Option<&str>, source: Option<&str>) -> Result<Vec<SnapshotRow>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(&format!(
+            "SELECT {SNAP_COLS} FROM snapshots WHERE (?1 IS NULL OR agent_id = ?1) AND (?2 IS NULL OR source = ?2) ORDER BY received_ms DESC, id"
+        ))?;
+        let rows = st.query_map(params![agent_id, source], SnapshotRow::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Resolves a full id or a unique prefix (at least 4 hex characters).
+    pub fn find_snapshot(&self, prefix: &str) -> Result<SnapshotRow, ApiError> {
+        if prefix.len() < 4 || prefix.len() > 64 || !prefix.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(ApiError::InvalidArgument(format!("{prefix:?} is not a snapshot id: give at least 4 lowercase hex characters")));
+        }
+        let conn = self.lock();
+        let mut st = conn.prepare(&format!("SELECT {SNAP_COLS} FROM snapshots WHERE id >= ?1 AND id < ?1 || 'g' LIMIT 2"))?;
+        let rows = st.query_map([prefix], SnapshotRow::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        match rows.len() {
+            0 => Err(ApiError::NotFound(format!("no snapshot {prefix}; `lifeboat snapshots` lists them"))),
+            1 => Ok(rows.into_iter().next().ok_or_else(|| ApiError::internal("row vanished"))?),
+            _ => Err(ApiError::InvalidArgument(format!("snapshot prefix {prefix} is ambiguous; give more characters"))),
+        }
+    }
+
+    /// The newest snapshot of an agent's source, if any.
+    pub fn latest_snapshot(&self, agent_id: &str, source: &str) -> Result<Option<SnapshotRow>, ApiError> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {SNAP_COLS} FROM snapshots WHERE agent_id = ?1 AND source = ?2 ORDER BY received_ms DESC LIMIT 1"),
+                params![agent_id, source],
+                SnapshotRow::from_row,
+            )
+            .optional()?)
+    }
+
+    /// Replaces the store index (packs, chunks, snapshots) during `rebuild-catalog`.
+    pub fn clear_store_index(&self) -> Result<(), ApiError> {
+        self.lock().execute_batch("DELETE FROM chunks; DELETE FROM packs; DELETE FROM snapshots;")?;
+        Ok(())
+    }
+
+    // ---- jobs ----
+
+    pub fn insert_job(&self, j: &JobRow) -> Result<(), ApiError> {
+        self.lock().execute(
+            &format!("INSERT INTO jobs({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+            params![j.id, j.kind, j.agent_id, j.state, j.detail, j.job, j.created_ms, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids)],
+        )?;
+        Ok(())
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRow>, ApiError> {
+        Ok(self.lock().query_row(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"), [id], JobRow::from_row).optional()?)
+    }
+
+    pub fn jobs(&self, limit: u32) -> Result<Vec<JobRow>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(&format!("SELECT {JOB_COLS} FROM jobs ORDER BY created_ms DESC, id LIMIT ?1"))?;
+        let rows = st.query_map([limit], JobRow::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn jobs_in_state(&self, agent_id: &str, state: i32) -> Result<Vec<JobRow>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(&format!("SELECT {JOB_COLS} FROM jobs WHERE agent_id = ?1 AND state = ?2 ORDER BY created_ms, id"))?;
+        let rows = st.query_map(params![agent_id, state], JobRow::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn update_job(&self, j: &JobRow) -> Result<(), ApiError> {
+        self.lock().execute(
+            "UPDATE jobs SET state = ?2, started_ms = ?3, finished_ms = ?4, progress = ?5, error = ?6, snapshot_ids = ?7 WHERE id = ?1",
+            params![j.id, j.state, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids)],
+        )?;
+        Ok(())
+    }
+
+    /// Marks every job in `from` state as `to` with `reason` (start-up recovery).
+    pub fn move_jobs(&self, from: i32, to: i32, reason: &str, now_ms: i64) -> Result<usize, ApiError> {
+        Ok(self.lock().execute(
+            "UPDATE jobs SET state = ?2, error = ?3, finished_ms = ?4 WHERE state = ?1",
+            params![from, to, reason, now_ms],
+        )?)
+    }
+}

@@ -1,0 +1,89 @@
+//! Enrollment: a new machine trades a single-use join token and a CSR for its certificate.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use lifeboat_core::snapshot::validate_name;
+use lifeboat_proto::pb::{self, enrollment_server::Enrollment};
+use tonic::{Request, Response, Status};
+
+use crate::catalog::{AgentRow, TokenCheck};
+use crate::error::ApiError;
+use crate::{now_ms, setup, Controller};
+
+pub struct EnrollService(pub Arc<Controller>);
+
+/// Join tokens are stored only as their SHA-256.
+pub fn token_hash(token: &str) -> String {
+    lifeboat_core::sign::sha256_hex(token.as_bytes())
+}
+
+/// Label keys and values as Kubernetes users know them: short, printable, no separators.
+pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
+    for (k, v) in labels {
+        let key_ok = !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+        let val_ok = v.len() <= 253 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':'));
+        if !key_ok || !val_ok {
+            return Err(ApiError::InvalidArgument(format!(
+                "label {k:?}={v:?} is invalid: keys and values use letters, digits, '.', '_', '-', '/' (values also ':')"
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Enrollment for EnrollService {
+    async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+        let ctl = &self.0;
+        let req = req.into_inner();
+        validate_name("agent", &req.name).map_err(ApiError::from)?;
+        let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
+        validate_labels(&labels)?;
+        if req.signing_public_key.len() != 32 {
+            return Err(ApiError::InvalidArgument("signing public key must be 32 bytes (ed25519)".into()).into());
+        }
+        if ctl.catalog.find_agent(&req.name).is_ok() {
+            return Err(ApiError::AlreadyExists(format!("an agent named {:?} is already enrolled; choose another --name", req.name)).into());
+        }
+        let agent_id = hex::encode(lifeboat_core::sign::random_bytes::<16>().map_err(ApiError::from)?);
+        let token_labels = match ctl.catalog.redeem_token(&token_hash(&req.token), &agent_id, now_ms())? {
+            TokenCheck::Valid(l) => l,
+            TokenCheck::Unknown => {
+                return Err(ApiError::Unauthenticated("join token is not valid; create one with `lifeboat token create`".into()).into());
+            }
+            TokenCheck::AlreadyUsed => {
+                return Err(ApiError::PermissionDenied("join token was already used; tokens are single-use, create a new one with `lifeboat token create`".into()).into());
+            }
+            TokenCheck::Expired => {
+                return Err(ApiError::PermissionDenied("join token has expired; create a new one with `lifeboat token create`".into()).into());
+            }
+        };
+        let (cert_pem, serial) = ctl.ca.sign_csr(&req.csr_pem, &format!("agent:{agent_id}"), setup::AGENT_CERT_DAYS).map_err(ApiError::from)?;
+        // Labels from the token (chosen by an operator) win over labels the machine asks for.
+        let mut all_labels = labels;
+        all_labels.extend(token_labels);
+        let row = AgentRow {
+            id: agent_id.clone(),
+            name: req.name.clone(),
+            labels: all_labels,
+            hostname: req.hostname,
+            signing_key: req.signing_public_key,
+            cert_serial: serial,
+            enrolled_ms: now_ms(),
+            last_seen_ms: 0,
+            sources: Vec::new(),
+            restore_roots: Vec::new(),
+            version: String::new(),
+        };
+        ctl.catalog.insert_agent(&row)?;
+        tracing::info!(agent = %row.name, id = %agent_id, "agent enrolled");
+        Ok(Response::new(pb::EnrollResponse {
+            agent_id,
+            name: row.name,
+            cert_pem,
+            ca_pem: ctl.ca.cert_pem.clone(),
+            chunk_key: ctl.chunk_key.as_bytes().to_vec(),
+        }))
+    }
+}

@@ -1,0 +1,73 @@
+//! The controller's error type and its one mapping to gRPC status codes.
+
+use tonic::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn internal(msg: impl Into<String>) -> Self {
+        ApiError::Internal(msg.into())
+    }
+}
+
+impl From<rusqlite::Error> for ApiError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApiError::Internal(format!("catalog: {e}"))
+    }
+}
+
+impl From<lifeboat_core::Error> for ApiError {
+    fn from(e: lifeboat_core::Error) -> Self {
+        use lifeboat_core::Error as E;
+        match e {
+            E::InvalidChunkId(_) | E::ChunkMismatch { .. } | E::CorruptBlob(_) | E::CorruptTree(_) | E::UnsafePath { .. } | E::InvalidRecord(_) => {
+                ApiError::InvalidArgument(e.to_string())
+            }
+            E::BadSignature(_) => ApiError::PermissionDenied(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for ApiError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        ApiError::Internal(format!("background task failed: {e}"))
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(e: ApiError) -> Status {
+        if let ApiError::Internal(msg) = &e {
+            tracing::error!(error = %msg, "internal error");
+        }
+        let msg = e.to_string();
+        match e {
+            ApiError::InvalidArgument(_) => Status::invalid_argument(msg),
+            ApiError::NotFound(_) => Status::not_found(msg),
+            ApiError::AlreadyExists(_) => Status::already_exists(msg),
+            ApiError::PermissionDenied(_) => Status::permission_denied(msg),
+            ApiError::Unauthenticated(_) => Status::unauthenticated(msg),
+            ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
+            ApiError::Unavailable(_) => Status::unavailable(msg),
+            ApiError::Internal(_) => Status::internal(msg),
+        }
+    }
+}

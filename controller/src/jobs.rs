@@ -1,0 +1,237 @@
+//! Jobs and agent sessions.
+//!
+//! A job is created `queued` in the catalog, sent over its agent's session when the agent
+//! is connected (then `running`), and finished by the agent's updates (`succeeded` or
+//! `failed`). When a session ends, its running jobs become `interrupted`; if the same
+//! agent process reconnects and reports the job as still running, it goes back to
+//! `running`. Watchers (`lifeboat jobs watch`) get every change through a `watch` channel.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use lifeboat_proto::pb::{self, JobState};
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tonic::Status;
+
+use crate::catalog::{AgentRow, Catalog, JobRow};
+use crate::error::ApiError;
+use crate::now_ms;
+
+pub type Outbound = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
+
+struct SessionHandle {
+    id: u64,
+    tx: Outbound,
+}
+
+#[derive(Default)]
+struct Inner {
+    sessions: HashMap<String, SessionHandle>,
+    watchers: HashMap<String, watch::Sender<pb::JobInfo>>,
+    next_session: u64,
+}
+
+pub struct Jobs {
+    catalog: Arc<Catalog>,
+    inner: Mutex<Inner>,
+}
+
+fn is_terminal(state: i32) -> bool {
+    state == JobState::Succeeded as i32 || state == JobState::Failed as i32
+}
+
+fn random_id() -> Result<String, ApiError> {
+    Ok(hex::encode(lifeboat_core::sign::random_bytes::<8>()?))
+}
+
+impl Jobs {
+    pub fn new(catalog: Arc<Catalog>) -> Jobs {
+        Jobs { catalog, inner: Mutex::new(Inner::default()) }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks jobs that were running when the controller stopped as interrupted.
+    pub fn recover_after_restart(&self) -> Result<(), ApiError> {
+        let n = self.catalog.move_jobs(JobState::Running as i32, JobState::Interrupted as i32, "controller restarted while the job ran", now_ms())?;
+        if n > 0 {
+            tracing::warn!(jobs = n, "marked jobs interrupted by a controller restart");
+        }
+        Ok(())
+    }
+
+    /// Registers a new session for `agent_id`, replacing any older one.
+    pub fn connect(&self, agent_id: &str, tx: Outbound) -> u64 {
+        let mut inner = self.lock();
+        inner.next_session += 1;
+        let id = inner.next_session;
+        inner.sessions.insert(agent_id.to_string(), SessionHandle { id, tx });
+        id
+    }
+
+    /// Ends a session; its running jobs become interrupted unless a newer session exists.
+    pub fn disconnect(&self, agent_id: &str, session: u64) {
+        {
+            let mut inner = self.lock();
+            match inner.sessions.get(agent_id) {
+                Some(s) if s.id == session => {
+                    inner.sessions.remove(agent_id);
+                }
+                _ => return,
+            }
+        }
+        if let Ok(running) = self.catalog.jobs_in_state(agent_id, JobState::Running as i32) {
+            for mut job in running {
+                job.state = JobState::Interrupted as i32;
+                job.error = "agent disconnected while the job ran".into();
+                job.finished_ms = now_ms();
+                self.save(&job);
+            }
+        }
+    }
+
+    /// Drops every session (controller shutdown), which ends their streams.
+    pub fn close_all(&self) {
+        self.lock().sessions.clear();
+    }
+
+    pub fn connected(&self, agent_id: &str) -> bool {
+        self.lock().sessions.contains_key(agent_id)
+    }
+
+    /// Reconciles jobs after an agent (re)connects: the ones it still runs are running,
+    /// any other job we thought it was running is interrupted.
+    pub fn reconcile(&self, agent_id: &str, still_running: &[String]) -> Result<(), ApiError> {
+        for state in [JobState::Running, JobState::Interrupted] {
+            for mut job in self.catalog.jobs_in_state(agent_id, state as i32)? {
+                let runs = still_running.contains(&job.id);
+                if runs && state == JobState::Interrupted {
+                    job.state = JobState::Running as i32;
+                    job.error.clear();
+                    job.finished_ms = 0;
+                    self.save(&job);
+                } else if !runs && state == JobState::Running {
+                    job.state = JobState::Interrupted as i32;
+                    job.error = "the agent restarted while the job ran".into();
+                    job.finished_ms = now_ms();
+                    self.save(&job);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a job for `agent` and dispatches it if the agent is connected.
+    pub fn submit(&self, agent: &AgentRow, kind: &str, detail: String, build: impl FnOnce(&str) -> pb::Job) -> Result<JobRow, ApiError> {
+        let id = random_id()?;
+        let job = build(&id);
+        let row = JobRow {
+            id: id.clone(),
+            kind: kind.into(),
+            agent_id: agent.id.clone(),
+            state: JobState::Queued as i32,
+            detail,
+            job: job.encode_to_vec(),
+            created_ms: now_ms(),
+            started_ms: 0,
+            finished_ms: 0,
+            progress: None,
+            error: String::new(),
+            snapshot_ids: Vec::new(),
+        };
+        self.catalog.insert_job(&row)?;
+        self.dispatch(&agent.id)?;
+        Ok(self.catalog.job(&id)?.unwrap_or(row))
+    }
+
+    /// Sends every queued job of `agent_id` over its session, if it has one.
+    pub fn dispatch(&self, agent_id: &str) -> Result<(), ApiError> {
+        let Some(tx) = self.lock().sessions.get(agent_id).map(|s| s.tx.clone()) else { return Ok(()) };
+        for mut row in self.catalog.jobs_in_state(agent_id, JobState::Queued as i32)? {
+            let job = pb::Job::decode(row.job.as_slice()).map_err(|e| ApiError::internal(format!("stored job {}: {e}", row.id)))?;
+            let msg = pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Job(job)) };
+            if tx.try_send(Ok(msg)).is_err() {
+                break; // the session is gone or saturated; the job stays queued
+            }
+            row.state = JobState::Running as i32;
+            row.started_ms = now_ms();
+            self.save(&row);
+        }
+        Ok(())
+    }
+
+    /// Applies an agent's update to one of its jobs.
+    pub fn update(&self, agent_id: &str, upd: pb::JobUpdate) -> Result<(), ApiError> {
+        let mut row = self.catalog.job(&upd.job_id)?.ok_or_else(|| ApiError::NotFound(format!("no job {}", upd.job_id)))?;
+        if row.agent_id != agent_id {
+            return Err(ApiError::PermissionDenied(format!("job {} belongs to another agent", row.id)));
+        }
+        if is_terminal(row.state) {
+            return Ok(());
+        }
+        let state = JobState::try_from(upd.state).unwrap_or(JobState::Unspecified);
+        match state {
+            JobState::Running => row.state = JobState::Running as i32,
+            JobState::Succeeded | JobState::Failed => {
+                row.state = state as i32;
+                row.finished_ms = now_ms();
+                row.error = upd.error;
+                row.snapshot_ids = upd.snapshot_ids;
+            }
+            _ => return Err(ApiError::InvalidArgument(format!("agents cannot set a job to {state:?}"))),
+        }
+        if let Some(p) = upd.progress {
+            row.progress = Some(p.encode_to_vec());
+        }
+        self.save(&row);
+        Ok(())
+    }
+
+    fn save(&self, row: &JobRow) {
+        if let Err(e) = self.catalog.update_job(row) {
+            tracing::error!(job = %row.id, error = %e, "cannot save job");
+            return;
+        }
+        let watcher = self.lock().watchers.get(&row.id).cloned();
+        if let Some(w) = watcher {
+            if let Ok(info) = self.info(row) {
+                w.send_replace(info);
+            }
+        }
+    }
+
+    /// A receiver that sees the job's current state and every later change.
+    pub fn watch(&self, row: &JobRow) -> Result<watch::Receiver<pb::JobInfo>, ApiError> {
+        let info = self.info(row)?;
+        let mut inner = self.lock();
+        inner.watchers.retain(|_, w| w.receiver_count() > 0);
+        let w = inner.watchers.entry(row.id.clone()).or_insert_with(|| watch::channel(info.clone()).0);
+        w.send_replace(info);
+        Ok(w.subscribe())
+    }
+
+    pub fn info(&self, row: &JobRow) -> Result<pb::JobInfo, ApiError> {
+        let agent_name = self.catalog.agent(&row.agent_id)?.map(|a| a.name).unwrap_or_default();
+        Ok(pb::JobInfo {
+            id: row.id.clone(),
+            kind: row.kind.clone(),
+            agent_id: row.agent_id.clone(),
+            agent_name,
+            state: row.state,
+            detail: row.detail.clone(),
+            created_unix_ms: row.created_ms,
+            started_unix_ms: row.started_ms,
+            finished_unix_ms: row.finished_ms,
+            progress: row.progress.as_deref().and_then(|p| pb::Progress::decode(p).ok()),
+            error: row.error.clone(),
+            snapshot_ids: row.snapshot_ids.clone(),
+        })
+    }
+
+    pub fn is_terminal(state: i32) -> bool {
+        is_terminal(state)
+    }
+}

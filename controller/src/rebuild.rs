@@ -1,0 +1,77 @@
+//! `lifeboat-controller rebuild-catalog`: rebuilds the store index (packs, chunks,
+//! snapshots) from the store alone, for when the catalog is lost or suspect.
+
+use std::path::Path;
+
+use lifeboat_core::pack;
+use lifeboat_core::snapshot::Record;
+
+use crate::agent_api::snapshot_row;
+use crate::catalog::AgentRow;
+use crate::error::ApiError;
+use crate::{lock_data_dir, now_ms, setup};
+
+/// What a rebuild found.
+#[derive(Debug, Default)]
+pub struct RebuildReport {
+    pub packs: u64,
+    pub chunks: u64,
+    pub snapshots: u64,
+    /// Files that could not be read, with the reason; they are left in place.
+    pub skipped: Vec<String>,
+}
+
+pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
+    let _lock = lock_data_dir(data_dir)?;
+    let prepared = setup::prepare(data_dir, None)?;
+    let catalog = std::sync::Arc::new(prepared.catalog);
+    let store = crate::store::Store::open(&prepared.store_dir, prepared.chunk_key.clone(), catalog.clone())?;
+    let mut report = RebuildReport::default();
+    catalog.clear_store_index()?;
+    for path in store.pack_paths()? {
+        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        match pack::read_index(&path) {
+            Ok(entries) => {
+                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                report.chunks += entries.len() as u64;
+                catalog.insert_pack(&pack::SealedPack { name, path: path.clone(), size, entries }, now_ms())?;
+                report.packs += 1;
+            }
+            Err(e) => report.skipped.push(e.to_string()),
+        }
+    }
+    for id in store.snapshot_ids()? {
+        let parsed = store.read_snapshot(&id).and_then(|env| {
+            if env.id() != id {
+                return Err(ApiError::InvalidArgument(format!("snapshot file {id} holds a record with another id")));
+            }
+            let record: Record = env.verify()?;
+            Ok((env, record))
+        });
+        match parsed {
+            Ok((env, record)) => {
+                if catalog.agent(&record.agent_id)?.is_none() {
+                    // The agent's row was lost with the catalog: keep its key so its
+                    // snapshots stay verifiable. It must re-enroll to connect again.
+                    catalog.insert_agent(&AgentRow {
+                        id: record.agent_id.clone(),
+                        name: record.agent_name.clone(),
+                        labels: Default::default(),
+                        hostname: record.hostname.clone(),
+                        signing_key: env.public_key.clone(),
+                        cert_serial: String::new(),
+                        enrolled_ms: 0,
+                        last_seen_ms: 0,
+                        sources: Vec::new(),
+                        restore_roots: Vec::new(),
+                        version: String::new(),
+                    })?;
+                }
+                catalog.insert_snapshot(&snapshot_row(&id, &record, env.received_unix_ms))?;
+                report.snapshots += 1;
+            }
+            Err(e) => report.skipped.push(format!("snapshot {id}: {e}")),
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,327 @@
+//! TLS for clients (a tonic connector) and for the controller (an accept loop).
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use lifeboat_core::pki::{self, CONTROLLER_NAME, ENROLL_NAME};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsConnector;
+use tonic::transport::{Channel, Endpoint};
+
+/// Transport failures, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("invalid controller URL {0:?}: expected https://HOST:PORT")]
+    InvalidUrl(String),
+    #[error("tls configuration: {0}")]
+    Tls(String),
+    #[error("cannot connect to the controller at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+}
+
+fn tls_err(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Tls(e.to_string())
+}
+
+/// Installs aws-lc-rs as the process-wide rustls provider. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TransportError> {
+    let v = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(tls_err)?;
+    if v.is_empty() {
+        return Err(TransportError::Tls("no certificate in PEM".into()));
+    }
+    Ok(v)
+}
+
+fn roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TransportError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(ca_pem)? {
+        roots.add(c).map_err(tls_err)?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A client's TLS settings: what it verifies and which name it asks for.
+#[derive(Clone)]
+pub struct ClientTls {
+    config: Arc<ClientConfig>,
+    server_name: &'static str,
+}
+
+impl ClientTls {
+    /// An enrolled agent or an operator: verifies the controller against the fleet CA and
+    /// presents its own certificate.
+    pub fn with_identity(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TransportError> {
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(tls_err)?;
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?
+            .with_root_certificates(roots(ca_pem)?)
+            .with_client_auth_cert(certs(cert_pem)?, key)
+            .map_err(tls_err)?;
+        Ok(Self::from_config(config, CONTROLLER_NAME))
+    }
+
+    /// A machine enrolling: it has no CA certificate yet, only the fingerprint the operator
+    /// gave it. The handshake fails unless the controller's chain contains a CA with that
+    /// fingerprint and the controller's certificate verifies against it, so the join token
+    /// is never sent to an impostor.
+    pub fn enrollment(ca_fingerprint: &str) -> Result<Self, TransportError> {
+        let fingerprint = pki::normalize_fingerprint(ca_fingerprint).map_err(tls_err)?;
+        let config = ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedCa { fingerprint, provider: provider() }))
+            .with_no_client_auth();
+        Ok(Self::from_config(config, ENROLL_NAME))
+    }
+
+    /// Any rustls configuration (tests use this to try handshakes the product refuses).
+    pub fn from_config(mut config: ClientConfig, server_name: &'static str) -> Self {
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        ClientTls { config: Arc::new(config), server_name }
+    }
+}
+
+/// Verifies the controller against a CA known only by its SHA-256 fingerprint.
+#[derive(Debug)]
+struct PinnedCa {
+    fingerprint: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| pki::fingerprint_der(c.as_ref()) == self.fingerprint)
+            .ok_or_else(|| rustls::Error::General(format!("the controller's CA does not match the pinned fingerprint {}", self.fingerprint)))?;
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.clone().into_owned())?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+            .build()
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Splits `https://host:port` into `host:port`.
+pub fn parse_url(url: &str) -> Result<String, TransportError> {
+    let rest = url.strip_prefix("https://").ok_or_else(|| TransportError::InvalidUrl(url.into()))?;
+    let hostport = rest.trim_end_matches('/');
+    let valid = !hostport.is_empty() && !hostport.contains('/') && hostport.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    if !valid {
+        return Err(TransportError::InvalidUrl(url.into()));
+    }
+    Ok(hostport.to_string())
+}
+
+/// Opens a gRPC channel to the controller at `url` (`https://HOST:PORT`) over TLS.
+pub async fn connect(url: &str, tls: ClientTls) -> Result<Channel, TransportError> {
+    let hostport = parse_url(url)?;
+    // tonic only sees plain HTTP/2 URIs; TLS happens in the connector below.
+    let endpoint = Endpoint::from_shared(format!("http://{hostport}"))
+        .map_err(|_| TransportError::InvalidUrl(url.into()))?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
+        let tls = tls.clone();
+        let hostport = hostport.clone();
+        async move {
+            let tcp = TcpStream::connect(&hostport).await?;
+            tcp.set_nodelay(true)?;
+            let name = ServerName::try_from(tls.server_name).map_err(std::io::Error::other)?;
+            let stream = TlsConnector::from(tls.config).connect(name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+        }
+    });
+    endpoint.connect_with_connector(connector).await.map_err(|source| TransportError::Connect { url: url.into(), source })
+}
+
+/// Who is on the other end of a server connection, established by the TLS handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// Connected to the enrollment name without a certificate: may only enroll.
+    Enrolling,
+    Agent { id: String, serial: String },
+    Operator { name: String, serial: String },
+}
+
+/// Connection facts available to every request through its extensions.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    pub remote: SocketAddr,
+    pub peer: Peer,
+}
+
+/// Reads the identity from a verified client certificate.
+fn peer_from_cert(der: &[u8]) -> Option<Peer> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let serial = hex::encode(cert.raw_serial());
+    if let Some(id) = cn.strip_prefix("agent:") {
+        Some(Peer::Agent { id: id.to_string(), serial })
+    } else {
+        cn.strip_prefix("operator:").map(|name| Peer::Operator { name: name.to_string(), serial })
+    }
+}
+
+/// The controller's TLS settings.
+pub struct ServerTls {
+    main: Arc<ServerConfig>,
+    enroll: Arc<ServerConfig>,
+}
+
+impl ServerTls {
+    /// `chain_pem` is the controller certificate followed by the CA certificate.
+    pub fn new(ca_pem: &str, chain_pem: &str, key_pem: &str) -> Result<Self, TransportError> {
+        let key = || PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(tls_err);
+        let chain = certs(chain_pem)?;
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
+            .build()
+            .map_err(tls_err)?;
+        let mut main = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain.clone(), key()?)
+            .map_err(tls_err)?;
+        main.alpn_protocols = vec![b"h2".to_vec()];
+        let mut enroll = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?
+            .with_no_client_auth()
+            .with_single_cert(chain, key()?)
+            .map_err(tls_err)?;
+        enroll.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(ServerTls { main: Arc::new(main), enroll: Arc::new(enroll) })
+    }
+}
+
+/// A TLS connection accepted by the controller.
+pub struct TlsConn {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently (a slow or hostile
+/// client cannot stall the others), yielding authenticated connections for tonic.
+pub fn incoming(listener: TcpListener, tls: ServerTls) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let tls = Arc::new(tls);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if tx.is_closed() {
+                break;
+            }
+            let conn_tx = tx.clone();
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                match tokio::time::timeout(Duration::from_secs(10), handshake(tcp, remote, &tls)).await {
+                    Ok(Ok(conn)) => {
+                        let _ = conn_tx.send(Ok(conn)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%remote, error = %e, "tls handshake refused"),
+                    Err(_) => tracing::info!(%remote, "tls handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+async fn handshake(tcp: TcpStream, remote: SocketAddr, tls: &ServerTls) -> std::io::Result<TlsConn> {
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+    let enrolling = start.client_hello().server_name() == Some(ENROLL_NAME);
+    let config = if enrolling { tls.enroll.clone() } else { tls.main.clone() };
+    let stream = start.into_stream(config).await?;
+    let peer = if enrolling {
+        Peer::Enrolling
+    } else {
+        let der = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or_else(|| std::io::Error::other("no client certificate"))?;
+        peer_from_cert(der.as_ref()).ok_or_else(|| std::io::Error::other("client certificate names neither an agent nor an operator"))?
+    };
+    Ok(TlsConn { stream, info: PeerInfo { remote, peer } })
+}
