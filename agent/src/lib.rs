@@ -1,1 +1,121 @@
-//! placeholder
+//! The Lifeboat agent: one per machine.
+//!
+//! [`enroll`] makes the machine's keys and trades a join token for a certificate.
+//! [`run`] dials the controller (machines need no inbound port), keeps one session, and
+//! runs the jobs it is sent: [`backup`] (walk → chunk → hash → ask what is missing →
+//! compress → upload → sign → commit) and [`restore`] (verify signature → fetch →
+//! verify every chunk and file → write under a directory handle). What the agent may read
+//! ([`RunConfig::sources`]) and where it may write ([`RunConfig::restore_roots`]) is its
+//! own configuration: the controller can only name them.
+
+pub mod backup;
+mod client;
+pub mod enroll;
+pub mod restore;
+mod session;
+pub mod state;
+
+use std::path::{Component, Path, PathBuf};
+
+use lifeboat_core::snapshot::validate_name;
+
+pub use session::run;
+
+/// Agent failures, phrased for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    State(String),
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Core(#[from] lifeboat_core::Error),
+    #[error("{}", chain(.0))]
+    Transport(#[from] lifeboat_proto::transport::TransportError),
+    #[error("{0}")]
+    Rpc(String),
+}
+
+/// An error with its whole `source()` chain, for one-line messages.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let msg = c.to_string();
+        if !s.contains(&msg) {
+            s.push_str(": ");
+            s.push_str(&msg);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+impl From<tonic::Status> for AgentError {
+    fn from(s: tonic::Status) -> Self {
+        AgentError::Rpc(format!("controller: {}", s.message()))
+    }
+}
+
+/// One directory the agent backs up.
+#[derive(Debug, Clone)]
+pub struct Source {
+    pub name: String,
+    pub path: PathBuf,
+}
+
+/// `lifeboat-agent run` settings, validated.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub state_dir: PathBuf,
+    pub sources: Vec<Source>,
+    pub restore_roots: Vec<PathBuf>,
+    /// zstd level for chunk data.
+    pub compression_level: i32,
+    /// Overrides the controller URL recorded at enrollment.
+    pub controller: Option<String>,
+}
+
+impl RunConfig {
+    /// Parses `NAME=PATH` source flags and restore roots into a checked configuration.
+    pub fn new(state_dir: PathBuf, sources: &[String], restore_roots: &[PathBuf]) -> Result<RunConfig, AgentError> {
+        let mut out = Vec::new();
+        for s in sources {
+            let (name, path) = s
+                .split_once('=')
+                .ok_or_else(|| AgentError::Config(format!("--source {s:?}: expected NAME=PATH")))?;
+            validate_name("source", name)?;
+            if out.iter().any(|o: &Source| o.name == name) {
+                return Err(AgentError::Config(format!("--source {name} is given twice")));
+            }
+            let path = absolute_clean(Path::new(path)).map_err(|why| AgentError::Config(format!("--source {name}={path}: {why}")))?;
+            out.push(Source { name: name.to_string(), path });
+        }
+        let mut roots = Vec::new();
+        for r in restore_roots {
+            let p = absolute_clean(r).map_err(|why| AgentError::Config(format!("--restore-root {}: {why}", r.display())))?;
+            std::fs::create_dir_all(&p).map_err(|e| AgentError::Config(format!("--restore-root {}: {e}", p.display())))?;
+            roots.push(p);
+        }
+        Ok(RunConfig { state_dir, sources: out, restore_roots: roots, compression_level: lifeboat_core::codec::DEFAULT_LEVEL, controller: None })
+    }
+}
+
+/// An absolute path without `.` or `..` (relative paths are taken from the current directory).
+pub fn absolute_clean(p: &Path) -> Result<PathBuf, String> {
+    let abs = std::path::absolute(p).map_err(|e| e.to_string())?;
+    if abs.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err("must not contain `..`".into());
+    }
+    Ok(abs.components().collect())
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// This machine's host name.
+pub fn hostname() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}

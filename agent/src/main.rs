@@ -1,1 +1,92 @@
-fn main() {}
+//! `lifeboat-agent`: enroll this machine, then run.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use lifeboat_agent::enroll::{enroll, EnrollOptions};
+use lifeboat_agent::RunConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "lifeboat-agent", version, about = "Lifeboat agent: backs up and restores this machine for a controller")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Enroll this machine with a controller (keys are generated here).
+    Enroll {
+        /// Controller URL, https://HOST:PORT.
+        #[arg(long)]
+        controller: String,
+        /// Single-use join token from `lifeboat token create`.
+        #[arg(long, env = "LIFEBOAT_JOIN_TOKEN")]
+        token: String,
+        /// SHA-256 fingerprint of the controller's CA, checked before the token is sent.
+        #[arg(long)]
+        ca_fingerprint: String,
+        #[arg(long, env = "LIFEBOAT_AGENT_STATE_DIR")]
+        state_dir: PathBuf,
+        /// Agent name (default: this host's name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Label KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Connect to the controller and run backup and restore jobs.
+    Run {
+        #[arg(long, env = "LIFEBOAT_AGENT_STATE_DIR")]
+        state_dir: PathBuf,
+        /// A directory to back up, NAME=PATH (repeatable).
+        #[arg(long = "source", value_name = "NAME=PATH")]
+        sources: Vec<String>,
+        /// A directory restores may write below (repeatable). Without one, restores are refused.
+        #[arg(long = "restore-root", value_name = "PATH")]
+        restore_roots: Vec<PathBuf>,
+        /// zstd level for chunk data (0 stores raw).
+        #[arg(long, default_value_t = lifeboat_core::codec::DEFAULT_LEVEL)]
+        compression_level: i32,
+    },
+}
+
+fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    raw.iter()
+        .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow::anyhow!("--label {l:?}: expected KEY=VALUE")))
+        .collect()
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = real_main(Cli::parse()).await {
+        eprintln!("lifeboat-agent: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Enroll { controller, token, ca_fingerprint, state_dir, name, labels } => {
+            let state = enroll(EnrollOptions { controller, token, ca_fingerprint, state_dir: state_dir.clone(), name, labels: parse_labels(&labels)? }).await?;
+            println!("enrolled as {} (id {})", state.info.name, state.info.agent_id);
+            println!("next: lifeboat-agent run --state-dir {} --source NAME=PATH --restore-root PATH", state_dir.display());
+            Ok(())
+        }
+        Cmd::Run { state_dir, sources, restore_roots, compression_level } => {
+            let mut config = RunConfig::new(state_dir, &sources, &restore_roots)?;
+            config.compression_level = compression_level;
+            lifeboat_agent::run(config, async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+            Ok(())
+        }
+    }
+}

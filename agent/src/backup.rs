@@ -1,0 +1,382 @@
+//! A backup of one source: walk → chunk → hash → ask what is missing → compress → upload
+//! → sign → commit.
+//!
+//! The CPU work runs on blocking threads, one worker per core. Each worker takes whole
+//! files, cuts them with FastCDC, names each chunk (keyed BLAKE3) and hashes the whole
+//! content; chunks the backup has not seen yet are batched (at most [`BATCH_BYTES`]),
+//! the controller is asked which of them it lacks, and only those are compressed and
+//! sent into one bounded upload stream. Memory is bounded by the workers' batches and the
+//! stream's capacity, never by the size of the source. Files whose size, mtime, ctime and
+//! inode match the previous snapshot of the source are not read at all.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lifeboat_core::chunker::Chunker;
+use lifeboat_core::codec::Encoder;
+use lifeboat_core::snapshot::{Record, Stats, TreeRef, RECORD_VERSION};
+use lifeboat_core::tree::{Entry, Kind, Tree, TreeWriter};
+use lifeboat_core::{walk, ChunkId};
+use lifeboat_proto::pb;
+use tokio::sync::mpsc;
+
+use crate::client::{self, Client};
+use crate::state::AgentState;
+use crate::{now_ms, AgentError, Source};
+
+/// Plaintext bytes a worker gathers before asking which chunks are missing.
+const BATCH_BYTES: usize = 16 << 20;
+const BATCH_CHUNKS: usize = 128;
+/// Encoded chunks in flight to the controller.
+const UPLOAD_QUEUE: usize = 8;
+const CACHE_MAGIC: &[u8; 8] = b"LBCACHE1";
+
+/// Live progress, read by the session's reporter.
+#[derive(Default)]
+pub struct Counters {
+    pub files_done: AtomicU64,
+    pub files_total: AtomicU64,
+    pub bytes_done: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub bytes_read: AtomicU64,
+    pub bytes_new: AtomicU64,
+    pub bytes_uploaded: AtomicU64,
+    pub chunks_new: AtomicU64,
+    pub chunks_reused: AtomicU64,
+    pub phase: Mutex<String>,
+}
+
+impl Counters {
+    pub fn snapshot(&self) -> pb::Progress {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        pb::Progress {
+            files_done: g(&self.files_done),
+            files_total: g(&self.files_total),
+            bytes_done: g(&self.bytes_done),
+            bytes_total: g(&self.bytes_total),
+            bytes_uploaded: g(&self.bytes_uploaded),
+            chunks_new: g(&self.chunks_new),
+            chunks_reused: g(&self.chunks_reused),
+            current: String::new(),
+            phase: self.phase.lock().map(|p| p.clone()).unwrap_or_default(),
+        }
+    }
+
+    pub fn set_phase(&self, phase: &str) {
+        if let Ok(mut p) = self.phase.lock() {
+            *p = phase.to_string();
+        }
+    }
+
+    fn add(a: &AtomicU64, n: u64) {
+        a.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+pub struct BackupContext {
+    pub state: Arc<AgentState>,
+    pub client: Client,
+    pub job_id: String,
+    pub level: i32,
+    pub full_reread: bool,
+    pub counters: Arc<Counters>,
+}
+
+/// The outcome of one source's backup.
+pub struct BackupResult {
+    pub snapshot_id: String,
+    pub stats: Stats,
+    pub warnings: Vec<String>,
+}
+
+/// Change-detection key: a file with the same size, mtime, ctime and inode is unchanged.
+fn unchanged(prev: &Entry, cur: &Entry) -> bool {
+    prev.kind == Kind::File
+        && prev.size == cur.size
+        && prev.mtime == cur.mtime
+        && prev.mtime_nsec == cur.mtime_nsec
+        && prev.ctime == cur.ctime
+        && prev.ctime_nsec == cur.ctime_nsec
+        && prev.ino == cur.ino
+        && prev.dev == cur.dev
+}
+
+/// The tree of the last committed snapshot of `source`, if cached and readable.
+fn load_cache(state: &AgentState, source: &str) -> Option<(String, Tree)> {
+    let bytes = std::fs::read(state.cache_path(source)).ok()?;
+    if bytes.len() < 72 || &bytes[..8] != CACHE_MAGIC {
+        return None;
+    }
+    let id = String::from_utf8(bytes[8..72].to_vec()).ok()?;
+    match Tree::parse(&bytes[72..]) {
+        Ok(t) => Some((id, t)),
+        Err(e) => {
+            tracing::warn!(source, error = %e, "ignoring unreadable change-detection cache");
+            None
+        }
+    }
+}
+
+fn save_cache(state: &AgentState, source: &str, snapshot_id: &str, tree: &[u8]) -> Result<(), AgentError> {
+    let mut bytes = Vec::with_capacity(72 + tree.len());
+    bytes.extend_from_slice(CACHE_MAGIC);
+    bytes.extend_from_slice(snapshot_id.as_bytes());
+    bytes.extend_from_slice(tree);
+    Ok(lifeboat_core::durable::write_atomic(&state.cache_path(source), &bytes, 0o600)?)
+}
+
+/// What a worker learned about one file.
+enum FileOutcome {
+    Read { index: usize, chunks: Vec<ChunkId>, hash: [u8; 32], size: u64 },
+    Skipped { index: usize, why: String },
+}
+
+/// Shared by the workers of one backup.
+struct Pipeline {
+    key: lifeboat_core::ChunkKey,
+    level: i32,
+    seen: Mutex<HashSet<ChunkId>>,
+    counters: Arc<Counters>,
+    upload: mpsc::Sender<pb::ChunkBlob>,
+    client: Client,
+    rt: tokio::runtime::Handle,
+}
+
+impl Pipeline {
+    /// Asks which of `batch` the store lacks, then compresses and queues only those.
+    fn flush(&self, enc: &mut Encoder, batch: &mut Vec<(ChunkId, Vec<u8>)>) -> Result<(), AgentError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
+        let mut client = self.client.clone();
+        let missing: HashSet<ChunkId> = self.rt.block_on(client::missing(&mut client, &ids))?.into_iter().collect();
+        for (id, data) in batch.drain(..) {
+            if !missing.contains(&id) {
+                Counters::add(&self.counters.chunks_reused, 1);
+                continue;
+            }
+            let blob = enc.encode(&data)?;
+            Counters::add(&self.counters.chunks_new, 1);
+            Counters::add(&self.counters.bytes_new, data.len() as u64);
+            Counters::add(&self.counters.bytes_uploaded, blob.len() as u64);
+            self.upload
+                .blocking_send(pb::ChunkBlob { id: id.as_bytes().to_vec(), blob })
+                .map_err(|_| AgentError::Rpc("the upload stream to the controller closed".into()))?;
+        }
+        Ok(())
+    }
+
+    /// Chunks `data`-producing reader `src`, queueing new chunks; returns ids, hash, size.
+    fn chunk_stream(&self, src: impl std::io::Read, enc: &mut Encoder, batch: &mut Vec<(ChunkId, Vec<u8>)>, batch_bytes: &mut usize) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {
+        let mut hasher = blake3::Hasher::new_keyed(self.key.as_bytes());
+        let mut ids = Vec::new();
+        let mut size = 0u64;
+        for chunk in Chunker::new(src) {
+            let data = chunk?;
+            let id = self.key.id_of(&data);
+            hasher.update(&data);
+            size += data.len() as u64;
+            ids.push(id);
+            Counters::add(&self.counters.bytes_done, data.len() as u64);
+            if self.seen.lock().map(|mut s| s.insert(id)).unwrap_or(true) {
+                *batch_bytes += data.len();
+                batch.push((id, data));
+                if *batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_CHUNKS {
+                    self.flush(enc, batch)?;
+                    *batch_bytes = 0;
+                }
+            } else {
+                Counters::add(&self.counters.chunks_reused, 1);
+            }
+        }
+        Ok((ids, *hasher.finalize().as_bytes(), size))
+    }
+
+    /// A worker: reads files from `queue` until it is empty.
+    fn work(&self, queue: &Mutex<std::vec::IntoIter<(usize, std::path::PathBuf)>>) -> Result<Vec<FileOutcome>, AgentError> {
+        let mut enc = Encoder::new(self.level)?;
+        let mut batch = Vec::new();
+        let mut batch_bytes = 0usize;
+        let mut out = Vec::new();
+        loop {
+            let next = queue.lock().ok().and_then(|mut q| q.next());
+            let Some((index, path)) = next else { break };
+            let outcome = match std::fs::File::open(&path) {
+                Ok(f) => match self.chunk_stream(f, &mut enc, &mut batch, &mut batch_bytes) {
+                    Ok((chunks, hash, size)) => {
+                        Counters::add(&self.counters.bytes_read, size);
+                        FileOutcome::Read { index, chunks, hash, size }
+                    }
+                    Err(AgentError::Core(e)) if e.retryable() => FileOutcome::Skipped { index, why: format!("{}: {e}", path.display()) },
+                    Err(e) => return Err(e),
+                },
+                Err(e) => FileOutcome::Skipped { index, why: format!("{}: {e}", path.display()) },
+            };
+            Counters::add(&self.counters.files_done, 1);
+            out.push(outcome);
+        }
+        self.flush(&mut enc, &mut batch)?;
+        Ok(out)
+    }
+}
+
+/// Backs up one source and commits its snapshot.
+pub async fn backup_source(ctx: &BackupContext, source: &Source) -> Result<BackupResult, AgentError> {
+    let started = now_ms();
+    let counters = ctx.counters.clone();
+    counters.set_phase(&format!("scanning {}", source.name));
+    let root = source.path.clone();
+    let walked = tokio::task::spawn_blocking(move || walk::scan(&root)).await.map_err(|e| AgentError::State(e.to_string()))??;
+    let mut warnings = walked.warnings;
+    let mut entries = walked.entries;
+
+    let state = ctx.state.clone();
+    let name = source.name.clone();
+    let prev = if ctx.full_reread { None } else { tokio::task::spawn_blocking(move || load_cache(&state, &name)).await.ok().flatten() };
+    let mut seen = HashSet::new();
+    let mut to_read = Vec::new();
+    {
+        let prev_files: HashMap<&[u8], &Entry> =
+            prev.as_ref().map(|(_, t)| t.entries.iter().filter(|e| e.kind == Kind::File).map(|e| (e.path.as_slice(), e)).collect()).unwrap_or_default();
+        if let Some((_, t)) = &prev {
+            seen.extend(t.chunk_ids().copied());
+        }
+        for (i, e) in entries.iter_mut().enumerate().filter(|(_, e)| e.kind == Kind::File) {
+            Counters::add(&counters.files_total, 1);
+            Counters::add(&counters.bytes_total, e.size);
+            match prev_files.get(e.path.as_slice()) {
+                Some(p) if unchanged(p, e) => {
+                    e.chunks = p.chunks.clone();
+                    e.content_hash = p.content_hash;
+                    e.sparse = p.sparse || e.sparse;
+                    Counters::add(&counters.files_done, 1);
+                    Counters::add(&counters.bytes_done, e.size);
+                    Counters::add(&counters.chunks_reused, e.chunks.len() as u64);
+                }
+                _ => to_read.push((i, walk::join(&source.path, &e.path))),
+            }
+        }
+    }
+
+    counters.set_phase(&format!("reading {}", source.name));
+    let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
+    let mut upload_client = ctx.client.clone();
+    let uploader = tokio::spawn(async move { upload_client.put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let pipeline = Arc::new(Pipeline {
+        key: ctx.state.chunk_key.clone(),
+        level: ctx.level,
+        seen: Mutex::new(seen),
+        counters: counters.clone(),
+        upload: tx,
+        client: ctx.client.clone(),
+        rt: tokio::runtime::Handle::current(),
+    });
+    let queue = Arc::new(Mutex::new(to_read.into_iter()));
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let handles: Vec<_> = (0..workers)
+        .map(|_| {
+            let (p, q) = (pipeline.clone(), queue.clone());
+            tokio::task::spawn_blocking(move || p.work(&q))
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    let mut failure = None;
+    for h in handles {
+        match h.await.map_err(|e| AgentError::State(format!("backup worker: {e}")))? {
+            Ok(o) => outcomes.extend(o),
+            Err(e) => failure = failure.or(Some(e)),
+        }
+    }
+    if let Some(e) = failure {
+        drop(pipeline);
+        let _ = uploader.await;
+        return Err(e);
+    }
+
+    // Apply what the workers read; drop files that could not be read (and hardlinks to them).
+    let mut dropped = HashSet::new();
+    for o in outcomes {
+        match o {
+            FileOutcome::Read { index, chunks, hash, size } => {
+                let e = &mut entries[index];
+                e.chunks = chunks;
+                e.content_hash = hash;
+                e.size = size;
+            }
+            FileOutcome::Skipped { index, why } => {
+                dropped.insert(entries[index].path.clone());
+                warnings.push(why);
+            }
+        }
+    }
+    entries.retain(|e| !dropped.contains(&e.path) && !(e.kind == Kind::Hardlink && dropped.contains(&e.target)));
+
+    counters.set_phase(&format!("committing {}", source.name));
+    let mut w = TreeWriter::new(&walked.root);
+    for e in &entries {
+        w.push(e)?;
+    }
+    let tree_bytes = w.finish();
+    let p = pipeline.clone();
+    let tb = tree_bytes.clone();
+    let tree_chunks = tokio::task::spawn_blocking(move || -> Result<Vec<ChunkId>, AgentError> {
+        let mut enc = Encoder::new(p.level)?;
+        let (mut batch, mut n) = (Vec::new(), 0usize);
+        let (ids, _, _) = p.chunk_stream(&tb[..], &mut enc, &mut batch, &mut n)?;
+        p.flush(&mut enc, &mut batch)?;
+        Ok(ids)
+    })
+    .await
+    .map_err(|e| AgentError::State(e.to_string()))??;
+    drop(pipeline);
+    uploader.await.map_err(|e| AgentError::State(e.to_string()))??;
+
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let stats = Stats {
+        files: entries.iter().filter(|e| e.kind == Kind::File).count() as u64,
+        dirs: entries.iter().filter(|e| e.kind == Kind::Dir).count() as u64,
+        other: entries.iter().filter(|e| !matches!(e.kind, Kind::File | Kind::Dir)).count() as u64,
+        bytes: entries.iter().filter(|e| e.kind == Kind::File).map(|e| e.size).sum(),
+        bytes_read: g(&counters.bytes_read),
+        bytes_new: g(&counters.bytes_new),
+        bytes_uploaded: g(&counters.bytes_uploaded),
+        chunks_new: g(&counters.chunks_new),
+        chunks_reused: g(&counters.chunks_reused),
+    };
+    let record = Record {
+        version: RECORD_VERSION,
+        agent_id: ctx.state.info.agent_id.clone(),
+        agent_name: ctx.state.info.name.clone(),
+        hostname: crate::hostname(),
+        source: source.name.clone(),
+        source_kind: "path".into(),
+        source_path: source.path.display().to_string(),
+        job_id: ctx.job_id.clone(),
+        parent: prev.map(|(id, _)| id),
+        started_unix_ms: started,
+        finished_unix_ms: now_ms(),
+        tree: TreeRef {
+            chunks: tree_chunks.iter().map(|c| c.to_hex()).collect(),
+            size: tree_bytes.len() as u64,
+            hash: blake3::keyed_hash(ctx.state.chunk_key.as_bytes(), &tree_bytes).to_hex().to_string(),
+        },
+        stats: stats.clone(),
+    };
+    let record_bytes = record.to_bytes();
+    let signature = ctx.state.signing.sign_record(&record_bytes);
+    let reply = ctx
+        .client
+        .clone()
+        .commit_snapshot(pb::CommitRequest { job_id: ctx.job_id.clone(), record: record_bytes, signature })
+        .await?
+        .into_inner();
+    let state = ctx.state.clone();
+    let (name, id) = (source.name.clone(), reply.snapshot_id.clone());
+    tokio::task::spawn_blocking(move || save_cache(&state, &name, &id, &tree_bytes)).await.map_err(|e| AgentError::State(e.to_string()))??;
+    for w in &warnings {
+        tracing::warn!(source = %source.name, "not backed up: {w}");
+    }
+    Ok(BackupResult { snapshot_id: reply.snapshot_id, stats, warnings })
+}

@@ -1,0 +1,180 @@
+//! The agent's one long-lived session with the controller, and the jobs it runs.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lifeboat_proto::pb::{self, agent_message::Msg, controller_message, JobState};
+use lifeboat_proto::transport;
+use tokio::sync::mpsc;
+
+use crate::backup::{self, BackupContext, Counters};
+use crate::client::{self, Client};
+use crate::state::AgentState;
+use crate::{chain, restore, AgentError, RunConfig};
+
+const HEARTBEAT: Duration = Duration::from_secs(15);
+const PROGRESS_EVERY: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+struct Shared {
+    state: Arc<AgentState>,
+    config: RunConfig,
+    running: Mutex<HashSet<String>>,
+    updates: mpsc::Sender<pb::JobUpdate>,
+}
+
+/// Runs the agent until `shutdown` completes: connect, keep the session, reconnect with
+/// jittered exponential backoff when it drops.
+pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+    transport::install_crypto_provider();
+    let state = Arc::new(AgentState::load(&config.state_dir)?);
+    let url = config.controller.clone().unwrap_or_else(|| state.info.controller.clone());
+    let tls = state.client_tls()?;
+    let (updates, mut updates_rx) = mpsc::channel(256);
+    let shared = Arc::new(Shared { state, config, running: Mutex::new(HashSet::new()), updates });
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let started = tokio::time::Instant::now();
+        let session = async {
+            let channel = transport::connect(&url, tls.clone()).await?;
+            serve_session(&shared, channel, &mut updates_rx).await
+        };
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            res = session => match res {
+                Ok(()) => tracing::warn!("controller closed the session"),
+                Err(e) => tracing::warn!(error = %e, "session with the controller failed"),
+            },
+        }
+        if started.elapsed() > MAX_BACKOFF {
+            backoff = Duration::from_millis(200);
+        }
+        let jitter = Duration::from_millis(u64::from(lifeboat_core::sign::random_bytes::<2>().map(u16::from_le_bytes).unwrap_or(0)) % 500);
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(backoff + jitter) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn serve_session(shared: &Arc<Shared>, channel: tonic::transport::Channel, updates: &mut mpsc::Receiver<pb::JobUpdate>) -> Result<(), AgentError> {
+    let mut api = client::client(channel);
+    let (out_tx, out_rx) = mpsc::channel(64);
+    let hello = pb::Hello {
+        version: env!("CARGO_PKG_VERSION").into(),
+        hostname: crate::hostname(),
+        sources: shared.config.sources.iter().map(|s| pb::Source { name: s.name.clone(), kind: "path".into(), path: s.path.display().to_string() }).collect(),
+        restore_roots: shared.config.restore_roots.iter().map(|r| r.display().to_string()).collect(),
+        running_jobs: shared.running.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default(),
+    };
+    out_tx.send(pb::AgentMessage { msg: Some(Msg::Hello(hello)) }).await.map_err(|_| AgentError::Rpc("session closed".into()))?;
+    let mut inbound = api.session(tokio_stream::wrappers::ReceiverStream::new(out_rx)).await?.into_inner();
+    tracing::info!(agent = %shared.state.info.name, "connected to the controller");
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    loop {
+        tokio::select! {
+            msg = inbound.message() => match msg? {
+                Some(pb::ControllerMessage { msg: Some(controller_message::Msg::Job(job)) }) => start_job(shared, api.clone(), job),
+                Some(_) => {}
+                None => return Ok(()),
+            },
+            Some(u) = updates.recv() => {
+                if out_tx.send(pb::AgentMessage { msg: Some(Msg::JobUpdate(u)) }).await.is_err() {
+                    return Err(AgentError::Rpc("session closed".into()));
+                }
+            }
+            _ = heartbeat.tick() => {
+                let hb = pb::Heartbeat { unix_ms: crate::now_ms() as u64 };
+                if out_tx.send(pb::AgentMessage { msg: Some(Msg::Heartbeat(hb)) }).await.is_err() {
+                    return Err(AgentError::Rpc("session closed".into()));
+                }
+            }
+        }
+    }
+}
+
+fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
+    let id = job.job_id.clone();
+    if !shared.running.lock().map(|mut r| r.insert(id.clone())).unwrap_or(false) {
+        return; // already running (redelivered after a reconnect)
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        let counters = Arc::new(Counters::default());
+        let reporter = {
+            let (updates, counters, id) = (shared.updates.clone(), counters.clone(), id.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(PROGRESS_EVERY);
+                loop {
+                    tick.tick().await;
+                    let u = pb::JobUpdate { job_id: id.clone(), state: JobState::Running as i32, progress: Some(counters.snapshot()), ..Default::default() };
+                    if updates.send(u).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let result = run_job(&shared, api, &job, counters.clone()).await;
+        reporter.abort();
+        let mut update = pb::JobUpdate { job_id: id.clone(), progress: Some(counters.snapshot()), ..Default::default() };
+        match result {
+            Ok(snapshot_ids) => {
+                update.state = JobState::Succeeded as i32;
+                update.snapshot_ids = snapshot_ids;
+            }
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "job failed");
+                update.state = JobState::Failed as i32;
+                update.error = e.to_string();
+            }
+        }
+        let _ = shared.updates.send(update).await;
+        if let Ok(mut r) = shared.running.lock() {
+            r.remove(&id);
+        }
+    });
+}
+
+async fn run_job(shared: &Shared, api: Client, job: &pb::Job, counters: Arc<Counters>) -> Result<Vec<String>, AgentError> {
+    match &job.kind {
+        Some(pb::job::Kind::Backup(b)) => {
+            let ctx = BackupContext {
+                state: shared.state.clone(),
+                client: api,
+                job_id: job.job_id.clone(),
+                level: shared.config.compression_level,
+                full_reread: b.full_reread,
+                counters,
+            };
+            let mut ids = Vec::new();
+            for name in &b.sources {
+                let source = shared
+                    .config
+                    .sources
+                    .iter()
+                    .find(|s| &s.name == name)
+                    .ok_or_else(|| AgentError::Config(format!("this agent has no source {name:?}")))?;
+                let r = backup::backup_source(&ctx, source).await?;
+                tracing::info!(source = %name, snapshot = %r.snapshot_id, files = r.stats.files, new_bytes = r.stats.bytes_new, "backup committed");
+                ids.push(r.snapshot_id);
+            }
+            Ok(ids)
+        }
+        Some(pb::job::Kind::Restore(r)) => {
+            let report = restore::run_restore(shared.state.clone(), api, &job.job_id, r.clone(), &shared.config.restore_roots, counters).await?;
+            tracing::info!(files = report.files, bytes = report.bytes, target = %r.target, "restore finished");
+            for (p, why) in &report.skipped {
+                tracing::warn!(path = %p, "not restored: {why}");
+            }
+            Ok(vec![r.snapshot_id.clone()])
+        }
+        None => Err(AgentError::Rpc(format!("job {} has no kind; upgrade this agent", job.job_id))),
+    }
+    .map_err(|e| match e {
+        AgentError::Transport(t) => AgentError::Rpc(chain(&t)),
+        other => other,
+    })
+}
