@@ -1,1 +1,181 @@
-fn main() {}
+//! `lifeboat`: the operator's command line.
+
+mod commands;
+mod output;
+mod up;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(name = "lifeboat", version, about = "Back up and restore a fleet of machines")]
+pub struct Cli {
+    /// Controller URL, https://HOST:PORT (default: the one in the identity file).
+    #[arg(long, global = true, env = "LIFEBOAT_CONTROLLER")]
+    controller: Option<String>,
+    /// Operator identity file (default: the one `lifeboat up` made in the per-user data directory).
+    #[arg(long, global = true, env = "LIFEBOAT_IDENTITY")]
+    identity: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct Json {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Start a controller and a local agent on this machine (the embedded default).
+    Up {
+        /// Data directory (default: the per-user data directory).
+        #[arg(long, env = "LIFEBOAT_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: std::net::SocketAddr,
+        /// A directory to back up, NAME=PATH (repeatable).
+        #[arg(long = "source", value_name = "NAME=PATH")]
+        sources: Vec<String>,
+        /// Where restores may write (default: DATA_DIR/restores).
+        #[arg(long = "restore-root", value_name = "PATH")]
+        restore_roots: Vec<PathBuf>,
+    },
+    /// Controller status.
+    Status(Json),
+    /// Join tokens for new machines.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// List enrolled agents.
+    Agents(Json),
+    /// List snapshots.
+    Snapshots {
+        /// Only this agent's (name or id).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this source's.
+        #[arg(long)]
+        source: Option<String>,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// List jobs, or watch one.
+    Jobs {
+        #[command(subcommand)]
+        cmd: Option<JobsCmd>,
+        /// How many of the newest jobs to list.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Back up an agent's sources now.
+    Backup {
+        agent: String,
+        /// Only this source (repeatable; default: all of the agent's sources).
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        /// Re-read every file instead of skipping unchanged ones.
+        #[arg(long)]
+        full: bool,
+        /// Wait for the job to finish; exit non-zero if it fails.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Restore a snapshot onto an agent (the same machine or another one).
+    Restore {
+        /// Snapshot id or unique prefix.
+        snapshot: String,
+        /// The agent that writes the files.
+        #[arg(long)]
+        agent: String,
+        /// Absolute target directory on that agent, inside one of its restore roots.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a single-use join token and print the enroll command for the new machine.
+    Create {
+        /// Label the agent gets, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// How long the token stays valid (e.g. 30m, 1h, 2d).
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JobsCmd {
+    /// Follow a job with a live progress bar until it ends.
+    Watch { id: String },
+    /// Show one job.
+    Show {
+        id: String,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+/// The per-user data directory `lifeboat up` uses by default.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("lifeboat");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/lifeboat"),
+        None => PathBuf::from("/var/lib/lifeboat"),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    let quiet = !matches!(cli.cmd, Cmd::Up { .. });
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new(if quiet { "warn" } else { "info" })))
+        .with_writer(std::io::stderr)
+        .init();
+    lifeboat_proto::transport::install_crypto_provider();
+    let code = match commands::dispatch(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lifeboat: {}", one_line(&e));
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// An error and its causes on one line, without repeating a cause already in the message.
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for c in e.chain() {
+        let m = c.to_string();
+        if s.contains(&m) {
+            continue;
+        }
+        if !s.is_empty() {
+            s.push_str(": ");
+        }
+        s.push_str(&m);
+    }
+    s
+}

@@ -1,0 +1,105 @@
+//! Human tables and `--json` for listings.
+
+use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use lifeboat_proto::pb::{self, JobState};
+
+pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut t = Table::new();
+    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    for r in rows {
+        t.add_row(r);
+    }
+    t.to_string()
+}
+
+pub fn time(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+pub fn state_name(s: i32) -> &'static str {
+    match JobState::try_from(s).unwrap_or(JobState::Unspecified) {
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Interrupted => "interrupted",
+        JobState::Unspecified => "unknown",
+    }
+}
+
+pub fn job_json(j: &pb::JobInfo) -> serde_json::Value {
+    let p = j.progress.clone().unwrap_or_default();
+    serde_json::json!({
+        "id": j.id,
+        "kind": j.kind,
+        "agent": j.agent_name,
+        "agent_id": j.agent_id,
+        "state": state_name(j.state),
+        "detail": j.detail,
+        "created": time(j.created_unix_ms),
+        "started": time(j.started_unix_ms),
+        "finished": time(j.finished_unix_ms),
+        "error": j.error,
+        "snapshot_ids": j.snapshot_ids,
+        "progress": {
+            "phase": p.phase,
+            "files_done": p.files_done,
+            "files_total": p.files_total,
+            "bytes_done": p.bytes_done,
+            "bytes_total": p.bytes_total,
+            "bytes_uploaded": p.bytes_uploaded,
+            "chunks_new": p.chunks_new,
+            "chunks_reused": p.chunks_reused,
+        },
+    })
+}
+
+pub fn snapshot_json(s: &pb::SnapshotInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": s.id,
+        "short_id": &s.id[..s.id.len().min(12)],
+        "agent": s.agent_name,
+        "agent_id": s.agent_id,
+        "source": s.source,
+        "source_path": s.source_path,
+        "hostname": s.hostname,
+        "time": time(s.received_unix_ms),
+        "received_unix_ms": s.received_unix_ms,
+        "agent_time_unix_ms": s.agent_time_unix_ms,
+        "files": s.files,
+        "dirs": s.dirs,
+        "bytes": s.bytes,
+        "bytes_new": s.bytes_new,
+        "parent": s.parent,
+    })
+}
+
+pub fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": a.id,
+        "name": a.name,
+        "labels": a.labels,
+        "hostname": a.hostname,
+        "connected": a.connected,
+        "last_seen": time(a.last_seen_unix_ms),
+        "enrolled": time(a.enrolled_unix_ms),
+        "sources": a.sources.iter().map(|s| serde_json::json!({"name": s.name, "kind": s.kind, "path": s.path})).collect::<Vec<_>>(),
+        "restore_roots": a.restore_roots,
+        "version": a.version,
+    })
+}
