@@ -27,6 +27,7 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
     let catalog = std::sync::Arc::new(prepared.catalog);
     let store = crate::store::Store::open(&prepared.store_dir, prepared.chunk_key.clone(), catalog.clone())?;
     let mut report = RebuildReport::default();
+    restore_admin(data_dir, &catalog)?;
     catalog.clear_store_index()?;
     for path in store.pack_paths()? {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -74,4 +75,21 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
         }
     }
     Ok(report)
+}
+
+/// Re-registers the admin identity of `DIR/admin.identity`, so the operator who rebuilt a
+/// lost catalog can still reach the controller. Other operators and agents re-enroll.
+fn restore_admin(data_dir: &Path, catalog: &crate::catalog::Catalog) -> Result<(), ApiError> {
+    let path = data_dir.join("admin.identity");
+    if !path.exists() {
+        return Ok(());
+    }
+    let id = lifeboat_core::identity::IdentityFile::load(&path)?;
+    let der = lifeboat_core::pki::cert_der(&id.cert_pem)?;
+    if let Some(lifeboat_proto::transport::Peer::Operator { name, serial }) = lifeboat_proto::transport::peer_from_cert(der.as_ref()) {
+        if catalog.operator_serial(&name)?.is_none() {
+            catalog.add_operator(&name, &id.role, &serial, now_ms())?;
+        }
+    }
+    Ok(())
 }

@@ -196,8 +196,8 @@ pub struct PeerInfo {
     pub peer: Peer,
 }
 
-/// Reads the identity from a verified client certificate.
-fn peer_from_cert(der: &[u8]) -> Option<Peer> {
+/// Reads the identity (agent or operator, and the serial) from a client certificate.
+pub fn peer_from_cert(der: &[u8]) -> Option<Peer> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
     let serial = hex::encode(cert.raw_serial());
