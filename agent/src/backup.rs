@@ -15,15 +15,15 @@ use std::sync::{Arc, Mutex};
 
 use lifeboat_core::chunker::Chunker;
 use lifeboat_core::codec::Encoder;
-use lifeboat_core::snapshot::{Record, Stats, TreeRef, RECORD_VERSION};
+use lifeboat_core::snapshot::{RECORD_VERSION, Record, Stats, TreeRef};
 use lifeboat_core::tree::{Entry, Kind, Tree, TreeWriter};
-use lifeboat_core::{walk, ChunkId};
+use lifeboat_core::{ChunkId, walk};
 use lifeboat_proto::pb;
 use tokio::sync::mpsc;
 
 use crate::client::{self, Client};
 use crate::state::AgentState;
-use crate::{now_ms, AgentError, Source};
+use crate::{AgentError, Source, now_ms};
 
 /// Plaintext bytes a worker gathers before asking which chunks are missing.
 const BATCH_BYTES: usize = 16 << 20;
@@ -118,18 +118,35 @@ fn load_cache(state: &AgentState, source: &str) -> Option<(String, Tree)> {
     }
 }
 
-fn save_cache(state: &AgentState, source: &str, snapshot_id: &str, tree: &[u8]) -> Result<(), AgentError> {
+fn save_cache(
+    state: &AgentState,
+    source: &str,
+    snapshot_id: &str,
+    tree: &[u8],
+) -> Result<(), AgentError> {
     let mut bytes = Vec::with_capacity(72 + tree.len());
     bytes.extend_from_slice(CACHE_MAGIC);
     bytes.extend_from_slice(snapshot_id.as_bytes());
     bytes.extend_from_slice(tree);
-    Ok(lifeboat_core::durable::write_atomic(&state.cache_path(source), &bytes, 0o600)?)
+    Ok(lifeboat_core::durable::write_atomic(
+        &state.cache_path(source),
+        &bytes,
+        0o600,
+    )?)
 }
 
 /// What a worker learned about one file.
 enum FileOutcome {
-    Read { index: usize, chunks: Vec<ChunkId>, hash: [u8; 32], size: u64 },
-    Skipped { index: usize, why: String },
+    Read {
+        index: usize,
+        chunks: Vec<ChunkId>,
+        hash: [u8; 32],
+        size: u64,
+    },
+    Skipped {
+        index: usize,
+        why: String,
+    },
 }
 
 /// Shared by the workers of one backup.
@@ -145,13 +162,21 @@ struct Pipeline {
 
 impl Pipeline {
     /// Asks which of `batch` the store lacks, then compresses and queues only those.
-    fn flush(&self, enc: &mut Encoder, batch: &mut Vec<(ChunkId, Vec<u8>)>) -> Result<(), AgentError> {
+    fn flush(
+        &self,
+        enc: &mut Encoder,
+        batch: &mut Vec<(ChunkId, Vec<u8>)>,
+    ) -> Result<(), AgentError> {
         if batch.is_empty() {
             return Ok(());
         }
         let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
         let mut client = self.client.clone();
-        let missing: HashSet<ChunkId> = self.rt.block_on(client::missing(&mut client, &ids))?.into_iter().collect();
+        let missing: HashSet<ChunkId> = self
+            .rt
+            .block_on(client::missing(&mut client, &ids))?
+            .into_iter()
+            .collect();
         for (id, data) in batch.drain(..) {
             if !missing.contains(&id) {
                 Counters::add(&self.counters.chunks_reused, 1);
@@ -162,14 +187,25 @@ impl Pipeline {
             Counters::add(&self.counters.bytes_new, data.len() as u64);
             Counters::add(&self.counters.bytes_uploaded, blob.len() as u64);
             self.upload
-                .blocking_send(pb::ChunkBlob { id: id.as_bytes().to_vec(), blob })
-                .map_err(|_| AgentError::Rpc("the upload stream to the controller closed".into()))?;
+                .blocking_send(pb::ChunkBlob {
+                    id: id.as_bytes().to_vec(),
+                    blob,
+                })
+                .map_err(|_| {
+                    AgentError::Rpc("the upload stream to the controller closed".into())
+                })?;
         }
         Ok(())
     }
 
     /// Chunks `data`-producing reader `src`, queueing new chunks; returns ids, hash, size.
-    fn chunk_stream(&self, src: impl std::io::Read, enc: &mut Encoder, batch: &mut Vec<(ChunkId, Vec<u8>)>, batch_bytes: &mut usize) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {
+    fn chunk_stream(
+        &self,
+        src: impl std::io::Read,
+        enc: &mut Encoder,
+        batch: &mut Vec<(ChunkId, Vec<u8>)>,
+        batch_bytes: &mut usize,
+    ) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {
         let mut hasher = blake3::Hasher::new_keyed(self.key.as_bytes());
         let mut ids = Vec::new();
         let mut size = 0u64;
@@ -195,7 +231,10 @@ impl Pipeline {
     }
 
     /// A worker: reads files from `queue` until it is empty.
-    fn work(&self, queue: &Mutex<std::vec::IntoIter<(usize, std::path::PathBuf)>>) -> Result<Vec<FileOutcome>, AgentError> {
+    fn work(
+        &self,
+        queue: &Mutex<std::vec::IntoIter<(usize, std::path::PathBuf)>>,
+    ) -> Result<Vec<FileOutcome>, AgentError> {
         let mut enc = Encoder::new(self.level)?;
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
@@ -207,12 +246,23 @@ impl Pipeline {
                 Ok(f) => match self.chunk_stream(f, &mut enc, &mut batch, &mut batch_bytes) {
                     Ok((chunks, hash, size)) => {
                         Counters::add(&self.counters.bytes_read, size);
-                        FileOutcome::Read { index, chunks, hash, size }
+                        FileOutcome::Read {
+                            index,
+                            chunks,
+                            hash,
+                            size,
+                        }
                     }
-                    Err(AgentError::Core(e)) if e.retryable() => FileOutcome::Skipped { index, why: format!("{}: {e}", path.display()) },
+                    Err(AgentError::Core(e)) if e.retryable() => FileOutcome::Skipped {
+                        index,
+                        why: format!("{}: {e}", path.display()),
+                    },
                     Err(e) => return Err(e),
                 },
-                Err(e) => FileOutcome::Skipped { index, why: format!("{}: {e}", path.display()) },
+                Err(e) => FileOutcome::Skipped {
+                    index,
+                    why: format!("{}: {e}", path.display()),
+                },
             };
             Counters::add(&self.counters.files_done, 1);
             out.push(outcome);
@@ -223,27 +273,51 @@ impl Pipeline {
 }
 
 /// Backs up one source and commits its snapshot.
-pub async fn backup_source(ctx: &BackupContext, source: &Source) -> Result<BackupResult, AgentError> {
+pub async fn backup_source(
+    ctx: &BackupContext,
+    source: &Source,
+) -> Result<BackupResult, AgentError> {
     let started = now_ms();
     let counters = ctx.counters.clone();
     counters.set_phase(&format!("scanning {}", source.name));
     let root = source.path.clone();
-    let walked = tokio::task::spawn_blocking(move || walk::scan(&root)).await.map_err(|e| AgentError::State(e.to_string()))??;
+    let walked = tokio::task::spawn_blocking(move || walk::scan(&root))
+        .await
+        .map_err(|e| AgentError::State(e.to_string()))??;
     let mut warnings = walked.warnings;
     let mut entries = walked.entries;
 
     let state = ctx.state.clone();
     let name = source.name.clone();
-    let prev = if ctx.full_reread { None } else { tokio::task::spawn_blocking(move || load_cache(&state, &name)).await.ok().flatten() };
+    let prev = if ctx.full_reread {
+        None
+    } else {
+        tokio::task::spawn_blocking(move || load_cache(&state, &name))
+            .await
+            .ok()
+            .flatten()
+    };
     let mut seen = HashSet::new();
     let mut to_read = Vec::new();
     {
-        let prev_files: HashMap<&[u8], &Entry> =
-            prev.as_ref().map(|(_, t)| t.entries.iter().filter(|e| e.kind == Kind::File).map(|e| (e.path.as_slice(), e)).collect()).unwrap_or_default();
+        let prev_files: HashMap<&[u8], &Entry> = prev
+            .as_ref()
+            .map(|(_, t)| {
+                t.entries
+                    .iter()
+                    .filter(|e| e.kind == Kind::File)
+                    .map(|e| (e.path.as_slice(), e))
+                    .collect()
+            })
+            .unwrap_or_default();
         if let Some((_, t)) = &prev {
             seen.extend(t.chunk_ids().copied());
         }
-        for (i, e) in entries.iter_mut().enumerate().filter(|(_, e)| e.kind == Kind::File) {
+        for (i, e) in entries
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, e)| e.kind == Kind::File)
+        {
             Counters::add(&counters.files_total, 1);
             Counters::add(&counters.bytes_total, e.size);
             match prev_files.get(e.path.as_slice()) {
@@ -263,7 +337,11 @@ pub async fn backup_source(ctx: &BackupContext, source: &Source) -> Result<Backu
     counters.set_phase(&format!("reading {}", source.name));
     let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
     let mut upload_client = ctx.client.clone();
-    let uploader = tokio::spawn(async move { upload_client.put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx)).await });
+    let uploader = tokio::spawn(async move {
+        upload_client
+            .put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
     let pipeline = Arc::new(Pipeline {
         key: ctx.state.chunk_key.clone(),
         level: ctx.level,
@@ -274,7 +352,10 @@ pub async fn backup_source(ctx: &BackupContext, source: &Source) -> Result<Backu
         rt: tokio::runtime::Handle::current(),
     });
     let queue = Arc::new(Mutex::new(to_read.into_iter()));
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(8);
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(8);
     let handles: Vec<_> = (0..workers)
         .map(|_| {
             let (p, q) = (pipeline.clone(), queue.clone());
@@ -284,7 +365,10 @@ pub async fn backup_source(ctx: &BackupContext, source: &Source) -> Result<Backu
     let mut outcomes = Vec::new();
     let mut failure = None;
     for h in handles {
-        match h.await.map_err(|e| AgentError::State(format!("backup worker: {e}")))? {
+        match h
+            .await
+            .map_err(|e| AgentError::State(format!("backup worker: {e}")))?
+        {
             Ok(o) => outcomes.extend(o),
             Err(e) => failure = failure.or(Some(e)),
         }
@@ -299,7 +383,12 @@ pub async fn backup_source(ctx: &BackupContext, source: &Source) -> Result<Backu
     let mut dropped = HashSet::new();
     for o in outcomes {
         match o {
-            FileOutcome::Read { index, chunks, hash, size } => {
+            FileOutcome::Read {
+                index,
+                chunks,
+                hash,
+                size,
+            } => {
                 let e = &mut entries[index];
                 e.chunks = chunks;
                 e.content_hash = hash;
@@ -311,7 +400,11 @@ pub async fn backup_source(ctx: &BackupContext, source: &Source) -> Result<Backu
             }
         }
     }
-    entries.retain(|e| !dropped.contains(&e.path) && !(e.kind == Kind::Hardlink && dropped.contains(&e.target)));
+    let keep = |e: &Entry| {
+        let lost_link = e.kind == Kind::Hardlink && dropped.contains(&e.target);
+        !dropped.contains(&e.path) && !lost_link
+    };
+    entries.retain(keep);
 
     counters.set_phase(&format!("committing {}", source.name));
     let mut w = TreeWriter::new(&walked.root);
@@ -331,14 +424,23 @@ pub async fn backup_source(ctx: &BackupContext, source: &Source) -> Result<Backu
     .await
     .map_err(|e| AgentError::State(e.to_string()))??;
     drop(pipeline);
-    uploader.await.map_err(|e| AgentError::State(e.to_string()))??;
+    uploader
+        .await
+        .map_err(|e| AgentError::State(e.to_string()))??;
 
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let stats = Stats {
         files: entries.iter().filter(|e| e.kind == Kind::File).count() as u64,
         dirs: entries.iter().filter(|e| e.kind == Kind::Dir).count() as u64,
-        other: entries.iter().filter(|e| !matches!(e.kind, Kind::File | Kind::Dir)).count() as u64,
-        bytes: entries.iter().filter(|e| e.kind == Kind::File).map(|e| e.size).sum(),
+        other: entries
+            .iter()
+            .filter(|e| !matches!(e.kind, Kind::File | Kind::Dir))
+            .count() as u64,
+        bytes: entries
+            .iter()
+            .filter(|e| e.kind == Kind::File)
+            .map(|e| e.size)
+            .sum(),
         bytes_read: g(&counters.bytes_read),
         bytes_new: g(&counters.bytes_new),
         bytes_uploaded: g(&counters.bytes_uploaded),
@@ -360,7 +462,9 @@ pub async fn backup_source(ctx: &BackupContext, source: &Source) -> Result<Backu
         tree: TreeRef {
             chunks: tree_chunks.iter().map(|c| c.to_hex()).collect(),
             size: tree_bytes.len() as u64,
-            hash: blake3::keyed_hash(ctx.state.chunk_key.as_bytes(), &tree_bytes).to_hex().to_string(),
+            hash: blake3::keyed_hash(ctx.state.chunk_key.as_bytes(), &tree_bytes)
+                .to_hex()
+                .to_string(),
         },
         stats: stats.clone(),
     };
@@ -369,14 +473,24 @@ pub async fn backup_source(ctx: &BackupContext, source: &Source) -> Result<Backu
     let reply = ctx
         .client
         .clone()
-        .commit_snapshot(pb::CommitRequest { job_id: ctx.job_id.clone(), record: record_bytes, signature })
+        .commit_snapshot(pb::CommitRequest {
+            job_id: ctx.job_id.clone(),
+            record: record_bytes,
+            signature,
+        })
         .await?
         .into_inner();
     let state = ctx.state.clone();
     let (name, id) = (source.name.clone(), reply.snapshot_id.clone());
-    tokio::task::spawn_blocking(move || save_cache(&state, &name, &id, &tree_bytes)).await.map_err(|e| AgentError::State(e.to_string()))??;
+    tokio::task::spawn_blocking(move || save_cache(&state, &name, &id, &tree_bytes))
+        .await
+        .map_err(|e| AgentError::State(e.to_string()))??;
     for w in &warnings {
         tracing::warn!(source = %source.name, "not backed up: {w}");
     }
-    Ok(BackupResult { snapshot_id: reply.snapshot_id, stats, warnings })
+    Ok(BackupResult {
+        snapshot_id: reply.snapshot_id,
+        stats,
+        warnings,
+    })
 }

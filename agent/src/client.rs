@@ -10,7 +10,9 @@ pub type Client = AgentApiClient<Channel>;
 
 pub fn client(channel: Channel) -> Client {
     let max = lifeboat_proto::MAX_MESSAGE_BYTES;
-    AgentApiClient::new(channel).max_decoding_message_size(max).max_encoding_message_size(max)
+    AgentApiClient::new(channel)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max)
 }
 
 /// The subset of `ids` the store lacks.
@@ -18,26 +20,50 @@ pub async fn missing(client: &mut Client, ids: &[ChunkId]) -> Result<Vec<ChunkId
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let reply = client.missing_chunks(pb::ChunkIds { ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect() }).await?;
-    reply.into_inner().ids.iter().map(|b| ChunkId::from_slice(b).map_err(AgentError::from)).collect()
+    let reply = client
+        .missing_chunks(pb::ChunkIds {
+            ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        })
+        .await?;
+    reply
+        .into_inner()
+        .ids
+        .iter()
+        .map(|b| ChunkId::from_slice(b).map_err(AgentError::from))
+        .collect()
 }
 
 /// Fetches blobs for `ids` under a restore job's grant, in order.
-pub async fn get(client: &mut Client, job_id: &str, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>, AgentError> {
+pub async fn get(
+    client: &mut Client,
+    job_id: &str,
+    ids: &[ChunkId],
+) -> Result<Vec<Vec<u8>>, AgentError> {
     let mut stream = client
-        .get_chunks(pb::GetChunksRequest { job_id: job_id.to_string(), ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect() })
+        .get_chunks(pb::GetChunksRequest {
+            job_id: job_id.to_string(),
+            ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        })
         .await?
         .into_inner();
     let mut out = Vec::with_capacity(ids.len());
     while let Some(msg) = stream.message().await? {
-        let want = ids.get(out.len()).ok_or_else(|| AgentError::Rpc("controller sent more chunks than asked".into()))?;
+        let want = ids
+            .get(out.len())
+            .ok_or_else(|| AgentError::Rpc("controller sent more chunks than asked".into()))?;
         if msg.id != want.as_bytes() {
-            return Err(AgentError::Rpc(format!("controller sent chunk out of order (wanted {want})")));
+            return Err(AgentError::Rpc(format!(
+                "controller sent chunk out of order (wanted {want})"
+            )));
         }
         out.push(msg.blob);
     }
     if out.len() != ids.len() {
-        return Err(AgentError::Rpc(format!("controller sent {} of {} chunks", out.len(), ids.len())));
+        return Err(AgentError::Rpc(format!(
+            "controller sent {} of {} chunks",
+            out.len(),
+            ids.len()
+        )));
     }
     Ok(out)
 }

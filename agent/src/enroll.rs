@@ -3,15 +3,15 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use lifeboat_core::ChunkKey;
 use lifeboat_core::pki;
 use lifeboat_core::sign::SigningKey;
 use lifeboat_core::snapshot::validate_name;
-use lifeboat_core::ChunkKey;
 use lifeboat_proto::pb::{self, enrollment_client::EnrollmentClient};
 use lifeboat_proto::transport::{self, ClientTls};
 
-use crate::state::{AgentInfo, AgentState};
 use crate::AgentError;
+use crate::state::{AgentInfo, AgentState};
 
 pub struct EnrollOptions {
     pub controller: String,
@@ -25,9 +25,26 @@ pub struct EnrollOptions {
 /// This machine's host name, made into a valid agent name.
 pub fn default_name() -> String {
     let host = crate::hostname();
-    let clean: String = host.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' { c } else { '-' }).collect();
-    let clean = clean.trim_start_matches(['.', '-']).chars().take(64).collect::<String>();
-    if clean.is_empty() { "agent".into() } else { clean }
+    let clean: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let clean = clean
+        .trim_start_matches(['.', '-'])
+        .chars()
+        .take(64)
+        .collect::<String>();
+    if clean.is_empty() {
+        "agent".into()
+    } else {
+        clean
+    }
 }
 
 pub async fn enroll(opts: EnrollOptions) -> Result<AgentState, AgentError> {
@@ -43,7 +60,8 @@ pub async fn enroll(opts: EnrollOptions) -> Result<AgentState, AgentError> {
     let fingerprint = pki::normalize_fingerprint(&opts.ca_fingerprint)?;
     let signing = SigningKey::generate()?;
     let (csr_pem, key_pem) = pki::make_csr("lifeboat agent")?;
-    let channel = transport::connect(&opts.controller, ClientTls::enrollment(&fingerprint)?).await?;
+    let channel =
+        transport::connect(&opts.controller, ClientTls::enrollment(&fingerprint)?).await?;
     let resp = EnrollmentClient::new(channel)
         .enroll(pb::EnrollRequest {
             token: opts.token,
@@ -58,18 +76,27 @@ pub async fn enroll(opts: EnrollOptions) -> Result<AgentState, AgentError> {
         .into_inner();
     // The CA we were handed must be the one we pinned.
     if pki::fingerprint(&resp.ca_pem)? != fingerprint {
-        return Err(AgentError::State("the controller returned a CA that does not match --ca-fingerprint".into()));
+        return Err(AgentError::State(
+            "the controller returned a CA that does not match --ca-fingerprint".into(),
+        ));
     }
     let state = AgentState {
         dir: opts.state_dir,
-        info: AgentInfo { version: 1, agent_id: resp.agent_id, name: resp.name, controller: opts.controller, ca_fingerprint: fingerprint },
+        info: AgentInfo {
+            version: 1,
+            agent_id: resp.agent_id,
+            name: resp.name,
+            controller: opts.controller,
+            ca_fingerprint: fingerprint,
+        },
         ca_pem: resp.ca_pem,
         cert_pem: resp.cert_pem,
         key_pem,
         signing,
         chunk_key: ChunkKey::from_slice(&resp.chunk_key)?,
     };
-    std::fs::create_dir_all(&state.dir).map_err(|e| AgentError::State(format!("creating {}: {e}", state.dir.display())))?;
+    std::fs::create_dir_all(&state.dir)
+        .map_err(|e| AgentError::State(format!("creating {}: {e}", state.dir.display())))?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&state.dir, std::fs::Permissions::from_mode(0o700));

@@ -78,7 +78,11 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// Parses `NAME=PATH` source flags and restore roots into a checked configuration.
-    pub fn new(state_dir: PathBuf, sources: &[String], restore_roots: &[PathBuf]) -> Result<RunConfig, AgentError> {
+    pub fn new(
+        state_dir: PathBuf,
+        sources: &[String],
+        restore_roots: &[PathBuf],
+    ) -> Result<RunConfig, AgentError> {
         let mut out = Vec::new();
         for s in sources {
             let (name, path) = s
@@ -86,18 +90,33 @@ impl RunConfig {
                 .ok_or_else(|| AgentError::Config(format!("--source {s:?}: expected NAME=PATH")))?;
             validate_name("source", name)?;
             if out.iter().any(|o: &Source| o.name == name) {
-                return Err(AgentError::Config(format!("--source {name} is given twice")));
+                return Err(AgentError::Config(format!(
+                    "--source {name} is given twice"
+                )));
             }
-            let path = absolute_clean(Path::new(path)).map_err(|why| AgentError::Config(format!("--source {name}={path}: {why}")))?;
-            out.push(Source { name: name.to_string(), path });
+            let path = absolute_clean(Path::new(path))
+                .map_err(|why| AgentError::Config(format!("--source {name}={path}: {why}")))?;
+            out.push(Source {
+                name: name.to_string(),
+                path,
+            });
         }
         let mut roots = Vec::new();
         for r in restore_roots {
-            let p = absolute_clean(r).map_err(|why| AgentError::Config(format!("--restore-root {}: {why}", r.display())))?;
-            std::fs::create_dir_all(&p).map_err(|e| AgentError::Config(format!("--restore-root {}: {e}", p.display())))?;
+            let p = absolute_clean(r).map_err(|why| {
+                AgentError::Config(format!("--restore-root {}: {why}", r.display()))
+            })?;
+            std::fs::create_dir_all(&p)
+                .map_err(|e| AgentError::Config(format!("--restore-root {}: {e}", p.display())))?;
             roots.push(p);
         }
-        Ok(RunConfig { state_dir, sources: out, restore_roots: roots, compression_level: lifeboat_core::codec::DEFAULT_LEVEL, controller: None })
+        Ok(RunConfig {
+            state_dir,
+            sources: out,
+            restore_roots: roots,
+            compression_level: lifeboat_core::codec::DEFAULT_LEVEL,
+            controller: None,
+        })
     }
 }
 
@@ -112,10 +131,16 @@ pub fn absolute_clean(p: &Path) -> Result<PathBuf, String> {
 
 /// Milliseconds since the Unix epoch, by this machine's clock.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// This machine's host name.
 pub fn hostname() -> String {
-    rustix::system::uname().nodename().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }

@@ -4,12 +4,16 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use lifeboat_agent::enroll::{enroll, EnrollOptions};
 use lifeboat_agent::RunConfig;
+use lifeboat_agent::enroll::{EnrollOptions, enroll};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "lifeboat-agent", version, about = "Lifeboat agent: backs up and restores this machine for a controller")]
+#[command(
+    name = "lifeboat-agent",
+    version,
+    about = "Lifeboat agent: backs up and restores this machine for a controller"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -55,14 +59,20 @@ enum Cmd {
 
 fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     raw.iter()
-        .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| anyhow::anyhow!("--label {l:?}: expected KEY=VALUE")))
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("--label {l:?}: expected KEY=VALUE"))
+        })
         .collect()
 }
 
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = real_main(Cli::parse()).await {
@@ -73,13 +83,39 @@ async fn main() {
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Enroll { controller, token, ca_fingerprint, state_dir, name, labels } => {
-            let state = enroll(EnrollOptions { controller, token, ca_fingerprint, state_dir: state_dir.clone(), name, labels: parse_labels(&labels)? }).await?;
-            println!("enrolled as {} (id {})", state.info.name, state.info.agent_id);
-            println!("next: lifeboat-agent run --state-dir {} --source NAME=PATH --restore-root PATH", state_dir.display());
+        Cmd::Enroll {
+            controller,
+            token,
+            ca_fingerprint,
+            state_dir,
+            name,
+            labels,
+        } => {
+            let state = enroll(EnrollOptions {
+                controller,
+                token,
+                ca_fingerprint,
+                state_dir: state_dir.clone(),
+                name,
+                labels: parse_labels(&labels)?,
+            })
+            .await?;
+            println!(
+                "enrolled as {} (id {})",
+                state.info.name, state.info.agent_id
+            );
+            println!(
+                "next: lifeboat-agent run --state-dir {} --source NAME=PATH --restore-root PATH",
+                state_dir.display()
+            );
             Ok(())
         }
-        Cmd::Run { state_dir, sources, restore_roots, compression_level } => {
+        Cmd::Run {
+            state_dir,
+            sources,
+            restore_roots,
+            compression_level,
+        } => {
             let mut config = RunConfig::new(state_dir, &sources, &restore_roots)?;
             config.compression_level = compression_level;
             lifeboat_agent::run(config, async {

@@ -2,19 +2,19 @@
 //! it under a directory handle inside one of this agent's restore roots.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use lifeboat_core::restore::{self, ChunkSource, Options, Report};
 use lifeboat_core::snapshot::Record;
 use lifeboat_core::tree::{Kind, Tree};
-use lifeboat_core::{codec, ChunkId};
+use lifeboat_core::{ChunkId, codec};
 use lifeboat_proto::pb;
 
 use crate::backup::Counters;
 use crate::client::{self, Client};
 use crate::state::AgentState;
-use crate::{absolute_clean, AgentError};
+use crate::{AgentError, absolute_clean};
 
 /// Fetches chunks over gRPC from a blocking thread, under the job's grant.
 struct GrpcSource {
@@ -27,23 +27,40 @@ impl ChunkSource for GrpcSource {
     fn fetch(&mut self, ids: &[ChunkId]) -> lifeboat_core::Result<Vec<Vec<u8>>> {
         self.rt
             .block_on(client::get(&mut self.client, &self.job_id, ids))
-            .map_err(|e| lifeboat_core::Error::io("fetching chunks from the controller", std::io::Error::other(e.to_string())))
+            .map_err(|e| {
+                lifeboat_core::Error::io(
+                    "fetching chunks from the controller",
+                    std::io::Error::other(e.to_string()),
+                )
+            })
     }
 }
 
 /// The restore root that contains `target`, which must lie strictly below it.
 pub fn root_for<'a>(roots: &'a [PathBuf], target: &Path) -> Result<&'a Path, AgentError> {
-    let clean = absolute_clean(target).map_err(|why| AgentError::Config(format!("restore target {}: {why}", target.display())))?;
+    let clean = absolute_clean(target)
+        .map_err(|why| AgentError::Config(format!("restore target {}: {why}", target.display())))?;
     if clean.as_path() != target || !target.is_absolute() {
-        return Err(AgentError::Config(format!("restore target {} must be an absolute, normalized path", target.display())));
+        return Err(AgentError::Config(format!(
+            "restore target {} must be an absolute, normalized path",
+            target.display()
+        )));
     }
-    roots.iter().map(|r| r.as_path()).find(|r| target.starts_with(r) && target != *r).ok_or_else(|| {
-        AgentError::Config(format!(
-            "restore target {} is outside this agent's restore roots ({})",
-            target.display(),
-            roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
-        ))
-    })
+    roots
+        .iter()
+        .map(|r| r.as_path())
+        .find(|r| target.starts_with(r) && target != *r)
+        .ok_or_else(|| {
+            AgentError::Config(format!(
+                "restore target {} is outside this agent's restore roots ({})",
+                target.display(),
+                roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
 }
 
 pub async fn run_restore(
@@ -55,9 +72,17 @@ pub async fn run_restore(
     counters: Arc<Counters>,
 ) -> Result<Report, AgentError> {
     lifeboat_core::sign::verify_record(&job.origin_public_key, &job.record, &job.signature)
-        .map_err(|e| AgentError::State(format!("snapshot {}: {e}; refusing to restore it", job.snapshot_id)))?;
+        .map_err(|e| {
+            AgentError::State(format!(
+                "snapshot {}: {e}; refusing to restore it",
+                job.snapshot_id
+            ))
+        })?;
     if lifeboat_core::snapshot::snapshot_id(&job.record) != job.snapshot_id {
-        return Err(AgentError::State(format!("snapshot {}: the record does not have that id", job.snapshot_id)));
+        return Err(AgentError::State(format!(
+            "snapshot {}: the record does not have that id",
+            job.snapshot_id
+        )));
     }
     let record = Record::parse(&job.record)?;
     let target = PathBuf::from(&job.target);
@@ -73,15 +98,26 @@ pub async fn run_restore(
     }
     let hash = blake3::keyed_hash(state.chunk_key.as_bytes(), &bytes).to_hex();
     if bytes.len() as u64 != record.tree.size || hash.as_str() != record.tree.hash {
-        return Err(AgentError::State(format!("snapshot {}: its tree does not match the signed record", job.snapshot_id)));
+        return Err(AgentError::State(format!(
+            "snapshot {}: its tree does not match the signed record",
+            job.snapshot_id
+        )));
     }
     let tree = Tree::parse(&bytes)?;
     let files = tree.entries.iter().filter(|e| e.kind == Kind::File);
-    counters.files_total.store(files.clone().count() as u64, Ordering::Relaxed);
-    counters.bytes_total.store(files.map(|e| e.size).sum(), Ordering::Relaxed);
+    counters
+        .files_total
+        .store(files.clone().count() as u64, Ordering::Relaxed);
+    counters
+        .bytes_total
+        .store(files.map(|e| e.size).sum(), Ordering::Relaxed);
     counters.set_phase("restoring");
 
-    let mut source = GrpcSource { client, job_id: job_id.to_string(), rt: tokio::runtime::Handle::current() };
+    let mut source = GrpcSource {
+        client,
+        job_id: job_id.to_string(),
+        rt: tokio::runtime::Handle::current(),
+    };
     let key = state.chunk_key.clone();
     let progress = counters.clone();
     let report = tokio::task::spawn_blocking(move || -> Result<Report, AgentError> {
@@ -90,12 +126,24 @@ pub async fn run_restore(
             progress.files_done.store(r.files, Ordering::Relaxed);
             progress.bytes_done.store(r.bytes, Ordering::Relaxed);
         };
-        Ok(restore::restore(&tree, &key, &fd, &mut source, Options::for_current_user(), &mut on_progress)?)
+        Ok(restore::restore(
+            &tree,
+            &key,
+            &fd,
+            &mut source,
+            Options::for_current_user(),
+            &mut on_progress,
+        )?)
     })
     .await
     .map_err(|e| AgentError::State(format!("restore worker: {e}")))??;
     if !report.failed.is_empty() {
-        let list: Vec<String> = report.failed.iter().take(20).map(|(p, why)| format!("{p}: {why}")).collect();
+        let list: Vec<String> = report
+            .failed
+            .iter()
+            .take(20)
+            .map(|(p, why)| format!("{p}: {why}"))
+            .collect();
         return Err(AgentError::State(format!(
             "restored {} files, but {} entries failed verification and were not written: {}",
             report.files,

@@ -4,14 +4,14 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lifeboat_proto::pb::{self, agent_message::Msg, controller_message, JobState};
+use lifeboat_proto::pb::{self, JobState, agent_message::Msg, controller_message};
 use lifeboat_proto::transport;
 use tokio::sync::mpsc;
 
 use crate::backup::{self, BackupContext, Counters};
 use crate::client::{self, Client};
 use crate::state::AgentState;
-use crate::{chain, restore, AgentError, RunConfig};
+use crate::{AgentError, RunConfig, chain, restore};
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
@@ -26,13 +26,24 @@ struct Shared {
 
 /// Runs the agent until `shutdown` completes: connect, keep the session, reconnect with
 /// jittered exponential backoff when it drops.
-pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = ()>) -> Result<(), AgentError> {
+pub async fn run(
+    config: RunConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AgentError> {
     transport::install_crypto_provider();
     let state = Arc::new(AgentState::load(&config.state_dir)?);
-    let url = config.controller.clone().unwrap_or_else(|| state.info.controller.clone());
+    let url = config
+        .controller
+        .clone()
+        .unwrap_or_else(|| state.info.controller.clone());
     let tls = state.client_tls()?;
     let (updates, mut updates_rx) = mpsc::channel(256);
-    let shared = Arc::new(Shared { state, config, running: Mutex::new(HashSet::new()), updates });
+    let shared = Arc::new(Shared {
+        state,
+        config,
+        running: Mutex::new(HashSet::new()),
+        updates,
+    });
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -51,7 +62,13 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
         if started.elapsed() > MAX_BACKOFF {
             backoff = Duration::from_millis(200);
         }
-        let jitter = Duration::from_millis(u64::from(lifeboat_core::sign::random_bytes::<2>().map(u16::from_le_bytes).unwrap_or(0)) % 500);
+        let jitter = Duration::from_millis(
+            u64::from(
+                lifeboat_core::sign::random_bytes::<2>()
+                    .map(u16::from_le_bytes)
+                    .unwrap_or(0),
+            ) % 500,
+        );
         tokio::select! {
             () = &mut shutdown => return Ok(()),
             () = tokio::time::sleep(backoff + jitter) => {}
@@ -60,18 +77,48 @@ pub async fn run(config: RunConfig, shutdown: impl std::future::Future<Output = 
     }
 }
 
-async fn serve_session(shared: &Arc<Shared>, channel: tonic::transport::Channel, updates: &mut mpsc::Receiver<pb::JobUpdate>) -> Result<(), AgentError> {
+async fn serve_session(
+    shared: &Arc<Shared>,
+    channel: tonic::transport::Channel,
+    updates: &mut mpsc::Receiver<pb::JobUpdate>,
+) -> Result<(), AgentError> {
     let mut api = client::client(channel);
     let (out_tx, out_rx) = mpsc::channel(64);
     let hello = pb::Hello {
         version: env!("CARGO_PKG_VERSION").into(),
         hostname: crate::hostname(),
-        sources: shared.config.sources.iter().map(|s| pb::Source { name: s.name.clone(), kind: "path".into(), path: s.path.display().to_string() }).collect(),
-        restore_roots: shared.config.restore_roots.iter().map(|r| r.display().to_string()).collect(),
-        running_jobs: shared.running.lock().map(|r| r.iter().cloned().collect()).unwrap_or_default(),
+        sources: shared
+            .config
+            .sources
+            .iter()
+            .map(|s| pb::Source {
+                name: s.name.clone(),
+                kind: "path".into(),
+                path: s.path.display().to_string(),
+            })
+            .collect(),
+        restore_roots: shared
+            .config
+            .restore_roots
+            .iter()
+            .map(|r| r.display().to_string())
+            .collect(),
+        running_jobs: shared
+            .running
+            .lock()
+            .map(|r| r.iter().cloned().collect())
+            .unwrap_or_default(),
     };
-    out_tx.send(pb::AgentMessage { msg: Some(Msg::Hello(hello)) }).await.map_err(|_| AgentError::Rpc("session closed".into()))?;
-    let mut inbound = api.session(tokio_stream::wrappers::ReceiverStream::new(out_rx)).await?.into_inner();
+    out_tx
+        .send(pb::AgentMessage {
+            msg: Some(Msg::Hello(hello)),
+        })
+        .await
+        .map_err(|_| AgentError::Rpc("session closed".into()))?;
+    let mut inbound = api
+        .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
     tracing::info!(agent = %shared.state.info.name, "connected to the controller");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     loop {
@@ -98,7 +145,12 @@ async fn serve_session(shared: &Arc<Shared>, channel: tonic::transport::Channel,
 
 fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
     let id = job.job_id.clone();
-    if !shared.running.lock().map(|mut r| r.insert(id.clone())).unwrap_or(false) {
+    if !shared
+        .running
+        .lock()
+        .map(|mut r| r.insert(id.clone()))
+        .unwrap_or(false)
+    {
         return; // already running (redelivered after a reconnect)
     }
     let shared = shared.clone();
@@ -110,7 +162,12 @@ fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
                 let mut tick = tokio::time::interval(PROGRESS_EVERY);
                 loop {
                     tick.tick().await;
-                    let u = pb::JobUpdate { job_id: id.clone(), state: JobState::Running as i32, progress: Some(counters.snapshot()), ..Default::default() };
+                    let u = pb::JobUpdate {
+                        job_id: id.clone(),
+                        state: JobState::Running as i32,
+                        progress: Some(counters.snapshot()),
+                        ..Default::default()
+                    };
                     if updates.send(u).await.is_err() {
                         break;
                     }
@@ -119,7 +176,11 @@ fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
         };
         let result = run_job(&shared, api, &job, counters.clone()).await;
         reporter.abort();
-        let mut update = pb::JobUpdate { job_id: id.clone(), progress: Some(counters.snapshot()), ..Default::default() };
+        let mut update = pb::JobUpdate {
+            job_id: id.clone(),
+            progress: Some(counters.snapshot()),
+            ..Default::default()
+        };
         match result {
             Ok(snapshot_ids) => {
                 update.state = JobState::Succeeded as i32;
@@ -138,7 +199,12 @@ fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
     });
 }
 
-async fn run_job(shared: &Shared, api: Client, job: &pb::Job, counters: Arc<Counters>) -> Result<Vec<String>, AgentError> {
+async fn run_job(
+    shared: &Shared,
+    api: Client,
+    job: &pb::Job,
+    counters: Arc<Counters>,
+) -> Result<Vec<String>, AgentError> {
     match &job.kind {
         Some(pb::job::Kind::Backup(b)) => {
             let ctx = BackupContext {

@@ -12,9 +12,9 @@
 
 use std::path::{Path, PathBuf};
 
+use lifeboat_core::ChunkKey;
 use lifeboat_core::durable::write_atomic;
 use lifeboat_core::sign::SigningKey;
-use lifeboat_core::ChunkKey;
 use lifeboat_proto::transport::ClientTls;
 use serde::{Deserialize, Serialize};
 
@@ -46,7 +46,8 @@ fn read(path: &Path) -> Result<Vec<u8>, AgentError> {
 }
 
 fn read_string(path: &Path) -> Result<String, AgentError> {
-    String::from_utf8(read(path)?).map_err(|_| AgentError::State(format!("{} is not text", path.display())))
+    String::from_utf8(read(path)?)
+        .map_err(|_| AgentError::State(format!("{} is not text", path.display())))
 }
 
 impl AgentState {
@@ -77,19 +78,29 @@ impl AgentState {
 
     /// Writes every file; `agent.json` last, so a half-written state is never "enrolled".
     pub fn save(&self) -> Result<(), AgentError> {
-        std::fs::create_dir_all(self.dir.join("cache")).map_err(|e| AgentError::State(format!("creating {}: {e}", self.dir.display())))?;
+        std::fs::create_dir_all(self.dir.join("cache"))
+            .map_err(|e| AgentError::State(format!("creating {}: {e}", self.dir.display())))?;
         write_atomic(&self.dir.join("ca.crt"), self.ca_pem.as_bytes(), 0o644)?;
         write_atomic(&self.dir.join("tls.crt"), self.cert_pem.as_bytes(), 0o644)?;
         write_atomic(&self.dir.join("tls.key"), self.key_pem.as_bytes(), 0o600)?;
         write_atomic(&self.dir.join("signing.key"), self.signing.pkcs8(), 0o600)?;
-        write_atomic(&self.dir.join("chunk.key"), self.chunk_key.as_bytes(), 0o600)?;
-        let json = serde_json::to_vec_pretty(&self.info).map_err(|e| AgentError::State(e.to_string()))?;
+        write_atomic(
+            &self.dir.join("chunk.key"),
+            self.chunk_key.as_bytes(),
+            0o600,
+        )?;
+        let json =
+            serde_json::to_vec_pretty(&self.info).map_err(|e| AgentError::State(e.to_string()))?;
         write_atomic(&self.dir.join("agent.json"), &json, 0o600)?;
         Ok(())
     }
 
     pub fn client_tls(&self) -> Result<ClientTls, AgentError> {
-        Ok(ClientTls::with_identity(&self.ca_pem, &self.cert_pem, &self.key_pem)?)
+        Ok(ClientTls::with_identity(
+            &self.ca_pem,
+            &self.cert_pem,
+            &self.key_pem,
+        )?)
     }
 
     /// Where the tree of the last committed snapshot of `source` is cached.

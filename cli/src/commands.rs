@@ -3,15 +3,15 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use lifeboat_core::identity::IdentityFile;
-use lifeboat_proto::pb::{self, operator_api_client::OperatorApiClient, JobState};
+use lifeboat_proto::pb::{self, JobState, operator_api_client::OperatorApiClient};
 use lifeboat_proto::transport::{self, ClientTls};
 use tonic::transport::Channel;
 
 use crate::output::{self, bytes, state_name, table, time};
-use crate::{default_data_dir, Cli, Cmd, JobsCmd, TokenCmd};
+use crate::{Cli, Cmd, JobsCmd, TokenCmd, default_data_dir};
 
 pub type Api = OperatorApiClient<Channel>;
 
@@ -28,7 +28,10 @@ pub fn identity_path(cli_identity: Option<PathBuf>) -> PathBuf {
 pub async fn connect(controller: Option<String>, identity: Option<PathBuf>) -> Result<Api> {
     let path = identity_path(identity);
     let id = IdentityFile::load(&path).with_context(|| {
-        format!("no usable operator identity at {} (pass --identity FILE or set LIFEBOAT_IDENTITY)", path.display())
+        format!(
+            "no usable operator identity at {} (pass --identity FILE or set LIFEBOAT_IDENTITY)",
+            path.display()
+        )
     })?;
     let url = controller.unwrap_or(id.controller.clone());
     let tls = ClientTls::with_identity(&id.ca_pem, &id.cert_pem, &id.key_pem)?;
@@ -37,8 +40,21 @@ pub async fn connect(controller: Option<String>, identity: Option<PathBuf>) -> R
 }
 
 pub async fn dispatch(cli: Cli) -> Result<i32> {
-    if let Cmd::Up { data_dir, listen, sources, restore_roots } = cli.cmd {
-        return crate::up::up(data_dir.unwrap_or_else(default_data_dir), listen, sources, restore_roots).await.map(|()| 0);
+    if let Cmd::Up {
+        data_dir,
+        listen,
+        sources,
+        restore_roots,
+    } = cli.cmd
+    {
+        return crate::up::up(
+            data_dir.unwrap_or_else(default_data_dir),
+            listen,
+            sources,
+            restore_roots,
+        )
+        .await
+        .map(|()| 0);
     }
     let mut api = connect(cli.controller.clone(), cli.identity.clone()).await?;
     match cli.cmd {
@@ -46,86 +62,244 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Status(json) => {
             let s = api.status(pb::Empty {}).await.map_err(rpc)?.into_inner();
             if json.json {
-                println!("{}", serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes}));
+                println!(
+                    "{}",
+                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes})
+                );
             } else {
-                println!("controller {} (you are {})\nCA fingerprint {}\n{} agents, {} snapshots, {} chunks, {} stored", s.version, s.operator, s.ca_fingerprint, s.agents, s.snapshots, s.chunks, bytes(s.stored_bytes));
+                println!(
+                    "controller {} (you are {})\nCA fingerprint {}\n{} agents, {} snapshots, {} chunks, {} stored",
+                    s.version,
+                    s.operator,
+                    s.ca_fingerprint,
+                    s.agents,
+                    s.snapshots,
+                    s.chunks,
+                    bytes(s.stored_bytes)
+                );
             }
         }
-        Cmd::Token { cmd: TokenCmd::Create { labels, ttl, json } } => {
+        Cmd::Token {
+            cmd: TokenCmd::Create { labels, ttl, json },
+        } => {
             let labels = labels
                 .iter()
-                .map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).with_context(|| format!("--label {l:?}: expected KEY=VALUE")))
+                .map(|l| {
+                    l.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .with_context(|| format!("--label {l:?}: expected KEY=VALUE"))
+                })
                 .collect::<Result<std::collections::HashMap<_, _>>>()?;
-            let r = api.create_token(pb::CreateTokenRequest { labels, ttl_seconds: ttl.as_secs() }).await.map_err(rpc)?.into_inner();
-            let url = cli.controller.clone().unwrap_or_else(|| IdentityFile::load(&identity_path(cli.identity.clone())).map(|i| i.controller).unwrap_or_default());
-            let line = format!("lifeboat-agent enroll --controller {url} --token {} --ca-fingerprint {} --state-dir /var/lib/lifeboat-agent", r.token, r.ca_fingerprint);
+            let r = api
+                .create_token(pb::CreateTokenRequest {
+                    labels,
+                    ttl_seconds: ttl.as_secs(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            let url = cli.controller.clone().unwrap_or_else(|| {
+                IdentityFile::load(&identity_path(cli.identity.clone()))
+                    .map(|i| i.controller)
+                    .unwrap_or_default()
+            });
+            let line = format!(
+                "lifeboat-agent enroll --controller {url} --token {} --ca-fingerprint {} --state-dir /var/lib/lifeboat-agent",
+                r.token, r.ca_fingerprint
+            );
             if json.json {
-                println!("{}", serde_json::json!({"token": r.token, "expires": time(r.expires_unix_ms), "ca_fingerprint": r.ca_fingerprint, "enroll_command": line}));
+                println!(
+                    "{}",
+                    serde_json::json!({"token": r.token, "expires": time(r.expires_unix_ms), "ca_fingerprint": r.ca_fingerprint, "enroll_command": line})
+                );
             } else {
-                println!("token: {}\nexpires: {}\n\nOn the new machine, run:\n  {line}", r.token, time(r.expires_unix_ms));
+                println!(
+                    "token: {}\nexpires: {}\n\nOn the new machine, run:\n  {line}",
+                    r.token,
+                    time(r.expires_unix_ms)
+                );
             }
         }
         Cmd::Agents(json) => {
-            let agents = api.list_agents(pb::Empty {}).await.map_err(rpc)?.into_inner().agents;
+            let agents = api
+                .list_agents(pb::Empty {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .agents;
             if json.json {
-                println!("{}", serde_json::Value::Array(agents.iter().map(output::agent_json).collect()));
+                println!(
+                    "{}",
+                    serde_json::Value::Array(agents.iter().map(output::agent_json).collect())
+                );
             } else {
                 let rows = agents
                     .iter()
                     .map(|a| {
-                        let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                        let sources: Vec<String> = a.sources.iter().map(|s| s.name.clone()).collect();
-                        vec![a.name.clone(), if a.connected { "connected".into() } else { "offline".into() }, a.hostname.clone(), labels.join(","), sources.join(","), time(a.last_seen_unix_ms)]
+                        let labels: Vec<String> =
+                            a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        let sources: Vec<String> =
+                            a.sources.iter().map(|s| s.name.clone()).collect();
+                        vec![
+                            a.name.clone(),
+                            if a.connected {
+                                "connected".into()
+                            } else {
+                                "offline".into()
+                            },
+                            a.hostname.clone(),
+                            labels.join(","),
+                            sources.join(","),
+                            time(a.last_seen_unix_ms),
+                        ]
                     })
                     .collect();
-                println!("{}", table(&["NAME", "STATE", "HOST", "LABELS", "SOURCES", "LAST SEEN"], rows));
+                println!(
+                    "{}",
+                    table(
+                        &["NAME", "STATE", "HOST", "LABELS", "SOURCES", "LAST SEEN"],
+                        rows
+                    )
+                );
             }
         }
-        Cmd::Snapshots { agent, source, json } => {
+        Cmd::Snapshots {
+            agent,
+            source,
+            json,
+        } => {
             let snaps = api
-                .list_snapshots(pb::ListSnapshotsRequest { agent: agent.unwrap_or_default(), source: source.unwrap_or_default() })
+                .list_snapshots(pb::ListSnapshotsRequest {
+                    agent: agent.unwrap_or_default(),
+                    source: source.unwrap_or_default(),
+                })
                 .await
                 .map_err(rpc)?
                 .into_inner()
                 .snapshots;
             if json.json {
-                println!("{}", serde_json::Value::Array(snaps.iter().map(output::snapshot_json).collect()));
+                println!(
+                    "{}",
+                    serde_json::Value::Array(snaps.iter().map(output::snapshot_json).collect())
+                );
             } else {
                 let rows = snaps
                     .iter()
-                    .map(|s| vec![s.id[..12].to_string(), time(s.received_unix_ms), s.agent_name.clone(), s.source.clone(), s.files.to_string(), bytes(s.bytes), bytes(s.bytes_new)])
+                    .map(|s| {
+                        vec![
+                            s.id[..12].to_string(),
+                            time(s.received_unix_ms),
+                            s.agent_name.clone(),
+                            s.source.clone(),
+                            s.files.to_string(),
+                            bytes(s.bytes),
+                            bytes(s.bytes_new),
+                        ]
+                    })
                     .collect();
-                println!("{}", table(&["ID", "TIME", "AGENT", "SOURCE", "FILES", "SIZE", "NEW"], rows));
+                println!(
+                    "{}",
+                    table(
+                        &["ID", "TIME", "AGENT", "SOURCE", "FILES", "SIZE", "NEW"],
+                        rows
+                    )
+                );
             }
         }
-        Cmd::Jobs { cmd: None, limit, json } => {
-            let jobs = api.list_jobs(pb::ListJobsRequest { limit }).await.map_err(rpc)?.into_inner().jobs;
+        Cmd::Jobs {
+            cmd: None,
+            limit,
+            json,
+        } => {
+            let jobs = api
+                .list_jobs(pb::ListJobsRequest { limit })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .jobs;
             if json.json {
-                println!("{}", serde_json::Value::Array(jobs.iter().map(output::job_json).collect()));
+                println!(
+                    "{}",
+                    serde_json::Value::Array(jobs.iter().map(output::job_json).collect())
+                );
             } else {
                 let rows = jobs
                     .iter()
-                    .map(|j| vec![j.id.clone(), j.kind.clone(), j.agent_name.clone(), state_name(j.state).into(), time(j.created_unix_ms), j.detail.clone(), j.error.clone()])
+                    .map(|j| {
+                        vec![
+                            j.id.clone(),
+                            j.kind.clone(),
+                            j.agent_name.clone(),
+                            state_name(j.state).into(),
+                            time(j.created_unix_ms),
+                            j.detail.clone(),
+                            j.error.clone(),
+                        ]
+                    })
                     .collect();
-                println!("{}", table(&["ID", "KIND", "AGENT", "STATE", "CREATED", "DETAIL", "ERROR"], rows));
+                println!(
+                    "{}",
+                    table(
+                        &["ID", "KIND", "AGENT", "STATE", "CREATED", "DETAIL", "ERROR"],
+                        rows
+                    )
+                );
             }
         }
-        Cmd::Jobs { cmd: Some(JobsCmd::Show { id, json }), .. } => {
-            let j = api.get_job(pb::JobRef { id }).await.map_err(rpc)?.into_inner();
+        Cmd::Jobs {
+            cmd: Some(JobsCmd::Show { id, json }),
+            ..
+        } => {
+            let j = api
+                .get_job(pb::JobRef { id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
             print_job(&j, json.json);
             return Ok(exit_code(&j));
         }
-        Cmd::Jobs { cmd: Some(JobsCmd::Watch { id }), .. } => {
+        Cmd::Jobs {
+            cmd: Some(JobsCmd::Watch { id }),
+            ..
+        } => {
             let j = watch(&mut api, &id).await?;
             print_job(&j, false);
             return Ok(exit_code(&j));
         }
-        Cmd::Backup { agent, sources, full, wait, json } => {
-            let j = api.start_backup(pb::StartBackupRequest { agent, sources, full_reread: full }).await.map_err(rpc)?.into_inner();
+        Cmd::Backup {
+            agent,
+            sources,
+            full,
+            wait,
+            json,
+        } => {
+            let j = api
+                .start_backup(pb::StartBackupRequest {
+                    agent,
+                    sources,
+                    full_reread: full,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
             return finish_start(&mut api, j, wait, json.json).await;
         }
-        Cmd::Restore { snapshot, agent, to, wait, json } => {
-            let j = api.start_restore(pb::StartRestoreRequest { snapshot, agent, target: to }).await.map_err(rpc)?.into_inner();
+        Cmd::Restore {
+            snapshot,
+            agent,
+            to,
+            wait,
+            json,
+        } => {
+            let j = api
+                .start_restore(pb::StartRestoreRequest {
+                    snapshot,
+                    agent,
+                    target: to,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
             return finish_start(&mut api, j, wait, json.json).await;
         }
     }
@@ -145,7 +319,13 @@ async fn finish_start(api: &mut Api, j: pb::JobInfo, wait: bool, json: bool) -> 
         if json {
             println!("{}", output::job_json(&j));
         } else {
-            println!("job {} {} ({}); follow it with: lifeboat jobs watch {}", j.id, state_name(j.state), j.detail, j.id);
+            println!(
+                "job {} {} ({}); follow it with: lifeboat jobs watch {}",
+                j.id,
+                state_name(j.state),
+                j.detail,
+                j.id
+            );
         }
         return Ok(0);
     }
@@ -163,9 +343,22 @@ fn print_job(j: &pb::JobInfo, json: bool) {
         return;
     }
     let p = j.progress.clone().unwrap_or_default();
-    println!("job {} ({} on {}): {}", j.id, j.kind, j.agent_name, state_name(j.state));
+    println!(
+        "job {} ({} on {}): {}",
+        j.id,
+        j.kind,
+        j.agent_name,
+        state_name(j.state)
+    );
     println!("  {}", j.detail);
-    println!("  {} of {} files, {} of {}, {} uploaded", p.files_done, p.files_total, bytes(p.bytes_done), bytes(p.bytes_total), bytes(p.bytes_uploaded));
+    println!(
+        "  {} of {} files, {} of {}, {} uploaded",
+        p.files_done,
+        p.files_total,
+        bytes(p.bytes_done),
+        bytes(p.bytes_total),
+        bytes(p.bytes_uploaded)
+    );
     if !j.snapshot_ids.is_empty() {
         println!("  snapshots: {}", j.snapshot_ids.join(", "));
     }
@@ -176,12 +369,18 @@ fn print_job(j: &pb::JobInfo, json: bool) {
 
 /// Follows a job until it ends, with a progress bar on a terminal.
 pub async fn watch(api: &mut Api, id: &str) -> Result<pb::JobInfo> {
-    let mut stream = api.watch_job(pb::JobRef { id: id.to_string() }).await.map_err(rpc)?.into_inner();
+    let mut stream = api
+        .watch_job(pb::JobRef { id: id.to_string() })
+        .await
+        .map_err(rpc)?
+        .into_inner();
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
     let mut last = None;
@@ -189,8 +388,17 @@ pub async fn watch(api: &mut Api, id: &str) -> Result<pb::JobInfo> {
         let p = info.progress.clone().unwrap_or_default();
         bar.set_length(p.bytes_total);
         bar.set_position(p.bytes_done);
-        bar.set_message(format!("{} {} {}/{} files", state_name(info.state), p.phase, p.files_done, p.files_total));
-        let terminal = matches!(JobState::try_from(info.state), Ok(JobState::Succeeded) | Ok(JobState::Failed));
+        bar.set_message(format!(
+            "{} {} {}/{} files",
+            state_name(info.state),
+            p.phase,
+            p.files_done,
+            p.files_total
+        ));
+        let terminal = matches!(
+            JobState::try_from(info.state),
+            Ok(JobState::Succeeded) | Ok(JobState::Failed)
+        );
         last = Some(info);
         if terminal {
             break;

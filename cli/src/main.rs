@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "lifeboat", version, about = "Back up and restore a fleet of machines")]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Back up and restore a fleet of machines"
+)]
 pub struct Cli {
     /// Controller URL, https://HOST:PORT (default: the one in the identity file).
     #[arg(long, global = true, env = "LIFEBOAT_CONTROLLER")]
@@ -150,7 +154,10 @@ async fn main() {
     let cli = Cli::parse();
     let quiet = !matches!(cli.cmd, Cmd::Up { .. });
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new(if quiet { "warn" } else { "info" })))
+        .with_env_filter(
+            EnvFilter::try_from_env("LIFEBOAT_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(if quiet { "warn" } else { "info" })),
+        )
         .with_writer(std::io::stderr)
         .init();
     lifeboat_proto::transport::install_crypto_provider();

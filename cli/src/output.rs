@@ -1,6 +1,6 @@
 //! Human tables and `--json` for listings.
 
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use lifeboat_proto::pb::{self, JobState};
 
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
@@ -28,7 +28,11 @@ pub fn bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 pub fn state_name(s: i32) -> &'static str {

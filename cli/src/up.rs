@@ -5,29 +5,51 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use lifeboat_agent::enroll::{enroll, EnrollOptions};
-use lifeboat_agent::state::AgentState;
 use lifeboat_agent::RunConfig;
+use lifeboat_agent::enroll::{EnrollOptions, enroll};
+use lifeboat_agent::state::AgentState;
 use lifeboat_controller::ServeConfig;
 use lifeboat_proto::pb;
 use tokio::sync::watch;
 
 use crate::commands::{connect, rpc};
 
-pub async fn up(data_dir: PathBuf, listen: SocketAddr, sources: Vec<String>, restore_roots: Vec<PathBuf>) -> Result<()> {
+pub async fn up(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    sources: Vec<String>,
+    restore_roots: Vec<PathBuf>,
+) -> Result<()> {
     let controller_dir = data_dir.join("controller");
     let agent_dir = data_dir.join("agent");
-    let restore_roots = if restore_roots.is_empty() { vec![data_dir.join("restores")] } else { restore_roots };
+    let restore_roots = if restore_roots.is_empty() {
+        vec![data_dir.join("restores")]
+    } else {
+        restore_roots
+    };
     // Validate the agent's configuration before starting anything.
     let agent_config = RunConfig::new(agent_dir.clone(), &sources, &restore_roots)?;
 
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-    let running = lifeboat_controller::start(&ServeConfig { data_dir: controller_dir.clone(), store: None }, listener, None)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let running = lifeboat_controller::start(
+        &ServeConfig {
+            data_dir: controller_dir.clone(),
+            store: None,
+        },
+        listener,
+        None,
+    )?;
     let url = running.url.clone();
     let fingerprint = running.ca_fingerprint().to_string();
     // The CLI's default identity path is DATA_DIR/admin.identity: keep a copy there.
     let identity = data_dir.join("admin.identity");
-    lifeboat_core::durable::write_atomic(&identity, &std::fs::read(&running.identity_path)?, 0o600)?;
+    lifeboat_core::durable::write_atomic(
+        &identity,
+        &std::fs::read(&running.identity_path)?,
+        0o600,
+    )?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -37,7 +59,14 @@ pub async fn up(data_dir: PathBuf, listen: SocketAddr, sources: Vec<String>, res
 
     let mut api = connect(Some(url.clone()), Some(identity.clone())).await?;
     if !AgentState::is_enrolled(&agent_dir) {
-        let token = api.create_token(pb::CreateTokenRequest { labels: Default::default(), ttl_seconds: 600 }).await.map_err(rpc)?.into_inner();
+        let token = api
+            .create_token(pb::CreateTokenRequest {
+                labels: Default::default(),
+                ttl_seconds: 600,
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner();
         enroll(EnrollOptions {
             controller: url.clone(),
             token: token.token,
@@ -56,7 +85,12 @@ pub async fn up(data_dir: PathBuf, listen: SocketAddr, sources: Vec<String>, res
     // Wait for the agent's session, then back up what it was given.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let agents = api.list_agents(pb::Empty {}).await.map_err(rpc)?.into_inner().agents;
+        let agents = api
+            .list_agents(pb::Empty {})
+            .await
+            .map_err(rpc)?
+            .into_inner()
+            .agents;
         if agents.iter().any(|a| a.name == agent_name && a.connected) {
             break;
         }
@@ -69,18 +103,31 @@ pub async fn up(data_dir: PathBuf, listen: SocketAddr, sources: Vec<String>, res
     println!("  CA fingerprint: {fingerprint}");
     println!("  identity file:  {}", identity.display());
     if !sources.is_empty() {
-        let job = api.start_backup(pb::StartBackupRequest { agent: agent_name.clone(), sources: Vec::new(), full_reread: false }).await.map_err(rpc)?.into_inner();
+        let job = api
+            .start_backup(pb::StartBackupRequest {
+                agent: agent_name.clone(),
+                sources: Vec::new(),
+                full_reread: false,
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner();
         println!("  backing up now: job {}", job.id);
     }
     println!("\nTry next (in another terminal):");
     println!("  lifeboat jobs                       # what is running");
     println!("  lifeboat snapshots                  # what is stored");
     println!("  lifeboat backup {agent_name} --wait");
-    println!("  lifeboat restore SNAPSHOT --agent {agent_name} --to {}/demo --wait", restore_roots[0].display());
+    println!(
+        "  lifeboat restore SNAPSHOT --agent {agent_name} --to {}/demo --wait",
+        restore_roots[0].display()
+    );
     println!("  lifeboat token create               # enroll another machine");
     println!("\nCtrl-C stops both.");
 
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     println!("stopping...");
     let _ = stop_tx.send(true);
     agent.await.context("agent task")??;

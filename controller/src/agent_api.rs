@@ -5,10 +5,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use lifeboat_core::snapshot::{validate_name, Envelope, Record};
-use lifeboat_core::tree::Tree;
 use lifeboat_core::ChunkId;
-use lifeboat_proto::pb::{self, agent_api_server::AgentApi, agent_message::Msg, JobState};
+use lifeboat_core::snapshot::{Envelope, Record, validate_name};
+use lifeboat_core::tree::Tree;
+use lifeboat_proto::pb::{self, JobState, agent_api_server::AgentApi, agent_message::Msg};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::catalog::SnapshotRow;
 use crate::error::ApiError;
 use crate::store::Put;
-use crate::{auth, now_ms, Controller};
+use crate::{Controller, auth, now_ms};
 
 pub struct AgentService(pub Arc<Controller>);
 
@@ -25,9 +25,13 @@ const MAX_IDS: usize = 4096;
 
 fn ids(raw: &[Vec<u8>]) -> Result<Vec<ChunkId>, ApiError> {
     if raw.len() > MAX_IDS {
-        return Err(ApiError::InvalidArgument(format!("at most {MAX_IDS} chunk ids per request")));
+        return Err(ApiError::InvalidArgument(format!(
+            "at most {MAX_IDS} chunk ids per request"
+        )));
     }
-    raw.iter().map(|b| ChunkId::from_slice(b).map_err(ApiError::from)).collect()
+    raw.iter()
+        .map(|b| ChunkId::from_slice(b).map_err(ApiError::from))
+        .collect()
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -37,11 +41,17 @@ impl AgentApi for AgentService {
     type SessionStream = ReceiverStream<Result<pb::ControllerMessage, Status>>;
     type GetChunksStream = BoxStream<pb::ChunkBlob>;
 
-    async fn session(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::SessionStream>, Status> {
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
         let ctl = self.0.clone();
         let agent = auth::agent(&ctl, &req)?;
         let mut inbound = req.into_inner();
-        let Some(pb::AgentMessage { msg: Some(Msg::Hello(hello)) }) = inbound.message().await? else {
+        let Some(pb::AgentMessage {
+            msg: Some(Msg::Hello(hello)),
+        }) = inbound.message().await?
+        else {
             return Err(Status::invalid_argument("a session starts with a hello"));
         };
         let mut sources = Vec::new();
@@ -49,7 +59,14 @@ impl AgentApi for AgentService {
             validate_name("source", &s.name).map_err(ApiError::from)?;
             sources.push((s.name.clone(), s.kind.clone(), s.path.clone()));
         }
-        ctl.catalog.update_agent_hello(&agent.id, &hello.hostname, &hello.version, &sources, &hello.restore_roots, now_ms())?;
+        ctl.catalog.update_agent_hello(
+            &agent.id,
+            &hello.hostname,
+            &hello.version,
+            &sources,
+            &hello.restore_roots,
+            now_ms(),
+        )?;
         let (tx, rx) = mpsc::channel(64);
         let session = ctl.jobs.connect(&agent.id, tx);
         ctl.jobs.reconcile(&agent.id, &hello.running_jobs)?;
@@ -58,12 +75,16 @@ impl AgentApi for AgentService {
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
-                    Ok(Some(pb::AgentMessage { msg: Some(Msg::JobUpdate(u)) })) => {
+                    Ok(Some(pb::AgentMessage {
+                        msg: Some(Msg::JobUpdate(u)),
+                    })) => {
                         if let Err(e) = ctl.jobs.update(&agent.id, u) {
                             tracing::warn!(agent = %agent.name, error = %e, "rejected job update");
                         }
                     }
-                    Ok(Some(pb::AgentMessage { msg: Some(Msg::Heartbeat(_)) })) => {
+                    Ok(Some(pb::AgentMessage {
+                        msg: Some(Msg::Heartbeat(_)),
+                    })) => {
                         let _ = ctl.catalog.touch_agent(&agent.id, now_ms());
                     }
                     Ok(Some(_)) => {}
@@ -77,22 +98,34 @@ impl AgentApi for AgentService {
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
-    async fn missing_chunks(&self, req: Request<pb::ChunkIds>) -> Result<Response<pb::ChunkIds>, Status> {
+    async fn missing_chunks(
+        &self,
+        req: Request<pb::ChunkIds>,
+    ) -> Result<Response<pb::ChunkIds>, Status> {
         auth::agent(&self.0, &req)?;
         let wanted = ids(&req.into_inner().ids)?;
         let ctl = self.0.clone();
-        let missing = tokio::task::spawn_blocking(move || ctl.store.missing(&wanted)).await.map_err(ApiError::from)??;
-        Ok(Response::new(pb::ChunkIds { ids: missing.iter().map(|i| i.as_bytes().to_vec()).collect() }))
+        let missing = tokio::task::spawn_blocking(move || ctl.store.missing(&wanted))
+            .await
+            .map_err(ApiError::from)??;
+        Ok(Response::new(pb::ChunkIds {
+            ids: missing.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        }))
     }
 
-    async fn put_chunks(&self, req: Request<Streaming<pb::ChunkBlob>>) -> Result<Response<pb::PutChunksReply>, Status> {
+    async fn put_chunks(
+        &self,
+        req: Request<Streaming<pb::ChunkBlob>>,
+    ) -> Result<Response<pb::PutChunksReply>, Status> {
         let agent = auth::agent(&self.0, &req)?;
         let mut stream = req.into_inner();
         let mut reply = pb::PutChunksReply::default();
         while let Some(msg) = stream.message().await? {
             let id = ChunkId::from_slice(&msg.id).map_err(ApiError::from)?;
             let ctl = self.0.clone();
-            let put = tokio::task::spawn_blocking(move || ctl.store.put(id, &msg.blob)).await.map_err(ApiError::from)?;
+            let put = tokio::task::spawn_blocking(move || ctl.store.put(id, &msg.blob))
+                .await
+                .map_err(ApiError::from)?;
             match put {
                 Ok(Put::Stored(n)) => {
                     reply.stored += 1;
@@ -108,20 +141,40 @@ impl AgentApi for AgentService {
         Ok(Response::new(reply))
     }
 
-    async fn get_chunks(&self, req: Request<pb::GetChunksRequest>) -> Result<Response<Self::GetChunksStream>, Status> {
+    async fn get_chunks(
+        &self,
+        req: Request<pb::GetChunksRequest>,
+    ) -> Result<Response<Self::GetChunksStream>, Status> {
         let agent = auth::agent(&self.0, &req)?;
         let req = req.into_inner();
         // A restore job of this agent, running now, is the grant to read chunks.
-        let job = self.0.catalog.job(&req.job_id)?.ok_or_else(|| ApiError::PermissionDenied(format!("no job {}", req.job_id)))?;
-        if job.agent_id != agent.id || job.kind != "restore" || job.state != JobState::Running as i32 {
-            return Err(ApiError::PermissionDenied("reading chunks needs a running restore job of this agent".into()).into());
+        let job = self
+            .0
+            .catalog
+            .job(&req.job_id)?
+            .ok_or_else(|| ApiError::PermissionDenied(format!("no job {}", req.job_id)))?;
+        if job.agent_id != agent.id
+            || job.kind != "restore"
+            || job.state != JobState::Running as i32
+        {
+            return Err(ApiError::PermissionDenied(
+                "reading chunks needs a running restore job of this agent".into(),
+            )
+            .into());
         }
         let wanted = ids(&req.ids)?;
         let (tx, rx) = mpsc::channel(4);
         let ctl = self.0.clone();
         tokio::task::spawn_blocking(move || {
             for id in wanted {
-                let msg = ctl.store.read_blob(&id).map(|blob| pb::ChunkBlob { id: id.as_bytes().to_vec(), blob }).map_err(Status::from);
+                let msg = ctl
+                    .store
+                    .read_blob(&id)
+                    .map(|blob| pb::ChunkBlob {
+                        id: id.as_bytes().to_vec(),
+                        blob,
+                    })
+                    .map_err(Status::from);
                 let failed = msg.is_err();
                 if tx.blocking_send(msg).is_err() || failed {
                     break;
@@ -131,17 +184,31 @@ impl AgentApi for AgentService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn commit_snapshot(&self, req: Request<pb::CommitRequest>) -> Result<Response<pb::CommitReply>, Status> {
+    async fn commit_snapshot(
+        &self,
+        req: Request<pb::CommitRequest>,
+    ) -> Result<Response<pb::CommitReply>, Status> {
         let agent = auth::agent(&self.0, &req)?;
         let req = req.into_inner();
-        lifeboat_core::sign::verify_record(&agent.signing_key, &req.record, &req.signature).map_err(ApiError::from)?;
+        lifeboat_core::sign::verify_record(&agent.signing_key, &req.record, &req.signature)
+            .map_err(ApiError::from)?;
         let record = Record::parse(&req.record).map_err(ApiError::from)?;
         if record.agent_id != agent.id || record.agent_name != agent.name {
-            return Err(ApiError::PermissionDenied("a snapshot record must name the committing agent".into()).into());
+            return Err(ApiError::PermissionDenied(
+                "a snapshot record must name the committing agent".into(),
+            )
+            .into());
         }
-        let job = self.0.catalog.job(&req.job_id)?.ok_or_else(|| ApiError::NotFound(format!("no job {}", req.job_id)))?;
+        let job = self
+            .0
+            .catalog
+            .job(&req.job_id)?
+            .ok_or_else(|| ApiError::NotFound(format!("no job {}", req.job_id)))?;
         if job.agent_id != agent.id || job.kind != "backup" || record.job_id != job.id {
-            return Err(ApiError::PermissionDenied("snapshots are committed by the agent's own backup job".into()).into());
+            return Err(ApiError::PermissionDenied(
+                "snapshots are committed by the agent's own backup job".into(),
+            )
+            .into());
         }
         let ctl = self.0.clone();
         let signature = req.signature;
@@ -149,7 +216,12 @@ impl AgentApi for AgentService {
         let row = tokio::task::spawn_blocking(move || -> Result<SnapshotRow, ApiError> {
             ctl.store.flush()?;
             check_tree_complete(&ctl, &record)?;
-            let env = Envelope { record: raw_record, signature, public_key: agent.signing_key.clone(), received_unix_ms: now_ms() };
+            let env = Envelope {
+                record: raw_record,
+                signature,
+                public_key: agent.signing_key.clone(),
+                received_unix_ms: now_ms(),
+            };
             ctl.store.write_snapshot(&env)?;
             let row = snapshot_row(&env.id(), &record, env.received_unix_ms);
             ctl.catalog.insert_snapshot(&row)?;
@@ -158,7 +230,10 @@ impl AgentApi for AgentService {
         .await
         .map_err(ApiError::from)??;
         tracing::info!(agent = %row.agent_name, source = %row.source, snapshot = %row.id, files = row.files, "snapshot committed");
-        Ok(Response::new(pb::CommitReply { snapshot_id: row.id, received_unix_ms: row.received_ms }))
+        Ok(Response::new(pb::CommitReply {
+            snapshot_id: row.id,
+            received_unix_ms: row.received_ms,
+        }))
     }
 }
 
@@ -167,7 +242,11 @@ impl AgentApi for AgentService {
 fn check_tree_complete(ctl: &Controller, record: &Record) -> Result<(), ApiError> {
     let tree = load_tree(ctl, record)?;
     let mut seen = HashSet::new();
-    let refs: Vec<ChunkId> = tree.chunk_ids().filter(|id| seen.insert(**id)).copied().collect();
+    let refs: Vec<ChunkId> = tree
+        .chunk_ids()
+        .filter(|id| seen.insert(**id))
+        .copied()
+        .collect();
     for batch in refs.chunks(MAX_IDS) {
         let missing = ctl.catalog.unknown_chunks(batch)?;
         if let Some(first) = missing.first() {
@@ -185,13 +264,17 @@ pub fn load_tree(ctl: &Controller, record: &Record) -> Result<Tree, ApiError> {
     let mut bytes = Vec::with_capacity(record.tree.size as usize);
     for id in record.tree_chunks()? {
         bytes.extend_from_slice(&ctl.store.read_chunk(&id).map_err(|e| match e {
-            ApiError::NotFound(_) => ApiError::FailedPrecondition(format!("tree chunk {id} is not in the store")),
+            ApiError::NotFound(_) => {
+                ApiError::FailedPrecondition(format!("tree chunk {id} is not in the store"))
+            }
             other => other,
         })?);
     }
     let hash = blake3::keyed_hash(ctl.chunk_key.as_bytes(), &bytes).to_hex();
     if bytes.len() as u64 != record.tree.size || hash.as_str() != record.tree.hash {
-        return Err(ApiError::InvalidArgument("the stored tree does not match the record's size and hash".into()));
+        return Err(ApiError::InvalidArgument(
+            "the stored tree does not match the record's size and hash".into(),
+        ));
     }
     Ok(Tree::parse(&bytes)?)
 }

@@ -5,9 +5,9 @@
 use lifeboat_proto::transport::{Peer, PeerInfo};
 use tonic::Request;
 
+use crate::Controller;
 use crate::catalog::AgentRow;
 use crate::error::ApiError;
-use crate::Controller;
 
 fn peer<T>(req: &Request<T>) -> Result<&Peer, ApiError> {
     req.extensions()
@@ -19,11 +19,18 @@ fn peer<T>(req: &Request<T>) -> Result<&Peer, ApiError> {
 /// The calling agent, which must be enrolled with the certificate it presented.
 pub fn agent<T>(ctl: &Controller, req: &Request<T>) -> Result<AgentRow, ApiError> {
     let Peer::Agent { id, serial } = peer(req)? else {
-        return Err(ApiError::PermissionDenied("this call is for agents only".into()));
+        return Err(ApiError::PermissionDenied(
+            "this call is for agents only".into(),
+        ));
     };
-    let row = ctl.catalog.agent(id)?.ok_or_else(|| ApiError::PermissionDenied(format!("agent {id} is not enrolled")))?;
+    let row = ctl
+        .catalog
+        .agent(id)?
+        .ok_or_else(|| ApiError::PermissionDenied(format!("agent {id} is not enrolled")))?;
     if &row.cert_serial != serial {
-        return Err(ApiError::PermissionDenied(format!("agent {id} presented a certificate that is not its current one")));
+        return Err(ApiError::PermissionDenied(format!(
+            "agent {id} presented a certificate that is not its current one"
+        )));
     }
     Ok(row)
 }
@@ -31,11 +38,18 @@ pub fn agent<T>(ctl: &Controller, req: &Request<T>) -> Result<AgentRow, ApiError
 /// The calling operator's name; the certificate must be the one recorded for it.
 pub fn operator<T>(ctl: &Controller, req: &Request<T>) -> Result<String, ApiError> {
     let Peer::Operator { name, serial } = peer(req)? else {
-        return Err(ApiError::PermissionDenied("this call is for operators only; use an operator identity file".into()));
+        return Err(ApiError::PermissionDenied(
+            "this call is for operators only; use an operator identity file".into(),
+        ));
     };
-    let ok = ctl.catalog.operator_serial(name)?.is_some_and(|s| &s == serial);
+    let ok = ctl
+        .catalog
+        .operator_serial(name)?
+        .is_some_and(|s| &s == serial);
     if !ok {
-        return Err(ApiError::PermissionDenied(format!("operator {name:?} is unknown or its certificate was replaced")));
+        return Err(ApiError::PermissionDenied(format!(
+            "operator {name:?} is unknown or its certificate was replaced"
+        )));
     }
     Ok(name.clone())
 }

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::{AgentRow, TokenCheck};
 use crate::error::ApiError;
-use crate::{now_ms, setup, Controller};
+use crate::{Controller, now_ms, setup};
 
 pub struct EnrollService(pub Arc<Controller>);
 
@@ -21,8 +21,14 @@ pub fn token_hash(token: &str) -> String {
 /// Label keys and values as Kubernetes users know them: short, printable, no separators.
 pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError> {
     for (k, v) in labels {
-        let key_ok = !k.is_empty() && k.len() <= 63 && k.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
-        let val_ok = v.len() <= 253 && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':'));
+        let key_ok = !k.is_empty()
+            && k.len() <= 63
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+        let val_ok = v.len() <= 253
+            && v.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':')
+            });
         if !key_ok || !val_ok {
             return Err(ApiError::InvalidArgument(format!(
                 "label {k:?}={v:?} is invalid: keys and values use letters, digits, '.', '_', '-', '/' (values also ':')"
@@ -34,32 +40,60 @@ pub fn validate_labels(labels: &BTreeMap<String, String>) -> Result<(), ApiError
 
 #[tonic::async_trait]
 impl Enrollment for EnrollService {
-    async fn enroll(&self, req: Request<pb::EnrollRequest>) -> Result<Response<pb::EnrollResponse>, Status> {
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
         let ctl = &self.0;
         let req = req.into_inner();
         validate_name("agent", &req.name).map_err(ApiError::from)?;
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
         validate_labels(&labels)?;
         if req.signing_public_key.len() != 32 {
-            return Err(ApiError::InvalidArgument("signing public key must be 32 bytes (ed25519)".into()).into());
+            return Err(ApiError::InvalidArgument(
+                "signing public key must be 32 bytes (ed25519)".into(),
+            )
+            .into());
         }
         if ctl.catalog.find_agent(&req.name).is_ok() {
-            return Err(ApiError::AlreadyExists(format!("an agent named {:?} is already enrolled; choose another --name", req.name)).into());
+            return Err(ApiError::AlreadyExists(format!(
+                "an agent named {:?} is already enrolled; choose another --name",
+                req.name
+            ))
+            .into());
         }
-        let agent_id = hex::encode(lifeboat_core::sign::random_bytes::<16>().map_err(ApiError::from)?);
-        let token_labels = match ctl.catalog.redeem_token(&token_hash(&req.token), &agent_id, now_ms())? {
+        let agent_id =
+            hex::encode(lifeboat_core::sign::random_bytes::<16>().map_err(ApiError::from)?);
+        let token_labels = match ctl.catalog.redeem_token(
+            &token_hash(&req.token),
+            &agent_id,
+            now_ms(),
+        )? {
             TokenCheck::Valid(l) => l,
             TokenCheck::Unknown => {
-                return Err(ApiError::Unauthenticated("join token is not valid; create one with `lifeboat token create`".into()).into());
+                return Err(ApiError::Unauthenticated(
+                    "join token is not valid; create one with `lifeboat token create`".into(),
+                )
+                .into());
             }
             TokenCheck::AlreadyUsed => {
                 return Err(ApiError::PermissionDenied("join token was already used; tokens are single-use, create a new one with `lifeboat token create`".into()).into());
             }
             TokenCheck::Expired => {
-                return Err(ApiError::PermissionDenied("join token has expired; create a new one with `lifeboat token create`".into()).into());
+                return Err(ApiError::PermissionDenied(
+                    "join token has expired; create a new one with `lifeboat token create`".into(),
+                )
+                .into());
             }
         };
-        let (cert_pem, serial) = ctl.ca.sign_csr(&req.csr_pem, &format!("agent:{agent_id}"), setup::AGENT_CERT_DAYS).map_err(ApiError::from)?;
+        let (cert_pem, serial) = ctl
+            .ca
+            .sign_csr(
+                &req.csr_pem,
+                &format!("agent:{agent_id}"),
+                setup::AGENT_CERT_DAYS,
+            )
+            .map_err(ApiError::from)?;
         // Labels from the token (chosen by an operator) win over labels the machine asks for.
         let mut all_labels = labels;
         all_labels.extend(token_labels);

@@ -38,9 +38,12 @@ impl From<lifeboat_core::Error> for ApiError {
     fn from(e: lifeboat_core::Error) -> Self {
         use lifeboat_core::Error as E;
         match e {
-            E::InvalidChunkId(_) | E::ChunkMismatch { .. } | E::CorruptBlob(_) | E::CorruptTree(_) | E::UnsafePath { .. } | E::InvalidRecord(_) => {
-                ApiError::InvalidArgument(e.to_string())
-            }
+            E::InvalidChunkId(_)
+            | E::ChunkMismatch { .. }
+            | E::CorruptBlob(_)
+            | E::CorruptTree(_)
+            | E::UnsafePath { .. }
+            | E::InvalidRecord(_) => ApiError::InvalidArgument(e.to_string()),
             E::BadSignature(_) => ApiError::PermissionDenied(e.to_string()),
             other => ApiError::Internal(other.to_string()),
         }

@@ -47,7 +47,10 @@ fn random_id() -> Result<String, ApiError> {
 
 impl Jobs {
     pub fn new(catalog: Arc<Catalog>) -> Jobs {
-        Jobs { catalog, inner: Mutex::new(Inner::default()) }
+        Jobs {
+            catalog,
+            inner: Mutex::new(Inner::default()),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -56,7 +59,12 @@ impl Jobs {
 
     /// Marks jobs that were running when the controller stopped as interrupted.
     pub fn recover_after_restart(&self) -> Result<(), ApiError> {
-        let n = self.catalog.move_jobs(JobState::Running as i32, JobState::Interrupted as i32, "controller restarted while the job ran", now_ms())?;
+        let n = self.catalog.move_jobs(
+            JobState::Running as i32,
+            JobState::Interrupted as i32,
+            "controller restarted while the job ran",
+            now_ms(),
+        )?;
         if n > 0 {
             tracing::warn!(jobs = n, "marked jobs interrupted by a controller restart");
         }
@@ -68,7 +76,9 @@ impl Jobs {
         let mut inner = self.lock();
         inner.next_session += 1;
         let id = inner.next_session;
-        inner.sessions.insert(agent_id.to_string(), SessionHandle { id, tx });
+        inner
+            .sessions
+            .insert(agent_id.to_string(), SessionHandle { id, tx });
         id
     }
 
@@ -83,7 +93,10 @@ impl Jobs {
                 _ => return,
             }
         }
-        if let Ok(running) = self.catalog.jobs_in_state(agent_id, JobState::Running as i32) {
+        if let Ok(running) = self
+            .catalog
+            .jobs_in_state(agent_id, JobState::Running as i32)
+        {
             for mut job in running {
                 job.state = JobState::Interrupted as i32;
                 job.error = "agent disconnected while the job ran".into();
@@ -125,7 +138,13 @@ impl Jobs {
     }
 
     /// Creates a job for `agent` and dispatches it if the agent is connected.
-    pub fn submit(&self, agent: &AgentRow, kind: &str, detail: String, build: impl FnOnce(&str) -> pb::Job) -> Result<JobRow, ApiError> {
+    pub fn submit(
+        &self,
+        agent: &AgentRow,
+        kind: &str,
+        detail: String,
+        build: impl FnOnce(&str) -> pb::Job,
+    ) -> Result<JobRow, ApiError> {
         let id = random_id()?;
         let job = build(&id);
         let row = JobRow {
@@ -149,10 +168,18 @@ impl Jobs {
 
     /// Sends every queued job of `agent_id` over its session, if it has one.
     pub fn dispatch(&self, agent_id: &str) -> Result<(), ApiError> {
-        let Some(tx) = self.lock().sessions.get(agent_id).map(|s| s.tx.clone()) else { return Ok(()) };
-        for mut row in self.catalog.jobs_in_state(agent_id, JobState::Queued as i32)? {
-            let job = pb::Job::decode(row.job.as_slice()).map_err(|e| ApiError::internal(format!("stored job {}: {e}", row.id)))?;
-            let msg = pb::ControllerMessage { msg: Some(pb::controller_message::Msg::Job(job)) };
+        let Some(tx) = self.lock().sessions.get(agent_id).map(|s| s.tx.clone()) else {
+            return Ok(());
+        };
+        for mut row in self
+            .catalog
+            .jobs_in_state(agent_id, JobState::Queued as i32)?
+        {
+            let job = pb::Job::decode(row.job.as_slice())
+                .map_err(|e| ApiError::internal(format!("stored job {}: {e}", row.id)))?;
+            let msg = pb::ControllerMessage {
+                msg: Some(pb::controller_message::Msg::Job(job)),
+            };
             if tx.try_send(Ok(msg)).is_err() {
                 break; // the session is gone or saturated; the job stays queued
             }
@@ -165,9 +192,15 @@ impl Jobs {
 
     /// Applies an agent's update to one of its jobs.
     pub fn update(&self, agent_id: &str, upd: pb::JobUpdate) -> Result<(), ApiError> {
-        let mut row = self.catalog.job(&upd.job_id)?.ok_or_else(|| ApiError::NotFound(format!("no job {}", upd.job_id)))?;
+        let mut row = self
+            .catalog
+            .job(&upd.job_id)?
+            .ok_or_else(|| ApiError::NotFound(format!("no job {}", upd.job_id)))?;
         if row.agent_id != agent_id {
-            return Err(ApiError::PermissionDenied(format!("job {} belongs to another agent", row.id)));
+            return Err(ApiError::PermissionDenied(format!(
+                "job {} belongs to another agent",
+                row.id
+            )));
         }
         if is_terminal(row.state) {
             return Ok(());
@@ -181,7 +214,11 @@ impl Jobs {
                 row.error = upd.error;
                 row.snapshot_ids = upd.snapshot_ids;
             }
-            _ => return Err(ApiError::InvalidArgument(format!("agents cannot set a job to {state:?}"))),
+            _ => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "agents cannot set a job to {state:?}"
+                )));
+            }
         }
         if let Some(p) = upd.progress {
             row.progress = Some(p.encode_to_vec());
@@ -196,10 +233,10 @@ impl Jobs {
             return;
         }
         let watcher = self.lock().watchers.get(&row.id).cloned();
-        if let Some(w) = watcher {
-            if let Ok(info) = self.info(row) {
-                w.send_replace(info);
-            }
+        if let Some(w) = watcher
+            && let Ok(info) = self.info(row)
+        {
+            w.send_replace(info);
         }
     }
 
@@ -208,13 +245,20 @@ impl Jobs {
         let info = self.info(row)?;
         let mut inner = self.lock();
         inner.watchers.retain(|_, w| w.receiver_count() > 0);
-        let w = inner.watchers.entry(row.id.clone()).or_insert_with(|| watch::channel(info.clone()).0);
+        let w = inner
+            .watchers
+            .entry(row.id.clone())
+            .or_insert_with(|| watch::channel(info.clone()).0);
         w.send_replace(info);
         Ok(w.subscribe())
     }
 
     pub fn info(&self, row: &JobRow) -> Result<pb::JobInfo, ApiError> {
-        let agent_name = self.catalog.agent(&row.agent_id)?.map(|a| a.name).unwrap_or_default();
+        let agent_name = self
+            .catalog
+            .agent(&row.agent_id)?
+            .map(|a| a.name)
+            .unwrap_or_default();
         Ok(pb::JobInfo {
             id: row.id.clone(),
             kind: row.kind.clone(),
@@ -225,7 +269,10 @@ impl Jobs {
             created_unix_ms: row.created_ms,
             started_unix_ms: row.started_ms,
             finished_unix_ms: row.finished_ms,
-            progress: row.progress.as_deref().and_then(|p| pb::Progress::decode(p).ok()),
+            progress: row
+                .progress
+                .as_deref()
+                .and_then(|p| pb::Progress::decode(p).ok()),
             error: row.error.clone(),
             snapshot_ids: row.snapshot_ids.clone(),
         })

@@ -28,8 +28,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lifeboat_core::pki::Ca;
 use lifeboat_core::ChunkKey;
+use lifeboat_core::pki::Ca;
 use lifeboat_proto::pb;
 use lifeboat_proto::transport::{self, ServerTls};
 use tokio::net::TcpListener;
@@ -38,7 +38,10 @@ pub use error::ApiError;
 
 /// Milliseconds since the Unix epoch, by the controller's clock.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// State shared by every service.
@@ -74,10 +77,17 @@ pub struct Running {
 /// Takes the data directory's lock so two controllers (or a rebuild) never share it.
 pub fn lock_data_dir(data_dir: &Path) -> Result<OwnedFd, ApiError> {
     let path = data_dir.join("controller.lock");
-    let fd = rustix::fs::open(&path, rustix::fs::OFlags::CREATE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::from_raw_mode(0o600))
-        .map_err(|e| ApiError::internal(format!("opening {}: {e}", path.display())))?;
+    let fd = rustix::fs::open(
+        &path,
+        rustix::fs::OFlags::CREATE | rustix::fs::OFlags::RDWR | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| ApiError::internal(format!("opening {}: {e}", path.display())))?;
     rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(|_| {
-        ApiError::FailedPrecondition(format!("{} is in use by another lifeboat-controller; stop it first", data_dir.display()))
+        ApiError::FailedPrecondition(format!(
+            "{} is in use by another lifeboat-controller; stop it first",
+            data_dir.display()
+        ))
     })?;
     Ok(fd)
 }
@@ -95,25 +105,57 @@ pub fn url_for(addr: SocketAddr) -> String {
 
 /// Prepares the data directory (first start creates the CA, chunk key and admin identity)
 /// and binds the gRPC listener (and the HTTPS one, if given).
-pub fn start(cfg: &ServeConfig, listener: TcpListener, http: Option<TcpListener>) -> Result<Running, ApiError> {
+pub fn start(
+    cfg: &ServeConfig,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+) -> Result<Running, ApiError> {
     transport::install_crypto_provider();
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| ApiError::internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| ApiError::internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
     let lock = lock_data_dir(&cfg.data_dir)?;
     let prepared = setup::prepare(&cfg.data_dir, cfg.store.as_deref())?;
-    let addr = listener.local_addr().map_err(|e| ApiError::internal(format!("listener address: {e}")))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ApiError::internal(format!("listener address: {e}")))?;
     let url = url_for(addr);
     let identity_path = setup::ensure_admin_identity(&cfg.data_dir, &prepared, &url)?;
-    let server_tls = ServerTls::new(&prepared.ca.cert_pem, &prepared.server_chain_pem, &prepared.server_key_pem)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let server_tls = ServerTls::new(
+        &prepared.ca.cert_pem,
+        &prepared.server_chain_pem,
+        &prepared.server_key_pem,
+    )
+    .map_err(|e| ApiError::internal(e.to_string()))?;
     let http_tls = http_tls_config(&prepared)?;
     let ca_fingerprint = lifeboat_core::pki::fingerprint(&prepared.ca.cert_pem)?;
     let catalog = Arc::new(prepared.catalog);
-    let store = store::Store::open(&prepared.store_dir, prepared.chunk_key.clone(), catalog.clone())?;
+    let store = store::Store::open(
+        &prepared.store_dir,
+        prepared.chunk_key.clone(),
+        catalog.clone(),
+    )?;
     let jobs = jobs::Jobs::new(catalog.clone());
     jobs.recover_after_restart()?;
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
-    let ctl = Arc::new(Controller { catalog, store, jobs, ca: prepared.ca, chunk_key: prepared.chunk_key, ca_fingerprint });
-    Ok(Running { ctl, url, identity_path, http_addr, listener, http, server_tls, http_tls, _lock: lock })
+    let ctl = Arc::new(Controller {
+        catalog,
+        store,
+        jobs,
+        ca: prepared.ca,
+        chunk_key: prepared.chunk_key,
+        ca_fingerprint,
+    });
+    Ok(Running {
+        ctl,
+        url,
+        identity_path,
+        http_addr,
+        listener,
+        http,
+        server_tls,
+        http_tls,
+        _lock: lock,
+    })
 }
 
 fn http_tls_config(p: &setup::Prepared) -> Result<Arc<rustls::ServerConfig>, ApiError> {
@@ -122,13 +164,16 @@ fn http_tls_config(p: &setup::Prepared) -> Result<Arc<rustls::ServerConfig>, Api
     let certs = rustls::pki_types::CertificateDer::pem_slice_iter(p.server_chain_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(p.server_key_pem.as_bytes()).map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(tls)?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(tls)?;
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(p.server_key_pem.as_bytes())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(tls)?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(tls)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }
@@ -148,13 +193,17 @@ impl Running {
         let max = lifeboat_proto::MAX_MESSAGE_BYTES;
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .add_service(pb::enrollment_server::EnrollmentServer::new(enroll::EnrollService(ctl.clone())))
+            .add_service(pb::enrollment_server::EnrollmentServer::new(
+                enroll::EnrollService(ctl.clone()),
+            ))
             .add_service(
                 pb::agent_api_server::AgentApiServer::new(agent_api::AgentService(ctl.clone()))
                     .max_decoding_message_size(max)
                     .max_encoding_message_size(max),
             )
-            .add_service(pb::operator_api_server::OperatorApiServer::new(operator_api::OperatorService(ctl.clone())));
+            .add_service(pb::operator_api_server::OperatorApiServer::new(
+                operator_api::OperatorService(ctl.clone()),
+            ));
         let incoming = transport::incoming(self.listener, self.server_tls);
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let ctl_for_stop = ctl.clone();
@@ -174,7 +223,9 @@ impl Running {
             }
         }
         let ctl2 = ctl.clone();
-        tokio::task::spawn_blocking(move || ctl2.store.flush()).await.map_err(ApiError::from)??;
+        tokio::task::spawn_blocking(move || ctl2.store.flush())
+            .await
+            .map_err(ApiError::from)??;
         Ok(())
     }
 }

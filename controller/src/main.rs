@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "lifeboat-controller", version, about = "Lifeboat controller: catalog, store and scheduler for a fleet of agents")]
+#[command(
+    name = "lifeboat-controller",
+    version,
+    about = "Lifeboat controller: catalog, store and scheduler for a fleet of agents"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -41,7 +45,9 @@ enum Cmd {
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = real_main(Cli::parse()).await {
@@ -52,13 +58,28 @@ async fn main() {
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Serve { data_dir, listen, http, store } => {
-            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        Cmd::Serve {
+            data_dir,
+            listen,
+            http,
+            store,
+        } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("cannot listen on {listen}"))?;
             let http = match http {
-                Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("cannot listen on {a}"))?),
+                Some(a) => Some(
+                    tokio::net::TcpListener::bind(a)
+                        .await
+                        .with_context(|| format!("cannot listen on {a}"))?,
+                ),
                 None => None,
             };
-            let running = lifeboat_controller::start(&lifeboat_controller::ServeConfig { data_dir, store }, listener, http)?;
+            let running = lifeboat_controller::start(
+                &lifeboat_controller::ServeConfig { data_dir, store },
+                listener,
+                http,
+            )?;
             println!("lifeboat-controller listening on {}", running.url);
             if let Some(a) = running.http_addr {
                 println!("metrics: {}/metrics", lifeboat_controller::url_for(a));
@@ -69,13 +90,22 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::RebuildCatalog { data_dir } => {
-            let r = tokio::task::spawn_blocking(move || lifeboat_controller::rebuild::rebuild_catalog(&data_dir)).await??;
-            println!("rebuilt catalog: {} packs, {} chunks, {} snapshots", r.packs, r.chunks, r.snapshots);
+            let r = tokio::task::spawn_blocking(move || {
+                lifeboat_controller::rebuild::rebuild_catalog(&data_dir)
+            })
+            .await??;
+            println!(
+                "rebuilt catalog: {} packs, {} chunks, {} snapshots",
+                r.packs, r.chunks, r.snapshots
+            );
             for s in &r.skipped {
                 println!("skipped: {s}");
             }
             if !r.skipped.is_empty() {
-                anyhow::bail!("{} store files could not be read; they were left in place", r.skipped.len());
+                anyhow::bail!(
+                    "{} store files could not be read; they were left in place",
+                    r.skipped.len()
+                );
             }
             Ok(())
         }
@@ -83,7 +113,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
+    use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).ok();
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -13,7 +13,7 @@ use crate::catalog::{AgentRow, SnapshotRow};
 use crate::enroll::{token_hash, validate_labels};
 use crate::error::ApiError;
 use crate::jobs::Jobs;
-use crate::{auth, now_ms, Controller};
+use crate::{Controller, auth, now_ms};
 
 pub struct OperatorService(pub Arc<Controller>);
 
@@ -48,7 +48,11 @@ impl OperatorService {
             hostname: a.hostname,
             last_seen_unix_ms: a.last_seen_ms,
             enrolled_unix_ms: a.enrolled_ms,
-            sources: a.sources.into_iter().map(|(name, kind, path)| pb::Source { name, kind, path }).collect(),
+            sources: a
+                .sources
+                .into_iter()
+                .map(|(name, kind, path)| pb::Source { name, kind, path })
+                .collect(),
             restore_roots: a.restore_roots,
             version: a.version,
         }
@@ -59,8 +63,13 @@ impl OperatorService {
 /// restore roots. The agent checks again; this gives the operator the error at once.
 fn check_target(agent: &AgentRow, target: &str) -> Result<(), ApiError> {
     let p = Path::new(target);
-    if !p.is_absolute() || p.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir)) {
-        return Err(ApiError::InvalidArgument(format!("--to {target:?} must be an absolute path without `.` or `..`")));
+    if !p.is_absolute()
+        || p.components()
+            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+    {
+        return Err(ApiError::InvalidArgument(format!(
+            "--to {target:?} must be an absolute path without `.` or `..`"
+        )));
     }
     if agent.restore_roots.is_empty() {
         return Err(ApiError::FailedPrecondition(format!(
@@ -68,7 +77,11 @@ fn check_target(agent: &AgentRow, target: &str) -> Result<(), ApiError> {
             agent.name
         )));
     }
-    if !agent.restore_roots.iter().any(|r| p.starts_with(r) && p != Path::new(r)) {
+    if !agent
+        .restore_roots
+        .iter()
+        .any(|r| p.starts_with(r) && p != Path::new(r))
+    {
         return Err(ApiError::FailedPrecondition(format!(
             "--to {target} is outside agent {}'s restore roots ({}); restore below one of them",
             agent.name,
@@ -98,59 +111,113 @@ impl OperatorApi for OperatorService {
         }))
     }
 
-    async fn create_token(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreateTokenReply>, Status> {
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenReply>, Status> {
         let operator = auth::operator(&self.0, &req)?;
         let req = req.into_inner();
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
         validate_labels(&labels)?;
-        let ttl = if req.ttl_seconds == 0 { DEFAULT_TOKEN_TTL_S } else { req.ttl_seconds };
+        let ttl = if req.ttl_seconds == 0 {
+            DEFAULT_TOKEN_TTL_S
+        } else {
+            req.ttl_seconds
+        };
         if ttl > MAX_TOKEN_TTL_S {
             return Err(ApiError::InvalidArgument("--ttl may be at most 7 days".into()).into());
         }
-        let token = format!("lbt_{}", hex::encode(lifeboat_core::sign::random_bytes::<24>().map_err(ApiError::from)?));
+        let token = format!(
+            "lbt_{}",
+            hex::encode(lifeboat_core::sign::random_bytes::<24>().map_err(ApiError::from)?)
+        );
         let now = now_ms();
         let expires = now + (ttl as i64) * 1000;
-        self.0.catalog.insert_token(&token_hash(&token), &labels, now, expires)?;
+        self.0
+            .catalog
+            .insert_token(&token_hash(&token), &labels, now, expires)?;
         tracing::info!(%operator, ttl_s = ttl, "join token created");
-        Ok(Response::new(pb::CreateTokenReply { token, expires_unix_ms: expires, ca_fingerprint: self.0.ca_fingerprint.clone() }))
+        Ok(Response::new(pb::CreateTokenReply {
+            token,
+            expires_unix_ms: expires,
+            ca_fingerprint: self.0.ca_fingerprint.clone(),
+        }))
     }
 
-    async fn list_agents(&self, req: Request<pb::Empty>) -> Result<Response<pb::AgentList>, Status> {
+    async fn list_agents(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::AgentList>, Status> {
         auth::operator(&self.0, &req)?;
-        let agents = self.0.catalog.agents()?.into_iter().map(|a| self.agent_info(a)).collect();
+        let agents = self
+            .0
+            .catalog
+            .agents()?
+            .into_iter()
+            .map(|a| self.agent_info(a))
+            .collect();
         Ok(Response::new(pb::AgentList { agents }))
     }
 
-    async fn list_snapshots(&self, req: Request<pb::ListSnapshotsRequest>) -> Result<Response<pb::SnapshotList>, Status> {
+    async fn list_snapshots(
+        &self,
+        req: Request<pb::ListSnapshotsRequest>,
+    ) -> Result<Response<pb::SnapshotList>, Status> {
         auth::operator(&self.0, &req)?;
         let req = req.into_inner();
-        let agent_id = if req.agent.is_empty() { None } else { Some(self.0.catalog.find_agent(&req.agent)?.id) };
+        let agent_id = if req.agent.is_empty() {
+            None
+        } else {
+            Some(self.0.catalog.find_agent(&req.agent)?.id)
+        };
         let source = (!req.source.is_empty()).then_some(req.source.as_str());
-        let snapshots = self.0.catalog.snapshots(agent_id.as_deref(), source)?.into_iter().map(snapshot_info).collect();
+        let snapshots = self
+            .0
+            .catalog
+            .snapshots(agent_id.as_deref(), source)?
+            .into_iter()
+            .map(snapshot_info)
+            .collect();
         Ok(Response::new(pb::SnapshotList { snapshots }))
     }
 
-    async fn list_jobs(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::JobList>, Status> {
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::JobList>, Status> {
         auth::operator(&self.0, &req)?;
         let limit = match req.into_inner().limit {
             0 => 100,
             n => n.min(10_000),
         };
-        let jobs = self.0.catalog.jobs(limit)?.iter().map(|j| self.0.jobs.info(j)).collect::<Result<_, _>>()?;
+        let jobs = self
+            .0
+            .catalog
+            .jobs(limit)?
+            .iter()
+            .map(|j| self.0.jobs.info(j))
+            .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::JobList { jobs }))
     }
 
     async fn get_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::JobInfo>, Status> {
         auth::operator(&self.0, &req)?;
         let id = req.into_inner().id;
-        let row = self.0.catalog.job(&id)?.ok_or_else(|| ApiError::NotFound(format!("no job {id}; `lifeboat jobs` lists them")))?;
+        let row = self.0.catalog.job(&id)?.ok_or_else(|| {
+            ApiError::NotFound(format!("no job {id}; `lifeboat jobs` lists them"))
+        })?;
         Ok(Response::new(self.0.jobs.info(&row)?))
     }
 
-    async fn watch_job(&self, req: Request<pb::JobRef>) -> Result<Response<Self::WatchJobStream>, Status> {
+    async fn watch_job(
+        &self,
+        req: Request<pb::JobRef>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
         auth::operator(&self.0, &req)?;
         let id = req.into_inner().id;
-        let row = self.0.catalog.job(&id)?.ok_or_else(|| ApiError::NotFound(format!("no job {id}; `lifeboat jobs` lists them")))?;
+        let row = self.0.catalog.job(&id)?.ok_or_else(|| {
+            ApiError::NotFound(format!("no job {id}; `lifeboat jobs` lists them"))
+        })?;
         let mut rx = self.0.jobs.watch(&row)?;
         let stream = async_stream(move |tx| async move {
             loop {
@@ -164,7 +231,10 @@ impl OperatorApi for OperatorService {
         Ok(Response::new(stream))
     }
 
-    async fn start_backup(&self, req: Request<pb::StartBackupRequest>) -> Result<Response<pb::JobInfo>, Status> {
+    async fn start_backup(
+        &self,
+        req: Request<pb::StartBackupRequest>,
+    ) -> Result<Response<pb::JobInfo>, Status> {
         let operator = auth::operator(&self.0, &req)?;
         let req = req.into_inner();
         let agent = self.0.catalog.find_agent(&req.agent)?;
@@ -176,21 +246,36 @@ impl OperatorApi for OperatorService {
             ))
             .into());
         }
-        let sources: Vec<String> = if req.sources.is_empty() { known.iter().map(|s| s.to_string()).collect() } else { req.sources };
+        let sources: Vec<String> = if req.sources.is_empty() {
+            known.iter().map(|s| s.to_string()).collect()
+        } else {
+            req.sources
+        };
         if let Some(bad) = sources.iter().find(|s| !known.contains(&s.as_str())) {
-            return Err(ApiError::NotFound(format!("agent {} has no source {bad:?}; it has: {}", agent.name, known.join(", "))).into());
+            return Err(ApiError::NotFound(format!(
+                "agent {} has no source {bad:?}; it has: {}",
+                agent.name,
+                known.join(", ")
+            ))
+            .into());
         }
         let detail = format!("sources {}", sources.join(","));
         let full = req.full_reread;
         let row = self.0.jobs.submit(&agent, "backup", detail, |id| pb::Job {
             job_id: id.to_string(),
-            kind: Some(pb::job::Kind::Backup(pb::BackupJob { sources, full_reread: full })),
+            kind: Some(pb::job::Kind::Backup(pb::BackupJob {
+                sources,
+                full_reread: full,
+            })),
         })?;
         tracing::info!(%operator, agent = %agent.name, job = %row.id, "backup requested");
         Ok(Response::new(self.0.jobs.info(&row)?))
     }
 
-    async fn start_restore(&self, req: Request<pb::StartRestoreRequest>) -> Result<Response<pb::JobInfo>, Status> {
+    async fn start_restore(
+        &self,
+        req: Request<pb::StartRestoreRequest>,
+    ) -> Result<Response<pb::JobInfo>, Status> {
         let operator = auth::operator(&self.0, &req)?;
         let req = req.into_inner();
         let snap = self.0.catalog.find_snapshot(&req.snapshot)?;
@@ -198,19 +283,27 @@ impl OperatorApi for OperatorService {
         check_target(&agent, &req.target)?;
         let env = self.0.store.read_snapshot(&snap.id)?;
         // Verify against the key recorded at enrollment, not the one stored beside the record.
-        let origin_key = self.0.catalog.agent(&snap.agent_id)?.map(|a| a.signing_key).unwrap_or(env.public_key);
+        let origin_key = self
+            .0
+            .catalog
+            .agent(&snap.agent_id)?
+            .map(|a| a.signing_key)
+            .unwrap_or(env.public_key);
         let detail = format!("snapshot {} to {}", &snap.id[..12], req.target);
         let target = req.target.clone();
-        let row = self.0.jobs.submit(&agent, "restore", detail, |id| pb::Job {
-            job_id: id.to_string(),
-            kind: Some(pb::job::Kind::Restore(pb::RestoreJob {
-                snapshot_id: snap.id.clone(),
-                record: env.record,
-                signature: env.signature,
-                origin_public_key: origin_key,
-                target,
-            })),
-        })?;
+        let row = self
+            .0
+            .jobs
+            .submit(&agent, "restore", detail, |id| pb::Job {
+                job_id: id.to_string(),
+                kind: Some(pb::job::Kind::Restore(pb::RestoreJob {
+                    snapshot_id: snap.id.clone(),
+                    record: env.record,
+                    signature: env.signature,
+                    origin_public_key: origin_key,
+                    target,
+                })),
+            })?;
         tracing::info!(%operator, agent = %agent.name, snapshot = %snap.id, job = %row.id, "restore requested");
         Ok(Response::new(self.0.jobs.info(&row)?))
     }

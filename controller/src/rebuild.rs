@@ -25,17 +25,32 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
     let _lock = lock_data_dir(data_dir)?;
     let prepared = setup::prepare(data_dir, None)?;
     let catalog = std::sync::Arc::new(prepared.catalog);
-    let store = crate::store::Store::open(&prepared.store_dir, prepared.chunk_key.clone(), catalog.clone())?;
+    let store = crate::store::Store::open(
+        &prepared.store_dir,
+        prepared.chunk_key.clone(),
+        catalog.clone(),
+    )?;
     let mut report = RebuildReport::default();
     restore_admin(data_dir, &catalog)?;
     catalog.clear_store_index()?;
     for path in store.pack_paths()? {
-        let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match pack::read_index(&path) {
             Ok(entries) => {
                 let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 report.chunks += entries.len() as u64;
-                catalog.insert_pack(&pack::SealedPack { name, path: path.clone(), size, entries }, now_ms())?;
+                catalog.insert_pack(
+                    &pack::SealedPack {
+                        name,
+                        path: path.clone(),
+                        size,
+                        entries,
+                    },
+                    now_ms(),
+                )?;
                 report.packs += 1;
             }
             Err(e) => report.skipped.push(e.to_string()),
@@ -44,7 +59,9 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
     for id in store.snapshot_ids()? {
         let parsed = store.read_snapshot(&id).and_then(|env| {
             if env.id() != id {
-                return Err(ApiError::InvalidArgument(format!("snapshot file {id} holds a record with another id")));
+                return Err(ApiError::InvalidArgument(format!(
+                    "snapshot file {id} holds a record with another id"
+                )));
             }
             let record: Record = env.verify()?;
             Ok((env, record))
@@ -86,10 +103,11 @@ fn restore_admin(data_dir: &Path, catalog: &crate::catalog::Catalog) -> Result<(
     }
     let id = lifeboat_core::identity::IdentityFile::load(&path)?;
     let der = lifeboat_core::pki::cert_der(&id.cert_pem)?;
-    if let Some(lifeboat_proto::transport::Peer::Operator { name, serial }) = lifeboat_proto::transport::peer_from_cert(der.as_ref()) {
-        if catalog.operator_serial(&name)?.is_none() {
-            catalog.add_operator(&name, &id.role, &serial, now_ms())?;
-        }
+    if let Some(lifeboat_proto::transport::Peer::Operator { name, serial }) =
+        lifeboat_proto::transport::peer_from_cert(der.as_ref())
+        && catalog.operator_serial(&name)?.is_none()
+    {
+        catalog.add_operator(&name, &id.role, &serial, now_ms())?;
     }
     Ok(())
 }

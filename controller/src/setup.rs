@@ -12,10 +12,10 @@
 
 use std::path::{Path, PathBuf};
 
+use lifeboat_core::ChunkKey;
 use lifeboat_core::durable::write_atomic;
 use lifeboat_core::identity::IdentityFile;
 use lifeboat_core::pki::{self, Ca};
-use lifeboat_core::ChunkKey;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
@@ -55,16 +55,18 @@ pub fn prepare(data_dir: &Path, store: Option<&Path>) -> Result<Prepared, ApiErr
     restrict_dir(data_dir)?;
     let settings_path = data_dir.join("controller.json");
     let store_dir = if settings_path.exists() {
-        let s: Settings = serde_json::from_slice(&std::fs::read(&settings_path).map_err(io("reading", &settings_path))?)
-            .map_err(|e| ApiError::internal(format!("{}: {e}", settings_path.display())))?;
-        if let Some(given) = store {
-            if given != s.store {
-                return Err(ApiError::InvalidArgument(format!(
-                    "this controller's store is {}; --store {} differs (the store cannot be moved by a flag)",
-                    s.store.display(),
-                    given.display()
-                )));
-            }
+        let s: Settings = serde_json::from_slice(
+            &std::fs::read(&settings_path).map_err(io("reading", &settings_path))?,
+        )
+        .map_err(|e| ApiError::internal(format!("{}: {e}", settings_path.display())))?;
+        if let Some(given) = store
+            && given != s.store
+        {
+            return Err(ApiError::InvalidArgument(format!(
+                "this controller's store is {}; --store {} differs (the store cannot be moved by a flag)",
+                s.store.display(),
+                given.display()
+            )));
         }
         s.store
     } else {
@@ -72,8 +74,15 @@ pub fn prepare(data_dir: &Path, store: Option<&Path>) -> Result<Prepared, ApiErr
             Some(p) => std::path::absolute(p).map_err(io("resolving", p))?,
             None => data_dir.join("store"),
         };
-        let s = Settings { version: 1, store: store.clone() };
-        write_atomic(&settings_path, &serde_json::to_vec_pretty(&s).unwrap_or_default(), 0o600)?;
+        let s = Settings {
+            version: 1,
+            store: store.clone(),
+        };
+        write_atomic(
+            &settings_path,
+            &serde_json::to_vec_pretty(&s).unwrap_or_default(),
+            0o600,
+        )?;
         store
     };
 
@@ -103,20 +112,40 @@ pub fn prepare(data_dir: &Path, store: Option<&Path>) -> Result<Prepared, ApiErr
 
     let server = ca.issue_server()?;
     let server_chain_pem = format!("{}{}", server.cert_pem, ca.cert_pem);
-    write_atomic(&data_dir.join("server.crt"), server_chain_pem.as_bytes(), 0o644)?;
-    write_atomic(&data_dir.join("server.key"), server.key_pem.as_bytes(), 0o600)?;
+    write_atomic(
+        &data_dir.join("server.crt"),
+        server_chain_pem.as_bytes(),
+        0o644,
+    )?;
+    write_atomic(
+        &data_dir.join("server.key"),
+        server.key_pem.as_bytes(),
+        0o600,
+    )?;
 
     let catalog = Catalog::open(&data_dir.join("catalog.db"))?;
-    Ok(Prepared { ca, chunk_key, store_dir, server_chain_pem, server_key_pem: server.key_pem, catalog })
+    Ok(Prepared {
+        ca,
+        chunk_key,
+        store_dir,
+        server_chain_pem,
+        server_key_pem: server.key_pem,
+        catalog,
+    })
 }
 
 fn restrict_dir(dir: &Path) -> Result<(), ApiError> {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io("restricting", dir))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io("restricting", dir))
 }
 
 /// Writes `DIR/admin.identity` if it does not exist, or refreshes its controller URL.
-pub fn ensure_admin_identity(data_dir: &Path, prepared: &Prepared, url: &str) -> Result<PathBuf, ApiError> {
+pub fn ensure_admin_identity(
+    data_dir: &Path,
+    prepared: &Prepared,
+    url: &str,
+) -> Result<PathBuf, ApiError> {
     let path = data_dir.join("admin.identity");
     if path.exists() {
         let mut id = IdentityFile::load(&path)?;
@@ -126,8 +155,12 @@ pub fn ensure_admin_identity(data_dir: &Path, prepared: &Prepared, url: &str) ->
         }
         return Ok(path);
     }
-    let (cert, serial) = prepared.ca.issue_client("operator:admin", OPERATOR_CERT_DAYS)?;
-    prepared.catalog.add_operator("admin", "admin", &serial, crate::now_ms())?;
+    let (cert, serial) = prepared
+        .ca
+        .issue_client("operator:admin", OPERATOR_CERT_DAYS)?;
+    prepared
+        .catalog
+        .add_operator("admin", "admin", &serial, crate::now_ms())?;
     IdentityFile {
         version: 1,
         name: "admin".into(),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use lifeboat_core::pack::{self, PackWriter};
 use lifeboat_core::snapshot::Envelope;
-use lifeboat_core::{codec, ChunkId, ChunkKey};
+use lifeboat_core::{ChunkId, ChunkKey, codec};
 
 use crate::catalog::Catalog;
 use crate::error::ApiError;
@@ -46,7 +46,8 @@ impl Store {
     pub fn open(root: &Path, key: ChunkKey, catalog: Arc<Catalog>) -> Result<Store, ApiError> {
         for sub in ["packs", "snapshots", "tmp"] {
             let d = root.join(sub);
-            std::fs::create_dir_all(&d).map_err(|e| ApiError::internal(format!("creating {}: {e}", d.display())))?;
+            std::fs::create_dir_all(&d)
+                .map_err(|e| ApiError::internal(format!("creating {}: {e}", d.display())))?;
         }
         // Temp files are only ever partial writes from a previous run.
         if let Ok(rd) = std::fs::read_dir(root.join("tmp")) {
@@ -54,7 +55,13 @@ impl Store {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        Ok(Store { root: root.to_owned(), key, catalog, open: Mutex::new(OpenPack::default()), files: Mutex::new(HashMap::new()) })
+        Ok(Store {
+            root: root.to_owned(),
+            key,
+            catalog,
+            open: Mutex::new(OpenPack::default()),
+            files: Mutex::new(HashMap::new()),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -76,7 +83,11 @@ impl Store {
     /// The ids in `ids` that the store does not hold.
     pub fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
         let open = self.lock_open();
-        let candidates: Vec<ChunkId> = ids.iter().filter(|id| !open.pending.contains(id)).copied().collect();
+        let candidates: Vec<ChunkId> = ids
+            .iter()
+            .filter(|id| !open.pending.contains(id))
+            .copied()
+            .collect();
         self.catalog.unknown_chunks(&candidates)
     }
 
@@ -84,9 +95,9 @@ impl Store {
     /// appends it to the open pack. Blocking: call from a blocking thread.
     pub fn put(&self, id: ChunkId, blob: &[u8]) -> Result<Put, ApiError> {
         codec::decode_verified(&self.key, &id, blob).map_err(|e| match e {
-            lifeboat_core::Error::ChunkMismatch { id } => {
-                ApiError::InvalidArgument(format!("chunk {id} does not match its content; upload refused"))
-            }
+            lifeboat_core::Error::ChunkMismatch { id } => ApiError::InvalidArgument(format!(
+                "chunk {id} does not match its content; upload refused"
+            )),
             other => ApiError::from(other),
         })?;
         let mut open = self.lock_open();
@@ -96,7 +107,10 @@ impl Store {
         if open.writer.is_none() {
             open.writer = Some(PackWriter::create(&self.root.join("tmp"))?);
         }
-        let writer = open.writer.as_mut().ok_or_else(|| ApiError::internal("open pack vanished"))?;
+        let writer = open
+            .writer
+            .as_mut()
+            .ok_or_else(|| ApiError::internal("open pack vanished"))?;
         writer.add(id, blob)?;
         let full = writer.size() >= pack::TARGET_SIZE;
         open.pending.insert(id);
@@ -113,7 +127,9 @@ impl Store {
     }
 
     fn seal_locked(&self, open: &mut OpenPack) -> Result<(), ApiError> {
-        let Some(writer) = open.writer.take() else { return Ok(()) };
+        let Some(writer) = open.writer.take() else {
+            return Ok(());
+        };
         if writer.is_empty() {
             writer.discard();
             return Ok(());
@@ -127,8 +143,10 @@ impl Store {
 
     /// Reads a chunk's blob (not decoded: the reader verifies). Blocking.
     pub fn read_blob(&self, id: &ChunkId) -> Result<Vec<u8>, ApiError> {
-        let (pack_name, offset, length) =
-            self.catalog.chunk_location(id)?.ok_or_else(|| ApiError::NotFound(format!("chunk {id} is not in the store")))?;
+        let (pack_name, offset, length) = self
+            .catalog
+            .chunk_location(id)?
+            .ok_or_else(|| ApiError::NotFound(format!("chunk {id} is not in the store")))?;
         let file = self.pack_file(&pack_name)?;
         Ok(pack::read_blob(&file, offset, length)?)
     }
@@ -145,10 +163,15 @@ impl Store {
             return Ok(f.clone());
         }
         if name.len() != 64 || !name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(ApiError::internal(format!("catalog names an invalid pack {name:?}")));
+            return Err(ApiError::internal(format!(
+                "catalog names an invalid pack {name:?}"
+            )));
         }
         let path = pack::pack_path(&self.packs_dir(), name);
-        let f = Arc::new(File::open(&path).map_err(|e| ApiError::internal(format!("opening pack {}: {e}", path.display())))?);
+        let f =
+            Arc::new(File::open(&path).map_err(|e| {
+                ApiError::internal(format!("opening pack {}: {e}", path.display()))
+            })?);
         if files.len() >= MAX_OPEN_FILES {
             files.clear();
         }
@@ -158,12 +181,17 @@ impl Store {
 
     /// Stores a committed snapshot's envelope durably.
     pub fn write_snapshot(&self, env: &Envelope) -> Result<(), ApiError> {
-        Ok(lifeboat_core::durable::write_atomic(&self.snapshot_path(&env.id()), &env.to_bytes(), 0o644)?)
+        Ok(lifeboat_core::durable::write_atomic(
+            &self.snapshot_path(&env.id()),
+            &env.to_bytes(),
+            0o644,
+        )?)
     }
 
     pub fn read_snapshot(&self, id: &str) -> Result<Envelope, ApiError> {
         let path = self.snapshot_path(id);
-        let bytes = std::fs::read(&path).map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
         Ok(Envelope::parse(&bytes)?)
     }
 
@@ -193,10 +221,11 @@ impl Store {
         let mut out = Vec::new();
         for f in std::fs::read_dir(self.root.join("snapshots")).map_err(io)? {
             let name = f.map_err(io)?.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_suffix(".snap") {
-                if id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-                    out.push(id.to_string());
-                }
+            if let Some(id) = name.strip_suffix(".snap")
+                && id.len() == 64
+                && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                out.push(id.to_string());
             }
         }
         out.sort();

@@ -28,7 +28,15 @@ pub struct Chunker<R: Read> {
 
 impl<R: Read> Chunker<R> {
     pub fn new(source: R) -> Self {
-        Chunker { inner: StreamCDC::with_level(source, MIN_SIZE, AVG_SIZE, MAX_SIZE, Normalization::Level1) }
+        Chunker {
+            inner: StreamCDC::with_level(
+                source,
+                MIN_SIZE,
+                AVG_SIZE,
+                MAX_SIZE,
+                Normalization::Level1,
+            ),
+        }
     }
 }
 
@@ -64,7 +72,9 @@ mod tests {
     }
 
     fn lengths(data: &[u8]) -> Vec<usize> {
-        Chunker::new(data).map(|c| c.expect("chunk").len()).collect()
+        Chunker::new(data)
+            .map(|c| c.expect("chunk").len())
+            .collect()
     }
 
     #[test]
@@ -84,7 +94,10 @@ mod tests {
         let data = noise(20 << 20, 7);
         let got = lengths(&data);
         let (last, rest) = got.split_last().expect("chunks");
-        assert!(rest.iter().all(|&l| (MIN_SIZE..=MAX_SIZE).contains(&l)), "{got:?}");
+        assert!(
+            rest.iter().all(|&l| (MIN_SIZE..=MAX_SIZE).contains(&l)),
+            "{got:?}"
+        );
         assert!(*last <= MAX_SIZE);
         let avg = got.iter().sum::<usize>() / got.len();
         assert!((AVG_SIZE / 2..AVG_SIZE * 2).contains(&avg), "average {avg}");
@@ -98,7 +111,9 @@ mod tests {
         shifted.extend_from_slice(&base[5_000_000..]);
         let key = crate::ChunkKey::from_bytes([0; 32]);
         let ids = |d: &[u8]| -> std::collections::HashSet<_> {
-            Chunker::new(d).map(|c| key.id_of(&c.expect("chunk"))).collect()
+            Chunker::new(d)
+                .map(|c| key.id_of(&c.expect("chunk")))
+                .collect()
         };
         let (a, b) = (ids(&base), ids(&shifted));
         let new = b.difference(&a).count();

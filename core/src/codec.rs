@@ -37,8 +37,14 @@ pub struct Encoder {
 
 impl Encoder {
     pub fn new(level: i32) -> Result<Self> {
-        let mk = |l| zstd::bulk::Compressor::new(l).map_err(|e| Error::io("creating zstd compressor", e));
-        Ok(Encoder { level, compressor: mk(level)?, probe: mk(1)? })
+        let mk = |l| {
+            zstd::bulk::Compressor::new(l).map_err(|e| Error::io("creating zstd compressor", e))
+        };
+        Ok(Encoder {
+            level,
+            compressor: mk(level)?,
+            probe: mk(1)?,
+        })
     }
 
     /// Encodes `data` (at most MAX_SIZE bytes) as a blob. Incompressible data (archives,
@@ -46,13 +52,19 @@ impl Encoder {
     /// for a full compression pass.
     pub fn encode(&mut self, data: &[u8]) -> Result<Vec<u8>> {
         if data.len() > MAX_SIZE {
-            return Err(Error::CorruptBlob(format!("chunk of {} bytes exceeds the maximum {MAX_SIZE}", data.len())));
+            return Err(Error::CorruptBlob(format!(
+                "chunk of {} bytes exceeds the maximum {MAX_SIZE}",
+                data.len()
+            )));
         }
         let worth_trying = self.level > 0 && {
             if data.len() > 2 * PROBE_LEN {
                 let mid = data.len() / 2 - PROBE_LEN / 2;
                 let sample = &data[mid..mid + PROBE_LEN];
-                let packed = self.probe.compress(sample).map_err(|e| Error::io("zstd probe", e))?;
+                let packed = self
+                    .probe
+                    .compress(sample)
+                    .map_err(|e| Error::io("zstd probe", e))?;
                 packed.len() < PROBE_LEN - PROBE_LEN / 16
             } else {
                 true
@@ -95,20 +107,31 @@ pub fn encode_raw(data: &[u8]) -> Vec<u8> {
 /// The raw (decoded) length a blob declares, after checking its header.
 pub fn declared_len(blob: &[u8]) -> Result<usize> {
     if blob.len() < HEADER_LEN {
-        return Err(Error::CorruptBlob(format!("{} bytes is shorter than the header", blob.len())));
+        return Err(Error::CorruptBlob(format!(
+            "{} bytes is shorter than the header",
+            blob.len()
+        )));
     }
     if &blob[..4] != MAGIC {
         return Err(Error::CorruptBlob("bad magic".into()));
     }
     if blob[4] != VERSION {
-        return Err(Error::CorruptBlob(format!("unknown format version {}", blob[4])));
+        return Err(Error::CorruptBlob(format!(
+            "unknown format version {}",
+            blob[4]
+        )));
     }
     if blob[5] & !FLAG_ZSTD != 0 || blob[6] != 0 || blob[7] != 0 {
-        return Err(Error::CorruptBlob(format!("unknown flags {:#04x}", blob[5])));
+        return Err(Error::CorruptBlob(format!(
+            "unknown flags {:#04x}",
+            blob[5]
+        )));
     }
     let raw_len = u32::from_le_bytes([blob[8], blob[9], blob[10], blob[11]]) as usize;
     if raw_len > MAX_SIZE {
-        return Err(Error::CorruptBlob(format!("declared length {raw_len} exceeds the maximum chunk size")));
+        return Err(Error::CorruptBlob(format!(
+            "declared length {raw_len} exceeds the maximum chunk size"
+        )));
     }
     Ok(raw_len)
 }
@@ -119,18 +142,28 @@ pub fn decode(blob: &[u8]) -> Result<Vec<u8>> {
     let payload = &blob[HEADER_LEN..];
     if blob[5] & FLAG_ZSTD == 0 {
         if payload.len() != raw_len {
-            return Err(Error::CorruptBlob(format!("raw payload is {} bytes, header says {raw_len}", payload.len())));
+            return Err(Error::CorruptBlob(format!(
+                "raw payload is {} bytes, header says {raw_len}",
+                payload.len()
+            )));
         }
         return Ok(payload.to_vec());
     }
-    let mut d = zstd::bulk::Decompressor::new().map_err(|e| Error::io("creating zstd decompressor", e))?;
+    let mut d =
+        zstd::bulk::Decompressor::new().map_err(|e| Error::io("creating zstd decompressor", e))?;
     d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(MAX_WINDOW_LOG))
         .map_err(|e| Error::io("configuring zstd decompressor", e))?;
     let mut out = Vec::with_capacity(raw_len);
-    d.decompress_to_buffer(payload, &mut out)
-        .map_err(|e| Error::CorruptBlob(format!("zstd payload does not decode within {raw_len} bytes: {e}")))?;
+    d.decompress_to_buffer(payload, &mut out).map_err(|e| {
+        Error::CorruptBlob(format!(
+            "zstd payload does not decode within {raw_len} bytes: {e}"
+        ))
+    })?;
     if out.len() != raw_len {
-        return Err(Error::CorruptBlob(format!("decoded {} bytes, header says {raw_len}", out.len())));
+        return Err(Error::CorruptBlob(format!(
+            "decoded {} bytes, header says {raw_len}",
+            out.len()
+        )));
     }
     Ok(out)
 }
@@ -177,7 +210,10 @@ mod tests {
     #[test]
     fn refuses_output_beyond_declared_length() {
         let data = vec![0u8; 100_000];
-        let mut blob = Encoder::new(3).expect("encoder").encode(&data).expect("encode");
+        let mut blob = Encoder::new(3)
+            .expect("encoder")
+            .encode(&data)
+            .expect("encode");
         blob[8..12].copy_from_slice(&1000u32.to_le_bytes());
         assert!(matches!(decode(&blob), Err(Error::CorruptBlob(_))));
     }
@@ -195,7 +231,8 @@ mod tests {
         // small length and the decoder must refuse rather than inflate.
         let zeros = vec![0u8; 64 << 20];
         let mut c = zstd::bulk::Compressor::new(19).expect("compressor");
-        c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(26)).expect("window");
+        c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(26))
+            .expect("window");
         let frame = c.compress(&zeros).expect("compress");
         let mut blob = header(FLAG_ZSTD, MAX_SIZE).to_vec();
         blob.extend_from_slice(&frame);
@@ -209,7 +246,10 @@ mod tests {
         let id = key.id_of(&data);
         let mut blob = encode_raw(&data);
         *blob.last_mut().expect("non-empty") ^= 1;
-        assert!(matches!(decode_verified(&key, &id, &blob), Err(Error::ChunkMismatch { .. })));
+        assert!(matches!(
+            decode_verified(&key, &id, &blob),
+            Err(Error::ChunkMismatch { .. })
+        ));
     }
 
     proptest! {

@@ -7,8 +7,8 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::error::IoContext;
 use crate::Result;
+use crate::error::IoContext;
 
 /// Removes the temp file unless the write completed.
 struct TempGuard {
@@ -40,16 +40,22 @@ pub fn temp_path(dir: &Path, stem: &str) -> PathBuf {
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = temp_path(dir, &name);
-    let mut guard = TempGuard { path: Some(tmp.clone()) };
+    let mut guard = TempGuard {
+        path: Some(tmp.clone()),
+    };
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .open(&tmp)
         .ctx(|| format!("creating {}", tmp.display()))?;
-    f.write_all(bytes).ctx(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)
+        .ctx(|| format!("writing {}", tmp.display()))?;
     f.sync_all().ctx(|| format!("syncing {}", tmp.display()))?;
     drop(f);
     fs::rename(&tmp, path).ctx(|| format!("renaming into {}", path.display()))?;
@@ -85,7 +91,10 @@ mod tests {
         write_atomic(&p, b"one", 0o600).expect("write");
         write_atomic(&p, b"two", 0o600).expect("overwrite");
         assert_eq!(fs::read(&p).expect("read"), b"two");
-        assert_eq!(fs::metadata(&p).expect("meta").permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&p).expect("meta").permissions().mode() & 0o777,
+            0o600
+        );
         assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1);
     }
 }

@@ -16,9 +16,9 @@ impl ChunkKey {
 
     /// Parses a key from exactly 32 bytes.
     pub fn from_slice(bytes: &[u8]) -> Result<Self> {
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| Error::InvalidRecord(format!("chunk key must be 32 bytes, got {}", bytes.len())))?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| {
+            Error::InvalidRecord(format!("chunk key must be 32 bytes, got {}", bytes.len()))
+        })?;
         Ok(ChunkKey(arr))
     }
 
@@ -98,8 +98,17 @@ mod tests {
         let key = ChunkKey::from_bytes([7; 32]);
         let id = key.id_of(b"hello");
         assert_eq!(ChunkId::parse_hex(&id.to_hex()).expect("valid"), id);
-        for bad in ["", "../etc/passwd", &id.to_hex().to_uppercase(), &id.to_hex()[..63], &format!("{}0", id.to_hex())] {
-            assert!(matches!(ChunkId::parse_hex(bad), Err(Error::InvalidChunkId(_))), "{bad:?} accepted");
+        for bad in [
+            "",
+            "../etc/passwd",
+            &id.to_hex().to_uppercase(),
+            &id.to_hex()[..63],
+            &format!("{}0", id.to_hex()),
+        ] {
+            assert!(
+                matches!(ChunkId::parse_hex(bad), Err(Error::InvalidChunkId(_))),
+                "{bad:?} accepted"
+            );
         }
     }
 

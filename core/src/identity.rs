@@ -25,18 +25,24 @@ pub struct IdentityFile {
 
 impl IdentityFile {
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).ctx(|| format!("reading identity file {}", path.display()))?;
-        let id: IdentityFile =
-            serde_json::from_slice(&bytes).map_err(|e| Error::InvalidRecord(format!("identity file {}: {e}", path.display())))?;
+        let bytes =
+            std::fs::read(path).ctx(|| format!("reading identity file {}", path.display()))?;
+        let id: IdentityFile = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::InvalidRecord(format!("identity file {}: {e}", path.display())))?;
         if id.version != 1 {
-            return Err(Error::InvalidRecord(format!("identity file {}: unsupported version {}", path.display(), id.version)));
+            return Err(Error::InvalidRecord(format!(
+                "identity file {}: unsupported version {}",
+                path.display(),
+                id.version
+            )));
         }
         Ok(id)
     }
 
     /// Writes the file durably with mode 0600.
     pub fn save(&self, path: &Path) -> Result<()> {
-        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidRecord(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidRecord(e.to_string()))?;
         crate::durable::write_atomic(path, &bytes, 0o600)
     }
 }

@@ -71,13 +71,21 @@ impl PackWriter {
             .create_new(true)
             .open(&tmp)
             .ctx(|| format!("creating pack {}", tmp.display()))?;
-        let mut w = PackWriter { tmp, out: BufWriter::with_capacity(1 << 20, file), hasher: blake3::Hasher::new(), size: 0, entries: Vec::new() };
+        let mut w = PackWriter {
+            tmp,
+            out: BufWriter::with_capacity(1 << 20, file),
+            hasher: blake3::Hasher::new(),
+            size: 0,
+            entries: Vec::new(),
+        };
         w.write(HEADER)?;
         Ok(w)
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out.write_all(bytes).ctx(|| format!("writing pack {}", self.tmp.display()))?;
+        self.out
+            .write_all(bytes)
+            .ctx(|| format!("writing pack {}", self.tmp.display()))?;
         self.hasher.update(bytes);
         self.size += bytes.len() as u64;
         Ok(())
@@ -85,7 +93,11 @@ impl PackWriter {
 
     /// Appends one blob. The caller has verified that `blob` decodes to a chunk with `id`.
     pub fn add(&mut self, id: ChunkId, blob: &[u8]) -> Result<IndexEntry> {
-        let entry = IndexEntry { id, offset: self.size, length: blob.len() as u32 };
+        let entry = IndexEntry {
+            id,
+            offset: self.size,
+            length: blob.len() as u32,
+        };
         self.write(blob)?;
         self.entries.push(entry);
         Ok(entry)
@@ -117,8 +129,12 @@ impl PackWriter {
         self.write(&index)?;
         self.write(&footer)?;
         let tmp = self.tmp.clone();
-        let file = self.out.into_inner().map_err(|e| Error::io(format!("flushing pack {}", tmp.display()), e.into_error()))?;
-        file.sync_all().ctx(|| format!("syncing pack {}", tmp.display()))?;
+        let file = self
+            .out
+            .into_inner()
+            .map_err(|e| Error::io(format!("flushing pack {}", tmp.display()), e.into_error()))?;
+        file.sync_all()
+            .ctx(|| format!("syncing pack {}", tmp.display()))?;
         drop(file);
         let name = self.hasher.finalize().to_hex().to_string();
         let path = pack_path(packs_dir, &name);
@@ -129,7 +145,12 @@ impl PackWriter {
         if created {
             crate::durable::sync_dir(packs_dir)?;
         }
-        Ok(SealedPack { name, path, size: self.size, entries: self.entries })
+        Ok(SealedPack {
+            name,
+            path,
+            size: self.size,
+            entries: self.entries,
+        })
     }
 
     /// Abandons the pack and removes its temp file.
@@ -140,20 +161,29 @@ impl PackWriter {
 
 /// Reads and validates a pack's trailer index.
 pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>> {
-    let corrupt = |reason: String| Error::CorruptPack { path: path.to_owned(), reason };
+    let corrupt = |reason: String| Error::CorruptPack {
+        path: path.to_owned(),
+        reason,
+    };
     let mut f = File::open(path).ctx(|| format!("opening pack {}", path.display()))?;
-    let size = f.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+    let size = f
+        .metadata()
+        .ctx(|| format!("stat {}", path.display()))?
+        .len();
     if size < (HEADER.len() + FOOTER_LEN) as u64 {
         return Err(corrupt(format!("{size} bytes is too short for a pack")));
     }
     let mut head = [0u8; 8];
-    f.read_exact(&mut head).ctx(|| format!("reading {}", path.display()))?;
+    f.read_exact(&mut head)
+        .ctx(|| format!("reading {}", path.display()))?;
     if &head != HEADER {
         return Err(corrupt("bad header magic".into()));
     }
     let mut footer = [0u8; FOOTER_LEN];
-    f.seek(SeekFrom::Start(size - FOOTER_LEN as u64)).ctx(|| format!("seeking {}", path.display()))?;
-    f.read_exact(&mut footer).ctx(|| format!("reading {}", path.display()))?;
+    f.seek(SeekFrom::Start(size - FOOTER_LEN as u64))
+        .ctx(|| format!("seeking {}", path.display()))?;
+    f.read_exact(&mut footer)
+        .ctx(|| format!("reading {}", path.display()))?;
     if &footer[48..] != END_MAGIC {
         return Err(corrupt("bad trailer magic".into()));
     }
@@ -161,21 +191,36 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>> {
     let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or([0; 4]));
     let index_offset = le64(&footer[0..8]);
     let count = le32(&footer[8..12]) as u64;
-    if index_offset < HEADER.len() as u64 || index_offset + count * ENTRY_LEN as u64 + FOOTER_LEN as u64 != size {
-        return Err(corrupt("index offset and count do not match the file size".into()));
+    if index_offset < HEADER.len() as u64
+        || index_offset + count * ENTRY_LEN as u64 + FOOTER_LEN as u64 != size
+    {
+        return Err(corrupt(
+            "index offset and count do not match the file size".into(),
+        ));
     }
     let mut index = vec![0u8; (count as usize) * ENTRY_LEN];
-    f.seek(SeekFrom::Start(index_offset)).ctx(|| format!("seeking {}", path.display()))?;
-    f.read_exact(&mut index).ctx(|| format!("reading {}", path.display()))?;
+    f.seek(SeekFrom::Start(index_offset))
+        .ctx(|| format!("seeking {}", path.display()))?;
+    f.read_exact(&mut index)
+        .ctx(|| format!("reading {}", path.display()))?;
     if blake3::hash(&index).as_bytes() != &footer[16..48] {
         return Err(corrupt("index checksum mismatch".into()));
     }
     index
         .chunks_exact(ENTRY_LEN)
         .map(|e| {
-            let entry = IndexEntry { id: ChunkId::from_slice(&e[..32])?, offset: le64(&e[32..40]), length: le32(&e[40..44]) };
-            if entry.offset < HEADER.len() as u64 || entry.offset + entry.length as u64 > index_offset {
-                return Err(corrupt(format!("entry for {} points outside the data area", entry.id)));
+            let entry = IndexEntry {
+                id: ChunkId::from_slice(&e[..32])?,
+                offset: le64(&e[32..40]),
+                length: le32(&e[40..44]),
+            };
+            if entry.offset < HEADER.len() as u64
+                || entry.offset + entry.length as u64 > index_offset
+            {
+                return Err(corrupt(format!(
+                    "entry for {} points outside the data area",
+                    entry.id
+                )));
             }
             Ok(entry)
         })
@@ -185,7 +230,8 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>> {
 /// Reads one blob from an open pack file.
 pub fn read_blob(file: &File, offset: u64, length: u32) -> Result<Vec<u8>> {
     let mut buf = vec![0u8; length as usize];
-    file.read_exact_at(&mut buf, offset).ctx(|| format!("reading {length} bytes at {offset} from a pack"))?;
+    file.read_exact_at(&mut buf, offset)
+        .ctx(|| format!("reading {length} bytes at {offset} from a pack"))?;
     Ok(buf)
 }
 
@@ -202,21 +248,34 @@ mod tests {
         let mut w = PackWriter::create(dir.path()).expect("create");
         let mut expect = Vec::new();
         for i in 0..10u32 {
-            let data = format!("chunk number {i}").repeat(1000 * (i as usize + 1)).into_bytes();
+            let data = format!("chunk number {i}")
+                .repeat(1000 * (i as usize + 1))
+                .into_bytes();
             let id = key.id_of(&data);
-            let blob = codec::Encoder::new(3).expect("enc").encode(&data).expect("encode");
+            let blob = codec::Encoder::new(3)
+                .expect("enc")
+                .encode(&data)
+                .expect("encode");
             expect.push((w.add(id, &blob).expect("add"), data));
         }
         let sealed = w.seal(&packs).expect("seal");
         assert_eq!(sealed.path, pack_path(&packs, &sealed.name));
-        assert_eq!(blake3::hash(&fs::read(&sealed.path).expect("read")).to_hex().as_str(), sealed.name);
+        assert_eq!(
+            blake3::hash(&fs::read(&sealed.path).expect("read"))
+                .to_hex()
+                .as_str(),
+            sealed.name
+        );
         let index = read_index(&sealed.path).expect("index");
         let file = File::open(&sealed.path).expect("open");
         assert_eq!(index.len(), expect.len());
         for (entry, (written, data)) in index.iter().zip(&expect) {
             assert_eq!(entry, written);
             let blob = read_blob(&file, entry.offset, entry.length).expect("blob");
-            assert_eq!(&codec::decode_verified(&key, &entry.id, &blob).expect("decode"), data);
+            assert_eq!(
+                &codec::decode_verified(&key, &entry.id, &blob).expect("decode"),
+                data
+            );
         }
         // Nothing left behind in the temp dir but the packs folder.
         assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 1);
@@ -226,12 +285,16 @@ mod tests {
     fn a_damaged_trailer_is_reported() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut w = PackWriter::create(dir.path()).expect("create");
-        w.add(ChunkId([1; 32]), &codec::encode_raw(b"x")).expect("add");
+        w.add(ChunkId([1; 32]), &codec::encode_raw(b"x"))
+            .expect("add");
         let sealed = w.seal(&dir.path().join("packs")).expect("seal");
         let mut bytes = fs::read(&sealed.path).expect("read");
         let n = bytes.len();
         bytes[n - 60] ^= 0xff; // inside the index entries
         fs::write(&sealed.path, &bytes).expect("write");
-        assert!(matches!(read_index(&sealed.path), Err(Error::CorruptPack { .. })));
+        assert!(matches!(
+            read_index(&sealed.path),
+            Err(Error::CorruptPack { .. })
+        ));
     }
 }

@@ -8,11 +8,11 @@
 //! roles apart: client certificates cannot serve, the server certificate cannot log in.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
 };
-use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use time::{Duration, OffsetDateTime};
 
 use crate::{Error, Result};
@@ -58,19 +58,32 @@ impl Ca {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         let tag: [u8; 4] = crate::sign::random_bytes()?;
-        dn.push(DnType::CommonName, format!("Lifeboat fleet CA {}", hex::encode(tag)));
+        dn.push(
+            DnType::CommonName,
+            format!("Lifeboat fleet CA {}", hex::encode(tag)),
+        );
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         (params.not_before, params.not_after) = validity(3650);
         params.serial_number = Some(random_serial()?);
         let cert = params.self_signed(&key).map_err(pki("self-signing CA"))?;
-        Ok(Ca { cert_pem: cert.pem(), key })
+        Ok(Ca {
+            cert_pem: cert.pem(),
+            key,
+        })
     }
 
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<Ca> {
         let key = KeyPair::from_pem(key_pem).map_err(pki("parsing CA key"))?;
-        Ok(Ca { cert_pem: cert_pem.to_owned(), key })
+        Ok(Ca {
+            cert_pem: cert_pem.to_owned(),
+            key,
+        })
     }
 
     pub fn key_pem(&self) -> String {
@@ -84,32 +97,56 @@ impl Ca {
     /// The controller's TLS certificate.
     pub fn issue_server(&self) -> Result<CertKey> {
         let key = KeyPair::generate().map_err(pki("generating server key"))?;
-        let mut params = CertificateParams::new(vec![CONTROLLER_NAME.to_string(), ENROLL_NAME.to_string()]).map_err(pki("server names"))?;
+        let mut params =
+            CertificateParams::new(vec![CONTROLLER_NAME.to_string(), ENROLL_NAME.to_string()])
+                .map_err(pki("server names"))?;
         params.distinguished_name = dn(CONTROLLER_NAME);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         (params.not_before, params.not_after) = validity(365);
         params.serial_number = Some(random_serial()?);
-        let cert = params.signed_by(&key, &self.issuer()?).map_err(pki("signing server certificate"))?;
-        Ok(CertKey { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        let cert = params
+            .signed_by(&key, &self.issuer()?)
+            .map_err(pki("signing server certificate"))?;
+        Ok(CertKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 
     /// A client certificate with a key generated here (operator identities).
     pub fn issue_client(&self, common_name: &str, days: i64) -> Result<(CertKey, String)> {
         let key = KeyPair::generate().map_err(pki("generating client key"))?;
         let (cert_pem, serial) = self.sign_client(common_name, &key, days)?;
-        Ok((CertKey { cert_pem, key_pem: key.serialize_pem() }, serial))
+        Ok((
+            CertKey {
+                cert_pem,
+                key_pem: key.serialize_pem(),
+            },
+            serial,
+        ))
     }
 
     /// Signs an agent's CSR. Only the CSR's public key is used: the name, usages and
     /// validity are the controller's choice, never the requester's. Returns the
     /// certificate PEM and its serial (hex).
-    pub fn sign_csr(&self, csr_pem: &str, common_name: &str, days: i64) -> Result<(String, String)> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(pki("invalid certificate signing request"))?;
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        common_name: &str,
+        days: i64,
+    ) -> Result<(String, String)> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(pki("invalid certificate signing request"))?;
         self.sign_client(common_name, &csr.public_key, days)
     }
 
-    fn sign_client(&self, common_name: &str, public_key: &impl rcgen::PublicKeyData, days: i64) -> Result<(String, String)> {
+    fn sign_client(
+        &self,
+        common_name: &str,
+        public_key: &impl rcgen::PublicKeyData,
+        days: i64,
+    ) -> Result<(String, String)> {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
@@ -118,7 +155,9 @@ impl Ca {
         let serial = random_serial()?;
         let serial_hex = hex::encode(serial.to_bytes());
         params.serial_number = Some(serial);
-        let cert = params.signed_by(public_key, &self.issuer()?).map_err(pki("signing client certificate"))?;
+        let cert = params
+            .signed_by(public_key, &self.issuer()?)
+            .map_err(pki("signing client certificate"))?;
         Ok((cert.pem(), serial_hex))
     }
 }
@@ -134,7 +173,9 @@ pub fn make_csr(common_name: &str) -> Result<(String, String)> {
     let key = KeyPair::generate().map_err(pki("generating key"))?;
     let mut params = CertificateParams::default();
     params.distinguished_name = dn(common_name);
-    let csr = params.serialize_request(&key).map_err(pki("building CSR"))?;
+    let csr = params
+        .serialize_request(&key)
+        .map_err(pki("building CSR"))?;
     Ok((csr.pem().map_err(pki("encoding CSR"))?, key.serialize_pem()))
 }
 
@@ -163,7 +204,9 @@ pub fn normalize_fingerprint(input: &str) -> Result<String> {
         .collect::<String>()
         .to_ascii_lowercase();
     if hexpart.len() != 64 || !hexpart.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(Error::Pki(format!("{input:?} is not a SHA-256 fingerprint (64 hex characters, optionally prefixed with sha256:)")));
+        return Err(Error::Pki(format!(
+            "{input:?} is not a SHA-256 fingerprint (64 hex characters, optionally prefixed with sha256:)"
+        )));
     }
     Ok(format!("sha256:{hexpart}"))
 }
@@ -182,7 +225,13 @@ mod tests {
         let text = String::from_utf8_lossy(der.as_ref()).into_owned();
         assert!(text.contains("agent:1234") && !text.contains("operator:admin"));
         let fp = fingerprint(&ca.cert_pem).expect("fp");
-        let upper_colons = fp[7..].to_uppercase().as_bytes().chunks(2).map(|c| String::from_utf8_lossy(c).into_owned()).collect::<Vec<_>>().join(":");
+        let upper_colons = fp[7..]
+            .to_uppercase()
+            .as_bytes()
+            .chunks(2)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .collect::<Vec<_>>()
+            .join(":");
         assert_eq!(normalize_fingerprint(&upper_colons).expect("normalize"), fp);
         assert!(normalize_fingerprint("abc").is_err());
     }

@@ -25,7 +25,7 @@ use rustix::io::Errno;
 
 use crate::error::IoContext;
 use crate::tree::{Entry, Kind, Tree};
-use crate::{codec, ChunkId, ChunkKey, Error, Result};
+use crate::{ChunkId, ChunkKey, Error, Result, codec};
 
 /// Where restore gets chunk blobs from (the agent implements it over gRPC).
 pub trait ChunkSource {
@@ -46,7 +46,10 @@ impl Options {
     /// Owners and device nodes when running as root, neither otherwise.
     pub fn for_current_user() -> Self {
         let root = rustix::process::geteuid().is_root();
-        Options { owners: root, devices: root }
+        Options {
+            owners: root,
+            devices: root,
+        }
     }
 }
 
@@ -66,7 +69,9 @@ pub struct Report {
 
 /// Chunks fetched per request while writing a file.
 const FETCH_BATCH: usize = 8;
-const RESOLVE: ResolveFlags = ResolveFlags::BENEATH.union(ResolveFlags::NO_SYMLINKS).union(ResolveFlags::NO_MAGICLINKS);
+const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
+    .union(ResolveFlags::NO_SYMLINKS)
+    .union(ResolveFlags::NO_MAGICLINKS);
 
 /// Opens (creating as needed) `target` for restoring, where `target` must lie inside
 /// `root`. `root` is the agent's configured restore root and is trusted; every component
@@ -76,25 +81,45 @@ pub fn open_target(root: &Path, target: &Path) -> Result<OwnedFd> {
         path: target.display().to_string(),
         reason: "not inside the restore root",
     })?;
-    let mut dir: OwnedFd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .ctx(|| format!("opening restore root {}", root.display()))?;
+    let mut dir: OwnedFd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ctx(|| format!("opening restore root {}", root.display()))?;
     for comp in rel.components() {
         let Component::Normal(name) = comp else {
-            return Err(Error::UnsafePath { path: target.display().to_string(), reason: "`..` or `.` in restore target" });
+            return Err(Error::UnsafePath {
+                path: target.display().to_string(),
+                reason: "`..` or `.` in restore target",
+            });
         };
         match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)) {
             Ok(()) | Err(Errno::EXIST) => {}
-            Err(e) => return Err(Error::io(format!("creating {}", target.display()), e.into())),
+            Err(e) => {
+                return Err(Error::io(
+                    format!("creating {}", target.display()),
+                    e.into(),
+                ));
+            }
         }
-        dir = rustix::fs::openat2(&dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-            .map_err(|e| resolve_error(e, &target.display().to_string()))?;
+        dir = rustix::fs::openat2(
+            &dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+            RESOLVE,
+        )
+        .map_err(|e| resolve_error(e, &target.display().to_string()))?;
     }
     Ok(dir)
 }
 
 fn resolve_error(e: Errno, path: &str) -> Error {
     if e == Errno::LOOP || e == Errno::XDEV || e == Errno::NOTDIR {
-        Error::SymlinkInTarget { path: path.to_owned() }
+        Error::SymlinkInTarget {
+            path: path.to_owned(),
+        }
     } else {
         Error::io(format!("opening {path} in the restore target"), e.into())
     }
@@ -109,7 +134,17 @@ pub fn restore(
     opts: Options,
     progress: &mut dyn FnMut(&Report),
 ) -> Result<Report> {
-    let mut r = Restorer { key, target, opts, source, cached: None, report: Report::default(), failed: HashSet::new(), tmp_seq: 0, tmp_tag: hex::encode(crate::sign::random_bytes::<4>()?) };
+    let mut r = Restorer {
+        key,
+        target,
+        opts,
+        source,
+        cached: None,
+        report: Report::default(),
+        failed: HashSet::new(),
+        tmp_seq: 0,
+        tmp_tag: hex::encode(crate::sign::random_bytes::<4>()?),
+    };
     r.preflight(tree)?;
     for e in &tree.entries {
         match r.entry(e) {
@@ -129,9 +164,15 @@ pub fn restore(
             continue;
         }
         let dir = r.open_dir(&e.path)?;
-        r.apply_fd_meta(&dir, e).map_err(|err| Error::io(format!("setting metadata of {}", e.display_path()), err.into()))?;
+        r.apply_fd_meta(&dir, e).map_err(|err| {
+            Error::io(
+                format!("setting metadata of {}", e.display_path()),
+                err.into(),
+            )
+        })?;
     }
-    r.apply_fd_meta(target, &tree.root).map_err(|e| Error::io("setting metadata of the restore target", e.into()))?;
+    r.apply_fd_meta(target, &tree.root)
+        .map_err(|e| Error::io("setting metadata of the restore target", e.into()))?;
     rustix::fs::syncfs(target).ctx(|| "syncing the restored file system".into())?;
     Ok(r.report)
 }
@@ -139,7 +180,10 @@ pub fn restore(
 /// Failures confined to one entry; anything else (network, disk full, hostile target)
 /// aborts the restore.
 fn is_per_file(e: &Error) -> bool {
-    matches!(e, Error::ChunkMismatch { .. } | Error::CorruptBlob(_) | Error::ContentMismatch { .. })
+    matches!(
+        e,
+        Error::ChunkMismatch { .. } | Error::CorruptBlob(_) | Error::ContentMismatch { .. }
+    )
 }
 
 struct Restorer<'a> {
@@ -173,12 +217,16 @@ impl Restorer<'_> {
             let (parent, name) = split(&e.path);
             let dir = match self.open_dir(parent) {
                 Ok(d) => d,
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    continue;
+                }
                 Err(err) => return Err(err),
             };
             match rustix::fs::statat(&dir, os(name), AtFlags::SYMLINK_NOFOLLOW) {
                 Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Symlink => {
-                    return Err(Error::SymlinkInTarget { path: e.display_path() });
+                    return Err(Error::SymlinkInTarget {
+                        path: e.display_path(),
+                    });
                 }
                 _ => {}
             }
@@ -189,18 +237,32 @@ impl Restorer<'_> {
 
     /// Opens a directory of the target by its relative path, never following symlinks.
     fn open_dir(&mut self, rel: &[u8]) -> Result<OwnedFd> {
-        if let Some((p, fd)) = &self.cached {
-            if p == rel {
-                return fd.try_clone().ctx(|| "duplicating a directory handle".into());
-            }
+        if let Some((p, fd)) = &self.cached
+            && p == rel
+        {
+            return fd
+                .try_clone()
+                .ctx(|| "duplicating a directory handle".into());
         }
         let fd = if rel.is_empty() {
-            self.target.try_clone().ctx(|| "duplicating the target handle".into())?
+            self.target
+                .try_clone()
+                .ctx(|| "duplicating the target handle".into())?
         } else {
-            rustix::fs::openat2(self.target, os(rel), OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty(), RESOLVE)
-                .map_err(|e| resolve_error(e, &String::from_utf8_lossy(rel)))?
+            rustix::fs::openat2(
+                self.target,
+                os(rel),
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+                RESOLVE,
+            )
+            .map_err(|e| resolve_error(e, &String::from_utf8_lossy(rel)))?
         };
-        self.cached = Some((rel.to_vec(), fd.try_clone().ctx(|| "duplicating a directory handle".into())?));
+        self.cached = Some((
+            rel.to_vec(),
+            fd.try_clone()
+                .ctx(|| "duplicating a directory handle".into())?,
+        ));
         Ok(fd)
     }
 
@@ -212,7 +274,10 @@ impl Restorer<'_> {
     fn entry(&mut self, e: &Entry) -> Result<()> {
         let (parent, name) = split(&e.path);
         if self.failed.contains(parent) {
-            return Err(Error::io(e.display_path(), std::io::Error::other("parent directory was not restored")));
+            return Err(Error::io(
+                e.display_path(),
+                std::io::Error::other("parent directory was not restored"),
+            ));
         }
         let dir = self.open_dir(parent)?;
         match e.kind {
@@ -220,17 +285,21 @@ impl Restorer<'_> {
             Kind::File => self.file(&dir, e, name),
             Kind::Symlink => {
                 let tmp = self.tmp_name();
-                rustix::fs::symlinkat(os(&e.target), &dir, tmp.as_str()).ctx(|| format!("creating symlink {}", e.display_path()))?;
+                rustix::fs::symlinkat(os(&e.target), &dir, tmp.as_str())
+                    .ctx(|| format!("creating symlink {}", e.display_path()))?;
                 self.finish_at(&dir, &tmp, name, e, false)
             }
             Kind::Hardlink => {
                 if self.failed.contains(&e.target) {
-                    return Err(Error::ContentMismatch { path: e.display_path() });
+                    return Err(Error::ContentMismatch {
+                        path: e.display_path(),
+                    });
                 }
                 let (tparent, tname) = split(&e.target);
                 let tdir = self.open_dir(tparent)?;
                 let tmp = self.tmp_name();
-                rustix::fs::linkat(&tdir, os(tname), &dir, tmp.as_str(), AtFlags::empty()).ctx(|| format!("linking {}", e.display_path()))?;
+                rustix::fs::linkat(&tdir, os(tname), &dir, tmp.as_str(), AtFlags::empty())
+                    .ctx(|| format!("linking {}", e.display_path()))?;
                 rename(&dir, &tmp, name, e)?;
                 self.report.links += 1;
                 Ok(())
@@ -243,12 +312,21 @@ impl Restorer<'_> {
                     _ => FileType::Socket,
                 };
                 if matches!(e.kind, Kind::CharDevice | Kind::BlockDevice) && !self.opts.devices {
-                    self.report.skipped.push((e.display_path(), "device nodes are recreated only when restoring as root".into()));
+                    self.report.skipped.push((
+                        e.display_path(),
+                        "device nodes are recreated only when restoring as root".into(),
+                    ));
                     return Ok(());
                 }
                 let tmp = self.tmp_name();
-                rustix::fs::mknodat(&dir, tmp.as_str(), ft, Mode::from_raw_mode(e.mode & 0o777), e.rdev)
-                    .ctx(|| format!("creating {} {}", e.kind.name(), e.display_path()))?;
+                rustix::fs::mknodat(
+                    &dir,
+                    tmp.as_str(),
+                    ft,
+                    Mode::from_raw_mode(e.mode & 0o777),
+                    e.rdev,
+                )
+                .ctx(|| format!("creating {} {}", e.kind.name(), e.display_path()))?;
                 self.finish_at(&dir, &tmp, name, e, true)
             }
         }
@@ -258,17 +336,29 @@ impl Restorer<'_> {
         match rustix::fs::mkdirat(parent, os(name), Mode::from_raw_mode(0o700)) {
             Ok(()) => {}
             Err(Errno::EXIST) => {
-                let st = rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW).ctx(|| format!("stat {}", e.display_path()))?;
+                let st = rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW)
+                    .ctx(|| format!("stat {}", e.display_path()))?;
                 match FileType::from_raw_mode(st.st_mode) {
                     FileType::Directory => {}
-                    FileType::Symlink => return Err(Error::SymlinkInTarget { path: e.display_path() }),
+                    FileType::Symlink => {
+                        return Err(Error::SymlinkInTarget {
+                            path: e.display_path(),
+                        });
+                    }
                     _ => {
-                        rustix::fs::unlinkat(parent, os(name), AtFlags::empty()).ctx(|| format!("replacing {}", e.display_path()))?;
-                        rustix::fs::mkdirat(parent, os(name), Mode::from_raw_mode(0o700)).ctx(|| format!("creating {}", e.display_path()))?;
+                        rustix::fs::unlinkat(parent, os(name), AtFlags::empty())
+                            .ctx(|| format!("replacing {}", e.display_path()))?;
+                        rustix::fs::mkdirat(parent, os(name), Mode::from_raw_mode(0o700))
+                            .ctx(|| format!("creating {}", e.display_path()))?;
                     }
                 }
             }
-            Err(err) => return Err(Error::io(format!("creating directory {}", e.display_path()), err.into())),
+            Err(err) => {
+                return Err(Error::io(
+                    format!("creating directory {}", e.display_path()),
+                    err.into(),
+                ));
+            }
         }
         self.report.dirs += 1;
         Ok(())
@@ -286,7 +376,12 @@ impl Restorer<'_> {
         .ctx(|| format!("creating {}", e.display_path()))?;
         let file = File::from(fd);
         let written = self.write_content(&file, e).and_then(|()| {
-            self.apply_fd_meta(&file, e).map_err(|err| Error::io(format!("setting metadata of {}", e.display_path()), err.into()))
+            self.apply_fd_meta(&file, e).map_err(|err| {
+                Error::io(
+                    format!("setting metadata of {}", e.display_path()),
+                    err.into(),
+                )
+            })
         });
         if let Err(err) = written {
             let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
@@ -305,26 +400,37 @@ impl Restorer<'_> {
         for batch in e.chunks.chunks(FETCH_BATCH) {
             let blobs = self.source.fetch(batch)?;
             if blobs.len() != batch.len() {
-                return Err(Error::io(e.display_path(), std::io::Error::other("chunk source returned the wrong number of chunks")));
+                return Err(Error::io(
+                    e.display_path(),
+                    std::io::Error::other("chunk source returned the wrong number of chunks"),
+                ));
             }
             for (id, blob) in batch.iter().zip(blobs) {
                 let data = codec::decode_verified(self.key, id, &blob)?;
                 hasher.update(&data);
-                write_at(file, &data, offset, e.sparse).ctx(|| format!("writing {}", e.display_path()))?;
+                write_at(file, &data, offset, e.sparse)
+                    .ctx(|| format!("writing {}", e.display_path()))?;
                 offset += data.len() as u64;
             }
         }
         if offset != e.size || hasher.finalize().as_bytes() != &e.content_hash {
-            return Err(Error::ContentMismatch { path: e.display_path() });
+            return Err(Error::ContentMismatch {
+                path: e.display_path(),
+            });
         }
-        file.set_len(offset).ctx(|| format!("sizing {}", e.display_path()))?;
+        file.set_len(offset)
+            .ctx(|| format!("sizing {}", e.display_path()))?;
         Ok(())
     }
 
     /// Owner, mode, xattrs and times through an open handle (files and directories).
     fn apply_fd_meta<Fd: AsFd>(&self, fd: Fd, e: &Entry) -> rustix::io::Result<()> {
         if self.opts.owners {
-            rustix::fs::fchown(&fd, Some(rustix::fs::Uid::from_raw(e.uid)), Some(rustix::fs::Gid::from_raw(e.gid)))?;
+            rustix::fs::fchown(
+                &fd,
+                Some(rustix::fs::Uid::from_raw(e.uid)),
+                Some(rustix::fs::Gid::from_raw(e.gid)),
+            )?;
         }
         // After chown: chown clears setuid/setgid.
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(e.mode))?;
@@ -339,10 +445,23 @@ impl Restorer<'_> {
     }
 
     /// Metadata by name (symlinks, special files), then rename into place.
-    fn finish_at(&mut self, dir: &OwnedFd, tmp: &str, name: &[u8], e: &Entry, chmod: bool) -> Result<()> {
+    fn finish_at(
+        &mut self,
+        dir: &OwnedFd,
+        tmp: &str,
+        name: &[u8],
+        e: &Entry,
+        chmod: bool,
+    ) -> Result<()> {
         let res = (|| -> rustix::io::Result<()> {
             if self.opts.owners {
-                rustix::fs::chownat(dir, tmp, Some(rustix::fs::Uid::from_raw(e.uid)), Some(rustix::fs::Gid::from_raw(e.gid)), AtFlags::SYMLINK_NOFOLLOW)?;
+                rustix::fs::chownat(
+                    dir,
+                    tmp,
+                    Some(rustix::fs::Uid::from_raw(e.uid)),
+                    Some(rustix::fs::Gid::from_raw(e.gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )?;
             }
             if chmod {
                 rustix::fs::chmodat(dir, tmp, Mode::from_raw_mode(e.mode), AtFlags::empty())?;
@@ -351,7 +470,10 @@ impl Restorer<'_> {
         })();
         if let Err(err) = res {
             let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
-            return Err(Error::io(format!("setting metadata of {}", e.display_path()), err.into()));
+            return Err(Error::io(
+                format!("setting metadata of {}", e.display_path()),
+                err.into(),
+            ));
         }
         rename(dir, tmp, name, e)?;
         if e.kind == Kind::Symlink {
@@ -366,13 +488,22 @@ impl Restorer<'_> {
 fn rename(dir: &OwnedFd, tmp: &str, name: &[u8], e: &Entry) -> Result<()> {
     rustix::fs::renameat(dir, tmp, dir, os(name)).map_err(|err| {
         let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
-        Error::io(format!("moving {} into place", e.display_path()), err.into())
+        Error::io(
+            format!("moving {} into place", e.display_path()),
+            err.into(),
+        )
     })
 }
 
 fn times(e: &Entry) -> Timestamps {
-    let t = Timespec { tv_sec: e.mtime, tv_nsec: e.mtime_nsec as _ };
-    Timestamps { last_access: t, last_modification: t }
+    let t = Timespec {
+        tv_sec: e.mtime,
+        tv_nsec: e.mtime_nsec as _,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
 }
 
 /// Writes `data` at `offset`; when `sparse`, runs of zero 4 KiB blocks are skipped so the

@@ -11,7 +11,8 @@ const SNAPSHOT_CONTEXT: &[u8] = b"lifeboat snapshot record v1\0";
 /// `N` bytes from the operating system's CSPRNG.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N]> {
     let mut out = [0u8; N];
-    aws_lc_rs::rand::fill(&mut out).map_err(|_| Error::io("reading random bytes", std::io::Error::other("rng failure")))?;
+    aws_lc_rs::rand::fill(&mut out)
+        .map_err(|_| Error::io("reading random bytes", std::io::Error::other("rng failure")))?;
     Ok(out)
 }
 
@@ -34,8 +35,12 @@ impl SigningKey {
     }
 
     pub fn from_pkcs8(der: &[u8]) -> Result<Self> {
-        let pair = Ed25519KeyPair::from_pkcs8(der).map_err(|e| Error::Pki(format!("invalid ed25519 key: {e}")))?;
-        Ok(SigningKey { pair, pkcs8: der.to_vec() })
+        let pair = Ed25519KeyPair::from_pkcs8(der)
+            .map_err(|e| Error::Pki(format!("invalid ed25519 key: {e}")))?;
+        Ok(SigningKey {
+            pair,
+            pkcs8: der.to_vec(),
+        })
     }
 
     /// The PKCS#8 document to store (mode 0600) in the agent's state directory.
@@ -60,7 +65,10 @@ impl SigningKey {
 /// Checks a snapshot record's signature against the agent key the controller recorded.
 pub fn verify_record(public_key: &[u8], record: &[u8], sig: &[u8]) -> Result<()> {
     if public_key.len() != 32 {
-        return Err(Error::BadSignature(format!("public key is {} bytes, expected 32", public_key.len())));
+        return Err(Error::BadSignature(format!(
+            "public key is {} bytes, expected 32",
+            public_key.len()
+        )));
     }
     let mut msg = Vec::with_capacity(SNAPSHOT_CONTEXT.len() + record.len());
     msg.extend_from_slice(SNAPSHOT_CONTEXT);

@@ -74,9 +74,13 @@ impl Record {
 
     /// Parses and validates a record received from an agent or read from the store.
     pub fn parse(bytes: &[u8]) -> Result<Record> {
-        let r: Record = serde_json::from_slice(bytes).map_err(|e| Error::InvalidRecord(e.to_string()))?;
+        let r: Record =
+            serde_json::from_slice(bytes).map_err(|e| Error::InvalidRecord(e.to_string()))?;
         if r.version != RECORD_VERSION {
-            return Err(Error::InvalidRecord(format!("unsupported record version {}", r.version)));
+            return Err(Error::InvalidRecord(format!(
+                "unsupported record version {}",
+                r.version
+            )));
         }
         validate_name("source", &r.source)?;
         if r.tree.chunks.is_empty() {
@@ -84,13 +88,19 @@ impl Record {
         }
         r.tree_chunks()?;
         if r.tree.hash.len() != 64 || !r.tree.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::InvalidRecord("tree hash is not 64 hex characters".into()));
+            return Err(Error::InvalidRecord(
+                "tree hash is not 64 hex characters".into(),
+            ));
         }
         Ok(r)
     }
 
     pub fn tree_chunks(&self) -> Result<Vec<ChunkId>> {
-        self.tree.chunks.iter().map(|c| ChunkId::parse_hex(c)).collect()
+        self.tree
+            .chunks
+            .iter()
+            .map(|c| ChunkId::parse_hex(c))
+            .collect()
     }
 }
 
@@ -105,7 +115,9 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['.', '-'])
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     if ok {
         Ok(())
     } else {
@@ -159,7 +171,12 @@ impl Envelope {
         };
         let (record, signature, public_key) = (part()?, part()?, part()?);
         let tail: [u8; 8] = rest.try_into().map_err(|_| bad("bad trailer length"))?;
-        Ok(Envelope { record, signature, public_key, received_unix_ms: i64::from_le_bytes(tail) })
+        Ok(Envelope {
+            record,
+            signature,
+            public_key,
+            received_unix_ms: i64::from_le_bytes(tail),
+        })
     }
 
     /// Verifies the agent's signature and parses the record.
@@ -186,7 +203,11 @@ mod tests {
             parent: None,
             started_unix_ms: 1,
             finished_unix_ms: 2,
-            tree: TreeRef { chunks: vec!["ab".repeat(32)], size: 10, hash: "cd".repeat(32) },
+            tree: TreeRef {
+                chunks: vec!["ab".repeat(32)],
+                size: 10,
+                hash: "cd".repeat(32),
+            },
             stats: Stats::default(),
         }
     }
@@ -195,12 +216,21 @@ mod tests {
     fn envelope_round_trip_and_signature() {
         let key = crate::sign::SigningKey::generate().expect("key");
         let bytes = record().to_bytes();
-        let env = Envelope { signature: key.sign_record(&bytes), record: bytes, public_key: key.public_key(), received_unix_ms: 1234 };
+        let env = Envelope {
+            signature: key.sign_record(&bytes),
+            record: bytes,
+            public_key: key.public_key(),
+            received_unix_ms: 1234,
+        };
         let parsed = Envelope::parse(&env.to_bytes()).expect("parse");
         assert_eq!(parsed, env);
         assert_eq!(parsed.verify().expect("verify"), record());
         let mut forged = parsed.clone();
-        forged.record = serde_json::to_vec(&Record { source: "other".into(), ..record() }).expect("json");
+        forged.record = serde_json::to_vec(&Record {
+            source: "other".into(),
+            ..record()
+        })
+        .expect("json");
         assert!(matches!(forged.verify(), Err(Error::BadSignature(_))));
     }
 

@@ -128,7 +128,12 @@ impl Entry {
 /// Checks that `path` is a safe relative path: no leading `/`, no empty, `.` or `..`
 /// component, no NUL. Called on every entry (and hardlink target) before any I/O.
 pub fn validate_path(path: &[u8]) -> Result<()> {
-    let bad = |reason| Err(Error::UnsafePath { path: String::from_utf8_lossy(path).into_owned(), reason });
+    let bad = |reason| {
+        Err(Error::UnsafePath {
+            path: String::from_utf8_lossy(path).into_owned(),
+            reason,
+        })
+    };
     if path.is_empty() {
         return bad("empty name");
     }
@@ -157,7 +162,9 @@ pub struct TreeWriter {
 impl TreeWriter {
     /// Starts a tree with the root directory's metadata (its path is ignored).
     pub fn new(root: &Entry) -> Self {
-        let mut w = TreeWriter { buf: HEADER.to_vec() };
+        let mut w = TreeWriter {
+            buf: HEADER.to_vec(),
+        };
         w.push_unchecked(root);
         w
     }
@@ -228,26 +235,39 @@ impl Tree {
         if bytes.len() < HEADER.len() || &bytes[..HEADER.len()] != HEADER {
             return Err(Error::CorruptTree("bad header".into()));
         }
-        let mut r = Reader { b: &bytes[HEADER.len()..] };
-        let root = r.entry()?.ok_or_else(|| Error::CorruptTree("no root entry".into()))?;
+        let mut r = Reader {
+            b: &bytes[HEADER.len()..],
+        };
+        let root = r
+            .entry()?
+            .ok_or_else(|| Error::CorruptTree("no root entry".into()))?;
         let mut entries = Vec::new();
         let mut dirs = std::collections::HashSet::new();
         let mut paths = std::collections::HashSet::new();
         while let Some(e) = r.entry()? {
             validate_path(&e.path)?;
-            if let Some(pos) = e.path.iter().rposition(|&c| c == b'/') {
-                if !dirs.contains(&e.path[..pos]) {
-                    return Err(Error::CorruptTree(format!("{:?} comes before its parent directory", e.display_path())));
-                }
+            if let Some(pos) = e.path.iter().rposition(|&c| c == b'/')
+                && !dirs.contains(&e.path[..pos])
+            {
+                return Err(Error::CorruptTree(format!(
+                    "{:?} comes before its parent directory",
+                    e.display_path()
+                )));
             }
             if e.kind == Kind::Hardlink {
                 validate_path(&e.target)?;
                 if !paths.contains(e.target.as_slice()) {
-                    return Err(Error::CorruptTree(format!("hardlink {:?} points at a path not seen before it", e.display_path())));
+                    return Err(Error::CorruptTree(format!(
+                        "hardlink {:?} points at a path not seen before it",
+                        e.display_path()
+                    )));
                 }
             }
             if !paths.insert(e.path.clone()) {
-                return Err(Error::CorruptTree(format!("duplicate path {:?}", e.display_path())));
+                return Err(Error::CorruptTree(format!(
+                    "duplicate path {:?}",
+                    e.display_path()
+                )));
             }
             if e.kind == Kind::Dir {
                 dirs.insert(e.path.clone());
@@ -335,7 +355,9 @@ impl<'a> Reader<'a> {
         if n > len / 32 {
             return Err(Error::CorruptTree("chunk count exceeds entry size".into()));
         }
-        e.chunks = (0..n).map(|_| ChunkId::from_slice(r.take(32)?)).collect::<Result<_>>()?;
+        e.chunks = (0..n)
+            .map(|_| ChunkId::from_slice(r.take(32)?))
+            .collect::<Result<_>>()?;
         let n = r.u32()? as usize;
         if n > len / 8 {
             return Err(Error::CorruptTree("xattr count exceeds entry size".into()));
@@ -344,10 +366,16 @@ impl<'a> Reader<'a> {
             e.xattrs.push((r.bytes()?, r.bytes()?));
         }
         if !r.b.is_empty() {
-            return Err(Error::CorruptTree(format!("{} trailing bytes in entry", r.b.len())));
+            return Err(Error::CorruptTree(format!(
+                "{} trailing bytes in entry",
+                r.b.len()
+            )));
         }
         if e.mode & !0o7777 != 0 {
-            return Err(Error::CorruptTree(format!("mode {:o} has bits outside 0o7777", e.mode)));
+            return Err(Error::CorruptTree(format!(
+                "mode {:o} has bits outside 0o7777",
+                e.mode
+            )));
         }
         Ok(Some(e))
     }
@@ -360,10 +388,28 @@ mod tests {
 
     #[test]
     fn refuses_unsafe_paths() {
-        for p in [&b""[..], b"/etc/passwd", b"a/../../b", b"..", b"a//b", b"a/./b", b"a\0b", b"a/"] {
-            assert!(matches!(validate_path(p), Err(Error::UnsafePath { .. })), "{p:?} accepted");
+        for p in [
+            &b""[..],
+            b"/etc/passwd",
+            b"a/../../b",
+            b"..",
+            b"a//b",
+            b"a/./b",
+            b"a\0b",
+            b"a/",
+        ] {
+            assert!(
+                matches!(validate_path(p), Err(Error::UnsafePath { .. })),
+                "{p:?} accepted"
+            );
         }
-        for p in [&b"a"[..], b"a/b/c", b"\xff\xfe/na\xefme", b"...", b".hidden"] {
+        for p in [
+            &b"a"[..],
+            b"a/b/c",
+            b"\xff\xfe/na\xefme",
+            b"...",
+            b".hidden",
+        ] {
             assert!(validate_path(p).is_ok(), "{p:?} refused");
         }
     }
@@ -372,32 +418,45 @@ mod tests {
     fn refuses_a_child_before_its_parent_and_hostile_bytes() {
         let root = Entry::new(Vec::new(), Kind::Dir);
         let mut w = TreeWriter::new(&root);
-        w.push(&Entry::new(b"dir/file".to_vec(), Kind::File)).expect("push");
-        assert!(matches!(Tree::parse(&w.finish()), Err(Error::CorruptTree(_))));
+        w.push(&Entry::new(b"dir/file".to_vec(), Kind::File))
+            .expect("push");
+        assert!(matches!(
+            Tree::parse(&w.finish()),
+            Err(Error::CorruptTree(_))
+        ));
         assert!(Tree::parse(b"LBTREE\x00\x01\xff\xff\xff\xff").is_err());
         assert!(Tree::parse(b"garbage").is_err());
     }
 
     fn arb_entry() -> impl Strategy<Value = Entry> {
         (
-            proptest::collection::vec(1u8..=255, 1..40).prop_filter("safe", |p| validate_path(p).is_ok()),
+            proptest::collection::vec(1u8..=255, 1..40)
+                .prop_filter("safe", |p| validate_path(p).is_ok()),
             any::<(u32, u32, i64, u32, u64, bool)>(),
             proptest::collection::vec(any::<[u8; 32]>(), 0..4),
-            proptest::collection::vec((proptest::collection::vec(1u8..=255, 1..10), proptest::collection::vec(any::<u8>(), 0..20)), 0..3),
+            proptest::collection::vec(
+                (
+                    proptest::collection::vec(1u8..=255, 1..10),
+                    proptest::collection::vec(any::<u8>(), 0..20),
+                ),
+                0..3,
+            ),
         )
-            .prop_map(|(path, (uid, gid, mtime, nsec, size, sparse), chunks, xattrs)| {
-                let mut e = Entry::new(path, Kind::File);
-                e.mode = uid & 0o7777;
-                e.uid = uid;
-                e.gid = gid;
-                e.mtime = mtime;
-                e.mtime_nsec = nsec % 1_000_000_000;
-                e.size = size;
-                e.sparse = sparse;
-                e.chunks = chunks.into_iter().map(ChunkId).collect();
-                e.xattrs = xattrs;
-                e
-            })
+            .prop_map(
+                |(path, (uid, gid, mtime, nsec, size, sparse), chunks, xattrs)| {
+                    let mut e = Entry::new(path, Kind::File);
+                    e.mode = uid & 0o7777;
+                    e.uid = uid;
+                    e.gid = gid;
+                    e.mtime = mtime;
+                    e.mtime_nsec = nsec % 1_000_000_000;
+                    e.size = size;
+                    e.sparse = sparse;
+                    e.chunks = chunks.into_iter().map(ChunkId).collect();
+                    e.xattrs = xattrs;
+                    e
+                },
+            )
     }
 
     proptest! {

@@ -14,9 +14,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::Result;
 use crate::error::IoContext;
 use crate::tree::{Entry, Kind};
-use crate::Result;
 
 /// The result of walking a source.
 pub struct Walk {
@@ -37,9 +37,17 @@ pub fn scan(root: &Path) -> Result<Walk> {
     }
     let mut root_entry = entry_from_meta(Vec::new(), &meta);
     root_entry.xattrs = read_xattrs(root).unwrap_or_default();
-    let mut w = Walker { entries: Vec::new(), warnings: Vec::new(), links: HashMap::new() };
+    let mut w = Walker {
+        entries: Vec::new(),
+        warnings: Vec::new(),
+        links: HashMap::new(),
+    };
     w.walk_dir(root, &[])?;
-    Ok(Walk { root: root_entry, entries: w.entries, warnings: w.warnings })
+    Ok(Walk {
+        root: root_entry,
+        entries: w.entries,
+        warnings: w.warnings,
+    })
 }
 
 struct Walker {
@@ -52,7 +60,9 @@ impl Walker {
     fn walk_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<()> {
         let mut names: Vec<std::ffi::OsString> = match fs::read_dir(dir) {
             Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
-            Err(e) if rel.is_empty() => return Err(crate::Error::io(format!("listing {}", dir.display()), e)),
+            Err(e) if rel.is_empty() => {
+                return Err(crate::Error::io(format!("listing {}", dir.display()), e));
+            }
             Err(e) => {
                 self.warnings.push(format!("{}: {e}", dir.display()));
                 return Ok(());
@@ -100,7 +110,10 @@ impl Walker {
             self.links.insert(key, e.path.clone());
         }
         if e.kind == Kind::Symlink {
-            e.target = fs::read_link(path).ctx(|| format!("reading link {}", path.display()))?.into_os_string().into_vec();
+            e.target = fs::read_link(path)
+                .ctx(|| format!("reading link {}", path.display()))?
+                .into_os_string()
+                .into_vec();
         }
         e.xattrs = read_xattrs(path)?;
         Ok(e)
@@ -137,7 +150,11 @@ pub fn entry_from_meta(path: Vec<u8>, m: &Metadata) -> Entry {
     e.ctime_nsec = m.ctime_nsec() as u32;
     e.ino = m.ino();
     e.dev = m.dev();
-    e.rdev = if matches!(kind, Kind::CharDevice | Kind::BlockDevice) { m.rdev() } else { 0 };
+    e.rdev = if matches!(kind, Kind::CharDevice | Kind::BlockDevice) {
+        m.rdev()
+    } else {
+        0
+    };
     if kind == Kind::File {
         e.size = m.len();
         // Fewer allocated blocks than the length means holes.
@@ -148,17 +165,24 @@ pub fn entry_from_meta(path: Vec<u8>, m: &Metadata) -> Entry {
 
 /// Reads all extended attributes of `path` (not following a symlink), sorted by name.
 pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let unsupported = |e: rustix::io::Errno| e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::OPNOTSUPP;
+    let unsupported =
+        |e: rustix::io::Errno| e == rustix::io::Errno::NOTSUP || e == rustix::io::Errno::OPNOTSUPP;
     let mut list = vec![0u8; 4096];
     let n = loop {
         match rustix::fs::llistxattr(path, &mut list[..]) {
             Ok(n) => break n,
             Err(e) if e == rustix::io::Errno::RANGE => {
-                let want = rustix::fs::llistxattr_query(path).ctx(|| format!("listing xattrs of {}", path.display()))?;
+                let want = rustix::fs::llistxattr_query(path)
+                    .ctx(|| format!("listing xattrs of {}", path.display()))?;
                 list.resize(want.max(list.len() * 2), 0);
             }
             Err(e) if unsupported(e) => return Ok(Vec::new()),
-            Err(e) => return Err(crate::Error::io(format!("listing xattrs of {}", path.display()), e.into())),
+            Err(e) => {
+                return Err(crate::Error::io(
+                    format!("listing xattrs of {}", path.display()),
+                    e.into(),
+                ));
+            }
         }
     };
     let mut out = Vec::new();
@@ -168,7 +192,12 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             Ok(len) => out.push((name.to_vec(), value[..len].to_vec())),
             // Removed between list and get: skip it.
             Err(e) if e == rustix::io::Errno::NODATA => {}
-            Err(e) => return Err(crate::Error::io(format!("reading xattr of {}", path.display()), e.into())),
+            Err(e) => {
+                return Err(crate::Error::io(
+                    format!("reading xattr of {}", path.display()),
+                    e.into(),
+                ));
+            }
         }
     }
     out.sort();

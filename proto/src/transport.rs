@@ -46,7 +46,9 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn certs(pem: &str) -> Result<Vec<CertificateDer<'static>>, TransportError> {
-    let v = CertificateDer::pem_slice_iter(pem.as_bytes()).collect::<Result<Vec<_>, _>>().map_err(tls_err)?;
+    let v = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(tls_err)?;
     if v.is_empty() {
         return Err(TransportError::Tls("no certificate in PEM".into()));
     }
@@ -71,7 +73,11 @@ pub struct ClientTls {
 impl ClientTls {
     /// An enrolled agent or an operator: verifies the controller against the fleet CA and
     /// presents its own certificate.
-    pub fn with_identity(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TransportError> {
+    pub fn with_identity(
+        ca_pem: &str,
+        cert_pem: &str,
+        key_pem: &str,
+    ) -> Result<Self, TransportError> {
         let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(tls_err)?;
         let config = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
@@ -92,7 +98,10 @@ impl ClientTls {
             .with_safe_default_protocol_versions()
             .map_err(tls_err)?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedCa { fingerprint, provider: provider() }))
+            .with_custom_certificate_verifier(Arc::new(PinnedCa {
+                fingerprint,
+                provider: provider(),
+            }))
             .with_no_client_auth();
         Ok(Self::from_config(config, ENROLL_NAME))
     }
@@ -100,7 +109,10 @@ impl ClientTls {
     /// Any rustls configuration (tests use this to try handshakes the product refuses).
     pub fn from_config(mut config: ClientConfig, server_name: &'static str) -> Self {
         config.alpn_protocols = vec![b"h2".to_vec()];
-        ClientTls { config: Arc::new(config), server_name }
+        ClientTls {
+            config: Arc::new(config),
+            server_name,
+        }
     }
 }
 
@@ -123,33 +135,69 @@ impl ServerCertVerifier for PinnedCa {
         let ca = intermediates
             .iter()
             .find(|c| pki::fingerprint_der(c.as_ref()) == self.fingerprint)
-            .ok_or_else(|| rustls::Error::General(format!("the controller's CA does not match the pinned fingerprint {}", self.fingerprint)))?;
+            .ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "the controller's CA does not match the pinned fingerprint {}",
+                    self.fingerprint
+                ))
+            })?;
         let mut roots = RootCertStore::empty();
         roots.add(ca.clone().into_owned())?;
-        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-            .build()
-            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
         verifier.verify_server_cert(end_entity, &[], server_name, ocsp_response, now)
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
 /// Splits `https://host:port` into `host:port`.
 pub fn parse_url(url: &str) -> Result<String, TransportError> {
-    let rest = url.strip_prefix("https://").ok_or_else(|| TransportError::InvalidUrl(url.into()))?;
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| TransportError::InvalidUrl(url.into()))?;
     let hostport = rest.trim_end_matches('/');
-    let valid = !hostport.is_empty() && !hostport.contains('/') && hostport.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+    let valid = !hostport.is_empty()
+        && !hostport.contains('/')
+        && hostport
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
     if !valid {
         return Err(TransportError::InvalidUrl(url.into()));
     }
@@ -177,7 +225,13 @@ pub async fn connect(url: &str, tls: ClientTls) -> Result<Channel, TransportErro
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });
-    endpoint.connect_with_connector(connector).await.map_err(|source| TransportError::Connect { url: url.into(), source })
+    endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| TransportError::Connect {
+            url: url.into(),
+            source,
+        })
 }
 
 /// Who is on the other end of a server connection, established by the TLS handshake.
@@ -185,8 +239,14 @@ pub async fn connect(url: &str, tls: ClientTls) -> Result<Channel, TransportErro
 pub enum Peer {
     /// Connected to the enrollment name without a certificate: may only enroll.
     Enrolling,
-    Agent { id: String, serial: String },
-    Operator { name: String, serial: String },
+    Agent {
+        id: String,
+        serial: String,
+    },
+    Operator {
+        name: String,
+        serial: String,
+    },
 }
 
 /// Connection facts available to every request through its extensions.
@@ -199,12 +259,24 @@ pub struct PeerInfo {
 /// Reads the identity (agent or operator, and the serial) from a client certificate.
 pub fn peer_from_cert(der: &[u8]) -> Option<Peer> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    let cn = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
     let serial = hex::encode(cert.raw_serial());
     if let Some(id) = cn.strip_prefix("agent:") {
-        Some(Peer::Agent { id: id.to_string(), serial })
+        Some(Peer::Agent {
+            id: id.to_string(),
+            serial,
+        })
     } else {
-        cn.strip_prefix("operator:").map(|name| Peer::Operator { name: name.to_string(), serial })
+        cn.strip_prefix("operator:").map(|name| Peer::Operator {
+            name: name.to_string(),
+            serial,
+        })
     }
 }
 
@@ -219,9 +291,10 @@ impl ServerTls {
     pub fn new(ca_pem: &str, chain_pem: &str, key_pem: &str) -> Result<Self, TransportError> {
         let key = || PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(tls_err);
         let chain = certs(chain_pem)?;
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
-            .build()
-            .map_err(tls_err)?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(roots(ca_pem)?, provider())
+                .build()
+                .map_err(tls_err)?;
         let mut main = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(tls_err)?
@@ -236,7 +309,10 @@ impl ServerTls {
             .with_single_cert(chain, key()?)
             .map_err(tls_err)?;
         enroll.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(ServerTls { main: Arc::new(main), enroll: Arc::new(enroll) })
+        Ok(ServerTls {
+            main: Arc::new(main),
+            enroll: Arc::new(enroll),
+        })
     }
 }
 
@@ -254,13 +330,21 @@ impl tonic::transport::server::Connected for TlsConn {
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -269,7 +353,11 @@ impl AsyncWrite for TlsConn {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -279,7 +367,10 @@ impl AsyncWrite for TlsConn {
 
 /// Accepts TCP connections and completes TLS handshakes concurrently (a slow or hostile
 /// client cannot stall the others), yielding authenticated connections for tonic.
-pub fn incoming(listener: TcpListener, tls: ServerTls) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
+pub fn incoming(
+    listener: TcpListener,
+    tls: ServerTls,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let tls = Arc::new(tls);
     tokio::spawn(async move {
@@ -299,7 +390,9 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> tokio_stream::wrappers
             let tls = tls.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                match tokio::time::timeout(Duration::from_secs(10), handshake(tcp, remote, &tls)).await {
+                match tokio::time::timeout(Duration::from_secs(10), handshake(tcp, remote, &tls))
+                    .await
+                {
                     Ok(Ok(conn)) => {
                         let _ = conn_tx.send(Ok(conn)).await;
                     }
@@ -312,16 +405,35 @@ pub fn incoming(listener: TcpListener, tls: ServerTls) -> tokio_stream::wrappers
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-async fn handshake(tcp: TcpStream, remote: SocketAddr, tls: &ServerTls) -> std::io::Result<TlsConn> {
-    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+async fn handshake(
+    tcp: TcpStream,
+    remote: SocketAddr,
+    tls: &ServerTls,
+) -> std::io::Result<TlsConn> {
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
     let enrolling = start.client_hello().server_name() == Some(ENROLL_NAME);
-    let config = if enrolling { tls.enroll.clone() } else { tls.main.clone() };
+    let config = if enrolling {
+        tls.enroll.clone()
+    } else {
+        tls.main.clone()
+    };
     let stream = start.into_stream(config).await?;
     let peer = if enrolling {
         Peer::Enrolling
     } else {
-        let der = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).ok_or_else(|| std::io::Error::other("no client certificate"))?;
-        peer_from_cert(der.as_ref()).ok_or_else(|| std::io::Error::other("client certificate names neither an agent nor an operator"))?
+        let der = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| std::io::Error::other("no client certificate"))?;
+        peer_from_cert(der.as_ref()).ok_or_else(|| {
+            std::io::Error::other("client certificate names neither an agent nor an operator")
+        })?
     };
-    Ok(TlsConn { stream, info: PeerInfo { remote, peer } })
+    Ok(TlsConn {
+        stream,
+        info: PeerInfo { remote, peer },
+    })
 }

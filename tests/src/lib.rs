@@ -22,9 +22,15 @@ pub fn bin_dir() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/debug/deps/<test> -> target/debug
-    let dir = exe.parent().and_then(Path::parent).expect("target directory").to_path_buf();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory")
+        .to_path_buf();
     assert!(
-        dir.join("lifeboat-controller").exists() && dir.join("lifeboat-agent").exists() && dir.join("lifeboat").exists(),
+        dir.join("lifeboat-controller").exists()
+            && dir.join("lifeboat-agent").exists()
+            && dir.join("lifeboat").exists(),
         "binaries not found in {}: run `cargo build --workspace --bins` before the tests",
         dir.display()
     );
@@ -42,7 +48,10 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
         if let Some(v) = cond() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -66,8 +75,18 @@ pub struct Agent {
 impl Fleet {
     /// Starts a controller with a fresh data directory.
     pub fn start() -> Fleet {
-        let dir = tempfile::Builder::new().prefix("lifeboat-e2e-").tempdir().expect("tempdir");
-        let mut fleet = Fleet { url: String::new(), fingerprint: String::new(), identity: dir.path().join("ctl/admin.identity"), dir, controller: None, agents: Vec::new() };
+        let dir = tempfile::Builder::new()
+            .prefix("lifeboat-e2e-")
+            .tempdir()
+            .expect("tempdir");
+        let mut fleet = Fleet {
+            url: String::new(),
+            fingerprint: String::new(),
+            identity: dir.path().join("ctl/admin.identity"),
+            dir,
+            controller: None,
+            agents: Vec::new(),
+        };
         fleet.start_controller();
         fleet
     }
@@ -97,7 +116,11 @@ impl Fleet {
         let mut url = None;
         let mut fp = None;
         while url.is_none() || fp.is_none() {
-            let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("controller did not start; log:\n{}", self.controller_log()));
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .unwrap_or_else(|_| {
+                    panic!("controller did not start; log:\n{}", self.controller_log())
+                });
             if let Some(u) = line.strip_prefix("lifeboat-controller listening on ") {
                 url = Some(u.to_string());
             }
@@ -113,9 +136,16 @@ impl Fleet {
     /// Stops the controller (SIGTERM) and waits for it to exit.
     pub fn stop_controller(&mut self) {
         if let Some(mut c) = self.controller.take() {
-            let _ = rustix::process::kill_process(rustix::process::Pid::from_child(&c), rustix::process::Signal::TERM);
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(&c),
+                rustix::process::Signal::TERM,
+            );
             let status = c.wait().expect("wait controller");
-            assert!(status.success(), "controller exited with {status}; log:\n{}", self.controller_log());
+            assert!(
+                status.success(),
+                "controller exited with {status}; log:\n{}",
+                self.controller_log()
+            );
         }
     }
 
@@ -125,7 +155,12 @@ impl Fleet {
 
     /// Runs `lifeboat ARGS` as the admin operator.
     pub fn cli(&self, args: &[&str]) -> Output {
-        bin("lifeboat").args(args).env("LIFEBOAT_IDENTITY", &self.identity).env("LIFEBOAT_CONTROLLER", &self.url).output().expect("run lifeboat")
+        bin("lifeboat")
+            .args(args)
+            .env("LIFEBOAT_IDENTITY", &self.identity)
+            .env("LIFEBOAT_CONTROLLER", &self.url)
+            .output()
+            .expect("run lifeboat")
     }
 
     /// Runs `lifeboat ARGS --json` and parses its output; panics with stderr on failure.
@@ -133,19 +168,42 @@ impl Fleet {
         let mut all = args.to_vec();
         all.push("--json");
         let out = self.cli(&all);
-        assert!(out.status.success(), "lifeboat {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("lifeboat {args:?}: bad JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+        assert!(
+            out.status.success(),
+            "lifeboat {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "lifeboat {args:?}: bad JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
     }
 
     /// A fresh join token.
     pub fn token(&self, ttl: &str) -> String {
-        self.cli_json(&["token", "create", "--ttl", ttl])["token"].as_str().expect("token").to_string()
+        self.cli_json(&["token", "create", "--ttl", ttl])["token"]
+            .as_str()
+            .expect("token")
+            .to_string()
     }
 
     /// Runs `lifeboat-agent enroll` with `token`.
     pub fn enroll_with(&self, name: &str, token: &str) -> Output {
         bin("lifeboat-agent")
-            .args(["enroll", "--controller", &self.url, "--token", token, "--ca-fingerprint", &self.fingerprint, "--name", name, "--state-dir"])
+            .args([
+                "enroll",
+                "--controller",
+                &self.url,
+                "--token",
+                token,
+                "--ca-fingerprint",
+                &self.fingerprint,
+                "--name",
+                name,
+                "--state-dir",
+            ])
             .arg(self.path(&format!("agents/{name}")))
             .output()
             .expect("run lifeboat-agent enroll")
@@ -153,17 +211,31 @@ impl Fleet {
 
     pub fn enroll(&self, name: &str) -> Agent {
         let out = self.enroll_with(name, &self.token("10m"));
-        assert!(out.status.success(), "enroll {name}: {}", String::from_utf8_lossy(&out.stderr));
-        Agent { name: name.to_string(), state_dir: self.path(&format!("agents/{name}")) }
+        assert!(
+            out.status.success(),
+            "enroll {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Agent {
+            name: name.to_string(),
+            state_dir: self.path(&format!("agents/{name}")),
+        }
     }
 
     /// Starts `lifeboat-agent run` and waits until the controller sees it connected.
     pub fn run_agent(&mut self, agent: &Agent, sources: &[(&str, &Path)], restore_roots: &[&Path]) {
-        let log = std::fs::File::create(self.path(&format!("agent-{}.log", agent.name))).expect("log");
+        let log =
+            std::fs::File::create(self.path(&format!("agent-{}.log", agent.name))).expect("log");
         let mut cmd = bin("lifeboat-agent");
-        cmd.arg("run").arg("--state-dir").arg(&agent.state_dir).env("LIFEBOAT_LOG", "info").stdout(Stdio::null()).stderr(log);
+        cmd.arg("run")
+            .arg("--state-dir")
+            .arg(&agent.state_dir)
+            .env("LIFEBOAT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
         for (name, path) in sources {
-            cmd.arg("--source").arg(format!("{name}={}", path.display()));
+            cmd.arg("--source")
+                .arg(format!("{name}={}", path.display()));
         }
         for r in restore_roots {
             cmd.arg("--restore-root").arg(r);
@@ -171,10 +243,18 @@ impl Fleet {
         let child = cmd.spawn().expect("spawn lifeboat-agent");
         self.agents.push((agent.name.clone(), child));
         let name = agent.name.clone();
-        wait_for(&format!("agent {name} to connect"), Duration::from_secs(30), || {
-            let agents = self.cli_json(&["agents"]);
-            agents.as_array()?.iter().any(|a| a["name"] == name.as_str() && a["connected"] == true).then_some(())
-        });
+        wait_for(
+            &format!("agent {name} to connect"),
+            Duration::from_secs(30),
+            || {
+                let agents = self.cli_json(&["agents"]);
+                agents
+                    .as_array()?
+                    .iter()
+                    .any(|a| a["name"] == name.as_str() && a["connected"] == true)
+                    .then_some(())
+            },
+        );
     }
 
     pub fn agent_log(&self, name: &str) -> String {
@@ -187,7 +267,10 @@ impl Fleet {
         all.extend(["--wait", "--json"]);
         let out = self.cli(&all);
         let v: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-            panic!("lifeboat {args:?}: no job JSON; stderr: {}", String::from_utf8_lossy(&out.stderr))
+            panic!(
+                "lifeboat {args:?}: no job JSON; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
         });
         (out.status.success(), v)
     }
@@ -195,10 +278,20 @@ impl Fleet {
     /// Backs up and returns the snapshot info of the new snapshot.
     pub fn backup(&self, agent: &str, source: &str) -> Value {
         let (ok, job) = self.job(&["backup", agent, "--source", source]);
-        assert!(ok, "backup failed: {job}\nagent log:\n{}", self.agent_log(agent));
-        let id = job["snapshot_ids"][0].as_str().expect("snapshot id").to_string();
+        assert!(
+            ok,
+            "backup failed: {job}\nagent log:\n{}",
+            self.agent_log(agent)
+        );
+        let id = job["snapshot_ids"][0]
+            .as_str()
+            .expect("snapshot id")
+            .to_string();
         let snaps = self.cli_json(&["snapshots", "--agent", agent, "--source", source]);
-        snaps.as_array().and_then(|a| a.iter().find(|s| s["id"] == id.as_str()).cloned()).expect("snapshot listed")
+        snaps
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["id"] == id.as_str()).cloned())
+            .expect("snapshot listed")
     }
 }
 

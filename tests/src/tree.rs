@@ -18,7 +18,7 @@ impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed | 1)
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -27,17 +27,26 @@ impl Rng {
     pub fn bytes(&mut self, n: usize) -> Vec<u8> {
         let mut v = Vec::with_capacity(n + 8);
         while v.len() < n {
-            v.extend_from_slice(&self.next().to_le_bytes());
+            v.extend_from_slice(&self.next_u64().to_le_bytes());
         }
         v.truncate(n);
         v
     }
     /// Compressible text-like bytes.
     pub fn text(&mut self, n: usize) -> Vec<u8> {
-        const WORDS: [&str; 8] = ["lifeboat ", "backup ", "restore ", "chunk ", "fleet ", "agent ", "2026-11-29T06:00:00Z ", "ok\n"];
+        const WORDS: [&str; 8] = [
+            "lifeboat ",
+            "backup ",
+            "restore ",
+            "chunk ",
+            "fleet ",
+            "agent ",
+            "2026-11-29T06:00:00Z ",
+            "ok\n",
+        ];
         let mut v = Vec::with_capacity(n + 32);
         while v.len() < n {
-            v.extend_from_slice(WORDS[(self.next() % 8) as usize].as_bytes());
+            v.extend_from_slice(WORDS[(self.next_u64() % 8) as usize].as_bytes());
         }
         v.truncate(n);
         v
@@ -56,9 +65,20 @@ fn write(p: &Path, data: &[u8]) {
 }
 
 fn set_mtime(p: &Path, sec: i64, nsec: i64) {
-    let t = rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec as _ };
-    rustix::fs::utimensat(rustix::fs::CWD, p, &rustix::fs::Timestamps { last_access: t, last_modification: t }, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-        .expect("utimensat");
+    let t = rustix::fs::Timespec {
+        tv_sec: sec,
+        tv_nsec: nsec as _,
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .expect("utimensat");
 }
 
 /// Builds a tree of about 45 MiB (logical) with every entry type the store keeps.
@@ -68,8 +88,12 @@ pub fn make_tree(root: &Path, rng: &mut Rng) {
     write(&root.join("logs/app.log"), &rng.text(6 << 20));
     write(&root.join("data/archive.bin"), &rng.bytes(5 << 20));
     for i in 0..60 {
-        let len = 1000 + (rng.next() % 20_000) as usize;
-        let data = if i % 2 == 0 { rng.bytes(len) } else { rng.text(len) };
+        let len = 1000 + (rng.next_u64() % 20_000) as usize;
+        let data = if i % 2 == 0 {
+            rng.bytes(len)
+        } else {
+            rng.text(len)
+        };
         write(&root.join(format!("small/f{i:02}.dat")), &data);
     }
     write(&root.join("empty.txt"), b"");
@@ -91,10 +115,24 @@ pub fn make_tree(root: &Path, rng: &mut Rng) {
     std::os::unix::fs::symlink("nowhere/at/all", root.join("link-dangling")).expect("symlink");
     fs::create_dir_all(root.join("hard")).expect("mkdir");
     fs::hard_link(root.join("docs/readme.txt"), root.join("hard/readme-link")).expect("hardlink");
-    rustix::fs::mknodat(rustix::fs::CWD, &root.join("pipe"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0).expect("mkfifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        root.join("pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .expect("mkfifo");
     if is_root() {
         let dev = |p: &str, ft, maj, min| {
-            rustix::fs::mknodat(rustix::fs::CWD, &root.join(p), ft, rustix::fs::Mode::from_raw_mode(0o600), rustix::fs::makedev(maj, min)).expect("mknod");
+            rustix::fs::mknodat(
+                rustix::fs::CWD,
+                root.join(p),
+                ft,
+                rustix::fs::Mode::from_raw_mode(0o600),
+                rustix::fs::makedev(maj, min),
+            )
+            .expect("mknod");
         };
         dev("dev-null-copy", rustix::fs::FileType::CharacterDevice, 1, 3);
         dev("loop-copy", rustix::fs::FileType::BlockDevice, 7, 200);
@@ -107,15 +145,39 @@ pub fn make_tree(root: &Path, rng: &mut Rng) {
     write(&root.join("bin/sgid"), b"#!/bin/sh\n");
     fs::set_permissions(root.join("bin/sgid"), fs::Permissions::from_mode(0o2750)).expect("chmod");
     fs::create_dir_all(root.join("tmp-sticky")).expect("mkdir");
-    fs::set_permissions(root.join("tmp-sticky"), fs::Permissions::from_mode(0o1777)).expect("chmod");
+    fs::set_permissions(root.join("tmp-sticky"), fs::Permissions::from_mode(0o1777))
+        .expect("chmod");
     write(&root.join("readonly.txt"), b"read only\n");
-    fs::set_permissions(root.join("readonly.txt"), fs::Permissions::from_mode(0o400)).expect("chmod");
-    rustix::fs::setxattr(&root.join("docs/readme.txt"), "user.lifeboat.note", b"keep me", rustix::fs::XattrFlags::empty()).expect("xattr");
-    rustix::fs::setxattr(&root.join("docs"), "user.lifeboat.dir", b"\x00\x01binary", rustix::fs::XattrFlags::empty()).expect("xattr");
-    write(&root.join(OsStr::from_bytes(b"caf\xe9 latin1.txt")), b"not utf-8 name\n");
+    fs::set_permissions(root.join("readonly.txt"), fs::Permissions::from_mode(0o400))
+        .expect("chmod");
+    rustix::fs::setxattr(
+        root.join("docs/readme.txt"),
+        "user.lifeboat.note",
+        b"keep me",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("xattr");
+    rustix::fs::setxattr(
+        root.join("docs"),
+        "user.lifeboat.dir",
+        b"\x00\x01binary",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("xattr");
+    write(
+        &root.join(OsStr::from_bytes(b"caf\xe9 latin1.txt")),
+        b"not utf-8 name\n",
+    );
     fs::create_dir_all(root.join(OsStr::from_bytes(b"\xff\xfe-dir"))).expect("mkdir");
-    write(&root.join(OsStr::from_bytes(b"\xff\xfe-dir/inner \n newline")), b"odd names\n");
-    set_mtime(&root.join("docs/deep/er/est/leaf.txt"), 1_600_000_000, 123_456_789);
+    write(
+        &root.join(OsStr::from_bytes(b"\xff\xfe-dir/inner \n newline")),
+        b"odd names\n",
+    );
+    set_mtime(
+        &root.join("docs/deep/er/est/leaf.txt"),
+        1_600_000_000,
+        123_456_789,
+    );
     set_mtime(&root.join("link-abs"), 1_500_000_000, 987_654_321);
 }
 
@@ -131,7 +193,10 @@ pub fn modify(root: &Path, rng: &mut Rng) -> Changes {
     let mut c = Changes { files: 0, bytes: 0 };
     // Edit in place: 100 KiB in the middle of the disk image.
     {
-        let mut f = fs::OpenOptions::new().write(true).open(root.join("images/disk.img")).expect("open");
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("images/disk.img"))
+            .expect("open");
         f.seek(SeekFrom::Start(4 << 20)).expect("seek");
         f.write_all(&rng.bytes(100 << 10)).expect("write");
         c.files += 1;
@@ -149,7 +214,10 @@ pub fn modify(root: &Path, rng: &mut Rng) -> Changes {
     }
     // Append 200 KiB of log.
     {
-        let mut f = fs::OpenOptions::new().append(true).open(root.join("logs/app.log")).expect("open");
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(root.join("logs/app.log"))
+            .expect("open");
         f.write_all(&rng.text(200 << 10)).expect("append");
         c.files += 1;
         c.bytes += 200 << 10;
@@ -201,7 +269,11 @@ pub fn manifest(root: &Path) -> Vec<Item> {
     assert!(w.warnings.is_empty(), "scan warnings: {:?}", w.warnings);
     let mut out = Vec::new();
     for e in std::iter::once(&w.root).chain(w.entries.iter()) {
-        let content = (e.kind == Kind::File).then(|| blake3::hash(&fs::read(walk::join(root, &e.path)).expect("read")).to_hex().to_string());
+        let content = (e.kind == Kind::File).then(|| {
+            blake3::hash(&fs::read(walk::join(root, &e.path)).expect("read"))
+                .to_hex()
+                .to_string()
+        });
         out.push(Item {
             path: String::from_utf8_lossy(&e.path).into_owned() + &format!(" {:?}", e.path),
             kind: e.kind,
@@ -224,11 +296,20 @@ pub fn manifest(root: &Path) -> Vec<Item> {
 pub fn assert_same(expected: &[Item], restored: &Path) {
     let got = manifest(restored);
     let paths = |m: &[Item]| m.iter().map(|i| i.path.clone()).collect::<Vec<_>>();
-    assert_eq!(paths(&got), paths(expected), "restored tree has different paths");
+    assert_eq!(
+        paths(&got),
+        paths(expected),
+        "restored tree has different paths"
+    );
     for (g, e) in got.iter().zip(expected) {
         assert_eq!(g, e, "restored entry differs");
     }
     // Sparse files come back sparse.
     let m = fs::metadata(restored.join("sparse.img")).expect("sparse.img");
-    assert!(m.blocks() * 512 < m.len() / 4, "sparse.img was restored dense: {} blocks for {} bytes", m.blocks(), m.len());
+    assert!(
+        m.blocks() * 512 < m.len() / 4,
+        "sparse.img was restored dense: {} blocks for {} bytes",
+        m.blocks(),
+        m.len()
+    );
 }

@@ -6,8 +6,8 @@
 use std::path::Path;
 
 use lifeboat_core::chunker::AVG_SIZE;
-use lifeboat_tests::tree::{self, Rng};
 use lifeboat_tests::Fleet;
+use lifeboat_tests::tree::{self, Rng};
 
 #[test]
 fn backup_change_backup_restore_both_snapshots() {
@@ -25,28 +25,64 @@ fn backup_change_backup_restore_both_snapshots() {
 
     let s1 = fleet.backup("web-1", "data");
     assert_eq!(s1["parent"], "", "first snapshot has no parent");
-    assert!(s1["bytes_new"].as_u64().unwrap_or(0) > 20 << 20, "first backup stores the data: {s1}");
+    assert!(
+        s1["bytes_new"].as_u64().unwrap_or(0) > 20 << 20,
+        "first backup stores the data: {s1}"
+    );
 
     let changes = tree::modify(&src, &mut rng);
     let day2 = tree::manifest(&src);
     let s2 = fleet.backup("web-1", "data");
-    assert_eq!(s2["parent"], s1["id"], "second snapshot names the first as parent");
+    assert_eq!(
+        s2["parent"], s1["id"],
+        "second snapshot names the first as parent"
+    );
     let new = s2["bytes_new"].as_u64().expect("bytes_new");
     let allowed = changes.bytes + 2 * AVG_SIZE as u64 * changes.files;
-    assert!(new > 0 && new <= allowed, "second backup stored {new} new bytes; allowed {allowed} ({} changed bytes in {} files)", changes.bytes, changes.files);
+    assert!(
+        new > 0 && new <= allowed,
+        "second backup stored {new} new bytes; allowed {allowed} ({} changed bytes in {} files)",
+        changes.bytes,
+        changes.files
+    );
 
     // Snapshot 1 onto the other machine, snapshot 2 onto the same one.
     let t1 = r_spare.join("day1");
-    let (ok, job) = fleet.job(&["restore", s1["id"].as_str().expect("id"), "--agent", "spare-1", "--to", t1.to_str().expect("utf8")]);
-    assert!(ok, "restore of day 1 failed: {job}\n{}", fleet.agent_log("spare-1"));
+    let (ok, job) = fleet.job(&[
+        "restore",
+        s1["id"].as_str().expect("id"),
+        "--agent",
+        "spare-1",
+        "--to",
+        t1.to_str().expect("utf8"),
+    ]);
+    assert!(
+        ok,
+        "restore of day 1 failed: {job}\n{}",
+        fleet.agent_log("spare-1")
+    );
     tree::assert_same(&day1, &t1);
 
     let t2 = r_web.join("day2");
     let short = &s2["id"].as_str().expect("id")[..8];
-    let (ok, job) = fleet.job(&["restore", short, "--agent", "web-1", "--to", t2.to_str().expect("utf8")]);
-    assert!(ok, "restore of day 2 failed: {job}\n{}", fleet.agent_log("web-1"));
+    let (ok, job) = fleet.job(&[
+        "restore",
+        short,
+        "--agent",
+        "web-1",
+        "--to",
+        t2.to_str().expect("utf8"),
+    ]);
+    assert!(
+        ok,
+        "restore of day 2 failed: {job}\n{}",
+        fleet.agent_log("web-1")
+    );
     tree::assert_same(&day2, &t2);
-    assert_eq!(job["progress"]["files_done"], job["progress"]["files_total"]);
+    assert_eq!(
+        job["progress"]["files_done"],
+        job["progress"]["files_total"]
+    );
 
     // Lose the catalog; rebuild it from the store alone; the snapshots come back.
     let before = fleet.cli_json(&["snapshots"]);
@@ -54,12 +90,31 @@ fn backup_change_backup_restore_both_snapshots() {
     for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
         let _ = std::fs::remove_file(fleet.path("ctl").join(f));
     }
-    let out = lifeboat_tests::bin("lifeboat-controller").arg("rebuild-catalog").arg("--data-dir").arg(fleet.path("ctl")).output().expect("rebuild");
-    assert!(out.status.success(), "rebuild-catalog failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("2 snapshots"), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = lifeboat_tests::bin("lifeboat-controller")
+        .arg("rebuild-catalog")
+        .arg("--data-dir")
+        .arg(fleet.path("ctl"))
+        .output()
+        .expect("rebuild");
+    assert!(
+        out.status.success(),
+        "rebuild-catalog failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("2 snapshots"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     fleet.start_controller();
     let after = fleet.cli_json(&["snapshots"]);
-    let ids = |v: &serde_json::Value| v.as_array().expect("array").iter().map(|s| s["id"].clone()).collect::<Vec<_>>();
+    let ids = |v: &serde_json::Value| {
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|s| s["id"].clone())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(ids(&after), ids(&before));
 }
 
@@ -74,7 +129,14 @@ fn restore_target_outside_the_roots_is_refused_with_a_reason() {
     fleet.run_agent(&a, &[("data", src.as_path())], &[root.as_path()]);
     let s = fleet.backup("a", "data");
     let elsewhere = fleet.path("elsewhere");
-    let out = fleet.cli(&["restore", s["id"].as_str().expect("id"), "--agent", "a", "--to", elsewhere.to_str().expect("utf8")]);
+    let out = fleet.cli(&[
+        "restore",
+        s["id"].as_str().expect("id"),
+        "--agent",
+        "a",
+        "--to",
+        elsewhere.to_str().expect("utf8"),
+    ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("outside agent a's restore roots"), "{err}");

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use lifeboat_core::identity::IdentityFile;
-use lifeboat_core::{codec, pack, ChunkKey};
+use lifeboat_core::{ChunkKey, codec, pack};
 use lifeboat_proto::pb;
 use lifeboat_proto::transport::{self, ClientTls};
 use lifeboat_tests::Fleet;
@@ -24,7 +24,11 @@ fn small_source(fleet: &Fleet) -> std::path::PathBuf {
 fn no_temp_files(dir: &std::path::Path) {
     for e in fs::read_dir(dir).expect("ls") {
         let name = e.expect("entry").file_name().to_string_lossy().into_owned();
-        assert!(!name.starts_with(".lifeboat-"), "temp file {name} left in {}", dir.display());
+        assert!(
+            !name.starts_with(".lifeboat-"),
+            "temp file {name} left in {}",
+            dir.display()
+        );
     }
 }
 
@@ -43,14 +47,35 @@ fn planted_symlink_in_the_target_is_refused_before_any_write() {
     fs::create_dir_all(&outside).expect("mkdir");
     std::os::unix::fs::symlink(&outside, target.join("sub")).expect("plant symlink");
 
-    let (ok, job) = fleet.job(&["restore", s["id"].as_str().expect("id"), "--agent", "a", "--to", target.to_str().expect("utf8")]);
+    let (ok, job) = fleet.job(&[
+        "restore",
+        s["id"].as_str().expect("id"),
+        "--agent",
+        "a",
+        "--to",
+        target.to_str().expect("utf8"),
+    ]);
     assert!(!ok, "restore through a planted symlink must fail: {job}");
     assert_eq!(job["state"], "failed");
     let err = job["error"].as_str().expect("error");
-    assert!(err.contains("refusing to restore through symlink or outside the root at \"sub\""), "{err}");
-    assert_eq!(fs::read_dir(&outside).expect("ls").count(), 0, "something was written outside the root");
-    let left: Vec<_> = fs::read_dir(&target).expect("ls").map(|e| e.expect("entry").file_name()).collect();
-    assert_eq!(left, vec![std::ffi::OsString::from("sub")], "the restore wrote before refusing");
+    assert!(
+        err.contains("refusing to restore through symlink or outside the root at \"sub\""),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_dir(&outside).expect("ls").count(),
+        0,
+        "something was written outside the root"
+    );
+    let left: Vec<_> = fs::read_dir(&target)
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(
+        left,
+        vec![std::ffi::OsString::from("sub")],
+        "the restore wrote before refusing"
+    );
 }
 
 #[test]
@@ -63,19 +88,28 @@ fn a_tampered_chunk_fails_only_its_file() {
     let s = fleet.backup("a", "data");
 
     // b.bin is one chunk (smaller than the minimum chunk size) stored raw (random bytes).
-    let key = ChunkKey::from_slice(&fs::read(fleet.path("ctl/chunk.key")).expect("key")).expect("key");
+    let key =
+        ChunkKey::from_slice(&fs::read(fleet.path("ctl/chunk.key")).expect("key")).expect("key");
     let id = key.id_of(&fs::read(src.join("b.bin")).expect("read"));
     let mut hit = None;
     for sub in fs::read_dir(fleet.path("ctl/store/packs")).expect("packs") {
         for p in fs::read_dir(sub.expect("dir").path()).expect("ls") {
             let p = p.expect("pack").path();
-            if let Some(e) = pack::read_index(&p).expect("index").into_iter().find(|e| e.id == id) {
+            if let Some(e) = pack::read_index(&p)
+                .expect("index")
+                .into_iter()
+                .find(|e| e.id == id)
+            {
                 hit = Some((p, e));
             }
         }
     }
     let (pack_path, entry) = hit.expect("b.bin's chunk is in a pack");
-    let f = fs::OpenOptions::new().read(true).write(true).open(&pack_path).expect("open pack");
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&pack_path)
+        .expect("open pack");
     let at = entry.offset + codec::HEADER_LEN as u64 + 500;
     let mut byte = [0u8; 1];
     f.read_exact_at(&mut byte, at).expect("read");
@@ -83,13 +117,32 @@ fn a_tampered_chunk_fails_only_its_file() {
     drop(f);
 
     let target = root.join("t");
-    let (ok, job) = fleet.job(&["restore", s["id"].as_str().expect("id"), "--agent", "a", "--to", target.to_str().expect("utf8")]);
+    let (ok, job) = fleet.job(&[
+        "restore",
+        s["id"].as_str().expect("id"),
+        "--agent",
+        "a",
+        "--to",
+        target.to_str().expect("utf8"),
+    ]);
     assert!(!ok, "restore of a tampered chunk must fail: {job}");
     let err = job["error"].as_str().expect("error");
-    assert!(err.contains("b.bin") && err.contains(&format!("chunk {id} does not match its content")), "{err}");
-    assert!(!target.join("b.bin").exists(), "a corrupted b.bin was left in place");
-    assert_eq!(fs::read(target.join("a.bin")).expect("a.bin"), fs::read(src.join("a.bin")).expect("src a.bin"));
-    assert_eq!(fs::read(target.join("sub/c.txt")).expect("c.txt"), fs::read(src.join("sub/c.txt")).expect("src c.txt"));
+    assert!(
+        err.contains("b.bin") && err.contains(&format!("chunk {id} does not match its content")),
+        "{err}"
+    );
+    assert!(
+        !target.join("b.bin").exists(),
+        "a corrupted b.bin was left in place"
+    );
+    assert_eq!(
+        fs::read(target.join("a.bin")).expect("a.bin"),
+        fs::read(src.join("a.bin")).expect("src a.bin")
+    );
+    assert_eq!(
+        fs::read(target.join("sub/c.txt")).expect("c.txt"),
+        fs::read(src.join("sub/c.txt")).expect("src c.txt")
+    );
     no_temp_files(&target);
     no_temp_files(&target.join("sub"));
 }
@@ -97,20 +150,29 @@ fn a_tampered_chunk_fails_only_its_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_without_a_certificate_is_refused_at_the_handshake() {
     transport::install_crypto_provider();
-    let fleet = tokio::task::spawn_blocking(Fleet::start).await.expect("start");
+    let fleet = tokio::task::spawn_blocking(Fleet::start)
+        .await
+        .expect("start");
     let admin = IdentityFile::load(&fleet.identity).expect("identity");
 
     // Verifies the controller properly, but presents no certificate.
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(lifeboat_core::pki::cert_der(&admin.ca_pem).expect("ca")).expect("root");
-    let mut config = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+    roots
+        .add(lifeboat_core::pki::cert_der(&admin.ca_pem).expect("ca"))
+        .expect("root");
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let addr = transport::parse_url(&fleet.url).expect("url");
     let tcp = tokio::net::TcpStream::connect(&addr).await.expect("tcp");
-    let name = rustls::pki_types::ServerName::try_from(lifeboat_core::pki::CONTROLLER_NAME).expect("name");
+    let name =
+        rustls::pki_types::ServerName::try_from(lifeboat_core::pki::CONTROLLER_NAME).expect("name");
     let res = async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await?;
+        let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await?;
         // TLS 1.3: the server's verdict on our (missing) certificate arrives with the first read.
         tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
         let mut buf = [0u8; 64];
@@ -118,23 +180,41 @@ async fn a_client_without_a_certificate_is_refused_at_the_handshake() {
     }
     .await;
     let err = res.expect_err("the controller must refuse a client without a certificate");
-    assert!(err.to_string().contains("CertificateRequired"), "unexpected refusal: {err}");
+    assert!(
+        err.to_string().contains("CertificateRequired"),
+        "unexpected refusal: {err}"
+    );
     let log = fleet.controller_log();
-    assert!(log.contains("tls handshake refused"), "controller did not log the refusal:\n{log}");
+    assert!(
+        log.contains("tls handshake refused"),
+        "controller did not log the refusal:\n{log}"
+    );
 
     // The enrollment name accepts no certificate, but serves nothing except enrollment.
     let mut cfg = rustls::ClientConfig::builder()
         .with_root_certificates({
             let mut r = rustls::RootCertStore::empty();
-            r.add(lifeboat_core::pki::cert_der(&admin.ca_pem).expect("ca")).expect("root");
+            r.add(lifeboat_core::pki::cert_der(&admin.ca_pem).expect("ca"))
+                .expect("root");
             r
         })
         .with_no_client_auth();
     cfg.alpn_protocols = vec![b"h2".to_vec()];
-    let channel = transport::connect(&fleet.url, ClientTls::from_config(cfg, lifeboat_core::pki::ENROLL_NAME)).await.expect("enroll channel");
-    let status = pb::operator_api_client::OperatorApiClient::new(channel.clone()).status(pb::Empty {}).await.expect_err("operator call without identity");
+    let channel = transport::connect(
+        &fleet.url,
+        ClientTls::from_config(cfg, lifeboat_core::pki::ENROLL_NAME),
+    )
+    .await
+    .expect("enroll channel");
+    let status = pb::operator_api_client::OperatorApiClient::new(channel.clone())
+        .status(pb::Empty {})
+        .await
+        .expect_err("operator call without identity");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    let status = pb::agent_api_client::AgentApiClient::new(channel).missing_chunks(pb::ChunkIds::default()).await.expect_err("agent call without identity");
+    let status = pb::agent_api_client::AgentApiClient::new(channel)
+        .missing_chunks(pb::ChunkIds::default())
+        .await
+        .expect_err("agent call without identity");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
 }
 
@@ -146,18 +226,36 @@ fn join_tokens_are_single_use_expire_and_are_never_sent_to_an_impostor() {
     // A wrong CA fingerprint stops enrollment before the token is sent...
     let wrong = format!("sha256:{}", "ab".repeat(32));
     let out = lifeboat_tests::bin("lifeboat-agent")
-        .args(["enroll", "--controller", &fleet.url, "--token", &token, "--ca-fingerprint", &wrong, "--name", "x", "--state-dir"])
+        .args([
+            "enroll",
+            "--controller",
+            &fleet.url,
+            "--token",
+            &token,
+            "--ca-fingerprint",
+            &wrong,
+            "--name",
+            "x",
+            "--state-dir",
+        ])
         .arg(fleet.path("agents/x"))
         .output()
         .expect("enroll");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("does not match the pinned fingerprint"), "{err}");
+    assert!(
+        err.contains("does not match the pinned fingerprint"),
+        "{err}"
+    );
     assert!(!fleet.path("agents/x/agent.json").exists());
 
     // ...so the token is still good for the real controller, exactly once.
     let out = fleet.enroll_with("first", &token);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = fleet.enroll_with("second", &token);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -172,14 +270,21 @@ fn join_tokens_are_single_use_expire_and_are_never_sent_to_an_impostor() {
     assert!(err.contains("join token has expired"), "{err}");
 
     let agents = fleet.cli_json(&["agents"]);
-    let names: Vec<_> = agents.as_array().expect("array").iter().map(|a| a["name"].as_str().unwrap_or_default().to_string()).collect();
+    let names: Vec<_> = agents
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|a| a["name"].as_str().unwrap_or_default().to_string())
+        .collect();
     assert_eq!(names, vec!["first".to_string()]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
     transport::install_crypto_provider();
-    let fleet = tokio::task::spawn_blocking(Fleet::start).await.expect("start");
+    let fleet = tokio::task::spawn_blocking(Fleet::start)
+        .await
+        .expect("start");
     let state = fleet.path("agents/a");
     let fleet = tokio::task::spawn_blocking(move || {
         fleet.enroll("a");
@@ -188,23 +293,51 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
     .await
     .expect("enroll");
     let read = |f: &str| fs::read_to_string(state.join(f)).expect("state file");
-    let tls = ClientTls::with_identity(&read("ca.crt"), &read("tls.crt"), &read("tls.key")).expect("tls");
-    let mut api = pb::agent_api_client::AgentApiClient::new(transport::connect(&fleet.url, tls).await.expect("connect"));
+    let tls =
+        ClientTls::with_identity(&read("ca.crt"), &read("tls.crt"), &read("tls.key")).expect("tls");
+    let mut api = pb::agent_api_client::AgentApiClient::new(
+        transport::connect(&fleet.url, tls).await.expect("connect"),
+    );
     let key = ChunkKey::from_slice(&fs::read(state.join("chunk.key")).expect("key")).expect("key");
 
     let claimed = key.id_of(b"the bytes the id promises");
-    let poisoned = pb::ChunkBlob { id: claimed.as_bytes().to_vec(), blob: codec::encode_raw(b"other bytes entirely") };
-    let status = api.put_chunks(tokio_stream::iter(vec![poisoned])).await.expect_err("poisoned chunk accepted");
+    let poisoned = pb::ChunkBlob {
+        id: claimed.as_bytes().to_vec(),
+        blob: codec::encode_raw(b"other bytes entirely"),
+    };
+    let status = api
+        .put_chunks(tokio_stream::iter(vec![poisoned]))
+        .await
+        .expect_err("poisoned chunk accepted");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
-    assert!(status.message().contains(&format!("chunk {claimed} does not match its content; upload refused")), "{}", status.message());
+    assert!(
+        status.message().contains(&format!(
+            "chunk {claimed} does not match its content; upload refused"
+        )),
+        "{}",
+        status.message()
+    );
 
-    let missing = api.missing_chunks(pb::ChunkIds { ids: vec![claimed.as_bytes().to_vec()] }).await.expect("missing").into_inner();
-    assert_eq!(missing.ids, vec![claimed.as_bytes().to_vec()], "the refused chunk must not be stored");
+    let missing = api
+        .missing_chunks(pb::ChunkIds {
+            ids: vec![claimed.as_bytes().to_vec()],
+        })
+        .await
+        .expect("missing")
+        .into_inner();
+    assert_eq!(
+        missing.ids,
+        vec![claimed.as_bytes().to_vec()],
+        "the refused chunk must not be stored"
+    );
 
     // A correct chunk is accepted, for contrast.
     let good = b"the bytes the id promises";
     let reply = api
-        .put_chunks(tokio_stream::iter(vec![pb::ChunkBlob { id: claimed.as_bytes().to_vec(), blob: codec::encode_raw(good) }]))
+        .put_chunks(tokio_stream::iter(vec![pb::ChunkBlob {
+            id: claimed.as_bytes().to_vec(),
+            blob: codec::encode_raw(good),
+        }]))
         .await
         .expect("good chunk")
         .into_inner();

@@ -12,7 +12,7 @@ mod records;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{Connection, OptionalExtension, params};
 
 pub use records::{AgentRow, JobRow, SnapshotRow, TokenCheck};
 
@@ -25,12 +25,15 @@ pub struct Catalog {
 impl Catalog {
     /// Opens (creating if needed) the catalog and applies pending migrations.
     pub fn open(path: &Path) -> Result<Catalog, ApiError> {
-        let conn = Connection::open(path).map_err(|e| ApiError::internal(format!("opening catalog {}: {e}", path.display())))?;
+        let conn = Connection::open(path)
+            .map_err(|e| ApiError::internal(format!("opening catalog {}: {e}", path.display())))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        let catalog = Catalog { conn: Mutex::new(conn) };
+        let catalog = Catalog {
+            conn: Mutex::new(conn),
+        };
         catalog.migrate()?;
         Ok(catalog)
     }
@@ -44,7 +47,11 @@ impl Catalog {
                 "catalog schema version {applied} is newer than this controller understands ({known}); run a newer lifeboat-controller"
             )));
         }
-        for (i, sql) in migrations::MIGRATIONS.iter().enumerate().skip(applied as usize) {
+        for (i, sql) in migrations::MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(applied as usize)
+        {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
@@ -63,7 +70,9 @@ impl Catalog {
     /// Counts for status and metrics: agents, snapshots, chunks, stored bytes.
     pub fn totals(&self) -> Result<(u64, u64, u64, u64), ApiError> {
         let conn = self.lock();
-        let one = |sql: &str| -> Result<u64, ApiError> { Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64) };
+        let one = |sql: &str| -> Result<u64, ApiError> {
+            Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+        };
         Ok((
             one("SELECT COUNT(*) FROM agents")?,
             one("SELECT COUNT(*) FROM snapshots")?,
@@ -73,7 +82,13 @@ impl Catalog {
     }
 
     /// Records an operator identity (for audit and later revocation).
-    pub fn add_operator(&self, name: &str, role: &str, serial: &str, now_ms: i64) -> Result<(), ApiError> {
+    pub fn add_operator(
+        &self,
+        name: &str,
+        role: &str,
+        serial: &str,
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
         self.lock().execute(
             "INSERT OR REPLACE INTO operators(name, role, cert_serial, created_ms) VALUES (?1, ?2, ?3, ?4)",
             params![name, role, serial, now_ms],
@@ -82,6 +97,13 @@ impl Catalog {
     }
 
     pub fn operator_serial(&self, name: &str) -> Result<Option<String>, ApiError> {
-        Ok(self.lock().query_row("SELECT cert_serial FROM operators WHERE name = ?1", [name], |r| r.get(0)).optional()?)
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT cert_serial FROM operators WHERE name = ?1",
+                [name],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 }

@@ -2,9 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use lifeboat_core::pack::SealedPack;
 use lifeboat_core::ChunkId;
-use rusqlite::{params, OptionalExtension, Row};
+use lifeboat_core::pack::SealedPack;
+use rusqlite::{OptionalExtension, Row, params};
 
 use super::Catalog;
 use crate::error::ApiError;
@@ -138,7 +138,13 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 impl Catalog {
     // ---- tokens ----
 
-    pub fn insert_token(&self, hash: &str, labels: &BTreeMap<String, String>, now_ms: i64, expires_ms: i64) -> Result<(), ApiError> {
+    pub fn insert_token(
+        &self,
+        hash: &str,
+        labels: &BTreeMap<String, String>,
+        now_ms: i64,
+        expires_ms: i64,
+    ) -> Result<(), ApiError> {
         self.lock().execute(
             "INSERT INTO tokens(hash, labels, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
             params![hash, json(labels), now_ms, expires_ms],
@@ -147,23 +153,39 @@ impl Catalog {
     }
 
     /// Marks a token used, exactly once, if it exists and has not expired.
-    pub fn redeem_token(&self, hash: &str, agent_id: &str, now_ms: i64) -> Result<TokenCheck, ApiError> {
+    pub fn redeem_token(
+        &self,
+        hash: &str,
+        agent_id: &str,
+        now_ms: i64,
+    ) -> Result<TokenCheck, ApiError> {
         let conn = self.lock();
         let row: Option<(String, i64, Option<i64>)> = conn
-            .query_row("SELECT labels, expires_ms, used_ms FROM tokens WHERE hash = ?1", [hash], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .query_row(
+                "SELECT labels, expires_ms, used_ms FROM tokens WHERE hash = ?1",
+                [hash],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()?;
-        let Some((labels, expires_ms, used_ms)) = row else { return Ok(TokenCheck::Unknown) };
+        let Some((labels, expires_ms, used_ms)) = row else {
+            return Ok(TokenCheck::Unknown);
+        };
         if used_ms.is_some() {
             return Ok(TokenCheck::AlreadyUsed);
         }
         if expires_ms <= now_ms {
             return Ok(TokenCheck::Expired);
         }
-        let n = conn.execute("UPDATE tokens SET used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used_ms IS NULL", params![now_ms, agent_id, hash])?;
+        let n = conn.execute(
+            "UPDATE tokens SET used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used_ms IS NULL",
+            params![now_ms, agent_id, hash],
+        )?;
         if n != 1 {
             return Ok(TokenCheck::AlreadyUsed);
         }
-        Ok(TokenCheck::Valid(serde_json::from_str(&labels).unwrap_or_default()))
+        Ok(TokenCheck::Valid(
+            serde_json::from_str(&labels).unwrap_or_default(),
+        ))
     }
 
     // ---- agents ----
@@ -174,33 +196,63 @@ impl Catalog {
             params![a.id, a.name, json(&a.labels), a.hostname, a.signing_key, a.cert_serial, a.enrolled_ms, a.last_seen_ms, json(&a.sources), json(&a.restore_roots), a.version],
         );
         match res {
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                Err(ApiError::AlreadyExists(format!("an agent named {:?} is already enrolled; choose another --name", a.name)))
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Err(ApiError::AlreadyExists(format!(
+                    "an agent named {:?} is already enrolled; choose another --name",
+                    a.name
+                )))
             }
             other => Ok(other.map(|_| ())?),
         }
     }
 
     pub fn agent(&self, id: &str) -> Result<Option<AgentRow>, ApiError> {
-        Ok(self.lock().query_row(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"), [id], AgentRow::from_row).optional()?)
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"),
+                [id],
+                AgentRow::from_row,
+            )
+            .optional()?)
     }
 
     /// Finds an agent by exact name or id.
     pub fn find_agent(&self, name_or_id: &str) -> Result<AgentRow, ApiError> {
         self.lock()
-            .query_row(&format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1 OR id = ?1"), [name_or_id], AgentRow::from_row)
+            .query_row(
+                &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1 OR id = ?1"),
+                [name_or_id],
+                AgentRow::from_row,
+            )
             .optional()?
-            .ok_or_else(|| ApiError::NotFound(format!("no agent named {name_or_id:?}; `lifeboat agents` lists them")))
+            .ok_or_else(|| {
+                ApiError::NotFound(format!(
+                    "no agent named {name_or_id:?}; `lifeboat agents` lists them"
+                ))
+            })
     }
 
     pub fn agents(&self) -> Result<Vec<AgentRow>, ApiError> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?;
-        let rows = st.query_map([], AgentRow::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = st
+            .query_map([], AgentRow::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
-    pub fn update_agent_hello(&self, id: &str, hostname: &str, version: &str, sources: &[(String, String, String)], roots: &[String], now_ms: i64) -> Result<(), ApiError> {
+    pub fn update_agent_hello(
+        &self,
+        id: &str,
+        hostname: &str,
+        version: &str,
+        sources: &[(String, String, String)],
+        roots: &[String],
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
         self.lock().execute(
             "UPDATE agents SET hostname = ?2, version = ?3, sources = ?4, restore_roots = ?5, last_seen_ms = ?6 WHERE id = ?1",
             params![id, hostname, version, json(&sources), json(&roots), now_ms],
@@ -209,7 +261,10 @@ impl Catalog {
     }
 
     pub fn touch_agent(&self, id: &str, now_ms: i64) -> Result<(), ApiError> {
-        self.lock().execute("UPDATE agents SET last_seen_ms = ?2 WHERE id = ?1", params![id, now_ms])?;
+        self.lock().execute(
+            "UPDATE agents SET last_seen_ms = ?2 WHERE id = ?1",
+            params![id, now_ms],
+        )?;
         Ok(())
     }
 
@@ -221,12 +276,24 @@ impl Catalog {
         let tx = conn.transaction()?;
         tx.execute(
             "INSERT OR IGNORE INTO packs(name, size, chunks, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![pack.name, pack.size as i64, pack.entries.len() as i64, now_ms],
+            params![
+                pack.name,
+                pack.size as i64,
+                pack.entries.len() as i64,
+                now_ms
+            ],
         )?;
         {
-            let mut st = tx.prepare("INSERT OR IGNORE INTO chunks(id, pack, offset, length) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut st = tx.prepare(
+                "INSERT OR IGNORE INTO chunks(id, pack, offset, length) VALUES (?1, ?2, ?3, ?4)",
+            )?;
             for e in &pack.entries {
-                st.execute(params![&e.id.as_bytes()[..], pack.name, e.offset as i64, e.length as i64])?;
+                st.execute(params![
+                    &e.id.as_bytes()[..],
+                    pack.name,
+                    e.offset as i64,
+                    e.length as i64
+                ])?;
             }
         }
         tx.commit()?;
@@ -237,9 +304,17 @@ impl Catalog {
     pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<(String, u64, u32)>, ApiError> {
         Ok(self
             .lock()
-            .query_row("SELECT pack, offset, length FROM chunks WHERE id = ?1", [&id.as_bytes()[..]], |r| {
-                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u32))
-            })
+            .query_row(
+                "SELECT pack, offset, length FROM chunks WHERE id = ?1",
+                [&id.as_bytes()[..]],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, i64>(2)? as u32,
+                    ))
+                },
+            )
             .optional()?)
     }
 
@@ -270,32 +345,60 @@ impl Catalog {
     }
 
     /// Snapshots, newest first, optionally of one agent (id) and one source.
-    pub fn snapshots(&self, agent_id: Option<&str>, source: Option<&str>) -> Result<Vec<SnapshotRow>, ApiError> {
+    pub fn snapshots(
+        &self,
+        agent_id: Option<&str>,
+        source: Option<&str>,
+    ) -> Result<Vec<SnapshotRow>, ApiError> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!(
             "SELECT {SNAP_COLS} FROM snapshots WHERE (?1 IS NULL OR agent_id = ?1) AND (?2 IS NULL OR source = ?2) ORDER BY received_ms DESC, id"
         ))?;
-        let rows = st.query_map(params![agent_id, source], SnapshotRow::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let rows = st
+            .query_map(params![agent_id, source], SnapshotRow::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
     /// Resolves a full id or a unique prefix (at least 4 hex characters).
     pub fn find_snapshot(&self, prefix: &str) -> Result<SnapshotRow, ApiError> {
-        if prefix.len() < 4 || prefix.len() > 64 || !prefix.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(ApiError::InvalidArgument(format!("{prefix:?} is not a snapshot id: give at least 4 lowercase hex characters")));
+        if prefix.len() < 4
+            || prefix.len() > 64
+            || !prefix
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(ApiError::InvalidArgument(format!(
+                "{prefix:?} is not a snapshot id: give at least 4 lowercase hex characters"
+            )));
         }
         let conn = self.lock();
-        let mut st = conn.prepare(&format!("SELECT {SNAP_COLS} FROM snapshots WHERE id >= ?1 AND id < ?1 || 'g' LIMIT 2"))?;
-        let rows = st.query_map([prefix], SnapshotRow::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut st = conn.prepare(&format!(
+            "SELECT {SNAP_COLS} FROM snapshots WHERE id >= ?1 AND id < ?1 || 'g' LIMIT 2"
+        ))?;
+        let rows = st
+            .query_map([prefix], SnapshotRow::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         match rows.len() {
-            0 => Err(ApiError::NotFound(format!("no snapshot {prefix}; `lifeboat snapshots` lists them"))),
-            1 => Ok(rows.into_iter().next().ok_or_else(|| ApiError::internal("row vanished"))?),
-            _ => Err(ApiError::InvalidArgument(format!("snapshot prefix {prefix} is ambiguous; give more characters"))),
+            0 => Err(ApiError::NotFound(format!(
+                "no snapshot {prefix}; `lifeboat snapshots` lists them"
+            ))),
+            1 => Ok(rows
+                .into_iter()
+                .next()
+                .ok_or_else(|| ApiError::internal("row vanished"))?),
+            _ => Err(ApiError::InvalidArgument(format!(
+                "snapshot prefix {prefix} is ambiguous; give more characters"
+            ))),
         }
     }
 
     /// The newest snapshot of an agent's source, if any.
-    pub fn latest_snapshot(&self, agent_id: &str, source: &str) -> Result<Option<SnapshotRow>, ApiError> {
+    pub fn latest_snapshot(
+        &self,
+        agent_id: &str,
+        source: &str,
+    ) -> Result<Option<SnapshotRow>, ApiError> {
         Ok(self
             .lock()
             .query_row(
@@ -308,7 +411,8 @@ impl Catalog {
 
     /// Replaces the store index (packs, chunks, snapshots) during `rebuild-catalog`.
     pub fn clear_store_index(&self) -> Result<(), ApiError> {
-        self.lock().execute_batch("DELETE FROM chunks; DELETE FROM packs; DELETE FROM snapshots;")?;
+        self.lock()
+            .execute_batch("DELETE FROM chunks; DELETE FROM packs; DELETE FROM snapshots;")?;
         Ok(())
     }
 
@@ -323,20 +427,35 @@ impl Catalog {
     }
 
     pub fn job(&self, id: &str) -> Result<Option<JobRow>, ApiError> {
-        Ok(self.lock().query_row(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"), [id], JobRow::from_row).optional()?)
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),
+                [id],
+                JobRow::from_row,
+            )
+            .optional()?)
     }
 
     pub fn jobs(&self, limit: u32) -> Result<Vec<JobRow>, ApiError> {
         let conn = self.lock();
-        let mut st = conn.prepare(&format!("SELECT {JOB_COLS} FROM jobs ORDER BY created_ms DESC, id LIMIT ?1"))?;
-        let rows = st.query_map([limit], JobRow::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut st = conn.prepare(&format!(
+            "SELECT {JOB_COLS} FROM jobs ORDER BY created_ms DESC, id LIMIT ?1"
+        ))?;
+        let rows = st
+            .query_map([limit], JobRow::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
     pub fn jobs_in_state(&self, agent_id: &str, state: i32) -> Result<Vec<JobRow>, ApiError> {
         let conn = self.lock();
-        let mut st = conn.prepare(&format!("SELECT {JOB_COLS} FROM jobs WHERE agent_id = ?1 AND state = ?2 ORDER BY created_ms, id"))?;
-        let rows = st.query_map(params![agent_id, state], JobRow::from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        let mut st = conn.prepare(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE agent_id = ?1 AND state = ?2 ORDER BY created_ms, id"
+        ))?;
+        let rows = st
+            .query_map(params![agent_id, state], JobRow::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
 
@@ -349,7 +468,13 @@ impl Catalog {
     }
 
     /// Marks every job in `from` state as `to` with `reason` (start-up recovery).
-    pub fn move_jobs(&self, from: i32, to: i32, reason: &str, now_ms: i64) -> Result<usize, ApiError> {
+    pub fn move_jobs(
+        &self,
+        from: i32,
+        to: i32,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<usize, ApiError> {
         Ok(self.lock().execute(
             "UPDATE jobs SET state = ?2, error = ?3, finished_ms = ?4 WHERE state = ?1",
             params![from, to, reason, now_ms],
