@@ -306,10 +306,14 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
     Ok(0)
 }
 
+/// 0 for a job that succeeded (or is still going), 2 for one that failed or was
+/// interrupted, with its reason on stderr.
 fn exit_code(j: &pb::JobInfo) -> i32 {
     match JobState::try_from(j.state) {
-        Ok(JobState::Succeeded) => 0,
-        Ok(JobState::Failed) | Ok(JobState::Interrupted) => 2,
+        Ok(JobState::Failed) | Ok(JobState::Interrupted) => {
+            eprintln!("lifeboat: job {} {}: {}", j.id, state_name(j.state), j.error);
+            2
+        }
         _ => 0,
     }
 }
@@ -331,10 +335,7 @@ async fn finish_start(api: &mut Api, j: pb::JobInfo, wait: bool, json: bool) -> 
     }
     let done = watch(api, &j.id).await?;
     print_job(&done, json);
-    match JobState::try_from(done.state) {
-        Ok(JobState::Succeeded) => Ok(0),
-        _ => Ok(2),
-    }
+    Ok(exit_code(&done))
 }
 
 fn print_job(j: &pb::JobInfo, json: bool) {
