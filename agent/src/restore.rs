@@ -10,29 +10,89 @@ use lifeboat_core::snapshot::Record;
 use lifeboat_core::tree::{Kind, Tree};
 use lifeboat_core::{ChunkId, codec};
 use lifeboat_proto::pb;
+use tokio::sync::mpsc;
 
 use crate::backup::Counters;
 use crate::client::{self, Client};
 use crate::state::AgentState;
 use crate::{AgentError, absolute_clean};
 
-/// Fetches chunks over gRPC from a blocking thread, under the job's grant.
-struct GrpcSource {
-    client: Client,
-    job_id: String,
-    rt: tokio::runtime::Handle,
+/// Chunks fetched ahead of the writer, in the order the restore will ask for them.
+const PREFETCH_QUEUE: usize = 32;
+const PREFETCH_BATCH: usize = 64;
+
+/// Streams every file chunk of the tree, in tree order, ahead of the restore (which runs
+/// on a blocking thread). The restore asks for a subsequence of that order: when it gives
+/// up on a file, the chunks it skips are simply passed over.
+struct Prefetched {
+    rx: mpsc::Receiver<Result<(ChunkId, Vec<u8>), String>>,
 }
 
-impl ChunkSource for GrpcSource {
+impl Prefetched {
+    fn start(client: Client, job_id: String, order: Vec<ChunkId>) -> Prefetched {
+        let (tx, rx) = mpsc::channel(PREFETCH_QUEUE);
+        tokio::spawn(async move {
+            let mut client = client;
+            for batch in order.chunks(PREFETCH_BATCH) {
+                let res = client
+                    .get_chunks(pb::GetChunksRequest {
+                        job_id: job_id.clone(),
+                        ids: batch.iter().map(|i| i.as_bytes().to_vec()).collect(),
+                    })
+                    .await;
+                let mut stream = match res {
+                    Ok(s) => s.into_inner(),
+                    Err(e) => {
+                        let _ = tx.send(Err(e.message().to_string())).await;
+                        return;
+                    }
+                };
+                loop {
+                    match stream.message().await {
+                        Ok(Some(msg)) => {
+                            let item = ChunkId::from_slice(&msg.id)
+                                .map(|id| (id, msg.blob))
+                                .map_err(|e| e.to_string());
+                            if tx.send(item).await.is_err() {
+                                return; // the restore ended
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = tx.send(Err(e.message().to_string())).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Prefetched { rx }
+    }
+}
+
+impl ChunkSource for Prefetched {
     fn fetch(&mut self, ids: &[ChunkId]) -> lifeboat_core::Result<Vec<Vec<u8>>> {
-        self.rt
-            .block_on(client::get(&mut self.client, &self.job_id, ids))
-            .map_err(|e| {
-                lifeboat_core::Error::io(
-                    "fetching chunks from the controller",
-                    std::io::Error::other(e.to_string()),
-                )
-            })
+        let fail = |why: String| {
+            lifeboat_core::Error::io(
+                "fetching chunks from the controller",
+                std::io::Error::other(why),
+            )
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            loop {
+                match self.rx.blocking_recv() {
+                    Some(Ok((got, blob))) if got == *id => {
+                        out.push(blob);
+                        break;
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(why)) => return Err(fail(why)),
+                    None => return Err(fail(format!("the chunk stream ended before chunk {id}"))),
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -113,11 +173,13 @@ pub async fn run_restore(
         .store(files.map(|e| e.size).sum(), Ordering::Relaxed);
     counters.set_phase("restoring");
 
-    let mut source = GrpcSource {
-        client,
-        job_id: job_id.to_string(),
-        rt: tokio::runtime::Handle::current(),
-    };
+    let order: Vec<ChunkId> = tree
+        .entries
+        .iter()
+        .filter(|e| e.kind == Kind::File)
+        .flat_map(|e| e.chunks.iter().copied())
+        .collect();
+    let mut source = Prefetched::start(client, job_id.to_string(), order);
     let key = state.chunk_key.clone();
     let progress = counters.clone();
     let report = tokio::task::spawn_blocking(move || -> Result<Report, AgentError> {

@@ -311,7 +311,12 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
 fn exit_code(j: &pb::JobInfo) -> i32 {
     match JobState::try_from(j.state) {
         Ok(JobState::Failed) | Ok(JobState::Interrupted) => {
-            eprintln!("lifeboat: job {} {}: {}", j.id, state_name(j.state), j.error);
+            eprintln!(
+                "lifeboat: job {} {}: {}",
+                j.id,
+                state_name(j.state),
+                j.error
+            );
             2
         }
         _ => 0,

@@ -1,0 +1,354 @@
+#!/usr/bin/env python3
+"""Lifeboat vs restic vs borg on the shared deterministic dataset.
+
+For each tool and each run: a fresh repository; first backup of day1; the source turned
+into day2 in place (rsync, as a real machine changes); backup of day2; restore of day2
+into RAM (/dev/shm) and to disk (final sync timed apart); store size. Every restore is
+checked against day2 once. Wall time, CPU time (all of the tool's processes) and peak RSS
+are recorded; the median and min-max of the runs are written to BENCHMARKS.md.
+
+Lifeboat runs as it does in production: a controller and an agent (release builds) on
+this machine, talking over the real mTLS gRPC path, store on local disk.
+
+    python3 bench/run.py --scale 1.0 --runs 3 --work /var/tmp/lifeboat-bench
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+GEN = REPO.parent / "shared" / "bench" / "gen_dataset.py"
+BIN = REPO / "target" / "release"
+PASSWORD = "bench-password"
+
+
+def sh(*args, **kw):
+    return subprocess.run([str(a) for a in args], check=True, **kw)
+
+
+def du(path):
+    return int(subprocess.run(["du", "-sb", str(path)], check=True, capture_output=True, text=True).stdout.split()[0])
+
+
+def proc_cpu(pid):
+    """utime + stime of a process in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick
+
+
+def proc_hwm(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def timed(cmd, cwd=None, env=None):
+    """Runs cmd under GNU time: (wall s, cpu s, peak rss bytes)."""
+    out = subprocess.run(["/usr/bin/time", "-f", "%e %U %S %M", *map(str, cmd)], cwd=cwd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"command failed: {cmd}\n{out.stdout}\n{out.stderr}")
+    wall, user, system, rss_kb = out.stderr.strip().splitlines()[-1].split()
+    return float(wall), float(user) + float(system), int(rss_kb) * 1024
+
+
+def sync_timed():
+    t = time.monotonic()
+    os.sync()
+    return time.monotonic() - t
+
+
+def fresh_source(data, src):
+    if src.exists():
+        shutil.rmtree(src)
+    sh("rsync", "-a", f"{data}/day1/", f"{src}/")
+    os.sync()
+
+
+def to_day2(data, src):
+    sh("rsync", "-a", "--delete", f"{data}/day2/", f"{src}/")
+    os.sync()
+
+
+def same_tree(a, b):
+    """True when b holds the same files with the same content as a."""
+    out = subprocess.run(["diff", "-rq", "--no-dereference", str(a), str(b)], capture_output=True, text=True)
+    return out.returncode == 0
+
+
+def clean(path):
+    if Path(path).exists():
+        shutil.rmtree(path)
+
+
+# --------------------------------------------------------------------------- tools
+class Restic:
+    name = "restic"
+
+    def __init__(self, work):
+        self.repo = work / "restic-repo"
+        self.env = {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(work / "restic-cache")}
+
+    def version(self):
+        return subprocess.run(["restic", "version"], capture_output=True, text=True).stdout.strip()
+
+    def init(self):
+        clean(self.repo)
+        clean(Path(self.env["RESTIC_CACHE_DIR"]))
+        sh("restic", "init", "--repo", self.repo, env=self.env, capture_output=True)
+
+    def backup(self, src, tag):
+        return timed(["restic", "--repo", self.repo, "backup", "--quiet", "--tag", tag, src], env=self.env)
+
+    def restore(self, target):
+        return timed(["restic", "--repo", self.repo, "restore", "latest", "--tag", "day2", "--target", target], env=self.env)
+
+    def restored_root(self, target, src):
+        return Path(target) / str(src).lstrip("/")
+
+    def store_bytes(self):
+        return du(self.repo)
+
+    def stop(self):
+        pass
+
+
+class Borg:
+    name = "borg"
+
+    def __init__(self, work):
+        self.repo = work / "borg-repo"
+        self.env = {**os.environ, "BORG_PASSPHRASE": PASSWORD, "BORG_BASE_DIR": str(work / "borg-base"), "BORG_UNKNOWN_UNENCRYPTED_REPO_ACCESS_IS_OK": "yes"}
+
+    def version(self):
+        return subprocess.run(["borg", "--version"], capture_output=True, text=True).stdout.strip()
+
+    def init(self):
+        clean(self.repo)
+        clean(Path(self.env["BORG_BASE_DIR"]))
+        sh("borg", "init", "--encryption", "none", self.repo, env=self.env, capture_output=True)
+
+    def backup(self, src, tag):
+        return timed(["borg", "create", "--compression", "zstd,3", f"{self.repo}::{tag}", "."], cwd=src, env=self.env)
+
+    def restore(self, target):
+        Path(target).mkdir(parents=True, exist_ok=True)
+        return timed(["borg", "extract", f"{self.repo}::day2"], cwd=target, env=self.env)
+
+    def restored_root(self, target, src):
+        return Path(target)
+
+    def store_bytes(self):
+        return du(self.repo)
+
+    def stop(self):
+        pass
+
+
+class Lifeboat:
+    """A real controller and agent (release builds) on loopback, driven by the CLI."""
+    name = "lifeboat"
+
+    def __init__(self, work, src):
+        self.work = work
+        self.src = src
+        self.dir = work / "lifeboat"
+        self.controller = None
+        self.agent = None
+
+    def version(self):
+        return subprocess.run([BIN / "lifeboat", "--version"], capture_output=True, text=True).stdout.strip()
+
+    def cli(self, *args):
+        env = {**os.environ, "LIFEBOAT_IDENTITY": str(self.dir / "ctl" / "admin.identity"), "LIFEBOAT_CONTROLLER": self.url}
+        out = subprocess.run([BIN / "lifeboat", *map(str, args)], env=env, capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"lifeboat {args} failed: {out.stderr}")
+        return out.stdout
+
+    def init(self):
+        self.stop()
+        clean(self.dir)
+        self.dir.mkdir(parents=True)
+        log = open(self.dir / "controller.log", "w")
+        self.controller = subprocess.Popen([BIN / "lifeboat-controller", "serve", "--listen", "127.0.0.1:0", "--data-dir", self.dir / "ctl"], stdout=subprocess.PIPE, stderr=log, text=True)
+        self.url, fingerprint = None, None
+        while self.url is None or fingerprint is None:
+            line = self.controller.stdout.readline()
+            if not line:
+                sys.exit("controller did not start; see " + str(self.dir / "controller.log"))
+            if line.startswith("lifeboat-controller listening on "):
+                self.url = line.split()[-1]
+            if line.startswith("CA fingerprint: "):
+                fingerprint = line.split()[-1]
+        token = json.loads(self.cli("token", "create", "--json"))["token"]
+        sh(BIN / "lifeboat-agent", "enroll", "--controller", self.url, "--token", token, "--ca-fingerprint", fingerprint, "--name", "bench", "--state-dir", self.dir / "agent", capture_output=True)
+        self.restore_roots = [self.work / "restores", Path("/dev/shm/lifeboat-bench")]
+        alog = open(self.dir / "agent.log", "w")
+        self.agent = subprocess.Popen([BIN / "lifeboat-agent", "run", "--state-dir", self.dir / "agent", "--source", f"data={self.src}",
+                                       *sum((["--restore-root", r] for r in self.restore_roots), [])], stdout=subprocess.DEVNULL, stderr=alog)
+        deadline = time.monotonic() + 30
+        while not any(a["connected"] for a in json.loads(self.cli("agents", "--json"))):
+            if time.monotonic() > deadline:
+                sys.exit("agent did not connect")
+            time.sleep(0.05)
+
+    def _job(self, *args):
+        pids = [self.controller.pid, self.agent.pid]
+        cpu0 = sum(proc_cpu(p) for p in pids)
+        t = time.monotonic()
+        job = json.loads(self.cli(*args, "--wait", "--json"))
+        wall = time.monotonic() - t
+        cpu = sum(proc_cpu(p) for p in pids) - cpu0
+        if job["state"] != "succeeded":
+            sys.exit(f"lifeboat job failed: {job}")
+        return wall, cpu, proc_hwm(self.agent.pid), job
+
+    def backup(self, src, tag):
+        wall, cpu, rss, job = self._job("backup", "bench")
+        self.last_snapshot = job["snapshot_ids"][0]
+        return wall, cpu, rss
+
+    def restore(self, target):
+        wall, cpu, rss, _ = self._job("restore", self.last_snapshot, "--agent", "bench", "--to", target)
+        return wall, cpu, rss
+
+    def restored_root(self, target, src):
+        return Path(target)
+
+    def store_bytes(self):
+        return du(self.dir / "ctl" / "store")
+
+    def stop(self):
+        for p in (self.agent, self.controller):
+            if p and p.poll() is None:
+                p.terminate()
+                p.wait()
+        self.agent = self.controller = None
+
+
+# --------------------------------------------------------------------------- runs
+def one_run(tool, data, work, src, check):
+    r = {}
+    fresh_source(data, src)
+    tool.init()
+    r["backup1"] = tool.backup(src, "day1")
+    to_day2(data, src)
+    r["backup2"] = tool.backup(src, "day2")
+    shm = Path("/dev/shm/lifeboat-bench") / f"{tool.name}-ram"
+    clean(shm)
+    shm.parent.mkdir(parents=True, exist_ok=True)
+    r["restore_ram"] = tool.restore(shm)
+    if check:
+        assert same_tree(src, tool.restored_root(shm, src)), f"{tool.name}: RAM restore differs from day2"
+    clean(shm)
+    disk = work / "restores" / f"{tool.name}-disk"
+    clean(disk)
+    disk.parent.mkdir(parents=True, exist_ok=True)
+    os.sync()
+    wall, cpu, rss = tool.restore(disk)
+    r["restore_disk"] = (wall, cpu, rss)
+    r["restore_disk_sync"] = sync_timed()
+    if check:
+        assert same_tree(src, tool.restored_root(disk, src)), f"{tool.name}: disk restore differs from day2"
+    clean(disk)
+    r["store"] = tool.store_bytes()
+    tool.stop()
+    return r
+
+
+def med(xs):
+    return statistics.median(xs), min(xs), max(xs)
+
+
+def fmt(m, unit="", scale=1.0, digits=1):
+    md, lo, hi = (x * scale for x in m)
+    return f"{md:.{digits}f}{unit} ({lo:.{digits}f}–{hi:.{digits}f})"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scale", type=float, default=1.0)
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=Path("/var/tmp/lifeboat-bench"))
+    ap.add_argument("--tools", default="lifeboat,restic,borg")
+    ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    args = ap.parse_args()
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    data = work / f"data-{args.seed}-{args.scale}"
+    if not (data / "manifest.json").exists():
+        clean(data)
+        sh(sys.executable, GEN, "--out", data, "--seed", args.seed, "--scale", args.scale)
+    manifest = json.loads((data / "manifest.json").read_text())
+    src = work / "src"
+    tools = {"lifeboat": lambda: Lifeboat(work, src), "restic": lambda: Restic(work), "borg": lambda: Borg(work)}
+    chosen = [tools[t]() for t in args.tools.split(",")]
+    results = {t.name: [] for t in chosen}
+    versions = {t.name: t.version() for t in chosen}
+    for i in range(args.runs):
+        for t in chosen:
+            print(f"run {i + 1}/{args.runs}: {t.name}", flush=True)
+            results[t.name].append(one_run(t, data, work, src, check=(i == 0)))
+            print(f"  {results[t.name][-1]}", flush=True)
+    (work / "results.json").write_text(json.dumps({"results": results, "versions": versions, "manifest": manifest}, indent=1))
+    write_report(args, manifest, results, versions)
+
+
+def write_report(args, manifest, results, versions):
+    day1 = manifest.get("day1", {}).get("bytes") or du_bytes_from(manifest, "day1")
+    day2 = manifest.get("day2", {}).get("bytes") or du_bytes_from(manifest, "day2")
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    lines = [
+        "# Benchmarks",
+        "",
+        "Lifeboat, restic and borg through the same steps on the same data, in the same run.",
+        "",
+        f"- Command: `python3 bench/run.py --scale {args.scale} --seed {args.seed} --runs {args.runs}` (after `cargo build --release`)",
+        f"- Machine: {os.cpu_count()} cores, {mem / 2**30:.0f} GiB RAM, {platform.system()} {platform.release()}; store and sources on the local disk",
+        f"- Data: `../shared/bench/gen_dataset.py` seed {args.seed}, scale {args.scale}: day1 {day1 / 1e9:.2f} GB, day2 {day2 / 1e9:.2f} GB",
+        f"- Versions: " + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in versions.items()),
+        "- Settings: Lifeboat zstd level 3 (raw when compression does not pay), no encryption at rest yet; restic 0.14 defaults"
+        " (repository v2, zstd auto, AES-256 encryption); borg `--encryption none --compression zstd,3`.",
+        "- Lifeboat runs as a controller and an agent over the real mTLS gRPC path; its CPU time is both processes',"
+        " its RSS the agent's peak.",
+        f"- Figures: median of {args.runs} runs, (min–max). MB = 10^6 bytes. Restores are checked against day2 in the first run.",
+        "",
+        "| tool | first backup | MB/s | CPU s | peak RSS | day-2 backup | restore to RAM | MB/s | restore to disk (+ sync) | store after day1+day2 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in results.items():
+        b1 = med([r["backup1"][0] for r in runs])
+        b1cpu = med([r["backup1"][1] for r in runs])
+        b1rss = med([r["backup1"][2] for r in runs])
+        b2 = med([r["backup2"][0] for r in runs])
+        rr = med([r["restore_ram"][0] for r in runs])
+        rd = med([r["restore_disk"][0] for r in runs])
+        rs = med([r["restore_disk_sync"] for r in runs])
+        st = med([r["store"] for r in runs])
+        lines.append(
+            f"| {name} | {fmt(b1, ' s')} | {day1 / 1e6 / b1[0]:.0f} | {fmt(b1cpu, '')} | {fmt(b1rss, ' MiB', 1 / 2**20, 0)} | {fmt(b2, ' s', digits=2)} "
+            f"| {fmt(rr, ' s')} | {day2 / 1e6 / rr[0]:.0f} | {fmt(rd, ' s')} + {rs[0]:.1f} s | {fmt(st, ' MB', 1e-6, 0)} |"
+        )
+    lines += ["", "Raw per-run figures: `results.json` in the work directory."]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def du_bytes_from(manifest, day):
+    return manifest[day]["bytes"] if day in manifest else 0
+
+
+if __name__ == "__main__":
+    main()
