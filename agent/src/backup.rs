@@ -202,6 +202,7 @@ impl Pipeline {
     fn chunk_stream(
         &self,
         src: impl std::io::Read,
+        buf: &mut Vec<u8>,
         enc: &mut Encoder,
         batch: &mut Vec<(ChunkId, Vec<u8>)>,
         batch_bytes: &mut usize,
@@ -209,7 +210,7 @@ impl Pipeline {
         let mut hasher = blake3::Hasher::new_keyed(self.key.as_bytes());
         let mut ids = Vec::new();
         let mut size = 0u64;
-        for chunk in Chunker::new(src) {
+        for chunk in Chunker::with_buffer(src, buf) {
             let data = chunk?;
             let id = self.key.id_of(&data);
             hasher.update(&data);
@@ -236,6 +237,7 @@ impl Pipeline {
         queue: &Mutex<std::vec::IntoIter<(usize, std::path::PathBuf)>>,
     ) -> Result<Vec<FileOutcome>, AgentError> {
         let mut enc = Encoder::new(self.level)?;
+        let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
         let mut out = Vec::new();
@@ -243,22 +245,24 @@ impl Pipeline {
             let next = queue.lock().ok().and_then(|mut q| q.next());
             let Some((index, path)) = next else { break };
             let outcome = match std::fs::File::open(&path) {
-                Ok(f) => match self.chunk_stream(f, &mut enc, &mut batch, &mut batch_bytes) {
-                    Ok((chunks, hash, size)) => {
-                        Counters::add(&self.counters.bytes_read, size);
-                        FileOutcome::Read {
-                            index,
-                            chunks,
-                            hash,
-                            size,
+                Ok(f) => {
+                    match self.chunk_stream(f, &mut buf, &mut enc, &mut batch, &mut batch_bytes) {
+                        Ok((chunks, hash, size)) => {
+                            Counters::add(&self.counters.bytes_read, size);
+                            FileOutcome::Read {
+                                index,
+                                chunks,
+                                hash,
+                                size,
+                            }
                         }
+                        Err(AgentError::Core(e)) if e.retryable() => FileOutcome::Skipped {
+                            index,
+                            why: format!("{}: {e}", path.display()),
+                        },
+                        Err(e) => return Err(e),
                     }
-                    Err(AgentError::Core(e)) if e.retryable() => FileOutcome::Skipped {
-                        index,
-                        why: format!("{}: {e}", path.display()),
-                    },
-                    Err(e) => return Err(e),
-                },
+                }
                 Err(e) => FileOutcome::Skipped {
                     index,
                     why: format!("{}: {e}", path.display()),
@@ -417,7 +421,8 @@ pub async fn backup_source(
     let tree_chunks = tokio::task::spawn_blocking(move || -> Result<Vec<ChunkId>, AgentError> {
         let mut enc = Encoder::new(p.level)?;
         let (mut batch, mut n) = (Vec::new(), 0usize);
-        let (ids, _, _) = p.chunk_stream(&tb[..], &mut enc, &mut batch, &mut n)?;
+        let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
+        let (ids, _, _) = p.chunk_stream(&tb[..], &mut buf, &mut enc, &mut batch, &mut n)?;
         p.flush(&mut enc, &mut batch)?;
         Ok(ids)
     })

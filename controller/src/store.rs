@@ -94,7 +94,7 @@ impl Store {
     /// Verifies an uploaded blob against its id (decoding it with the bomb-safe codec) and
     /// appends it to the open pack. Blocking: call from a blocking thread.
     pub fn put(&self, id: ChunkId, blob: &[u8]) -> Result<Put, ApiError> {
-        codec::decode_verified(&self.key, &id, blob).map_err(|e| match e {
+        codec::verify(&self.key, &id, blob).map_err(|e| match e {
             lifeboat_core::Error::ChunkMismatch { id } => ApiError::InvalidArgument(format!(
                 "chunk {id} does not match its content; upload refused"
             )),

@@ -10,7 +10,7 @@
 
 use std::io::Read;
 
-use fastcdc::v2020::{Normalization, StreamCDC};
+use fastcdc::v2020::{Normalization, cut, select_masks};
 
 use crate::{Error, Result};
 
@@ -20,36 +20,90 @@ pub const MIN_SIZE: usize = 256 * 1024;
 pub const AVG_SIZE: usize = 1024 * 1024;
 /// Largest chunk; also the bound the codec enforces when decoding.
 pub const MAX_SIZE: usize = 4 * 1024 * 1024;
+/// Read buffer: several maximum chunks, so the unread tail is moved to the front only
+/// about once per three chunks instead of after every chunk.
+pub const BUFFER_LEN: usize = 4 * MAX_SIZE;
 
-/// Iterates over the chunks of a byte stream. Holds at most `MAX_SIZE` bytes of buffer.
-pub struct Chunker<R: Read> {
-    inner: StreamCDC<R>,
+/// Iterates over the chunks of a byte stream. Holds [`BUFFER_LEN`] bytes of buffer, which
+/// a caller chunking many files can pass in and reuse ([`Chunker::with_buffer`]).
+pub struct Chunker<R: Read, B: AsMut<[u8]> = Vec<u8>> {
+    source: R,
+    buf: B,
+    start: usize,
+    end: usize,
+    eof: bool,
+    mask_s: u64,
+    mask_l: u64,
 }
 
 impl<R: Read> Chunker<R> {
     pub fn new(source: R) -> Self {
-        Chunker {
-            inner: StreamCDC::with_level(
-                source,
-                MIN_SIZE,
-                AVG_SIZE,
-                MAX_SIZE,
-                Normalization::Level1,
-            ),
-        }
+        Self::with_buffer(source, vec![0u8; BUFFER_LEN])
     }
 }
 
-impl<R: Read> Iterator for Chunker<R> {
+impl<R: Read, B: AsMut<[u8]>> Chunker<R, B> {
+    /// Chunks `source` using `buf` (at least [`BUFFER_LEN`] bytes) as the read buffer.
+    pub fn with_buffer(source: R, buf: B) -> Self {
+        let (mask_s, mask_l) = select_masks(AVG_SIZE, Normalization::Level1);
+        Chunker {
+            source,
+            buf,
+            start: 0,
+            end: 0,
+            eof: false,
+            mask_s,
+            mask_l,
+        }
+    }
+
+    /// Makes sure at least `MAX_SIZE` bytes are buffered, or all that is left.
+    fn fill(&mut self) -> std::io::Result<()> {
+        let buf = self.buf.as_mut();
+        debug_assert!(buf.len() >= BUFFER_LEN);
+        if buf.len() - self.end < MAX_SIZE {
+            buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        while !self.eof && self.end - self.start < MAX_SIZE {
+            match self.source.read(&mut buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl<R: Read, B: AsMut<[u8]>> Iterator for Chunker<R, B> {
     type Item = Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.inner.next().map(|r| {
-            r.map(|c| c.data).map_err(|e| match e {
-                fastcdc::v2020::Error::IoError(io) => Error::io("reading for chunking", io),
-                other => Error::io("chunking", std::io::Error::other(other.to_string())),
-            })
-        })
+        if !self.eof && self.end - self.start < MAX_SIZE {
+            if let Err(e) = self.fill() {
+                return Some(Err(Error::io("reading for chunking", e)));
+            }
+        }
+        if self.start == self.end {
+            return None;
+        }
+        let window = &self.buf.as_mut()[self.start..self.end];
+        let (_, len) = cut(
+            window,
+            MIN_SIZE,
+            AVG_SIZE,
+            MAX_SIZE,
+            self.mask_s,
+            self.mask_l,
+            self.mask_s << 1,
+            self.mask_l << 1,
+        );
+        let chunk = window[..len].to_vec();
+        self.start += len;
+        Some(Ok(chunk))
     }
 }
 
@@ -118,6 +172,32 @@ mod tests {
         let (a, b) = (ids(&base), ids(&shifted));
         let new = b.difference(&a).count();
         assert!(new <= 2, "{new} new chunks after one insertion");
+    }
+
+    /// A reader that returns at most a few bytes per call, to exercise refills.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.len().min(buf.len()).min(self.1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn short_reads_and_a_reused_buffer_give_the_same_boundaries() {
+        let data = noise(8 << 20, 42);
+        let mut buf = vec![0u8; BUFFER_LEN];
+        let got: Vec<usize> = Chunker::with_buffer(Trickle(&data, 100_003), &mut buf)
+            .map(|c| c.expect("chunk").len())
+            .collect();
+        assert_eq!(got, GOLDEN);
+        let again: Vec<usize> = Chunker::with_buffer(&data[..], &mut buf)
+            .map(|c| c.expect("chunk").len())
+            .collect();
+        assert_eq!(again, GOLDEN);
     }
 
     proptest! {

@@ -28,11 +28,15 @@ pub const DEFAULT_LEVEL: i32 = 3;
 /// Bytes sampled to decide whether a chunk is worth compressing.
 const PROBE_LEN: usize = 64 * 1024;
 
-/// Encodes chunks; keeps a zstd context to reuse between chunks (one per thread).
+/// Encodes chunks; keeps zstd contexts and output buffers to reuse between chunks (one
+/// encoder per thread).
 pub struct Encoder {
     level: i32,
     compressor: zstd::bulk::Compressor<'static>,
     probe: zstd::bulk::Compressor<'static>,
+    /// Reused outputs; never zero-filled, zstd writes into their spare capacity.
+    scratch: Vec<u8>,
+    probe_out: Vec<u8>,
 }
 
 impl Encoder {
@@ -44,6 +48,8 @@ impl Encoder {
             level,
             compressor: mk(level)?,
             probe: mk(1)?,
+            scratch: Vec::new(),
+            probe_out: Vec::with_capacity(zstd::zstd_safe::compress_bound(PROBE_LEN)),
         })
     }
 
@@ -60,26 +66,29 @@ impl Encoder {
         let worth_trying = self.level > 0 && {
             if data.len() > 2 * PROBE_LEN {
                 let mid = data.len() / 2 - PROBE_LEN / 2;
-                let sample = &data[mid..mid + PROBE_LEN];
+                self.probe_out.clear();
                 let packed = self
                     .probe
-                    .compress(sample)
+                    .compress_to_buffer(&data[mid..mid + PROBE_LEN], &mut self.probe_out)
                     .map_err(|e| Error::io("zstd probe", e))?;
-                packed.len() < PROBE_LEN - PROBE_LEN / 16
+                packed < PROBE_LEN - PROBE_LEN / 16
             } else {
                 true
             }
         };
         if worth_trying {
-            let mut out = vec![0u8; HEADER_LEN + zstd::zstd_safe::compress_bound(data.len())];
-            out[..HEADER_LEN].copy_from_slice(&header(FLAG_ZSTD, data.len()));
+            self.scratch.clear();
+            self.scratch
+                .reserve(zstd::zstd_safe::compress_bound(data.len()));
             let n = self
                 .compressor
-                .compress_to_buffer(data, &mut out[HEADER_LEN..])
+                .compress_to_buffer(data, &mut self.scratch)
                 .map_err(|e| Error::io("zstd compress", e))?;
-            out.truncate(HEADER_LEN + n);
             // Keep the compressed form only when it saves at least 1/32 of the size.
-            if out.len() - HEADER_LEN < data.len() - data.len() / 32 {
+            if n < data.len() - data.len() / 32 {
+                let mut out = Vec::with_capacity(HEADER_LEN + n);
+                out.extend_from_slice(&header(FLAG_ZSTD, data.len()));
+                out.extend_from_slice(&self.scratch[..n]);
                 return Ok(out);
             }
         }
@@ -166,6 +175,26 @@ pub fn decode(blob: &[u8]) -> Result<Vec<u8>> {
         )));
     }
     Ok(out)
+}
+
+/// Checks that a blob decodes to a chunk with `id`, without keeping the plaintext (raw
+/// payloads are hashed in place).
+pub fn verify(key: &crate::ChunkKey, id: &crate::ChunkId, blob: &[u8]) -> Result<()> {
+    let raw_len = declared_len(blob)?;
+    if blob[5] & FLAG_ZSTD == 0 {
+        let payload = &blob[HEADER_LEN..];
+        if payload.len() != raw_len {
+            return Err(Error::CorruptBlob(format!(
+                "chunk {id}: raw payload is {} bytes, header says {raw_len}",
+                payload.len()
+            )));
+        }
+        if key.id_of(payload) != *id {
+            return Err(Error::ChunkMismatch { id: id.to_hex() });
+        }
+        return Ok(());
+    }
+    decode_verified(key, id, blob).map(drop)
 }
 
 /// Decodes a blob and checks that its plaintext hashes to `id` under `key`.

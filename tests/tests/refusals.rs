@@ -184,11 +184,16 @@ async fn a_client_without_a_certificate_is_refused_at_the_handshake() {
         err.to_string().contains("CertificateRequired"),
         "unexpected refusal: {err}"
     );
-    let log = fleet.controller_log();
-    assert!(
-        log.contains("tls handshake refused"),
-        "controller did not log the refusal:\n{log}"
-    );
+    // The controller logs the refusal right after sending the alert; wait for the line.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !fleet.controller_log().contains("tls handshake refused") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "controller did not log the refusal:\n{}",
+            fleet.controller_log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     // The enrollment name accepts no certificate, but serves nothing except enrollment.
     let mut cfg = rustls::ClientConfig::builder()
