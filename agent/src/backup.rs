@@ -5,7 +5,7 @@
 //! files, cuts them with FastCDC, names each chunk (keyed BLAKE3) and hashes the whole
 //! content; chunks the backup has not seen yet are batched (at most [`BATCH_BYTES`]),
 //! the controller is asked which of them it lacks, and only those are compressed and
-//! sent into one bounded upload stream. Memory is bounded by the workers' batches and the
+//! sent into the worker's own bounded upload stream. Memory is bounded by the workers' batches and the
 //! stream's capacity, never by the size of the source. Files whose size, mtime, ctime and
 //! inode match the previous snapshot of the source are not read at all.
 
@@ -155,17 +155,51 @@ struct Pipeline {
     level: i32,
     seen: Mutex<HashSet<ChunkId>>,
     counters: Arc<Counters>,
-    upload: mpsc::Sender<pb::ChunkBlob>,
     client: Client,
     rt: tokio::runtime::Handle,
 }
 
+/// One upload stream to the controller. Each worker has its own, so the controller
+/// verifies the workers' chunks in parallel.
+struct Upload {
+    tx: mpsc::Sender<pb::ChunkBlob>,
+    task: tokio::task::JoinHandle<Result<tonic::Response<pb::PutChunksReply>, tonic::Status>>,
+}
+
+impl Upload {
+    fn send(&self, blob: pb::ChunkBlob) -> Result<(), AgentError> {
+        self.tx
+            .blocking_send(blob)
+            .map_err(|_| AgentError::Rpc("the upload stream to the controller closed".into()))
+    }
+
+    /// Ends the stream and waits for the controller's verdict. Blocking.
+    fn finish(self, rt: &tokio::runtime::Handle) -> Result<(), AgentError> {
+        drop(self.tx);
+        rt.block_on(self.task)
+            .map_err(|e| AgentError::State(format!("upload task: {e}")))??;
+        Ok(())
+    }
+}
+
 impl Pipeline {
+    fn open_upload(&self) -> Upload {
+        let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
+        let mut client = self.client.clone();
+        let task = self.rt.spawn(async move {
+            client
+                .put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        Upload { tx, task }
+    }
+
     /// Asks which of `batch` the store lacks, then compresses and queues only those.
     fn flush(
         &self,
         enc: &mut Encoder,
         batch: &mut Vec<(ChunkId, Vec<u8>)>,
+        up: &Upload,
     ) -> Result<(), AgentError> {
         if batch.is_empty() {
             return Ok(());
@@ -186,14 +220,10 @@ impl Pipeline {
             Counters::add(&self.counters.chunks_new, 1);
             Counters::add(&self.counters.bytes_new, data.len() as u64);
             Counters::add(&self.counters.bytes_uploaded, blob.len() as u64);
-            self.upload
-                .blocking_send(pb::ChunkBlob {
-                    id: id.as_bytes().to_vec(),
-                    blob,
-                })
-                .map_err(|_| {
-                    AgentError::Rpc("the upload stream to the controller closed".into())
-                })?;
+            up.send(pb::ChunkBlob {
+                id: id.as_bytes().to_vec(),
+                blob: blob.into(),
+            })?;
         }
         Ok(())
     }
@@ -206,6 +236,7 @@ impl Pipeline {
         enc: &mut Encoder,
         batch: &mut Vec<(ChunkId, Vec<u8>)>,
         batch_bytes: &mut usize,
+        up: &Upload,
     ) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {
         let mut hasher = blake3::Hasher::new_keyed(self.key.as_bytes());
         let mut ids = Vec::new();
@@ -221,7 +252,7 @@ impl Pipeline {
                 *batch_bytes += data.len();
                 batch.push((id, data));
                 if *batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_CHUNKS {
-                    self.flush(enc, batch)?;
+                    self.flush(enc, batch, up)?;
                     *batch_bytes = 0;
                 }
             } else {
@@ -241,12 +272,20 @@ impl Pipeline {
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
         let mut out = Vec::new();
+        let up = self.open_upload();
         loop {
             let next = queue.lock().ok().and_then(|mut q| q.next());
             let Some((index, path)) = next else { break };
             let outcome = match std::fs::File::open(&path) {
                 Ok(f) => {
-                    match self.chunk_stream(f, &mut buf, &mut enc, &mut batch, &mut batch_bytes) {
+                    match self.chunk_stream(
+                        f,
+                        &mut buf,
+                        &mut enc,
+                        &mut batch,
+                        &mut batch_bytes,
+                        &up,
+                    ) {
                         Ok((chunks, hash, size)) => {
                             Counters::add(&self.counters.bytes_read, size);
                             FileOutcome::Read {
@@ -271,7 +310,8 @@ impl Pipeline {
             Counters::add(&self.counters.files_done, 1);
             out.push(outcome);
         }
-        self.flush(&mut enc, &mut batch)?;
+        self.flush(&mut enc, &mut batch, &up)?;
+        up.finish(&self.rt)?;
         Ok(out)
     }
 }
@@ -339,19 +379,11 @@ pub async fn backup_source(
     }
 
     counters.set_phase(&format!("reading {}", source.name));
-    let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
-    let mut upload_client = ctx.client.clone();
-    let uploader = tokio::spawn(async move {
-        upload_client
-            .put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await
-    });
     let pipeline = Arc::new(Pipeline {
         key: ctx.state.chunk_key.clone(),
         level: ctx.level,
         seen: Mutex::new(seen),
         counters: counters.clone(),
-        upload: tx,
         client: ctx.client.clone(),
         rt: tokio::runtime::Handle::current(),
     });
@@ -378,8 +410,6 @@ pub async fn backup_source(
         }
     }
     if let Some(e) = failure {
-        drop(pipeline);
-        let _ = uploader.await;
         return Err(e);
     }
 
@@ -422,16 +452,15 @@ pub async fn backup_source(
         let mut enc = Encoder::new(p.level)?;
         let (mut batch, mut n) = (Vec::new(), 0usize);
         let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
-        let (ids, _, _) = p.chunk_stream(&tb[..], &mut buf, &mut enc, &mut batch, &mut n)?;
-        p.flush(&mut enc, &mut batch)?;
+        let up = p.open_upload();
+        let (ids, _, _) = p.chunk_stream(&tb[..], &mut buf, &mut enc, &mut batch, &mut n, &up)?;
+        p.flush(&mut enc, &mut batch, &up)?;
+        up.finish(&p.rt)?;
         Ok(ids)
     })
     .await
     .map_err(|e| AgentError::State(e.to_string()))??;
     drop(pipeline);
-    uploader
-        .await
-        .map_err(|e| AgentError::State(e.to_string()))??;
 
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     let stats = Stats {

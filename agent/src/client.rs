@@ -56,7 +56,7 @@ pub async fn get(
                 "controller sent chunk out of order (wanted {want})"
             )));
         }
-        out.push(msg.blob);
+        out.push(Vec::from(msg.blob));
     }
     if out.len() != ids.len() {
         return Err(AgentError::Rpc(format!(

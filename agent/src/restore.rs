@@ -51,7 +51,7 @@ impl Prefetched {
                     match stream.message().await {
                         Ok(Some(msg)) => {
                             let item = ChunkId::from_slice(&msg.id)
-                                .map(|id| (id, msg.blob))
+                                .map(|id| (id, Vec::from(msg.blob)))
                                 .map_err(|e| e.to_string());
                             if tx.send(item).await.is_err() {
                                 return; // the restore ended

@@ -172,7 +172,7 @@ impl AgentApi for AgentService {
                     .read_blob(&id)
                     .map(|blob| pb::ChunkBlob {
                         id: id.as_bytes().to_vec(),
-                        blob,
+                        blob: blob.into(),
                     })
                     .map_err(Status::from);
                 let failed = msg.is_err();

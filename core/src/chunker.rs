@@ -82,10 +82,11 @@ impl<R: Read, B: AsMut<[u8]>> Iterator for Chunker<R, B> {
     type Item = Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if !self.eof && self.end - self.start < MAX_SIZE {
-            if let Err(e) = self.fill() {
-                return Some(Err(Error::io("reading for chunking", e)));
-            }
+        if !self.eof
+            && self.end - self.start < MAX_SIZE
+            && let Err(e) = self.fill()
+        {
+            return Some(Err(Error::io("reading for chunking", e)));
         }
         if self.start == self.end {
             return None;

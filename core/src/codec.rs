@@ -145,6 +145,34 @@ pub fn declared_len(blob: &[u8]) -> Result<usize> {
     Ok(raw_len)
 }
 
+thread_local! {
+    /// One decompression context per thread, reused: creating one per chunk is measurable.
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` with this thread's decompressor (window capped at the maximum chunk size).
+fn with_decompressor<T>(
+    f: impl FnOnce(&mut zstd::bulk::Decompressor<'static>) -> std::io::Result<T>,
+) -> Result<std::io::Result<T>> {
+    DECOMPRESSOR.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            let mut d = zstd::bulk::Decompressor::new()
+                .map_err(|e| Error::io("creating zstd decompressor", e))?;
+            d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(MAX_WINDOW_LOG))
+                .map_err(|e| Error::io("configuring zstd decompressor", e))?;
+            *slot = Some(d);
+        }
+        match slot.as_mut() {
+            Some(d) => Ok(f(d)),
+            None => Err(Error::io(
+                "zstd decompressor",
+                std::io::Error::other("missing"),
+            )),
+        }
+    })
+}
+
 /// Decodes a blob into its plaintext. Does not check the chunk id: see [`decode_verified`].
 pub fn decode(blob: &[u8]) -> Result<Vec<u8>> {
     let raw_len = declared_len(blob)?;
@@ -158,12 +186,8 @@ pub fn decode(blob: &[u8]) -> Result<Vec<u8>> {
         }
         return Ok(payload.to_vec());
     }
-    let mut d =
-        zstd::bulk::Decompressor::new().map_err(|e| Error::io("creating zstd decompressor", e))?;
-    d.set_parameter(zstd::zstd_safe::DParameter::WindowLogMax(MAX_WINDOW_LOG))
-        .map_err(|e| Error::io("configuring zstd decompressor", e))?;
     let mut out = Vec::with_capacity(raw_len);
-    d.decompress_to_buffer(payload, &mut out).map_err(|e| {
+    with_decompressor(|d| d.decompress_to_buffer(payload, &mut out))?.map_err(|e| {
         Error::CorruptBlob(format!(
             "zstd payload does not decode within {raw_len} bytes: {e}"
         ))

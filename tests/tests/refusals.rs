@@ -308,7 +308,7 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
     let claimed = key.id_of(b"the bytes the id promises");
     let poisoned = pb::ChunkBlob {
         id: claimed.as_bytes().to_vec(),
-        blob: codec::encode_raw(b"other bytes entirely"),
+        blob: codec::encode_raw(b"other bytes entirely").into(),
     };
     let status = api
         .put_chunks(tokio_stream::iter(vec![poisoned]))
@@ -341,7 +341,7 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
     let reply = api
         .put_chunks(tokio_stream::iter(vec![pb::ChunkBlob {
             id: claimed.as_bytes().to_vec(),
-            blob: codec::encode_raw(good),
+            blob: codec::encode_raw(good).into(),
         }]))
         .await
         .expect("good chunk")
