@@ -193,6 +193,9 @@ impl Running {
         let max = lifeboat_proto::MAX_MESSAGE_BYTES;
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .initial_stream_window_size(lifeboat_proto::STREAM_WINDOW)
+            .initial_connection_window_size(lifeboat_proto::CONNECTION_WINDOW)
+            .max_frame_size(lifeboat_proto::MAX_FRAME)
             .add_service(pb::enrollment_server::EnrollmentServer::new(
                 enroll::EnrollService(ctl.clone()),
             ))

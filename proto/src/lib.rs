@@ -20,3 +20,9 @@ pub mod pb {
 
 /// The largest gRPC message either side accepts: one maximum-size chunk plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// HTTP/2 flow-control windows and frame size for both ends. Chunks are up to 4 MiB; with
+/// the 64 KiB protocol defaults every megabyte would cost a dozen window round trips.
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+pub const MAX_FRAME: u32 = 1024 * 1024;

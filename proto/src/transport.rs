@@ -213,7 +213,10 @@ pub async fn connect(url: &str, tls: ClientTls) -> Result<Channel, TransportErro
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        .initial_stream_window_size(crate::STREAM_WINDOW)
+        .initial_connection_window_size(crate::CONNECTION_WINDOW)
+        .max_frame_size(crate::MAX_FRAME);
     let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
         let tls = tls.clone();
         let hostport = hostport.clone();
