@@ -162,19 +162,40 @@ struct Pipeline {
 /// One upload stream to the controller. Each worker has its own, so the controller
 /// verifies the workers' chunks in parallel.
 struct Upload {
-    tx: mpsc::Sender<pb::ChunkBlob>,
+    tx: mpsc::Sender<pb::ChunkBatch>,
     task: tokio::task::JoinHandle<Result<tonic::Response<pb::PutChunksReply>, tonic::Status>>,
+    /// Chunks gathered into the next message.
+    pending: Vec<pb::ChunkBlob>,
+    pending_bytes: usize,
 }
 
+/// A message carries chunks until it reaches this size (one large chunk, or many small).
+const MESSAGE_BYTES: usize = 1 << 20;
+
 impl Upload {
-    fn send(&self, blob: pb::ChunkBlob) -> Result<(), AgentError> {
+    fn send(&mut self, blob: pb::ChunkBlob) -> Result<(), AgentError> {
+        self.pending_bytes += blob.blob.len();
+        self.pending.push(blob);
+        if self.pending_bytes >= MESSAGE_BYTES {
+            self.send_pending()?;
+        }
+        Ok(())
+    }
+
+    fn send_pending(&mut self) -> Result<(), AgentError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.pending_bytes = 0;
+        let chunks = std::mem::take(&mut self.pending);
         self.tx
-            .blocking_send(blob)
+            .blocking_send(pb::ChunkBatch { chunks })
             .map_err(|_| AgentError::Rpc("the upload stream to the controller closed".into()))
     }
 
     /// Ends the stream and waits for the controller's verdict. Blocking.
-    fn finish(self, rt: &tokio::runtime::Handle) -> Result<(), AgentError> {
+    fn finish(mut self, rt: &tokio::runtime::Handle) -> Result<(), AgentError> {
+        self.send_pending()?;
         drop(self.tx);
         rt.block_on(self.task)
             .map_err(|e| AgentError::State(format!("upload task: {e}")))??;
@@ -191,7 +212,12 @@ impl Pipeline {
                 .put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
         });
-        Upload { tx, task }
+        Upload {
+            tx,
+            task,
+            pending: Vec::new(),
+            pending_bytes: 0,
+        }
     }
 
     /// Asks which of `batch` the store lacks, then compresses and queues only those.
@@ -199,7 +225,7 @@ impl Pipeline {
         &self,
         enc: &mut Encoder,
         batch: &mut Vec<(ChunkId, Vec<u8>)>,
-        up: &Upload,
+        up: &mut Upload,
     ) -> Result<(), AgentError> {
         if batch.is_empty() {
             return Ok(());
@@ -236,7 +262,7 @@ impl Pipeline {
         enc: &mut Encoder,
         batch: &mut Vec<(ChunkId, Vec<u8>)>,
         batch_bytes: &mut usize,
-        up: &Upload,
+        up: &mut Upload,
     ) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {
         let mut hasher = blake3::Hasher::new_keyed(self.key.as_bytes());
         let mut ids = Vec::new();
@@ -272,7 +298,7 @@ impl Pipeline {
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
         let mut out = Vec::new();
-        let up = self.open_upload();
+        let mut up = self.open_upload();
         loop {
             let next = queue.lock().ok().and_then(|mut q| q.next());
             let Some((index, path)) = next else { break };
@@ -284,7 +310,7 @@ impl Pipeline {
                         &mut enc,
                         &mut batch,
                         &mut batch_bytes,
-                        &up,
+                        &mut up,
                     ) {
                         Ok((chunks, hash, size)) => {
                             Counters::add(&self.counters.bytes_read, size);
@@ -310,7 +336,7 @@ impl Pipeline {
             Counters::add(&self.counters.files_done, 1);
             out.push(outcome);
         }
-        self.flush(&mut enc, &mut batch, &up)?;
+        self.flush(&mut enc, &mut batch, &mut up)?;
         up.finish(&self.rt)?;
         Ok(out)
     }
@@ -452,9 +478,10 @@ pub async fn backup_source(
         let mut enc = Encoder::new(p.level)?;
         let (mut batch, mut n) = (Vec::new(), 0usize);
         let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
-        let up = p.open_upload();
-        let (ids, _, _) = p.chunk_stream(&tb[..], &mut buf, &mut enc, &mut batch, &mut n, &up)?;
-        p.flush(&mut enc, &mut batch, &up)?;
+        let mut up = p.open_upload();
+        let (ids, _, _) =
+            p.chunk_stream(&tb[..], &mut buf, &mut enc, &mut batch, &mut n, &mut up)?;
+        p.flush(&mut enc, &mut batch, &mut up)?;
         up.finish(&p.rt)?;
         Ok(ids)
     })

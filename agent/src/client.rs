@@ -47,16 +47,18 @@ pub async fn get(
         .await?
         .into_inner();
     let mut out = Vec::with_capacity(ids.len());
-    while let Some(msg) = stream.message().await? {
-        let want = ids
-            .get(out.len())
-            .ok_or_else(|| AgentError::Rpc("controller sent more chunks than asked".into()))?;
-        if msg.id != want.as_bytes() {
-            return Err(AgentError::Rpc(format!(
-                "controller sent chunk out of order (wanted {want})"
-            )));
+    while let Some(batch) = stream.message().await? {
+        for msg in batch.chunks {
+            let want = ids
+                .get(out.len())
+                .ok_or_else(|| AgentError::Rpc("controller sent more chunks than asked".into()))?;
+            if msg.id != want.as_bytes() {
+                return Err(AgentError::Rpc(format!(
+                    "controller sent chunk out of order (wanted {want})"
+                )));
+            }
+            out.push(Vec::from(msg.blob));
         }
-        out.push(Vec::from(msg.blob));
     }
     if out.len() != ids.len() {
         return Err(AgentError::Rpc(format!(

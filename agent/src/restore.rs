@@ -49,12 +49,14 @@ impl Prefetched {
                 };
                 loop {
                     match stream.message().await {
-                        Ok(Some(msg)) => {
-                            let item = ChunkId::from_slice(&msg.id)
-                                .map(|id| (id, Vec::from(msg.blob)))
-                                .map_err(|e| e.to_string());
-                            if tx.send(item).await.is_err() {
-                                return; // the restore ended
+                        Ok(Some(batch)) => {
+                            for msg in batch.chunks {
+                                let item = ChunkId::from_slice(&msg.id)
+                                    .map(|id| (id, Vec::from(msg.blob)))
+                                    .map_err(|e| e.to_string());
+                                if tx.send(item).await.is_err() {
+                                    return; // the restore ended
+                                }
                             }
                         }
                         Ok(None) => break,

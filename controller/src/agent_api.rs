@@ -22,6 +22,8 @@ pub struct AgentService(pub Arc<Controller>);
 
 /// Ids per MissingChunks or GetChunks request.
 const MAX_IDS: usize = 4096;
+/// GetChunks fills each message up to this many bytes.
+const BATCH_BYTES: usize = 1 << 20;
 
 fn ids(raw: &[Vec<u8>]) -> Result<Vec<ChunkId>, ApiError> {
     if raw.len() > MAX_IDS {
@@ -39,7 +41,7 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[tonic::async_trait]
 impl AgentApi for AgentService {
     type SessionStream = ReceiverStream<Result<pb::ControllerMessage, Status>>;
-    type GetChunksStream = BoxStream<pb::ChunkBlob>;
+    type GetChunksStream = BoxStream<pb::ChunkBatch>;
 
     async fn session(
         &self,
@@ -115,23 +117,37 @@ impl AgentApi for AgentService {
 
     async fn put_chunks(
         &self,
-        req: Request<Streaming<pb::ChunkBlob>>,
+        req: Request<Streaming<pb::ChunkBatch>>,
     ) -> Result<Response<pb::PutChunksReply>, Status> {
         let agent = auth::agent(&self.0, &req)?;
         let mut stream = req.into_inner();
         let mut reply = pb::PutChunksReply::default();
-        while let Some(msg) = stream.message().await? {
-            let id = ChunkId::from_slice(&msg.id).map_err(ApiError::from)?;
+        while let Some(batch) = stream.message().await? {
             let ctl = self.0.clone();
-            let put = tokio::task::spawn_blocking(move || ctl.store.put(id, &msg.blob))
+            // One blocking hop per message: verify and append every chunk in it.
+            let res =
+                tokio::task::spawn_blocking(move || -> Result<pb::PutChunksReply, ApiError> {
+                    let mut r = pb::PutChunksReply::default();
+                    for c in batch.chunks {
+                        let id = ChunkId::from_slice(&c.id)?;
+                        match ctl.store.put(id, &c.blob)? {
+                            Put::Stored(n) => {
+                                r.stored += 1;
+                                r.bytes_stored += n;
+                            }
+                            Put::Duplicate => r.duplicate += 1,
+                        }
+                    }
+                    Ok(r)
+                })
                 .await
                 .map_err(ApiError::from)?;
-            match put {
-                Ok(Put::Stored(n)) => {
-                    reply.stored += 1;
-                    reply.bytes_stored += n;
+            match res {
+                Ok(r) => {
+                    reply.stored += r.stored;
+                    reply.duplicate += r.duplicate;
+                    reply.bytes_stored += r.bytes_stored;
                 }
-                Ok(Put::Duplicate) => reply.duplicate += 1,
                 Err(e) => {
                     tracing::warn!(agent = %agent.name, error = %e, "chunk upload refused");
                     return Err(e.into());
@@ -166,19 +182,35 @@ impl AgentApi for AgentService {
         let (tx, rx) = mpsc::channel(4);
         let ctl = self.0.clone();
         tokio::task::spawn_blocking(move || {
+            let mut batch = pb::ChunkBatch::default();
+            let mut bytes = 0usize;
             for id in wanted {
-                let msg = ctl
-                    .store
-                    .read_blob(&id)
-                    .map(|blob| pb::ChunkBlob {
-                        id: id.as_bytes().to_vec(),
-                        blob: blob.into(),
-                    })
-                    .map_err(Status::from);
-                let failed = msg.is_err();
-                if tx.blocking_send(msg).is_err() || failed {
-                    break;
+                match ctl.store.read_blob(&id) {
+                    Ok(blob) => {
+                        bytes += blob.len();
+                        batch.chunks.push(pb::ChunkBlob {
+                            id: id.as_bytes().to_vec(),
+                            blob: blob.into(),
+                        });
+                        if bytes >= BATCH_BYTES {
+                            bytes = 0;
+                            if tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        // Send what was read, then the error.
+                        if !batch.chunks.is_empty() {
+                            let _ = tx.blocking_send(Ok(std::mem::take(&mut batch)));
+                        }
+                        let _ = tx.blocking_send(Err(Status::from(e)));
+                        return;
+                    }
                 }
+            }
+            if !batch.chunks.is_empty() {
+                let _ = tx.blocking_send(Ok(batch));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -311,7 +311,9 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
         blob: codec::encode_raw(b"other bytes entirely").into(),
     };
     let status = api
-        .put_chunks(tokio_stream::iter(vec![poisoned]))
+        .put_chunks(tokio_stream::iter(vec![pb::ChunkBatch {
+            chunks: vec![poisoned],
+        }]))
         .await
         .expect_err("poisoned chunk accepted");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -339,9 +341,11 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
     // A correct chunk is accepted, for contrast.
     let good = b"the bytes the id promises";
     let reply = api
-        .put_chunks(tokio_stream::iter(vec![pb::ChunkBlob {
-            id: claimed.as_bytes().to_vec(),
-            blob: codec::encode_raw(good).into(),
+        .put_chunks(tokio_stream::iter(vec![pb::ChunkBatch {
+            chunks: vec![pb::ChunkBlob {
+                id: claimed.as_bytes().to_vec(),
+                blob: codec::encode_raw(good).into(),
+            }],
         }]))
         .await
         .expect("good chunk")
