@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use lifeboat_core::chunker::Chunker;
+use lifeboat_core::chunker::{Chunk, Chunker};
 use lifeboat_core::codec::Encoder;
 use lifeboat_core::snapshot::{RECORD_VERSION, Record, Stats, TreeRef};
 use lifeboat_core::tree::{Entry, Kind, Tree, TreeWriter};
@@ -224,7 +224,7 @@ impl Pipeline {
     fn flush(
         &self,
         enc: &mut Encoder,
-        batch: &mut Vec<(ChunkId, Vec<u8>)>,
+        batch: &mut Vec<(ChunkId, Chunk)>,
         up: &mut Upload,
     ) -> Result<(), AgentError> {
         if batch.is_empty() {
@@ -242,9 +242,9 @@ impl Pipeline {
                 Counters::add(&self.counters.chunks_reused, 1);
                 continue;
             }
-            let blob = enc.encode(&data)?;
             Counters::add(&self.counters.chunks_new, 1);
             Counters::add(&self.counters.bytes_new, data.len() as u64);
+            let blob = enc.encode_chunk(data)?;
             Counters::add(&self.counters.bytes_uploaded, blob.len() as u64);
             up.send(pb::ChunkBlob {
                 id: id.as_bytes().to_vec(),
@@ -260,7 +260,7 @@ impl Pipeline {
         src: impl std::io::Read,
         buf: &mut Vec<u8>,
         enc: &mut Encoder,
-        batch: &mut Vec<(ChunkId, Vec<u8>)>,
+        batch: &mut Vec<(ChunkId, Chunk)>,
         batch_bytes: &mut usize,
         up: &mut Upload,
     ) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {

@@ -78,8 +78,31 @@ impl<R: Read, B: AsMut<[u8]>> Chunker<R, B> {
     }
 }
 
+/// One chunk's bytes, stored after [`HEADROOM`] spare bytes so that the codec can turn an
+/// incompressible chunk into a blob in place, without copying it.
+pub struct Chunk {
+    buf: Vec<u8>,
+}
+
+/// Spare bytes in front of every [`Chunk`]: room for the codec's header.
+pub const HEADROOM: usize = crate::codec::HEADER_LEN;
+
+impl Chunk {
+    /// The buffer with the headroom in front (for the codec).
+    pub(crate) fn into_framed(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+impl std::ops::Deref for Chunk {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[HEADROOM..]
+    }
+}
+
 impl<R: Read, B: AsMut<[u8]>> Iterator for Chunker<R, B> {
-    type Item = Result<Vec<u8>>;
+    type Item = Result<Chunk>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if !self.eof
@@ -102,9 +125,11 @@ impl<R: Read, B: AsMut<[u8]>> Iterator for Chunker<R, B> {
             self.mask_s << 1,
             self.mask_l << 1,
         );
-        let chunk = window[..len].to_vec();
+        let mut buf = Vec::with_capacity(HEADROOM + len);
+        buf.extend_from_slice(&[0; HEADROOM]);
+        buf.extend_from_slice(&window[..len]);
         self.start += len;
-        Some(Ok(chunk))
+        Some(Ok(Chunk { buf }))
     }
 }
 

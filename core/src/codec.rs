@@ -57,6 +57,13 @@ impl Encoder {
     /// media, encrypted files) is noticed on a 64 KiB probe and stored raw without paying
     /// for a full compression pass.
     pub fn encode(&mut self, data: &[u8]) -> Result<Vec<u8>> {
+        Ok(self
+            .encode_compressed(data)?
+            .unwrap_or_else(|| encode_raw(data)))
+    }
+
+    /// The compressed blob, or `None` when compression does not pay.
+    fn encode_compressed(&mut self, data: &[u8]) -> Result<Option<Vec<u8>>> {
         if data.len() > MAX_SIZE {
             return Err(Error::CorruptBlob(format!(
                 "chunk of {} bytes exceeds the maximum {MAX_SIZE}",
@@ -89,10 +96,10 @@ impl Encoder {
                 let mut out = Vec::with_capacity(HEADER_LEN + n);
                 out.extend_from_slice(&header(FLAG_ZSTD, data.len()));
                 out.extend_from_slice(&self.scratch[..n]);
-                return Ok(out);
+                return Ok(Some(out));
             }
         }
-        Ok(encode_raw(data))
+        Ok(None)
     }
 }
 
@@ -103,6 +110,20 @@ fn header(flags: u8, raw_len: usize) -> [u8; HEADER_LEN] {
     h[5] = flags;
     h[8..12].copy_from_slice(&(raw_len as u32).to_le_bytes());
     h
+}
+
+impl Encoder {
+    /// Like [`Encoder::encode`], but takes the chunk by value: when it is stored raw, its
+    /// buffer becomes the blob without a copy.
+    pub fn encode_chunk(&mut self, chunk: crate::chunker::Chunk) -> Result<Vec<u8>> {
+        let blob = self.encode_compressed(&chunk)?;
+        Ok(blob.unwrap_or_else(|| {
+            let len = chunk.len();
+            let mut framed = chunk.into_framed();
+            framed[..HEADER_LEN].copy_from_slice(&header(0, len));
+            framed
+        }))
+    }
 }
 
 /// Stores `data` without compression.
@@ -258,6 +279,28 @@ mod tests {
         let blob = enc.encode(&noise).expect("encode");
         assert_eq!(blob[5], 0, "incompressible data must be stored raw");
         assert_eq!(decode(&blob).expect("decode"), noise);
+    }
+
+    #[test]
+    fn encoding_a_chunk_in_place_matches_encoding_a_slice() {
+        let mut enc = Encoder::new(DEFAULT_LEVEL).expect("encoder");
+        let text = b"lifeboat ".repeat(300_000);
+        let mut noise = vec![0u8; 2 << 20];
+        let mut x = 0x2545F4914F6CDD1Du64;
+        for b in noise.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        for data in [&text[..], &noise[..], b"tiny"] {
+            for chunk in crate::chunker::Chunker::new(data) {
+                let chunk = chunk.expect("chunk");
+                let by_slice = enc.encode(&chunk).expect("encode");
+                let in_place = enc.encode_chunk(chunk).expect("encode_chunk");
+                assert_eq!(in_place, by_slice);
+            }
+        }
     }
 
     #[test]

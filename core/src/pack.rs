@@ -73,7 +73,7 @@ impl PackWriter {
             .ctx(|| format!("creating pack {}", tmp.display()))?;
         let mut w = PackWriter {
             tmp,
-            out: BufWriter::with_capacity(1 << 20, file),
+            out: BufWriter::with_capacity(256 << 10, file),
             hasher: blake3::Hasher::new(),
             size: 0,
             entries: Vec::new(),
