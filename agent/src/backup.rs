@@ -348,6 +348,7 @@ pub async fn backup_source(
     source: &Source,
 ) -> Result<BackupResult, AgentError> {
     let started = now_ms();
+    let clock = std::time::Instant::now();
     let counters = ctx.counters.clone();
     counters.set_phase(&format!("scanning {}", source.name));
     let root = source.path.clone();
@@ -404,6 +405,7 @@ pub async fn backup_source(
         }
     }
 
+    tracing::info!(source = %source.name, entries = entries.len(), to_read = to_read.len(), elapsed_ms = clock.elapsed().as_millis() as u64, "scanned");
     counters.set_phase(&format!("reading {}", source.name));
     let pipeline = Arc::new(Pipeline {
         key: ctx.state.chunk_key.clone(),
@@ -466,6 +468,7 @@ pub async fn backup_source(
     };
     entries.retain(keep);
 
+    tracing::info!(source = %source.name, elapsed_ms = clock.elapsed().as_millis() as u64, "files read and uploaded");
     counters.set_phase(&format!("committing {}", source.name));
     let mut w = TreeWriter::new(&walked.root);
     for e in &entries {
@@ -541,6 +544,7 @@ pub async fn backup_source(
         })
         .await?
         .into_inner();
+    tracing::info!(source = %source.name, elapsed_ms = clock.elapsed().as_millis() as u64, "snapshot committed");
     let state = ctx.state.clone();
     let (name, id) = (source.name.clone(), reply.snapshot_id.clone());
     tokio::task::spawn_blocking(move || save_cache(&state, &name, &id, &tree_bytes))
