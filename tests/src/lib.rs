@@ -60,6 +60,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Opti
 pub struct Fleet {
     pub dir: tempfile::TempDir,
     pub url: String,
+    /// `https://127.0.0.1:PORT` of the controller's metrics port.
+    pub metrics_url: String,
     pub fingerprint: String,
     pub identity: PathBuf,
     controller: Option<Child>,
@@ -81,6 +83,7 @@ impl Fleet {
             .expect("tempdir");
         let mut fleet = Fleet {
             url: String::new(),
+            metrics_url: String::new(),
             fingerprint: String::new(),
             identity: dir.path().join("ctl/admin.identity"),
             dir,
@@ -99,7 +102,14 @@ impl Fleet {
     pub fn start_controller(&mut self) {
         let log = std::fs::File::create(self.path("controller.log")).expect("log file");
         let mut child = bin("lifeboat-controller")
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--http",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(self.path("ctl"))
             .env("LIFEBOAT_LOG", "info")
             .stdout(Stdio::piped())
@@ -126,6 +136,9 @@ impl Fleet {
             }
             if let Some(f) = line.strip_prefix("CA fingerprint: ") {
                 fp = Some(f.to_string());
+            }
+            if let Some(m) = line.strip_prefix("metrics: ") {
+                self.metrics_url = m.trim_end_matches("/metrics").to_string();
             }
         }
         self.url = url.unwrap_or_default();

@@ -142,3 +142,59 @@ fn restore_target_outside_the_roots_is_refused_with_a_reason() {
     assert!(err.contains("outside agent a's restore roots"), "{err}");
     assert!(!Path::new(&elsewhere).exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_served_over_tls_only() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    lifeboat_proto::transport::install_crypto_provider();
+    let fleet = tokio::task::spawn_blocking(Fleet::start)
+        .await
+        .expect("start");
+    let admin = lifeboat_core::identity::IdentityFile::load(&fleet.identity).expect("identity");
+    let addr = fleet
+        .metrics_url
+        .strip_prefix("https://")
+        .expect("https metrics URL")
+        .to_string();
+
+    // Plain HTTP gets no answer: the port speaks TLS only.
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.expect("tcp");
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut plain = Vec::new();
+    let _ = tcp.read_to_end(&mut plain).await;
+    assert!(
+        !String::from_utf8_lossy(&plain).contains("lifeboat_agents"),
+        "metrics served in plaintext"
+    );
+
+    // Over TLS, verified against the fleet CA under the controller's name.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(lifeboat_core::pki::cert_der(&admin.ca_pem).expect("ca"))
+        .expect("root");
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name =
+        rustls::pki_types::ServerName::try_from(lifeboat_core::pki::CONTROLLER_NAME).expect("name");
+    let tcp = tokio::net::TcpStream::connect(&addr).await.expect("tcp");
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .expect("tls");
+    tls.write_all(
+        b"GET /metrics HTTP/1.1\r\nHost: controller.lifeboat\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let mut body = Vec::new();
+    let _ = tls.read_to_end(&mut body).await;
+    let body = String::from_utf8_lossy(&body);
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(
+        body.contains("lifeboat_agents 0") && body.contains("lifeboat_snapshots 0"),
+        "{body}"
+    );
+}
