@@ -158,7 +158,8 @@ class Lifeboat:
     """A real controller and agent (release builds) on loopback, driven by the CLI."""
     name = "lifeboat"
 
-    def __init__(self, work, src):
+    def __init__(self, work, src, level=None):
+        self.level = level
         self.work = work
         self.src = src
         self.dir = work / "lifeboat"
@@ -195,7 +196,8 @@ class Lifeboat:
         self.restore_roots = [self.work / "restores", Path("/dev/shm/lifeboat-bench")]
         alog = open(self.dir / "agent.log", "w")
         self.agent = subprocess.Popen([BIN / "lifeboat-agent", "run", "--state-dir", self.dir / "agent", "--source", f"data={self.src}",
-                                       *sum((["--restore-root", r] for r in self.restore_roots), [])], stdout=subprocess.DEVNULL, stderr=alog)
+                                       *sum((["--restore-root", r] for r in self.restore_roots), []),
+                                       *(["--compression-level", str(self.level)] if self.level is not None else [])], stdout=subprocess.DEVNULL, stderr=alog)
         deadline = time.monotonic() + 30
         while not any(a["connected"] for a in json.loads(self.cli("agents", "--json"))):
             if time.monotonic() > deadline:
@@ -282,6 +284,7 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/lifeboat-bench"))
     ap.add_argument("--tools", default="lifeboat,restic,borg")
+    ap.add_argument("--lifeboat-level", type=int, default=None, help="zstd level for Lifeboat (default: its own default)")
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from WORK/results.json")
     args = ap.parse_args()
@@ -298,7 +301,7 @@ def main():
         sh(sys.executable, GEN, "--out", data, "--seed", args.seed, "--scale", args.scale)
     manifest = json.loads((data / "manifest.json").read_text())
     src = work / "src"
-    tools = {"lifeboat": lambda: Lifeboat(work, src), "restic": lambda: Restic(work), "borg": lambda: Borg(work)}
+    tools = {"lifeboat": lambda: Lifeboat(work, src, args.lifeboat_level), "restic": lambda: Restic(work), "borg": lambda: Borg(work)}
     chosen = [tools[t]() for t in args.tools.split(",")]
     results = {t.name: [] for t in chosen}
     versions = {t.name: t.version() for t in chosen}
