@@ -32,14 +32,41 @@ fn no_temp_files(dir: &std::path::Path) {
     }
 }
 
-#[test]
-fn planted_symlink_in_the_target_is_refused_before_any_write() {
+/// A controller and agent `a` (restore root `roots/`) with one backup of a small source.
+fn backed_up_small_source() -> (
+    Fleet,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    serde_json::Value,
+) {
     let mut fleet = Fleet::start();
     let src = small_source(&fleet);
     let a = fleet.enroll("a");
     let root = fleet.path("roots");
     fleet.run_agent(&a, &[("data", src.as_path())], &[root.as_path()]);
     let s = fleet.backup("a", "data");
+    (fleet, src, root, s)
+}
+
+/// Runs `lifeboat restore SNAPSHOT --agent a --to TARGET --wait --json`.
+fn restore(
+    fleet: &Fleet,
+    snapshot: &serde_json::Value,
+    target: &std::path::Path,
+) -> (bool, serde_json::Value) {
+    fleet.job(&[
+        "restore",
+        snapshot["id"].as_str().expect("id"),
+        "--agent",
+        "a",
+        "--to",
+        target.to_str().expect("utf8"),
+    ])
+}
+
+#[test]
+fn planted_symlink_in_the_target_is_refused_before_any_write() {
+    let (fleet, _src, root, s) = backed_up_small_source();
 
     let target = root.join("t");
     let outside = fleet.path("outside");
@@ -47,14 +74,7 @@ fn planted_symlink_in_the_target_is_refused_before_any_write() {
     fs::create_dir_all(&outside).expect("mkdir");
     std::os::unix::fs::symlink(&outside, target.join("sub")).expect("plant symlink");
 
-    let (ok, job) = fleet.job(&[
-        "restore",
-        s["id"].as_str().expect("id"),
-        "--agent",
-        "a",
-        "--to",
-        target.to_str().expect("utf8"),
-    ]);
+    let (ok, job) = restore(&fleet, &s, &target);
     assert!(!ok, "restore through a planted symlink must fail: {job}");
     assert_eq!(job["state"], "failed");
     let err = job["error"].as_str().expect("error");
@@ -80,12 +100,7 @@ fn planted_symlink_in_the_target_is_refused_before_any_write() {
 
 #[test]
 fn a_tampered_chunk_fails_only_its_file() {
-    let mut fleet = Fleet::start();
-    let src = small_source(&fleet);
-    let a = fleet.enroll("a");
-    let root = fleet.path("roots");
-    fleet.run_agent(&a, &[("data", src.as_path())], &[root.as_path()]);
-    let s = fleet.backup("a", "data");
+    let (fleet, src, root, s) = backed_up_small_source();
 
     // b.bin is one chunk (smaller than the minimum chunk size) stored raw (random bytes).
     let key =
@@ -117,14 +132,7 @@ fn a_tampered_chunk_fails_only_its_file() {
     drop(f);
 
     let target = root.join("t");
-    let (ok, job) = fleet.job(&[
-        "restore",
-        s["id"].as_str().expect("id"),
-        "--agent",
-        "a",
-        "--to",
-        target.to_str().expect("utf8"),
-    ]);
+    let (ok, job) = restore(&fleet, &s, &target);
     assert!(!ok, "restore of a tampered chunk must fail: {job}");
     let err = job["error"].as_str().expect("error");
     assert!(
