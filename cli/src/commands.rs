@@ -357,13 +357,17 @@ fn print_job(j: &pb::JobInfo, json: bool) {
         state_name(j.state)
     );
     println!("  {}", j.detail);
+    let moved = if j.kind == "backup" {
+        format!(", {} uploaded", bytes(p.bytes_uploaded))
+    } else {
+        String::new()
+    };
     println!(
-        "  {} of {} files, {} of {}, {} uploaded",
+        "  {} of {} files, {} of {}{moved}",
         p.files_done,
         p.files_total,
         bytes(p.bytes_done),
-        bytes(p.bytes_total),
-        bytes(p.bytes_uploaded)
+        bytes(p.bytes_total)
     );
     if !j.snapshot_ids.is_empty() {
         println!("  snapshots: {}", j.snapshot_ids.join(", "));
