@@ -89,6 +89,7 @@ pub fn snapshot_json(s: &pb::SnapshotInfo) -> serde_json::Value {
         "dirs": s.dirs,
         "bytes": s.bytes,
         "bytes_new": s.bytes_new,
+        "bytes_read": s.bytes_read,
         "parent": s.parent,
     })
 }

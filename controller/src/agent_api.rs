@@ -325,6 +325,7 @@ pub fn snapshot_row(id: &str, r: &Record, received_ms: i64) -> SnapshotRow {
         dirs: r.stats.dirs,
         bytes: r.stats.bytes,
         bytes_new: r.stats.bytes_new,
+        bytes_read: r.stats.bytes_read,
         parent: r.parent.clone().unwrap_or_default(),
     }
 }

@@ -34,6 +34,7 @@ fn snapshot_info(s: SnapshotRow) -> pb::SnapshotInfo {
         dirs: s.dirs,
         bytes: s.bytes,
         bytes_new: s.bytes_new,
+        bytes_read: s.bytes_read,
         parent: s.parent,
     }
 }

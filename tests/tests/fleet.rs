@@ -37,6 +37,18 @@ fn backup_change_backup_restore_both_snapshots() {
         s2["parent"], s1["id"],
         "second snapshot names the first as parent"
     );
+    // Unchanged files were not read again: only the changed and new ones (whole).
+    let read1 = s1["bytes_read"].as_u64().expect("bytes_read");
+    let read2 = s2["bytes_read"].as_u64().expect("bytes_read");
+    assert_eq!(
+        read1,
+        s1["bytes"].as_u64().expect("bytes"),
+        "a first backup reads everything"
+    );
+    assert!(
+        read2 >= changes.bytes && read2 < read1 / 2,
+        "day-2 backup read {read2} bytes of {read1}"
+    );
     let new = s2["bytes_new"].as_u64().expect("bytes_new");
     let allowed = changes.bytes + 2 * AVG_SIZE as u64 * changes.files;
     assert!(
@@ -84,6 +96,24 @@ fn backup_change_backup_restore_both_snapshots() {
         job["progress"]["files_total"]
     );
 
+    // `--full` re-reads every file, and finds nothing new to store.
+    let (ok, job) = fleet.job(&["backup", "web-1", "--full"]);
+    assert!(ok, "full backup failed: {job}");
+    let s3 = fleet
+        .cli_json(&["snapshots", "--agent", "web-1"])
+        .as_array()
+        .expect("array")[0]
+        .clone();
+    assert_eq!(s3["id"].as_str(), job["snapshot_ids"][0].as_str());
+    assert_eq!(
+        s3["bytes_read"], s3["bytes"],
+        "--full must re-read everything: {s3}"
+    );
+    assert!(
+        s3["bytes_new"].as_u64().expect("bytes_new") < 1 << 20,
+        "an unchanged tree stores (almost) nothing new: {s3}"
+    );
+
     // Lose the catalog; rebuild it from the store alone; the snapshots come back.
     let before = fleet.cli_json(&["snapshots"]);
     fleet.stop_controller();
@@ -102,7 +132,7 @@ fn backup_change_backup_restore_both_snapshots() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("2 snapshots"),
+        String::from_utf8_lossy(&out.stdout).contains("3 snapshots"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

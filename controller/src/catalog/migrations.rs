@@ -76,4 +76,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX jobs_by_agent_state ON jobs(agent_id, state);
     "#,
+    // 2: how much each backup read from disk (unchanged files are not re-read).
+    r#"
+    ALTER TABLE snapshots ADD COLUMN bytes_read INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

@@ -68,6 +68,7 @@ pub struct SnapshotRow {
     pub dirs: u64,
     pub bytes: u64,
     pub bytes_new: u64,
+    pub bytes_read: u64,
     pub parent: String,
 }
 
@@ -87,11 +88,12 @@ impl SnapshotRow {
             bytes: r.get::<_, i64>(10)? as u64,
             bytes_new: r.get::<_, i64>(11)? as u64,
             parent: r.get(12)?,
+            bytes_read: r.get::<_, i64>(13)? as u64,
         })
     }
 }
 
-const SNAP_COLS: &str = "id, agent_id, agent_name, source, source_path, hostname, received_ms, agent_time_ms, files, dirs, bytes, bytes_new, parent";
+const SNAP_COLS: &str = "id, agent_id, agent_name, source, source_path, hostname, received_ms, agent_time_ms, files, dirs, bytes, bytes_new, parent, bytes_read";
 
 #[derive(Debug, Clone)]
 pub struct JobRow {
@@ -335,10 +337,10 @@ impl Catalog {
 
     pub fn insert_snapshot(&self, s: &SnapshotRow) -> Result<(), ApiError> {
         self.lock().execute(
-            &format!("INSERT OR IGNORE INTO snapshots({SNAP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+            &format!("INSERT OR IGNORE INTO snapshots({SNAP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
             params![
                 s.id, s.agent_id, s.agent_name, s.source, s.source_path, s.hostname, s.received_ms, s.agent_time_ms,
-                s.files as i64, s.dirs as i64, s.bytes as i64, s.bytes_new as i64, s.parent
+                s.files as i64, s.dirs as i64, s.bytes as i64, s.bytes_new as i64, s.parent, s.bytes_read as i64
             ],
         )?;
         Ok(())
