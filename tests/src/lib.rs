@@ -237,8 +237,11 @@ impl Fleet {
 
     /// Starts `lifeboat-agent run` and waits until the controller sees it connected.
     pub fn run_agent(&mut self, agent: &Agent, sources: &[(&str, &Path)], restore_roots: &[&Path]) {
-        let log =
-            std::fs::File::create(self.path(&format!("agent-{}.log", agent.name))).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("agent-{}.log", agent.name)))
+            .expect("log");
         let mut cmd = bin("lifeboat-agent");
         cmd.arg("run")
             .arg("--state-dir")
@@ -268,6 +271,25 @@ impl Fleet {
                     .then_some(())
             },
         );
+    }
+
+    /// `lifeboat jobs show ID --json` (which exits 2 for a failed or interrupted job).
+    pub fn job_info(&self, id: &str) -> Value {
+        let out = self.cli(&["jobs", "show", id, "--json"]);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("jobs show {id}: {}", String::from_utf8_lossy(&out.stderr)))
+    }
+
+    /// Kills an agent process outright (SIGKILL), as a crash or a pulled plug would.
+    pub fn kill_agent(&mut self, name: &str) {
+        let i = self
+            .agents
+            .iter()
+            .position(|(n, _)| n == name)
+            .expect("agent is running");
+        let (_, mut child) = self.agents.remove(i);
+        child.kill().expect("kill agent");
+        child.wait().expect("wait agent");
     }
 
     pub fn agent_log(&self, name: &str) -> String {

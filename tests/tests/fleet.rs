@@ -4,6 +4,7 @@
 //! and rebuild a lost catalog from the store.
 
 use std::path::Path;
+use std::time::Duration;
 
 use lifeboat_core::chunker::AVG_SIZE;
 use lifeboat_tests::Fleet;
@@ -226,5 +227,67 @@ async fn metrics_are_served_over_tls_only() {
     assert!(
         body.contains("lifeboat_agents 0") && body.contains("lifeboat_snapshots 0"),
         "{body}"
+    );
+}
+
+#[test]
+fn a_backup_killed_midway_leaves_no_snapshot_and_the_next_one_reuses_its_chunks() {
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    let mut rng = Rng::new(99);
+    for i in 0..8 {
+        let path = src.join(format!("big-{i}.bin"));
+        std::fs::create_dir_all(&src).expect("mkdir");
+        std::fs::write(path, rng.bytes(48 << 20)).expect("write");
+    }
+    let a = fleet.enroll("crashy");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[]);
+
+    let job = fleet.cli_json(&["backup", "crashy"]);
+    let id = job["id"].as_str().expect("job id").to_string();
+    // Pull the plug as soon as some chunks have reached the controller.
+    lifeboat_tests::wait_for("the first uploads", Duration::from_secs(60), || {
+        let j = fleet.job_info(&id);
+        assert_ne!(
+            j["state"], "succeeded",
+            "the backup finished before it could be interrupted"
+        );
+        (j["progress"]["bytes_uploaded"].as_u64().unwrap_or(0) > 0).then_some(())
+    });
+    fleet.kill_agent("crashy");
+
+    let j = lifeboat_tests::wait_for(
+        "the job to be marked interrupted",
+        Duration::from_secs(30),
+        || {
+            let j = fleet.job_info(&id);
+            (j["state"] == "interrupted").then_some(j)
+        },
+    );
+    assert_eq!(j["error"], "agent disconnected while the job ran");
+    assert_eq!(
+        fleet
+            .cli_json(&["snapshots"])
+            .as_array()
+            .expect("array")
+            .len(),
+        0,
+        "a partial snapshot is visible"
+    );
+
+    // The agent comes back; the next backup completes and reuses what was uploaded.
+    fleet.run_agent(&a, &[("data", src.as_path())], &[]);
+    let s = fleet.backup("crashy", "data");
+    let total = s["bytes"].as_u64().expect("bytes");
+    let new = s["bytes_new"].as_u64().expect("bytes_new");
+    assert_eq!(total, 8 * (48 << 20));
+    assert!(
+        new < total,
+        "the chunks uploaded before the crash were uploaded again ({new} of {total} bytes new)"
+    );
+    let j = fleet.job_info(&id);
+    assert_eq!(
+        j["state"], "interrupted",
+        "the restarted agent does not resurrect the killed job"
     );
 }
