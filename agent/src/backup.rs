@@ -27,7 +27,7 @@ use crate::{AgentError, Source, now_ms};
 
 /// Plaintext bytes a worker gathers before asking which chunks are missing.
 const BATCH_BYTES: usize = 16 << 20;
-const BATCH_CHUNKS: usize = 128;
+const BATCH_CHUNKS: usize = 1024;
 /// Encoded chunks in flight to the controller.
 const UPLOAD_QUEUE: usize = 8;
 const CACHE_MAGIC: &[u8; 8] = b"LBCACHE1";

@@ -15,7 +15,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::catalog::SnapshotRow;
 use crate::error::ApiError;
-use crate::store::Put;
 use crate::{Controller, auth, now_ms};
 
 pub struct AgentService(pub Arc<Controller>);
@@ -127,18 +126,17 @@ impl AgentApi for AgentService {
             // One blocking hop per message: verify and append every chunk in it.
             let res =
                 tokio::task::spawn_blocking(move || -> Result<pb::PutChunksReply, ApiError> {
-                    let mut r = pb::PutChunksReply::default();
-                    for c in batch.chunks {
-                        let id = ChunkId::from_slice(&c.id)?;
-                        match ctl.store.put(id, &c.blob)? {
-                            Put::Stored(n) => {
-                                r.stored += 1;
-                                r.bytes_stored += n;
-                            }
-                            Put::Duplicate => r.duplicate += 1,
-                        }
-                    }
-                    Ok(r)
+                    let chunks = batch
+                        .chunks
+                        .iter()
+                        .map(|c| Ok((ChunkId::from_slice(&c.id)?, &c.blob[..])))
+                        .collect::<Result<Vec<_>, ApiError>>()?;
+                    let sum = ctl.store.put_batch(&chunks)?;
+                    Ok(pb::PutChunksReply {
+                        stored: sum.stored,
+                        duplicate: sum.duplicate,
+                        bytes_stored: sum.bytes_stored,
+                    })
                 })
                 .await
                 .map_err(ApiError::from)?;

@@ -34,10 +34,12 @@ struct OpenPack {
     pending: HashSet<ChunkId>,
 }
 
-/// What happened to one uploaded chunk.
-pub enum Put {
-    Stored(u64),
-    Duplicate,
+/// What storing a batch of uploaded chunks did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PutSummary {
+    pub stored: u64,
+    pub duplicate: u64,
+    pub bytes_stored: u64,
 }
 
 const MAX_OPEN_FILES: usize = 256;
@@ -91,33 +93,53 @@ impl Store {
         self.catalog.unknown_chunks(&candidates)
     }
 
-    /// Verifies an uploaded blob against its id (decoding it with the bomb-safe codec) and
-    /// appends it to the open pack. Blocking: call from a blocking thread.
-    pub fn put(&self, id: ChunkId, blob: &[u8]) -> Result<Put, ApiError> {
-        codec::verify(&self.key, &id, blob).map_err(|e| match e {
-            lifeboat_core::Error::ChunkMismatch { id } => ApiError::InvalidArgument(format!(
-                "chunk {id} does not match its content; upload refused"
-            )),
-            other => ApiError::from(other),
-        })?;
+    /// Verifies uploaded blobs against their ids (decoding with the bomb-safe codec) and
+    /// appends the ones the store lacks to the open pack. Every blob is verified before any
+    /// is stored, so one bad chunk refuses the whole message. Blocking.
+    pub fn put_batch(&self, chunks: &[(ChunkId, &[u8])]) -> Result<PutSummary, ApiError> {
+        for (id, blob) in chunks {
+            codec::verify(&self.key, id, blob).map_err(|e| match e {
+                lifeboat_core::Error::ChunkMismatch { id } => ApiError::InvalidArgument(format!(
+                    "chunk {id} does not match its content; upload refused"
+                )),
+                other => ApiError::from(other),
+            })?;
+        }
         let mut open = self.lock_open();
-        if open.pending.contains(&id) || self.catalog.chunk_location(&id)?.is_some() {
-            return Ok(Put::Duplicate);
+        let candidates: Vec<ChunkId> = chunks
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| !open.pending.contains(id))
+            .collect();
+        let unknown: HashSet<ChunkId> = self
+            .catalog
+            .unknown_chunks(&candidates)?
+            .into_iter()
+            .collect();
+        let mut stored_now = HashSet::new();
+        let mut sum = PutSummary::default();
+        for (id, blob) in chunks {
+            if !unknown.contains(id) || !stored_now.insert(*id) {
+                sum.duplicate += 1;
+                continue;
+            }
+            if open.writer.is_none() {
+                open.writer = Some(PackWriter::create(&self.root.join("tmp"))?);
+            }
+            let writer = open
+                .writer
+                .as_mut()
+                .ok_or_else(|| ApiError::internal("open pack vanished"))?;
+            writer.add(*id, blob)?;
+            let full = writer.size() >= pack::TARGET_SIZE;
+            open.pending.insert(*id);
+            sum.stored += 1;
+            sum.bytes_stored += blob.len() as u64;
+            if full {
+                self.seal_locked(&mut open)?;
+            }
         }
-        if open.writer.is_none() {
-            open.writer = Some(PackWriter::create(&self.root.join("tmp"))?);
-        }
-        let writer = open
-            .writer
-            .as_mut()
-            .ok_or_else(|| ApiError::internal("open pack vanished"))?;
-        writer.add(id, blob)?;
-        let full = writer.size() >= pack::TARGET_SIZE;
-        open.pending.insert(id);
-        if full {
-            self.seal_locked(&mut open)?;
-        }
-        Ok(Put::Stored(blob.len() as u64))
+        Ok(sum)
     }
 
     /// Seals the open pack (if any) so every accepted chunk is durable and indexed.

@@ -304,19 +304,17 @@ impl Catalog {
 
     /// Where a chunk is stored: `(pack, offset, length)`.
     pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<(String, u64, u32)>, ApiError> {
-        Ok(self
-            .lock()
-            .query_row(
-                "SELECT pack, offset, length FROM chunks WHERE id = ?1",
-                [&id.as_bytes()[..]],
-                |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get::<_, i64>(1)? as u64,
-                        r.get::<_, i64>(2)? as u32,
-                    ))
-                },
-            )
+        let conn = self.lock();
+        let mut st =
+            conn.prepare_cached("SELECT pack, offset, length FROM chunks WHERE id = ?1")?;
+        Ok(st
+            .query_row([&id.as_bytes()[..]], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u32,
+                ))
+            })
             .optional()?)
     }
 
