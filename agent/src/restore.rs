@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use lifeboat_core::restore::{self, ChunkSource, Options, Report};
 use lifeboat_core::snapshot::Record;
 use lifeboat_core::tree::{Kind, Tree};
-use lifeboat_core::{ChunkId, ChunkKey, codec};
+use lifeboat_core::{ChunkId, codec};
 use lifeboat_proto::pb;
 use tokio::sync::mpsc;
 
@@ -21,19 +21,15 @@ use crate::{AgentError, absolute_clean};
 const PREFETCH_QUEUE: usize = 32;
 const PREFETCH_BATCH: usize = 64;
 
-/// A prefetched chunk: its id and its verified plaintext (or why it did not verify).
-type Fetched = (ChunkId, lifeboat_core::Result<codec::Verified>);
-
 /// Streams every file chunk of the tree, in tree order, ahead of the restore (which runs
-/// on a blocking thread), decoding and verifying each message's chunks on another blocking
-/// thread so that verification and writing overlap. The restore asks for a subsequence of
-/// that order: when it gives up on a file, the chunks it skips are simply passed over.
+/// on a blocking thread). The restore asks for a subsequence of that order: when it gives
+/// up on a file, the chunks it skips are simply passed over.
 struct Prefetched {
-    rx: mpsc::Receiver<Result<Fetched, String>>,
+    rx: mpsc::Receiver<Result<(ChunkId, Vec<u8>), String>>,
 }
 
 impl Prefetched {
-    fn start(client: Client, key: ChunkKey, job_id: String, order: Vec<ChunkId>) -> Prefetched {
+    fn start(client: Client, job_id: String, order: Vec<ChunkId>) -> Prefetched {
         let (tx, rx) = mpsc::channel(PREFETCH_QUEUE);
         tokio::spawn(async move {
             let mut client = client;
@@ -53,31 +49,12 @@ impl Prefetched {
                 };
                 loop {
                     match stream.message().await {
-                        Ok(Some(msg)) => {
-                            let key = key.clone();
-                            let verify = move || -> Result<Vec<Fetched>, String> {
-                                msg.chunks
-                                    .iter()
-                                    .map(|c| {
-                                        let id = ChunkId::from_slice(&c.id)
-                                            .map_err(|e| e.to_string())?;
-                                        Ok((id, codec::verified(&key, &id, &c.blob)))
-                                    })
-                                    .collect()
-                            };
-                            let items = match tokio::task::spawn_blocking(verify).await {
-                                Ok(Ok(items)) => items,
-                                Ok(Err(why)) => {
-                                    let _ = tx.send(Err(why)).await;
-                                    return;
-                                }
-                                Err(e) => {
-                                    let _ = tx.send(Err(format!("verification task: {e}"))).await;
-                                    return;
-                                }
-                            };
-                            for item in items {
-                                if tx.send(Ok(item)).await.is_err() {
+                        Ok(Some(batch)) => {
+                            for msg in batch.chunks {
+                                let item = ChunkId::from_slice(&msg.id)
+                                    .map(|id| (id, Vec::from(msg.blob)))
+                                    .map_err(|e| e.to_string());
+                                if tx.send(item).await.is_err() {
                                     return; // the restore ended
                                 }
                             }
@@ -96,10 +73,7 @@ impl Prefetched {
 }
 
 impl ChunkSource for Prefetched {
-    fn fetch(
-        &mut self,
-        ids: &[ChunkId],
-    ) -> lifeboat_core::Result<Vec<lifeboat_core::Result<codec::Verified>>> {
+    fn fetch(&mut self, ids: &[ChunkId]) -> lifeboat_core::Result<Vec<Vec<u8>>> {
         let fail = |why: String| {
             lifeboat_core::Error::io(
                 "fetching chunks from the controller",
@@ -110,8 +84,8 @@ impl ChunkSource for Prefetched {
         for id in ids {
             loop {
                 match self.rx.blocking_recv() {
-                    Some(Ok((got, chunk))) if got == *id => {
-                        out.push(chunk);
+                    Some(Ok((got, blob))) if got == *id => {
+                        out.push(blob);
                         break;
                     }
                     Some(Ok(_)) => continue,
@@ -207,7 +181,7 @@ pub async fn run_restore(
         .filter(|e| e.kind == Kind::File)
         .flat_map(|e| e.chunks.iter().copied())
         .collect();
-    let mut source = Prefetched::start(client, state.chunk_key.clone(), job_id.to_string(), order);
+    let mut source = Prefetched::start(client, job_id.to_string(), order);
     let key = state.chunk_key.clone();
     let progress = counters.clone();
     let report = tokio::task::spawn_blocking(move || -> Result<Report, AgentError> {

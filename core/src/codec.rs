@@ -242,34 +242,6 @@ pub fn verify(key: &crate::ChunkKey, id: &crate::ChunkId, blob: &[u8]) -> Result
     decode_verified(key, id, blob).map(drop)
 }
 
-/// A chunk's plaintext whose keyed id was checked; only [`verified`] makes one.
-pub struct Verified {
-    id: crate::ChunkId,
-    data: Vec<u8>,
-}
-
-impl Verified {
-    /// The id the plaintext was checked against.
-    pub fn id(&self) -> &crate::ChunkId {
-        &self.id
-    }
-}
-
-impl std::ops::Deref for Verified {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        &self.data
-    }
-}
-
-/// Decodes a blob and checks it against `id`, keeping the proof with the plaintext.
-pub fn verified(key: &crate::ChunkKey, id: &crate::ChunkId, blob: &[u8]) -> Result<Verified> {
-    Ok(Verified {
-        id: *id,
-        data: decode_verified(key, id, blob)?,
-    })
-}
-
 /// Decodes a blob and checks that its plaintext hashes to `id` under `key`.
 pub fn decode_verified(key: &crate::ChunkKey, id: &crate::ChunkId, blob: &[u8]) -> Result<Vec<u8>> {
     let data = decode(blob).map_err(|e| match e {

@@ -29,10 +29,8 @@ use crate::{ChunkId, ChunkKey, Error, Result, codec};
 
 /// Where restore gets chunk blobs from (the agent implements it over gRPC).
 pub trait ChunkSource {
-    /// Returns the chunks `ids`, in the same order, each decoded and checked against its id
-    /// ([`codec::verified`]; a source may do that on other threads). An outer `Err` aborts
-    /// the restore; an `Err` for one chunk fails only the file that needs it.
-    fn fetch(&mut self, ids: &[ChunkId]) -> Result<Vec<Result<codec::Verified>>>;
+    /// Returns the encoded blobs of `ids`, in the same order. The restore verifies them.
+    fn fetch(&mut self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>>;
 }
 
 /// What the restore may do beyond writing content.
@@ -400,18 +398,15 @@ impl Restorer<'_> {
         let mut hasher = blake3::Hasher::new_keyed(self.key.as_bytes());
         let mut offset = 0u64;
         for batch in e.chunks.chunks(FETCH_BATCH) {
-            let chunks = self.source.fetch(batch)?;
-            if chunks.len() != batch.len() {
+            let blobs = self.source.fetch(batch)?;
+            if blobs.len() != batch.len() {
                 return Err(Error::io(
                     e.display_path(),
                     std::io::Error::other("chunk source returned the wrong number of chunks"),
                 ));
             }
-            for (id, chunk) in batch.iter().zip(chunks) {
-                let data = chunk?;
-                if data.id() != id {
-                    return Err(Error::ChunkMismatch { id: id.to_hex() });
-                }
+            for (id, blob) in batch.iter().zip(blobs) {
+                let data = codec::decode_verified(self.key, id, &blob)?;
                 hasher.update(&data);
                 write_at(file, &data, offset, e.sparse)
                     .ctx(|| format!("writing {}", e.display_path()))?;
