@@ -10,7 +10,7 @@ use lifeboat_proto::pb::{self, JobState, operator_api_client::OperatorApiClient}
 use lifeboat_proto::transport::{self, ClientTls};
 use tonic::transport::Channel;
 
-use crate::output::{self, bytes, state_name, table, time};
+use crate::output::{self, bytes, state_name, time};
 use crate::{Cli, Cmd, JobsCmd, TokenCmd, default_data_dir};
 
 pub type Api = OperatorApiClient<Channel>;
@@ -127,84 +127,36 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .map_err(rpc)?
                 .into_inner()
                 .agents;
-            if json.json {
-                println!(
-                    "{}",
-                    serde_json::Value::Array(agents.iter().map(output::agent_json).collect())
-                );
-            } else {
-                let rows = agents
-                    .iter()
-                    .map(|a| {
-                        let labels: Vec<String> =
-                            a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                        let sources: Vec<String> =
-                            a.sources.iter().map(|s| s.name.clone()).collect();
-                        vec![
-                            a.name.clone(),
-                            if a.connected {
-                                "connected".into()
-                            } else {
-                                "offline".into()
-                            },
-                            a.hostname.clone(),
-                            labels.join(","),
-                            sources.join(","),
-                            time(a.last_seen_unix_ms),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(
-                        &["NAME", "STATE", "HOST", "LABELS", "SOURCES", "LAST SEEN"],
-                        rows
-                    )
-                );
-            }
+            output::listing(
+                json.json,
+                &agents,
+                output::agent_json,
+                output::AGENT_HEADER,
+                output::agent_row,
+            );
         }
         Cmd::Snapshots {
             agent,
             source,
             json,
         } => {
+            let request = pb::ListSnapshotsRequest {
+                agent: agent.unwrap_or_default(),
+                source: source.unwrap_or_default(),
+            };
             let snaps = api
-                .list_snapshots(pb::ListSnapshotsRequest {
-                    agent: agent.unwrap_or_default(),
-                    source: source.unwrap_or_default(),
-                })
+                .list_snapshots(request)
                 .await
                 .map_err(rpc)?
                 .into_inner()
                 .snapshots;
-            if json.json {
-                println!(
-                    "{}",
-                    serde_json::Value::Array(snaps.iter().map(output::snapshot_json).collect())
-                );
-            } else {
-                let rows = snaps
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            s.id[..12].to_string(),
-                            time(s.received_unix_ms),
-                            s.agent_name.clone(),
-                            s.source.clone(),
-                            s.files.to_string(),
-                            bytes(s.bytes),
-                            bytes(s.bytes_new),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(
-                        &["ID", "TIME", "AGENT", "SOURCE", "FILES", "SIZE", "NEW"],
-                        rows
-                    )
-                );
-            }
+            output::listing(
+                json.json,
+                &snaps,
+                output::snapshot_json,
+                output::SNAPSHOT_HEADER,
+                output::snapshot_row,
+            );
         }
         Cmd::Jobs {
             cmd: None,
@@ -217,34 +169,13 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .map_err(rpc)?
                 .into_inner()
                 .jobs;
-            if json.json {
-                println!(
-                    "{}",
-                    serde_json::Value::Array(jobs.iter().map(output::job_json).collect())
-                );
-            } else {
-                let rows = jobs
-                    .iter()
-                    .map(|j| {
-                        vec![
-                            j.id.clone(),
-                            j.kind.clone(),
-                            j.agent_name.clone(),
-                            state_name(j.state).into(),
-                            time(j.created_unix_ms),
-                            j.detail.clone(),
-                            j.error.clone(),
-                        ]
-                    })
-                    .collect();
-                println!(
-                    "{}",
-                    table(
-                        &["ID", "KIND", "AGENT", "STATE", "CREATED", "DETAIL", "ERROR"],
-                        rows
-                    )
-                );
-            }
+            output::listing(
+                json.json,
+                &jobs,
+                output::job_json,
+                output::JOB_HEADER,
+                output::job_row,
+            );
         }
         Cmd::Jobs {
             cmd: Some(JobsCmd::Show { id, json }),

@@ -12,6 +12,68 @@ pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     t.to_string()
 }
 
+/// Prints a listing: a JSON array with `--json`, a table for humans otherwise.
+pub fn listing<T>(
+    json: bool,
+    items: &[T],
+    to_json: fn(&T) -> serde_json::Value,
+    header: &[&str],
+    to_row: fn(&T) -> Vec<String>,
+) {
+    if json {
+        println!(
+            "{}",
+            serde_json::Value::Array(items.iter().map(to_json).collect())
+        );
+    } else {
+        println!("{}", table(header, items.iter().map(to_row).collect()));
+    }
+}
+
+pub const AGENT_HEADER: &[&str] = &["NAME", "STATE", "HOST", "LABELS", "SOURCES", "LAST SEEN"];
+
+pub fn agent_row(a: &pb::AgentInfo) -> Vec<String> {
+    let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let sources: Vec<String> = a.sources.iter().map(|s| s.name.clone()).collect();
+    let state = if a.connected { "connected" } else { "offline" };
+    vec![
+        a.name.clone(),
+        state.into(),
+        a.hostname.clone(),
+        labels.join(","),
+        sources.join(","),
+        time(a.last_seen_unix_ms),
+    ]
+}
+
+pub const SNAPSHOT_HEADER: &[&str] = &["ID", "TIME", "AGENT", "SOURCE", "FILES", "SIZE", "NEW"];
+
+pub fn snapshot_row(s: &pb::SnapshotInfo) -> Vec<String> {
+    vec![
+        s.id[..s.id.len().min(12)].to_string(),
+        time(s.received_unix_ms),
+        s.agent_name.clone(),
+        s.source.clone(),
+        s.files.to_string(),
+        bytes(s.bytes),
+        bytes(s.bytes_new),
+    ]
+}
+
+pub const JOB_HEADER: &[&str] = &["ID", "KIND", "AGENT", "STATE", "CREATED", "DETAIL", "ERROR"];
+
+pub fn job_row(j: &pb::JobInfo) -> Vec<String> {
+    vec![
+        j.id.clone(),
+        j.kind.clone(),
+        j.agent_name.clone(),
+        state_name(j.state).into(),
+        time(j.created_unix_ms),
+        j.detail.clone(),
+        j.error.clone(),
+    ]
+}
+
 pub fn time(ms: i64) -> String {
     if ms <= 0 {
         return "-".into();

@@ -37,10 +37,6 @@ pub struct Jobs {
     inner: Mutex<Inner>,
 }
 
-fn is_terminal(state: i32) -> bool {
-    state == JobState::Succeeded as i32 || state == JobState::Failed as i32
-}
-
 fn random_id() -> Result<String, ApiError> {
     Ok(hex::encode(lifeboat_core::sign::random_bytes::<8>()?))
 }
@@ -202,7 +198,7 @@ impl Jobs {
                 row.id
             )));
         }
-        if is_terminal(row.state) {
+        if Self::is_terminal(row.state) {
             return Ok(());
         }
         let state = JobState::try_from(upd.state).unwrap_or(JobState::Unspecified);
@@ -278,7 +274,8 @@ impl Jobs {
         })
     }
 
+    /// Succeeded and failed jobs never change again.
     pub fn is_terminal(state: i32) -> bool {
-        is_terminal(state)
+        state == JobState::Succeeded as i32 || state == JobState::Failed as i32
     }
 }
