@@ -2,8 +2,8 @@
 //! → sign → commit.
 //!
 //! The CPU work runs on blocking threads, one worker per core. Each worker takes whole
-//! files, cuts them with FastCDC, names each chunk (keyed BLAKE3) and hashes the whole
-//! content; chunks the backup has not seen yet are batched (at most [`BATCH_BYTES`]),
+//! files, cuts them with FastCDC and names each chunk (keyed BLAKE3; the file's content
+//! hash is derived from its chunk ids, not from a second pass over the bytes); chunks the backup has not seen yet are batched (at most [`BATCH_BYTES`]),
 //! the controller is asked which of them it lacks, and only those are compressed and
 //! sent into the worker's own bounded upload stream. Memory is bounded by the workers' batches and the
 //! stream's capacity, never by the size of the source. Files whose size, mtime, ctime and
@@ -264,13 +264,11 @@ impl Pipeline {
         batch_bytes: &mut usize,
         up: &mut Upload,
     ) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {
-        let mut hasher = blake3::Hasher::new_keyed(self.key.as_bytes());
         let mut ids = Vec::new();
         let mut size = 0u64;
         for chunk in Chunker::with_buffer(src, buf) {
             let data = chunk?;
             let id = self.key.id_of(&data);
-            hasher.update(&data);
             size += data.len() as u64;
             ids.push(id);
             Counters::add(&self.counters.bytes_done, data.len() as u64);
@@ -285,7 +283,8 @@ impl Pipeline {
                 Counters::add(&self.counters.chunks_reused, 1);
             }
         }
-        Ok((ids, *hasher.finalize().as_bytes(), size))
+        let hash = self.key.content_hash(size, &ids);
+        Ok((ids, hash, size))
     }
 
     /// A worker: reads files from `queue` until it is empty.

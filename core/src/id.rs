@@ -35,6 +35,19 @@ impl ChunkKey {
     pub fn id_of(&self, data: &[u8]) -> ChunkId {
         ChunkId(*blake3::keyed_hash(&self.0, data).as_bytes())
     }
+
+    /// The content hash of a file of `size` bytes made of `chunks`, in order. Each chunk id
+    /// already binds its bytes, so hashing the id list names the whole content without a
+    /// second pass over the data (a 32-byte update per chunk instead of one per byte).
+    pub fn content_hash(&self, size: u64, chunks: &[ChunkId]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(b"lifeboat file v1");
+        h.update(&size.to_le_bytes());
+        for id in chunks {
+            h.update(id.as_bytes());
+        }
+        *h.finalize().as_bytes()
+    }
 }
 
 impl fmt::Debug for ChunkKey {

@@ -26,8 +26,8 @@
 //! * [`walk`] reads a source directory into entries (never following symlinks), and
 //!   [`restore`] writes entries back under a directory handle: every path component is
 //!   resolved with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so nothing is ever
-//!   written outside the restore root, and each file is verified (every chunk id and the
-//!   whole-content hash) before it is renamed into its final place.
+//!   written outside the restore root, and each file is verified (every chunk id, the
+//!   length and the content hash over the chunk list) before it is renamed into its final place.
 //! * [`pki`] makes the fleet's CA and certificates (rcgen) and fingerprints.
 //!
 //! # Store layout (local directory backend)

@@ -12,7 +12,9 @@
 //! end - 8       8           magic "LBPKEND1"
 //! ```
 //!
-//! A pack is named by the BLAKE3 hash of its whole content and becomes visible under
+//! A pack is named by the BLAKE3 hash of its trailer (index entries and footer, which
+//! itself holds the index hash), so naming costs nothing per stored byte; every blob is
+//! verified on its own against its chunk id. A pack becomes visible under
 //! `packs/` only once complete and synced, so the catalog's chunk index can always be
 //! rebuilt by reading every pack's trailer.
 
@@ -42,7 +44,7 @@ pub struct IndexEntry {
 /// A sealed pack.
 #[derive(Debug, Clone)]
 pub struct SealedPack {
-    /// 64 hex: BLAKE3 of the pack file.
+    /// 64 hex: BLAKE3 of the pack's trailer (index entries and footer).
     pub name: String,
     pub path: PathBuf,
     pub size: u64,
@@ -58,7 +60,6 @@ pub fn pack_path(packs_dir: &Path, name: &str) -> PathBuf {
 pub struct PackWriter {
     tmp: PathBuf,
     out: BufWriter<File>,
-    hasher: blake3::Hasher,
     size: u64,
     entries: Vec<IndexEntry>,
 }
@@ -74,7 +75,6 @@ impl PackWriter {
         let mut w = PackWriter {
             tmp,
             out: BufWriter::with_capacity(256 << 10, file),
-            hasher: blake3::Hasher::new(),
             size: 0,
             entries: Vec::new(),
         };
@@ -86,7 +86,6 @@ impl PackWriter {
         self.out
             .write_all(bytes)
             .ctx(|| format!("writing pack {}", self.tmp.display()))?;
-        self.hasher.update(bytes);
         self.size += bytes.len() as u64;
         Ok(())
     }
@@ -128,6 +127,10 @@ impl PackWriter {
         footer.extend_from_slice(END_MAGIC);
         self.write(&index)?;
         self.write(&footer)?;
+        let mut trailer = blake3::Hasher::new();
+        trailer.update(&index);
+        trailer.update(&footer);
+        let name = trailer.finalize().to_hex().to_string();
         let tmp = self.tmp.clone();
         let file = self
             .out
@@ -136,7 +139,6 @@ impl PackWriter {
         file.sync_all()
             .ctx(|| format!("syncing pack {}", tmp.display()))?;
         drop(file);
-        let name = self.hasher.finalize().to_hex().to_string();
         let path = pack_path(packs_dir, &name);
         let dir = path.parent().unwrap_or(packs_dir);
         let created = !dir.exists();
@@ -260,12 +262,9 @@ mod tests {
         }
         let sealed = w.seal(&packs).expect("seal");
         assert_eq!(sealed.path, pack_path(&packs, &sealed.name));
-        assert_eq!(
-            blake3::hash(&fs::read(&sealed.path).expect("read"))
-                .to_hex()
-                .as_str(),
-            sealed.name
-        );
+        let bytes = fs::read(&sealed.path).expect("read");
+        let trailer = &bytes[bytes.len() - (expect.len() * ENTRY_LEN + FOOTER_LEN)..];
+        assert_eq!(blake3::hash(trailer).to_hex().as_str(), sealed.name);
         let index = read_index(&sealed.path).expect("index");
         let file = File::open(&sealed.path).expect("open");
         assert_eq!(index.len(), expect.len());

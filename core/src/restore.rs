@@ -9,7 +9,7 @@
 //!    pass refuses the whole restore, before writing anything, if the target holds a
 //!    symlink where the tree has a directory.
 //! 3. A file is written to a temp name in its final directory, every chunk is checked
-//!    against its id and the whole content against the recorded hash, metadata is applied,
+//!    against its id, the length and chunk list against the recorded content hash, metadata is applied,
 //!    and only then is it renamed into place. A file that fails verification is removed
 //!    and reported; the other files still restore.
 
@@ -395,7 +395,6 @@ impl Restorer<'_> {
     }
 
     fn write_content(&mut self, file: &File, e: &Entry) -> Result<()> {
-        let mut hasher = blake3::Hasher::new_keyed(self.key.as_bytes());
         let mut offset = 0u64;
         for batch in e.chunks.chunks(FETCH_BATCH) {
             let blobs = self.source.fetch(batch)?;
@@ -407,13 +406,12 @@ impl Restorer<'_> {
             }
             for (id, blob) in batch.iter().zip(blobs) {
                 let data = codec::decode_verified(self.key, id, &blob)?;
-                hasher.update(&data);
                 write_at(file, &data, offset, e.sparse)
                     .ctx(|| format!("writing {}", e.display_path()))?;
                 offset += data.len() as u64;
             }
         }
-        if offset != e.size || hasher.finalize().as_bytes() != &e.content_hash {
+        if offset != e.size || self.key.content_hash(offset, &e.chunks) != e.content_hash {
             return Err(Error::ContentMismatch {
                 path: e.display_path(),
             });

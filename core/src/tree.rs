@@ -89,7 +89,7 @@ pub struct Entry {
     pub sparse: bool,
     /// Symlink target, or the first path of a hardlinked inode.
     pub target: Vec<u8>,
-    /// Keyed BLAKE3 of the whole file content (files only).
+    /// `ChunkKey::content_hash` of the size and chunk list (files only; zero otherwise).
     pub content_hash: [u8; 32],
     pub chunks: Vec<ChunkId>,
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
