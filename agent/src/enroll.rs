@@ -11,7 +11,7 @@ use lifeboat_proto::pb::{self, enrollment_client::EnrollmentClient};
 use lifeboat_proto::transport::{self, ClientTls};
 
 use crate::AgentError;
-use crate::state::{AgentInfo, AgentState};
+use crate::state::{AgentInfo, AgentState, Credentials};
 
 pub struct EnrollOptions {
     pub controller: String,
@@ -80,21 +80,29 @@ pub async fn enroll(opts: EnrollOptions) -> Result<AgentState, AgentError> {
             "the controller returned a CA that does not match --ca-fingerprint".into(),
         ));
     }
-    let state = AgentState {
-        dir: opts.state_dir,
-        info: AgentInfo {
+    if resp.controller_signing_key.len() != 32 {
+        return Err(AgentError::State(
+            "the controller sent no countersigning key; upgrade the controller".into(),
+        ));
+    }
+    let state = AgentState::new(
+        opts.state_dir,
+        AgentInfo {
             version: 1,
             agent_id: resp.agent_id,
             name: resp.name,
             controller: opts.controller,
             ca_fingerprint: fingerprint,
+            controller_key: hex::encode(&resp.controller_signing_key),
         },
-        ca_pem: resp.ca_pem,
-        cert_pem: resp.cert_pem,
-        key_pem,
+        resp.ca_pem,
+        Credentials {
+            cert_pem: resp.cert_pem,
+            key_pem,
+        },
         signing,
-        chunk_key: ChunkKey::from_slice(&resp.chunk_key)?,
-    };
+        ChunkKey::from_slice(&resp.chunk_key)?,
+    );
     std::fs::create_dir_all(&state.dir)
         .map_err(|e| AgentError::State(format!("creating {}: {e}", state.dir.display())))?;
     {

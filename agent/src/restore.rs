@@ -133,7 +133,24 @@ pub async fn run_restore(
     roots: &[PathBuf],
     counters: Arc<Counters>,
 ) -> Result<Report, AgentError> {
-    lifeboat_core::sign::verify_record(&job.origin_public_key, &job.record, &job.signature)
+    // Both signatures, before a byte is written: the origin agent's over the record, and
+    // the controller's countersignature (with the key pinned at our enrollment) over the
+    // record, that signature and key, and the receive time.
+    let controller_key = hex::decode(&state.info.controller_key).unwrap_or_default();
+    if controller_key.len() != 32 {
+        return Err(AgentError::State(
+            "this agent was enrolled without the controller's countersigning key and cannot verify snapshots; enroll it again".into(),
+        ));
+    }
+    let envelope = lifeboat_core::snapshot::Envelope {
+        record: job.record.clone(),
+        signature: job.signature.clone(),
+        public_key: job.origin_public_key.clone(),
+        countersignature: job.countersignature.clone(),
+        received_unix_ms: job.received_unix_ms,
+    };
+    envelope
+        .verify(&job.origin_public_key, &controller_key)
         .map_err(|e| {
             AgentError::State(format!(
                 "snapshot {}: {e}; refusing to restore it",

@@ -36,7 +36,6 @@ pub async fn run(
         .controller
         .clone()
         .unwrap_or_else(|| state.info.controller.clone());
-    let tls = state.client_tls()?;
     let (updates, mut updates_rx) = mpsc::channel(256);
     let shared = Arc::new(Shared {
         state,
@@ -48,8 +47,10 @@ pub async fn run(
     let mut backoff = Duration::from_millis(200);
     loop {
         let started = tokio::time::Instant::now();
+        check_not_expired(&shared.state)?;
+        let tls = shared.state.client_tls()?;
         let session = async {
-            let channel = transport::connect(&url, tls.clone()).await?;
+            let channel = transport::connect(&url, tls).await?;
             serve_session(&shared, channel, &mut updates_rx).await
         };
         tokio::select! {
@@ -75,6 +76,35 @@ pub async fn run(
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// An expired certificate can never reconnect: say so and what to do, rather than retry.
+fn check_not_expired(state: &AgentState) -> Result<(), AgentError> {
+    let not_after = state.credentials().not_after_ms()?;
+    if not_after <= crate::now_ms() {
+        return Err(AgentError::State(format!(
+            "this agent's certificate expired at {} (it was offline past its renewal); enroll it again with a new token: `lifeboat token create` on an admin machine, then `lifeboat-agent enroll ... --state-dir NEW_DIR`",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(not_after.max(0) as u64)
+            )
+        )));
+    }
+    Ok(())
+}
+
+/// Trades a fresh key's CSR for a new certificate over the open session, and stores both.
+async fn renew(state: &AgentState, api: &mut Client) -> Result<(), AgentError> {
+    let (csr_pem, key_pem) = lifeboat_core::pki::make_csr("lifeboat agent")?;
+    let reply = api
+        .renew_certificate(pb::RenewRequest { csr_pem })
+        .await?
+        .into_inner();
+    state.replace_credentials(crate::state::Credentials {
+        cert_pem: reply.cert_pem,
+        key_pem,
+    })?;
+    tracing::info!("certificate renewed");
+    Ok(())
 }
 
 async fn serve_session(
@@ -121,8 +151,20 @@ async fn serve_session(
         .into_inner();
     tracing::info!(agent = %shared.state.info.name, "connected to the controller");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut renew_at = shared.state.credentials().renew_at_ms()?;
     loop {
+        let renew_in = Duration::from_millis((renew_at - crate::now_ms()).max(0) as u64);
         tokio::select! {
+            () = tokio::time::sleep(renew_in) => {
+                let mut c = api.clone();
+                match renew(&shared.state, &mut c).await {
+                    Ok(()) => renew_at = shared.state.credentials().renew_at_ms()?,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "certificate renewal failed; retrying in a minute");
+                        renew_at = crate::now_ms() + 60_000;
+                    }
+                }
+            }
             msg = inbound.message() => match msg? {
                 Some(pb::ControllerMessage { msg: Some(controller_message::Msg::Job(job)) }) => start_job(shared, api.clone(), job),
                 Some(_) => {}

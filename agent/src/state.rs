@@ -3,14 +3,15 @@
 //! ```text
 //! STATE/agent.json     who we are: id, name, controller URL, CA fingerprint
 //! STATE/ca.crt         the fleet CA (pinned by fingerprint at enrollment)
-//! STATE/tls.crt        our client certificate (CN agent:<id>)
-//! STATE/tls.key        its key, generated here (0600)
+//! STATE/tls.pem        our client certificate (CN agent:<id>) and its key, generated
+//!                      here (0600); one file, so a renewal replaces both atomically
 //! STATE/signing.key    our ed25519 snapshot-signing key, generated here (0600)
 //! STATE/chunk.key      the fleet's chunk-id key (0600)
 //! STATE/cache/         per-source tree of the last committed snapshot (change detection)
 //! ```
 
 use std::path::{Path, PathBuf};
+use std::sync::RwLock;
 
 use lifeboat_core::ChunkKey;
 use lifeboat_core::durable::write_atomic;
@@ -28,6 +29,37 @@ pub struct AgentInfo {
     pub name: String,
     pub controller: String,
     pub ca_fingerprint: String,
+    /// The controller's countersigning key (64 hex), pinned at enrollment.
+    #[serde(default)]
+    pub controller_key: String,
+}
+
+/// Our TLS certificate and key (PEM), replaced by renewal.
+#[derive(Clone)]
+pub struct Credentials {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Credentials {
+    /// When to renew: with a third of the certificate's lifetime left.
+    pub fn renew_at_ms(&self) -> Result<i64, AgentError> {
+        let v = lifeboat_core::pki::validity_of(&self.cert_pem)?;
+        // Certificates are backdated for clock skew; the lifetime starts at issue.
+        let skew = lifeboat_core::pki::CLOCK_SKEW.as_millis() as i64;
+        let (from, until) = (
+            v.not_before.unix_timestamp() * 1000 + skew,
+            v.not_after.unix_timestamp() * 1000,
+        );
+        Ok(until - (until - from) / 3)
+    }
+
+    pub fn not_after_ms(&self) -> Result<i64, AgentError> {
+        Ok(lifeboat_core::pki::validity_of(&self.cert_pem)?
+            .not_after
+            .unix_timestamp()
+            * 1000)
+    }
 }
 
 /// A loaded, enrolled agent identity.
@@ -35,8 +67,7 @@ pub struct AgentState {
     pub dir: PathBuf,
     pub info: AgentInfo,
     pub ca_pem: String,
-    pub cert_pem: String,
-    pub key_pem: String,
+    tls: RwLock<Credentials>,
     pub signing: SigningKey,
     pub chunk_key: ChunkKey,
 }
@@ -65,15 +96,69 @@ impl AgentState {
         }
         let info: AgentInfo = serde_json::from_slice(&read(&dir.join("agent.json"))?)
             .map_err(|e| AgentError::State(format!("{}: {e}", dir.join("agent.json").display())))?;
+        let pem = dir.join("tls.pem");
+        let tls = if pem.exists() {
+            let both = read_string(&pem)?;
+            let key_at = both.find("-----BEGIN PRIVATE KEY-----").ok_or_else(|| {
+                AgentError::State(format!("{} holds no private key", pem.display()))
+            })?;
+            Credentials {
+                cert_pem: both[..key_at].to_string(),
+                key_pem: both[key_at..].to_string(),
+            }
+        } else {
+            // Enrolled by an earlier version: certificate and key in two files.
+            Credentials {
+                cert_pem: read_string(&dir.join("tls.crt"))?,
+                key_pem: read_string(&dir.join("tls.key"))?,
+            }
+        };
         Ok(AgentState {
             dir: dir.to_owned(),
             ca_pem: read_string(&dir.join("ca.crt"))?,
-            cert_pem: read_string(&dir.join("tls.crt"))?,
-            key_pem: read_string(&dir.join("tls.key"))?,
+            tls: RwLock::new(tls),
             signing: SigningKey::from_pkcs8(&read(&dir.join("signing.key"))?)?,
             chunk_key: ChunkKey::from_slice(&read(&dir.join("chunk.key"))?)?,
             info,
         })
+    }
+
+    pub fn new(
+        dir: PathBuf,
+        info: AgentInfo,
+        ca_pem: String,
+        tls: Credentials,
+        signing: SigningKey,
+        chunk_key: ChunkKey,
+    ) -> AgentState {
+        AgentState {
+            dir,
+            info,
+            ca_pem,
+            tls: RwLock::new(tls),
+            signing,
+            chunk_key,
+        }
+    }
+
+    /// The current certificate and key.
+    pub fn credentials(&self) -> Credentials {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Stores a renewed certificate and key (one atomic write), then uses them for every
+    /// new connection.
+    pub fn replace_credentials(&self, tls: Credentials) -> Result<(), AgentError> {
+        write_atomic(
+            &self.dir.join("tls.pem"),
+            format!("{}{}", tls.cert_pem, tls.key_pem).as_bytes(),
+            0o600,
+        )?;
+        for legacy in ["tls.crt", "tls.key"] {
+            let _ = std::fs::remove_file(self.dir.join(legacy));
+        }
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = tls;
+        Ok(())
     }
 
     /// Writes every file; `agent.json` last, so a half-written state is never "enrolled".
@@ -81,8 +166,7 @@ impl AgentState {
         std::fs::create_dir_all(self.dir.join("cache"))
             .map_err(|e| AgentError::State(format!("creating {}: {e}", self.dir.display())))?;
         write_atomic(&self.dir.join("ca.crt"), self.ca_pem.as_bytes(), 0o644)?;
-        write_atomic(&self.dir.join("tls.crt"), self.cert_pem.as_bytes(), 0o644)?;
-        write_atomic(&self.dir.join("tls.key"), self.key_pem.as_bytes(), 0o600)?;
+        self.replace_credentials(self.credentials())?;
         write_atomic(&self.dir.join("signing.key"), self.signing.pkcs8(), 0o600)?;
         write_atomic(
             &self.dir.join("chunk.key"),
@@ -96,10 +180,11 @@ impl AgentState {
     }
 
     pub fn client_tls(&self) -> Result<ClientTls, AgentError> {
+        let tls = self.credentials();
         Ok(ClientTls::with_identity(
             &self.ca_pem,
-            &self.cert_pem,
-            &self.key_pem,
+            &tls.cert_pem,
+            &tls.key_pem,
         )?)
     }
 

@@ -56,10 +56,17 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
-    /// List enrolled agents.
-    Agents(Json),
-    /// List snapshots.
+    /// List enrolled agents, or revoke one.
+    Agents {
+        #[command(subcommand)]
+        cmd: Option<AgentsCmd>,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// List snapshots, or delete one (admin).
     Snapshots {
+        #[command(subcommand)]
+        cmd: Option<SnapshotsCmd>,
         /// Only this agent's (name or id).
         #[arg(long)]
         agent: Option<String>,
@@ -94,6 +101,21 @@ pub enum Cmd {
         #[command(flatten)]
         json: Json,
     },
+    /// Operator identities and their roles (viewer, operator, admin).
+    Identity {
+        #[command(subcommand)]
+        cmd: IdentityCmd,
+    },
+    /// The hash-chained audit log: list it, verify it, export it.
+    Audit {
+        #[command(subcommand)]
+        cmd: Option<AuditCmd>,
+        /// Only entries from this time on: RFC 3339 (2026-11-29T08:00:00Z) or an age (24h).
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        json: Json,
+    },
     /// Restore a snapshot onto an agent (the same machine or another one).
     Restore {
         /// Snapshot id or unique prefix.
@@ -123,6 +145,52 @@ pub enum TokenCmd {
         ttl: humantime::Duration,
         #[command(flatten)]
         json: Json,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AgentsCmd {
+    /// Revoke an agent (admin): its session closes now and its certificate is refused
+    /// from then on; its snapshots stay restorable.
+    Revoke { agent: String },
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotsCmd {
+    /// Delete a snapshot (admin). Its chunks are reclaimed by garbage collection.
+    Delete { snapshot: String },
+}
+
+#[derive(Subcommand)]
+pub enum IdentityCmd {
+    /// Create an operator identity file (admin). The key is made here and never sent.
+    Create {
+        name: String,
+        /// viewer (read only), operator (backups, restores), or admin (everything).
+        #[arg(long)]
+        role: String,
+        /// Where to write the identity file (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the identity stays valid.
+        #[arg(long, default_value = "90d")]
+        valid_for: humantime::Duration,
+    },
+    /// List operator identities.
+    List(Json),
+    /// Revoke an operator identity (admin); it is refused from then on.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Check the whole chain and the store's anchor; names the first broken entry.
+    Verify(Json),
+    /// Write the log as JSON Lines (for a SIEM).
+    Export {
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 

@@ -74,6 +74,13 @@ pub fn job_row(j: &pb::JobInfo) -> Vec<String> {
     ]
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 pub fn time(ms: i64) -> String {
     if ms <= 0 {
         return "-".into();
@@ -168,5 +175,71 @@ pub fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
         "sources": a.sources.iter().map(|s| serde_json::json!({"name": s.name, "kind": s.kind, "path": s.path})).collect::<Vec<_>>(),
         "restore_roots": a.restore_roots,
         "version": a.version,
+        "revoked": (a.revoked_unix_ms != 0).then(|| time(a.revoked_unix_ms)),
+        "cert_expires": (a.cert_expires_unix_ms != 0).then(|| time(a.cert_expires_unix_ms)),
+    })
+}
+
+pub const IDENTITY_HEADER: &[&str] = &["NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "BY"];
+
+fn identity_state(i: &pb::IdentityInfo) -> &'static str {
+    if i.revoked_unix_ms != 0 {
+        "revoked"
+    } else if i.expires_unix_ms != 0 && i.expires_unix_ms < now_ms() {
+        "expired"
+    } else {
+        "valid"
+    }
+}
+
+pub fn identity_row(i: &pb::IdentityInfo) -> Vec<String> {
+    vec![
+        i.name.clone(),
+        i.role.clone(),
+        identity_state(i).into(),
+        time(i.created_unix_ms),
+        time(i.expires_unix_ms),
+        i.created_by.clone(),
+    ]
+}
+
+pub fn identity_json(i: &pb::IdentityInfo) -> serde_json::Value {
+    serde_json::json!({
+        "name": i.name,
+        "role": i.role,
+        "state": identity_state(i),
+        "created": time(i.created_unix_ms),
+        "expires": time(i.expires_unix_ms),
+        "revoked": (i.revoked_unix_ms != 0).then(|| time(i.revoked_unix_ms)),
+        "created_by": i.created_by,
+    })
+}
+
+pub const AUDIT_HEADER: &[&str] = &[
+    "SEQ", "TIME", "ACTOR", "ACTION", "TARGET", "OUTCOME", "DETAIL",
+];
+
+pub fn audit_row(e: &pb::AuditEntry) -> Vec<String> {
+    vec![
+        e.seq.to_string(),
+        time(e.unix_ms),
+        e.actor.clone(),
+        e.action.clone(),
+        e.target.clone(),
+        e.outcome.clone(),
+        e.detail.chars().take(80).collect(),
+    ]
+}
+
+pub fn audit_json(e: &pb::AuditEntry) -> serde_json::Value {
+    serde_json::json!({
+        "seq": e.seq,
+        "time": time(e.unix_ms),
+        "unix_ms": e.unix_ms,
+        "actor": e.actor,
+        "action": e.action,
+        "target": e.target,
+        "outcome": e.outcome,
+        "detail": serde_json::from_str::<serde_json::Value>(&e.detail).unwrap_or(serde_json::Value::String(e.detail.clone())),
     })
 }

@@ -37,6 +37,7 @@ pub async fn up(
         &ServeConfig {
             data_dir: controller_dir.clone(),
             store: None,
+            agent_cert_lifetime: lifeboat_controller::setup::DEFAULT_AGENT_CERT_LIFETIME,
         },
         listener,
         None,

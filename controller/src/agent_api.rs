@@ -23,6 +23,8 @@ pub struct AgentService(pub Arc<Controller>);
 const MAX_IDS: usize = 4096;
 /// GetChunks fills each message up to this many bytes.
 const BATCH_BYTES: usize = 1 << 20;
+/// How far ahead of the controller's clock an agent's own timestamps may be.
+const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 
 fn ids(raw: &[Vec<u8>]) -> Result<Vec<ChunkId>, ApiError> {
     if raw.len() > MAX_IDS {
@@ -47,7 +49,7 @@ impl AgentApi for AgentService {
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let ctl = self.0.clone();
-        let agent = auth::agent(&ctl, &req)?;
+        let agent = auth::agent(&req)?;
         let mut inbound = req.into_inner();
         let Some(pb::AgentMessage {
             msg: Some(Msg::Hello(hello)),
@@ -103,7 +105,7 @@ impl AgentApi for AgentService {
         &self,
         req: Request<pb::ChunkIds>,
     ) -> Result<Response<pb::ChunkIds>, Status> {
-        auth::agent(&self.0, &req)?;
+        auth::agent(&req)?;
         let wanted = ids(&req.into_inner().ids)?;
         let ctl = self.0.clone();
         let missing = tokio::task::spawn_blocking(move || ctl.store.missing(&wanted))
@@ -118,10 +120,23 @@ impl AgentApi for AgentService {
         &self,
         req: Request<Streaming<pb::ChunkBatch>>,
     ) -> Result<Response<pb::PutChunksReply>, Status> {
-        let agent = auth::agent(&self.0, &req)?;
+        let agent = auth::agent(&req)?;
         let mut stream = req.into_inner();
         let mut reply = pb::PutChunksReply::default();
         while let Some(batch) = stream.message().await? {
+            // A revocation stops an upload that is already streaming.
+            if self
+                .0
+                .catalog
+                .agent(&agent.id)?
+                .is_none_or(|a| a.revoked_ms != 0)
+            {
+                return Err(ApiError::PermissionDenied(format!(
+                    "agent {} was revoked",
+                    agent.name
+                ))
+                .into());
+            }
             let ctl = self.0.clone();
             // One blocking hop per message: verify and append every chunk in it.
             let res =
@@ -159,14 +174,14 @@ impl AgentApi for AgentService {
         &self,
         req: Request<pb::GetChunksRequest>,
     ) -> Result<Response<Self::GetChunksStream>, Status> {
-        let agent = auth::agent(&self.0, &req)?;
+        let agent = auth::agent(&req)?;
         let req = req.into_inner();
         // A restore job of this agent, running now, is the grant to read chunks.
         let job = self
             .0
             .catalog
             .job(&req.job_id)?
-            .ok_or_else(|| ApiError::PermissionDenied(format!("no job {}", req.job_id)))?;
+            .ok_or_else(|| ApiError::NotFound(format!("no job {:?}", req.job_id)))?;
         if job.agent_id != agent.id
             || job.kind != "restore"
             || job.state != JobState::Running as i32
@@ -177,6 +192,33 @@ impl AgentApi for AgentService {
             .into());
         }
         let wanted = ids(&req.ids)?;
+        let grant = match self.0.jobs.grant(&job.id) {
+            Some(g) => g,
+            None => {
+                let ctl = self.0.clone();
+                let row = job.clone();
+                let g = tokio::task::spawn_blocking(move || restore_grant(&ctl, &row))
+                    .await
+                    .map_err(ApiError::from)??;
+                self.0.jobs.set_grant(&job.id, g.clone());
+                g
+            }
+        };
+        if let Some(outside) = wanted.iter().find(|id| !grant.contains(*id)) {
+            self.0.audit.denied(
+                &format!("agent:{}", agent.name),
+                "/lifeboat.v1.AgentApi/GetChunks",
+                "",
+                &format!(
+                    "chunk {outside} is not part of the snapshot restore job {} grants",
+                    job.id
+                ),
+            );
+            return Err(ApiError::PermissionDenied(format!(
+                "chunk {outside} is not part of the snapshot this restore job reads"
+            ))
+            .into());
+        }
         let (tx, rx) = mpsc::channel(4);
         let ctl = self.0.clone();
         tokio::task::spawn_blocking(move || {
@@ -218,7 +260,7 @@ impl AgentApi for AgentService {
         &self,
         req: Request<pb::CommitRequest>,
     ) -> Result<Response<pb::CommitReply>, Status> {
-        let agent = auth::agent(&self.0, &req)?;
+        let agent = auth::agent(&req)?;
         let req = req.into_inner();
         lifeboat_core::sign::verify_record(&agent.signing_key, &req.record, &req.signature)
             .map_err(ApiError::from)?;
@@ -227,6 +269,26 @@ impl AgentApi for AgentService {
             return Err(ApiError::PermissionDenied(
                 "a snapshot record must name the committing agent".into(),
             )
+            .into());
+        }
+        // The agent's clock decides nothing (retention goes by receive time), but a record
+        // that claims to come from the future is a lie or a broken clock: refuse it.
+        let now = now_ms();
+        let claimed = record.finished_unix_ms.max(record.started_unix_ms);
+        if claimed > now + MAX_CLOCK_SKEW_MS {
+            self.0.audit.denied(
+                &format!("agent:{}", agent.name),
+                "/lifeboat.v1.AgentApi/CommitSnapshot",
+                "",
+                &format!(
+                    "record dated {} ms ahead of the controller's clock",
+                    claimed - now
+                ),
+            );
+            return Err(ApiError::InvalidArgument(format!(
+                "the snapshot record is dated {} s in the future by the controller's clock; fix the agent's clock (NTP) and back up again",
+                (claimed - now) / 1000
+            ))
             .into());
         }
         let job = self
@@ -246,12 +308,13 @@ impl AgentApi for AgentService {
         let row = tokio::task::spawn_blocking(move || -> Result<SnapshotRow, ApiError> {
             ctl.store.flush()?;
             check_tree_complete(&ctl, &record)?;
-            let env = Envelope {
-                record: raw_record,
+            let env = Envelope::countersign(
+                raw_record,
                 signature,
-                public_key: agent.signing_key.clone(),
-                received_unix_ms: now_ms(),
-            };
+                agent.signing_key.clone(),
+                now_ms(),
+                &ctl.signer,
+            );
             ctl.store.write_snapshot(&env)?;
             let row = snapshot_row(&env.id(), &record, env.received_unix_ms);
             ctl.catalog.insert_snapshot(&row)?;
@@ -260,11 +323,77 @@ impl AgentApi for AgentService {
         .await
         .map_err(ApiError::from)??;
         tracing::info!(agent = %row.agent_name, source = %row.source, snapshot = %row.id, files = row.files, "snapshot committed");
+        self.0.audit.ok(
+            &format!("agent:{}", row.agent_name),
+            "snapshot.commit",
+            &row.id,
+            serde_json::json!({ "source": row.source, "received_ms": row.received_ms, "files": row.files, "bytes": row.bytes }),
+        );
         Ok(Response::new(pb::CommitReply {
             snapshot_id: row.id,
             received_unix_ms: row.received_ms,
         }))
     }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::RenewReply>, Status> {
+        let agent = auth::agent(&req)?;
+        let presented = req
+            .extensions()
+            .get::<lifeboat_proto::transport::PeerInfo>()
+            .and_then(|p| match &p.peer {
+                lifeboat_proto::transport::Peer::Agent { serial, .. } => Some(serial.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        let lifetime = self.0.agent_cert_lifetime;
+        let validity = lifeboat_core::pki::Validity::from_now(lifetime);
+        let (cert_pem, serial) = self
+            .0
+            .ca
+            .sign_csr(
+                &req.into_inner().csr_pem,
+                &format!("agent:{}", agent.id),
+                validity,
+            )
+            .map_err(ApiError::from)?;
+        // The certificate this connection presented stays valid until the new one is used.
+        self.0
+            .catalog
+            .renew_agent_cert(&agent.id, &presented, &serial, validity.not_after_ms())?;
+        self.0.audit.ok(
+            &format!("agent:{}", agent.name),
+            "cert.renew",
+            &agent.name,
+            serde_json::json!({ "serial": serial, "previous": presented, "not_after_ms": validity.not_after_ms() }),
+        );
+        tracing::info!(agent = %agent.name, "certificate renewed");
+        Ok(Response::new(pb::RenewReply { cert_pem }))
+    }
+}
+
+/// The chunks restore job `job` may read: the tree chunks and every file chunk of the
+/// snapshot it restores.
+fn restore_grant(
+    ctl: &Controller,
+    job: &crate::catalog::JobRow,
+) -> Result<crate::jobs::Grant, ApiError> {
+    use prost::Message;
+    let pb_job = pb::Job::decode(job.job.as_slice())
+        .map_err(|e| ApiError::internal(format!("stored job {}: {e}", job.id)))?;
+    let Some(pb::job::Kind::Restore(r)) = pb_job.kind else {
+        return Err(ApiError::PermissionDenied(format!(
+            "job {} is not a restore",
+            job.id
+        )));
+    };
+    let record = Record::parse(&r.record).map_err(ApiError::from)?;
+    let mut ids: HashSet<ChunkId> = record.tree_chunks()?.into_iter().collect();
+    let tree = load_tree(ctl, &record)?;
+    ids.extend(tree.chunk_ids().copied());
+    Ok(Arc::new(ids))
 }
 
 /// Reads the snapshot's tree from the store, checks it against the record, and checks

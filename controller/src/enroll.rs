@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 
 use crate::catalog::{AgentRow, TokenCheck};
 use crate::error::ApiError;
-use crate::{Controller, now_ms, setup};
+use crate::{Controller, now_ms};
 
 pub struct EnrollService(pub Arc<Controller>);
 
@@ -45,6 +45,11 @@ impl Enrollment for EnrollService {
         req: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let ctl = &self.0;
+        let remote = req
+            .extensions()
+            .get::<lifeboat_proto::transport::PeerInfo>()
+            .map(|p| p.remote.to_string())
+            .unwrap_or_default();
         let req = req.into_inner();
         validate_name("agent", &req.name).map_err(ApiError::from)?;
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
@@ -64,35 +69,36 @@ impl Enrollment for EnrollService {
         }
         let agent_id =
             hex::encode(lifeboat_core::sign::random_bytes::<16>().map_err(ApiError::from)?);
-        let token_labels = match ctl.catalog.redeem_token(
+        let refusal = match ctl.catalog.redeem_token(
             &token_hash(&req.token),
             &agent_id,
             now_ms(),
         )? {
-            TokenCheck::Valid(l) => l,
-            TokenCheck::Unknown => {
-                return Err(ApiError::Unauthenticated(
-                    "join token is not valid; create one with `lifeboat token create`".into(),
-                )
-                .into());
-            }
-            TokenCheck::AlreadyUsed => {
-                return Err(ApiError::PermissionDenied("join token was already used; tokens are single-use, create a new one with `lifeboat token create`".into()).into());
-            }
-            TokenCheck::Expired => {
-                return Err(ApiError::PermissionDenied(
-                    "join token has expired; create a new one with `lifeboat token create`".into(),
-                )
-                .into());
+            TokenCheck::Valid(l) => Ok(l),
+            TokenCheck::Unknown => Err(ApiError::Unauthenticated(
+                "join token is not valid; create one with `lifeboat token create`".into(),
+            )),
+            TokenCheck::AlreadyUsed => Err(ApiError::PermissionDenied("join token was already used; tokens are single-use, create a new one with `lifeboat token create`".into())),
+            TokenCheck::Expired => Err(ApiError::PermissionDenied(
+                "join token has expired; create a new one with `lifeboat token create`".into(),
+            )),
+        };
+        let token_labels = match refusal {
+            Ok(l) => l,
+            Err(e) => {
+                ctl.audit.denied(
+                    &format!("enrolling:{}", req.name),
+                    "/lifeboat.v1.Enrollment/Enroll",
+                    &remote,
+                    &e.to_string(),
+                );
+                return Err(e.into());
             }
         };
+        let validity = lifeboat_core::pki::Validity::from_now(ctl.agent_cert_lifetime);
         let (cert_pem, serial) = ctl
             .ca
-            .sign_csr(
-                &req.csr_pem,
-                &format!("agent:{agent_id}"),
-                setup::AGENT_CERT_DAYS,
-            )
+            .sign_csr(&req.csr_pem, &format!("agent:{agent_id}"), validity)
             .map_err(ApiError::from)?;
         // Labels from the token (chosen by an operator) win over labels the machine asks for.
         let mut all_labels = labels;
@@ -109,15 +115,25 @@ impl Enrollment for EnrollService {
             sources: Vec::new(),
             restore_roots: Vec::new(),
             version: String::new(),
+            revoked_ms: 0,
+            prev_serial: String::new(),
+            cert_expires_ms: validity.not_after_ms(),
         };
         ctl.catalog.insert_agent(&row)?;
         tracing::info!(agent = %row.name, id = %agent_id, "agent enrolled");
+        ctl.audit.ok(
+            &format!("agent:{}", row.name),
+            "agent.enroll",
+            &row.name,
+            serde_json::json!({ "agent_id": agent_id, "serial": row.cert_serial, "not_after_ms": row.cert_expires_ms, "labels": row.labels, "remote": remote }),
+        );
         Ok(Response::new(pb::EnrollResponse {
             agent_id,
             name: row.name,
             cert_pem,
             ca_pem: ctl.ca.cert_pem.clone(),
             chunk_key: ctl.chunk_key.as_bytes().to_vec(),
+            controller_signing_key: ctl.signer_public_key.clone(),
         }))
     }
 }

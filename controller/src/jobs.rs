@@ -6,9 +6,10 @@
 //! agent process reconnects and reports the job as still running, it goes back to
 //! `running`. Watchers (`lifeboat jobs watch`) get every change through a `watch` channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use lifeboat_core::ChunkId;
 use lifeboat_proto::pb::{self, JobState};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -25,10 +26,15 @@ struct SessionHandle {
     tx: Outbound,
 }
 
+/// The chunks a restore job may read: those its snapshot references.
+pub type Grant = Arc<HashSet<ChunkId>>;
+
 #[derive(Default)]
 struct Inner {
     sessions: HashMap<String, SessionHandle>,
     watchers: HashMap<String, watch::Sender<pb::JobInfo>>,
+    /// Per running restore job, built on its first chunk read, dropped when it ends.
+    grants: HashMap<String, Grant>,
     next_session: u64,
 }
 
@@ -99,6 +105,15 @@ impl Jobs {
                 job.finished_ms = now_ms();
                 self.save(&job);
             }
+        }
+    }
+
+    /// Ends `agent_id`'s session now (revocation): dropping its sender ends the stream, and
+    /// its running jobs become interrupted.
+    pub fn kick(&self, agent_id: &str) {
+        let session = self.lock().sessions.get(agent_id).map(|s| s.id);
+        if let Some(id) = session {
+            self.disconnect(agent_id, id);
         }
     }
 
@@ -223,10 +238,22 @@ impl Jobs {
         Ok(())
     }
 
+    /// The grant of a restore job, if built.
+    pub fn grant(&self, job_id: &str) -> Option<Grant> {
+        self.lock().grants.get(job_id).cloned()
+    }
+
+    pub fn set_grant(&self, job_id: &str, grant: Grant) {
+        self.lock().grants.insert(job_id.to_string(), grant);
+    }
+
     fn save(&self, row: &JobRow) {
         if let Err(e) = self.catalog.update_job(row) {
             tracing::error!(job = %row.id, error = %e, "cannot save job");
             return;
+        }
+        if Self::is_terminal(row.state) {
+            self.lock().grants.remove(&row.id);
         }
         let watcher = self.lock().watchers.get(&row.id).cloned();
         if let Some(w) = watcher

@@ -7,10 +7,12 @@
 //! completes, then closes agent sessions and waits for connections to drain.
 //!
 //! Services: [`enroll`] (no client certificate), [`agent_api`] (agents) and
-//! [`operator_api`] (operators), all on one TLS port; [`http`] serves `/metrics`.
+//! [`operator_api`] (operators), all on one TLS port behind the [`auth`] layer (an explicit
+//! allow list per method); [`audit`] keeps the hash-chained log; [`http`] serves `/metrics`.
 
 pub mod agent_api;
-mod auth;
+pub mod audit;
+pub mod auth;
 pub mod catalog;
 pub mod enroll;
 mod error;
@@ -30,6 +32,7 @@ use std::time::Duration;
 
 use lifeboat_core::ChunkKey;
 use lifeboat_core::pki::Ca;
+use lifeboat_core::sign::SigningKey;
 use lifeboat_proto::pb;
 use lifeboat_proto::transport::{self, ServerTls};
 use tokio::net::TcpListener;
@@ -52,6 +55,12 @@ pub struct Controller {
     pub ca: Ca,
     pub chunk_key: ChunkKey,
     pub ca_fingerprint: String,
+    /// Countersigns snapshots; its public half is pinned by agents at enrollment.
+    pub signer: SigningKey,
+    pub signer_public_key: Vec<u8>,
+    pub audit: audit::Audit,
+    /// Lifetime of the agent certificates this controller issues.
+    pub agent_cert_lifetime: Duration,
 }
 
 /// `lifeboat-controller serve` settings, validated.
@@ -59,6 +68,8 @@ pub struct Controller {
 pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub store: Option<PathBuf>,
+    /// Lifetime of agent certificates (renewed over the session with a third left).
+    pub agent_cert_lifetime: Duration,
 }
 
 /// A controller bound to its ports, ready to serve.
@@ -136,6 +147,12 @@ pub fn start(
     )?;
     let jobs = jobs::Jobs::new(catalog.clone());
     jobs.recover_after_restart()?;
+    let audit = audit::Audit::new(
+        catalog.clone(),
+        &prepared.store_dir,
+        SigningKey::from_pkcs8(prepared.signer.pkcs8())?,
+    );
+    audit.check_at_start()?;
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
     let ctl = Arc::new(Controller {
         catalog,
@@ -144,6 +161,10 @@ pub fn start(
         ca: prepared.ca,
         chunk_key: prepared.chunk_key,
         ca_fingerprint,
+        signer_public_key: prepared.signer.public_key(),
+        signer: prepared.signer,
+        audit,
+        agent_cert_lifetime: cfg.agent_cert_lifetime,
     });
     Ok(Running {
         ctl,
@@ -190,12 +211,28 @@ impl Running {
         if let Some(http) = self.http {
             tokio::spawn(http::serve(ctl.clone(), http, self.http_tls));
         }
+        let anchor = {
+            let ctl = ctl.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    let c = ctl.clone();
+                    match tokio::task::spawn_blocking(move || c.audit.anchor()).await {
+                        Ok(Err(e)) => tracing::error!(error = %e, "cannot anchor the audit log"),
+                        Err(e) => tracing::error!(error = %e, "audit anchor task failed"),
+                        Ok(Ok(())) => {}
+                    }
+                }
+            })
+        };
         let max = lifeboat_proto::MAX_MESSAGE_BYTES;
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .initial_stream_window_size(lifeboat_proto::STREAM_WINDOW)
             .initial_connection_window_size(lifeboat_proto::CONNECTION_WINDOW)
             .max_frame_size(lifeboat_proto::MAX_FRAME)
+            .layer(auth::AuthorizeLayer(ctl.clone()))
             .add_service(pb::enrollment_server::EnrollmentServer::new(
                 enroll::EnrollService(ctl.clone()),
             ))
@@ -207,7 +244,18 @@ impl Running {
             .add_service(pb::operator_api_server::OperatorApiServer::new(
                 operator_api::OperatorService(ctl.clone()),
             ));
-        let incoming = transport::incoming(self.listener, self.server_tls);
+        let refused: transport::RefusalHook = {
+            let ctl = ctl.clone();
+            Arc::new(move |remote, why| {
+                ctl.audit.denied(
+                    &format!("tls:{}", remote.ip()),
+                    "tls.handshake",
+                    &remote.to_string(),
+                    &why,
+                )
+            })
+        };
+        let incoming = transport::incoming(self.listener, self.server_tls, Some(refused));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let ctl_for_stop = ctl.clone();
         let serve = router.serve_with_incoming_shutdown(incoming, async move {
@@ -225,10 +273,14 @@ impl Running {
                 }
             }
         }
+        anchor.abort();
         let ctl2 = ctl.clone();
-        tokio::task::spawn_blocking(move || ctl2.store.flush())
-            .await
-            .map_err(ApiError::from)??;
+        tokio::task::spawn_blocking(move || {
+            ctl2.audit.anchor()?;
+            ctl2.store.flush()
+        })
+        .await
+        .map_err(ApiError::from)??;
         Ok(())
     }
 }

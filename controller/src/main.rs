@@ -34,6 +34,9 @@ enum Cmd {
         /// Store directory (default DATA_DIR/store); fixed at first start.
         #[arg(long)]
         store: Option<PathBuf>,
+        /// Lifetime of agent certificates; agents renew over their session with a third left.
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        agent_cert_lifetime: std::time::Duration,
     },
     /// Rebuild the chunk index and snapshot list from the store alone (controller stopped).
     RebuildCatalog {
@@ -63,6 +66,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             listen,
             http,
             store,
+            agent_cert_lifetime,
         } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -76,7 +80,11 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 None => None,
             };
             let running = lifeboat_controller::start(
-                &lifeboat_controller::ServeConfig { data_dir, store },
+                &lifeboat_controller::ServeConfig {
+                    data_dir,
+                    store,
+                    agent_cert_lifetime,
+                },
                 listener,
                 http,
             )?;

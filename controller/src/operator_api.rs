@@ -9,7 +9,8 @@ use futures::Stream;
 use lifeboat_proto::pb::{self, operator_api_server::OperatorApi};
 use tonic::{Request, Response, Status};
 
-use crate::catalog::{AgentRow, SnapshotRow};
+use crate::auth::Role;
+use crate::catalog::{AgentRow, OperatorRow, SnapshotRow};
 use crate::enroll::{token_hash, validate_labels};
 use crate::error::ApiError;
 use crate::jobs::Jobs;
@@ -19,6 +20,19 @@ pub struct OperatorService(pub Arc<Controller>);
 
 const DEFAULT_TOKEN_TTL_S: u64 = 3600;
 const MAX_TOKEN_TTL_S: u64 = 7 * 24 * 3600;
+const DEFAULT_IDENTITY_TTL_S: u64 = 90 * 24 * 3600;
+const MAX_IDENTITY_TTL_S: u64 = 400 * 24 * 3600;
+
+fn identity_info(o: OperatorRow) -> pb::IdentityInfo {
+    pb::IdentityInfo {
+        name: o.name,
+        role: o.role,
+        created_unix_ms: o.created_ms,
+        expires_unix_ms: o.expires_ms,
+        revoked_unix_ms: o.revoked_ms,
+        created_by: o.created_by,
+    }
+}
 
 fn snapshot_info(s: SnapshotRow) -> pb::SnapshotInfo {
     pb::SnapshotInfo {
@@ -56,6 +70,8 @@ impl OperatorService {
                 .collect(),
             restore_roots: a.restore_roots,
             version: a.version,
+            revoked_unix_ms: a.revoked_ms,
+            cert_expires_unix_ms: a.cert_expires_ms,
         }
     }
 }
@@ -99,7 +115,7 @@ impl OperatorApi for OperatorService {
     type WatchJobStream = BoxStream<pb::JobInfo>;
 
     async fn status(&self, req: Request<pb::Empty>) -> Result<Response<pb::StatusReply>, Status> {
-        let operator = auth::operator(&self.0, &req)?;
+        let (operator, role) = auth::operator(&req)?;
         let (agents, snapshots, chunks, stored_bytes) = self.0.catalog.totals()?;
         Ok(Response::new(pb::StatusReply {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -109,6 +125,8 @@ impl OperatorApi for OperatorService {
             snapshots,
             chunks,
             stored_bytes,
+            role: role.as_str().into(),
+            controller_signing_key: self.0.signer_public_key.clone(),
         }))
     }
 
@@ -116,7 +134,7 @@ impl OperatorApi for OperatorService {
         &self,
         req: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenReply>, Status> {
-        let operator = auth::operator(&self.0, &req)?;
+        let (operator, _) = auth::operator(&req)?;
         let req = req.into_inner();
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
         validate_labels(&labels)?;
@@ -138,6 +156,12 @@ impl OperatorApi for OperatorService {
             .catalog
             .insert_token(&token_hash(&token), &labels, now, expires)?;
         tracing::info!(%operator, ttl_s = ttl, "join token created");
+        self.0.audit.ok(
+            &format!("operator:{operator}"),
+            "token.create",
+            &token_hash(&token)[..16],
+            serde_json::json!({ "ttl_s": ttl, "labels": labels }),
+        );
         Ok(Response::new(pb::CreateTokenReply {
             token,
             expires_unix_ms: expires,
@@ -149,7 +173,7 @@ impl OperatorApi for OperatorService {
         &self,
         req: Request<pb::Empty>,
     ) -> Result<Response<pb::AgentList>, Status> {
-        auth::operator(&self.0, &req)?;
+        auth::operator(&req)?;
         let agents = self
             .0
             .catalog
@@ -164,7 +188,7 @@ impl OperatorApi for OperatorService {
         &self,
         req: Request<pb::ListSnapshotsRequest>,
     ) -> Result<Response<pb::SnapshotList>, Status> {
-        auth::operator(&self.0, &req)?;
+        auth::operator(&req)?;
         let req = req.into_inner();
         let agent_id = if req.agent.is_empty() {
             None
@@ -186,7 +210,7 @@ impl OperatorApi for OperatorService {
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::JobList>, Status> {
-        auth::operator(&self.0, &req)?;
+        auth::operator(&req)?;
         let limit = match req.into_inner().limit {
             0 => 100,
             n => n.min(10_000),
@@ -202,7 +226,7 @@ impl OperatorApi for OperatorService {
     }
 
     async fn get_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::JobInfo>, Status> {
-        auth::operator(&self.0, &req)?;
+        auth::operator(&req)?;
         let id = req.into_inner().id;
         let row = self.0.catalog.job(&id)?.ok_or_else(|| {
             ApiError::NotFound(format!("no job {id}; `lifeboat jobs` lists them"))
@@ -214,7 +238,7 @@ impl OperatorApi for OperatorService {
         &self,
         req: Request<pb::JobRef>,
     ) -> Result<Response<Self::WatchJobStream>, Status> {
-        auth::operator(&self.0, &req)?;
+        auth::operator(&req)?;
         let id = req.into_inner().id;
         let row = self.0.catalog.job(&id)?.ok_or_else(|| {
             ApiError::NotFound(format!("no job {id}; `lifeboat jobs` lists them"))
@@ -236,9 +260,16 @@ impl OperatorApi for OperatorService {
         &self,
         req: Request<pb::StartBackupRequest>,
     ) -> Result<Response<pb::JobInfo>, Status> {
-        let operator = auth::operator(&self.0, &req)?;
+        let (operator, _) = auth::operator(&req)?;
         let req = req.into_inner();
         let agent = self.0.catalog.find_agent(&req.agent)?;
+        if agent.revoked_ms != 0 {
+            return Err(ApiError::FailedPrecondition(format!(
+                "agent {} is revoked: it cannot back up",
+                agent.name
+            ))
+            .into());
+        }
         let known: Vec<&str> = agent.sources.iter().map(|(n, _, _)| n.as_str()).collect();
         if known.is_empty() {
             return Err(ApiError::FailedPrecondition(format!(
@@ -270,6 +301,12 @@ impl OperatorApi for OperatorService {
             })),
         })?;
         tracing::info!(%operator, agent = %agent.name, job = %row.id, "backup requested");
+        self.0.audit.ok(
+            &format!("operator:{operator}"),
+            "backup.start",
+            &agent.name,
+            serde_json::json!({ "job": row.id, "sources": row.detail }),
+        );
         Ok(Response::new(self.0.jobs.info(&row)?))
     }
 
@@ -277,19 +314,41 @@ impl OperatorApi for OperatorService {
         &self,
         req: Request<pb::StartRestoreRequest>,
     ) -> Result<Response<pb::JobInfo>, Status> {
-        let operator = auth::operator(&self.0, &req)?;
+        let (operator, _) = auth::operator(&req)?;
         let req = req.into_inner();
         let snap = self.0.catalog.find_snapshot(&req.snapshot)?;
         let agent = self.0.catalog.find_agent(&req.agent)?;
+        if agent.revoked_ms != 0 {
+            return Err(ApiError::FailedPrecondition(format!(
+                "agent {} is revoked: restore onto another agent",
+                agent.name
+            ))
+            .into());
+        }
         check_target(&agent, &req.target)?;
         let env = self.0.store.read_snapshot(&snap.id)?;
-        // Verify against the key recorded at enrollment, not the one stored beside the record.
+        // The agent key recorded at enrollment, or (if the catalog was rebuilt without the
+        // agent's row) the key the controller's countersignature vouches for.
         let origin_key = self
             .0
             .catalog
             .agent(&snap.agent_id)?
             .map(|a| a.signing_key)
-            .unwrap_or(env.public_key);
+            .unwrap_or_else(|| env.public_key.clone());
+        // Refuse at once, naming why, rather than sending the agent a job it will refuse.
+        if let Err(e) = env.verify(&origin_key, &self.0.signer_public_key) {
+            self.0.audit.ok(
+                &format!("operator:{operator}"),
+                "restore.refused",
+                &snap.id,
+                serde_json::json!({ "reason": e.to_string() }),
+            );
+            return Err(ApiError::FailedPrecondition(format!(
+                "snapshot {} fails verification: {e}; it will not be restored",
+                &snap.id[..12]
+            ))
+            .into());
+        }
         let detail = format!("snapshot {} to {}", &snap.id[..12], req.target);
         let target = req.target.clone();
         let row = self
@@ -303,10 +362,209 @@ impl OperatorApi for OperatorService {
                     signature: env.signature,
                     origin_public_key: origin_key,
                     target,
+                    countersignature: env.countersignature,
+                    received_unix_ms: env.received_unix_ms,
                 })),
             })?;
         tracing::info!(%operator, agent = %agent.name, snapshot = %snap.id, job = %row.id, "restore requested");
+        self.0.audit.ok(
+            &format!("operator:{operator}"),
+            "restore.start",
+            &snap.id,
+            serde_json::json!({ "job": row.id, "agent": agent.name, "target": req.target }),
+        );
         Ok(Response::new(self.0.jobs.info(&row)?))
+    }
+
+    async fn create_identity(
+        &self,
+        req: Request<pb::CreateIdentityRequest>,
+    ) -> Result<Response<pb::CreateIdentityReply>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let req = req.into_inner();
+        lifeboat_core::snapshot::validate_name("identity", &req.name).map_err(ApiError::from)?;
+        let role = Role::parse(&req.role)?;
+        let ttl = match req.ttl_seconds {
+            0 => DEFAULT_IDENTITY_TTL_S,
+            n if n > MAX_IDENTITY_TTL_S => {
+                return Err(ApiError::InvalidArgument(
+                    "--valid-for may be at most 400 days".into(),
+                )
+                .into());
+            }
+            n => n,
+        };
+        if let Some(existing) = self.0.catalog.operator(&req.name)?
+            && existing.revoked_ms == 0
+            && existing.expires_ms > now_ms()
+        {
+            return Err(ApiError::AlreadyExists(format!(
+                "identity {:?} exists and is valid; revoke it first to replace it",
+                req.name
+            ))
+            .into());
+        }
+        let validity = lifeboat_core::pki::Validity::from_now(std::time::Duration::from_secs(ttl));
+        let (cert_pem, serial) = self
+            .0
+            .ca
+            .sign_csr(&req.csr_pem, &format!("operator:{}", req.name), validity)
+            .map_err(ApiError::from)?;
+        self.0.catalog.add_operator(
+            &req.name,
+            role.as_str(),
+            &serial,
+            now_ms(),
+            validity.not_after_ms(),
+            &admin,
+        )?;
+        self.0.audit.ok(
+            &format!("operator:{admin}"),
+            "identity.create",
+            &req.name,
+            serde_json::json!({ "role": role.as_str(), "serial": serial, "not_after_ms": validity.not_after_ms() }),
+        );
+        Ok(Response::new(pb::CreateIdentityReply {
+            cert_pem,
+            ca_pem: self.0.ca.cert_pem.clone(),
+            not_after_unix_ms: validity.not_after_ms(),
+        }))
+    }
+
+    async fn list_identities(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::IdentityList>, Status> {
+        auth::operator(&req)?;
+        let identities = self
+            .0
+            .catalog
+            .operators()?
+            .into_iter()
+            .map(identity_info)
+            .collect();
+        Ok(Response::new(pb::IdentityList { identities }))
+    }
+
+    async fn revoke_identity(
+        &self,
+        req: Request<pb::NameRef>,
+    ) -> Result<Response<pb::IdentityInfo>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let name = req.into_inner().name;
+        let row = self.0.catalog.operator(&name)?.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "no identity {name:?}; `lifeboat identity list` shows them"
+            ))
+        })?;
+        if row.role == "admin"
+            && row.revoked_ms == 0
+            && self.0.catalog.active_admins(now_ms())? <= 1
+        {
+            return Err(ApiError::FailedPrecondition(format!(
+                "{name:?} is the last valid admin identity; create another admin before revoking it"
+            ))
+            .into());
+        }
+        self.0.catalog.revoke_operator(&name, now_ms())?;
+        self.0.audit.ok(
+            &format!("operator:{admin}"),
+            "identity.revoke",
+            &name,
+            serde_json::json!({ "role": row.role, "serial": row.cert_serial }),
+        );
+        let row = self.0.catalog.operator(&name)?.unwrap_or(row);
+        Ok(Response::new(identity_info(row)))
+    }
+
+    async fn revoke_agent(
+        &self,
+        req: Request<pb::NameRef>,
+    ) -> Result<Response<pb::AgentInfo>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let name = req.into_inner().name;
+        let agent = self.0.catalog.find_agent(&name)?;
+        let newly = self.0.catalog.revoke_agent(&agent.id, now_ms())?;
+        // Close its session now; its running jobs become interrupted, and every call it
+        // makes from here on is refused by the authorization layer.
+        self.0.jobs.kick(&agent.id);
+        if newly {
+            self.0.audit.ok(
+                &format!("operator:{admin}"),
+                "agent.revoke",
+                &agent.name,
+                serde_json::json!({ "agent_id": agent.id, "serial": agent.cert_serial }),
+            );
+            tracing::warn!(agent = %agent.name, %admin, "agent revoked");
+        }
+        let agent = self.0.catalog.agent(&agent.id)?.unwrap_or(agent);
+        Ok(Response::new(self.agent_info(agent)))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        req: Request<pb::SnapshotRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let snap = self.0.catalog.find_snapshot(&req.into_inner().id)?;
+        let ctl = self.0.clone();
+        let id = snap.id.clone();
+        tokio::task::spawn_blocking(move || ctl.store.delete_snapshot(&id))
+            .await
+            .map_err(ApiError::from)??;
+        self.0.audit.ok(
+            &format!("operator:{admin}"),
+            "snapshot.delete",
+            &snap.id,
+            serde_json::json!({ "agent": snap.agent_name, "source": snap.source, "received_ms": snap.received_ms }),
+        );
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::AuditList>, Status> {
+        auth::operator(&req)?;
+        let req = req.into_inner();
+        let limit = match req.limit {
+            0 => 1000,
+            n => n.min(10_000),
+        };
+        let entries = self
+            .0
+            .audit
+            .list(req.since_unix_ms, req.after_seq, limit)?
+            .into_iter()
+            .map(|e| pb::AuditEntry {
+                seq: e.seq,
+                unix_ms: e.ts_ms,
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                outcome: e.outcome,
+                detail: e.detail,
+            })
+            .collect();
+        Ok(Response::new(pb::AuditList { entries }))
+    }
+
+    async fn verify_audit(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::AuditVerification>, Status> {
+        auth::operator(&req)?;
+        let ctl = self.0.clone();
+        let v = tokio::task::spawn_blocking(move || ctl.audit.verify())
+            .await
+            .map_err(ApiError::from)??;
+        Ok(Response::new(pb::AuditVerification {
+            ok: v.ok(),
+            entries: v.entries,
+            broken_seq: v.broken_seq.unwrap_or(0),
+            reason: v.reason,
+            anchor_seq: v.anchor_seq,
+        }))
     }
 }
 

@@ -30,6 +30,7 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
         prepared.chunk_key.clone(),
         catalog.clone(),
     )?;
+    let controller_key = prepared.signer.public_key();
     let mut report = RebuildReport::default();
     restore_admin(data_dir, &catalog)?;
     catalog.clear_store_index()?;
@@ -63,7 +64,9 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
                     "snapshot file {id} holds a record with another id"
                 )));
             }
-            let record: Record = env.verify()?;
+            // The countersignature vouches for the agent key in the envelope, so snapshots
+            // stay verifiable even when the agent's row was lost with the catalog.
+            let record: Record = env.verify(&env.public_key, &controller_key)?;
             Ok((env, record))
         });
         match parsed {
@@ -83,6 +86,10 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
                         sources: Vec::new(),
                         restore_roots: Vec::new(),
                         version: String::new(),
+                        // Its certificate is unknown: it must re-enroll to connect.
+                        revoked_ms: 0,
+                        prev_serial: String::new(),
+                        cert_expires_ms: 0,
                     })?;
                 }
                 catalog.insert_snapshot(&snapshot_row(&id, &record, env.received_unix_ms))?;
@@ -105,9 +112,17 @@ fn restore_admin(data_dir: &Path, catalog: &crate::catalog::Catalog) -> Result<(
     let der = lifeboat_core::pki::cert_der(&id.cert_pem)?;
     if let Some(lifeboat_proto::transport::Peer::Operator { name, serial }) =
         lifeboat_proto::transport::peer_from_cert(der.as_ref())
-        && catalog.operator_serial(&name)?.is_none()
+        && catalog.operator(&name)?.is_none()
     {
-        catalog.add_operator(&name, &id.role, &serial, now_ms())?;
+        let expires = lifeboat_core::pki::validity_of(&id.cert_pem)?.not_after_ms();
+        catalog.add_operator(
+            &name,
+            &id.role,
+            &serial,
+            now_ms(),
+            expires,
+            "rebuild-catalog",
+        )?;
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! ```text
 //! DIR/ca.crt, ca.key          the fleet CA (key 0600)
 //! DIR/chunk.key               the fleet's chunk-id key (0600)
+//! DIR/controller.sign         the controller's ed25519 countersigning key (PKCS#8, 0600)
 //! DIR/admin.identity          the first admin operator's identity file (0600)
 //! DIR/server.crt, server.key  the controller's TLS certificate, re-issued at every start
 //! DIR/controller.json         settings fixed at first start (the store location)
@@ -15,16 +16,18 @@ use std::path::{Path, PathBuf};
 use lifeboat_core::ChunkKey;
 use lifeboat_core::durable::write_atomic;
 use lifeboat_core::identity::IdentityFile;
-use lifeboat_core::pki::{self, Ca};
+use lifeboat_core::pki::{self, Ca, Validity};
+use lifeboat_core::sign::SigningKey;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 
-/// Operator certificates last a year; agent certificates too until renewal over the
-/// session lands (trust issue), after which they become short-lived.
-pub const OPERATOR_CERT_DAYS: i64 = 365;
-pub const AGENT_CERT_DAYS: i64 = 365;
+/// The first admin's identity lasts a year (`lifeboat identity create` chooses for the
+/// others); agent certificates are short-lived and renewed over the session.
+pub const ADMIN_CERT_DAYS: u64 = 365;
+pub const DEFAULT_AGENT_CERT_LIFETIME: std::time::Duration =
+    std::time::Duration::from_secs(7 * 86_400);
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -37,6 +40,8 @@ struct Settings {
 pub struct Prepared {
     pub ca: Ca,
     pub chunk_key: ChunkKey,
+    /// Countersigns every committed snapshot.
+    pub signer: SigningKey,
     pub store_dir: PathBuf,
     pub server_chain_pem: String,
     pub server_key_pem: String,
@@ -110,6 +115,15 @@ pub fn prepare(data_dir: &Path, store: Option<&Path>) -> Result<Prepared, ApiErr
         k
     };
 
+    let sign_path = data_dir.join("controller.sign");
+    let signer = if sign_path.exists() {
+        SigningKey::from_pkcs8(&std::fs::read(&sign_path).map_err(io("reading", &sign_path))?)?
+    } else {
+        let k = SigningKey::generate()?;
+        write_atomic(&sign_path, k.pkcs8(), 0o600)?;
+        k
+    };
+
     let server = ca.issue_server()?;
     let server_chain_pem = format!("{}{}", server.cert_pem, ca.cert_pem);
     write_atomic(
@@ -127,6 +141,7 @@ pub fn prepare(data_dir: &Path, store: Option<&Path>) -> Result<Prepared, ApiErr
     Ok(Prepared {
         ca,
         chunk_key,
+        signer,
         store_dir,
         server_chain_pem,
         server_key_pem: server.key_pem,
@@ -155,12 +170,16 @@ pub fn ensure_admin_identity(
         }
         return Ok(path);
     }
-    let (cert, serial) = prepared
-        .ca
-        .issue_client("operator:admin", OPERATOR_CERT_DAYS)?;
-    prepared
-        .catalog
-        .add_operator("admin", "admin", &serial, crate::now_ms())?;
+    let validity = Validity::from_now(pki::days(ADMIN_CERT_DAYS));
+    let (cert, serial) = prepared.ca.issue_client("operator:admin", validity)?;
+    prepared.catalog.add_operator(
+        "admin",
+        "admin",
+        &serial,
+        crate::now_ms(),
+        validity.not_after_ms(),
+        "setup",
+    )?;
     IdentityFile {
         version: 1,
         name: "admin".into(),

@@ -210,6 +210,23 @@ impl Store {
         )?)
     }
 
+    /// Deletes a snapshot: its envelope first (durably), then its catalog row, so a crash
+    /// in between leaves a row that a second delete removes. Its chunks stay until GC.
+    pub fn delete_snapshot(&self, id: &str) -> Result<(), ApiError> {
+        let path = self.snapshot_path(id);
+        match std::fs::remove_file(&path) {
+            Ok(()) => lifeboat_core::durable::sync_dir(&self.root.join("snapshots"))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ApiError::internal(format!(
+                    "deleting {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        self.catalog.delete_snapshot(id)
+    }
+
     pub fn read_snapshot(&self, id: &str) -> Result<Envelope, ApiError> {
         let path = self.snapshot_path(id);
         let bytes = std::fs::read(&path)

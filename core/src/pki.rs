@@ -13,7 +13,7 @@ use rcgen::{
 };
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use time::{Duration, OffsetDateTime};
+use time::OffsetDateTime;
 
 use crate::{Error, Result};
 
@@ -26,10 +26,47 @@ fn pki<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Error {
     move |e| Error::Pki(format!("{what}: {e}"))
 }
 
-fn validity(days: i64) -> (OffsetDateTime, OffsetDateTime) {
-    let now = OffsetDateTime::now_utc();
-    // Allow an hour of clock skew between machines.
-    (now - Duration::hours(1), now + Duration::days(days))
+/// Client certificates are backdated by this much, for clock skew between machines.
+pub const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// `n` days.
+pub fn days(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n * 86_400)
+}
+
+/// A certificate's validity window.
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+}
+
+impl Validity {
+    /// From now (less the skew allowance) for `lifetime`.
+    pub fn from_now(lifetime: std::time::Duration) -> Validity {
+        let now = OffsetDateTime::now_utc();
+        Validity {
+            not_before: now - CLOCK_SKEW,
+            not_after: now + lifetime,
+        }
+    }
+
+    /// `not_after` as Unix milliseconds.
+    pub fn not_after_ms(&self) -> i64 {
+        (self.not_after.unix_timestamp_nanos() / 1_000_000) as i64
+    }
+}
+
+/// The validity window of a PEM certificate.
+pub fn validity_of(cert_pem: &str) -> Result<Validity> {
+    let der = cert_der(cert_pem)?;
+    let (_, cert) =
+        x509_parser::parse_x509_certificate(der.as_ref()).map_err(pki("reading certificate"))?;
+    let at = |t: i64| OffsetDateTime::from_unix_timestamp(t).map_err(pki("certificate validity"));
+    Ok(Validity {
+        not_before: at(cert.validity().not_before.timestamp())?,
+        not_after: at(cert.validity().not_after.timestamp())?,
+    })
 }
 
 fn random_serial() -> Result<SerialNumber> {
@@ -69,7 +106,8 @@ impl Ca {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        (params.not_before, params.not_after) = validity(3650);
+        let v = Validity::from_now(days(3650));
+        (params.not_before, params.not_after) = (v.not_before, v.not_after);
         params.serial_number = Some(random_serial()?);
         let cert = params.self_signed(&key).map_err(pki("self-signing CA"))?;
         Ok(Ca {
@@ -103,7 +141,8 @@ impl Ca {
         params.distinguished_name = dn(CONTROLLER_NAME);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        (params.not_before, params.not_after) = validity(365);
+        let v = Validity::from_now(days(365));
+        (params.not_before, params.not_after) = (v.not_before, v.not_after);
         params.serial_number = Some(random_serial()?);
         let cert = params
             .signed_by(&key, &self.issuer()?)
@@ -115,9 +154,9 @@ impl Ca {
     }
 
     /// A client certificate with a key generated here (operator identities).
-    pub fn issue_client(&self, common_name: &str, days: i64) -> Result<(CertKey, String)> {
+    pub fn issue_client(&self, common_name: &str, validity: Validity) -> Result<(CertKey, String)> {
         let key = KeyPair::generate().map_err(pki("generating client key"))?;
-        let (cert_pem, serial) = self.sign_client(common_name, &key, days)?;
+        let (cert_pem, serial) = self.sign_client(common_name, &key, validity)?;
         Ok((
             CertKey {
                 cert_pem,
@@ -134,24 +173,24 @@ impl Ca {
         &self,
         csr_pem: &str,
         common_name: &str,
-        days: i64,
+        validity: Validity,
     ) -> Result<(String, String)> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(pki("invalid certificate signing request"))?;
-        self.sign_client(common_name, &csr.public_key, days)
+        self.sign_client(common_name, &csr.public_key, validity)
     }
 
     fn sign_client(
         &self,
         common_name: &str,
         public_key: &impl rcgen::PublicKeyData,
-        days: i64,
+        validity: Validity,
     ) -> Result<(String, String)> {
         let mut params = CertificateParams::default();
         params.distinguished_name = dn(common_name);
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        (params.not_before, params.not_after) = validity(days);
+        (params.not_before, params.not_after) = (validity.not_before, validity.not_after);
         let serial = random_serial()?;
         let serial_hex = hex::encode(serial.to_bytes());
         params.serial_number = Some(serial);
@@ -219,7 +258,9 @@ mod tests {
     fn csr_names_are_ignored_and_fingerprints_normalize() {
         let ca = Ca::generate().expect("ca");
         let (csr, _key) = make_csr("operator:admin").expect("csr");
-        let (cert, serial) = ca.sign_csr(&csr, "agent:1234", 7).expect("sign");
+        let (cert, serial) = ca
+            .sign_csr(&csr, "agent:1234", Validity::from_now(days(7)))
+            .expect("sign");
         assert_eq!(serial.len(), 32);
         let der = cert_der(&cert).expect("der");
         let text = String::from_utf8_lossy(der.as_ref()).into_owned();

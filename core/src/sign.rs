@@ -53,6 +53,11 @@ impl SigningKey {
         self.pair.public_key().as_ref().to_vec()
     }
 
+    /// Signs `msg` as is (callers put their own domain-separation prefix in it).
+    pub fn sign(&self, msg: &[u8]) -> Vec<u8> {
+        self.pair.sign(msg).as_ref().to_vec()
+    }
+
     /// Signs a serialized snapshot record.
     pub fn sign_record(&self, record: &[u8]) -> Vec<u8> {
         let mut msg = Vec::with_capacity(SNAPSHOT_CONTEXT.len() + record.len());
@@ -60,6 +65,19 @@ impl SigningKey {
         msg.extend_from_slice(record);
         self.pair.sign(&msg).as_ref().to_vec()
     }
+}
+
+/// A signature over `msg` by `public_key` (ed25519, 32 bytes), or why not.
+pub fn verify(public_key: &[u8], msg: &[u8], sig: &[u8], what: &str) -> Result<()> {
+    if public_key.len() != 32 {
+        return Err(Error::BadSignature(format!(
+            "{what}: public key is {} bytes, expected 32",
+            public_key.len()
+        )));
+    }
+    UnparsedPublicKey::new(&signature::ED25519, public_key)
+        .verify(msg, sig)
+        .map_err(|_| Error::BadSignature(format!("{what} does not verify")))
 }
 
 /// Checks a snapshot record's signature against the agent key the controller recorded.

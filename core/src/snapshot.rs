@@ -5,18 +5,25 @@
 //! `snapshots/<id>.snap` adds what the controller knows:
 //!
 //! ```text
-//! "LBSNAP" 0x00 0x01    magic, version 1
-//! u32 len | record      the signed JSON record, byte for byte
-//! u32 len | signature   ed25519 by the agent
-//! u32 len | public key  the agent's key as recorded at enrollment
-//! i64 received_unix_ms  the controller's clock when it accepted the commit
+//! "LBSNAP" 0x00 0x02         magic, version 2
+//! u32 len | record           the signed JSON record, byte for byte
+//! u32 len | signature        ed25519 by the agent
+//! u32 len | public key       the agent's key as recorded at enrollment
+//! u32 len | countersignature ed25519 by the controller over `countersigned_message`
+//! i64 received_unix_ms       the controller's clock when it accepted the commit
 //! ```
+//!
+//! The countersignature binds the record's hash, the agent's signature and key, and the
+//! receive time: nobody without the controller's key can change which agent key vouches for
+//! a record, or move a snapshot in time (retention and quarantine go by receive time).
 
 use serde::{Deserialize, Serialize};
 
 use crate::{ChunkId, Error, Result};
 
-const MAGIC: &[u8; 8] = b"LBSNAP\x00\x01";
+const MAGIC: &[u8; 8] = b"LBSNAP\x00\x02";
+/// Domain separation for the controller's countersignature.
+const COUNTERSIGN_CONTEXT: &[u8] = b"lifeboat snapshot countersignature v1\0";
 pub const RECORD_VERSION: u32 = 1;
 
 /// Where a snapshot's tree lives: the chunks of its serialized stream.
@@ -133,17 +140,57 @@ pub struct Envelope {
     pub record: Vec<u8>,
     pub signature: Vec<u8>,
     pub public_key: Vec<u8>,
+    /// The controller's signature over [`Envelope::countersigned_message`].
+    pub countersignature: Vec<u8>,
     pub received_unix_ms: i64,
 }
 
 impl Envelope {
+    /// Builds the envelope the controller stores: `key` countersigns the agent's record.
+    pub fn countersign(
+        record: Vec<u8>,
+        signature: Vec<u8>,
+        public_key: Vec<u8>,
+        received_unix_ms: i64,
+        key: &crate::sign::SigningKey,
+    ) -> Envelope {
+        let mut env = Envelope {
+            record,
+            signature,
+            public_key,
+            countersignature: Vec::new(),
+            received_unix_ms,
+        };
+        env.countersignature = key.sign(&env.countersigned_message());
+        env
+    }
+
+    /// What the controller signs: context, BLAKE3 of the record, the agent's signature and
+    /// public key, and the receive time.
+    pub fn countersigned_message(&self) -> Vec<u8> {
+        let mut m = Vec::with_capacity(COUNTERSIGN_CONTEXT.len() + 32 + 8 + 96 + 8);
+        m.extend_from_slice(COUNTERSIGN_CONTEXT);
+        m.extend_from_slice(blake3::hash(&self.record).as_bytes());
+        for part in [&self.signature, &self.public_key] {
+            m.extend_from_slice(&(part.len() as u32).to_le_bytes());
+            m.extend_from_slice(part);
+        }
+        m.extend_from_slice(&self.received_unix_ms.to_le_bytes());
+        m
+    }
+
     pub fn id(&self) -> String {
         snapshot_id(&self.record)
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = MAGIC.to_vec();
-        for part in [&self.record, &self.signature, &self.public_key] {
+        for part in [
+            &self.record,
+            &self.signature,
+            &self.public_key,
+            &self.countersignature,
+        ] {
             b.extend_from_slice(&(part.len() as u32).to_le_bytes());
             b.extend_from_slice(part);
         }
@@ -153,8 +200,14 @@ impl Envelope {
 
     pub fn parse(bytes: &[u8]) -> Result<Envelope> {
         let bad = |why: &str| Error::InvalidRecord(format!("snapshot envelope: {why}"));
-        if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        if bytes.len() < MAGIC.len() || bytes[..6] != MAGIC[..6] {
             return Err(bad("bad magic"));
+        }
+        if bytes[..MAGIC.len()] != MAGIC[..] {
+            return Err(bad(&format!(
+                "format version {} is not supported (this build reads version {})",
+                bytes[7], MAGIC[7]
+            )));
         }
         let mut rest = &bytes[MAGIC.len()..];
         let mut part = || -> Result<Vec<u8>> {
@@ -169,19 +222,35 @@ impl Envelope {
             rest = &rest[4 + n..];
             Ok(v)
         };
-        let (record, signature, public_key) = (part()?, part()?, part()?);
+        let (record, signature, public_key, countersignature) =
+            (part()?, part()?, part()?, part()?);
         let tail: [u8; 8] = rest.try_into().map_err(|_| bad("bad trailer length"))?;
         Ok(Envelope {
             record,
             signature,
             public_key,
+            countersignature,
             received_unix_ms: i64::from_le_bytes(tail),
         })
     }
 
-    /// Verifies the agent's signature and parses the record.
-    pub fn verify(&self) -> Result<Record> {
-        crate::sign::verify_record(&self.public_key, &self.record, &self.signature)?;
+    /// Verifies both signatures and parses the record: the agent's with `agent_key` (the
+    /// key recorded at enrollment; it must be the one in the envelope) and the controller's
+    /// countersignature with `controller_key`. The error names which check failed.
+    pub fn verify(&self, agent_key: &[u8], controller_key: &[u8]) -> Result<Record> {
+        if agent_key != self.public_key.as_slice() {
+            return Err(Error::BadSignature(
+                "the snapshot names a different agent key than the one recorded at enrollment"
+                    .into(),
+            ));
+        }
+        crate::sign::verify_record(agent_key, &self.record, &self.signature)?;
+        crate::sign::verify(
+            controller_key,
+            &self.countersigned_message(),
+            &self.countersignature,
+            "the controller's countersignature (over the record, the agent signature and the receive time)",
+        )?;
         Record::parse(&self.record)
     }
 }
@@ -215,23 +284,38 @@ mod tests {
     #[test]
     fn envelope_round_trip_and_signature() {
         let key = crate::sign::SigningKey::generate().expect("key");
+        let ctl = crate::sign::SigningKey::generate().expect("controller key");
         let bytes = record().to_bytes();
-        let env = Envelope {
-            signature: key.sign_record(&bytes),
-            record: bytes,
-            public_key: key.public_key(),
-            received_unix_ms: 1234,
-        };
+        let env = Envelope::countersign(
+            bytes.clone(),
+            key.sign_record(&bytes),
+            key.public_key(),
+            1234,
+            &ctl,
+        );
+        let (agent_pk, ctl_pk) = (key.public_key(), ctl.public_key());
         let parsed = Envelope::parse(&env.to_bytes()).expect("parse");
         assert_eq!(parsed, env);
-        assert_eq!(parsed.verify().expect("verify"), record());
+        assert_eq!(parsed.verify(&agent_pk, &ctl_pk).expect("verify"), record());
         let mut forged = parsed.clone();
         forged.record = serde_json::to_vec(&Record {
             source: "other".into(),
             ..record()
         })
         .expect("json");
-        assert!(matches!(forged.verify(), Err(Error::BadSignature(_))));
+        assert!(matches!(
+            forged.verify(&agent_pk, &ctl_pk),
+            Err(Error::BadSignature(_))
+        ));
+        // Moving the snapshot in time breaks the countersignature, and only it.
+        let mut moved = parsed.clone();
+        moved.received_unix_ms += 1;
+        let err = moved.verify(&agent_pk, &ctl_pk).expect_err("moved in time");
+        assert!(err.to_string().contains("countersignature"), "{err}");
+        // Another key cannot vouch for the record.
+        let other = crate::sign::SigningKey::generate().expect("other");
+        assert!(parsed.verify(&other.public_key(), &ctl_pk).is_err());
+        assert!(parsed.verify(&agent_pk, &other.public_key()).is_err());
     }
 
     #[test]

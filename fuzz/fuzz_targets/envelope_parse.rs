@@ -7,7 +7,7 @@ use lifeboat_core::snapshot::{Envelope, Record};
 fuzz_target!(|bytes: &[u8]| {
     if let Ok(env) = Envelope::parse(bytes) {
         assert_eq!(env.to_bytes(), bytes);
-        let _ = env.verify();
+        let _ = env.verify(&env.public_key, &env.public_key);
     }
     let _ = Record::parse(bytes);
 });

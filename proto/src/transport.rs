@@ -368,11 +368,15 @@ impl AsyncWrite for TlsConn {
     }
 }
 
+/// Told of every refused handshake: the remote address and why.
+pub type RefusalHook = Arc<dyn Fn(SocketAddr, String) + Send + Sync>;
+
 /// Accepts TCP connections and completes TLS handshakes concurrently (a slow or hostile
 /// client cannot stall the others), yielding authenticated connections for tonic.
 pub fn incoming(
     listener: TcpListener,
     tls: ServerTls,
+    on_refused: Option<RefusalHook>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let tls = Arc::new(tls);
@@ -391,6 +395,7 @@ pub fn incoming(
             }
             let conn_tx = tx.clone();
             let tls = tls.clone();
+            let on_refused = on_refused.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 match tokio::time::timeout(Duration::from_secs(10), handshake(tcp, remote, &tls))
@@ -399,7 +404,12 @@ pub fn incoming(
                     Ok(Ok(conn)) => {
                         let _ = conn_tx.send(Ok(conn)).await;
                     }
-                    Ok(Err(e)) => tracing::info!(%remote, error = %e, "tls handshake refused"),
+                    Ok(Err(e)) => {
+                        tracing::info!(%remote, error = %e, "tls handshake refused");
+                        if let Some(hook) = &on_refused {
+                            hook(remote, format!("tls handshake refused: {e}"));
+                        }
+                    }
                     Err(_) => tracing::info!(%remote, "tls handshake timed out"),
                 }
             });

@@ -65,7 +65,29 @@ pub struct Fleet {
     pub fingerprint: String,
     pub identity: PathBuf,
     controller: Option<Child>,
+    /// Extra `lifeboat-controller serve` arguments, kept across restarts.
+    serve_args: Vec<String>,
     agents: Vec<(String, Child)>,
+}
+
+/// TLS settings to speak as the agent whose state directory is `state_dir`, with its own
+/// certificate (as an attacker holding that machine would).
+pub fn agent_tls(state_dir: &Path) -> lifeboat_proto::transport::ClientTls {
+    let read = |f: &str| std::fs::read_to_string(state_dir.join(f)).expect("agent state file");
+    let both = read("tls.pem");
+    let at = both
+        .find("-----BEGIN PRIVATE KEY-----")
+        .expect("key in tls.pem");
+    lifeboat_proto::transport::ClientTls::with_identity(&read("ca.crt"), &both[..at], &both[at..])
+        .expect("agent tls")
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 /// An enrolled agent's state directory.
@@ -77,6 +99,11 @@ pub struct Agent {
 impl Fleet {
     /// Starts a controller with a fresh data directory.
     pub fn start() -> Fleet {
+        Self::start_with(&[])
+    }
+
+    /// Starts a controller with extra `serve` arguments (e.g. a short certificate lifetime).
+    pub fn start_with(serve_args: &[&str]) -> Fleet {
         let dir = tempfile::Builder::new()
             .prefix("lifeboat-e2e-")
             .tempdir()
@@ -88,6 +115,7 @@ impl Fleet {
             identity: dir.path().join("ctl/admin.identity"),
             dir,
             controller: None,
+            serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
             agents: Vec::new(),
         };
         fleet.start_controller();
@@ -111,6 +139,7 @@ impl Fleet {
                 "--data-dir",
             ])
             .arg(self.path("ctl"))
+            .args(&self.serve_args)
             .env("LIFEBOAT_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log)

@@ -305,9 +305,7 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
     })
     .await
     .expect("enroll");
-    let read = |f: &str| fs::read_to_string(state.join(f)).expect("state file");
-    let tls =
-        ClientTls::with_identity(&read("ca.crt"), &read("tls.crt"), &read("tls.key")).expect("tls");
+    let tls = lifeboat_tests::agent_tls(&state);
     let mut api = pb::agent_api_client::AgentApiClient::new(
         transport::connect(&fleet.url, tls).await.expect("connect"),
     );

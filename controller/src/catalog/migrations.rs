@@ -80,4 +80,27 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE snapshots ADD COLUMN bytes_read INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: trust: revocation, short-lived agent certificates renewed over the session (the
+    // previous serial stays valid until the agent first uses the new one), operator
+    // expiry, and the hash-chained audit log.
+    r#"
+    ALTER TABLE agents ADD COLUMN revoked_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE agents ADD COLUMN prev_serial TEXT NOT NULL DEFAULT '';
+    ALTER TABLE agents ADD COLUMN cert_expires_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE operators ADD COLUMN revoked_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE operators ADD COLUMN expires_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE operators ADD COLUMN created_by TEXT NOT NULL DEFAULT '';
+    CREATE TABLE audit (
+        seq     INTEGER PRIMARY KEY,
+        ts_ms   INTEGER NOT NULL,
+        actor   TEXT NOT NULL,
+        action  TEXT NOT NULL,
+        target  TEXT NOT NULL,
+        outcome TEXT NOT NULL,
+        detail  TEXT NOT NULL,
+        prev    BLOB NOT NULL,
+        hash    BLOB NOT NULL
+    );
+    CREATE INDEX audit_by_time ON audit(ts_ms);
+    "#,
 ];

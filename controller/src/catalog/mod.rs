@@ -81,29 +81,85 @@ impl Catalog {
         ))
     }
 
-    /// Records an operator identity (for audit and later revocation).
+    /// Records an operator identity (replacing a revoked or expired one of that name).
     pub fn add_operator(
         &self,
         name: &str,
         role: &str,
         serial: &str,
         now_ms: i64,
+        expires_ms: i64,
+        created_by: &str,
     ) -> Result<(), ApiError> {
         self.lock().execute(
-            "INSERT OR REPLACE INTO operators(name, role, cert_serial, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![name, role, serial, now_ms],
+            "INSERT OR REPLACE INTO operators(name, role, cert_serial, created_ms, expires_ms, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![name, role, serial, now_ms, expires_ms, created_by],
         )?;
         Ok(())
     }
 
-    pub fn operator_serial(&self, name: &str) -> Result<Option<String>, ApiError> {
+    pub fn operator(&self, name: &str) -> Result<Option<OperatorRow>, ApiError> {
         Ok(self
             .lock()
             .query_row(
-                "SELECT cert_serial FROM operators WHERE name = ?1",
+                "SELECT name, role, cert_serial, created_ms, expires_ms, revoked_ms, created_by FROM operators WHERE name = ?1",
                 [name],
-                |r| r.get(0),
+                OperatorRow::from_row,
             )
             .optional()?)
+    }
+
+    pub fn operators(&self) -> Result<Vec<OperatorRow>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT name, role, cert_serial, created_ms, expires_ms, revoked_ms, created_by FROM operators ORDER BY name",
+        )?;
+        let rows = st
+            .query_map([], OperatorRow::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Revokes an operator identity; false if it was already revoked.
+    pub fn revoke_operator(&self, name: &str, now_ms: i64) -> Result<bool, ApiError> {
+        Ok(self.lock().execute(
+            "UPDATE operators SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms = 0",
+            params![name, now_ms],
+        )? == 1)
+    }
+
+    /// Admins that are neither revoked nor expired.
+    pub fn active_admins(&self, now_ms: i64) -> Result<u64, ApiError> {
+        Ok(self.lock().query_row(
+            "SELECT COUNT(*) FROM operators WHERE role = 'admin' AND revoked_ms = 0 AND (expires_ms = 0 OR expires_ms > ?1)",
+            [now_ms],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+}
+
+/// An operator identity as recorded.
+#[derive(Debug, Clone)]
+pub struct OperatorRow {
+    pub name: String,
+    pub role: String,
+    pub cert_serial: String,
+    pub created_ms: i64,
+    pub expires_ms: i64,
+    pub revoked_ms: i64,
+    pub created_by: String,
+}
+
+impl OperatorRow {
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(OperatorRow {
+            name: r.get(0)?,
+            role: r.get(1)?,
+            cert_serial: r.get(2)?,
+            created_ms: r.get(3)?,
+            expires_ms: r.get(4)?,
+            revoked_ms: r.get(5)?,
+            created_by: r.get(6)?,
+        })
     }
 }

@@ -23,6 +23,11 @@ pub struct AgentRow {
     pub sources: Vec<(String, String, String)>,
     pub restore_roots: Vec<String>,
     pub version: String,
+    /// When it was revoked (0: not revoked). Its snapshots stay restorable.
+    pub revoked_ms: i64,
+    /// The serial before the last renewal, accepted until the agent uses the new one.
+    pub prev_serial: String,
+    pub cert_expires_ms: i64,
 }
 
 impl AgentRow {
@@ -39,11 +44,14 @@ impl AgentRow {
             sources: serde_json::from_str(&r.get::<_, String>(8)?).unwrap_or_default(),
             restore_roots: serde_json::from_str(&r.get::<_, String>(9)?).unwrap_or_default(),
             version: r.get(10)?,
+            revoked_ms: r.get(11)?,
+            prev_serial: r.get(12)?,
+            cert_expires_ms: r.get(13)?,
         })
     }
 }
 
-const AGENT_COLS: &str = "id, name, labels, hostname, signing_key, cert_serial, enrolled_ms, last_seen_ms, sources, restore_roots, version";
+const AGENT_COLS: &str = "id, name, labels, hostname, signing_key, cert_serial, enrolled_ms, last_seen_ms, sources, restore_roots, version, revoked_ms, prev_serial, cert_expires_ms";
 
 /// The outcome of redeeming a join token.
 #[derive(Debug, PartialEq, Eq)]
@@ -194,8 +202,8 @@ impl Catalog {
 
     pub fn insert_agent(&self, a: &AgentRow) -> Result<(), ApiError> {
         let res = self.lock().execute(
-            &format!("INSERT INTO agents({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
-            params![a.id, a.name, json(&a.labels), a.hostname, a.signing_key, a.cert_serial, a.enrolled_ms, a.last_seen_ms, json(&a.sources), json(&a.restore_roots), a.version],
+            &format!("INSERT INTO agents({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+            params![a.id, a.name, json(&a.labels), a.hostname, a.signing_key, a.cert_serial, a.enrolled_ms, a.last_seen_ms, json(&a.sources), json(&a.restore_roots), a.version, a.revoked_ms, a.prev_serial, a.cert_expires_ms],
         );
         match res {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -259,6 +267,39 @@ impl Catalog {
             "UPDATE agents SET hostname = ?2, version = ?3, sources = ?4, restore_roots = ?5, last_seen_ms = ?6 WHERE id = ?1",
             params![id, hostname, version, json(&sources), json(&roots), now_ms],
         )?;
+        Ok(())
+    }
+
+    /// Marks an agent revoked; returns false if it already was.
+    pub fn revoke_agent(&self, id: &str, now_ms: i64) -> Result<bool, ApiError> {
+        Ok(self.lock().execute(
+            "UPDATE agents SET revoked_ms = ?2, prev_serial = '' WHERE id = ?1 AND revoked_ms = 0",
+            params![id, now_ms],
+        )? == 1)
+    }
+
+    /// Records a renewed certificate: the old serial stays valid until the new one is used.
+    pub fn renew_agent_cert(
+        &self,
+        id: &str,
+        old_serial: &str,
+        new_serial: &str,
+        expires_ms: i64,
+    ) -> Result<(), ApiError> {
+        let n = self.lock().execute(
+            "UPDATE agents SET prev_serial = ?2, cert_serial = ?3, cert_expires_ms = ?4 WHERE id = ?1 AND revoked_ms = 0",
+            params![id, old_serial, new_serial, expires_ms],
+        )?;
+        if n != 1 {
+            return Err(ApiError::PermissionDenied(format!("agent {id} is revoked")));
+        }
+        Ok(())
+    }
+
+    /// The agent presented its current certificate: the previous one is retired.
+    pub fn retire_prev_serial(&self, id: &str) -> Result<(), ApiError> {
+        self.lock()
+            .execute("UPDATE agents SET prev_serial = '' WHERE id = ?1", [id])?;
         Ok(())
     }
 
@@ -410,6 +451,12 @@ impl Catalog {
     }
 
     /// Replaces the store index (packs, chunks, snapshots) during `rebuild-catalog`.
+    pub fn delete_snapshot(&self, id: &str) -> Result<(), ApiError> {
+        self.lock()
+            .execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
     pub fn clear_store_index(&self) -> Result<(), ApiError> {
         self.lock()
             .execute_batch("DELETE FROM chunks; DELETE FROM packs; DELETE FROM snapshots;")?;

@@ -1,0 +1,426 @@
+//! The audit log: an append-only, hash-chained record of everything that changes trust or
+//! data (operator actions, enrollments, certificates, revocations, denials, restores,
+//! deletions), kept in the catalog's `audit` table.
+//!
+//! Entry `n` stores `hash_n = BLAKE3("lifeboat audit v1" | hash_{n-1} | n | time | actor |
+//! action | target | outcome | detail)` (fields length-prefixed; `hash_0` is 32 zero
+//! bytes), so changing, deleting or reordering an entry breaks the chain at that entry.
+//! Truncating the tail, or rewriting the whole chain consistently, is caught by the
+//! anchor: every few seconds the controller writes the chain head (sequence number and
+//! hash, signed with its countersigning key) into the store as `audit-head`, beside the
+//! data and outside the catalog. An anchor never moves backwards, and once verification
+//! has failed the controller stops anchoring, so a tampered catalog cannot be blessed.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use lifeboat_core::durable::write_atomic;
+use lifeboat_core::sign::SigningKey;
+use rusqlite::{OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::Catalog;
+use crate::error::ApiError;
+use crate::now_ms;
+
+const CONTEXT: &[u8] = b"lifeboat audit v1\0";
+const ANCHOR_CONTEXT: &[u8] = b"lifeboat audit head v1\0";
+/// Handshake refusals and denials recorded per minute at most (a scanner must not be able
+/// to fill the disk); the rest are counted and summarized in one entry.
+const DENIALS_PER_MINUTE: u32 = 300;
+
+/// One audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    /// JSON object with the particulars.
+    pub detail: String,
+}
+
+impl Entry {
+    fn hash(&self, prev: &[u8; 32]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        h.update(CONTEXT);
+        h.update(prev);
+        h.update(&self.seq.to_le_bytes());
+        h.update(&self.ts_ms.to_le_bytes());
+        for f in [
+            &self.actor,
+            &self.action,
+            &self.target,
+            &self.outcome,
+            &self.detail,
+        ] {
+            h.update(&(f.len() as u64).to_le_bytes());
+            h.update(f.as_bytes());
+        }
+        *h.finalize().as_bytes()
+    }
+}
+
+/// The chain head as written into the store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Anchor {
+    seq: u64,
+    hash: String,
+    written_ms: i64,
+    /// ed25519 by the controller over `ANCHOR_CONTEXT | seq | hash`.
+    signature: String,
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    pub entries: u64,
+    /// The first entry that is wrong or missing, if any.
+    pub broken_seq: Option<u64>,
+    pub reason: String,
+    /// The sequence number the store's anchor vouches for (0: none written yet).
+    pub anchor_seq: u64,
+}
+
+impl Verification {
+    pub fn ok(&self) -> bool {
+        self.broken_seq.is_none()
+    }
+}
+
+#[derive(Default)]
+struct DenialWindow {
+    minute: i64,
+    recorded: u32,
+    suppressed: u64,
+}
+
+pub struct Audit {
+    catalog: std::sync::Arc<Catalog>,
+    anchor_path: PathBuf,
+    signer: SigningKey,
+    /// Entries were appended since the last anchor.
+    dirty: AtomicBool,
+    /// Verification failed: never anchor again in this process.
+    frozen: AtomicBool,
+    denials: Mutex<DenialWindow>,
+}
+
+impl Audit {
+    pub fn new(
+        catalog: std::sync::Arc<Catalog>,
+        store_dir: &std::path::Path,
+        signer: SigningKey,
+    ) -> Audit {
+        Audit {
+            catalog,
+            anchor_path: store_dir.join("audit-head"),
+            signer,
+            dirty: AtomicBool::new(true),
+            frozen: AtomicBool::new(false),
+            denials: Mutex::new(DenialWindow::default()),
+        }
+    }
+
+    /// Appends an entry; `detail` is a JSON object.
+    pub fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        outcome: &str,
+        detail: serde_json::Value,
+    ) -> Result<u64, ApiError> {
+        let mut conn = self.catalog.lock();
+        let tx = conn.transaction()?;
+        let last: Option<(i64, Vec<u8>)> = tx
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let (seq, prev) = match last {
+            Some((seq, hash)) => (seq as u64 + 1, hash_array(&hash)),
+            None => (1, [0u8; 32]),
+        };
+        let entry = Entry {
+            seq,
+            ts_ms: now_ms(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            outcome: outcome.to_string(),
+            detail: detail.to_string(),
+        };
+        let hash = entry.hash(&prev);
+        tx.execute(
+            "INSERT INTO audit(seq, ts_ms, actor, action, target, outcome, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![seq as i64, entry.ts_ms, entry.actor, entry.action, entry.target, entry.outcome, entry.detail, &prev[..], &hash[..]],
+        )?;
+        tx.commit()?;
+        self.dirty.store(true, Ordering::Relaxed);
+        Ok(seq)
+    }
+
+    /// Records an action that succeeded; an audit failure is logged, never silent.
+    pub fn ok(&self, actor: &str, action: &str, target: &str, detail: serde_json::Value) {
+        if let Err(e) = self.record(actor, action, target, "ok", detail) {
+            tracing::error!(%actor, %action, %target, error = %e, "could not write the audit log");
+        }
+    }
+
+    /// Records a denied call or refused handshake, rate-limited per minute.
+    pub fn denied(&self, actor: &str, what: &str, remote: &str, why: &str) {
+        let minute = now_ms() / 60_000;
+        let (record, summary) = {
+            let mut w = self.denials.lock().unwrap_or_else(|p| p.into_inner());
+            let mut summary = None;
+            if w.minute != minute {
+                if w.suppressed > 0 {
+                    summary = Some(w.suppressed);
+                }
+                *w = DenialWindow {
+                    minute,
+                    ..Default::default()
+                };
+            }
+            let record = w.recorded < DENIALS_PER_MINUTE;
+            if record {
+                w.recorded += 1;
+            } else {
+                w.suppressed += 1;
+            }
+            (record, summary)
+        };
+        if let Some(n) = summary {
+            self.ok(
+                "controller",
+                "authz.suppressed",
+                "",
+                serde_json::json!({ "denials_not_recorded": n }),
+            );
+        }
+        tracing::warn!(%actor, %what, %remote, reason = %why, "denied");
+        if record
+            && let Err(e) = self.record(
+                actor,
+                "authz.denied",
+                what,
+                "denied",
+                serde_json::json!({ "remote": remote, "reason": why }),
+            )
+        {
+            tracing::error!(error = %e, "could not write the audit log");
+        }
+    }
+
+    /// Entries with `seq > after_seq` and time `>= since_ms`, oldest first.
+    pub fn list(&self, since_ms: i64, after_seq: u64, limit: u32) -> Result<Vec<Entry>, ApiError> {
+        let conn = self.catalog.lock();
+        let mut st = conn.prepare(
+            "SELECT seq, ts_ms, actor, action, target, outcome, detail FROM audit WHERE seq > ?1 AND ts_ms >= ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = st
+            .query_map(params![after_seq as i64, since_ms, limit], |r| {
+                Ok(Entry {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    ts_ms: r.get(1)?,
+                    actor: r.get(2)?,
+                    action: r.get(3)?,
+                    target: r.get(4)?,
+                    outcome: r.get(5)?,
+                    detail: r.get(6)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Checks the whole chain, then the store's anchor against it.
+    pub fn verify(&self) -> Result<Verification, ApiError> {
+        let anchor = self.read_anchor()?;
+        let anchor_seq = anchor.as_ref().map(|a| a.seq).unwrap_or(0);
+        let broken = |seq: u64, entries: u64, reason: String| Verification {
+            entries,
+            broken_seq: Some(seq),
+            reason,
+            anchor_seq,
+        };
+        let conn = self.catalog.lock();
+        let mut st = conn.prepare(
+            "SELECT seq, ts_ms, actor, action, target, outcome, detail, prev, hash FROM audit ORDER BY seq",
+        )?;
+        let mut rows = st.query([])?;
+        let mut expected_seq = 1u64;
+        let mut prev = [0u8; 32];
+        let mut anchor_checked = false;
+        while let Some(r) = rows.next()? {
+            let e = Entry {
+                seq: r.get::<_, i64>(0)? as u64,
+                ts_ms: r.get(1)?,
+                actor: r.get(2)?,
+                action: r.get(3)?,
+                target: r.get(4)?,
+                outcome: r.get(5)?,
+                detail: r.get(6)?,
+            };
+            let stored_prev: Vec<u8> = r.get(7)?;
+            let stored_hash: Vec<u8> = r.get(8)?;
+            let n = expected_seq - 1;
+            if e.seq != expected_seq {
+                return Ok(broken(
+                    expected_seq,
+                    n,
+                    format!(
+                        "entry {expected_seq} is missing (the next entry is {})",
+                        e.seq
+                    ),
+                ));
+            }
+            if stored_prev != prev {
+                return Ok(broken(
+                    e.seq,
+                    n,
+                    format!(
+                        "entry {} does not follow entry {}: the chain was reordered or an entry was replaced",
+                        e.seq,
+                        e.seq - 1
+                    ),
+                ));
+            }
+            let hash = e.hash(&prev);
+            if stored_hash != hash {
+                return Ok(broken(
+                    e.seq,
+                    n,
+                    format!("entry {} was modified after it was written", e.seq),
+                ));
+            }
+            if let Some(a) = &anchor
+                && a.seq == e.seq
+            {
+                anchor_checked = true;
+                if a.hash != hex::encode(hash) {
+                    return Ok(broken(
+                        e.seq,
+                        n,
+                        format!(
+                            "entry {} differs from the chain head anchored in the store: the chain was rewritten",
+                            e.seq
+                        ),
+                    ));
+                }
+            }
+            prev = hash;
+            expected_seq += 1;
+        }
+        let entries = expected_seq - 1;
+        if let Some(a) = &anchor
+            && !anchor_checked
+        {
+            return Ok(broken(
+                entries + 1,
+                entries,
+                format!(
+                    "the log ends at entry {entries} but the store's anchor vouches for entry {}: entries {}..={} were removed",
+                    a.seq,
+                    entries + 1,
+                    a.seq
+                ),
+            ));
+        }
+        Ok(Verification {
+            entries,
+            broken_seq: None,
+            reason: String::new(),
+            anchor_seq,
+        })
+    }
+
+    fn read_anchor(&self) -> Result<Option<Anchor>, ApiError> {
+        let bytes = match std::fs::read(&self.anchor_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(ApiError::internal(format!(
+                    "reading {}: {e}",
+                    self.anchor_path.display()
+                )));
+            }
+        };
+        let a: Anchor = serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::internal(format!("{} is corrupt: {e}", self.anchor_path.display()))
+        })?;
+        let sig = hex::decode(&a.signature).unwrap_or_default();
+        lifeboat_core::sign::verify(
+            &self.signer.public_key(),
+            &anchor_message(a.seq, &a.hash),
+            &sig,
+            "the audit anchor's signature",
+        )?;
+        Ok(Some(a))
+    }
+
+    /// Verifies the chain and, if it holds and moved on, writes the head into the store.
+    /// A failed verification freezes anchoring for the life of the process.
+    pub fn anchor(&self) -> Result<(), ApiError> {
+        if self.frozen.load(Ordering::Relaxed) || !self.dirty.swap(false, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let v = self.verify()?;
+        if !v.ok() {
+            self.frozen.store(true, Ordering::Relaxed);
+            tracing::error!(entry = v.broken_seq, reason = %v.reason, "the audit chain is broken; no longer anchoring it. Run `lifeboat audit verify`");
+            return Ok(());
+        }
+        if v.entries <= v.anchor_seq {
+            return Ok(());
+        }
+        let hash: Vec<u8> = self.catalog.lock().query_row(
+            "SELECT hash FROM audit WHERE seq = ?1",
+            [v.entries as i64],
+            |r| r.get(0),
+        )?;
+        let hash = hex::encode(hash);
+        let anchor = Anchor {
+            seq: v.entries,
+            signature: hex::encode(self.signer.sign(&anchor_message(v.entries, &hash))),
+            hash,
+            written_ms: now_ms(),
+        };
+        let json = serde_json::to_vec_pretty(&anchor)
+            .map_err(|e| ApiError::internal(format!("encoding the audit anchor: {e}")))?;
+        write_atomic(&self.anchor_path, &json, 0o644)?;
+        Ok(())
+    }
+
+    /// Checks the chain at startup; a broken chain is logged loudly and freezes anchoring.
+    pub fn check_at_start(&self) -> Result<(), ApiError> {
+        let v = self.verify()?;
+        if !v.ok() {
+            self.frozen.store(true, Ordering::Relaxed);
+            tracing::error!(entry = v.broken_seq, reason = %v.reason, "the audit chain is broken; run `lifeboat audit verify`");
+        }
+        Ok(())
+    }
+}
+
+fn anchor_message(seq: u64, hash_hex: &str) -> Vec<u8> {
+    let mut m = ANCHOR_CONTEXT.to_vec();
+    m.extend_from_slice(&seq.to_le_bytes());
+    m.extend_from_slice(hash_hex.as_bytes());
+    m
+}
+
+fn hash_array(v: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if v.len() == 32 {
+        out.copy_from_slice(v);
+    }
+    out
+}

@@ -1,0 +1,910 @@
+//! Trust: the authorization matrix, append-only agents, grants, revocation, renewal,
+//! countersigned history and the audit chain, against a real controller and real agents.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use lifeboat_core::identity::IdentityFile;
+use lifeboat_core::pki::{self, Ca, Validity};
+use lifeboat_core::sign::SigningKey;
+use lifeboat_core::snapshot::{Record, Stats, TreeRef};
+use lifeboat_core::{ChunkKey, codec};
+use lifeboat_proto::pb::{
+    self, agent_api_client::AgentApiClient, operator_api_client::OperatorApiClient,
+};
+use lifeboat_proto::transport::{self, ClientTls};
+use lifeboat_tests::{Fleet, agent_tls, wait_for};
+use serde_json::Value;
+use tonic::transport::Channel;
+
+/// The caller classes of the matrix, and the RPCs each may call.
+const AGENT_RPCS: &[&str] = &[
+    "Session",
+    "MissingChunks",
+    "PutChunks",
+    "GetChunks",
+    "CommitSnapshot",
+    "RenewCertificate",
+];
+const READ_RPCS: &[&str] = &[
+    "Status",
+    "ListAgents",
+    "ListSnapshots",
+    "ListJobs",
+    "GetJob",
+    "WatchJob",
+    "ListIdentities",
+    "ListAudit",
+    "VerifyAudit",
+];
+const OPERATE_RPCS: &[&str] = &["StartBackup", "StartRestore"];
+const ADMIN_RPCS: &[&str] = &[
+    "CreateToken",
+    "CreateIdentity",
+    "RevokeIdentity",
+    "RevokeAgent",
+    "DeleteSnapshot",
+];
+
+fn all_rpcs() -> Vec<&'static str> {
+    let mut v = vec!["Enroll"];
+    v.extend(AGENT_RPCS);
+    v.extend(READ_RPCS);
+    v.extend(OPERATE_RPCS);
+    v.extend(ADMIN_RPCS);
+    v
+}
+
+fn path_of(rpc: &str) -> String {
+    let service = if rpc == "Enroll" {
+        "Enrollment"
+    } else if AGENT_RPCS.contains(&rpc) {
+        "AgentApi"
+    } else {
+        "OperatorApi"
+    };
+    format!("/lifeboat.v1.{service}/{rpc}")
+}
+
+/// Calls `rpc` with an empty request; `Ok(())` unless the authorization layer denied it.
+async fn call(channel: &Channel, rpc: &str) -> Result<(), tonic::Status> {
+    let mut op = OperatorApiClient::new(channel.clone());
+    let mut ag = AgentApiClient::new(channel.clone());
+    let mut en = pb::enrollment_client::EnrollmentClient::new(channel.clone());
+    let res: Result<(), tonic::Status> = match rpc {
+        "Enroll" => en.enroll(pb::EnrollRequest::default()).await.map(drop),
+        "Session" => ag
+            .session(tokio_stream::iter(Vec::<pb::AgentMessage>::new()))
+            .await
+            .map(drop),
+        "MissingChunks" => ag.missing_chunks(pb::ChunkIds::default()).await.map(drop),
+        "PutChunks" => ag
+            .put_chunks(tokio_stream::iter(Vec::<pb::ChunkBatch>::new()))
+            .await
+            .map(drop),
+        "GetChunks" => ag
+            .get_chunks(pb::GetChunksRequest::default())
+            .await
+            .map(drop),
+        "CommitSnapshot" => ag
+            .commit_snapshot(pb::CommitRequest::default())
+            .await
+            .map(drop),
+        "RenewCertificate" => ag
+            .renew_certificate(pb::RenewRequest::default())
+            .await
+            .map(drop),
+        "Status" => op.status(pb::Empty {}).await.map(drop),
+        "ListAgents" => op.list_agents(pb::Empty {}).await.map(drop),
+        "ListSnapshots" => op
+            .list_snapshots(pb::ListSnapshotsRequest::default())
+            .await
+            .map(drop),
+        "ListJobs" => op.list_jobs(pb::ListJobsRequest::default()).await.map(drop),
+        "GetJob" => op.get_job(pb::JobRef::default()).await.map(drop),
+        "WatchJob" => op.watch_job(pb::JobRef::default()).await.map(drop),
+        "ListIdentities" => op.list_identities(pb::Empty {}).await.map(drop),
+        "ListAudit" => op
+            .list_audit(pb::ListAuditRequest::default())
+            .await
+            .map(drop),
+        "VerifyAudit" => op.verify_audit(pb::Empty {}).await.map(drop),
+        "StartBackup" => op
+            .start_backup(pb::StartBackupRequest::default())
+            .await
+            .map(drop),
+        "StartRestore" => op
+            .start_restore(pb::StartRestoreRequest::default())
+            .await
+            .map(drop),
+        "CreateToken" => op
+            .create_token(pb::CreateTokenRequest::default())
+            .await
+            .map(drop),
+        "CreateIdentity" => op
+            .create_identity(pb::CreateIdentityRequest::default())
+            .await
+            .map(drop),
+        "RevokeIdentity" => op.revoke_identity(pb::NameRef::default()).await.map(drop),
+        "RevokeAgent" => op.revoke_agent(pb::NameRef::default()).await.map(drop),
+        "DeleteSnapshot" => op
+            .delete_snapshot(pb::SnapshotRef::default())
+            .await
+            .map(drop),
+        other => panic!("no such rpc {other}"),
+    };
+    match res {
+        Err(s) if s.message().starts_with("denied: ") => Err(s),
+        _ => Ok(()),
+    }
+}
+
+fn identity_tls(path: &Path) -> ClientTls {
+    let id = IdentityFile::load(path).expect("identity");
+    ClientTls::with_identity(&id.ca_pem, &id.cert_pem, &id.key_pem).expect("tls")
+}
+
+fn audit(fleet: &Fleet) -> Vec<Value> {
+    fleet
+        .cli_json(&["audit"])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Starts a fleet with viewer and operator identities and agents `a` (running, with a
+/// source) and `gone` (enrolled, then revoked).
+fn fleet_with_roles() -> (Fleet, tempfile::TempDir) {
+    let mut fleet = Fleet::start();
+    for role in ["viewer", "operator"] {
+        let out = fleet.cli(&[
+            "identity",
+            "create",
+            role,
+            "--role",
+            role,
+            "--out",
+            fleet
+                .path(&format!("{role}.identity"))
+                .to_str()
+                .expect("path"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let src = tempfile::tempdir().expect("src");
+    fs::write(src.path().join("hello.txt"), b"hello from a").expect("write");
+    let a = fleet.enroll("a");
+    fleet.run_agent(&a, &[("data", src.path())], &[]);
+    fleet.enroll("gone");
+    let out = fleet.cli(&["agents", "revoke", "gone"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (fleet, src)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_allows_exactly_its_callers_and_audits_every_denial() {
+    transport::install_crypto_provider();
+    let (fleet, _src) = tokio::task::spawn_blocking(fleet_with_roles)
+        .await
+        .expect("fleet");
+    let admin = IdentityFile::load(&fleet.identity).expect("admin");
+
+    // Credentials that never get past the handshake.
+    let other_ca = Ca::generate().expect("ca");
+    let (foreign, _) = other_ca
+        .issue_client("operator:admin", Validity::from_now(pki::days(1)))
+        .expect("foreign cert");
+    let fleet_ca = Ca::load(
+        &fs::read_to_string(fleet.path("ctl/ca.crt")).expect("ca.crt"),
+        &fs::read_to_string(fleet.path("ctl/ca.key")).expect("ca.key"),
+    )
+    .expect("fleet ca");
+    let past = time::OffsetDateTime::now_utc();
+    let (expired, _) = fleet_ca
+        .issue_client(
+            "operator:admin",
+            Validity {
+                not_before: past - time::Duration::days(2),
+                not_after: past - time::Duration::days(1),
+            },
+        )
+        .expect("expired cert");
+    let mut no_cert = rustls::ClientConfig::builder()
+        .with_root_certificates({
+            let mut r = rustls::RootCertStore::empty();
+            r.add(pki::cert_der(&admin.ca_pem).expect("ca"))
+                .expect("root");
+            r
+        })
+        .with_no_client_auth();
+    no_cert.alpn_protocols = vec![b"h2".to_vec()];
+    let refused_at_handshake = [
+        (
+            "no certificate",
+            ClientTls::from_config(no_cert, pki::CONTROLLER_NAME),
+        ),
+        (
+            "certificate from another CA",
+            ClientTls::with_identity(&admin.ca_pem, &foreign.cert_pem, &foreign.key_pem)
+                .expect("tls"),
+        ),
+        (
+            "expired certificate",
+            ClientTls::with_identity(&admin.ca_pem, &expired.cert_pem, &expired.key_pem)
+                .expect("tls"),
+        ),
+    ];
+    let audited_before = audit(&fleet).len();
+    for (who, tls) in refused_at_handshake {
+        // TLS 1.3 may report the server's refusal only with the first response.
+        let outcome = match transport::connect(&fleet.url, tls).await {
+            Err(_) => None,
+            Ok(ch) => Some(OperatorApiClient::new(ch).status(pb::Empty {}).await),
+        };
+        if let Some(res) = outcome {
+            let status = res.expect_err(who);
+            assert!(
+                !matches!(
+                    status.code(),
+                    tonic::Code::Ok | tonic::Code::PermissionDenied
+                ),
+                "{who}: reached the API: {status:?}"
+            );
+        }
+    }
+    // Each refusal is in the audit log with its reason (a client may retry the handshake,
+    // so count kinds, not entries).
+    for reason in ["no certificates", "UnknownIssuer", "expired"] {
+        wait_for(
+            &format!("a handshake refusal for {reason:?} in the audit log"),
+            Duration::from_secs(10),
+            || {
+                audit(&fleet)[audited_before..]
+                    .iter()
+                    .any(|e| {
+                        e["target"] == "tls.handshake"
+                            && e["outcome"] == "denied"
+                            && e["detail"]["reason"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_lowercase()
+                                .contains(&reason.to_lowercase())
+                    })
+                    .then_some(())
+            },
+        );
+    }
+
+    // Authenticated callers: exactly their allow list.
+    let enrolling = ClientTls::enrollment(&fleet.fingerprint).expect("enrolling");
+    let classes: Vec<(&str, ClientTls, Vec<&str>)> = vec![
+        ("enrolling", enrolling, vec!["Enroll"]),
+        (
+            "agent",
+            agent_tls(&fleet.path("agents/a")),
+            AGENT_RPCS.to_vec(),
+        ),
+        (
+            "revoked agent",
+            agent_tls(&fleet.path("agents/gone")),
+            vec![],
+        ),
+        (
+            "viewer",
+            identity_tls(&fleet.path("viewer.identity")),
+            READ_RPCS.to_vec(),
+        ),
+        (
+            "operator",
+            identity_tls(&fleet.path("operator.identity")),
+            [READ_RPCS, OPERATE_RPCS].concat(),
+        ),
+        (
+            "admin",
+            identity_tls(&fleet.identity),
+            [READ_RPCS, OPERATE_RPCS, ADMIN_RPCS].concat(),
+        ),
+    ];
+    let before = audit(&fleet).len();
+    let mut denials = Vec::new();
+    for (who, tls, allowed) in classes {
+        let channel = transport::connect(&fleet.url, tls).await.expect(who);
+        let mut got = BTreeSet::new();
+        for rpc in all_rpcs() {
+            match call(&channel, rpc).await {
+                Ok(()) => {
+                    got.insert(rpc);
+                }
+                Err(status) => {
+                    assert_eq!(
+                        status.code(),
+                        tonic::Code::PermissionDenied,
+                        "{who} {rpc}: {status:?}"
+                    );
+                    denials.push(path_of(rpc));
+                }
+            }
+        }
+        let want: BTreeSet<&str> = allowed.into_iter().collect();
+        assert_eq!(got, want, "{who}: allowed set");
+    }
+    // Every denial, and nothing else of the matrix, is in the audit log.
+    let mut logged: Vec<String> = audit(&fleet)[before..]
+        .iter()
+        .filter(|e| e["action"] == "authz.denied")
+        .map(|e| e["target"].as_str().unwrap_or_default().to_string())
+        .collect();
+    logged.sort();
+    denials.sort();
+    assert_eq!(logged, denials);
+}
+
+/// A client speaking as agent `name` with its own certificate.
+async fn as_agent(fleet: &Fleet, name: &str) -> AgentApiClient<Channel> {
+    let ch = transport::connect(
+        &fleet.url,
+        agent_tls(&fleet.path(&format!("agents/{name}"))),
+    )
+    .await
+    .expect("connect as agent");
+    AgentApiClient::new(ch).max_decoding_message_size(lifeboat_proto::MAX_MESSAGE_BYTES)
+}
+
+fn chunk_key(fleet: &Fleet, agent: &str) -> ChunkKey {
+    ChunkKey::from_slice(&fs::read(fleet.path(&format!("agents/{agent}/chunk.key"))).expect("key"))
+        .expect("key")
+}
+
+async fn get(
+    api: &mut AgentApiClient<Channel>,
+    job: &str,
+    ids: &[lifeboat_core::ChunkId],
+) -> Result<usize, tonic::Status> {
+    let mut s = api
+        .get_chunks(pb::GetChunksRequest {
+            job_id: job.to_string(),
+            ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        })
+        .await?
+        .into_inner();
+    let mut n = 0;
+    while let Some(b) = s.message().await? {
+        n += b.chunks.len();
+    }
+    Ok(n)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_read_only_what_a_running_restore_job_grants() {
+    transport::install_crypto_provider();
+    let mut fleet = tokio::task::spawn_blocking(Fleet::start)
+        .await
+        .expect("fleet");
+    // b's data: small files, so each is one chunk whose id the test can compute.
+    let b_src = tempfile::tempdir().expect("src");
+    let secrets: Vec<Vec<u8>> = (0..8)
+        .map(|i| format!("secret {i} of agent b").repeat(50).into_bytes())
+        .collect();
+    for (i, s) in secrets.iter().enumerate() {
+        fs::write(b_src.path().join(format!("s{i}")), s).expect("write");
+    }
+    let a_src = tempfile::tempdir().expect("src");
+    fs::write(a_src.path().join("mine"), b"a's own file").expect("write");
+    let root = tempfile::tempdir().expect("root");
+    let (fleet, b_snap, a_snap) = tokio::task::spawn_blocking({
+        let (a_src, b_src) = (a_src.path().to_owned(), b_src.path().to_owned());
+        move || {
+            let a = fleet.enroll("a");
+            let b = fleet.enroll("b");
+            fleet.run_agent(&b, &[("data", &b_src)], &[]);
+            fleet.run_agent(&a, &[("data", &a_src)], &[]);
+            let b_snap = fleet.backup("b", "data")["id"]
+                .as_str()
+                .expect("id")
+                .to_string();
+            let a_snap = fleet.backup("a", "data")["id"]
+                .as_str()
+                .expect("id")
+                .to_string();
+            // From here on the test speaks as agent a itself.
+            fleet.kill_agent("a");
+            (fleet, b_snap, a_snap)
+        }
+    })
+    .await
+    .expect("setup");
+    let key = chunk_key(&fleet, "b");
+    let b_ids: Vec<_> = secrets.iter().map(|s| key.id_of(s)).collect();
+    let a_only = key.id_of(b"a's own file");
+    let mut api = as_agent(&fleet, "a").await;
+
+    // No grant: no job, a made-up job, another agent's job. Many randomized attempts.
+    let mut rng = lifeboat_tests::tree::Rng::new(7);
+    for _ in 0..60 {
+        let id = b_ids[(rng.next_u64() % b_ids.len() as u64) as usize];
+        let job = match rng.next_u64() % 3 {
+            0 => String::new(),
+            1 => hex::encode(rng.bytes(8)),
+            _ => "0".repeat(16),
+        };
+        let status = get(&mut api, &job, &[id])
+            .await
+            .expect_err("read without a grant");
+        assert!(
+            matches!(
+                status.code(),
+                tonic::Code::PermissionDenied | tonic::Code::NotFound
+            ),
+            "{status:?}"
+        );
+    }
+    // Agents cannot list snapshots or restore anything themselves.
+    let op = OperatorApiClient::new(
+        transport::connect(&fleet.url, agent_tls(&fleet.path("agents/a")))
+            .await
+            .expect("connect"),
+    );
+    for status in [
+        op.clone()
+            .list_snapshots(pb::ListSnapshotsRequest::default())
+            .await
+            .expect_err("list"),
+        op.clone()
+            .start_restore(pb::StartRestoreRequest {
+                snapshot: b_snap.clone(),
+                agent: "a".into(),
+                target: root.path().join("x").display().to_string(),
+            })
+            .await
+            .expect_err("restore"),
+    ] {
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    }
+
+    // An operator restores b's snapshot onto a: the job reaches a over its session.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            restore_roots: vec![root.path().display().to_string()],
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("hello");
+    let mut session = api
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("session")
+        .into_inner();
+    let target = root.path().join("restored").display().to_string();
+    let started = {
+        let (snap, target) = (b_snap.clone(), target.clone());
+        let fleet = &fleet;
+        tokio::task::block_in_place(|| {
+            fleet.cli_json(&["restore", &snap, "--agent", "a", "--to", &target])
+        })
+    };
+    let job_id = started["id"].as_str().expect("job").to_string();
+    let msg = tokio::time::timeout(Duration::from_secs(20), session.message())
+        .await
+        .expect("job delivered")
+        .expect("stream")
+        .expect("message");
+    let Some(pb::controller_message::Msg::Job(job)) = msg.msg else {
+        panic!("not a job")
+    };
+    assert_eq!(job.job_id, job_id);
+
+    // Inside the grant: b's chunks of that snapshot, yes; a chunk it does not reference, no.
+    assert_eq!(
+        get(&mut api, &job_id, &b_ids).await.expect("granted read"),
+        b_ids.len()
+    );
+    let status = get(&mut api, &job_id, &[a_only])
+        .await
+        .expect_err("outside the snapshot");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(!a_snap.is_empty());
+
+    // The job ends: the grant ends with it.
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::JobUpdate(pb::JobUpdate {
+            job_id: job_id.clone(),
+            state: pb::JobState::Succeeded as i32,
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("update");
+    wait_for("the job to end", Duration::from_secs(10), || {
+        (tokio::task::block_in_place(|| fleet.job_info(&job_id))["state"] == "succeeded")
+            .then_some(())
+    });
+    let status = get(&mut api, &job_id, &b_ids)
+        .await
+        .expect_err("read after the job ended");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+}
+
+fn record(agent_id: &str, agent_name: &str, job_id: &str, finished_ms: i64) -> Record {
+    Record {
+        version: 1,
+        agent_id: agent_id.into(),
+        agent_name: agent_name.into(),
+        hostname: "h".into(),
+        source: "data".into(),
+        source_kind: "path".into(),
+        source_path: "/data".into(),
+        job_id: job_id.into(),
+        parent: None,
+        started_unix_ms: finished_ms - 1000,
+        finished_unix_ms: finished_ms,
+        tree: TreeRef {
+            chunks: vec!["ab".repeat(32)],
+            size: 1,
+            hash: "cd".repeat(32),
+        },
+        stats: Stats::default(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_cannot_delete_overwrite_impersonate_or_backdate() {
+    transport::install_crypto_provider();
+    let src = tempfile::tempdir().expect("src");
+    fs::write(src.path().join("f"), b"some data").expect("write");
+    let (fleet, snaps_before, a_job) = tokio::task::spawn_blocking({
+        let src = src.path().to_owned();
+        move || {
+            let mut fleet = Fleet::start();
+            let a = fleet.enroll("a");
+            fleet.enroll("b");
+            fleet.run_agent(&a, &[("data", &src)], &[]);
+            let snap = fleet.backup("a", "data");
+            let job = fleet.cli_json(&["jobs"]).as_array().expect("jobs")[0]["id"]
+                .as_str()
+                .expect("id")
+                .to_string();
+            assert!(!snap["id"].as_str().unwrap_or_default().is_empty());
+            let snaps = fleet.cli_json(&["snapshots"]);
+            (fleet, snaps, job)
+        }
+    })
+    .await
+    .expect("setup");
+    let mut api = as_agent(&fleet, "a").await;
+    let agents = tokio::task::block_in_place(|| fleet.cli_json(&["agents"]));
+    let id_of = |name: &str| {
+        agents
+            .as_array()
+            .expect("agents")
+            .iter()
+            .find(|a| a["name"] == name)
+            .expect("agent")["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let signing =
+        SigningKey::from_pkcs8(&fs::read(fleet.path("agents/a/signing.key")).expect("key"))
+            .expect("key");
+
+    // Delete: not an agent's call.
+    let snap_id = snaps_before[0]["id"].as_str().expect("id").to_string();
+    let status = OperatorApiClient::new(
+        transport::connect(&fleet.url, agent_tls(&fleet.path("agents/a")))
+            .await
+            .expect("connect"),
+    )
+    .delete_snapshot(pb::SnapshotRef { id: snap_id })
+    .await
+    .expect_err("agent deleted a snapshot");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+
+    // Overwrite a stored chunk with other bytes under its id.
+    let key = chunk_key(&fleet, "a");
+    let stored = key.id_of(b"some data");
+    let status = api
+        .put_chunks(tokio_stream::iter(vec![pb::ChunkBatch {
+            chunks: vec![pb::ChunkBlob {
+                id: stored.as_bytes().to_vec(),
+                blob: codec::encode_raw(b"evil data").into(),
+            }],
+        }]))
+        .await
+        .expect_err("overwrite accepted");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+    // Commit under b's identity (signed with a's key, naming b).
+    let as_b = record(&id_of("b"), "b", &a_job, lifeboat_tests::now_ms()).to_bytes();
+    let status = api
+        .commit_snapshot(pb::CommitRequest {
+            job_id: a_job.clone(),
+            signature: signing.sign_record(&as_b),
+            record: as_b,
+        })
+        .await
+        .expect_err("commit as b");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // Commit dated a day in the future.
+    let future = record(
+        &id_of("a"),
+        "a",
+        &a_job,
+        lifeboat_tests::now_ms() + 86_400_000,
+    )
+    .to_bytes();
+    let status = api
+        .commit_snapshot(pb::CommitRequest {
+            job_id: a_job.clone(),
+            signature: signing.sign_record(&future),
+            record: future,
+        })
+        .await
+        .expect_err("future-dated commit");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("in the future"), "{status:?}");
+
+    // Nothing changed: the same snapshots, with the same receive times.
+    let snaps_after = tokio::task::block_in_place(|| fleet.cli_json(&["snapshots"]));
+    assert_eq!(snaps_after, snaps_before);
+    let log = tokio::task::block_in_place(|| audit(&fleet));
+    assert!(
+        log.iter().any(|e| e["action"] == "authz.denied"
+            && e["target"] == "/lifeboat.v1.AgentApi/CommitSnapshot")
+    );
+}
+
+#[test]
+fn a_tampered_record_or_countersignature_is_refused_before_any_write() {
+    let mut fleet = Fleet::start();
+    let src = tempfile::tempdir().expect("src");
+    fs::write(src.path().join("f"), b"precious").expect("write");
+    let root = tempfile::tempdir().expect("root");
+    let a = fleet.enroll("a");
+    fleet.run_agent(&a, &[("data", src.path())], &[root.path()]);
+    let snap = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let file = fleet.path(&format!("ctl/store/snapshots/{snap}.snap"));
+    let pristine = fs::read(&file).expect("envelope");
+    let env = lifeboat_core::snapshot::Envelope::parse(&pristine).expect("parse");
+
+    let mut cases: Vec<(&str, lifeboat_core::snapshot::Envelope, &str)> = Vec::new();
+    let mut e = env.clone();
+    let at = e.record.iter().position(|b| *b == b'f').expect("byte");
+    e.record[at] = b'g';
+    cases.push(("record", e, "originating agent"));
+    let mut e = env.clone();
+    e.countersignature[3] ^= 1;
+    cases.push(("countersignature", e, "countersignature"));
+    let mut e = env.clone();
+    e.received_unix_ms -= 86_400_000;
+    cases.push(("receive time", e, "countersignature"));
+    for (what, tampered, named) in cases {
+        fs::write(&file, tampered.to_bytes()).expect("tamper");
+        let target = root.path().join(what.replace(' ', "-"));
+        let out = fleet.cli(&[
+            "restore",
+            &snap[..16],
+            "--agent",
+            "a",
+            "--to",
+            target.to_str().expect("path"),
+            "--wait",
+        ]);
+        assert!(
+            !out.status.success(),
+            "{what}: restore of a tampered snapshot succeeded"
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("fails verification") && err.contains(named),
+            "{what}: {err}"
+        );
+        assert!(!target.exists(), "{what}: something was written");
+    }
+    fs::write(&file, &pristine).expect("restore pristine");
+    let target = root.path().join("ok");
+    let (ok, job) = fleet.job(&[
+        "restore",
+        &snap,
+        "--agent",
+        "a",
+        "--to",
+        target.to_str().expect("path"),
+    ]);
+    assert!(ok, "{job}");
+    assert_eq!(fs::read(target.join("f")).expect("restored"), b"precious");
+}
+
+#[test]
+fn audit_verify_names_the_exact_broken_entry() {
+    let mut fleet = Fleet::start();
+    for _ in 0..9 {
+        fleet.token("5m");
+    }
+    let n = audit(&fleet).len();
+    assert!(n >= 9, "{n} entries");
+    let out = fleet.cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // A clean stop anchors the head in the store.
+    fleet.stop_controller();
+    let db = fleet.path("ctl/catalog.db");
+    let pristine = fs::read(&db).expect("catalog");
+    assert!(
+        !fleet.path("ctl/catalog.db-wal").exists()
+            || fs::metadata(fleet.path("ctl/catalog.db-wal"))
+                .expect("wal")
+                .len()
+                == 0
+    );
+
+    let cases: Vec<(&str, String, u64)> = vec![
+        ("modified", "UPDATE audit SET detail = '{\"ttl_s\":1}' WHERE seq = 5".into(), 5),
+        ("deleted", "DELETE FROM audit WHERE seq = 5".into(), 5),
+        (
+            "reordered",
+            "UPDATE audit SET seq = -1 WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = 5; UPDATE audit SET seq = 5 WHERE seq = -1".into(),
+            4,
+        ),
+        ("truncated", "DELETE FROM audit WHERE seq > 7".into(), 8),
+    ];
+    for (what, sql, broken) in cases {
+        fs::write(&db, &pristine).expect("pristine");
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        conn.execute_batch(&sql).expect(what);
+        drop(conn);
+        fleet.start_controller();
+        let out = fleet.cli(&["audit", "verify", "--json"]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(v["ok"], false, "{what}");
+        assert_eq!(v["broken_entry"], broken, "{what}: {v}");
+        fleet.stop_controller();
+    }
+    fs::write(&db, &pristine).expect("pristine");
+    fleet.start_controller();
+    let out = fleet.cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // Export: one JSON object per line, in order.
+    let out = fleet.cli(&["audit", "export"]);
+    assert!(out.status.success());
+    let seqs: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json line")["seq"]
+                .as_u64()
+                .expect("seq")
+        })
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+}
+
+#[test]
+fn certificates_renew_over_the_session_and_revocation_closes_it() {
+    let mut fleet = Fleet::start_with(&["--agent-cert-lifetime", "9s"]);
+    let src = tempfile::tempdir().expect("src");
+    fs::write(src.path().join("f"), b"data").expect("write");
+    let root = tempfile::tempdir().expect("root");
+    let a = fleet.enroll("a");
+    let b = fleet.enroll("b");
+    fleet.run_agent(&a, &[("data", src.path())], &[]);
+    fleet.run_agent(&b, &[], &[root.path()]);
+    let expires = |fleet: &Fleet| {
+        fleet
+            .cli_json(&["agents"])
+            .as_array()
+            .expect("agents")
+            .iter()
+            .find(|x| x["name"] == "a")
+            .expect("a")["cert_expires"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let first = expires(&fleet);
+    let enrolled = lifeboat_tests::now_ms();
+    // Renewed twice (at two thirds of each 9 s lifetime), so past the first certificate's
+    // end, on the one session it opened.
+    wait_for("two renewals", Duration::from_secs(60), || {
+        (fleet.agent_log("a").matches("certificate renewed").count() >= 2).then_some(())
+    });
+    assert!(lifeboat_tests::now_ms() > enrolled + 9_000);
+    assert_ne!(expires(&fleet), first);
+    let log = fleet.agent_log("a");
+    assert_eq!(
+        log.matches("connected to the controller").count(),
+        1,
+        "{log}"
+    );
+    assert!(log.matches("certificate renewed").count() >= 2, "{log}");
+    let renewals = audit(&fleet)
+        .iter()
+        .filter(|e| e["action"] == "cert.renew" && e["target"] == "a")
+        .count();
+    assert!(renewals >= 2);
+    let snap = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    // Revocation: the session closes at once and the certificate is refused after.
+    let out = fleet.cli(&["agents", "revoke", "a"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("a to be disconnected", Duration::from_secs(10), || {
+        let agents = fleet.cli_json(&["agents"]);
+        let a = agents
+            .as_array()?
+            .iter()
+            .find(|x| x["name"] == "a")?
+            .clone();
+        (a["connected"] == false && a["revoked"].is_string()).then_some(())
+    });
+    wait_for(
+        "a's reconnect to be refused",
+        Duration::from_secs(20),
+        || fleet.agent_log("a").contains("was revoked").then_some(()),
+    );
+    let out = fleet.cli(&["backup", "a"]);
+    assert!(!out.status.success());
+    // Its snapshots stay restorable by operators, onto another agent.
+    let target = root.path().join("from-a");
+    let (ok, job) = fleet.job(&[
+        "restore",
+        &snap,
+        "--agent",
+        "b",
+        "--to",
+        target.to_str().expect("path"),
+    ]);
+    assert!(ok, "{job}");
+    assert_eq!(fs::read(target.join("f")).expect("restored"), b"data");
+    let actions: Vec<String> = audit(&fleet)
+        .iter()
+        .map(|e| e["action"].as_str().unwrap_or_default().to_string())
+        .collect();
+    for want in [
+        "agent.enroll",
+        "cert.renew",
+        "agent.revoke",
+        "restore.start",
+        "snapshot.commit",
+        "backup.start",
+        "token.create",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == want),
+            "no {want} in {actions:?}"
+        );
+    }
+}
