@@ -67,13 +67,14 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             if json.json {
                 println!(
                     "{}",
-                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes})
+                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "role": s.role, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes})
                 );
             } else {
                 println!(
-                    "controller {} (you are {})\nCA fingerprint {}\n{} agents, {} snapshots, {} chunks, {} stored",
+                    "controller {} (you are {}, role {})\nCA fingerprint {}\n{} agents, {} snapshots, {} chunks, {} stored",
                     s.version,
                     s.operator,
+                    s.role,
                     s.ca_fingerprint,
                     s.agents,
                     s.snapshots,

@@ -35,7 +35,13 @@ pub const AGENT_HEADER: &[&str] = &["NAME", "STATE", "HOST", "LABELS", "SOURCES"
 pub fn agent_row(a: &pb::AgentInfo) -> Vec<String> {
     let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let sources: Vec<String> = a.sources.iter().map(|s| s.name.clone()).collect();
-    let state = if a.connected { "connected" } else { "offline" };
+    let state = if a.revoked_unix_ms != 0 {
+        "revoked"
+    } else if a.connected {
+        "connected"
+    } else {
+        "offline"
+    };
     vec![
         a.name.clone(),
         state.into(),

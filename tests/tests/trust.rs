@@ -426,12 +426,22 @@ async fn agents_read_only_what_a_running_restore_job_grants() {
     let key = chunk_key(&fleet, "b");
     let b_ids: Vec<_> = secrets.iter().map(|s| key.id_of(s)).collect();
     let a_only = key.id_of(b"a's own file");
+    // b's manifest: the tree chunks its snapshot record names.
+    let envelope = lifeboat_core::snapshot::Envelope::parse(
+        &fs::read(fleet.path(&format!("ctl/store/snapshots/{b_snap}.snap"))).expect("envelope"),
+    )
+    .expect("parse");
+    let tree_ids = Record::parse(&envelope.record)
+        .expect("record")
+        .tree_chunks()
+        .expect("tree chunks");
+    let known: Vec<_> = b_ids.iter().chain(&tree_ids).copied().collect();
     let mut api = as_agent(&fleet, "a").await;
 
     // No grant: no job, a made-up job, another agent's job. Many randomized attempts.
     let mut rng = lifeboat_tests::tree::Rng::new(7);
     for _ in 0..60 {
-        let id = b_ids[(rng.next_u64() % b_ids.len() as u64) as usize];
+        let id = known[(rng.next_u64() % known.len() as u64) as usize];
         let job = match rng.next_u64() % 3 {
             0 => String::new(),
             1 => hex::encode(rng.bytes(8)),
@@ -505,10 +515,11 @@ async fn agents_read_only_what_a_running_restore_job_grants() {
     };
     assert_eq!(job.job_id, job_id);
 
-    // Inside the grant: b's chunks of that snapshot, yes; a chunk it does not reference, no.
+    // Inside the grant: the snapshot's file and tree chunks, yes; a chunk it does not
+    // reference, no.
     assert_eq!(
-        get(&mut api, &job_id, &b_ids).await.expect("granted read"),
-        b_ids.len()
+        get(&mut api, &job_id, &known).await.expect("granted read"),
+        known.len()
     );
     let status = get(&mut api, &job_id, &[a_only])
         .await
