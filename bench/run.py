@@ -197,7 +197,8 @@ class Lifeboat:
         alog = open(self.dir / "agent.log", "w")
         self.agent = subprocess.Popen([BIN / "lifeboat-agent", "run", "--state-dir", self.dir / "agent", "--source", f"data={self.src}",
                                        *sum((["--restore-root", r] for r in self.restore_roots), []),
-                                       *(["--compression-level", str(self.level)] if self.level is not None else [])], stdout=subprocess.DEVNULL, stderr=alog)
+                                       *(["--compression-level", str(self.level)] if self.level is not None else []),
+                                       *getattr(self, "agent_args", [])], stdout=subprocess.DEVNULL, stderr=alog)
         deadline = time.monotonic() + 30
         while not any(a["connected"] for a in json.loads(self.cli("agents", "--json"))):
             if time.monotonic() > deadline:
@@ -330,6 +331,9 @@ def main():
     write_report(args, manifest, results, versions)
 
 
+IMAGES_SECTION = "## Container images"
+
+
 def write_report(args, manifest, results, versions):
     day1 = manifest.get("day1", {}).get("bytes") or du_bytes_from(manifest, "day1")
     day2 = manifest.get("day2", {}).get("bytes") or du_bytes_from(manifest, "day2")
@@ -395,7 +399,14 @@ def write_report(args, manifest, results, versions):
         "- Before the runs, most free RAM is written once (`/dev/shm`) so that the VM's first-touch page faults do not land on whichever tool runs first.",
         "- Raw per-run figures: `results.json` in the work directory.",
     ]
-    args.out.write_text("\n".join(lines) + "\n")
+    # Sections other benchmarks own (bench/images.py) are kept.
+    kept = ""
+    if args.out.exists():
+        old = args.out.read_text()
+        at = old.find(IMAGES_SECTION)
+        if at >= 0:
+            kept = "\n" + old[at:]
+    args.out.write_text("\n".join(lines) + "\n" + kept)
     print("\n".join(lines))
 
 

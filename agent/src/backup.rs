@@ -21,7 +21,10 @@ use lifeboat_core::{ChunkId, walk};
 use lifeboat_proto::pb;
 use tokio::sync::mpsc;
 
+use futures::StreamExt;
+
 use crate::client::{self, Client};
+use crate::docker::Engine;
 use crate::state::AgentState;
 use crate::{AgentError, Source, now_ms};
 
@@ -204,6 +207,18 @@ impl Upload {
 }
 
 impl Pipeline {
+    /// A pipeline for one source; `seen` holds chunks known to be stored already.
+    fn new(ctx: &BackupContext, seen: HashSet<ChunkId>) -> Pipeline {
+        Pipeline {
+            key: ctx.state.chunk_key.clone(),
+            level: ctx.level,
+            seen: Mutex::new(seen),
+            counters: ctx.counters.clone(),
+            client: ctx.client.clone(),
+            rt: tokio::runtime::Handle::current(),
+        }
+    }
+
     fn open_upload(&self) -> Upload {
         let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
         let mut client = self.client.clone();
@@ -341,10 +356,20 @@ impl Pipeline {
     }
 }
 
-/// Backs up one source and commits its snapshot.
+/// Backs up one host path source and commits its snapshot.
 pub async fn backup_source(
     ctx: &BackupContext,
     source: &Source,
+) -> Result<BackupResult, AgentError> {
+    backup_dir(ctx, source, "path", None).await
+}
+
+/// Backs up a directory tree (a host path, or a volume's mountpoint) and commits it.
+async fn backup_dir(
+    ctx: &BackupContext,
+    source: &Source,
+    kind: &str,
+    consistency: Option<String>,
 ) -> Result<BackupResult, AgentError> {
     let started = now_ms();
     let clock = std::time::Instant::now();
@@ -406,14 +431,7 @@ pub async fn backup_source(
 
     tracing::info!(source = %source.name, entries = entries.len(), to_read = to_read.len(), elapsed_ms = clock.elapsed().as_millis() as u64, "scanned");
     counters.set_phase(&format!("reading {}", source.name));
-    let pipeline = Arc::new(Pipeline {
-        key: ctx.state.chunk_key.clone(),
-        level: ctx.level,
-        seen: Mutex::new(seen),
-        counters: counters.clone(),
-        client: ctx.client.clone(),
-        rt: tokio::runtime::Handle::current(),
-    });
+    let pipeline = Arc::new(Pipeline::new(ctx, seen));
     let queue = Arc::new(Mutex::new(to_read.into_iter()));
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -468,8 +486,317 @@ pub async fn backup_source(
     entries.retain(keep);
 
     tracing::info!(source = %source.name, elapsed_ms = clock.elapsed().as_millis() as u64, "files read and uploaded");
-    counters.set_phase(&format!("committing {}", source.name));
-    let mut w = TreeWriter::new(&walked.root);
+    commit(
+        ctx,
+        pipeline,
+        Commit {
+            source: source.name.clone(),
+            kind: kind.into(),
+            source_path: source.path.display().to_string(),
+            root: walked.root,
+            entries,
+            parent: prev.map(|(id, _)| id),
+            started,
+            warnings,
+            image: None,
+            consistency,
+            cache: true,
+        },
+    )
+    .await
+}
+
+/// Backs up a container image from the Engine's export stream (`docker save`, by id).
+/// Every member of that archive becomes an entry of the snapshot's tree and is chunked on
+/// its own, so layers that two images (or two versions) share are stored once.
+pub async fn backup_image(
+    ctx: &BackupContext,
+    engine: &Engine,
+    reference: &str,
+) -> Result<BackupResult, AgentError> {
+    let started = now_ms();
+    let source = format!("image:{reference}");
+    lifeboat_core::snapshot::validate_source(&source)?;
+    let info = engine.image(reference).await?;
+    ctx.counters.set_phase(&format!("exporting {source}"));
+    Counters::add(&ctx.counters.bytes_total, info.size);
+    let pipeline = Arc::new(Pipeline::new(ctx, HashSet::new()));
+    let (tx, rx) = mpsc::channel(8);
+    let mut export = engine.export(&info.id);
+    let pump = async move {
+        while let Some(piece) = export.next().await {
+            if tx.send(piece).await.is_err() {
+                break;
+            }
+        }
+    };
+    let p = pipeline.clone();
+    let read = tokio::task::spawn_blocking(move || read_archive(&p, ChannelReader::new(rx)));
+    let ((), entries) = tokio::join!(pump, read);
+    let entries = entries.map_err(|e| AgentError::State(format!("image reader: {e}")))??;
+    let mut root = Entry::new(Vec::new(), Kind::Dir);
+    root.mode = 0o755;
+    let id = info.id.clone();
+    commit(
+        ctx,
+        pipeline,
+        Commit {
+            source,
+            kind: "image".into(),
+            source_path: id,
+            root,
+            entries,
+            parent: None,
+            started,
+            warnings: Vec::new(),
+            image: Some(info),
+            consistency: None,
+            cache: false,
+        },
+    )
+    .await
+}
+
+/// Turns a `docker save` archive into tree entries, chunking and uploading every file.
+/// Parents missing from the archive are added as directories so the tree stays valid.
+fn read_archive(p: &Pipeline, reader: impl std::io::Read) -> Result<Vec<Entry>, AgentError> {
+    let bad = |what: String| AgentError::State(format!("image archive: {what}"));
+    let mut archive = tar::Archive::new(reader);
+    let mut enc = Encoder::new(p.level)?;
+    let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
+    let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
+    let mut up = p.open_upload();
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut dirs: HashMap<Vec<u8>, usize> = HashMap::new();
+    for member in archive.entries().map_err(|e| bad(e.to_string()))? {
+        let mut m = member.map_err(|e| bad(e.to_string()))?;
+        let mut path = m.path_bytes().into_owned();
+        while path.last() == Some(&b'/') {
+            path.pop();
+        }
+        if path.starts_with(b"./") {
+            path.drain(..2);
+        }
+        if path.is_empty() || path == b"." {
+            continue;
+        }
+        lifeboat_core::tree::validate_path(&path)?;
+        let h = m.header();
+        let kind = match h.entry_type() {
+            tar::EntryType::Directory => Kind::Dir,
+            tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File,
+            tar::EntryType::Symlink => Kind::Symlink,
+            tar::EntryType::Link => Kind::Hardlink,
+            other => {
+                return Err(bad(format!(
+                    "member {} has unsupported type {other:?}",
+                    String::from_utf8_lossy(&path)
+                )));
+            }
+        };
+        let mut e = Entry::new(path.clone(), kind);
+        e.mode = h.mode().map_err(|x| bad(x.to_string()))? & 0o7777;
+        e.uid = h.uid().unwrap_or(0) as u32;
+        e.gid = h.gid().unwrap_or(0) as u32;
+        e.mtime = h.mtime().unwrap_or(0) as i64;
+        // Parents first (an archive may omit them).
+        for (i, _) in path.iter().enumerate().filter(|(_, c)| **c == b'/') {
+            let parent = path[..i].to_vec();
+            if let std::collections::hash_map::Entry::Vacant(slot) = dirs.entry(parent) {
+                let mut d = Entry::new(slot.key().clone(), Kind::Dir);
+                d.mode = 0o755;
+                d.mtime = e.mtime;
+                slot.insert(entries.len());
+                entries.push(d);
+            }
+        }
+        match kind {
+            Kind::Dir => {
+                if let Some(&i) = dirs.get(&path) {
+                    entries[i] = e; // an explicit entry after a synthesized one
+                    continue;
+                }
+                dirs.insert(path, entries.len());
+            }
+            Kind::File => {
+                let (chunks, hash, size) = p.chunk_stream(
+                    &mut m,
+                    &mut buf,
+                    &mut enc,
+                    &mut batch,
+                    &mut batch_bytes,
+                    &mut up,
+                )?;
+                e.chunks = chunks;
+                e.content_hash = hash;
+                e.size = size;
+                Counters::add(&p.counters.files_done, 1);
+                Counters::add(&p.counters.bytes_read, size);
+            }
+            _ => {
+                let mut target = m
+                    .link_name_bytes()
+                    .map(|t| t.into_owned())
+                    .unwrap_or_default();
+                if kind == Kind::Hardlink {
+                    while target.last() == Some(&b'/') {
+                        target.pop();
+                    }
+                }
+                e.target = target;
+            }
+        }
+        entries.push(e);
+    }
+    p.flush(&mut enc, &mut batch, &mut up)?;
+    up.finish(&p.rt)?;
+    Ok(entries)
+}
+
+/// Reads a channel of byte pieces as a blocking `Read` (on a blocking thread).
+struct ChannelReader {
+    rx: mpsc::Receiver<Result<bytes::Bytes, AgentError>>,
+    cur: bytes::Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: mpsc::Receiver<Result<bytes::Bytes, AgentError>>) -> Self {
+        ChannelReader {
+            rx,
+            cur: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(b)) => self.cur = b,
+                Some(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.cur.len());
+        out[..n].copy_from_slice(&self.cur[..n]);
+        bytes::Buf::advance(&mut self.cur, n);
+        Ok(n)
+    }
+}
+
+/// Backs up a Docker volume's files, made consistent as asked: `pause` pauses the running
+/// containers that mount it for the read (and always unpauses them), `hook` runs commands
+/// in a container before and after, `none` reads as is and records that. The default is
+/// `pause` when a running container mounts the volume, else `none`.
+pub async fn backup_volume(
+    ctx: &BackupContext,
+    engine: &Engine,
+    name: &str,
+    consistency: &str,
+    hook: Option<&pb::Hook>,
+) -> Result<BackupResult, AgentError> {
+    let vol = engine.volume(name).await?.ok_or_else(|| {
+        AgentError::Config(format!(
+            "there is no Docker volume {name:?} on this machine"
+        ))
+    })?;
+    let running: Vec<String> = vol
+        .users
+        .iter()
+        .filter(|u| u.running)
+        .map(|u| u.id.clone())
+        .collect();
+    let mode = match consistency {
+        "" if running.is_empty() => "none",
+        "" => "pause",
+        m => m,
+    };
+    let source = Source {
+        name: format!("volume:{name}"),
+        path: vol.mountpoint.clone(),
+    };
+    match mode {
+        "pause" => {
+            let paused = engine.pause(&running).await?;
+            tracing::info!(volume = %name, containers = ?paused.containers(), "containers paused for the read");
+            let res = backup_dir(ctx, &source, "volume", Some("pause".into())).await;
+            paused.release().await;
+            res
+        }
+        "hook" => {
+            let h = hook.filter(|h| !h.container.is_empty()).ok_or_else(|| {
+                AgentError::Config(
+                    "--consistency hook needs --hook-container and --hook-before or --hook-after"
+                        .into(),
+                )
+            })?;
+            let timeout = std::time::Duration::from_secs(match h.timeout_seconds {
+                0 => 60,
+                n => u64::from(n),
+            });
+            if !h.before.is_empty() {
+                engine.exec(&h.container, &h.before, timeout).await?;
+            }
+            let res = backup_dir(ctx, &source, "volume", Some("hook".into())).await;
+            if !h.after.is_empty()
+                && let Err(e) = engine.exec(&h.container, &h.after, timeout).await
+            {
+                return Err(match res {
+                    Ok(r) => AgentError::State(format!(
+                        "snapshot {} was committed, but the after-hook failed: {e}",
+                        r.snapshot_id
+                    )),
+                    Err(first) => first,
+                });
+            }
+            res
+        }
+        "none" => backup_dir(ctx, &source, "volume", Some("none".into())).await,
+        other => Err(AgentError::Config(format!(
+            "consistency {other:?} is not one of pause, hook, none"
+        ))),
+    }
+}
+
+/// A read source, ready to be committed.
+struct Commit {
+    source: String,
+    kind: String,
+    source_path: String,
+    root: Entry,
+    entries: Vec<Entry>,
+    parent: Option<String>,
+    started: i64,
+    warnings: Vec<String>,
+    image: Option<lifeboat_core::snapshot::ImageInfo>,
+    consistency: Option<String>,
+    /// Keep the tree for the next backup's change detection.
+    cache: bool,
+}
+
+/// Stores the tree as chunks, signs the record and commits it.
+async fn commit(
+    ctx: &BackupContext,
+    pipeline: Arc<Pipeline>,
+    c: Commit,
+) -> Result<BackupResult, AgentError> {
+    let clock = std::time::Instant::now();
+    let counters = ctx.counters.clone();
+    let Commit {
+        source,
+        kind,
+        source_path,
+        root,
+        entries,
+        parent,
+        started,
+        warnings,
+        image,
+        consistency,
+        cache,
+    } = c;
+    counters.set_phase(&format!("committing {source}"));
+    let mut w = TreeWriter::new(&root);
     for e in &entries {
         w.push(e)?;
     }
@@ -515,11 +842,11 @@ pub async fn backup_source(
         agent_id: ctx.state.info.agent_id.clone(),
         agent_name: ctx.state.info.name.clone(),
         hostname: crate::hostname(),
-        source: source.name.clone(),
-        source_kind: "path".into(),
-        source_path: source.path.display().to_string(),
+        source: source.clone(),
+        source_kind: kind,
+        source_path,
         job_id: ctx.job_id.clone(),
-        parent: prev.map(|(id, _)| id),
+        parent,
         started_unix_ms: started,
         finished_unix_ms: now_ms(),
         tree: TreeRef {
@@ -530,6 +857,8 @@ pub async fn backup_source(
                 .to_string(),
         },
         stats: stats.clone(),
+        image,
+        consistency,
     };
     let record_bytes = record.to_bytes();
     let signature = ctx.state.signing.sign_record(&record_bytes);
@@ -543,14 +872,16 @@ pub async fn backup_source(
         })
         .await?
         .into_inner();
-    tracing::info!(source = %source.name, elapsed_ms = clock.elapsed().as_millis() as u64, "snapshot committed");
-    let state = ctx.state.clone();
-    let (name, id) = (source.name.clone(), reply.snapshot_id.clone());
-    tokio::task::spawn_blocking(move || save_cache(&state, &name, &id, &tree_bytes))
-        .await
-        .map_err(|e| AgentError::State(e.to_string()))??;
+    tracing::info!(%source, elapsed_ms = clock.elapsed().as_millis() as u64, "snapshot committed");
+    if cache {
+        let state = ctx.state.clone();
+        let (name, id) = (source.clone(), reply.snapshot_id.clone());
+        tokio::task::spawn_blocking(move || save_cache(&state, &name, &id, &tree_bytes))
+            .await
+            .map_err(|e| AgentError::State(e.to_string()))??;
+    }
     for w in &warnings {
-        tracing::warn!(source = %source.name, "not backed up: {w}");
+        tracing::warn!(%source, "not backed up: {w}");
     }
     Ok(BackupResult {
         snapshot_id: reply.snapshot_id,

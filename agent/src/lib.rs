@@ -10,6 +10,7 @@
 
 pub mod backup;
 mod client;
+pub mod docker;
 pub mod enroll;
 pub mod restore;
 mod session;
@@ -74,6 +75,7 @@ pub struct RunConfig {
     pub compression_level: i32,
     /// Overrides the controller URL recorded at enrollment.
     pub controller: Option<String>,
+    pub docker: docker::DockerConfig,
 }
 
 impl RunConfig {
@@ -116,6 +118,7 @@ impl RunConfig {
             restore_roots: roots,
             compression_level: lifeboat_core::codec::DEFAULT_LEVEL,
             controller: None,
+            docker: docker::DockerConfig::default(),
         })
     }
 }

@@ -54,6 +54,32 @@ enum Cmd {
         /// zstd level for chunk data (0 stores raw).
         #[arg(long, default_value_t = lifeboat_core::codec::DEFAULT_LEVEL)]
         compression_level: i32,
+        /// The Docker Engine socket (images and volumes become sources when it answers).
+        #[arg(long, default_value = lifeboat_agent::docker::DEFAULT_SOCKET)]
+        docker_socket: PathBuf,
+        /// Do not talk to Docker, even if it runs here.
+        #[arg(long, conflicts_with = "docker_restore")]
+        no_docker: bool,
+        /// Allow restores into this machine's Docker: loading images, writing volumes.
+        #[arg(long)]
+        docker_restore: bool,
+        /// The controller to dial (default: the one recorded at enrollment). With --token
+        /// and --ca-fingerprint, enroll first when the state directory holds no enrollment
+        /// (containers).
+        #[arg(long, env = "LIFEBOAT_CONTROLLER")]
+        controller: Option<String>,
+        /// A join token, to enroll on first start.
+        #[arg(long, env = "LIFEBOAT_JOIN_TOKEN")]
+        token: Option<String>,
+        /// The controller's CA fingerprint, to enroll on first start.
+        #[arg(long, env = "LIFEBOAT_CA_FINGERPRINT")]
+        ca_fingerprint: Option<String>,
+        /// Agent name when enrolling here (default: this host's name).
+        #[arg(long, env = "LIFEBOAT_AGENT_NAME")]
+        name: Option<String>,
+        /// Label KEY=VALUE when enrolling here (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
     },
 }
 
@@ -115,9 +141,41 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             sources,
             restore_roots,
             compression_level,
+            docker_socket,
+            no_docker,
+            docker_restore,
+            controller,
+            token,
+            ca_fingerprint,
+            name,
+            labels,
         } => {
+            let url_override = controller.clone();
+            if !lifeboat_agent::state::AgentState::is_enrolled(&state_dir)
+                && let (Some(controller), Some(token), Some(ca_fingerprint)) =
+                    (controller, token, ca_fingerprint)
+            {
+                let state = enroll(EnrollOptions {
+                    controller,
+                    token,
+                    ca_fingerprint,
+                    state_dir: state_dir.clone(),
+                    name,
+                    labels: parse_labels(&labels)?,
+                })
+                .await?;
+                eprintln!(
+                    "enrolled as {} (id {})",
+                    state.info.name, state.info.agent_id
+                );
+            }
             let mut config = RunConfig::new(state_dir, &sources, &restore_roots)?;
             config.compression_level = compression_level;
+            config.controller = url_override;
+            config.docker = lifeboat_agent::docker::DockerConfig {
+                socket: (!no_docker).then_some(docker_socket),
+                restore_allowed: docker_restore,
+            };
             lifeboat_agent::run(config, async {
                 let _ = tokio::signal::ctrl_c().await;
             })

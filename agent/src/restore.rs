@@ -1,6 +1,9 @@
 //! A restore job: verify the snapshot's signature, fetch and verify its tree, then write
 //! it under a directory handle inside one of this agent's restore roots.
 
+mod image;
+mod volume;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::backup::Counters;
 use crate::client::{self, Client};
+use crate::docker::Engine;
 use crate::state::AgentState;
 use crate::{AgentError, absolute_clean};
 
@@ -24,7 +28,7 @@ const PREFETCH_BATCH: usize = 64;
 /// Streams every file chunk of the tree, in tree order, ahead of the restore (which runs
 /// on a blocking thread). The restore asks for a subsequence of that order: when it gives
 /// up on a file, the chunks it skips are simply passed over.
-struct Prefetched {
+pub(crate) struct Prefetched {
     rx: mpsc::Receiver<Result<(ChunkId, Vec<u8>), String>>,
 }
 
@@ -98,6 +102,20 @@ impl ChunkSource for Prefetched {
     }
 }
 
+/// Where a restore writes.
+enum Destination {
+    /// A host path below one of the agent's restore roots.
+    Dir { root: PathBuf, target: PathBuf },
+    /// The Engine's image store.
+    Image(Arc<Engine>),
+    /// A Docker volume (created when missing), swapped in once fully verified.
+    Volume {
+        engine: Arc<Engine>,
+        volume: String,
+        stop_containers: bool,
+    },
+}
+
 /// The restore root that contains `target`, which must lie strictly below it.
 pub fn root_for<'a>(roots: &'a [PathBuf], target: &Path) -> Result<&'a Path, AgentError> {
     let clean = absolute_clean(target)
@@ -131,6 +149,7 @@ pub async fn run_restore(
     job_id: &str,
     job: pb::RestoreJob,
     roots: &[PathBuf],
+    engine: Option<Arc<Engine>>,
     counters: Arc<Counters>,
 ) -> Result<Report, AgentError> {
     // Both signatures, before a byte is written: the origin agent's over the record, and
@@ -164,8 +183,41 @@ pub async fn run_restore(
         )));
     }
     let record = Record::parse(&job.record)?;
-    let target = PathBuf::from(&job.target);
-    let root = root_for(roots, &target)?.to_owned();
+    // Where it goes, checked before anything is fetched.
+    let destination = match record.source_kind.as_str() {
+        "path" => {
+            let target = PathBuf::from(&job.target);
+            let root = root_for(roots, &target)?.to_owned();
+            Destination::Dir { root, target }
+        }
+        kind => {
+            let engine = engine.ok_or_else(|| {
+                AgentError::Config(format!(
+                    "a {kind} snapshot is restored through Docker, and this agent has no Docker Engine"
+                ))
+            })?;
+            if !engine.restore_allowed {
+                return Err(AgentError::Config(format!(
+                    "this agent does not restore into Docker; start it with --docker-restore to allow {kind} restores"
+                )));
+            }
+            if kind == "image" {
+                Destination::Image(engine)
+            } else {
+                let volume = if job.volume.is_empty() {
+                    record.source.trim_start_matches("volume:").to_string()
+                } else {
+                    job.volume.clone()
+                };
+                lifeboat_core::snapshot::validate_source(&format!("volume:{volume}"))?;
+                Destination::Volume {
+                    engine,
+                    volume,
+                    stop_containers: job.stop_containers,
+                }
+            }
+        }
+    };
 
     counters.set_phase("fetching tree");
     let tree_ids = record.tree_chunks()?;
@@ -201,6 +253,29 @@ pub async fn run_restore(
     let mut source = Prefetched::start(client, job_id.to_string(), order);
     let key = state.chunk_key.clone();
     let progress = counters.clone();
+    let (root, target) = match destination {
+        Destination::Dir { root, target } => (root, target),
+        Destination::Image(engine) => {
+            return image::restore(&engine, &record, tree, key, source, counters).await;
+        }
+        Destination::Volume {
+            engine,
+            volume,
+            stop_containers,
+        } => {
+            return volume::restore(
+                &engine,
+                &volume,
+                stop_containers,
+                job_id,
+                tree,
+                key,
+                source,
+                counters,
+            )
+            .await;
+        }
+    };
     let report = tokio::task::spawn_blocking(move || -> Result<Report, AgentError> {
         let fd = restore::open_target(&root, &target)?;
         let mut on_progress = |r: &Report| {

@@ -10,18 +10,58 @@ use tokio::sync::mpsc;
 
 use crate::backup::{self, BackupContext, Counters};
 use crate::client::{self, Client};
+use crate::docker::Engine;
 use crate::state::AgentState;
 use crate::{AgentError, RunConfig, chain, restore};
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The Docker inventory is re-sent this often, and after every job.
+const INVENTORY_EVERY: Duration = Duration::from_secs(300);
 
 struct Shared {
     state: Arc<AgentState>,
     config: RunConfig,
     running: Mutex<HashSet<String>>,
     updates: mpsc::Sender<pb::JobUpdate>,
+    /// The Docker Engine, once it answers; retried at every session.
+    docker: tokio::sync::Mutex<Option<Arc<Engine>>>,
+    /// A job ended: the Docker inventory may have changed.
+    inventory_changed: tokio::sync::Notify,
+}
+
+impl Shared {
+    /// The Engine, connecting (and unpausing what a killed predecessor left paused) on
+    /// first success; `Err` says plainly why there is none.
+    async fn engine(&self) -> Result<Arc<Engine>, String> {
+        let mut slot = self.docker.lock().await;
+        if let Some(e) = slot.as_ref() {
+            return Ok(e.clone());
+        }
+        let e = Arc::new(Engine::connect(&self.config.docker, &self.state.dir).await?);
+        e.recover().await;
+        tracing::info!(version = %e.version, restore_allowed = e.restore_allowed, "Docker Engine available");
+        *slot = Some(e.clone());
+        Ok(e)
+    }
+
+    /// The inventory to report; never fails (an Engine that fails says so in `status`).
+    async fn inventory(&self) -> pb::DockerInventory {
+        match self.engine().await {
+            Ok(e) => match e.inventory().await {
+                Ok(inv) => inv,
+                Err(err) => pb::DockerInventory {
+                    status: err.to_string(),
+                    ..Default::default()
+                },
+            },
+            Err(why) => pb::DockerInventory {
+                status: why,
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// Runs the agent until `shutdown` completes: connect, keep the session, reconnect with
@@ -42,6 +82,8 @@ pub async fn run(
         config,
         running: Mutex::new(HashSet::new()),
         updates,
+        docker: tokio::sync::Mutex::new(None),
+        inventory_changed: tokio::sync::Notify::new(),
     });
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(200);
@@ -138,6 +180,7 @@ async fn serve_session(
             .lock()
             .map(|r| r.iter().cloned().collect())
             .unwrap_or_default(),
+        docker: Some(shared.inventory().await),
     };
     out_tx
         .send(pb::AgentMessage {
@@ -151,6 +194,8 @@ async fn serve_session(
         .into_inner();
     tracing::info!(agent = %shared.state.info.name, "connected to the controller");
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut inventory_tick = tokio::time::interval(INVENTORY_EVERY);
+    inventory_tick.tick().await; // the hello carried it
     let mut renew_at = shared.state.credentials().renew_at_ms()?;
     loop {
         let renew_in = Duration::from_millis((renew_at - crate::now_ms()).max(0) as u64);
@@ -175,6 +220,13 @@ async fn serve_session(
                     return Err(AgentError::Rpc("session closed".into()));
                 }
             }
+            () = shared.inventory_changed.notified() => {
+                let inv = shared.inventory().await;
+                if out_tx.send(pb::AgentMessage { msg: Some(Msg::Inventory(inv)) }).await.is_err() {
+                    return Err(AgentError::Rpc("session closed".into()));
+                }
+            }
+            _ = inventory_tick.tick() => shared.inventory_changed.notify_one(),
             _ = heartbeat.tick() => {
                 let hb = pb::Heartbeat { unix_ms: crate::now_ms() as u64 };
                 if out_tx.send(pb::AgentMessage { msg: Some(Msg::Heartbeat(hb)) }).await.is_err() {
@@ -238,6 +290,7 @@ fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
         if let Ok(mut r) = shared.running.lock() {
             r.remove(&id);
         }
+        shared.inventory_changed.notify_one();
     });
 }
 
@@ -259,20 +312,29 @@ async fn run_job(
             };
             let mut ids = Vec::new();
             for name in &b.sources {
-                let source = shared
-                    .config
-                    .sources
-                    .iter()
-                    .find(|s| &s.name == name)
-                    .ok_or_else(|| AgentError::Config(format!("this agent has no source {name:?}")))?;
-                let r = backup::backup_source(&ctx, source).await?;
+                let r = if let Some(reference) = name.strip_prefix("image:") {
+                    let engine = shared.engine().await.map_err(AgentError::Config)?;
+                    backup::backup_image(&ctx, &engine, reference).await?
+                } else if let Some(volume) = name.strip_prefix("volume:") {
+                    let engine = shared.engine().await.map_err(AgentError::Config)?;
+                    backup::backup_volume(&ctx, &engine, volume, &b.consistency, b.hook.as_ref()).await?
+                } else {
+                    let source = shared
+                        .config
+                        .sources
+                        .iter()
+                        .find(|s| &s.name == name)
+                        .ok_or_else(|| AgentError::Config(format!("this agent has no source {name:?}")))?;
+                    backup::backup_source(&ctx, source).await?
+                };
                 tracing::info!(source = %name, snapshot = %r.snapshot_id, files = r.stats.files, new_bytes = r.stats.bytes_new, "backup committed");
                 ids.push(r.snapshot_id);
             }
             Ok(ids)
         }
         Some(pb::job::Kind::Restore(r)) => {
-            let report = restore::run_restore(shared.state.clone(), api, &job.job_id, r.clone(), &shared.config.restore_roots, counters).await?;
+            let engine = shared.engine().await.ok();
+            let report = restore::run_restore(shared.state.clone(), api, &job.job_id, r.clone(), &shared.config.restore_roots, engine, counters).await?;
             tracing::info!(files = report.files, bytes = report.bytes, target = %r.target, "restore finished");
             for (p, why) in &report.skipped {
                 tracing::warn!(path = %p, "not restored: {why}");

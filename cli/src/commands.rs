@@ -84,7 +84,13 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Token {
-            cmd: TokenCmd::Create { labels, ttl, json },
+            cmd:
+                TokenCmd::Create {
+                    labels,
+                    ttl,
+                    uses,
+                    json,
+                },
         } => {
             let labels = labels
                 .iter()
@@ -98,6 +104,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .create_token(pb::CreateTokenRequest {
                     labels,
                     ttl_seconds: ttl.as_secs(),
+                    uses,
                 })
                 .await
                 .map_err(rpc)?
@@ -125,8 +132,28 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             }
         }
         Cmd::Agents {
+            cmd: None,
+            inventory: Some(name),
+            json,
+        } => {
+            let agents = api
+                .list_agents(pb::Empty {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .agents;
+            let a = agents
+                .iter()
+                .find(|a| a.name == name || a.id == name)
+                .with_context(|| {
+                    format!("no agent named {name:?}; `lifeboat agents` lists them")
+                })?;
+            output::inventory(a, json.json);
+        }
+        Cmd::Agents {
             cmd: Some(AgentsCmd::Revoke { agent }),
             json,
+            ..
         } => {
             let a = api
                 .revoke_agent(pb::NameRef { name: agent })
@@ -143,7 +170,11 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 );
             }
         }
-        Cmd::Agents { cmd: None, json } => {
+        Cmd::Agents {
+            cmd: None,
+            inventory: None,
+            json,
+        } => {
             let agents = api
                 .list_agents(pb::Empty {})
                 .await
@@ -235,15 +266,36 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Backup {
             agent,
             sources,
+            all_images,
+            all_volumes,
+            consistency,
+            hook_container,
+            hook_before,
+            hook_after,
+            hook_timeout,
             full,
             wait,
             json,
         } => {
+            let words = |c: Option<String>| -> Vec<String> {
+                c.map(|c| c.split_whitespace().map(str::to_string).collect())
+                    .unwrap_or_default()
+            };
+            let hook = hook_container.map(|container| pb::Hook {
+                container,
+                before: words(hook_before),
+                after: words(hook_after),
+                timeout_seconds: hook_timeout.as_secs().min(u64::from(u32::MAX)) as u32,
+            });
             let j = api
                 .start_backup(pb::StartBackupRequest {
                     agent,
                     sources,
                     full_reread: full,
+                    all_images,
+                    all_volumes,
+                    consistency: consistency.unwrap_or_default(),
+                    hook,
                 })
                 .await
                 .map_err(rpc)?
@@ -318,6 +370,8 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             snapshot,
             agent,
             to,
+            volume,
+            stop_containers,
             wait,
             json,
         } => {
@@ -325,7 +379,9 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .start_restore(pb::StartRestoreRequest {
                     snapshot,
                     agent,
-                    target: to,
+                    target: to.unwrap_or_default(),
+                    volume: volume.unwrap_or_default(),
+                    stop_containers,
                 })
                 .await
                 .map_err(rpc)?

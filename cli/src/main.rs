@@ -56,10 +56,13 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: TokenCmd,
     },
-    /// List enrolled agents, or revoke one.
+    /// List enrolled agents, show what one can back up, or revoke one.
     Agents {
         #[command(subcommand)]
         cmd: Option<AgentsCmd>,
+        /// Show this agent's inventory: host paths, Docker images, volumes, containers.
+        #[arg(long, value_name = "AGENT")]
+        inventory: Option<String>,
         #[command(flatten)]
         json: Json,
     },
@@ -89,9 +92,34 @@ pub enum Cmd {
     /// Back up an agent's sources now.
     Backup {
         agent: String,
-        /// Only this source (repeatable; default: all of the agent's sources).
+        /// A host path name, image:REF (a tag or an image id) or volume:NAME (repeatable;
+        /// default: all of the agent's host paths).
         #[arg(long = "source")]
         sources: Vec<String>,
+        /// Every image in the agent's Docker Engine.
+        #[arg(long)]
+        all_images: bool,
+        /// Every Docker volume on the agent.
+        #[arg(long)]
+        all_volumes: bool,
+        /// Volumes: pause (the containers using it, for the read), hook (run
+        /// --hook-before/--hook-after in --hook-container) or none (read as is).
+        /// Default: pause when a running container uses the volume.
+        #[arg(long, value_parser = ["pause", "hook", "none"])]
+        consistency: Option<String>,
+        /// The container the hook commands run in.
+        #[arg(long)]
+        hook_container: Option<String>,
+        /// Command run before the read, e.g. "pg_dump -f /data/dump.sql" (split on spaces;
+        /// use sh -c '...' for more).
+        #[arg(long)]
+        hook_before: Option<String>,
+        /// Command run after the read.
+        #[arg(long)]
+        hook_after: Option<String>,
+        /// How long each hook command may run.
+        #[arg(long, default_value = "60s")]
+        hook_timeout: humantime::Duration,
         /// Re-read every file instead of skipping unchanged ones.
         #[arg(long)]
         full: bool,
@@ -123,9 +151,18 @@ pub enum Cmd {
         /// The agent that writes the files.
         #[arg(long)]
         agent: String,
-        /// Absolute target directory on that agent, inside one of its restore roots.
+        /// Host path snapshots: absolute target directory on that agent, inside one of its
+        /// restore roots. (Images go back into the agent's Docker Engine, volumes into
+        /// their volume.)
         #[arg(long)]
-        to: String,
+        to: Option<String>,
+        /// Volume snapshots: restore into this volume instead of the one it came from.
+        #[arg(long)]
+        volume: Option<String>,
+        /// Volume snapshots: stop the running containers that use the volume for the swap,
+        /// and start them again after.
+        #[arg(long)]
+        stop_containers: bool,
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
@@ -143,6 +180,10 @@ pub enum TokenCmd {
         /// How long the token stays valid (e.g. 30m, 1h, 2d).
         #[arg(long, default_value = "1h")]
         ttl: humantime::Duration,
+        /// How many machines may enroll with it (a fleet rolled out by one compose file or
+        /// image); single-use by default.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
         #[command(flatten)]
         json: Json,
     },

@@ -186,6 +186,90 @@ pub fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
     })
 }
 
+/// `lifeboat agents --inventory AGENT`: what the agent can back up.
+pub fn inventory(a: &pb::AgentInfo, json: bool) {
+    let d = a.docker.clone().unwrap_or_default();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "agent": a.name,
+                "paths": a.sources.iter().map(|s| serde_json::json!({"source": s.name, "path": s.path})).collect::<Vec<_>>(),
+                "docker": {
+                    "available": d.available,
+                    "status": d.status,
+                    "restore_allowed": d.restore_allowed,
+                    "images": d.images.iter().map(|i| serde_json::json!({
+                        "source": format!("image:{}", i.repo_tags.first().cloned().unwrap_or_else(|| i.id.clone())),
+                        "id": i.id, "repo_tags": i.repo_tags, "repo_digests": i.repo_digests,
+                        "size": i.size, "created": time(i.created_unix * 1000),
+                    })).collect::<Vec<_>>(),
+                    "volumes": d.volumes.iter().map(|v| serde_json::json!({
+                        "source": format!("volume:{}", v.name),
+                        "name": v.name, "driver": v.driver, "mountpoint": v.mountpoint,
+                        "used_by": v.used_by.iter().map(|u| serde_json::json!({"container": u.container, "running": u.running})).collect::<Vec<_>>(),
+                    })).collect::<Vec<_>>(),
+                    "containers": d.containers.iter().map(|c| serde_json::json!({
+                        "id": c.id, "name": c.name, "image_id": c.image_id, "state": c.state,
+                    })).collect::<Vec<_>>(),
+                },
+            })
+        );
+        return;
+    }
+    let mut rows: Vec<Vec<String>> = a
+        .sources
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                "host path".into(),
+                s.path.clone(),
+                String::new(),
+            ]
+        })
+        .collect();
+    for i in &d.images {
+        let name = i.repo_tags.first().cloned().unwrap_or_else(|| i.id.clone());
+        rows.push(vec![
+            format!("image:{name}"),
+            "image".into(),
+            i.id.chars().take(19).collect(),
+            format!("{} {}", bytes(i.size), i.repo_tags.join(",")),
+        ]);
+    }
+    for v in &d.volumes {
+        let users: Vec<String> = v
+            .used_by
+            .iter()
+            .map(|u| {
+                format!(
+                    "{}{}",
+                    u.container,
+                    if u.running { " (running)" } else { "" }
+                )
+            })
+            .collect();
+        rows.push(vec![
+            format!("volume:{}", v.name),
+            "volume".into(),
+            v.mountpoint.clone(),
+            users.join(", "),
+        ]);
+    }
+    println!("{}", table(&["SOURCE", "KIND", "WHERE", "DETAIL"], rows));
+    let restore = if d.restore_allowed {
+        "allowed"
+    } else {
+        "not allowed (--docker-restore)"
+    };
+    if d.available {
+        println!("{}; restores into Docker {restore}", d.status);
+    } else {
+        println!("Docker: {}", d.status);
+    }
+}
+
 pub const IDENTITY_HEADER: &[&str] = &["NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "BY"];
 
 fn identity_state(i: &pb::IdentityInfo) -> &'static str {

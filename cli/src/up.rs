@@ -64,6 +64,7 @@ pub async fn up(
             .create_token(pb::CreateTokenRequest {
                 labels: Default::default(),
                 ttl_seconds: 600,
+                uses: 1,
             })
             .await
             .map_err(rpc)?
@@ -107,8 +108,7 @@ pub async fn up(
         let job = api
             .start_backup(pb::StartBackupRequest {
                 agent: agent_name.clone(),
-                sources: Vec::new(),
-                full_reread: false,
+                ..Default::default()
             })
             .await
             .map_err(rpc)?

@@ -70,6 +70,10 @@ impl AgentApi for AgentService {
             &hello.restore_roots,
             now_ms(),
         )?;
+        if let Some(inv) = &hello.docker {
+            ctl.catalog
+                .update_agent_docker(&agent.id, &prost::Message::encode_to_vec(inv))?;
+        }
         let (tx, rx) = mpsc::channel(64);
         let session = ctl.jobs.connect(&agent.id, tx);
         ctl.jobs.reconcile(&agent.id, &hello.running_jobs)?;
@@ -83,6 +87,14 @@ impl AgentApi for AgentService {
                     })) => {
                         if let Err(e) = ctl.jobs.update(&agent.id, u) {
                             tracing::warn!(agent = %agent.name, error = %e, "rejected job update");
+                        }
+                    }
+                    Ok(Some(pb::AgentMessage {
+                        msg: Some(Msg::Inventory(inv)),
+                    })) => {
+                        let bytes = prost::Message::encode_to_vec(&inv);
+                        if let Err(e) = ctl.catalog.update_agent_docker(&agent.id, &bytes) {
+                            tracing::warn!(agent = %agent.name, error = %e, "cannot store the Docker inventory");
                         }
                     }
                     Ok(Some(pb::AgentMessage {

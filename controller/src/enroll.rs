@@ -118,6 +118,7 @@ impl Enrollment for EnrollService {
             revoked_ms: 0,
             prev_serial: String::new(),
             cert_expires_ms: validity.not_after_ms(),
+            docker: None,
         };
         ctl.catalog.insert_agent(&row)?;
         tracing::info!(agent = %row.name, id = %agent_id, "agent enrolled");

@@ -72,8 +72,121 @@ impl OperatorService {
             version: a.version,
             revoked_unix_ms: a.revoked_ms,
             cert_expires_unix_ms: a.cert_expires_ms,
+            docker: a
+                .docker
+                .as_deref()
+                .and_then(|b| prost::Message::decode(b).ok()),
         }
     }
+}
+
+/// The kind of a snapshot's source, from its name.
+fn source_kind(source: &str) -> &'static str {
+    if source.starts_with("image:") {
+        "image"
+    } else if source.starts_with("volume:") {
+        "volume"
+    } else {
+        "path"
+    }
+}
+
+/// The agent's Docker inventory as last reported (empty when it never reported one).
+fn inventory(agent: &AgentRow) -> pb::DockerInventory {
+    agent
+        .docker
+        .as_deref()
+        .and_then(|b| prost::Message::decode(b).ok())
+        .unwrap_or_else(|| pb::DockerInventory {
+            status: "the agent has not reported a Docker inventory".into(),
+            ..Default::default()
+        })
+}
+
+/// The sources a backup request names, checked against what the agent reported: host
+/// path names, `image:REF` (a tag or an id of an image in its Engine), `volume:NAME`, and
+/// `--all-images` / `--all-volumes`. No names and no flags: all its host paths.
+fn backup_sources(agent: &AgentRow, req: &pb::StartBackupRequest) -> Result<Vec<String>, ApiError> {
+    let paths: Vec<&str> = agent.sources.iter().map(|(n, _, _)| n.as_str()).collect();
+    let inv = inventory(agent);
+    let mut out: Vec<String> = Vec::new();
+    if req.sources.is_empty() && !req.all_images && !req.all_volumes {
+        if paths.is_empty() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "agent {} has reported no host path sources; name an image:REF or volume:NAME, or start it with --source NAME=PATH",
+                agent.name
+            )));
+        }
+        out.extend(paths.iter().map(|s| s.to_string()));
+    }
+    let docker = |what: &str| -> Result<(), ApiError> {
+        if inv.available {
+            Ok(())
+        } else {
+            Err(ApiError::FailedPrecondition(format!(
+                "agent {} cannot back up {what}: {}",
+                agent.name, inv.status
+            )))
+        }
+    };
+    if req.all_images {
+        docker("images")?;
+        for i in &inv.images {
+            let name = i
+                .repo_tags
+                .iter()
+                .find(|t| t.as_str() != "<none>:<none>")
+                .cloned()
+                .unwrap_or_else(|| i.id.clone());
+            out.push(format!("image:{name}"));
+        }
+    }
+    if req.all_volumes {
+        docker("volumes")?;
+        out.extend(inv.volumes.iter().map(|v| format!("volume:{}", v.name)));
+    }
+    for s in &req.sources {
+        lifeboat_core::snapshot::validate_source(s).map_err(ApiError::from)?;
+        if let Some(r) = s.strip_prefix("image:") {
+            docker("images")?;
+            let bare = r.trim_start_matches("sha256:");
+            let found = inv.images.iter().any(|i| {
+                i.repo_tags.iter().any(|t| t == r)
+                    || i.id == r
+                    || (bare.len() >= 12 && i.id.trim_start_matches("sha256:").starts_with(bare))
+            });
+            if !found {
+                return Err(ApiError::NotFound(format!(
+                    "agent {} has no image {r:?}; `lifeboat agents --inventory {}` lists them",
+                    agent.name, agent.name
+                )));
+            }
+        } else if let Some(v) = s.strip_prefix("volume:") {
+            docker("volumes")?;
+            if !inv.volumes.iter().any(|x| x.name == v) {
+                return Err(ApiError::NotFound(format!(
+                    "agent {} has no volume {v:?}; `lifeboat agents --inventory {}` lists them",
+                    agent.name, agent.name
+                )));
+            }
+        } else if !paths.contains(&s.as_str()) {
+            return Err(ApiError::NotFound(format!(
+                "agent {} has no source {s:?}; it has: {}",
+                agent.name,
+                paths.join(", ")
+            )));
+        }
+        out.push(s.clone());
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|s| seen.insert(s.clone()));
+    if out.is_empty() {
+        return Err(ApiError::FailedPrecondition(format!(
+            "agent {} has nothing to back up for this request",
+            agent.name
+        )));
+    }
+    Ok(out)
 }
 
 /// The restore target must be an absolute, normalized path inside one of the agent's
@@ -152,15 +265,22 @@ impl OperatorApi for OperatorService {
         );
         let now = now_ms();
         let expires = now + (ttl as i64) * 1000;
+        let uses = match req.uses {
+            0 => 1,
+            n if n > 1000 => {
+                return Err(ApiError::InvalidArgument("--uses may be at most 1000".into()).into());
+            }
+            n => n,
+        };
         self.0
             .catalog
-            .insert_token(&token_hash(&token), &labels, now, expires)?;
+            .insert_token(&token_hash(&token), &labels, now, expires, uses)?;
         tracing::info!(%operator, ttl_s = ttl, "join token created");
         self.0.audit.ok(
             &format!("operator:{operator}"),
             "token.create",
             &token_hash(&token)[..16],
-            serde_json::json!({ "ttl_s": ttl, "labels": labels }),
+            serde_json::json!({ "ttl_s": ttl, "labels": labels, "uses": uses }),
         );
         Ok(Response::new(pb::CreateTokenReply {
             token,
@@ -270,34 +390,36 @@ impl OperatorApi for OperatorService {
             ))
             .into());
         }
-        let known: Vec<&str> = agent.sources.iter().map(|(n, _, _)| n.as_str()).collect();
-        if known.is_empty() {
-            return Err(ApiError::FailedPrecondition(format!(
-                "agent {} has reported no sources; start it with --source NAME=PATH",
-                agent.name
+        let sources = backup_sources(&agent, &req)?;
+        if !matches!(req.consistency.as_str(), "" | "pause" | "hook" | "none") {
+            return Err(ApiError::InvalidArgument(format!(
+                "--consistency {:?} is not one of pause, hook, none",
+                req.consistency
             ))
             .into());
         }
-        let sources: Vec<String> = if req.sources.is_empty() {
-            known.iter().map(|s| s.to_string()).collect()
-        } else {
-            req.sources
-        };
-        if let Some(bad) = sources.iter().find(|s| !known.contains(&s.as_str())) {
-            return Err(ApiError::NotFound(format!(
-                "agent {} has no source {bad:?}; it has: {}",
-                agent.name,
-                known.join(", ")
-            ))
+        let hook = req.hook.filter(|h| !h.container.is_empty());
+        if req.consistency == "hook"
+            && hook
+                .as_ref()
+                .is_none_or(|h| h.before.is_empty() && h.after.is_empty())
+        {
+            return Err(ApiError::InvalidArgument(
+                "--consistency hook needs --hook-container and --hook-before and/or --hook-after"
+                    .into(),
+            )
             .into());
         }
         let detail = format!("sources {}", sources.join(","));
         let full = req.full_reread;
+        let consistency = req.consistency;
         let row = self.0.jobs.submit(&agent, "backup", detail, |id| pb::Job {
             job_id: id.to_string(),
             kind: Some(pb::job::Kind::Backup(pb::BackupJob {
                 sources,
                 full_reread: full,
+                consistency,
+                hook,
             })),
         })?;
         tracing::info!(%operator, agent = %agent.name, job = %row.id, "backup requested");
@@ -325,7 +447,46 @@ impl OperatorApi for OperatorService {
             ))
             .into());
         }
-        check_target(&agent, &req.target)?;
+        let kind = source_kind(&snap.source);
+        let volume = match kind {
+            "path" => {
+                check_target(&agent, &req.target)?;
+                String::new()
+            }
+            _ => {
+                if !req.target.is_empty() {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "--to is for host path snapshots; a {kind} snapshot goes back into the agent's Docker Engine{}",
+                        if kind == "volume" { " (--volume NAME picks another volume)" } else { "" }
+                    ))
+                    .into());
+                }
+                let inv = inventory(&agent);
+                if !inv.available {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "agent {} has no Docker Engine ({}); restore the {kind} onto an agent that has one",
+                        agent.name, inv.status
+                    ))
+                    .into());
+                }
+                if !inv.restore_allowed {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "agent {} does not restore into Docker; start it with --docker-restore",
+                        agent.name
+                    ))
+                    .into());
+                }
+                if kind == "volume" && req.volume.is_empty() {
+                    snap.source.trim_start_matches("volume:").to_string()
+                } else {
+                    req.volume.clone()
+                }
+            }
+        };
+        if !volume.is_empty() {
+            lifeboat_core::snapshot::validate_source(&format!("volume:{volume}"))
+                .map_err(ApiError::from)?;
+        }
         let env = self.0.store.read_snapshot(&snap.id)?;
         // The agent key recorded at enrollment, or (if the catalog was rebuilt without the
         // agent's row) the key the controller's countersignature vouches for.
@@ -349,8 +510,14 @@ impl OperatorApi for OperatorService {
             ))
             .into());
         }
-        let detail = format!("snapshot {} to {}", &snap.id[..12], req.target);
+        let detail = match kind {
+            "image" => format!("snapshot {} ({}) into Docker", &snap.id[..12], snap.source),
+            "volume" => format!("snapshot {} to volume {volume}", &snap.id[..12]),
+            _ => format!("snapshot {} to {}", &snap.id[..12], req.target),
+        };
         let target = req.target.clone();
+        let stop_containers = req.stop_containers;
+        let job_volume = volume.clone();
         let row = self
             .0
             .jobs
@@ -364,6 +531,8 @@ impl OperatorApi for OperatorService {
                     target,
                     countersignature: env.countersignature,
                     received_unix_ms: env.received_unix_ms,
+                    volume: job_volume,
+                    stop_containers,
                 })),
             })?;
         tracing::info!(%operator, agent = %agent.name, snapshot = %snap.id, job = %row.id, "restore requested");

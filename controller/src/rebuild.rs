@@ -90,6 +90,7 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
                         revoked_ms: 0,
                         prev_serial: String::new(),
                         cert_expires_ms: 0,
+                        docker: None,
                     })?;
                 }
                 catalog.insert_snapshot(&snapshot_row(&id, &record, env.received_unix_ms))?;

@@ -54,6 +54,20 @@ pub struct Stats {
     pub chunks_reused: u64,
 }
 
+/// What a snapshot of a container image records about it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageInfo {
+    /// `sha256:<hex>`: the digest of the image's config, what a restore must reproduce.
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    /// The layers' content digests (`rootfs.diff_ids`), bottom first.
+    pub layers: Vec<String>,
+    pub created: String,
+    pub size: u64,
+}
+
 /// What an agent signs when it commits a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,6 +86,13 @@ pub struct Record {
     pub finished_unix_ms: i64,
     pub tree: TreeRef,
     pub stats: Stats,
+    /// Image snapshots (`source_kind` "image"): the image's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageInfo>,
+    /// Volume snapshots: how the read was made consistent ("pause", "hook", or "none",
+    /// which means the snapshot may be inconsistent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
 }
 
 impl Record {
@@ -89,7 +110,29 @@ impl Record {
                 r.version
             )));
         }
-        validate_name("source", &r.source)?;
+        validate_source(&r.source)?;
+        if !matches!(r.source_kind.as_str(), "path" | "image" | "volume") {
+            return Err(Error::InvalidRecord(format!(
+                "unknown source kind {:?}",
+                r.source_kind
+            )));
+        }
+        let prefixed = match r.source_kind.as_str() {
+            "image" => r.source.starts_with("image:"),
+            "volume" => r.source.starts_with("volume:"),
+            _ => !r.source.contains(':'),
+        };
+        if !prefixed {
+            return Err(Error::InvalidRecord(format!(
+                "source {:?} does not name a {} source",
+                r.source, r.source_kind
+            )));
+        }
+        if (r.source_kind == "image") != r.image.is_some() {
+            return Err(Error::InvalidRecord(
+                "image snapshots, and only they, carry image details".into(),
+            ));
+        }
         if r.tree.chunks.is_empty() {
             return Err(Error::InvalidRecord("tree has no chunks".into()));
         }
@@ -131,6 +174,41 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
         Err(Error::InvalidRecord(format!(
             "{what} name {name:?} is invalid: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-'"
         )))
+    }
+}
+
+/// Validates a source name: a host path's name (see [`validate_name`]), `image:REF` (a
+/// tag such as `registry.example/app:1.4`, or an image id) or `volume:NAME` (a Docker
+/// volume name).
+pub fn validate_source(source: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::InvalidRecord(format!(
+            "source {source:?} is invalid: {why}"
+        )))
+    };
+    if let Some(r) = source.strip_prefix("image:") {
+        let ok = !r.is_empty()
+            && r.len() <= 255
+            && !r.starts_with(['.', '-', '/', ':'])
+            && r.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/' | b':' | b'@')
+            });
+        if !ok {
+            return bad("an image reference is a tag (repo/name:tag) or an image id");
+        }
+        Ok(())
+    } else if let Some(v) = source.strip_prefix("volume:") {
+        let ok = !v.is_empty()
+            && v.len() <= 255
+            && v.as_bytes()[0].is_ascii_alphanumeric()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if !ok {
+            return bad("Docker volume names use letters, digits, '.', '_' and '-'");
+        }
+        Ok(())
+    } else {
+        validate_name("source", source)
     }
 }
 
@@ -278,6 +356,8 @@ mod tests {
                 hash: "cd".repeat(32),
             },
             stats: Stats::default(),
+            image: None,
+            consistency: None,
         }
     }
 
@@ -327,5 +407,30 @@ mod tests {
         r.source = "../x".into();
         assert!(Record::parse(&r.to_bytes()).is_err());
         assert!(Record::parse(br#"{"version":1,"extra":true}"#).is_err());
+        for ok in [
+            "data",
+            "image:app:1.4",
+            "image:reg.example:5000/team/app@sha256:ab",
+            "volume:pgdata",
+        ] {
+            validate_source(ok).expect(ok);
+        }
+        for bad in [
+            "image:",
+            "image:../x",
+            "volume:-x",
+            "volume:a/b",
+            "volume:",
+            "../x",
+            "image:a b",
+        ] {
+            assert!(validate_source(bad).is_err(), "{bad}");
+        }
+        let mut r = record();
+        r.source_kind = "image".into();
+        assert!(
+            Record::parse(&r.to_bytes()).is_err(),
+            "an image record needs image details"
+        );
     }
 }

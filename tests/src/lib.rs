@@ -266,6 +266,17 @@ impl Fleet {
 
     /// Starts `lifeboat-agent run` and waits until the controller sees it connected.
     pub fn run_agent(&mut self, agent: &Agent, sources: &[(&str, &Path)], restore_roots: &[&Path]) {
+        self.run_agent_with(agent, sources, restore_roots, &[]);
+    }
+
+    /// [`Fleet::run_agent`] with extra `run` arguments (e.g. `--docker-restore`).
+    pub fn run_agent_with(
+        &mut self,
+        agent: &Agent,
+        sources: &[(&str, &Path)],
+        restore_roots: &[&Path],
+        extra: &[&str],
+    ) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -285,6 +296,7 @@ impl Fleet {
         for r in restore_roots {
             cmd.arg("--restore-root").arg(r);
         }
+        cmd.args(extra);
         let child = cmd.spawn().expect("spawn lifeboat-agent");
         self.agents.push((agent.name.clone(), child));
         let name = agent.name.clone();

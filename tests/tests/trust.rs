@@ -474,6 +474,7 @@ async fn agents_read_only_what_a_running_restore_job_grants() {
                 snapshot: b_snap.clone(),
                 agent: "a".into(),
                 target: root.path().join("x").display().to_string(),
+                ..Default::default()
             })
             .await
             .expect_err("restore"),
@@ -566,6 +567,8 @@ fn record(agent_id: &str, agent_name: &str, job_id: &str, finished_ms: i64) -> R
             hash: "cd".repeat(32),
         },
         stats: Stats::default(),
+        image: None,
+        consistency: None,
     }
 }
 

@@ -103,4 +103,11 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_by_time ON audit(ts_ms);
     "#,
+    // 4: each agent's Docker inventory (protobuf DockerInventory, as last reported), and
+    // join tokens good for a fixed number of enrollments (a compose file's agents share one).
+    r#"
+    ALTER TABLE agents ADD COLUMN docker BLOB;
+    ALTER TABLE tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE tokens ADD COLUMN used INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

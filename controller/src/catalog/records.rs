@@ -28,6 +28,8 @@ pub struct AgentRow {
     /// The serial before the last renewal, accepted until the agent uses the new one.
     pub prev_serial: String,
     pub cert_expires_ms: i64,
+    /// The Docker inventory it last reported (protobuf `DockerInventory`).
+    pub docker: Option<Vec<u8>>,
 }
 
 impl AgentRow {
@@ -47,11 +49,12 @@ impl AgentRow {
             revoked_ms: r.get(11)?,
             prev_serial: r.get(12)?,
             cert_expires_ms: r.get(13)?,
+            docker: r.get(14)?,
         })
     }
 }
 
-const AGENT_COLS: &str = "id, name, labels, hostname, signing_key, cert_serial, enrolled_ms, last_seen_ms, sources, restore_roots, version, revoked_ms, prev_serial, cert_expires_ms";
+const AGENT_COLS: &str = "id, name, labels, hostname, signing_key, cert_serial, enrolled_ms, last_seen_ms, sources, restore_roots, version, revoked_ms, prev_serial, cert_expires_ms, docker";
 
 /// The outcome of redeeming a join token.
 #[derive(Debug, PartialEq, Eq)]
@@ -154,15 +157,16 @@ impl Catalog {
         labels: &BTreeMap<String, String>,
         now_ms: i64,
         expires_ms: i64,
+        uses: u32,
     ) -> Result<(), ApiError> {
         self.lock().execute(
-            "INSERT INTO tokens(hash, labels, created_ms, expires_ms) VALUES (?1, ?2, ?3, ?4)",
-            params![hash, json(labels), now_ms, expires_ms],
+            "INSERT INTO tokens(hash, labels, created_ms, expires_ms, uses) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![hash, json(labels), now_ms, expires_ms, uses],
         )?;
         Ok(())
     }
 
-    /// Marks a token used, exactly once, if it exists and has not expired.
+    /// Uses a token once, if it exists, has not expired and has uses left.
     pub fn redeem_token(
         &self,
         hash: &str,
@@ -170,24 +174,24 @@ impl Catalog {
         now_ms: i64,
     ) -> Result<TokenCheck, ApiError> {
         let conn = self.lock();
-        let row: Option<(String, i64, Option<i64>)> = conn
+        let row: Option<(String, i64, i64, i64)> = conn
             .query_row(
-                "SELECT labels, expires_ms, used_ms FROM tokens WHERE hash = ?1",
+                "SELECT labels, expires_ms, uses, used FROM tokens WHERE hash = ?1",
                 [hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             )
             .optional()?;
-        let Some((labels, expires_ms, used_ms)) = row else {
+        let Some((labels, expires_ms, uses, used)) = row else {
             return Ok(TokenCheck::Unknown);
         };
-        if used_ms.is_some() {
+        if used >= uses {
             return Ok(TokenCheck::AlreadyUsed);
         }
         if expires_ms <= now_ms {
             return Ok(TokenCheck::Expired);
         }
         let n = conn.execute(
-            "UPDATE tokens SET used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used_ms IS NULL",
+            "UPDATE tokens SET used = used + 1, used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used < uses",
             params![now_ms, agent_id, hash],
         )?;
         if n != 1 {
@@ -202,8 +206,8 @@ impl Catalog {
 
     pub fn insert_agent(&self, a: &AgentRow) -> Result<(), ApiError> {
         let res = self.lock().execute(
-            &format!("INSERT INTO agents({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
-            params![a.id, a.name, json(&a.labels), a.hostname, a.signing_key, a.cert_serial, a.enrolled_ms, a.last_seen_ms, json(&a.sources), json(&a.restore_roots), a.version, a.revoked_ms, a.prev_serial, a.cert_expires_ms],
+            &format!("INSERT INTO agents({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+            params![a.id, a.name, json(&a.labels), a.hostname, a.signing_key, a.cert_serial, a.enrolled_ms, a.last_seen_ms, json(&a.sources), json(&a.restore_roots), a.version, a.revoked_ms, a.prev_serial, a.cert_expires_ms, a.docker],
         );
         match res {
             Err(rusqlite::Error::SqliteFailure(e, _))
@@ -266,6 +270,15 @@ impl Catalog {
         self.lock().execute(
             "UPDATE agents SET hostname = ?2, version = ?3, sources = ?4, restore_roots = ?5, last_seen_ms = ?6 WHERE id = ?1",
             params![id, hostname, version, json(&sources), json(&roots), now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Stores the agent's Docker inventory as it reported it.
+    pub fn update_agent_docker(&self, id: &str, inventory: &[u8]) -> Result<(), ApiError> {
+        self.lock().execute(
+            "UPDATE agents SET docker = ?2 WHERE id = ?1",
+            params![id, inventory],
         )?;
         Ok(())
     }

@@ -1,0 +1,458 @@
+//! Container images and Docker volumes, against the real Docker Engine of this machine.
+//!
+//! Images are built here, without a registry: `FROM scratch` with a static program compiled
+//! by the test. Names carry a random suffix so parallel tests never collide. Where no
+//! Docker daemon answers these tests say so loudly and pass, unless
+//! `LIFEBOAT_REQUIRE_DOCKER=1` (as `.ci/run` sets), where they fail.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use lifeboat_tests::tree::{self, Rng};
+use lifeboat_tests::{Fleet, wait_for};
+use serde_json::Value;
+
+/// Runs the docker CLI (test setup only: the product talks to the Engine through its API).
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("run docker")
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Whether a daemon answers; fails the test instead when Docker is required.
+fn have_docker() -> bool {
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        assert!(
+            std::env::var("LIFEBOAT_REQUIRE_DOCKER").as_deref() != Ok("1"),
+            "LIFEBOAT_REQUIRE_DOCKER=1 but no Docker daemon answers `docker info`"
+        );
+        eprintln!("SKIPPED: no Docker daemon answers `docker info`; this test needs one");
+    }
+    ok
+}
+
+/// Removes what a test made in the Engine, whatever happens to the test.
+#[derive(Default)]
+struct Cleanup {
+    containers: Vec<String>,
+    images: Vec<String>,
+    volumes: Vec<String>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for c in &self.containers {
+            let _ = docker(&["rm", "-f", c]);
+        }
+        for i in &self.images {
+            let _ = docker(&["rmi", "-f", i]);
+        }
+        for v in &self.volumes {
+            let _ = docker(&["volume", "rm", "-f", v]);
+        }
+    }
+}
+
+/// A name no other test (process) uses at the same time.
+fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "lbtest-{prefix}-{}-{}-{n}",
+        std::process::id(),
+        lifeboat_tests::now_ms() % 1_000_000
+    )
+}
+
+const PROGRAM: &str = r#"
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+static void bye(int s) { (void)s; _exit(0); }
+int main(int argc, char **argv) {
+    if (argc > 1 && strcmp(argv[1], "serve") == 0) {
+        signal(SIGTERM, bye);
+        for (;;) pause();
+    }
+    char buf[256] = {0};
+    FILE *f = fopen("/app/message", "r");
+    if (f) { fread(buf, 1, sizeof buf - 1, f); fclose(f); }
+    fputs(buf, stdout);
+    return 0;
+}
+"#;
+
+/// Builds `name:1` (a static program, 8 MiB of base data, a message) and `name:2` on top
+/// of it (another message): version 2 shares every layer of version 1.
+fn build_images(dir: &Path, name: &str, cleanup: &mut Cleanup) -> (String, String) {
+    let ctx = dir.join("ctx");
+    fs::create_dir_all(&ctx).expect("ctx");
+    fs::write(ctx.join("hello.c"), PROGRAM).expect("source");
+    let out = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(ctx.join("hello"))
+        .arg(ctx.join("hello.c"))
+        .output()
+        .expect("run gcc");
+    assert!(
+        out.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::write(ctx.join("base.bin"), Rng::new(42).bytes(8 << 20)).expect("base");
+    fs::write(ctx.join("message1"), "hello from version 1\n").expect("msg");
+    // A different length: the legacy builder's change detection on some storage drivers
+    // compares size and mtime only, and would drop a same-sized rewrite from the layer.
+    fs::write(ctx.join("message2"), "hello from the second version\n").expect("msg");
+    fs::write(
+        ctx.join("Dockerfile.1"),
+        "FROM scratch\nCOPY hello /hello\nCOPY base.bin /base/base.bin\nCOPY message1 /app/message\nENTRYPOINT [\"/hello\"]\n",
+    )
+    .expect("dockerfile");
+    fs::write(
+        ctx.join("Dockerfile.2"),
+        format!("FROM {name}:1\nCOPY message2 /app/message\n"),
+    )
+    .expect("dockerfile");
+    let ctx_s = ctx.to_str().expect("path");
+    for v in ["1", "2"] {
+        cleanup.images.push(format!("{name}:{v}"));
+        docker_ok(&[
+            "build",
+            "-q",
+            "-t",
+            &format!("{name}:{v}"),
+            "-f",
+            &format!("{ctx_s}/Dockerfile.{v}"),
+            ctx_s,
+        ]);
+    }
+    (
+        image_id(&format!("{name}:1")),
+        image_id(&format!("{name}:2")),
+    )
+}
+
+fn image_id(reference: &str) -> String {
+    docker_ok(&["image", "inspect", "-f", "{{.Id}}", reference])
+}
+
+fn start_docker_agent(fleet: &mut Fleet, name: &str, roots: &[&Path]) {
+    let a = fleet.enroll(name);
+    fleet.run_agent_with(&a, &[], roots, &["--docker-restore"]);
+}
+
+fn snapshot_of(fleet: &Fleet, job: &Value) -> Value {
+    let id = job["snapshot_ids"][0]
+        .as_str()
+        .expect("snapshot id")
+        .to_string();
+    fleet
+        .cli_json(&["snapshots"])
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["id"] == id.as_str()).cloned())
+        .expect("snapshot listed")
+}
+
+#[test]
+fn images_dedup_by_layer_and_come_back_with_their_id_and_tags() {
+    if !have_docker() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let dir = tempfile::tempdir().expect("dir");
+    let name = unique("app");
+    let (id1, id2) = build_images(dir.path(), &name, &mut cleanup);
+    let mut fleet = Fleet::start();
+    start_docker_agent(&mut fleet, "a", &[]);
+    start_docker_agent(&mut fleet, "b", &[]);
+
+    // The inventory lists both images with their tags.
+    let inv = fleet.cli_json(&["agents", "--inventory", "a"]);
+    let images = inv["docker"]["images"].as_array().expect("images");
+    for (id, tag) in [(&id1, format!("{name}:1")), (&id2, format!("{name}:2"))] {
+        assert!(
+            images.iter().any(|i| i["id"] == id.as_str()
+                && i["repo_tags"]
+                    .as_array()
+                    .is_some_and(|t| t.iter().any(|x| x == tag.as_str()))),
+            "{tag} missing from {inv}"
+        );
+    }
+
+    let (ok, job1) = fleet.job(&["backup", "a", "--source", &format!("image:{name}:1")]);
+    assert!(ok, "{job1}\n{}", fleet.agent_log("a"));
+    let s1 = snapshot_of(&fleet, &job1);
+    let (ok, job2) = fleet.job(&["backup", "a", "--source", &format!("image:{name}:2")]);
+    assert!(ok, "{job2}");
+    let s2 = snapshot_of(&fleet, &job2);
+    let (new1, new2) = (
+        s1["bytes_new"].as_u64().expect("n"),
+        s2["bytes_new"].as_u64().expect("n"),
+    );
+    assert!(new1 > 8 << 20, "version 1 stored only {new1} new bytes");
+    // Version 2 shares every layer of version 1: only its own small layer and metadata are new.
+    assert!(
+        new2 * 20 < new1,
+        "version 2 stored {new2} new bytes against {new1} for version 1"
+    );
+
+    // Gone from the Engine; back from the store, by id, with their tags, runnable.
+    docker_ok(&["rmi", &format!("{name}:2"), &format!("{name}:1")]);
+    assert!(!docker(&["image", "inspect", &id1]).status.success());
+    for (snap, id, tag, says) in [
+        (&s1, &id1, format!("{name}:1"), "hello from version 1"),
+        (
+            &s2,
+            &id2,
+            format!("{name}:2"),
+            "hello from the second version",
+        ),
+    ] {
+        let (ok, job) = fleet.job(&["restore", snap["id"].as_str().expect("id"), "--agent", "a"]);
+        assert!(ok, "{job}\n{}", fleet.agent_log("a"));
+        assert_eq!(&image_id(&tag), id, "{tag} came back with another id");
+        let out = docker_ok(&["run", "--rm", &tag]);
+        assert_eq!(out, says);
+    }
+
+    // Onto another machine's agent: the same image id.
+    docker_ok(&["rmi", &format!("{name}:2"), &format!("{name}:1")]);
+    let (ok, job) = fleet.job(&["restore", s1["id"].as_str().expect("id"), "--agent", "b"]);
+    assert!(ok, "{job}\n{}", fleet.agent_log("b"));
+    assert_eq!(image_id(&format!("{name}:1")), id1);
+    // A restore of an image needs no --to, and refuses one.
+    let out = fleet.cli(&[
+        "restore",
+        s1["id"].as_str().expect("id"),
+        "--agent",
+        "b",
+        "--to",
+        "/tmp/x",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--to is for host path snapshots"));
+}
+
+/// A volume holding a generated tree with every entry type plus `big` MiB of data, used by
+/// a running container built from a fresh image.
+fn volume_in_use(dir: &Path, cleanup: &mut Cleanup, big: usize) -> (String, String, PathBuf) {
+    let name = unique("vol");
+    let (image, _) = build_images(dir, &unique("srv"), cleanup);
+    cleanup.volumes.push(name.clone());
+    docker_ok(&["volume", "create", &name]);
+    let mount = PathBuf::from(docker_ok(&[
+        "volume",
+        "inspect",
+        "-f",
+        "{{.Mountpoint}}",
+        &name,
+    ]));
+    tree::make_tree(&mount, &mut Rng::new(3));
+    fs::write(mount.join("big.bin"), Rng::new(4).bytes(big << 20)).expect("big");
+    let container = unique("ctr");
+    cleanup.containers.push(container.clone());
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &container,
+        "-v",
+        &format!("{name}:/data"),
+        &image,
+        "serve",
+    ]);
+    (name, container, mount)
+}
+
+fn container_state(c: &str) -> (bool, bool) {
+    let s = docker_ok(&["inspect", "-f", "{{.State.Running}} {{.State.Paused}}", c]);
+    let mut it = s.split(' ');
+    (it.next() == Some("true"), it.next() == Some("true"))
+}
+
+#[test]
+fn a_volume_is_read_with_its_containers_paused_and_swapped_back_whole() {
+    if !have_docker() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let dir = tempfile::tempdir().expect("dir");
+    let (volume, container, mount) = volume_in_use(dir.path(), &mut cleanup, 64);
+    let expected = tree::manifest(&mount);
+    let mut fleet = Fleet::start();
+    start_docker_agent(&mut fleet, "a", &[]);
+
+    // Watch the container while the backup runs.
+    let watching = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let seen_paused = {
+        let (w, c) = (watching.clone(), container.clone());
+        std::thread::spawn(move || {
+            let mut paused = false;
+            while w.load(std::sync::atomic::Ordering::Relaxed) {
+                paused |= container_state(&c).1;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            paused
+        })
+    };
+    let (ok, job) = fleet.job(&[
+        "backup",
+        "a",
+        "--source",
+        &format!("volume:{volume}"),
+        "--consistency",
+        "pause",
+    ]);
+    watching.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert!(ok, "{job}\n{}", fleet.agent_log("a"));
+    assert!(
+        seen_paused.join().expect("watcher"),
+        "the container was never seen paused during the read"
+    );
+    assert_eq!(
+        container_state(&container),
+        (true, false),
+        "the container must run again after the backup"
+    );
+    let snap = snapshot_of(&fleet, &job);
+    assert_eq!(snap["source"], format!("volume:{volume}"));
+
+    // Change and delete files, then restore: refused while the container runs...
+    let mut rng = Rng::new(9);
+    tree::modify(&mount, &mut rng);
+    fs::write(mount.join("planted"), b"not in the snapshot").expect("plant");
+    let id = snap["id"].as_str().expect("id");
+    let out = fleet.cli(&["restore", id, "--agent", "a", "--wait"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--stop-containers"), "{err}");
+    // ...and whole with --stop-containers: exactly the snapshot, container running again.
+    let (ok, job) = fleet.job(&["restore", id, "--agent", "a", "--stop-containers"]);
+    assert!(ok, "{job}\n{}", fleet.agent_log("a"));
+    tree::assert_same(&expected, &mount);
+    assert!(!mount.join("planted").exists());
+    assert_eq!(container_state(&container), (true, false));
+    // No staging directory is left beside the volume's data.
+    let parent = mount.parent().expect("parent");
+    let left: Vec<_> = fs::read_dir(parent)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("_data")], "{left:?}");
+
+    // Into a new volume: created, filled.
+    let copy = unique("copy");
+    cleanup.volumes.push(copy.clone());
+    let (ok, job) = fleet.job(&["restore", id, "--agent", "a", "--volume", &copy]);
+    assert!(ok, "{job}");
+    let copy_mount = PathBuf::from(docker_ok(&[
+        "volume",
+        "inspect",
+        "-f",
+        "{{.Mountpoint}}",
+        &copy,
+    ]));
+    tree::assert_same(&expected, &copy_mount);
+}
+
+#[test]
+fn an_agent_killed_during_a_paused_backup_unpauses_on_restart_and_commits_nothing() {
+    if !have_docker() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let dir = tempfile::tempdir().expect("dir");
+    let (volume, container, _mount) = volume_in_use(dir.path(), &mut cleanup, 400);
+    let mut fleet = Fleet::start();
+    let a = fleet.enroll("a");
+    fleet.run_agent_with(&a, &[], &[], &["--docker-restore"]);
+    let out = fleet.cli(&[
+        "backup",
+        "a",
+        "--source",
+        &format!("volume:{volume}"),
+        "--consistency",
+        "pause",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "the container to be paused",
+        Duration::from_secs(60),
+        || container_state(&container).1.then_some(()),
+    );
+    fleet.kill_agent("a");
+    assert!(
+        container_state(&container).1,
+        "still paused while the agent is dead"
+    );
+    fleet.run_agent_with(&a, &[], &[], &["--docker-restore"]);
+    wait_for(
+        "the container to run again",
+        Duration::from_secs(30),
+        || (container_state(&container) == (true, false)).then_some(()),
+    );
+    let snaps = fleet.cli_json(&["snapshots", "--source", &format!("volume:{volume}")]);
+    assert_eq!(snaps.as_array().map(Vec::len), Some(0), "{snaps}");
+    let jobs = fleet.cli_json(&["jobs"]);
+    let state = jobs.as_array().expect("jobs")[0]["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        matches!(state.as_str(), "interrupted" | "failed"),
+        "{state}"
+    );
+}
+
+#[test]
+fn an_agent_without_docker_says_so_and_still_serves_host_paths() {
+    let mut fleet = Fleet::start();
+    let src = tempfile::tempdir().expect("src");
+    fs::write(src.path().join("f"), b"data").expect("write");
+    let a = fleet.enroll("a");
+    fleet.run_agent_with(
+        &a,
+        &[("data", src.path())],
+        &[],
+        &["--docker-socket", "/nonexistent/docker.sock"],
+    );
+    let inv = fleet.cli_json(&["agents", "--inventory", "a"]);
+    assert_eq!(inv["docker"]["available"], false);
+    assert!(
+        inv["docker"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("no Docker Engine socket at /nonexistent/docker.sock"),
+        "{inv}"
+    );
+    let out = fleet.cli(&["backup", "a", "--all-images"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot back up images"));
+    fleet.backup("a", "data");
+}
