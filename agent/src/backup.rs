@@ -72,6 +72,19 @@ impl Counters {
         }
     }
 
+    /// The cumulative byte and chunk counts now (a source's baseline).
+    fn baseline(&self) -> Stats {
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            bytes_read: g(&self.bytes_read),
+            bytes_new: g(&self.bytes_new),
+            bytes_uploaded: g(&self.bytes_uploaded),
+            chunks_new: g(&self.chunks_new),
+            chunks_reused: g(&self.chunks_reused),
+            ..Stats::default()
+        }
+    }
+
     fn add(a: &AtomicU64, n: u64) {
         a.fetch_add(n, Ordering::Relaxed);
     }
@@ -372,6 +385,7 @@ async fn backup_dir(
     consistency: Option<String>,
 ) -> Result<BackupResult, AgentError> {
     let started = now_ms();
+    let base = ctx.counters.baseline();
     let clock = std::time::Instant::now();
     let counters = ctx.counters.clone();
     counters.set_phase(&format!("scanning {}", source.name));
@@ -501,6 +515,7 @@ async fn backup_dir(
             image: None,
             consistency,
             cache: true,
+            base,
         },
     )
     .await
@@ -515,6 +530,7 @@ pub async fn backup_image(
     reference: &str,
 ) -> Result<BackupResult, AgentError> {
     let started = now_ms();
+    let base = ctx.counters.baseline();
     let source = format!("image:{reference}");
     lifeboat_core::snapshot::validate_source(&source)?;
     let info = engine.image(reference).await?;
@@ -552,6 +568,7 @@ pub async fn backup_image(
             image: Some(info),
             consistency: None,
             cache: false,
+            base,
         },
     )
     .await
@@ -630,6 +647,7 @@ fn read_archive(p: &Pipeline, reader: impl std::io::Read) -> Result<Vec<Entry>, 
                 e.chunks = chunks;
                 e.content_hash = hash;
                 e.size = size;
+                Counters::add(&p.counters.files_total, 1);
                 Counters::add(&p.counters.files_done, 1);
                 Counters::add(&p.counters.bytes_read, size);
             }
@@ -772,6 +790,8 @@ struct Commit {
     consistency: Option<String>,
     /// Keep the tree for the next backup's change detection.
     cache: bool,
+    /// The job's counters when this source started.
+    base: Stats,
 }
 
 /// Stores the tree as chunks, signs the record and commits it.
@@ -794,6 +814,7 @@ async fn commit(
         image,
         consistency,
         cache,
+        base,
     } = c;
     counters.set_phase(&format!("committing {source}"));
     let mut w = TreeWriter::new(&root);
@@ -818,7 +839,8 @@ async fn commit(
     .map_err(|e| AgentError::State(e.to_string()))??;
     drop(pipeline);
 
-    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    // A job's counters run across all its sources: this snapshot's share is the difference.
+    let g = |a: &AtomicU64, base: u64| a.load(Ordering::Relaxed) - base;
     let stats = Stats {
         files: entries.iter().filter(|e| e.kind == Kind::File).count() as u64,
         dirs: entries.iter().filter(|e| e.kind == Kind::Dir).count() as u64,
@@ -831,11 +853,11 @@ async fn commit(
             .filter(|e| e.kind == Kind::File)
             .map(|e| e.size)
             .sum(),
-        bytes_read: g(&counters.bytes_read),
-        bytes_new: g(&counters.bytes_new),
-        bytes_uploaded: g(&counters.bytes_uploaded),
-        chunks_new: g(&counters.chunks_new),
-        chunks_reused: g(&counters.chunks_reused),
+        bytes_read: g(&counters.bytes_read, base.bytes_read),
+        bytes_new: g(&counters.bytes_new, base.bytes_new),
+        bytes_uploaded: g(&counters.bytes_uploaded, base.bytes_uploaded),
+        chunks_new: g(&counters.chunks_new, base.chunks_new),
+        chunks_reused: g(&counters.chunks_reused, base.chunks_reused),
     };
     let record = Record {
         version: RECORD_VERSION,

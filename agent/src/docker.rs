@@ -181,6 +181,7 @@ impl Engine {
                     state: c.state.map(|s| s.to_string()).unwrap_or_default(),
                 })
                 .collect(),
+            reported_unix_ms: crate::now_ms(),
         })
     }
 

@@ -18,7 +18,7 @@ const HEARTBEAT: Duration = Duration::from_secs(15);
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The Docker inventory is re-sent this often, and after every job.
-const INVENTORY_EVERY: Duration = Duration::from_secs(300);
+const INVENTORY_EVERY: Duration = Duration::from_secs(30);
 
 struct Shared {
     state: Arc<AgentState>,

@@ -121,13 +121,19 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             if json.json {
                 println!(
                     "{}",
-                    serde_json::json!({"token": r.token, "expires": time(r.expires_unix_ms), "ca_fingerprint": r.ca_fingerprint, "enroll_command": line})
+                    serde_json::json!({"token": r.token, "uses": uses, "expires": time(r.expires_unix_ms), "ca_fingerprint": r.ca_fingerprint, "enroll_command": line})
                 );
             } else {
+                let machines = if uses > 1 {
+                    format!(" (good for {uses} machines)")
+                } else {
+                    " (single use)".to_string()
+                };
                 println!(
-                    "token: {}\nexpires: {}\n\nOn the new machine, run:\n  {line}",
+                    "token: {}{machines}\nexpires: {}\nCA fingerprint: {}\n\nOn the new machine, run:\n  {line}",
                     r.token,
-                    time(r.expires_unix_ms)
+                    time(r.expires_unix_ms),
+                    r.ca_fingerprint
                 );
             }
         }

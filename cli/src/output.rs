@@ -186,6 +186,15 @@ pub fn agent_json(a: &pb::AgentInfo) -> serde_json::Value {
     })
 }
 
+/// How to name an image as a source: its first tag, or its id when it has none.
+fn image_ref(i: &pb::DockerImage) -> String {
+    i.repo_tags
+        .iter()
+        .find(|t| t.as_str() != "<none>:<none>")
+        .cloned()
+        .unwrap_or_else(|| i.id.clone())
+}
+
 /// `lifeboat agents --inventory AGENT`: what the agent can back up.
 pub fn inventory(a: &pb::AgentInfo, json: bool) {
     let d = a.docker.clone().unwrap_or_default();
@@ -199,8 +208,9 @@ pub fn inventory(a: &pb::AgentInfo, json: bool) {
                     "available": d.available,
                     "status": d.status,
                     "restore_allowed": d.restore_allowed,
+                    "reported": time(d.reported_unix_ms),
                     "images": d.images.iter().map(|i| serde_json::json!({
-                        "source": format!("image:{}", i.repo_tags.first().cloned().unwrap_or_else(|| i.id.clone())),
+                        "source": format!("image:{}", image_ref(i)),
                         "id": i.id, "repo_tags": i.repo_tags, "repo_digests": i.repo_digests,
                         "size": i.size, "created": time(i.created_unix * 1000),
                     })).collect::<Vec<_>>(),
@@ -230,7 +240,7 @@ pub fn inventory(a: &pb::AgentInfo, json: bool) {
         })
         .collect();
     for i in &d.images {
-        let name = i.repo_tags.first().cloned().unwrap_or_else(|| i.id.clone());
+        let name = image_ref(i);
         rows.push(vec![
             format!("image:{name}"),
             "image".into(),
@@ -264,7 +274,11 @@ pub fn inventory(a: &pb::AgentInfo, json: bool) {
         "not allowed (--docker-restore)"
     };
     if d.available {
-        println!("{}; restores into Docker {restore}", d.status);
+        println!(
+            "{}; restores into Docker {restore}; as of {}",
+            d.status,
+            time(d.reported_unix_ms)
+        );
     } else {
         println!("Docker: {}", d.status);
     }

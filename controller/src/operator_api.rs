@@ -80,6 +80,15 @@ impl OperatorService {
     }
 }
 
+/// A time for messages (RFC 3339, seconds).
+fn when(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "unknown time".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
 /// The kind of a snapshot's source, from its name.
 fn source_kind(source: &str) -> &'static str {
     if source.starts_with("image:") {
@@ -157,16 +166,20 @@ fn backup_sources(agent: &AgentRow, req: &pb::StartBackupRequest) -> Result<Vec<
             });
             if !found {
                 return Err(ApiError::NotFound(format!(
-                    "agent {} has no image {r:?}; `lifeboat agents --inventory {}` lists them",
-                    agent.name, agent.name
+                    "agent {} has no image {r:?} (as of its inventory of {}; agents report changes within 30 s); `lifeboat agents --inventory {}` lists them",
+                    agent.name,
+                    when(inv.reported_unix_ms),
+                    agent.name
                 )));
             }
         } else if let Some(v) = s.strip_prefix("volume:") {
             docker("volumes")?;
             if !inv.volumes.iter().any(|x| x.name == v) {
                 return Err(ApiError::NotFound(format!(
-                    "agent {} has no volume {v:?}; `lifeboat agents --inventory {}` lists them",
-                    agent.name, agent.name
+                    "agent {} has no volume {v:?} (as of its inventory of {}; agents report changes within 30 s); `lifeboat agents --inventory {}` lists them",
+                    agent.name,
+                    when(inv.reported_unix_ms),
+                    agent.name
                 )));
             }
         } else if !paths.contains(&s.as_str()) {

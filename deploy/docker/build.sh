@@ -19,6 +19,7 @@ rootfs() {
     echo "lifeboat:x:0:0::/:/usr/local/bin/lifeboat" > "$root/etc/passwd"
     for bin in "$@"; do
         cp "target/release/$bin" "$root/usr/local/bin/"
+        strip --strip-debug "$root/usr/local/bin/$bin"
         ldd "target/release/$bin" | grep -o '/[^ ]*' | sort -u | while read -r lib; do
             mkdir -p "$root$(dirname "$lib")"
             cp -L "$lib" "$root$lib"

@@ -121,12 +121,14 @@ fn build_images(dir: &Path, name: &str, cleanup: &mut Cleanup) -> (String, Strin
     );
     fs::write(ctx.join("base.bin"), Rng::new(42).bytes(8 << 20)).expect("base");
     fs::write(ctx.join("message1"), "hello from version 1\n").expect("msg");
+    // Parallel tests build the same content: a per-test file keeps every image id unique.
+    fs::write(ctx.join("name"), name).expect("name");
     // A different length: the legacy builder's change detection on some storage drivers
     // compares size and mtime only, and would drop a same-sized rewrite from the layer.
     fs::write(ctx.join("message2"), "hello from the second version\n").expect("msg");
     fs::write(
         ctx.join("Dockerfile.1"),
-        "FROM scratch\nCOPY hello /hello\nCOPY base.bin /base/base.bin\nCOPY message1 /app/message\nENTRYPOINT [\"/hello\"]\n",
+        "FROM scratch\nCOPY hello /hello\nCOPY base.bin /base/base.bin\nCOPY message1 /app/message\nCOPY name /app/name\nENTRYPOINT [\"/hello\"]\n",
     )
     .expect("dockerfile");
     fs::write(
@@ -200,12 +202,27 @@ fn images_dedup_by_layer_and_come_back_with_their_id_and_tags() {
         );
     }
 
-    let (ok, job1) = fleet.job(&["backup", "a", "--source", &format!("image:{name}:1")]);
-    assert!(ok, "{job1}\n{}", fleet.agent_log("a"));
-    let s1 = snapshot_of(&fleet, &job1);
-    let (ok, job2) = fleet.job(&["backup", "a", "--source", &format!("image:{name}:2")]);
-    assert!(ok, "{job2}");
-    let s2 = snapshot_of(&fleet, &job2);
+    // Both versions in one job: each snapshot counts only its own new bytes.
+    let (ok, job) = fleet.job(&[
+        "backup",
+        "a",
+        "--source",
+        &format!("image:{name}:1"),
+        "--source",
+        &format!("image:{name}:2"),
+    ]);
+    assert!(ok, "{job}\n{}", fleet.agent_log("a"));
+    let snaps = fleet.cli_json(&["snapshots"]);
+    let find = |i: usize| {
+        let id = job["snapshot_ids"][i].as_str().expect("snapshot id");
+        snaps
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["id"] == id).cloned())
+            .expect("listed")
+    };
+    let (s1, s2) = (find(0), find(1));
+    assert_eq!(s1["source"], format!("image:{name}:1"));
+    assert_eq!(s2["source"], format!("image:{name}:2"));
     let (new1, new2) = (
         s1["bytes_new"].as_u64().expect("n"),
         s2["bytes_new"].as_u64().expect("n"),
@@ -455,4 +472,61 @@ fn an_agent_without_docker_says_so_and_still_serves_host_paths() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot back up images"));
     fleet.backup("a", "data");
+}
+
+#[test]
+fn a_hook_runs_in_the_container_and_a_failing_one_stops_the_backup() {
+    if !have_docker() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let dir = tempfile::tempdir().expect("dir");
+    let (volume, container, _mount) = volume_in_use(dir.path(), &mut cleanup, 1);
+    let mut fleet = Fleet::start();
+    start_docker_agent(&mut fleet, "a", &[]);
+    let source = format!("volume:{volume}");
+    // The test program exits 0: the hook passes, the snapshot is taken, nothing paused.
+    let (ok, job) = fleet.job(&[
+        "backup",
+        "a",
+        "--source",
+        &source,
+        "--consistency",
+        "hook",
+        "--hook-container",
+        &container,
+        "--hook-before",
+        "/hello",
+        "--hook-after",
+        "/hello",
+    ]);
+    assert!(ok, "{job}\n{}", fleet.agent_log("a"));
+    assert_eq!(container_state(&container), (true, false));
+    // A hook that cannot run fails the job, naming it, and commits nothing.
+    let (ok, job) = fleet.job(&[
+        "backup",
+        "a",
+        "--source",
+        &source,
+        "--consistency",
+        "hook",
+        "--hook-container",
+        &container,
+        "--hook-before",
+        "/no/such/program",
+    ]);
+    assert!(!ok);
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("/no/such/program"),
+        "{job}"
+    );
+    let snaps = fleet.cli_json(&["snapshots", "--source", &source]);
+    assert_eq!(snaps.as_array().map(Vec::len), Some(1), "{snaps}");
+    // A hook needs its container.
+    let out = fleet.cli(&["backup", "a", "--source", &source, "--consistency", "hook"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--hook-container"));
 }
