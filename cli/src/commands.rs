@@ -13,7 +13,8 @@ use tonic::transport::Channel;
 
 use crate::output::{self, bytes, state_name, time};
 use crate::{
-    AgentsCmd, AuditCmd, Cli, Cmd, IdentityCmd, JobsCmd, SnapshotsCmd, TokenCmd, default_data_dir,
+    AgentsCmd, AuditCmd, Cli, Cmd, IdentityCmd, JobsCmd, PolicyCmd, SnapshotsCmd, TokenCmd,
+    default_data_dir,
 };
 
 pub type Api = OperatorApiClient<Channel>;
@@ -196,6 +197,30 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             );
         }
         Cmd::Snapshots {
+            cmd: Some(SnapshotsCmd::Protect { snapshot }),
+            ..
+        } => {
+            api.protect_snapshot(pb::ProtectRequest {
+                snapshot: snapshot.clone(),
+                protect: true,
+            })
+            .await
+            .map_err(rpc)?;
+            println!("snapshot {snapshot} is protected: retention never removes it");
+        }
+        Cmd::Snapshots {
+            cmd: Some(SnapshotsCmd::Unprotect { snapshot }),
+            ..
+        } => {
+            api.protect_snapshot(pb::ProtectRequest {
+                snapshot: snapshot.clone(),
+                protect: false,
+            })
+            .await
+            .map_err(rpc)?;
+            println!("snapshot {snapshot} is no longer protected");
+        }
+        Cmd::Snapshots {
             cmd: Some(SnapshotsCmd::Delete { snapshot }),
             ..
         } => {
@@ -308,6 +333,58 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .into_inner();
             return finish_start(&mut api, j, wait, json.json).await;
         }
+        Cmd::Policy { cmd } => return policy(&mut api, cmd).await,
+        Cmd::Prune { dry_run, json } => {
+            let r = api
+                .prune(pb::PruneRequest { dry_run })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            let removed = r.items.iter().filter(|i| i.removed).count();
+            if json.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"dry_run": r.dry_run, "removed": removed, "kept": r.items.len() - removed,
+                        "snapshots": r.items.iter().map(|i| serde_json::json!({"id": i.snapshot_id, "agent": i.agent, "source": i.source, "received": time(i.received_unix_ms), "action": if i.removed { "remove" } else { "keep" }, "reasons": i.reasons})).collect::<Vec<_>>()})
+                );
+            } else {
+                let rows = r
+                    .items
+                    .iter()
+                    .map(|i| {
+                        vec![
+                            i.snapshot_id[..12.min(i.snapshot_id.len())].to_string(),
+                            i.agent.clone(),
+                            i.source.clone(),
+                            time(i.received_unix_ms),
+                            if i.removed { "remove" } else { "keep" }.into(),
+                            i.reasons.join("; "),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    output::table(
+                        &["ID", "AGENT", "SOURCE", "RECEIVED", "ACTION", "WHY"],
+                        rows
+                    )
+                );
+                let verb = if r.dry_run { "would remove" } else { "removed" };
+                println!("{verb} {removed} of {} snapshots", r.items.len());
+            }
+        }
+        Cmd::Devices(json) => {
+            let devices = api
+                .list_devices(pb::Empty {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .devices;
+            output::devices(&devices, json.json);
+            if devices.iter().any(|d| d.sources.iter().any(|s| s.overdue)) {
+                return Ok(2);
+            }
+        }
         Cmd::Identity { cmd } => {
             identity(&mut api, cmd, cli.controller.clone(), cli.identity.clone()).await?
         }
@@ -393,6 +470,92 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .map_err(rpc)?
                 .into_inner();
             return finish_start(&mut api, j, wait, json.json).await;
+        }
+    }
+    Ok(0)
+}
+
+async fn policy(api: &mut Api, cmd: PolicyCmd) -> Result<i32> {
+    match cmd {
+        PolicyCmd::Apply {
+            file,
+            dry_run,
+            json,
+        } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let r = api
+                .apply_policies(pb::ApplyPoliciesRequest {
+                    file_name: file.display().to_string(),
+                    text,
+                    dry_run,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if !r.errors.is_empty() {
+                for e in &r.errors {
+                    eprintln!("{e}");
+                }
+                bail!(
+                    "{} has {} error(s); nothing was applied",
+                    file.display(),
+                    r.errors.len()
+                );
+            }
+            if json.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"dry_run": dry_run, "changes": r.changes.iter().map(|c| serde_json::json!({"name": c.name, "change": c.change})).collect::<Vec<_>>()})
+                );
+            } else {
+                for c in &r.changes {
+                    let verb = match (dry_run, c.change.as_str()) {
+                        (true, "created") => "would be created",
+                        (true, "changed") => "would change",
+                        (_, other) => other,
+                    };
+                    println!("policy {} {verb}", c.name);
+                }
+            }
+        }
+        PolicyCmd::List(json) => {
+            let list = api
+                .list_policies(pb::Empty {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .policies;
+            output::listing(
+                json.json,
+                &list,
+                output::policy_json,
+                output::POLICY_HEADER,
+                output::policy_row,
+            );
+        }
+        PolicyCmd::Show { name, json } => {
+            let list = api
+                .list_policies(pb::Empty {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .policies;
+            let p = list.iter().find(|p| p.name == name).with_context(|| {
+                format!("no policy {name:?}; `lifeboat policy list` shows them")
+            })?;
+            let v = output::policy_json(p);
+            if json.json {
+                println!("{v}");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            }
+        }
+        PolicyCmd::Delete { name } => {
+            api.delete_policy(pb::NameRef { name: name.clone() })
+                .await
+                .map_err(rpc)?;
+            println!("policy {name} deleted");
         }
     }
     Ok(0)

@@ -129,6 +129,21 @@ pub enum Cmd {
         #[command(flatten)]
         json: Json,
     },
+    /// Backup policies: what is backed up where, when, and how long it is kept.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Apply every policy's retention now (also runs on the controller's schedule).
+    Prune {
+        /// Show what would be removed, and why the rest is kept; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Per device and source: the last backup, its age against the policy (RPO), overdue ones.
+    Devices(Json),
     /// Operator identities and their roles (viewer, operator, admin).
     Identity {
         #[command(subcommand)]
@@ -198,8 +213,37 @@ pub enum AgentsCmd {
 
 #[derive(Subcommand)]
 pub enum SnapshotsCmd {
-    /// Delete a snapshot (admin). Its chunks are reclaimed by garbage collection.
+    /// Delete a snapshot (admin). Its chunks are reclaimed by garbage collection. A
+    /// snapshot within its policy's lock period cannot be deleted.
     Delete { snapshot: String },
+    /// Pin a snapshot: retention never removes it (admin).
+    Protect { snapshot: String },
+    /// Unpin a snapshot (admin).
+    Unprotect { snapshot: String },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Create or update the policies in a TOML file (idempotent).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// List policies.
+    List(Json),
+    /// Show one policy.
+    Show {
+        name: String,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Delete a policy (its snapshots stay; retention no longer applies to them).
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]

@@ -284,6 +284,144 @@ pub fn inventory(a: &pb::AgentInfo, json: bool) {
     }
 }
 
+pub const POLICY_HEADER: &[&str] = &[
+    "NAME", "SELECTOR", "SOURCES", "SCHEDULE", "KEEP", "LOCK", "TIER",
+];
+
+fn spec(p: &pb::PolicyInfo) -> serde_json::Value {
+    serde_json::from_str(&p.spec_json).unwrap_or_default()
+}
+
+pub fn policy_row(p: &pb::PolicyInfo) -> Vec<String> {
+    let s = spec(p);
+    let sel = s["selector"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let keep = s["keep"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(_, v)| v.as_u64().unwrap_or(0) > 0)
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default();
+    let strs = |v: &serde_json::Value| {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    };
+    vec![
+        p.name.clone(),
+        if sel.is_empty() {
+            "(all agents)".into()
+        } else {
+            sel
+        },
+        strs(&s["sources"]),
+        format!(
+            "{} {}",
+            s["schedule"].as_str().unwrap_or_default(),
+            s["timezone"].as_str().unwrap_or_default()
+        ),
+        keep,
+        humantime::format_duration(std::time::Duration::from_secs(
+            s["lock_s"].as_u64().unwrap_or(0),
+        ))
+        .to_string(),
+        s["tier"].to_string(),
+    ]
+}
+
+pub fn policy_json(p: &pb::PolicyInfo) -> serde_json::Value {
+    let mut v = spec(p);
+    if let Some(o) = v.as_object_mut() {
+        o.insert("updated".into(), time(p.updated_unix_ms).into());
+    }
+    v
+}
+
+/// `lifeboat devices`.
+pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
+    let age = |s: u64| humantime::format_duration(std::time::Duration::from_secs(s)).to_string();
+    if json {
+        let list: Vec<serde_json::Value> = devices
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "agent": d.agent,
+                    "connected": d.connected,
+                    "sources": d.sources.iter().map(|s| serde_json::json!({
+                        "source": s.source, "policies": s.policies,
+                        "last_snapshot": (!s.last_snapshot.is_empty()).then_some(&s.last_snapshot),
+                        "last_backup": (s.last_unix_ms > 0).then(|| time(s.last_unix_ms)),
+                        "age_seconds": s.age_seconds, "rpo_seconds": s.rpo_seconds, "overdue": s.overdue,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(list));
+        return;
+    }
+    let mut rows = Vec::new();
+    for d in devices {
+        for s in &d.sources {
+            rows.push(vec![
+                d.agent.clone(),
+                s.source.clone(),
+                s.policies.join(","),
+                if s.last_unix_ms > 0 {
+                    time(s.last_unix_ms)
+                } else {
+                    "never".into()
+                },
+                if s.last_unix_ms > 0 {
+                    age(s.age_seconds)
+                } else {
+                    "-".into()
+                },
+                if s.rpo_seconds > 0 {
+                    age(s.rpo_seconds)
+                } else {
+                    "-".into()
+                },
+                if s.overdue {
+                    "OVERDUE".into()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+    }
+    println!(
+        "{}",
+        table(
+            &[
+                "DEVICE",
+                "SOURCE",
+                "POLICY",
+                "LAST BACKUP",
+                "AGE",
+                "RPO",
+                ""
+            ],
+            rows
+        )
+    );
+}
+
 pub const IDENTITY_HEADER: &[&str] = &["NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "BY"];
 
 fn identity_state(i: &pb::IdentityInfo) -> &'static str {

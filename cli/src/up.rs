@@ -38,6 +38,8 @@ pub async fn up(
             data_dir: controller_dir.clone(),
             store: None,
             agent_cert_lifetime: lifeboat_controller::setup::DEFAULT_AGENT_CERT_LIFETIME,
+            max_concurrent_jobs: 32,
+            prune_every: Some(std::time::Duration::from_secs(3600)),
         },
         listener,
         None,

@@ -122,6 +122,8 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.OperatorApi/ListIdentities", READERS),
     ("/lifeboat.v1.OperatorApi/ListAudit", READERS),
     ("/lifeboat.v1.OperatorApi/VerifyAudit", READERS),
+    ("/lifeboat.v1.OperatorApi/ListPolicies", READERS),
+    ("/lifeboat.v1.OperatorApi/ListDevices", READERS),
     ("/lifeboat.v1.OperatorApi/StartBackup", OPERATORS),
     ("/lifeboat.v1.OperatorApi/StartRestore", OPERATORS),
     ("/lifeboat.v1.OperatorApi/CreateToken", ADMINS),
@@ -129,6 +131,10 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.OperatorApi/RevokeIdentity", ADMINS),
     ("/lifeboat.v1.OperatorApi/RevokeAgent", ADMINS),
     ("/lifeboat.v1.OperatorApi/DeleteSnapshot", ADMINS),
+    ("/lifeboat.v1.OperatorApi/ApplyPolicies", ADMINS),
+    ("/lifeboat.v1.OperatorApi/DeletePolicy", ADMINS),
+    ("/lifeboat.v1.OperatorApi/Prune", ADMINS),
+    ("/lifeboat.v1.OperatorApi/ProtectSnapshot", ADMINS),
 ];
 
 fn allowed(path: &str, class: Class) -> bool {

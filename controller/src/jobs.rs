@@ -15,9 +15,9 @@ use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
+use crate::Clock;
 use crate::catalog::{AgentRow, Catalog, JobRow};
 use crate::error::ApiError;
-use crate::now_ms;
 
 pub type Outbound = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
 
@@ -40,6 +40,7 @@ struct Inner {
 
 pub struct Jobs {
     catalog: Arc<Catalog>,
+    clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
 }
 
@@ -48,9 +49,10 @@ fn random_id() -> Result<String, ApiError> {
 }
 
 impl Jobs {
-    pub fn new(catalog: Arc<Catalog>) -> Jobs {
+    pub fn new(catalog: Arc<Catalog>, clock: Arc<dyn Clock>) -> Jobs {
         Jobs {
             catalog,
+            clock,
             inner: Mutex::new(Inner::default()),
         }
     }
@@ -65,7 +67,7 @@ impl Jobs {
             JobState::Running as i32,
             JobState::Interrupted as i32,
             "controller restarted while the job ran",
-            now_ms(),
+            self.clock.now_ms(),
         )?;
         if n > 0 {
             tracing::warn!(jobs = n, "marked jobs interrupted by a controller restart");
@@ -102,7 +104,7 @@ impl Jobs {
             for mut job in running {
                 job.state = JobState::Interrupted as i32;
                 job.error = "agent disconnected while the job ran".into();
-                job.finished_ms = now_ms();
+                job.finished_ms = self.clock.now_ms();
                 self.save(&job);
             }
         }
@@ -140,7 +142,7 @@ impl Jobs {
                 } else if !runs && state == JobState::Running {
                     job.state = JobState::Interrupted as i32;
                     job.error = "the agent restarted while the job ran".into();
-                    job.finished_ms = now_ms();
+                    job.finished_ms = self.clock.now_ms();
                     self.save(&job);
                 }
             }
@@ -154,6 +156,7 @@ impl Jobs {
         agent: &AgentRow,
         kind: &str,
         detail: String,
+        policy: &str,
         build: impl FnOnce(&str) -> pb::Job,
     ) -> Result<JobRow, ApiError> {
         let id = random_id()?;
@@ -165,16 +168,26 @@ impl Jobs {
             state: JobState::Queued as i32,
             detail,
             job: job.encode_to_vec(),
-            created_ms: now_ms(),
+            created_ms: self.clock.now_ms(),
             started_ms: 0,
             finished_ms: 0,
             progress: None,
             error: String::new(),
             snapshot_ids: Vec::new(),
+            policy: policy.to_string(),
+            attempts: 0,
         };
         self.catalog.insert_job(&row)?;
         self.dispatch(&agent.id)?;
         Ok(self.catalog.job(&id)?.unwrap_or(row))
+    }
+
+    /// Queues an interrupted job again (a scheduler retry) and dispatches it.
+    pub fn requeue(&self, job: &mut JobRow) -> Result<(), ApiError> {
+        job.state = JobState::Queued as i32;
+        job.finished_ms = 0;
+        self.save(job);
+        self.dispatch(&job.agent_id)
     }
 
     /// Sends every queued job of `agent_id` over its session, if it has one.
@@ -195,7 +208,7 @@ impl Jobs {
                 break; // the session is gone or saturated; the job stays queued
             }
             row.state = JobState::Running as i32;
-            row.started_ms = now_ms();
+            row.started_ms = self.clock.now_ms();
             self.save(&row);
         }
         Ok(())
@@ -221,7 +234,7 @@ impl Jobs {
             JobState::Running => row.state = JobState::Running as i32,
             JobState::Succeeded | JobState::Failed => {
                 row.state = state as i32;
-                row.finished_ms = now_ms();
+                row.finished_ms = self.clock.now_ms();
                 row.error = upd.error;
                 row.snapshot_ids = upd.snapshot_ids;
             }

@@ -19,7 +19,10 @@ mod error;
 pub mod http;
 pub mod jobs;
 pub mod operator_api;
+pub mod policy;
 pub mod rebuild;
+pub mod retention;
+pub mod scheduler;
 pub mod setup;
 pub mod store;
 
@@ -47,6 +50,21 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// The controller's clock: every schedule, lease and retention decision reads it, so
+/// tests can drive a simulated week without waiting for it.
+pub trait Clock: Send + Sync {
+    fn now_ms(&self) -> i64;
+}
+
+/// The system clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> i64 {
+        now_ms()
+    }
+}
+
 /// State shared by every service.
 pub struct Controller {
     pub catalog: Arc<catalog::Catalog>,
@@ -61,6 +79,9 @@ pub struct Controller {
     pub audit: audit::Audit,
     /// Lifetime of the agent certificates this controller issues.
     pub agent_cert_lifetime: Duration,
+    pub clock: Arc<dyn Clock>,
+    /// Jobs queued or running at once, fleet-wide, that the scheduler starts up to.
+    pub max_concurrent_jobs: u32,
 }
 
 /// `lifeboat-controller serve` settings, validated.
@@ -70,6 +91,10 @@ pub struct ServeConfig {
     pub store: Option<PathBuf>,
     /// Lifetime of agent certificates (renewed over the session with a third left).
     pub agent_cert_lifetime: Duration,
+    /// The scheduler's fleet-wide limit on queued and running jobs.
+    pub max_concurrent_jobs: u32,
+    /// How often retention runs on its own (None: only `lifeboat prune`).
+    pub prune_every: Option<Duration>,
 }
 
 /// A controller bound to its ports, ready to serve.
@@ -82,6 +107,7 @@ pub struct Running {
     http: Option<TcpListener>,
     server_tls: ServerTls,
     http_tls: Arc<rustls::ServerConfig>,
+    prune_every: Option<Duration>,
     _lock: OwnedFd,
 }
 
@@ -121,6 +147,16 @@ pub fn start(
     listener: TcpListener,
     http: Option<TcpListener>,
 ) -> Result<Running, ApiError> {
+    start_with_clock(cfg, listener, http, Arc::new(SystemClock))
+}
+
+/// [`start`] with another clock (simulations: a week of schedules in a second).
+pub fn start_with_clock(
+    cfg: &ServeConfig,
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    clock: Arc<dyn Clock>,
+) -> Result<Running, ApiError> {
     transport::install_crypto_provider();
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| ApiError::internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
@@ -145,7 +181,7 @@ pub fn start(
         prepared.chunk_key.clone(),
         catalog.clone(),
     )?;
-    let jobs = jobs::Jobs::new(catalog.clone());
+    let jobs = jobs::Jobs::new(catalog.clone(), clock.clone());
     jobs.recover_after_restart()?;
     let audit = audit::Audit::new(
         catalog.clone(),
@@ -165,6 +201,8 @@ pub fn start(
         signer: prepared.signer,
         audit,
         agent_cert_lifetime: cfg.agent_cert_lifetime,
+        clock,
+        max_concurrent_jobs: cfg.max_concurrent_jobs,
     });
     Ok(Running {
         ctl,
@@ -175,6 +213,7 @@ pub fn start(
         http,
         server_tls,
         http_tls,
+        prune_every: cfg.prune_every,
         _lock: lock,
     })
 }
@@ -226,6 +265,50 @@ impl Running {
                 }
             })
         };
+        let schedule = {
+            let ctl = ctl.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    let c = ctl.clone();
+                    match tokio::task::spawn_blocking(move || scheduler::tick(&c, c.clock.now_ms()))
+                        .await
+                    {
+                        Ok(Ok(r)) => {
+                            for (policy, agent, job) in r.started {
+                                tracing::info!(%policy, %agent, %job, "scheduled backup started");
+                            }
+                        }
+                        Ok(Err(e)) => tracing::error!(error = %e, "scheduler tick failed"),
+                        Err(e) => tracing::error!(error = %e, "scheduler task failed"),
+                    }
+                }
+            })
+        };
+        let prune = self.prune_every.map(|every| {
+            let ctl = ctl.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.tick().await; // not at start
+                loop {
+                    tick.tick().await;
+                    let c = ctl.clone();
+                    let res = tokio::task::spawn_blocking(move || {
+                        retention::prune(&c, c.clock.now_ms(), false, "controller:retention")
+                    })
+                    .await;
+                    match res {
+                        Ok(Ok(o)) => {
+                            let n = o.iter().filter(|x| x.removed).count();
+                            tracing::info!(removed = n, kept = o.len() - n, "retention ran");
+                        }
+                        Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
+                        Err(e) => tracing::error!(error = %e, "retention task failed"),
+                    }
+                }
+            })
+        });
         let max = lifeboat_proto::MAX_MESSAGE_BYTES;
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -274,6 +357,10 @@ impl Running {
             }
         }
         anchor.abort();
+        schedule.abort();
+        if let Some(p) = prune {
+            p.abort();
+        }
         let ctl2 = ctl.clone();
         tokio::task::spawn_blocking(move || {
             ctl2.audit.anchor()?;

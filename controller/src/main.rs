@@ -37,6 +37,12 @@ enum Cmd {
         /// Lifetime of agent certificates; agents renew over their session with a third left.
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         agent_cert_lifetime: std::time::Duration,
+        /// Scheduled jobs queued or running at once, fleet-wide.
+        #[arg(long, default_value_t = 32)]
+        max_concurrent_jobs: u32,
+        /// How often retention runs on its own (0s: only `lifeboat prune`).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        prune_every: std::time::Duration,
     },
     /// Rebuild the chunk index and snapshot list from the store alone (controller stopped).
     RebuildCatalog {
@@ -67,6 +73,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             http,
             store,
             agent_cert_lifetime,
+            max_concurrent_jobs,
+            prune_every,
         } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -84,6 +92,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     data_dir,
                     store,
                     agent_cert_lifetime,
+                    max_concurrent_jobs,
+                    prune_every: (!prune_every.is_zero()).then_some(prune_every),
                 },
                 listener,
                 http,

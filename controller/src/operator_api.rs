@@ -426,15 +426,18 @@ impl OperatorApi for OperatorService {
         let detail = format!("sources {}", sources.join(","));
         let full = req.full_reread;
         let consistency = req.consistency;
-        let row = self.0.jobs.submit(&agent, "backup", detail, |id| pb::Job {
-            job_id: id.to_string(),
-            kind: Some(pb::job::Kind::Backup(pb::BackupJob {
-                sources,
-                full_reread: full,
-                consistency,
-                hook,
-            })),
-        })?;
+        let row = self
+            .0
+            .jobs
+            .submit(&agent, "backup", detail, "", |id| pb::Job {
+                job_id: id.to_string(),
+                kind: Some(pb::job::Kind::Backup(pb::BackupJob {
+                    sources,
+                    full_reread: full,
+                    consistency,
+                    hook,
+                })),
+            })?;
         tracing::info!(%operator, agent = %agent.name, job = %row.id, "backup requested");
         self.0.audit.ok(
             &format!("operator:{operator}"),
@@ -534,7 +537,7 @@ impl OperatorApi for OperatorService {
         let row = self
             .0
             .jobs
-            .submit(&agent, "restore", detail, |id| pb::Job {
+            .submit(&agent, "restore", detail, "", |id| pb::Job {
                 job_id: id.to_string(),
                 kind: Some(pb::job::Kind::Restore(pb::RestoreJob {
                     snapshot_id: snap.id.clone(),
@@ -689,6 +692,21 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::Empty>, Status> {
         let (admin, _) = auth::operator(&req)?;
         let snap = self.0.catalog.find_snapshot(&req.into_inner().id)?;
+        let now = self.0.clock.now_ms();
+        let (until, policy) = crate::retention::locked_until(
+            &self.0,
+            &snap.agent_id,
+            &snap.source,
+            snap.received_ms,
+        )?;
+        if until > now {
+            return Err(ApiError::FailedPrecondition(format!(
+                "snapshot {} is locked by policy {policy} until {}; nobody can delete it before",
+                &snap.id[..12],
+                when(until)
+            ))
+            .into());
+        }
         let ctl = self.0.clone();
         let id = snap.id.clone();
         tokio::task::spawn_blocking(move || ctl.store.delete_snapshot(&id))
@@ -729,6 +747,174 @@ impl OperatorApi for OperatorService {
             })
             .collect();
         Ok(Response::new(pb::AuditList { entries }))
+    }
+
+    async fn apply_policies(
+        &self,
+        req: Request<pb::ApplyPoliciesRequest>,
+    ) -> Result<Response<pb::ApplyPoliciesReply>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let req = req.into_inner();
+        let file = if req.file_name.is_empty() {
+            "policy"
+        } else {
+            req.file_name.as_str()
+        };
+        let policies = match crate::policy::parse_file(file, &req.text) {
+            Ok(p) => p,
+            Err(errors) => {
+                return Ok(Response::new(pb::ApplyPoliciesReply {
+                    changes: Vec::new(),
+                    errors,
+                }));
+            }
+        };
+        let existing: std::collections::HashMap<String, String> = self
+            .0
+            .catalog
+            .policies()?
+            .into_iter()
+            .map(|(n, spec, _)| (n, spec))
+            .collect();
+        let now = self.0.clock.now_ms();
+        let mut changes = Vec::new();
+        for p in policies {
+            let spec = serde_json::to_string(&p)
+                .map_err(|e| ApiError::internal(format!("encoding policy: {e}")))?;
+            let change = match existing.get(&p.name) {
+                None => "created",
+                Some(old) if *old == spec => "unchanged",
+                Some(_) => "changed",
+            };
+            if !req.dry_run && change != "unchanged" {
+                self.0.catalog.put_policy(&p.name, &spec, now)?;
+                self.0.audit.ok(
+                    &format!("operator:{admin}"),
+                    &format!(
+                        "policy.{}",
+                        if change == "created" {
+                            "create"
+                        } else {
+                            "change"
+                        }
+                    ),
+                    &p.name,
+                    serde_json::from_str(&spec).unwrap_or_default(),
+                );
+            }
+            changes.push(pb::PolicyChange {
+                name: p.name,
+                change: change.into(),
+            });
+        }
+        Ok(Response::new(pb::ApplyPoliciesReply {
+            changes,
+            errors: Vec::new(),
+        }))
+    }
+
+    async fn list_policies(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::PolicyList>, Status> {
+        auth::operator(&req)?;
+        let policies = self
+            .0
+            .catalog
+            .policies()?
+            .into_iter()
+            .map(|(name, spec_json, updated)| pb::PolicyInfo {
+                name,
+                spec_json,
+                updated_unix_ms: updated,
+            })
+            .collect();
+        Ok(Response::new(pb::PolicyList { policies }))
+    }
+
+    async fn delete_policy(
+        &self,
+        req: Request<pb::NameRef>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let name = req.into_inner().name;
+        if !self.0.catalog.delete_policy(&name)? {
+            return Err(ApiError::NotFound(format!(
+                "no policy {name:?}; `lifeboat policy list` shows them"
+            ))
+            .into());
+        }
+        self.0.audit.ok(
+            &format!("operator:{admin}"),
+            "policy.delete",
+            &name,
+            serde_json::json!({}),
+        );
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn prune(
+        &self,
+        req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneReply>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let dry_run = req.into_inner().dry_run;
+        let ctl = self.0.clone();
+        let actor = format!("operator:{admin}");
+        let outcomes = tokio::task::spawn_blocking(move || {
+            crate::retention::prune(&ctl, ctl.clock.now_ms(), dry_run, &actor)
+        })
+        .await
+        .map_err(ApiError::from)??;
+        Ok(Response::new(pb::PruneReply {
+            dry_run,
+            items: outcomes
+                .into_iter()
+                .map(|o| pb::PruneItem {
+                    snapshot_id: o.id,
+                    agent: o.agent,
+                    source: o.source,
+                    received_unix_ms: o.received_ms,
+                    removed: o.removed,
+                    reasons: o.reasons,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn protect_snapshot(
+        &self,
+        req: Request<pb::ProtectRequest>,
+    ) -> Result<Response<pb::Empty>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let req = req.into_inner();
+        let snap = self.0.catalog.find_snapshot(&req.snapshot)?;
+        self.0.catalog.set_protected(&snap.id, req.protect)?;
+        self.0.audit.ok(
+            &format!("operator:{admin}"),
+            if req.protect {
+                "snapshot.protect"
+            } else {
+                "snapshot.unprotect"
+            },
+            &snap.id,
+            serde_json::json!({ "agent": snap.agent_name, "source": snap.source }),
+        );
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_devices(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::DeviceList>, Status> {
+        auth::operator(&req)?;
+        let ctl = self.0.clone();
+        let devices = tokio::task::spawn_blocking(move || {
+            crate::scheduler::devices(&ctl, ctl.clock.now_ms())
+        })
+        .await
+        .map_err(ApiError::from)??;
+        Ok(Response::new(pb::DeviceList { devices }))
     }
 
     async fn verify_audit(

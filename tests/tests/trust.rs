@@ -38,6 +38,8 @@ const READ_RPCS: &[&str] = &[
     "ListIdentities",
     "ListAudit",
     "VerifyAudit",
+    "ListPolicies",
+    "ListDevices",
 ];
 const OPERATE_RPCS: &[&str] = &["StartBackup", "StartRestore"];
 const ADMIN_RPCS: &[&str] = &[
@@ -46,6 +48,10 @@ const ADMIN_RPCS: &[&str] = &[
     "RevokeIdentity",
     "RevokeAgent",
     "DeleteSnapshot",
+    "ApplyPolicies",
+    "DeletePolicy",
+    "Prune",
+    "ProtectSnapshot",
 ];
 
 fn all_rpcs() -> Vec<&'static str> {
@@ -131,6 +137,19 @@ async fn call(channel: &Channel, rpc: &str) -> Result<(), tonic::Status> {
         "RevokeAgent" => op.revoke_agent(pb::NameRef::default()).await.map(drop),
         "DeleteSnapshot" => op
             .delete_snapshot(pb::SnapshotRef::default())
+            .await
+            .map(drop),
+        "ListPolicies" => op.list_policies(pb::Empty {}).await.map(drop),
+        "ListDevices" => op.list_devices(pb::Empty {}).await.map(drop),
+        "ApplyPolicies" => op
+            .apply_policies(pb::ApplyPoliciesRequest::default())
+            .await
+            .map(drop),
+        "DeletePolicy" => op.delete_policy(pb::NameRef::default()).await.map(drop),
+        // A dry run: the matrix must not delete anything.
+        "Prune" => op.prune(pb::PruneRequest { dry_run: true }).await.map(drop),
+        "ProtectSnapshot" => op
+            .protect_snapshot(pb::ProtectRequest::default())
             .await
             .map(drop),
         other => panic!("no such rpc {other}"),

@@ -110,4 +110,23 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE tokens ADD COLUMN used INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 5: policies, the scheduler's last slot per (policy, agent), which policy made a job
+    // and how often it was retried, pinned snapshots.
+    r#"
+    CREATE TABLE policies (
+        name       TEXT PRIMARY KEY,
+        spec       TEXT NOT NULL,
+        updated_ms INTEGER NOT NULL
+    );
+    CREATE TABLE schedule (
+        policy       TEXT NOT NULL,
+        agent_id     TEXT NOT NULL,
+        last_slot_ms INTEGER NOT NULL,
+        PRIMARY KEY (policy, agent_id)
+    );
+    ALTER TABLE jobs ADD COLUMN policy TEXT NOT NULL DEFAULT '';
+    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_by_policy_state ON jobs(policy, state);
+    ALTER TABLE snapshots ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

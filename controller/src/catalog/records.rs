@@ -65,6 +65,16 @@ pub enum TokenCheck {
     Expired,
 }
 
+/// A snapshot as retention sees it.
+#[derive(Debug, Clone)]
+pub struct RetentionRow {
+    pub agent_id: String,
+    pub source: String,
+    pub id: String,
+    pub received_ms: i64,
+    pub protected: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct SnapshotRow {
     pub id: String,
@@ -121,6 +131,10 @@ pub struct JobRow {
     pub progress: Option<Vec<u8>>,
     pub error: String,
     pub snapshot_ids: Vec<String>,
+    /// The policy that scheduled it ("" for operator jobs).
+    pub policy: String,
+    /// How often it was retried after an interruption.
+    pub attempts: u32,
 }
 
 impl JobRow {
@@ -138,11 +152,13 @@ impl JobRow {
             progress: r.get(9)?,
             error: r.get(10)?,
             snapshot_ids: serde_json::from_str(&r.get::<_, String>(11)?).unwrap_or_default(),
+            policy: r.get(12)?,
+            attempts: r.get(13)?,
         })
     }
 }
 
-const JOB_COLS: &str = "id, kind, agent_id, state, detail, job, created_ms, started_ms, finished_ms, progress, error, snapshot_ids";
+const JOB_COLS: &str = "id, kind, agent_id, state, detail, job, created_ms, started_ms, finished_ms, progress, error, snapshot_ids, policy, attempts";
 
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
@@ -480,8 +496,8 @@ impl Catalog {
 
     pub fn insert_job(&self, j: &JobRow) -> Result<(), ApiError> {
         self.lock().execute(
-            &format!("INSERT INTO jobs({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
-            params![j.id, j.kind, j.agent_id, j.state, j.detail, j.job, j.created_ms, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids)],
+            &format!("INSERT INTO jobs({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+            params![j.id, j.kind, j.agent_id, j.state, j.detail, j.job, j.created_ms, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids), j.policy, j.attempts],
         )?;
         Ok(())
     }
@@ -521,10 +537,117 @@ impl Catalog {
 
     pub fn update_job(&self, j: &JobRow) -> Result<(), ApiError> {
         self.lock().execute(
-            "UPDATE jobs SET state = ?2, started_ms = ?3, finished_ms = ?4, progress = ?5, error = ?6, snapshot_ids = ?7 WHERE id = ?1",
-            params![j.id, j.state, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids)],
+            "UPDATE jobs SET state = ?2, started_ms = ?3, finished_ms = ?4, progress = ?5, error = ?6, snapshot_ids = ?7, attempts = ?8 WHERE id = ?1",
+            params![j.id, j.state, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids), j.attempts],
         )?;
         Ok(())
+    }
+
+    /// Jobs in any of `states` (oldest first).
+    pub fn jobs_in_states(&self, states: &[i32]) -> Result<Vec<JobRow>, ApiError> {
+        let list = states
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let conn = self.lock();
+        let mut st = conn.prepare(&format!(
+            "SELECT {JOB_COLS} FROM jobs WHERE state IN ({list}) ORDER BY created_ms, id"
+        ))?;
+        let rows = st
+            .query_map([], JobRow::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    // ---- policies and the scheduler ----
+
+    /// Stores a policy; returns whether it was new or changed.
+    pub fn put_policy(&self, name: &str, spec: &str, now_ms: i64) -> Result<bool, ApiError> {
+        let conn = self.lock();
+        let old: Option<String> = conn
+            .query_row("SELECT spec FROM policies WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if old.as_deref() == Some(spec) {
+            return Ok(false);
+        }
+        conn.execute(
+            "INSERT INTO policies(name, spec, updated_ms) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO UPDATE SET spec = ?2, updated_ms = ?3",
+            params![name, spec, now_ms],
+        )?;
+        Ok(true)
+    }
+
+    /// `(name, spec JSON, updated_ms)`, by name.
+    pub fn policies(&self) -> Result<Vec<(String, String, i64)>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT name, spec, updated_ms FROM policies ORDER BY name")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn delete_policy(&self, name: &str) -> Result<bool, ApiError> {
+        let conn = self.lock();
+        conn.execute("DELETE FROM schedule WHERE policy = ?1", [name])?;
+        Ok(conn.execute("DELETE FROM policies WHERE name = ?1", [name])? == 1)
+    }
+
+    /// The last slot the scheduler handled for `(policy, agent)`.
+    pub fn last_slot(&self, policy: &str, agent_id: &str) -> Result<Option<i64>, ApiError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT last_slot_ms FROM schedule WHERE policy = ?1 AND agent_id = ?2",
+                params![policy, agent_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub fn set_last_slot(
+        &self,
+        policy: &str,
+        agent_id: &str,
+        slot_ms: i64,
+    ) -> Result<(), ApiError> {
+        self.lock().execute(
+            "INSERT INTO schedule(policy, agent_id, last_slot_ms) VALUES (?1, ?2, ?3) ON CONFLICT(policy, agent_id) DO UPDATE SET last_slot_ms = ?3",
+            params![policy, agent_id, slot_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Pins or unpins a snapshot against retention.
+    pub fn set_protected(&self, id: &str, protected: bool) -> Result<(), ApiError> {
+        self.lock().execute(
+            "UPDATE snapshots SET protected = ?2 WHERE id = ?1",
+            params![id, protected],
+        )?;
+        Ok(())
+    }
+
+    /// Every snapshot as retention sees it, grouped by agent and source, newest first.
+    pub fn retention_view(&self) -> Result<Vec<RetentionRow>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT agent_id, source, id, received_ms, protected FROM snapshots ORDER BY agent_id, source, received_ms DESC",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok(RetentionRow {
+                    agent_id: r.get(0)?,
+                    source: r.get(1)?,
+                    id: r.get(2)?,
+                    received_ms: r.get(3)?,
+                    protected: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     /// Marks every job in `from` state as `to` with `reason` (start-up recovery).
