@@ -97,6 +97,8 @@ pub struct BackupContext {
     pub level: i32,
     pub full_reread: bool,
     pub counters: Arc<Counters>,
+    /// Chunks the store lost (scrub): files that used them are read again.
+    pub repair: HashSet<ChunkId>,
 }
 
 /// The outcome of one source's backup.
@@ -420,7 +422,7 @@ async fn backup_dir(
             })
             .unwrap_or_default();
         if let Some((_, t)) = &prev {
-            seen.extend(t.chunk_ids().copied());
+            seen.extend(t.chunk_ids().copied().filter(|id| !ctx.repair.contains(id)));
         }
         for (i, e) in entries
             .iter_mut()
@@ -430,7 +432,7 @@ async fn backup_dir(
             Counters::add(&counters.files_total, 1);
             Counters::add(&counters.bytes_total, e.size);
             match prev_files.get(e.path.as_slice()) {
-                Some(p) if unchanged(p, e) => {
+                Some(p) if unchanged(p, e) && !p.chunks.iter().any(|c| ctx.repair.contains(c)) => {
                     e.chunks = p.chunks.clone();
                     e.content_hash = p.content_hash;
                     e.sparse = p.sparse || e.sparse;

@@ -309,6 +309,11 @@ async fn run_job(
                 level: shared.config.compression_level,
                 full_reread: b.full_reread,
                 counters,
+                repair: b
+                    .repair_chunks
+                    .iter()
+                    .filter_map(|id| lifeboat_core::ChunkId::from_slice(id).ok())
+                    .collect(),
             };
             let mut ids = Vec::new();
             for name in &b.sources {

@@ -373,6 +373,63 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 println!("{verb} {removed} of {} snapshots", r.items.len());
             }
         }
+        Cmd::Verify {
+            sample,
+            snapshot,
+            json,
+        } => {
+            let r = api
+                .verify(pb::VerifyRequest {
+                    sample_percent: sample.unwrap_or(0),
+                    snapshot: snapshot.unwrap_or_default(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if json.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "packs": r.packs, "chunks": r.chunks, "bytes": r.bytes,
+                        "bad": r.bad.iter().map(|b| serde_json::json!({"chunk": b.id, "pack": b.pack, "reason": b.reason})).collect::<Vec<_>>(),
+                        "affected_snapshots": r.affected.iter().map(|a| serde_json::json!({"id": a.id, "agent": a.agent, "source": a.source})).collect::<Vec<_>>(),
+                        "healed": r.healed, "unhealed": r.unhealed, "coverage_percent": r.coverage_percent,
+                    })
+                );
+            } else {
+                println!(
+                    "read {} chunks ({}) in {} packs: {} bad",
+                    r.chunks,
+                    bytes(r.bytes),
+                    r.packs,
+                    r.bad.len()
+                );
+                for b in r.bad.iter().take(50) {
+                    println!("  {} in pack {}: {}", b.id, b.pack, b.reason);
+                }
+                for a in &r.affected {
+                    println!(
+                        "  affects snapshot {} ({} {})",
+                        &a.id[..12.min(a.id.len())],
+                        a.agent,
+                        a.source
+                    );
+                }
+                if r.healed + r.unhealed > 0 {
+                    println!(
+                        "bad chunks healed by later backups: {}; still missing: {} (back up the affected sources to heal them)",
+                        r.healed, r.unhealed
+                    );
+                }
+                println!(
+                    "coverage: {:.1}% of stored bytes read back within the scrub period",
+                    r.coverage_percent
+                );
+            }
+            if !r.bad.is_empty() {
+                return Ok(2);
+            }
+        }
         Cmd::Devices(json) => {
             let devices = api
                 .list_devices(pb::Empty {})

@@ -144,6 +144,17 @@ pub enum Cmd {
     },
     /// Per device and source: the last backup, its age against the policy (RPO), overdue ones.
     Devices(Json),
+    /// Read stored chunks back and recompute their ids (scrub). Exits 2 when any is bad.
+    Verify {
+        /// Only about this percentage of the packs, chosen at random.
+        #[arg(long, value_name = "PERCENT")]
+        sample: Option<u32>,
+        /// Only the chunks of this snapshot.
+        #[arg(long)]
+        snapshot: Option<String>,
+        #[command(flatten)]
+        json: Json,
+    },
     /// Operator identities and their roles (viewer, operator, admin).
     Identity {
         #[command(subcommand)]

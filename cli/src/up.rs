@@ -40,6 +40,7 @@ pub async fn up(
             agent_cert_lifetime: lifeboat_controller::setup::DEFAULT_AGENT_CERT_LIFETIME,
             max_concurrent_jobs: 32,
             prune_every: Some(std::time::Duration::from_secs(3600)),
+            scrub_period: Some(std::time::Duration::from_secs(30 * 86_400)),
         },
         listener,
         None,

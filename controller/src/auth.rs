@@ -126,6 +126,7 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.OperatorApi/ListDevices", READERS),
     ("/lifeboat.v1.OperatorApi/StartBackup", OPERATORS),
     ("/lifeboat.v1.OperatorApi/StartRestore", OPERATORS),
+    ("/lifeboat.v1.OperatorApi/Verify", OPERATORS),
     ("/lifeboat.v1.OperatorApi/CreateToken", ADMINS),
     ("/lifeboat.v1.OperatorApi/CreateIdentity", ADMINS),
     ("/lifeboat.v1.OperatorApi/RevokeIdentity", ADMINS),

@@ -23,6 +23,7 @@ pub mod policy;
 pub mod rebuild;
 pub mod retention;
 pub mod scheduler;
+pub mod scrub;
 pub mod setup;
 pub mod store;
 
@@ -82,6 +83,8 @@ pub struct Controller {
     pub clock: Arc<dyn Clock>,
     /// Jobs queued or running at once, fleet-wide, that the scheduler starts up to.
     pub max_concurrent_jobs: u32,
+    /// Every stored pack is read back at least once per this period.
+    pub scrub_period_ms: i64,
 }
 
 /// `lifeboat-controller serve` settings, validated.
@@ -95,6 +98,9 @@ pub struct ServeConfig {
     pub max_concurrent_jobs: u32,
     /// How often retention runs on its own (None: only `lifeboat prune`).
     pub prune_every: Option<Duration>,
+    /// Every stored pack is read back at least once per this period (None: only
+    /// `lifeboat verify`).
+    pub scrub_period: Option<Duration>,
 }
 
 /// A controller bound to its ports, ready to serve.
@@ -108,6 +114,7 @@ pub struct Running {
     server_tls: ServerTls,
     http_tls: Arc<rustls::ServerConfig>,
     prune_every: Option<Duration>,
+    scrub: bool,
     _lock: OwnedFd,
 }
 
@@ -203,6 +210,10 @@ pub fn start_with_clock(
         agent_cert_lifetime: cfg.agent_cert_lifetime,
         clock,
         max_concurrent_jobs: cfg.max_concurrent_jobs,
+        scrub_period_ms: cfg
+            .scrub_period
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(30 * 86_400_000),
     });
     Ok(Running {
         ctl,
@@ -214,6 +225,7 @@ pub fn start_with_clock(
         server_tls,
         http_tls,
         prune_every: cfg.prune_every,
+        scrub: cfg.scrub_period.is_some(),
         _lock: lock,
     })
 }
@@ -309,6 +321,37 @@ impl Running {
                 }
             })
         });
+        // Scrub a slice every hour, sized so every pack is read within the period.
+        let scrub = self.scrub.then(|| {
+            let ctl = ctl.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    let c = ctl.clone();
+                    let res = tokio::task::spawn_blocking(move || {
+                        let (_, _, _, stored) = c.catalog.totals()?;
+                        let hours = (c.scrub_period_ms / 3_600_000).max(1) as u64;
+                        let budget = stored.div_ceil(hours).max(64 << 20);
+                        scrub::scrub(&c, scrub::Scope::Budget(budget), c.scrub_period_ms)
+                    })
+                    .await;
+                    match res {
+                        Ok(Ok(r)) if !r.bad.is_empty() => tracing::error!(
+                            bad = r.bad.len(),
+                            snapshots = r.affected.len(),
+                            "scrub found bad chunks; run `lifeboat verify`"
+                        ),
+                        Ok(Ok(r)) => {
+                            tracing::info!(packs = r.packs, coverage = r.coverage, "scrub")
+                        }
+                        Ok(Err(e)) => tracing::error!(error = %e, "scrub failed"),
+                        Err(e) => tracing::error!(error = %e, "scrub task failed"),
+                    }
+                }
+            })
+        });
         let max = lifeboat_proto::MAX_MESSAGE_BYTES;
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -358,8 +401,8 @@ impl Running {
         }
         anchor.abort();
         schedule.abort();
-        if let Some(p) = prune {
-            p.abort();
+        for t in [prune, scrub].into_iter().flatten() {
+            t.abort();
         }
         let ctl2 = ctl.clone();
         tokio::task::spawn_blocking(move || {

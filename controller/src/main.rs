@@ -43,6 +43,10 @@ enum Cmd {
         /// How often retention runs on its own (0s: only `lifeboat prune`).
         #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
         prune_every: std::time::Duration,
+        /// Read every stored chunk back at least once per this period (0s: only
+        /// `lifeboat verify`).
+        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+        scrub_period: std::time::Duration,
     },
     /// Rebuild the chunk index and snapshot list from the store alone (controller stopped).
     RebuildCatalog {
@@ -75,6 +79,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             agent_cert_lifetime,
             max_concurrent_jobs,
             prune_every,
+            scrub_period,
         } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -94,6 +99,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     agent_cert_lifetime,
                     max_concurrent_jobs,
                     prune_every: (!prune_every.is_zero()).then_some(prune_every),
+                    scrub_period: (!scrub_period.is_zero()).then_some(scrub_period),
                 },
                 listener,
                 http,

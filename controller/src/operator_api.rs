@@ -80,6 +80,16 @@ impl OperatorService {
     }
 }
 
+/// The chunks scrub found bad that no backup has stored again yet, for backup jobs.
+pub fn repair_chunks(ctl: &Controller) -> Result<Vec<Vec<u8>>, ApiError> {
+    Ok(ctl
+        .catalog
+        .unhealed_chunks(100_000)?
+        .iter()
+        .map(|id| id.as_bytes().to_vec())
+        .collect())
+}
+
 /// A time for messages (RFC 3339, seconds).
 fn when(unix_ms: i64) -> String {
     if unix_ms <= 0 {
@@ -426,6 +436,7 @@ impl OperatorApi for OperatorService {
         let detail = format!("sources {}", sources.join(","));
         let full = req.full_reread;
         let consistency = req.consistency;
+        let repair = repair_chunks(&self.0)?;
         let row = self
             .0
             .jobs
@@ -436,6 +447,7 @@ impl OperatorApi for OperatorService {
                     full_reread: full,
                     consistency,
                     hook,
+                    repair_chunks: repair,
                 })),
             })?;
         tracing::info!(%operator, agent = %agent.name, job = %row.id, "backup requested");
@@ -915,6 +927,28 @@ impl OperatorApi for OperatorService {
         .await
         .map_err(ApiError::from)??;
         Ok(Response::new(pb::DeviceList { devices }))
+    }
+
+    async fn verify(
+        &self,
+        req: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyReply>, Status> {
+        let (operator, _) = auth::operator(&req)?;
+        let req = req.into_inner();
+        let scope = if !req.snapshot.is_empty() {
+            crate::scrub::Scope::Snapshot(req.snapshot)
+        } else if req.sample_percent > 0 {
+            crate::scrub::Scope::Sample(req.sample_percent.min(100))
+        } else {
+            crate::scrub::Scope::All
+        };
+        tracing::info!(%operator, ?scope, "verify requested");
+        let ctl = self.0.clone();
+        let period = self.0.scrub_period_ms;
+        let report = tokio::task::spawn_blocking(move || crate::scrub::scrub(&ctl, scope, period))
+            .await
+            .map_err(ApiError::from)??;
+        Ok(Response::new(crate::scrub::to_pb(&report)))
     }
 
     async fn verify_audit(

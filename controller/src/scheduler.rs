@@ -222,6 +222,7 @@ pub fn tick(ctl: &Controller, now_ms: i64) -> Result<TickReport, ApiError> {
                 timeout_seconds: h.timeout_s,
             });
             let consistency = p.consistency.clone();
+            let repair = crate::operator_api::repair_chunks(ctl)?;
             let row = ctl
                 .jobs
                 .submit(a, "backup", detail, &p.name, |id| pb::Job {
@@ -231,6 +232,7 @@ pub fn tick(ctl: &Controller, now_ms: i64) -> Result<TickReport, ApiError> {
                         full_reread: false,
                         consistency,
                         hook,
+                        repair_chunks: repair,
                     })),
                 })?;
             ctl.catalog.set_last_slot(&p.name, &a.id, slot)?;

@@ -70,7 +70,7 @@ impl Store {
         &self.root
     }
 
-    fn packs_dir(&self) -> PathBuf {
+    pub fn packs_dir(&self) -> PathBuf {
         self.root.join("packs")
     }
 

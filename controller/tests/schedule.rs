@@ -90,6 +90,7 @@ async fn a_simulated_week() {
             agent_cert_lifetime: std::time::Duration::from_secs(86_400),
             max_concurrent_jobs: 5,
             prune_every: None,
+            scrub_period: None,
         },
         listener,
         None,

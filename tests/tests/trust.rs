@@ -41,7 +41,7 @@ const READ_RPCS: &[&str] = &[
     "ListPolicies",
     "ListDevices",
 ];
-const OPERATE_RPCS: &[&str] = &["StartBackup", "StartRestore"];
+const OPERATE_RPCS: &[&str] = &["StartBackup", "StartRestore", "Verify"];
 const ADMIN_RPCS: &[&str] = &[
     "CreateToken",
     "CreateIdentity",
@@ -140,6 +140,7 @@ async fn call(channel: &Channel, rpc: &str) -> Result<(), tonic::Status> {
             .await
             .map(drop),
         "ListPolicies" => op.list_policies(pb::Empty {}).await.map(drop),
+        "Verify" => op.verify(pb::VerifyRequest::default()).await.map(drop),
         "ListDevices" => op.list_devices(pb::Empty {}).await.map(drop),
         "ApplyPolicies" => op
             .apply_policies(pb::ApplyPoliciesRequest::default())

@@ -129,4 +129,16 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_by_policy_state ON jobs(policy, state);
     ALTER TABLE snapshots ADD COLUMN protected INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 6: scrub: when each pack was last read back whole, and the chunks found bad (dropped
+    // from the index until a backup stores them again).
+    r#"
+    ALTER TABLE packs ADD COLUMN verified_ms INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE bad_chunks (
+        id        BLOB PRIMARY KEY,
+        pack      TEXT NOT NULL,
+        reason    TEXT NOT NULL,
+        found_ms  INTEGER NOT NULL,
+        healed_ms INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    "#,
 ];

@@ -1,0 +1,221 @@
+//! Scrub: read stored chunks back and recompute their ids.
+//!
+//! A chunk that is missing (its pack gone or cut short) or corrupt (its bytes no longer
+//! hash to its id) is recorded in `bad_chunks` and dropped from the chunk index. From then
+//! on the store says it lacks that chunk, so the next backup of a source that still has the
+//! data uploads it again (every backup job carries the unhealed ids, so the agent re-reads
+//! the files that used them); the stored copy is then marked healed. Commits check that
+//! every referenced chunk is indexed, so no new snapshot can lean on a bad chunk.
+//!
+//! `lifeboat verify` scrubs everything, a sample of packs, or one snapshot's chunks; the
+//! controller also scrubs on its own, oldest-verified packs first, so that every pack is
+//! read at least once per period (default 30 days).
+
+use std::collections::{BTreeMap, HashSet};
+
+use lifeboat_core::{ChunkId, codec, pack};
+use lifeboat_proto::pb;
+
+use crate::Controller;
+use crate::error::ApiError;
+
+/// What to read.
+#[derive(Debug, Clone)]
+pub enum Scope {
+    All,
+    /// About this percentage of the packs, chosen at random.
+    Sample(u32),
+    /// The chunks one snapshot references.
+    Snapshot(String),
+    /// Oldest-verified packs first, up to this many bytes (the scheduled scrub).
+    Budget(u64),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub packs: u64,
+    pub chunks: u64,
+    pub bytes: u64,
+    /// `(chunk, pack, why)` of every bad chunk found by this run.
+    pub bad: Vec<(ChunkId, String, String)>,
+    /// Snapshots that reference a bad chunk: `(id, agent, source)`.
+    pub affected: Vec<(String, String, String)>,
+    /// Bad chunks (ever) stored again by a later backup, and those still missing.
+    pub healed: u64,
+    pub unhealed: u64,
+    /// Percentage of stored bytes verified within the scrub period.
+    pub coverage: f64,
+}
+
+/// Verifies every chunk the index places in `pack_name`; returns the bad ones.
+fn check_pack(
+    ctl: &Controller,
+    pack_name: &str,
+    report: &mut Report,
+) -> Result<Vec<(ChunkId, String)>, ApiError> {
+    let entries = ctl.catalog.chunks_in_pack(pack_name)?;
+    let path = pack::pack_path(&ctl.store.packs_dir(), pack_name);
+    let file = std::fs::File::open(&path);
+    let mut bad = Vec::new();
+    for (id, offset, length) in entries {
+        report.chunks += 1;
+        let verdict = match &file {
+            Err(e) => Err(format!("pack {pack_name} cannot be opened: {e}")),
+            Ok(f) => match pack::read_blob(f, offset, length) {
+                Err(e) => Err(format!("missing: {e}")),
+                Ok(blob) => {
+                    report.bytes += blob.len() as u64;
+                    codec::decode_verified(&ctl.chunk_key, &id, &blob)
+                        .map(drop)
+                        .map_err(|e| format!("corrupt: {e}"))
+                }
+            },
+        };
+        if let Err(why) = verdict {
+            bad.push((id, why));
+        }
+    }
+    report.packs += 1;
+    Ok(bad)
+}
+
+/// Runs a scrub. Bad chunks leave the index (so they get uploaded again) and are recorded.
+pub fn scrub(ctl: &Controller, scope: Scope, period_ms: i64) -> Result<Report, ApiError> {
+    let now = ctl.clock.now_ms();
+    let mut report = Report::default();
+    let mut bad: Vec<(ChunkId, String, String)> = Vec::new();
+    match &scope {
+        Scope::Snapshot(prefix) => {
+            let snap = ctl.catalog.find_snapshot(prefix)?;
+            let env = ctl.store.read_snapshot(&snap.id)?;
+            let record = lifeboat_core::snapshot::Record::parse(&env.record)?;
+            let mut ids: Vec<ChunkId> = record.tree_chunks()?;
+            match crate::agent_api::load_tree(ctl, &record) {
+                Ok(tree) => ids.extend(tree.chunk_ids().copied()),
+                Err(e) => bad.push((ids[0], String::new(), format!("tree unreadable: {e}"))),
+            }
+            let mut seen = HashSet::new();
+            for id in ids.into_iter().filter(|i| seen.insert(*i)) {
+                report.chunks += 1;
+                match ctl.catalog.chunk_location(&id)? {
+                    None => bad.push((id, String::new(), "missing: not in the store".into())),
+                    Some((pack_name, _, _)) => match ctl.store.read_blob(&id) {
+                        Ok(blob) => {
+                            report.bytes += blob.len() as u64;
+                            if let Err(e) = codec::decode_verified(&ctl.chunk_key, &id, &blob) {
+                                bad.push((id, pack_name, format!("corrupt: {e}")));
+                            }
+                        }
+                        Err(e) => bad.push((id, pack_name, format!("missing: {e}"))),
+                    },
+                }
+            }
+        }
+        _ => {
+            let mut packs = ctl.catalog.packs_by_verified()?;
+            match scope {
+                Scope::Sample(p) => {
+                    let keep = |name: &str| {
+                        let h = blake3::hash(format!("{name}{now}").as_bytes());
+                        (u32::from(h.as_bytes()[0]) * 100 / 256) < p.min(100)
+                    };
+                    packs.retain(|(name, _, _)| keep(name));
+                }
+                Scope::Budget(budget) => {
+                    let mut used = 0u64;
+                    packs.retain(|(_, size, _)| {
+                        let take = used < budget;
+                        used += *size;
+                        take
+                    });
+                }
+                _ => {}
+            }
+            for (name, _, _) in packs {
+                let found = check_pack(ctl, &name, &mut report)?;
+                if found.is_empty() {
+                    ctl.catalog.set_pack_verified(&name, now)?;
+                }
+                bad.extend(found.into_iter().map(|(id, why)| (id, name.clone(), why)));
+            }
+        }
+    }
+    for (id, pack_name, why) in &bad {
+        ctl.catalog.mark_bad_chunk(id, pack_name, why, now)?;
+    }
+    if !bad.is_empty() {
+        let ids: HashSet<ChunkId> = bad.iter().map(|(id, _, _)| *id).collect();
+        report.affected = affected_snapshots(ctl, &ids)?;
+        ctl.audit.ok(
+            "controller:scrub",
+            "scrub.bad_chunks",
+            "",
+            serde_json::json!({
+                "bad": bad.len(),
+                "chunks": bad.iter().take(100).map(|(id, p, why)| serde_json::json!({"chunk": id.to_hex(), "pack": p, "reason": why})).collect::<Vec<_>>(),
+                "snapshots": report.affected.iter().map(|(s, _, _)| s.clone()).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    report.bad = bad;
+    (report.healed, report.unhealed) = ctl.catalog.bad_chunk_counts()?;
+    report.coverage = ctl.catalog.verified_coverage(now - period_ms)?;
+    Ok(report)
+}
+
+/// Snapshots whose tree (or the tree itself) uses any of `ids`.
+fn affected_snapshots(
+    ctl: &Controller,
+    ids: &HashSet<ChunkId>,
+) -> Result<Vec<(String, String, String)>, ApiError> {
+    let mut out = BTreeMap::new();
+    for s in ctl.catalog.snapshots(None, None)? {
+        let hit = match ctl.store.read_snapshot(&s.id) {
+            Ok(env) => match lifeboat_core::snapshot::Record::parse(&env.record) {
+                Ok(record) => {
+                    record.tree_chunks()?.iter().any(|c| ids.contains(c))
+                        || match crate::agent_api::load_tree(ctl, &record) {
+                            Ok(tree) => tree.chunk_ids().any(|c| ids.contains(c)),
+                            Err(_) => true,
+                        }
+                }
+                Err(_) => true,
+            },
+            Err(_) => true,
+        };
+        if hit {
+            out.insert(s.id.clone(), (s.id, s.agent_name, s.source));
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// The report as the API sends it.
+pub fn to_pb(r: &Report) -> pb::VerifyReply {
+    pb::VerifyReply {
+        packs: r.packs,
+        chunks: r.chunks,
+        bytes: r.bytes,
+        bad: r
+            .bad
+            .iter()
+            .map(|(id, pack, why)| pb::BadChunk {
+                id: id.to_hex(),
+                pack: pack.clone(),
+                reason: why.clone(),
+            })
+            .collect(),
+        affected: r
+            .affected
+            .iter()
+            .map(|(id, agent, source)| pb::AffectedSnapshot {
+                id: id.clone(),
+                agent: agent.clone(),
+                source: source.clone(),
+            })
+            .collect(),
+        healed: r.healed,
+        unhealed: r.unhealed,
+        coverage_percent: r.coverage,
+    }
+}
