@@ -894,7 +894,16 @@ async fn commit(
             record: record_bytes,
             signature,
         })
-        .await?
+        .await
+        .inspect_err(|status| {
+            // The store lacks chunks our change-detection cache said it had (reclaimed after
+            // a long pause, or found bad): forget the cache, so the next run reads anew.
+            if status.code() == tonic::Code::FailedPrecondition
+                && status.message().contains("chunks the store does not have")
+            {
+                let _ = std::fs::remove_file(ctx.state.cache_path(&source));
+            }
+        })?
         .into_inner();
     tracing::info!(%source, elapsed_ms = clock.elapsed().as_millis() as u64, "snapshot committed");
     if cache {

@@ -430,6 +430,41 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 return Ok(2);
             }
         }
+        Cmd::Gc { dry_run, json } => {
+            let r = api
+                .gc(pb::GcRequest {
+                    dry_run,
+                    ..Default::default()
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if json.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"dry_run": r.dry_run, "referenced": r.referenced, "swept": r.swept, "leased": r.leased,
+                        "packs_compacted": r.packs_compacted, "packs_deleted": r.packs_deleted, "bytes_reclaimed": r.bytes_reclaimed})
+                );
+            } else {
+                let verb = if r.dry_run {
+                    "would reclaim"
+                } else {
+                    "reclaimed"
+                };
+                println!(
+                    "{verb} {} unreferenced chunks ({} kept: uploaded within the lease); {} chunks referenced",
+                    r.swept, r.leased, r.referenced
+                );
+                if !r.dry_run {
+                    println!(
+                        "compacted {} packs, deleted {}, {} freed",
+                        r.packs_compacted,
+                        r.packs_deleted,
+                        bytes(r.bytes_reclaimed)
+                    );
+                }
+            }
+        }
         Cmd::Devices(json) => {
             let devices = api
                 .list_devices(pb::Empty {})

@@ -144,6 +144,15 @@ pub enum Cmd {
     },
     /// Per device and source: the last backup, its age against the policy (RPO), overdue ones.
     Devices(Json),
+    /// Reclaim chunks no snapshot references and compact packs (admin; also runs after
+    /// the scheduled retention). Safe beside running backups.
+    Gc {
+        /// Count what would be reclaimed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: Json,
+    },
     /// Read stored chunks back and recompute their ids (scrub). Exits 2 when any is bad.
     Verify {
         /// Only about this percentage of the packs, chosen at random.

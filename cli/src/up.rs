@@ -41,6 +41,7 @@ pub async fn up(
             max_concurrent_jobs: 32,
             prune_every: Some(std::time::Duration::from_secs(3600)),
             scrub_period: Some(std::time::Duration::from_secs(30 * 86_400)),
+            gc_lease: std::time::Duration::from_secs(6 * 3600),
         },
         listener,
         None,

@@ -319,6 +319,8 @@ impl AgentApi for AgentService {
         let raw_record = req.record;
         let row = tokio::task::spawn_blocking(move || -> Result<SnapshotRow, ApiError> {
             ctl.store.flush()?;
+            // With GC's sweep held off, until the snapshot is listed.
+            let _commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
             check_tree_complete(&ctl, &record)?;
             let env = Envelope::countersign(
                 raw_record,
@@ -422,7 +424,7 @@ fn check_tree_complete(ctl: &Controller, record: &Record) -> Result<(), ApiError
         let missing = ctl.catalog.unknown_chunks(batch)?;
         if let Some(first) = missing.first() {
             return Err(ApiError::FailedPrecondition(format!(
-                "snapshot references {} chunks the store does not have (first: {first}); run the backup again with a full re-read",
+                "snapshot references {} chunks the store does not have (first: {first}): they were reclaimed (a backup paused past the GC lease) or found bad; the backup runs again and uploads them",
                 missing.len()
             )));
         }

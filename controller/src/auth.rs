@@ -135,6 +135,7 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.OperatorApi/ApplyPolicies", ADMINS),
     ("/lifeboat.v1.OperatorApi/DeletePolicy", ADMINS),
     ("/lifeboat.v1.OperatorApi/Prune", ADMINS),
+    ("/lifeboat.v1.OperatorApi/Gc", ADMINS),
     ("/lifeboat.v1.OperatorApi/ProtectSnapshot", ADMINS),
 ];
 

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod catalog;
 pub mod enroll;
 mod error;
+pub mod gc;
 pub mod http;
 pub mod jobs;
 pub mod operator_api;
@@ -85,6 +86,11 @@ pub struct Controller {
     pub max_concurrent_jobs: u32,
     /// Every stored pack is read back at least once per this period.
     pub scrub_period_ms: i64,
+    /// Chunks uploaded within this window are never swept by GC (a running backup's lease).
+    pub gc_lease_ms: i64,
+    /// Held by commits (check that every chunk is indexed, then list the snapshot) and by
+    /// GC's sweep, so neither sees the other half done.
+    pub commit_lock: std::sync::Mutex<()>,
 }
 
 /// `lifeboat-controller serve` settings, validated.
@@ -101,6 +107,8 @@ pub struct ServeConfig {
     /// Every stored pack is read back at least once per this period (None: only
     /// `lifeboat verify`).
     pub scrub_period: Option<Duration>,
+    /// GC never sweeps chunks uploaded within this window.
+    pub gc_lease: Duration,
 }
 
 /// A controller bound to its ports, ready to serve.
@@ -214,6 +222,8 @@ pub fn start_with_clock(
             .scrub_period
             .map(|d| d.as_millis() as i64)
             .unwrap_or(30 * 86_400_000),
+        gc_lease_ms: cfg.gc_lease.as_millis() as i64,
+        commit_lock: std::sync::Mutex::new(()),
     });
     Ok(Running {
         ctl,
@@ -307,13 +317,22 @@ impl Running {
                     tick.tick().await;
                     let c = ctl.clone();
                     let res = tokio::task::spawn_blocking(move || {
-                        retention::prune(&c, c.clock.now_ms(), false, "controller:retention")
+                        let o =
+                            retention::prune(&c, c.clock.now_ms(), false, "controller:retention")?;
+                        let g = gc::gc(&c, c.clock.now_ms(), c.gc_lease_ms, 0.5, false)?;
+                        Ok::<_, ApiError>((o, g))
                     })
                     .await;
                     match res {
-                        Ok(Ok(o)) => {
+                        Ok(Ok((o, g))) => {
                             let n = o.iter().filter(|x| x.removed).count();
-                            tracing::info!(removed = n, kept = o.len() - n, "retention ran");
+                            tracing::info!(
+                                removed = n,
+                                kept = o.len() - n,
+                                swept = g.swept,
+                                reclaimed = g.bytes_reclaimed,
+                                "retention and GC ran"
+                            );
                         }
                         Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
                         Err(e) => tracing::error!(error = %e, "retention task failed"),

@@ -47,6 +47,10 @@ enum Cmd {
         /// `lifeboat verify`).
         #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
         scrub_period: std::time::Duration,
+        /// GC never reclaims chunks uploaded within this window: a backup paused longer is
+        /// refused at commit and runs again.
+        #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+        gc_lease: std::time::Duration,
     },
     /// Rebuild the chunk index and snapshot list from the store alone (controller stopped).
     RebuildCatalog {
@@ -80,6 +84,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             max_concurrent_jobs,
             prune_every,
             scrub_period,
+            gc_lease,
         } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -100,6 +105,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     max_concurrent_jobs,
                     prune_every: (!prune_every.is_zero()).then_some(prune_every),
                     scrub_period: (!scrub_period.is_zero()).then_some(scrub_period),
+                    gc_lease,
                 },
                 listener,
                 http,

@@ -951,6 +951,38 @@ impl OperatorApi for OperatorService {
         Ok(Response::new(crate::scrub::to_pb(&report)))
     }
 
+    async fn gc(&self, req: Request<pb::GcRequest>) -> Result<Response<pb::GcReply>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let req = req.into_inner();
+        let below = if req.compact_below > 0.0 {
+            req.compact_below.min(1.0)
+        } else {
+            0.5
+        };
+        tracing::info!(%admin, dry_run = req.dry_run, "gc requested");
+        let ctl = self.0.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            crate::gc::gc(
+                &ctl,
+                ctl.clock.now_ms(),
+                ctl.gc_lease_ms,
+                below,
+                req.dry_run,
+            )
+        })
+        .await
+        .map_err(ApiError::from)??;
+        Ok(Response::new(pb::GcReply {
+            referenced: r.referenced,
+            swept: r.swept,
+            leased: r.leased,
+            packs_compacted: r.packs_compacted,
+            packs_deleted: r.packs_deleted,
+            bytes_reclaimed: r.bytes_reclaimed,
+            dry_run: req.dry_run,
+        }))
+    }
+
     async fn verify_audit(
         &self,
         req: Request<pb::Empty>,

@@ -235,6 +235,36 @@ impl Store {
     }
 
     /// Every pack file in the store.
+    /// Where packs are written before they are sealed.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    /// Deletes a pack file (durably) and its catalog row; its chunks must no longer be
+    /// indexed there.
+    pub fn delete_pack(&self, name: &str) -> Result<(), ApiError> {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        let path = pack::pack_path(&self.packs_dir(), name);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    lifeboat_core::durable::sync_dir(dir)?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ApiError::internal(format!(
+                    "deleting {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+        self.catalog.delete_pack_row(name)
+    }
+
     pub fn pack_paths(&self) -> Result<Vec<PathBuf>, ApiError> {
         let mut out = Vec::new();
         let io = |e: std::io::Error| ApiError::internal(format!("listing packs: {e}"));

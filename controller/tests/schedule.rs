@@ -91,6 +91,7 @@ async fn a_simulated_week() {
             max_concurrent_jobs: 5,
             prune_every: None,
             scrub_period: None,
+            gc_lease: std::time::Duration::from_secs(3600),
         },
         listener,
         None,

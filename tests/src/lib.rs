@@ -67,6 +67,8 @@ pub struct Fleet {
     controller: Option<Child>,
     /// Extra `lifeboat-controller serve` arguments, kept across restarts.
     serve_args: Vec<String>,
+    /// Extra environment for the next controller start (e.g. `LIFEBOAT_CRASH_AT`).
+    pub controller_env: Vec<(String, String)>,
     agents: Vec<(String, Child)>,
 }
 
@@ -116,6 +118,7 @@ impl Fleet {
             dir,
             controller: None,
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
+            controller_env: Vec::new(),
             agents: Vec::new(),
         };
         fleet.start_controller();
@@ -129,17 +132,28 @@ impl Fleet {
     /// (Re)starts the controller on the same data directory.
     pub fn start_controller(&mut self) {
         let log = std::fs::File::create(self.path("controller.log")).expect("log file");
+        // A restart keeps the port, so running agents find their controller again.
+        let listen = self
+            .url
+            .rsplit_once(':')
+            .map(|(_, port)| format!("127.0.0.1:{port}"))
+            .unwrap_or_else(|| "127.0.0.1:0".into());
         let mut child = bin("lifeboat-controller")
             .args([
                 "serve",
                 "--listen",
-                "127.0.0.1:0",
+                &listen,
                 "--http",
                 "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(self.path("ctl"))
             .args(&self.serve_args)
+            .envs(
+                self.controller_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .env("LIFEBOAT_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log)
@@ -189,6 +203,24 @@ impl Fleet {
                 self.controller_log()
             );
         }
+    }
+
+    /// Waits for a controller that is ending on its own (a crash test) and returns how it
+    /// ended.
+    pub fn wait_controller_exit(&mut self) -> std::process::ExitStatus {
+        let mut c = self.controller.take().expect("a controller runs");
+        c.wait().expect("wait controller")
+    }
+
+    /// Sends `signal` to agent `name`'s process (SIGSTOP pauses it mid-backup).
+    pub fn signal_agent(&self, name: &str, signal: rustix::process::Signal) {
+        let (_, child) = self
+            .agents
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("agent is running");
+        rustix::process::kill_process(rustix::process::Pid::from_child(child), signal)
+            .expect("signal agent");
     }
 
     pub fn controller_log(&self) -> String {

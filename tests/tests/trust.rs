@@ -52,6 +52,7 @@ const ADMIN_RPCS: &[&str] = &[
     "DeletePolicy",
     "Prune",
     "ProtectSnapshot",
+    "Gc",
 ];
 
 fn all_rpcs() -> Vec<&'static str> {
@@ -141,6 +142,14 @@ async fn call(channel: &Channel, rpc: &str) -> Result<(), tonic::Status> {
             .map(drop),
         "ListPolicies" => op.list_policies(pb::Empty {}).await.map(drop),
         "Verify" => op.verify(pb::VerifyRequest::default()).await.map(drop),
+        // A dry run: the matrix must not reclaim anything.
+        "Gc" => op
+            .gc(pb::GcRequest {
+                dry_run: true,
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         "ListDevices" => op.list_devices(pb::Empty {}).await.map(drop),
         "ApplyPolicies" => op
             .apply_policies(pb::ApplyPoliciesRequest::default())

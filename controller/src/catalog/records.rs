@@ -378,6 +378,92 @@ impl Catalog {
         Ok(())
     }
 
+    /// Ids of every snapshot in the catalog.
+    pub fn snapshot_ids(&self) -> Result<Vec<String>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT id FROM snapshots")?;
+        let rows = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// `(chunk, pack, pack created_ms)` of every indexed chunk.
+    pub fn indexed_chunks(&self) -> Result<Vec<(ChunkId, String, i64)>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT c.id, c.pack, COALESCE(p.created_ms, 0) FROM chunks c LEFT JOIN packs p ON p.name = c.pack",
+        )?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, p, c)| Ok((ChunkId::from_slice(&id)?, p, c)))
+            .collect()
+    }
+
+    /// Drops chunks from the index (GC's sweep), in one transaction.
+    pub fn unindex_chunks(&self, ids: &[ChunkId]) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare("DELETE FROM chunks WHERE id = ?1")?;
+            for id in ids {
+                st.execute([&id.as_bytes()[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `(pack, size, bytes of its blobs still indexed there)`.
+    pub fn pack_liveness(&self) -> Result<Vec<(String, u64, u64)>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT p.name, p.size, COALESCE(SUM(c.length), 0) FROM packs p LEFT JOIN chunks c ON c.pack = p.name GROUP BY p.name ORDER BY p.name",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Records a compacted pack and points the index at its copies, in one transaction.
+    pub fn relocate(&self, pack: &SealedPack, now_ms: i64) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO packs(name, size, chunks, created_ms, verified_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![pack.name, pack.size as i64, pack.entries.len() as i64, now_ms],
+        )?;
+        {
+            let mut st =
+                tx.prepare("UPDATE chunks SET pack = ?2, offset = ?3, length = ?4 WHERE id = ?1")?;
+            for e in &pack.entries {
+                st.execute(params![
+                    &e.id.as_bytes()[..],
+                    pack.name,
+                    e.offset as i64,
+                    e.length as i64
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn delete_pack_row(&self, name: &str) -> Result<(), ApiError> {
+        self.lock()
+            .execute("DELETE FROM packs WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
     /// `(chunk, offset, length)` of every indexed chunk in `pack`.
     pub fn chunks_in_pack(&self, pack: &str) -> Result<Vec<(ChunkId, u64, u32)>, ApiError> {
         let conn = self.lock();

@@ -1,0 +1,157 @@
+//! Garbage collection: drop chunks no snapshot references from the index, and compact packs
+//! whose live fraction is low. It runs beside backups, safely:
+//!
+//! * **Mark** reads every committed snapshot's tree (no lock held).
+//! * **Sweep** holds the commit lock: it adds what was committed meanwhile, then removes from
+//!   the index the unreferenced chunks whose pack is older than the upload lease. A commit
+//!   checks, under the same lock, that every chunk it references is indexed, so it can never
+//!   become visible referencing a swept chunk; chunks a running backup uploaded within the
+//!   lease are not swept at all. A backup paused past the lease finds its chunks gone at
+//!   commit, is refused, and is retried.
+//! * **Compact** copies each low pack's live blobs (each verified against its id) into a new
+//!   pack, made durable first; then one transaction points the index at the copies; only then
+//!   is the old pack deleted. A crash at any point leaves either the old or the new location
+//!   indexed, both complete.
+//!
+//! `LIFEBOAT_CRASH_AT=gc-after-sweep|compact-after-new-pack|compact-after-relocate` aborts the
+//! process at that point (the crash tests use it); unset, it does nothing.
+
+use std::collections::HashSet;
+
+use lifeboat_core::{ChunkId, codec, pack};
+
+use crate::Controller;
+use crate::error::ApiError;
+
+/// What a GC did (or, dry, would do).
+#[derive(Debug, Default, Clone)]
+pub struct Report {
+    pub referenced: u64,
+    pub swept: u64,
+    /// Chunks left alone because their pack is younger than the lease.
+    pub leased: u64,
+    pub packs_compacted: u64,
+    pub packs_deleted: u64,
+    pub bytes_reclaimed: u64,
+}
+
+/// Aborts the process if `LIFEBOAT_CRASH_AT` names `point`: the crash tests' kill switch.
+fn crash_point(point: &str) {
+    if std::env::var("LIFEBOAT_CRASH_AT").is_ok_and(|v| v == point) {
+        eprintln!("LIFEBOAT_CRASH_AT={point}: aborting here");
+        std::process::abort();
+    }
+}
+
+/// Every chunk the committed snapshots `ids` reference (their tree chunks and file chunks).
+fn references(
+    ctl: &Controller,
+    ids: &[String],
+    into: &mut HashSet<ChunkId>,
+) -> Result<(), ApiError> {
+    for id in ids {
+        let env = ctl.store.read_snapshot(id)?;
+        let record = lifeboat_core::snapshot::Record::parse(&env.record)?;
+        into.extend(record.tree_chunks()?);
+        let tree = crate::agent_api::load_tree(ctl, &record).map_err(|e| {
+            ApiError::FailedPrecondition(format!(
+                "snapshot {id}: {e}; GC stops rather than guess what it references (run `lifeboat verify`)"
+            ))
+        })?;
+        into.extend(tree.chunk_ids().copied());
+    }
+    Ok(())
+}
+
+/// Runs a GC at `now_ms`; chunks in packs sealed within `lease_ms` are never swept; packs
+/// with less than `compact_below` of their bytes live are compacted.
+pub fn gc(
+    ctl: &Controller,
+    now_ms: i64,
+    lease_ms: i64,
+    compact_below: f64,
+    dry_run: bool,
+) -> Result<Report, ApiError> {
+    let mut report = Report::default();
+    // Mark, without holding up commits.
+    let marked: Vec<String> = ctl.catalog.snapshot_ids()?;
+    let mut referenced = HashSet::new();
+    references(ctl, &marked, &mut referenced)?;
+    {
+        // Sweep, with commits held: add what they made visible meanwhile.
+        let _commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let marked: HashSet<String> = marked.into_iter().collect();
+        let newer: Vec<String> = ctl
+            .catalog
+            .snapshot_ids()?
+            .into_iter()
+            .filter(|id| !marked.contains(id))
+            .collect();
+        references(ctl, &newer, &mut referenced)?;
+        report.referenced = referenced.len() as u64;
+        let mut sweep = Vec::new();
+        for (id, _pack, created_ms) in ctl.catalog.indexed_chunks()? {
+            if referenced.contains(&id) {
+                continue;
+            }
+            if created_ms > now_ms - lease_ms {
+                report.leased += 1;
+            } else {
+                sweep.push(id);
+            }
+        }
+        report.swept = sweep.len() as u64;
+        if !dry_run && !sweep.is_empty() {
+            ctl.catalog.unindex_chunks(&sweep)?;
+        }
+    }
+    crash_point("gc-after-sweep");
+    if dry_run {
+        return Ok(report);
+    }
+
+    // Compact: packs whose live bytes fell below the threshold (or to nothing).
+    for (name, size, live) in ctl.catalog.pack_liveness()? {
+        if size > 0 && (live as f64) >= compact_below * size as f64 {
+            continue;
+        }
+        let entries = ctl.catalog.chunks_in_pack(&name)?;
+        if !entries.is_empty() {
+            let path = pack::pack_path(&ctl.store.packs_dir(), &name);
+            let file = std::fs::File::open(&path)
+                .map_err(|e| ApiError::internal(format!("opening {}: {e}", path.display())))?;
+            let mut w = pack::PackWriter::create(&ctl.store.tmp_dir())?;
+            for (id, offset, length) in &entries {
+                let blob = pack::read_blob(&file, *offset, *length)?;
+                // Never copy a bad blob over: scrub's business, and it must be loud.
+                codec::decode_verified(&ctl.chunk_key, id, &blob).map_err(|e| {
+                    ApiError::FailedPrecondition(format!(
+                        "compacting pack {name}: chunk {id}: {e}; run `lifeboat verify`"
+                    ))
+                })?;
+                w.add(*id, &blob)?;
+            }
+            let sealed = w.seal(&ctl.store.packs_dir())?;
+            crash_point("compact-after-new-pack");
+            ctl.catalog.relocate(&sealed, now_ms)?;
+            crash_point("compact-after-relocate");
+        }
+        ctl.store.delete_pack(&name)?;
+        report.bytes_reclaimed += size.saturating_sub(live);
+        if entries.is_empty() {
+            report.packs_deleted += 1;
+        } else {
+            report.packs_compacted += 1;
+        }
+    }
+    ctl.audit.ok(
+        "controller:gc",
+        "gc",
+        "",
+        serde_json::json!({
+            "swept": report.swept, "leased": report.leased, "compacted": report.packs_compacted,
+            "deleted": report.packs_deleted, "bytes_reclaimed": report.bytes_reclaimed,
+        }),
+    );
+    Ok(report)
+}

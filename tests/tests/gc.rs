@@ -1,0 +1,210 @@
+//! GC beside backups: random interleavings of backups, agents paused past the lease,
+//! prune and GC never lose a chunk a committed snapshot needs; and a controller killed in
+//! the middle of GC or compaction restarts onto a store that verifies and restores.
+
+use std::fs;
+use std::time::Duration;
+
+use lifeboat_tests::tree::Rng;
+use lifeboat_tests::{Fleet, wait_for};
+use rustix::process::Signal;
+use serde_json::Value;
+
+fn apply_keep_last(fleet: &Fleet, n: u32) {
+    let file = fleet.path("keep.toml");
+    fs::write(
+        &file,
+        format!("[[policy]]\nname = \"keep\"\nsources = [\"data\"]\nschedule = \"0 3 * * *\"\nkeep = {{ last = {n} }}\n"),
+    )
+    .expect("write");
+    let out = fleet.cli(&["policy", "apply", "-f", file.to_str().expect("path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every committed snapshot restores (every chunk read and verified), and scrub is clean.
+fn everything_restores(fleet: &Fleet, root: &std::path::Path, tag: &str) -> usize {
+    let v = fleet.cli_json(&["verify"]);
+    assert_eq!(v["bad"].as_array().map(Vec::len), Some(0), "{tag}: {v}");
+    let snaps = fleet.cli_json(&["snapshots"]);
+    let snaps = snaps.as_array().expect("snapshots");
+    for s in snaps {
+        let id = s["id"].as_str().expect("id");
+        let target = root.join(format!("{tag}-{}", &id[..12]));
+        let (ok, job) = fleet.job(&[
+            "restore",
+            id,
+            "--agent",
+            "a",
+            "--to",
+            target.to_str().expect("path"),
+        ]);
+        assert!(ok, "{tag}: snapshot {id} does not restore: {job}");
+    }
+    snaps.len()
+}
+
+#[test]
+fn gc_races_backups_and_never_loses_a_referenced_chunk() {
+    let mut fleet = Fleet::start_with(&["--gc-lease", "2s", "--prune-every", "0s"]);
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let mut rng = Rng::new(2026);
+    // A pool of files: each round rewrites, adds and deletes some.
+    let churn = |rng: &mut Rng| {
+        for _ in 0..4 {
+            let name = format!("f{}", rng.next_u64() % 12);
+            let size = 1000 + (rng.next_u64() % 600_000) as usize;
+            fs::write(src.path().join(&name), rng.bytes(size)).expect("write");
+        }
+        let gone = src.path().join(format!("f{}", rng.next_u64() % 12));
+        let _ = fs::remove_file(gone);
+    };
+    churn(&mut rng);
+    let a = fleet.enroll("a");
+    fleet.run_agent(&a, &[("data", src.path())], &[root.path()]);
+    apply_keep_last(&fleet, 2);
+    let mut failed_for_lease = 0;
+    for round in 0..10 {
+        churn(&mut rng);
+        let out = fleet.cli(&["backup", "a", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let job: Value = serde_json::from_slice(&out.stdout).expect("job");
+        let id = job["id"].as_str().expect("id").to_string();
+        match rng.next_u64() % 3 {
+            // Pause the agent mid-backup past the lease while prune and GC run.
+            0 => {
+                fleet.signal_agent("a", Signal::STOP);
+                std::thread::sleep(Duration::from_millis(2500));
+                assert!(fleet.cli(&["prune"]).status.success());
+                assert!(fleet.cli(&["gc"]).status.success());
+                fleet.signal_agent("a", Signal::CONT);
+            }
+            // Prune and GC while the backup runs.
+            1 => {
+                std::thread::sleep(Duration::from_millis(rng.next_u64() % 300));
+                assert!(fleet.cli(&["prune"]).status.success());
+                assert!(fleet.cli(&["gc"]).status.success());
+            }
+            // GC right after the backup.
+            _ => {}
+        }
+        let done = wait_for(
+            &format!("round {round}'s backup to end"),
+            Duration::from_secs(60),
+            || {
+                let j = fleet.job_info(&id);
+                matches!(j["state"].as_str(), Some("succeeded" | "failed")).then_some(j)
+            },
+        );
+        if done["state"] == "failed" {
+            // Only ever because its chunks were reclaimed while it was paused: refused at
+            // commit, never committed with holes.
+            let err = done["error"].as_str().unwrap_or_default();
+            assert!(
+                err.contains("chunks the store does not have"),
+                "round {round}: {err}"
+            );
+            failed_for_lease += 1;
+        }
+        assert!(fleet.cli(&["gc"]).status.success());
+    }
+    eprintln!("{failed_for_lease} backups were refused at commit after a pause past the lease");
+    // A final backup succeeds (the agent dropped its cache after a refusal), and every
+    // committed snapshot restores whole.
+    let last = fleet.backup("a", "data");
+    assert!(last["id"].is_string());
+    let n = everything_restores(&fleet, root.path(), "race");
+    assert!(n >= 2);
+    let target = root.path().join("latest");
+    let (ok, _) = fleet.job(&[
+        "restore",
+        last["id"].as_str().expect("id"),
+        "--agent",
+        "a",
+        "--to",
+        target.to_str().expect("path"),
+    ]);
+    assert!(ok);
+    let mut names = 0;
+    for e in fs::read_dir(src.path()).expect("src") {
+        let e = e.expect("entry");
+        assert_eq!(
+            fs::read(e.path()).expect("source"),
+            fs::read(target.join(e.file_name())).expect("restored"),
+            "{:?}",
+            e.file_name()
+        );
+        names += 1;
+    }
+    assert_eq!(fs::read_dir(&target).expect("target").count(), names);
+}
+
+#[test]
+fn a_controller_killed_during_gc_or_compaction_restarts_onto_a_sound_store() {
+    for point in [
+        "gc-after-sweep",
+        "compact-after-new-pack",
+        "compact-after-relocate",
+    ] {
+        let mut fleet = Fleet::start_with(&["--gc-lease", "0s", "--prune-every", "0s"]);
+        let src = tempfile::tempdir().expect("src");
+        let root = tempfile::tempdir().expect("root");
+        let mut rng = Rng::new(7);
+        // A small file that stays, and a big one that is replaced: the first pack ends up
+        // mostly dead, so it is compacted (not just deleted).
+        fs::write(src.path().join("stays"), rng.bytes(150_000)).expect("write");
+        fs::write(src.path().join("big"), rng.bytes(3_000_000)).expect("write");
+        let a = fleet.enroll("a");
+        fleet.run_agent(&a, &[("data", src.path())], &[root.path()]);
+        fleet.backup("a", "data");
+        fs::write(src.path().join("big"), rng.bytes(3_000_000)).expect("write");
+        fleet.backup("a", "data");
+        apply_keep_last(&fleet, 1);
+        let pruned = fleet.cli_json(&["prune"]);
+        assert_eq!(pruned["removed"], 1, "{point}: {pruned}");
+
+        fleet.stop_controller();
+        fleet.controller_env = vec![("LIFEBOAT_CRASH_AT".into(), point.into())];
+        fleet.start_controller();
+        let out = fleet.cli(&["gc"]);
+        assert!(
+            !out.status.success(),
+            "{point}: the controller should have died in GC"
+        );
+        let status = fleet.wait_controller_exit();
+        assert!(!status.success(), "{point}: {status}");
+        assert!(
+            fleet
+                .controller_log()
+                .contains(&format!("LIFEBOAT_CRASH_AT={point}")),
+            "{point}: did not reach the crash point:\n{}",
+            fleet.controller_log()
+        );
+
+        fleet.controller_env.clear();
+        fleet.start_controller();
+        wait_for("the agent to reconnect", Duration::from_secs(30), || {
+            fleet
+                .cli_json(&["agents"])
+                .as_array()?
+                .iter()
+                .any(|x| x["connected"] == true)
+                .then_some(())
+        });
+        everything_restores(&fleet, root.path(), &format!("{point}-after-crash"));
+        // GC finishes its work on the next run, and the store is still sound.
+        let g = fleet.cli_json(&["gc"]);
+        assert!(g["swept"].is_u64(), "{g}");
+        everything_restores(&fleet, root.path(), &format!("{point}-after-gc"));
+        let v = fleet.cli_json(&["verify"]);
+        assert!(v["chunks"].as_u64().unwrap_or(0) > 0);
+    }
+}
