@@ -99,6 +99,8 @@ pub struct BackupContext {
     pub counters: Arc<Counters>,
     /// Chunks the store lost (scrub): files that used them are read again.
     pub repair: HashSet<ChunkId>,
+    /// Upload pacing (a policy's bandwidth per agent).
+    pub limit: Option<Arc<RateLimit>>,
 }
 
 /// The outcome of one source's backup.
@@ -175,12 +177,45 @@ struct Pipeline {
     counters: Arc<Counters>,
     client: Client,
     rt: tokio::runtime::Handle,
+    limit: Option<Arc<RateLimit>>,
 }
 
 /// One upload stream to the controller. Each worker has its own, so the controller
 /// verifies the workers' chunks in parallel.
+/// Paces uploads to a rate shared by all of a job's workers (a policy's `bandwidth`).
+pub struct RateLimit {
+    bytes_per_sec: u64,
+    /// When pacing began, and the bytes sent since.
+    state: Mutex<(std::time::Instant, u64)>,
+}
+
+impl RateLimit {
+    pub fn new(bytes_per_sec: u64) -> Option<Arc<RateLimit>> {
+        (bytes_per_sec > 0).then(|| {
+            Arc::new(RateLimit {
+                bytes_per_sec,
+                state: Mutex::new((std::time::Instant::now(), 0)),
+            })
+        })
+    }
+
+    /// Accounts for `n` bytes and sleeps (a blocking thread) until they fit the rate.
+    pub fn take(&self, n: u64) {
+        let wait = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            s.1 += n;
+            let due = std::time::Duration::from_secs_f64(s.1 as f64 / self.bytes_per_sec as f64);
+            due.saturating_sub(s.0.elapsed())
+        };
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
 struct Upload {
     tx: mpsc::Sender<pb::ChunkBatch>,
+    limit: Option<Arc<RateLimit>>,
     task: tokio::task::JoinHandle<Result<tonic::Response<pb::PutChunksReply>, tonic::Status>>,
     /// Chunks gathered into the next message.
     pending: Vec<pb::ChunkBlob>,
@@ -203,6 +238,9 @@ impl Upload {
     fn send_pending(&mut self) -> Result<(), AgentError> {
         if self.pending.is_empty() {
             return Ok(());
+        }
+        if let Some(l) = &self.limit {
+            l.take(self.pending_bytes as u64);
         }
         self.pending_bytes = 0;
         let chunks = std::mem::take(&mut self.pending);
@@ -231,6 +269,7 @@ impl Pipeline {
             counters: ctx.counters.clone(),
             client: ctx.client.clone(),
             rt: tokio::runtime::Handle::current(),
+            limit: ctx.limit.clone(),
         }
     }
 
@@ -244,6 +283,7 @@ impl Pipeline {
         });
         Upload {
             tx,
+            limit: self.limit.clone(),
             task,
             pending: Vec::new(),
             pending_bytes: 0,
@@ -921,4 +961,26 @@ async fn commit(
         stats,
         warnings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RateLimit;
+
+    /// 3 MB at 4 MB/s cannot take less than 0.75 s (a lower bound: slow machines only
+    /// make it longer).
+    #[test]
+    fn a_rate_limit_paces_what_is_sent() {
+        let limit = RateLimit::new(4_000_000).expect("limit");
+        let t = std::time::Instant::now();
+        for _ in 0..3 {
+            limit.take(1_000_000);
+        }
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(740),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(RateLimit::new(0).is_none());
+    }
 }

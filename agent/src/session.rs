@@ -314,6 +314,7 @@ async fn run_job(
                     .iter()
                     .filter_map(|id| lifeboat_core::ChunkId::from_slice(id).ok())
                     .collect(),
+                limit: backup::RateLimit::new(b.bandwidth_bytes_per_sec),
             };
             let mut ids = Vec::new();
             for name in &b.sources {

@@ -448,6 +448,7 @@ impl OperatorApi for OperatorService {
                     consistency,
                     hook,
                     repair_chunks: repair,
+                    bandwidth_bytes_per_sec: 0,
                 })),
             })?;
         tracing::info!(%operator, agent = %agent.name, job = %row.id, "backup requested");

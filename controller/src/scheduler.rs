@@ -223,6 +223,7 @@ pub fn tick(ctl: &Controller, now_ms: i64) -> Result<TickReport, ApiError> {
             });
             let consistency = p.consistency.clone();
             let repair = crate::operator_api::repair_chunks(ctl)?;
+            let bandwidth = p.bandwidth;
             let row = ctl
                 .jobs
                 .submit(a, "backup", detail, &p.name, |id| pb::Job {
@@ -233,6 +234,7 @@ pub fn tick(ctl: &Controller, now_ms: i64) -> Result<TickReport, ApiError> {
                         consistency,
                         hook,
                         repair_chunks: repair,
+                        bandwidth_bytes_per_sec: bandwidth,
                     })),
                 })?;
             ctl.catalog.set_last_slot(&p.name, &a.id, slot)?;
