@@ -314,7 +314,8 @@ impl Jobs {
         })
     }
 
-    /// Succeeded and failed jobs never change again.
+    /// Succeeded and failed jobs take no more agent updates (the scheduler may queue a
+    /// failed scheduled job again, see `scheduler::tick`).
     pub fn is_terminal(state: i32) -> bool {
         state == JobState::Succeeded as i32 || state == JobState::Failed as i32
     }

@@ -7,8 +7,9 @@
 //! same second. Slots missed while the agent was offline collapse into one run when it is
 //! connected again. A due pair waits, and is not skipped, while the agent is offline, while
 //! a job of that policy is still active on it, or while the global or the policy's
-//! concurrency limit is reached. Scheduled jobs interrupted by a disconnect are retried with
-//! exponential backoff (chunks they uploaded are reused: the store already has them).
+//! concurrency limit is reached. Scheduled jobs interrupted by a disconnect, or refused at
+//! commit because GC reclaimed what they uploaded while paused past the lease, are retried
+//! with exponential backoff (chunks already stored are reused).
 
 use std::collections::{HashMap, HashSet};
 
@@ -148,9 +149,17 @@ pub fn tick(ctl: &Controller, now_ms: i64) -> Result<TickReport, ApiError> {
     let active = ctl
         .catalog
         .jobs_in_states(&[JobState::Queued as i32, JobState::Running as i32])?;
-    let interrupted = ctl
+    // Retried: scheduled jobs interrupted by a disconnect, and those refused at commit
+    // because GC reclaimed chunks while they were paused past the lease.
+    let interrupted: Vec<_> = ctl
         .catalog
-        .jobs_in_states(&[JobState::Interrupted as i32])?;
+        .jobs_in_states(&[JobState::Interrupted as i32, JobState::Failed as i32])?
+        .into_iter()
+        .filter(|j| {
+            j.state == JobState::Interrupted as i32
+                || j.error.contains("chunks the store does not have")
+        })
+        .collect();
     let mut total = active.len() as u32;
     let mut per_policy: HashMap<String, u32> = HashMap::new();
     let mut busy: HashSet<(String, String)> = HashSet::new();
