@@ -102,6 +102,34 @@ impl ChunkSource for Prefetched {
     }
 }
 
+/// Restores `tree` into `target` (created below the trusted `root`) on a blocking thread.
+pub(crate) async fn restore_dir(
+    root: PathBuf,
+    target: PathBuf,
+    tree: Tree,
+    key: lifeboat_core::ChunkKey,
+    mut source: Prefetched,
+    progress: Arc<Counters>,
+) -> Result<Report, AgentError> {
+    tokio::task::spawn_blocking(move || -> Result<Report, AgentError> {
+        let fd = restore::open_target(&root, &target)?;
+        let mut on_progress = |r: &Report| {
+            progress.files_done.store(r.files, Ordering::Relaxed);
+            progress.bytes_done.store(r.bytes, Ordering::Relaxed);
+        };
+        Ok(restore::restore(
+            &tree,
+            &key,
+            &fd,
+            &mut source,
+            Options::for_current_user(),
+            &mut on_progress,
+        )?)
+    })
+    .await
+    .map_err(|e| AgentError::State(format!("restore worker: {e}")))?
+}
+
 /// Where a restore writes.
 enum Destination {
     /// A host path below one of the agent's restore roots.
@@ -250,7 +278,7 @@ pub async fn run_restore(
         .filter(|e| e.kind == Kind::File)
         .flat_map(|e| e.chunks.iter().copied())
         .collect();
-    let mut source = Prefetched::start(client, job_id.to_string(), order);
+    let source = Prefetched::start(client, job_id.to_string(), order);
     let key = state.chunk_key.clone();
     let progress = counters.clone();
     let (root, target) = match destination {
@@ -276,23 +304,7 @@ pub async fn run_restore(
             .await;
         }
     };
-    let report = tokio::task::spawn_blocking(move || -> Result<Report, AgentError> {
-        let fd = restore::open_target(&root, &target)?;
-        let mut on_progress = |r: &Report| {
-            progress.files_done.store(r.files, Ordering::Relaxed);
-            progress.bytes_done.store(r.bytes, Ordering::Relaxed);
-        };
-        Ok(restore::restore(
-            &tree,
-            &key,
-            &fd,
-            &mut source,
-            Options::for_current_user(),
-            &mut on_progress,
-        )?)
-    })
-    .await
-    .map_err(|e| AgentError::State(format!("restore worker: {e}")))??;
+    let report = restore_dir(root, target, tree, key, source, progress).await?;
     if !report.failed.is_empty() {
         let list: Vec<String> = report
             .failed

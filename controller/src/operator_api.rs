@@ -150,15 +150,7 @@ fn backup_sources(agent: &AgentRow, req: &pb::StartBackupRequest) -> Result<Vec<
     };
     if req.all_images {
         docker("images")?;
-        for i in &inv.images {
-            let name = i
-                .repo_tags
-                .iter()
-                .find(|t| t.as_str() != "<none>:<none>")
-                .cloned()
-                .unwrap_or_else(|| i.id.clone());
-            out.push(format!("image:{name}"));
-        }
+        out.extend(inv.images.iter().map(crate::scheduler::image_source));
     }
     if req.all_volumes {
         docker("volumes")?;

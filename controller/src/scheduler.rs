@@ -89,6 +89,18 @@ fn glob(pattern: &str, name: &str) -> bool {
     go(pattern.as_bytes(), name.as_bytes())
 }
 
+/// How an image is named as a source: `image:` and its first tag, or its id when it has
+/// none.
+pub fn image_source(i: &pb::DockerImage) -> String {
+    let name = i
+        .repo_tags
+        .iter()
+        .find(|t| t.as_str() != "<none>:<none>")
+        .cloned()
+        .unwrap_or_else(|| i.id.clone());
+    format!("image:{name}")
+}
+
 /// The sources a policy means on one agent, from what the agent reported.
 pub fn sources_for(policy: &Policy, agent: &AgentRow) -> Vec<String> {
     let inv: pb::DockerInventory = agent
@@ -100,15 +112,7 @@ pub fn sources_for(policy: &Policy, agent: &AgentRow) -> Vec<String> {
     let mut out = Vec::new();
     for s in &policy.sources {
         match s.as_str() {
-            "all-images" => out.extend(inv.images.iter().map(|i| {
-                let name = i
-                    .repo_tags
-                    .iter()
-                    .find(|t| t.as_str() != "<none>:<none>")
-                    .cloned()
-                    .unwrap_or_else(|| i.id.clone());
-                format!("image:{name}")
-            })),
+            "all-images" => out.extend(inv.images.iter().map(image_source)),
             "all-volumes" => out.extend(inv.volumes.iter().map(|v| format!("volume:{}", v.name))),
             s if s.starts_with("image:") || s.starts_with("volume:") => out.push(s.to_string()),
             s if s.contains(['*', '?']) => {

@@ -23,14 +23,38 @@ fn docker(args: &[&str]) -> Output {
         .expect("run docker")
 }
 
+/// docker's stderr without the legacy builder's deprecation banner.
+fn errors(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| {
+            !l.contains("DEPRECATED")
+                && !l.contains("BuildKit is")
+                && !l.contains("environment-variable")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 fn docker_ok(args: &[&str]) -> String {
     let out = docker(args);
     assert!(
         out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+        "docker {args:?}: {}\n{}",
+        errors(&out),
+        String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// `docker build`, tried a second time if the first attempt fails (the legacy builder
+/// has failed transiently here under load); the first failure is printed, not hidden.
+fn docker_build(args: &[&str]) {
+    let out = docker(args);
+    if !out.status.success() {
+        eprintln!("docker {args:?} failed once, retrying: {}", errors(&out));
+        docker_ok(args);
+    }
 }
 
 /// Whether a daemon answers; fails the test instead when Docker is required.
@@ -137,9 +161,17 @@ fn build_images(dir: &Path, name: &str, cleanup: &mut Cleanup) -> (String, Strin
     )
     .expect("dockerfile");
     let ctx_s = ctx.to_str().expect("path");
+    // Parallel test processes build identical layers; the legacy builder can trip over its
+    // own layer store when they land at once, so builds take turns (a file lock).
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(std::env::temp_dir().join("lifeboat-tests-docker-build.lock"))
+        .expect("lock file");
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("lock");
     for v in ["1", "2"] {
         cleanup.images.push(format!("{name}:{v}"));
-        docker_ok(&[
+        docker_build(&[
             "build",
             "-q",
             "-t",

@@ -7,10 +7,9 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use lifeboat_core::ChunkKey;
-use lifeboat_core::restore::{self, Options, Report};
+use lifeboat_core::restore::Report;
 use lifeboat_core::tree::Tree;
 
 use crate::AgentError;
@@ -25,7 +24,7 @@ pub async fn restore(
     job_id: &str,
     tree: Tree,
     key: ChunkKey,
-    mut source: super::Prefetched,
+    source: super::Prefetched,
     counters: Arc<Counters>,
 ) -> Result<Report, AgentError> {
     let vol = match engine.volume(volume).await? {
@@ -56,25 +55,15 @@ pub async fn restore(
     let staging = parent.join(format!("_data.lifeboat-{job_id}"));
     remove_tree(&staging)?; // a previous attempt of this job
 
-    let progress = counters.clone();
-    let (p, s) = (parent.clone(), staging.clone());
-    let report = tokio::task::spawn_blocking(move || -> Result<Report, AgentError> {
-        let fd = restore::open_target(&p, &s)?;
-        let mut on_progress = |r: &Report| {
-            progress.files_done.store(r.files, Ordering::Relaxed);
-            progress.bytes_done.store(r.bytes, Ordering::Relaxed);
-        };
-        Ok(restore::restore(
-            &tree,
-            &key,
-            &fd,
-            &mut source,
-            Options::for_current_user(),
-            &mut on_progress,
-        )?)
-    })
-    .await
-    .map_err(|e| AgentError::State(format!("restore worker: {e}")))?;
+    let report = super::restore_dir(
+        parent.clone(),
+        staging.clone(),
+        tree,
+        key,
+        source,
+        counters.clone(),
+    )
+    .await;
     let report = match report {
         Ok(r) if r.failed.is_empty() => r,
         Ok(r) => {
