@@ -465,6 +465,58 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 }
             }
         }
+        Cmd::Diff { a, b, json } => {
+            let d = api
+                .diff_snapshots(pb::DiffRequest { a, b })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if json.json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "entries": d.entries.iter().map(|e| serde_json::json!({
+                            "path": e.path, "change": e.change, "what": e.what,
+                            "kind_a": e.kind_a, "kind_b": e.kind_b, "size_a": e.size_a, "size_b": e.size_b,
+                            "mode_a": format!("{:o}", e.mode_a), "mode_b": format!("{:o}", e.mode_b),
+                            "owner_a": e.owner_a, "owner_b": e.owner_b,
+                        })).collect::<Vec<_>>(),
+                        "layers_added": d.layers_added, "layers_removed": d.layers_removed,
+                    })
+                );
+            } else {
+                let rows = d
+                    .entries
+                    .iter()
+                    .map(|e| {
+                        let mark = match e.change.as_str() {
+                            "added" => "+",
+                            "removed" => "-",
+                            _ => "M",
+                        };
+                        vec![
+                            mark.to_string(),
+                            e.path.clone(),
+                            e.what.join(","),
+                            format!("{} -> {}", bytes(e.size_a), bytes(e.size_b)),
+                            format!("{:o} -> {:o}", e.mode_a, e.mode_b),
+                            format!("{} -> {}", e.owner_a, e.owner_b),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    output::table(&["", "PATH", "WHAT", "SIZE", "MODE", "OWNER"], rows)
+                );
+                for l in &d.layers_removed {
+                    println!("- layer {l}");
+                }
+                for l in &d.layers_added {
+                    println!("+ layer {l}");
+                }
+                println!("{} paths differ", d.entries.len());
+            }
+        }
         Cmd::Devices(json) => {
             let devices = api
                 .list_devices(pb::Empty {})

@@ -153,6 +153,14 @@ pub enum Cmd {
         #[command(flatten)]
         json: Json,
     },
+    /// What changed between two snapshots: files added, removed and changed (with sizes,
+    /// modes, owners), and for images the layers.
+    Diff {
+        a: String,
+        b: String,
+        #[command(flatten)]
+        json: Json,
+    },
     /// Read stored chunks back and recompute their ids (scrub). Exits 2 when any is bad.
     Verify {
         /// Only about this percentage of the packs, chosen at random.

@@ -124,6 +124,7 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.OperatorApi/VerifyAudit", READERS),
     ("/lifeboat.v1.OperatorApi/ListPolicies", READERS),
     ("/lifeboat.v1.OperatorApi/ListDevices", READERS),
+    ("/lifeboat.v1.OperatorApi/DiffSnapshots", READERS),
     ("/lifeboat.v1.OperatorApi/StartBackup", OPERATORS),
     ("/lifeboat.v1.OperatorApi/StartRestore", OPERATORS),
     ("/lifeboat.v1.OperatorApi/Verify", OPERATORS),

@@ -14,6 +14,7 @@ pub mod agent_api;
 pub mod audit;
 pub mod auth;
 pub mod catalog;
+pub mod diff;
 pub mod enroll;
 mod error;
 pub mod gc;

@@ -976,6 +976,19 @@ impl OperatorApi for OperatorService {
         }))
     }
 
+    async fn diff_snapshots(
+        &self,
+        req: Request<pb::DiffRequest>,
+    ) -> Result<Response<pb::DiffReply>, Status> {
+        auth::operator(&req)?;
+        let req = req.into_inner();
+        let ctl = self.0.clone();
+        let reply = tokio::task::spawn_blocking(move || crate::diff::diff(&ctl, &req.a, &req.b))
+            .await
+            .map_err(ApiError::from)??;
+        Ok(Response::new(reply))
+    }
+
     async fn verify_audit(
         &self,
         req: Request<pb::Empty>,

@@ -40,6 +40,7 @@ const READ_RPCS: &[&str] = &[
     "VerifyAudit",
     "ListPolicies",
     "ListDevices",
+    "DiffSnapshots",
 ];
 const OPERATE_RPCS: &[&str] = &["StartBackup", "StartRestore", "Verify"];
 const ADMIN_RPCS: &[&str] = &[
@@ -151,6 +152,10 @@ async fn call(channel: &Channel, rpc: &str) -> Result<(), tonic::Status> {
             .await
             .map(drop),
         "ListDevices" => op.list_devices(pb::Empty {}).await.map(drop),
+        "DiffSnapshots" => op
+            .diff_snapshots(pb::DiffRequest::default())
+            .await
+            .map(drop),
         "ApplyPolicies" => op
             .apply_policies(pb::ApplyPoliciesRequest::default())
             .await
