@@ -107,6 +107,26 @@ async fn main() {
     }
 }
 
+/// Enrolls from the flags `enroll` and `run` share.
+async fn enroll_with(
+    controller: String,
+    token: String,
+    ca_fingerprint: String,
+    state_dir: &std::path::Path,
+    name: Option<String>,
+    labels: &[String],
+) -> anyhow::Result<lifeboat_agent::state::AgentState> {
+    Ok(enroll(EnrollOptions {
+        controller,
+        token,
+        ca_fingerprint,
+        state_dir: state_dir.to_owned(),
+        name,
+        labels: parse_labels(labels)?,
+    })
+    .await?)
+}
+
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Enroll {
@@ -117,15 +137,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             name,
             labels,
         } => {
-            let state = enroll(EnrollOptions {
-                controller,
-                token,
-                ca_fingerprint,
-                state_dir: state_dir.clone(),
-                name,
-                labels: parse_labels(&labels)?,
-            })
-            .await?;
+            let state =
+                enroll_with(controller, token, ca_fingerprint, &state_dir, name, &labels).await?;
             println!(
                 "enrolled as {} (id {})",
                 state.info.name, state.info.agent_id
@@ -155,15 +168,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 && let (Some(controller), Some(token), Some(ca_fingerprint)) =
                     (controller, token, ca_fingerprint)
             {
-                let state = enroll(EnrollOptions {
-                    controller,
-                    token,
-                    ca_fingerprint,
-                    state_dir: state_dir.clone(),
-                    name,
-                    labels: parse_labels(&labels)?,
-                })
-                .await?;
+                let state =
+                    enroll_with(controller, token, ca_fingerprint, &state_dir, name, &labels)
+                        .await?;
                 eprintln!(
                     "enrolled as {} (id {})",
                     state.info.name, state.info.agent_id

@@ -199,27 +199,11 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Snapshots {
             cmd: Some(SnapshotsCmd::Protect { snapshot }),
             ..
-        } => {
-            api.protect_snapshot(pb::ProtectRequest {
-                snapshot: snapshot.clone(),
-                protect: true,
-            })
-            .await
-            .map_err(rpc)?;
-            println!("snapshot {snapshot} is protected: retention never removes it");
-        }
+        } => protect(&mut api, snapshot, true).await?,
         Cmd::Snapshots {
             cmd: Some(SnapshotsCmd::Unprotect { snapshot }),
             ..
-        } => {
-            api.protect_snapshot(pb::ProtectRequest {
-                snapshot: snapshot.clone(),
-                protect: false,
-            })
-            .await
-            .map_err(rpc)?;
-            println!("snapshot {snapshot} is no longer protected");
-        }
+        } => protect(&mut api, snapshot, false).await?,
         Cmd::Snapshots {
             cmd: Some(SnapshotsCmd::Delete { snapshot }),
             ..
@@ -617,6 +601,22 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// `snapshots protect|unprotect`.
+async fn protect(api: &mut Api, snapshot: String, protect: bool) -> Result<()> {
+    api.protect_snapshot(pb::ProtectRequest {
+        snapshot: snapshot.clone(),
+        protect,
+    })
+    .await
+    .map_err(rpc)?;
+    if protect {
+        println!("snapshot {snapshot} is protected: retention never removes it");
+    } else {
+        println!("snapshot {snapshot} is no longer protected");
+    }
+    Ok(())
 }
 
 async fn policy(api: &mut Api, cmd: PolicyCmd) -> Result<i32> {

@@ -44,6 +44,20 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// An entry from the first seven columns `seq, ts_ms, actor, action, target, outcome,
+    /// detail` of a row.
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+        Ok(Entry {
+            seq: r.get::<_, i64>(0)? as u64,
+            ts_ms: r.get(1)?,
+            actor: r.get(2)?,
+            action: r.get(3)?,
+            target: r.get(4)?,
+            outcome: r.get(5)?,
+            detail: r.get(6)?,
+        })
+    }
+
     fn hash(&self, prev: &[u8; 32]) -> [u8; 32] {
         let mut h = blake3::Hasher::new();
         h.update(CONTEXT);
@@ -226,17 +240,7 @@ impl Audit {
             "SELECT seq, ts_ms, actor, action, target, outcome, detail FROM audit WHERE seq > ?1 AND ts_ms >= ?2 ORDER BY seq LIMIT ?3",
         )?;
         let rows = st
-            .query_map(params![after_seq as i64, since_ms, limit], |r| {
-                Ok(Entry {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    ts_ms: r.get(1)?,
-                    actor: r.get(2)?,
-                    action: r.get(3)?,
-                    target: r.get(4)?,
-                    outcome: r.get(5)?,
-                    detail: r.get(6)?,
-                })
-            })?
+            .query_map(params![after_seq as i64, since_ms, limit], Entry::from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
@@ -260,15 +264,7 @@ impl Audit {
         let mut prev = [0u8; 32];
         let mut anchor_checked = false;
         while let Some(r) = rows.next()? {
-            let e = Entry {
-                seq: r.get::<_, i64>(0)? as u64,
-                ts_ms: r.get(1)?,
-                actor: r.get(2)?,
-                action: r.get(3)?,
-                target: r.get(4)?,
-                outcome: r.get(5)?,
-                detail: r.get(6)?,
-            };
+            let e = Entry::from_row(r)?;
             let stored_prev: Vec<u8> = r.get(7)?;
             let stored_hash: Vec<u8> = r.get(8)?;
             let n = expected_seq - 1;
