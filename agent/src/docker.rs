@@ -15,7 +15,8 @@ use bollard::exec::{StartExecOptions, StartExecResults};
 use bollard::models::{ExecConfig, VolumeCreateRequest};
 use bollard::query_parameters::{
     ImportImageOptionsBuilder, ListContainersOptionsBuilder, ListImagesOptionsBuilder,
-    StopContainerOptionsBuilder, TagImageOptionsBuilder,
+    RemoveImageOptionsBuilder, RemoveVolumeOptions, StopContainerOptionsBuilder,
+    TagImageOptionsBuilder,
 };
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -239,6 +240,27 @@ impl Engine {
             )
             .await
             .map_err(|e| err(&format!("tagging {id} as {repo_tag}"), e))
+    }
+
+    /// Removes an image reference: a tag (the image stays while other tags hold it), or
+    /// with `force` an image id and all its tags.
+    pub async fn remove_image(&self, reference: &str, force: bool) -> Result<(), AgentError> {
+        self.docker
+            .remove_image(
+                reference,
+                Some(RemoveImageOptionsBuilder::new().force(force).build()),
+                None,
+            )
+            .await
+            .map(|_| ())
+            .map_err(|e| err(&format!("removing image {reference}"), e))
+    }
+
+    pub async fn remove_volume(&self, name: &str) -> Result<(), AgentError> {
+        self.docker
+            .remove_volume(name, None::<RemoveVolumeOptions>)
+            .await
+            .map_err(|e| err(&format!("removing volume {name}"), e))
     }
 
     /// The volume and the containers that mount it.

@@ -76,6 +76,8 @@ pub struct RunConfig {
     /// Overrides the controller URL recorded at enrollment.
     pub controller: Option<String>,
     pub docker: docker::DockerConfig,
+    /// Drills may run their probe command on this machine.
+    pub allow_probes: bool,
 }
 
 impl RunConfig {
@@ -119,6 +121,7 @@ impl RunConfig {
             compression_level: lifeboat_core::codec::DEFAULT_LEVEL,
             controller: None,
             docker: docker::DockerConfig::default(),
+            allow_probes: false,
         })
     }
 }

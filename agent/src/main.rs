@@ -63,6 +63,10 @@ enum Cmd {
         /// Allow restores into this machine's Docker: loading images, writing volumes.
         #[arg(long)]
         docker_restore: bool,
+        /// Allow drills to run their probe command (`sh -c`, as this agent's user) against
+        /// what they restored into the sandbox.
+        #[arg(long)]
+        allow_probes: bool,
         /// The controller to dial (default: the one recorded at enrollment). With --token
         /// and --ca-fingerprint, enroll first when the state directory holds no enrollment
         /// (containers).
@@ -157,6 +161,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             docker_socket,
             no_docker,
             docker_restore,
+            allow_probes,
             controller,
             token,
             ca_fingerprint,
@@ -178,6 +183,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             let mut config = RunConfig::new(state_dir, &sources, &restore_roots)?;
             config.compression_level = compression_level;
+            config.allow_probes = allow_probes;
             config.controller = url_override;
             config.docker = lifeboat_agent::docker::DockerConfig {
                 socket: (!no_docker).then_some(docker_socket),

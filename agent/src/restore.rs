@@ -7,6 +7,7 @@ mod volume;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use lifeboat_core::restore::{self, ChunkSource, Options, Report};
 use lifeboat_core::snapshot::Record;
@@ -110,6 +111,7 @@ pub(crate) async fn restore_dir(
     key: lifeboat_core::ChunkKey,
     mut source: Prefetched,
     progress: Arc<Counters>,
+    opts: Options,
 ) -> Result<Report, AgentError> {
     tokio::task::spawn_blocking(move || -> Result<Report, AgentError> {
         let fd = restore::open_target(&root, &target)?;
@@ -122,7 +124,7 @@ pub(crate) async fn restore_dir(
             &key,
             &fd,
             &mut source,
-            Options::for_current_user(),
+            opts,
             &mut on_progress,
         )?)
     })
@@ -132,7 +134,8 @@ pub(crate) async fn restore_dir(
 
 /// Where a restore writes.
 enum Destination {
-    /// A host path below one of the agent's restore roots.
+    /// A host path below one of the agent's restore roots (or, for a drill, the agent's
+    /// sandbox directory).
     Dir { root: PathBuf, target: PathBuf },
     /// The Engine's image store.
     Image(Arc<Engine>),
@@ -171,15 +174,160 @@ pub fn root_for<'a>(roots: &'a [PathBuf], target: &Path) -> Result<&'a Path, Age
         })
 }
 
+/// What the agent allows a restore job to do beyond writing below its restore roots.
+pub struct Permissions<'a> {
+    pub roots: &'a [PathBuf],
+    /// Drills may run their probe command (`--allow-probes`).
+    pub probes: bool,
+}
+
+/// Runs a restore job: verification, the restore itself, and for a drill the probe and
+/// the removal of the sandbox. Times every phase.
 pub async fn run_restore(
     state: Arc<AgentState>,
     client: Client,
     job_id: &str,
     job: pb::RestoreJob,
-    roots: &[PathBuf],
+    allowed: Permissions<'_>,
     engine: Option<Arc<Engine>>,
     counters: Arc<Counters>,
-) -> Result<Report, AgentError> {
+) -> Result<pb::RestoreResult, AgentError> {
+    let started = Instant::now();
+    let mode = restore::Mode::parse(&job.mode)?;
+    if !job.probe.is_empty() && !allowed.probes {
+        return Err(AgentError::Config(
+            "this agent does not run drill probes; start it with --allow-probes to allow them"
+                .into(),
+        ));
+    }
+    if job.sandbox {
+        let sandbox = sandbox_for(&state, job_id, &job, engine.as_deref()).await?;
+        let result = restore_into(
+            &state,
+            client,
+            job_id,
+            &job,
+            mode,
+            &sandbox,
+            &allowed,
+            engine.clone(),
+            &counters,
+            started,
+        )
+        .await;
+        // The sandbox goes, whatever happened.
+        let cleanup = Instant::now();
+        sandbox.remove(engine.as_deref()).await;
+        return result.map(|mut r| {
+            r.finish_ms += cleanup.elapsed().as_millis() as u64;
+            r
+        });
+    }
+    restore_into(
+        &state,
+        client,
+        job_id,
+        &job,
+        mode,
+        &Sandbox::None,
+        &allowed,
+        engine,
+        &counters,
+        started,
+    )
+    .await
+}
+
+/// A drill's scratch place, chosen by the agent (never by the controller).
+enum Sandbox {
+    None,
+    Dir(PathBuf),
+    Volume(String),
+    /// A temporary tag; the image itself is removed after when the Engine did not hold it.
+    ImageTag {
+        tag: String,
+        remove: Option<String>,
+    },
+}
+
+async fn sandbox_for(
+    state: &AgentState,
+    job_id: &str,
+    job: &pb::RestoreJob,
+    engine: Option<&Engine>,
+) -> Result<Sandbox, AgentError> {
+    if !job_id.chars().all(|c| c.is_ascii_alphanumeric()) || job_id.is_empty() {
+        return Err(AgentError::Config(format!(
+            "drill job id {job_id:?} is not a plain name"
+        )));
+    }
+    let record = Record::parse(&job.record)?;
+    Ok(match record.source_kind.as_str() {
+        "path" => Sandbox::Dir(state.dir.join("sandbox").join(job_id)),
+        "volume" => Sandbox::Volume(format!("lifeboat-drill-{job_id}")),
+        _ => {
+            let id = record
+                .image
+                .as_ref()
+                .map(|i| i.id.clone())
+                .unwrap_or_default();
+            let held = match engine {
+                Some(e) => e.image(&id).await.is_ok(),
+                None => true,
+            };
+            Sandbox::ImageTag {
+                tag: format!("lifeboat-drill:{job_id}"),
+                remove: (!held).then_some(id),
+            }
+        }
+    })
+}
+
+impl Sandbox {
+    async fn remove(&self, engine: Option<&Engine>) {
+        let res = match (self, engine) {
+            (Sandbox::Dir(dir), _) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::State(
+                        format!("removing {}: {e}", dir.display()),
+                    )),
+                    _ => Ok(()),
+                })
+                .await
+                .unwrap_or_else(|e| Err(AgentError::State(e.to_string())))
+            }
+            (Sandbox::Volume(v), Some(engine)) => engine.remove_volume(v).await,
+            (Sandbox::ImageTag { tag, remove }, Some(engine)) => {
+                engine.remove_image(tag, false).await.and(match remove {
+                    Some(id) => engine.remove_image(id, true).await,
+                    None => Ok(()),
+                })
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = res {
+            tracing::warn!(error = %e, "could not remove a drill's sandbox");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn restore_into(
+    state: &Arc<AgentState>,
+    client: Client,
+    job_id: &str,
+    job: &pb::RestoreJob,
+    mode: restore::Mode,
+    sandbox: &Sandbox,
+    allowed: &Permissions<'_>,
+    engine: Option<Arc<Engine>>,
+    counters: &Arc<Counters>,
+    started: Instant,
+) -> Result<pb::RestoreResult, AgentError> {
+    let roots = allowed.roots;
+    let job = job.clone();
+    let counters = counters.clone();
     // Both signatures, before a byte is written: the origin agent's over the record, and
     // the controller's countersignature (with the key pinned at our enrollment) over the
     // record, that signature and key, and the receive time.
@@ -212,14 +360,32 @@ pub async fn run_restore(
     }
     let record = Record::parse(&job.record)?;
     // Where it goes, checked before anything is fetched.
-    let destination = match record.source_kind.as_str() {
-        "path" => {
+    if mode == restore::Mode::Repair && record.source_kind != "path" {
+        return Err(AgentError::Config(format!(
+            "repair mode is for host paths; a {} snapshot is restored whole",
+            record.source_kind
+        )));
+    }
+    let destination = match (record.source_kind.as_str(), sandbox) {
+        ("path", Sandbox::Dir(dir)) => {
+            let root = dir
+                .parent()
+                .ok_or_else(|| AgentError::State("the sandbox has no parent".into()))?
+                .to_owned();
+            std::fs::create_dir_all(&root)
+                .map_err(|e| AgentError::State(format!("creating {}: {e}", root.display())))?;
+            Destination::Dir {
+                root,
+                target: dir.clone(),
+            }
+        }
+        ("path", _) => {
             let target = PathBuf::from(&job.target);
             let root = root_for(roots, &target)?.to_owned();
             Destination::Dir { root, target }
         }
-        kind => {
-            let engine = engine.ok_or_else(|| {
+        (kind, _) => {
+            let engine = engine.clone().ok_or_else(|| {
                 AgentError::Config(format!(
                     "a {kind} snapshot is restored through Docker, and this agent has no Docker Engine"
                 ))
@@ -232,7 +398,9 @@ pub async fn run_restore(
             if kind == "image" {
                 Destination::Image(engine)
             } else {
-                let volume = if job.volume.is_empty() {
+                let volume = if let Sandbox::Volume(v) = sandbox {
+                    v.clone()
+                } else if job.volume.is_empty() {
                     record.source.trim_start_matches("volume:").to_string()
                 } else {
                     job.volume.clone()
@@ -281,17 +449,37 @@ pub async fn run_restore(
     let source = Prefetched::start(client, job_id.to_string(), order);
     let key = state.chunk_key.clone();
     let progress = counters.clone();
-    let (root, target) = match destination {
-        Destination::Dir { root, target } => (root, target),
+    let setup_ms = started.elapsed().as_millis() as u64;
+    let data_started = Instant::now();
+    let mut opts = Options::for_current_user();
+    opts.mode = mode;
+    opts.delete_extra = job.delete_extra;
+    // The place a probe looks at.
+    let (report, restored) = match destination {
+        Destination::Dir { root, target } => {
+            let report =
+                restore_dir(root, target.clone(), tree, key, source, progress, opts).await?;
+            (report, target.display().to_string())
+        }
         Destination::Image(engine) => {
-            return image::restore(&engine, &record, tree, key, source, counters).await;
+            let report = image::restore(&engine, &record, tree, key, source, counters).await?;
+            let mut place = record
+                .image
+                .as_ref()
+                .map(|i| i.id.clone())
+                .unwrap_or_default();
+            if let Sandbox::ImageTag { tag, .. } = sandbox {
+                engine.tag(&place, tag).await?;
+                place = tag.clone();
+            }
+            (report, place)
         }
         Destination::Volume {
             engine,
             volume,
             stop_containers,
         } => {
-            return volume::restore(
+            let report = volume::restore(
                 &engine,
                 &volume,
                 stop_containers,
@@ -301,10 +489,39 @@ pub async fn run_restore(
                 source,
                 counters,
             )
-            .await;
+            .await?;
+            let place = engine
+                .volume(&volume)
+                .await?
+                .map(|v| v.mountpoint.display().to_string())
+                .unwrap_or_default();
+            (report, place)
         }
     };
-    let report = restore_dir(root, target, tree, key, source, progress).await?;
+    let data_ms = data_started.elapsed().as_millis() as u64;
+    let mut result = pb::RestoreResult {
+        files: report.files,
+        bytes: report.bytes,
+        setup_ms,
+        data_ms,
+        finish_ms: 0,
+        modified: report.modified.clone(),
+        missing: report.missing.clone(),
+        planted: report.planted.clone(),
+        unchanged: report.unchanged,
+        bytes_written: report.bytes_written,
+        extras_removed: job.delete_extra,
+        sandbox: if matches!(sandbox, Sandbox::None) {
+            String::new()
+        } else {
+            restored.clone()
+        },
+        mode: mode.name().into(),
+        ..Default::default()
+    };
+    for (p, why) in &report.skipped {
+        tracing::warn!(path = %p, "not restored: {why}");
+    }
     if !report.failed.is_empty() {
         let list: Vec<String> = report
             .failed
@@ -319,5 +536,59 @@ pub async fn run_restore(
             list.join("; ")
         )));
     }
-    Ok(report)
+    if !job.probe.is_empty() {
+        let probe_started = Instant::now();
+        let timeout = Duration::from_secs(match job.probe_timeout_seconds {
+            0 => 300,
+            n => n as u64,
+        });
+        let (code, output) = probe(&job.probe, &restored, timeout).await?;
+        result.probed = true;
+        result.probe_exit = code;
+        result.probe_output = output.clone();
+        result.probe_ms = probe_started.elapsed().as_millis() as u64;
+        if code != 0 {
+            return Err(AgentError::State(format!(
+                "probe failed with exit code {code}: {}",
+                output.trim()
+            )));
+        }
+    }
+    Ok(result)
+}
+
+/// Runs a drill's probe: `sh -c CMD`, in the restored directory when there is one, with
+/// `LIFEBOAT_RESTORED` naming what was restored (a directory, a volume's mountpoint, or a
+/// temporary image tag to run a container from). Returns the exit code (-1: killed or
+/// timed out) and the end of its output.
+async fn probe(cmd: &str, restored: &str, timeout: Duration) -> Result<(i32, String), AgentError> {
+    let mut c = tokio::process::Command::new("/bin/sh");
+    c.arg("-c").arg(cmd).env("LIFEBOAT_RESTORED", restored);
+    if Path::new(restored).is_dir() {
+        c.current_dir(restored);
+    }
+    c.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let child = c.output();
+    match tokio::time::timeout(timeout, child).await {
+        Err(_) => Ok((
+            -1,
+            format!("the probe did not finish within {} s", timeout.as_secs()),
+        )),
+        Ok(Err(e)) => Err(AgentError::State(format!(
+            "starting the probe {cmd:?}: {e}"
+        ))),
+        Ok(Ok(out)) => {
+            let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&out.stderr));
+            const KEEP: usize = 2000;
+            if text.len() > KEEP {
+                let mut cut = text.len() - KEEP;
+                while !text.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                text = text[cut..].to_string();
+            }
+            Ok((out.status.code().unwrap_or(-1), text))
+        }
+    }
 }

@@ -276,9 +276,13 @@ fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
             ..Default::default()
         };
         match result {
-            Ok(snapshot_ids) => {
+            Ok(Outcome {
+                snapshot_ids,
+                restore,
+            }) => {
                 update.state = JobState::Succeeded as i32;
                 update.snapshot_ids = snapshot_ids;
+                update.restore = restore;
             }
             Err(e) => {
                 tracing::error!(job = %id, error = %e, "job failed");
@@ -294,12 +298,18 @@ fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
     });
 }
 
+/// What a finished job reports.
+struct Outcome {
+    snapshot_ids: Vec<String>,
+    restore: Option<pb::RestoreResult>,
+}
+
 async fn run_job(
     shared: &Shared,
     api: Client,
     job: &pb::Job,
     counters: Arc<Counters>,
-) -> Result<Vec<String>, AgentError> {
+) -> Result<Outcome, AgentError> {
     match &job.kind {
         Some(pb::job::Kind::Backup(b)) => {
             let ctx = BackupContext {
@@ -336,16 +346,17 @@ async fn run_job(
                 tracing::info!(source = %name, snapshot = %r.snapshot_id, files = r.stats.files, new_bytes = r.stats.bytes_new, "backup committed");
                 ids.push(r.snapshot_id);
             }
-            Ok(ids)
+            Ok(Outcome { snapshot_ids: ids, restore: None })
         }
         Some(pb::job::Kind::Restore(r)) => {
             let engine = shared.engine().await.ok();
-            let report = restore::run_restore(shared.state.clone(), api, &job.job_id, r.clone(), &shared.config.restore_roots, engine, counters).await?;
-            tracing::info!(files = report.files, bytes = report.bytes, target = %r.target, "restore finished");
-            for (p, why) in &report.skipped {
-                tracing::warn!(path = %p, "not restored: {why}");
-            }
-            Ok(vec![r.snapshot_id.clone()])
+            let allowed = restore::Permissions {
+                roots: &shared.config.restore_roots,
+                probes: shared.config.allow_probes,
+            };
+            let result = restore::run_restore(shared.state.clone(), api, &job.job_id, r.clone(), allowed, engine, counters).await?;
+            tracing::info!(files = result.files, bytes = result.bytes, written = result.bytes_written, target = %r.target, sandbox = r.sandbox, "restore finished");
+            Ok(Outcome { snapshot_ids: vec![r.snapshot_id.clone()], restore: Some(result) })
         }
         None => Err(AgentError::Rpc(format!("job {} has no kind; upgrade this agent", job.job_id))),
     }

@@ -583,6 +583,10 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             to,
             volume,
             stop_containers,
+            mode,
+            delete_extra,
+            force,
+            report,
             wait,
             json,
         } => {
@@ -593,11 +597,82 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     target: to.unwrap_or_default(),
                     volume: volume.unwrap_or_default(),
                     stop_containers,
+                    mode,
+                    delete_extra,
+                    force,
                 })
                 .await
                 .map_err(rpc)?
                 .into_inner();
-            return finish_start(&mut api, j, wait, json.json).await;
+            let Some(report) = report else {
+                return finish_start(&mut api, j, wait, json.json).await;
+            };
+            let done = watch(&mut api, &j.id).await?;
+            print_job(&done, json.json);
+            if let Some(r) = &done.restore {
+                let text = serde_json::to_string_pretty(&output::restore_json(r))?;
+                std::fs::write(&report, text + "\n")
+                    .with_context(|| format!("writing the report to {}", report.display()))?;
+                if !json.json {
+                    println!("  report: {}", report.display());
+                }
+            }
+            return Ok(exit_code(&done));
+        }
+        Cmd::Drill { cmd } => return crate::recovery::drill(&mut api, cmd).await,
+        Cmd::Drills { limit, json } => {
+            return crate::recovery::drills(&mut api, limit, json.json).await;
+        }
+        Cmd::Recover { cmd } => return crate::recovery::recover(&mut api, cmd).await,
+        Cmd::Snapshots {
+            cmd:
+                Some(SnapshotsCmd::Quarantine {
+                    agent,
+                    selector,
+                    after,
+                    clear,
+                    json,
+                }),
+            ..
+        } => {
+            let reply = api
+                .quarantine(pb::QuarantineRequest {
+                    agent: agent.unwrap_or_default(),
+                    selector: selector.unwrap_or_default(),
+                    after_unix_ms: time_arg("--after", &after)?,
+                    clear,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if json.json {
+                output::listing(
+                    true,
+                    &reply.snapshots,
+                    output::snapshot_json,
+                    output::SNAPSHOT_HEADER,
+                    output::snapshot_row,
+                );
+            } else {
+                println!(
+                    "{} snapshots {}",
+                    reply.snapshots.len(),
+                    if clear {
+                        "released from quarantine"
+                    } else {
+                        "quarantined"
+                    }
+                );
+                if !reply.snapshots.is_empty() {
+                    println!(
+                        "{}",
+                        output::table(
+                            output::SNAPSHOT_HEADER,
+                            reply.snapshots.iter().map(output::snapshot_row).collect()
+                        )
+                    );
+                }
+            }
         }
     }
     Ok(0)
@@ -703,6 +778,22 @@ async fn policy(api: &mut Api, cmd: PolicyCmd) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// A point in time given as RFC 3339 or as an age (`6h` ago), in Unix milliseconds.
+pub fn time_arg(flag: &str, s: &str) -> Result<i64> {
+    let t = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let age = humantime::parse_duration(s).with_context(|| {
+                format!("{flag} {s:?}: expected a time (2026-11-29T08:00:00Z) or an age (6h)")
+            })?;
+            std::time::SystemTime::now() - age
+        }
+    };
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
 }
 
 /// Parses `--since`: an RFC 3339 time or an age such as `24h`.
@@ -827,7 +918,7 @@ async fn identity(
 
 /// 0 for a job that succeeded (or is still going), 2 for one that failed or was
 /// interrupted, with its reason on stderr.
-fn exit_code(j: &pb::JobInfo) -> i32 {
+pub fn exit_code(j: &pb::JobInfo) -> i32 {
     match JobState::try_from(j.state) {
         Ok(JobState::Failed) | Ok(JobState::Interrupted) => {
             eprintln!(
@@ -862,7 +953,7 @@ async fn finish_start(api: &mut Api, j: pb::JobInfo, wait: bool, json: bool) -> 
     Ok(exit_code(&done))
 }
 
-fn print_job(j: &pb::JobInfo, json: bool) {
+pub fn print_job(j: &pb::JobInfo, json: bool) {
     if json {
         println!("{}", output::job_json(j));
         return;
@@ -890,6 +981,38 @@ fn print_job(j: &pb::JobInfo, json: bool) {
     );
     if !j.snapshot_ids.is_empty() {
         println!("  snapshots: {}", j.snapshot_ids.join(", "));
+    }
+    if let Some(r) = &j.restore {
+        println!(
+            "  {} mode: {} written, {} files unchanged; phases: setup {} ms, data {} ms, finish {} ms",
+            r.mode,
+            bytes(r.bytes_written),
+            r.unchanged,
+            r.setup_ms,
+            r.data_ms,
+            r.finish_ms
+        );
+        let extras = if r.extras_removed {
+            "planted (removed)"
+        } else {
+            "planted (left in place; --delete-extra removes them)"
+        };
+        for (what, list) in [
+            ("modified", &r.modified),
+            ("missing", &r.missing),
+            (extras, &r.planted),
+        ] {
+            if list.is_empty() {
+                continue;
+            }
+            println!("  {what}: {}", list.len());
+            for p in list.iter().take(20) {
+                println!("    {p}");
+            }
+            if list.len() > 20 {
+                println!("    ... {} more (--report FILE lists all)", list.len() - 20);
+            }
+        }
     }
     if !j.error.is_empty() {
         println!("  error: {}", j.error);

@@ -2,6 +2,7 @@
 
 mod commands;
 mod output;
+mod recovery;
 mod up;
 
 use std::path::PathBuf;
@@ -206,11 +207,127 @@ pub enum Cmd {
         /// and start them again after.
         #[arg(long)]
         stop_containers: bool,
+        /// replace: write every file. repair: hash what is on disk against the snapshot and
+        /// rewrite only the files that differ (the target is the same machine, its disk
+        /// intact); the report lists every modified, planted and missing file.
+        #[arg(long, value_parser = ["replace", "repair"], default_value = "replace")]
+        mode: String,
+        /// Remove files the snapshot does not have, so the target ends exactly as the
+        /// snapshot (without it, they are left and reported as planted).
+        #[arg(long)]
+        delete_extra: bool,
+        /// Restore a quarantined snapshot anyway (admin; recorded in the audit log).
+        #[arg(long)]
+        force: bool,
+        /// Write the restore's report (modified, planted, missing files; phase times) to
+        /// this file as JSON. Implies --wait.
+        #[arg(long)]
+        report: Option<PathBuf>,
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
         json: Json,
     },
+    /// Restore drills: restore into a sandbox, verify, probe, time, clean up.
+    Drill {
+        #[command(subcommand)]
+        cmd: DrillCmd,
+    },
+    /// Drill results, newest first (a failed drill makes this exit 2).
+    Drills {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Recovery plans: restore many devices from their last known good snapshots.
+    Recover {
+        #[command(subcommand)]
+        cmd: RecoverCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DrillCmd {
+    /// Drill the chosen devices now, one after another; waits and prints the results,
+    /// exits 2 if any drill failed.
+    Run {
+        /// A device to drill (repeatable).
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+        /// Devices whose labels match KEY=VALUE[,KEY=VALUE].
+        #[arg(long)]
+        selector: Option<String>,
+        /// Only this many devices (the least recently drilled).
+        #[arg(long)]
+        sample: Option<u32>,
+        /// A shell command run in the restored directory on the agent (LIFEBOAT_RESTORED
+        /// names it; for images, a temporary tag to run a container from). The agent must
+        /// run with --allow-probes.
+        #[arg(long)]
+        probe: Option<String>,
+        #[arg(long, default_value = "5m")]
+        probe_timeout: humantime::Duration,
+        /// Start the drills and return.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RecoverCmd {
+    /// Plan a recovery: the last known good restore point of every source of every chosen
+    /// device, restored in tier order under the limits. Prints the plan; runs nothing.
+    Plan {
+        /// A device (repeatable).
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+        #[arg(long)]
+        selector: Option<String>,
+        /// The compromise time: RFC 3339 (2026-11-29T08:00:00Z) or an age (6h).
+        #[arg(long)]
+        before: String,
+        /// Devices restored at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
+        /// The controller's egress for the plan, e.g. 200MiB/s or 1Gbit/s (default:
+        /// unlimited).
+        #[arg(long)]
+        bandwidth: Option<String>,
+        /// A file of `DEVICE = REPLACEMENT-AGENT` lines: restore those devices onto
+        /// another agent.
+        #[arg(long)]
+        target_map: Option<PathBuf>,
+        /// replace (write everything) or repair (rewrite only what differs on disk).
+        #[arg(long, value_parser = ["replace", "repair"], default_value = "replace")]
+        mode: String,
+        /// Consider quarantined snapshots too (admin; recorded in the audit log).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Run a plan. With --wait, return when it ends, print the report, and exit 2 if any
+    /// device failed.
+    Run {
+        plan: String,
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Follow a running plan: per-device progress and the fleet's ETA.
+    Watch { plan: String },
+    /// Show a plan (its estimate, and once run, what happened).
+    Show {
+        plan: String,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// List plans.
+    List(Json),
 }
 
 #[derive(Subcommand)]
@@ -248,6 +365,22 @@ pub enum SnapshotsCmd {
     Protect { snapshot: String },
     /// Unpin a snapshot (admin).
     Unprotect { snapshot: String },
+    /// Mark every snapshot received after the compromise time as suspect: restores and
+    /// plans skip them unless an admin forces it.
+    Quarantine {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        selector: Option<String>,
+        /// RFC 3339 (2026-11-29T08:00:00Z) or an age (6h).
+        #[arg(long)]
+        after: String,
+        /// Lift the quarantine of the snapshots after that time instead (admin).
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        json: Json,
+    },
 }
 
 #[derive(Subcommand)]

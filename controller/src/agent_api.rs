@@ -233,12 +233,23 @@ impl AgentApi for AgentService {
         }
         let (tx, rx) = mpsc::channel(4);
         let ctl = self.0.clone();
+        let pacer = self.0.jobs.pacer(&job.policy);
         tokio::task::spawn_blocking(move || {
             let mut batch = pb::ChunkBatch::default();
             let mut bytes = 0usize;
             for id in wanted {
                 match ctl.store.read_blob(&id) {
                     Ok(blob) => {
+                        if let Some(p) = &pacer {
+                            // Send what is batched before waiting for the next slot.
+                            if !batch.chunks.is_empty() {
+                                bytes = 0;
+                                if tx.blocking_send(Ok(std::mem::take(&mut batch))).is_err() {
+                                    return;
+                                }
+                            }
+                            p.take(blob.len());
+                        }
                         bytes += blob.len();
                         batch.chunks.push(pb::ChunkBlob {
                             id: id.as_bytes().to_vec(),
@@ -468,5 +479,6 @@ pub fn snapshot_row(id: &str, r: &Record, received_ms: i64) -> SnapshotRow {
         bytes_new: r.stats.bytes_new,
         bytes_read: r.stats.bytes_read,
         parent: r.parent.clone().unwrap_or_default(),
+        quarantined_ms: 0,
     }
 }

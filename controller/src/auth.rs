@@ -25,7 +25,7 @@ use crate::error::ApiError;
 pub enum Role {
     /// Reads everything, changes nothing.
     Viewer,
-    /// Runs backups and restores (later: drills and recovery plans).
+    /// Runs backups, restores, drills and recovery plans; quarantines snapshots.
     Operator,
     /// Also tokens, identities, deletion and revocation.
     Admin,
@@ -125,9 +125,18 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.OperatorApi/ListPolicies", READERS),
     ("/lifeboat.v1.OperatorApi/ListDevices", READERS),
     ("/lifeboat.v1.OperatorApi/DiffSnapshots", READERS),
+    ("/lifeboat.v1.OperatorApi/ListDrills", READERS),
+    ("/lifeboat.v1.OperatorApi/GetPlan", READERS),
+    ("/lifeboat.v1.OperatorApi/ListPlans", READERS),
     ("/lifeboat.v1.OperatorApi/StartBackup", OPERATORS),
     ("/lifeboat.v1.OperatorApi/StartRestore", OPERATORS),
     ("/lifeboat.v1.OperatorApi/Verify", OPERATORS),
+    // Marking snapshots suspect is for operators in an incident; lifting it is an admin's
+    // (checked in the handler), as is restoring or planning from quarantined snapshots.
+    ("/lifeboat.v1.OperatorApi/Quarantine", OPERATORS),
+    ("/lifeboat.v1.OperatorApi/RunDrill", OPERATORS),
+    ("/lifeboat.v1.OperatorApi/PlanRecovery", OPERATORS),
+    ("/lifeboat.v1.OperatorApi/RunPlan", OPERATORS),
     ("/lifeboat.v1.OperatorApi/CreateToken", ADMINS),
     ("/lifeboat.v1.OperatorApi/CreateIdentity", ADMINS),
     ("/lifeboat.v1.OperatorApi/RevokeIdentity", ADMINS),

@@ -40,6 +40,32 @@ async fn metrics(State(ctl): State<Arc<Controller>>) -> String {
     gauge("lifeboat_snapshots", "Committed snapshots.", snapshots);
     gauge("lifeboat_store_chunks", "Chunks in the store.", chunks);
     gauge("lifeboat_store_bytes", "Bytes in sealed packs.", bytes);
+    let failed = ctl.catalog.failed_drills().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# HELP lifeboat_drills_failed_total Restore drills that failed.\n# TYPE lifeboat_drills_failed_total counter\nlifeboat_drills_failed_total {failed}"
+    );
+    let c = ctl.clone();
+    let devices =
+        tokio::task::spawn_blocking(move || crate::scheduler::devices(&c, c.clock.now_ms()))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# HELP lifeboat_device_restore_estimate_seconds Estimated downtime if the device had to be restored now, alone.\n# TYPE lifeboat_device_restore_estimate_seconds gauge"
+    );
+    for d in &devices {
+        let _ = writeln!(
+            out,
+            "lifeboat_device_restore_estimate_seconds{{agent=\"{}\",basis=\"{}\",tier=\"{}\"}} {:.3}",
+            d.agent.replace(['"', '\\', '\n'], "_"),
+            d.estimate_basis,
+            d.tier,
+            d.restore_estimate_ms as f64 / 1000.0
+        );
+    }
     out
 }
 

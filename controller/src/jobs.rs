@@ -35,6 +35,8 @@ struct Inner {
     watchers: HashMap<String, watch::Sender<pb::JobInfo>>,
     /// Per running restore job, built on its first chunk read, dropped when it ends.
     grants: HashMap<String, Grant>,
+    /// Egress pacing by job tag (a plan's jobs share one pacer).
+    pacers: HashMap<String, Arc<crate::recovery::pacer::Pacer>>,
     next_session: u64,
 }
 
@@ -176,6 +178,7 @@ impl Jobs {
             snapshot_ids: Vec::new(),
             policy: policy.to_string(),
             attempts: 0,
+            result: None,
         };
         self.catalog.insert_job(&row)?;
         self.dispatch(&agent.id)?;
@@ -237,6 +240,9 @@ impl Jobs {
                 row.finished_ms = self.clock.now_ms();
                 row.error = upd.error;
                 row.snapshot_ids = upd.snapshot_ids;
+                if let Some(r) = upd.restore {
+                    row.result = Some(r.encode_to_vec());
+                }
             }
             _ => {
                 return Err(ApiError::InvalidArgument(format!(
@@ -248,7 +254,26 @@ impl Jobs {
             row.progress = Some(p.encode_to_vec());
         }
         self.save(&row);
+        if Self::is_terminal(row.state) && row.kind == "restore" {
+            crate::recovery::restore_finished(&self.catalog, &row, self.clock.now_ms());
+        }
         Ok(())
+    }
+
+    /// Paces every chunk read by jobs tagged `tag` (see `recovery::plan`).
+    pub fn set_pacer(&self, tag: &str, pacer: Arc<crate::recovery::pacer::Pacer>) {
+        self.lock().pacers.insert(tag.to_string(), pacer);
+    }
+
+    pub fn clear_pacer(&self, tag: &str) {
+        self.lock().pacers.remove(tag);
+    }
+
+    pub fn pacer(&self, tag: &str) -> Option<Arc<crate::recovery::pacer::Pacer>> {
+        if tag.is_empty() {
+            return None;
+        }
+        self.lock().pacers.get(tag).cloned()
     }
 
     /// The grant of a restore job, if built.
@@ -311,6 +336,10 @@ impl Jobs {
                 .and_then(|p| pb::Progress::decode(p).ok()),
             error: row.error.clone(),
             snapshot_ids: row.snapshot_ids.clone(),
+            restore: row
+                .result
+                .as_deref()
+                .and_then(|r| pb::RestoreResult::decode(r).ok()),
         })
     }
 

@@ -23,6 +23,7 @@ pub mod jobs;
 pub mod operator_api;
 pub mod policy;
 pub mod rebuild;
+pub mod recovery;
 pub mod retention;
 pub mod scheduler;
 pub mod scrub;
@@ -92,6 +93,8 @@ pub struct Controller {
     /// Held by commits (check that every chunk is indexed, then list the snapshot) and by
     /// GC's sweep, so neither sees the other half done.
     pub commit_lock: std::sync::Mutex<()>,
+    /// Recovery plans with a runner in this process.
+    pub plan_runners: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// `lifeboat-controller serve` settings, validated.
@@ -225,6 +228,7 @@ pub fn start_with_clock(
             .unwrap_or(30 * 86_400_000),
         gc_lease_ms: cfg.gc_lease.as_millis() as i64,
         commit_lock: std::sync::Mutex::new(()),
+        plan_runners: Default::default(),
     });
     Ok(Running {
         ctl,
@@ -270,6 +274,7 @@ impl Running {
     /// in-flight calls up to 10 s, and flush the open pack.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ApiError> {
         let ctl = self.ctl.clone();
+        recovery::plan::resume_all(&ctl)?;
         if let Some(http) = self.http {
             tokio::spawn(http::serve(ctl.clone(), http, self.http_tls));
         }
@@ -305,6 +310,18 @@ impl Running {
                         }
                         Ok(Err(e)) => tracing::error!(error = %e, "scheduler tick failed"),
                         Err(e) => tracing::error!(error = %e, "scheduler task failed"),
+                    }
+                    let c = ctl.clone();
+                    match tokio::task::spawn_blocking(move || {
+                        recovery::drill::tick(&c, c.clock.now_ms())
+                    })
+                    .await
+                    {
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "scheduled drills failed to start")
+                        }
+                        Err(e) => tracing::error!(error = %e, "drill scheduler task failed"),
+                        Ok(Ok(())) => {}
                     }
                 }
             })

@@ -50,6 +50,7 @@ fn snapshot_info(s: SnapshotRow) -> pb::SnapshotInfo {
         bytes_new: s.bytes_new,
         bytes_read: s.bytes_read,
         parent: s.parent,
+        quarantined_unix_ms: s.quarantined_ms,
     }
 }
 
@@ -99,16 +100,7 @@ fn when(unix_ms: i64) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// The kind of a snapshot's source, from its name.
-fn source_kind(source: &str) -> &'static str {
-    if source.starts_with("image:") {
-        "image"
-    } else if source.starts_with("volume:") {
-        "volume"
-    } else {
-        "path"
-    }
-}
+use crate::recovery::source_kind;
 
 /// The agent's Docker inventory as last reported (empty when it never reported one).
 fn inventory(agent: &AgentRow) -> pb::DockerInventory {
@@ -457,10 +449,35 @@ impl OperatorApi for OperatorService {
         &self,
         req: Request<pb::StartRestoreRequest>,
     ) -> Result<Response<pb::JobInfo>, Status> {
-        let (operator, _) = auth::operator(&req)?;
+        let (operator, role) = auth::operator(&req)?;
         let req = req.into_inner();
         let snap = self.0.catalog.find_snapshot(&req.snapshot)?;
         let agent = self.0.catalog.find_agent(&req.agent)?;
+        let mode = lifeboat_core::restore::Mode::parse(&req.mode)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        if snap.quarantined_ms != 0 {
+            if !req.force {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "snapshot {} is quarantined (received {}, after the compromise time); restore an earlier one (`lifeboat snapshots --agent {}`), or as an admin add --force",
+                    &snap.id[..12],
+                    when(snap.received_ms),
+                    snap.agent_name
+                ))
+                .into());
+            }
+            if role != auth::Role::Admin {
+                return Err(ApiError::PermissionDenied(
+                    "denied: only an admin may restore a quarantined snapshot (--force)".into(),
+                )
+                .into());
+            }
+            self.0.audit.ok(
+                &format!("operator:{operator}"),
+                "restore.quarantined_forced",
+                &snap.id,
+                serde_json::json!({ "agent": agent.name }),
+            );
+        }
         if agent.revoked_ms != 0 {
             return Err(ApiError::FailedPrecondition(format!(
                 "agent {} is revoked: restore onto another agent",
@@ -508,60 +525,48 @@ impl OperatorApi for OperatorService {
             lifeboat_core::snapshot::validate_source(&format!("volume:{volume}"))
                 .map_err(ApiError::from)?;
         }
-        let env = self.0.store.read_snapshot(&snap.id)?;
-        // The agent key recorded at enrollment, or (if the catalog was rebuilt without the
-        // agent's row) the key the controller's countersignature vouches for.
-        let origin_key = self
-            .0
-            .catalog
-            .agent(&snap.agent_id)?
-            .map(|a| a.signing_key)
-            .unwrap_or_else(|| env.public_key.clone());
-        // Refuse at once, naming why, rather than sending the agent a job it will refuse.
-        if let Err(e) = env.verify(&origin_key, &self.0.signer_public_key) {
-            self.0.audit.ok(
-                &format!("operator:{operator}"),
-                "restore.refused",
-                &snap.id,
-                serde_json::json!({ "reason": e.to_string() }),
-            );
-            return Err(ApiError::FailedPrecondition(format!(
-                "snapshot {} fails verification: {e}; it will not be restored",
-                &snap.id[..12]
+        if mode == lifeboat_core::restore::Mode::Repair && kind != "path" {
+            return Err(ApiError::InvalidArgument(format!(
+                "--mode repair is for host path snapshots; a {kind} snapshot is restored whole"
             ))
             .into());
         }
+        // Refuse at once, naming why, rather than sending the agent a job it will refuse.
+        let mut restore = match crate::recovery::restore_job(&self.0, &snap) {
+            Ok(r) => r,
+            Err(e) => {
+                self.0.audit.ok(
+                    &format!("operator:{operator}"),
+                    "restore.refused",
+                    &snap.id,
+                    serde_json::json!({ "reason": e.to_string() }),
+                );
+                return Err(e.into());
+            }
+        };
         let detail = match kind {
             "image" => format!("snapshot {} ({}) into Docker", &snap.id[..12], snap.source),
             "volume" => format!("snapshot {} to volume {volume}", &snap.id[..12]),
             _ => format!("snapshot {} to {}", &snap.id[..12], req.target),
         };
-        let target = req.target.clone();
-        let stop_containers = req.stop_containers;
-        let job_volume = volume.clone();
+        restore.target = req.target.clone();
+        restore.volume = volume.clone();
+        restore.stop_containers = req.stop_containers;
+        restore.mode = mode.name().into();
+        restore.delete_extra = req.delete_extra;
         let row = self
             .0
             .jobs
             .submit(&agent, "restore", detail, "", |id| pb::Job {
                 job_id: id.to_string(),
-                kind: Some(pb::job::Kind::Restore(pb::RestoreJob {
-                    snapshot_id: snap.id.clone(),
-                    record: env.record,
-                    signature: env.signature,
-                    origin_public_key: origin_key,
-                    target,
-                    countersignature: env.countersignature,
-                    received_unix_ms: env.received_unix_ms,
-                    volume: job_volume,
-                    stop_containers,
-                })),
+                kind: Some(pb::job::Kind::Restore(restore)),
             })?;
         tracing::info!(%operator, agent = %agent.name, snapshot = %snap.id, job = %row.id, "restore requested");
         self.0.audit.ok(
             &format!("operator:{operator}"),
             "restore.start",
             &snap.id,
-            serde_json::json!({ "job": row.id, "agent": agent.name, "target": req.target }),
+            serde_json::json!({ "job": row.id, "agent": agent.name, "target": req.target, "mode": mode.name(), "delete_extra": req.delete_extra }),
         );
         Ok(Response::new(self.0.jobs.info(&row)?))
     }
@@ -987,6 +992,149 @@ impl OperatorApi for OperatorService {
             .await
             .map_err(ApiError::from)??;
         Ok(Response::new(reply))
+    }
+
+    async fn quarantine(
+        &self,
+        req: Request<pb::QuarantineRequest>,
+    ) -> Result<Response<pb::QuarantineReply>, Status> {
+        let (operator, role) = auth::operator(&req)?;
+        let req = req.into_inner();
+        if req.clear && role != auth::Role::Admin {
+            return Err(ApiError::PermissionDenied(
+                "denied: only an admin may lift a quarantine".into(),
+            )
+            .into());
+        }
+        if req.after_unix_ms <= 0 {
+            return Err(ApiError::InvalidArgument(
+                "--after is required: snapshots received after it become suspect".into(),
+            )
+            .into());
+        }
+        let agents_named: Vec<String> = if req.agent.is_empty() {
+            Vec::new()
+        } else {
+            vec![req.agent.clone()]
+        };
+        let agents = crate::recovery::plan::select_agents(&self.0, &agents_named, &req.selector)?;
+        let now = self.0.clock.now_ms();
+        let mut changed = Vec::new();
+        for a in &agents {
+            changed.extend(
+                self.0
+                    .catalog
+                    .quarantine(&a.id, req.after_unix_ms, now, req.clear)?,
+            );
+        }
+        self.0.audit.ok(
+            &format!("operator:{operator}"),
+            if req.clear {
+                "snapshot.unquarantine"
+            } else {
+                "snapshot.quarantine"
+            },
+            &agents
+                .iter()
+                .map(|a| a.name.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+            serde_json::json!({
+                "after_unix_ms": req.after_unix_ms,
+                "snapshots": changed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+            }),
+        );
+        tracing::warn!(%operator, snapshots = changed.len(), clear = req.clear, "quarantine changed");
+        Ok(Response::new(pb::QuarantineReply {
+            snapshots: changed.into_iter().map(snapshot_info).collect(),
+        }))
+    }
+
+    async fn run_drill(
+        &self,
+        req: Request<pb::DrillRequest>,
+    ) -> Result<Response<pb::DrillList>, Status> {
+        let (operator, _) = auth::operator(&req)?;
+        let req = req.into_inner();
+        let agents = crate::recovery::plan::select_agents(&self.0, &req.agents, &req.selector)?;
+        let ctl = self.0.clone();
+        let rows = crate::recovery::drill::start(
+            &ctl,
+            &format!("operator:{operator}"),
+            agents,
+            req.sample,
+            &req.probe,
+            req.probe_timeout_seconds,
+            "",
+        )?;
+        Ok(Response::new(pb::DrillList {
+            drills: rows
+                .into_iter()
+                .map(|d| crate::recovery::drill::info(&self.0, d))
+                .collect(),
+        }))
+    }
+
+    async fn list_drills(
+        &self,
+        req: Request<pb::ListDrillsRequest>,
+    ) -> Result<Response<pb::DrillList>, Status> {
+        auth::operator(&req)?;
+        let req = req.into_inner();
+        let limit = if req.limit == 0 { 100 } else { req.limit };
+        let rows = self.0.catalog.drills(limit, &req.ids)?;
+        Ok(Response::new(pb::DrillList {
+            drills: rows
+                .into_iter()
+                .map(|d| crate::recovery::drill::info(&self.0, d))
+                .collect(),
+        }))
+    }
+
+    async fn plan_recovery(
+        &self,
+        req: Request<pb::PlanRequest>,
+    ) -> Result<Response<pb::PlanInfo>, Status> {
+        let (operator, role) = auth::operator(&req)?;
+        let req = req.into_inner();
+        let ctl = self.0.clone();
+        let plan = tokio::task::spawn_blocking(move || {
+            crate::recovery::plan::create(&ctl, &operator, role, req)
+        })
+        .await
+        .map_err(ApiError::from)??;
+        Ok(Response::new(plan))
+    }
+
+    async fn run_plan(&self, req: Request<pb::NameRef>) -> Result<Response<pb::PlanInfo>, Status> {
+        let (operator, _) = auth::operator(&req)?;
+        let plan = crate::recovery::plan::start(&self.0, &operator, &req.into_inner().name)?;
+        Ok(Response::new(plan))
+    }
+
+    async fn get_plan(&self, req: Request<pb::NameRef>) -> Result<Response<pb::PlanInfo>, Status> {
+        auth::operator(&req)?;
+        Ok(Response::new(crate::recovery::plan::load(
+            &self.0,
+            &req.into_inner().name,
+        )?))
+    }
+
+    async fn list_plans(&self, req: Request<pb::Empty>) -> Result<Response<pb::PlanList>, Status> {
+        auth::operator(&req)?;
+        let mut plans = Vec::new();
+        for (id, _) in self.0.catalog.plans()? {
+            let mut p = crate::recovery::plan::load(&self.0, &id)?;
+            // The list shows plans, not every device's progress.
+            for d in &mut p.devices {
+                for s in &mut d.sources {
+                    s.result = None;
+                    s.progress = None;
+                }
+            }
+            plans.push(p);
+        }
+        Ok(Response::new(pb::PlanList { plans }))
     }
 
     async fn verify_audit(

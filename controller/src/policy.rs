@@ -17,6 +17,10 @@
 //! Further keys: `consistency` (pause, hook, none) and `hook = { container, before, after,
 //! timeout }` for volumes, `max_concurrent` (jobs of this policy at once), `bandwidth` (per
 //! agent, e.g. "50MiB/s"), and `keep.yearly`, `keep.within` ("30d").
+//!
+//! Drills: `drill = { every = "7d", sample = 2, probe = "test -s etc/hostname" }` drills
+//! the selected devices in a rotating sample so that every one is drilled within `every`
+//! (`sample` devices per round, rounds spread evenly; the least recently drilled first).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -46,6 +50,29 @@ pub struct Policy {
     pub max_concurrent: u32,
     /// Upload bytes per second per agent (0: unlimited).
     pub bandwidth: u64,
+    #[serde(default)]
+    pub drill: Option<Drill>,
+}
+
+/// Scheduled restore drills over the policy's devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drill {
+    /// Every device is drilled within this period.
+    pub every_s: u64,
+    /// Devices per round.
+    pub sample: u32,
+    pub probe: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DrillSpec {
+    every: String,
+    #[serde(default)]
+    sample: Option<u32>,
+    #[serde(default)]
+    probe: Option<String>,
 }
 
 /// Retention: how many snapshots of each kind to keep (by the controller's receive time).
@@ -141,6 +168,8 @@ struct Spec {
     max_concurrent: Option<u32>,
     #[serde(default)]
     bandwidth: Option<Spanned<String>>,
+    #[serde(default)]
+    drill: Option<Spanned<DrillSpec>>,
 }
 
 #[derive(Deserialize)]
@@ -406,6 +435,33 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
             }),
             None => 0,
         };
+        let drill = match &s.drill {
+            Some(d) => {
+                let span = d.span();
+                let d = d.get_ref();
+                let every_s = duration_s(&d.every).unwrap_or_else(|e| {
+                    errors.push(at(file, text, span.clone(), e));
+                    0
+                });
+                if every_s == 0 && errors.is_empty() {
+                    errors.push(at(
+                        file,
+                        text,
+                        span.clone(),
+                        "drill.every must be longer than 0",
+                    ));
+                }
+                if d.sample == Some(0) {
+                    errors.push(at(file, text, span, "drill.sample must be at least 1"));
+                }
+                Some(Drill {
+                    every_s,
+                    sample: d.sample.unwrap_or(1),
+                    probe: d.probe.clone().unwrap_or_default(),
+                })
+            }
+            None => None,
+        };
         out.push(Policy {
             name,
             selector,
@@ -425,6 +481,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
             hook,
             max_concurrent: s.max_concurrent.unwrap_or(0),
             bandwidth,
+            drill,
         });
     }
     if out.is_empty() && errors.is_empty() {

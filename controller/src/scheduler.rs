@@ -272,6 +272,7 @@ pub fn devices(ctl: &Controller, now_ms: i64) -> Result<Vec<pb::DeviceInfo>, Api
     let stored = ctl.catalog.policies()?;
     let updated: HashMap<String, i64> = stored.iter().map(|(n, _, u)| (n.clone(), *u)).collect();
     let policies = policies(ctl)?;
+    let model = crate::recovery::estimate::Model::load(&ctl.catalog)?;
     let mut out = Vec::new();
     for a in ctl
         .catalog
@@ -291,7 +292,29 @@ pub fn devices(ctl: &Controller, now_ms: i64) -> Result<Vec<pb::DeviceInfo>, Api
         names.retain(|n| seen.insert(n.clone()));
         names.sort();
         let mut sources = Vec::new();
+        let (mut device_ms, mut measured, mut any) = (0.0f64, true, false);
+        let (mut rate, mut fixed) = (0.0f64, 0.0f64);
         for name in names {
+            // The restore point if it had to be restored now: the newest snapshot not
+            // quarantined (plans check signatures and chunks too).
+            let point = ctl
+                .catalog
+                .snapshots(Some(&a.id), Some(&name))?
+                .into_iter()
+                .find(|s| s.quarantined_ms == 0);
+            let (restore_ms, restore_bytes) = match &point {
+                Some(p) => {
+                    let r = model.rates(&a.id, crate::recovery::source_kind(&name));
+                    measured &= r.measured;
+                    any = true;
+                    rate = r.rate;
+                    fixed = r.fixed_ms;
+                    let ms = r.estimate_ms(p.bytes);
+                    device_ms += ms;
+                    (ms.round() as u64, p.bytes)
+                }
+                None => (0, 0),
+            };
             let last = ctl.catalog.latest_snapshot(&a.id, &name)?;
             let (last_id, last_ms) = last.map(|s| (s.id, s.received_ms)).unwrap_or_default();
             let covering: Vec<&Policy> = policies.iter().filter(|p| covers(p, &a, &name)).collect();
@@ -323,12 +346,24 @@ pub fn devices(ctl: &Controller, now_ms: i64) -> Result<Vec<pb::DeviceInfo>, Api
                     0
                 },
                 overdue,
+                restore_estimate_ms: restore_ms,
+                restore_bytes,
             });
         }
         out.push(pb::DeviceInfo {
             connected: ctl.jobs.connected(&a.id),
+            tier: crate::recovery::plan::tier_of(&policies, &a),
             agent: a.name,
             sources,
+            restore_estimate_ms: device_ms.round() as u64,
+            estimate_basis: if any && measured {
+                "measured"
+            } else {
+                "assumed"
+            }
+            .into(),
+            rate_bytes_per_sec: rate,
+            fixed_ms: fixed.round() as u64,
         });
     }
     Ok(out)

@@ -37,6 +37,8 @@ pub enum Error {
     ContentMismatch { path: String },
     #[error("certificate error: {0}")]
     Pki(String),
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -12,6 +12,15 @@
 //!    against its id, the length and chunk list against the recorded content hash, metadata is applied,
 //!    and only then is it renamed into place. A file that fails verification is removed
 //!    and reported; the other files still restore.
+//!
+//! Two choices change what happens to what the target already holds:
+//! - [`Mode::Repair`] hashes a file already in place (same chunker, same keyed ids) and
+//!   leaves it alone when its content matches the snapshot, fixing only metadata that
+//!   differs; files that differ are rewritten as above. The report names every modified
+//!   and missing file.
+//! - `delete_extra` removes whatever the target holds that the snapshot does not
+//!   (through directory handles, never following a symlink), so the target ends exactly
+//!   as the snapshot. Without it, extra entries are only reported as planted.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -20,7 +29,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Component, Path};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, ResolveFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, FileType, Mode as Perm, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
 use crate::error::IoContext;
@@ -33,6 +42,35 @@ pub trait ChunkSource {
     fn fetch(&mut self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>>;
 }
 
+/// How files already in the target are treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Write every file of the snapshot.
+    #[default]
+    Replace,
+    /// Hash files in place and rewrite only those that differ.
+    Repair,
+}
+
+impl Mode {
+    pub fn parse(s: &str) -> Result<Mode> {
+        match s {
+            "" | "replace" => Ok(Mode::Replace),
+            "repair" => Ok(Mode::Repair),
+            other => Err(Error::Invalid(format!(
+                "restore mode {other:?}: expected \"replace\" or \"repair\""
+            ))),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Replace => "replace",
+            Mode::Repair => "repair",
+        }
+    }
+}
+
 /// What the restore may do beyond writing content.
 #[derive(Debug, Clone, Copy)]
 pub struct Options {
@@ -40,6 +78,9 @@ pub struct Options {
     pub owners: bool,
     /// Recreate device nodes (needs root). FIFOs are always recreated.
     pub devices: bool,
+    pub mode: Mode,
+    /// Remove entries the snapshot does not have.
+    pub delete_extra: bool,
 }
 
 impl Options {
@@ -49,6 +90,8 @@ impl Options {
         Options {
             owners: root,
             devices: root,
+            mode: Mode::Replace,
+            delete_extra: false,
         }
     }
 }
@@ -65,6 +108,19 @@ pub struct Report {
     pub failed: Vec<(String, String)>,
     /// Entries deliberately not restored (device nodes without root), with the reason.
     pub skipped: Vec<(String, String)>,
+    /// Files that were in place but differed (rewritten; in repair mode a file whose
+    /// content matched but whose metadata differed is listed too, and only its metadata
+    /// is fixed).
+    pub modified: Vec<String>,
+    /// Files of the snapshot that were not in place (repair mode).
+    pub missing: Vec<String>,
+    /// Entries in the target that the snapshot does not have (removed when
+    /// `delete_extra`).
+    pub planted: Vec<String>,
+    /// Files left untouched because they matched (repair mode).
+    pub unchanged: u64,
+    /// Bytes of file content written.
+    pub bytes_written: u64,
 }
 
 /// Chunks fetched per request while writing a file.
@@ -84,7 +140,7 @@ pub fn open_target(root: &Path, target: &Path) -> Result<OwnedFd> {
     let mut dir: OwnedFd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
+        Perm::empty(),
     )
     .ctx(|| format!("opening restore root {}", root.display()))?;
     for comp in rel.components() {
@@ -94,7 +150,7 @@ pub fn open_target(root: &Path, target: &Path) -> Result<OwnedFd> {
                 reason: "`..` or `.` in restore target",
             });
         };
-        match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)) {
+        match rustix::fs::mkdirat(&dir, name, Perm::from_raw_mode(0o700)) {
             Ok(()) | Err(Errno::EXIST) => {}
             Err(e) => {
                 return Err(Error::io(
@@ -107,7 +163,7 @@ pub fn open_target(root: &Path, target: &Path) -> Result<OwnedFd> {
             &dir,
             name,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
+            Perm::empty(),
             RESOLVE,
         )
         .map_err(|e| resolve_error(e, &target.display().to_string()))?;
@@ -146,6 +202,9 @@ pub fn restore(
         tmp_tag: hex::encode(crate::sign::random_bytes::<4>()?),
     };
     r.preflight(tree)?;
+    if opts.delete_extra {
+        r.clear_type_conflicts(tree)?;
+    }
     for e in &tree.entries {
         match r.entry(e) {
             Ok(()) => {}
@@ -157,6 +216,7 @@ pub fn restore(
         }
         progress(&r.report);
     }
+    r.extras(tree)?;
     // Directory metadata last, deepest first, so that writing children does not change a
     // directory's mtime after it was set and read-only modes do not block the restore.
     for e in tree.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
@@ -253,7 +313,7 @@ impl Restorer<'_> {
                 self.target,
                 os(rel),
                 OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
+                Perm::empty(),
                 RESOLVE,
             )
             .map_err(|e| resolve_error(e, &String::from_utf8_lossy(rel)))?
@@ -323,7 +383,7 @@ impl Restorer<'_> {
                     &dir,
                     tmp.as_str(),
                     ft,
-                    Mode::from_raw_mode(e.mode & 0o777),
+                    Perm::from_raw_mode(e.mode & 0o777),
                     e.rdev,
                 )
                 .ctx(|| format!("creating {} {}", e.kind.name(), e.display_path()))?;
@@ -333,7 +393,7 @@ impl Restorer<'_> {
     }
 
     fn dir(&mut self, parent: &OwnedFd, e: &Entry, name: &[u8]) -> Result<()> {
-        match rustix::fs::mkdirat(parent, os(name), Mode::from_raw_mode(0o700)) {
+        match rustix::fs::mkdirat(parent, os(name), Perm::from_raw_mode(0o700)) {
             Ok(()) => {}
             Err(Errno::EXIST) => {
                 let st = rustix::fs::statat(parent, os(name), AtFlags::SYMLINK_NOFOLLOW)
@@ -348,7 +408,7 @@ impl Restorer<'_> {
                     _ => {
                         rustix::fs::unlinkat(parent, os(name), AtFlags::empty())
                             .ctx(|| format!("replacing {}", e.display_path()))?;
-                        rustix::fs::mkdirat(parent, os(name), Mode::from_raw_mode(0o700))
+                        rustix::fs::mkdirat(parent, os(name), Perm::from_raw_mode(0o700))
                             .ctx(|| format!("creating {}", e.display_path()))?;
                     }
                 }
@@ -365,12 +425,50 @@ impl Restorer<'_> {
     }
 
     fn file(&mut self, dir: &OwnedFd, e: &Entry, name: &[u8]) -> Result<()> {
+        match rustix::fs::statat(dir, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+            Err(Errno::NOENT) => {
+                if self.opts.mode == Mode::Repair {
+                    self.report.missing.push(e.display_path());
+                }
+            }
+            Err(err) => return Err(Error::io(format!("stat {}", e.display_path()), err.into())),
+            Ok(st) => {
+                if self.opts.mode == Mode::Repair
+                    && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+                    && st.st_size as u64 == e.size
+                    && self.matches(dir, e, name)?
+                {
+                    if !self.meta_matches(&st, e) {
+                        self.report.modified.push(e.display_path());
+                        let fd = rustix::fs::openat2(
+                            dir,
+                            os(name),
+                            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+                            Perm::empty(),
+                            RESOLVE,
+                        )
+                        .ctx(|| format!("opening {}", e.display_path()))?;
+                        self.apply_fd_meta(&fd, e).map_err(|err| {
+                            Error::io(
+                                format!("setting metadata of {}", e.display_path()),
+                                err.into(),
+                            )
+                        })?;
+                    }
+                    self.report.unchanged += 1;
+                    self.report.files += 1;
+                    self.report.bytes += e.size;
+                    return Ok(());
+                }
+                self.report.modified.push(e.display_path());
+            }
+        }
         let tmp = self.tmp_name();
         let fd = rustix::fs::openat2(
             dir,
             tmp.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Mode::from_raw_mode(0o600),
+            Perm::from_raw_mode(0o600),
             RESOLVE,
         )
         .ctx(|| format!("creating {}", e.display_path()))?;
@@ -391,6 +489,114 @@ impl Restorer<'_> {
         rename(dir, &tmp, name, e)?;
         self.report.files += 1;
         self.report.bytes += e.size;
+        self.report.bytes_written += e.size;
+        Ok(())
+    }
+
+    /// Whether the regular file `name` in `dir` holds exactly `e`'s content: the same
+    /// chunker and keyed ids the backup used, compared with the recorded chunk list.
+    fn matches(&self, dir: &OwnedFd, e: &Entry, name: &[u8]) -> Result<bool> {
+        let fd = rustix::fs::openat2(
+            dir,
+            os(name),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Perm::empty(),
+            RESOLVE,
+        )
+        .ctx(|| format!("opening {}", e.display_path()))?;
+        let mut n = 0usize;
+        for chunk in crate::chunker::Chunker::new(File::from(fd)) {
+            let chunk = chunk?;
+            if e.chunks.get(n) != Some(&self.key.id_of(&chunk)) {
+                return Ok(false);
+            }
+            n += 1;
+        }
+        Ok(n == e.chunks.len())
+    }
+
+    /// Whether mode, owner and mtime in place are the snapshot's.
+    fn meta_matches(&self, st: &rustix::fs::Stat, e: &Entry) -> bool {
+        (st.st_mode & 0o7777) == (e.mode & 0o7777)
+            && (!self.opts.owners || (st.st_uid, st.st_gid) == (e.uid, e.gid))
+            && st.st_mtime == e.mtime
+            && st.st_mtime_nsec as u32 == e.mtime_nsec
+    }
+
+    /// Before writing: where the tree has a file or other non-directory and the target a
+    /// real directory (or the other way round), remove what is in the target, so that the
+    /// restore can put the snapshot's entry there. Only with `delete_extra`.
+    fn clear_type_conflicts(&mut self, tree: &Tree) -> Result<()> {
+        for e in &tree.entries {
+            let (parent, name) = split(&e.path);
+            let dir = match self.open_dir(parent) {
+                Ok(d) => d,
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    continue;
+                }
+                Err(Error::SymlinkInTarget { .. }) => continue,
+                Err(err) => return Err(err),
+            };
+            let Ok(st) = rustix::fs::statat(&dir, os(name), AtFlags::SYMLINK_NOFOLLOW) else {
+                continue;
+            };
+            let is_dir = FileType::from_raw_mode(st.st_mode) == FileType::Directory;
+            if is_dir != (e.kind == Kind::Dir) {
+                self.report.planted.push(e.display_path());
+                remove_all(&dir, name, &e.display_path())?;
+            }
+        }
+        self.cached = None;
+        Ok(())
+    }
+
+    /// After writing: what each restored directory holds that the tree does not. Reported
+    /// as planted, removed when `delete_extra`.
+    fn extras(&mut self, tree: &Tree) -> Result<()> {
+        let mut children: std::collections::HashMap<&[u8], HashSet<&[u8]>> =
+            std::collections::HashMap::new();
+        children.insert(&[], HashSet::new());
+        for e in &tree.entries {
+            if e.kind == Kind::Dir {
+                children.entry(&e.path).or_default();
+            }
+        }
+        for e in &tree.entries {
+            let (parent, name) = split(&e.path);
+            children.entry(parent).or_default().insert(name);
+        }
+        let mut dirs: Vec<&[u8]> = children.keys().copied().collect();
+        dirs.sort();
+        for rel in dirs {
+            if self.failed.contains(rel) {
+                continue;
+            }
+            let dir = match self.open_dir(rel) {
+                Ok(d) => d,
+                // A directory of the tree that is not there (not restored): nothing extra.
+                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let keep = &children[rel];
+            for name in list_dir(&dir, &String::from_utf8_lossy(rel))? {
+                if keep.contains(name.as_slice()) {
+                    continue;
+                }
+                let mut path = rel.to_vec();
+                if !path.is_empty() {
+                    path.push(b'/');
+                }
+                path.extend_from_slice(&name);
+                let shown = String::from_utf8_lossy(&path).into_owned();
+                if self.opts.delete_extra {
+                    remove_all(&dir, &name, &shown)?;
+                }
+                self.report.planted.push(shown);
+            }
+        }
+        self.cached = None;
         Ok(())
     }
 
@@ -431,7 +637,7 @@ impl Restorer<'_> {
             )?;
         }
         // After chown: chown clears setuid/setgid.
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(e.mode))?;
+        rustix::fs::fchmod(&fd, Perm::from_raw_mode(e.mode))?;
         for (k, v) in &e.xattrs {
             match rustix::fs::fsetxattr(&fd, os(k), v, rustix::fs::XattrFlags::empty()) {
                 // trusted.* and security.* need privileges; user.* may be unsupported.
@@ -462,7 +668,7 @@ impl Restorer<'_> {
                 )?;
             }
             if chmod {
-                rustix::fs::chmodat(dir, tmp, Mode::from_raw_mode(e.mode), AtFlags::empty())?;
+                rustix::fs::chmodat(dir, tmp, Perm::from_raw_mode(e.mode), AtFlags::empty())?;
             }
             rustix::fs::utimensat(dir, tmp, &times(e), AtFlags::SYMLINK_NOFOLLOW)
         })();
@@ -481,6 +687,50 @@ impl Restorer<'_> {
         }
         Ok(())
     }
+}
+
+/// The names in a directory (without `.` and `..`).
+fn list_dir(dir: &OwnedFd, shown: &str) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let iter = rustix::fs::Dir::read_from(dir).ctx(|| format!("listing {shown}/"))?;
+    for ent in iter {
+        let ent = ent.ctx(|| format!("listing {shown}/"))?;
+        let name = ent.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            out.push(name.to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// Removes `name` in `dir` and, for a directory, everything beneath it, through handles
+/// (a symlink is removed, never followed).
+fn remove_all(dir: &OwnedFd, name: &[u8], shown: &str) -> Result<()> {
+    let st = match rustix::fs::statat(dir, os(name), AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(Error::io(format!("stat {shown}"), e.into())),
+    };
+    if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+        let sub = rustix::fs::openat2(
+            dir,
+            os(name),
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Perm::empty(),
+            RESOLVE,
+        )
+        .map_err(|e| resolve_error(e, shown))?;
+        for child in list_dir(&sub, shown)? {
+            let child_shown = format!("{shown}/{}", String::from_utf8_lossy(&child));
+            remove_all(&sub, &child, &child_shown)?;
+        }
+        rustix::fs::unlinkat(dir, os(name), AtFlags::REMOVEDIR)
+            .ctx(|| format!("removing {shown}"))?;
+    } else {
+        rustix::fs::unlinkat(dir, os(name), AtFlags::empty())
+            .ctx(|| format!("removing {shown}"))?;
+    }
+    Ok(())
 }
 
 fn rename(dir: &OwnedFd, tmp: &str, name: &[u8], e: &Entry) -> Result<()> {

@@ -62,6 +62,7 @@ pub async fn restore(
         key,
         source,
         counters.clone(),
+        lifeboat_core::restore::Options::for_current_user(),
     )
     .await;
     let report = match report {

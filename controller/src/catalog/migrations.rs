@@ -141,4 +141,49 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         healed_ms INTEGER NOT NULL DEFAULT 0
     ) WITHOUT ROWID;
     "#,
+    // 7: mass recovery: quarantined snapshots, each restore's result (phases, repair
+    // report), the measured restore samples the downtime model learns from, drills, and
+    // recovery plans (the plan as protobuf `PlanInfo`, rewritten as it runs).
+    r#"
+    ALTER TABLE snapshots ADD COLUMN quarantined_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN result BLOB;
+    CREATE TABLE restore_samples (
+        job_id   TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        kind     TEXT NOT NULL,
+        bytes    INTEGER NOT NULL,
+        files    INTEGER NOT NULL,
+        data_ms  INTEGER NOT NULL,
+        total_ms INTEGER NOT NULL,
+        shared   INTEGER NOT NULL,
+        at_ms    INTEGER NOT NULL
+    );
+    CREATE INDEX samples_by_agent ON restore_samples(agent_id, kind, at_ms);
+    CREATE TABLE drills (
+        id             TEXT PRIMARY KEY,
+        agent_id       TEXT NOT NULL,
+        source         TEXT NOT NULL,
+        snapshot_id    TEXT NOT NULL,
+        job_id         TEXT NOT NULL DEFAULT '',
+        state          TEXT NOT NULL,
+        started_ms     INTEGER NOT NULL,
+        finished_ms    INTEGER NOT NULL DEFAULT 0,
+        estimate_ms    INTEGER NOT NULL,
+        estimate_basis TEXT NOT NULL,
+        actual_ms      INTEGER NOT NULL DEFAULT 0,
+        bytes          INTEGER NOT NULL,
+        result         BLOB,
+        error          TEXT NOT NULL DEFAULT '',
+        probe          TEXT NOT NULL DEFAULT '',
+        policy         TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX drills_by_agent ON drills(agent_id, started_ms);
+    CREATE INDEX drills_by_job ON drills(job_id);
+    CREATE TABLE plans (
+        id         TEXT PRIMARY KEY,
+        created_ms INTEGER NOT NULL,
+        state      TEXT NOT NULL,
+        info       BLOB NOT NULL
+    );
+    "#,
 ];

@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use records::{AgentRow, JobRow, SnapshotRow, TokenCheck};
+pub use records::{AgentRow, DrillRow, JobRow, SampleRow, SnapshotRow, TokenCheck};
 
 use crate::error::ApiError;
 

@@ -1,0 +1,268 @@
+//! Restore drills: restore the latest good snapshots of a device into a sandbox the agent
+//! chooses (a scratch directory under its state directory, a scratch volume, a temporary
+//! image tag), verify every byte and signature, run an optional probe, time every phase,
+//! and remove the sandbox. Each drill records the estimate the downtime model made before
+//! it ran, so the model's accuracy is tracked, and its own timings feed the model.
+//!
+//! Drills run one at a time (a drill measures a device alone); a failed drill is logged
+//! as an error, counted in `/metrics` (`lifeboat_drills_failed_total`) and makes
+//! `lifeboat drill run` exit non-zero.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifeboat_proto::pb::{self, JobState};
+use prost::Message;
+
+use super::estimate::Model;
+use super::{last_known_good, source_kind};
+use crate::Controller;
+use crate::catalog::{AgentRow, DrillRow};
+use crate::error::ApiError;
+
+/// Jobs of drills carry this policy tag.
+pub const JOB_TAG: &str = "drill";
+/// How long a drill waits for an offline agent before it fails.
+const AGENT_WAIT: Duration = Duration::from_secs(60);
+
+fn random_id() -> Result<String, ApiError> {
+    Ok(hex::encode(lifeboat_core::sign::random_bytes::<6>()?))
+}
+
+/// Picks the devices (the least recently drilled first when sampling), records one drill
+/// per source with the model's estimate, and starts running them in the background.
+pub fn start(
+    ctl: &Arc<Controller>,
+    actor: &str,
+    agents: Vec<AgentRow>,
+    sample: u32,
+    probe: &str,
+    probe_timeout_s: u32,
+    policy: &str,
+) -> Result<Vec<DrillRow>, ApiError> {
+    let last = ctl.catalog.last_drills()?;
+    let mut agents = agents;
+    agents.sort_by_key(|a| (last.get(&a.id).copied().unwrap_or(0), a.name.clone()));
+    if sample > 0 {
+        agents.truncate(sample as usize);
+    }
+    let model = Model::load(&ctl.catalog)?;
+    let now = ctl.clock.now_ms();
+    let mut drills = Vec::new();
+    for agent in &agents {
+        let mut sources: Vec<String> = ctl
+            .catalog
+            .snapshots(Some(&agent.id), None)?
+            .into_iter()
+            .map(|s| s.source)
+            .collect();
+        sources.sort();
+        sources.dedup();
+        if sources.is_empty() {
+            drills.push(DrillRow {
+                id: random_id()?,
+                agent_id: agent.id.clone(),
+                state: "failed".into(),
+                started_ms: now,
+                finished_ms: now,
+                error: "the device has no snapshot to drill".into(),
+                probe: probe.into(),
+                policy: policy.into(),
+                estimate_basis: "assumed".into(),
+                ..Default::default()
+            });
+            continue;
+        }
+        for source in sources {
+            let (good, skipped) = last_known_good(ctl, &agent.id, &source, i64::MAX, false)?;
+            let rates = model.rates(&agent.id, source_kind(&source));
+            let mut d = DrillRow {
+                id: random_id()?,
+                agent_id: agent.id.clone(),
+                source: source.clone(),
+                state: "queued".into(),
+                started_ms: now,
+                probe: probe.into(),
+                policy: policy.into(),
+                estimate_basis: rates.basis().into(),
+                ..Default::default()
+            };
+            match good {
+                Some(g) => {
+                    d.snapshot_id = g.snap.id.clone();
+                    d.bytes = g.snap.bytes;
+                    d.estimate_ms = rates.estimate_ms(g.snap.bytes).round() as u64;
+                }
+                None => {
+                    d.state = "failed".into();
+                    d.finished_ms = now;
+                    d.error = match skipped.first() {
+                        Some((id, why)) => {
+                            format!("no good snapshot to restore (newest, {}: {why})", &id[..12])
+                        }
+                        None => "no good snapshot to restore".into(),
+                    };
+                    tracing::error!(agent = %agent.name, %source, error = %d.error, "DRILL FAILED");
+                }
+            }
+            drills.push(d);
+        }
+    }
+    for d in &drills {
+        ctl.catalog.put_drill(d)?;
+    }
+    ctl.audit.ok(
+        actor,
+        "drill.start",
+        &drills
+            .iter()
+            .map(|d| d.id.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        serde_json::json!({
+            "agents": agents.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+            "probe": probe,
+            "policy": policy,
+        }),
+    );
+    let queue: Vec<DrillRow> = drills
+        .iter()
+        .filter(|d| d.state == "queued")
+        .cloned()
+        .collect();
+    let c = ctl.clone();
+    let timeout = probe_timeout_s;
+    tokio::spawn(async move {
+        for d in queue {
+            if let Err(e) = run_one(&c, d.clone(), timeout).await {
+                tracing::error!(drill = %d.id, error = %e, "DRILL FAILED");
+                let mut d = d;
+                d.state = "failed".into();
+                d.finished_ms = c.clock.now_ms();
+                d.error = e.to_string();
+                let _ = c.catalog.put_drill(&d);
+            }
+        }
+    });
+    Ok(drills)
+}
+
+/// Runs one drill to its end (the job's outcome is recorded by `recovery::restore_finished`).
+async fn run_one(
+    ctl: &Arc<Controller>,
+    mut d: DrillRow,
+    probe_timeout_s: u32,
+) -> Result<(), ApiError> {
+    let agent = ctl
+        .catalog
+        .agent(&d.agent_id)?
+        .ok_or_else(|| ApiError::NotFound(format!("agent {} is gone", d.agent_id)))?;
+    let snap = ctl.catalog.find_snapshot(&d.snapshot_id)?;
+    let mut job = super::restore_job(ctl, &snap)?;
+    job.sandbox = true;
+    job.probe = d.probe.clone();
+    job.probe_timeout_seconds = probe_timeout_s;
+    let detail = format!("drill {} of {} ({})", d.id, snap.source, &snap.id[..12]);
+    let row = ctl
+        .jobs
+        .submit(&agent, "restore", detail, JOB_TAG, |id| pb::Job {
+            job_id: id.to_string(),
+            kind: Some(pb::job::Kind::Restore(job)),
+        })?;
+    d.job_id = row.id.clone();
+    d.state = "running".into();
+    d.started_ms = ctl.clock.now_ms();
+    ctl.catalog.put_drill(&d)?;
+    let waited = std::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let Some(job) = ctl.catalog.job(&row.id)? else {
+            return Err(ApiError::internal(format!("drill job {} vanished", row.id)));
+        };
+        match JobState::try_from(job.state).unwrap_or(JobState::Unspecified) {
+            JobState::Succeeded | JobState::Failed => return Ok(()),
+            JobState::Interrupted => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "the drill was interrupted: {}",
+                    job.error
+                )));
+            }
+            JobState::Queued if waited.elapsed() > AGENT_WAIT => {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "agent {} did not take the drill within {} s (offline?)",
+                    agent.name,
+                    AGENT_WAIT.as_secs()
+                )));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// What `lifeboat drills` shows.
+pub fn info(ctl: &Controller, d: DrillRow) -> pb::DrillInfo {
+    let agent = ctl
+        .catalog
+        .agent(&d.agent_id)
+        .ok()
+        .flatten()
+        .map(|a| a.name)
+        .unwrap_or_else(|| d.agent_id.clone());
+    pb::DrillInfo {
+        id: d.id,
+        agent,
+        source: d.source,
+        snapshot: d.snapshot_id,
+        job_id: d.job_id,
+        state: d.state,
+        started_unix_ms: d.started_ms,
+        finished_unix_ms: d.finished_ms,
+        estimate_ms: d.estimate_ms,
+        actual_ms: d.actual_ms,
+        bytes: d.bytes,
+        result: d
+            .result
+            .as_deref()
+            .and_then(|r| pb::RestoreResult::decode(r).ok()),
+        error: d.error,
+        probe: d.probe,
+        estimate_basis: d.estimate_basis,
+        policy: d.policy,
+    }
+}
+
+/// Scheduled drills (a policy's `drill`): each round drills `sample` devices, rounds spread
+/// so that every selected device is drilled within `every`. Called by the scheduler tick.
+pub fn tick(ctl: &Arc<Controller>, now_ms: i64) -> Result<(), ApiError> {
+    let policies = crate::scheduler::policies(ctl)?;
+    for p in policies {
+        let Some(drill) = &p.drill else { continue };
+        let agents: Vec<AgentRow> = ctl
+            .catalog
+            .agents()?
+            .into_iter()
+            .filter(|a| a.revoked_ms == 0 && p.selects(&a.labels))
+            .collect();
+        if agents.is_empty() {
+            continue;
+        }
+        let rounds = agents.len().div_ceil(drill.sample.max(1) as usize) as i64;
+        let interval_ms = (drill.every_s as i64 * 1000 / rounds).max(1000);
+        let key = format!("drill:{}", p.name);
+        let last = ctl.catalog.last_slot(&key, "")?.unwrap_or(0);
+        if now_ms - last < interval_ms {
+            continue;
+        }
+        ctl.catalog.set_last_slot(&key, "", now_ms)?;
+        start(
+            ctl,
+            &format!("policy:{}", p.name),
+            agents,
+            drill.sample,
+            &drill.probe,
+            0,
+            &p.name,
+        )?;
+    }
+    Ok(())
+}
