@@ -205,6 +205,14 @@ impl Fleet {
         }
     }
 
+    /// Kills the controller outright (SIGKILL), as a crash or a pulled plug would.
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            c.kill().expect("kill controller");
+            c.wait().expect("wait controller");
+        }
+    }
+
     /// Waits for a controller that is ending on its own (a crash test) and returns how it
     /// ended.
     pub fn wait_controller_exit(&mut self) -> std::process::ExitStatus {
@@ -346,6 +354,56 @@ impl Fleet {
         );
     }
 
+    /// Starts `lifeboat-agent run` without waiting for it to connect (many agents at once;
+    /// then [`Fleet::wait_connected`]).
+    pub fn spawn_agent(
+        &mut self,
+        agent: &Agent,
+        sources: &[(&str, &Path)],
+        restore_roots: &[&Path],
+        extra: &[&str],
+    ) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path(&format!("agent-{}.log", agent.name)))
+            .expect("log");
+        let mut cmd = bin("lifeboat-agent");
+        cmd.arg("run")
+            .arg("--state-dir")
+            .arg(&agent.state_dir)
+            .env("LIFEBOAT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (name, path) in sources {
+            cmd.arg("--source")
+                .arg(format!("{name}={}", path.display()));
+        }
+        for r in restore_roots {
+            cmd.arg("--restore-root").arg(r);
+        }
+        cmd.args(extra);
+        let child = cmd.spawn().expect("spawn lifeboat-agent");
+        self.agents.push((agent.name.clone(), child));
+    }
+
+    /// Waits until `n` agents are connected.
+    pub fn wait_connected(&self, n: usize) {
+        wait_for(
+            &format!("{n} agents to connect"),
+            Duration::from_secs(120),
+            || {
+                let agents = self.cli_json(&["agents"]);
+                let up = agents
+                    .as_array()?
+                    .iter()
+                    .filter(|a| a["connected"] == true)
+                    .count();
+                (up >= n).then_some(())
+            },
+        );
+    }
+
     /// `lifeboat jobs show ID --json` (which exits 2 for a failed or interrupted job).
     pub fn job_info(&self, id: &str) -> Value {
         let out = self.cli(&["jobs", "show", id, "--json"]);
@@ -414,4 +472,44 @@ impl Drop for Fleet {
             let _ = c.wait();
         }
     }
+}
+
+/// `GET /metrics` from the controller's HTTPS port, verified against the fleet CA.
+pub fn metrics(fleet: &Fleet) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    lifeboat_proto::transport::install_crypto_provider();
+    let admin = lifeboat_core::identity::IdentityFile::load(&fleet.identity).expect("identity");
+    let addr = fleet
+        .metrics_url
+        .strip_prefix("https://")
+        .expect("https metrics URL")
+        .to_string();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(lifeboat_core::pki::cert_der(&admin.ca_pem).expect("ca"))
+            .expect("root");
+        let config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from(lifeboat_core::pki::CONTROLLER_NAME)
+            .expect("name");
+        let tcp = tokio::net::TcpStream::connect(&addr).await.expect("tcp");
+        let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("tls");
+        tls.write_all(
+            b"GET /metrics HTTP/1.1\r\nHost: controller.lifeboat\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .expect("write");
+        let mut body = Vec::new();
+        let _ = tls.read_to_end(&mut body).await;
+        String::from_utf8_lossy(&body).into_owned()
+    })
 }

@@ -33,7 +33,7 @@ use crate::error::ApiError;
 pub const JOB_TAG: &str = "plan:";
 /// Tries per restore before its device is reported failed.
 pub const MAX_ATTEMPTS: u32 = 3;
-const TICK: Duration = Duration::from_millis(250);
+const TICK: Duration = Duration::from_millis(100);
 const DEFAULT_CONCURRENCY: u32 = 4;
 
 fn random_id() -> Result<String, ApiError> {
@@ -599,7 +599,8 @@ fn step(ctl: &Controller, plan: &mut pb::PlanInfo) -> Result<bool, ApiError> {
     Ok(true)
 }
 
-/// Moves one running device forward: follows its current restore, starts the next one.
+/// Moves one running device forward: follows its current restore and, when it is done,
+/// starts the next one at once.
 fn follow_device(
     ctl: &Controller,
     plan: &mut pb::PlanInfo,
@@ -607,80 +608,88 @@ fn follow_device(
     tag: &str,
     now: i64,
 ) -> Result<(), ApiError> {
-    let at = offset(plan, now);
+    let started = plan.started_unix_ms;
+    let since_start = |t: i64| (t - started).max(0) as u64;
+    let mode = plan_mode(&plan.mode).to_string();
+    let plan_id = plan.id.clone();
     let dev = &mut plan.devices[d];
-    let Some(s) = dev
-        .sources
-        .iter()
-        .position(|s| s.state == "running" || s.state == "pending")
-    else {
-        let failed = dev.sources.iter().any(|s| s.state == "failed");
-        dev.state = if failed { "failed" } else { "done" }.into();
-        dev.actual_finish_ms = at;
-        return Ok(());
-    };
-    let target = ctl.catalog.find_agent(&dev.target_agent)?;
-    let src = &mut dev.sources[s];
-    if src.state == "pending" {
-        src.attempts += 1;
-        match submit(ctl, plan_mode(&plan.mode), &target, src, tag) {
-            Ok(job) => {
-                let src = &mut plan.devices[d].sources[s];
-                src.job_id = job;
-                src.state = "running".into();
+    loop {
+        let Some(s) = dev
+            .sources
+            .iter()
+            .position(|s| s.state == "running" || s.state == "pending")
+        else {
+            let failed = dev.sources.iter().any(|s| s.state == "failed");
+            dev.state = if failed { "failed" } else { "done" }.into();
+            if failed || dev.actual_finish_ms == 0 {
+                dev.actual_finish_ms = since_start(now);
             }
-            Err(e) => {
-                let dev = &mut plan.devices[d];
-                dev.sources[s].error = e.to_string();
-                if dev.sources[s].attempts >= MAX_ATTEMPTS {
-                    dev.sources[s].state = "failed".into();
-                    dev.error = format!("{}: {e}", dev.sources[s].source);
-                    dev.state = "failed".into();
-                    dev.actual_finish_ms = at;
+            return Ok(());
+        };
+        if dev.sources[s].state == "pending" {
+            let target = ctl.catalog.find_agent(&dev.target_agent)?;
+            let src = &mut dev.sources[s];
+            src.attempts += 1;
+            match submit(ctl, &mode, &target, src, tag) {
+                Ok(job) => {
+                    src.job_id = job;
+                    src.state = "running".into();
+                }
+                Err(e) => {
+                    src.error = e.to_string();
+                    if src.attempts >= MAX_ATTEMPTS {
+                        src.state = "failed".into();
+                        dev.error = format!("{}: {e}", src.source);
+                        continue;
+                    }
                 }
             }
+            return Ok(());
         }
-        return Ok(());
-    }
-    let Some(mut job) = ctl.catalog.job(&src.job_id)? else {
-        src.state = "pending".into();
-        return Ok(());
-    };
-    src.progress = job
-        .progress
-        .as_deref()
-        .and_then(|p| pb::Progress::decode(p).ok());
-    match JobState::try_from(job.state).unwrap_or(JobState::Unspecified) {
-        JobState::Succeeded => {
-            src.state = "done".into();
-            src.result = job
-                .result
-                .as_deref()
-                .and_then(|r| pb::RestoreResult::decode(r).ok());
-            src.error.clear();
-        }
-        JobState::Failed => {
-            src.error = job.error.clone();
-            if src.attempts >= MAX_ATTEMPTS {
-                src.state = "failed".into();
-                let dev = &mut plan.devices[d];
-                dev.error = format!("{}: {}", dev.sources[s].source, job.error);
-                tracing::error!(plan = %plan.id, device = %dev.agent, error = %dev.error, "device failed");
-            } else {
-                tracing::warn!(plan = %plan.id, device = %dev.agent, error = %job.error, "restore failed; trying again");
-                src.state = "pending".into();
+        let src = &mut dev.sources[s];
+        let Some(mut job) = ctl.catalog.job(&src.job_id)? else {
+            src.state = "pending".into();
+            return Ok(());
+        };
+        src.progress = job
+            .progress
+            .as_deref()
+            .and_then(|p| pb::Progress::decode(p).ok());
+        match JobState::try_from(job.state).unwrap_or(JobState::Unspecified) {
+            JobState::Succeeded => {
+                src.state = "done".into();
+                src.result = job
+                    .result
+                    .as_deref()
+                    .and_then(|r| pb::RestoreResult::decode(r).ok());
+                src.error.clear();
+                // The device is back when its last restore ended, not when we noticed.
+                dev.actual_finish_ms = since_start(job.finished_ms);
+                continue;
             }
+            JobState::Failed => {
+                src.error = job.error.clone();
+                if src.attempts >= MAX_ATTEMPTS {
+                    src.state = "failed".into();
+                    dev.error = format!("{}: {}", src.source, job.error);
+                    tracing::error!(plan = %plan_id, device = %dev.agent, error = %dev.error, "device failed");
+                    continue;
+                }
+                tracing::warn!(plan = %plan_id, device = %dev.agent, error = %job.error, "restore failed; trying again");
+                src.state = "pending".into();
+                continue;
+            }
+            // Queued again under the same id once the agent is back: an agent still running
+            // it ignores the second delivery, so it never runs twice at once.
+            JobState::Interrupted
+                if ctl.jobs.connected(&job.agent_id) && now - job.finished_ms > 1000 =>
+            {
+                ctl.jobs.requeue(&mut job)?;
+            }
+            _ => {}
         }
-        // Queued again under the same id once the agent is back: an agent still running
-        // it ignores the second delivery, so it never runs twice at once.
-        JobState::Interrupted
-            if ctl.jobs.connected(&job.agent_id) && now - job.finished_ms > 1000 =>
-        {
-            ctl.jobs.requeue(&mut job)?;
-        }
-        _ => {}
+        return Ok(());
     }
-    Ok(())
 }
 
 fn plan_mode(mode: &str) -> &str {
