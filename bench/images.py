@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import IMAGES_SECTION, REPO, Lifeboat  # noqa: E402
+from run import IMAGES_SECTION, REPO, Lifeboat, replace_section  # noqa: E402
 
 
 def sh(*args, **kw):
@@ -114,10 +114,7 @@ def main():
     ]
     text = "\n".join(lines)
     print(text)
-    old = args.out.read_text() if args.out.exists() else ""
-    at = old.find(IMAGES_SECTION)
-    head = old[:at].rstrip("\n") + "\n" if at >= 0 else old
-    args.out.write_text(head + text)
+    replace_section(args.out, IMAGES_SECTION, text)
 
 
 if __name__ == "__main__":

@@ -332,6 +332,20 @@ def main():
 
 
 IMAGES_SECTION = "## Container images"
+MASS_SECTION = "## Mass restore"
+
+
+def replace_section(path, heading, text):
+    """Writes `text` (which starts with `heading`) in place of that section of `path`
+    (up to the next `## ` heading), or appends it; other sections are kept."""
+    old = path.read_text() if path.exists() else ""
+    at = old.find(heading)
+    if at < 0:
+        path.write_text(old.rstrip("\n") + "\n\n" + text.strip("\n") + "\n")
+        return
+    end = old.find("\n## ", at + len(heading))
+    tail = old[end:] if end >= 0 else ""
+    path.write_text(old[:at] + text.strip("\n") + "\n" + tail)
 
 
 def write_report(args, manifest, results, versions):
@@ -403,9 +417,9 @@ def write_report(args, manifest, results, versions):
     kept = ""
     if args.out.exists():
         old = args.out.read_text()
-        at = old.find(IMAGES_SECTION)
-        if at >= 0:
-            kept = "\n" + old[at:]
+        found = [i for i in (old.find(IMAGES_SECTION), old.find(MASS_SECTION)) if i >= 0]
+        if found:
+            kept = "\n" + old[min(found):]
     args.out.write_text("\n".join(lines) + "\n" + kept)
     print("\n".join(lines))
 

@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""Mass restore: N agents restoring at once from one controller.
+
+For each N: a fresh controller (release build); N agent processes on this machine, each
+with its own copy of the shared dataset at a small scale (`../shared/bench/gen_dataset.py`,
+seed 42) as its host path; one backup each; one drill each (the drills calibrate the
+downtime model, one device at a time); then one recovery plan restoring every device in
+place at once (`--concurrency N`), run to the end. Reported: aggregate restore throughput
+(bytes written by all devices / the plan's wall time), controller CPU seconds and peak RSS
+during the plan, and the downtime model's error per device and in total.
+
+    python3 bench/mass_restore.py --agents 10 50 200 [--scale 0.005] [--bandwidth 200MiB/s]
+
+Writes the "## Mass restore" section of BENCHMARKS.md unless --out is given. `--smoke` runs
+one small round and only checks that the output parses (CI).
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run import BIN, GEN, MASS_SECTION, REPO, proc_cpu, proc_hwm, replace_section  # noqa: E402
+
+
+def sh(*args, **kw):
+    return subprocess.run([str(a) for a in args], check=True, **kw)
+
+
+class Fleet:
+    def __init__(self, work: Path, bin_dir: Path):
+        self.work = work
+        self.bin = bin_dir
+        self.agents = []
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        log = open(work / "controller.log", "w")
+        self.controller = subprocess.Popen(
+            [self.bin / "lifeboat-controller", "serve", "--listen", "127.0.0.1:0", "--data-dir", work / "ctl"],
+            stdout=subprocess.PIPE, stderr=log, text=True)
+        self.url, self.fingerprint = None, None
+        while self.url is None or self.fingerprint is None:
+            line = self.controller.stdout.readline()
+            if not line:
+                sys.exit(f"controller did not start; see {work / 'controller.log'}")
+            if line.startswith("lifeboat-controller listening on "):
+                self.url = line.split()[-1]
+            if line.startswith("CA fingerprint: "):
+                self.fingerprint = line.split()[-1]
+
+    def cli(self, *args, check=True):
+        env = {**os.environ, "LIFEBOAT_IDENTITY": str(self.work / "ctl" / "admin.identity"), "LIFEBOAT_CONTROLLER": self.url}
+        out = subprocess.run([self.bin / "lifeboat", *map(str, args)], env=env, capture_output=True, text=True)
+        if check and out.returncode != 0:
+            sys.exit(f"lifeboat {args} failed: {out.stderr}")
+        return out
+
+    def json(self, *args):
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def add_agents(self, n: int, data: Path):
+        token = self.json("token", "create", "--uses", n, "--ttl", "2h", "--label", "bench=mass")["token"]
+        for i in range(n):
+            name = f"m{i:03d}"
+            root = self.work / "machines" / name
+            src = root / "data"
+            root.mkdir(parents=True)
+            sh("cp", "-a", data, src)
+            state = self.work / "agents" / name
+            sh(self.bin / "lifeboat-agent", "enroll", "--controller", self.url, "--token", token,
+               "--ca-fingerprint", self.fingerprint, "--name", name, "--state-dir", state, capture_output=True)
+            log = open(self.work / f"agent-{name}.log", "w")
+            self.agents.append(subprocess.Popen(
+                [self.bin / "lifeboat-agent", "run", "--state-dir", state, "--source", f"data={src}",
+                 "--restore-root", root, "--no-docker"], stdout=subprocess.DEVNULL, stderr=log))
+        self.wait(lambda: sum(a["connected"] for a in self.json("agents")) >= n, f"{n} agents to connect")
+
+    def wait(self, cond, what, timeout=1800):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                sys.exit(f"timed out waiting for {what}")
+            time.sleep(0.5)
+
+    def backup_all(self, n: int):
+        for i in range(n):
+            self.cli("backup", f"m{i:03d}", "--source", "data")
+        self.wait(lambda: len(self.json("snapshots")) >= n, "every backup")
+
+    def stop(self):
+        for p in [*self.agents, self.controller]:
+            p.kill()
+            p.wait()
+
+
+def one_round(n: int, data: Path, work: Path, bin_dir: Path, bandwidth):
+    fleet = Fleet(work / f"n{n}", bin_dir)
+    try:
+        fleet.add_agents(n, data)
+        fleet.backup_all(n)
+        drills = fleet.cli("drill", "run", "--selector", "bench=mass", "--json", check=False)
+        if drills.returncode != 0:
+            sys.exit(f"drills failed: {drills.stderr}")
+        before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2))
+        args = ["recover", "plan", "--selector", "bench=mass", "--before", before, "--concurrency", n]
+        if bandwidth:
+            args += ["--bandwidth", bandwidth]
+        plan = fleet.json(*args)
+        pid = fleet.controller.pid
+        cpu0 = proc_cpu(pid)
+        t0 = time.monotonic()
+        out = fleet.cli("recover", "run", plan["id"], "--wait", "--json", check=False)
+        wall = time.monotonic() - t0
+        cpu = proc_cpu(pid) - cpu0
+        rss = proc_hwm(pid)
+        done = json.loads(out.stdout)
+        if done["state"] != "finished":
+            sys.exit(f"plan did not finish: {out.stderr}")
+        written = sum(s["bytes"] for d in done["devices"] for s in d["sources"])
+        errors = []
+        est_total = act_total = 0
+        for d in done["devices"]:
+            est, act = d["est_downtime_ms"], d["actual_downtime_ms"]
+            errors.append(abs(act - est) / est)
+            est_total += est
+            act_total += act
+        errors.sort()
+        makespan = max(d["actual_downtime_ms"] for d in done["devices"]) / 1000
+        return {
+            "agents": n,
+            "bytes": written,
+            "makespan_s": makespan,
+            "wall_s": wall,
+            "throughput_mb_s": written / makespan / 1e6,
+            "controller_cpu_s": cpu,
+            "controller_peak_rss": rss,
+            "est_makespan_s": done["estimate"]["makespan_ms"] / 1000,
+            "error_median": statistics.median(errors),
+            "error_p90": errors[int(0.9 * (len(errors) - 1))],
+            "error_max": errors[-1],
+            "error_total": (act_total - est_total) / est_total,
+        }
+    finally:
+        fleet.stop()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agents", type=int, nargs="+", default=[10, 50, 200])
+    ap.add_argument("--scale", type=float, default=0.005)
+    ap.add_argument("--bandwidth", default=None, help="plan egress cap, e.g. 200MiB/s (default: none)")
+    ap.add_argument("--work", type=Path, default=Path("/var/tmp/lifeboat-mass"))
+    ap.add_argument("--bin", type=Path, default=BIN)
+    ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    ap.add_argument("--smoke", action="store_true", help="one round of 3 agents at scale 0.001; prints JSON, writes nothing")
+    args = ap.parse_args()
+    if args.smoke:
+        args.agents, args.scale = [3], 0.001
+    data_root = args.work / f"data-{args.scale}"
+    if not (data_root / "day1").exists():
+        sh(sys.executable, GEN, "--out", data_root, "--seed", 42, "--scale", args.scale, capture_output=True)
+    rows = []
+    for n in args.agents:
+        print(f"{n} agents ...", flush=True)
+        rows.append(one_round(n, data_root / "day1", args.work, args.bin, args.bandwidth))
+        print(json.dumps(rows[-1]), flush=True)
+    if args.smoke:
+        for r in rows:
+            assert r["bytes"] > 0 and r["throughput_mb_s"] > 0, r
+        print(json.dumps(rows))
+        return
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    per_device = rows[0]["bytes"] / rows[0]["agents"] / 1e6
+    cmd = f"python3 bench/mass_restore.py --agents {' '.join(map(str, args.agents))} --scale {args.scale}"
+    if args.bandwidth:
+        cmd += f" --bandwidth {args.bandwidth}"
+    lines = [
+        MASS_SECTION,
+        "",
+        f"Command: `{cmd}` (after `cargo build --release`). Machine: {os.cpu_count()} cores,",
+        f"{mem / 2**30:.0f} GiB RAM. Each agent is its own process on this machine with its own copy of the",
+        f"dataset (seed 42, scale {args.scale}: {per_device:.1f} MB per device) and one backup; one drill per",
+        "device calibrates the downtime model; then one plan restores every device in place at once",
+        f"(`--concurrency N`{', --bandwidth ' + args.bandwidth if args.bandwidth else ', no egress cap'}). Throughput is the bytes all devices wrote over",
+        "the plan's length; CPU and peak RSS are the controller's during the plan; the error is",
+        "|actual − estimated| / estimated downtime per device.",
+        "",
+        "| agents | bytes restored | plan length | aggregate MB/s | controller CPU s | controller peak RSS | estimated length | error median / p90 / max | total error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['agents']} | {r['bytes'] / 1e6:.0f} MB | {r['makespan_s']:.1f} s | {r['throughput_mb_s']:.0f} | "
+            f"{r['controller_cpu_s']:.1f} | {r['controller_peak_rss'] / 2**20:.0f} MiB | {r['est_makespan_s']:.1f} s | "
+            f"{100 * r['error_median']:.0f}% / {100 * r['error_p90']:.0f}% / {100 * r['error_max']:.0f}% | {100 * r['error_total']:+.0f}% |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    replace_section(args.out, MASS_SECTION, text)
+
+
+if __name__ == "__main__":
+    main()
