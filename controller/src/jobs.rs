@@ -207,12 +207,18 @@ impl Jobs {
             let msg = pb::ControllerMessage {
                 msg: Some(pb::controller_message::Msg::Job(job)),
             };
-            if tx.try_send(Ok(msg)).is_err() {
-                break; // the session is gone or saturated; the job stays queued
-            }
+            // Running before it is sent: the agent may ask for its chunks, or even report
+            // it finished, before `try_send` returns here.
             row.state = JobState::Running as i32;
             row.started_ms = self.clock.now_ms();
             self.save(&row);
+            if tx.try_send(Ok(msg)).is_err() {
+                // The session is gone or saturated; the job stays queued.
+                row.state = JobState::Queued as i32;
+                row.started_ms = 0;
+                self.save(&row);
+                break;
+            }
         }
         Ok(())
     }

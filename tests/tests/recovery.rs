@@ -788,3 +788,158 @@ fn drills_probe_the_restore_and_a_failing_probe_is_loud() {
         "{refused}"
     );
 }
+
+/// `--target-map` sends a device to a replacement agent; a host path must lie below one of
+/// the target agent's restore roots (the agent's configuration decides), else the plan is
+/// refused naming the path and the roots.
+#[test]
+fn a_target_map_sends_a_device_to_its_replacement() {
+    let mut fleet = Fleet::start();
+    let root = fleet.path("m");
+    let data = root.join("data");
+    fill(&data, 21, 6, 30_000);
+    let old = fleet.enroll("old");
+    fleet.run_agent_with(&old, &[("data", &data)], &[&root], &["--no-docker"]);
+    fleet.backup("old", "data");
+    let expected = manifest(&data);
+    // The machine is lost: its agent is gone and revoked, its disk wiped.
+    fleet.kill_agent("old");
+    let out = fleet.cli(&["agents", "revoke", "old"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    fs::remove_dir_all(&data).expect("wipe");
+    let elsewhere = fleet.path("elsewhere");
+    fs::create_dir_all(&elsewhere).expect("mkdir");
+    let bad = fleet.enroll("bad");
+    fleet.run_agent_with(&bad, &[], &[&elsewhere], &["--no-docker"]);
+    let new = fleet.enroll("new");
+    fleet.run_agent_with(&new, &[], &[&root], &["--no-docker"]);
+    let later =
+        humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_secs(1))
+            .to_string();
+
+    let out = fleet.cli(&["recover", "plan", "--agent", "old", "--before", &later]);
+    assert!(
+        !out.status.success(),
+        "a revoked device was planned onto itself"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--target-map"));
+
+    let map = fleet.path("map.txt");
+    fs::write(&map, "# lost machines\nold = bad\n").expect("map");
+    let out = fleet.cli(&[
+        "recover",
+        "plan",
+        "--agent",
+        "old",
+        "--before",
+        &later,
+        "--target-map",
+        map.to_str().expect("p"),
+    ]);
+    assert!(
+        !out.status.success(),
+        "planned a restore outside the target's restore roots"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not below a restore root of agent bad"),
+        "{err}"
+    );
+    assert!(err.contains(elsewhere.to_str().expect("p")), "{err}");
+
+    fs::write(&map, "old = \"new\"\n").expect("map");
+    let plan = plan_json(
+        &fleet,
+        &[
+            "--agent",
+            "old",
+            "--before",
+            &later,
+            "--target-map",
+            map.to_str().expect("p"),
+        ],
+    );
+    assert_eq!(plan["devices"][0]["target_agent"], "new", "{plan}");
+    let id = plan["id"].as_str().expect("id");
+    let out = fleet.cli(&["recover", "run", id, "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        report.contains("old -> new") && report.contains("actual"),
+        "{report}"
+    );
+    assert_eq!(manifest(&data), expected);
+}
+
+/// A policy's `drill` drills its devices in rotation, each within the period.
+#[test]
+fn policies_schedule_drills_over_a_rotating_sample() {
+    let mut fleet = Fleet::start();
+    let tok = token(&fleet, 2, &["role=web"]);
+    for name in ["w1", "w2"] {
+        let agent = enroll(&fleet, name, &tok);
+        let data = fleet.path(&format!("{name}/data"));
+        fill(&data, 5, 2, 1000);
+        fleet.run_agent_with(
+            &agent,
+            &[("data", &data)],
+            &[],
+            &["--no-docker", "--allow-probes"],
+        );
+        fleet.backup(name, "data");
+    }
+    let policy = fleet.path("p.toml");
+    fs::write(
+        &policy,
+        "[[policy]]\nname = \"web\"\nselector = \"role=web\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\n\
+         drill = { every = \"4s\", sample = 1, probe = \"test -s f001\" }\n",
+    )
+    .expect("policy");
+    let out = fleet.cli(&["policy", "apply", "-f", policy.to_str().expect("p")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let drills = wait_for(
+        "both devices drilled by the policy",
+        Duration::from_secs(60),
+        || {
+            let d = fleet.cli_json(&["drills"]);
+            let done: Vec<Value> = d
+                .as_array()?
+                .iter()
+                .filter(|x| x["policy"] == "web" && x["state"] == "passed")
+                .cloned()
+                .collect();
+            let agents: std::collections::BTreeSet<&str> =
+                done.iter().filter_map(|x| x["agent"].as_str()).collect();
+            (agents.len() == 2).then(|| done.clone())
+        },
+    );
+    // One device per round: the first two rounds drilled different devices.
+    let mut firsts: Vec<(&str, &str)> = drills
+        .iter()
+        .map(|d| {
+            (
+                d["started"].as_str().unwrap_or(""),
+                d["agent"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    firsts.sort();
+    assert_ne!(
+        firsts[0].1, firsts[1].1,
+        "the rotation drilled one device twice first: {firsts:?}"
+    );
+    assert!(drills.iter().all(|d| d["probe"] == "test -s f001"));
+}
