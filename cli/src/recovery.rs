@@ -107,37 +107,11 @@ pub async fn drills(api: &mut Api, limit: u32, json: bool) -> Result<i32> {
     Ok(drill_exit(&drills))
 }
 
-/// Parses a rate: `200MiB/s`, `50MB/s`, `1Gbit/s`, or plain bytes per second.
+/// Parses `--bandwidth`: `200MiB/s`, `50MB/s`, `1Gbit/s`, or bytes per second.
 pub fn parse_rate(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let (num, unit) = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .map(|i| t.split_at(i))
-        .unwrap_or((t, ""));
-    let n: f64 = num
-        .parse()
-        .with_context(|| format!("--bandwidth {s:?}: expected e.g. 200MiB/s, 50MB/s or 1Gbit/s"))?;
-    let unit = unit.trim().trim_end_matches("/s");
-    let mult = match unit {
-        "" | "B" => 1.0,
-        "KB" | "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        "kbit" | "Kbit" => 1e3 / 8.0,
-        "Mbit" => 1e6 / 8.0,
-        "Gbit" => 1e9 / 8.0,
-        other => bail!(
-            "--bandwidth {s:?}: unknown unit {other:?} (B, KB, MB, GB, KiB, MiB, GiB, Mbit, Gbit per second)"
-        ),
-    };
-    let v = (n * mult).round();
-    if v < 1.0 {
-        bail!("--bandwidth {s:?} must be at least 1 byte per second");
-    }
-    Ok(v as u64)
+    lifeboat_core::units::parse_rate(s).with_context(|| {
+        format!("--bandwidth {s:?}: expected e.g. 200MiB/s, 50MB/s or 1Gbit/s (B, KB, MB, GB, KiB, MiB, GiB, Mbit, Gbit per second)")
+    })
 }
 
 /// Reads a target map: `DEVICE = AGENT` per line (quotes optional, `#` comments).

@@ -230,25 +230,8 @@ fn duration_s(s: &str) -> Result<u64, String> {
 
 /// "50MiB/s", "10MB/s", "1GiB/s" → bytes per second.
 fn rate(s: &str) -> Result<u64, String> {
-    let bad = || format!("bandwidth {s:?} must look like 50MiB/s or 10MB/s");
-    let v = s.trim().strip_suffix("/s").ok_or_else(bad)?;
-    let split = v.find(|c: char| c.is_ascii_alphabetic()).ok_or_else(bad)?;
-    let (n, unit) = v.split_at(split);
-    let n: f64 = n.trim().parse().map_err(|_| bad())?;
-    let mul = match unit {
-        "B" => 1.0,
-        "KB" | "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(bad()),
-    };
-    if n <= 0.0 {
-        return Err(bad());
-    }
-    Ok((n * mul) as u64)
+    lifeboat_core::units::parse_rate(s)
+        .ok_or_else(|| format!("bandwidth {s:?} must look like 50MiB/s or 10MB/s"))
 }
 
 /// Parses a selector `k=v,k2=v2` (empty: every agent).

@@ -58,6 +58,7 @@ pub mod restore;
 pub mod sign;
 pub mod snapshot;
 pub mod tree;
+pub mod units;
 pub mod walk;
 
 pub use error::{Error, Result};

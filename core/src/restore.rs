@@ -440,14 +440,7 @@ impl Restorer<'_> {
                 {
                     if !self.meta_matches(&st, e) {
                         self.report.modified.push(e.display_path());
-                        let fd = rustix::fs::openat2(
-                            dir,
-                            os(name),
-                            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-                            Perm::empty(),
-                            RESOLVE,
-                        )
-                        .ctx(|| format!("opening {}", e.display_path()))?;
+                        let fd = open_file(dir, name, e)?;
                         self.apply_fd_meta(&fd, e).map_err(|err| {
                             Error::io(
                                 format!("setting metadata of {}", e.display_path()),
@@ -496,14 +489,7 @@ impl Restorer<'_> {
     /// Whether the regular file `name` in `dir` holds exactly `e`'s content: the same
     /// chunker and keyed ids the backup used, compared with the recorded chunk list.
     fn matches(&self, dir: &OwnedFd, e: &Entry, name: &[u8]) -> Result<bool> {
-        let fd = rustix::fs::openat2(
-            dir,
-            os(name),
-            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-            Perm::empty(),
-            RESOLVE,
-        )
-        .ctx(|| format!("opening {}", e.display_path()))?;
+        let fd = open_file(dir, name, e)?;
         let mut n = 0usize;
         for chunk in crate::chunker::Chunker::new(File::from(fd)) {
             let chunk = chunk?;
@@ -687,6 +673,18 @@ impl Restorer<'_> {
         }
         Ok(())
     }
+}
+
+/// Opens the file `name` in `dir` for reading, never following a symlink.
+fn open_file(dir: &OwnedFd, name: &[u8], e: &Entry) -> Result<OwnedFd> {
+    rustix::fs::openat2(
+        dir,
+        os(name),
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Perm::empty(),
+        RESOLVE,
+    )
+    .ctx(|| format!("opening {}", e.display_path()))
 }
 
 /// The names in a directory (without `.` and `..`).

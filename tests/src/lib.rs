@@ -292,7 +292,12 @@ impl Fleet {
     }
 
     pub fn enroll(&self, name: &str) -> Agent {
-        let out = self.enroll_with(name, &self.token("10m"));
+        self.enroll_token(name, &self.token("10m"))
+    }
+
+    /// Enrolls `name` with `token` (a multi-use one for many machines) or panics.
+    pub fn enroll_token(&self, name: &str, token: &str) -> Agent {
+        let out = self.enroll_with(name, token);
         assert!(
             out.status.success(),
             "enroll {name}: {}",
@@ -317,28 +322,7 @@ impl Fleet {
         restore_roots: &[&Path],
         extra: &[&str],
     ) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path(&format!("agent-{}.log", agent.name)))
-            .expect("log");
-        let mut cmd = bin("lifeboat-agent");
-        cmd.arg("run")
-            .arg("--state-dir")
-            .arg(&agent.state_dir)
-            .env("LIFEBOAT_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log);
-        for (name, path) in sources {
-            cmd.arg("--source")
-                .arg(format!("{name}={}", path.display()));
-        }
-        for r in restore_roots {
-            cmd.arg("--restore-root").arg(r);
-        }
-        cmd.args(extra);
-        let child = cmd.spawn().expect("spawn lifeboat-agent");
-        self.agents.push((agent.name.clone(), child));
+        self.spawn_agent(agent, sources, restore_roots, extra);
         let name = agent.name.clone();
         wait_for(
             &format!("agent {name} to connect"),

@@ -562,3 +562,77 @@ fn a_hook_runs_in_the_container_and_a_failing_one_stops_the_backup() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--hook-container"));
 }
+
+/// Drills of an image and of a volume: the image is loaded under a temporary tag, a probe
+/// runs a container from it, and the tag goes (an image the Engine did not hold before goes
+/// too); a volume is restored into a scratch volume the probe reads, then removed.
+#[test]
+fn drills_restore_images_and_volumes_into_a_sandbox_and_remove_it() {
+    if !have_docker() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let dir = tempfile::tempdir().expect("dir");
+    let name = unique("drill");
+    let (id1, _) = build_images(dir.path(), &name, &mut cleanup);
+    let volume = unique("dvol");
+    cleanup.volumes.push(volume.clone());
+    docker_ok(&["volume", "create", &volume]);
+    let mount = PathBuf::from(docker_ok(&[
+        "volume",
+        "inspect",
+        "-f",
+        "{{.Mountpoint}}",
+        &volume,
+    ]));
+    fs::write(mount.join("db.dat"), Rng::new(8).bytes(300_000)).expect("data");
+    let mut fleet = Fleet::start();
+    let a = fleet.enroll("d");
+    fleet.run_agent_with(&a, &[], &[], &["--docker-restore", "--allow-probes"]);
+    let image_src = format!("image:{name}:1");
+    let volume_src = format!("volume:{volume}");
+    for src in [&image_src, &volume_src] {
+        let (ok, job) = fleet.job(&["backup", "d", "--source", src, "--consistency", "none"]);
+        assert!(ok, "backup {src}: {job}");
+    }
+    // The image is gone from the Engine before the drill: the drill must not leave it loaded.
+    docker_ok(&["rmi", &format!("{name}:1"), &format!("{name}:2")]);
+    assert!(
+        !docker(&["image", "inspect", &id1]).status.success(),
+        "rmi left {id1}"
+    );
+
+    let probe = "case \"$LIFEBOAT_RESTORED\" in \
+                   lifeboat-drill:*) docker run --rm \"$LIFEBOAT_RESTORED\" | grep -q 'hello from version 1' ;; \
+                   *) test -s db.dat ;; esac";
+    let drills = fleet.cli_json(&["drill", "run", "--agent", "d", "--probe", probe]);
+    let drills = drills.as_array().expect("drills");
+    assert_eq!(drills.len(), 2, "{drills:?}");
+    for d in drills {
+        assert_eq!(d["state"], "passed", "{d}");
+        assert_eq!(d["result"]["probe"]["exit"], 0, "{d}");
+    }
+    let sandboxes: Vec<&str> = drills
+        .iter()
+        .filter_map(|d| d["result"]["sandbox"].as_str())
+        .collect();
+    let tag = sandboxes
+        .iter()
+        .find(|s| s.starts_with("lifeboat-drill:"))
+        .expect("an image sandbox tag");
+    assert!(
+        !docker(&["image", "inspect", tag]).status.success(),
+        "the drill tag {tag} is still there"
+    );
+    assert!(
+        !docker(&["image", "inspect", &id1]).status.success(),
+        "the drill left an image loaded that the Engine did not hold before"
+    );
+    let scratch = docker_ok(&["volume", "ls", "-q", "--filter", "name=lifeboat-drill-"]);
+    assert!(scratch.is_empty(), "scratch volumes left behind: {scratch}");
+    // The real volume was not touched.
+    assert_eq!(
+        fs::read(mount.join("db.dat")).expect("data"),
+        Rng::new(8).bytes(300_000)
+    );
+}

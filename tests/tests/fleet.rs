@@ -181,7 +181,6 @@ async fn metrics_are_served_over_tls_only() {
     let fleet = tokio::task::spawn_blocking(Fleet::start)
         .await
         .expect("start");
-    let admin = lifeboat_core::identity::IdentityFile::load(&fleet.identity).expect("identity");
     let addr = fleet
         .metrics_url
         .strip_prefix("https://")
@@ -201,28 +200,9 @@ async fn metrics_are_served_over_tls_only() {
     );
 
     // Over TLS, verified against the fleet CA under the controller's name.
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(lifeboat_core::pki::cert_der(&admin.ca_pem).expect("ca"))
-        .expect("root");
-    let config = rustls::ClientConfig::builder()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name =
-        rustls::pki_types::ServerName::try_from(lifeboat_core::pki::CONTROLLER_NAME).expect("name");
-    let tcp = tokio::net::TcpStream::connect(&addr).await.expect("tcp");
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
+    let body = tokio::task::spawn_blocking(move || lifeboat_tests::metrics(&fleet))
         .await
-        .expect("tls");
-    tls.write_all(
-        b"GET /metrics HTTP/1.1\r\nHost: controller.lifeboat\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .expect("write");
-    let mut body = Vec::new();
-    let _ = tls.read_to_end(&mut body).await;
-    let body = String::from_utf8_lossy(&body);
+        .expect("metrics");
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(
         body.contains("lifeboat_agents 0") && body.contains("lifeboat_snapshots 0"),

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lifeboat_tests::tree::{Rng, manifest};
-use lifeboat_tests::{Agent, Fleet, now_ms, wait_for};
+use lifeboat_tests::{Fleet, now_ms, wait_for};
 use serde_json::Value;
 
 /// Fills `dir` with `files` random files of `size` bytes (one chunk each below 256 KiB).
@@ -43,17 +43,10 @@ fn token(fleet: &Fleet, uses: usize, labels: &[&str]) -> String {
         .to_string()
 }
 
-fn enroll(fleet: &Fleet, name: &str, token: &str) -> Agent {
-    let out = fleet.enroll_with(name, token);
-    assert!(
-        out.status.success(),
-        "enroll {name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Agent {
-        name: name.to_string(),
-        state_dir: fleet.path(&format!("agents/{name}")),
-    }
+/// A time (Unix milliseconds) in RFC 3339, as an operator types it.
+fn rfc(unix_ms: i64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(unix_ms as u64))
+        .to_string()
 }
 
 /// Starts a backup of `source` on every agent and waits until each has a new snapshot.
@@ -122,7 +115,7 @@ fn fifty_devices_recover_in_tier_order_within_the_estimate() {
         } else {
             format!("app{i:02}")
         };
-        let agent = enroll(&fleet, &name, if i < DB { &db_token } else { &app_token });
+        let agent = fleet.enroll_token(&name, if i < DB { &db_token } else { &app_token });
         let root = fleet.path(&format!("machines/{name}"));
         let data = root.join("data");
         // A few MiB per device, in small files so that the egress is shared finely.
@@ -135,11 +128,8 @@ fn fifty_devices_recover_in_tier_order_within_the_estimate() {
     backup_all(&fleet, &names, "data");
     let expected: Vec<_> = dirs.iter().map(|d| manifest(d)).collect();
     std::thread::sleep(Duration::from_millis(20));
-    let cutoff = now_ms().to_string();
-    let cutoff_rfc = humantime::format_rfc3339_millis(
-        std::time::UNIX_EPOCH + Duration::from_millis(cutoff.parse().expect("ms")),
-    )
-    .to_string();
+    let cutoff = now_ms();
+    let cutoff_rfc = rfc(cutoff);
 
     // The breach: every machine is tampered with, and a backup after it records that.
     for d in &dirs {
@@ -199,7 +189,7 @@ fn fifty_devices_recover_in_tier_order_within_the_estimate() {
         .collect();
     assert!(tiers.windows(2).all(|w| w[0] <= w[1]), "{tiers:?}");
     assert_eq!(tiers.iter().filter(|t| **t == 0).count(), DB);
-    let cut: i64 = cutoff.parse().expect("ms");
+    let cut = cutoff;
     let snaps = fleet.cli_json(&["snapshots"]);
     let received = |id: &str| -> i64 {
         snaps
@@ -332,10 +322,7 @@ fn quarantined_snapshots_are_skipped_unless_an_admin_forces_them() {
         .expect("id")
         .to_string();
     std::thread::sleep(Duration::from_millis(20));
-    let t = now_ms();
-    let breach =
-        humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(t as u64))
-            .to_string();
+    let breach = rfc(now_ms());
     tamper(&data);
     let bad = fleet.backup("web", "data")["id"]
         .as_str()
@@ -368,9 +355,7 @@ fn quarantined_snapshots_are_skipped_unless_an_admin_forces_them() {
     assert_eq!(snapshot_ids(&fleet, "web").len(), 2);
 
     // A plan with a cut-off after both still picks the good one.
-    let later =
-        humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_secs(1))
-            .to_string();
+    let later = rfc(now_ms() + 1000);
     let plan = plan_json(&fleet, &["--agent", "web", "--before", &later]);
     assert_eq!(
         plan["devices"][0]["sources"][0]["snapshot"],
@@ -470,7 +455,7 @@ fn a_plan_survives_a_controller_crash() {
     let mut dirs = Vec::new();
     for i in 0..DEVICES {
         let name = format!("m{i}");
-        let agent = enroll(&fleet, &name, &tok);
+        let agent = fleet.enroll_token(&name, &tok);
         let root = fleet.path(&format!("machines/{name}"));
         let data = root.join("data");
         fill(&data, 100 + i as u64, 16, 128 * 1024);
@@ -484,9 +469,7 @@ fn a_plan_survives_a_controller_crash() {
     for d in &dirs {
         tamper(d);
     }
-    let later =
-        humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_secs(1))
-            .to_string();
+    let later = rfc(now_ms() + 1000);
     // 2 MiB per device at 2 MiB/s, two at a time: about six seconds in all.
     let plan = plan_json(
         &fleet,
@@ -817,9 +800,7 @@ fn a_target_map_sends_a_device_to_its_replacement() {
     fleet.run_agent_with(&bad, &[], &[&elsewhere], &["--no-docker"]);
     let new = fleet.enroll("new");
     fleet.run_agent_with(&new, &[], &[&root], &["--no-docker"]);
-    let later =
-        humantime::format_rfc3339_millis(std::time::SystemTime::now() + Duration::from_secs(1))
-            .to_string();
+    let later = rfc(now_ms() + 1000);
 
     let out = fleet.cli(&["recover", "plan", "--agent", "old", "--before", &later]);
     assert!(
@@ -886,7 +867,7 @@ fn policies_schedule_drills_over_a_rotating_sample() {
     let mut fleet = Fleet::start();
     let tok = token(&fleet, 2, &["role=web"]);
     for name in ["w1", "w2"] {
-        let agent = enroll(&fleet, name, &tok);
+        let agent = fleet.enroll_token(name, &tok);
         let data = fleet.path(&format!("{name}/data"));
         fill(&data, 5, 2, 1000);
         fleet.run_agent_with(

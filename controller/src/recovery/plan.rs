@@ -259,10 +259,8 @@ pub fn create(
                         continue;
                     }
                 },
+                // Repair applies to host paths; images and volumes are restored whole.
                 _ => {
-                    if mode == "repair" {
-                        // Repair applies to host paths; images and volumes restore whole.
-                    }
                     if let Err(e) = docker_target(&target, kind) {
                         errors.push(format!("{} {name}: {e}", origin.name));
                         continue;
