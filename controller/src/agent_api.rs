@@ -21,8 +21,11 @@ pub struct AgentService(pub Arc<Controller>);
 
 /// Ids per MissingChunks or GetChunks request.
 const MAX_IDS: usize = 4096;
-/// GetChunks fills each message up to this many bytes.
-const BATCH_BYTES: usize = 1 << 20;
+/// GetChunks fills each message up to this many bytes (small chunks share a message; a
+/// large chunk goes alone). With one message queued per stream, a restore holds about
+/// three messages in the controller: the one being filled, the queued one, the one being
+/// encoded; a mass restore multiplies that by its concurrency.
+const BATCH_BYTES: usize = 256 << 10;
 /// How far ahead of the controller's clock an agent's own timestamps may be.
 const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
 
@@ -231,7 +234,7 @@ impl AgentApi for AgentService {
             ))
             .into());
         }
-        let (tx, rx) = mpsc::channel(4);
+        let (tx, rx) = mpsc::channel(1);
         let ctl = self.0.clone();
         let pacer = self.0.jobs.pacer(&job.policy);
         tokio::task::spawn_blocking(move || {

@@ -43,6 +43,24 @@ fn token(fleet: &Fleet, uses: usize, labels: &[&str]) -> String {
         .to_string()
 }
 
+/// One machine: agent `name` backing up `MACHINE/data` (filled with `files` random files of
+/// `size` bytes) with `MACHINE` as its restore root. Returns the data directory.
+fn machine(fleet: &mut Fleet, name: &str, seed: u64, files: usize, size: usize) -> PathBuf {
+    let root = fleet.path(&format!("machines/{name}"));
+    let data = root.join("data");
+    fill(&data, seed, files, size);
+    let agent = fleet.enroll(name);
+    fleet.run_agent_with(&agent, &[("data", &data)], &[&root], &["--no-docker"]);
+    data
+}
+
+fn snapshot_id(fleet: &Fleet, agent: &str) -> String {
+    fleet.backup(agent, "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string()
+}
+
 /// A time (Unix milliseconds) in RFC 3339, as an operator types it.
 fn rfc(unix_ms: i64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(unix_ms as u64))
@@ -312,22 +330,13 @@ fn snapshot_ids(fleet: &Fleet, agent: &str) -> Vec<String> {
 #[test]
 fn quarantined_snapshots_are_skipped_unless_an_admin_forces_them() {
     let mut fleet = Fleet::start();
-    let root = fleet.path("m");
-    let data = root.join("data");
-    fill(&data, 7, 4, 10_000);
-    let agent = fleet.enroll("web");
-    fleet.run_agent_with(&agent, &[("data", &data)], &[&root], &["--no-docker"]);
-    let good = fleet.backup("web", "data")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let data = machine(&mut fleet, "web", 7, 4, 10_000);
+    let root = data.parent().expect("machine").to_path_buf();
+    let good = snapshot_id(&fleet, "web");
     std::thread::sleep(Duration::from_millis(20));
     let breach = rfc(now_ms());
     tamper(&data);
-    let bad = fleet.backup("web", "data")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let bad = snapshot_id(&fleet, "web");
 
     let q = fleet.cli_json(&[
         "snapshots",
@@ -576,16 +585,9 @@ fn a_plan_survives_a_controller_crash() {
 #[test]
 fn repair_rewrites_only_what_differs_and_reports_it() {
     let mut fleet = Fleet::start();
-    let root = fleet.path("m");
-    let data = root.join("data");
-    fill(&data, 3, 8, 50_000);
+    let data = machine(&mut fleet, "db", 3, 8, 50_000);
     fs::write(data.join("same-size"), vec![b'a'; 4096]).expect("write");
-    let agent = fleet.enroll("db");
-    fleet.run_agent_with(&agent, &[("data", &data)], &[&root], &["--no-docker"]);
-    let snap = fleet.backup("db", "data")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let snap = snapshot_id(&fleet, "db");
     let expected = manifest(&data);
 
     // Modified (same size and a different size), planted (a file and a directory),
@@ -778,11 +780,8 @@ fn drills_probe_the_restore_and_a_failing_probe_is_loud() {
 #[test]
 fn a_target_map_sends_a_device_to_its_replacement() {
     let mut fleet = Fleet::start();
-    let root = fleet.path("m");
-    let data = root.join("data");
-    fill(&data, 21, 6, 30_000);
-    let old = fleet.enroll("old");
-    fleet.run_agent_with(&old, &[("data", &data)], &[&root], &["--no-docker"]);
+    let data = machine(&mut fleet, "old", 21, 6, 30_000);
+    let root = data.parent().expect("machine").to_path_buf();
     fleet.backup("old", "data");
     let expected = manifest(&data);
     // The machine is lost: its agent is gone and revoked, its disk wiped.

@@ -17,7 +17,12 @@
 //! fleet without any uses [`DEFAULT_RATE`] and [`DEFAULT_FIXED_MS`] (`assumed`).
 //!
 //! A plan adds limits: at most `concurrency` devices at once, and the controller's egress
-//! (`bandwidth`) shared by the restores moving data at the same moment. [`simulate`] plays
+//! shared by the restores moving data at the same moment: the plan's `--bandwidth`, and in
+//! any case the fleet's capacity, which is the best aggregate rate a finished plan moved
+//! data at (an `egress` sample, recorded when a plan ends), and at least the best rate one
+//! device restored at alone. Until a plan has run, concurrent restores are thus assumed to
+//! gain nothing over one restore alone: pessimistic where agents and controller are
+//! separate machines, and corrected by the first plan. [`simulate`] plays
 //! the plan forward in time: every device runs its sources one after another, each one a
 //! fixed part then a data part; the data parts running at one instant split the egress
 //! fairly (max-min: none gets more than its device's own rate, what one cannot use goes to
@@ -82,17 +87,28 @@ impl Acc {
     }
 }
 
+/// The kind of the samples that record a whole plan's egress (agent id empty).
+pub const EGRESS: &str = "egress";
+
 /// The fitted model of the whole fleet.
 #[derive(Default)]
 pub struct Model {
     device: HashMap<(String, String), Acc>,
     fleet: HashMap<String, Acc>,
+    /// Best aggregate rate a plan moved data at.
+    egress: f64,
 }
 
 impl Model {
     pub fn from_samples(samples: &[SampleRow]) -> Model {
         let mut m = Model::default();
         for s in samples {
+            if s.kind == EGRESS {
+                if s.data_ms > 0 {
+                    m.egress = m.egress.max(s.bytes as f64 * 1000.0 / s.data_ms as f64);
+                }
+                continue;
+            }
             m.device
                 .entry((s.agent_id.clone(), s.kind.clone()))
                 .or_default()
@@ -104,6 +120,25 @@ impl Model {
 
     pub fn load(catalog: &crate::catalog::Catalog) -> Result<Model, crate::error::ApiError> {
         Ok(Model::from_samples(&catalog.recent_samples(SAMPLES)?))
+    }
+
+    /// What the controller can send at once, in bytes per second: the best a plan moved,
+    /// and at least the best one device restored at alone (infinite before any sample).
+    pub fn capacity(&self) -> f64 {
+        let best_device = self
+            .device
+            .values()
+            .filter_map(Acc::rate)
+            .fold(0.0, f64::max);
+        let c = self.egress.max(best_device);
+        if c > 0.0 { c } else { f64::INFINITY }
+    }
+
+    /// The egress limit a plan is simulated with: its own cap (0: none) within the fleet's
+    /// capacity (infinite: no limit known).
+    pub fn plan_bandwidth(&self, cap: u64) -> f64 {
+        let c = self.capacity();
+        if cap > 0 { c.min(cap as f64) } else { c }
     }
 
     /// The rates for restoring a `kind` source onto `agent_id`.
@@ -403,5 +438,19 @@ mod tests {
             (c.rate, c.fixed_ms, c.measured),
             (DEFAULT_RATE, DEFAULT_FIXED_MS, false)
         );
+        // Capacity: the best device alone until a plan measured more; a plan's cap binds.
+        assert!((m.capacity() - 100e6).abs() < 1.0);
+        assert_eq!(m.plan_bandwidth(1_000_000), 1e6);
+        let plan = SampleRow {
+            agent_id: String::new(),
+            kind: EGRESS.into(),
+            bytes: 300_000_000,
+            data_ms: 1000,
+            total_ms: 1000,
+            shared: false,
+        };
+        let m2 = Model::from_samples(&[sample("a", 10_000_000, 100, 150, false), plan]);
+        assert!((m2.capacity() - 300e6).abs() < 1.0);
+        assert!(Model::default().capacity().is_infinite());
     }
 }

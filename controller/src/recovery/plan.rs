@@ -351,7 +351,7 @@ pub fn create(
         )));
     }
     // Plan order: tier, then shortest first.
-    let bandwidth = plan.bandwidth_bytes_per_sec as f64;
+    let bandwidth = model.plan_bandwidth(plan.bandwidth_bytes_per_sec);
     let order = estimate::order(&works, concurrency as usize, bandwidth);
     let spans = estimate::simulate(&works, &[], &order, concurrency as usize, bandwidth, 0.0);
     let mut devices = Vec::with_capacity(order.len());
@@ -578,6 +578,7 @@ fn step(ctl: &Controller, plan: &mut pb::PlanInfo) -> Result<bool, ApiError> {
         .map(|d| d.actual_finish_ms)
         .max()
         .unwrap_or(0);
+    record_egress(ctl, plan, now);
     ctl.audit.ok(
         &format!("operator:{}", plan.created_by),
         "plan.end",
@@ -595,6 +596,37 @@ fn step(ctl: &Controller, plan: &mut pb::PlanInfo) -> Result<bool, ApiError> {
         tracing::error!(plan = %plan.id, failed = ?failed, "recovery plan finished with failed devices");
     }
     Ok(true)
+}
+
+/// Records what the plan moved over its length: the fleet's capacity in the downtime model
+/// (only when the plan moved enough to say something, and not for capped plans, whose
+/// rate is the cap's).
+fn record_egress(ctl: &Controller, plan: &pb::PlanInfo, now: i64) {
+    let moved: u64 = plan
+        .devices
+        .iter()
+        .flat_map(|d| &d.sources)
+        .filter(|s| s.state == "done")
+        .map(|s| s.wire_bytes)
+        .sum();
+    let ms = plan.actual_longest_downtime_ms;
+    if plan.bandwidth_bytes_per_sec > 0 || moved < 16 << 20 || ms == 0 {
+        return;
+    }
+    let sample = crate::catalog::SampleRow {
+        agent_id: String::new(),
+        kind: estimate::EGRESS.into(),
+        bytes: moved,
+        data_ms: ms,
+        total_ms: ms,
+        shared: false,
+    };
+    if let Err(e) = ctl
+        .catalog
+        .insert_sample(&format!("plan:{}", plan.id), &sample, 0, now)
+    {
+        tracing::warn!(plan = %plan.id, error = %e, "cannot record the plan's egress");
+    }
 }
 
 /// Moves one running device forward: follows its current restore and, when it is done,
@@ -805,7 +837,7 @@ fn reestimate(ctl: &Controller, plan: &mut pb::PlanInfo, now: i64) -> Result<(),
         &running,
         &pending,
         plan.concurrency as usize,
-        plan.bandwidth_bytes_per_sec as f64,
+        model.plan_bandwidth(plan.bandwidth_bytes_per_sec),
         at,
     );
     let end = running
