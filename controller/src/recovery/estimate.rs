@@ -24,9 +24,12 @@
 //! gain nothing over one restore alone: pessimistic where agents and controller are
 //! separate machines, and corrected by the first plan. [`simulate`] plays
 //! the plan forward in time: every device runs its sources one after another, each one a
-//! fixed part then a data part; the data parts running at one instant split the egress
+//! data part then a fixed part; the data parts running at one instant split the egress
 //! fairly (max-min: none gets more than its device's own rate, what one cannot use goes to
-//! the others). A tier starts only when every device of the tiers before it has finished.
+//! the others). The fixed part is played after the data part although setup comes first:
+//! restores started together ask for data together, so a device whose setup happens to be
+//! a few milliseconds shorter must not be simulated as having the whole egress to itself.
+//! A tier starts only when every device of the tiers before it has finished.
 
 use std::collections::HashMap;
 
@@ -259,7 +262,7 @@ pub fn simulate(
         }
         // Rates of the data parts now: max-min fair share of the egress.
         let movers: Vec<usize> = (0..active.len())
-            .filter(|&i| active[i].fixed_left <= 0.0 && active[i].bytes_left > 0.0)
+            .filter(|&i| active[i].bytes_left > 0.0)
             .collect();
         let mut rate = vec![0.0f64; active.len()];
         let mut caps: Vec<(usize, f64)> = movers
@@ -283,15 +286,17 @@ pub fn simulate(
             left -= r;
             n -= 1;
         }
-        // The next event: a fixed part or a data part ends.
+        // The next event: a data part or a fixed part ends.
         let mut dt = f64::INFINITY;
         for (i, a) in active.iter().enumerate() {
-            if a.fixed_left > 0.0 {
+            if a.bytes_left > 0.0 {
+                if rate[i] > 0.0 {
+                    dt = dt.min(a.bytes_left * 1000.0 / rate[i]);
+                }
+            } else if a.fixed_left > 0.0 {
                 dt = dt.min(a.fixed_left);
-            } else if a.bytes_left <= 0.0 {
+            } else {
                 dt = 0.0;
-            } else if rate[i] > 0.0 {
-                dt = dt.min(a.bytes_left * 1000.0 / rate[i]);
             }
         }
         if !dt.is_finite() {
@@ -299,15 +304,15 @@ pub fn simulate(
         }
         t += dt;
         for (i, a) in active.iter_mut().enumerate() {
-            if a.fixed_left > 0.0 {
-                a.fixed_left -= dt;
-                if a.fixed_left < 1e-9 {
-                    a.fixed_left = 0.0;
-                }
-            } else {
+            if a.bytes_left > 0.0 {
                 a.bytes_left -= rate[i] * dt / 1000.0;
                 if a.bytes_left < 1e-6 {
                     a.bytes_left = 0.0;
+                }
+            } else if a.fixed_left > 0.0 {
+                a.fixed_left -= dt;
+                if a.fixed_left < 1e-9 {
+                    a.fixed_left = 0.0;
                 }
             }
         }

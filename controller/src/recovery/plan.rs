@@ -810,11 +810,7 @@ fn reestimate(ctl: &Controller, plan: &mut pb::PlanInfo, now: i64) -> Result<(),
                 1.0
             };
             steps.push(Step {
-                fixed_ms: if s.state == "running" {
-                    0.0
-                } else {
-                    rates.fixed_ms
-                },
+                fixed_ms: rates.fixed_ms,
                 wire_bytes: s.wire_bytes as f64 * left,
                 max_rate: (rates.rate * per_wire).max(1.0),
             });
