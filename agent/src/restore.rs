@@ -4,6 +4,7 @@
 mod image;
 mod volume;
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -31,11 +32,15 @@ const PREFETCH_BATCH: usize = 64;
 /// up on a file, the chunks it skips are simply passed over.
 pub(crate) struct Prefetched {
     rx: mpsc::Receiver<Result<(ChunkId, Vec<u8>), String>>,
+    /// Encoded bytes received so far.
+    pub fetched: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Prefetched {
     fn start(client: Client, job_id: String, order: Vec<ChunkId>) -> Prefetched {
         let (tx, rx) = mpsc::channel(PREFETCH_QUEUE);
+        let fetched = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let count = fetched.clone();
         tokio::spawn(async move {
             let mut client = client;
             for batch in order.chunks(PREFETCH_BATCH) {
@@ -56,6 +61,7 @@ impl Prefetched {
                     match stream.message().await {
                         Ok(Some(batch)) => {
                             for msg in batch.chunks {
+                                count.fetch_add(msg.blob.len() as u64, Ordering::Relaxed);
                                 let item = ChunkId::from_slice(&msg.id)
                                     .map(|id| (id, Vec::from(msg.blob)))
                                     .map_err(|e| e.to_string());
@@ -73,7 +79,7 @@ impl Prefetched {
                 }
             }
         });
-        Prefetched { rx }
+        Prefetched { rx, fetched }
     }
 }
 
@@ -104,6 +110,9 @@ impl ChunkSource for Prefetched {
 }
 
 /// Restores `tree` into `target` (created below the trusted `root`) on a blocking thread.
+/// `same` lists the files already in place (repair mode's scan); their chunks are not in
+/// `source`'s order.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn restore_dir(
     root: PathBuf,
     target: PathBuf,
@@ -112,6 +121,7 @@ pub(crate) async fn restore_dir(
     mut source: Prefetched,
     progress: Arc<Counters>,
     opts: Options,
+    same: HashSet<Vec<u8>>,
 ) -> Result<Report, AgentError> {
     tokio::task::spawn_blocking(move || -> Result<Report, AgentError> {
         let fd = restore::open_target(&root, &target)?;
@@ -119,12 +129,13 @@ pub(crate) async fn restore_dir(
             progress.files_done.store(r.files, Ordering::Relaxed);
             progress.bytes_done.store(r.bytes, Ordering::Relaxed);
         };
-        Ok(restore::restore(
+        Ok(restore::restore_scanned(
             &tree,
             &key,
             &fd,
             &mut source,
             opts,
+            same,
             &mut on_progress,
         )?)
     })
@@ -438,15 +449,31 @@ async fn restore_into(
     counters
         .bytes_total
         .store(files.map(|e| e.size).sum(), Ordering::Relaxed);
+    // Repair: what is on disk already is neither fetched nor written.
+    let same = match (&destination, mode) {
+        (Destination::Dir { root, target }, restore::Mode::Repair) => {
+            counters.set_phase("comparing with what is on disk");
+            let (root, target) = (root.clone(), target.clone());
+            let (scan_tree, key) = (tree.clone(), state.chunk_key.clone());
+            tokio::task::spawn_blocking(move || -> Result<_, AgentError> {
+                let fd = restore::open_target(&root, &target)?;
+                Ok(restore::repair_scan(&scan_tree, &key, &fd)?)
+            })
+            .await
+            .map_err(|e| AgentError::State(format!("repair scan: {e}")))??
+        }
+        _ => HashSet::new(),
+    };
     counters.set_phase("restoring");
 
     let order: Vec<ChunkId> = tree
         .entries
         .iter()
-        .filter(|e| e.kind == Kind::File)
+        .filter(|e| e.kind == Kind::File && !same.contains(&e.path))
         .flat_map(|e| e.chunks.iter().copied())
         .collect();
     let source = Prefetched::start(client, job_id.to_string(), order);
+    let fetched = source.fetched.clone();
     let key = state.chunk_key.clone();
     let progress = counters.clone();
     let setup_ms = started.elapsed().as_millis() as u64;
@@ -457,8 +484,17 @@ async fn restore_into(
     // The place a probe looks at.
     let (report, restored) = match destination {
         Destination::Dir { root, target } => {
-            let report =
-                restore_dir(root, target.clone(), tree, key, source, progress, opts).await?;
+            let report = restore_dir(
+                root,
+                target.clone(),
+                tree,
+                key,
+                source,
+                progress,
+                opts,
+                same,
+            )
+            .await?;
             (report, target.display().to_string())
         }
         Destination::Image(engine) => {
@@ -517,6 +553,7 @@ async fn restore_into(
             restored.clone()
         },
         mode: mode.name().into(),
+        bytes_fetched: fetched.load(Ordering::Relaxed),
         ..Default::default()
     };
     for (p, why) in &report.skipped {

@@ -984,8 +984,9 @@ pub fn print_job(j: &pb::JobInfo, json: bool) {
     }
     if let Some(r) = &j.restore {
         println!(
-            "  {} mode: {} written, {} files unchanged; phases: setup {} ms, data {} ms, finish {} ms",
+            "  {} mode: {} fetched, {} written, {} files unchanged; phases: setup {} ms, data {} ms, finish {} ms",
             r.mode,
+            bytes(r.bytes_fetched),
             bytes(r.bytes_written),
             r.unchanged,
             r.setup_ms,

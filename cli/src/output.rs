@@ -548,6 +548,7 @@ pub fn restore_json(r: &pb::RestoreResult) -> serde_json::Value {
         "files": r.files,
         "bytes": r.bytes,
         "bytes_written": r.bytes_written,
+        "bytes_fetched": r.bytes_fetched,
         "unchanged": r.unchanged,
         "modified": r.modified,
         "missing": r.missing,

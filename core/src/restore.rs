@@ -108,9 +108,8 @@ pub struct Report {
     pub failed: Vec<(String, String)>,
     /// Entries deliberately not restored (device nodes without root), with the reason.
     pub skipped: Vec<(String, String)>,
-    /// Files that were in place but differed (rewritten; in repair mode a file whose
-    /// content matched but whose metadata differed is listed too, and only its metadata
-    /// is fixed).
+    /// Repair mode: files that were in place but differed (rewritten; a file whose content
+    /// matched but whose metadata differed is listed too, and only its metadata is fixed).
     pub modified: Vec<String>,
     /// Files of the snapshot that were not in place (repair mode).
     pub missing: Vec<String>,
@@ -190,7 +189,68 @@ pub fn restore(
     opts: Options,
     progress: &mut dyn FnMut(&Report),
 ) -> Result<Report> {
+    let same = if opts.mode == Mode::Repair {
+        repair_scan(tree, key, target)?
+    } else {
+        HashSet::new()
+    };
+    restore_scanned(tree, key, target, source, opts, same, progress)
+}
+
+/// Repair mode, first pass: the paths of the tree's regular files whose content in the
+/// target is already the snapshot's (same size, same chunk ids: the backup's chunker and
+/// keyed hash). Read-only. A caller that fetches chunks ahead fetches only the others.
+pub fn repair_scan(tree: &Tree, key: &ChunkKey, target: &OwnedFd) -> Result<HashSet<Vec<u8>>> {
+    let mut same = HashSet::new();
+    for e in tree.entries.iter().filter(|e| e.kind == Kind::File) {
+        let fd = match rustix::fs::openat2(
+            target,
+            os(&e.path),
+            OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Perm::empty(),
+            RESOLVE,
+        ) {
+            Ok(fd) => fd,
+            // Missing, a symlink, under a symlink, not a file: not the snapshot's.
+            Err(_) => continue,
+        };
+        let st = rustix::fs::fstat(&fd).ctx(|| format!("stat {}", e.display_path()))?;
+        if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
+            && st.st_size as u64 == e.size
+            && content_matches(key, fd, e)?
+        {
+            same.insert(e.path.clone());
+        }
+    }
+    Ok(same)
+}
+
+/// Whether an open file holds exactly `e`'s content.
+fn content_matches(key: &ChunkKey, fd: OwnedFd, e: &Entry) -> Result<bool> {
+    let mut n = 0usize;
+    for chunk in crate::chunker::Chunker::new(File::from(fd)) {
+        let chunk = chunk?;
+        if e.chunks.get(n) != Some(&key.id_of(&chunk)) {
+            return Ok(false);
+        }
+        n += 1;
+    }
+    Ok(n == e.chunks.len())
+}
+
+/// [`restore`] with the result of [`repair_scan`] already in hand: files in `same` are
+/// left in place (their metadata fixed if it differs) and their chunks never fetched.
+pub fn restore_scanned(
+    tree: &Tree,
+    key: &ChunkKey,
+    target: &OwnedFd,
+    source: &mut dyn ChunkSource,
+    opts: Options,
+    same: HashSet<Vec<u8>>,
+    progress: &mut dyn FnMut(&Report),
+) -> Result<Report> {
     let mut r = Restorer {
+        same,
         key,
         target,
         opts,
@@ -252,6 +312,8 @@ struct Restorer<'a> {
     opts: Options,
     source: &'a mut dyn ChunkSource,
     cached: Option<(Vec<u8>, OwnedFd)>,
+    /// Files already in place with the snapshot's content (repair mode).
+    same: HashSet<Vec<u8>>,
     report: Report,
     failed: HashSet<Vec<u8>>,
     tmp_seq: u64,
@@ -425,18 +487,18 @@ impl Restorer<'_> {
     }
 
     fn file(&mut self, dir: &OwnedFd, e: &Entry, name: &[u8]) -> Result<()> {
+        let repair = self.opts.mode == Mode::Repair;
         match rustix::fs::statat(dir, os(name), AtFlags::SYMLINK_NOFOLLOW) {
             Err(Errno::NOENT) => {
-                if self.opts.mode == Mode::Repair {
+                if repair {
                     self.report.missing.push(e.display_path());
                 }
             }
             Err(err) => return Err(Error::io(format!("stat {}", e.display_path()), err.into())),
             Ok(st) => {
-                if self.opts.mode == Mode::Repair
+                if repair
                     && FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
-                    && st.st_size as u64 == e.size
-                    && self.matches(dir, e, name)?
+                    && self.same.contains(&e.path)
                 {
                     if !self.meta_matches(&st, e) {
                         self.report.modified.push(e.display_path());
@@ -453,7 +515,9 @@ impl Restorer<'_> {
                     self.report.bytes += e.size;
                     return Ok(());
                 }
-                self.report.modified.push(e.display_path());
+                if repair {
+                    self.report.modified.push(e.display_path());
+                }
             }
         }
         let tmp = self.tmp_name();
@@ -484,21 +548,6 @@ impl Restorer<'_> {
         self.report.bytes += e.size;
         self.report.bytes_written += e.size;
         Ok(())
-    }
-
-    /// Whether the regular file `name` in `dir` holds exactly `e`'s content: the same
-    /// chunker and keyed ids the backup used, compared with the recorded chunk list.
-    fn matches(&self, dir: &OwnedFd, e: &Entry, name: &[u8]) -> Result<bool> {
-        let fd = open_file(dir, name, e)?;
-        let mut n = 0usize;
-        for chunk in crate::chunker::Chunker::new(File::from(fd)) {
-            let chunk = chunk?;
-            if e.chunks.get(n) != Some(&self.key.id_of(&chunk)) {
-                return Ok(false);
-            }
-            n += 1;
-        }
-        Ok(n == e.chunks.len())
     }
 
     /// Whether mode, owner and mtime in place are the snapshot's.

@@ -634,6 +634,15 @@ fn repair_rewrites_only_what_differs_and_reports_it() {
     assert_eq!(r["extras_removed"], false);
     assert!(data.join("planted").exists());
     assert_eq!(r["unchanged"].as_u64(), Some(untouched.len() as u64), "{r}");
+    // Only what differed moved: the two random files rewritten or restored (stored raw) and
+    // the compressible one, not the 300 kB of untouched files.
+    let differing = 4096 + 2 * 50_000;
+    assert_eq!(r["bytes_written"].as_u64(), Some(differing), "{r}");
+    let fetched = r["bytes_fetched"].as_u64().expect("bytes_fetched");
+    assert!(
+        (2 * 50_000..differing + 1024).contains(&fetched),
+        "fetched {fetched} bytes for {differing} bytes that differ: {r}"
+    );
     let after: Vec<_> = untouched.iter().map(|p| stat(p)).collect();
     assert_eq!(before, after, "an untouched file was rewritten");
 

@@ -63,6 +63,7 @@ pub async fn restore(
         source,
         counters.clone(),
         lifeboat_core::restore::Options::for_current_user(),
+        Default::default(),
     )
     .await;
     let report = match report {
