@@ -351,7 +351,14 @@ async fn follow(api: &mut Api, id: &str, show: bool) -> Result<pb::PlanInfo> {
             bar.set_message(match d.state.as_str() {
                 "done" => format!("back after {}", millis(d.actual_finish_ms)),
                 "failed" => format!("FAILED: {}", d.error),
-                _ => format!("restoring (estimate {})", millis(d.est_finish_ms)),
+                _ => match d
+                    .sources
+                    .iter()
+                    .find(|s| s.state == "running" && !s.error.is_empty())
+                {
+                    Some(s) => s.error.clone(),
+                    None => format!("restoring (estimate {})", millis(d.est_finish_ms)),
+                },
             });
             if (d.state == "done" || d.state == "failed") && !bar.is_finished() {
                 bar.finish();

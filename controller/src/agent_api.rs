@@ -78,6 +78,8 @@ impl AgentApi for AgentService {
                 .update_agent_docker(&agent.id, &prost::Message::encode_to_vec(inv))?;
         }
         let (tx, rx) = mpsc::channel(64);
+        // Weak: the session ends when `Jobs` drops its sender (revocation), acks or not.
+        let acks = tx.downgrade();
         let session = ctl.jobs.connect(&agent.id, tx);
         ctl.jobs.reconcile(&agent.id, &hello.running_jobs)?;
         ctl.jobs.dispatch(&agent.id)?;
@@ -101,9 +103,21 @@ impl AgentApi for AgentService {
                         }
                     }
                     Ok(Some(pb::AgentMessage {
-                        msg: Some(Msg::Heartbeat(_)),
+                        msg: Some(Msg::Heartbeat(hb)),
                     })) => {
-                        let _ = ctl.catalog.touch_agent(&agent.id, now_ms());
+                        // In memory; written with every other agent's every few seconds.
+                        ctl.jobs.seen(&agent.id, now_ms());
+                        let ack = pb::ControllerMessage {
+                            msg: Some(pb::controller_message::Msg::HeartbeatAck(
+                                pb::HeartbeatAck {
+                                    unix_ms: hb.unix_ms,
+                                },
+                            )),
+                        };
+                        // A full queue means the agent is behind: it will send another.
+                        if let Some(tx) = acks.upgrade() {
+                            let _ = tx.try_send(Ok(ack));
+                        }
                     }
                     Ok(Some(_)) => {}
                     Ok(None) | Err(_) => break,

@@ -37,6 +37,8 @@ struct Inner {
     grants: HashMap<String, Grant>,
     /// Egress pacing by job tag (a plan's jobs share one pacer).
     pacers: HashMap<String, Arc<crate::recovery::pacer::Pacer>>,
+    /// Heartbeats not yet written to the catalog: agent id -> when.
+    seen: HashMap<String, i64>,
     next_session: u64,
 }
 
@@ -264,6 +266,23 @@ impl Jobs {
             crate::recovery::restore_finished(&self.catalog, &row, self.clock.now_ms());
         }
         Ok(())
+    }
+
+    /// Notes that `agent_id` was heard from; `flush_seen` writes it with the others.
+    pub fn seen(&self, agent_id: &str, now_ms: i64) {
+        self.lock().seen.insert(agent_id.to_string(), now_ms);
+    }
+
+    /// When the agent was last heard from, if that is not in the catalog yet.
+    pub fn last_seen(&self, agent_id: &str) -> Option<i64> {
+        self.lock().seen.get(agent_id).copied()
+    }
+
+    /// Writes the heartbeats gathered since the last flush in one transaction.
+    pub fn flush_seen(&self) -> Result<usize, ApiError> {
+        let seen: Vec<(String, i64)> = self.lock().seen.drain().collect();
+        self.catalog.touch_agents(&seen)?;
+        Ok(seen.len())
     }
 
     /// Paces every chunk read by jobs tagged `tag` (see `recovery::plan`).

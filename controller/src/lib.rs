@@ -290,6 +290,13 @@ impl Running {
                         Err(e) => tracing::error!(error = %e, "audit anchor task failed"),
                         Ok(Ok(())) => {}
                     }
+                    // Heartbeats since the last tick, in one transaction.
+                    let c = ctl.clone();
+                    match tokio::task::spawn_blocking(move || c.jobs.flush_seen()).await {
+                        Ok(Err(e)) => tracing::error!(error = %e, "cannot record heartbeats"),
+                        Err(e) => tracing::error!(error = %e, "heartbeat flush task failed"),
+                        Ok(Ok(_)) => {}
+                    }
                 }
             })
         };
@@ -443,6 +450,7 @@ impl Running {
         }
         let ctl2 = ctl.clone();
         tokio::task::spawn_blocking(move || {
+            ctl2.jobs.flush_seen()?;
             ctl2.audit.anchor()?;
             ctl2.store.flush()
         })

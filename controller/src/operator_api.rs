@@ -56,13 +56,19 @@ fn snapshot_info(s: SnapshotRow) -> pb::SnapshotInfo {
 
 impl OperatorService {
     fn agent_info(&self, a: AgentRow) -> pb::AgentInfo {
+        // Heartbeats reach the catalog every few seconds; the newest may be in memory.
+        let last_seen = self
+            .0
+            .jobs
+            .last_seen(&a.id)
+            .map_or(a.last_seen_ms, |m| m.max(a.last_seen_ms));
         pb::AgentInfo {
             connected: self.0.jobs.connected(&a.id),
             id: a.id,
             name: a.name,
             labels: a.labels.into_iter().collect(),
             hostname: a.hostname,
-            last_seen_unix_ms: a.last_seen_ms,
+            last_seen_unix_ms: last_seen,
             enrolled_unix_ms: a.enrolled_ms,
             sources: a
                 .sources

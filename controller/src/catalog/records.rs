@@ -339,10 +339,26 @@ impl Catalog {
     }
 
     pub fn touch_agent(&self, id: &str, now_ms: i64) -> Result<(), ApiError> {
-        self.lock().execute(
-            "UPDATE agents SET last_seen_ms = ?2 WHERE id = ?1",
-            params![id, now_ms],
-        )?;
+        self.touch_agents(&[(id.to_string(), now_ms)])
+    }
+
+    /// Records when each agent was last heard from, all in one transaction (heartbeats are
+    /// gathered in memory and written every few seconds: see `Jobs::seen`).
+    pub fn touch_agents(&self, seen: &[(String, i64)]) -> Result<(), ApiError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "UPDATE agents SET last_seen_ms = MAX(last_seen_ms, ?2) WHERE id = ?1",
+            )?;
+            for (id, ms) in seen {
+                st.execute(params![id, ms])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -716,7 +716,16 @@ fn follow_device(
             {
                 ctl.jobs.requeue(&mut job)?;
             }
-            _ => {}
+            // Say why nothing moves: the plan waits for the machine (it may be being
+            // rebuilt), and the watch shows it.
+            JobState::Queued | JobState::Interrupted if !ctl.jobs.connected(&job.agent_id) => {
+                src.error = format!("waiting for agent {} to connect", dev.target_agent);
+            }
+            _ => {
+                if src.error.starts_with("waiting for agent") {
+                    src.error.clear();
+                }
+            }
         }
         return Ok(());
     }

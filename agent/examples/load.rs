@@ -1,0 +1,417 @@
+//! Controller scale: many simulated agents on one controller, over the real gRPC API with
+//! real certificates (each agent enrolls with its own key and CSR, like `lifeboat-agent
+//! enroll`).
+//!
+//!     cargo run --release -p lifeboat-agent --example load -- \
+//!         --controller URL --tokens T1,T2 --ca-fingerprint FP --identity ADMIN.identity \
+//!         --agents 10000 --dir DIR [--heartbeat-ms 15000] [--measure-s 60] [--commits 1000]
+//!
+//! Every agent keeps one session (a TLS connection and an HTTP/2 stream) and heartbeats;
+//! the controller acknowledges each heartbeat, and the round trip is the heartbeat latency.
+//! With `--commits M`, the first M agents are then asked (StartBackup, as an operator) to
+//! back up a tiny directory of their own, all at once; each runs the real backup pipeline
+//! (`lifeboat_agent::backup::backup_source`: scan, MissingChunks, PutChunks, signed
+//! CommitSnapshot). Prints one JSON object (bench/controller_scale.py runs it).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lifeboat_agent::backup::{self, BackupContext, Counters};
+use lifeboat_agent::enroll::{EnrollOptions, enroll};
+use lifeboat_agent::state::AgentState;
+use lifeboat_core::identity::IdentityFile;
+use lifeboat_proto::pb::{
+    self, agent_api_client::AgentApiClient, agent_message::Msg, controller_message,
+    operator_api_client::OperatorApiClient,
+};
+use lifeboat_proto::transport::{self, ClientTls};
+use tokio::sync::mpsc;
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+struct Args {
+    controller: String,
+    tokens: Vec<String>,
+    fingerprint: String,
+    identity: PathBuf,
+    agents: usize,
+    dir: PathBuf,
+    heartbeat: Duration,
+    measure: Duration,
+    commits: usize,
+}
+
+fn args() -> Result<Args, Error> {
+    let all: Vec<String> = std::env::args().collect();
+    let get = |name: &str| {
+        all.iter()
+            .position(|a| a == name)
+            .and_then(|i| all.get(i + 1).cloned())
+    };
+    let need = |name: &str| get(name).ok_or_else(|| format!("{name} is required"));
+    Ok(Args {
+        controller: need("--controller")?,
+        tokens: need("--tokens")?.split(',').map(String::from).collect(),
+        fingerprint: need("--ca-fingerprint")?,
+        identity: need("--identity")?.into(),
+        agents: need("--agents")?.parse()?,
+        dir: need("--dir")?.into(),
+        heartbeat: Duration::from_millis(get("--heartbeat-ms").map_or(Ok(15_000), |s| s.parse())?),
+        measure: Duration::from_secs(get("--measure-s").map_or(Ok(60), |s| s.parse())?),
+        commits: get("--commits").map_or(Ok(0), |s| s.parse())?,
+    })
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// What the simulated agents share with the measuring code.
+#[derive(Default)]
+struct Shared {
+    connected: AtomicUsize,
+    /// Heartbeat round trips in milliseconds, while measuring.
+    rtts: Mutex<Vec<u64>>,
+    measuring: std::sync::atomic::AtomicBool,
+    /// Backup job receipt → committed, milliseconds.
+    commits: Mutex<Vec<u64>>,
+    failures: Mutex<Vec<String>>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn enroll_all(a: &Args) -> Result<Vec<Arc<AgentState>>, Error> {
+    let per_token = 1000;
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = Vec::new();
+    for i in 0..a.agents {
+        let dir = a.dir.join(format!("agents/a{i:05}"));
+        let opts = EnrollOptions {
+            controller: a.controller.clone(),
+            token: a.tokens[(i / per_token).min(a.tokens.len() - 1)].clone(),
+            ca_fingerprint: a.fingerprint.clone(),
+            state_dir: dir.clone(),
+            name: Some(format!("sim{i:05}")),
+            labels: [("bench".to_string(), "scale".to_string())].into(),
+        };
+        let permit = sem.clone().acquire_owned().await?;
+        tasks.push(tokio::spawn(async move {
+            let _p = permit;
+            if AgentState::is_enrolled(&dir) {
+                AgentState::load(&dir).map_err(|e| e.to_string())
+            } else {
+                enroll(opts).await.map_err(|e| e.to_string())
+            }
+        }));
+    }
+    let mut out = Vec::with_capacity(tasks.len());
+    for t in tasks {
+        out.push(Arc::new(t.await??));
+    }
+    Ok(out)
+}
+
+/// One simulated agent: a session with heartbeats; backs up `source` when asked.
+async fn agent(
+    url: String,
+    state: Arc<AgentState>,
+    source: PathBuf,
+    heartbeat: Duration,
+    shared: Arc<Shared>,
+) -> Result<(), Error> {
+    transport::install_crypto_provider();
+    let channel = transport::connect(&url, state.client_tls()?).await?;
+    let max = lifeboat_proto::MAX_MESSAGE_BYTES;
+    let api = AgentApiClient::new(channel)
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
+    let (out_tx, out_rx) = mpsc::channel(16);
+    out_tx
+        .send(pb::AgentMessage {
+            msg: Some(Msg::Hello(pb::Hello {
+                version: "load".into(),
+                hostname: state.info.name.clone(),
+                sources: vec![pb::Source {
+                    name: "data".into(),
+                    kind: "path".into(),
+                    path: source.display().to_string(),
+                }],
+                ..Default::default()
+            })),
+        })
+        .await?;
+    let mut inbound = api
+        .clone()
+        .session(tokio_stream::wrappers::ReceiverStream::new(out_rx))
+        .await?
+        .into_inner();
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    // Heartbeats spread over the interval, as a fleet's would be.
+    let offset =
+        Duration::from_millis(rand_u64(&state.info.agent_id) % heartbeat.as_millis().max(1) as u64);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, heartbeat);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let hb = pb::Heartbeat { unix_ms: now_ms() };
+                if out_tx.send(pb::AgentMessage { msg: Some(Msg::Heartbeat(hb)) }).await.is_err() {
+                    return Err("session closed".into());
+                }
+            }
+            msg = inbound.message() => match msg? {
+                Some(pb::ControllerMessage { msg: Some(controller_message::Msg::HeartbeatAck(ack)) }) => {
+                    if shared.measuring.load(Ordering::Relaxed) {
+                        let rtt = now_ms().saturating_sub(ack.unix_ms);
+                        shared.rtts.lock().map_err(|_| "poisoned")?.push(rtt);
+                    }
+                }
+                Some(pb::ControllerMessage { msg: Some(controller_message::Msg::Job(job)) }) => {
+                    let (state, api, source, shared, out_tx) =
+                        (state.clone(), api.clone(), source.clone(), shared.clone(), out_tx.clone());
+                    tokio::spawn(async move {
+                        let got = Instant::now();
+                        let ctx = BackupContext {
+                            state,
+                            client: api,
+                            job_id: job.job_id.clone(),
+                            level: lifeboat_core::codec::DEFAULT_LEVEL,
+                            full_reread: false,
+                            counters: Arc::new(Counters::default()),
+                            repair: Default::default(),
+                            limit: None,
+                        };
+                        let src = lifeboat_agent::Source { name: "data".into(), path: source };
+                        let mut update = pb::JobUpdate { job_id: job.job_id.clone(), ..Default::default() };
+                        match backup::backup_source(&ctx, &src).await {
+                            Ok(r) => {
+                                if let Ok(mut c) = shared.commits.lock() {
+                                    c.push(got.elapsed().as_millis() as u64);
+                                }
+                                update.state = pb::JobState::Succeeded as i32;
+                                update.snapshot_ids = vec![r.snapshot_id];
+                            }
+                            Err(e) => {
+                                if let Ok(mut f) = shared.failures.lock() {
+                                    f.push(e.to_string());
+                                }
+                                update.state = pb::JobState::Failed as i32;
+                                update.error = e.to_string();
+                            }
+                        }
+                        let _ = out_tx.send(pb::AgentMessage { msg: Some(Msg::JobUpdate(update)) }).await;
+                    });
+                }
+                Some(_) => {}
+                None => return Err("the controller ended the session".into()),
+            },
+        }
+    }
+}
+
+fn rand_u64(seed: &str) -> u64 {
+    let h = blake3::hash(seed.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default())
+}
+
+fn proc_stat(pid: u32) -> (f64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let tick = 100.0;
+    let cpu = fields
+        .get(11)
+        .and_then(|u| u.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<f64>().ok())
+            .unwrap_or(0.0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let written = io
+        .lines()
+        .find(|l| l.starts_with("write_bytes:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<u64>().ok())
+        .unwrap_or(0);
+    (cpu / tick, rss, written)
+}
+
+fn controller_pid(url: &str) -> Option<u32> {
+    // The bench script passes it; without it, CPU and memory are not reported.
+    let _ = url;
+    std::env::var("LIFEBOAT_CONTROLLER_PID").ok()?.parse().ok()
+}
+
+fn make_source(dir: &Path, i: usize) -> Result<PathBuf, Error> {
+    let src = dir.join(format!("sources/a{i:05}"));
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(
+        src.join("hello.txt"),
+        format!("agent {i} at {}\n", now_ms()),
+    )?;
+    Ok(src)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    transport::install_crypto_provider();
+    let a = args()?;
+    let t = Instant::now();
+    let states = enroll_all(&a).await?;
+    let enroll_s = t.elapsed().as_secs_f64();
+    eprintln!("{} agents enrolled in {enroll_s:.1} s", states.len());
+
+    let shared = Arc::new(Shared::default());
+    let t = Instant::now();
+    let mut names = HashMap::new();
+    for (i, state) in states.iter().enumerate() {
+        let source = make_source(&a.dir, i)?;
+        names.insert(state.info.name.clone(), i);
+        let (url, state, shared, hb) = (
+            a.controller.clone(),
+            state.clone(),
+            shared.clone(),
+            a.heartbeat,
+        );
+        tokio::spawn(async move {
+            if let Err(e) = agent(url, state, source, hb, shared.clone()).await
+                && let Ok(mut f) = shared.failures.lock()
+            {
+                f.push(e.to_string());
+            }
+        });
+    }
+    while shared.connected.load(Ordering::Relaxed) < states.len() {
+        if t.elapsed() > Duration::from_secs(600) {
+            return Err(format!(
+                "only {} sessions after 10 minutes",
+                shared.connected.load(Ordering::Relaxed)
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connect_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "{} sessions in {connect_s:.1} s; measuring heartbeats for {:?}",
+        states.len(),
+        a.measure
+    );
+
+    // Heartbeats, steady state.
+    let pid = controller_pid(&a.controller);
+    let before = pid.map(proc_stat);
+    shared.measuring.store(true, Ordering::Relaxed);
+    let t = Instant::now();
+    let mut peak_rss = 0;
+    while t.elapsed() < a.measure {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(p) = pid {
+            peak_rss = peak_rss.max(proc_stat(p).1);
+        }
+    }
+    shared.measuring.store(false, Ordering::Relaxed);
+    let secs = t.elapsed().as_secs_f64();
+    let after = pid.map(proc_stat);
+    let mut rtts = std::mem::take(&mut *shared.rtts.lock().map_err(|_| "poisoned")?);
+    rtts.sort_unstable();
+    let (cpu, written) = match (before, after) {
+        (Some(b), Some(a)) => (a.0 - b.0, a.2.saturating_sub(b.2)),
+        _ => (0.0, 0),
+    };
+
+    // Commits: M agents back up a tiny directory each, all at once.
+    let mut commit = serde_json::Value::Null;
+    if a.commits > 0 {
+        let id = IdentityFile::load(&a.identity)?;
+        let tls = ClientTls::with_identity(&id.ca_pem, &id.cert_pem, &id.key_pem)?;
+        let mut op = OperatorApiClient::new(transport::connect(&a.controller, tls).await?);
+        let n = a.commits.min(states.len());
+        let cpu0 = pid.map(proc_stat);
+        let t = Instant::now();
+        let mut starts = Vec::new();
+        for state in states.iter().take(n) {
+            let mut op = op.clone();
+            let name = state.info.name.clone();
+            starts.push(tokio::spawn(async move {
+                op.start_backup(pb::StartBackupRequest {
+                    agent: name,
+                    sources: vec!["data".into()],
+                    ..Default::default()
+                })
+                .await
+            }));
+        }
+        for s in starts {
+            s.await??;
+        }
+        loop {
+            let done = shared.commits.lock().map_err(|_| "poisoned")?.len();
+            let failed = shared.failures.lock().map_err(|_| "poisoned")?.len();
+            if done + failed >= n {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(600) {
+                return Err(format!("{done} of {n} commits after 10 minutes").into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let wall = t.elapsed().as_secs_f64();
+        let mut lat = shared.commits.lock().map_err(|_| "poisoned")?.clone();
+        lat.sort_unstable();
+        let snapshots = op.status(pb::Empty {}).await?.into_inner().snapshots;
+        commit = serde_json::json!({
+            "agents": n,
+            "committed": lat.len(),
+            "wall_s": wall,
+            "commits_per_sec": lat.len() as f64 / wall,
+            "latency_ms_p50": percentile(&lat, 0.5),
+            "latency_ms_p99": percentile(&lat, 0.99),
+            "controller_cpu_s": match (cpu0, pid.map(proc_stat)) { (Some(b), Some(a)) => a.0 - b.0, _ => 0.0 },
+            "snapshots_in_catalog": snapshots,
+        });
+    }
+    let failures = shared.failures.lock().map_err(|_| "poisoned")?.clone();
+    let out = serde_json::json!({
+        "agents": states.len(),
+        "enroll_s": enroll_s,
+        "connect_s": connect_s,
+        "heartbeat_interval_ms": a.heartbeat.as_millis() as u64,
+        "measure_s": secs,
+        "heartbeats": rtts.len(),
+        "heartbeats_per_sec": rtts.len() as f64 / secs,
+        "heartbeat_ms_p50": percentile(&rtts, 0.5),
+        "heartbeat_ms_p99": percentile(&rtts, 0.99),
+        "heartbeat_ms_max": rtts.last().copied().unwrap_or(0),
+        "controller_cpu_s": cpu,
+        "controller_cpu_percent": 100.0 * cpu / secs,
+        "controller_rss_peak": peak_rss,
+        "controller_disk_write_bytes_per_sec": written as f64 / secs,
+        "commits": commit,
+        "failures": failures.len(),
+        "first_failures": failures.iter().take(5).collect::<Vec<_>>(),
+    });
+    println!("{out}");
+    std::process::exit(0);
+}
