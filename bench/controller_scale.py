@@ -90,7 +90,7 @@ def main():
         f" --commits {args.commits}` (after `cargo build --release --workspace --bins --examples`).",
         f"Machine: {os.cpu_count()} cores, {mem / 2**30:.0f} GiB RAM; the load generator (one process, `agent/examples/load.rs`)",
         "runs on the same machine as the controller. Each simulated agent enrolled with its own key and CSR and keeps",
-        f"its own TLS connection and session, heartbeating every {args.heartbeat_ms / 1000:.0f} s (the agent's interval),",
+        f"its own TLS connection and session, heartbeating every {args.heartbeat_ms / 1000:g} s (lifeboat-agent: every 15 s),",
         "spread over the interval; the controller acknowledges each heartbeat, and the round trip is the latency.",
         "Heartbeats are kept in memory and written to the catalog in one transaction every 5 s.",
         "",
