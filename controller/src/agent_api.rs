@@ -346,10 +346,18 @@ impl AgentApi for AgentService {
         let signature = req.signature;
         let raw_record = req.record;
         let row = tokio::task::spawn_blocking(move || -> Result<SnapshotRow, ApiError> {
-            ctl.store.flush()?;
+            ctl.store.flush_for(&record.tree_chunks()?)?;
             // With GC's sweep held off, until the snapshot is listed.
-            let _commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-            check_tree_complete(&ctl, &record)?;
+            let mut commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if check_tree_complete(&ctl, &record).is_err() {
+                // A chunk accepted after the tree (not our agent's order) may still sit in
+                // the open pack: seal everything, then check again.
+                drop(commits);
+                ctl.store.flush()?;
+                commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+                check_tree_complete(&ctl, &record)?;
+            }
+            let _commits = commits;
             let env = Envelope::countersign(
                 raw_record,
                 signature,

@@ -148,6 +148,19 @@ impl Store {
         self.seal_locked(&mut open)
     }
 
+    /// Seals the open pack only if it holds one of `ids` (a commit's tree chunks: the
+    /// agent uploads them last, and a seal takes the whole pack, so once they are sealed
+    /// so is every chunk accepted before them). Commits that arrive while another seals
+    /// wait on the pack's lock and then find their chunks sealed: one fsync serves them
+    /// all (group commit).
+    pub fn flush_for(&self, ids: &[ChunkId]) -> Result<(), ApiError> {
+        let mut open = self.lock_open();
+        if ids.iter().any(|id| open.pending.contains(id)) {
+            self.seal_locked(&mut open)?;
+        }
+        Ok(())
+    }
+
     fn seal_locked(&self, open: &mut OpenPack) -> Result<(), ApiError> {
         let Some(writer) = open.writer.take() else {
             return Ok(());
