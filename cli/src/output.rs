@@ -630,6 +630,7 @@ pub fn plan_json(p: &pb::PlanInfo) -> serde_json::Value {
             "makespan_ms": p.makespan_ms,
         },
         "eta_ms": p.eta_ms,
+        "bytes_moved": p.bytes_moved,
         "actual": (p.finished_unix_ms > 0).then(|| serde_json::json!({
             "total_downtime_ms": p.actual_total_downtime_ms,
             "longest_downtime_ms": p.actual_longest_downtime_ms,

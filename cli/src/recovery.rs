@@ -275,13 +275,7 @@ fn report(p: &pb::PlanInfo, json: bool) {
         return;
     }
     println!("{}", output::plan_table(p));
-    let moved: u64 = p
-        .devices
-        .iter()
-        .flat_map(|d| &d.sources)
-        .filter(|s| s.state == "done")
-        .map(|s| s.wire_bytes)
-        .sum();
+    let moved = p.bytes_moved;
     let verified = p
         .devices
         .iter()

@@ -230,6 +230,16 @@ fn fifty_devices_recover_in_tier_order_within_the_estimate() {
         .unwrap_or_else(|_| panic!("recover run: {}", String::from_utf8_lossy(&out.stderr)));
     assert!(out.status.success(), "plan failed: {done}");
     assert_eq!(done["state"], "finished");
+    // What moved is what the restore points' stored chunks weigh.
+    let wire: u64 = done["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .flat_map(|d| d["sources"].as_array().expect("sources").iter())
+        .map(|s| s["wire_bytes"].as_u64().expect("wire bytes"))
+        .sum();
+    assert_eq!(done["bytes_moved"].as_u64(), Some(wire));
+    assert!(wire >= (DEVICES * 24 * 128 * 1024) as u64, "{wire}");
 
     // Byte-identical, the planted file gone, the deleted one back.
     for (d, want) in dirs.iter().zip(&expected) {

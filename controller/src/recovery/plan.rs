@@ -550,6 +550,13 @@ fn step(ctl: &Controller, plan: &mut pb::PlanInfo) -> Result<bool, ApiError> {
         follow_device(ctl, plan, d, &tag, now)?;
     }
     reestimate(ctl, plan, now)?;
+    plan.bytes_moved = plan
+        .devices
+        .iter()
+        .flat_map(|d| &d.sources)
+        .filter(|s| s.state == "done")
+        .map(|s| s.wire_bytes)
+        .sum();
     let active = plan
         .devices
         .iter()
@@ -602,13 +609,7 @@ fn step(ctl: &Controller, plan: &mut pb::PlanInfo) -> Result<bool, ApiError> {
 /// (only when the plan moved enough to say something, and not for capped plans, whose
 /// rate is the cap's).
 fn record_egress(ctl: &Controller, plan: &pb::PlanInfo, now: i64) {
-    let moved: u64 = plan
-        .devices
-        .iter()
-        .flat_map(|d| &d.sources)
-        .filter(|s| s.state == "done")
-        .map(|s| s.wire_bytes)
-        .sum();
+    let moved = plan.bytes_moved;
     let ms = plan.actual_longest_downtime_ms;
     if plan.bandwidth_bytes_per_sec > 0 || moved < 16 << 20 || ms == 0 {
         return;
