@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BIN, REPO, replace_section  # noqa: E402
+from run import BIN, REPO, replace_section, start_controller  # noqa: E402
 
 SECTION = "## Controller scale"
 
@@ -34,19 +34,8 @@ def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms):
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
-    log = open(d / "controller.log", "w")
-    ctl = subprocess.Popen([bin_dir / "lifeboat-controller", "serve", "--listen", "127.0.0.1:0", "--data-dir", d / "ctl"],
-                           stdout=subprocess.PIPE, stderr=log, text=True)
+    ctl, url, fp = start_controller(bin_dir, d)
     try:
-        url = fp = None
-        while url is None or fp is None:
-            line = ctl.stdout.readline()
-            if not line:
-                sys.exit(f"controller did not start; see {d / 'controller.log'}")
-            if line.startswith("lifeboat-controller listening on "):
-                url = line.split()[-1]
-            if line.startswith("CA fingerprint: "):
-                fp = line.split()[-1]
         env = {**os.environ, "LIFEBOAT_IDENTITY": str(d / "ctl" / "admin.identity"), "LIFEBOAT_CONTROLLER": url}
         tokens = []
         for _ in range((n + 999) // 1000):

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BIN, GEN, MASS_SECTION, REPO, proc_cpu, replace_section  # noqa: E402
+from run import BIN, GEN, MASS_SECTION, REPO, proc_cpu, replace_section, start_controller  # noqa: E402
 
 
 def proc_rss(pid):
@@ -68,19 +68,7 @@ class Fleet:
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        log = open(work / "controller.log", "w")
-        self.controller = subprocess.Popen(
-            [self.bin / "lifeboat-controller", "serve", "--listen", "127.0.0.1:0", "--data-dir", work / "ctl"],
-            stdout=subprocess.PIPE, stderr=log, text=True)
-        self.url, self.fingerprint = None, None
-        while self.url is None or self.fingerprint is None:
-            line = self.controller.stdout.readline()
-            if not line:
-                sys.exit(f"controller did not start; see {work / 'controller.log'}")
-            if line.startswith("lifeboat-controller listening on "):
-                self.url = line.split()[-1]
-            if line.startswith("CA fingerprint: "):
-                self.fingerprint = line.split()[-1]
+        self.controller, self.url, self.fingerprint = start_controller(self.bin, work)
 
     def cli(self, *args, check=True):
         env = {**os.environ, "LIFEBOAT_IDENTITY": str(self.work / "ctl" / "admin.identity"), "LIFEBOAT_CONTROLLER": self.url}

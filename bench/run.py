@@ -89,6 +89,24 @@ def same_tree(a, b):
     return out.returncode == 0
 
 
+def start_controller(bin_dir, work):
+    """`lifeboat-controller serve` on a free port with WORK/ctl as its data directory and its
+    log in WORK/controller.log: (process, url, CA fingerprint)."""
+    log = open(Path(work) / "controller.log", "w")
+    proc = subprocess.Popen([Path(bin_dir) / "lifeboat-controller", "serve", "--listen", "127.0.0.1:0", "--data-dir", Path(work) / "ctl"],
+                            stdout=subprocess.PIPE, stderr=log, text=True)
+    url = fingerprint = None
+    while url is None or fingerprint is None:
+        line = proc.stdout.readline()
+        if not line:
+            sys.exit(f"controller did not start; see {Path(work) / 'controller.log'}")
+        if line.startswith("lifeboat-controller listening on "):
+            url = line.split()[-1]
+        if line.startswith("CA fingerprint: "):
+            fingerprint = line.split()[-1]
+    return proc, url, fingerprint
+
+
 def clean(path):
     if Path(path).exists():
         shutil.rmtree(path)
@@ -184,17 +202,7 @@ class Lifeboat:
         self.stop()
         clean(self.dir)
         self.dir.mkdir(parents=True)
-        log = open(self.dir / "controller.log", "w")
-        self.controller = subprocess.Popen([BIN / "lifeboat-controller", "serve", "--listen", "127.0.0.1:0", "--data-dir", self.dir / "ctl"], stdout=subprocess.PIPE, stderr=log, text=True)
-        self.url, fingerprint = None, None
-        while self.url is None or fingerprint is None:
-            line = self.controller.stdout.readline()
-            if not line:
-                sys.exit("controller did not start; see " + str(self.dir / "controller.log"))
-            if line.startswith("lifeboat-controller listening on "):
-                self.url = line.split()[-1]
-            if line.startswith("CA fingerprint: "):
-                fingerprint = line.split()[-1]
+        self.controller, self.url, fingerprint = start_controller(BIN, self.dir)
         token = json.loads(self.cli("token", "create", "--json"))["token"]
         sh(BIN / "lifeboat-agent", "enroll", "--controller", self.url, "--token", token, "--ca-fingerprint", fingerprint, "--name", "bench", "--state-dir", self.dir / "agent", capture_output=True)
         self.restore_roots = [self.work / "restores", Path("/dev/shm/lifeboat-bench")]

@@ -48,8 +48,9 @@ pub struct Jobs {
     inner: Mutex<Inner>,
 }
 
-fn random_id() -> Result<String, ApiError> {
-    Ok(hex::encode(lifeboat_core::sign::random_bytes::<8>()?))
+/// A random id of `N` bytes in hex (jobs: 8; drills and plans, typed by people: 6).
+pub fn random_id<const N: usize>() -> Result<String, ApiError> {
+    Ok(hex::encode(lifeboat_core::sign::random_bytes::<N>()?))
 }
 
 impl Jobs {
@@ -163,7 +164,7 @@ impl Jobs {
         policy: &str,
         build: impl FnOnce(&str) -> pb::Job,
     ) -> Result<JobRow, ApiError> {
-        let id = random_id()?;
+        let id = random_id::<8>()?;
         let job = build(&id);
         let row = JobRow {
             id: id.clone(),

@@ -61,6 +61,18 @@ fn snapshot_id(fleet: &Fleet, agent: &str) -> String {
         .to_string()
 }
 
+/// Applies a policy file with `text`, or panics with the CLI's error.
+fn apply_policy(fleet: &Fleet, text: &str) {
+    let path = fleet.path("policy.toml");
+    fs::write(&path, text).expect("policy");
+    let out = fleet.cli(&["policy", "apply", "-f", path.to_str().expect("path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A time (Unix milliseconds) in RFC 3339, as an operator types it.
 fn rfc(unix_ms: i64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(unix_ms as u64))
@@ -109,18 +121,10 @@ fn fifty_devices_recover_in_tier_order_within_the_estimate() {
     const DEVICES: usize = 50;
     const DB: usize = 10;
     let mut fleet = Fleet::start();
-    let policy = fleet.path("tiers.toml");
-    fs::write(
-        &policy,
+    apply_policy(
+        &fleet,
         "[[policy]]\nname = \"db\"\nselector = \"role=db\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\ntier = 0\n\n\
          [[policy]]\nname = \"app\"\nselector = \"role=app\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\ntier = 1\n",
-    )
-    .expect("policy");
-    let out = fleet.cli(&["policy", "apply", "-f", policy.to_str().expect("path")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
 
     let db_token = token(&fleet, DB, &["role=db", "fleet=test"]);
@@ -896,18 +900,10 @@ fn policies_schedule_drills_over_a_rotating_sample() {
         );
         fleet.backup(name, "data");
     }
-    let policy = fleet.path("p.toml");
-    fs::write(
-        &policy,
+    apply_policy(
+        &fleet,
         "[[policy]]\nname = \"web\"\nselector = \"role=web\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\n\
          drill = { every = \"4s\", sample = 1, probe = \"test -s f001\" }\n",
-    )
-    .expect("policy");
-    let out = fleet.cli(&["policy", "apply", "-f", policy.to_str().expect("p")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let drills = wait_for(
         "both devices drilled by the policy",

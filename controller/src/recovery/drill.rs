@@ -25,10 +25,6 @@ pub const JOB_TAG: &str = "drill";
 /// How long a drill waits for an offline agent before it fails.
 const AGENT_WAIT: Duration = Duration::from_secs(60);
 
-fn random_id() -> Result<String, ApiError> {
-    Ok(hex::encode(lifeboat_core::sign::random_bytes::<6>()?))
-}
-
 /// Picks the devices (the least recently drilled first when sampling), records one drill
 /// per source with the model's estimate, and starts running them in the background.
 pub fn start(
@@ -60,7 +56,7 @@ pub fn start(
         sources.dedup();
         if sources.is_empty() {
             drills.push(DrillRow {
-                id: random_id()?,
+                id: crate::jobs::random_id::<6>()?,
                 agent_id: agent.id.clone(),
                 state: "failed".into(),
                 started_ms: now,
@@ -77,7 +73,7 @@ pub fn start(
             let (good, skipped) = last_known_good(ctl, &agent.id, &source, i64::MAX, false)?;
             let rates = model.rates(&agent.id, source_kind(&source));
             let mut d = DrillRow {
-                id: random_id()?,
+                id: crate::jobs::random_id::<6>()?,
                 agent_id: agent.id.clone(),
                 source: source.clone(),
                 state: "queued".into(),

@@ -11,7 +11,7 @@
 //! again under the same job id once their agent is back (an agent that still runs the job
 //! ignores the second delivery), and devices already done are left alone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,10 +35,6 @@ pub const JOB_TAG: &str = "plan:";
 pub const MAX_ATTEMPTS: u32 = 3;
 const TICK: Duration = Duration::from_millis(100);
 const DEFAULT_CONCURRENCY: u32 = 4;
-
-fn random_id() -> Result<String, ApiError> {
-    Ok(hex::encode(lifeboat_core::sign::random_bytes::<6>()?))
-}
 
 /// Agents chosen by name or by a label selector (not both, not neither).
 pub fn select_agents(
@@ -176,7 +172,7 @@ pub fn create(
         req.concurrency
     };
     let mut plan = pb::PlanInfo {
-        id: random_id()?,
+        id: crate::jobs::random_id::<6>()?,
         created_unix_ms: ctl.clock.now_ms(),
         created_by: operator.to_string(),
         state: "planned".into(),
@@ -495,16 +491,22 @@ async fn run(ctl: &Arc<Controller>, id: &str, tag: &str) -> Result<(), ApiError>
         ctl.jobs
             .set_pacer(tag, Arc::new(Pacer::new(plan.bandwidth_bytes_per_sec)));
     }
+    let mut cache = Cache::default();
     loop {
         let c = ctl.clone();
-        let (p, done) = tokio::task::spawn_blocking(move || {
-            let done = step(&c, &mut plan);
-            (plan, done)
+        let (p, k, done) = tokio::task::spawn_blocking(move || {
+            let done = step(&c, &mut plan, &mut cache);
+            (plan, cache, done)
         })
         .await
         .map_err(ApiError::from)?;
-        plan = p;
-        save(ctl, &plan)?;
+        (plan, cache) = (p, k);
+        let bytes = plan.encode_to_vec();
+        if bytes != cache.saved {
+            ctl.catalog
+                .put_plan(&plan.id, plan.created_unix_ms, &plan.state, &bytes)?;
+            cache.saved = bytes;
+        }
         if done? {
             return Ok(());
         }
@@ -512,12 +514,25 @@ async fn run(ctl: &Arc<Controller>, id: &str, tag: &str) -> Result<(), ApiError>
     }
 }
 
+/// What a runner keeps between its ticks, so that a tick reads from the catalog only what
+/// may have changed.
+#[derive(Default)]
+struct Cache {
+    /// Agent name -> id.
+    agent_ids: HashMap<String, String>,
+    /// The downtime model, and how many restores had ended when it was loaded (new samples
+    /// arrive only when one ends).
+    model: Option<(usize, Model)>,
+    /// The plan as last written.
+    saved: Vec<u8>,
+}
+
 fn offset(plan: &pb::PlanInfo, now_ms: i64) -> u64 {
     (now_ms - plan.started_unix_ms).max(0) as u64
 }
 
 /// One pass of the runner; true when the plan has ended.
-fn step(ctl: &Controller, plan: &mut pb::PlanInfo) -> Result<bool, ApiError> {
+fn step(ctl: &Controller, plan: &mut pb::PlanInfo, cache: &mut Cache) -> Result<bool, ApiError> {
     let now = ctl.clock.now_ms();
     let tag = format!("{JOB_TAG}{}", plan.id);
     // Follow what runs.
@@ -549,7 +564,7 @@ fn step(ctl: &Controller, plan: &mut pb::PlanInfo) -> Result<bool, ApiError> {
         running += 1;
         follow_device(ctl, plan, d, &tag, now)?;
     }
-    reestimate(ctl, plan, now)?;
+    reestimate(ctl, plan, now, cache)?;
     plan.bytes_moved = plan
         .devices
         .iter()
@@ -781,16 +796,30 @@ fn submit(
 }
 
 /// Re-estimates the time left from the measured rates and what is left to move.
-fn reestimate(ctl: &Controller, plan: &mut pb::PlanInfo, now: i64) -> Result<(), ApiError> {
-    let model = Model::load(&ctl.catalog)?;
-    let mut agents: HashMap<String, String> = HashMap::new();
+fn reestimate(
+    ctl: &Controller,
+    plan: &mut pb::PlanInfo,
+    now: i64,
+    cache: &mut Cache,
+) -> Result<(), ApiError> {
+    let ended = plan
+        .devices
+        .iter()
+        .flat_map(|d| &d.sources)
+        .filter(|s| s.state == "done" || s.state == "failed")
+        .count();
+    if cache.model.as_ref().is_none_or(|(n, _)| *n != ended) {
+        cache.model = Some((ended, Model::load(&ctl.catalog)?));
+    }
+    let Some((_, model)) = &cache.model else {
+        return Ok(());
+    };
     let mut works = Vec::new();
     let mut running = Vec::new();
     let mut pending = Vec::new();
     let at = offset(plan, now) as f64;
-    let mut seen: HashSet<usize> = HashSet::new();
     for (i, d) in plan.devices.iter().enumerate() {
-        let target_id = match agents.get(&d.target_agent) {
+        let target_id = match cache.agent_ids.get(&d.target_agent) {
             Some(id) => id.clone(),
             None => {
                 let id = ctl
@@ -798,7 +827,7 @@ fn reestimate(ctl: &Controller, plan: &mut pb::PlanInfo, now: i64) -> Result<(),
                     .find_agent(&d.target_agent)
                     .map(|a| a.id)
                     .unwrap_or_default();
-                agents.insert(d.target_agent.clone(), id.clone());
+                cache.agent_ids.insert(d.target_agent.clone(), id.clone());
                 id
             }
         };
@@ -832,7 +861,6 @@ fn reestimate(ctl: &Controller, plan: &mut pb::PlanInfo, now: i64) -> Result<(),
         match d.state.as_str() {
             "running" => {
                 running.push((i, d.actual_start_ms as f64));
-                seen.insert(i);
             }
             "pending" => pending.push(i),
             _ => {}
