@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
+use lifeboat_core::codec::Verified;
 use lifeboat_core::restore::{self, ChunkSource, Options, Report};
 use lifeboat_core::snapshot::Record;
 use lifeboat_core::tree::{Kind, Tree};
-use lifeboat_core::{ChunkId, codec};
+use lifeboat_core::{ChunkId, ChunkKey, codec};
 use lifeboat_proto::pb;
 use tokio::sync::mpsc;
 
@@ -23,58 +25,111 @@ use crate::docker::Engine;
 use crate::state::AgentState;
 use crate::{AgentError, absolute_clean};
 
-/// Chunks fetched ahead of the writer, in the order the restore will ask for them.
-const PREFETCH_QUEUE: usize = 32;
-const PREFETCH_BATCH: usize = 64;
+/// Chunk ids per `GetChunks` request; the next request is open while one is read.
+const FETCH_IDS: usize = 128;
+/// Messages (of up to 256 KiB) being decoded and verified at once, on blocking threads.
+const DECODE_DEPTH: usize = 4;
+/// Verified chunks waiting for the writer, in the order it will ask for them.
+const PREFETCH_QUEUE: usize = 8;
+
+/// What the writer receives, in order.
+enum Fetched {
+    Chunk(Verified),
+    /// A chunk that does not decode or does not match its id: fails only the files that
+    /// use it (the restore goes on with the others).
+    Bad(ChunkId, lifeboat_core::Error),
+    /// The stream itself broke: the restore stops.
+    Failed(String),
+}
 
 /// Streams every file chunk of the tree, in tree order, ahead of the restore (which runs
-/// on a blocking thread). The restore asks for a subsequence of that order: when it gives
-/// up on a file, the chunks it skips are simply passed over.
+/// on a blocking thread and only writes). Three stages run at once: the requests to the
+/// controller (one open ahead), decoding and verifying against the chunk ids (several
+/// messages at once, on blocking threads, order kept), and the writer. The restore asks
+/// for a subsequence of that order: when it gives up on a file, the chunks it skips are
+/// simply passed over.
 pub(crate) struct Prefetched {
-    rx: mpsc::Receiver<Result<(ChunkId, Vec<u8>), String>>,
+    rx: mpsc::Receiver<Fetched>,
     /// Encoded bytes received so far.
     pub fetched: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Prefetched {
-    fn start(client: Client, job_id: String, order: Vec<ChunkId>) -> Prefetched {
+    fn start(client: Client, job_id: String, key: ChunkKey, order: Vec<ChunkId>) -> Prefetched {
         let (tx, rx) = mpsc::channel(PREFETCH_QUEUE);
+        let (msg_tx, msg_rx) = mpsc::channel::<Result<Vec<pb::ChunkBlob>, String>>(DECODE_DEPTH);
         let fetched = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let count = fetched.clone();
         tokio::spawn(async move {
-            let mut client = client;
-            for batch in order.chunks(PREFETCH_BATCH) {
-                let res = client
-                    .get_chunks(pb::GetChunksRequest {
-                        job_id: job_id.clone(),
-                        ids: batch.iter().map(|i| i.as_bytes().to_vec()).collect(),
-                    })
-                    .await;
+            let requests: Vec<Vec<ChunkId>> = order.chunks(FETCH_IDS).map(<[_]>::to_vec).collect();
+            let mut streams = futures::stream::iter(requests)
+                .map(|ids| {
+                    let mut client = client.clone();
+                    let job_id = job_id.clone();
+                    async move {
+                        client
+                            .get_chunks(pb::GetChunksRequest {
+                                job_id,
+                                ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+                            })
+                            .await
+                    }
+                })
+                .buffered(2);
+            while let Some(res) = streams.next().await {
                 let mut stream = match res {
                     Ok(s) => s.into_inner(),
                     Err(e) => {
-                        let _ = tx.send(Err(e.message().to_string())).await;
+                        let _ = msg_tx.send(Err(e.message().to_string())).await;
                         return;
                     }
                 };
                 loop {
-                    match stream.message().await {
+                    let item = match stream.message().await {
                         Ok(Some(batch)) => {
-                            for msg in batch.chunks {
-                                count.fetch_add(msg.blob.len() as u64, Ordering::Relaxed);
-                                let item = ChunkId::from_slice(&msg.id)
-                                    .map(|id| (id, Vec::from(msg.blob)))
-                                    .map_err(|e| e.to_string());
-                                if tx.send(item).await.is_err() {
-                                    return; // the restore ended
-                                }
-                            }
+                            let n: usize = batch.chunks.iter().map(|c| c.blob.len()).sum();
+                            count.fetch_add(n as u64, Ordering::Relaxed);
+                            Ok(batch.chunks)
                         }
                         Ok(None) => break,
-                        Err(e) => {
-                            let _ = tx.send(Err(e.message().to_string())).await;
-                            return;
-                        }
+                        Err(e) => Err(e.message().to_string()),
+                    };
+                    let failed = item.is_err();
+                    if msg_tx.send(item).await.is_err() || failed {
+                        return; // the restore ended, or the stream broke
+                    }
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut decoded = tokio_stream::wrappers::ReceiverStream::new(msg_rx)
+                .map(|msg| {
+                    let key = key.clone();
+                    tokio::task::spawn_blocking(move || -> Vec<Fetched> {
+                        let chunks = match msg {
+                            Ok(chunks) => chunks,
+                            Err(why) => return vec![Fetched::Failed(why)],
+                        };
+                        chunks
+                            .into_iter()
+                            .map(|c| match ChunkId::from_slice(&c.id) {
+                                Ok(id) => match Verified::decode(&key, &id, c.blob) {
+                                    Ok(chunk) => Fetched::Chunk(chunk),
+                                    Err(e) => Fetched::Bad(id, e),
+                                },
+                                Err(e) => Fetched::Failed(format!("the controller sent {e}")),
+                            })
+                            .collect()
+                    })
+                })
+                .buffered(DECODE_DEPTH);
+            while let Some(joined) = decoded.next().await {
+                let items =
+                    joined.unwrap_or_else(|e| vec![Fetched::Failed(format!("chunk decoder: {e}"))]);
+                for item in items {
+                    let failed = matches!(item, Fetched::Failed(_));
+                    if tx.send(item).await.is_err() || failed {
+                        return; // the restore ended, or the stream broke
                     }
                 }
             }
@@ -84,7 +139,7 @@ impl Prefetched {
 }
 
 impl ChunkSource for Prefetched {
-    fn fetch(&mut self, ids: &[ChunkId]) -> lifeboat_core::Result<Vec<Vec<u8>>> {
+    fn fetch(&mut self, ids: &[ChunkId]) -> lifeboat_core::Result<Vec<Verified>> {
         let fail = |why: String| {
             lifeboat_core::Error::io(
                 "fetching chunks from the controller",
@@ -95,12 +150,13 @@ impl ChunkSource for Prefetched {
         for id in ids {
             loop {
                 match self.rx.blocking_recv() {
-                    Some(Ok((got, blob))) if got == *id => {
-                        out.push(blob);
+                    Some(Fetched::Chunk(chunk)) if chunk.id() == id => {
+                        out.push(chunk);
                         break;
                     }
-                    Some(Ok(_)) => continue,
-                    Some(Err(why)) => return Err(fail(why)),
+                    Some(Fetched::Bad(bad, e)) if bad == *id => return Err(e),
+                    Some(Fetched::Chunk(_) | Fetched::Bad(..)) => continue,
+                    Some(Fetched::Failed(why)) => return Err(fail(why)),
                     None => return Err(fail(format!("the chunk stream ended before chunk {id}"))),
                 }
             }
@@ -472,7 +528,7 @@ async fn restore_into(
         .filter(|e| e.kind == Kind::File && !same.contains(&e.path))
         .flat_map(|e| e.chunks.iter().copied())
         .collect();
-    let source = Prefetched::start(client, job_id.to_string(), order);
+    let source = Prefetched::start(client, job_id.to_string(), state.chunk_key.clone(), order);
     let fetched = source.fetched.clone();
     let key = state.chunk_key.clone();
     let progress = counters.clone();

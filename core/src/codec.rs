@@ -268,6 +268,50 @@ pub fn decode_verified(key: &crate::ChunkKey, id: &crate::ChunkId, blob: &[u8]) 
     Ok(data)
 }
 
+/// A chunk's plaintext, checked against its id. Only [`Verified::decode`] makes one, so a
+/// writer that takes `Verified` chunks cannot be handed bytes nobody checked.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    id: crate::ChunkId,
+    data: bytes::Bytes,
+}
+
+impl Verified {
+    /// Decodes `blob` and checks the plaintext against `id`. A raw payload is a slice of
+    /// `blob` (no copy); a compressed one is decompressed once.
+    pub fn decode(key: &crate::ChunkKey, id: &crate::ChunkId, blob: bytes::Bytes) -> Result<Self> {
+        let raw_len = declared_len(&blob)?;
+        let data = if blob[5] & FLAG_ZSTD == 0 {
+            if blob.len() - HEADER_LEN != raw_len {
+                return Err(Error::CorruptBlob(format!(
+                    "chunk {id}: raw payload is {} bytes, header says {raw_len}",
+                    blob.len() - HEADER_LEN
+                )));
+            }
+            let data = blob.slice(HEADER_LEN..);
+            if key.id_of(&data) != *id {
+                return Err(Error::ChunkMismatch { id: id.to_hex() });
+            }
+            data
+        } else {
+            bytes::Bytes::from(decode_verified(key, id, &blob)?)
+        };
+        Ok(Verified { id: *id, data })
+    }
+
+    pub fn id(&self) -> &crate::ChunkId {
+        &self.id
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    pub fn into_data(self) -> bytes::Bytes {
+        self.data
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

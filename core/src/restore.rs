@@ -32,14 +32,17 @@ use std::path::{Component, Path};
 use rustix::fs::{AtFlags, FileType, Mode as Perm, OFlags, ResolveFlags, Timespec, Timestamps};
 use rustix::io::Errno;
 
+use crate::codec::Verified;
 use crate::error::IoContext;
 use crate::tree::{Entry, Kind, Tree};
-use crate::{ChunkId, ChunkKey, Error, Result, codec};
+use crate::{ChunkId, ChunkKey, Error, Result};
 
-/// Where restore gets chunk blobs from (the agent implements it over gRPC).
+/// Where restore gets chunks from (the agent implements it over gRPC, decoding and
+/// verifying on other threads than the one that writes).
 pub trait ChunkSource {
-    /// Returns the encoded blobs of `ids`, in the same order. The restore verifies them.
-    fn fetch(&mut self, ids: &[ChunkId]) -> Result<Vec<Vec<u8>>>;
+    /// Returns the chunks `ids`, in the same order, each verified against its id. The
+    /// restore checks that each is the one it asked for.
+    fn fetch(&mut self, ids: &[ChunkId]) -> Result<Vec<Verified>>;
 }
 
 /// How files already in the target are treated.
@@ -638,18 +641,20 @@ impl Restorer<'_> {
     fn write_content(&mut self, file: &File, e: &Entry) -> Result<()> {
         let mut offset = 0u64;
         for batch in e.chunks.chunks(FETCH_BATCH) {
-            let blobs = self.source.fetch(batch)?;
-            if blobs.len() != batch.len() {
+            let chunks = self.source.fetch(batch)?;
+            if chunks.len() != batch.len() {
                 return Err(Error::io(
                     e.display_path(),
                     std::io::Error::other("chunk source returned the wrong number of chunks"),
                 ));
             }
-            for (id, blob) in batch.iter().zip(blobs) {
-                let data = codec::decode_verified(self.key, id, &blob)?;
-                write_at(file, &data, offset, e.sparse)
+            for (id, chunk) in batch.iter().zip(chunks) {
+                if chunk.id() != id {
+                    return Err(Error::ChunkMismatch { id: id.to_hex() });
+                }
+                write_at(file, chunk.data(), offset, e.sparse)
                     .ctx(|| format!("writing {}", e.display_path()))?;
-                offset += data.len() as u64;
+                offset += chunk.data().len() as u64;
             }
         }
         if offset != e.size || self.key.content_hash(offset, &e.chunks) != e.content_hash {

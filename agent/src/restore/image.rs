@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
+use lifeboat_core::ChunkKey;
 use lifeboat_core::restore::{ChunkSource, Report};
 use lifeboat_core::snapshot::Record;
 use lifeboat_core::tree::{Entry, Kind, Tree};
-use lifeboat_core::{ChunkKey, codec};
 use tokio::sync::mpsc;
 
 use crate::AgentError;
@@ -114,10 +114,9 @@ fn write_archive(
                 h.set_size(e.size);
                 let reader = ChunkReader {
                     source: &mut *source,
-                    key,
                     entry: e,
                     next: 0,
-                    cur: Vec::new(),
+                    cur: Bytes::new(),
                     pos: 0,
                     produced: 0,
                 };
@@ -155,10 +154,9 @@ fn write_archive(
 /// A file's content, chunk by chunk, each verified against its id.
 struct ChunkReader<'a> {
     source: &'a mut dyn ChunkSource,
-    key: &'a ChunkKey,
     entry: &'a Entry,
     next: usize,
-    cur: Vec<u8>,
+    cur: Bytes,
     pos: usize,
     produced: u64,
 }
@@ -175,14 +173,18 @@ impl Read for ChunkReader<'_> {
                 }
                 return Ok(0);
             };
-            let blob = self
+            let chunk = self
                 .source
                 .fetch(std::slice::from_ref(id))
                 .map_err(|e| std::io::Error::other(e.to_string()))?
                 .pop()
                 .ok_or_else(|| std::io::Error::other("the chunk source returned nothing"))?;
-            self.cur = codec::decode_verified(self.key, id, &blob)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if chunk.id() != id {
+                return Err(std::io::Error::other(format!(
+                    "the chunk source returned another chunk than {id}"
+                )));
+            }
+            self.cur = chunk.into_data();
             self.pos = 0;
             self.next += 1;
         }
