@@ -1,16 +1,19 @@
 //! The chunk store on a local directory: packs, snapshot envelopes, and the open pack that
 //! uploads are appended to.
 //!
-//! Invariant: a chunk id is either in the open pack (`pending`) or in the catalog's index
-//! (its pack sealed and synced), never in neither once accepted. Both are checked under
-//! the same lock, so "which ids are missing" never gives a wrong answer while a pack seals.
-//! A snapshot is committed only after the open pack is sealed, so every chunk a visible
-//! snapshot references is durable.
+//! Invariant: a chunk id is in the open pack (`pending`), in a pack being sealed
+//! (`sealing`) or in the catalog's index (its pack sealed and synced), never in none once
+//! accepted: a sealing pack's ids leave `sealing` only after the catalog indexed them (or,
+//! if the seal failed, so that they are asked for again). "Which ids are missing" is
+//! answered under the lock that guards the first two, so it is never wrong while a pack
+//! seals. A seal (fsync, rename, index) runs outside that lock: uploads go on into the next
+//! pack meanwhile. A snapshot is committed only after the packs holding its chunks are
+//! sealed, so every chunk a visible snapshot references is durable.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use lifeboat_core::pack::{self, PackWriter};
 use lifeboat_core::snapshot::Envelope;
@@ -24,14 +27,59 @@ pub struct Store {
     root: PathBuf,
     key: ChunkKey,
     catalog: Arc<Catalog>,
-    open: Mutex<OpenPack>,
+    packs: Arc<Packs>,
+    /// Full packs for the sealer thread; dropping the store closes the queue and waits for
+    /// the thread (so the catalog it shares closes cleanly at shutdown).
+    to_seal: Option<std::sync::mpsc::Sender<(u64, PackWriter)>>,
+    sealer: Option<std::thread::JoinHandle<()>>,
     files: Mutex<HashMap<String, Arc<File>>>,
 }
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        drop(self.to_seal.take());
+        if let Some(t) = self.sealer.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The open pack and the seals under way, shared with the sealer thread.
+struct Packs {
+    open: Mutex<OpenPack>,
+    /// Signalled whenever a seal ends.
+    sealed: Condvar,
+}
+
+/// Seals handed to the sealer thread and not finished: an upload that fills a pack while
+/// this many are queued waits (the disk sets the pace, and dirty pages stay bounded).
+const MAX_SEALING: usize = 4;
 
 #[derive(Default)]
 struct OpenPack {
     writer: Option<PackWriter>,
+    /// The ids in `writer`.
     pending: HashSet<ChunkId>,
+    /// Packs being sealed, by sequence number, with their ids.
+    sealing: Vec<(u64, HashSet<ChunkId>)>,
+    next_seal: u64,
+}
+
+impl Packs {
+    fn lock(&self) -> MutexGuard<'_, OpenPack> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wait<'a>(&self, open: MutexGuard<'a, OpenPack>) -> MutexGuard<'a, OpenPack> {
+        self.sealed.wait(open).unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl OpenPack {
+    /// In the open pack or in one being sealed.
+    fn holds(&self, id: &ChunkId) -> bool {
+        self.pending.contains(id) || self.sealing.iter().any(|(_, ids)| ids.contains(id))
+    }
 }
 
 /// What storing a batch of uploaded chunks did.
@@ -57,11 +105,39 @@ impl Store {
                 let _ = std::fs::remove_file(e.path());
             }
         }
+        let packs = Arc::new(Packs {
+            open: Mutex::new(OpenPack::default()),
+            sealed: Condvar::new(),
+        });
+        let (to_seal, queue) = std::sync::mpsc::channel::<(u64, PackWriter)>();
+        let (shared, index, packs_dir) = (packs.clone(), catalog.clone(), root.join("packs"));
+        let sealer = std::thread::Builder::new()
+            .name("pack-sealer".into())
+            .spawn(move || {
+                for (seq, writer) in queue {
+                    let res = writer.seal(&packs_dir).map_err(ApiError::from).and_then(|sealed| {
+                        index.insert_pack(&sealed, now_ms())?;
+                        Ok(sealed)
+                    });
+                    match res {
+                        Ok(sealed) => tracing::debug!(pack = %sealed.name, chunks = sealed.entries.len(), bytes = sealed.size, "pack sealed"),
+                        // Its chunks are missing again: backups that uploaded them fail
+                        // their commit's completeness check and send them again next time.
+                        Err(e) => tracing::error!(error = %e, "sealing a pack failed; its chunks will be uploaded again"),
+                    }
+                    let mut open = shared.lock();
+                    open.sealing.retain(|(s, _)| *s != seq);
+                    shared.sealed.notify_all();
+                }
+            })
+            .map_err(|e| ApiError::internal(format!("starting the pack sealer: {e}")))?;
         Ok(Store {
             root: root.to_owned(),
             key,
             catalog,
-            open: Mutex::new(OpenPack::default()),
+            packs,
+            to_seal: Some(to_seal),
+            sealer: Some(sealer),
             files: Mutex::new(HashMap::new()),
         })
     }
@@ -78,18 +154,14 @@ impl Store {
         self.root.join("snapshots").join(format!("{id}.snap"))
     }
 
-    fn lock_open(&self) -> std::sync::MutexGuard<'_, OpenPack> {
-        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock_open(&self) -> MutexGuard<'_, OpenPack> {
+        self.packs.lock()
     }
 
     /// The ids in `ids` that the store does not hold.
     pub fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
         let open = self.lock_open();
-        let candidates: Vec<ChunkId> = ids
-            .iter()
-            .filter(|id| !open.pending.contains(id))
-            .copied()
-            .collect();
+        let candidates: Vec<ChunkId> = ids.iter().filter(|id| !open.holds(id)).copied().collect();
         self.catalog.unknown_chunks(&candidates)
     }
 
@@ -109,7 +181,7 @@ impl Store {
         let candidates: Vec<ChunkId> = chunks
             .iter()
             .map(|(id, _)| *id)
-            .filter(|id| !open.pending.contains(id))
+            .filter(|id| !open.holds(id))
             .collect();
         let unknown: HashSet<ChunkId> = self
             .catalog
@@ -136,44 +208,76 @@ impl Store {
             sum.stored += 1;
             sum.bytes_stored += blob.len() as u64;
             if full {
-                self.seal_locked(&mut open)?;
+                open = self.seal(open)?;
             }
         }
         Ok(sum)
     }
 
-    /// Seals the open pack (if any) so every accepted chunk is durable and indexed.
+    /// Seals the open pack (if any) and waits for every seal under way, so every accepted
+    /// chunk is durable and indexed.
     pub fn flush(&self) -> Result<(), ApiError> {
-        let mut open = self.lock_open();
-        self.seal_locked(&mut open)
+        let mut open = self.seal(self.lock_open())?;
+        while !open.sealing.is_empty() {
+            open = self.packs.wait(open);
+        }
+        Ok(())
     }
 
-    /// Seals the open pack only if it holds one of `ids` (a commit's tree chunks: the
-    /// agent uploads them last, and a seal takes the whole pack, so once they are sealed
-    /// so is every chunk accepted before them). Commits that arrive while another seals
-    /// wait on the pack's lock and then find their chunks sealed: one fsync serves them
-    /// all (group commit).
+    /// Makes `ids` durable: seals the open pack if it holds one of them (a commit's tree
+    /// chunks: the agent uploads them last, and a seal takes the whole pack, so once they
+    /// are sealed so is every chunk accepted before them), and waits for the seals under
+    /// way that hold one. Commits that arrive while a pack seals find their chunks in it
+    /// and wait for the same seal: one fsync serves them all (group commit).
     pub fn flush_for(&self, ids: &[ChunkId]) -> Result<(), ApiError> {
         let mut open = self.lock_open();
         if ids.iter().any(|id| open.pending.contains(id)) {
-            self.seal_locked(&mut open)?;
+            open = self.seal(open)?;
+        }
+        while open
+            .sealing
+            .iter()
+            .any(|(_, held)| ids.iter().any(|id| held.contains(id)))
+        {
+            open = self.packs.wait(open);
         }
         Ok(())
     }
 
-    fn seal_locked(&self, open: &mut OpenPack) -> Result<(), ApiError> {
-        let Some(writer) = open.writer.take() else {
-            return Ok(());
-        };
-        if writer.is_empty() {
-            writer.discard();
-            return Ok(());
+    /// Hands the open pack, if it holds anything, to the sealer thread (fsync, rename,
+    /// index), first waiting while [`MAX_SEALING`] seals are queued. Its ids stay
+    /// "held" until the catalog has them.
+    fn seal<'a>(
+        &'a self,
+        mut open: MutexGuard<'a, OpenPack>,
+    ) -> Result<MutexGuard<'a, OpenPack>, ApiError> {
+        match open.writer.take() {
+            None => return Ok(open),
+            Some(w) if w.is_empty() => {
+                w.discard();
+                return Ok(open);
+            }
+            Some(w) => open.writer = Some(w),
         }
-        let sealed = writer.seal(&self.packs_dir())?;
-        self.catalog.insert_pack(&sealed, now_ms())?;
-        open.pending.clear();
-        tracing::debug!(pack = %sealed.name, chunks = sealed.entries.len(), bytes = sealed.size, "pack sealed");
-        Ok(())
+        while open.sealing.len() >= MAX_SEALING {
+            open = self.packs.wait(open);
+        }
+        let Some(writer) = open.writer.take() else {
+            return Ok(open); // another thread sealed it while this one waited
+        };
+        let seq = open.next_seal;
+        open.next_seal += 1;
+        let ids = std::mem::take(&mut open.pending);
+        open.sealing.push((seq, ids));
+        let sent = self
+            .to_seal
+            .as_ref()
+            .is_some_and(|q| q.send((seq, writer)).is_ok());
+        if !sent {
+            open.sealing.retain(|(s, _)| *s != seq);
+            return Err(ApiError::internal("the pack sealer thread ended"));
+        }
+        Ok(open)
     }
 
     /// Reads a chunk's blob (not decoded: the reader verifies). Blocking.
