@@ -184,6 +184,8 @@ async fn agent(
                         let ctx = BackupContext {
                             state,
                             client: api,
+                            // Tiny uploads: the session's connection carries them.
+                            bulk: Vec::new(),
                             job_id: job.job_id.clone(),
                             level: lifeboat_core::codec::DEFAULT_LEVEL,
                             full_reread: false,

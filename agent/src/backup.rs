@@ -93,6 +93,8 @@ impl Counters {
 pub struct BackupContext {
     pub state: Arc<AgentState>,
     pub client: Client,
+    /// Connections for the workers' uploads, one each (see [`workers`]).
+    pub bulk: Vec<Client>,
     pub job_id: String,
     pub level: i32,
     pub full_reread: bool,
@@ -108,6 +110,14 @@ pub struct BackupResult {
     pub snapshot_id: String,
     pub stats: Stats,
     pub warnings: Vec<String>,
+}
+
+/// Backup workers: one per core the agent may use (its CPU affinity), at most 8.
+pub fn workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(8)
 }
 
 /// Change-detection key: a file with the same size, mtime, ctime and inode is unchanged.
@@ -176,6 +186,7 @@ struct Pipeline {
     seen: Mutex<HashSet<ChunkId>>,
     counters: Arc<Counters>,
     client: Client,
+    bulk: Vec<Client>,
     rt: tokio::runtime::Handle,
     limit: Option<Arc<RateLimit>>,
 }
@@ -214,6 +225,8 @@ impl RateLimit {
 }
 
 struct Upload {
+    /// The connection this upload runs on; the worker asks it which chunks are missing.
+    client: Client,
     tx: mpsc::Sender<pb::ChunkBatch>,
     limit: Option<Arc<RateLimit>>,
     task: tokio::task::JoinHandle<Result<tonic::Response<pb::PutChunksReply>, tonic::Status>>,
@@ -268,20 +281,27 @@ impl Pipeline {
             seen: Mutex::new(seen),
             counters: ctx.counters.clone(),
             client: ctx.client.clone(),
+            bulk: ctx.bulk.clone(),
             rt: tokio::runtime::Handle::current(),
             limit: ctx.limit.clone(),
         }
     }
 
-    fn open_upload(&self) -> Upload {
+    /// The upload stream of worker `worker`, on that worker's bulk connection.
+    fn open_upload(&self, worker: usize) -> Upload {
         let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
-        let mut client = self.client.clone();
+        let client = match self.bulk.len() {
+            0 => self.client.clone(),
+            n => self.bulk[worker % n].clone(),
+        };
+        let mut stream_client = client.clone();
         let task = self.rt.spawn(async move {
-            client
+            stream_client
                 .put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx))
                 .await
         });
         Upload {
+            client,
             tx,
             limit: self.limit.clone(),
             task,
@@ -301,7 +321,7 @@ impl Pipeline {
             return Ok(());
         }
         let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
-        let mut client = self.client.clone();
+        let mut client = up.client.clone();
         let missing: HashSet<ChunkId> = self
             .rt
             .block_on(client::missing(&mut client, &ids))?
@@ -361,13 +381,14 @@ impl Pipeline {
     fn work(
         &self,
         queue: &Mutex<std::vec::IntoIter<(usize, std::path::PathBuf)>>,
+        worker: usize,
     ) -> Result<Vec<FileOutcome>, AgentError> {
         let mut enc = Encoder::new(self.level)?;
         let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
         let mut out = Vec::new();
-        let mut up = self.open_upload();
+        let mut up = self.open_upload(worker);
         loop {
             let next = queue.lock().ok().and_then(|mut q| q.next());
             let Some((index, path)) = next else { break };
@@ -489,14 +510,10 @@ async fn backup_dir(
     counters.set_phase(&format!("reading {}", source.name));
     let pipeline = Arc::new(Pipeline::new(ctx, seen));
     let queue = Arc::new(Mutex::new(to_read.into_iter()));
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2)
-        .min(8);
-    let handles: Vec<_> = (0..workers)
-        .map(|_| {
+    let handles: Vec<_> = (0..workers())
+        .map(|i| {
             let (p, q) = (pipeline.clone(), queue.clone());
-            tokio::task::spawn_blocking(move || p.work(&q))
+            tokio::task::spawn_blocking(move || p.work(&q, i))
         })
         .collect();
     let mut outcomes = Vec::new();
@@ -624,7 +641,7 @@ fn read_archive(p: &Pipeline, reader: impl std::io::Read) -> Result<Vec<Entry>, 
     let mut enc = Encoder::new(p.level)?;
     let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
     let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
-    let mut up = p.open_upload();
+    let mut up = p.open_upload(0);
     let mut entries: Vec<Entry> = Vec::new();
     let mut dirs: HashMap<Vec<u8>, usize> = HashMap::new();
     for member in archive.entries().map_err(|e| bad(e.to_string()))? {
@@ -870,7 +887,7 @@ async fn commit(
         let mut enc = Encoder::new(p.level)?;
         let (mut batch, mut n) = (Vec::new(), 0usize);
         let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
-        let mut up = p.open_upload();
+        let mut up = p.open_upload(0);
         let (ids, _, _) =
             p.chunk_stream(&tb[..], &mut buf, &mut enc, &mut batch, &mut n, &mut up)?;
         p.flush(&mut enc, &mut batch, &mut up)?;

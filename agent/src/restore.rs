@@ -27,6 +27,9 @@ use crate::{AgentError, absolute_clean};
 
 /// Chunk ids per `GetChunks` request; the next request is open while one is read.
 const FETCH_IDS: usize = 128;
+/// `GetChunks` requests open at once, each on its own connection (see the session's bulk
+/// connections): the controller's reads and both sides' TLS run on two cores.
+pub(crate) const FETCH_STREAMS: usize = 2;
 /// Messages (of up to 256 KiB) being decoded and verified at once, on blocking threads.
 const DECODE_DEPTH: usize = 4;
 /// Verified chunks waiting for the writer, in the order it will ask for them.
@@ -55,16 +58,21 @@ pub(crate) struct Prefetched {
 }
 
 impl Prefetched {
-    fn start(client: Client, job_id: String, key: ChunkKey, order: Vec<ChunkId>) -> Prefetched {
+    fn start(
+        clients: Vec<Client>,
+        job_id: String,
+        key: ChunkKey,
+        order: Vec<ChunkId>,
+    ) -> Prefetched {
         let (tx, rx) = mpsc::channel(PREFETCH_QUEUE);
         let (msg_tx, msg_rx) = mpsc::channel::<Result<Vec<pb::ChunkBlob>, String>>(DECODE_DEPTH);
         let fetched = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let count = fetched.clone();
         tokio::spawn(async move {
             let requests: Vec<Vec<ChunkId>> = order.chunks(FETCH_IDS).map(<[_]>::to_vec).collect();
-            let mut streams = futures::stream::iter(requests)
-                .map(|ids| {
-                    let mut client = client.clone();
+            let mut streams = futures::stream::iter(requests.into_iter().enumerate())
+                .map(|(i, ids)| {
+                    let mut client = clients[i % clients.len()].clone();
                     let job_id = job_id.clone();
                     async move {
                         client
@@ -75,7 +83,7 @@ impl Prefetched {
                             .await
                     }
                 })
-                .buffered(2);
+                .buffered(FETCH_STREAMS);
             while let Some(res) = streams.next().await {
                 let mut stream = match res {
                     Ok(s) => s.into_inner(),
@@ -250,9 +258,11 @@ pub struct Permissions<'a> {
 
 /// Runs a restore job: verification, the restore itself, and for a drill the probe and
 /// the removal of the sandbox. Times every phase.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_restore(
     state: Arc<AgentState>,
     client: Client,
+    bulk: Vec<Client>,
     job_id: &str,
     job: pb::RestoreJob,
     allowed: Permissions<'_>,
@@ -272,6 +282,7 @@ pub async fn run_restore(
         let result = restore_into(
             &state,
             client,
+            bulk,
             job_id,
             &job,
             mode,
@@ -293,6 +304,7 @@ pub async fn run_restore(
     restore_into(
         &state,
         client,
+        bulk,
         job_id,
         &job,
         mode,
@@ -383,6 +395,7 @@ impl Sandbox {
 async fn restore_into(
     state: &Arc<AgentState>,
     client: Client,
+    bulk: Vec<Client>,
     job_id: &str,
     job: &pb::RestoreJob,
     mode: restore::Mode,
@@ -528,7 +541,8 @@ async fn restore_into(
         .filter(|e| e.kind == Kind::File && !same.contains(&e.path))
         .flat_map(|e| e.chunks.iter().copied())
         .collect();
-    let source = Prefetched::start(client, job_id.to_string(), state.chunk_key.clone(), order);
+    let clients = if bulk.is_empty() { vec![client] } else { bulk };
+    let source = Prefetched::start(clients, job_id.to_string(), state.chunk_key.clone(), order);
     let fetched = source.fetched.clone();
     let key = state.chunk_key.clone();
     let progress = counters.clone();

@@ -23,6 +23,11 @@ const INVENTORY_EVERY: Duration = Duration::from_secs(30);
 struct Shared {
     state: Arc<AgentState>,
     config: RunConfig,
+    /// The controller's URL and the TLS settings of the current session, for a job's bulk
+    /// connections: they present the session's certificate (a renewed one is used from the
+    /// next session on, and using it retires the previous one).
+    url: String,
+    session_tls: Mutex<Option<transport::ClientTls>>,
     running: Mutex<HashSet<String>>,
     updates: mpsc::Sender<pb::JobUpdate>,
     /// The Docker Engine, once it answers; retried at every session.
@@ -32,6 +37,30 @@ struct Shared {
 }
 
 impl Shared {
+    /// `n` connections of their own for a job's bulk transfers. A stream's TLS and HTTP/2
+    /// framing run on its connection's task, so streams that share the session's
+    /// connection share one core on each side; one connection per worker spreads them.
+    /// A connection that fails is replaced by the session's channel (slower, still right).
+    async fn bulk_clients(&self, session: &Client, n: usize) -> Vec<Client> {
+        let tls = self.session_tls.lock().ok().and_then(|t| t.clone());
+        let connect = || async {
+            let tls = tls
+                .clone()
+                .ok_or_else(|| AgentError::State("no session is open".into()))?;
+            Ok::<_, AgentError>(client::client(transport::connect(&self.url, tls).await?))
+        };
+        futures::future::join_all((0..n).map(|_| connect()))
+            .await
+            .into_iter()
+            .map(|c| {
+                c.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "a bulk connection to the controller failed; using the session's");
+                    session.clone()
+                })
+            })
+            .collect()
+    }
+
     /// The Engine, connecting (and unpausing what a killed predecessor left paused) on
     /// first success; `Err` says plainly why there is none.
     async fn engine(&self) -> Result<Arc<Engine>, String> {
@@ -80,6 +109,8 @@ pub async fn run(
     let shared = Arc::new(Shared {
         state,
         config,
+        url: url.clone(),
+        session_tls: Mutex::new(None),
         running: Mutex::new(HashSet::new()),
         updates,
         docker: tokio::sync::Mutex::new(None),
@@ -91,6 +122,9 @@ pub async fn run(
         let started = tokio::time::Instant::now();
         check_not_expired(&shared.state)?;
         let tls = shared.state.client_tls()?;
+        if let Ok(mut t) = shared.session_tls.lock() {
+            *t = Some(tls.clone());
+        }
         let session = async {
             let channel = transport::connect(&url, tls).await?;
             serve_session(&shared, channel, &mut updates_rx).await
@@ -312,9 +346,11 @@ async fn run_job(
 ) -> Result<Outcome, AgentError> {
     match &job.kind {
         Some(pb::job::Kind::Backup(b)) => {
+            let bulk = shared.bulk_clients(&api, backup::workers()).await;
             let ctx = BackupContext {
                 state: shared.state.clone(),
                 client: api,
+                bulk,
                 job_id: job.job_id.clone(),
                 level: shared.config.compression_level,
                 full_reread: b.full_reread,
@@ -354,7 +390,8 @@ async fn run_job(
                 roots: &shared.config.restore_roots,
                 probes: shared.config.allow_probes,
             };
-            let result = restore::run_restore(shared.state.clone(), api, &job.job_id, r.clone(), allowed, engine, counters).await?;
+            let bulk = shared.bulk_clients(&api, restore::FETCH_STREAMS).await;
+            let result = restore::run_restore(shared.state.clone(), api, bulk, &job.job_id, r.clone(), allowed, engine, counters).await?;
             tracing::info!(files = result.files, bytes = result.bytes, written = result.bytes_written, target = %r.target, sandbox = r.sandbox, "restore finished");
             Ok(Outcome { snapshot_ids: vec![r.snapshot_id.clone()], restore: Some(result) })
         }
