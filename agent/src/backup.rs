@@ -28,8 +28,9 @@ use crate::docker::Engine;
 use crate::state::AgentState;
 use crate::{AgentError, Source, now_ms};
 
-/// Plaintext bytes a worker gathers before asking which chunks are missing.
-const BATCH_BYTES: usize = 16 << 20;
+/// Plaintext bytes a worker gathers before asking which chunks are missing (with the
+/// chunker's buffer and the upload queue, most of a worker's memory).
+const BATCH_BYTES: usize = 8 << 20;
 const BATCH_CHUNKS: usize = 1024;
 /// Encoded chunks in flight to the controller.
 const UPLOAD_QUEUE: usize = 8;
@@ -882,20 +883,28 @@ async fn commit(
     }
     let tree_bytes = w.finish();
     let p = pipeline.clone();
-    let tb = tree_bytes.clone();
-    let tree_chunks = tokio::task::spawn_blocking(move || -> Result<Vec<ChunkId>, AgentError> {
-        let mut enc = Encoder::new(p.level)?;
-        let (mut batch, mut n) = (Vec::new(), 0usize);
-        let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
-        let mut up = p.open_upload(0);
-        let (ids, _, _) =
-            p.chunk_stream(&tb[..], &mut buf, &mut enc, &mut batch, &mut n, &mut up)?;
-        p.flush(&mut enc, &mut batch, &mut up)?;
-        up.finish(&p.rt)?;
-        Ok(ids)
-    })
-    .await
-    .map_err(|e| AgentError::State(e.to_string()))??;
+    // The tree goes to the blocking thread and comes back: one copy of it in memory (it
+    // grows with the source, the rest of the pipeline does not).
+    let (tree_chunks, tree_bytes) =
+        tokio::task::spawn_blocking(move || -> Result<(Vec<ChunkId>, Vec<u8>), AgentError> {
+            let mut enc = Encoder::new(p.level)?;
+            let (mut batch, mut n) = (Vec::new(), 0usize);
+            let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
+            let mut up = p.open_upload(0);
+            let (ids, _, _) = p.chunk_stream(
+                &tree_bytes[..],
+                &mut buf,
+                &mut enc,
+                &mut batch,
+                &mut n,
+                &mut up,
+            )?;
+            p.flush(&mut enc, &mut batch, &mut up)?;
+            up.finish(&p.rt)?;
+            Ok((ids, tree_bytes))
+        })
+        .await
+        .map_err(|e| AgentError::State(e.to_string()))??;
     drop(pipeline);
 
     // A job's counters run across all its sources: this snapshot's share is the difference.
