@@ -104,13 +104,21 @@ def main():
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/lifeboat-bench"))
     ap.add_argument("--bin", type=Path, default=run.BIN)
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    ap.add_argument("--base-scale", type=float, default=1.0, help="the data of the ceiling, the core scaling and the profile")
+    ap.add_argument("--smoke", action="store_true",
+                    help="CI: everything once at scale 0.001, report to WORK; checks that it runs and that the report parses")
     args = ap.parse_args()
+    if args.smoke:
+        args.base_scale, args.scales, args.runs = 0.001, [0.001], 1
+        args.out = args.work / "BENCHMARKS.smoke.md"
+        args.out.unlink(missing_ok=True)
     run.BIN = args.bin
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     cores = os.cpu_count()
-    data, manifest = dataset(work, args.seed, 1.0)
-    run.warm_memory()
+    data, manifest = dataset(work, args.seed, args.base_scale)
+    if not args.smoke:
+        run.warm_memory()
     day1 = data / "day1"
     mb = manifest["day1"]["bytes"] / 1e6
 
@@ -136,7 +144,7 @@ def main():
     lines = [SECTION, "",
              f"Command: `python3 bench/scaling.py --scales {' '.join(str(s) for s in args.scales)} --runs {args.runs}` "
              f"(after `cargo build --release --workspace --bins --examples`). Machine: {cores} cores, "
-             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM. Data: seed {args.seed}, day1 of scale 1.0 ({mb:.0f} MB) "
+             f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM. Data: seed {args.seed}, day1 of scale {args.base_scale} ({mb:.0f} MB) "
              f"unless said. Median of {args.runs} runs (min–max).", "",
              "The ceiling is the agent's CPU work alone (`core/examples/ceiling.rs`: page-cache reads, FastCDC, keyed BLAKE3, "
              "zstd at the default level 1 with incompressible chunks stored raw), no network and no store. "
@@ -169,6 +177,22 @@ def main():
                      f"| {r['restic'][1] / 2**20:.0f} MiB | {r['restic'][0]:.1f} s |")
     replace_section(args.out, SECTION, "\n".join(lines))
     print(f"wrote {args.out}")
+    if args.smoke:
+        check(args.out, args.scales)
+
+
+def check(path, scales):
+    """The smoke run's check: both tables are there and their figures parse."""
+    rows = [line.split("|")[1:-1] for line in path.read_text().splitlines() if line.startswith("| ") and not line.startswith("| cores") and not line.startswith("| scale") and not line.startswith("| stage")]
+    cores = [r for r in rows if r[0].strip().isdigit()]
+    rss = [r for r in rows if r[0].strip() in {str(s) for s in scales}]
+    if len(cores) < 1 or len(rss) != len(scales):
+        sys.exit(f"smoke: expected the scaling and memory tables in {path}")
+    for r in cores:
+        float(r[1].split()[0]), float(r[3].split()[0]), float(r[6].strip().rstrip("%"))
+    for r in rss:
+        float(r[2].split()[0]), float(r[4].split()[0])
+    print("smoke ok: scaling and memory")
 
 
 if __name__ == "__main__":
