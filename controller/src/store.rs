@@ -154,13 +154,9 @@ impl Store {
         self.root.join("snapshots").join(format!("{id}.snap"))
     }
 
-    fn lock_open(&self) -> MutexGuard<'_, OpenPack> {
-        self.packs.lock()
-    }
-
     /// The ids in `ids` that the store does not hold.
     pub fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
-        let open = self.lock_open();
+        let open = self.packs.lock();
         let candidates: Vec<ChunkId> = ids.iter().filter(|id| !open.holds(id)).copied().collect();
         self.catalog.unknown_chunks(&candidates)
     }
@@ -177,7 +173,7 @@ impl Store {
                 other => ApiError::from(other),
             })?;
         }
-        let mut open = self.lock_open();
+        let mut open = self.packs.lock();
         let candidates: Vec<ChunkId> = chunks
             .iter()
             .map(|(id, _)| *id)
@@ -217,7 +213,7 @@ impl Store {
     /// Seals the open pack (if any) and waits for every seal under way, so every accepted
     /// chunk is durable and indexed.
     pub fn flush(&self) -> Result<(), ApiError> {
-        let mut open = self.seal(self.lock_open())?;
+        let mut open = self.seal(self.packs.lock())?;
         while !open.sealing.is_empty() {
             open = self.packs.wait(open);
         }
@@ -230,7 +226,7 @@ impl Store {
     /// way that hold one. Commits that arrive while a pack seals find their chunks in it
     /// and wait for the same seal: one fsync serves them all (group commit).
     pub fn flush_for(&self, ids: &[ChunkId]) -> Result<(), ApiError> {
-        let mut open = self.lock_open();
+        let mut open = self.packs.lock();
         if ids.iter().any(|id| open.pending.contains(id)) {
             open = self.seal(open)?;
         }
@@ -251,13 +247,11 @@ impl Store {
         &'a self,
         mut open: MutexGuard<'a, OpenPack>,
     ) -> Result<MutexGuard<'a, OpenPack>, ApiError> {
-        match open.writer.take() {
-            None => return Ok(open),
-            Some(w) if w.is_empty() => {
-                w.discard();
-                return Ok(open);
+        if open.writer.as_ref().is_none_or(PackWriter::is_empty) {
+            if let Some(empty) = open.writer.take() {
+                empty.discard();
             }
-            Some(w) => open.writer = Some(w),
+            return Ok(open);
         }
         while open.sealing.len() >= MAX_SEALING {
             open = self.packs.wait(open);

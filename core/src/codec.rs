@@ -239,21 +239,30 @@ pub fn decode(blob: &[u8]) -> Result<Vec<u8>> {
 /// Checks that a blob decodes to a chunk with `id`, without keeping the plaintext (raw
 /// payloads are hashed in place).
 pub fn verify(key: &crate::ChunkKey, id: &crate::ChunkId, blob: &[u8]) -> Result<()> {
-    let raw_len = declared_len(blob)?;
-    if blob[5] & FLAG_ZSTD == 0 {
-        let payload = &blob[HEADER_LEN..];
-        if payload.len() != raw_len {
-            return Err(Error::CorruptBlob(format!(
-                "chunk {id}: raw payload is {} bytes, header says {raw_len}",
-                payload.len()
-            )));
-        }
-        if key.id_of(payload) != *id {
-            return Err(Error::ChunkMismatch { id: id.to_hex() });
-        }
+    if verify_raw(key, id, blob)? {
         return Ok(());
     }
     decode_verified(key, id, blob).map(drop)
+}
+
+/// For a raw blob: checks its length and hashes its payload in place against `id`, and
+/// says `true`. For a compressed one: `false` (the caller decodes it).
+fn verify_raw(key: &crate::ChunkKey, id: &crate::ChunkId, blob: &[u8]) -> Result<bool> {
+    let raw_len = declared_len(blob)?;
+    if blob[5] & FLAG_ZSTD != 0 {
+        return Ok(false);
+    }
+    let payload = &blob[HEADER_LEN..];
+    if payload.len() != raw_len {
+        return Err(Error::CorruptBlob(format!(
+            "chunk {id}: raw payload is {} bytes, header says {raw_len}",
+            payload.len()
+        )));
+    }
+    if key.id_of(payload) != *id {
+        return Err(Error::ChunkMismatch { id: id.to_hex() });
+    }
+    Ok(true)
 }
 
 /// Decodes a blob and checks that its plaintext hashes to `id` under `key`.
@@ -280,19 +289,8 @@ impl Verified {
     /// Decodes `blob` and checks the plaintext against `id`. A raw payload is a slice of
     /// `blob` (no copy); a compressed one is decompressed once.
     pub fn decode(key: &crate::ChunkKey, id: &crate::ChunkId, blob: bytes::Bytes) -> Result<Self> {
-        let raw_len = declared_len(&blob)?;
-        let data = if blob[5] & FLAG_ZSTD == 0 {
-            if blob.len() - HEADER_LEN != raw_len {
-                return Err(Error::CorruptBlob(format!(
-                    "chunk {id}: raw payload is {} bytes, header says {raw_len}",
-                    blob.len() - HEADER_LEN
-                )));
-            }
-            let data = blob.slice(HEADER_LEN..);
-            if key.id_of(&data) != *id {
-                return Err(Error::ChunkMismatch { id: id.to_hex() });
-            }
-            data
+        let data = if verify_raw(key, id, &blob)? {
+            blob.slice(HEADER_LEN..)
         } else {
             bytes::Bytes::from(decode_verified(key, id, &blob)?)
         };
