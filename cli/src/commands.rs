@@ -66,12 +66,12 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Status(json) => {
             let s = api.status(pb::Empty {}).await.map_err(rpc)?.into_inner();
             if json.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "role": s.role, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes})
                 );
             } else {
-                println!(
+                out!(
                     "controller {} (you are {}, role {})\nCA fingerprint {}\n{} agents, {} snapshots, {} chunks, {} stored",
                     s.version,
                     s.operator,
@@ -120,7 +120,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 r.token, r.ca_fingerprint
             );
             if json.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"token": r.token, "uses": uses, "expires": time(r.expires_unix_ms), "ca_fingerprint": r.ca_fingerprint, "enroll_command": line})
                 );
@@ -130,7 +130,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 } else {
                     " (single use)".to_string()
                 };
-                println!(
+                out!(
                     "token: {}{machines}\nexpires: {}\nCA fingerprint: {}\n\nOn the new machine, run:\n  {line}",
                     r.token,
                     time(r.expires_unix_ms),
@@ -168,9 +168,9 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .map_err(rpc)?
                 .into_inner();
             if json.json {
-                println!("{}", output::agent_json(&a));
+                out!("{}", output::agent_json(&a));
             } else {
-                println!(
+                out!(
                     "agent {} revoked at {}: its session is closed and its certificate refused; its snapshots stay restorable",
                     a.name,
                     time(a.revoked_unix_ms)
@@ -213,7 +213,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             })
             .await
             .map_err(rpc)?;
-            println!("snapshot {snapshot} deleted");
+            out!("snapshot {snapshot} deleted");
         }
         Cmd::Snapshots {
             cmd: None,
@@ -326,7 +326,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .into_inner();
             let removed = r.items.iter().filter(|i| i.removed).count();
             if json.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"dry_run": r.dry_run, "removed": removed, "kept": r.items.len() - removed,
                         "snapshots": r.items.iter().map(|i| serde_json::json!({"id": i.snapshot_id, "agent": i.agent, "source": i.source, "received": time(i.received_unix_ms), "action": if i.removed { "remove" } else { "keep" }, "reasons": i.reasons})).collect::<Vec<_>>()})
@@ -346,7 +346,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                         ]
                     })
                     .collect();
-                println!(
+                out!(
                     "{}",
                     output::table(
                         &["ID", "AGENT", "SOURCE", "RECEIVED", "ACTION", "WHY"],
@@ -354,7 +354,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     )
                 );
                 let verb = if r.dry_run { "would remove" } else { "removed" };
-                println!("{verb} {removed} of {} snapshots", r.items.len());
+                out!("{verb} {removed} of {} snapshots", r.items.len());
             }
         }
         Cmd::Verify {
@@ -371,7 +371,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .map_err(rpc)?
                 .into_inner();
             if json.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({
                         "packs": r.packs, "chunks": r.chunks, "bytes": r.bytes,
@@ -381,7 +381,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     })
                 );
             } else {
-                println!(
+                out!(
                     "read {} chunks ({}) in {} packs: {} bad",
                     r.chunks,
                     bytes(r.bytes),
@@ -389,10 +389,10 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     r.bad.len()
                 );
                 for b in r.bad.iter().take(50) {
-                    println!("  {} in pack {}: {}", b.id, b.pack, b.reason);
+                    out!("  {} in pack {}: {}", b.id, b.pack, b.reason);
                 }
                 for a in &r.affected {
-                    println!(
+                    out!(
                         "  affects snapshot {} ({} {})",
                         &a.id[..12.min(a.id.len())],
                         a.agent,
@@ -400,12 +400,13 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     );
                 }
                 if r.healed + r.unhealed > 0 {
-                    println!(
+                    out!(
                         "bad chunks healed by later backups: {}; still missing: {} (back up the affected sources to heal them)",
-                        r.healed, r.unhealed
+                        r.healed,
+                        r.unhealed
                     );
                 }
-                println!(
+                out!(
                     "coverage: {:.1}% of stored bytes read back within the scrub period",
                     r.coverage_percent
                 );
@@ -424,7 +425,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .map_err(rpc)?
                 .into_inner();
             if json.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"dry_run": r.dry_run, "referenced": r.referenced, "swept": r.swept, "leased": r.leased,
                         "packs_compacted": r.packs_compacted, "packs_deleted": r.packs_deleted, "bytes_reclaimed": r.bytes_reclaimed})
@@ -435,12 +436,14 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 } else {
                     "reclaimed"
                 };
-                println!(
+                out!(
                     "{verb} {} unreferenced chunks ({} kept: uploaded within the lease); {} chunks referenced",
-                    r.swept, r.leased, r.referenced
+                    r.swept,
+                    r.leased,
+                    r.referenced
                 );
                 if !r.dry_run {
-                    println!(
+                    out!(
                         "compacted {} packs, deleted {}, {} freed",
                         r.packs_compacted,
                         r.packs_deleted,
@@ -456,7 +459,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .map_err(rpc)?
                 .into_inner();
             if json.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({
                         "entries": d.entries.iter().map(|e| serde_json::json!({
@@ -488,17 +491,17 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                         ]
                     })
                     .collect();
-                println!(
+                out!(
                     "{}",
                     output::table(&["", "PATH", "WHAT", "SIZE", "MODE", "OWNER"], rows)
                 );
                 for l in &d.layers_removed {
-                    println!("- layer {l}");
+                    out!("- layer {l}");
                 }
                 for l in &d.layers_added {
-                    println!("+ layer {l}");
+                    out!("+ layer {l}");
                 }
-                println!("{} paths differ", d.entries.len());
+                out!("{} paths differ", d.entries.len());
             }
         }
         Cmd::Devices(json) => {
@@ -526,17 +529,18 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .map_err(rpc)?
                 .into_inner();
             if json.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"ok": v.ok, "entries": v.entries, "broken_entry": (!v.ok).then_some(v.broken_seq), "reason": v.reason, "anchored_entry": v.anchor_seq})
                 );
             } else if v.ok {
-                println!(
+                out!(
                     "audit chain intact: {} entries, the store's anchor vouches for entry {}",
-                    v.entries, v.anchor_seq
+                    v.entries,
+                    v.anchor_seq
                 );
             } else {
-                println!("audit chain BROKEN at entry {}: {}", v.broken_seq, v.reason);
+                out!("audit chain BROKEN at entry {}: {}", v.broken_seq, v.reason);
             }
             return Ok(if v.ok { 0 } else { 2 });
         }
@@ -614,7 +618,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 std::fs::write(&report, text + "\n")
                     .with_context(|| format!("writing the report to {}", report.display()))?;
                 if !json.json {
-                    println!("  report: {}", report.display());
+                    out!("  report: {}", report.display());
                 }
             }
             return Ok(exit_code(&done));
@@ -654,7 +658,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     output::snapshot_row,
                 );
             } else {
-                println!(
+                out!(
                     "{} snapshots {}",
                     reply.snapshots.len(),
                     if clear {
@@ -664,7 +668,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     }
                 );
                 if !reply.snapshots.is_empty() {
-                    println!(
+                    out!(
                         "{}",
                         output::table(
                             output::SNAPSHOT_HEADER,
@@ -687,9 +691,9 @@ async fn protect(api: &mut Api, snapshot: String, protect: bool) -> Result<()> {
     .await
     .map_err(rpc)?;
     if protect {
-        println!("snapshot {snapshot} is protected: retention never removes it");
+        out!("snapshot {snapshot} is protected: retention never removes it");
     } else {
-        println!("snapshot {snapshot} is no longer protected");
+        out!("snapshot {snapshot} is no longer protected");
     }
     Ok(())
 }
@@ -723,7 +727,7 @@ async fn policy(api: &mut Api, cmd: PolicyCmd) -> Result<i32> {
                 );
             }
             if json.json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({"dry_run": dry_run, "changes": r.changes.iter().map(|c| serde_json::json!({"name": c.name, "change": c.change})).collect::<Vec<_>>()})
                 );
@@ -734,7 +738,7 @@ async fn policy(api: &mut Api, cmd: PolicyCmd) -> Result<i32> {
                         (true, "changed") => "would change",
                         (_, other) => other,
                     };
-                    println!("policy {} {verb}", c.name);
+                    out!("policy {} {verb}", c.name);
                 }
             }
         }
@@ -765,16 +769,16 @@ async fn policy(api: &mut Api, cmd: PolicyCmd) -> Result<i32> {
             })?;
             let v = output::policy_json(p);
             if json.json {
-                println!("{v}");
+                out!("{v}");
             } else {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                out!("{}", serde_json::to_string_pretty(&v)?);
             }
         }
         PolicyCmd::Delete { name } => {
             api.delete_policy(pb::NameRef { name: name.clone() })
                 .await
                 .map_err(rpc)?;
-            println!("policy {name} deleted");
+            out!("policy {name} deleted");
         }
     }
     Ok(0)
@@ -877,7 +881,7 @@ async fn identity(
                 key_pem,
             }
             .save(&out)?;
-            println!(
+            out!(
                 "identity {name} ({role}) written to {} (valid until {}); use it with --identity {} or LIFEBOAT_IDENTITY",
                 out.display(),
                 time(r.not_after_unix_ms),
@@ -905,7 +909,7 @@ async fn identity(
                 .await
                 .map_err(rpc)?
                 .into_inner();
-            println!(
+            out!(
                 "identity {} ({}) revoked at {}",
                 i.name,
                 i.role,
@@ -936,9 +940,9 @@ pub fn exit_code(j: &pb::JobInfo) -> i32 {
 async fn finish_start(api: &mut Api, j: pb::JobInfo, wait: bool, json: bool) -> Result<i32> {
     if !wait {
         if json {
-            println!("{}", output::job_json(&j));
+            out!("{}", output::job_json(&j));
         } else {
-            println!(
+            out!(
                 "job {} {} ({}); follow it with: lifeboat jobs watch {}",
                 j.id,
                 state_name(j.state),
@@ -955,24 +959,24 @@ async fn finish_start(api: &mut Api, j: pb::JobInfo, wait: bool, json: bool) -> 
 
 pub fn print_job(j: &pb::JobInfo, json: bool) {
     if json {
-        println!("{}", output::job_json(j));
+        out!("{}", output::job_json(j));
         return;
     }
     let p = j.progress.clone().unwrap_or_default();
-    println!(
+    out!(
         "job {} ({} on {}): {}",
         j.id,
         j.kind,
         j.agent_name,
         state_name(j.state)
     );
-    println!("  {}", j.detail);
+    out!("  {}", j.detail);
     let moved = if j.kind == "backup" {
         format!(", {} uploaded", bytes(p.bytes_uploaded))
     } else {
         String::new()
     };
-    println!(
+    out!(
         "  {} of {} files, {} of {}{moved}",
         p.files_done,
         p.files_total,
@@ -980,10 +984,10 @@ pub fn print_job(j: &pb::JobInfo, json: bool) {
         bytes(p.bytes_total)
     );
     if !j.snapshot_ids.is_empty() {
-        println!("  snapshots: {}", j.snapshot_ids.join(", "));
+        out!("  snapshots: {}", j.snapshot_ids.join(", "));
     }
     if let Some(r) = &j.restore {
-        println!(
+        out!(
             "  {} mode: {} fetched, {} written, {} files unchanged; phases: setup {} ms, data {} ms, finish {} ms",
             r.mode,
             bytes(r.bytes_fetched),
@@ -1006,17 +1010,17 @@ pub fn print_job(j: &pb::JobInfo, json: bool) {
             if list.is_empty() {
                 continue;
             }
-            println!("  {what}: {}", list.len());
+            out!("  {what}: {}", list.len());
             for p in list.iter().take(20) {
-                println!("    {p}");
+                out!("    {p}");
             }
             if list.len() > 20 {
-                println!("    ... {} more (--report FILE lists all)", list.len() - 20);
+                out!("    ... {} more (--report FILE lists all)", list.len() - 20);
             }
         }
     }
     if !j.error.is_empty() {
-        println!("  error: {}", j.error);
+        out!("  error: {}", j.error);
     }
 }
 

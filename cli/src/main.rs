@@ -1,5 +1,16 @@
 //! `lifeboat`: the operator's command line.
 
+/// `println!` for the program's output: a reader that went away (`lifeboat snapshots | head`)
+/// ends the program quietly instead of a panic; see [`output::write_line`].
+macro_rules! out {
+    () => {
+        $crate::output::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+
 mod commands;
 mod output;
 mod recovery;

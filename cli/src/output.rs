@@ -3,6 +3,22 @@
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use lifeboat_proto::pb::{self, JobState};
 
+/// Writes one line of output. When the reader has gone away (a pipe into `head` that has
+/// read enough), the program ends quietly with status 0: the reader took what it wanted.
+/// Any other write error (a full disk behind a redirection) ends it with a message and
+/// status 1.
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("lifeboat: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
 pub fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
     t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
@@ -21,12 +37,12 @@ pub fn listing<T>(
     to_row: fn(&T) -> Vec<String>,
 ) {
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::Value::Array(items.iter().map(to_json).collect())
         );
     } else {
-        println!("{}", table(header, items.iter().map(to_row).collect()));
+        out!("{}", table(header, items.iter().map(to_row).collect()));
     }
 }
 
@@ -209,7 +225,7 @@ fn image_ref(i: &pb::DockerImage) -> String {
 pub fn inventory(a: &pb::AgentInfo, json: bool) {
     let d = a.docker.clone().unwrap_or_default();
     if json {
-        println!(
+        out!(
             "{}",
             serde_json::json!({
                 "agent": a.name,
@@ -277,20 +293,20 @@ pub fn inventory(a: &pb::AgentInfo, json: bool) {
             users.join(", "),
         ]);
     }
-    println!("{}", table(&["SOURCE", "KIND", "WHERE", "DETAIL"], rows));
+    out!("{}", table(&["SOURCE", "KIND", "WHERE", "DETAIL"], rows));
     let restore = if d.restore_allowed {
         "allowed"
     } else {
         "not allowed (--docker-restore)"
     };
     if d.available {
-        println!(
+        out!(
             "{}; restores into Docker {restore}; as of {}",
             d.status,
             time(d.reported_unix_ms)
         );
     } else {
-        println!("Docker: {}", d.status);
+        out!("Docker: {}", d.status);
     }
 }
 
@@ -389,7 +405,7 @@ pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(list));
+        out!("{}", serde_json::Value::Array(list));
         return;
     }
     let mut rows = Vec::new();
@@ -448,7 +464,7 @@ pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
             last[7] = format!("{} {}", millis(d.restore_estimate_ms), d.estimate_basis);
         }
     }
-    println!(
+    out!(
         "{}",
         table(
             &[

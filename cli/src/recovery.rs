@@ -173,10 +173,10 @@ pub async fn recover(api: &mut Api, cmd: RecoverCmd) -> Result<i32> {
                 .map_err(rpc)?
                 .into_inner();
             if json.json {
-                println!("{}", output::plan_json(&plan));
+                out!("{}", output::plan_json(&plan));
             } else {
-                println!("{}", output::plan_table(&plan));
-                println!("\nrun it with: lifeboat recover run {} --wait", plan.id);
+                out!("{}", output::plan_table(&plan));
+                out!("\nrun it with: lifeboat recover run {} --wait", plan.id);
             }
             Ok(0)
         }
@@ -188,11 +188,12 @@ pub async fn recover(api: &mut Api, cmd: RecoverCmd) -> Result<i32> {
                 .into_inner();
             if !wait {
                 if json.json {
-                    println!("{}", output::plan_json(&p));
+                    out!("{}", output::plan_json(&p));
                 } else {
-                    println!(
+                    out!(
                         "plan {} running; follow it with: lifeboat recover watch {}",
-                        p.id, p.id
+                        p.id,
+                        p.id
                     );
                 }
                 return Ok(0);
@@ -213,9 +214,9 @@ pub async fn recover(api: &mut Api, cmd: RecoverCmd) -> Result<i32> {
                 .map_err(rpc)?
                 .into_inner();
             if json.json {
-                println!("{}", output::plan_json(&p));
+                out!("{}", output::plan_json(&p));
             } else {
-                println!("{}", output::plan_table(&p));
+                out!("{}", output::plan_table(&p));
             }
             Ok(0)
         }
@@ -271,10 +272,10 @@ fn plan_exit(p: &pb::PlanInfo) -> i32 {
 /// The end-of-plan report: estimated versus actual downtime per device.
 fn report(p: &pb::PlanInfo, json: bool) {
     if json {
-        println!("{}", output::plan_json(p));
+        out!("{}", output::plan_json(p));
         return;
     }
-    println!("{}", output::plan_table(p));
+    out!("{}", output::plan_table(p));
     let moved = p.bytes_moved;
     let verified = p
         .devices
@@ -283,7 +284,7 @@ fn report(p: &pb::PlanInfo, json: bool) {
         .filter(|s| s.state == "done")
         .count();
     let sources: usize = p.devices.iter().map(|d| d.sources.len()).sum();
-    println!(
+    out!(
         "moved {}; {verified} of {sources} sources restored and verified (every chunk id, file length and content hash, both signatures)",
         bytes(moved)
     );

@@ -105,9 +105,9 @@ pub async fn up(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    println!("Lifeboat is up: controller {url}, agent {agent_name}");
-    println!("  CA fingerprint: {fingerprint}");
-    println!("  identity file:  {}", identity.display());
+    out!("Lifeboat is up: controller {url}, agent {agent_name}");
+    out!("  CA fingerprint: {fingerprint}");
+    out!("  identity file:  {}", identity.display());
     if !sources.is_empty() {
         let job = api
             .start_backup(pb::StartBackupRequest {
@@ -117,23 +117,23 @@ pub async fn up(
             .await
             .map_err(rpc)?
             .into_inner();
-        println!("  backing up now: job {}", job.id);
+        out!("  backing up now: job {}", job.id);
     }
-    println!("\nTry next (in another terminal):");
-    println!("  lifeboat jobs                       # what is running");
-    println!("  lifeboat snapshots                  # what is stored");
-    println!("  lifeboat backup {agent_name} --wait");
-    println!(
+    out!("\nTry next (in another terminal):");
+    out!("  lifeboat jobs                       # what is running");
+    out!("  lifeboat snapshots                  # what is stored");
+    out!("  lifeboat backup {agent_name} --wait");
+    out!(
         "  lifeboat restore SNAPSHOT --agent {agent_name} --to {}/demo --wait",
         restore_roots[0].display()
     );
-    println!("  lifeboat token create               # enroll another machine");
-    println!("\nCtrl-C stops both.");
+    out!("  lifeboat token create               # enroll another machine");
+    out!("\nCtrl-C stops both.");
 
     tokio::signal::ctrl_c()
         .await
         .context("waiting for Ctrl-C")?;
-    println!("stopping...");
+    out!("stopping...");
     let _ = stop_tx.send(true);
     agent.await.context("agent task")??;
     controller.await.context("controller task")??;

@@ -237,12 +237,16 @@ impl Fleet {
 
     /// Runs `lifeboat ARGS` as the admin operator.
     pub fn cli(&self, args: &[&str]) -> Output {
-        bin("lifeboat")
-            .args(args)
+        self.cli_command(args).output().expect("run lifeboat")
+    }
+
+    /// `lifeboat ARGS` as the admin of this fleet, to spawn with other stdio.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = bin("lifeboat");
+        cmd.args(args)
             .env("LIFEBOAT_IDENTITY", &self.identity)
-            .env("LIFEBOAT_CONTROLLER", &self.url)
-            .output()
-            .expect("run lifeboat")
+            .env("LIFEBOAT_CONTROLLER", &self.url);
+        cmd
     }
 
     /// Runs `lifeboat ARGS --json` and parses its output; panics with stderr on failure.

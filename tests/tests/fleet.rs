@@ -271,3 +271,26 @@ fn a_backup_killed_midway_leaves_no_snapshot_and_the_next_one_reuses_its_chunks(
         "the restarted agent does not resurrect the killed job"
     );
 }
+
+/// `lifeboat token create --json | head -c 10`, `lifeboat agents | head -1`: when the
+/// reader goes away, the CLI stops quietly with success; it does not panic.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let fleet = Fleet::start();
+    for args in [&["agents"][..], &["token", "create", "--json"][..]] {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = fleet
+            .cli_command(args)
+            .stdout(writer)
+            .output()
+            .expect("run lifeboat");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "lifeboat {args:?} into a closed pipe: {:?}, {stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "lifeboat {args:?}: {stderr}");
+    }
+}
