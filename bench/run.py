@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -31,6 +32,8 @@ GEN = REPO.parent / "shared" / "bench" / "gen_dataset.py"
 if not GEN.exists():
     GEN = REPO / "bench" / "gen_dataset.py"
 BIN = REPO / "target" / "release"
+# The agent's default zstd level, read from the source so the report cannot disagree with it.
+DEFAULT_LEVEL = int(re.search(r"pub const DEFAULT_LEVEL: i32 = (\d+);", (REPO / "core" / "src" / "codec.rs").read_text()).group(1))
 PASSWORD = "bench-password"
 
 
@@ -410,7 +413,7 @@ def write_report(args, manifest, results, versions):
         f"- Machine: {os.cpu_count()} cores, {mem / 2**30:.0f} GiB RAM, {platform.system()} {platform.release()}; store and sources on the local disk",
         f"- Data: `../shared/bench/gen_dataset.py` seed {args.seed}, scale {args.scale}: day1 {day1 / 1e9:.2f} GB, day2 {day2 / 1e9:.2f} GB",
         f"- Versions: " + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in versions.items()),
-        f"- Settings: Lifeboat zstd level {args.lifeboat_level if args.lifeboat_level is not None else '1 (its default)'} (raw when compression does not pay), no encryption at rest yet; restic 0.14 defaults"
+        f"- Settings: Lifeboat zstd level {args.lifeboat_level if args.lifeboat_level is not None else f'{DEFAULT_LEVEL} (its default)'} (raw when compression does not pay), no encryption at rest yet; restic 0.14 defaults"
         " (repository v2, zstd auto, AES-256 encryption); borg `--encryption none --compression zstd,3`.",
         "- Lifeboat runs as a controller and an agent over the real mTLS gRPC path; its CPU time is both processes',"
         " its RSS the agent's peak.",

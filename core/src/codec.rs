@@ -23,10 +23,13 @@ pub const HEADER_LEN: usize = 12;
 const FLAG_ZSTD: u8 = 1;
 /// log2 of MAX_SIZE: zstd frames declaring a larger window are refused.
 const MAX_WINDOW_LOG: u32 = 22;
-/// Default zstd level for chunk data: level 1 (zstd's "fast" strategy, Proxmox Backup
-/// Server's choice too). On the shared benchmark data it backs up about 15% faster than
-/// level 3 (12.7 vs 14.6 CPU-s) for a store 1.4% larger; `--compression-level` raises it.
-pub const DEFAULT_LEVEL: i32 = 1;
+/// Default zstd level for chunk data: level 3 (zstd's own default, and what restic's "auto"
+/// and borg's `zstd,3` use). On the shared benchmark data (BENCHMARKS.md, 3 runs each) level
+/// 1 made a store 1.5% larger (1605 vs 1582 MB after two days) for a first backup only
+/// about 3% shorter (5.8 vs 6.0 s; 9.8 vs 10.3 CPU-s): the store is paid for every day,
+/// the first backup once. Day-2 backups and restores barely change (decompression costs the
+/// same). `--compression-level 1` on the agent trades back.
+pub const DEFAULT_LEVEL: i32 = 3;
 /// Bytes sampled to decide whether a chunk is worth compressing, in [`PROBE_SLICES`] slices
 /// spread over the chunk: a chunk of a disk image or an archive can hold text or zeros in
 /// one part and random bytes in another, and one slice in its middle would miss them.
