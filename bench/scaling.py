@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run  # noqa: E402
-from run import GEN, REPO, Lifeboat, Restic, fresh_source, replace_section, sh  # noqa: E402
+from run import DEFAULT_LEVEL, GEN, REPO, Lifeboat, Restic, fresh_source, replace_section, sh  # noqa: E402
 
 SECTION = "## Scaling and memory"
 
@@ -147,7 +147,7 @@ def main():
              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM. Data: seed {args.seed}, day1 of scale {args.base_scale} ({mb:.0f} MB) "
              f"unless said. Median of {args.runs} runs (min–max).", "",
              "The ceiling is the agent's CPU work alone (`core/examples/ceiling.rs`: page-cache reads, FastCDC, keyed BLAKE3, "
-             "zstd at the default level 3 with incompressible chunks stored raw), no network and no store. "
+             f"zstd at the default level {DEFAULT_LEVEL} with incompressible chunks stored raw), no network and no store. "
              "The backup is the real one: controller and agent over mTLS on loopback, store on the local disk, "
              "both processes held to the cores given (`taskset`).", "",
              "| cores | ceiling MB/s | ceiling CPU s | first backup | MB/s | CPU s (both processes) | share of the ceiling |",
