@@ -32,8 +32,10 @@ const FETCH_IDS: usize = 128;
 pub(crate) const FETCH_STREAMS: usize = 2;
 /// Messages (of up to 256 KiB) being decoded and verified at once, on blocking threads.
 const DECODE_DEPTH: usize = 4;
-/// Verified chunks waiting for the writer, in the order it will ask for them.
-const PREFETCH_QUEUE: usize = 8;
+/// Decoded messages waiting for the writer, in the order it will ask for them. A message
+/// travels as one item, so the writer drains a batch of small files without waking up
+/// once per chunk.
+const PREFETCH_QUEUE: usize = 4;
 
 /// What the writer receives, in order.
 enum Fetched {
@@ -52,7 +54,9 @@ enum Fetched {
 /// for a subsequence of that order: when it gives up on a file, the chunks it skips are
 /// simply passed over.
 pub(crate) struct Prefetched {
-    rx: mpsc::Receiver<Fetched>,
+    rx: mpsc::Receiver<Vec<Fetched>>,
+    /// The rest of the batch the writer is working through.
+    ready: std::collections::VecDeque<Fetched>,
     /// Encoded bytes received so far.
     pub fetched: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -134,15 +138,17 @@ impl Prefetched {
             while let Some(joined) = decoded.next().await {
                 let items =
                     joined.unwrap_or_else(|e| vec![Fetched::Failed(format!("chunk decoder: {e}"))]);
-                for item in items {
-                    let failed = matches!(item, Fetched::Failed(_));
-                    if tx.send(item).await.is_err() || failed {
-                        return; // the restore ended, or the stream broke
-                    }
+                let failed = items.iter().any(|i| matches!(i, Fetched::Failed(_)));
+                if tx.send(items).await.is_err() || failed {
+                    return; // the restore ended, or the stream broke
                 }
             }
         });
-        Prefetched { rx, fetched }
+        Prefetched {
+            rx,
+            ready: Default::default(),
+            fetched,
+        }
     }
 }
 
@@ -157,7 +163,17 @@ impl ChunkSource for Prefetched {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             loop {
-                match self.rx.blocking_recv() {
+                if self.ready.is_empty() {
+                    match self.rx.blocking_recv() {
+                        Some(batch) => self.ready.extend(batch),
+                        None => {
+                            return Err(fail(format!(
+                                "the chunk stream ended before chunk {id}"
+                            )));
+                        }
+                    }
+                }
+                match self.ready.pop_front() {
                     Some(Fetched::Chunk(chunk)) if chunk.id() == id => {
                         out.push(chunk);
                         break;
@@ -165,7 +181,7 @@ impl ChunkSource for Prefetched {
                     Some(Fetched::Bad(bad, e)) if bad == *id => return Err(e),
                     Some(Fetched::Chunk(_) | Fetched::Bad(..)) => continue,
                     Some(Fetched::Failed(why)) => return Err(fail(why)),
-                    None => return Err(fail(format!("the chunk stream ended before chunk {id}"))),
+                    None => continue, // an empty batch
                 }
             }
         }

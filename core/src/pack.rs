@@ -20,7 +20,6 @@
 
 use std::fs::{self, File};
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::IoContext;
@@ -231,9 +230,22 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>> {
 
 /// Reads one blob from an open pack file.
 pub fn read_blob(file: &File, offset: u64, length: u32) -> Result<Vec<u8>> {
-    let mut buf = vec![0u8; length as usize];
-    file.read_exact_at(&mut buf, offset)
-        .ctx(|| format!("reading {length} bytes at {offset} from a pack"))?;
+    let what = || format!("reading {length} bytes at {offset} from a pack");
+    // Read into spare capacity: zero-filling a buffer about to be overwritten cost a
+    // restore's controller as much as a tenth of its reads.
+    let length = length as usize;
+    let mut buf = Vec::with_capacity(length);
+    while buf.len() < length {
+        let at = offset + buf.len() as u64;
+        let n = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)
+            .map_err(|e| Error::io(what(), e.into()))?;
+        if n == 0 {
+            let early = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the pack ends early");
+            return Err(Error::io(what(), early));
+        }
+    }
+    // The allocator may have given more capacity than asked, and the read filled it.
+    buf.truncate(length);
     Ok(buf)
 }
 
