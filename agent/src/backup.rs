@@ -5,18 +5,25 @@
 //! files, cuts them with FastCDC and names each chunk (keyed BLAKE3; the file's content
 //! hash is derived from its chunk ids, not from a second pass over the bytes); chunks the backup has not seen yet are batched (at most [`BATCH_BYTES`]),
 //! the controller is asked which of them it lacks, and only those are compressed and
-//! sent into the worker's own bounded upload stream. Memory is bounded by the workers' batches and the
-//! stream's capacity, never by the size of the source. Files whose size, mtime, ctime and
+//! sent into the worker's own bounded upload stream. Files whose size, mtime, ctime and
 //! inode match the previous snapshot of the source are not read at all.
+//!
+//! The walk feeds the workers and the tree as it goes ([`build_tree`]): entries wait in
+//! a window of [`WINDOW`] until their files are read, then go to a tree file on disk
+//! ([`cache`]), which is chunked at commit and becomes the next backup's change-detection
+//! cache. Memory is bounded by the workers' buffers, the window and the upload streams,
+//! never by the size of the source.
 
-use std::collections::{HashMap, HashSet};
+mod cache;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc as sync_mpsc};
 
 use lifeboat_core::chunker::{Chunk, Chunker};
 use lifeboat_core::codec::Encoder;
 use lifeboat_core::snapshot::{RECORD_VERSION, Record, Stats, TreeRef};
-use lifeboat_core::tree::{Entry, Kind, Tree, TreeWriter};
+use lifeboat_core::tree::{Entry, Kind};
 use lifeboat_core::{ChunkId, walk};
 use lifeboat_proto::pb;
 use tokio::sync::mpsc;
@@ -34,7 +41,14 @@ const BATCH_BYTES: usize = 8 << 20;
 const BATCH_CHUNKS: usize = 1024;
 /// Encoded chunks in flight to the controller.
 const UPLOAD_QUEUE: usize = 8;
-const CACHE_MAGIC: &[u8; 8] = b"LBCACHE1";
+/// Walked entries that may wait for the tree at once: the files being read and the
+/// entries walked after the oldest of them. Bounds a backup's memory whatever the
+/// number of files in the source.
+const WINDOW: usize = 4096;
+/// Chunk ids this backup remembers having sent or found stored (48 bytes each, about
+/// 12 MiB at most); past that it starts over, and the controller's answer to
+/// `MissingChunks` does the same job one round trip later.
+const SEEN_MAX: usize = 256 * 1024;
 
 /// Live progress, read by the session's reporter.
 #[derive(Default)]
@@ -133,49 +147,14 @@ fn unchanged(prev: &Entry, cur: &Entry) -> bool {
         && prev.dev == cur.dev
 }
 
-/// The tree of the last committed snapshot of `source`, if cached and readable.
-fn load_cache(state: &AgentState, source: &str) -> Option<(String, Tree)> {
-    let bytes = std::fs::read(state.cache_path(source)).ok()?;
-    if bytes.len() < 72 || &bytes[..8] != CACHE_MAGIC {
-        return None;
-    }
-    let id = String::from_utf8(bytes[8..72].to_vec()).ok()?;
-    match Tree::parse(&bytes[72..]) {
-        Ok(t) => Some((id, t)),
-        Err(e) => {
-            tracing::warn!(source, error = %e, "ignoring unreadable change-detection cache");
-            None
-        }
-    }
-}
-
-fn save_cache(
-    state: &AgentState,
-    source: &str,
-    snapshot_id: &str,
-    tree: &[u8],
-) -> Result<(), AgentError> {
-    let mut bytes = Vec::with_capacity(72 + tree.len());
-    bytes.extend_from_slice(CACHE_MAGIC);
-    bytes.extend_from_slice(snapshot_id.as_bytes());
-    bytes.extend_from_slice(tree);
-    Ok(lifeboat_core::durable::write_atomic(
-        &state.cache_path(source),
-        &bytes,
-        0o600,
-    )?)
-}
-
 /// What a worker learned about one file.
 enum FileOutcome {
     Read {
-        index: usize,
         chunks: Vec<ChunkId>,
         hash: [u8; 32],
         size: u64,
     },
     Skipped {
-        index: usize,
         why: String,
     },
 }
@@ -274,12 +253,12 @@ impl Upload {
 }
 
 impl Pipeline {
-    /// A pipeline for one source; `seen` holds chunks known to be stored already.
-    fn new(ctx: &BackupContext, seen: HashSet<ChunkId>) -> Pipeline {
+    /// A pipeline for one source.
+    fn new(ctx: &BackupContext) -> Pipeline {
         Pipeline {
             key: ctx.state.chunk_key.clone(),
             level: ctx.level,
-            seen: Mutex::new(seen),
+            seen: Mutex::new(HashSet::new()),
             counters: ctx.counters.clone(),
             client: ctx.client.clone(),
             bulk: ctx.bulk.clone(),
@@ -363,7 +342,17 @@ impl Pipeline {
             size += data.len() as u64;
             ids.push(id);
             Counters::add(&self.counters.bytes_done, data.len() as u64);
-            if self.seen.lock().map(|mut s| s.insert(id)).unwrap_or(true) {
+            let fresh = self
+                .seen
+                .lock()
+                .map(|mut s| {
+                    if s.len() >= SEEN_MAX {
+                        s.clear();
+                    }
+                    s.insert(id)
+                })
+                .unwrap_or(true);
+            if fresh {
                 *batch_bytes += data.len();
                 batch.push((id, data));
                 if *batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_CHUNKS {
@@ -378,21 +367,42 @@ impl Pipeline {
         Ok((ids, hash, size))
     }
 
-    /// A worker: reads files from `queue` until it is empty.
+    /// A worker: reads the files `queue` names until it closes, and reports each one's
+    /// outcome, in the order it finishes, on `done`. A failure that ends the backup is
+    /// reported there too, so that whoever waits for this worker's files stops waiting.
     fn work(
         &self,
-        queue: &Mutex<std::vec::IntoIter<(usize, std::path::PathBuf)>>,
+        queue: &Mutex<sync_mpsc::Receiver<ReadJob>>,
+        done: &sync_mpsc::Sender<Done>,
         worker: usize,
-    ) -> Result<Vec<FileOutcome>, AgentError> {
+    ) {
+        let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.read_files(queue, done, worker)
+        }));
+        let failure = match read {
+            Ok(Ok(())) => return,
+            Ok(Err(e)) => e,
+            Err(_) => AgentError::State("a backup worker panicked".into()),
+        };
+        let _ = done.send(Err(failure));
+    }
+
+    fn read_files(
+        &self,
+        queue: &Mutex<sync_mpsc::Receiver<ReadJob>>,
+        done: &sync_mpsc::Sender<Done>,
+        worker: usize,
+    ) -> Result<(), AgentError> {
         let mut enc = Encoder::new(self.level)?;
         let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
-        let mut out = Vec::new();
         let mut up = self.open_upload(worker);
         loop {
-            let next = queue.lock().ok().and_then(|mut q| q.next());
-            let Some((index, path)) = next else { break };
+            let next = queue.lock().ok().and_then(|q| q.recv().ok());
+            let Some(ReadJob { seq, path }) = next else {
+                break;
+            };
             let outcome = match std::fs::File::open(&path) {
                 Ok(f) => {
                     match self.chunk_stream(
@@ -405,31 +415,156 @@ impl Pipeline {
                     ) {
                         Ok((chunks, hash, size)) => {
                             Counters::add(&self.counters.bytes_read, size);
-                            FileOutcome::Read {
-                                index,
-                                chunks,
-                                hash,
-                                size,
-                            }
+                            FileOutcome::Read { chunks, hash, size }
                         }
                         Err(AgentError::Core(e)) if e.retryable() => FileOutcome::Skipped {
-                            index,
                             why: format!("{}: {e}", path.display()),
                         },
                         Err(e) => return Err(e),
                     }
                 }
                 Err(e) => FileOutcome::Skipped {
-                    index,
                     why: format!("{}: {e}", path.display()),
                 },
             };
             Counters::add(&self.counters.files_done, 1);
-            out.push(outcome);
+            if done.send(Ok((seq, outcome))).is_err() {
+                break; // the backup stopped
+            }
         }
         self.flush(&mut enc, &mut batch, &mut up)?;
         up.finish(&self.rt)?;
-        Ok(out)
+        Ok(())
+    }
+}
+
+/// A file for a worker to read: its place in the walk and its path.
+struct ReadJob {
+    seq: usize,
+    path: std::path::PathBuf,
+}
+
+/// A worker's report: a file's outcome, or the failure that stopped it.
+type Done = Result<(usize, FileOutcome), AgentError>;
+
+/// A walked entry waiting for its place in the tree.
+enum Slot {
+    /// A file a worker is reading.
+    Reading(Entry),
+    Ready(Entry),
+    /// A file that could not be read: left out of the tree.
+    Dropped,
+}
+
+/// Builds the tree in walk order while the workers read: takes walked entries while the
+/// window has room, passes files that changed to the workers (an unchanged file takes
+/// its chunks from the previous tree and is not read), and writes each entry to `sink`
+/// once it and every entry before it are complete. Returns the warnings.
+#[allow(clippy::too_many_arguments)]
+fn build_tree(
+    walker: &mut walk::Walker,
+    root: &std::path::Path,
+    mut prev: Option<cache::PrevTree>,
+    repair: &HashSet<ChunkId>,
+    counters: &Counters,
+    queue: sync_mpsc::Sender<ReadJob>,
+    done: sync_mpsc::Receiver<Done>,
+    sink: &mut cache::TreeSink,
+) -> Result<Vec<String>, AgentError> {
+    let mut queue = Some(queue);
+    let mut window: VecDeque<Slot> = VecDeque::with_capacity(WINDOW);
+    // The walk position of the window's front, and of the next entry walked.
+    let (mut front, mut next) = (0usize, 0usize);
+    let mut warnings = Vec::new();
+    // Files left out, so that hardlinks to them are left out too.
+    let mut dropped: HashSet<Vec<u8>> = HashSet::new();
+    loop {
+        while queue.is_some() && window.len() < WINDOW {
+            let Some(mut e) = walker.next() else {
+                queue = None; // the walk is over: workers stop once the queue is empty
+                break;
+            };
+            let slot = if e.kind != Kind::File {
+                Slot::Ready(e)
+            } else {
+                match prev.as_mut().and_then(|p| p.find(&e.path)) {
+                    Some(p)
+                        if unchanged(&p, &e) && !p.chunks.iter().any(|c| repair.contains(c)) =>
+                    {
+                        Counters::add(&counters.files_done, 1);
+                        Counters::add(&counters.bytes_done, e.size);
+                        Counters::add(&counters.chunks_reused, p.chunks.len() as u64);
+                        e.chunks = p.chunks;
+                        e.content_hash = p.content_hash;
+                        e.sparse = p.sparse || e.sparse;
+                        Slot::Ready(e)
+                    }
+                    _ => {
+                        let path = walk::join(root, &e.path);
+                        if let Some(q) = &queue {
+                            q.send(ReadJob { seq: next, path }).map_err(|_| {
+                                AgentError::State("the backup workers stopped".into())
+                            })?;
+                        }
+                        Slot::Reading(e)
+                    }
+                }
+            };
+            window.push_back(slot);
+            next += 1;
+        }
+        while matches!(window.front(), Some(Slot::Ready(_) | Slot::Dropped)) {
+            if let Some(Slot::Ready(e)) = window.pop_front() {
+                let lost_link = e.kind == Kind::Hardlink && dropped.contains(&e.target);
+                if !lost_link {
+                    sink.push(&e)?;
+                }
+            }
+            front += 1;
+        }
+        if window.is_empty() && queue.is_none() {
+            return Ok(warnings);
+        }
+        if matches!(window.front(), Some(Slot::Reading(_))) {
+            let (seq, outcome) = done
+                .recv()
+                .map_err(|_| AgentError::State("the backup workers stopped".into()))??;
+            let slot = &mut window[seq - front];
+            let Slot::Reading(e) = std::mem::replace(slot, Slot::Dropped) else {
+                return Err(AgentError::State(format!(
+                    "walk position {seq} was reported twice"
+                )));
+            };
+            match outcome {
+                FileOutcome::Read { chunks, hash, size } => {
+                    let mut e = e;
+                    e.chunks = chunks;
+                    e.content_hash = hash;
+                    e.size = size;
+                    *slot = Slot::Ready(e);
+                }
+                FileOutcome::Skipped { why } => {
+                    dropped.insert(e.path);
+                    warnings.push(why);
+                }
+            }
+        }
+    }
+}
+
+/// Adds the source's files and bytes to the job's totals (progress only): a walk of
+/// metadata beside the backup's own, which runs only a window ahead of the readers.
+fn count_totals(root: &std::path::Path, counters: &Counters) {
+    match walk::Walker::new(root) {
+        Ok((_, w)) => {
+            for e in w.without_xattrs() {
+                if e.kind == Kind::File {
+                    Counters::add(&counters.files_total, 1);
+                    Counters::add(&counters.bytes_total, e.size);
+                }
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "counting the source for progress"),
     }
 }
 
@@ -442,6 +577,10 @@ pub async fn backup_source(
 }
 
 /// Backs up a directory tree (a host path, or a volume's mountpoint) and commits it.
+///
+/// Three things run at once: the workers reading files (see [`Pipeline::read_files`]), a
+/// metadata walk that only counts (progress totals), and, on one blocking thread, the
+/// walk itself feeding the workers and the tree (see [`build_tree`]).
 async fn backup_dir(
     ctx: &BackupContext,
     source: &Source,
@@ -452,114 +591,71 @@ async fn backup_dir(
     let base = ctx.counters.baseline();
     let clock = std::time::Instant::now();
     let counters = ctx.counters.clone();
-    counters.set_phase(&format!("scanning {}", source.name));
-    let root = source.path.clone();
-    let walked = tokio::task::spawn_blocking(move || walk::scan(&root))
+    counters.set_phase(&format!("reading {}", source.name));
+    let root_path = source.path.clone();
+    let (root, mut walker) = tokio::task::spawn_blocking(move || walk::Walker::new(&root_path))
         .await
         .map_err(|e| AgentError::State(e.to_string()))??;
-    let mut warnings = walked.warnings;
-    let mut entries = walked.entries;
-
-    let state = ctx.state.clone();
-    let name = source.name.clone();
+    let totals = {
+        let (root, counters) = (source.path.clone(), counters.clone());
+        tokio::task::spawn_blocking(move || count_totals(&root, &counters))
+    };
     let prev = if ctx.full_reread {
         None
     } else {
-        tokio::task::spawn_blocking(move || load_cache(&state, &name))
+        let (state, name) = (ctx.state.clone(), source.name.clone());
+        tokio::task::spawn_blocking(move || cache::PrevTree::open(&state, &name))
             .await
-            .ok()
-            .flatten()
+            .map_err(|e| AgentError::State(e.to_string()))?
     };
-    let mut seen = HashSet::new();
-    let mut to_read = Vec::new();
-    {
-        let prev_files: HashMap<&[u8], &Entry> = prev
-            .as_ref()
-            .map(|(_, t)| {
-                t.entries
-                    .iter()
-                    .filter(|e| e.kind == Kind::File)
-                    .map(|e| (e.path.as_slice(), e))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if let Some((_, t)) = &prev {
-            seen.extend(t.chunk_ids().copied().filter(|id| !ctx.repair.contains(id)));
-        }
-        for (i, e) in entries
-            .iter_mut()
-            .enumerate()
-            .filter(|(_, e)| e.kind == Kind::File)
-        {
-            Counters::add(&counters.files_total, 1);
-            Counters::add(&counters.bytes_total, e.size);
-            match prev_files.get(e.path.as_slice()) {
-                Some(p) if unchanged(p, e) && !p.chunks.iter().any(|c| ctx.repair.contains(c)) => {
-                    e.chunks = p.chunks.clone();
-                    e.content_hash = p.content_hash;
-                    e.sparse = p.sparse || e.sparse;
-                    Counters::add(&counters.files_done, 1);
-                    Counters::add(&counters.bytes_done, e.size);
-                    Counters::add(&counters.chunks_reused, e.chunks.len() as u64);
-                }
-                _ => to_read.push((i, walk::join(&source.path, &e.path))),
-            }
-        }
-    }
+    let parent = prev.as_ref().map(|p| p.snapshot_id.clone());
+    let mut sink = cache::TreeSink::create(&ctx.state, &root)?;
 
-    tracing::info!(source = %source.name, entries = entries.len(), to_read = to_read.len(), elapsed_ms = clock.elapsed().as_millis() as u64, "scanned");
-    counters.set_phase(&format!("reading {}", source.name));
-    let pipeline = Arc::new(Pipeline::new(ctx, seen));
-    let queue = Arc::new(Mutex::new(to_read.into_iter()));
-    let handles: Vec<_> = (0..workers())
+    let pipeline = Arc::new(Pipeline::new(ctx));
+    let (queue_tx, queue_rx) = sync_mpsc::channel();
+    let (done_tx, done_rx) = sync_mpsc::channel();
+    let queue_rx = Arc::new(Mutex::new(queue_rx));
+    let workers: Vec<_> = (0..workers())
         .map(|i| {
-            let (p, q) = (pipeline.clone(), queue.clone());
-            tokio::task::spawn_blocking(move || p.work(&q, i))
+            let (p, q, d) = (pipeline.clone(), queue_rx.clone(), done_tx.clone());
+            tokio::task::spawn_blocking(move || p.work(&q, &d, i))
         })
         .collect();
-    let mut outcomes = Vec::new();
-    let mut failure = None;
-    for h in handles {
-        match h
-            .await
-            .map_err(|e| AgentError::State(format!("backup worker: {e}")))?
-        {
-            Ok(o) => outcomes.extend(o),
-            Err(e) => failure = failure.or(Some(e)),
-        }
-    }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-
-    // Apply what the workers read; drop files that could not be read (and hardlinks to them).
-    let mut dropped = HashSet::new();
-    for o in outcomes {
-        match o {
-            FileOutcome::Read {
-                index,
-                chunks,
-                hash,
-                size,
-            } => {
-                let e = &mut entries[index];
-                e.chunks = chunks;
-                e.content_hash = hash;
-                e.size = size;
-            }
-            FileOutcome::Skipped { index, why } => {
-                dropped.insert(entries[index].path.clone());
-                warnings.push(why);
-            }
-        }
-    }
-    let keep = |e: &Entry| {
-        let lost_link = e.kind == Kind::Hardlink && dropped.contains(&e.target);
-        !dropped.contains(&e.path) && !lost_link
+    drop(done_tx);
+    let (repair, src_root) = (ctx.repair.clone(), source.path.clone());
+    let built = {
+        let counters = counters.clone();
+        tokio::task::spawn_blocking(move || {
+            build_tree(
+                &mut walker,
+                &src_root,
+                prev,
+                &repair,
+                &counters,
+                queue_tx,
+                done_rx,
+                &mut sink,
+            )
+            .map(|warnings| (sink, warnings, walker.warnings))
+        })
     };
-    entries.retain(keep);
+    let built = built
+        .await
+        .map_err(|e| AgentError::State(format!("tree builder: {e}")));
+    // The queue is closed either way (the builder ended): the workers finish their
+    // uploads and stop.
+    for w in workers {
+        w.await
+            .map_err(|e| AgentError::State(format!("backup worker: {e}")))?;
+    }
+    let _ = totals.await;
+    let (sink, mut warnings, walk_warnings) = built??;
+    warnings.extend(walk_warnings);
+    let tree = tokio::task::spawn_blocking(move || sink.finish())
+        .await
+        .map_err(|e| AgentError::State(e.to_string()))??;
 
-    tracing::info!(source = %source.name, elapsed_ms = clock.elapsed().as_millis() as u64, "files read and uploaded");
+    tracing::info!(source = %source.name, files = tree.counts.files, elapsed_ms = clock.elapsed().as_millis() as u64, "files read and uploaded");
     commit(
         ctx,
         pipeline,
@@ -567,9 +663,8 @@ async fn backup_dir(
             source: source.name.clone(),
             kind: kind.into(),
             source_path: source.path.display().to_string(),
-            root: walked.root,
-            entries,
-            parent: prev.map(|(id, _)| id),
+            tree,
+            parent,
             started,
             warnings,
             image: None,
@@ -596,7 +691,7 @@ pub async fn backup_image(
     let info = engine.image(reference).await?;
     ctx.counters.set_phase(&format!("exporting {source}"));
     Counters::add(&ctx.counters.bytes_total, info.size);
-    let pipeline = Arc::new(Pipeline::new(ctx, HashSet::new()));
+    let pipeline = Arc::new(Pipeline::new(ctx));
     let (tx, rx) = mpsc::channel(8);
     let mut export = engine.export(&info.id);
     let pump = async move {
@@ -612,6 +707,16 @@ pub async fn backup_image(
     let entries = entries.map_err(|e| AgentError::State(format!("image reader: {e}")))??;
     let mut root = Entry::new(Vec::new(), Kind::Dir);
     root.mode = 0o755;
+    let state = ctx.state.clone();
+    let tree = tokio::task::spawn_blocking(move || {
+        let mut sink = cache::TreeSink::create(&state, &root)?;
+        for e in &entries {
+            sink.push(e)?;
+        }
+        sink.finish()
+    })
+    .await
+    .map_err(|e| AgentError::State(e.to_string()))??;
     let id = info.id.clone();
     commit(
         ctx,
@@ -620,8 +725,7 @@ pub async fn backup_image(
             source,
             kind: "image".into(),
             source_path: id,
-            root,
-            entries,
+            tree,
             parent: None,
             started,
             warnings: Vec::new(),
@@ -841,8 +945,7 @@ struct Commit {
     source: String,
     kind: String,
     source_path: String,
-    root: Entry,
-    entries: Vec<Entry>,
+    tree: cache::SerializedTree,
     parent: Option<String>,
     started: i64,
     warnings: Vec<String>,
@@ -866,8 +969,7 @@ async fn commit(
         source,
         kind,
         source_path,
-        root,
-        entries,
+        tree,
         parent,
         started,
         warnings,
@@ -877,55 +979,46 @@ async fn commit(
         base,
     } = c;
     counters.set_phase(&format!("committing {source}"));
-    let mut w = TreeWriter::new(&root);
-    for e in &entries {
-        w.push(e)?;
-    }
-    let tree_bytes = w.finish();
     let p = pipeline.clone();
-    // The tree goes to the blocking thread and comes back: one copy of it in memory (it
-    // grows with the source, the rest of the pipeline does not).
-    let (tree_chunks, tree_bytes) =
-        tokio::task::spawn_blocking(move || -> Result<(Vec<ChunkId>, Vec<u8>), AgentError> {
+    // The tree is chunked from its file like any other; it comes back to become the cache.
+    let (tree_chunks, tree) = tokio::task::spawn_blocking(
+        move || -> Result<(Vec<ChunkId>, cache::SerializedTree), AgentError> {
             let mut enc = Encoder::new(p.level)?;
             let (mut batch, mut n) = (Vec::new(), 0usize);
             let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
             let mut up = p.open_upload(0);
-            let (ids, _, _) = p.chunk_stream(
-                &tree_bytes[..],
+            let (ids, _, size) = p.chunk_stream(
+                tree.reader()?,
                 &mut buf,
                 &mut enc,
                 &mut batch,
                 &mut n,
                 &mut up,
             )?;
+            if size != tree.len {
+                return Err(AgentError::State(format!(
+                    "the tree file holds {size} bytes, {} were written",
+                    tree.len
+                )));
+            }
             p.flush(&mut enc, &mut batch, &mut up)?;
             up.finish(&p.rt)?;
-            Ok((ids, tree_bytes))
-        })
-        .await
-        .map_err(|e| AgentError::State(e.to_string()))??;
+            Ok((ids, tree))
+        },
+    )
+    .await
+    .map_err(|e| AgentError::State(e.to_string()))??;
     drop(pipeline);
 
     // A job's counters run across all its sources: this snapshot's share is the difference.
     let g = |a: &AtomicU64, base: u64| a.load(Ordering::Relaxed) - base;
     let stats = Stats {
-        files: entries.iter().filter(|e| e.kind == Kind::File).count() as u64,
-        dirs: entries.iter().filter(|e| e.kind == Kind::Dir).count() as u64,
-        other: entries
-            .iter()
-            .filter(|e| !matches!(e.kind, Kind::File | Kind::Dir))
-            .count() as u64,
-        bytes: entries
-            .iter()
-            .filter(|e| e.kind == Kind::File)
-            .map(|e| e.size)
-            .sum(),
         bytes_read: g(&counters.bytes_read, base.bytes_read),
         bytes_new: g(&counters.bytes_new, base.bytes_new),
         bytes_uploaded: g(&counters.bytes_uploaded, base.bytes_uploaded),
         chunks_new: g(&counters.chunks_new, base.chunks_new),
         chunks_reused: g(&counters.chunks_reused, base.chunks_reused),
+        ..tree.counts.clone()
     };
     let record = Record {
         version: RECORD_VERSION,
@@ -941,10 +1034,8 @@ async fn commit(
         finished_unix_ms: now_ms(),
         tree: TreeRef {
             chunks: tree_chunks.iter().map(|c| c.to_hex()).collect(),
-            size: tree_bytes.len() as u64,
-            hash: blake3::keyed_hash(ctx.state.chunk_key.as_bytes(), &tree_bytes)
-                .to_hex()
-                .to_string(),
+            size: tree.len,
+            hash: tree.hash.to_hex().to_string(),
         },
         stats: stats.clone(),
         image,
@@ -975,7 +1066,7 @@ async fn commit(
     if cache {
         let state = ctx.state.clone();
         let (name, id) = (source.clone(), reply.snapshot_id.clone());
-        tokio::task::spawn_blocking(move || save_cache(&state, &name, &id, &tree_bytes))
+        tokio::task::spawn_blocking(move || tree.keep_as_cache(&state, &name, &id))
             .await
             .map_err(|e| AgentError::State(e.to_string()))??;
     }

@@ -167,9 +167,7 @@ impl ChunkSource for Prefetched {
                     match self.rx.blocking_recv() {
                         Some(batch) => self.ready.extend(batch),
                         None => {
-                            return Err(fail(format!(
-                                "the chunk stream ended before chunk {id}"
-                            )));
+                            return Err(fail(format!("the chunk stream ended before chunk {id}")));
                         }
                     }
                 }

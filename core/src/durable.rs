@@ -10,9 +10,20 @@ use std::path::{Path, PathBuf};
 use crate::Result;
 use crate::error::IoContext;
 
-/// Removes the temp file unless the write completed.
-struct TempGuard {
+/// Removes a temp file when dropped, unless [`TempGuard::keep`] was called.
+pub struct TempGuard {
     path: Option<PathBuf>,
+}
+
+impl TempGuard {
+    pub fn new(path: PathBuf) -> Self {
+        TempGuard { path: Some(path) }
+    }
+
+    /// The file stays (it was renamed into place, or is wanted).
+    pub fn keep(mut self) {
+        self.path = None;
+    }
 }
 
 impl Drop for TempGuard {

@@ -240,7 +240,8 @@ pub fn read_blob(file: &File, offset: u64, length: u32) -> Result<Vec<u8>> {
         let n = rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at)
             .map_err(|e| Error::io(what(), e.into()))?;
         if n == 0 {
-            let early = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the pack ends early");
+            let early =
+                std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the pack ends early");
             return Err(Error::io(what(), early));
         }
     }

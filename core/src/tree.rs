@@ -211,8 +211,82 @@ impl TreeWriter {
         self.buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     }
 
+    /// The bytes serialized since the last call (the header first), for a caller that
+    /// streams the tree out instead of holding all of it.
+    pub fn take(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
+    /// Bytes buffered since the last [`TreeWriter::take`].
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     pub fn finish(self) -> Vec<u8> {
         self.buf
+    }
+}
+
+/// Reads a serialized tree entry by entry from `R`, so that a reader of a large tree holds
+/// one entry at a time. Each entry is checked as [`Tree::parse`] checks it alone (its
+/// fields, its path); the checks across entries (order, parents, duplicates) are the
+/// caller's.
+pub struct EntryReader<R> {
+    src: R,
+    buf: Vec<u8>,
+}
+
+impl<R: std::io::Read> EntryReader<R> {
+    /// Reads the header and the root entry.
+    pub fn new(mut src: R) -> Result<(Entry, Self)> {
+        let mut header = [0u8; 8];
+        src.read_exact(&mut header)
+            .map_err(|_| Error::CorruptTree("bad header".into()))?;
+        if &header != HEADER {
+            return Err(Error::CorruptTree("bad header".into()));
+        }
+        let mut r = EntryReader {
+            src,
+            buf: Vec::new(),
+        };
+        // The root's path is empty (and ignored), like `Tree::parse`'s.
+        let root = r
+            .read_entry()?
+            .ok_or_else(|| Error::CorruptTree("no root entry".into()))?;
+        Ok((root, r))
+    }
+
+    /// The next entry, or `None` at the end of the tree.
+    pub fn next_entry(&mut self) -> Result<Option<Entry>> {
+        let Some(e) = self.read_entry()? else {
+            return Ok(None);
+        };
+        validate_path(&e.path)?;
+        if e.kind == Kind::Hardlink {
+            validate_path(&e.target)?;
+        }
+        Ok(Some(e))
+    }
+
+    fn read_entry(&mut self) -> Result<Option<Entry>> {
+        let mut len = [0u8; 4];
+        match self.src.read(&mut len[..1]) {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            Err(e) => return Err(Error::io("reading a tree", e)),
+        }
+        self.src
+            .read_exact(&mut len[1..])
+            .map_err(|_| Error::CorruptTree("truncated entry".into()))?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_ENTRY_LEN {
+            return Err(Error::CorruptTree(format!("entry of {len} bytes")));
+        }
+        self.buf.resize(len, 0);
+        self.src
+            .read_exact(&mut self.buf)
+            .map_err(|_| Error::CorruptTree("truncated entry".into()))?;
+        Reader { b: &self.buf }.body(len).map(Some)
     }
 }
 
@@ -333,7 +407,12 @@ impl<'a> Reader<'a> {
         if len > MAX_ENTRY_LEN {
             return Err(Error::CorruptTree(format!("entry of {len} bytes")));
         }
-        let mut r = Reader { b: self.take(len)? };
+        Reader { b: self.take(len)? }.body(len).map(Some)
+    }
+
+    /// One entry's fields (`len` bytes, all of `self`).
+    fn body(mut self, len: usize) -> Result<Entry> {
+        let r = &mut self;
         let kind = Kind::from_u8(r.u8()?)?;
         let mut e = Entry::new(r.bytes()?, kind);
         e.mode = r.u32()?;
@@ -377,7 +456,7 @@ impl<'a> Reader<'a> {
                 e.mode
             )));
         }
-        Ok(Some(e))
+        Ok(e)
     }
 }
 
@@ -471,7 +550,62 @@ mod tests {
             root.mode = 0o755;
             let tree = Tree { root, entries };
             let bytes = tree.serialize().expect("serialize");
-            prop_assert_eq!(Tree::parse(&bytes).expect("parse"), tree);
+            prop_assert_eq!(Tree::parse(&bytes).expect("parse"), tree.clone());
+
+            // Streamed out in pieces and read back entry by entry: the same tree.
+            let mut w = TreeWriter::new(&tree.root);
+            let mut streamed = Vec::new();
+            for e in &tree.entries {
+                w.push(e).expect("push");
+                streamed.extend(w.take());
+            }
+            streamed.extend(w.finish());
+            prop_assert_eq!(&streamed, &bytes);
+            let (root, mut r) = EntryReader::new(&bytes[..]).expect("header");
+            prop_assert_eq!(&root, &tree.root);
+            let mut read = Vec::new();
+            while let Some(e) = r.next_entry().expect("entry") {
+                read.push(e);
+            }
+            prop_assert_eq!(read, tree.entries);
+        }
+    }
+
+    /// A stream cut inside an entry is an error, never a shorter tree; cut between
+    /// entries it reads as the entries before the cut (a stream cannot know more).
+    #[test]
+    fn a_stream_cut_inside_an_entry_is_an_error() {
+        let mut root = Entry::new(Vec::new(), Kind::Dir);
+        root.mode = 0o755;
+        let mut a = Entry::new(b"file".to_vec(), Kind::File);
+        a.chunks = vec![ChunkId([7; 32]); 3];
+        let b = Entry {
+            path: b"other".to_vec(),
+            ..a.clone()
+        };
+        let mut w = TreeWriter::new(&root);
+        let mut bytes = w.take();
+        let mut boundaries = vec![(bytes.len(), 0)];
+        for (n, e) in [&a, &b].into_iter().enumerate() {
+            w.push(e).expect("push");
+            bytes.extend(w.take());
+            boundaries.push((bytes.len(), n + 1));
+        }
+        for cut in 0..=bytes.len() {
+            let read = EntryReader::new(&bytes[..cut]).and_then(|(_, mut r)| {
+                let mut n = 0;
+                while r.next_entry()?.is_some() {
+                    n += 1;
+                }
+                Ok(n)
+            });
+            match boundaries.iter().find(|(at, _)| *at == cut) {
+                Some((_, n)) => assert_eq!(read.ok(), Some(*n), "cut at {cut}"),
+                None => assert!(
+                    matches!(read, Err(Error::CorruptTree(_))),
+                    "cut at {cut} read {read:?}"
+                ),
+            }
         }
     }
 }

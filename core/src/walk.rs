@@ -26,75 +26,68 @@ pub struct Walk {
     pub warnings: Vec<String>,
 }
 
-/// Walks `root` (which must be a directory).
+/// Walks `root` (which must be a directory) into a list. A backup streams the
+/// [`Walker`] instead, so that its memory does not grow with the source.
 pub fn scan(root: &Path) -> Result<Walk> {
-    let meta = fs::symlink_metadata(root).ctx(|| format!("reading source {}", root.display()))?;
-    if !meta.is_dir() {
-        return Err(crate::Error::io(
-            format!("source {}", root.display()),
-            std::io::Error::new(std::io::ErrorKind::NotADirectory, "is not a directory"),
-        ));
-    }
-    let mut root_entry = entry_from_meta(Vec::new(), &meta);
-    root_entry.xattrs = read_xattrs(root).unwrap_or_default();
-    let mut w = Walker {
-        entries: Vec::new(),
-        warnings: Vec::new(),
-        links: HashMap::new(),
-    };
-    w.walk_dir(root, &[])?;
+    let (root_entry, mut w) = Walker::new(root)?;
+    let entries = w.by_ref().collect();
     Ok(Walk {
         root: root_entry,
-        entries: w.entries,
+        entries,
         warnings: w.warnings,
     })
 }
 
-struct Walker {
-    entries: Vec<Entry>,
-    warnings: Vec<String>,
+/// The walk as an iterator: entries come out in tree order, one directory listing per
+/// level of depth held at a time.
+pub struct Walker {
+    /// The directories being listed, outermost first.
+    stack: Vec<Listing>,
+    /// The first path of every inode with several links seen so far.
     links: HashMap<(u64, u64), Vec<u8>>,
+    xattrs: bool,
+    /// Paths that could not be read, with the reason.
+    pub warnings: Vec<String>,
+}
+
+struct Listing {
+    dir: PathBuf,
+    rel: Vec<u8>,
+    names: std::vec::IntoIter<std::ffi::OsString>,
 }
 
 impl Walker {
-    fn walk_dir(&mut self, dir: &Path, rel: &[u8]) -> Result<()> {
-        let mut names: Vec<std::ffi::OsString> = match fs::read_dir(dir) {
-            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.file_name())).collect(),
-            Err(e) if rel.is_empty() => {
-                return Err(crate::Error::io(format!("listing {}", dir.display()), e));
-            }
-            Err(e) => {
-                self.warnings.push(format!("{}: {e}", dir.display()));
-                return Ok(());
-            }
-        };
-        names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        for name in names {
-            let path = dir.join(&name);
-            let mut rel_path = rel.to_vec();
-            if !rel_path.is_empty() {
-                rel_path.push(b'/');
-            }
-            rel_path.extend_from_slice(name.as_bytes());
-            let meta = match fs::symlink_metadata(&path) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.warnings.push(format!("{}: {e}", path.display()));
-                    continue;
-                }
-            };
-            match self.entry(&path, rel_path.clone(), &meta) {
-                Ok(e) => {
-                    let is_dir = e.kind == Kind::Dir;
-                    self.entries.push(e);
-                    if is_dir {
-                        self.walk_dir(&path, &rel_path)?;
-                    }
-                }
-                Err(e) => self.warnings.push(format!("{}: {e}", path.display())),
-            }
+    /// Starts a walk of `root` (which must be a directory): its own entry, and the walker
+    /// of everything below it.
+    pub fn new(root: &Path) -> Result<(Entry, Walker)> {
+        let meta =
+            fs::symlink_metadata(root).ctx(|| format!("reading source {}", root.display()))?;
+        if !meta.is_dir() {
+            return Err(crate::Error::io(
+                format!("source {}", root.display()),
+                std::io::Error::new(std::io::ErrorKind::NotADirectory, "is not a directory"),
+            ));
         }
-        Ok(())
+        let mut root_entry = entry_from_meta(Vec::new(), &meta);
+        root_entry.xattrs = read_xattrs(root).unwrap_or_default();
+        let names = list(root).ctx(|| format!("listing {}", root.display()))?;
+        let w = Walker {
+            stack: vec![Listing {
+                dir: root.to_path_buf(),
+                rel: Vec::new(),
+                names: names.into_iter(),
+            }],
+            links: HashMap::new(),
+            xattrs: true,
+            warnings: Vec::new(),
+        };
+        Ok((root_entry, w))
+    }
+
+    /// Leaves extended attributes unread (a walk that only counts).
+    pub fn without_xattrs(mut self) -> Self {
+        self.xattrs = false;
+        self
     }
 
     fn entry(&mut self, path: &Path, rel: Vec<u8>, meta: &Metadata) -> Result<Entry> {
@@ -115,9 +108,73 @@ impl Walker {
                 .into_os_string()
                 .into_vec();
         }
-        e.xattrs = read_xattrs(path)?;
+        if self.xattrs {
+            e.xattrs = read_xattrs(path)?;
+        }
         Ok(e)
     }
+}
+
+impl Iterator for Walker {
+    type Item = Entry;
+
+    /// The next entry in tree order. Paths that vanish or cannot be read are left out
+    /// (and noted in `warnings`); a directory that cannot be listed is kept, empty.
+    fn next(&mut self) -> Option<Entry> {
+        loop {
+            let top = self.stack.last_mut()?;
+            let Some(name) = top.names.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let path = top.dir.join(&name);
+            let mut rel = top.rel.clone();
+            if !rel.is_empty() {
+                rel.push(b'/');
+            }
+            rel.extend_from_slice(name.as_bytes());
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    self.warnings.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            let e = match self.entry(&path, rel, &meta) {
+                Ok(e) => e,
+                Err(e) => {
+                    self.warnings.push(format!("{}: {e}", path.display()));
+                    continue;
+                }
+            };
+            if e.kind == Kind::Dir {
+                match list(&path) {
+                    Ok(names) => self.stack.push(Listing {
+                        dir: path,
+                        rel: e.path.clone(),
+                        names: names.into_iter(),
+                    }),
+                    Err(err) => self.warnings.push(format!("{}: {err}", path.display())),
+                }
+            }
+            return Some(e);
+        }
+    }
+}
+
+/// A directory's names, sorted bytewise.
+fn list(dir: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
+    let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+/// The order of paths in a walk and in a tree: component by component, names compared
+/// bytewise, a directory before everything beneath it ("a", "a/b", "a.txt").
+pub fn tree_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    a.split(|&c| c == b'/').cmp(b.split(|&c| c == b'/'))
 }
 
 use std::os::unix::ffi::OsStringExt;
@@ -207,4 +264,40 @@ pub fn read_xattrs(path: &Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
 /// The absolute path of a walk entry.
 pub fn join(root: &Path, rel: &[u8]) -> PathBuf {
     root.join(OsStr::from_bytes(rel))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tree_order_is_the_walk_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for d in ["a", "a/b", "a-b", "ab"] {
+            fs::create_dir_all(dir.path().join(d)).expect("mkdir");
+        }
+        for f in ["a.txt", "a/b/c", "a/z", "a-b/x", "a0", "b"] {
+            fs::write(dir.path().join(f), b"x").expect("write");
+        }
+        let walked: Vec<Vec<u8>> = scan(dir.path())
+            .expect("scan")
+            .entries
+            .into_iter()
+            .map(|e| e.path)
+            .collect();
+        let expected: Vec<&[u8]> = vec![
+            b"a", b"a/b", b"a/b/c", b"a/z", b"a-b", b"a-b/x", b"a.txt", b"a0", b"ab", b"b",
+        ];
+        assert_eq!(walked, expected);
+        let mut sorted = walked.clone();
+        sorted.sort_by(|x, y| tree_order(x, y));
+        assert_eq!(
+            sorted, walked,
+            "tree_order sorts paths as the walk emits them"
+        );
+        // Bytewise order of full paths differs: "a-b" < "a.txt" < "a/b".
+        let mut bytewise = walked.clone();
+        bytewise.sort();
+        assert_ne!(bytewise, walked);
+    }
 }

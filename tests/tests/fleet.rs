@@ -294,3 +294,73 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(!stderr.contains("panicked"), "lifeboat {args:?}: {stderr}");
     }
 }
+
+/// A backup streams its tree: more entries than its window (4096) of files waiting for the
+/// tree, a large file at the front holding that window while the small ones behind it are
+/// read, and names whose tree order ("d", "d/…", "d-x", "d.txt") is not their bytewise
+/// order as full paths. The snapshot holds every entry in place; a second backup after
+/// one small change and one removal finds every other file in the previous tree and
+/// reads only the changed one.
+#[test]
+fn a_source_larger_than_the_backup_window_streams_in_tree_order() {
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    let mut rng = Rng::new(4096);
+    std::fs::create_dir_all(src.join("0-big")).expect("mkdir");
+    std::fs::write(src.join("0-big/first.bin"), rng.bytes(24 << 20)).expect("write");
+    for d in 0..6 {
+        for name in [format!("d{d}"), format!("d{d}/sub")] {
+            std::fs::create_dir_all(src.join(name)).expect("mkdir");
+        }
+        for i in 0..900 {
+            std::fs::write(src.join(format!("d{d}/f{i:04}")), rng.bytes(64 + i)).expect("write");
+            std::fs::write(src.join(format!("d{d}/sub/g{i:04}")), rng.bytes(32 + i))
+                .expect("write");
+        }
+        std::fs::write(src.join(format!("d{d}-x")), rng.bytes(100)).expect("write");
+        std::fs::write(src.join(format!("d{d}.txt")), rng.bytes(100)).expect("write");
+    }
+    let files = 1 + 6 * (2 * 900 + 2);
+    let day1 = tree::manifest(&src);
+
+    let a = fleet.enroll("many");
+    let target = fleet.path("restore");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[target.as_path()]);
+    let (ok, job) = fleet.job(&["backup", "many", "--source", "data"]);
+    assert!(ok, "backup failed: {job}\n{}", fleet.agent_log("many"));
+    assert_eq!(job["progress"]["files_total"], files, "{job}");
+    assert_eq!(job["progress"]["files_done"], files, "{job}");
+    let s1 = fleet
+        .cli_json(&["snapshots", "--agent", "many"])
+        .as_array()
+        .expect("array")[0]
+        .clone();
+    assert_eq!(s1["files"], files, "{s1}");
+
+    // One small file changes and one goes, where tree order is not bytewise order: the
+    // previous tree's "d3/sub/g0899" must be passed over to find "d3-x" after it.
+    std::fs::write(src.join("d3.txt"), rng.bytes(333)).expect("write");
+    std::fs::remove_file(src.join("d3/sub/g0899")).expect("remove");
+    let day2 = tree::manifest(&src);
+    let s2 = fleet.backup("many", "data");
+    assert_eq!(s2["parent"], s1["id"]);
+    assert_eq!(s2["files"], files - 1, "{s2}");
+    assert_eq!(
+        s2["bytes_read"], 333,
+        "only the changed file is read again: {s2}"
+    );
+
+    for (snap, want) in [(&s1, &day1), (&s2, &day2)] {
+        let to = target.join(snap["id"].as_str().expect("id"));
+        let (ok, job) = fleet.job(&[
+            "restore",
+            snap["id"].as_str().expect("id"),
+            "--agent",
+            "many",
+            "--to",
+            to.to_str().expect("utf8"),
+        ]);
+        assert!(ok, "restore failed: {job}\n{}", fleet.agent_log("many"));
+        tree::assert_same(want, &to);
+    }
+}
