@@ -25,8 +25,11 @@ use crate::docker::Engine;
 use crate::state::AgentState;
 use crate::{AgentError, absolute_clean};
 
-/// Chunk ids per `GetChunks` request; the next request is open while one is read.
-const FETCH_IDS: usize = 128;
+/// A `GetChunks` request asks for chunks until their estimated size reaches
+/// [`FETCH_BYTES`] or it names [`FETCH_IDS`] of them (a run of small files goes in a few
+/// requests, not one per 128 chunks); the next request is open while one is read.
+const FETCH_BYTES: u64 = 64 << 20;
+const FETCH_IDS: usize = 1024;
 /// `GetChunks` requests open at once, each on its own connection (see the session's bulk
 /// connections): the controller's reads and both sides' TLS run on two cores.
 pub(crate) const FETCH_STREAMS: usize = 2;
@@ -66,14 +69,25 @@ impl Prefetched {
         clients: Vec<Client>,
         job_id: String,
         key: ChunkKey,
-        order: Vec<ChunkId>,
+        order: Vec<(ChunkId, u64)>,
     ) -> Prefetched {
         let (tx, rx) = mpsc::channel(PREFETCH_QUEUE);
         let (msg_tx, msg_rx) = mpsc::channel::<Result<Vec<pb::ChunkBlob>, String>>(DECODE_DEPTH);
         let fetched = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let count = fetched.clone();
         tokio::spawn(async move {
-            let requests: Vec<Vec<ChunkId>> = order.chunks(FETCH_IDS).map(<[_]>::to_vec).collect();
+            let mut requests: Vec<Vec<ChunkId>> = Vec::new();
+            let mut bytes = FETCH_BYTES;
+            for (id, size) in order {
+                if bytes >= FETCH_BYTES || requests.last().is_none_or(|r| r.len() >= FETCH_IDS) {
+                    requests.push(Vec::new());
+                    bytes = 0;
+                }
+                bytes += size;
+                if let Some(r) = requests.last_mut() {
+                    r.push(id);
+                }
+            }
             let mut streams = futures::stream::iter(requests.into_iter().enumerate())
                 .map(|(i, ids)| {
                     let mut client = clients[i % clients.len()].clone();
@@ -549,11 +563,16 @@ async fn restore_into(
     };
     counters.set_phase("restoring");
 
-    let order: Vec<ChunkId> = tree
+    // Each chunk with its estimated size (the file's size over its chunks), so that
+    // requests can be cut by bytes.
+    let order: Vec<(ChunkId, u64)> = tree
         .entries
         .iter()
         .filter(|e| e.kind == Kind::File && !same.contains(&e.path))
-        .flat_map(|e| e.chunks.iter().copied())
+        .flat_map(|e| {
+            let each = e.size / e.chunks.len().max(1) as u64;
+            e.chunks.iter().map(move |id| (*id, each))
+        })
         .collect();
     let clients = if bulk.is_empty() { vec![client] } else { bulk };
     let source = Prefetched::start(clients, job_id.to_string(), state.chunk_key.clone(), order);

@@ -662,8 +662,12 @@ impl Restorer<'_> {
                 path: e.display_path(),
             });
         }
-        file.set_len(offset)
-            .ctx(|| format!("sizing {}", e.display_path()))?;
+        if e.sparse {
+            // A trailing hole was skipped, not written. (A file that is not sparse was
+            // created empty and written to its end: its length is right already.)
+            file.set_len(offset)
+                .ctx(|| format!("sizing {}", e.display_path()))?;
+        }
         Ok(())
     }
 
