@@ -306,20 +306,12 @@ impl Tree {
     /// Parses and validates a serialized tree. Every path is checked with [`validate_path`]
     /// and every entry's parent must be a directory that came before it.
     pub fn parse(bytes: &[u8]) -> Result<Tree> {
-        if bytes.len() < HEADER.len() || &bytes[..HEADER.len()] != HEADER {
-            return Err(Error::CorruptTree("bad header".into()));
-        }
-        let mut r = Reader {
-            b: &bytes[HEADER.len()..],
-        };
-        let root = r
-            .entry()?
-            .ok_or_else(|| Error::CorruptTree("no root entry".into()))?;
+        let (root, mut r) = EntryReader::new(bytes)?;
         let mut entries = Vec::new();
         let mut dirs = std::collections::HashSet::new();
         let mut paths = std::collections::HashSet::new();
-        while let Some(e) = r.entry()? {
-            validate_path(&e.path)?;
+        // Each entry's own checks (fields, paths) are the reader's; these are across entries.
+        while let Some(e) = r.next_entry()? {
             if let Some(pos) = e.path.iter().rposition(|&c| c == b'/')
                 && !dirs.contains(&e.path[..pos])
             {
@@ -328,14 +320,11 @@ impl Tree {
                     e.display_path()
                 )));
             }
-            if e.kind == Kind::Hardlink {
-                validate_path(&e.target)?;
-                if !paths.contains(e.target.as_slice()) {
-                    return Err(Error::CorruptTree(format!(
-                        "hardlink {:?} points at a path not seen before it",
-                        e.display_path()
-                    )));
-                }
+            if e.kind == Kind::Hardlink && !paths.contains(e.target.as_slice()) {
+                return Err(Error::CorruptTree(format!(
+                    "hardlink {:?} points at a path not seen before it",
+                    e.display_path()
+                )));
             }
             if !paths.insert(e.path.clone()) {
                 return Err(Error::CorruptTree(format!(
@@ -397,17 +386,6 @@ impl<'a> Reader<'a> {
     fn bytes(&mut self) -> Result<Vec<u8>> {
         let n = self.u32()? as usize;
         Ok(self.take(n)?.to_vec())
-    }
-
-    fn entry(&mut self) -> Result<Option<Entry>> {
-        if self.b.is_empty() {
-            return Ok(None);
-        }
-        let len = self.u32()? as usize;
-        if len > MAX_ENTRY_LEN {
-            return Err(Error::CorruptTree(format!("entry of {len} bytes")));
-        }
-        Reader { b: self.take(len)? }.body(len).map(Some)
     }
 
     /// One entry's fields (`len` bytes, all of `self`).

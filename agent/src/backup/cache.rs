@@ -14,7 +14,7 @@
 use std::cmp::Ordering;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use lifeboat_core::durable::{self, TempGuard};
@@ -57,9 +57,11 @@ impl TreeSink {
     pub fn create(state: &AgentState, root: &Entry) -> Result<TreeSink, AgentError> {
         let dir = state.dir.join("cache");
         let path = durable::temp_path(&dir, "tree");
+        // Owner-only, as every file of the agent's state (the tree names every path).
         let file = File::options()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| AgentError::State(format!("creating {}: {e}", path.display())))?;
         let guard = TempGuard::new(path.clone());
