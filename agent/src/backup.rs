@@ -3,10 +3,12 @@
 //!
 //! The CPU work runs on blocking threads, one worker per core. Each worker takes whole
 //! files, cuts them with FastCDC and names each chunk (keyed BLAKE3; the file's content
-//! hash is derived from its chunk ids, not from a second pass over the bytes); chunks the backup has not seen yet are batched (at most [`BATCH_BYTES`]),
-//! the controller is asked which of them it lacks, and only those are compressed and
-//! sent into the worker's own bounded upload stream. Files whose size, mtime, ctime and
-//! inode match the previous snapshot of the source are not read at all.
+//! hash is derived from its chunk ids, not from a second pass over the bytes). Chunks the
+//! backup has not seen yet are batched (at most [`BATCH_BYTES`]) and the controller is
+//! asked which of them it lacks; while it answers, the worker chunks the next batch
+//! ([`Lane`]). Only the missing chunks are compressed and sent into the worker's own
+//! bounded upload stream. Files whose size, mtime, ctime and inode match the previous
+//! snapshot of the source are not read at all.
 //!
 //! The walk feeds the workers and the tree as it goes ([`build_tree`]): entries wait in
 //! a window of [`WINDOW`] until their files are read, then go to a tree file on disk
@@ -35,9 +37,10 @@ use crate::docker::Engine;
 use crate::state::AgentState;
 use crate::{AgentError, Source, now_ms};
 
-/// Plaintext bytes a worker gathers before asking which chunks are missing (with the
-/// chunker's buffer and the upload queue, most of a worker's memory).
-const BATCH_BYTES: usize = 8 << 20;
+/// Plaintext bytes a worker gathers before asking which chunks are missing. A worker
+/// holds two batches (one filling, one waiting for its answer): with the chunker's buffer
+/// and the upload queue, most of a worker's memory.
+const BATCH_BYTES: usize = 4 << 20;
 const BATCH_CHUNKS: usize = 1024;
 /// Encoded chunks in flight to the controller.
 const UPLOAD_QUEUE: usize = 8;
@@ -252,6 +255,25 @@ impl Upload {
     }
 }
 
+/// What one worker needs to chunk and upload: its encoder, its read buffer, the batch it
+/// is filling, the batch whose missing-chunk question is in flight, and its upload stream.
+/// Asking about one batch while chunking the next keeps the worker busy through the
+/// round trip, for one more batch of memory.
+struct Lane {
+    enc: Encoder,
+    buf: Vec<u8>,
+    filling: Vec<(ChunkId, Chunk)>,
+    filling_bytes: usize,
+    asked: Option<Asked>,
+    up: Upload,
+}
+
+/// A batch of chunks and the controller's pending answer: which of them it lacks.
+struct Asked {
+    batch: Vec<(ChunkId, Chunk)>,
+    answer: tokio::task::JoinHandle<Result<Vec<ChunkId>, AgentError>>,
+}
+
 impl Pipeline {
     /// A pipeline for one source.
     fn new(ctx: &BackupContext) -> Pipeline {
@@ -290,33 +312,56 @@ impl Pipeline {
         }
     }
 
-    /// Asks which of `batch` the store lacks, then compresses and queues only those.
-    fn flush(
-        &self,
-        enc: &mut Encoder,
-        batch: &mut Vec<(ChunkId, Chunk)>,
-        up: &mut Upload,
-    ) -> Result<(), AgentError> {
-        if batch.is_empty() {
+    /// One worker's lane to the controller (see [`Lane`]).
+    fn lane(&self, worker: usize) -> Result<Lane, AgentError> {
+        Ok(Lane {
+            enc: Encoder::new(self.level)?,
+            buf: vec![0u8; lifeboat_core::chunker::BUFFER_LEN],
+            filling: Vec::new(),
+            filling_bytes: 0,
+            asked: None,
+            up: self.open_upload(worker),
+        })
+    }
+
+    /// Asks the controller which chunks of the lane's filling batch it lacks, without
+    /// waiting for the answer; then uploads what the previous batch's answer named.
+    fn ask(&self, lane: &mut Lane) -> Result<(), AgentError> {
+        if lane.filling.is_empty() {
             return Ok(());
         }
+        let batch = std::mem::take(&mut lane.filling);
+        lane.filling_bytes = 0;
         let ids: Vec<ChunkId> = batch.iter().map(|(id, _)| *id).collect();
-        let mut client = up.client.clone();
+        let mut client = lane.up.client.clone();
+        let answer = self
+            .rt
+            .spawn(async move { client::missing(&mut client, &ids).await });
+        match lane.asked.replace(Asked { batch, answer }) {
+            Some(previous) => self.upload_missing(previous, lane),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits for the answer about `asked`, then compresses and queues only the chunks the
+    /// controller lacks.
+    fn upload_missing(&self, asked: Asked, lane: &mut Lane) -> Result<(), AgentError> {
         let missing: HashSet<ChunkId> = self
             .rt
-            .block_on(client::missing(&mut client, &ids))?
+            .block_on(asked.answer)
+            .map_err(|e| AgentError::State(format!("missing-chunks query: {e}")))??
             .into_iter()
             .collect();
-        for (id, data) in batch.drain(..) {
+        for (id, data) in asked.batch {
             if !missing.contains(&id) {
                 Counters::add(&self.counters.chunks_reused, 1);
                 continue;
             }
             Counters::add(&self.counters.chunks_new, 1);
             Counters::add(&self.counters.bytes_new, data.len() as u64);
-            let blob = enc.encode_chunk(data)?;
+            let blob = lane.enc.encode_chunk(data)?;
             Counters::add(&self.counters.bytes_uploaded, blob.len() as u64);
-            up.send(pb::ChunkBlob {
+            lane.up.send(pb::ChunkBlob {
                 id: id.as_bytes().to_vec(),
                 blob: blob.into(),
             })?;
@@ -324,15 +369,35 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Chunks `data`-producing reader `src`, queueing new chunks; returns ids, hash, size.
+    /// Uploads everything left in the lane, ends its stream and waits for the
+    /// controller's verdict. Blocking.
+    fn finish(&self, mut lane: Lane) -> Result<(), AgentError> {
+        self.ask(&mut lane)?;
+        if let Some(last) = lane.asked.take() {
+            self.upload_missing(last, &mut lane)?;
+        }
+        lane.up.finish(&self.rt)
+    }
+
+    /// Chunks the bytes `src` produces, queueing new chunks on `lane`; returns the
+    /// chunk ids, the content hash and the size.
     fn chunk_stream(
         &self,
         src: impl std::io::Read,
+        lane: &mut Lane,
+    ) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {
+        // The chunker borrows the lane's buffer while chunks go to the rest of the lane.
+        let mut buf = std::mem::take(&mut lane.buf);
+        let chunked = self.chunk_with(src, &mut buf, lane);
+        lane.buf = buf;
+        chunked
+    }
+
+    fn chunk_with(
+        &self,
+        src: impl std::io::Read,
         buf: &mut Vec<u8>,
-        enc: &mut Encoder,
-        batch: &mut Vec<(ChunkId, Chunk)>,
-        batch_bytes: &mut usize,
-        up: &mut Upload,
+        lane: &mut Lane,
     ) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {
         let mut ids = Vec::new();
         let mut size = 0u64;
@@ -353,11 +418,10 @@ impl Pipeline {
                 })
                 .unwrap_or(true);
             if fresh {
-                *batch_bytes += data.len();
-                batch.push((id, data));
-                if *batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_CHUNKS {
-                    self.flush(enc, batch, up)?;
-                    *batch_bytes = 0;
+                lane.filling_bytes += data.len();
+                lane.filling.push((id, data));
+                if lane.filling_bytes >= BATCH_BYTES || lane.filling.len() >= BATCH_CHUNKS {
+                    self.ask(lane)?;
                 }
             } else {
                 Counters::add(&self.counters.chunks_reused, 1);
@@ -393,36 +457,23 @@ impl Pipeline {
         done: &sync_mpsc::Sender<Done>,
         worker: usize,
     ) -> Result<(), AgentError> {
-        let mut enc = Encoder::new(self.level)?;
-        let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
-        let mut batch = Vec::new();
-        let mut batch_bytes = 0usize;
-        let mut up = self.open_upload(worker);
+        let mut lane = self.lane(worker)?;
         loop {
             let next = queue.lock().ok().and_then(|q| q.recv().ok());
             let Some(ReadJob { seq, path }) = next else {
                 break;
             };
             let outcome = match std::fs::File::open(&path) {
-                Ok(f) => {
-                    match self.chunk_stream(
-                        f,
-                        &mut buf,
-                        &mut enc,
-                        &mut batch,
-                        &mut batch_bytes,
-                        &mut up,
-                    ) {
-                        Ok((chunks, hash, size)) => {
-                            Counters::add(&self.counters.bytes_read, size);
-                            FileOutcome::Read { chunks, hash, size }
-                        }
-                        Err(AgentError::Core(e)) if e.retryable() => FileOutcome::Skipped {
-                            why: format!("{}: {e}", path.display()),
-                        },
-                        Err(e) => return Err(e),
+                Ok(f) => match self.chunk_stream(f, &mut lane) {
+                    Ok((chunks, hash, size)) => {
+                        Counters::add(&self.counters.bytes_read, size);
+                        FileOutcome::Read { chunks, hash, size }
                     }
-                }
+                    Err(AgentError::Core(e)) if e.retryable() => FileOutcome::Skipped {
+                        why: format!("{}: {e}", path.display()),
+                    },
+                    Err(e) => return Err(e),
+                },
                 Err(e) => FileOutcome::Skipped {
                     why: format!("{}: {e}", path.display()),
                 },
@@ -432,9 +483,7 @@ impl Pipeline {
                 break; // the backup stopped
             }
         }
-        self.flush(&mut enc, &mut batch, &mut up)?;
-        up.finish(&self.rt)?;
-        Ok(())
+        self.finish(lane)
     }
 }
 
@@ -743,10 +792,7 @@ pub async fn backup_image(
 fn read_archive(p: &Pipeline, reader: impl std::io::Read) -> Result<Vec<Entry>, AgentError> {
     let bad = |what: String| AgentError::State(format!("image archive: {what}"));
     let mut archive = tar::Archive::new(reader);
-    let mut enc = Encoder::new(p.level)?;
-    let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
-    let (mut batch, mut batch_bytes) = (Vec::new(), 0usize);
-    let mut up = p.open_upload(0);
+    let mut lane = p.lane(0)?;
     let mut entries: Vec<Entry> = Vec::new();
     let mut dirs: HashMap<Vec<u8>, usize> = HashMap::new();
     for member in archive.entries().map_err(|e| bad(e.to_string()))? {
@@ -800,14 +846,7 @@ fn read_archive(p: &Pipeline, reader: impl std::io::Read) -> Result<Vec<Entry>, 
                 dirs.insert(path, entries.len());
             }
             Kind::File => {
-                let (chunks, hash, size) = p.chunk_stream(
-                    &mut m,
-                    &mut buf,
-                    &mut enc,
-                    &mut batch,
-                    &mut batch_bytes,
-                    &mut up,
-                )?;
+                let (chunks, hash, size) = p.chunk_stream(&mut m, &mut lane)?;
                 e.chunks = chunks;
                 e.content_hash = hash;
                 e.size = size;
@@ -830,8 +869,7 @@ fn read_archive(p: &Pipeline, reader: impl std::io::Read) -> Result<Vec<Entry>, 
         }
         entries.push(e);
     }
-    p.flush(&mut enc, &mut batch, &mut up)?;
-    up.finish(&p.rt)?;
+    p.finish(lane)?;
     Ok(entries)
 }
 
@@ -983,26 +1021,15 @@ async fn commit(
     // The tree is chunked from its file like any other; it comes back to become the cache.
     let (tree_chunks, tree) = tokio::task::spawn_blocking(
         move || -> Result<(Vec<ChunkId>, cache::SerializedTree), AgentError> {
-            let mut enc = Encoder::new(p.level)?;
-            let (mut batch, mut n) = (Vec::new(), 0usize);
-            let mut buf = vec![0u8; lifeboat_core::chunker::BUFFER_LEN];
-            let mut up = p.open_upload(0);
-            let (ids, _, size) = p.chunk_stream(
-                tree.reader()?,
-                &mut buf,
-                &mut enc,
-                &mut batch,
-                &mut n,
-                &mut up,
-            )?;
+            let mut lane = p.lane(0)?;
+            let (ids, _, size) = p.chunk_stream(tree.reader()?, &mut lane)?;
             if size != tree.len {
                 return Err(AgentError::State(format!(
                     "the tree file holds {size} bytes, {} were written",
                     tree.len
                 )));
             }
-            p.flush(&mut enc, &mut batch, &mut up)?;
-            up.finish(&p.rt)?;
+            p.finish(lane)?;
             Ok((ids, tree))
         },
     )

@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::catalog::SnapshotRow;
 use crate::error::ApiError;
+use crate::store::PutSummary;
 use crate::{Controller, auth, now_ms};
 
 pub struct AgentService(pub Arc<Controller>);
@@ -152,7 +153,22 @@ impl AgentApi for AgentService {
         let agent = auth::agent(&req)?;
         let mut stream = req.into_inner();
         let mut reply = pb::PutChunksReply::default();
-        while let Some(batch) = stream.message().await? {
+        // One message is verified and appended (on a blocking thread) while the next one
+        // is received and decoded; messages are still stored one after another, in order.
+        let mut storing: Option<tokio::task::JoinHandle<Result<PutSummary, ApiError>>> = None;
+        loop {
+            let next = stream.message().await;
+            if let Some(previous) = storing.take() {
+                let sum = previous.await.map_err(ApiError::from)?.inspect_err(|e| {
+                    tracing::warn!(agent = %agent.name, error = %e, "chunk upload refused");
+                })?;
+                reply.stored += sum.stored;
+                reply.duplicate += sum.duplicate;
+                reply.bytes_stored += sum.bytes_stored;
+            }
+            let Some(batch) = next? else {
+                break;
+            };
             // A revocation stops an upload that is already streaming.
             if self
                 .0
@@ -167,34 +183,14 @@ impl AgentApi for AgentService {
                 .into());
             }
             let ctl = self.0.clone();
-            // One blocking hop per message: verify and append every chunk in it.
-            let res =
-                tokio::task::spawn_blocking(move || -> Result<pb::PutChunksReply, ApiError> {
-                    let chunks = batch
-                        .chunks
-                        .iter()
-                        .map(|c| Ok((ChunkId::from_slice(&c.id)?, &c.blob[..])))
-                        .collect::<Result<Vec<_>, ApiError>>()?;
-                    let sum = ctl.store.put_batch(&chunks)?;
-                    Ok(pb::PutChunksReply {
-                        stored: sum.stored,
-                        duplicate: sum.duplicate,
-                        bytes_stored: sum.bytes_stored,
-                    })
-                })
-                .await
-                .map_err(ApiError::from)?;
-            match res {
-                Ok(r) => {
-                    reply.stored += r.stored;
-                    reply.duplicate += r.duplicate;
-                    reply.bytes_stored += r.bytes_stored;
-                }
-                Err(e) => {
-                    tracing::warn!(agent = %agent.name, error = %e, "chunk upload refused");
-                    return Err(e.into());
-                }
-            }
+            storing = Some(tokio::task::spawn_blocking(move || {
+                let chunks = batch
+                    .chunks
+                    .iter()
+                    .map(|c| Ok((ChunkId::from_slice(&c.id)?, &c.blob[..])))
+                    .collect::<Result<Vec<_>, ApiError>>()?;
+                ctl.store.put_batch(&chunks)
+            }));
         }
         Ok(Response::new(reply))
     }
