@@ -174,8 +174,6 @@ struct Pipeline {
     limit: Option<Arc<RateLimit>>,
 }
 
-/// One upload stream to the controller. Each worker has its own, so the controller
-/// verifies the workers' chunks in parallel.
 /// Paces uploads to a rate shared by all of a job's workers (a policy's `bandwidth`).
 pub struct RateLimit {
     bytes_per_sec: u64,
@@ -207,6 +205,8 @@ impl RateLimit {
     }
 }
 
+/// One upload stream to the controller. Each worker has its own, so the controller
+/// verifies the workers' chunks in parallel.
 struct Upload {
     /// The connection this upload runs on; the worker asks it which chunks are missing.
     client: Client,
@@ -393,6 +393,7 @@ impl Pipeline {
         chunked
     }
 
+    /// [`Pipeline::chunk_stream`] with the buffer taken out of the lane.
     fn chunk_with(
         &self,
         src: impl std::io::Read,
