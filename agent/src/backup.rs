@@ -212,7 +212,10 @@ struct Upload {
     client: Client,
     tx: mpsc::Sender<pb::ChunkBatch>,
     limit: Option<Arc<RateLimit>>,
-    task: tokio::task::JoinHandle<Result<tonic::Response<pb::PutChunksReply>, tonic::Status>>,
+    rt: tokio::runtime::Handle,
+    /// The stream's call; taken once its verdict was read.
+    task:
+        Option<tokio::task::JoinHandle<Result<tonic::Response<pb::PutChunksReply>, tonic::Status>>>,
     /// Chunks gathered into the next message.
     pending: Vec<pb::ChunkBlob>,
     pending_bytes: usize,
@@ -240,18 +243,36 @@ impl Upload {
         }
         self.pending_bytes = 0;
         let chunks = std::mem::take(&mut self.pending);
-        self.tx
-            .blocking_send(pb::ChunkBatch { chunks })
-            .map_err(|_| AgentError::Rpc("the upload stream to the controller closed".into()))
+        if self.tx.blocking_send(pb::ChunkBatch { chunks }).is_err() {
+            // The controller ended the stream: its status says why (a full store, a
+            // refused chunk, a revocation).
+            return Err(match self.verdict() {
+                Err(e) => e,
+                Ok(()) => AgentError::Rpc(
+                    "the controller ended the upload stream before it was finished".into(),
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Waits for the stream's call to end and returns how it ended. Blocking.
+    fn verdict(&mut self) -> Result<(), AgentError> {
+        let task = self.task.take().ok_or_else(|| {
+            AgentError::Rpc("the upload stream to the controller had already failed".into())
+        })?;
+        self.rt
+            .block_on(task)
+            .map_err(|e| AgentError::State(format!("upload task: {e}")))??;
+        Ok(())
     }
 
     /// Ends the stream and waits for the controller's verdict. Blocking.
-    fn finish(mut self, rt: &tokio::runtime::Handle) -> Result<(), AgentError> {
+    fn finish(mut self) -> Result<(), AgentError> {
         self.send_pending()?;
-        drop(self.tx);
-        rt.block_on(self.task)
-            .map_err(|e| AgentError::State(format!("upload task: {e}")))??;
-        Ok(())
+        // Dropping the sender ends the stream.
+        drop(std::mem::replace(&mut self.tx, mpsc::channel(1).0));
+        self.verdict()
     }
 }
 
@@ -306,7 +327,8 @@ impl Pipeline {
             client,
             tx,
             limit: self.limit.clone(),
-            task,
+            rt: self.rt.clone(),
+            task: Some(task),
             pending: Vec::new(),
             pending_bytes: 0,
         }
@@ -376,7 +398,7 @@ impl Pipeline {
         if let Some(last) = lane.asked.take() {
             self.upload_missing(last, &mut lane)?;
         }
-        lane.up.finish(&self.rt)
+        lane.up.finish()
     }
 
     /// Chunks the bytes `src` produces, queueing new chunks on `lane`; returns the

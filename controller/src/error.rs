@@ -18,6 +18,9 @@ pub enum ApiError {
     FailedPrecondition(String),
     #[error("{0}")]
     Unavailable(String),
+    /// A disk the controller writes to is full.
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -30,6 +33,11 @@ impl ApiError {
 
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            return ApiError::ResourceExhausted(format!(
+                "the catalog's disk is full ({e}): free space on the controller's data directory, then try again"
+            ));
+        }
         ApiError::Internal(format!("catalog: {e}"))
     }
 }
@@ -37,6 +45,11 @@ impl From<rusqlite::Error> for ApiError {
 impl From<lifeboat_core::Error> for ApiError {
     fn from(e: lifeboat_core::Error) -> Self {
         use lifeboat_core::Error as E;
+        if e.is_disk_full() {
+            return ApiError::ResourceExhausted(format!(
+                "the store is full ({e}): free space where the controller keeps its store (or let GC reclaim unreferenced packs), then back up again"
+            ));
+        }
         match e {
             E::InvalidChunkId(_)
             | E::ChunkMismatch { .. }
@@ -70,6 +83,7 @@ impl From<ApiError> for Status {
             ApiError::Unauthenticated(_) => Status::unauthenticated(msg),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ApiError::Unavailable(_) => Status::unavailable(msg),
+            ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
             ApiError::Internal(_) => Status::internal(msg),
         }
     }

@@ -198,7 +198,17 @@ impl Store {
                 .writer
                 .as_mut()
                 .ok_or_else(|| ApiError::internal("open pack vanished"))?;
-            writer.add(*id, blob)?;
+            if let Err(e) = writer.add(*id, blob) {
+                // The pack's offsets can no longer be trusted (see PackWriter): drop it
+                // and forget its chunks. They were never indexed, so no snapshot counts
+                // on them; backups that uploaded them find them missing at commit.
+                if let Some(broken) = open.writer.take() {
+                    broken.discard();
+                }
+                let lost = std::mem::take(&mut open.pending);
+                tracing::error!(error = %e, chunks = lost.len(), "writing the open pack failed; it was discarded");
+                return Err(e.into());
+            }
             let full = writer.size() >= pack::TARGET_SIZE;
             open.pending.insert(*id);
             sum.stored += 1;

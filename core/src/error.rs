@@ -52,6 +52,17 @@ impl Error {
         }
     }
 
+    /// Whether this is a write that found its filesystem full (or over quota).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => {
+                source.kind() == std::io::ErrorKind::StorageFull
+                    || source.kind() == std::io::ErrorKind::QuotaExceeded
+            }
+            _ => false,
+        }
+    }
+
     /// Whether trying the same operation again could succeed.
     pub fn retryable(&self) -> bool {
         matches!(self, Error::Io { .. })

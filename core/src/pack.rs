@@ -56,11 +56,17 @@ pub fn pack_path(packs_dir: &Path, name: &str) -> PathBuf {
 }
 
 /// Appends blobs to a temp file; `seal` makes it a pack.
+///
+/// Invariant: `size` is the number of bytes written, so every entry's offset names its
+/// blob. A write that fails may have written part of its bytes (a full disk takes what
+/// fits), after which no offset can be trusted: the writer is then broken, refuses every
+/// further write, and can only be discarded.
 pub struct PackWriter {
     tmp: PathBuf,
     out: BufWriter<File>,
     size: u64,
     entries: Vec<IndexEntry>,
+    broken: bool,
 }
 
 impl PackWriter {
@@ -76,17 +82,33 @@ impl PackWriter {
             out: BufWriter::with_capacity(256 << 10, file),
             size: 0,
             entries: Vec::new(),
+            broken: false,
         };
-        w.write(HEADER)?;
+        if let Err(e) = w.write(HEADER) {
+            w.discard();
+            return Err(e);
+        }
         Ok(w)
     }
 
     fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        self.out
-            .write_all(bytes)
-            .ctx(|| format!("writing pack {}", self.tmp.display()))?;
+        if self.broken {
+            return Err(Error::io(
+                format!("writing pack {}", self.tmp.display()),
+                std::io::Error::other("an earlier write to this pack failed"),
+            ));
+        }
+        if let Err(e) = self.out.write_all(bytes) {
+            self.broken = true;
+            return Err(Error::io(format!("writing pack {}", self.tmp.display()), e));
+        }
         self.size += bytes.len() as u64;
         Ok(())
+    }
+
+    /// Whether a write failed: the pack must be discarded (see the type's invariant).
+    pub fn is_broken(&self) -> bool {
+        self.broken
     }
 
     /// Appends one blob. The caller has verified that `blob` decodes to a chunk with `id`.
@@ -109,8 +131,19 @@ impl PackWriter {
         self.entries.is_empty()
     }
 
-    /// Writes the trailer, syncs, and renames the pack into `packs_dir/<2 hex>/<name>.pack`.
-    pub fn seal(mut self, packs_dir: &Path) -> Result<SealedPack> {
+    /// Writes the trailer, syncs, checks what reached the file, and renames the pack into
+    /// `packs_dir/<2 hex>/<name>.pack`. On any failure the temp file is removed: nothing
+    /// that was not synced and checked becomes a pack.
+    pub fn seal(self, packs_dir: &Path) -> Result<SealedPack> {
+        let tmp = self.tmp.clone();
+        let sealed = self.seal_inner(packs_dir);
+        if sealed.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        sealed
+    }
+
+    fn seal_inner(mut self, packs_dir: &Path) -> Result<SealedPack> {
         let index_offset = self.size;
         let mut index = Vec::with_capacity(self.entries.len() * ENTRY_LEN);
         for e in &self.entries {
@@ -138,6 +171,23 @@ impl PackWriter {
         file.sync_all()
             .ctx(|| format!("syncing pack {}", tmp.display()))?;
         drop(file);
+        // What is on disk must be exactly what the index describes: its length, and a
+        // trailer that reads back to the same entries.
+        let on_disk = fs::metadata(&tmp)
+            .ctx(|| format!("stat {}", tmp.display()))?
+            .len();
+        if on_disk != self.size {
+            return Err(Error::CorruptPack {
+                path: tmp,
+                reason: format!("{on_disk} bytes on disk, {} written", self.size),
+            });
+        }
+        if read_index(&tmp)? != self.entries {
+            return Err(Error::CorruptPack {
+                path: tmp,
+                reason: "the index read back differs from the one written".into(),
+            });
+        }
         let path = pack_path(packs_dir, &name);
         let dir = path.parent().unwrap_or(packs_dir);
         let created = !dir.exists();

@@ -501,3 +501,69 @@ pub fn metrics(fleet: &Fleet) -> String {
         String::from_utf8_lossy(&body).into_owned()
     })
 }
+
+/// A small tmpfs mounted for one test (a filesystem that fills up on purpose), unmounted
+/// on drop. Needs root: `None` (after a loud message) where mounting is not allowed, unless
+/// `LIFEBOAT_REQUIRE_MOUNT` is set (CI sets it), where it panics instead.
+pub struct Tmpfs {
+    pub path: PathBuf,
+}
+
+impl Tmpfs {
+    pub fn mount(path: &Path, size_mib: u64) -> Option<Tmpfs> {
+        std::fs::create_dir_all(path).expect("mount point");
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o"])
+            .arg(format!("size={size_mib}m,mode=0755"))
+            .arg("tmpfs")
+            .arg(path)
+            .output()
+            .expect("run mount");
+        if out.status.success() {
+            return Some(Tmpfs {
+                path: path.to_owned(),
+            });
+        }
+        let why = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            std::env::var_os("LIFEBOAT_REQUIRE_MOUNT").is_none(),
+            "mounting a tmpfs at {} failed: {why}",
+            path.display()
+        );
+        eprintln!(
+            "\n!!! SKIPPED: this test needs to mount a small tmpfs (root): {why}\n!!! set LIFEBOAT_REQUIRE_MOUNT=1 to make this a failure\n"
+        );
+        None
+    }
+
+    /// Fills the filesystem, leaving about `leave` bytes free, with a file that
+    /// [`Tmpfs::free`] removes.
+    pub fn fill(&self, leave: u64) {
+        let st = rustix::fs::statvfs(&self.path).expect("statvfs");
+        let avail = st.f_bavail * st.f_frsize;
+        let n = avail.saturating_sub(leave);
+        let f = std::fs::File::create(self.path.join("filler")).expect("filler");
+        // Written, not ftruncate'd: a hole would take no space.
+        let block = vec![0x5a_u8; 1 << 20];
+        let mut w = std::io::BufWriter::new(f);
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(block.len() as u64) as usize;
+            std::io::Write::write_all(&mut w, &block[..k]).expect("write filler");
+            left -= k as u64;
+        }
+        std::io::Write::flush(&mut w).expect("flush filler");
+    }
+
+    /// Removes the filler file.
+    pub fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).expect("remove filler");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        // Lazy: a process of the test may still hold a file open there.
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}
