@@ -175,11 +175,11 @@ pub enum Cmd {
     },
     /// Read stored chunks back and recompute their ids (scrub). Exits 2 when any is bad.
     Verify {
-        /// Only about this percentage of the packs, chosen at random.
-        #[arg(long, value_name = "PERCENT")]
+        /// Only about this percentage of the packs (1 to 100), chosen at random.
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
         sample: Option<u32>,
-        /// Only the chunks of this snapshot.
-        #[arg(long)]
+        /// Only the chunks of this snapshot (id or unique prefix).
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
         snapshot: Option<String>,
         #[command(flatten)]
         json: Json,
@@ -476,7 +476,12 @@ pub fn default_data_dir() -> PathBuf {
 
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    // Usage errors exit 1, as every other refusal does; exit 2 is for failed jobs, failed
+    // verifications and overdue devices (README). Help and version exit 0.
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        let _ = e.print();
+        std::process::exit(if e.use_stderr() { 1 } else { 0 })
+    });
     let quiet = !matches!(cli.cmd, Cmd::Up { .. });
     tracing_subscriber::fmt()
         .with_env_filter(

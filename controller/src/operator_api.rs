@@ -939,10 +939,17 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::VerifyReply>, Status> {
         let (operator, _) = auth::operator(&req)?;
         let req = req.into_inner();
+        if req.sample_percent > 100 {
+            return Err(ApiError::InvalidArgument(format!(
+                "a sample of {}% of the packs: give a percentage from 1 to 100",
+                req.sample_percent
+            ))
+            .into());
+        }
         let scope = if !req.snapshot.is_empty() {
             crate::scrub::Scope::Snapshot(req.snapshot)
         } else if req.sample_percent > 0 {
-            crate::scrub::Scope::Sample(req.sample_percent.min(100))
+            crate::scrub::Scope::Sample(req.sample_percent)
         } else {
             crate::scrub::Scope::All
         };

@@ -358,3 +358,35 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
         .into_inner();
     assert_eq!(reply.stored, 1);
 }
+
+/// Usage errors exit 1 with a message naming what was wrong (exit 2 means a failed job or
+/// verification, which scripts act on); help exits 0.
+#[test]
+fn cli_usage_errors_exit_1_and_name_the_mistake() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["--no-such-flag"], "--no-such-flag"),
+        (&["no-such-command"], "no-such-command"),
+        (&["restore"], "<SNAPSHOT>"),
+        (&["verify", "--snapshot", ""], "--snapshot"),
+        (&["verify", "--sample", "101"], "101"),
+        (&["verify", "--sample", "0"], "--sample"),
+    ];
+    for (args, named) in cases {
+        let out = lifeboat_tests::bin("lifeboat")
+            .args(args)
+            .output()
+            .expect("run lifeboat");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "lifeboat {args:?}: {err}");
+        assert!(
+            err.contains(named),
+            "lifeboat {args:?} does not name {named}: {err}"
+        );
+    }
+    let help = lifeboat_tests::bin("lifeboat")
+        .arg("--help")
+        .output()
+        .expect("run lifeboat");
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage"));
+}
