@@ -456,22 +456,27 @@ impl Pipeline {
 
     /// A worker: reads the files `queue` names until it closes, and reports each one's
     /// outcome, in the order it finishes, on `done`. A failure that ends the backup is
-    /// reported there too, so that whoever waits for this worker's files stops waiting.
+    /// reported there too, so that whoever waits for this worker's files stops waiting;
+    /// one that comes when nobody waits any more (the verdict on the last upload) is
+    /// returned.
     fn work(
         &self,
         queue: &Mutex<sync_mpsc::Receiver<ReadJob>>,
         done: &sync_mpsc::Sender<Done>,
         worker: usize,
-    ) {
+    ) -> Result<(), AgentError> {
         let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.read_files(queue, done, worker)
         }));
         let failure = match read {
-            Ok(Ok(())) => return,
+            Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e,
             Err(_) => AgentError::State("a backup worker panicked".into()),
         };
-        let _ = done.send(Err(failure));
+        match done.send(Err(failure)) {
+            Err(sync_mpsc::SendError(Err(unheard))) => Err(unheard),
+            _ => Ok(()),
+        }
     }
 
     fn read_files(
@@ -716,12 +721,20 @@ async fn backup_dir(
         .map_err(|e| AgentError::State(format!("tree builder: {e}")));
     // The queue is closed either way (the builder ended): the workers finish their
     // uploads and stop.
+    let mut failed = None;
     for w in workers {
-        w.await
+        let ended = w
+            .await
             .map_err(|e| AgentError::State(format!("backup worker: {e}")))?;
+        if let Err(e) = ended {
+            failed.get_or_insert(e);
+        }
     }
     let _ = totals.await;
     let (sink, mut warnings, walk_warnings) = built??;
+    if let Some(e) = failed {
+        return Err(e);
+    }
     warnings.extend(walk_warnings);
     let tree = tokio::task::spawn_blocking(move || sink.finish())
         .await

@@ -341,6 +341,7 @@ impl AgentApi for AgentService {
         let ctl = self.0.clone();
         let signature = req.signature;
         let raw_record = req.record;
+        let started_ms = job.started_ms;
         let row = tokio::task::spawn_blocking(move || -> Result<SnapshotRow, ApiError> {
             ctl.store.flush_for(&record.tree_chunks()?)?;
             // With GC's sweep held off, until the snapshot is listed.
@@ -351,7 +352,11 @@ impl AgentApi for AgentService {
                 drop(commits);
                 ctl.store.flush()?;
                 commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-                check_tree_complete(&ctl, &record)?;
+                if let Err(e) = check_tree_complete(&ctl, &record) {
+                    // Say why the chunks are missing when the store knows: a pack of this
+                    // backup's could not be written.
+                    return Err(ctl.store.seal_failure_since(started_ms).unwrap_or(e));
+                }
             }
             let _commits = commits;
             let env = Envelope::countersign(
@@ -364,6 +369,7 @@ impl AgentApi for AgentService {
             ctl.store.write_snapshot(&env)?;
             let row = snapshot_row(&env.id(), &record, env.received_unix_ms);
             ctl.catalog.insert_snapshot(&row)?;
+            ctl.jobs.committed(&record.job_id, &row.id)?;
             Ok(row)
         })
         .await

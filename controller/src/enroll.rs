@@ -60,20 +60,11 @@ impl Enrollment for EnrollService {
             )
             .into());
         }
-        if ctl.catalog.find_agent(&req.name).is_ok() {
-            return Err(ApiError::AlreadyExists(format!(
-                "an agent named {:?} is already enrolled; choose another --name",
-                req.name
-            ))
-            .into());
-        }
-        let agent_id =
-            hex::encode(lifeboat_core::sign::random_bytes::<16>().map_err(ApiError::from)?);
-        let refusal = match ctl.catalog.redeem_token(
-            &token_hash(&req.token),
-            &agent_id,
-            now_ms(),
-        )? {
+        // The token is checked first, so a caller without one learns nothing (not even
+        // which names exist), and spent last, with the agent's row: a request refused for
+        // any reason leaves it as it was.
+        let hash = token_hash(&req.token);
+        let refusal = match ctl.catalog.check_token(&hash, now_ms())? {
             TokenCheck::Valid(l) => Ok(l),
             TokenCheck::Unknown => Err(ApiError::Unauthenticated(
                 "join token is not valid; create one with `lifeboat token create`".into(),
@@ -95,11 +86,24 @@ impl Enrollment for EnrollService {
                 return Err(e.into());
             }
         };
+        if ctl.catalog.find_agent(&req.name).is_ok() {
+            return Err(ApiError::AlreadyExists(format!(
+                "an agent named {:?} is already enrolled; choose another --name",
+                req.name
+            ))
+            .into());
+        }
+        let agent_id =
+            hex::encode(lifeboat_core::sign::random_bytes::<16>().map_err(ApiError::from)?);
         let validity = lifeboat_core::pki::Validity::from_now(ctl.agent_cert_lifetime);
         let (cert_pem, serial) = ctl
             .ca
             .sign_csr(&req.csr_pem, &format!("agent:{agent_id}"), validity)
-            .map_err(ApiError::from)?;
+            .map_err(|e| {
+                ApiError::InvalidArgument(format!(
+                    "the certificate signing request is not valid ({e}); the join token was not used: run `lifeboat-agent enroll` again"
+                ))
+            })?;
         // Labels from the token (chosen by an operator) win over labels the machine asks for.
         let mut all_labels = labels;
         all_labels.extend(token_labels);
@@ -120,7 +124,7 @@ impl Enrollment for EnrollService {
             cert_expires_ms: validity.not_after_ms(),
             docker: None,
         };
-        ctl.catalog.insert_agent(&row)?;
+        ctl.catalog.enroll_agent(&hash, now_ms(), &row)?;
         tracing::info!(agent = %row.name, id = %agent_id, "agent enrolled");
         ctl.audit.ok(
             &format!("agent:{}", row.name),

@@ -46,6 +46,9 @@ pub struct Jobs {
     catalog: Arc<Catalog>,
     clock: Arc<dyn Clock>,
     inner: Mutex<Inner>,
+    /// Held across each read-modify-write of a job row that agents' updates, commits and
+    /// disconnects race on, so none of them writes back a row another one changed.
+    rows: Mutex<()>,
 }
 
 /// A random id of `N` bytes in hex (jobs: 8; drills and plans, typed by people: 6).
@@ -59,11 +62,65 @@ impl Jobs {
             catalog,
             clock,
             inner: Mutex::new(Inner::default()),
+            rows: Mutex::new(()),
         }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn rows(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.rows.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that backup job `job_id` committed `snapshot_id`. A job's snapshots are the
+    /// ones the controller saw it commit, never the ones its agent names.
+    pub fn committed(&self, job_id: &str, snapshot_id: &str) -> Result<(), ApiError> {
+        let _rows = self.rows();
+        let mut row = self
+            .catalog
+            .job(job_id)?
+            .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
+        if !row.snapshot_ids.iter().any(|s| s == snapshot_id) {
+            row.snapshot_ids.push(snapshot_id.to_string());
+            self.save(&row);
+        }
+        Ok(())
+    }
+
+    /// Ends a running job whose agent went away: a backup that committed a snapshot for
+    /// every source it was given succeeded (only its report was lost); anything else is
+    /// interrupted, to be retried.
+    fn end_unreported(&self, job: &mut JobRow, why: &str) {
+        job.finished_ms = self.clock.now_ms();
+        if Self::committed_every_source(job) {
+            job.state = JobState::Succeeded as i32;
+            job.error.clear();
+        } else {
+            job.state = JobState::Interrupted as i32;
+            job.error = why.into();
+        }
+        self.save(job);
+    }
+
+    /// The snapshot a restore job reads.
+    fn restored_snapshot(job: &JobRow) -> Option<String> {
+        match pb::Job::decode(job.job.as_slice()).ok()?.kind? {
+            pb::job::Kind::Restore(r) => Some(r.snapshot_id),
+            pb::job::Kind::Backup(_) => None,
+        }
+    }
+
+    fn committed_every_source(job: &JobRow) -> bool {
+        let Ok(pb::Job {
+            kind: Some(pb::job::Kind::Backup(b)),
+            ..
+        }) = pb::Job::decode(job.job.as_slice())
+        else {
+            return false;
+        };
+        !b.sources.is_empty() && job.snapshot_ids.len() >= b.sources.len()
     }
 
     /// Marks jobs that were running when the controller stopped as interrupted.
@@ -102,15 +159,13 @@ impl Jobs {
                 _ => return,
             }
         }
+        let _rows = self.rows();
         if let Ok(running) = self
             .catalog
             .jobs_in_state(agent_id, JobState::Running as i32)
         {
             for mut job in running {
-                job.state = JobState::Interrupted as i32;
-                job.error = "agent disconnected while the job ran".into();
-                job.finished_ms = self.clock.now_ms();
-                self.save(&job);
+                self.end_unreported(&mut job, "agent disconnected while the job ran");
             }
         }
     }
@@ -136,6 +191,7 @@ impl Jobs {
     /// Reconciles jobs after an agent (re)connects: the ones it still runs are running,
     /// any other job we thought it was running is interrupted.
     pub fn reconcile(&self, agent_id: &str, still_running: &[String]) -> Result<(), ApiError> {
+        let _rows = self.rows();
         for state in [JobState::Running, JobState::Interrupted] {
             for mut job in self.catalog.jobs_in_state(agent_id, state as i32)? {
                 let runs = still_running.contains(&job.id);
@@ -145,10 +201,7 @@ impl Jobs {
                     job.finished_ms = 0;
                     self.save(&job);
                 } else if !runs && state == JobState::Running {
-                    job.state = JobState::Interrupted as i32;
-                    job.error = "the agent restarted while the job ran".into();
-                    job.finished_ms = self.clock.now_ms();
-                    self.save(&job);
+                    self.end_unreported(&mut job, "the agent restarted while the job ran");
                 }
             }
         }
@@ -228,6 +281,7 @@ impl Jobs {
 
     /// Applies an agent's update to one of its jobs.
     pub fn update(&self, agent_id: &str, upd: pb::JobUpdate) -> Result<(), ApiError> {
+        let rows = self.rows();
         let mut row = self
             .catalog
             .job(&upd.job_id)?
@@ -248,7 +302,21 @@ impl Jobs {
                 row.state = state as i32;
                 row.finished_ms = self.clock.now_ms();
                 row.error = upd.error;
-                row.snapshot_ids = upd.snapshot_ids;
+                // A job's snapshots are the controller's knowledge, never the agent's word:
+                // a backup's are those it saw the job commit, a restore's the one it reads.
+                let claimed = upd.snapshot_ids;
+                if row.kind == "restore" {
+                    row.snapshot_ids = Self::restored_snapshot(&row).into_iter().collect();
+                } else if state == JobState::Succeeded && !Self::committed_every_source(&row) {
+                    row.state = JobState::Failed as i32;
+                    row.error = format!(
+                        "the agent reported success, but the job committed {} snapshots for its sources",
+                        row.snapshot_ids.len()
+                    );
+                }
+                if let Some(stray) = claimed.iter().find(|s| !row.snapshot_ids.contains(s)) {
+                    tracing::warn!(job = %row.id, snapshot = %stray, "the agent names a snapshot its job did not commit or read; ignored");
+                }
                 if let Some(r) = upd.restore {
                     row.result = Some(r.encode_to_vec());
                 }
@@ -263,6 +331,7 @@ impl Jobs {
             row.progress = Some(p.encode_to_vec());
         }
         self.save(&row);
+        drop(rows);
         if Self::is_terminal(row.state) && row.kind == "restore" {
             crate::recovery::restore_finished(&self.catalog, &row, self.clock.now_ms());
         }

@@ -63,6 +63,16 @@ struct OpenPack {
     /// Packs being sealed, by sequence number, with their ids.
     sealing: Vec<(u64, HashSet<ChunkId>)>,
     next_seal: u64,
+    /// The last seal that failed: when, and why (its chunks were forgotten, so a commit
+    /// that needed them can say what happened to them).
+    last_failure: Option<SealFailure>,
+}
+
+#[derive(Clone)]
+struct SealFailure {
+    at_ms: i64,
+    message: String,
+    disk_full: bool,
 }
 
 impl Packs {
@@ -119,13 +129,24 @@ impl Store {
                         index.insert_pack(&sealed, now_ms())?;
                         Ok(sealed)
                     });
+                    let mut failure = None;
                     match res {
                         Ok(sealed) => tracing::debug!(pack = %sealed.name, chunks = sealed.entries.len(), bytes = sealed.size, "pack sealed"),
                         // Its chunks are missing again: backups that uploaded them fail
                         // their commit's completeness check and send them again next time.
-                        Err(e) => tracing::error!(error = %e, "sealing a pack failed; its chunks will be uploaded again"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "sealing a pack failed; its chunks will be uploaded again");
+                            failure = Some(SealFailure {
+                                at_ms: now_ms(),
+                                disk_full: matches!(e, ApiError::ResourceExhausted(_)),
+                                message: e.to_string(),
+                            });
+                        }
                     }
                     let mut open = shared.lock();
+                    if failure.is_some() {
+                        open.last_failure = failure;
+                    }
                     open.sealing.retain(|(s, _)| *s != seq);
                     shared.sealed.notify_all();
                 }
@@ -248,6 +269,23 @@ impl Store {
             open = self.packs.wait(open);
         }
         Ok(())
+    }
+
+    /// Why chunks accepted since `since_ms` may have been lost: the last failed seal, if
+    /// it ended after then.
+    pub fn seal_failure_since(&self, since_ms: i64) -> Option<ApiError> {
+        let f = self.packs.lock().last_failure.clone()?;
+        (f.at_ms >= since_ms).then(|| {
+            let msg = format!(
+                "a pack holding this backup's chunks could not be stored: {}",
+                f.message
+            );
+            if f.disk_full {
+                ApiError::ResourceExhausted(msg)
+            } else {
+                ApiError::Unavailable(msg)
+            }
+        })
     }
 
     /// Hands the open pack, if it holds anything, to the sealer thread (fsync, rename,

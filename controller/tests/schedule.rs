@@ -180,6 +180,10 @@ async fn a_simulated_week() {
             .partition(|(_, _, until)| *until <= t);
         running_jobs = still;
         for (job, agent, _) in done {
+            // A backup succeeds by committing its snapshot (one source per policy here).
+            ctl.jobs
+                .committed(&job, &format!("snapshot-of-{job}"))
+                .expect("commit");
             ctl.jobs
                 .update(
                     &agent,

@@ -46,7 +46,8 @@ fn store_full_then_freed(leave_mib: u64) -> bool {
     let error = job["error"].as_str().unwrap_or_default();
     assert!(
         error.contains("store is full"),
-        "the failed backup does not say the store is full: {job}"
+        "the failed backup does not say the store is full: {job}\ncontroller log:\n{}",
+        fleet.controller_log()
     );
     let listed = fleet.cli_json(&["snapshots", "--agent", "a"]);
     assert_eq!(

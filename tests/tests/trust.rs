@@ -956,3 +956,151 @@ fn certificates_renew_over_the_session_and_revocation_closes_it() {
         );
     }
 }
+
+/// A malformed certificate request is INVALID_ARGUMENT and leaves the join token unspent
+/// (it enrolls the machine right after); a caller without a valid token learns nothing
+/// about which agent names exist.
+#[test]
+fn enrollment_refusals_spend_no_token_and_leak_no_names() {
+    let fleet = Fleet::start();
+    fleet.enroll("taken");
+    let token = fleet.token("10m");
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let enroll = |token: &str, name: &str, csr_pem: String| {
+        let (url, fp) = (fleet.url.clone(), fleet.fingerprint.clone());
+        let (token, name) = (token.to_string(), name.to_string());
+        rt.block_on(async move {
+            let channel = transport::connect(&url, ClientTls::enrollment(&fp).expect("tls"))
+                .await
+                .expect("connect");
+            pb::enrollment_client::EnrollmentClient::new(channel)
+                .enroll(pb::EnrollRequest {
+                    token,
+                    name,
+                    labels: Default::default(),
+                    csr_pem,
+                    signing_public_key: SigningKey::generate().expect("key").public_key(),
+                    hostname: "h".into(),
+                })
+                .await
+                .map(drop)
+        })
+    };
+    let bad = enroll(
+        &token,
+        "fresh",
+        "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n".into(),
+    )
+    .expect_err("a malformed CSR was accepted");
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
+    assert!(
+        bad.message().contains("certificate signing request"),
+        "{bad:?}"
+    );
+    // Without a valid token, a taken name and a free one get the same answer.
+    for name in ["taken", "free"] {
+        let e = enroll("lbt_not-a-token", name, pki::make_csr("x").expect("csr").0)
+            .expect_err("an unknown token enrolled");
+        assert_eq!(e.code(), tonic::Code::Unauthenticated, "{name}: {e:?}");
+    }
+    // With a valid one, a taken name is refused and the token is still not spent.
+    let e = enroll(&token, "taken", pki::make_csr("x").expect("csr").0)
+        .expect_err("a taken name enrolled");
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e:?}");
+    let out = fleet.enroll_with("fresh", &token);
+    assert!(
+        out.status.success(),
+        "the token was spent by refused requests: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again = fleet.enroll_with("fresh-2", &token);
+    assert!(!again.status.success(), "a single-use token enrolled twice");
+}
+
+/// A job names only the snapshots the controller saw it commit: an agent that reports its
+/// backup succeeded with another agent's snapshot gets a failed job that lists nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_lists_only_snapshots_it_committed() {
+    transport::install_crypto_provider();
+    let src = tempfile::tempdir().expect("src");
+    fs::write(src.path().join("f"), b"the real data").expect("write");
+    let (fleet, a_snap) = tokio::task::spawn_blocking({
+        let src = src.path().to_owned();
+        move || {
+            let mut fleet = Fleet::start();
+            let a = fleet.enroll("a");
+            fleet.enroll("b");
+            fleet.run_agent(&a, &[("data", &src)], &[]);
+            let snap = fleet.backup("a", "data")["id"]
+                .as_str()
+                .expect("id")
+                .to_string();
+            (fleet, snap)
+        }
+    })
+    .await
+    .expect("setup");
+    let mut api = AgentApiClient::new(
+        transport::connect(&fleet.url, agent_tls(&fleet.path("agents/b")))
+            .await
+            .expect("connect as b"),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+            sources: vec![pb::Source {
+                name: "data".into(),
+                kind: "path".into(),
+                path: "/data".into(),
+            }],
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("hello");
+    let mut session = api
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("session")
+        .into_inner();
+    let job_id = tokio::task::block_in_place(|| {
+        wait_for("b's source to be known", Duration::from_secs(10), || {
+            let out = fleet.cli(&["backup", "b", "--source", "data", "--json"]);
+            out.status.success().then(|| {
+                let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+                v["id"].as_str().expect("job id").to_string()
+            })
+        })
+    });
+    let msg = tokio::time::timeout(Duration::from_secs(20), session.message())
+        .await
+        .expect("job delivered")
+        .expect("stream")
+        .expect("message");
+    assert!(matches!(msg.msg, Some(pb::controller_message::Msg::Job(_))));
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::JobUpdate(pb::JobUpdate {
+            job_id: job_id.clone(),
+            state: pb::JobState::Succeeded as i32,
+            snapshot_ids: vec![a_snap.clone()],
+            ..Default::default()
+        })),
+    })
+    .await
+    .expect("update");
+    let job = tokio::task::block_in_place(|| {
+        wait_for("the job to end", Duration::from_secs(10), || {
+            let j = fleet.job_info(&job_id);
+            (j["state"] != "running" && j["state"] != "queued").then_some(j)
+        })
+    });
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["snapshot_ids"], serde_json::json!([]), "{job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("committed 0 snapshots"),
+        "{job}"
+    );
+}

@@ -189,12 +189,8 @@ impl Catalog {
     }
 
     /// Uses a token once, if it exists, has not expired and has uses left.
-    pub fn redeem_token(
-        &self,
-        hash: &str,
-        agent_id: &str,
-        now_ms: i64,
-    ) -> Result<TokenCheck, ApiError> {
+    /// What a join token is worth now, without using it.
+    pub fn check_token(&self, hash: &str, now_ms: i64) -> Result<TokenCheck, ApiError> {
         let conn = self.lock();
         let row: Option<(String, i64, i64, i64)> = conn
             .query_row(
@@ -212,36 +208,36 @@ impl Catalog {
         if expires_ms <= now_ms {
             return Ok(TokenCheck::Expired);
         }
-        let n = conn.execute(
-            "UPDATE tokens SET used = used + 1, used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used < uses",
-            params![now_ms, agent_id, hash],
-        )?;
-        if n != 1 {
-            return Ok(TokenCheck::AlreadyUsed);
-        }
         Ok(TokenCheck::Valid(
             serde_json::from_str(&labels).unwrap_or_default(),
         ))
     }
 
+    /// Uses one redemption of the join token `hash` and records agent `a`, in one
+    /// transaction: a token is spent only by an enrollment that happened. Fails with
+    /// AlreadyExists for a name that is taken; a token spent or expired meanwhile (a race)
+    /// is PermissionDenied.
+    pub fn enroll_agent(&self, hash: &str, now_ms: i64, a: &AgentRow) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE tokens SET used = used + 1, used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used < uses AND expires_ms > ?1",
+            params![now_ms, a.id, hash],
+        )?;
+        if n != 1 {
+            return Err(ApiError::PermissionDenied(
+                "join token was used or expired while enrolling; create a new one with `lifeboat token create`".into(),
+            ));
+        }
+        insert_agent(&tx, a)?;
+        tx.commit()?;
+        Ok(())
+    }
+
     // ---- agents ----
 
     pub fn insert_agent(&self, a: &AgentRow) -> Result<(), ApiError> {
-        let res = self.lock().execute(
-            &format!("INSERT INTO agents({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
-            params![a.id, a.name, json(&a.labels), a.hostname, a.signing_key, a.cert_serial, a.enrolled_ms, a.last_seen_ms, json(&a.sources), json(&a.restore_roots), a.version, a.revoked_ms, a.prev_serial, a.cert_expires_ms, a.docker],
-        );
-        match res {
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-            {
-                Err(ApiError::AlreadyExists(format!(
-                    "an agent named {:?} is already enrolled; choose another --name",
-                    a.name
-                )))
-            }
-            other => Ok(other.map(|_| ())?),
-        }
+        insert_agent(&self.lock(), a)
     }
 
     pub fn agent(&self, id: &str) -> Result<Option<AgentRow>, ApiError> {
@@ -1120,5 +1116,24 @@ impl Catalog {
             }
         }
         Ok(total)
+    }
+}
+
+/// Inserts agent `a`; a name that is taken is AlreadyExists.
+fn insert_agent(conn: &rusqlite::Connection, a: &AgentRow) -> Result<(), ApiError> {
+    let res = conn.execute(
+        &format!("INSERT INTO agents({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+        params![a.id, a.name, json(&a.labels), a.hostname, a.signing_key, a.cert_serial, a.enrolled_ms, a.last_seen_ms, json(&a.sources), json(&a.restore_roots), a.version, a.revoked_ms, a.prev_serial, a.cert_expires_ms, a.docker],
+    );
+    match res {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(ApiError::AlreadyExists(format!(
+                "an agent named {:?} is already enrolled; choose another --name",
+                a.name
+            )))
+        }
+        other => Ok(other.map(|_| ())?),
     }
 }
