@@ -376,7 +376,8 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     serde_json::json!({
                         "packs": r.packs, "chunks": r.chunks, "bytes": r.bytes,
                         "bad": r.bad.iter().map(|b| serde_json::json!({"chunk": b.id, "pack": b.pack, "reason": b.reason})).collect::<Vec<_>>(),
-                        "affected_snapshots": r.affected.iter().map(|a| serde_json::json!({"id": a.id, "agent": a.agent, "source": a.source})).collect::<Vec<_>>(),
+                        "affected_snapshots": r.affected.iter().map(|a| serde_json::json!({"id": a.id, "agent": a.agent, "source": a.source, "reason": a.reason})).collect::<Vec<_>>(),
+                        "damaged_packs": r.damaged_packs.iter().map(|d| serde_json::json!({"pack": d.pack, "reason": d.reason})).collect::<Vec<_>>(),
                         "healed": r.healed, "unhealed": r.unhealed, "coverage_percent": r.coverage_percent,
                     })
                 );
@@ -393,11 +394,15 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 }
                 for a in &r.affected {
                     out!(
-                        "  affects snapshot {} ({} {})",
+                        "  snapshot {} ({} {}) cannot be restored whole: {}",
                         &a.id[..12.min(a.id.len())],
                         a.agent,
-                        a.source
+                        a.source,
+                        a.reason
                     );
+                }
+                for d in &r.damaged_packs {
+                    out!("  pack {}: {}", d.pack, d.reason);
                 }
                 if r.healed + r.unhealed > 0 {
                     out!(
@@ -411,7 +416,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     r.coverage_percent
                 );
             }
-            if !r.bad.is_empty() {
+            if !r.bad.is_empty() || !r.affected.is_empty() || !r.damaged_packs.is_empty() {
                 return Ok(2);
             }
         }

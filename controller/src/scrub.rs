@@ -7,6 +7,11 @@
 //! the files that used them); the stored copy is then marked healed. Commits check that
 //! every referenced chunk is indexed, so no new snapshot can lean on a bad chunk.
 //!
+//! A full verify also reads every pack's trailer (the index `rebuild-catalog` depends on)
+//! against the catalog, and checks that every listed snapshot's chunks are all indexed:
+//! the store is clean only when every snapshot can be restored whole, so a snapshot that
+//! leans on a chunk an earlier verify dropped is reported until a backup heals it.
+//!
 //! `lifeboat verify` scrubs everything, a sample of packs, or one snapshot's chunks; the
 //! controller also scrubs on its own, oldest-verified packs first, so that every pack is
 //! read at least once per period (default 30 days).
@@ -38,8 +43,10 @@ pub struct Report {
     pub bytes: u64,
     /// `(chunk, pack, why)` of every bad chunk found by this run.
     pub bad: Vec<(ChunkId, String, String)>,
-    /// Snapshots that reference a bad chunk: `(id, agent, source)`.
-    pub affected: Vec<(String, String, String)>,
+    /// Snapshots that cannot be restored whole: `(id, agent, source, why)`.
+    pub affected: Vec<(String, String, String, String)>,
+    /// Packs whose trailer is damaged or disagrees with the catalog: `(pack, why)`.
+    pub damaged_packs: Vec<(String, String)>,
     /// Bad chunks (ever) stored again by a later backup, and those still missing.
     pub healed: u64,
     pub unhealed: u64,
@@ -55,6 +62,26 @@ fn check_pack(
 ) -> Result<Vec<(ChunkId, String)>, ApiError> {
     let entries = ctl.catalog.chunks_in_pack(pack_name)?;
     let path = pack::pack_path(&ctl.store.packs_dir(), pack_name);
+    // The trailer must still describe every chunk the catalog places here (GC may have
+    // dropped some from the catalog before compaction, so it may describe more). A pack
+    // the catalog places nothing in serves no snapshot: GC removes it.
+    let trailer = match pack::read_index(&path) {
+        _ if entries.is_empty() => Ok(()),
+        Ok(index) => {
+            let listed: HashSet<(ChunkId, u64, u32)> =
+                index.iter().map(|e| (e.id, e.offset, e.length)).collect();
+            match entries.iter().find(|e| !listed.contains(e)) {
+                Some((id, ..)) => Err(format!(
+                    "its trailer does not list chunk {id} where the catalog has it"
+                )),
+                None => Ok(()),
+            }
+        }
+        Err(e) => Err(format!("its trailer cannot be read: {e}")),
+    };
+    if let Err(why) = trailer {
+        report.damaged_packs.push((pack_name.to_string(), why));
+    }
     let file = std::fs::File::open(&path);
     let mut bad = Vec::new();
     for (id, offset, length) in entries {
@@ -132,8 +159,9 @@ pub fn scrub(ctl: &Controller, scope: Scope, period_ms: i64) -> Result<Report, A
                 _ => {}
             }
             for (name, _, _) in packs {
+                let damaged = report.damaged_packs.len();
                 let found = check_pack(ctl, &name, &mut report)?;
-                if found.is_empty() {
+                if found.is_empty() && report.damaged_packs.len() == damaged {
                     ctl.catalog.set_pack_verified(&name, now)?;
                 }
                 bad.extend(found.into_iter().map(|(id, why)| (id, name.clone(), why)));
@@ -153,9 +181,16 @@ pub fn scrub(ctl: &Controller, scope: Scope, period_ms: i64) -> Result<Report, A
             serde_json::json!({
                 "bad": bad.len(),
                 "chunks": bad.iter().take(100).map(|(id, p, why)| serde_json::json!({"chunk": id.to_hex(), "pack": p, "reason": why})).collect::<Vec<_>>(),
-                "snapshots": report.affected.iter().map(|(s, _, _)| s.clone()).collect::<Vec<_>>(),
+                "snapshots": report.affected.iter().map(|(s, ..)| s.clone()).collect::<Vec<_>>(),
             }),
         );
+    }
+    if matches!(scope, Scope::All) {
+        for incomplete in incomplete_snapshots(ctl)? {
+            if !report.affected.iter().any(|a| a.0 == incomplete.0) {
+                report.affected.push(incomplete);
+            }
+        }
     }
     report.bad = bad;
     (report.healed, report.unhealed) = ctl.catalog.bad_chunk_counts()?;
@@ -163,31 +198,72 @@ pub fn scrub(ctl: &Controller, scope: Scope, period_ms: i64) -> Result<Report, A
     Ok(report)
 }
 
+/// Every chunk a snapshot references (its tree's and the tree's own), or why they cannot
+/// be listed.
+fn snapshot_chunks(ctl: &Controller, id: &str) -> Result<HashSet<ChunkId>, String> {
+    let env = ctl
+        .store
+        .read_snapshot(id)
+        .map_err(|e| format!("its envelope cannot be read: {e}"))?;
+    let record = lifeboat_core::snapshot::Record::parse(&env.record)
+        .map_err(|e| format!("its record is invalid: {e}"))?;
+    let mut ids: HashSet<ChunkId> = record
+        .tree_chunks()
+        .map_err(|e| format!("its record is invalid: {e}"))?
+        .into_iter()
+        .collect();
+    let tree = crate::agent_api::load_tree(ctl, &record)
+        .map_err(|e| format!("its tree cannot be read: {e}"))?;
+    ids.extend(tree.chunk_ids().copied());
+    Ok(ids)
+}
+
 /// Snapshots whose tree (or the tree itself) uses any of `ids`.
 fn affected_snapshots(
     ctl: &Controller,
     ids: &HashSet<ChunkId>,
-) -> Result<Vec<(String, String, String)>, ApiError> {
+) -> Result<Vec<(String, String, String, String)>, ApiError> {
     let mut out = BTreeMap::new();
     for s in ctl.catalog.snapshots(None, None)? {
-        let hit = match ctl.store.read_snapshot(&s.id) {
-            Ok(env) => match lifeboat_core::snapshot::Record::parse(&env.record) {
-                Ok(record) => {
-                    record.tree_chunks()?.iter().any(|c| ids.contains(c))
-                        || match crate::agent_api::load_tree(ctl, &record) {
-                            Ok(tree) => tree.chunk_ids().any(|c| ids.contains(c)),
-                            Err(_) => true,
-                        }
-                }
-                Err(_) => true,
+        let why = match snapshot_chunks(ctl, &s.id) {
+            Ok(uses) => match uses.iter().filter(|c| ids.contains(c)).count() {
+                0 => continue,
+                n => format!("references {n} chunks found bad"),
             },
-            Err(_) => true,
+            Err(why) => why,
         };
-        if hit {
-            out.insert(s.id.clone(), (s.id, s.agent_name, s.source));
-        }
+        out.insert(s.id.clone(), (s.id, s.agent_name, s.source, why));
     }
     Ok(out.into_values().collect())
+}
+
+/// Snapshots that reference chunks the index does not hold (dropped by an earlier verify
+/// and not healed yet), or whose tree cannot be read.
+fn incomplete_snapshots(
+    ctl: &Controller,
+) -> Result<Vec<(String, String, String, String)>, ApiError> {
+    let mut out = Vec::new();
+    for s in ctl.catalog.snapshots(None, None)? {
+        let why = match snapshot_chunks(ctl, &s.id) {
+            Ok(uses) => {
+                let uses: Vec<ChunkId> = uses.into_iter().collect();
+                let mut missing = 0;
+                for batch in uses.chunks(512) {
+                    missing += ctl.catalog.unknown_chunks(batch)?.len();
+                }
+                if missing == 0 {
+                    continue;
+                }
+                format!(
+                    "references {missing} chunks the store does not have (found bad earlier): back up {} {} again to heal them",
+                    s.agent_name, s.source
+                )
+            }
+            Err(why) => why,
+        };
+        out.push((s.id, s.agent_name, s.source, why));
+    }
+    Ok(out)
 }
 
 /// The report as the API sends it.
@@ -208,10 +284,19 @@ pub fn to_pb(r: &Report) -> pb::VerifyReply {
         affected: r
             .affected
             .iter()
-            .map(|(id, agent, source)| pb::AffectedSnapshot {
+            .map(|(id, agent, source, why)| pb::AffectedSnapshot {
                 id: id.clone(),
                 agent: agent.clone(),
                 source: source.clone(),
+                reason: why.clone(),
+            })
+            .collect(),
+        damaged_packs: r
+            .damaged_packs
+            .iter()
+            .map(|(pack, why)| pb::DamagedPack {
+                pack: pack.clone(),
+                reason: why.clone(),
             })
             .collect(),
         healed: r.healed,
