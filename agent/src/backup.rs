@@ -386,6 +386,7 @@ impl Pipeline {
             lane.up.send(pb::ChunkBlob {
                 id: id.as_bytes().to_vec(),
                 blob: blob.into(),
+                unavailable: String::new(),
             })?;
         }
         Ok(())

@@ -43,8 +43,8 @@ const PREFETCH_QUEUE: usize = 4;
 /// What the writer receives, in order.
 enum Fetched {
     Chunk(Verified),
-    /// A chunk that does not decode or does not match its id: fails only the files that
-    /// use it (the restore goes on with the others).
+    /// A chunk that does not decode, does not match its id, or that the store could not
+    /// read: fails only the files that use it (the restore goes on with the others).
     Bad(ChunkId, lifeboat_core::Error),
     /// The stream itself broke: the restore stops.
     Failed(String),
@@ -139,6 +139,13 @@ impl Prefetched {
                         chunks
                             .into_iter()
                             .map(|c| match ChunkId::from_slice(&c.id) {
+                                Ok(id) if !c.unavailable.is_empty() => Fetched::Bad(
+                                    id,
+                                    lifeboat_core::Error::ChunkUnavailable {
+                                        id: id.to_hex(),
+                                        reason: c.unavailable,
+                                    },
+                                ),
                                 Ok(id) => match Verified::decode(&key, &id, c.blob) {
                                     Ok(chunk) => Fetched::Chunk(chunk),
                                     Err(e) => Fetched::Bad(id, e),

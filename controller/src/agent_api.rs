@@ -251,8 +251,17 @@ impl AgentApi for AgentService {
             let mut batch = pb::ChunkBatch::default();
             let mut bytes = 0usize;
             for id in wanted {
-                match ctl.store.read_blob(&id) {
-                    Ok(blob) => {
+                match ctl.store.try_read_blob(&id) {
+                    Ok(Err(why)) => {
+                        // Only the files that use this chunk fail; the others restore.
+                        tracing::warn!(chunk = %id, error = %why, "a restore asked for a chunk the store cannot read");
+                        batch.chunks.push(pb::ChunkBlob {
+                            id: id.as_bytes().to_vec(),
+                            blob: Default::default(),
+                            unavailable: why,
+                        });
+                    }
+                    Ok(Ok(blob)) => {
                         if let Some(p) = &pacer {
                             // Send what is batched before waiting for the next slot.
                             if !batch.chunks.is_empty() {
@@ -267,6 +276,7 @@ impl AgentApi for AgentService {
                         batch.chunks.push(pb::ChunkBlob {
                             id: id.as_bytes().to_vec(),
                             blob: blob.into(),
+                            unavailable: String::new(),
                         });
                         if bytes >= BATCH_BYTES {
                             bytes = 0;

@@ -324,12 +324,22 @@ impl Store {
 
     /// Reads a chunk's blob (not decoded: the reader verifies). Blocking.
     pub fn read_blob(&self, id: &ChunkId) -> Result<Vec<u8>, ApiError> {
-        let (pack_name, offset, length) = self
-            .catalog
-            .chunk_location(id)?
-            .ok_or_else(|| ApiError::NotFound(format!("chunk {id} is not in the store")))?;
-        let file = self.pack_file(&pack_name)?;
-        Ok(pack::read_blob(&file, offset, length)?)
+        self.try_read_blob(id)?.map_err(ApiError::NotFound)
+    }
+
+    /// [`Store::read_blob`] that tells apart a chunk the store cannot produce (`Ok(Err)`:
+    /// not indexed, its pack gone or cut short, which fails only what needs that chunk)
+    /// from a failure of the store itself (`Err`: the catalog). Blocking.
+    pub fn try_read_blob(&self, id: &ChunkId) -> Result<Result<Vec<u8>, String>, ApiError> {
+        let Some((pack_name, offset, length)) = self.catalog.chunk_location(id)? else {
+            return Ok(Err(format!("chunk {id} is not in the store")));
+        };
+        let file = match self.pack_file(&pack_name) {
+            Ok(f) => f,
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        Ok(pack::read_blob(&file, offset, length)
+            .map_err(|e| format!("chunk {id} in pack {pack_name}: {e}")))
     }
 
     /// Reads and verifies a chunk's plaintext. Blocking.

@@ -33,6 +33,8 @@ pub enum Error {
     InvalidRecord(String),
     #[error("snapshot signature does not verify: {0}")]
     BadSignature(String),
+    #[error("chunk {id} cannot be read from the store: {reason}")]
+    ChunkUnavailable { id: String, reason: String },
     #[error("file {path:?} does not match its recorded content hash")]
     ContentMismatch { path: String },
     #[error("certificate error: {0}")]

@@ -305,7 +305,10 @@ pub fn restore_scanned(
 fn is_per_file(e: &Error) -> bool {
     matches!(
         e,
-        Error::ChunkMismatch { .. } | Error::CorruptBlob(_) | Error::ContentMismatch { .. }
+        Error::ChunkMismatch { .. }
+            | Error::CorruptBlob(_)
+            | Error::ChunkUnavailable { .. }
+            | Error::ContentMismatch { .. }
     )
 }
 

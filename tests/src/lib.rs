@@ -449,6 +449,32 @@ impl Fleet {
     }
 }
 
+impl Fleet {
+    /// `(chunk id hex, pack, offset, length)` of every indexed chunk, from the catalog.
+    pub fn chunk_index(&self) -> Vec<(String, String, u64, u64)> {
+        let db = rusqlite::Connection::open(self.path("ctl/catalog.db")).expect("catalog");
+        let mut st = db
+            .prepare("SELECT lower(hex(id)), pack, offset, length FROM chunks")
+            .expect("query");
+        st.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get::<_, i64>(2)? as u64,
+                r.get::<_, i64>(3)? as u64,
+            ))
+        })
+        .expect("rows")
+        .collect::<Result<_, _>>()
+        .expect("rows")
+    }
+
+    /// Where pack `pack` lives in the default store directory.
+    pub fn pack_path(&self, pack: &str) -> PathBuf {
+        self.path(&format!("ctl/store/packs/{}/{pack}.pack", &pack[..2]))
+    }
+}
+
 impl Drop for Fleet {
     fn drop(&mut self) {
         for (_, c) in &mut self.agents {

@@ -315,6 +315,7 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
     let poisoned = pb::ChunkBlob {
         id: claimed.as_bytes().to_vec(),
         blob: codec::encode_raw(b"other bytes entirely").into(),
+        ..Default::default()
     };
     let status = api
         .put_chunks(tokio_stream::iter(vec![pb::ChunkBatch {
@@ -351,6 +352,7 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
             chunks: vec![pb::ChunkBlob {
                 id: claimed.as_bytes().to_vec(),
                 blob: codec::encode_raw(good).into(),
+                ..Default::default()
             }],
         }]))
         .await

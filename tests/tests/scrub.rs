@@ -8,25 +8,6 @@ use lifeboat_core::ChunkKey;
 use lifeboat_tests::Fleet;
 use lifeboat_tests::tree::Rng;
 
-/// `(chunk id hex, pack, offset, length)` of every indexed chunk.
-fn index(fleet: &Fleet) -> Vec<(String, String, u64, u64)> {
-    let db = rusqlite::Connection::open(fleet.path("ctl/catalog.db")).expect("catalog");
-    let mut st = db
-        .prepare("SELECT lower(hex(id)), pack, offset, length FROM chunks")
-        .expect("query");
-    st.query_map([], |r| {
-        Ok((
-            r.get(0)?,
-            r.get(1)?,
-            r.get::<_, i64>(2)? as u64,
-            r.get::<_, i64>(3)? as u64,
-        ))
-    })
-    .expect("rows")
-    .collect::<Result<_, _>>()
-    .expect("rows")
-}
-
 /// `lifeboat verify --json`: its exit code and report.
 fn verify_json(fleet: &Fleet) -> (Option<i32>, serde_json::Value) {
     let out = fleet.cli(&["verify", "--json"]);
@@ -47,10 +28,6 @@ fn affected_ids(v: &serde_json::Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn pack_path(fleet: &Fleet, pack: &str) -> std::path::PathBuf {
-    fleet.path(&format!("ctl/store/packs/{}/{pack}.pack", &pack[..2]))
-}
-
 #[test]
 fn scrub_finds_every_corruption_and_a_backup_heals_it() {
     let mut fleet = Fleet::start();
@@ -68,7 +45,11 @@ fn scrub_finds_every_corruption_and_a_backup_heals_it() {
         .as_str()
         .expect("id")
         .to_string();
-    let after_first: HashSet<String> = index(&fleet).into_iter().map(|(_, p, _, _)| p).collect();
+    let after_first: HashSet<String> = fleet
+        .chunk_index()
+        .into_iter()
+        .map(|(_, p, _, _)| p)
+        .collect();
     for i in 0..4 {
         fs::write(src.path().join(format!("g{i}")), rng.bytes(200_000)).expect("write");
     }
@@ -79,7 +60,7 @@ fn scrub_finds_every_corruption_and_a_backup_heals_it() {
 
     let key =
         ChunkKey::from_slice(&fs::read(a.state_dir.join("chunk.key")).expect("key")).expect("key");
-    let idx = index(&fleet);
+    let idx = fleet.chunk_index();
     // Flip a byte in the blobs of f0, f1, f2 (in the first backup's pack).
     let mut flipped = 0;
     for data in &first[..3] {
@@ -90,7 +71,7 @@ fn scrub_finds_every_corruption_and_a_backup_heals_it() {
             .expect("indexed")
             .clone();
         assert!(after_first.contains(&pack));
-        let path = pack_path(&fleet, &pack);
+        let path = fleet.pack_path(&pack);
         let mut bytes = fs::read(&path).expect("pack");
         bytes[(offset + length / 2) as usize] ^= 0x40;
         fs::write(&path, bytes).expect("write pack");
@@ -109,7 +90,7 @@ fn scrub_finds_every_corruption_and_a_backup_heals_it() {
     let cut = second.iter().map(|(_, _, o, _)| *o).min().expect("blobs") + 10;
     fs::OpenOptions::new()
         .write(true)
-        .open(pack_path(&fleet, &second_pack))
+        .open(fleet.pack_path(&second_pack))
         .expect("open")
         .set_len(cut)
         .expect("truncate");
@@ -212,8 +193,8 @@ fn verify_keeps_naming_incomplete_snapshots_and_reads_pack_trailers() {
     assert_eq!(verify(&fleet).0, Some(0), "a fresh store verifies");
 
     // One bit of the pack's trailer index: the chunks still read, the trailer does not.
-    let (_, pack, ..) = index(&fleet)[0].clone();
-    let path = pack_path(&fleet, &pack);
+    let (_, pack, ..) = fleet.chunk_index()[0].clone();
+    let path = fleet.pack_path(&pack);
     let original = fs::read(&path).expect("pack");
     let mut bytes = original.clone();
     let n = bytes.len();
@@ -230,13 +211,14 @@ fn verify_keeps_naming_incomplete_snapshots_and_reads_pack_trailers() {
     let key =
         ChunkKey::from_slice(&fs::read(a.state_dir.join("chunk.key")).expect("key")).expect("key");
     let id = key.id_of(&files[0]).to_hex();
-    let (_, pack, offset, length) = index(&fleet)
+    let (_, pack, offset, length) = fleet
+        .chunk_index()
         .into_iter()
         .find(|(c, ..)| *c == id)
         .expect("indexed");
-    let mut bytes = fs::read(pack_path(&fleet, &pack)).expect("pack");
+    let mut bytes = fs::read(fleet.pack_path(&pack)).expect("pack");
     bytes[(offset + length / 2) as usize] ^= 0x40;
-    fs::write(pack_path(&fleet, &pack), &bytes).expect("write pack");
+    fs::write(fleet.pack_path(&pack), &bytes).expect("write pack");
     let (code, v) = verify(&fleet);
     assert_eq!(code, Some(2), "{v}");
     assert_eq!(v["bad"].as_array().map(Vec::len), Some(1), "{v}");

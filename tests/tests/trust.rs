@@ -667,6 +667,7 @@ async fn agents_cannot_delete_overwrite_impersonate_or_backdate() {
             chunks: vec![pb::ChunkBlob {
                 id: stored.as_bytes().to_vec(),
                 blob: codec::encode_raw(b"evil data").into(),
+                ..Default::default()
             }],
         }]))
         .await
