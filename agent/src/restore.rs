@@ -591,6 +591,7 @@ async fn restore_into(
     let mut opts = Options::for_current_user();
     opts.mode = mode;
     opts.delete_extra = job.delete_extra;
+    opts.privileges = job.keep_privileges;
     // The place a probe looks at.
     let (report, restored) = match destination {
         Destination::Dir { root, target } => {
@@ -634,6 +635,7 @@ async fn restore_into(
                 key,
                 source,
                 counters,
+                opts.privileges,
             )
             .await?;
             let place = engine
@@ -664,6 +666,11 @@ async fn restore_into(
         },
         mode: mode.name().into(),
         bytes_fetched: fetched.load(Ordering::Relaxed),
+        skipped: report
+            .skipped
+            .iter()
+            .map(|(p, why)| format!("{p}: {why}"))
+            .collect(),
         ..Default::default()
     };
     for (p, why) in &report.skipped {

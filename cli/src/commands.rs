@@ -595,6 +595,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             mode,
             delete_extra,
             force,
+            keep_privileges,
             report,
             wait,
             json,
@@ -609,6 +610,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     mode,
                     delete_extra,
                     force,
+                    keep_privileges,
                 })
                 .await
                 .map_err(rpc)?
@@ -1011,6 +1013,7 @@ pub fn print_job(j: &pb::JobInfo, json: bool) {
             ("modified", &r.modified),
             ("missing", &r.missing),
             (extras, &r.planted),
+            ("skipped", &r.skipped),
         ] {
             if list.is_empty() {
                 continue;

@@ -230,6 +230,11 @@ pub enum Cmd {
         /// Restore a quarantined snapshot anyway (admin; recorded in the audit log).
         #[arg(long)]
         force: bool,
+        /// Onto another machine than the snapshot's: create its device nodes and keep
+        /// setuid/setgid bits and file capabilities (without it they are skipped and
+        /// listed; recorded in the audit log).
+        #[arg(long)]
+        keep_privileges: bool,
         /// Write the restore's report (modified, planted, missing files; phase times) to
         /// this file as JSON. Implies --wait.
         #[arg(long)]

@@ -569,6 +569,7 @@ pub fn restore_json(r: &pb::RestoreResult) -> serde_json::Value {
         "modified": r.modified,
         "missing": r.missing,
         "planted": r.planted,
+        "skipped": r.skipped,
         "extras_removed": r.extras_removed,
         "phases_ms": { "setup": r.setup_ms, "data": r.data_ms, "finish": r.finish_ms, "probe": r.probe_ms },
         "probe": r.probed.then(|| serde_json::json!({ "exit": r.probe_exit, "output": r.probe_output })),

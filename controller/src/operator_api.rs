@@ -560,6 +560,9 @@ impl OperatorApi for OperatorService {
         restore.stop_containers = req.stop_containers;
         restore.mode = mode.name().into();
         restore.delete_extra = req.delete_extra;
+        // Device nodes, setuid/setgid and capabilities come along only onto the machine the
+        // snapshot came from, or when the operator asks (audited below).
+        restore.keep_privileges = agent.id == snap.agent_id || req.keep_privileges;
         let row = self
             .0
             .jobs
@@ -572,7 +575,7 @@ impl OperatorApi for OperatorService {
             &format!("operator:{operator}"),
             "restore.start",
             &snap.id,
-            serde_json::json!({ "job": row.id, "agent": agent.name, "target": req.target, "mode": mode.name(), "delete_extra": req.delete_extra }),
+            serde_json::json!({ "job": row.id, "agent": agent.name, "target": req.target, "mode": mode.name(), "delete_extra": req.delete_extra, "keep_privileges": req.keep_privileges }),
         );
         Ok(Response::new(self.0.jobs.info(&row)?))
     }

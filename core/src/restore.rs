@@ -81,6 +81,10 @@ pub struct Options {
     pub owners: bool,
     /// Recreate device nodes (needs root). FIFOs are always recreated.
     pub devices: bool,
+    /// Keep setuid/setgid bits and file capabilities (`security.capability`). Off for a
+    /// snapshot of another machine unless the operator asks: those bits are privileges
+    /// the snapshot's author would hand itself on the machine restored to.
+    pub privileges: bool,
     pub mode: Mode,
     /// Remove entries the snapshot does not have.
     pub delete_extra: bool,
@@ -93,6 +97,7 @@ impl Options {
         Options {
             owners: root,
             devices: root,
+            privileges: true,
             mode: Mode::Replace,
             delete_extra: false,
         }
@@ -124,6 +129,9 @@ pub struct Report {
     /// Bytes of file content written.
     pub bytes_written: u64,
 }
+
+/// The extended attribute that holds a file's capabilities.
+const CAPABILITY_XATTR: &[u8] = b"security.capability";
 
 /// Chunks fetched per request while writing a file.
 const FETCH_BATCH: usize = 8;
@@ -400,6 +408,7 @@ impl Restorer<'_> {
     }
 
     fn entry(&mut self, e: &Entry) -> Result<()> {
+        self.note_privileges(e);
         let (parent, name) = split(&e.path);
         if self.failed.contains(parent) {
             return Err(Error::io(
@@ -439,12 +448,18 @@ impl Restorer<'_> {
                     Kind::BlockDevice => FileType::BlockDevice,
                     _ => FileType::Socket,
                 };
-                if matches!(e.kind, Kind::CharDevice | Kind::BlockDevice) && !self.opts.devices {
-                    self.report.skipped.push((
-                        e.display_path(),
-                        "device nodes are recreated only when restoring as root".into(),
-                    ));
-                    return Ok(());
+                if matches!(e.kind, Kind::CharDevice | Kind::BlockDevice) {
+                    let refused = if !self.opts.privileges {
+                        "device node not created: the snapshot comes from another machine (--keep-privileges creates it)"
+                    } else if !self.opts.devices {
+                        "device nodes are recreated only when restoring as root"
+                    } else {
+                        ""
+                    };
+                    if !refused.is_empty() {
+                        self.report.skipped.push((e.display_path(), refused.into()));
+                        return Ok(());
+                    }
                 }
                 let tmp = self.tmp_name();
                 rustix::fs::mknodat(
@@ -684,8 +699,11 @@ impl Restorer<'_> {
             )?;
         }
         // After chown: chown clears setuid/setgid.
-        rustix::fs::fchmod(&fd, Perm::from_raw_mode(e.mode))?;
+        rustix::fs::fchmod(&fd, Perm::from_raw_mode(self.mode_of(e)))?;
         for (k, v) in &e.xattrs {
+            if !self.opts.privileges && k.as_slice() == CAPABILITY_XATTR {
+                continue;
+            }
             match rustix::fs::fsetxattr(&fd, os(k), v, rustix::fs::XattrFlags::empty()) {
                 // trusted.* and security.* need privileges; user.* may be unsupported.
                 Ok(()) | Err(Errno::PERM) | Err(Errno::NOTSUP) => {}
@@ -693,6 +711,35 @@ impl Restorer<'_> {
             }
         }
         rustix::fs::futimens(&fd, &times(e))
+    }
+
+    /// The mode to give `e`: without privileges, setuid and setgid are cleared (noted
+    /// once per entry in the report's skipped list). A directory's setgid only passes
+    /// its group on to new files, and is kept.
+    fn mode_of(&self, e: &Entry) -> u32 {
+        if self.opts.privileges || e.kind == Kind::Dir {
+            e.mode
+        } else {
+            e.mode & !0o6000
+        }
+    }
+
+    /// Notes, before `e` is restored, what of its privileges will not be kept.
+    fn note_privileges(&mut self, e: &Entry) {
+        if self.opts.privileges || matches!(e.kind, Kind::Symlink | Kind::Dir) {
+            return;
+        }
+        let setid = e.mode & 0o6000 != 0;
+        let caps = e
+            .xattrs
+            .iter()
+            .any(|(k, _)| k.as_slice() == CAPABILITY_XATTR);
+        if setid || caps {
+            self.report.skipped.push((
+                e.display_path(),
+                "restored without its setuid/setgid bits and file capabilities: the snapshot comes from another machine (--keep-privileges keeps them)".into(),
+            ));
+        }
     }
 
     /// Metadata by name (symlinks, special files), then rename into place.
@@ -715,7 +762,12 @@ impl Restorer<'_> {
                 )?;
             }
             if chmod {
-                rustix::fs::chmodat(dir, tmp, Perm::from_raw_mode(e.mode), AtFlags::empty())?;
+                rustix::fs::chmodat(
+                    dir,
+                    tmp,
+                    Perm::from_raw_mode(self.mode_of(e)),
+                    AtFlags::empty(),
+                )?;
             }
             rustix::fs::utimensat(dir, tmp, &times(e), AtFlags::SYMLINK_NOFOLLOW)
         })();

@@ -59,7 +59,8 @@ fn backup_change_backup_restore_both_snapshots() {
         changes.files
     );
 
-    // Snapshot 1 onto the other machine, snapshot 2 onto the same one.
+    // Snapshot 1 onto the other machine (all of it: its device nodes and setuid files
+    // too), snapshot 2 onto the same one.
     let t1 = r_spare.join("day1");
     let (ok, job) = fleet.job(&[
         "restore",
@@ -68,6 +69,7 @@ fn backup_change_backup_restore_both_snapshots() {
         "spare-1",
         "--to",
         t1.to_str().expect("utf8"),
+        "--keep-privileges",
     ]);
     assert!(
         ok,

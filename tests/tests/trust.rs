@@ -1105,3 +1105,119 @@ async fn a_job_lists_only_snapshots_it_committed() {
         "{job}"
     );
 }
+
+/// A snapshot of another machine brings no privileges along unless the operator asks:
+/// restored onto b, a's device node is not created, its setuid/setgid files lose those
+/// bits and its file capabilities, and the job lists each; `--keep-privileges` restores
+/// them, and so does a restore onto a itself.
+#[test]
+fn a_snapshot_of_another_machine_brings_no_privileges_unless_asked() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+    if !lifeboat_tests::tree::is_root() {
+        eprintln!("\n!!! SKIPPED: device nodes and setuid-root files need root\n");
+        return;
+    }
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    fs::create_dir_all(&src).expect("src");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("mem"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 1),
+    )
+    .expect("mknod");
+    for (name, mode) in [("suid", 0o4755), ("sgid", 0o2755), ("capped", 0o755)] {
+        fs::write(src.join(name), b"#!/bin/sh\n").expect("write");
+        fs::set_permissions(src.join(name), fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    // VFS_CAP_REVISION_2, CAP_NET_RAW permitted.
+    let mut cap = vec![0u8; 20];
+    cap[..4].copy_from_slice(&0x0200_0000u32.to_le_bytes());
+    cap[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
+    rustix::fs::setxattr(
+        src.join("capped"),
+        "security.capability",
+        &cap,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .expect("setxattr security.capability");
+    let (ra, rb) = (fleet.path("roots-a"), fleet.path("roots-b"));
+    let a = fleet.enroll("a");
+    let b = fleet.enroll("b");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[ra.as_path()]);
+    fleet.run_agent(&b, &[], &[rb.as_path()]);
+    let snap = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let restore = |agent: &str, to: &Path, extra: &[&str]| {
+        let mut args = vec!["restore", &snap, "--agent", agent, "--to"];
+        args.push(to.to_str().expect("utf8"));
+        args.extend(extra);
+        let (ok, job) = fleet.job(&args);
+        assert!(ok, "restore onto {agent} {extra:?}: {job}");
+        job
+    };
+    let has_cap = |p: &Path| {
+        let mut buf = [0u8; 64];
+        rustix::fs::getxattr(p, "security.capability", &mut buf).is_ok()
+    };
+
+    let plain = rb.join("plain");
+    let job = restore("b", &plain, &[]);
+    assert!(
+        fs::symlink_metadata(plain.join("mem")).is_err(),
+        "a device node of another machine was created"
+    );
+    assert_eq!(
+        fs::metadata(plain.join("suid")).expect("suid").mode() & 0o7777,
+        0o755
+    );
+    assert_eq!(
+        fs::metadata(plain.join("sgid")).expect("sgid").mode() & 0o7777,
+        0o755
+    );
+    assert!(!has_cap(&plain.join("capped")), "capabilities were kept");
+    let skipped: Vec<String> = job["restore"]["skipped"]
+        .as_array()
+        .expect("skipped list")
+        .iter()
+        .filter_map(|s| s.as_str().map(String::from))
+        .collect();
+    for name in ["mem", "suid", "sgid", "capped"] {
+        assert!(
+            skipped.iter().any(|s| s.starts_with(&format!("{name}: "))),
+            "{name} is not listed as skipped: {skipped:?}"
+        );
+    }
+
+    let asked = rb.join("asked");
+    restore("b", &asked, &["--keep-privileges"]);
+    let own = ra.join("own");
+    restore("a", &own, &[]);
+    for dir in [&asked, &own] {
+        let mem = fs::symlink_metadata(dir.join("mem")).expect("device node");
+        assert!(mem.file_type().is_char_device());
+        assert_eq!(mem.rdev(), rustix::fs::makedev(1, 1));
+        assert_eq!(
+            fs::metadata(dir.join("suid")).expect("suid").mode() & 0o7777,
+            0o4755
+        );
+        assert_eq!(
+            fs::metadata(dir.join("sgid")).expect("sgid").mode() & 0o7777,
+            0o2755
+        );
+        assert!(
+            has_cap(&dir.join("capped")),
+            "capabilities lost in {}",
+            dir.display()
+        );
+    }
+    let audit = fleet.cli_json(&["audit"]);
+    assert!(
+        audit.to_string().contains("\"keep_privileges\":true"),
+        "the asked-for privileges are not in the audit log"
+    );
+}

@@ -26,6 +26,7 @@ pub async fn restore(
     key: ChunkKey,
     source: super::Prefetched,
     counters: Arc<Counters>,
+    privileges: bool,
 ) -> Result<Report, AgentError> {
     let vol = match engine.volume(volume).await? {
         Some(v) => v,
@@ -62,7 +63,10 @@ pub async fn restore(
         key,
         source,
         counters.clone(),
-        lifeboat_core::restore::Options::for_current_user(),
+        lifeboat_core::restore::Options {
+            privileges,
+            ..lifeboat_core::restore::Options::for_current_user()
+        },
         Default::default(),
     )
     .await;

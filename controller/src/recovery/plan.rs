@@ -761,6 +761,8 @@ fn submit(
 ) -> Result<String, ApiError> {
     let snap = ctl.catalog.find_snapshot(&src.snapshot)?;
     let mut job = super::restore_job(ctl, &snap)?;
+    // Privileges (device nodes, setuid, capabilities) only onto the device itself.
+    job.keep_privileges = target.id == snap.agent_id;
     let kind = source_kind(&snap.source);
     match kind {
         "path" => {
