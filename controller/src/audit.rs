@@ -26,9 +26,15 @@ use crate::now_ms;
 
 const CONTEXT: &[u8] = b"lifeboat audit v1\0";
 const ANCHOR_CONTEXT: &[u8] = b"lifeboat audit head v1\0";
-/// Handshake refusals and denials recorded per minute at most (a scanner must not be able
-/// to fill the disk); the rest are counted and summarized in one entry.
-const DENIALS_PER_MINUTE: u32 = 300;
+/// Denials of callers without an identity the catalog honours (refused handshakes,
+/// enrollments with a bad token, revoked or unknown certificates) recorded per minute: at
+/// most this many from one source (an address, or a certificate), so a scanner hides
+/// nobody else's denials, and at most [`ANONYMOUS_DENIALS_PER_MINUTE`] from all sources,
+/// so scanners cannot fill the disk. The rest are counted and summarized in one entry per
+/// minute. Denials of an authenticated identity are always recorded (an admin can revoke
+/// that identity).
+const DENIALS_PER_SOURCE_PER_MINUTE: u32 = 120;
+const ANONYMOUS_DENIALS_PER_MINUTE: u32 = 1200;
 
 /// One audit entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -110,6 +116,8 @@ impl Verification {
 struct DenialWindow {
     minute: i64,
     recorded: u32,
+    /// Recorded this minute, by source address.
+    by_source: std::collections::HashMap<String, u32>,
     suppressed: u64,
 }
 
@@ -188,9 +196,18 @@ impl Audit {
         }
     }
 
-    /// Records a denied call or refused handshake, rate-limited per minute.
+    /// Records a call an authenticated identity (an agent or operator the catalog
+    /// honours) was denied. Always recorded.
     pub fn denied(&self, actor: &str, what: &str, remote: &str, why: &str) {
+        self.record_denial(actor, what, remote, why);
+    }
+
+    /// Records a denial of a caller without an identity the catalog honours, within the
+    /// budget of `source` (its address, or the certificate it presented) and the overall
+    /// one (see [`DENIALS_PER_SOURCE_PER_MINUTE`]).
+    pub fn denied_anonymous(&self, source: &str, actor: &str, what: &str, remote: &str, why: &str) {
         let minute = now_ms() / 60_000;
+        let source = source.to_string();
         let (record, summary) = {
             let mut w = self.denials.lock().unwrap_or_else(|p| p.into_inner());
             let mut summary = None;
@@ -203,9 +220,12 @@ impl Audit {
                     ..Default::default()
                 };
             }
-            let record = w.recorded < DENIALS_PER_MINUTE;
+            let from_source = w.by_source.get(&source).copied().unwrap_or(0);
+            let record = w.recorded < ANONYMOUS_DENIALS_PER_MINUTE
+                && from_source < DENIALS_PER_SOURCE_PER_MINUTE;
             if record {
                 w.recorded += 1;
+                *w.by_source.entry(source).or_default() += 1;
             } else {
                 w.suppressed += 1;
             }
@@ -219,16 +239,22 @@ impl Audit {
                 serde_json::json!({ "denials_not_recorded": n }),
             );
         }
+        if record {
+            self.record_denial(actor, what, remote, why);
+        } else {
+            tracing::debug!(%actor, %what, %remote, reason = %why, "denied (not recorded: over the budget)");
+        }
+    }
+
+    fn record_denial(&self, actor: &str, what: &str, remote: &str, why: &str) {
         tracing::warn!(%actor, %what, %remote, reason = %why, "denied");
-        if record
-            && let Err(e) = self.record(
-                actor,
-                "authz.denied",
-                what,
-                "denied",
-                serde_json::json!({ "remote": remote, "reason": why }),
-            )
-        {
+        if let Err(e) = self.record(
+            actor,
+            "authz.denied",
+            what,
+            "denied",
+            serde_json::json!({ "remote": remote, "reason": why }),
+        ) {
             tracing::error!(error = %e, "could not write the audit log");
         }
     }

@@ -232,8 +232,15 @@ fn decide(
                 Peer::Agent { id, .. } => format!("agent-id:{id}"),
                 Peer::Operator { name, .. } => format!("operator:{name}"),
             };
-            ctl.audit
-                .denied(&actor, path, &info.remote.to_string(), &e.to_string());
+            // A certificate the catalog does not honour (unknown, revoked, replaced) is
+            // no identity: its denials share the anonymous budget of its address.
+            ctl.audit.denied_anonymous(
+                &actor,
+                &actor,
+                path,
+                &info.remote.to_string(),
+                &e.to_string(),
+            );
             return Err(e.into());
         }
     };
@@ -249,8 +256,19 @@ fn decide(
     } else {
         format!("denied: {path} is not an API method")
     };
-    ctl.audit
-        .denied(&principal.actor(), path, &info.remote.to_string(), &why);
+    let remote = info.remote.to_string();
+    match principal {
+        Principal::Enrolling => ctl.audit.denied_anonymous(
+            &info.remote.ip().to_string(),
+            &principal.actor(),
+            path,
+            &remote,
+            &why,
+        ),
+        Principal::Agent(_) | Principal::Operator { .. } => {
+            ctl.audit.denied(&principal.actor(), path, &remote, &why)
+        }
+    }
     Err(ApiError::PermissionDenied(why).into())
 }
 

@@ -45,11 +45,11 @@ impl Enrollment for EnrollService {
         req: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let ctl = &self.0;
-        let remote = req
+        let peer = req
             .extensions()
-            .get::<lifeboat_proto::transport::PeerInfo>()
-            .map(|p| p.remote.to_string())
-            .unwrap_or_default();
+            .get::<lifeboat_proto::transport::PeerInfo>();
+        let remote = peer.map(|p| p.remote.to_string()).unwrap_or_default();
+        let remote_ip = peer.map(|p| p.remote.ip().to_string()).unwrap_or_default();
         let req = req.into_inner();
         validate_name("agent", &req.name).map_err(ApiError::from)?;
         let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
@@ -77,7 +77,8 @@ impl Enrollment for EnrollService {
         let token_labels = match refusal {
             Ok(l) => l,
             Err(e) => {
-                ctl.audit.denied(
+                ctl.audit.denied_anonymous(
+                    remote_ip.as_str(),
                     &format!("enrolling:{}", req.name),
                     "/lifeboat.v1.Enrollment/Enroll",
                     &remote,

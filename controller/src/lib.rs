@@ -417,7 +417,8 @@ impl Running {
         let refused: transport::RefusalHook = {
             let ctl = ctl.clone();
             Arc::new(move |remote, why| {
-                ctl.audit.denied(
+                ctl.audit.denied_anonymous(
+                    &remote.ip().to_string(),
                     &format!("tls:{}", remote.ip()),
                     "tls.handshake",
                     &remote.to_string(),

@@ -1221,3 +1221,92 @@ fn a_snapshot_of_another_machine_brings_no_privileges_unless_asked() {
         "the asked-for privileges are not in the audit log"
     );
 }
+
+/// A flood of anonymous denials cannot hide an identity's: after 400 enrollments with a
+/// bad token from one address, a compromised agent's denied DeleteSnapshot and ListAgents
+/// are both in the audit log, and that address used at most its own budget of entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_anonymous_denials_hides_no_identity_denial() {
+    transport::install_crypto_provider();
+    let fleet = tokio::task::spawn_blocking(|| {
+        let fleet = Fleet::start();
+        fleet.enroll("a");
+        fleet
+    })
+    .await
+    .expect("setup");
+    let channel = transport::connect(
+        &fleet.url,
+        ClientTls::enrollment(&fleet.fingerprint).expect("tls"),
+    )
+    .await
+    .expect("connect");
+    let mut en = pb::enrollment_client::EnrollmentClient::new(channel);
+    let flood = 400;
+    for i in 0..flood {
+        let refused = en
+            .enroll(pb::EnrollRequest {
+                token: format!("lbt_guess-{i}"),
+                name: format!("guess-{i}"),
+                signing_public_key: vec![0; 32],
+                ..Default::default()
+            })
+            .await
+            .expect_err("a guessed token enrolled");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    }
+    let op = OperatorApiClient::new(
+        transport::connect(&fleet.url, agent_tls(&fleet.path("agents/a")))
+            .await
+            .expect("connect as a"),
+    );
+    let delete = op
+        .clone()
+        .delete_snapshot(pb::SnapshotRef {
+            id: "ab".repeat(32),
+        })
+        .await
+        .expect_err("an agent deleted a snapshot");
+    let list = op
+        .clone()
+        .list_agents(pb::Empty {})
+        .await
+        .expect_err("an agent listed agents");
+    for s in [&delete, &list] {
+        assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    }
+    let entries = tokio::task::block_in_place(|| audit(&fleet));
+    let denied_to_a = |method: &str| {
+        entries.iter().any(|e| {
+            e["actor"] == "agent:a"
+                && e["outcome"] == "denied"
+                && e["target"].as_str().unwrap_or_default().ends_with(method)
+        })
+    };
+    assert!(
+        denied_to_a("/DeleteSnapshot"),
+        "the agent's DeleteSnapshot is not audited"
+    );
+    assert!(
+        denied_to_a("/ListAgents"),
+        "the agent's ListAgents is not audited"
+    );
+    let guesses = entries
+        .iter()
+        .filter(|e| {
+            e["outcome"] == "denied"
+                && e["actor"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("enrolling:")
+        })
+        .count();
+    // The per-source budget (audit.rs: 120 a minute; the minute may turn during the flood).
+    assert!(
+        guesses > 0 && guesses <= 2 * 120,
+        "{guesses} of {flood} denials from one address were recorded"
+    );
+    eprintln!(
+        "audit: {flood} anonymous denials from one address, {guesses} recorded; both identity denials recorded"
+    );
+}
