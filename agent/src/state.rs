@@ -47,10 +47,10 @@ impl Credentials {
         let v = lifeboat_core::pki::validity_of(&self.cert_pem)?;
         // Certificates are backdated for clock skew; the lifetime starts at issue.
         let skew = lifeboat_core::pki::CLOCK_SKEW.as_millis() as i64;
-        let (from, until) = (
-            v.not_before.unix_timestamp() * 1000 + skew,
-            v.not_after.unix_timestamp() * 1000,
-        );
+        let until = v.not_after.unix_timestamp() * 1000;
+        // (A certificate backdated by less, from an older controller, still renews before
+        // it expires.)
+        let from = (v.not_before.unix_timestamp() * 1000 + skew).min(until);
         Ok(until - (until - from) / 3)
     }
 

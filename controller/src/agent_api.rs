@@ -27,8 +27,11 @@ const MAX_IDS: usize = 4096;
 /// three messages in the controller: the one being filled, the queued one, the one being
 /// encoded; a mass restore multiplies that by its concurrency.
 const BATCH_BYTES: usize = 256 << 10;
-/// How far ahead of the controller's clock an agent's own timestamps may be.
-const MAX_CLOCK_SKEW_MS: i64 = 5 * 60 * 1000;
+/// How far ahead of the controller's clock an agent's own timestamps may be: the skew
+/// certificates allow (`pki::CLOCK_SKEW`, an hour), so a clock that can still connect can
+/// still back up. Nothing is decided by these times (retention goes by receive time); a
+/// record dated further ahead is a broken clock or a lie, and is refused saying which.
+const MAX_CLOCK_SKEW_MS: i64 = lifeboat_core::pki::CLOCK_SKEW.as_millis() as i64;
 
 fn ids(raw: &[Vec<u8>]) -> Result<Vec<ChunkId>, ApiError> {
     if raw.len() > MAX_IDS {

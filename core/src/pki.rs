@@ -27,7 +27,7 @@ fn pki<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> Error {
 }
 
 /// Client certificates are backdated by this much, for clock skew between machines.
-pub const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(300);
+pub const CLOCK_SKEW: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// `n` days.
 pub fn days(n: u64) -> std::time::Duration {

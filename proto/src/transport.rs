@@ -224,7 +224,10 @@ pub async fn connect(url: &str, tls: ClientTls) -> Result<Channel, TransportErro
             let tcp = TcpStream::connect(&hostport).await?;
             tcp.set_nodelay(true)?;
             let name = ServerName::try_from(tls.server_name).map_err(std::io::Error::other)?;
-            let stream = TlsConnector::from(tls.config).connect(name, tcp).await?;
+            let stream = TlsConnector::from(tls.config)
+                .connect(name, tcp)
+                .await
+                .map_err(|e| explained(e, Side::Client))?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
         }
     });
@@ -405,6 +408,7 @@ pub fn incoming(
                         let _ = conn_tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => {
+                        let e = explained(e, Side::Server);
                         tracing::info!(%remote, error = %e, "tls handshake refused");
                         if let Some(hook) = &on_refused {
                             hook(remote, format!("tls handshake refused: {e}"));
@@ -449,4 +453,43 @@ async fn handshake(
         stream,
         info: PeerInfo { remote, peer },
     })
+}
+
+/// Which end of a handshake explains its failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Client,
+    Server,
+}
+
+/// A handshake failure in words that say what is wrong, above all a clock that is off:
+/// certificates are valid from an hour before they are issued (`pki::CLOCK_SKEW`), so a
+/// machine whose clock is further off than that sees valid certificates as not yet valid or
+/// expired, and the other end only hears an alert.
+fn explained(e: std::io::Error, side: Side) -> std::io::Error {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as R};
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<R>()) else {
+        return e;
+    };
+    let (theirs, mine) = match side {
+        Side::Client => ("the controller's", "this machine's"),
+        Side::Server => ("the client's", "the controller's"),
+    };
+    let why = match tls {
+        R::InvalidCertificate(C::NotValidYetContext { time, not_before }) => format!(
+            "{theirs} certificate is not valid yet by {mine} clock: it starts {} s after {mine} now; {mine} clock is behind (or the other's ahead): fix it (NTP)",
+            not_before.as_secs().saturating_sub(time.as_secs())
+        ),
+        R::InvalidCertificate(C::ExpiredContext { time, not_after }) => format!(
+            "{theirs} certificate expired {} s ago by {mine} clock; if that clock is right, the certificate lapsed (an agent offline past its renewal enrolls again), else fix the clock (NTP)",
+            time.as_secs().saturating_sub(not_after.as_secs())
+        ),
+        R::AlertReceived(
+            alert @ (A::CertificateExpired | A::BadCertificate | A::CertificateUnknown),
+        ) => format!(
+            "the other end refused {mine} certificate ({alert:?}): if it calls it expired or not yet valid, one of the two clocks is off by more than an hour; compare them (NTP)"
+        ),
+        _ => return e,
+    };
+    std::io::Error::new(e.kind(), format!("{why} ({tls})"))
 }

@@ -69,6 +69,8 @@ pub struct Fleet {
     serve_args: Vec<String>,
     /// Extra environment for the next controller start (e.g. `LIFEBOAT_CRASH_AT`).
     pub controller_env: Vec<(String, String)>,
+    /// Extra environment for the agents started from now on (e.g. libfaketime's).
+    pub agent_env: Vec<(String, String)>,
     agents: Vec<(String, Child)>,
 }
 
@@ -119,6 +121,7 @@ impl Fleet {
             controller: None,
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
             controller_env: Vec::new(),
+            agent_env: Vec::new(),
             agents: Vec::new(),
         };
         fleet.start_controller();
@@ -361,6 +364,7 @@ impl Fleet {
             .arg("--state-dir")
             .arg(&agent.state_dir)
             .env("LIFEBOAT_LOG", "info")
+            .envs(self.agent_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log);
         for (name, path) in sources {

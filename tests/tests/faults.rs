@@ -1,10 +1,12 @@
-//! Faults from `../shared/RELIABILITY.md` (section A) that a filesystem can be made to
-//! produce on this machine: each test names its row and prints its figure.
+//! Faults from the reliability checklist (`../shared/RELIABILITY.md`, section A), made
+//! real on this machine: each test names its row and prints its figure.
 //!
-//! The filesystems that fill up are small tmpfs mounts (root only; CI runs as root and sets
-//! `LIFEBOAT_REQUIRE_MOUNT`, so there they cannot skip).
+//! The filesystems that fill up are small tmpfs mounts (root only), and skewed clocks come
+//! from libfaketime (Debian's `faketime`). CI runs as root, installs faketime and sets
+//! `LIFEBOAT_REQUIRE_MOUNT` and `LIFEBOAT_REQUIRE_FAKETIME`, so there these cannot skip.
 
 use std::fs;
+use std::time::Duration;
 
 use lifeboat_tests::tree::{self, Rng};
 use lifeboat_tests::{Fleet, Tmpfs};
@@ -304,4 +306,107 @@ fn damaged_pack_restore(damage: Damage) -> usize {
         }
     }
     compared
+}
+
+/// libfaketime's preload library (Debian's `faketime` package).
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// What an agent whose clock is off should meet.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Skewed {
+    /// Within the hour certificates allow: it connects and backs up.
+    BacksUp,
+    /// Ahead by more: it connects, and its commits are refused saying its clock is ahead.
+    Refused,
+    /// Behind by more: it cannot connect, and says its clock is behind.
+    CannotConnect,
+}
+
+/// A12: an agent's clock off by ±10 min, ±2 h and ±24 h (libfaketime). Backups survive an
+/// hour either way (the skew certificates allow); beyond it, each side says exactly which
+/// clock is wrong. Retention never depends on an agent's clock (covered by the policy
+/// tests), so nothing else changes.
+#[test]
+fn a12_agent_clock_skew_backs_up_within_an_hour_and_names_the_clock_beyond() {
+    if !std::path::Path::new(FAKETIME).exists() {
+        assert!(
+            std::env::var_os("LIFEBOAT_REQUIRE_FAKETIME").is_none(),
+            "{FAKETIME} is missing: apt-get install faketime"
+        );
+        eprintln!("\n!!! SKIPPED: A12 needs libfaketime (apt-get install faketime)\n");
+        return;
+    }
+    let cases = [
+        ("-10m", Skewed::BacksUp),
+        ("+10m", Skewed::BacksUp),
+        ("+2h", Skewed::Refused),
+        ("-2h", Skewed::CannotConnect),
+        ("+24h", Skewed::Refused),
+        ("-24h", Skewed::CannotConnect),
+    ];
+    for (offset, expected) in cases {
+        clock_off_by(offset, expected);
+    }
+    eprintln!(
+        "A12 agent clock skew: {} offsets, each as decided",
+        cases.len()
+    );
+}
+
+fn clock_off_by(offset: &str, expected: Skewed) {
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    fs::create_dir_all(&src).expect("src");
+    fs::write(src.join("f"), Rng::new(12).bytes(50_000)).expect("write");
+    let a = fleet.enroll("a");
+    fleet.agent_env = vec![
+        ("LD_PRELOAD".into(), FAKETIME.into()),
+        ("FAKETIME".into(), offset.into()),
+        // Timers and timeouts keep real time; only the wall clock is off.
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ];
+    match expected {
+        Skewed::BacksUp => {
+            fleet.run_agent(&a, &[("data", src.as_path())], &[]);
+            fleet.backup("a", "data");
+        }
+        Skewed::Refused => {
+            fleet.run_agent(&a, &[("data", src.as_path())], &[]);
+            let (ok, job) = fleet.job(&["backup", "a", "--source", "data"]);
+            assert!(
+                !ok,
+                "{offset}: a backup dated {offset} was committed: {job}"
+            );
+            let error = job["error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains("in the future") && error.contains("fix the agent's clock"),
+                "{offset}: the refusal does not name the agent's clock: {job}"
+            );
+        }
+        Skewed::CannotConnect => {
+            fleet.spawn_agent(&a, &[("data", src.as_path())], &[], &[]);
+            lifeboat_tests::wait_for(
+                &format!("agent a ({offset}) to say its clock is behind"),
+                Duration::from_secs(30),
+                || {
+                    fleet
+                        .agent_log("a")
+                        .contains("certificate is not valid yet by this machine's clock")
+                        .then_some(())
+                },
+            );
+            lifeboat_tests::wait_for(
+                "the controller to say a client refused its certificate",
+                Duration::from_secs(30),
+                || {
+                    fleet
+                        .controller_log()
+                        .contains("one of the two clocks is off")
+                        .then_some(())
+                },
+            );
+            let agents = fleet.cli_json(&["agents"]);
+            assert_eq!(agents[0]["connected"], false, "{offset}: {agents}");
+        }
+    }
 }
