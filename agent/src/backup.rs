@@ -1126,6 +1126,7 @@ async fn commit(
             }
         })?
         .into_inner();
+    lifeboat_core::crash_point("backup-after-commit");
     tracing::info!(%source, elapsed_ms = clock.elapsed().as_millis() as u64, "snapshot committed");
     if cache {
         let state = ctx.state.clone();

@@ -18,7 +18,7 @@
 
 use std::collections::HashSet;
 
-use lifeboat_core::{ChunkId, codec, pack};
+use lifeboat_core::{ChunkId, codec, crash_point, pack};
 
 use crate::Controller;
 use crate::error::ApiError;
@@ -33,14 +33,6 @@ pub struct Report {
     pub packs_compacted: u64,
     pub packs_deleted: u64,
     pub bytes_reclaimed: u64,
-}
-
-/// Aborts the process if `LIFEBOAT_CRASH_AT` names `point`: the crash tests' kill switch.
-fn crash_point(point: &str) {
-    if std::env::var("LIFEBOAT_CRASH_AT").is_ok_and(|v| v == point) {
-        eprintln!("LIFEBOAT_CRASH_AT={point}: aborting here");
-        std::process::abort();
-    }
 }
 
 /// Every chunk the committed snapshots `ids` reference (their tree chunks and file chunks).

@@ -410,3 +410,35 @@ fn clock_off_by(offset: &str, expected: Skewed) {
         }
     }
 }
+
+/// A1 (one point of it): an agent that dies right after its snapshot was committed, before
+/// it could report, leaves a job that succeeded with that snapshot, not an interrupted one
+/// that a scheduled retry would back up a second time.
+#[test]
+fn a1_an_agent_killed_after_its_commit_leaves_a_succeeded_job() {
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    fs::create_dir_all(&src).expect("src");
+    fs::write(src.join("f"), Rng::new(13).bytes(80_000)).expect("write");
+    let a = fleet.enroll("a");
+    fleet.agent_env = vec![("LIFEBOAT_CRASH_AT".into(), "backup-after-commit".into())];
+    fleet.run_agent(&a, &[("data", src.as_path())], &[]);
+    let (_, job) = fleet.job(&["backup", "a", "--source", "data"]);
+    let snaps = fleet.cli_json(&["snapshots", "--agent", "a"]);
+    let listed: Vec<&str> = snaps
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(listed.len(), 1, "{snaps}");
+    assert!(
+        fleet
+            .agent_log("a")
+            .contains("backup-after-commit: aborting here"),
+        "the agent did not die where the test wanted"
+    );
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["snapshot_ids"], serde_json::json!([listed[0]]), "{job}");
+    eprintln!("A1 agent killed after commit: job succeeded with its one snapshot");
+}
