@@ -128,12 +128,17 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 "rebuilt catalog: {} packs, {} chunks, {} snapshots",
                 r.packs, r.chunks, r.snapshots
             );
+            for s in &r.salvaged {
+                println!("salvaged: {s}");
+            }
             for s in &r.skipped {
                 println!("skipped: {s}");
             }
-            if !r.skipped.is_empty() {
+            if !r.skipped.is_empty() || !r.salvaged.is_empty() {
                 anyhow::bail!(
-                    "{} store files could not be read; they were left in place",
+                    "{} store files could not be read whole ({} salvaged, {} left in place); run `lifeboat verify` to see which snapshots are affected",
+                    r.skipped.len() + r.salvaged.len(),
+                    r.salvaged.len(),
                     r.skipped.len()
                 );
             }

@@ -19,6 +19,9 @@ pub struct RebuildReport {
     pub snapshots: u64,
     /// Files that could not be read, with the reason; they are left in place.
     pub skipped: Vec<String>,
+    /// Packs whose trailer could not be read, with what was salvaged from them; the
+    /// damaged files are moved to `STORE/damaged/`.
+    pub salvaged: Vec<String>,
 }
 
 pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
@@ -54,7 +57,27 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
                 )?;
                 report.packs += 1;
             }
-            Err(e) => report.skipped.push(e.to_string()),
+            Err(e) => match salvage(&store, &prepared.chunk_key, &path, &name) {
+                Ok((sealed, moved)) => {
+                    let n = sealed.as_ref().map_or(0, |p| p.entries.len());
+                    report.salvaged.push(format!(
+                        "pack {name}: {e}; {n} chunks salvaged{}; the damaged file is now {}",
+                        sealed
+                            .as_ref()
+                            .map(|p| format!(" into pack {}", p.name))
+                            .unwrap_or_default(),
+                        moved.display()
+                    ));
+                    if let Some(sealed) = sealed {
+                        report.chunks += n as u64;
+                        report.packs += 1;
+                        catalog.insert_pack(&sealed, now_ms())?;
+                    }
+                }
+                Err(salvage_error) => report
+                    .skipped
+                    .push(format!("{e}; salvaging it failed: {salvage_error}")),
+            },
         }
     }
     for id in store.snapshot_ids()? {
@@ -100,6 +123,36 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
         }
     }
     Ok(report)
+}
+
+/// Copies the chunks still readable in a damaged pack into a new pack (sealed and
+/// checked like any other) and moves the damaged file to `STORE/damaged/`, where it stays
+/// for whoever investigates: nothing is deleted.
+fn salvage(
+    store: &crate::store::Store,
+    key: &lifeboat_core::ChunkKey,
+    path: &Path,
+    name: &str,
+) -> Result<(Option<pack::SealedPack>, std::path::PathBuf), ApiError> {
+    // Moved aside first: the salvaged pack may get the same name (a pack is named by its
+    // trailer, and an intact run of blobs makes the same trailer again).
+    let damaged_dir = store.tmp_dir().with_file_name("damaged");
+    std::fs::create_dir_all(&damaged_dir)
+        .map_err(|e| ApiError::internal(format!("creating {}: {e}", damaged_dir.display())))?;
+    let moved = damaged_dir.join(format!("{name}.pack"));
+    lifeboat_core::durable::rename_durable(path, &moved)?;
+    let found = pack::salvage(&moved, key)?;
+    if found.is_empty() {
+        return Ok((None, moved));
+    }
+    let file = std::fs::File::open(&moved)
+        .map_err(|e| ApiError::internal(format!("opening {}: {e}", moved.display())))?;
+    let mut writer = pack::PackWriter::create(&store.tmp_dir())?;
+    for e in &found {
+        let blob = pack::read_blob(&file, e.offset, e.length)?;
+        writer.add(e.id, &blob)?;
+    }
+    Ok((Some(writer.seal(&store.packs_dir())?), moved))
 }
 
 /// Re-registers the admin identity of `DIR/admin.identity`, so the operator who rebuilt a

@@ -151,6 +151,11 @@ pub fn encode_raw(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Whether a blob (its header checked by [`declared_len`]) holds a zstd frame.
+pub fn is_zstd(blob: &[u8]) -> bool {
+    blob.get(5).is_some_and(|f| f & FLAG_ZSTD != 0)
+}
+
 /// The raw (decoded) length a blob declares, after checking its header.
 pub fn declared_len(blob: &[u8]) -> Result<usize> {
     if blob.len() < HEADER_LEN {
