@@ -93,8 +93,8 @@ fn store_full_then_freed(leave_mib: u64) -> bool {
 #[test]
 fn a9_restore_target_full_then_freed_restores_identically() {
     // The tree holds about 21 MiB of data (its sparse file takes no space): the target
-    // fills in the big files, among the small ones, and near the end.
-    for leave_mib in [1, 10, 19] {
+    // fills at once, in the big files, among the small ones, and near the end.
+    for leave_mib in [0, 1, 10, 19, 20] {
         if !target_full_then_freed(leave_mib) {
             return;
         }
