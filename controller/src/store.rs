@@ -163,10 +163,6 @@ impl Store {
         })
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     pub fn packs_dir(&self) -> PathBuf {
         self.root.join("packs")
     }

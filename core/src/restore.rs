@@ -191,23 +191,6 @@ fn resolve_error(e: Errno, path: &str) -> Error {
     }
 }
 
-/// Restores `tree` into the directory `target` (from [`open_target`]).
-pub fn restore(
-    tree: &Tree,
-    key: &ChunkKey,
-    target: &OwnedFd,
-    source: &mut dyn ChunkSource,
-    opts: Options,
-    progress: &mut dyn FnMut(&Report),
-) -> Result<Report> {
-    let same = if opts.mode == Mode::Repair {
-        repair_scan(tree, key, target)?
-    } else {
-        HashSet::new()
-    };
-    restore_scanned(tree, key, target, source, opts, same, progress)
-}
-
 /// Repair mode, first pass: the paths of the tree's regular files whose content in the
 /// target is already the snapshot's (same size, same chunk ids: the backup's chunker and
 /// keyed hash). Read-only. A caller that fetches chunks ahead fetches only the others.
@@ -249,8 +232,9 @@ fn content_matches(key: &ChunkKey, fd: OwnedFd, e: &Entry) -> Result<bool> {
     Ok(n == e.chunks.len())
 }
 
-/// [`restore`] with the result of [`repair_scan`] already in hand: files in `same` are
-/// left in place (their metadata fixed if it differs) and their chunks never fetched.
+/// Restores `tree` into the directory `target` (from [`open_target`]). In repair mode,
+/// `same` is the result of [`repair_scan`]: those files are left in place (their metadata
+/// fixed if it differs) and their chunks never fetched.
 pub fn restore_scanned(
     tree: &Tree,
     key: &ChunkKey,
