@@ -1119,9 +1119,7 @@ async fn commit(
         .inspect_err(|status| {
             // The store lacks chunks our change-detection cache said it had (reclaimed after
             // a long pause, or found bad): forget the cache, so the next run reads anew.
-            if status.code() == tonic::Code::FailedPrecondition
-                && status.message().contains("chunks the store does not have")
-            {
+            if crate::refusal_of(status) == pb::Refusal::MissingChunks {
                 let _ = std::fs::remove_file(ctx.state.cache_path(&source));
             }
         })?

@@ -35,6 +35,31 @@ pub enum AgentError {
     Transport(#[from] lifeboat_proto::transport::TransportError),
     #[error("{0}")]
     Rpc(String),
+    /// The controller refused a call for a reason this agent (or the scheduler) acts on.
+    #[error("controller: {message}")]
+    Refused {
+        reason: lifeboat_proto::pb::Refusal,
+        message: String,
+    },
+}
+
+impl AgentError {
+    /// The controller's refusal behind this error, if it was one.
+    pub fn refusal(&self) -> lifeboat_proto::pb::Refusal {
+        match self {
+            AgentError::Refused { reason, .. } => *reason,
+            _ => lifeboat_proto::pb::Refusal::Unspecified,
+        }
+    }
+}
+
+/// The refusal a status carries in its details (`pb::RefusalDetail`), if any.
+pub fn refusal_of(status: &tonic::Status) -> lifeboat_proto::pb::Refusal {
+    use prost::Message;
+    lifeboat_proto::pb::RefusalDetail::decode(status.details())
+        .ok()
+        .and_then(|d| lifeboat_proto::pb::Refusal::try_from(d.reason).ok())
+        .unwrap_or(lifeboat_proto::pb::Refusal::Unspecified)
 }
 
 /// An error with its whole `source()` chain, for one-line messages.
@@ -54,7 +79,15 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 
 impl From<tonic::Status> for AgentError {
     fn from(s: tonic::Status) -> Self {
-        AgentError::Rpc(format!("controller: {}", s.message()))
+        match refusal_of(&s) {
+            lifeboat_proto::pb::Refusal::Unspecified => {
+                AgentError::Rpc(format!("controller: {}", s.message()))
+            }
+            reason => AgentError::Refused {
+                reason,
+                message: s.message().to_string(),
+            },
+        }
     }
 }
 

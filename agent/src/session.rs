@@ -321,6 +321,7 @@ fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
             Err(e) => {
                 tracing::error!(job = %id, error = %e, "job failed");
                 update.state = JobState::Failed as i32;
+                update.refusal = e.refusal() as i32;
                 update.error = e.to_string();
             }
         }

@@ -141,6 +141,15 @@ pub fn state_name(s: i32) -> &'static str {
     }
 }
 
+/// A failed job's refusal as scripts see it: `missing_chunks`, `store_full`, or null.
+fn refusal_name(r: i32) -> Option<&'static str> {
+    match pb::Refusal::try_from(r).ok()? {
+        pb::Refusal::Unspecified => None,
+        pb::Refusal::MissingChunks => Some("missing_chunks"),
+        pb::Refusal::StoreFull => Some("store_full"),
+    }
+}
+
 pub fn job_json(j: &pb::JobInfo) -> serde_json::Value {
     let p = j.progress.clone().unwrap_or_default();
     serde_json::json!({
@@ -158,6 +167,7 @@ pub fn job_json(j: &pb::JobInfo) -> serde_json::Value {
         "finished_unix_ms": j.finished_unix_ms,
         "error": j.error,
         "snapshot_ids": j.snapshot_ids,
+        "refusal": refusal_name(j.refusal),
         "restore": j.restore.as_ref().map(restore_json),
         "progress": {
             "phase": p.phase,

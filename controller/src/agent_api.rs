@@ -474,7 +474,7 @@ fn check_tree_complete(ctl: &Controller, record: &Record) -> Result<(), ApiError
     for batch in refs.chunks(MAX_IDS) {
         let missing = ctl.catalog.unknown_chunks(batch)?;
         if let Some(first) = missing.first() {
-            return Err(ApiError::FailedPrecondition(format!(
+            return Err(ApiError::MissingChunks(format!(
                 "snapshot references {} chunks the store does not have (first: {first}): they were reclaimed (a backup paused past the GC lease) or found bad; the backup runs again and uploads them",
                 missing.len()
             )));

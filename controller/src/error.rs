@@ -1,5 +1,6 @@
 //! The controller's error type and its one mapping to gRPC status codes.
 
+use lifeboat_proto::pb;
 use tonic::Status;
 
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,9 @@ pub enum ApiError {
     /// A disk the controller writes to is full.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A commit references chunks the store does not hold.
+    #[error("{0}")]
+    MissingChunks(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -69,12 +73,35 @@ impl From<tokio::task::JoinError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The refusal another process acts on, if this is one.
+    pub fn refusal(&self) -> pb::Refusal {
+        match self {
+            ApiError::MissingChunks(_) => pb::Refusal::MissingChunks,
+            ApiError::ResourceExhausted(_) => pb::Refusal::StoreFull,
+            _ => pb::Refusal::Unspecified,
+        }
+    }
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
         if let ApiError::Internal(msg) = &e {
             tracing::error!(error = %msg, "internal error");
         }
         let msg = e.to_string();
+        let refusal = e.refusal();
+        if refusal != pb::Refusal::Unspecified {
+            use prost::Message;
+            let code = match e {
+                ApiError::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
+                _ => tonic::Code::FailedPrecondition,
+            };
+            let detail = pb::RefusalDetail {
+                reason: refusal as i32,
+            };
+            return Status::with_details(code, msg, detail.encode_to_vec().into());
+        }
         match e {
             ApiError::InvalidArgument(_) => Status::invalid_argument(msg),
             ApiError::NotFound(_) => Status::not_found(msg),
@@ -84,6 +111,7 @@ impl From<ApiError> for Status {
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ApiError::Unavailable(_) => Status::unavailable(msg),
             ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
+            ApiError::MissingChunks(_) => Status::failed_precondition(msg),
             ApiError::Internal(_) => Status::internal(msg),
         }
     }

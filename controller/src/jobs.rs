@@ -235,6 +235,7 @@ impl Jobs {
             policy: policy.to_string(),
             attempts: 0,
             result: None,
+            refusal: 0,
         };
         self.catalog.insert_job(&row)?;
         self.dispatch(&agent.id)?;
@@ -302,6 +303,10 @@ impl Jobs {
                 row.state = state as i32;
                 row.finished_ms = self.clock.now_ms();
                 row.error = upd.error;
+                row.refusal = match state {
+                    JobState::Failed => upd.refusal,
+                    _ => 0,
+                };
                 // A job's snapshots are the controller's knowledge, never the agent's word:
                 // a backup's are those it saw the job commit, a restore's the one it reads.
                 let claimed = upd.snapshot_ids;
@@ -435,6 +440,7 @@ impl Jobs {
                 .result
                 .as_deref()
                 .and_then(|r| pb::RestoreResult::decode(r).ok()),
+            refusal: row.refusal,
         })
     }
 

@@ -161,7 +161,7 @@ pub fn tick(ctl: &Controller, now_ms: i64) -> Result<TickReport, ApiError> {
         .into_iter()
         .filter(|j| {
             j.state == JobState::Interrupted as i32
-                || j.error.contains("chunks the store does not have")
+                || j.refusal == lifeboat_proto::pb::Refusal::MissingChunks as i32
         })
         .collect();
     let mut total = active.len() as u32;

@@ -306,3 +306,90 @@ async fn a_simulated_week() {
         1
     );
 }
+
+/// A scheduled backup refused at commit for missing chunks (typed `Refusal::MissingChunks`,
+/// whatever its error text says) is queued again after its backoff; one that failed for
+/// any other reason waits for its next slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_refused_for_missing_chunks_is_retried_and_no_other_failure_is() {
+    let dir = tempfile::tempdir().expect("dir");
+    let t0 = "2026-01-05T00:00:00Z"
+        .parse::<jiff::Timestamp>()
+        .expect("t0")
+        .as_millisecond();
+    let clock = Arc::new(SimClock(AtomicI64::new(t0)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let running = lifeboat_controller::start_with_clock(
+        &ServeConfig {
+            data_dir: dir.path().join("ctl"),
+            store: None,
+            agent_cert_lifetime: std::time::Duration::from_secs(86_400),
+            max_concurrent_jobs: 5,
+            prune_every: None,
+            scrub_period: None,
+            gc_lease: std::time::Duration::from_secs(3600),
+        },
+        listener,
+        None,
+        clock.clone(),
+    )
+    .expect("controller");
+    let ctl = running.ctl.clone();
+    let policy = r#"
+[[policy]]
+name = "daily"
+selector = "role=web"
+sources = ["data"]
+schedule = "0 3 * * *"
+timezone = "UTC"
+keep = { last = 3 }
+"#;
+    ctl.catalog
+        .insert_agent(&agent("web-1", &[("role", "web")]))
+        .expect("agent");
+    for p in lifeboat_controller::policy::parse_file("p.toml", policy).expect("policy") {
+        let spec = serde_json::to_string(&p).expect("json");
+        ctl.catalog.put_policy(&p.name, &spec, t0).expect("put");
+    }
+    let (tx, mut rx) = mpsc::channel(64);
+    ctl.jobs.connect("web-1", tx);
+    let fail = |job: &str, refusal: pb::Refusal| {
+        ctl.jobs
+            .update(
+                "web-1",
+                pb::JobUpdate {
+                    job_id: job.into(),
+                    state: JobState::Failed as i32,
+                    error: "the words do not matter".into(),
+                    refusal: refusal as i32,
+                    ..Default::default()
+                },
+            )
+            .expect("update");
+    };
+    let mut started = |t: i64| {
+        clock.0.store(t, Ordering::SeqCst);
+        let report = scheduler::tick(&ctl, t).expect("tick");
+        while rx.try_recv().is_ok() {}
+        (report.started, report.retried)
+    };
+    started(t0);
+    let (first, _) = started(t0 + 3 * HOUR + MIN);
+    assert_eq!(first.len(), 1, "the 03:00 slot starts one backup");
+    let job = first[0].2.clone();
+    fail(&job, pb::Refusal::MissingChunks);
+    let (_, retried) = started(t0 + 5 * HOUR);
+    assert_eq!(
+        retried,
+        vec![job.clone()],
+        "a missing-chunks refusal is retried"
+    );
+    fail(&job, pb::Refusal::Unspecified);
+    let (new, retried) = started(t0 + 8 * HOUR);
+    assert!(
+        new.is_empty() && retried.is_empty(),
+        "another failure waits for the next slot: {new:?} {retried:?}"
+    );
+}

@@ -51,6 +51,7 @@ fn store_full_then_freed(leave_mib: u64) -> bool {
         "the failed backup does not say the store is full: {job}\ncontroller log:\n{}",
         fleet.controller_log()
     );
+    assert_eq!(job["refusal"], "store_full", "{job}");
     let listed = fleet.cli_json(&["snapshots", "--agent", "a"]);
     assert_eq!(
         listed.as_array().map(Vec::len),

@@ -112,6 +112,8 @@ fn gc_races_backups_and_never_loses_a_referenced_chunk() {
                 err.contains("chunks the store does not have"),
                 "round {round}: {err}"
             );
+            // The reason the scheduler and scripts act on is typed, not read from text.
+            assert_eq!(done["refusal"], "missing_chunks", "round {round}: {done}");
             failed_for_lease += 1;
         }
         assert!(fleet.cli(&["gc"]).status.success());

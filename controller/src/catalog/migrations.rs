@@ -186,4 +186,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         info       BLOB NOT NULL
     );
     "#,
+    // 8: why the controller refused a failed job (`pb::Refusal`), which the scheduler acts
+    // on instead of the error's text.
+    r#"
+    ALTER TABLE jobs ADD COLUMN refusal INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

@@ -140,6 +140,8 @@ pub struct JobRow {
     pub attempts: u32,
     /// Restores: the agent's `RestoreResult` (protobuf), once finished.
     pub result: Option<Vec<u8>>,
+    /// A failed job: the controller's refusal that failed it (`pb::Refusal`, 0: none).
+    pub refusal: i32,
 }
 
 impl JobRow {
@@ -160,11 +162,12 @@ impl JobRow {
             policy: r.get(12)?,
             attempts: r.get(13)?,
             result: r.get(14)?,
+            refusal: r.get(15)?,
         })
     }
 }
 
-const JOB_COLS: &str = "id, kind, agent_id, state, detail, job, created_ms, started_ms, finished_ms, progress, error, snapshot_ids, policy, attempts, result";
+const JOB_COLS: &str = "id, kind, agent_id, state, detail, job, created_ms, started_ms, finished_ms, progress, error, snapshot_ids, policy, attempts, result, refusal";
 
 fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
@@ -709,8 +712,8 @@ impl Catalog {
 
     pub fn insert_job(&self, j: &JobRow) -> Result<(), ApiError> {
         self.lock().execute(
-            &format!("INSERT INTO jobs({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
-            params![j.id, j.kind, j.agent_id, j.state, j.detail, j.job, j.created_ms, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids), j.policy, j.attempts, j.result],
+            &format!("INSERT INTO jobs({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+            params![j.id, j.kind, j.agent_id, j.state, j.detail, j.job, j.created_ms, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids), j.policy, j.attempts, j.result, j.refusal],
         )?;
         Ok(())
     }
@@ -750,8 +753,8 @@ impl Catalog {
 
     pub fn update_job(&self, j: &JobRow) -> Result<(), ApiError> {
         self.lock().execute(
-            "UPDATE jobs SET state = ?2, started_ms = ?3, finished_ms = ?4, progress = ?5, error = ?6, snapshot_ids = ?7, attempts = ?8, result = ?9 WHERE id = ?1",
-            params![j.id, j.state, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids), j.attempts, j.result],
+            "UPDATE jobs SET state = ?2, started_ms = ?3, finished_ms = ?4, progress = ?5, error = ?6, snapshot_ids = ?7, attempts = ?8, result = ?9, refusal = ?10 WHERE id = ?1",
+            params![j.id, j.state, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids), j.attempts, j.result, j.refusal],
         )?;
         Ok(())
     }
