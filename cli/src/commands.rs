@@ -66,9 +66,14 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         Cmd::Status(json) => {
             let s = api.status(pb::Empty {}).await.map_err(rpc)?.into_inner();
             if json.json {
+                let workers: Vec<_> = s
+                    .workers
+                    .iter()
+                    .map(|w| serde_json::json!({"name": w.name, "every_seconds": w.every_seconds, "runs": w.runs, "failures": w.failures, "last_run_unix_ms": w.last_run_unix_ms, "last_duration_ms": w.last_duration_ms, "last_error": w.last_error, "last_error_unix_ms": w.last_error_unix_ms}))
+                    .collect();
                 out!(
                     "{}",
-                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "role": s.role, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes})
+                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "role": s.role, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes, "workers": workers})
                 );
             } else {
                 out!(
@@ -81,6 +86,42 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                     s.snapshots,
                     s.chunks,
                     bytes(s.stored_bytes)
+                );
+                let rows = s
+                    .workers
+                    .iter()
+                    .map(|w| {
+                        vec![
+                            w.name.clone(),
+                            output::millis(w.every_seconds * 1000),
+                            w.runs.to_string(),
+                            w.failures.to_string(),
+                            match w.last_run_unix_ms {
+                                0 => "never".into(),
+                                ms => {
+                                    format!("{} ({})", time(ms), output::millis(w.last_duration_ms))
+                                }
+                            },
+                            match w.last_error_unix_ms {
+                                0 => String::new(),
+                                ms => format!("{}: {}", time(ms), w.last_error),
+                            },
+                        ]
+                    })
+                    .collect();
+                out!(
+                    "{}",
+                    output::table(
+                        &[
+                            "WORKER",
+                            "EVERY",
+                            "RUNS",
+                            "FAILED",
+                            "LAST RUN",
+                            "LAST ERROR"
+                        ],
+                        rows
+                    )
                 );
             }
         }

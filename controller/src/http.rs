@@ -40,6 +40,39 @@ async fn metrics(State(ctl): State<Arc<Controller>>) -> String {
     gauge("lifeboat_snapshots", "Committed snapshots.", snapshots);
     gauge("lifeboat_store_chunks", "Chunks in the store.", chunks);
     gauge("lifeboat_store_bytes", "Bytes in sealed packs.", bytes);
+    let workers = ctl.workers.states();
+    for (metric, help, value) in [
+        (
+            "lifeboat_worker_runs_total",
+            "Runs of each background worker.",
+            (|s: &crate::workers::WorkerState| s.runs as f64) as fn(&_) -> f64,
+        ),
+        (
+            "lifeboat_worker_failures_total",
+            "Failed runs of each background worker.",
+            |s| s.failures as f64,
+        ),
+        (
+            "lifeboat_worker_last_run_timestamp_seconds",
+            "When each background worker last ended a run (0: never).",
+            |s| s.last_run_ms as f64 / 1000.0,
+        ),
+        (
+            "lifeboat_worker_last_error_timestamp_seconds",
+            "When each background worker last failed (0: never).",
+            |s| s.last_error_ms as f64 / 1000.0,
+        ),
+    ] {
+        let kind = if metric.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} {kind}");
+        for (name, s) in &workers {
+            let _ = writeln!(out, "{metric}{{worker=\"{name}\"}} {}", value(s));
+        }
+    }
     let failed = ctl.catalog.failed_drills().unwrap_or_default();
     let _ = writeln!(
         out,

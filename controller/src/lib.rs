@@ -29,6 +29,7 @@ pub mod scheduler;
 pub mod scrub;
 pub mod setup;
 pub mod store;
+pub mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -95,6 +96,8 @@ pub struct Controller {
     pub commit_lock: std::sync::Mutex<()>,
     /// Recovery plans with a runner in this process.
     pub plan_runners: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The background workers and what each has done.
+    pub workers: workers::Workers,
 }
 
 /// `lifeboat-controller serve` settings, validated.
@@ -229,6 +232,7 @@ pub fn start_with_clock(
         gc_lease_ms: cfg.gc_lease.as_millis() as i64,
         commit_lock: std::sync::Mutex::new(()),
         plan_runners: Default::default(),
+        workers: Default::default(),
     });
     Ok(Running {
         ctl,
@@ -278,124 +282,72 @@ impl Running {
         if let Some(http) = self.http {
             tokio::spawn(http::serve(ctl.clone(), http, self.http_tls));
         }
-        let anchor = {
-            let ctl = ctl.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tick.tick().await;
-                    let c = ctl.clone();
-                    match tokio::task::spawn_blocking(move || c.audit.anchor()).await {
-                        Ok(Err(e)) => tracing::error!(error = %e, "cannot anchor the audit log"),
-                        Err(e) => tracing::error!(error = %e, "audit anchor task failed"),
-                        Ok(Ok(())) => {}
-                    }
-                    // Heartbeats since the last tick, in one transaction.
-                    let c = ctl.clone();
-                    match tokio::task::spawn_blocking(move || c.jobs.flush_seen()).await {
-                        Ok(Err(e)) => tracing::error!(error = %e, "cannot record heartbeats"),
-                        Err(e) => tracing::error!(error = %e, "heartbeat flush task failed"),
-                        Ok(Ok(_)) => {}
-                    }
+        use workers::{Start, Workers};
+        let secs = Duration::from_secs;
+        let mut background = vec![
+            Workers::spawn(ctl.clone(), "audit-anchor", secs(5), Start::Now, |c| {
+                c.audit.anchor()
+            }),
+            // Heartbeats since the last run, in one transaction.
+            Workers::spawn(ctl.clone(), "heartbeats", secs(5), Start::Now, |c| {
+                c.jobs.flush_seen().map(drop)
+            }),
+            Workers::spawn(ctl.clone(), "scheduler", secs(5), Start::Now, |c| {
+                let r = scheduler::tick(c, c.clock.now_ms())?;
+                for (policy, agent, job) in r.started {
+                    tracing::info!(%policy, %agent, %job, "scheduled backup started");
                 }
-            })
-        };
-        let schedule = {
-            let ctl = ctl.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tick.tick().await;
-                    let c = ctl.clone();
-                    match tokio::task::spawn_blocking(move || scheduler::tick(&c, c.clock.now_ms()))
-                        .await
-                    {
-                        Ok(Ok(r)) => {
-                            for (policy, agent, job) in r.started {
-                                tracing::info!(%policy, %agent, %job, "scheduled backup started");
-                            }
-                        }
-                        Ok(Err(e)) => tracing::error!(error = %e, "scheduler tick failed"),
-                        Err(e) => tracing::error!(error = %e, "scheduler task failed"),
-                    }
-                    let c = ctl.clone();
-                    match tokio::task::spawn_blocking(move || {
-                        recovery::drill::tick(&c, c.clock.now_ms())
-                    })
-                    .await
-                    {
-                        Ok(Err(e)) => {
-                            tracing::error!(error = %e, "scheduled drills failed to start")
-                        }
-                        Err(e) => tracing::error!(error = %e, "drill scheduler task failed"),
-                        Ok(Ok(())) => {}
-                    }
-                }
-            })
-        };
-        let prune = self.prune_every.map(|every| {
-            let ctl = ctl.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                tick.tick().await; // not at start
-                loop {
-                    tick.tick().await;
-                    let c = ctl.clone();
-                    let res = tokio::task::spawn_blocking(move || {
-                        let o =
-                            retention::prune(&c, c.clock.now_ms(), false, "controller:retention")?;
-                        let g = gc::gc(&c, c.clock.now_ms(), c.gc_lease_ms, 0.5, false)?;
-                        Ok::<_, ApiError>((o, g))
-                    })
-                    .await;
-                    match res {
-                        Ok(Ok((o, g))) => {
-                            let n = o.iter().filter(|x| x.removed).count();
-                            tracing::info!(
-                                removed = n,
-                                kept = o.len() - n,
-                                swept = g.swept,
-                                reclaimed = g.bytes_reclaimed,
-                                "retention and GC ran"
-                            );
-                        }
-                        Ok(Err(e)) => tracing::error!(error = %e, "retention failed"),
-                        Err(e) => tracing::error!(error = %e, "retention task failed"),
-                    }
-                }
-            })
-        });
+                Ok(())
+            }),
+            Workers::spawn(ctl.clone(), "drills", secs(5), Start::Now, |c| {
+                recovery::drill::tick(c, c.clock.now_ms())
+            }),
+        ];
+        if let Some(every) = self.prune_every {
+            background.push(Workers::spawn(
+                ctl.clone(),
+                "retention-gc",
+                every,
+                Start::AfterOnePeriod,
+                |c| {
+                    let o = retention::prune(c, c.clock.now_ms(), false, "controller:retention")?;
+                    let g = gc::gc(c, c.clock.now_ms(), c.gc_lease_ms, 0.5, false)?;
+                    let n = o.iter().filter(|x| x.removed).count();
+                    tracing::info!(
+                        removed = n,
+                        kept = o.len() - n,
+                        swept = g.swept,
+                        reclaimed = g.bytes_reclaimed,
+                        "retention and GC ran"
+                    );
+                    Ok(())
+                },
+            ));
+        }
         // Scrub a slice every hour, sized so every pack is read within the period.
-        let scrub = self.scrub.then(|| {
-            let ctl = ctl.clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(3600));
-                tick.tick().await;
-                loop {
-                    tick.tick().await;
-                    let c = ctl.clone();
-                    let res = tokio::task::spawn_blocking(move || {
-                        let (_, _, _, stored) = c.catalog.totals()?;
-                        let hours = (c.scrub_period_ms / 3_600_000).max(1) as u64;
-                        let budget = stored.div_ceil(hours).max(64 << 20);
-                        scrub::scrub(&c, scrub::Scope::Budget(budget), c.scrub_period_ms)
-                    })
-                    .await;
-                    match res {
-                        Ok(Ok(r)) if !r.bad.is_empty() => tracing::error!(
-                            bad = r.bad.len(),
-                            snapshots = r.affected.len(),
-                            "scrub found bad chunks; run `lifeboat verify`"
-                        ),
-                        Ok(Ok(r)) => {
-                            tracing::info!(packs = r.packs, coverage = r.coverage, "scrub")
-                        }
-                        Ok(Err(e)) => tracing::error!(error = %e, "scrub failed"),
-                        Err(e) => tracing::error!(error = %e, "scrub task failed"),
+        if self.scrub {
+            background.push(Workers::spawn(
+                ctl.clone(),
+                "scrub",
+                secs(3600),
+                Start::AfterOnePeriod,
+                |c| {
+                    let (_, _, _, stored) = c.catalog.totals()?;
+                    let hours = (c.scrub_period_ms / 3_600_000).max(1) as u64;
+                    let budget = stored.div_ceil(hours).max(64 << 20);
+                    let r = scrub::scrub(c, scrub::Scope::Budget(budget), c.scrub_period_ms)?;
+                    if r.bad.is_empty() {
+                        tracing::info!(packs = r.packs, coverage = r.coverage, "scrub");
+                        return Ok(());
                     }
-                }
-            })
-        });
+                    Err(ApiError::internal(format!(
+                        "scrub found {} bad chunks affecting {} snapshots; run `lifeboat verify`",
+                        r.bad.len(),
+                        r.affected.len()
+                    )))
+                },
+            ));
+        }
         let max = lifeboat_proto::MAX_MESSAGE_BYTES;
         let router = tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -444,10 +396,8 @@ impl Running {
                 }
             }
         }
-        anchor.abort();
-        schedule.abort();
-        for t in [prune, scrub].into_iter().flatten() {
-            t.abort();
+        for task in background {
+            task.abort();
         }
         let ctl2 = ctl.clone();
         tokio::task::spawn_blocking(move || {

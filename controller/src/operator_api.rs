@@ -253,6 +253,7 @@ impl OperatorApi for OperatorService {
             stored_bytes,
             role: role.as_str().into(),
             controller_signing_key: self.0.signer_public_key.clone(),
+            workers: crate::workers::to_pb(&self.0.workers.states()),
         }))
     }
 

@@ -366,3 +366,63 @@ fn a_source_larger_than_the_backup_window_streams_in_tree_order() {
         tree::assert_same(want, &to);
     }
 }
+
+/// Every background worker is visible with its runs and its last failure, in `lifeboat
+/// status` (and `--json`) and in `/metrics`: here the audit anchor fails (its file in the
+/// store is replaced by a directory) and says so, while the others keep running.
+#[test]
+fn background_workers_show_their_runs_and_last_failure() {
+    let fleet = Fleet::start();
+    let worker = |status: &serde_json::Value, name: &str| {
+        status["workers"]
+            .as_array()
+            .and_then(|w| w.iter().find(|w| w["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no worker {name}: {status}"))
+    };
+    let status = lifeboat_tests::wait_for("every worker to run", Duration::from_secs(30), || {
+        let s = fleet.cli_json(&["status"]);
+        ["audit-anchor", "heartbeats", "scheduler", "drills"]
+            .iter()
+            .all(|n| worker(&s, n)["runs"].as_u64().unwrap_or(0) > 0)
+            .then_some(s)
+    });
+    for name in ["audit-anchor", "heartbeats", "scheduler", "drills"] {
+        assert_eq!(worker(&status, name)["failures"], 0, "{status}");
+    }
+    let anchor = fleet.path("ctl/store/audit-head");
+    let _ = std::fs::remove_file(&anchor);
+    std::fs::create_dir_all(anchor.join("in-the-way")).expect("block the anchor");
+    fleet.token("1h"); // an audited action: the anchor has something to write
+    let failed = lifeboat_tests::wait_for("the anchor to fail", Duration::from_secs(30), || {
+        let s = fleet.cli_json(&["status"]);
+        let w = worker(&s, "audit-anchor");
+        (w["failures"].as_u64().unwrap_or(0) > 0).then_some(w)
+    });
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("audit-head"),
+        "{failed}"
+    );
+    assert!(
+        failed["last_error_unix_ms"].as_i64().unwrap_or(0) > 0,
+        "{failed}"
+    );
+    let table = fleet.cli(&["status"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("audit-anchor") && text.contains("audit-head"),
+        "{text}"
+    );
+    let metrics = lifeboat_tests::metrics(&fleet);
+    assert!(
+        metrics.contains("lifeboat_worker_runs_total{worker=\"scheduler\"}"),
+        "{metrics}"
+    );
+    let failures = metrics
+        .lines()
+        .find(|l| l.starts_with("lifeboat_worker_failures_total{worker=\"audit-anchor\"}"))
+        .expect("anchor failures metric");
+    assert_ne!(failures.rsplit(' ').next(), Some("0"), "{failures}");
+}
