@@ -291,65 +291,44 @@ pub struct Permissions<'a> {
     pub probes: bool,
 }
 
+/// Everything one restore job runs with.
+pub struct RestoreRun<'a> {
+    pub state: Arc<AgentState>,
+    /// The session's connection (the tree is fetched on it) and the bulk connections the
+    /// chunks stream on (none: the session's).
+    pub client: Client,
+    pub bulk: Vec<Client>,
+    pub job_id: &'a str,
+    pub job: pb::RestoreJob,
+    pub allowed: Permissions<'a>,
+    pub engine: Option<Arc<Engine>>,
+    pub counters: Arc<Counters>,
+}
+
 /// Runs a restore job: verification, the restore itself, and for a drill the probe and
 /// the removal of the sandbox. Times every phase.
-#[allow(clippy::too_many_arguments)]
-pub async fn run_restore(
-    state: Arc<AgentState>,
-    client: Client,
-    bulk: Vec<Client>,
-    job_id: &str,
-    job: pb::RestoreJob,
-    allowed: Permissions<'_>,
-    engine: Option<Arc<Engine>>,
-    counters: Arc<Counters>,
-) -> Result<pb::RestoreResult, AgentError> {
+pub async fn run_restore(run: RestoreRun<'_>) -> Result<pb::RestoreResult, AgentError> {
     let started = Instant::now();
-    let mode = restore::Mode::parse(&job.mode)?;
-    if !job.probe.is_empty() && !allowed.probes {
+    let mode = restore::Mode::parse(&run.job.mode)?;
+    if !run.job.probe.is_empty() && !run.allowed.probes {
         return Err(AgentError::Config(
             "this agent does not run drill probes; start it with --allow-probes to allow them"
                 .into(),
         ));
     }
-    if job.sandbox {
-        let sandbox = sandbox_for(&state, job_id, &job, engine.as_deref()).await?;
-        let result = restore_into(
-            &state,
-            client,
-            bulk,
-            job_id,
-            &job,
-            mode,
-            &sandbox,
-            &allowed,
-            engine.clone(),
-            &counters,
-            started,
-        )
-        .await;
-        // The sandbox goes, whatever happened.
-        let cleanup = Instant::now();
-        sandbox.remove(engine.as_deref()).await;
-        return result.map(|mut r| {
-            r.finish_ms += cleanup.elapsed().as_millis() as u64;
-            r
-        });
+    if !run.job.sandbox {
+        return restore_into(&run, mode, &Sandbox::None, started).await;
     }
-    restore_into(
-        &state,
-        client,
-        bulk,
-        job_id,
-        &job,
-        mode,
-        &Sandbox::None,
-        &allowed,
-        engine,
-        &counters,
-        started,
-    )
-    .await
+    let engine = run.engine.as_deref();
+    let sandbox = sandbox_for(&run.state, run.job_id, &run.job, engine).await?;
+    let result = restore_into(&run, mode, &sandbox, started).await;
+    // The sandbox goes, whatever happened.
+    let cleanup = Instant::now();
+    sandbox.remove(engine).await;
+    result.map(|mut r| {
+        r.finish_ms += cleanup.elapsed().as_millis() as u64;
+        r
+    })
 }
 
 /// A drill's scratch place, chosen by the agent (never by the controller).
@@ -426,20 +405,23 @@ impl Sandbox {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn restore_into(
-    state: &Arc<AgentState>,
-    client: Client,
-    bulk: Vec<Client>,
-    job_id: &str,
-    job: &pb::RestoreJob,
+    run: &RestoreRun<'_>,
     mode: restore::Mode,
     sandbox: &Sandbox,
-    allowed: &Permissions<'_>,
-    engine: Option<Arc<Engine>>,
-    counters: &Arc<Counters>,
     started: Instant,
 ) -> Result<pb::RestoreResult, AgentError> {
+    let RestoreRun {
+        state,
+        client,
+        bulk,
+        job_id,
+        job,
+        allowed,
+        engine,
+        counters,
+    } = run;
+    let job_id: &str = job_id;
     let roots = allowed.roots;
     let job = job.clone();
     let counters = counters.clone();
@@ -581,7 +563,11 @@ async fn restore_into(
             e.chunks.iter().map(move |id| (*id, each))
         })
         .collect();
-    let clients = if bulk.is_empty() { vec![client] } else { bulk };
+    let clients = if bulk.is_empty() {
+        vec![client.clone()]
+    } else {
+        bulk.clone()
+    };
     let source = Prefetched::start(clients, job_id.to_string(), state.chunk_key.clone(), order);
     let fetched = source.fetched.clone();
     let key = state.chunk_key.clone();

@@ -392,7 +392,17 @@ async fn run_job(
                 probes: shared.config.allow_probes,
             };
             let bulk = shared.bulk_clients(&api, restore::FETCH_STREAMS).await;
-            let result = restore::run_restore(shared.state.clone(), api, bulk, &job.job_id, r.clone(), allowed, engine, counters).await?;
+            let result = restore::run_restore(restore::RestoreRun {
+                state: shared.state.clone(),
+                client: api,
+                bulk,
+                job_id: &job.job_id,
+                job: r.clone(),
+                allowed,
+                engine,
+                counters,
+            })
+            .await?;
             tracing::info!(files = result.files, bytes = result.bytes, written = result.bytes_written, target = %r.target, sandbox = r.sandbox, "restore finished");
             Ok(Outcome { snapshot_ids: vec![r.snapshot_id.clone()], restore: Some(result) })
         }

@@ -267,13 +267,13 @@ impl Store {
         Ok(())
     }
 
-    /// Why chunks accepted since `since_ms` may have been lost: the last failed seal, if
-    /// it ended after then.
+    /// Why chunks accepted since `since_ms` may be missing: the last failed seal, if it
+    /// ended after then.
     pub fn seal_failure_since(&self, since_ms: i64) -> Option<ApiError> {
         let f = self.packs.lock().last_failure.clone()?;
         (f.at_ms >= since_ms).then(|| {
             let msg = format!(
-                "a pack holding this backup's chunks could not be stored: {}",
+                "the snapshot references chunks the store does not have, and a pack could not be stored during this backup: {}",
                 f.message
             );
             if f.disk_full {

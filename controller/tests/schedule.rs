@@ -71,21 +71,16 @@ fn agent(id: &str, labels: &[(&str, &str)]) -> AgentRow {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_simulated_week() {
-    let dir = tempfile::tempdir().expect("dir");
-    // Monday 2026-01-05 00:00 UTC (Berlin is UTC+1 in January).
-    let t0 = "2026-01-05T00:00:00Z"
-        .parse::<jiff::Timestamp>()
-        .expect("t0")
-        .as_millisecond();
+/// A controller in `dir` whose clock the test sets (it starts at `t0`), with no periodic
+/// retention or scrub and room for 5 jobs at once.
+async fn start(dir: &std::path::Path, t0: i64) -> (lifeboat_controller::Running, Arc<SimClock>) {
     let clock = Arc::new(SimClock(AtomicI64::new(t0)));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let running = lifeboat_controller::start_with_clock(
         &ServeConfig {
-            data_dir: dir.path().join("ctl"),
+            data_dir: dir.join("ctl"),
             store: None,
             agent_cert_lifetime: std::time::Duration::from_secs(86_400),
             max_concurrent_jobs: 5,
@@ -98,6 +93,18 @@ async fn a_simulated_week() {
         clock.clone(),
     )
     .expect("controller");
+    (running, clock)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulated_week() {
+    let dir = tempfile::tempdir().expect("dir");
+    // Monday 2026-01-05 00:00 UTC (Berlin is UTC+1 in January).
+    let t0 = "2026-01-05T00:00:00Z"
+        .parse::<jiff::Timestamp>()
+        .expect("t0")
+        .as_millisecond();
+    let (running, clock) = start(dir.path(), t0).await;
     let ctl = running.ctl.clone();
 
     let web = ["web-1", "web-2", "web-3", "web-4"];
@@ -317,25 +324,7 @@ async fn a_backup_refused_for_missing_chunks_is_retried_and_no_other_failure_is(
         .parse::<jiff::Timestamp>()
         .expect("t0")
         .as_millisecond();
-    let clock = Arc::new(SimClock(AtomicI64::new(t0)));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let running = lifeboat_controller::start_with_clock(
-        &ServeConfig {
-            data_dir: dir.path().join("ctl"),
-            store: None,
-            agent_cert_lifetime: std::time::Duration::from_secs(86_400),
-            max_concurrent_jobs: 5,
-            prune_every: None,
-            scrub_period: None,
-            gc_lease: std::time::Duration::from_secs(3600),
-        },
-        listener,
-        None,
-        clock.clone(),
-    )
-    .expect("controller");
+    let (running, clock) = start(dir.path(), t0).await;
     let ctl = running.ctl.clone();
     let policy = r#"
 [[policy]]

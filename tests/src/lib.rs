@@ -433,6 +433,21 @@ impl Fleet {
         (out.status.success(), v)
     }
 
+    /// `lifeboat restore SNAPSHOT --agent AGENT --to TARGET [EXTRA…] --wait --json`; returns
+    /// (success, job JSON).
+    pub fn restore_to(
+        &self,
+        snapshot: &str,
+        agent: &str,
+        target: &Path,
+        extra: &[&str],
+    ) -> (bool, Value) {
+        let to = target.to_str().expect("a UTF-8 target");
+        let mut args = vec!["restore", snapshot, "--agent", agent, "--to", to];
+        args.extend(extra);
+        self.job(&args)
+    }
+
     /// Backs up and returns the snapshot info of the new snapshot.
     pub fn backup(&self, agent: &str, source: &str) -> Value {
         let (ok, job) = self.job(&["backup", agent, "--source", source]);

@@ -70,14 +70,7 @@ fn store_full_then_freed(leave_mib: u64) -> bool {
         String::from_utf8_lossy(&verify.stderr)
     );
     let target = restores.join("after-full");
-    let (ok, job) = fleet.job(&[
-        "restore",
-        id,
-        "--agent",
-        "a",
-        "--to",
-        target.to_str().expect("utf8"),
-    ]);
+    let (ok, job) = fleet.restore_to(id, "a", &target, &[]);
     assert!(ok, "restore failed: {job}\n{}", fleet.agent_log("a"));
     tree::assert_same(&expected, &target);
     eprintln!(
@@ -122,8 +115,7 @@ fn target_full_then_freed(leave_mib: u64) -> bool {
     fs::write(&bystander, &before).expect("bystander");
     disk.fill(leave_mib << 20);
     let target = disk.path.join("restore");
-    let to = target.to_str().expect("utf8");
-    let (ok, job) = fleet.job(&["restore", id, "--agent", "a", "--to", to]);
+    let (ok, job) = fleet.restore_to(id, "a", &target, &[]);
     assert!(!ok, "a restore into a full filesystem succeeded: {job}");
     let error = job["error"].as_str().unwrap_or_default();
     assert!(
@@ -137,7 +129,7 @@ fn target_full_then_freed(leave_mib: u64) -> bool {
     );
 
     disk.free();
-    let (ok, job) = fleet.job(&["restore", id, "--agent", "a", "--to", to]);
+    let (ok, job) = fleet.restore_to(id, "a", &target, &[]);
     assert!(
         ok,
         "restore after freeing space failed: {job}\n{}",
@@ -262,14 +254,7 @@ fn damaged_pack_restore(damage: Damage) -> usize {
             );
         }
         let target = restores.join(format!("t{round}"));
-        let (ok, job) = fleet.job(&[
-            "restore",
-            snap["id"].as_str().expect("id"),
-            "--agent",
-            "a",
-            "--to",
-            target.to_str().expect("utf8"),
-        ]);
+        let (ok, job) = fleet.restore_to(snap["id"].as_str().expect("id"), "a", &target, &[]);
         assert!(
             !ok,
             "{damage:?}: a restore with damaged files succeeded: {job}"
@@ -539,14 +524,7 @@ fn a7_rebuild_catalog_salvages_what_damaged_packs_still_hold() {
     let restores = fleet.path("restores-b");
     fleet.run_agent(&b, &[], &[restores.as_path()]);
     let target = restores.join("s1");
-    let (ok, job) = fleet.job(&[
-        "restore",
-        &s1,
-        "--agent",
-        "b",
-        "--to",
-        target.to_str().expect("utf8"),
-    ]);
+    let (ok, job) = fleet.restore_to(&s1, "b", &target, &[]);
     assert!(
         ok,
         "the snapshot whose chunks all survived does not restore: {job}"

@@ -54,14 +54,7 @@ fn restore(
     snapshot: &serde_json::Value,
     target: &std::path::Path,
 ) -> (bool, serde_json::Value) {
-    fleet.job(&[
-        "restore",
-        snapshot["id"].as_str().expect("id"),
-        "--agent",
-        "a",
-        "--to",
-        target.to_str().expect("utf8"),
-    ])
+    fleet.restore_to(snapshot["id"].as_str().expect("id"), "a", target, &[])
 }
 
 #[test]

@@ -383,6 +383,29 @@ async fn every_rpc_allows_exactly_its_callers_and_audits_every_denial() {
     assert_eq!(logged, denials);
 }
 
+/// Opens an agent session the test drives by hand: says `hello`, and returns the sender
+/// for further messages and the controller's stream.
+async fn open_session(
+    api: &mut AgentApiClient<Channel>,
+    hello: pb::Hello,
+) -> (
+    tokio::sync::mpsc::Sender<pb::AgentMessage>,
+    tonic::Streaming<pb::ControllerMessage>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(pb::AgentMessage {
+        msg: Some(pb::agent_message::Msg::Hello(hello)),
+    })
+    .await
+    .expect("hello");
+    let session = api
+        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("session")
+        .into_inner();
+    (tx, session)
+}
+
 /// A client speaking as agent `name` with its own certificate.
 async fn as_agent(fleet: &Fleet, name: &str) -> AgentApiClient<Channel> {
     let ch = transport::connect(
@@ -517,20 +540,14 @@ async fn agents_read_only_what_a_running_restore_job_grants() {
     }
 
     // An operator restores b's snapshot onto a: the job reaches a over its session.
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(pb::AgentMessage {
-        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+    let (tx, mut session) = open_session(
+        &mut api,
+        pb::Hello {
             restore_roots: vec![root.path().display().to_string()],
             ..Default::default()
-        })),
-    })
-    .await
-    .expect("hello");
-    let mut session = api
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("session")
-        .into_inner();
+        },
+    )
+    .await;
     let target = root.path().join("restored").display().to_string();
     let started = {
         let (snap, target) = (b_snap.clone(), target.clone());
@@ -1046,24 +1063,18 @@ async fn a_job_lists_only_snapshots_it_committed() {
             .await
             .expect("connect as b"),
     );
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
-    tx.send(pb::AgentMessage {
-        msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+    let (tx, mut session) = open_session(
+        &mut api,
+        pb::Hello {
             sources: vec![pb::Source {
                 name: "data".into(),
                 kind: "path".into(),
                 path: "/data".into(),
             }],
             ..Default::default()
-        })),
-    })
-    .await
-    .expect("hello");
-    let mut session = api
-        .session(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("session")
-        .into_inner();
+        },
+    )
+    .await;
     let job_id = tokio::task::block_in_place(|| {
         wait_for("b's source to be known", Duration::from_secs(10), || {
             let out = fleet.cli(&["backup", "b", "--source", "data", "--json"]);
