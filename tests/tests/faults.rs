@@ -540,3 +540,128 @@ fn a7_rebuild_catalog_salvages_what_damaged_packs_still_hold() {
         in_p2.len()
     );
 }
+
+/// An `LD_PRELOAD` shim that fails `fsync` and `fdatasync` with EIO for every file whose
+/// path contains `$LIFEBOAT_FAIL_FSYNC` (looked up through /proc/self/fd).
+const FSYNC_SHIM: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static int doomed(int fd) {
+    const char *match = getenv("LIFEBOAT_FAIL_FSYNC");
+    char link[64], path[4096];
+    if (!match || !*match) return 0;
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof path - 1);
+    if (n < 0) return 0;
+    path[n] = 0;
+    return strstr(path, match) != NULL;
+}
+
+int fsync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+    if (doomed(fd)) { errno = EIO; return -1; }
+    return real(fd);
+}
+
+int fdatasync(int fd) {
+    static int (*real)(int);
+    if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    if (doomed(fd)) { errno = EIO; return -1; }
+    return real(fd);
+}
+"#;
+
+/// A3: fsync fails with EIO on the store's pack files (an `LD_PRELOAD` shim). The backup
+/// fails, nothing that was not synced is trusted (no snapshot, no pack indexed, no temp
+/// file left), and with the disk healthy again the next backup verifies and restores.
+#[test]
+fn a3_fsync_failing_on_packs_commits_nothing_it_did_not_sync() {
+    let shim_dir = tempfile::tempdir().expect("shim dir");
+    let src_c = shim_dir.path().join("failfsync.c");
+    let shim = shim_dir.path().join("libfailfsync.so");
+    fs::write(&src_c, FSYNC_SHIM).expect("write shim");
+    let built = std::process::Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&shim)
+        .arg(&src_c)
+        .arg("-ldl")
+        .output();
+    match built {
+        Ok(out) if out.status.success() => {}
+        other => {
+            // CI (which sets LIFEBOAT_REQUIRE_MOUNT) installs gcc for the Docker tests.
+            assert!(
+                std::env::var_os("LIFEBOAT_REQUIRE_MOUNT").is_none(),
+                "gcc could not build the fsync shim: {other:?}"
+            );
+            eprintln!("\n!!! SKIPPED: A3 needs gcc to build its LD_PRELOAD shim\n");
+            return;
+        }
+    }
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    let mut rng = Rng::new(3);
+    tree::make_tree(&src, &mut rng);
+    let expected = tree::manifest(&src);
+    let restores = fleet.path("restores");
+    let a = fleet.enroll("a");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[restores.as_path()]);
+
+    fleet.stop_controller();
+    fleet.controller_env = vec![
+        ("LD_PRELOAD".into(), shim.display().to_string()),
+        ("LIFEBOAT_FAIL_FSYNC".into(), ".pack".into()),
+    ];
+    fleet.start_controller();
+    fleet.wait_connected(1);
+    let (ok, job) = fleet.job(&["backup", "a", "--source", "data"]);
+    assert!(
+        !ok,
+        "a backup whose packs could not be synced succeeded: {job}"
+    );
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("Input/output error") || error.contains("could not be stored"),
+        "the failure does not say the store could not sync: {job}"
+    );
+    assert_eq!(
+        fleet.cli_json(&["snapshots"]).as_array().map(Vec::len),
+        Some(0),
+        "a snapshot was listed on unsynced packs"
+    );
+    assert!(
+        fleet.chunk_index().is_empty(),
+        "chunks of an unsynced pack were indexed"
+    );
+    let tmp_left = fs::read_dir(fleet.path("ctl/store/tmp"))
+        .expect("store tmp")
+        .count();
+    assert_eq!(tmp_left, 0, "temp files of failed seals were left behind");
+
+    fleet.stop_controller();
+    fleet.controller_env.clear();
+    fleet.start_controller();
+    fleet.wait_connected(1);
+    let snap = fleet.backup("a", "data");
+    let verify = fleet.cli(&["verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let target = restores.join("after-eio");
+    let (ok, job) = fleet.restore_to(snap["id"].as_str().expect("id"), "a", &target, &[]);
+    assert!(ok, "{job}");
+    tree::assert_same(&expected, &target);
+    eprintln!(
+        "A3 fsync EIO on every pack: backup refused, 0 snapshots, 0 chunks indexed, 0 temp files; then {} entries restored identical",
+        expected.len()
+    );
+}
