@@ -192,6 +192,18 @@ impl Fleet {
         self.controller = Some(child);
     }
 
+    /// The running controller's resident memory (VmRSS), in bytes.
+    pub fn controller_rss(&self) -> u64 {
+        let pid = self.controller.as_ref().expect("a controller runs").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS")
+            * 1024
+    }
+
     /// Stops the controller (SIGTERM) and waits for it to exit.
     pub fn stop_controller(&mut self) {
         if let Some(mut c) = self.controller.take() {

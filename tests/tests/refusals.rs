@@ -385,3 +385,82 @@ fn cli_usage_errors_exit_1_and_name_the_mistake() {
     assert_eq!(help.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&help.stdout).contains("Usage"));
 }
+
+/// B1 (part): hostile bytes at the controller's port. 200 connections of garbage where a
+/// TLS handshake belongs, and an agent's message over the size limit: each is refused, the
+/// controller stays up with RSS growth under 64 MiB, and another agent backs up meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b1_garbage_and_oversized_messages_leave_the_controller_serving() {
+    use tokio::io::AsyncWriteExt;
+    transport::install_crypto_provider();
+    let (fleet, src) = tokio::task::spawn_blocking(|| {
+        let mut fleet = Fleet::start();
+        let src = small_source(&fleet);
+        let a = fleet.enroll("a");
+        fleet.run_agent(&a, &[("data", src.as_path())], &[]);
+        fleet.backup("a", "data");
+        (fleet, src)
+    })
+    .await
+    .expect("setup");
+    let rss_before = fleet.controller_rss();
+    let addr = fleet.url.trim_start_matches("https://").to_string();
+    let mut rng = lifeboat_tests::tree::Rng::new(1);
+    for i in 0..200 {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.expect("tcp");
+        // Random bytes, and every tenth a TLS record header claiming 16 MiB.
+        let junk = if i % 10 == 0 {
+            vec![0x16, 0x03, 0x01, 0xff, 0xff, 0x01, 0xff, 0xff, 0xff]
+        } else {
+            rng.bytes(1 + (i * 37) % 4000)
+        };
+        let _ = tcp.write_all(&junk).await;
+        let _ = tcp.shutdown().await;
+    }
+    // An agent's upload one byte over the message limit.
+    let mut api = pb::agent_api_client::AgentApiClient::new(
+        transport::connect(
+            &fleet.url,
+            lifeboat_tests::agent_tls(&fleet.path("agents/a")),
+        )
+        .await
+        .expect("connect"),
+    )
+    .max_encoding_message_size(usize::MAX);
+    let huge = pb::ChunkBatch {
+        chunks: vec![pb::ChunkBlob {
+            id: vec![0; 32],
+            blob: vec![7u8; lifeboat_proto::MAX_MESSAGE_BYTES + 1].into(),
+            ..Default::default()
+        }],
+    };
+    let refused = api
+        .put_chunks(tokio_stream::iter(vec![huge]))
+        .await
+        .expect_err("an oversized message was accepted");
+    // tonic refuses a message over the decoding limit as OUT_OF_RANGE, before any handler.
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    let refused_code = refused.code();
+    // Still serving: another agent enrolls and backs up.
+    let rss_after = tokio::task::spawn_blocking(move || {
+        let mut fleet = fleet;
+        let b = fleet.enroll("b");
+        fleet.run_agent(&b, &[("data", src.as_path())], &[]);
+        fleet.backup("b", "data");
+        fleet.controller_rss()
+    })
+    .await
+    .expect("after");
+    let growth = rss_after.saturating_sub(rss_before);
+    assert!(
+        growth < 64 << 20,
+        "controller RSS grew {} MiB",
+        growth >> 20
+    );
+    eprintln!(
+        "B1: 200 garbage connections and an oversized message refused ({:?}); RSS {} -> {} MiB",
+        refused_code,
+        rss_before >> 20,
+        rss_after >> 20
+    );
+}
