@@ -16,7 +16,7 @@
 //! controller also scrubs on its own, oldest-verified packs first, so that every pack is
 //! read at least once per period (default 30 days).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use lifeboat_core::{ChunkId, codec, pack};
 use lifeboat_proto::pb;
@@ -43,8 +43,8 @@ pub struct Report {
     pub bytes: u64,
     /// `(chunk, pack, why)` of every bad chunk found by this run.
     pub bad: Vec<(ChunkId, String, String)>,
-    /// Snapshots that cannot be restored whole: `(id, agent, source, why)`.
-    pub affected: Vec<(String, String, String, String)>,
+    /// Snapshots that cannot be restored whole.
+    pub affected: Vec<Affected>,
     /// Packs whose trailer is damaged or disagrees with the catalog: `(pack, why)`.
     pub damaged_packs: Vec<(String, String)>,
     /// Bad chunks (ever) stored again by a later backup, and those still missing.
@@ -171,26 +171,25 @@ pub fn scrub(ctl: &Controller, scope: Scope, period_ms: i64) -> Result<Report, A
     for (id, pack_name, why) in &bad {
         ctl.catalog.mark_bad_chunk(id, pack_name, why, now)?;
     }
-    if !bad.is_empty() {
-        let ids: HashSet<ChunkId> = bad.iter().map(|(id, _, _)| *id).collect();
-        report.affected = affected_snapshots(ctl, &ids)?;
-        ctl.audit.ok(
-            "controller:scrub",
-            "scrub.bad_chunks",
-            "",
-            serde_json::json!({
-                "bad": bad.len(),
-                "chunks": bad.iter().take(100).map(|(id, p, why)| serde_json::json!({"chunk": id.to_hex(), "pack": p, "reason": why})).collect::<Vec<_>>(),
-                "snapshots": report.affected.iter().map(|(s, ..)| s.clone()).collect::<Vec<_>>(),
-            }),
-        );
-    }
-    if matches!(scope, Scope::All) {
-        for incomplete in incomplete_snapshots(ctl)? {
-            if !report.affected.iter().any(|a| a.0 == incomplete.0) {
-                report.affected.push(incomplete);
-            }
+    // One pass over the snapshots' trees: those that use a chunk found bad now, and (a
+    // full verify) those that use one an earlier run dropped from the index.
+    let ids: HashSet<ChunkId> = bad.iter().map(|(id, _, _)| *id).collect();
+    let full = matches!(scope, Scope::All);
+    if !ids.is_empty() || full {
+        let problems = snapshot_problems(ctl, &ids, full)?;
+        if !ids.is_empty() {
+            ctl.audit.ok(
+                "controller:scrub",
+                "scrub.bad_chunks",
+                "",
+                serde_json::json!({
+                    "bad": bad.len(),
+                    "chunks": bad.iter().take(100).map(|(id, p, why)| serde_json::json!({"chunk": id.to_hex(), "pack": p, "reason": why})).collect::<Vec<_>>(),
+                    "snapshots": problems.iter().filter(|p| p.1).map(|p| p.0.0.clone()).collect::<Vec<_>>(),
+                }),
+            );
         }
+        report.affected = problems.into_iter().map(|(a, _)| a).collect();
     }
     report.bad = bad;
     (report.healed, report.unhealed) = ctl.catalog.bad_chunk_counts()?;
@@ -218,50 +217,43 @@ fn snapshot_chunks(ctl: &Controller, id: &str) -> Result<HashSet<ChunkId>, Strin
     Ok(ids)
 }
 
-/// Snapshots whose tree (or the tree itself) uses any of `ids`.
-fn affected_snapshots(
-    ctl: &Controller,
-    ids: &HashSet<ChunkId>,
-) -> Result<Vec<(String, String, String, String)>, ApiError> {
-    let mut out = BTreeMap::new();
-    for s in ctl.catalog.snapshots(None, None)? {
-        let why = match snapshot_chunks(ctl, &s.id) {
-            Ok(uses) => match uses.iter().filter(|c| ids.contains(c)).count() {
-                0 => continue,
-                n => format!("references {n} chunks found bad"),
-            },
-            Err(why) => why,
-        };
-        out.insert(s.id.clone(), (s.id, s.agent_name, s.source, why));
-    }
-    Ok(out.into_values().collect())
-}
+/// A snapshot that cannot be restored whole: `(id, agent, source, why)`.
+type Affected = (String, String, String, String);
 
-/// Snapshots that reference chunks the index does not hold (dropped by an earlier verify
-/// and not healed yet), or whose tree cannot be read.
-fn incomplete_snapshots(
+/// Snapshots whose tree (or the tree itself) uses any of `bad`, and with `missing_too`,
+/// those that reference chunks the index does not hold (dropped by an earlier verify and
+/// not healed yet), or whose tree cannot be read; each tree is read once. The flag says
+/// whether the snapshot uses a chunk of `bad`.
+fn snapshot_problems(
     ctl: &Controller,
-) -> Result<Vec<(String, String, String, String)>, ApiError> {
+    bad: &HashSet<ChunkId>,
+    missing_too: bool,
+) -> Result<Vec<(Affected, bool)>, ApiError> {
     let mut out = Vec::new();
     for s in ctl.catalog.snapshots(None, None)? {
-        let why = match snapshot_chunks(ctl, &s.id) {
-            Ok(uses) => {
-                let uses: Vec<ChunkId> = uses.into_iter().collect();
-                let mut missing = 0;
-                for batch in uses.chunks(512) {
-                    missing += ctl.catalog.unknown_chunks(batch)?.len();
+        let (why, uses_bad) = match snapshot_chunks(ctl, &s.id) {
+            Ok(uses) => match uses.iter().filter(|c| bad.contains(c)).count() {
+                0 if !missing_too => continue,
+                0 => {
+                    let uses: Vec<ChunkId> = uses.into_iter().collect();
+                    let mut missing = 0;
+                    for batch in uses.chunks(512) {
+                        missing += ctl.catalog.unknown_chunks(batch)?.len();
+                    }
+                    if missing == 0 {
+                        continue;
+                    }
+                    let why = format!(
+                        "references {missing} chunks the store does not have (found bad earlier): back up {} {} again to heal them",
+                        s.agent_name, s.source
+                    );
+                    (why, false)
                 }
-                if missing == 0 {
-                    continue;
-                }
-                format!(
-                    "references {missing} chunks the store does not have (found bad earlier): back up {} {} again to heal them",
-                    s.agent_name, s.source
-                )
-            }
-            Err(why) => why,
+                n => (format!("references {n} chunks found bad"), true),
+            },
+            Err(why) => (why, true),
         };
-        out.push((s.id, s.agent_name, s.source, why));
+        out.push(((s.id, s.agent_name, s.source, why), uses_bad));
     }
     Ok(out)
 }

@@ -204,6 +204,21 @@ impl Fleet {
             * 1024
     }
 
+    /// Stops the controller, deletes its catalog (as a lost disk would), and runs
+    /// `lifeboat-controller rebuild-catalog`; returns how that ended.
+    pub fn lose_catalog_and_rebuild(&mut self) -> Output {
+        self.stop_controller();
+        for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
+            let _ = std::fs::remove_file(self.path("ctl").join(f));
+        }
+        bin("lifeboat-controller")
+            .arg("rebuild-catalog")
+            .arg("--data-dir")
+            .arg(self.path("ctl"))
+            .output()
+            .expect("run rebuild-catalog")
+    }
+
     /// Stops the controller (SIGTERM) and waits for it to exit.
     pub fn stop_controller(&mut self) {
         if let Some(mut c) = self.controller.take() {

@@ -486,16 +486,7 @@ fn a7_rebuild_catalog_salvages_what_damaged_packs_still_hold() {
         .expect("truncate p2");
     let before_cut = in_p2.iter().filter(|(_, _, o, l)| o + l <= half).count();
 
-    fleet.stop_controller();
-    for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
-        let _ = fs::remove_file(fleet.path("ctl").join(f));
-    }
-    let out = lifeboat_tests::bin("lifeboat-controller")
-        .arg("rebuild-catalog")
-        .arg("--data-dir")
-        .arg(fleet.path("ctl"))
-        .output()
-        .expect("rebuild");
+    let out = fleet.lose_catalog_and_rebuild();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         !out.status.success(),

@@ -119,16 +119,7 @@ fn backup_change_backup_restore_both_snapshots() {
 
     // Lose the catalog; rebuild it from the store alone; the snapshots come back.
     let before = fleet.cli_json(&["snapshots"]);
-    fleet.stop_controller();
-    for f in ["catalog.db", "catalog.db-wal", "catalog.db-shm"] {
-        let _ = std::fs::remove_file(fleet.path("ctl").join(f));
-    }
-    let out = lifeboat_tests::bin("lifeboat-controller")
-        .arg("rebuild-catalog")
-        .arg("--data-dir")
-        .arg(fleet.path("ctl"))
-        .output()
-        .expect("rebuild");
+    let out = fleet.lose_catalog_and_rebuild();
     assert!(
         out.status.success(),
         "rebuild-catalog failed: {}",
