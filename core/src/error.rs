@@ -25,6 +25,8 @@ pub enum Error {
     CorruptPack { path: PathBuf, reason: String },
     #[error("corrupt tree: {0}")]
     CorruptTree(String),
+    #[error("the snapshot's tree does not match its signed record (size or keyed hash)")]
+    TreeMismatch,
     #[error("unsafe path {path:?} in snapshot: {reason}")]
     UnsafePath { path: String, reason: &'static str },
     #[error("refusing to restore through symlink or outside the root at {path:?}")]

@@ -52,6 +52,7 @@ pub mod durable;
 mod error;
 pub mod id;
 pub mod identity;
+pub mod pace;
 pub mod pack;
 pub mod pki;
 pub mod restore;

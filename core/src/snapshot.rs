@@ -19,7 +19,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ChunkId, Error, Result};
+use crate::tree::Tree;
+use crate::{ChunkId, ChunkKey, Error, Result};
 
 const MAGIC: &[u8; 8] = b"LBSNAP\x00\x02";
 /// Domain separation for the controller's countersignature.
@@ -145,12 +146,72 @@ impl Record {
         Ok(r)
     }
 
+    /// The one tree reader, shared by the controller (chunks from its store) and the agent
+    /// (chunks from the controller): joins the contents of the record's tree chunks, in
+    /// the record's order and each already verified against its id, checks the whole
+    /// against the record's size and keyed hash, and parses it.
+    pub fn read_tree<B: AsRef<[u8]>>(
+        &self,
+        key: &ChunkKey,
+        chunks: impl IntoIterator<Item = B>,
+    ) -> Result<Tree> {
+        let mut bytes = Vec::with_capacity(self.tree.size as usize);
+        for c in chunks {
+            bytes.extend_from_slice(c.as_ref());
+            if bytes.len() as u64 > self.tree.size {
+                return Err(Error::TreeMismatch);
+            }
+        }
+        let hash = blake3::keyed_hash(key.as_bytes(), &bytes).to_hex();
+        if bytes.len() as u64 != self.tree.size || hash.as_str() != self.tree.hash {
+            return Err(Error::TreeMismatch);
+        }
+        Tree::parse(&bytes)
+    }
+
     pub fn tree_chunks(&self) -> Result<Vec<ChunkId>> {
         self.tree
             .chunks
             .iter()
             .map(|c| ChunkId::parse_hex(c))
             .collect()
+    }
+}
+
+/// What a snapshot's source is, from its name: `image:REF`, `volume:NAME`, or a host path
+/// source's bare name. A record's `source_kind` is this kind's `as_str`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceKind {
+    Path,
+    Image,
+    Volume,
+}
+
+impl SourceKind {
+    /// The kind of the source named `source`.
+    pub fn of(source: &str) -> SourceKind {
+        if source.starts_with("image:") {
+            SourceKind::Image
+        } else if source.starts_with("volume:") {
+            SourceKind::Volume
+        } else {
+            SourceKind::Path
+        }
+    }
+
+    /// The stored and wire form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Path => "path",
+            SourceKind::Image => "image",
+            SourceKind::Volume => "volume",
+        }
+    }
+}
+
+impl std::fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

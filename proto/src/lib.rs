@@ -10,6 +10,7 @@
 //! fleet CA or is refused during the handshake. The authenticated peer
 //! ([`transport::Peer`]) rides along in every request's extensions.
 
+pub mod states;
 pub mod transport;
 
 /// Generated protobuf and gRPC types (package `lifeboat.v1`).
