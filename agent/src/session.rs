@@ -361,7 +361,7 @@ async fn run_job(
                     .iter()
                     .filter_map(|id| lifeboat_core::ChunkId::from_slice(id).ok())
                     .collect(),
-                limit: backup::RateLimit::new(b.bandwidth_bytes_per_sec),
+                limit: lifeboat_core::pace::Pacer::new(b.bandwidth_bytes_per_sec).map(Arc::new),
             };
             let mut ids = Vec::new();
             for name in &b.sources {

@@ -25,7 +25,7 @@ pub async fn restore(
     record: &Record,
     tree: Tree,
     key: ChunkKey,
-    mut source: super::Prefetched,
+    mut source: super::fetch::Prefetched,
     counters: Arc<Counters>,
 ) -> Result<Report, AgentError> {
     let info = record

@@ -24,7 +24,7 @@ pub async fn restore(
     job_id: &str,
     tree: Tree,
     key: ChunkKey,
-    source: super::Prefetched,
+    source: super::fetch::Prefetched,
     counters: Arc<Counters>,
     privileges: bool,
 ) -> Result<Report, AgentError> {
@@ -56,7 +56,7 @@ pub async fn restore(
     let staging = parent.join(format!("_data.lifeboat-{job_id}"));
     remove_tree(&staging)?; // a previous attempt of this job
 
-    let report = super::restore_dir(
+    let report = super::fetch::restore_dir(
         parent.clone(),
         staging.clone(),
         tree,
