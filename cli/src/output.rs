@@ -2,6 +2,7 @@
 
 use comfy_table::{Table, presets::UTF8_BORDERS_ONLY};
 use lifeboat_proto::pb::{self, JobState};
+use lifeboat_proto::states::{DrillState, PlanState, StepState};
 
 /// Writes one line of output. When the reader has gone away (a pipe into `head` that has
 /// read enough), the program ends quietly with status 0: the reader took what it wanted.
@@ -598,7 +599,7 @@ pub fn drill_row(d: &pb::DrillInfo) -> Vec<String> {
         d.agent.clone(),
         d.source.clone(),
         d.snapshot[..d.snapshot.len().min(12)].to_string(),
-        if d.state == "failed" {
+        if d.state == DrillState::Failed {
             "FAILED".into()
         } else {
             d.state.clone()
@@ -681,13 +682,13 @@ fn plan_source_json(s: &pb::PlanSource) -> serde_json::Value {
         "job": s.job_id,
         "attempts": s.attempts,
         "error": s.error,
-        "verified": s.state == "done",
+        "verified": s.state == StepState::Done,
         "result": s.result.as_ref().map(restore_json),
     })
 }
 
 fn plan_device_json(d: &pb::PlanDevice) -> serde_json::Value {
-    let ended = d.state == "done" || d.state == "failed";
+    let ended = StepState::parse(&d.state).is_some_and(StepState::ended);
     serde_json::json!({
         "agent": d.agent,
         "target_agent": d.target_agent,
@@ -698,7 +699,7 @@ fn plan_device_json(d: &pb::PlanDevice) -> serde_json::Value {
         "est_start_ms": d.est_start_ms,
         "est_finish_ms": d.est_finish_ms,
         "est_downtime_ms": d.est_finish_ms,
-        "actual_start_ms": (ended || d.state == "running").then_some(d.actual_start_ms),
+        "actual_start_ms": (ended || d.state == StepState::Running).then_some(d.actual_start_ms),
         "actual_finish_ms": ended.then_some(d.actual_finish_ms),
         "actual_downtime_ms": ended.then_some(d.actual_finish_ms),
         "attempts": d.sources.iter().map(|s| s.attempts).max().unwrap_or(0),
@@ -709,7 +710,7 @@ fn plan_device_json(d: &pb::PlanDevice) -> serde_json::Value {
 
 /// The plan as a table: before it runs, the estimate; once it ran, estimate and actual.
 pub fn plan_table(p: &pb::PlanInfo) -> String {
-    let ran = p.state != "planned";
+    let ran = p.state != PlanState::Planned;
     let mut rows = Vec::new();
     for d in &p.devices {
         let first = d.sources.first();
@@ -740,11 +741,14 @@ pub fn plan_table(p: &pb::PlanInfo) -> String {
             format!("{} ({})", millis(d.est_finish_ms), d.estimate_basis),
         ];
         if ran {
-            row.push(match d.state.as_str() {
-                "done" | "failed" => millis(d.actual_finish_ms),
-                _ => "-".into(),
-            });
-            row.push(if d.state == "failed" {
+            row.push(
+                if StepState::parse(&d.state).is_some_and(StepState::ended) {
+                    millis(d.actual_finish_ms)
+                } else {
+                    "-".into()
+                },
+            );
+            row.push(if d.state == StepState::Failed {
                 format!("FAILED: {}", d.error)
             } else {
                 d.state.clone()
@@ -797,7 +801,7 @@ pub fn plan_table(p: &pb::PlanInfo) -> String {
             millis(p.actual_total_downtime_ms),
             millis(p.actual_longest_downtime_ms)
         ));
-    } else if p.state == "running" {
+    } else if p.state == PlanState::Running {
         out.push_str(&format!(
             "\nrunning: all back in about {}",
             millis(p.eta_ms)

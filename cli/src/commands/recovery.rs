@@ -7,10 +7,11 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use lifeboat_proto::pb;
+use lifeboat_proto::states::{DrillState, PlanState, StepState};
 
-use crate::commands::{Api, rpc, time_arg};
+use crate::args::{DrillCmd, RecoverCmd, time_arg};
+use crate::connect::{Api, rpc};
 use crate::output::{self, bytes, millis};
-use crate::{DrillCmd, RecoverCmd};
 
 pub async fn drill(api: &mut Api, cmd: DrillCmd) -> Result<i32> {
     let DrillCmd::Run {
@@ -55,10 +56,10 @@ pub async fn drill(api: &mut Api, cmd: DrillCmd) -> Result<i32> {
                 .drills;
             let done = drills
                 .iter()
-                .filter(|d| d.state == "passed" || d.state == "failed")
+                .filter(|d| d.state == DrillState::Passed || d.state == DrillState::Failed)
                 .count();
             bar.set_position(done as u64);
-            if let Some(d) = drills.iter().find(|d| d.state == "running") {
+            if let Some(d) = drills.iter().find(|d| d.state == DrillState::Running) {
                 bar.set_message(format!("{} {}", d.agent, d.source));
             }
             if done == drills.len() {
@@ -73,7 +74,10 @@ pub async fn drill(api: &mut Api, cmd: DrillCmd) -> Result<i32> {
 }
 
 fn drill_exit(drills: &[pb::DrillInfo]) -> i32 {
-    let failed: Vec<&pb::DrillInfo> = drills.iter().filter(|d| d.state == "failed").collect();
+    let failed: Vec<&pb::DrillInfo> = drills
+        .iter()
+        .filter(|d| d.state == DrillState::Failed)
+        .collect();
     for d in &failed {
         eprintln!(
             "lifeboat: DRILL FAILED: {} {} ({}): {}",
@@ -262,7 +266,11 @@ pub async fn recover(api: &mut Api, cmd: RecoverCmd) -> Result<i32> {
 }
 
 fn plan_exit(p: &pb::PlanInfo) -> i32 {
-    let failed: Vec<&pb::PlanDevice> = p.devices.iter().filter(|d| d.state == "failed").collect();
+    let failed: Vec<&pb::PlanDevice> = p
+        .devices
+        .iter()
+        .filter(|d| d.state == StepState::Failed)
+        .collect();
     for d in &failed {
         eprintln!("lifeboat: device {} FAILED: {}", d.agent, d.error);
     }
@@ -281,7 +289,7 @@ fn report(p: &pb::PlanInfo, json: bool) {
         .devices
         .iter()
         .flat_map(|d| &d.sources)
-        .filter(|s| s.state == "done")
+        .filter(|s| s.state == StepState::Done)
         .count();
     let sources: usize = p.devices.iter().map(|d| d.sources.len()).sum();
     out!(
@@ -315,8 +323,16 @@ async fn follow(api: &mut Api, id: &str, show: bool) -> Result<pb::PlanInfo> {
             .await
             .map_err(rpc)?
             .into_inner();
-        let done = p.devices.iter().filter(|d| d.state == "done").count();
-        let failed = p.devices.iter().filter(|d| d.state == "failed").count();
+        let done = p
+            .devices
+            .iter()
+            .filter(|d| d.state == StepState::Done)
+            .count();
+        let failed = p
+            .devices
+            .iter()
+            .filter(|d| d.state == StepState::Failed)
+            .count();
         fleet.set_message(format!(
             "plan {}: {done}/{} devices back, {failed} failed, all back in about {}",
             p.id,
@@ -324,7 +340,7 @@ async fn follow(api: &mut Api, id: &str, show: bool) -> Result<pb::PlanInfo> {
             millis(p.eta_ms)
         ));
         for d in &p.devices {
-            if d.state == "pending" {
+            if d.state == StepState::Pending {
                 continue;
             }
             let bar = bars.entry(d.agent.clone()).or_insert_with(|| {
@@ -336,35 +352,37 @@ async fn follow(api: &mut Api, id: &str, show: bool) -> Result<pb::PlanInfo> {
             let done_bytes: u64 = d
                 .sources
                 .iter()
-                .map(|s| match s.state.as_str() {
-                    "done" => s.bytes,
-                    "running" => s.progress.as_ref().map_or(0, |p| p.bytes_done.min(s.bytes)),
+                .map(|s| match StepState::parse(&s.state) {
+                    Some(StepState::Done) => s.bytes,
+                    Some(StepState::Running) => {
+                        s.progress.as_ref().map_or(0, |p| p.bytes_done.min(s.bytes))
+                    }
                     _ => 0,
                 })
                 .sum();
             bar.set_position(done_bytes);
-            bar.set_message(match d.state.as_str() {
-                "done" => format!("back after {}", millis(d.actual_finish_ms)),
-                "failed" => format!("FAILED: {}", d.error),
+            bar.set_message(match StepState::parse(&d.state) {
+                Some(StepState::Done) => format!("back after {}", millis(d.actual_finish_ms)),
+                Some(StepState::Failed) => format!("FAILED: {}", d.error),
                 _ => match d
                     .sources
                     .iter()
-                    .find(|s| s.state == "running" && !s.error.is_empty())
+                    .find(|s| s.state == StepState::Running && !s.error.is_empty())
                 {
                     Some(s) => s.error.clone(),
                     None => format!("restoring (estimate {})", millis(d.est_finish_ms)),
                 },
             });
-            if (d.state == "done" || d.state == "failed") && !bar.is_finished() {
+            if (d.state == StepState::Done || d.state == StepState::Failed) && !bar.is_finished() {
                 bar.finish();
             }
         }
-        if p.state != "running" && p.state != "planned" {
+        if p.state != PlanState::Running && p.state != PlanState::Planned {
             fleet.finish_and_clear();
             multi.clear().ok();
             return Ok(p);
         }
-        if p.state == "planned" {
+        if p.state == PlanState::Planned {
             bail!(
                 "plan {} has not been started; run it with: lifeboat recover run {}",
                 p.id,

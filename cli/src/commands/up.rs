@@ -12,7 +12,7 @@ use lifeboat_controller::ServeConfig;
 use lifeboat_proto::pb;
 use tokio::sync::watch;
 
-use crate::commands::{connect, rpc};
+use crate::connect::{connect, rpc};
 
 pub async fn up(
     data_dir: PathBuf,

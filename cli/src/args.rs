@@ -1,0 +1,481 @@
+//! The command line's definitions (clap): every command, flag and default. Operators'
+//! scripts depend on these names; add freely, rename never.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "lifeboat",
+    version,
+    about = "Back up and restore a fleet of machines"
+)]
+pub struct Cli {
+    /// Controller URL, https://HOST:PORT (default: the one in the identity file).
+    #[arg(long, global = true, env = "LIFEBOAT_CONTROLLER")]
+    pub controller: Option<String>,
+    /// Operator identity file (default: the one `lifeboat up` made in the per-user data directory).
+    #[arg(long, global = true, env = "LIFEBOAT_IDENTITY")]
+    pub identity: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct Json {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Start a controller and a local agent on this machine (the embedded default).
+    Up {
+        /// Data directory (default: the per-user data directory).
+        #[arg(long, env = "LIFEBOAT_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:7443")]
+        listen: std::net::SocketAddr,
+        /// A directory to back up, NAME=PATH (repeatable).
+        #[arg(long = "source", value_name = "NAME=PATH")]
+        sources: Vec<String>,
+        /// Where restores may write (default: DATA_DIR/restores).
+        #[arg(long = "restore-root", value_name = "PATH")]
+        restore_roots: Vec<PathBuf>,
+    },
+    /// Controller status.
+    Status(Json),
+    /// Join tokens for new machines.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// List enrolled agents, show what one can back up, or revoke one.
+    Agents {
+        #[command(subcommand)]
+        cmd: Option<AgentsCmd>,
+        /// Show this agent's inventory: host paths, Docker images, volumes, containers.
+        #[arg(long, value_name = "AGENT")]
+        inventory: Option<String>,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// List snapshots, or delete one (admin).
+    Snapshots {
+        #[command(subcommand)]
+        cmd: Option<SnapshotsCmd>,
+        /// Only this agent's (name or id).
+        #[arg(long)]
+        agent: Option<String>,
+        /// Only this source's.
+        #[arg(long)]
+        source: Option<String>,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// List jobs, or watch one.
+    Jobs {
+        #[command(subcommand)]
+        cmd: Option<JobsCmd>,
+        /// How many of the newest jobs to list.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Back up an agent's sources now.
+    Backup {
+        agent: String,
+        /// A host path name, image:REF (a tag or an image id) or volume:NAME (repeatable;
+        /// default: all of the agent's host paths).
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        /// Every image in the agent's Docker Engine.
+        #[arg(long)]
+        all_images: bool,
+        /// Every Docker volume on the agent.
+        #[arg(long)]
+        all_volumes: bool,
+        /// Volumes: pause (the containers using it, for the read), hook (run
+        /// --hook-before/--hook-after in --hook-container) or none (read as is).
+        /// Default: pause when a running container uses the volume.
+        #[arg(long, value_parser = ["pause", "hook", "none"])]
+        consistency: Option<String>,
+        /// The container the hook commands run in.
+        #[arg(long)]
+        hook_container: Option<String>,
+        /// Command run before the read, e.g. "pg_dump -f /data/dump.sql" (split on spaces;
+        /// use sh -c '...' for more).
+        #[arg(long)]
+        hook_before: Option<String>,
+        /// Command run after the read.
+        #[arg(long)]
+        hook_after: Option<String>,
+        /// How long each hook command may run.
+        #[arg(long, default_value = "60s")]
+        hook_timeout: humantime::Duration,
+        /// Re-read every file instead of skipping unchanged ones.
+        #[arg(long)]
+        full: bool,
+        /// Wait for the job to finish; exit non-zero if it fails.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Backup policies: what is backed up where, when, and how long it is kept.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+    },
+    /// Apply every policy's retention now (also runs on the controller's schedule).
+    Prune {
+        /// Show what would be removed, and why the rest is kept; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Per device and source: the last backup, its age against the policy (RPO), overdue ones.
+    Devices(Json),
+    /// Reclaim chunks no snapshot references and compact packs (admin; also runs after
+    /// the scheduled retention). Safe beside running backups.
+    Gc {
+        /// Count what would be reclaimed; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// What changed between two snapshots: files added, removed and changed (with sizes,
+    /// modes, owners), and for images the layers.
+    Diff {
+        a: String,
+        b: String,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Read stored chunks back and recompute their ids (scrub). Exits 2 when any is bad.
+    Verify {
+        /// Only about this percentage of the packs (1 to 100), chosen at random.
+        #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u32).range(1..=100))]
+        sample: Option<u32>,
+        /// Only the chunks of this snapshot (id or unique prefix).
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        snapshot: Option<String>,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Operator identities and their roles (viewer, operator, admin).
+    Identity {
+        #[command(subcommand)]
+        cmd: IdentityCmd,
+    },
+    /// The hash-chained audit log: list it, verify it, export it.
+    Audit {
+        #[command(subcommand)]
+        cmd: Option<AuditCmd>,
+        /// Only entries from this time on: RFC 3339 (2026-11-29T08:00:00Z) or an age (24h).
+        #[arg(long)]
+        since: Option<String>,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Restore a snapshot onto an agent (the same machine or another one).
+    Restore {
+        /// Snapshot id or unique prefix.
+        snapshot: String,
+        /// The agent that writes the files.
+        #[arg(long)]
+        agent: String,
+        /// Host path snapshots: absolute target directory on that agent, inside one of its
+        /// restore roots. (Images go back into the agent's Docker Engine, volumes into
+        /// their volume.)
+        #[arg(long)]
+        to: Option<String>,
+        /// Volume snapshots: restore into this volume instead of the one it came from.
+        #[arg(long)]
+        volume: Option<String>,
+        /// Volume snapshots: stop the running containers that use the volume for the swap,
+        /// and start them again after.
+        #[arg(long)]
+        stop_containers: bool,
+        /// replace: write every file. repair: hash what is on disk against the snapshot and
+        /// rewrite only the files that differ (the target is the same machine, its disk
+        /// intact); the report lists every modified, planted and missing file.
+        #[arg(long, value_parser = ["replace", "repair"], default_value = "replace")]
+        mode: String,
+        /// Remove files the snapshot does not have, so the target ends exactly as the
+        /// snapshot (without it, they are left and reported as planted).
+        #[arg(long)]
+        delete_extra: bool,
+        /// Restore a quarantined snapshot anyway (admin; recorded in the audit log).
+        #[arg(long)]
+        force: bool,
+        /// Onto another machine than the snapshot's: create its device nodes and keep
+        /// setuid/setgid bits and file capabilities (without it they are skipped and
+        /// listed; recorded in the audit log).
+        #[arg(long)]
+        keep_privileges: bool,
+        /// Write the restore's report (modified, planted, missing files; phase times) to
+        /// this file as JSON. Implies --wait.
+        #[arg(long)]
+        report: Option<PathBuf>,
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Restore drills: restore into a sandbox, verify, probe, time, clean up.
+    Drill {
+        #[command(subcommand)]
+        cmd: DrillCmd,
+    },
+    /// Drill results, newest first (a failed drill makes this exit 2).
+    Drills {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Recovery plans: restore many devices from their last known good snapshots.
+    Recover {
+        #[command(subcommand)]
+        cmd: RecoverCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DrillCmd {
+    /// Drill the chosen devices now, one after another; waits and prints the results,
+    /// exits 2 if any drill failed.
+    Run {
+        /// A device to drill (repeatable).
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+        /// Devices whose labels match KEY=VALUE[,KEY=VALUE].
+        #[arg(long)]
+        selector: Option<String>,
+        /// Only this many devices (the least recently drilled).
+        #[arg(long)]
+        sample: Option<u32>,
+        /// A shell command run in the restored directory on the agent (LIFEBOAT_RESTORED
+        /// names it; for images, a temporary tag to run a container from). The agent must
+        /// run with --allow-probes.
+        #[arg(long)]
+        probe: Option<String>,
+        #[arg(long, default_value = "5m")]
+        probe_timeout: humantime::Duration,
+        /// Start the drills and return.
+        #[arg(long)]
+        no_wait: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum RecoverCmd {
+    /// Plan a recovery: the last known good restore point of every source of every chosen
+    /// device, restored in tier order under the limits. Prints the plan; runs nothing.
+    Plan {
+        /// A device (repeatable).
+        #[arg(long = "agent")]
+        agents: Vec<String>,
+        #[arg(long)]
+        selector: Option<String>,
+        /// The compromise time: RFC 3339 (2026-11-29T08:00:00Z) or an age (6h).
+        #[arg(long)]
+        before: String,
+        /// Devices restored at once.
+        #[arg(long, default_value_t = 4)]
+        concurrency: u32,
+        /// The controller's egress for the plan, e.g. 200MiB/s or 1Gbit/s (default:
+        /// unlimited).
+        #[arg(long)]
+        bandwidth: Option<String>,
+        /// A file of `DEVICE = REPLACEMENT-AGENT` lines: restore those devices onto
+        /// another agent.
+        #[arg(long)]
+        target_map: Option<PathBuf>,
+        /// replace (write everything) or repair (rewrite only what differs on disk).
+        #[arg(long, value_parser = ["replace", "repair"], default_value = "replace")]
+        mode: String,
+        /// Consider quarantined snapshots too (admin; recorded in the audit log).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Run a plan. With --wait, return when it ends, print the report, and exit 2 if any
+    /// device failed.
+    Run {
+        plan: String,
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Follow a running plan: per-device progress and the fleet's ETA.
+    Watch { plan: String },
+    /// Show a plan (its estimate, and once run, what happened).
+    Show {
+        plan: String,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// List plans.
+    List(Json),
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Create a single-use join token and print the enroll command for the new machine.
+    Create {
+        /// Label the agent gets, KEY=VALUE (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// How long the token stays valid (e.g. 30m, 1h, 2d).
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+        /// How many machines may enroll with it (a fleet rolled out by one compose file or
+        /// image); single-use by default.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AgentsCmd {
+    /// Revoke an agent (admin): its session closes now and its certificate is refused
+    /// from then on; its snapshots stay restorable.
+    Revoke { agent: String },
+}
+
+#[derive(Subcommand)]
+pub enum SnapshotsCmd {
+    /// Delete a snapshot (admin). Its chunks are reclaimed by garbage collection. A
+    /// snapshot within its policy's lock period cannot be deleted.
+    Delete { snapshot: String },
+    /// Pin a snapshot: retention never removes it (admin).
+    Protect { snapshot: String },
+    /// Unpin a snapshot (admin).
+    Unprotect { snapshot: String },
+    /// Mark every snapshot received after the compromise time as suspect: restores and
+    /// plans skip them unless an admin forces it.
+    Quarantine {
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        selector: Option<String>,
+        /// RFC 3339 (2026-11-29T08:00:00Z) or an age (6h).
+        #[arg(long)]
+        after: String,
+        /// Lift the quarantine of the snapshots after that time instead (admin).
+        #[arg(long)]
+        clear: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCmd {
+    /// Create or update the policies in a TOML file (idempotent).
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// List policies.
+    List(Json),
+    /// Show one policy.
+    Show {
+        name: String,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Delete a policy (its snapshots stay; retention no longer applies to them).
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum IdentityCmd {
+    /// Create an operator identity file (admin). The key is made here and never sent.
+    Create {
+        name: String,
+        /// viewer (read only), operator (backups, restores), or admin (everything).
+        #[arg(long)]
+        role: String,
+        /// Where to write the identity file (mode 0600).
+        #[arg(long)]
+        out: PathBuf,
+        /// How long the identity stays valid.
+        #[arg(long, default_value = "90d")]
+        valid_for: humantime::Duration,
+    },
+    /// List operator identities.
+    List(Json),
+    /// Revoke an operator identity (admin); it is refused from then on.
+    Revoke { name: String },
+}
+
+#[derive(Subcommand)]
+pub enum AuditCmd {
+    /// Check the whole chain and the store's anchor; names the first broken entry.
+    Verify(Json),
+    /// Write the log as JSON Lines (for a SIEM).
+    Export {
+        /// Write here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JobsCmd {
+    /// Follow a job with a live progress bar until it ends.
+    Watch { id: String },
+    /// Show one job.
+    Show {
+        id: String,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+/// The per-user data directory `lifeboat up` uses by default.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("lifeboat");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/lifeboat"),
+        None => PathBuf::from("/var/lib/lifeboat"),
+    }
+}
+
+/// A point in time given as RFC 3339 or as an age (`6h` ago), in Unix milliseconds.
+pub fn time_arg(flag: &str, s: &str) -> Result<i64> {
+    let t = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let age = humantime::parse_duration(s).with_context(|| {
+                format!("{flag} {s:?}: expected a time (2026-11-29T08:00:00Z) or an age (6h)")
+            })?;
+            std::time::SystemTime::now() - age
+        }
+    };
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
+}

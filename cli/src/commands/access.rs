@@ -1,0 +1,210 @@
+//! `lifeboat identity` and `audit`: who may act, and what was done.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use lifeboat_core::identity::IdentityFile;
+use lifeboat_proto::pb::{self};
+
+use crate::args::*;
+use crate::connect::{Api, identity_path, rpc};
+use crate::output::{self, time};
+
+/// `controller` and `identity` are the global flags: the identity commands write them
+/// into the files they make.
+pub async fn run(
+    api: &mut Api,
+    cmd: Cmd,
+    controller: Option<String>,
+    identity: Option<PathBuf>,
+) -> Result<i32> {
+    match cmd {
+        Cmd::Identity { cmd } => {
+            identity_cmd(api, cmd, controller.clone(), identity.clone()).await?
+        }
+        Cmd::Audit {
+            cmd: Some(AuditCmd::Verify(json)),
+            ..
+        } => {
+            let v = api
+                .verify_audit(pb::Empty {})
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if json.json {
+                out!(
+                    "{}",
+                    serde_json::json!({"ok": v.ok, "entries": v.entries, "broken_entry": (!v.ok).then_some(v.broken_seq), "reason": v.reason, "anchored_entry": v.anchor_seq})
+                );
+            } else if v.ok {
+                out!(
+                    "audit chain intact: {} entries, the store's anchor vouches for entry {}",
+                    v.entries,
+                    v.anchor_seq
+                );
+            } else {
+                out!("audit chain BROKEN at entry {}: {}", v.broken_seq, v.reason);
+            }
+            return Ok(if v.ok { 0 } else { 2 });
+        }
+        Cmd::Audit {
+            cmd: Some(AuditCmd::Export { out }),
+            since,
+            ..
+        } => {
+            let since = since_ms(since.as_deref())?;
+            let mut sink: Box<dyn std::io::Write> = match &out {
+                Some(p) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(p)
+                        .with_context(|| format!("creating {}", p.display()))?,
+                )),
+                None => Box::new(std::io::stdout().lock()),
+            };
+            let mut n = 0u64;
+            for e in audit_entries(api, since).await? {
+                writeln!(sink, "{}", output::audit_json(&e))?;
+                n += 1;
+            }
+            sink.flush()?;
+            if let Some(p) = out {
+                eprintln!("{n} audit entries written to {}", p.display());
+            }
+        }
+        Cmd::Audit {
+            cmd: None,
+            since,
+            json,
+        } => {
+            let entries = audit_entries(api, since_ms(since.as_deref())?).await?;
+            output::listing(
+                json.json,
+                &entries,
+                output::audit_json,
+                output::AUDIT_HEADER,
+                output::audit_row,
+            );
+        }
+        _ => unreachable!("commands::dispatch sends only access commands here"),
+    }
+    Ok(0)
+}
+
+async fn identity_cmd(
+    api: &mut Api,
+    cmd: IdentityCmd,
+    controller: Option<String>,
+    identity: Option<PathBuf>,
+) -> Result<()> {
+    match cmd {
+        IdentityCmd::Create {
+            name,
+            role,
+            out,
+            valid_for,
+        } => {
+            if out.exists() {
+                bail!("{} exists; choose another --out", out.display());
+            }
+            let (csr_pem, key_pem) = lifeboat_core::pki::make_csr("lifeboat operator")?;
+            let r = api
+                .create_identity(pb::CreateIdentityRequest {
+                    name: name.clone(),
+                    role: role.clone(),
+                    csr_pem,
+                    ttl_seconds: valid_for.as_secs(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            let controller = controller.unwrap_or_else(|| {
+                IdentityFile::load(&identity_path(identity))
+                    .map(|i| i.controller)
+                    .unwrap_or_default()
+            });
+            IdentityFile {
+                version: 1,
+                name: name.clone(),
+                role: role.clone(),
+                controller,
+                ca_pem: r.ca_pem,
+                cert_pem: r.cert_pem,
+                key_pem,
+            }
+            .save(&out)?;
+            out!(
+                "identity {name} ({role}) written to {} (valid until {}); use it with --identity {} or LIFEBOAT_IDENTITY",
+                out.display(),
+                time(r.not_after_unix_ms),
+                out.display()
+            );
+        }
+        IdentityCmd::List(json) => {
+            let ids = api
+                .list_identities(pb::Empty {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .identities;
+            output::listing(
+                json.json,
+                &ids,
+                output::identity_json,
+                output::IDENTITY_HEADER,
+                output::identity_row,
+            );
+        }
+        IdentityCmd::Revoke { name } => {
+            let i = api
+                .revoke_identity(pb::NameRef { name })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            out!(
+                "identity {} ({}) revoked at {}",
+                i.name,
+                i.role,
+                time(i.revoked_unix_ms)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every audit entry from `since_ms` on, page by page.
+async fn audit_entries(api: &mut Api, since_ms: i64) -> Result<Vec<pb::AuditEntry>> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = api
+            .list_audit(pb::ListAuditRequest {
+                since_unix_ms: since_ms,
+                after_seq: after,
+                limit: 5000,
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner()
+            .entries;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        all.extend(page);
+    }
+    Ok(all)
+}
+
+/// Parses `--since`: an RFC 3339 time or an age such as `24h`.
+fn since_ms(since: Option<&str>) -> Result<i64> {
+    let Some(s) = since else { return Ok(0) };
+    let t = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let age = humantime::parse_duration(s).with_context(|| {
+                format!("--since {s:?}: expected a time (2026-11-29T08:00:00Z) or an age (24h)")
+            })?;
+            std::time::SystemTime::now() - age
+        }
+    };
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
+}

@@ -1,0 +1,56 @@
+//! Operator commands over the gRPC API, one module per command group; `dispatch` routes
+//! a parsed command line to its group.
+
+mod access;
+mod fleet;
+mod jobs;
+mod policy;
+mod recovery;
+mod snapshots;
+mod up;
+
+use anyhow::Result;
+
+use crate::args::{Cli, Cmd, default_data_dir};
+use crate::connect::connect;
+
+pub async fn dispatch(cli: Cli) -> Result<i32> {
+    if let Cmd::Up {
+        data_dir,
+        listen,
+        sources,
+        restore_roots,
+    } = cli.cmd
+    {
+        return up::up(
+            data_dir.unwrap_or_else(default_data_dir),
+            listen,
+            sources,
+            restore_roots,
+        )
+        .await
+        .map(|()| 0);
+    }
+    let mut api = connect(cli.controller.clone(), cli.identity.clone()).await?;
+    match cli.cmd {
+        Cmd::Up { .. } => unreachable!("handled above"),
+        c @ (Cmd::Status(_) | Cmd::Token { .. } | Cmd::Agents { .. } | Cmd::Devices(_)) => {
+            fleet::run(&mut api, c, cli.controller, cli.identity).await
+        }
+        c @ (Cmd::Snapshots { .. }
+        | Cmd::Diff { .. }
+        | Cmd::Verify { .. }
+        | Cmd::Gc { .. }
+        | Cmd::Prune { .. }) => snapshots::run(&mut api, c).await,
+        c @ (Cmd::Jobs { .. } | Cmd::Backup { .. } | Cmd::Restore { .. }) => {
+            jobs::run(&mut api, c).await
+        }
+        Cmd::Policy { cmd } => policy::run(&mut api, cmd).await,
+        c @ (Cmd::Identity { .. } | Cmd::Audit { .. }) => {
+            access::run(&mut api, c, cli.controller, cli.identity).await
+        }
+        Cmd::Drill { cmd } => recovery::drill(&mut api, cmd).await,
+        Cmd::Drills { limit, json } => recovery::drills(&mut api, limit, json.json).await,
+        Cmd::Recover { cmd } => recovery::recover(&mut api, cmd).await,
+    }
+}
