@@ -1,22 +1,19 @@
 //! The agent-facing API: the session, the chunk data plane, and snapshot commits.
 
-use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
 use lifeboat_core::ChunkId;
-use lifeboat_core::snapshot::{Envelope, Record, validate_name};
-use lifeboat_core::tree::Tree;
-use lifeboat_proto::pb::{self, JobState, agent_api_server::AgentApi, agent_message::Msg};
+use lifeboat_core::snapshot::validate_name;
+use lifeboat_proto::pb::{self, agent_api_server::AgentApi, agent_message::Msg};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::catalog::SnapshotRow;
 use crate::error::ApiError;
 use crate::store::PutSummary;
-use crate::{Controller, auth, now_ms};
+use crate::{Controller, auth, now_ms, snapshots};
 
 pub struct AgentService(pub Arc<Controller>);
 
@@ -27,12 +24,6 @@ const MAX_IDS: usize = 4096;
 /// three messages in the controller: the one being filled, the queued one, the one being
 /// encoded; a mass restore multiplies that by its concurrency.
 const BATCH_BYTES: usize = 256 << 10;
-/// How far ahead of the controller's clock an agent's own timestamps may be: the skew
-/// certificates allow (`pki::CLOCK_SKEW`, an hour), so a clock that can still connect can
-/// still back up. Nothing is decided by these times (retention goes by receive time); a
-/// record dated further ahead is a broken clock or a lie, and is refused saying which.
-const MAX_CLOCK_SKEW_MS: i64 = lifeboat_core::pki::CLOCK_SKEW.as_millis() as i64;
-
 fn ids(raw: &[Vec<u8>]) -> Result<Vec<ChunkId>, ApiError> {
     if raw.len() > MAX_IDS {
         return Err(ApiError::InvalidArgument(format!(
@@ -210,10 +201,7 @@ impl AgentApi for AgentService {
             .catalog
             .job(&req.job_id)?
             .ok_or_else(|| ApiError::NotFound(format!("no job {:?}", req.job_id)))?;
-        if job.agent_id != agent.id
-            || job.kind != "restore"
-            || job.state != JobState::Running as i32
-        {
+        if !snapshots::may_read(&job, &agent) {
             return Err(ApiError::PermissionDenied(
                 "reading chunks needs a running restore job of this agent".into(),
             )
@@ -225,7 +213,7 @@ impl AgentApi for AgentService {
             None => {
                 let ctl = self.0.clone();
                 let row = job.clone();
-                let g = tokio::task::spawn_blocking(move || restore_grant(&ctl, &row))
+                let g = tokio::task::spawn_blocking(move || snapshots::grant(&ctl, &row))
                     .await
                     .map_err(ApiError::from)??;
                 self.0.jobs.set_grant(&job.id, g.clone());
@@ -273,7 +261,7 @@ impl AgentApi for AgentService {
                                     return;
                                 }
                             }
-                            p.take(blob.len());
+                            p.take(blob.len() as u64);
                         }
                         bytes += blob.len();
                         batch.chunks.push(pb::ChunkBlob {
@@ -311,79 +299,9 @@ impl AgentApi for AgentService {
     ) -> Result<Response<pb::CommitReply>, Status> {
         let agent = auth::agent(&req)?;
         let req = req.into_inner();
-        lifeboat_core::sign::verify_record(&agent.signing_key, &req.record, &req.signature)
-            .map_err(ApiError::from)?;
-        let record = Record::parse(&req.record).map_err(ApiError::from)?;
-        if record.agent_id != agent.id || record.agent_name != agent.name {
-            return Err(ApiError::PermissionDenied(
-                "a snapshot record must name the committing agent".into(),
-            )
-            .into());
-        }
-        // The agent's clock decides nothing (retention goes by receive time), but a record
-        // that claims to come from the future is a lie or a broken clock: refuse it.
-        let now = now_ms();
-        let claimed = record.finished_unix_ms.max(record.started_unix_ms);
-        if claimed > now + MAX_CLOCK_SKEW_MS {
-            self.0.audit.denied(
-                &format!("agent:{}", agent.name),
-                "/lifeboat.v1.AgentApi/CommitSnapshot",
-                "",
-                &format!(
-                    "record dated {} ms ahead of the controller's clock",
-                    claimed - now
-                ),
-            );
-            return Err(ApiError::InvalidArgument(format!(
-                "the snapshot record is dated {} s in the future by the controller's clock; fix the agent's clock (NTP) and back up again",
-                (claimed - now) / 1000
-            ))
-            .into());
-        }
-        let job = self
-            .0
-            .catalog
-            .job(&req.job_id)?
-            .ok_or_else(|| ApiError::NotFound(format!("no job {}", req.job_id)))?;
-        if job.agent_id != agent.id || job.kind != "backup" || record.job_id != job.id {
-            return Err(ApiError::PermissionDenied(
-                "snapshots are committed by the agent's own backup job".into(),
-            )
-            .into());
-        }
         let ctl = self.0.clone();
-        let signature = req.signature;
-        let raw_record = req.record;
-        let started_ms = job.started_ms;
-        let row = tokio::task::spawn_blocking(move || -> Result<SnapshotRow, ApiError> {
-            ctl.store.flush_for(&record.tree_chunks()?)?;
-            // With GC's sweep held off, until the snapshot is listed.
-            let mut commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-            if check_tree_complete(&ctl, &record).is_err() {
-                // A chunk accepted after the tree (not our agent's order) may still sit in
-                // the open pack: seal everything, then check again.
-                drop(commits);
-                ctl.store.flush()?;
-                commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(e) = check_tree_complete(&ctl, &record) {
-                    // Say why the chunks are missing when the store knows: a pack of this
-                    // backup's could not be written.
-                    return Err(ctl.store.seal_failure_since(started_ms).unwrap_or(e));
-                }
-            }
-            let _commits = commits;
-            let env = Envelope::countersign(
-                raw_record,
-                signature,
-                agent.signing_key.clone(),
-                now_ms(),
-                &ctl.signer,
-            );
-            ctl.store.write_snapshot(&env)?;
-            let row = snapshot_row(&env.id(), &record, env.received_unix_ms);
-            ctl.catalog.insert_snapshot(&row)?;
-            ctl.jobs.committed(&record.job_id, &row.id)?;
-            Ok(row)
+        let row = tokio::task::spawn_blocking(move || {
+            snapshots::commit(&ctl, &agent, &req.job_id, req.record, req.signature)
         })
         .await
         .map_err(ApiError::from)??;
@@ -436,89 +354,5 @@ impl AgentApi for AgentService {
         );
         tracing::info!(agent = %agent.name, "certificate renewed");
         Ok(Response::new(pb::RenewReply { cert_pem }))
-    }
-}
-
-/// The chunks restore job `job` may read: the tree chunks and every file chunk of the
-/// snapshot it restores.
-fn restore_grant(
-    ctl: &Controller,
-    job: &crate::catalog::JobRow,
-) -> Result<crate::jobs::Grant, ApiError> {
-    use prost::Message;
-    let pb_job = pb::Job::decode(job.job.as_slice())
-        .map_err(|e| ApiError::internal(format!("stored job {}: {e}", job.id)))?;
-    let Some(pb::job::Kind::Restore(r)) = pb_job.kind else {
-        return Err(ApiError::PermissionDenied(format!(
-            "job {} is not a restore",
-            job.id
-        )));
-    };
-    let record = Record::parse(&r.record).map_err(ApiError::from)?;
-    let mut ids: HashSet<ChunkId> = record.tree_chunks()?.into_iter().collect();
-    let tree = load_tree(ctl, &record)?;
-    ids.extend(tree.chunk_ids().copied());
-    Ok(Arc::new(ids))
-}
-
-/// Reads the snapshot's tree from the store, checks it against the record, and checks
-/// that every chunk it references is stored.
-fn check_tree_complete(ctl: &Controller, record: &Record) -> Result<(), ApiError> {
-    let tree = load_tree(ctl, record)?;
-    let mut seen = HashSet::new();
-    let refs: Vec<ChunkId> = tree
-        .chunk_ids()
-        .filter(|id| seen.insert(**id))
-        .copied()
-        .collect();
-    for batch in refs.chunks(MAX_IDS) {
-        let missing = ctl.catalog.unknown_chunks(batch)?;
-        if let Some(first) = missing.first() {
-            return Err(ApiError::MissingChunks(format!(
-                "snapshot references {} chunks the store does not have (first: {first}): they were reclaimed (a backup paused past the GC lease) or found bad; the backup runs again and uploads them",
-                missing.len()
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Loads and parses a snapshot's tree (verifying every tree chunk and the tree hash).
-pub fn load_tree(ctl: &Controller, record: &Record) -> Result<Tree, ApiError> {
-    let mut bytes = Vec::with_capacity(record.tree.size as usize);
-    for id in record.tree_chunks()? {
-        bytes.extend_from_slice(&ctl.store.read_chunk(&id).map_err(|e| match e {
-            ApiError::NotFound(_) => {
-                ApiError::FailedPrecondition(format!("tree chunk {id} is not in the store"))
-            }
-            other => other,
-        })?);
-    }
-    let hash = blake3::keyed_hash(ctl.chunk_key.as_bytes(), &bytes).to_hex();
-    if bytes.len() as u64 != record.tree.size || hash.as_str() != record.tree.hash {
-        return Err(ApiError::InvalidArgument(
-            "the stored tree does not match the record's size and hash".into(),
-        ));
-    }
-    Ok(Tree::parse(&bytes)?)
-}
-
-pub fn snapshot_row(id: &str, r: &Record, received_ms: i64) -> SnapshotRow {
-    SnapshotRow {
-        id: id.to_string(),
-        agent_id: r.agent_id.clone(),
-        agent_name: r.agent_name.clone(),
-        source: r.source.clone(),
-        source_path: r.source_path.clone(),
-        hostname: r.hostname.clone(),
-        received_ms,
-        agent_time_ms: r.finished_unix_ms,
-        files: r.stats.files,
-        dirs: r.stats.dirs,
-        bytes: r.stats.bytes,
-        bytes_new: r.stats.bytes_new,
-        bytes_read: r.stats.bytes_read,
-        parent: r.parent.clone().unwrap_or_default(),
-        quarantined_ms: 0,
     }
 }

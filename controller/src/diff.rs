@@ -58,7 +58,7 @@ fn load(ctl: &Controller, prefix: &str) -> Result<(Record, BTreeMap<Vec<u8>, Ent
     let snap = ctl.catalog.find_snapshot(prefix)?;
     let env = ctl.store.read_snapshot(&snap.id)?;
     let record = Record::parse(&env.record)?;
-    let tree = crate::agent_api::load_tree(ctl, &record)?;
+    let tree = crate::snapshots::load_tree(ctl, &record)?;
     let entries = tree
         .entries
         .into_iter()

@@ -59,6 +59,7 @@ impl From<lifeboat_core::Error> for ApiError {
             | E::ChunkMismatch { .. }
             | E::CorruptBlob(_)
             | E::CorruptTree(_)
+            | E::TreeMismatch
             | E::UnsafePath { .. }
             | E::InvalidRecord(_) => ApiError::InvalidArgument(e.to_string()),
             E::BadSignature(_) => ApiError::PermissionDenied(e.to_string()),

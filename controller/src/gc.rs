@@ -45,7 +45,7 @@ fn references(
         let env = ctl.store.read_snapshot(id)?;
         let record = lifeboat_core::snapshot::Record::parse(&env.record)?;
         into.extend(record.tree_chunks()?);
-        let tree = crate::agent_api::load_tree(ctl, &record).map_err(|e| {
+        let tree = crate::snapshots::load_tree(ctl, &record).map_err(|e| {
             ApiError::FailedPrecondition(format!(
                 "snapshot {id}: {e}; GC stops rather than guess what it references (run `lifeboat verify`)"
             ))

@@ -80,7 +80,7 @@ async fn metrics(State(ctl): State<Arc<Controller>>) -> String {
     );
     let c = ctl.clone();
     let devices =
-        tokio::task::spawn_blocking(move || crate::scheduler::devices(&c, c.clock.now_ms()))
+        tokio::task::spawn_blocking(move || crate::devices::devices(&c, c.clock.now_ms()))
             .await
             .ok()
             .and_then(Result::ok)

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use lifeboat_core::ChunkId;
+use lifeboat_core::pace::Pacer;
 use lifeboat_proto::pb::{self, JobState};
 use prost::Message;
 use tokio::sync::{mpsc, watch};
@@ -36,7 +37,7 @@ struct Inner {
     /// Per running restore job, built on its first chunk read, dropped when it ends.
     grants: HashMap<String, Grant>,
     /// Egress pacing by job tag (a plan's jobs share one pacer).
-    pacers: HashMap<String, Arc<crate::recovery::pacer::Pacer>>,
+    pacers: HashMap<String, Arc<Pacer>>,
     /// Heartbeats not yet written to the catalog: agent id -> when.
     seen: HashMap<String, i64>,
     next_session: u64,
@@ -49,7 +50,13 @@ pub struct Jobs {
     /// Held across each read-modify-write of a job row that agents' updates, commits and
     /// disconnects race on, so none of them writes back a row another one changed.
     rows: Mutex<()>,
+    /// Told of every restore job that ended (its outcome feeds the downtime model and the
+    /// drill that ran it: `recovery::outcome::restore_finished`).
+    on_restore_end: RestoreEnded,
 }
+
+/// What `Jobs` calls when a restore job ends: the catalog, the job, the time.
+pub type RestoreEnded = Box<dyn Fn(&Catalog, &JobRow, i64) + Send + Sync>;
 
 /// A random id of `N` bytes in hex (jobs: 8; drills and plans, typed by people: 6).
 pub fn random_id<const N: usize>() -> Result<String, ApiError> {
@@ -57,12 +64,13 @@ pub fn random_id<const N: usize>() -> Result<String, ApiError> {
 }
 
 impl Jobs {
-    pub fn new(catalog: Arc<Catalog>, clock: Arc<dyn Clock>) -> Jobs {
+    pub fn new(catalog: Arc<Catalog>, clock: Arc<dyn Clock>, on_restore_end: RestoreEnded) -> Jobs {
         Jobs {
             catalog,
             clock,
             inner: Mutex::new(Inner::default()),
             rows: Mutex::new(()),
+            on_restore_end,
         }
     }
 
@@ -338,7 +346,7 @@ impl Jobs {
         self.save(&row);
         drop(rows);
         if Self::is_terminal(row.state) && row.kind == "restore" {
-            crate::recovery::restore_finished(&self.catalog, &row, self.clock.now_ms());
+            (self.on_restore_end)(&self.catalog, &row, self.clock.now_ms());
         }
         Ok(())
     }
@@ -361,7 +369,7 @@ impl Jobs {
     }
 
     /// Paces every chunk read by jobs tagged `tag` (see `recovery::plan`).
-    pub fn set_pacer(&self, tag: &str, pacer: Arc<crate::recovery::pacer::Pacer>) {
+    pub fn set_pacer(&self, tag: &str, pacer: Arc<Pacer>) {
         self.lock().pacers.insert(tag.to_string(), pacer);
     }
 
@@ -369,7 +377,7 @@ impl Jobs {
         self.lock().pacers.remove(tag);
     }
 
-    pub fn pacer(&self, tag: &str) -> Option<Arc<crate::recovery::pacer::Pacer>> {
+    pub fn pacer(&self, tag: &str) -> Option<Arc<Pacer>> {
         if tag.is_empty() {
             return None;
         }

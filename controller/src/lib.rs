@@ -9,27 +9,38 @@
 //! Services: [`enroll`] (no client certificate), [`agent_api`] (agents) and
 //! [`operator_api`] (operators), all on one TLS port behind the [`auth`] layer (an explicit
 //! allow list per method); [`audit`] keeps the hash-chained log; [`http`] serves `/metrics`.
+//!
+//! The crate's API, for the binaries, the examples and the tests: [`start`] with
+//! [`ServeConfig`], [`Running`], [`url_for`], [`lock_data_dir`], [`rebuild::rebuild_catalog`],
+//! [`setup`]'s defaults, the [`catalog::Catalog`], and for the scheduler's simulated-week
+//! test (`tests/schedule.rs`, with [`start_with_clock`]) [`scheduler::tick`],
+//! [`policy::parse_file`] and the [`jobs::Jobs`] sessions. Every other module is
+//! `pub(crate)`: `ARCHITECTURE.md` maps them.
 
-pub mod agent_api;
-pub mod audit;
-pub mod auth;
+pub(crate) mod agent_api;
+pub(crate) mod audit;
+pub(crate) mod auth;
+pub(crate) mod backups;
 pub mod catalog;
-pub mod diff;
-pub mod enroll;
+pub(crate) mod devices;
+pub(crate) mod diff;
+pub(crate) mod enroll;
 mod error;
-pub mod gc;
-pub mod http;
+pub(crate) mod gc;
+pub(crate) mod http;
 pub mod jobs;
-pub mod operator_api;
+pub(crate) mod operator_api;
 pub mod policy;
 pub mod rebuild;
-pub mod recovery;
-pub mod retention;
+pub(crate) mod recovery;
+pub(crate) mod restores;
+pub(crate) mod retention;
 pub mod scheduler;
-pub mod scrub;
+pub(crate) mod scrub;
 pub mod setup;
-pub mod store;
-pub mod workers;
+pub(crate) mod snapshots;
+pub(crate) mod store;
+pub(crate) mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,6 +64,15 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// A time for messages (RFC 3339, seconds).
+pub(crate) fn when(unix_ms: i64) -> String {
+    if unix_ms <= 0 {
+        return "unknown time".into();
+    }
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 /// The controller's clock: every schedule, lease and retention decision reads it, so
@@ -203,7 +223,11 @@ pub fn start_with_clock(
         prepared.chunk_key.clone(),
         catalog.clone(),
     )?;
-    let jobs = jobs::Jobs::new(catalog.clone(), clock.clone());
+    let jobs = jobs::Jobs::new(
+        catalog.clone(),
+        clock.clone(),
+        Box::new(recovery::outcome::restore_finished),
+    );
     jobs.recover_after_restart()?;
     let audit = audit::Audit::new(
         catalog.clone(),
@@ -278,7 +302,7 @@ impl Running {
     /// in-flight calls up to 10 s, and flush the open pack.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ApiError> {
         let ctl = self.ctl.clone();
-        recovery::plan::resume_all(&ctl)?;
+        recovery::runner::resume_all(&ctl)?;
         if let Some(http) = self.http {
             tokio::spawn(http::serve(ctl.clone(), http, self.http_tls));
         }

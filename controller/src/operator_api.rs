@@ -1,19 +1,23 @@
 //! The operator-facing API behind the `lifeboat` CLI.
 
 use std::collections::BTreeMap;
-use std::path::{Component, Path};
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
+use lifeboat_core::restore::Mode;
+use lifeboat_core::snapshot::SourceKind;
 use lifeboat_proto::pb::{self, operator_api_server::OperatorApi};
 use tonic::{Request, Response, Status};
 
 use crate::auth::Role;
+use crate::backups;
 use crate::catalog::{AgentRow, OperatorRow, SnapshotRow};
 use crate::enroll::{token_hash, validate_labels};
 use crate::error::ApiError;
 use crate::jobs::Jobs;
+use crate::policy::{Applied, Consistency};
+use crate::restores::{self, Destination, RestoreError, TargetError};
 use crate::{Controller, auth, now_ms};
 
 pub struct OperatorService(pub Arc<Controller>);
@@ -87,151 +91,18 @@ impl OperatorService {
     }
 }
 
-/// The chunks scrub found bad that no backup has stored again yet, for backup jobs.
-pub fn repair_chunks(ctl: &Controller) -> Result<Vec<Vec<u8>>, ApiError> {
-    Ok(ctl
-        .catalog
-        .unhealed_chunks(100_000)?
-        .iter()
-        .map(|id| id.as_bytes().to_vec())
-        .collect())
-}
-
-/// A time for messages (RFC 3339, seconds).
-fn when(unix_ms: i64) -> String {
-    if unix_ms <= 0 {
-        return "unknown time".into();
-    }
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms as u64);
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
-use crate::recovery::source_kind;
-
-/// The agent's Docker inventory as last reported (empty when it never reported one).
-fn inventory(agent: &AgentRow) -> pb::DockerInventory {
-    agent
-        .docker
-        .as_deref()
-        .and_then(|b| prost::Message::decode(b).ok())
-        .unwrap_or_else(|| pb::DockerInventory {
-            status: "the agent has not reported a Docker inventory".into(),
-            ..Default::default()
-        })
-}
-
-/// The sources a backup request names, checked against what the agent reported: host
-/// path names, `image:REF` (a tag or an id of an image in its Engine), `volume:NAME`, and
-/// `--all-images` / `--all-volumes`. No names and no flags: all its host paths.
-fn backup_sources(agent: &AgentRow, req: &pb::StartBackupRequest) -> Result<Vec<String>, ApiError> {
-    let paths: Vec<&str> = agent.sources.iter().map(|(n, _, _)| n.as_str()).collect();
-    let inv = inventory(agent);
-    let mut out: Vec<String> = Vec::new();
-    if req.sources.is_empty() && !req.all_images && !req.all_volumes {
-        if paths.is_empty() {
-            return Err(ApiError::FailedPrecondition(format!(
-                "agent {} has reported no host path sources; name an image:REF or volume:NAME, or start it with --source NAME=PATH",
-                agent.name
-            )));
+/// An operator's restore target refused, worded for `lifeboat restore`.
+fn restore_target_refused(e: TargetError) -> ApiError {
+    match &e {
+        TargetError::NotNormalized { .. } => ApiError::InvalidArgument(format!("--to {e}")),
+        TargetError::OutsideRoots { .. } => {
+            ApiError::FailedPrecondition(format!("--to {e}; restore below one of them"))
         }
-        out.extend(paths.iter().map(|s| s.to_string()));
-    }
-    let docker = |what: &str| -> Result<(), ApiError> {
-        if inv.available {
-            Ok(())
-        } else {
-            Err(ApiError::FailedPrecondition(format!(
-                "agent {} cannot back up {what}: {}",
-                agent.name, inv.status
-            )))
+        TargetError::NoDocker { .. } => {
+            ApiError::FailedPrecondition(format!("{e}; restore it onto an agent that has one"))
         }
-    };
-    if req.all_images {
-        docker("images")?;
-        out.extend(inv.images.iter().map(crate::scheduler::image_source));
+        _ => e.into(),
     }
-    if req.all_volumes {
-        docker("volumes")?;
-        out.extend(inv.volumes.iter().map(|v| format!("volume:{}", v.name)));
-    }
-    for s in &req.sources {
-        lifeboat_core::snapshot::validate_source(s).map_err(ApiError::from)?;
-        if let Some(r) = s.strip_prefix("image:") {
-            docker("images")?;
-            let bare = r.trim_start_matches("sha256:");
-            let found = inv.images.iter().any(|i| {
-                i.repo_tags.iter().any(|t| t == r)
-                    || i.id == r
-                    || (bare.len() >= 12 && i.id.trim_start_matches("sha256:").starts_with(bare))
-            });
-            if !found {
-                return Err(ApiError::NotFound(format!(
-                    "agent {} has no image {r:?} (as of its inventory of {}; agents report changes within 30 s); `lifeboat agents --inventory {}` lists them",
-                    agent.name,
-                    when(inv.reported_unix_ms),
-                    agent.name
-                )));
-            }
-        } else if let Some(v) = s.strip_prefix("volume:") {
-            docker("volumes")?;
-            if !inv.volumes.iter().any(|x| x.name == v) {
-                return Err(ApiError::NotFound(format!(
-                    "agent {} has no volume {v:?} (as of its inventory of {}; agents report changes within 30 s); `lifeboat agents --inventory {}` lists them",
-                    agent.name,
-                    when(inv.reported_unix_ms),
-                    agent.name
-                )));
-            }
-        } else if !paths.contains(&s.as_str()) {
-            return Err(ApiError::NotFound(format!(
-                "agent {} has no source {s:?}; it has: {}",
-                agent.name,
-                paths.join(", ")
-            )));
-        }
-        out.push(s.clone());
-    }
-    let mut seen = std::collections::HashSet::new();
-    out.retain(|s| seen.insert(s.clone()));
-    if out.is_empty() {
-        return Err(ApiError::FailedPrecondition(format!(
-            "agent {} has nothing to back up for this request",
-            agent.name
-        )));
-    }
-    Ok(out)
-}
-
-/// The restore target must be an absolute, normalized path inside one of the agent's
-/// restore roots. The agent checks again; this gives the operator the error at once.
-fn check_target(agent: &AgentRow, target: &str) -> Result<(), ApiError> {
-    let p = Path::new(target);
-    if !p.is_absolute()
-        || p.components()
-            .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
-    {
-        return Err(ApiError::InvalidArgument(format!(
-            "--to {target:?} must be an absolute path without `.` or `..`"
-        )));
-    }
-    if agent.restore_roots.is_empty() {
-        return Err(ApiError::FailedPrecondition(format!(
-            "agent {} accepts no restores: start it with --restore-root PATH",
-            agent.name
-        )));
-    }
-    if !agent
-        .restore_roots
-        .iter()
-        .any(|r| p.starts_with(r) && p != Path::new(r))
-    {
-        return Err(ApiError::FailedPrecondition(format!(
-            "--to {target} is outside agent {}'s restore roots ({}); restore below one of them",
-            agent.name,
-            agent.restore_roots.join(", ")
-        )));
-    }
-    Ok(())
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -404,16 +275,22 @@ impl OperatorApi for OperatorService {
             ))
             .into());
         }
-        let sources = backup_sources(&agent, &req)?;
-        if !matches!(req.consistency.as_str(), "" | "pause" | "hook" | "none") {
-            return Err(ApiError::InvalidArgument(format!(
+        let sources = backups::resolve_sources(
+            &agent,
+            &backups::SourceRequest {
+                sources: req.sources,
+                all_images: req.all_images,
+                all_volumes: req.all_volumes,
+            },
+        )?;
+        let consistency = Consistency::parse(&req.consistency).ok_or_else(|| {
+            ApiError::InvalidArgument(format!(
                 "--consistency {:?} is not one of pause, hook, none",
                 req.consistency
             ))
-            .into());
-        }
+        })?;
         let hook = req.hook.filter(|h| !h.container.is_empty());
-        if req.consistency == "hook"
+        if consistency == Consistency::Hook
             && hook
                 .as_ref()
                 .is_none_or(|h| h.before.is_empty() && h.after.is_empty())
@@ -424,24 +301,13 @@ impl OperatorApi for OperatorService {
             )
             .into());
         }
-        let detail = format!("sources {}", sources.join(","));
-        let full = req.full_reread;
-        let consistency = req.consistency;
-        let repair = repair_chunks(&self.0)?;
-        let row = self
-            .0
-            .jobs
-            .submit(&agent, "backup", detail, "", |id| pb::Job {
-                job_id: id.to_string(),
-                kind: Some(pb::job::Kind::Backup(pb::BackupJob {
-                    sources,
-                    full_reread: full,
-                    consistency,
-                    hook,
-                    repair_chunks: repair,
-                    bandwidth_bytes_per_sec: 0,
-                })),
-            })?;
+        let options = backups::Options {
+            full_reread: req.full_reread,
+            consistency,
+            hook,
+            bandwidth: 0,
+        };
+        let row = backups::submit(&self.0, &agent, sources, options, "")?;
         tracing::info!(%operator, agent = %agent.name, job = %row.id, "backup requested");
         self.0.audit.ok(
             &format!("operator:{operator}"),
@@ -460,14 +326,13 @@ impl OperatorApi for OperatorService {
         let req = req.into_inner();
         let snap = self.0.catalog.find_snapshot(&req.snapshot)?;
         let agent = self.0.catalog.find_agent(&req.agent)?;
-        let mode = lifeboat_core::restore::Mode::parse(&req.mode)
-            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let mode = Mode::parse(&req.mode).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         if snap.quarantined_ms != 0 {
             if !req.force {
                 return Err(ApiError::FailedPrecondition(format!(
                     "snapshot {} is quarantined (received {}, after the compromise time); restore an earlier one (`lifeboat snapshots --agent {}`), or as an admin add --force",
                     &snap.id[..12],
-                    when(snap.received_ms),
+                    crate::when(snap.received_ms),
                     snap.agent_name
                 ))
                 .into());
@@ -492,78 +357,61 @@ impl OperatorApi for OperatorService {
             ))
             .into());
         }
-        let kind = source_kind(&snap.source);
-        let volume = match kind {
-            "path" => {
-                check_target(&agent, &req.target)?;
-                String::new()
+        let kind = SourceKind::of(&snap.source);
+        let destination = match kind {
+            SourceKind::Path => Destination::Dir {
+                target: req.target.clone(),
+                mode,
+                delete_extra: req.delete_extra,
+            },
+            _ if !req.target.is_empty() => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "--to is for host path snapshots; a {kind} snapshot goes back into the agent's Docker Engine{}",
+                    if kind == SourceKind::Volume { " (--volume NAME picks another volume)" } else { "" }
+                ))
+                .into());
             }
-            _ => {
-                if !req.target.is_empty() {
-                    return Err(ApiError::InvalidArgument(format!(
-                        "--to is for host path snapshots; a {kind} snapshot goes back into the agent's Docker Engine{}",
-                        if kind == "volume" { " (--volume NAME picks another volume)" } else { "" }
-                    ))
-                    .into());
-                }
-                let inv = inventory(&agent);
-                if !inv.available {
-                    return Err(ApiError::FailedPrecondition(format!(
-                        "agent {} has no Docker Engine ({}); restore the {kind} onto an agent that has one",
-                        agent.name, inv.status
-                    ))
-                    .into());
-                }
-                if !inv.restore_allowed {
-                    return Err(ApiError::FailedPrecondition(format!(
-                        "agent {} does not restore into Docker; start it with --docker-restore",
-                        agent.name
-                    ))
-                    .into());
-                }
-                if kind == "volume" && req.volume.is_empty() {
+            _ if mode == Mode::Repair => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "--mode repair is for host path snapshots; a {kind} snapshot is restored whole"
+                ))
+                .into());
+            }
+            SourceKind::Image => Destination::Image,
+            SourceKind::Volume => Destination::Volume {
+                name: if req.volume.is_empty() {
                     snap.source.trim_start_matches("volume:").to_string()
                 } else {
                     req.volume.clone()
-                }
-            }
+                },
+                stop_containers: req.stop_containers,
+            },
         };
-        if !volume.is_empty() {
-            lifeboat_core::snapshot::validate_source(&format!("volume:{volume}"))
-                .map_err(ApiError::from)?;
-        }
-        if mode == lifeboat_core::restore::Mode::Repair && kind != "path" {
-            return Err(ApiError::InvalidArgument(format!(
-                "--mode repair is for host path snapshots; a {kind} snapshot is restored whole"
-            ))
-            .into());
-        }
-        // Refuse at once, naming why, rather than sending the agent a job it will refuse.
-        let mut restore = match crate::recovery::restore_job(&self.0, &snap) {
+        let detail = match &destination {
+            Destination::Image => {
+                format!("snapshot {} ({}) into Docker", &snap.id[..12], snap.source)
+            }
+            Destination::Volume { name, .. } => {
+                format!("snapshot {} to volume {name}", &snap.id[..12])
+            }
+            _ => format!("snapshot {} to {}", &snap.id[..12], req.target),
+        };
+        let restore = match restores::job(&self.0, &snap, &agent, destination, req.keep_privileges)
+        {
             Ok(r) => r,
+            Err(RestoreError::Target(t)) => return Err(restore_target_refused(t).into()),
             Err(e) => {
+                // Refused at once, naming why, rather than sent to an agent that would
+                // refuse it.
                 self.0.audit.ok(
                     &format!("operator:{operator}"),
                     "restore.refused",
                     &snap.id,
                     serde_json::json!({ "reason": e.to_string() }),
                 );
-                return Err(e.into());
+                return Err(ApiError::from(e).into());
             }
         };
-        let detail = match kind {
-            "image" => format!("snapshot {} ({}) into Docker", &snap.id[..12], snap.source),
-            "volume" => format!("snapshot {} to volume {volume}", &snap.id[..12]),
-            _ => format!("snapshot {} to {}", &snap.id[..12], req.target),
-        };
-        restore.target = req.target.clone();
-        restore.volume = volume.clone();
-        restore.stop_containers = req.stop_containers;
-        restore.mode = mode.name().into();
-        restore.delete_extra = req.delete_extra;
-        // Device nodes, setuid/setgid and capabilities come along only onto the machine the
-        // snapshot came from, or when the operator asks (audited below).
-        restore.keep_privileges = agent.id == snap.agent_id || req.keep_privileges;
         let row = self
             .0
             .jobs
@@ -723,7 +571,7 @@ impl OperatorApi for OperatorService {
             return Err(ApiError::FailedPrecondition(format!(
                 "snapshot {} is locked by policy {policy} until {}; nobody can delete it before",
                 &snap.id[..12],
-                when(until)
+                crate::when(until)
             ))
             .into());
         }
@@ -780,57 +628,29 @@ impl OperatorApi for OperatorService {
         } else {
             req.file_name.as_str()
         };
-        let policies = match crate::policy::parse_file(file, &req.text) {
-            Ok(p) => p,
-            Err(errors) => {
-                return Ok(Response::new(pb::ApplyPoliciesReply {
-                    changes: Vec::new(),
-                    errors,
-                }));
-            }
+        let reply = match crate::policy::apply(
+            &self.0,
+            &format!("operator:{admin}"),
+            file,
+            &req.text,
+            req.dry_run,
+        )? {
+            Applied::Changes(changes) => pb::ApplyPoliciesReply {
+                changes: changes
+                    .into_iter()
+                    .map(|(name, change)| pb::PolicyChange {
+                        name,
+                        change: change.as_str().into(),
+                    })
+                    .collect(),
+                errors: Vec::new(),
+            },
+            Applied::Invalid(errors) => pb::ApplyPoliciesReply {
+                changes: Vec::new(),
+                errors,
+            },
         };
-        let existing: std::collections::HashMap<String, String> = self
-            .0
-            .catalog
-            .policies()?
-            .into_iter()
-            .map(|(n, spec, _)| (n, spec))
-            .collect();
-        let now = self.0.clock.now_ms();
-        let mut changes = Vec::new();
-        for p in policies {
-            let spec = serde_json::to_string(&p)
-                .map_err(|e| ApiError::internal(format!("encoding policy: {e}")))?;
-            let change = match existing.get(&p.name) {
-                None => "created",
-                Some(old) if *old == spec => "unchanged",
-                Some(_) => "changed",
-            };
-            if !req.dry_run && change != "unchanged" {
-                self.0.catalog.put_policy(&p.name, &spec, now)?;
-                self.0.audit.ok(
-                    &format!("operator:{admin}"),
-                    &format!(
-                        "policy.{}",
-                        if change == "created" {
-                            "create"
-                        } else {
-                            "change"
-                        }
-                    ),
-                    &p.name,
-                    serde_json::from_str(&spec).unwrap_or_default(),
-                );
-            }
-            changes.push(pb::PolicyChange {
-                name: p.name,
-                change: change.into(),
-            });
-        }
-        Ok(Response::new(pb::ApplyPoliciesReply {
-            changes,
-            errors: Vec::new(),
-        }))
+        Ok(Response::new(reply))
     }
 
     async fn list_policies(
@@ -929,11 +749,10 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::DeviceList>, Status> {
         auth::operator(&req)?;
         let ctl = self.0.clone();
-        let devices = tokio::task::spawn_blocking(move || {
-            crate::scheduler::devices(&ctl, ctl.clock.now_ms())
-        })
-        .await
-        .map_err(ApiError::from)??;
+        let devices =
+            tokio::task::spawn_blocking(move || crate::devices::devices(&ctl, ctl.clock.now_ms()))
+                .await
+                .map_err(ApiError::from)??;
         Ok(Response::new(pb::DeviceList { devices }))
     }
 
@@ -1023,44 +842,14 @@ impl OperatorApi for OperatorService {
             )
             .into());
         }
-        if req.after_unix_ms <= 0 {
-            return Err(ApiError::InvalidArgument(
-                "--after is required: snapshots received after it become suspect".into(),
-            )
-            .into());
-        }
-        let agents_named: Vec<String> = if req.agent.is_empty() {
-            Vec::new()
-        } else {
-            vec![req.agent.clone()]
-        };
-        let agents = crate::recovery::plan::select_agents(&self.0, &agents_named, &req.selector)?;
-        let now = self.0.clock.now_ms();
-        let mut changed = Vec::new();
-        for a in &agents {
-            changed.extend(
-                self.0
-                    .catalog
-                    .quarantine(&a.id, req.after_unix_ms, now, req.clear)?,
-            );
-        }
-        self.0.audit.ok(
+        let changed = crate::recovery::quarantine(
+            &self.0,
             &format!("operator:{operator}"),
-            if req.clear {
-                "snapshot.unquarantine"
-            } else {
-                "snapshot.quarantine"
-            },
-            &agents
-                .iter()
-                .map(|a| a.name.as_str())
-                .collect::<Vec<_>>()
-                .join(","),
-            serde_json::json!({
-                "after_unix_ms": req.after_unix_ms,
-                "snapshots": changed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
-            }),
-        );
+            &req.agent,
+            &req.selector,
+            req.after_unix_ms,
+            req.clear,
+        )?;
         tracing::warn!(%operator, snapshots = changed.len(), clear = req.clear, "quarantine changed");
         Ok(Response::new(pb::QuarantineReply {
             snapshots: changed.into_iter().map(snapshot_info).collect(),
@@ -1073,7 +862,7 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::DrillList>, Status> {
         let (operator, _) = auth::operator(&req)?;
         let req = req.into_inner();
-        let agents = crate::recovery::plan::select_agents(&self.0, &req.agents, &req.selector)?;
+        let agents = crate::devices::select(&self.0, &req.agents, &req.selector)?;
         let ctl = self.0.clone();
         let rows = crate::recovery::drill::start(
             &ctl,
@@ -1125,7 +914,7 @@ impl OperatorApi for OperatorService {
 
     async fn run_plan(&self, req: Request<pb::NameRef>) -> Result<Response<pb::PlanInfo>, Status> {
         let (operator, _) = auth::operator(&req)?;
-        let plan = crate::recovery::plan::start(&self.0, &operator, &req.into_inner().name)?;
+        let plan = crate::recovery::runner::start(&self.0, &operator, &req.into_inner().name)?;
         Ok(Response::new(plan))
     }
 

@@ -6,9 +6,9 @@ use std::path::Path;
 use lifeboat_core::pack;
 use lifeboat_core::snapshot::Record;
 
-use crate::agent_api::snapshot_row;
 use crate::catalog::AgentRow;
 use crate::error::ApiError;
+use crate::snapshots;
 use crate::{lock_data_dir, now_ms, setup};
 
 /// What a rebuild found.
@@ -116,7 +116,7 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
                         docker: None,
                     })?;
                 }
-                catalog.insert_snapshot(&snapshot_row(&id, &record, env.received_unix_ms))?;
+                catalog.insert_snapshot(&snapshots::row(&id, &record, env.received_unix_ms))?;
                 report.snapshots += 1;
             }
             Err(e) => report.skipped.push(format!("snapshot {id}: {e}")),

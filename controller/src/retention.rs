@@ -146,7 +146,7 @@ fn covering<'a>(
     match agent {
         Some(a) => policies
             .iter()
-            .filter(|p| crate::scheduler::covers(p, a, source))
+            .filter(|p| crate::policy::covers(p, a, source))
             .collect(),
         None => Vec::new(),
     }
@@ -159,7 +159,7 @@ pub fn locked_until(
     source: &str,
     received_ms: i64,
 ) -> Result<(i64, String), ApiError> {
-    let policies = crate::scheduler::policies(ctl)?;
+    let policies = crate::policy::policies(ctl)?;
     let agent = ctl.catalog.agent(agent_id)?;
     Ok(covering(&policies, agent.as_ref(), source)
         .into_iter()
@@ -176,7 +176,7 @@ pub fn prune(
     dry_run: bool,
     actor: &str,
 ) -> Result<Vec<Outcome>, ApiError> {
-    let policies = crate::scheduler::policies(ctl)?;
+    let policies = crate::policy::policies(ctl)?;
     let agents: HashMap<String, crate::catalog::AgentRow> = ctl
         .catalog
         .agents()?

@@ -117,7 +117,7 @@ pub fn scrub(ctl: &Controller, scope: Scope, period_ms: i64) -> Result<Report, A
             let env = ctl.store.read_snapshot(&snap.id)?;
             let record = lifeboat_core::snapshot::Record::parse(&env.record)?;
             let mut ids: Vec<ChunkId> = record.tree_chunks()?;
-            match crate::agent_api::load_tree(ctl, &record) {
+            match crate::snapshots::load_tree(ctl, &record) {
                 Ok(tree) => ids.extend(tree.chunk_ids().copied()),
                 Err(e) => bad.push((ids[0], String::new(), format!("tree unreadable: {e}"))),
             }
@@ -211,7 +211,7 @@ fn snapshot_chunks(ctl: &Controller, id: &str) -> Result<HashSet<ChunkId>, Strin
         .map_err(|e| format!("its record is invalid: {e}"))?
         .into_iter()
         .collect();
-    let tree = crate::agent_api::load_tree(ctl, &record)
+    let tree = crate::snapshots::load_tree(ctl, &record)
         .map_err(|e| format!("its tree cannot be read: {e}"))?;
     ids.extend(tree.chunk_ids().copied());
     Ok(ids)

@@ -5,18 +5,35 @@
 //! restores the store index from the store alone. One connection behind a mutex is the
 //! only writer; statements are short, and bulk work (pack indexing) runs in one
 //! transaction off the async runtime.
+//!
+//! The rows and queries live beside their tables: `agents` (and enrollment tokens),
+//! `store` (packs and chunks), `snapshots` (and quarantine), `jobs`, `schedule` (policies
+//! and slots), `recovery` (restore samples, drills, plans); `migrations` is the schema.
 
+mod agents;
+mod jobs;
 mod migrations;
-mod records;
+mod recovery;
+mod schedule;
+mod snapshots;
+mod store;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-pub use records::{AgentRow, DrillRow, JobRow, SampleRow, SnapshotRow, TokenCheck};
+pub use agents::{AgentRow, TokenCheck};
+pub use jobs::JobRow;
+pub use recovery::{DrillRow, SampleRow};
+pub use snapshots::SnapshotRow;
 
 use crate::error::ApiError;
+
+/// A value stored as JSON text in a column.
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
 
 pub struct Catalog {
     conn: Mutex<Connection>,

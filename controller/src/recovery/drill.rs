@@ -11,14 +11,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lifeboat_core::snapshot::SourceKind;
 use lifeboat_proto::pb::{self, JobState};
+use lifeboat_proto::states::DrillState;
 use prost::Message;
 
 use super::estimate::Model;
-use super::{last_known_good, source_kind};
+use super::last_known_good;
 use crate::Controller;
 use crate::catalog::{AgentRow, DrillRow};
 use crate::error::ApiError;
+use crate::restores::{self, Destination};
 
 /// Jobs of drills carry this policy tag.
 pub const JOB_TAG: &str = "drill";
@@ -58,7 +61,7 @@ pub fn start(
             drills.push(DrillRow {
                 id: crate::jobs::random_id::<6>()?,
                 agent_id: agent.id.clone(),
-                state: "failed".into(),
+                state: DrillState::Failed.into(),
                 started_ms: now,
                 finished_ms: now,
                 error: "the device has no snapshot to drill".into(),
@@ -71,12 +74,12 @@ pub fn start(
         }
         for source in sources {
             let (good, skipped) = last_known_good(ctl, &agent.id, &source, i64::MAX, false)?;
-            let rates = model.rates(&agent.id, source_kind(&source));
+            let rates = model.rates(&agent.id, SourceKind::of(&source).as_str());
             let mut d = DrillRow {
                 id: crate::jobs::random_id::<6>()?,
                 agent_id: agent.id.clone(),
                 source: source.clone(),
-                state: "queued".into(),
+                state: DrillState::Queued.into(),
                 started_ms: now,
                 probe: probe.into(),
                 policy: policy.into(),
@@ -90,7 +93,7 @@ pub fn start(
                     d.estimate_ms = rates.estimate_ms(g.snap.bytes).round() as u64;
                 }
                 None => {
-                    d.state = "failed".into();
+                    d.state = DrillState::Failed.into();
                     d.finished_ms = now;
                     d.error = match skipped.first() {
                         Some((id, why)) => {
@@ -123,7 +126,7 @@ pub fn start(
     );
     let queue: Vec<DrillRow> = drills
         .iter()
-        .filter(|d| d.state == "queued")
+        .filter(|d| d.state == DrillState::Queued)
         .cloned()
         .collect();
     let c = ctl.clone();
@@ -133,7 +136,7 @@ pub fn start(
             if let Err(e) = run_one(&c, d.clone(), timeout).await {
                 tracing::error!(drill = %d.id, error = %e, "DRILL FAILED");
                 let mut d = d;
-                d.state = "failed".into();
+                d.state = DrillState::Failed.into();
                 d.finished_ms = c.clock.now_ms();
                 d.error = e.to_string();
                 let _ = c.catalog.put_drill(&d);
@@ -143,7 +146,7 @@ pub fn start(
     Ok(drills)
 }
 
-/// Runs one drill to its end (the job's outcome is recorded by `recovery::restore_finished`).
+/// Runs one drill to its end (the job's outcome is recorded by `recovery::outcome::restore_finished`).
 async fn run_one(
     ctl: &Arc<Controller>,
     mut d: DrillRow,
@@ -154,10 +157,16 @@ async fn run_one(
         .agent(&d.agent_id)?
         .ok_or_else(|| ApiError::NotFound(format!("agent {} is gone", d.agent_id)))?;
     let snap = ctl.catalog.find_snapshot(&d.snapshot_id)?;
-    let mut job = super::restore_job(ctl, &snap)?;
-    job.sandbox = true;
-    job.probe = d.probe.clone();
-    job.probe_timeout_seconds = probe_timeout_s;
+    let job = restores::job(
+        ctl,
+        &snap,
+        &agent,
+        Destination::Sandbox {
+            probe: d.probe.clone(),
+            probe_timeout_s,
+        },
+        false,
+    )?;
     let detail = format!("drill {} of {} ({})", d.id, snap.source, &snap.id[..12]);
     let row = ctl
         .jobs
@@ -166,7 +175,7 @@ async fn run_one(
             kind: Some(pb::job::Kind::Restore(job)),
         })?;
     d.job_id = row.id.clone();
-    d.state = "running".into();
+    d.state = DrillState::Running.into();
     d.started_ms = ctl.clock.now_ms();
     ctl.catalog.put_drill(&d)?;
     let waited = std::time::Instant::now();
@@ -230,7 +239,7 @@ pub fn info(ctl: &Controller, d: DrillRow) -> pb::DrillInfo {
 /// Scheduled drills (a policy's `drill`): each round drills `sample` devices, rounds spread
 /// so that every selected device is drilled within `every`. Called by the scheduler tick.
 pub fn tick(ctl: &Arc<Controller>, now_ms: i64) -> Result<(), ApiError> {
-    let policies = crate::scheduler::policies(ctl)?;
+    let policies = crate::policy::policies(ctl)?;
     for p in policies {
         let Some(drill) = &p.drill else { continue };
         let agents: Vec<AgentRow> = ctl

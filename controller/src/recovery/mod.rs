@@ -1,62 +1,22 @@
 //! Mass recovery: restore points (quarantine, last known good), the downtime model
-//! (`estimate`), drills (`drill`), recovery plans and their runner (`plan`), and the
-//! egress pacing plans use (`pacer`).
+//! (`estimate`), drills (`drill`), recovery plans (`plan`) and their runner (`runner`), and what a
+//! finished restore teaches them (`outcome`).
 
 pub mod drill;
 pub mod estimate;
-pub mod pacer;
+pub mod outcome;
 pub mod plan;
+pub mod runner;
 
 use std::collections::HashSet;
 
 use lifeboat_core::ChunkId;
 use lifeboat_core::snapshot::Record;
-use lifeboat_proto::pb::{self, JobState};
-use prost::Message;
+use lifeboat_proto::pb::{self};
 
-use crate::Controller;
-use crate::catalog::{Catalog, JobRow, SampleRow, SnapshotRow};
+use crate::catalog::SnapshotRow;
 use crate::error::ApiError;
-
-/// The kind of a snapshot's source, from its name.
-pub fn source_kind(source: &str) -> &'static str {
-    if source.starts_with("image:") {
-        "image"
-    } else if source.starts_with("volume:") {
-        "volume"
-    } else {
-        "path"
-    }
-}
-
-/// A restore job for `snap`, with both signatures checked here first (the agent checks
-/// them again). Where it goes (`target`, `volume`, mode) is left for the caller.
-pub fn restore_job(ctl: &Controller, snap: &SnapshotRow) -> Result<pb::RestoreJob, ApiError> {
-    let env = ctl.store.read_snapshot(&snap.id)?;
-    // The agent key recorded at enrollment, or (if the catalog was rebuilt without the
-    // agent's row) the key the controller's countersignature vouches for.
-    let origin_key = ctl
-        .catalog
-        .agent(&snap.agent_id)?
-        .map(|a| a.signing_key)
-        .unwrap_or_else(|| env.public_key.clone());
-    env.verify(&origin_key, &ctl.signer_public_key)
-        .map_err(|e| {
-            ApiError::FailedPrecondition(format!(
-                "snapshot {} fails verification: {e}; it will not be restored",
-                &snap.id[..12]
-            ))
-        })?;
-    Ok(pb::RestoreJob {
-        snapshot_id: snap.id.clone(),
-        record: env.record,
-        signature: env.signature,
-        origin_public_key: origin_key,
-        countersignature: env.countersignature,
-        received_unix_ms: env.received_unix_ms,
-        ..Default::default()
-    })
-}
+use crate::{Controller, restores, snapshots};
 
 /// A restore point that passed every check.
 pub struct Good {
@@ -70,19 +30,13 @@ pub struct Good {
 /// checking the tree against the record and that every chunk is indexed (not missing,
 /// not found bad by scrub).
 pub fn complete_chunks(ctl: &Controller, record: &Record) -> Result<HashSet<ChunkId>, ApiError> {
-    let tree = crate::agent_api::load_tree(ctl, record)?;
-    let chunks: HashSet<ChunkId> = tree.chunk_ids().copied().collect();
-    let all: Vec<ChunkId> = chunks.iter().copied().collect();
-    for batch in all.chunks(4096) {
-        let missing = ctl.catalog.unknown_chunks(batch)?;
-        if let Some(first) = missing.first() {
-            return Err(ApiError::FailedPrecondition(format!(
-                "{} of its chunks are missing or known corrupt (first: {first})",
-                missing.len()
-            )));
-        }
+    match snapshots::referenced_chunks(ctl, record)? {
+        (chunks, None) => Ok(chunks),
+        (_, Some(i)) => Err(ApiError::FailedPrecondition(format!(
+            "{} of its chunks are missing or known corrupt (first: {})",
+            i.missing, i.first
+        ))),
     }
-    Ok(chunks)
 }
 
 /// A snapshot passed over as a restore point: its id and why.
@@ -108,10 +62,12 @@ pub fn last_known_good(
             skipped.push((snap.id.clone(), "quarantined".into()));
             continue;
         }
-        let checked = restore_job(ctl, &snap).and_then(|job| {
-            let record = Record::parse(&job.record)?;
-            Ok((job, complete_chunks(ctl, &record)?))
-        });
+        let checked = restores::verified(ctl, &snap)
+            .map_err(ApiError::from)
+            .and_then(|job| {
+                let record = Record::parse(&job.record)?;
+                Ok((job, complete_chunks(ctl, &record)?))
+            });
         match checked {
             Ok((job, chunks)) => return Ok((Some(Good { snap, job, chunks }), skipped)),
             Err(e) => skipped.push((snap.id.clone(), e.to_string())),
@@ -120,58 +76,49 @@ pub fn last_known_good(
     Ok((None, skipped))
 }
 
-/// Called when a restore job ends: its result becomes a sample for the downtime model,
-/// and a drill that ran it gets its outcome.
-pub fn restore_finished(catalog: &Catalog, row: &JobRow, now_ms: i64) {
-    if let Err(e) = record_outcome(catalog, row, now_ms) {
-        tracing::error!(job = %row.id, error = %e, "cannot record a restore's outcome");
+/// Marks as quarantined (or, with `clear`, releases) every snapshot received after
+/// `after_ms` from the agent named `agent` or those `selector` picks: a restore point
+/// after the compromise time is suspect. Returns the snapshots that changed.
+pub fn quarantine(
+    ctl: &Controller,
+    actor: &str,
+    agent: &str,
+    selector: &str,
+    after_ms: i64,
+    clear: bool,
+) -> Result<Vec<SnapshotRow>, ApiError> {
+    if after_ms <= 0 {
+        return Err(ApiError::InvalidArgument(
+            "--after is required: snapshots received after it become suspect".into(),
+        ));
     }
-}
-
-fn record_outcome(catalog: &Catalog, row: &JobRow, now_ms: i64) -> Result<(), ApiError> {
-    let result = row
-        .result
-        .as_deref()
-        .and_then(|r| pb::RestoreResult::decode(r).ok());
-    let succeeded = row.state == JobState::Succeeded as i32;
-    let total_ms = (row.finished_ms - row.started_ms).max(0) as u64;
-    if succeeded && let Some(r) = &result {
-        let job = pb::Job::decode(row.job.as_slice())
-            .map_err(|e| ApiError::internal(format!("stored job {}: {e}", row.id)))?;
-        if let Some(pb::job::Kind::Restore(rj)) = job.kind {
-            let kind = Record::parse(&rj.record)
-                .map(|r| r.source_kind)
-                .unwrap_or_else(|_| "path".into());
-            // Repair restores write what differs: their rate is not the device's.
-            if r.mode != "repair" {
-                catalog.insert_sample(
-                    &row.id,
-                    &SampleRow {
-                        agent_id: row.agent_id.clone(),
-                        kind,
-                        bytes: r.bytes,
-                        data_ms: r.data_ms,
-                        total_ms,
-                        shared: row.policy.starts_with(plan::JOB_TAG),
-                    },
-                    r.files,
-                    now_ms,
-                )?;
-            }
-        }
+    let named: Vec<String> = if agent.is_empty() {
+        Vec::new()
+    } else {
+        vec![agent.to_string()]
+    };
+    let agents = crate::devices::select(ctl, &named, selector)?;
+    let now = ctl.clock.now_ms();
+    let mut changed = Vec::new();
+    for a in &agents {
+        changed.extend(ctl.catalog.quarantine(&a.id, after_ms, now, clear)?);
     }
-    if let Some(mut d) = catalog.drill_by_job(&row.id)? {
-        d.finished_ms = row.finished_ms;
-        d.actual_ms = total_ms;
-        d.result = row.result.clone();
-        d.error = row.error.clone();
-        d.state = if succeeded { "passed" } else { "failed" }.into();
-        if !succeeded {
-            tracing::error!(drill = %d.id, agent = %d.agent_id, source = %d.source, error = %d.error, "DRILL FAILED");
+    ctl.audit.ok(
+        actor,
+        if clear {
+            "snapshot.unquarantine"
         } else {
-            tracing::info!(drill = %d.id, agent = %d.agent_id, source = %d.source, estimate_ms = d.estimate_ms, actual_ms = d.actual_ms, "drill passed");
-        }
-        catalog.put_drill(&d)?;
-    }
-    Ok(())
+            "snapshot.quarantine"
+        },
+        &agents
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        serde_json::json!({
+            "after_unix_ms": after_ms,
+            "snapshots": changed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        }),
+    );
+    Ok(changed)
 }

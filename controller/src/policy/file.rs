@@ -1,139 +1,14 @@
-//! Backup policies: declarative TOML files, validated here (unknown keys, cron, selectors,
-//! durations, each refused with its line and the reason), stored in the catalog.
-//!
-//! ```toml
-//! [[policy]]
-//! name = "web-hourly"
-//! selector = "role=web,site=fra"
-//! sources = ["data", "all-volumes"]
-//! schedule = "0 * * * *"
-//! timezone = "Europe/Berlin"
-//! splay = "10m"
-//! keep = { last = 3, hourly = 24, daily = 7, weekly = 4, monthly = 12 }
-//! lock = "7d"
-//! tier = 1
-//! ```
-//!
-//! Further keys: `consistency` (pause, hook, none) and `hook = { container, before, after,
-//! timeout }` for volumes, `max_concurrent` (jobs of this policy at once), `bandwidth` (per
-//! agent, e.g. "50MiB/s"), and `keep.yearly`, `keep.within` ("30d").
-//!
-//! Drills: `drill = { every = "7d", sample = 2, probe = "test -s etc/hostname" }` drills
-//! the selected devices in a rotating sample so that every one is drilled within `every`
-//! (`sample` devices per round, rounds spread evenly; the least recently drilled first).
+//! The policy file format: TOML, every key checked, each error with its line.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::str::FromStr;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use toml::Spanned;
 
+use super::*;
 use crate::error::ApiError;
-
-/// A validated policy, as stored (JSON) in the catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Policy {
-    pub name: String,
-    /// `key=value` pairs, all of which an agent's labels must have. Empty: every agent.
-    pub selector: BTreeMap<String, String>,
-    pub sources: Vec<String>,
-    pub schedule: String,
-    pub timezone: String,
-    pub splay_s: u64,
-    pub keep: Keep,
-    pub lock_s: u64,
-    pub tier: u32,
-    pub consistency: String,
-    pub hook: Option<Hook>,
-    pub max_concurrent: u32,
-    /// Upload bytes per second per agent (0: unlimited).
-    pub bandwidth: u64,
-    #[serde(default)]
-    pub drill: Option<Drill>,
-}
-
-/// Scheduled restore drills over the policy's devices.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Drill {
-    /// Every device is drilled within this period.
-    pub every_s: u64,
-    /// Devices per round.
-    pub sample: u32,
-    pub probe: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DrillSpec {
-    every: String,
-    #[serde(default)]
-    sample: Option<u32>,
-    #[serde(default)]
-    probe: Option<String>,
-}
-
-/// Retention: how many snapshots of each kind to keep (by the controller's receive time).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Keep {
-    pub last: u32,
-    pub hourly: u32,
-    pub daily: u32,
-    pub weekly: u32,
-    pub monthly: u32,
-    pub yearly: u32,
-    /// Keep everything received within this many seconds of now.
-    pub within_s: u64,
-}
-
-impl Keep {
-    pub fn is_empty(&self) -> bool {
-        *self == Keep::default()
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Hook {
-    pub container: String,
-    pub before: Vec<String>,
-    pub after: Vec<String>,
-    pub timeout_s: u32,
-}
-
-impl Policy {
-    /// Whether an agent with `labels` falls under this policy.
-    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
-    }
-
-    /// The cron schedule (validated at apply time).
-    pub fn cron(&self) -> Result<croner::Cron, ApiError> {
-        parse_cron(&self.schedule).map_err(ApiError::internal)
-    }
-
-    pub fn tz(&self) -> Result<jiff::tz::TimeZone, ApiError> {
-        jiff::tz::TimeZone::get(&self.timezone).map_err(|e| ApiError::internal(e.to_string()))
-    }
-
-    /// The first slot of the schedule strictly after `after_ms` (Unix ms).
-    pub fn next_slot(&self, after_ms: i64) -> Result<i64, ApiError> {
-        let cron = self.cron()?;
-        let tz = self.tz()?;
-        let t = jiff::Timestamp::from_millisecond(after_ms)
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .to_zoned(tz);
-        let next = cron
-            .find_next_occurrence(&t, false)
-            .map_err(|e| ApiError::internal(format!("policy {}: {e}", self.name)))?;
-        Ok(next.timestamp().as_millisecond())
-    }
-}
-
-// ---- the file format ----
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -209,19 +84,6 @@ fn at(file: &str, text: &str, span: Range<usize>, why: impl std::fmt::Display) -
     format!("{file}:{line}: {why}")
 }
 
-fn parse_cron(s: &str) -> Result<croner::Cron, String> {
-    if s.split_whitespace().count() != 5 {
-        return Err(format!(
-            "schedule {s:?} must have 5 fields: minute hour day-of-month month day-of-week"
-        ));
-    }
-    croner::parser::CronParser::builder()
-        .seconds(croner::parser::Seconds::Disallowed)
-        .build()
-        .parse(s)
-        .map_err(|e| format!("schedule {s:?} is not a valid cron expression: {e}"))
-}
-
 fn duration_s(s: &str) -> Result<u64, String> {
     humantime::parse_duration(s)
         .map(|d| d.as_secs())
@@ -229,7 +91,7 @@ fn duration_s(s: &str) -> Result<u64, String> {
 }
 
 /// "50MiB/s", "10MB/s", "1GiB/s" → bytes per second.
-fn rate(s: &str) -> Result<u64, String> {
+pub(super) fn rate(s: &str) -> Result<u64, String> {
     lifeboat_core::units::parse_rate(s)
         .ok_or_else(|| format!("bandwidth {s:?} must look like 50MiB/s or 10MB/s"))
 }
@@ -365,7 +227,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
         };
         let consistency = match &s.consistency {
             Some(c) => {
-                if !matches!(c.get_ref().as_str(), "pause" | "hook" | "none") {
+                if c.get_ref().is_empty() || Consistency::parse(c.get_ref()).is_none() {
                     errors.push(at(
                         file,
                         text,
@@ -481,126 +343,5 @@ impl FromStr for Policy {
     type Err = ApiError;
     fn from_str(json: &str) -> Result<Policy, ApiError> {
         serde_json::from_str(json).map_err(|e| ApiError::internal(format!("stored policy: {e}")))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MINIMAL: &str = r#"[[policy]]
-name = "web-hourly"
-selector = "role=web,site=fra"
-sources = ["data", "all-volumes"]
-schedule = "0 * * * *"
-timezone = "Europe/Berlin"
-splay = "10m"
-keep = { last = 3, hourly = 24, daily = 7, weekly = 4, monthly = 12 }
-lock = "7d"
-tier = 1
-"#;
-
-    #[test]
-    fn the_minimal_file_parses_as_written() {
-        let p = parse_file("p.toml", MINIMAL).expect("valid");
-        assert_eq!(p.len(), 1);
-        let p = &p[0];
-        assert_eq!(p.name, "web-hourly");
-        assert_eq!(p.selector.get("role").map(String::as_str), Some("web"));
-        assert_eq!(p.splay_s, 600);
-        assert_eq!(p.lock_s, 7 * 86400);
-        assert_eq!(p.keep.hourly, 24);
-        assert_eq!(p.tier, 1);
-        // 10:17 UTC on a winter day is 11:17 in Berlin: the next slot is 12:00 Berlin.
-        let t = jiff::Timestamp::from_str("2026-01-15T10:17:00Z").expect("ts");
-        let next = p.next_slot(t.as_millisecond()).expect("next");
-        assert_eq!(
-            jiff::Timestamp::from_millisecond(next)
-                .expect("ts")
-                .to_string(),
-            "2026-01-15T11:00:00Z"
-        );
-    }
-
-    #[test]
-    fn every_kind_of_mistake_names_its_line_and_reason() {
-        let cases: &[(&str, &str)] = &[
-            (
-                "[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"0 * * * *\"\ncolour = \"blue\"\n",
-                "p.toml:5: unknown field `colour`",
-            ),
-            (
-                "[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"61 * * * *\"\n",
-                "p.toml:4: schedule \"61 * * * *\" is not a valid cron expression",
-            ),
-            (
-                "[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"* * * *\"\n",
-                "p.toml:4: schedule \"* * * *\" must have 5 fields",
-            ),
-            (
-                "[[policy]]\nname = \"a\"\nselector = \"role\"\nsources = [\"data\"]\nschedule = \"0 * * * *\"\n",
-                "p.toml:3: selector term \"role\" must be KEY=VALUE",
-            ),
-            (
-                "[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"0 * * * *\"\ntimezone = \"Mars/Olympus\"\n",
-                "p.toml:5: time zone \"Mars/Olympus\" is unknown",
-            ),
-            (
-                "[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"0 * * * *\"\nsplay = \"ten minutes\"\n",
-                "p.toml:5: \"ten minutes\" is not a duration",
-            ),
-            (
-                "[[policy]]\nname = \"a\"\nsources = [\"../x\"]\nschedule = \"0 * * * *\"\n",
-                "p.toml:3: ",
-            ),
-            (
-                "[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"0 * * * *\"\nkeep = { last = 3, forever = 1 }\n",
-                "p.toml:5: unknown field `forever`",
-            ),
-            (
-                "[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"0 * * * *\"\nbandwidth = \"fast\"\n",
-                "p.toml:5: bandwidth \"fast\" must look like",
-            ),
-            (
-                "[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"0 * * * *\"\n[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"0 * * * *\"\n",
-                "p.toml:6: policy \"a\" is defined twice",
-            ),
-            (
-                "[[policy]]\nname = \"a\"\nschedule = \"0 * * * *\"\n",
-                "missing field `sources`",
-            ),
-        ];
-        for (text, want) in cases {
-            let errs = parse_file("p.toml", text).expect_err(want);
-            assert!(
-                errs.iter().any(|e| e.starts_with(want) || e.contains(want)),
-                "want {want:?}, got {errs:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn selectors_match_all_their_labels() {
-        let sel = parse_selector("role=db, site=fra").expect("selector");
-        let labels = |pairs: &[(&str, &str)]| {
-            pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>()
-        };
-        let p = Policy {
-            selector: sel,
-            ..parse_file(
-                "p",
-                "[[policy]]\nname=\"x\"\nsources=[\"d\"]\nschedule=\"0 * * * *\"\n",
-            )
-            .expect("p")
-            .remove(0)
-        };
-        assert!(p.selects(&labels(&[("role", "db"), ("site", "fra"), ("x", "y")])));
-        assert!(!p.selects(&labels(&[("role", "db")])));
-        assert!(!p.selects(&labels(&[("role", "web"), ("site", "fra")])));
-        assert_eq!(rate("50MiB/s"), Ok(50 << 20));
-        assert_eq!(rate("10MB/s"), Ok(10_000_000));
     }
 }

@@ -1,0 +1,155 @@
+//! Backups: which sources a request means on an agent, and the one builder of the backup
+//! jobs that operators and the scheduler start (with the chunks scrub found bad, which the
+//! next backup that holds them stores again).
+
+use lifeboat_proto::pb;
+
+use crate::Controller;
+use crate::catalog::{AgentRow, JobRow};
+use crate::error::ApiError;
+use crate::policy::{self, Consistency};
+
+/// What an operator asked to back up: source names and the `--all-*` flags.
+#[derive(Debug, Clone, Default)]
+pub struct SourceRequest {
+    pub sources: Vec<String>,
+    pub all_images: bool,
+    pub all_volumes: bool,
+}
+
+/// How one backup job runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub full_reread: bool,
+    pub consistency: Consistency,
+    pub hook: Option<pb::Hook>,
+    /// Bytes per second the agent may send (0: unlimited).
+    pub bandwidth: u64,
+}
+
+/// The sources a backup request names, checked against what the agent reported: host
+/// path names, `image:REF` (a tag or an id of an image in its Engine), `volume:NAME`, and
+/// `--all-images` / `--all-volumes`. No names and no flags: all its host paths.
+pub fn resolve_sources(agent: &AgentRow, req: &SourceRequest) -> Result<Vec<String>, ApiError> {
+    let paths: Vec<&str> = agent.sources.iter().map(|(n, _, _)| n.as_str()).collect();
+    let inv = crate::restores::inventory(agent);
+    let mut out: Vec<String> = Vec::new();
+    if req.sources.is_empty() && !req.all_images && !req.all_volumes {
+        if paths.is_empty() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "agent {} has reported no host path sources; name an image:REF or volume:NAME, or start it with --source NAME=PATH",
+                agent.name
+            )));
+        }
+        out.extend(paths.iter().map(|s| s.to_string()));
+    }
+    let docker = |what: &str| -> Result<(), ApiError> {
+        if inv.available {
+            Ok(())
+        } else {
+            Err(ApiError::FailedPrecondition(format!(
+                "agent {} cannot back up {what}: {}",
+                agent.name, inv.status
+            )))
+        }
+    };
+    if req.all_images {
+        docker("images")?;
+        out.extend(inv.images.iter().map(policy::image_source));
+    }
+    if req.all_volumes {
+        docker("volumes")?;
+        out.extend(inv.volumes.iter().map(|v| format!("volume:{}", v.name)));
+    }
+    for s in &req.sources {
+        lifeboat_core::snapshot::validate_source(s).map_err(ApiError::from)?;
+        if let Some(r) = s.strip_prefix("image:") {
+            docker("images")?;
+            let bare = r.trim_start_matches("sha256:");
+            let found = inv.images.iter().any(|i| {
+                i.repo_tags.iter().any(|t| t == r)
+                    || i.id == r
+                    || (bare.len() >= 12 && i.id.trim_start_matches("sha256:").starts_with(bare))
+            });
+            if !found {
+                return Err(ApiError::NotFound(format!(
+                    "agent {} has no image {r:?} (as of its inventory of {}; agents report changes within 30 s); `lifeboat agents --inventory {}` lists them",
+                    agent.name,
+                    crate::when(inv.reported_unix_ms),
+                    agent.name
+                )));
+            }
+        } else if let Some(v) = s.strip_prefix("volume:") {
+            docker("volumes")?;
+            if !inv.volumes.iter().any(|x| x.name == v) {
+                return Err(ApiError::NotFound(format!(
+                    "agent {} has no volume {v:?} (as of its inventory of {}; agents report changes within 30 s); `lifeboat agents --inventory {}` lists them",
+                    agent.name,
+                    crate::when(inv.reported_unix_ms),
+                    agent.name
+                )));
+            }
+        } else if !paths.contains(&s.as_str()) {
+            return Err(ApiError::NotFound(format!(
+                "agent {} has no source {s:?}; it has: {}",
+                agent.name,
+                paths.join(", ")
+            )));
+        }
+        out.push(s.clone());
+    }
+    let mut seen = std::collections::HashSet::new();
+    out.retain(|s| seen.insert(s.clone()));
+    if out.is_empty() {
+        return Err(ApiError::FailedPrecondition(format!(
+            "agent {} has nothing to back up for this request",
+            agent.name
+        )));
+    }
+    Ok(out)
+}
+
+/// The chunks scrub found bad that no backup has stored again yet, for backup jobs.
+fn repair_chunks(ctl: &Controller) -> Result<Vec<Vec<u8>>, ApiError> {
+    Ok(ctl
+        .catalog
+        .unhealed_chunks(100_000)?
+        .iter()
+        .map(|id| id.as_bytes().to_vec())
+        .collect())
+}
+
+/// Queues a backup of `sources` on `agent`; `policy` is the scheduling policy's name, or
+/// empty for an operator's backup.
+pub fn submit(
+    ctl: &Controller,
+    agent: &AgentRow,
+    sources: Vec<String>,
+    options: Options,
+    policy: &str,
+) -> Result<JobRow, ApiError> {
+    if agent.revoked_ms != 0 {
+        return Err(ApiError::FailedPrecondition(format!(
+            "agent {} is revoked: it cannot back up",
+            agent.name
+        )));
+    }
+    let detail = if policy.is_empty() {
+        format!("sources {}", sources.join(","))
+    } else {
+        format!("policy {policy}: sources {}", sources.join(","))
+    };
+    let repair = repair_chunks(ctl)?;
+    ctl.jobs
+        .submit(agent, "backup", detail, policy, |id| pb::Job {
+            job_id: id.to_string(),
+            kind: Some(pb::job::Kind::Backup(pb::BackupJob {
+                sources,
+                full_reread: options.full_reread,
+                consistency: options.consistency.as_str().into(),
+                hook: options.hook,
+                repair_chunks: repair,
+                bandwidth_bytes_per_sec: options.bandwidth,
+            })),
+        })
+}

@@ -1,0 +1,224 @@
+//! Restore samples (the downtime model's data), drills and recovery plans.
+
+use std::collections::BTreeMap;
+
+use lifeboat_core::ChunkId;
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::Catalog;
+use crate::error::ApiError;
+
+/// One measured restore, as the downtime model reads it.
+#[derive(Debug, Clone)]
+pub struct SampleRow {
+    pub agent_id: String,
+    pub kind: String,
+    pub bytes: u64,
+    pub data_ms: u64,
+    pub total_ms: u64,
+    /// Ran beside other restores of a plan (its data rate says little about the device).
+    pub shared: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DrillRow {
+    pub id: String,
+    pub agent_id: String,
+    pub source: String,
+    pub snapshot_id: String,
+    pub job_id: String,
+    pub state: String,
+    pub started_ms: i64,
+    pub finished_ms: i64,
+    pub estimate_ms: u64,
+    pub estimate_basis: String,
+    pub actual_ms: u64,
+    pub bytes: u64,
+    pub result: Option<Vec<u8>>,
+    pub error: String,
+    pub probe: String,
+    pub policy: String,
+}
+
+const DRILL_COLS: &str = "id, agent_id, source, snapshot_id, job_id, state, started_ms, finished_ms, estimate_ms, estimate_basis, actual_ms, bytes, result, error, probe, policy";
+
+impl DrillRow {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(DrillRow {
+            id: r.get(0)?,
+            agent_id: r.get(1)?,
+            source: r.get(2)?,
+            snapshot_id: r.get(3)?,
+            job_id: r.get(4)?,
+            state: r.get(5)?,
+            started_ms: r.get(6)?,
+            finished_ms: r.get(7)?,
+            estimate_ms: r.get::<_, i64>(8)? as u64,
+            estimate_basis: r.get(9)?,
+            actual_ms: r.get::<_, i64>(10)? as u64,
+            bytes: r.get::<_, i64>(11)? as u64,
+            result: r.get(12)?,
+            error: r.get(13)?,
+            probe: r.get(14)?,
+            policy: r.get(15)?,
+        })
+    }
+}
+
+impl Catalog {
+    // ---- restore samples ----
+
+    pub fn insert_sample(
+        &self,
+        job_id: &str,
+        s: &SampleRow,
+        files: u64,
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
+        self.lock().execute(
+            "INSERT OR REPLACE INTO restore_samples(job_id, agent_id, kind, bytes, files, data_ms, total_ms, shared, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![job_id, s.agent_id, s.kind, s.bytes as i64, files as i64, s.data_ms as i64, s.total_ms as i64, s.shared, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// The newest `per_key` samples of every (agent, kind).
+    pub fn recent_samples(&self, per_key: u32) -> Result<Vec<SampleRow>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT agent_id, kind, bytes, data_ms, total_ms, shared FROM (
+                 SELECT *, ROW_NUMBER() OVER (PARTITION BY agent_id, kind, shared ORDER BY at_ms DESC) AS n
+                 FROM restore_samples) WHERE n <= ?1",
+        )?;
+        let rows = st
+            .query_map(params![per_key], |r| {
+                Ok(SampleRow {
+                    agent_id: r.get(0)?,
+                    kind: r.get(1)?,
+                    bytes: r.get::<_, i64>(2)? as u64,
+                    data_ms: r.get::<_, i64>(3)? as u64,
+                    total_ms: r.get::<_, i64>(4)? as u64,
+                    shared: r.get(5)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    // ---- drills ----
+
+    pub fn put_drill(&self, d: &DrillRow) -> Result<(), ApiError> {
+        self.lock().execute(
+            &format!("INSERT OR REPLACE INTO drills({DRILL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+            params![
+                d.id, d.agent_id, d.source, d.snapshot_id, d.job_id, d.state, d.started_ms, d.finished_ms,
+                d.estimate_ms as i64, d.estimate_basis, d.actual_ms as i64, d.bytes as i64, d.result, d.error, d.probe, d.policy
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn drill_by_job(&self, job_id: &str) -> Result<Option<DrillRow>, ApiError> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {DRILL_COLS} FROM drills WHERE job_id = ?1"),
+                params![job_id],
+                DrillRow::from_row,
+            )
+            .optional()?)
+    }
+
+    /// Drills, newest first; only `ids` when given.
+    pub fn drills(&self, limit: u32, ids: &[String]) -> Result<Vec<DrillRow>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(&format!(
+            "SELECT {DRILL_COLS} FROM drills ORDER BY started_ms DESC, id LIMIT ?1"
+        ))?;
+        let limit = if ids.is_empty() {
+            limit.max(1) as i64
+        } else {
+            -1
+        };
+        let rows = st
+            .query_map(params![limit], DrillRow::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows
+            .into_iter()
+            .filter(|d| ids.is_empty() || ids.contains(&d.id))
+            .collect())
+    }
+
+    /// When each agent was last drilled (agents never drilled are absent).
+    pub fn last_drills(&self) -> Result<BTreeMap<String, i64>, ApiError> {
+        let conn = self.lock();
+        let mut st =
+            conn.prepare("SELECT agent_id, MAX(started_ms) FROM drills GROUP BY agent_id")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+            .collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
+        Ok(rows)
+    }
+
+    /// Failed drills ever recorded (a metric).
+    pub fn failed_drills(&self) -> Result<u64, ApiError> {
+        Ok(self.lock().query_row(
+            "SELECT COUNT(*) FROM drills WHERE state = ?1",
+            [lifeboat_proto::states::DrillState::Failed.as_str()],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
+    // ---- plans ----
+
+    pub fn put_plan(
+        &self,
+        id: &str,
+        created_ms: i64,
+        state: &str,
+        info: &[u8],
+    ) -> Result<(), ApiError> {
+        self.lock().execute(
+            "INSERT INTO plans(id, created_ms, state, info) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state, info = excluded.info",
+            params![id, created_ms, state, info],
+        )?;
+        Ok(())
+    }
+
+    pub fn plan(&self, id: &str) -> Result<Option<Vec<u8>>, ApiError> {
+        Ok(self
+            .lock()
+            .query_row("SELECT info FROM plans WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Plan ids and states, newest first.
+    pub fn plans(&self) -> Result<Vec<(String, String)>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT id, state FROM plans ORDER BY created_ms DESC")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Stored bytes of each chunk (what the controller sends for it); unknown chunks are
+    /// left out.
+    pub fn chunk_lengths(&self, ids: &[ChunkId]) -> Result<u64, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached("SELECT length FROM chunks WHERE id = ?1")?;
+        let mut total = 0u64;
+        for id in ids {
+            if let Some(len) = st
+                .query_row(params![id.as_bytes().as_slice()], |r| r.get::<_, i64>(0))
+                .optional()?
+            {
+                total += len as u64;
+            }
+        }
+        Ok(total)
+    }
+}

@@ -1,0 +1,180 @@
+//! Snapshots: their rows, retention's view of them, and quarantine.
+
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::Catalog;
+use crate::error::ApiError;
+
+/// A snapshot as retention sees it.
+#[derive(Debug, Clone)]
+pub struct RetentionRow {
+    pub agent_id: String,
+    pub source: String,
+    pub id: String,
+    pub received_ms: i64,
+    pub protected: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub agent_id: String,
+    pub agent_name: String,
+    pub source: String,
+    pub source_path: String,
+    pub hostname: String,
+    pub received_ms: i64,
+    pub agent_time_ms: i64,
+    pub files: u64,
+    pub dirs: u64,
+    pub bytes: u64,
+    pub bytes_new: u64,
+    pub bytes_read: u64,
+    pub parent: String,
+    /// When it was quarantined (0: not).
+    pub quarantined_ms: i64,
+}
+
+impl SnapshotRow {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(SnapshotRow {
+            id: r.get(0)?,
+            agent_id: r.get(1)?,
+            agent_name: r.get(2)?,
+            source: r.get(3)?,
+            source_path: r.get(4)?,
+            hostname: r.get(5)?,
+            received_ms: r.get(6)?,
+            agent_time_ms: r.get(7)?,
+            files: r.get::<_, i64>(8)? as u64,
+            dirs: r.get::<_, i64>(9)? as u64,
+            bytes: r.get::<_, i64>(10)? as u64,
+            bytes_new: r.get::<_, i64>(11)? as u64,
+            parent: r.get(12)?,
+            bytes_read: r.get::<_, i64>(13)? as u64,
+            quarantined_ms: r.get(14)?,
+        })
+    }
+}
+
+const SNAP_COLS: &str = "id, agent_id, agent_name, source, source_path, hostname, received_ms, agent_time_ms, files, dirs, bytes, bytes_new, parent, bytes_read, quarantined_ms";
+
+impl Catalog {
+    // ---- snapshots ----
+
+    pub fn insert_snapshot(&self, s: &SnapshotRow) -> Result<(), ApiError> {
+        self.lock().execute(
+            &format!("INSERT OR IGNORE INTO snapshots({SNAP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+            params![
+                s.id, s.agent_id, s.agent_name, s.source, s.source_path, s.hostname, s.received_ms, s.agent_time_ms,
+                s.files as i64, s.dirs as i64, s.bytes as i64, s.bytes_new as i64, s.parent, s.bytes_read as i64,
+                s.quarantined_ms
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Snapshots, newest first, optionally of one agent (id) and one source.
+    pub fn snapshots(
+        &self,
+        agent_id: Option<&str>,
+        source: Option<&str>,
+    ) -> Result<Vec<SnapshotRow>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(&format!(
+            "SELECT {SNAP_COLS} FROM snapshots WHERE (?1 IS NULL OR agent_id = ?1) AND (?2 IS NULL OR source = ?2) ORDER BY received_ms DESC, id"
+        ))?;
+        let rows = st
+            .query_map(params![agent_id, source], SnapshotRow::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Resolves a full id or a unique prefix (at least 4 hex characters).
+    pub fn find_snapshot(&self, prefix: &str) -> Result<SnapshotRow, ApiError> {
+        if prefix.len() < 4
+            || prefix.len() > 64
+            || !prefix
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(ApiError::InvalidArgument(format!(
+                "{prefix:?} is not a snapshot id: give at least 4 lowercase hex characters"
+            )));
+        }
+        let conn = self.lock();
+        let mut st = conn.prepare(&format!(
+            "SELECT {SNAP_COLS} FROM snapshots WHERE id >= ?1 AND id < ?1 || 'g' LIMIT 2"
+        ))?;
+        let rows = st
+            .query_map([prefix], SnapshotRow::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        match rows.len() {
+            0 => Err(ApiError::NotFound(format!(
+                "no snapshot {prefix}; `lifeboat snapshots` lists them"
+            ))),
+            1 => Ok(rows
+                .into_iter()
+                .next()
+                .ok_or_else(|| ApiError::internal("row vanished"))?),
+            _ => Err(ApiError::InvalidArgument(format!(
+                "snapshot prefix {prefix} is ambiguous; give more characters"
+            ))),
+        }
+    }
+
+    /// The newest snapshot of an agent's source, if any.
+    pub fn latest_snapshot(
+        &self,
+        agent_id: &str,
+        source: &str,
+    ) -> Result<Option<SnapshotRow>, ApiError> {
+        Ok(self
+            .lock()
+            .query_row(
+                &format!("SELECT {SNAP_COLS} FROM snapshots WHERE agent_id = ?1 AND source = ?2 ORDER BY received_ms DESC LIMIT 1"),
+                params![agent_id, source],
+                SnapshotRow::from_row,
+            )
+            .optional()?)
+    }
+
+    /// Replaces the store index (packs, chunks, snapshots) during `rebuild-catalog`.
+    pub fn delete_snapshot(&self, id: &str) -> Result<(), ApiError> {
+        self.lock()
+            .execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    pub fn clear_store_index(&self) -> Result<(), ApiError> {
+        self.lock()
+            .execute_batch("DELETE FROM chunks; DELETE FROM packs; DELETE FROM snapshots;")?;
+        Ok(())
+    }
+
+    // ---- quarantine ----
+
+    /// Marks the snapshots of `agent_id` received after `after_ms` as quarantined at
+    /// `now_ms` (or lifts it with `clear`); returns the snapshots it changed.
+    pub fn quarantine(
+        &self,
+        agent_id: &str,
+        after_ms: i64,
+        now_ms: i64,
+        clear: bool,
+    ) -> Result<Vec<SnapshotRow>, ApiError> {
+        let conn = self.lock();
+        let (set, cond) = if clear {
+            (0, "quarantined_ms != 0")
+        } else {
+            (now_ms, "quarantined_ms = 0")
+        };
+        let mut st = conn.prepare(&format!(
+            "UPDATE snapshots SET quarantined_ms = ?3 WHERE agent_id = ?1 AND received_ms > ?2 AND {cond} RETURNING {SNAP_COLS}"
+        ))?;
+        let rows = st
+            .query_map(params![agent_id, after_ms, set], SnapshotRow::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,265 @@
+//! The store's index: packs and the chunks in them, their health (scrub) and reclaim (GC).
+
+use lifeboat_core::ChunkId;
+use lifeboat_core::pack::SealedPack;
+use rusqlite::{OptionalExtension, params};
+
+use super::Catalog;
+use crate::error::ApiError;
+
+impl Catalog {
+    // ---- chunks and packs ----
+
+    /// Records a sealed pack and its chunks in one transaction.
+    pub fn insert_pack(&self, pack: &SealedPack, now_ms: i64) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO packs(name, size, chunks, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                pack.name,
+                pack.size as i64,
+                pack.entries.len() as i64,
+                now_ms
+            ],
+        )?;
+        {
+            let mut st = tx.prepare(
+                "INSERT OR IGNORE INTO chunks(id, pack, offset, length) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for e in &pack.entries {
+                st.execute(params![
+                    &e.id.as_bytes()[..],
+                    pack.name,
+                    e.offset as i64,
+                    e.length as i64
+                ])?;
+            }
+            // A chunk scrub found bad is healed once a good copy is stored again.
+            let mut heal =
+                tx.prepare("UPDATE bad_chunks SET healed_ms = ?2 WHERE id = ?1 AND healed_ms = 0")?;
+            for e in &pack.entries {
+                heal.execute(params![&e.id.as_bytes()[..], now_ms])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Ids of every snapshot in the catalog.
+    pub fn snapshot_ids(&self) -> Result<Vec<String>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT id FROM snapshots")?;
+        let rows = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// `(chunk, pack, pack created_ms)` of every indexed chunk.
+    pub fn indexed_chunks(&self) -> Result<Vec<(ChunkId, String, i64)>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT c.id, c.pack, COALESCE(p.created_ms, 0) FROM chunks c LEFT JOIN packs p ON p.name = c.pack",
+        )?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, p, c)| Ok((ChunkId::from_slice(&id)?, p, c)))
+            .collect()
+    }
+
+    /// Drops chunks from the index (GC's sweep), in one transaction.
+    pub fn unindex_chunks(&self, ids: &[ChunkId]) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare("DELETE FROM chunks WHERE id = ?1")?;
+            for id in ids {
+                st.execute([&id.as_bytes()[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `(pack, size, bytes of its blobs still indexed there)`.
+    pub fn pack_liveness(&self) -> Result<Vec<(String, u64, u64)>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT p.name, p.size, COALESCE(SUM(c.length), 0) FROM packs p LEFT JOIN chunks c ON c.pack = p.name GROUP BY p.name ORDER BY p.name",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Records a compacted pack and points the index at its copies, in one transaction.
+    pub fn relocate(&self, pack: &SealedPack, now_ms: i64) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO packs(name, size, chunks, created_ms, verified_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
+            params![pack.name, pack.size as i64, pack.entries.len() as i64, now_ms],
+        )?;
+        {
+            let mut st =
+                tx.prepare("UPDATE chunks SET pack = ?2, offset = ?3, length = ?4 WHERE id = ?1")?;
+            for e in &pack.entries {
+                st.execute(params![
+                    &e.id.as_bytes()[..],
+                    pack.name,
+                    e.offset as i64,
+                    e.length as i64
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn delete_pack_row(&self, name: &str) -> Result<(), ApiError> {
+        self.lock()
+            .execute("DELETE FROM packs WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
+    /// `(chunk, offset, length)` of every indexed chunk in `pack`.
+    pub fn chunks_in_pack(&self, pack: &str) -> Result<Vec<(ChunkId, u64, u32)>, ApiError> {
+        let conn = self.lock();
+        let mut st =
+            conn.prepare("SELECT id, offset, length FROM chunks WHERE pack = ?1 ORDER BY offset")?;
+        let rows = st
+            .query_map([pack], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, o, l)| Ok((ChunkId::from_slice(&id)?, o as u64, l as u32)))
+            .collect()
+    }
+
+    /// `(pack, size, verified_ms)`, least recently verified first.
+    pub fn packs_by_verified(&self) -> Result<Vec<(String, u64, i64)>, ApiError> {
+        let conn = self.lock();
+        let mut st =
+            conn.prepare("SELECT name, size, verified_ms FROM packs ORDER BY verified_ms, name")?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    pub fn set_pack_verified(&self, pack: &str, now_ms: i64) -> Result<(), ApiError> {
+        self.lock().execute(
+            "UPDATE packs SET verified_ms = ?2 WHERE name = ?1",
+            params![pack, now_ms],
+        )?;
+        Ok(())
+    }
+
+    /// Records a bad chunk and drops it from the index, so the store reports it missing.
+    pub fn mark_bad_chunk(
+        &self,
+        id: &ChunkId,
+        pack: &str,
+        reason: &str,
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO bad_chunks(id, pack, reason, found_ms, healed_ms) VALUES (?1, ?2, ?3, ?4, 0) ON CONFLICT(id) DO UPDATE SET pack = ?2, reason = ?3, found_ms = ?4, healed_ms = 0",
+            params![&id.as_bytes()[..], pack, reason, now_ms],
+        )?;
+        tx.execute("DELETE FROM chunks WHERE id = ?1", [&id.as_bytes()[..]])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `(healed, unhealed)` bad chunks.
+    pub fn bad_chunk_counts(&self) -> Result<(u64, u64), ApiError> {
+        let conn = self.lock();
+        let healed: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM bad_chunks WHERE healed_ms > 0",
+            [],
+            |r| r.get(0),
+        )?;
+        let unhealed: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM bad_chunks WHERE healed_ms = 0",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok((healed as u64, unhealed as u64))
+    }
+
+    /// Chunks found bad and not stored again yet (at most `limit`).
+    pub fn unhealed_chunks(&self, limit: u32) -> Result<Vec<ChunkId>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT id FROM bad_chunks WHERE healed_ms = 0 LIMIT ?1")?;
+        let rows = st
+            .query_map([limit], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.iter()
+            .map(|b| ChunkId::from_slice(b).map_err(ApiError::from))
+            .collect()
+    }
+
+    /// Percentage of stored pack bytes verified since `since_ms`.
+    pub fn verified_coverage(&self, since_ms: i64) -> Result<f64, ApiError> {
+        let conn = self.lock();
+        let (total, fresh): (i64, i64) = conn.query_row(
+            "SELECT COALESCE(SUM(size), 0), COALESCE(SUM(CASE WHEN verified_ms >= ?1 THEN size ELSE 0 END), 0) FROM packs",
+            [since_ms],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok(if total == 0 {
+            100.0
+        } else {
+            100.0 * fresh as f64 / total as f64
+        })
+    }
+
+    /// Where a chunk is stored: `(pack, offset, length)`.
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<(String, u64, u32)>, ApiError> {
+        let conn = self.lock();
+        let mut st =
+            conn.prepare_cached("SELECT pack, offset, length FROM chunks WHERE id = ?1")?;
+        Ok(st
+            .query_row([&id.as_bytes()[..]], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u32,
+                ))
+            })
+            .optional()?)
+    }
+
+    /// The subset of `ids` that the index does not know.
+    pub fn unknown_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+        let mut out = Vec::new();
+        for id in ids {
+            if !st.exists([&id.as_bytes()[..]])? {
+                out.push(*id);
+            }
+        }
+        Ok(out)
+    }
+}

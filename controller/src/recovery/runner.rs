@@ -1,0 +1,495 @@
+//! The runner that carries a recovery plan out. Running a plan (`start`) spawns one runner
+//! task per plan, the plan's only writer: every [`TICK`] it reads the state of the restore
+//! jobs it started, starts devices up to the plan's concurrency (tier by tier: a tier
+//! starts when every device of the tiers before it finished), retries a failed restore up
+//! to [`MAX_ATTEMPTS`] times, re-estimates the time left, and writes the plan back. A
+//! controller restart resumes every running plan (`resume_all`): restores that were
+//! running are interrupted by the restart and queued again under the same job id once
+//! their agent is back (an agent that still runs the job ignores the second delivery), and
+//! devices already done are left alone.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifeboat_core::pace::Pacer;
+use lifeboat_core::restore::Mode;
+use lifeboat_core::snapshot::SourceKind;
+use lifeboat_proto::pb::{self, JobState};
+use lifeboat_proto::states::{PlanState, StepState};
+use prost::Message;
+
+use super::estimate::{self, Model, Step, Work};
+use super::plan::{JOB_TAG, MAX_ATTEMPTS, load, plan_target_refused, save};
+use crate::Controller;
+use crate::catalog::AgentRow;
+use crate::error::ApiError;
+use crate::restores::{self, Destination, RestoreError};
+
+const TICK: Duration = Duration::from_millis(100);
+
+/// Starts running a planned plan.
+pub fn start(ctl: &Arc<Controller>, operator: &str, id: &str) -> Result<pb::PlanInfo, ApiError> {
+    let mut plan = load(ctl, id)?;
+    match PlanState::parse(&plan.state) {
+        Some(PlanState::Planned) => {}
+        Some(PlanState::Running) => return Ok(plan),
+        _ => {
+            return Err(ApiError::FailedPrecondition(format!(
+                "plan {} is {}; make a new plan with `lifeboat recover plan`",
+                plan.id, plan.state
+            )));
+        }
+    }
+    plan.state = PlanState::Running.into();
+    plan.started_unix_ms = ctl.clock.now_ms();
+    save(ctl, &plan)?;
+    ctl.audit.ok(
+        &format!("operator:{operator}"),
+        "plan.run",
+        &plan.id,
+        serde_json::json!({ "devices": plan.devices.len() }),
+    );
+    spawn(ctl.clone(), plan.id.clone());
+    Ok(plan)
+}
+
+/// Resumes every plan that was running when the controller stopped.
+pub fn resume_all(ctl: &Arc<Controller>) -> Result<(), ApiError> {
+    for (id, state) in ctl.catalog.plans()? {
+        if state == StepState::Running {
+            tracing::warn!(plan = %id, "resuming a recovery plan after a restart");
+            spawn(ctl.clone(), id);
+        }
+    }
+    Ok(())
+}
+
+fn spawn(ctl: Arc<Controller>, id: String) {
+    {
+        let mut running = ctl.plan_runners.lock().unwrap_or_else(|p| p.into_inner());
+        if !running.insert(id.clone()) {
+            return;
+        }
+    }
+    tokio::spawn(async move {
+        let tag = format!("{JOB_TAG}{id}");
+        let result = run(&ctl, &id, &tag).await;
+        if let Err(e) = result {
+            tracing::error!(plan = %id, error = %e, "recovery plan runner stopped");
+        }
+        ctl.jobs.clear_pacer(&tag);
+        ctl.plan_runners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    });
+}
+
+async fn run(ctl: &Arc<Controller>, id: &str, tag: &str) -> Result<(), ApiError> {
+    let mut plan = load(ctl, id)?;
+    if let Some(pacer) = Pacer::new(plan.bandwidth_bytes_per_sec) {
+        ctl.jobs.set_pacer(tag, Arc::new(pacer));
+    }
+    let mut cache = Cache::default();
+    loop {
+        let c = ctl.clone();
+        let (p, k, done) = tokio::task::spawn_blocking(move || {
+            let done = step(&c, &mut plan, &mut cache);
+            (plan, cache, done)
+        })
+        .await
+        .map_err(ApiError::from)?;
+        (plan, cache) = (p, k);
+        let bytes = plan.encode_to_vec();
+        if bytes != cache.saved {
+            ctl.catalog
+                .put_plan(&plan.id, plan.created_unix_ms, &plan.state, &bytes)?;
+            cache.saved = bytes;
+        }
+        if done? {
+            return Ok(());
+        }
+        tokio::time::sleep(TICK).await;
+    }
+}
+
+/// What a runner keeps between its ticks, so that a tick reads from the catalog only what
+/// may have changed.
+#[derive(Default)]
+struct Cache {
+    /// Agent name -> id.
+    agent_ids: HashMap<String, String>,
+    /// The downtime model, and how many restores had ended when it was loaded (new samples
+    /// arrive only when one ends).
+    model: Option<(usize, Model)>,
+    /// The plan as last written.
+    saved: Vec<u8>,
+}
+
+fn offset(plan: &pb::PlanInfo, now_ms: i64) -> u64 {
+    (now_ms - plan.started_unix_ms).max(0) as u64
+}
+
+/// One pass of the runner; true when the plan has ended.
+fn step(ctl: &Controller, plan: &mut pb::PlanInfo, cache: &mut Cache) -> Result<bool, ApiError> {
+    let now = ctl.clock.now_ms();
+    let tag = format!("{JOB_TAG}{}", plan.id);
+    // Follow what runs.
+    for d in 0..plan.devices.len() {
+        if plan.devices[d].state != StepState::Running {
+            continue;
+        }
+        follow_device(ctl, plan, d, &tag, now)?;
+    }
+    // Start what may start.
+    let mut running = plan
+        .devices
+        .iter()
+        .filter(|d| d.state == StepState::Running)
+        .count();
+    for d in 0..plan.devices.len() {
+        if running >= plan.concurrency.max(1) as usize {
+            break;
+        }
+        if plan.devices[d].state != StepState::Pending {
+            continue;
+        }
+        let tier = plan.devices[d].tier;
+        let blocked = plan.devices.iter().any(|o| {
+            o.tier < tier && (o.state == StepState::Pending || o.state == StepState::Running)
+        });
+        if blocked {
+            break;
+        }
+        plan.devices[d].state = StepState::Running.into();
+        plan.devices[d].actual_start_ms = offset(plan, now);
+        running += 1;
+        follow_device(ctl, plan, d, &tag, now)?;
+    }
+    reestimate(ctl, plan, now, cache)?;
+    plan.bytes_moved = plan
+        .devices
+        .iter()
+        .flat_map(|d| &d.sources)
+        .filter(|s| s.state == StepState::Done)
+        .map(|s| s.wire_bytes)
+        .sum();
+    let active = plan
+        .devices
+        .iter()
+        .any(|d| d.state == StepState::Pending || d.state == StepState::Running);
+    if active {
+        return Ok(false);
+    }
+    let failed: Vec<&str> = plan
+        .devices
+        .iter()
+        .filter(|d| d.state == StepState::Failed)
+        .map(|d| d.agent.as_str())
+        .collect();
+    plan.state = if failed.is_empty() {
+        PlanState::Finished
+    } else {
+        PlanState::Failed
+    }
+    .into();
+    plan.finished_unix_ms = now;
+    plan.eta_ms = 0;
+    plan.actual_total_downtime_ms = plan.devices.iter().map(|d| d.actual_finish_ms).sum();
+    plan.actual_longest_downtime_ms = plan
+        .devices
+        .iter()
+        .map(|d| d.actual_finish_ms)
+        .max()
+        .unwrap_or(0);
+    record_egress(ctl, plan, now);
+    ctl.audit.ok(
+        &format!("operator:{}", plan.created_by),
+        "plan.end",
+        &plan.id,
+        serde_json::json!({
+            "state": plan.state,
+            "failed": failed,
+            "estimated_total_ms": plan.total_downtime_ms,
+            "actual_total_ms": plan.actual_total_downtime_ms,
+        }),
+    );
+    if failed.is_empty() {
+        tracing::info!(plan = %plan.id, devices = plan.devices.len(), "recovery plan finished");
+    } else {
+        tracing::error!(plan = %plan.id, failed = ?failed, "recovery plan finished with failed devices");
+    }
+    Ok(true)
+}
+
+/// Records what the plan moved over its length: the fleet's capacity in the downtime model
+/// (only when the plan moved enough to say something, and not for capped plans, whose
+/// rate is the cap's).
+fn record_egress(ctl: &Controller, plan: &pb::PlanInfo, now: i64) {
+    let moved = plan.bytes_moved;
+    let ms = plan.actual_longest_downtime_ms;
+    if plan.bandwidth_bytes_per_sec > 0 || moved < 16 << 20 || ms == 0 {
+        return;
+    }
+    let sample = crate::catalog::SampleRow {
+        agent_id: String::new(),
+        kind: estimate::EGRESS.into(),
+        bytes: moved,
+        data_ms: ms,
+        total_ms: ms,
+        shared: false,
+    };
+    if let Err(e) = ctl
+        .catalog
+        .insert_sample(&format!("plan:{}", plan.id), &sample, 0, now)
+    {
+        tracing::warn!(plan = %plan.id, error = %e, "cannot record the plan's egress");
+    }
+}
+
+/// Moves one running device forward: follows its current restore and, when it is done,
+/// starts the next one at once.
+fn follow_device(
+    ctl: &Controller,
+    plan: &mut pb::PlanInfo,
+    d: usize,
+    tag: &str,
+    now: i64,
+) -> Result<(), ApiError> {
+    let started = plan.started_unix_ms;
+    let since_start = |t: i64| (t - started).max(0) as u64;
+    let mode = plan_mode(&plan.mode).to_string();
+    let plan_id = plan.id.clone();
+    let dev = &mut plan.devices[d];
+    loop {
+        let Some(s) = dev
+            .sources
+            .iter()
+            .position(|s| s.state == StepState::Running || s.state == StepState::Pending)
+        else {
+            let failed = dev.sources.iter().any(|s| s.state == StepState::Failed);
+            dev.state = if failed {
+                StepState::Failed
+            } else {
+                StepState::Done
+            }
+            .into();
+            if failed || dev.actual_finish_ms == 0 {
+                dev.actual_finish_ms = since_start(now);
+            }
+            return Ok(());
+        };
+        if dev.sources[s].state == StepState::Pending {
+            let target = ctl.catalog.find_agent(&dev.target_agent)?;
+            let src = &mut dev.sources[s];
+            src.attempts += 1;
+            match submit(ctl, &mode, &target, src, tag) {
+                Ok(job) => {
+                    src.job_id = job;
+                    src.state = StepState::Running.into();
+                }
+                Err(e) => {
+                    src.error = e.to_string();
+                    if src.attempts >= MAX_ATTEMPTS {
+                        src.state = StepState::Failed.into();
+                        dev.error = format!("{}: {e}", src.source);
+                        continue;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        let src = &mut dev.sources[s];
+        let Some(mut job) = ctl.catalog.job(&src.job_id)? else {
+            src.state = StepState::Pending.into();
+            return Ok(());
+        };
+        src.progress = job
+            .progress
+            .as_deref()
+            .and_then(|p| pb::Progress::decode(p).ok());
+        match JobState::try_from(job.state).unwrap_or(JobState::Unspecified) {
+            JobState::Succeeded => {
+                src.state = StepState::Done.into();
+                src.result = job
+                    .result
+                    .as_deref()
+                    .and_then(|r| pb::RestoreResult::decode(r).ok());
+                src.error.clear();
+                // The device is back when its last restore ended, not when we noticed.
+                dev.actual_finish_ms = since_start(job.finished_ms);
+                continue;
+            }
+            JobState::Failed => {
+                src.error = job.error.clone();
+                if src.attempts >= MAX_ATTEMPTS {
+                    src.state = StepState::Failed.into();
+                    dev.error = format!("{}: {}", src.source, job.error);
+                    tracing::error!(plan = %plan_id, device = %dev.agent, error = %dev.error, "device failed");
+                    continue;
+                }
+                tracing::warn!(plan = %plan_id, device = %dev.agent, error = %job.error, "restore failed; trying again");
+                src.state = StepState::Pending.into();
+                continue;
+            }
+            // Queued again under the same id once the agent is back: an agent still running
+            // it ignores the second delivery, so it never runs twice at once.
+            JobState::Interrupted
+                if ctl.jobs.connected(&job.agent_id) && now - job.finished_ms > 1000 =>
+            {
+                ctl.jobs.requeue(&mut job)?;
+            }
+            // Say why nothing moves: the plan waits for the machine (it may be being
+            // rebuilt), and the watch shows it.
+            JobState::Queued | JobState::Interrupted if !ctl.jobs.connected(&job.agent_id) => {
+                src.error = format!("waiting for agent {} to connect", dev.target_agent);
+            }
+            _ => {
+                if src.error.starts_with("waiting for agent") {
+                    src.error.clear();
+                }
+            }
+        }
+        return Ok(());
+    }
+}
+
+fn plan_mode(mode: &str) -> &str {
+    if mode.is_empty() { "replace" } else { mode }
+}
+
+/// Starts the restore of one source; returns the job id.
+fn submit(
+    ctl: &Controller,
+    mode: &str,
+    target: &AgentRow,
+    src: &pb::PlanSource,
+    tag: &str,
+) -> Result<String, ApiError> {
+    let snap = ctl.catalog.find_snapshot(&src.snapshot)?;
+    let destination = match SourceKind::of(&snap.source) {
+        SourceKind::Path => Destination::Dir {
+            target: src.target.clone(),
+            mode: Mode::parse(mode).map_err(|e| ApiError::InvalidArgument(e.to_string()))?,
+            // The source ends exactly as its restore point.
+            delete_extra: true,
+        },
+        SourceKind::Volume => Destination::Volume {
+            name: snap.source.trim_start_matches("volume:").to_string(),
+            stop_containers: true,
+        },
+        SourceKind::Image => Destination::Image,
+    };
+    // Privileges (device nodes, setuid, capabilities) only onto the device itself.
+    let job = restores::job(ctl, &snap, target, destination, false).map_err(|e| match e {
+        RestoreError::Target(t) => ApiError::FailedPrecondition(plan_target_refused(t)),
+        other => other.into(),
+    })?;
+    let detail = format!(
+        "{} snapshot {} of {} ({})",
+        tag,
+        &snap.id[..12],
+        snap.source,
+        if src.target.is_empty() {
+            "Docker"
+        } else {
+            &src.target
+        }
+    );
+    let row = ctl
+        .jobs
+        .submit(target, "restore", detail, tag, |id| pb::Job {
+            job_id: id.to_string(),
+            kind: Some(pb::job::Kind::Restore(job)),
+        })?;
+    Ok(row.id)
+}
+
+/// Re-estimates the time left from the measured rates and what is left to move.
+fn reestimate(
+    ctl: &Controller,
+    plan: &mut pb::PlanInfo,
+    now: i64,
+    cache: &mut Cache,
+) -> Result<(), ApiError> {
+    let ended = plan
+        .devices
+        .iter()
+        .flat_map(|d| &d.sources)
+        .filter(|s| s.state == StepState::Done || s.state == StepState::Failed)
+        .count();
+    if cache.model.as_ref().is_none_or(|(n, _)| *n != ended) {
+        cache.model = Some((ended, Model::load(&ctl.catalog)?));
+    }
+    let Some((_, model)) = &cache.model else {
+        return Ok(());
+    };
+    let mut works = Vec::new();
+    let mut running = Vec::new();
+    let mut pending = Vec::new();
+    let at = offset(plan, now) as f64;
+    for (i, d) in plan.devices.iter().enumerate() {
+        let target_id = match cache.agent_ids.get(&d.target_agent) {
+            Some(id) => id.clone(),
+            None => {
+                let id = ctl
+                    .catalog
+                    .find_agent(&d.target_agent)
+                    .map(|a| a.id)
+                    .unwrap_or_default();
+                cache.agent_ids.insert(d.target_agent.clone(), id.clone());
+                id
+            }
+        };
+        let mut steps = Vec::new();
+        for s in &d.sources {
+            if s.state == StepState::Done || s.state == StepState::Failed {
+                continue;
+            }
+            let rates = model.rates(&target_id, SourceKind::of(&s.source).as_str());
+            let left = match (&s.progress, StepState::parse(&s.state)) {
+                (Some(p), Some(StepState::Running)) if p.bytes_total > 0 => {
+                    1.0 - (p.bytes_done.min(p.bytes_total) as f64 / p.bytes_total as f64)
+                }
+                _ => 1.0,
+            };
+            let per_wire = if s.bytes > 0 {
+                s.wire_bytes as f64 / s.bytes as f64
+            } else {
+                1.0
+            };
+            steps.push(Step {
+                fixed_ms: rates.fixed_ms,
+                wire_bytes: s.wire_bytes as f64 * left,
+                max_rate: (rates.rate * per_wire).max(1.0),
+            });
+        }
+        works.push(Work {
+            tier: d.tier,
+            steps,
+        });
+        match StepState::parse(&d.state) {
+            Some(StepState::Running) => {
+                running.push((i, d.actual_start_ms as f64));
+            }
+            Some(StepState::Pending) => pending.push(i),
+            _ => {}
+        }
+    }
+    let spans = estimate::simulate(
+        &works,
+        &running,
+        &pending,
+        plan.concurrency as usize,
+        model.plan_bandwidth(plan.bandwidth_bytes_per_sec),
+        at,
+    );
+    let end = running
+        .iter()
+        .map(|(i, _)| spans[*i].finish_ms)
+        .chain(pending.iter().map(|i| spans[*i].finish_ms))
+        .fold(at, f64::max);
+    plan.eta_ms = (end - at).max(0.0).round() as u64;
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! Snapshots as the controller holds them: reading a snapshot's tree from the store,
+//! checking that every chunk it references is indexed, committing a snapshot an agent
+//! signed, and the chunks a restore job may read.
+//!
+//! Everything that asks "is this snapshot whole?" (commit, restore points, GC, scrub,
+//! diff, rebuild) comes here; nothing here knows about gRPC.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use lifeboat_core::ChunkId;
+use lifeboat_core::snapshot::{Envelope, Record};
+use lifeboat_core::tree::Tree;
+use lifeboat_proto::pb::{self, JobState};
+
+use crate::Controller;
+use crate::catalog::{AgentRow, JobRow, SnapshotRow};
+use crate::error::ApiError;
+use crate::jobs::Grant;
+
+/// Chunk ids per catalog query.
+const ID_BATCH: usize = 4096;
+/// How far ahead of the controller's clock an agent's own timestamps may be: the skew
+/// certificates allow (`pki::CLOCK_SKEW`, an hour), so a clock that can still connect can
+/// still back up. Nothing is decided by these times (retention goes by receive time); a
+/// record dated further ahead is a broken clock or a lie, and is refused saying which.
+const MAX_CLOCK_SKEW_MS: i64 = lifeboat_core::pki::CLOCK_SKEW.as_millis() as i64;
+
+/// Loads and parses a snapshot's tree (every tree chunk verified, then the whole against
+/// the record's size and keyed hash: `Record::read_tree`).
+pub fn load_tree(ctl: &Controller, record: &Record) -> Result<Tree, ApiError> {
+    let chunks = record
+        .tree_chunks()?
+        .into_iter()
+        .map(|id| {
+            ctl.store.read_chunk(&id).map_err(|e| match e {
+                ApiError::NotFound(_) => {
+                    ApiError::FailedPrecondition(format!("tree chunk {id} is not in the store"))
+                }
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(record.read_tree(&ctl.chunk_key, chunks)?)
+}
+
+/// Chunks a snapshot references that the catalog does not index: never stored, reclaimed,
+/// or found bad by scrub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Incomplete {
+    pub missing: usize,
+    pub first: ChunkId,
+}
+
+/// Every chunk a snapshot's tree references (its tree chunks excluded), after checking the
+/// tree against the record; and, if any of them is not indexed, how many and which first.
+pub fn referenced_chunks(
+    ctl: &Controller,
+    record: &Record,
+) -> Result<(HashSet<ChunkId>, Option<Incomplete>), ApiError> {
+    let tree = load_tree(ctl, record)?;
+    let chunks: HashSet<ChunkId> = tree.chunk_ids().copied().collect();
+    let all: Vec<ChunkId> = chunks.iter().copied().collect();
+    let mut incomplete: Option<Incomplete> = None;
+    for batch in all.chunks(ID_BATCH) {
+        let missing = ctl.catalog.unknown_chunks(batch)?;
+        if let Some(first) = missing.first() {
+            let i = incomplete.get_or_insert(Incomplete {
+                missing: 0,
+                first: *first,
+            });
+            i.missing += missing.len();
+        }
+    }
+    Ok((chunks, incomplete))
+}
+
+/// Commits a snapshot `agent` signed under its backup job `job_id`: the record must name
+/// the agent and the job, must not be dated in the future, and every chunk its tree
+/// references must be indexed (a refusal typed `MissingChunks` otherwise, which the agent
+/// and the scheduler act on). Blocking: it may seal the open pack and writes the envelope.
+pub fn commit(
+    ctl: &Controller,
+    agent: &AgentRow,
+    job_id: &str,
+    raw_record: Vec<u8>,
+    signature: Vec<u8>,
+) -> Result<SnapshotRow, ApiError> {
+    lifeboat_core::sign::verify_record(&agent.signing_key, &raw_record, &signature)?;
+    let record = Record::parse(&raw_record)?;
+    if record.agent_id != agent.id || record.agent_name != agent.name {
+        return Err(ApiError::PermissionDenied(
+            "a snapshot record must name the committing agent".into(),
+        ));
+    }
+    // The agent's clock decides nothing (retention goes by receive time), but a record
+    // that claims to come from the future is a lie or a broken clock: refuse it.
+    let now = crate::now_ms();
+    let claimed = record.finished_unix_ms.max(record.started_unix_ms);
+    if claimed > now + MAX_CLOCK_SKEW_MS {
+        ctl.audit.denied(
+            &format!("agent:{}", agent.name),
+            "/lifeboat.v1.AgentApi/CommitSnapshot",
+            "",
+            &format!(
+                "record dated {} ms ahead of the controller's clock",
+                claimed - now
+            ),
+        );
+        return Err(ApiError::InvalidArgument(format!(
+            "the snapshot record is dated {} s in the future by the controller's clock; fix the agent's clock (NTP) and back up again",
+            (claimed - now) / 1000
+        )));
+    }
+    let job = ctl
+        .catalog
+        .job(job_id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
+    if job.agent_id != agent.id || job.kind != "backup" || record.job_id != job.id {
+        return Err(ApiError::PermissionDenied(
+            "snapshots are committed by the agent's own backup job".into(),
+        ));
+    }
+    // Whole: the tree is readable and matches the record, every chunk it references is
+    // indexed.
+    let whole = |ctl: &Controller| -> Result<(), ApiError> {
+        match referenced_chunks(ctl, &record)?.1 {
+            None => Ok(()),
+            Some(i) => Err(ApiError::MissingChunks(format!(
+                "snapshot references {} chunks the store does not have (first: {}): they were reclaimed (a backup paused past the GC lease) or found bad; the backup runs again and uploads them",
+                i.missing, i.first
+            ))),
+        }
+    };
+    ctl.store.flush_for(&record.tree_chunks()?)?;
+    // With GC's sweep held off, until the snapshot is listed.
+    let mut commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+    if whole(ctl).is_err() {
+        // A chunk accepted after the tree (not our agent's order) may still sit in the
+        // open pack: seal everything, then check again.
+        drop(commits);
+        ctl.store.flush()?;
+        commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = whole(ctl) {
+            // Say why the chunks are missing when the store knows: a pack of this
+            // backup's could not be written.
+            return Err(ctl.store.seal_failure_since(job.started_ms).unwrap_or(e));
+        }
+    }
+    let _commits = commits;
+    let env = Envelope::countersign(
+        raw_record,
+        signature,
+        agent.signing_key.clone(),
+        crate::now_ms(),
+        &ctl.signer,
+    );
+    ctl.store.write_snapshot(&env)?;
+    let row = row(&env.id(), &record, env.received_unix_ms);
+    ctl.catalog.insert_snapshot(&row)?;
+    ctl.jobs.committed(&record.job_id, &row.id)?;
+    Ok(row)
+}
+
+/// Whether `job` is a restore job of `agent` that is running now: the only grant to read
+/// chunks.
+pub fn may_read(job: &JobRow, agent: &AgentRow) -> bool {
+    job.agent_id == agent.id && job.kind == "restore" && job.state == JobState::Running as i32
+}
+
+/// The chunks restore job `job` may read: the tree chunks and every file chunk of the
+/// snapshot it restores.
+pub fn grant(ctl: &Controller, job: &JobRow) -> Result<Grant, ApiError> {
+    use prost::Message;
+    let pb_job = pb::Job::decode(job.job.as_slice())
+        .map_err(|e| ApiError::internal(format!("stored job {}: {e}", job.id)))?;
+    let Some(pb::job::Kind::Restore(r)) = pb_job.kind else {
+        return Err(ApiError::PermissionDenied(format!(
+            "job {} is not a restore",
+            job.id
+        )));
+    };
+    let record = Record::parse(&r.record)?;
+    let mut ids: HashSet<ChunkId> = record.tree_chunks()?.into_iter().collect();
+    ids.extend(load_tree(ctl, &record)?.chunk_ids().copied());
+    Ok(Arc::new(ids))
+}
+
+/// The catalog row of a snapshot, from its record.
+pub fn row(id: &str, r: &Record, received_ms: i64) -> SnapshotRow {
+    SnapshotRow {
+        id: id.to_string(),
+        agent_id: r.agent_id.clone(),
+        agent_name: r.agent_name.clone(),
+        source: r.source.clone(),
+        source_path: r.source_path.clone(),
+        hostname: r.hostname.clone(),
+        received_ms,
+        agent_time_ms: r.finished_unix_ms,
+        files: r.stats.files,
+        dirs: r.stats.dirs,
+        bytes: r.stats.bytes,
+        bytes_new: r.stats.bytes_new,
+        bytes_read: r.stats.bytes_read,
+        parent: r.parent.clone().unwrap_or_default(),
+        quarantined_ms: 0,
+    }
+}
