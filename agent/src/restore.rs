@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use lifeboat_core::restore::{self, Options};
-use lifeboat_core::snapshot::Record;
+use lifeboat_core::snapshot::{Record, SourceKind};
 use lifeboat_core::tree::Kind;
 use lifeboat_core::{ChunkId, codec};
 use lifeboat_proto::pb;
@@ -139,10 +139,10 @@ async fn sandbox_for(
         )));
     }
     let record = Record::parse(&job.record)?;
-    Ok(match record.source_kind.as_str() {
-        "path" => Sandbox::Dir(state.dir.join("sandbox").join(job_id)),
-        "volume" => Sandbox::Volume(format!("lifeboat-drill-{job_id}")),
-        _ => {
+    Ok(match SourceKind::of(&record.source) {
+        SourceKind::Path => Sandbox::Dir(state.dir.join("sandbox").join(job_id)),
+        SourceKind::Volume => Sandbox::Volume(format!("lifeboat-drill-{job_id}")),
+        SourceKind::Image => {
             let id = record
                 .image
                 .as_ref()
@@ -241,14 +241,15 @@ async fn restore_into(
     }
     let record = Record::parse(&job.record)?;
     // Where it goes, checked before anything is fetched.
-    if mode == restore::Mode::Repair && record.source_kind != "path" {
+    let kind = SourceKind::of(&record.source);
+    if mode == restore::Mode::Repair && kind != SourceKind::Path {
         return Err(AgentError::Config(format!(
             "repair mode is for host paths; a {} snapshot is restored whole",
             record.source_kind
         )));
     }
-    let destination = match (record.source_kind.as_str(), sandbox) {
-        ("path", Sandbox::Dir(dir)) => {
+    let destination = match (kind, sandbox) {
+        (SourceKind::Path, Sandbox::Dir(dir)) => {
             let root = dir
                 .parent()
                 .ok_or_else(|| AgentError::State("the sandbox has no parent".into()))?
@@ -260,7 +261,7 @@ async fn restore_into(
                 target: dir.clone(),
             }
         }
-        ("path", _) => {
+        (SourceKind::Path, _) => {
             let target = PathBuf::from(&job.target);
             let root = root_for(roots, &target)?.to_owned();
             Destination::Dir { root, target }
@@ -276,7 +277,7 @@ async fn restore_into(
                     "this agent does not restore into Docker; start it with --docker-restore to allow {kind} restores"
                 )));
             }
-            if kind == "image" {
+            if kind == SourceKind::Image {
                 Destination::Image(engine)
             } else {
                 let volume = if let Sandbox::Volume(v) = sandbox {

@@ -199,7 +199,7 @@ async fn serve_session(
             .iter()
             .map(|s| pb::Source {
                 name: s.name.clone(),
-                kind: "path".into(),
+                kind: lifeboat_core::snapshot::SourceKind::Path.as_str().into(),
                 path: s.path.display().to_string(),
             })
             .collect(),

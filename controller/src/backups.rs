@@ -21,7 +21,8 @@ pub struct SourceRequest {
 #[derive(Debug, Clone, Default)]
 pub struct Options {
     pub full_reread: bool,
-    pub consistency: Consistency,
+    /// None: the agent's choice (pause when a running container uses the volume).
+    pub consistency: Option<Consistency>,
     pub hook: Option<pb::Hook>,
     /// Bytes per second the agent may send (0: unlimited).
     pub bandwidth: u64,
@@ -146,7 +147,9 @@ pub fn submit(
             kind: Some(pb::job::Kind::Backup(pb::BackupJob {
                 sources,
                 full_reread: options.full_reread,
-                consistency: options.consistency.as_str().into(),
+                consistency: options
+                    .consistency
+                    .map_or(String::new(), |c| c.as_str().to_string()),
                 hook: options.hook,
                 repair_chunks: repair,
                 bandwidth_bytes_per_sec: options.bandwidth,

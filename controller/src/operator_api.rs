@@ -283,14 +283,16 @@ impl OperatorApi for OperatorService {
                 all_volumes: req.all_volumes,
             },
         )?;
-        let consistency = Consistency::parse(&req.consistency).ok_or_else(|| {
-            ApiError::InvalidArgument(format!(
-                "--consistency {:?} is not one of pause, hook, none",
-                req.consistency
-            ))
-        })?;
+        let consistency = match req.consistency.as_str() {
+            "" => None,
+            word => Some(Consistency::parse(word).ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "--consistency {word:?} is not one of pause, hook, none"
+                ))
+            })?),
+        };
         let hook = req.hook.filter(|h| !h.container.is_empty());
-        if consistency == Consistency::Hook
+        if consistency == Some(Consistency::Hook)
             && hook
                 .as_ref()
                 .is_none_or(|h| h.before.is_empty() && h.after.is_empty())

@@ -156,12 +156,8 @@ pub fn tick(ctl: &Controller, now_ms: i64) -> Result<TickReport, ApiError> {
             }
             let options = backups::Options {
                 full_reread: false,
-                consistency: Consistency::parse(&p.consistency).ok_or_else(|| {
-                    ApiError::internal(format!(
-                        "policy {}: consistency {:?}",
-                        p.name, p.consistency
-                    ))
-                })?,
+                // Validated when the policy was applied; empty: the agent's choice.
+                consistency: Consistency::parse(&p.consistency),
                 hook: p.hook.as_ref().map(|h| pb::Hook {
                     container: h.container.clone(),
                     before: h.before.clone(),

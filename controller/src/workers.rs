@@ -5,8 +5,10 @@
 //! and failures, and the last error with its time. A failed run is logged and recorded; the
 //! worker goes on at its next period.
 //!
-//! Recovery plan runners are not periodic (one per running plan) and keep their own loop
-//! (`recovery::plan`).
+//! A task that lives until its work is done (a recovery plan's runner, `recovery::runner`)
+//! runs through [`Workers::spawn_until_done`]: the same steps, the same state, carrying its
+//! own state from step to step; it leaves the table when it is done, and stays there with
+//! its error when it stopped on one.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -34,7 +36,7 @@ pub struct WorkerState {
 /// The controller's workers and their states, by name.
 #[derive(Default)]
 pub struct Workers {
-    states: Mutex<BTreeMap<&'static str, WorkerState>>,
+    states: Mutex<BTreeMap<String, WorkerState>>,
 }
 
 /// When to run first.
@@ -47,7 +49,7 @@ pub enum Start {
 }
 
 impl Workers {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<&'static str, WorkerState>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, WorkerState>> {
         self.states.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -55,7 +57,7 @@ impl Workers {
     pub fn states(&self) -> Vec<(String, WorkerState)> {
         self.lock()
             .iter()
-            .map(|(name, s)| (name.to_string(), s.clone()))
+            .map(|(name, s)| (name.clone(), s.clone()))
             .collect()
     }
 
@@ -68,13 +70,7 @@ impl Workers {
         start: Start,
         work: impl Fn(&Arc<Controller>) -> Result<(), ApiError> + Send + Sync + 'static,
     ) -> tokio::task::JoinHandle<()> {
-        ctl.workers.lock().insert(
-            name,
-            WorkerState {
-                every,
-                ..Default::default()
-            },
-        );
+        ctl.workers.register(name, every);
         let work = Arc::new(work);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
@@ -92,20 +88,72 @@ impl Workers {
                         "the {name} worker panicked: {e}"
                     ))),
                 };
-                let now = ctl.clock.now_ms();
-                let mut states = ctl.workers.lock();
-                let s = states.entry(name).or_default();
-                s.runs += 1;
-                s.last_run_ms = now;
-                s.last_duration_ms = began.elapsed().as_millis() as u64;
-                if let Err(e) = outcome {
-                    tracing::error!(worker = name, error = %e, "background worker failed");
-                    s.failures += 1;
-                    s.last_error = e.to_string();
-                    s.last_error_ms = now;
+                ctl.workers
+                    .record(&ctl, name, began, outcome.as_ref().err());
+            }
+        })
+    }
+
+    /// Runs `step` every `every` on a blocking thread, handing it `state` each time, until
+    /// it returns `Ok(true)` (done: the worker leaves the table) or an error (the worker
+    /// stays in the table with it). The task's result is the step's error, if any.
+    pub fn spawn_until_done<S: Send + 'static>(
+        ctl: Arc<Controller>,
+        name: String,
+        every: Duration,
+        mut state: S,
+        step: fn(&Arc<Controller>, &mut S) -> Result<bool, ApiError>,
+    ) -> tokio::task::JoinHandle<Result<(), ApiError>> {
+        ctl.workers.register(&name, every);
+        tokio::spawn(async move {
+            loop {
+                let c = ctl.clone();
+                let began = Instant::now();
+                let (back, outcome) = tokio::task::spawn_blocking(move || {
+                    let outcome = step(&c, &mut state);
+                    (state, outcome)
+                })
+                .await
+                .map_err(|e| ApiError::internal(format!("the {name} worker panicked: {e}")))?;
+                state = back;
+                ctl.workers
+                    .record(&ctl, &name, began, outcome.as_ref().err());
+                match outcome {
+                    Ok(true) => {
+                        ctl.workers.lock().remove(&name);
+                        return Ok(());
+                    }
+                    Ok(false) => tokio::time::sleep(every).await,
+                    Err(e) => return Err(e),
                 }
             }
         })
+    }
+
+    fn register(&self, name: &str, every: Duration) {
+        self.lock().insert(
+            name.to_string(),
+            WorkerState {
+                every,
+                ..Default::default()
+            },
+        );
+    }
+
+    /// Records one run of worker `name` that began at `began`.
+    fn record(&self, ctl: &Controller, name: &str, began: Instant, error: Option<&ApiError>) {
+        let now = ctl.clock.now_ms();
+        let mut states = self.lock();
+        let s = states.entry(name.to_string()).or_default();
+        s.runs += 1;
+        s.last_run_ms = now;
+        s.last_duration_ms = began.elapsed().as_millis() as u64;
+        if let Some(e) = error {
+            tracing::error!(worker = name, error = %e, "background worker failed");
+            s.failures += 1;
+            s.last_error = e.to_string();
+            s.last_error_ms = now;
+        }
     }
 }
 
@@ -116,6 +164,7 @@ pub fn to_pb(states: &[(String, WorkerState)]) -> Vec<pb::WorkerStatus> {
         .map(|(name, s)| pb::WorkerStatus {
             name: name.clone(),
             every_seconds: s.every.as_secs(),
+            every_ms: s.every.as_millis() as u64,
             runs: s.runs,
             failures: s.failures,
             last_run_unix_ms: s.last_run_ms,

@@ -112,24 +112,19 @@ impl Record {
             )));
         }
         validate_source(&r.source)?;
-        if !matches!(r.source_kind.as_str(), "path" | "image" | "volume") {
+        if !SourceKind::ALL.iter().any(|k| k.as_str() == r.source_kind) {
             return Err(Error::InvalidRecord(format!(
                 "unknown source kind {:?}",
                 r.source_kind
             )));
         }
-        let prefixed = match r.source_kind.as_str() {
-            "image" => r.source.starts_with("image:"),
-            "volume" => r.source.starts_with("volume:"),
-            _ => !r.source.contains(':'),
-        };
-        if !prefixed {
+        if SourceKind::of(&r.source).as_str() != r.source_kind {
             return Err(Error::InvalidRecord(format!(
                 "source {:?} does not name a {} source",
                 r.source, r.source_kind
             )));
         }
-        if (r.source_kind == "image") != r.image.is_some() {
+        if (SourceKind::of(&r.source) == SourceKind::Image) != r.image.is_some() {
             return Err(Error::InvalidRecord(
                 "image snapshots, and only they, carry image details".into(),
             ));
@@ -188,6 +183,8 @@ pub enum SourceKind {
 }
 
 impl SourceKind {
+    pub const ALL: [SourceKind; 3] = [SourceKind::Path, SourceKind::Image, SourceKind::Volume];
+
     /// The kind of the source named `source`.
     pub fn of(source: &str) -> SourceKind {
         if source.starts_with("image:") {

@@ -1,6 +1,7 @@
-//! The states of recovery plans, their devices and sources, and drills. Their wire form
-//! (`PlanInfo.state`, `PlanDevice.state`, `PlanSource.state`, `DrillInfo.state`) and stored
-//! form is a lowercase word, which operators' scripts read from `--json`; this module is
+//! The states of recovery plans, their devices and sources, and drills, and the
+//! consistency modes of a volume backup. Their wire form (`PlanInfo.state`,
+//! `PlanDevice.state`, `PlanSource.state`, `DrillInfo.state`, `BackupJob.consistency`) and
+//! stored form is a lowercase word, which operators' scripts read from `--json`; this module is
 //! the one mapping between those words and the enums the code decides with.
 //!
 //! A stored or received word compares directly with a state (`plan.state == PlanState::Running`)
@@ -93,6 +94,20 @@ word_states!(
     }
 );
 
+word_states!(
+    /// How a volume is kept consistent while a backup reads it (`BackupJob.consistency`, a
+    /// policy's `consistency`; the empty word is the agent's choice: pause when a running
+    /// container uses the volume, else none).
+    Consistency {
+        /// Pause the running containers that use the volume for the read.
+        Pause = "pause",
+        /// Run the hook's commands in a container before and after.
+        Hook = "hook",
+        /// Read as is, and record that.
+        None = "none",
+    }
+);
+
 impl StepState {
     /// Whether nothing more will happen to it.
     pub fn ended(self) -> bool {
@@ -116,6 +131,10 @@ mod tests {
         for s in DrillState::ALL {
             assert_eq!(DrillState::parse(s.as_str()), Some(*s));
         }
+        for s in Consistency::ALL {
+            assert_eq!(Consistency::parse(s.as_str()), Some(*s));
+        }
+        assert_eq!(Consistency::parse(""), None);
         assert_eq!(PlanState::parse("Running"), None);
         assert!("done" == &StepState::Done);
     }

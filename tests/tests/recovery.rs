@@ -514,6 +514,21 @@ fn a_plan_survives_a_controller_crash() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The runner is a background worker an operator sees in `lifeboat status`, stepping
+    // ten times a second while the plan runs.
+    let runner = format!("plan-runner:{id}");
+    let worker = |fleet: &Fleet| -> Option<Value> {
+        fleet.cli_json(&["status"])["workers"]
+            .as_array()?
+            .iter()
+            .find(|w| w["name"] == runner.as_str())
+            .cloned()
+    };
+    let w = wait_for("the plan's runner to step", Duration::from_secs(30), || {
+        worker(&fleet).filter(|w| w["runs"].as_u64() > Some(1))
+    });
+    assert_eq!(w["every_ms"], 100, "{w}");
+    assert_eq!(w["failures"], 0, "{w}");
 
     let show = |fleet: &Fleet| fleet.cli_json(&["recover", "show", &id]);
     let done_before: Vec<String> =
@@ -546,6 +561,12 @@ fn a_plan_survives_a_controller_crash() {
         },
     );
     assert_eq!(end["state"], "finished", "{end}");
+    // Resumed after the restart as a worker again, and gone from the list once done.
+    wait_for(
+        "the finished plan's runner to leave the worker list",
+        Duration::from_secs(10),
+        || worker(&fleet).is_none().then_some(()),
+    );
     for (d, want) in dirs.iter().zip(&expected) {
         assert_eq!(
             &manifest(d),

@@ -5,8 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use lifeboat_core::ChunkId;
-use lifeboat_core::snapshot::{RECORD_VERSION, Record, Stats, TreeRef};
+use lifeboat_core::snapshot::{RECORD_VERSION, Record, SourceKind, Stats, TreeRef};
 use lifeboat_proto::pb;
+use lifeboat_proto::states::Consistency;
 
 use super::pipeline::Pipeline;
 use super::*;
@@ -15,14 +16,14 @@ use crate::{AgentError, now_ms};
 /// A read source, ready to be committed.
 pub(super) struct Commit {
     pub(super) source: String,
-    pub(super) kind: String,
+    pub(super) kind: SourceKind,
     pub(super) source_path: String,
     pub(super) tree: cache::SerializedTree,
     pub(super) parent: Option<String>,
     pub(super) started: i64,
     pub(super) warnings: Vec<String>,
     pub(super) image: Option<lifeboat_core::snapshot::ImageInfo>,
-    pub(super) consistency: Option<String>,
+    pub(super) consistency: Option<Consistency>,
     /// Keep the tree for the next backup's change detection.
     pub(super) cache: bool,
     /// The job's counters when this source started.
@@ -87,7 +88,7 @@ pub(super) async fn commit(
         agent_name: ctx.state.info.name.clone(),
         hostname: crate::hostname(),
         source: source.clone(),
-        source_kind: kind,
+        source_kind: kind.as_str().into(),
         source_path,
         job_id: ctx.job_id.clone(),
         parent,
@@ -100,7 +101,7 @@ pub(super) async fn commit(
         },
         stats: stats.clone(),
         image,
-        consistency,
+        consistency: consistency.map(|c| c.as_str().to_string()),
     };
     let record_bytes = record.to_bytes();
     let signature = ctx.state.signing.sign_record(&record_bytes);

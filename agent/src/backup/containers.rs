@@ -12,6 +12,9 @@ use tokio::sync::mpsc;
 use super::commit::{Commit, commit};
 use super::dir::backup_dir;
 use super::pipeline::Pipeline;
+use lifeboat_core::snapshot::SourceKind;
+use lifeboat_proto::states::Consistency;
+
 use super::*;
 use crate::docker::Engine;
 use crate::{AgentError, Source, now_ms};
@@ -63,7 +66,7 @@ pub async fn backup_image(
         pipeline,
         Commit {
             source,
-            kind: "image".into(),
+            kind: SourceKind::Image,
             source_path: id,
             tree,
             parent: None,
@@ -221,23 +224,27 @@ pub async fn backup_volume(
         .map(|u| u.id.clone())
         .collect();
     let mode = match consistency {
-        "" if running.is_empty() => "none",
-        "" => "pause",
-        m => m,
+        "" if running.is_empty() => Consistency::None,
+        "" => Consistency::Pause,
+        word => Consistency::parse(word).ok_or_else(|| {
+            AgentError::Config(format!(
+                "consistency {word:?} is not one of pause, hook, none"
+            ))
+        })?,
     };
     let source = Source {
         name: format!("volume:{name}"),
         path: vol.mountpoint.clone(),
     };
     match mode {
-        "pause" => {
+        Consistency::Pause => {
             let paused = engine.pause(&running).await?;
             tracing::info!(volume = %name, containers = ?paused.containers(), "containers paused for the read");
-            let res = backup_dir(ctx, &source, "volume", Some("pause".into())).await;
+            let res = backup_dir(ctx, &source, SourceKind::Volume, Some(mode)).await;
             paused.release().await;
             res
         }
-        "hook" => {
+        Consistency::Hook => {
             let h = hook.filter(|h| !h.container.is_empty()).ok_or_else(|| {
                 AgentError::Config(
                     "--consistency hook needs --hook-container and --hook-before or --hook-after"
@@ -251,7 +258,7 @@ pub async fn backup_volume(
             if !h.before.is_empty() {
                 engine.exec(&h.container, &h.before, timeout).await?;
             }
-            let res = backup_dir(ctx, &source, "volume", Some("hook".into())).await;
+            let res = backup_dir(ctx, &source, SourceKind::Volume, Some(mode)).await;
             if !h.after.is_empty()
                 && let Err(e) = engine.exec(&h.container, &h.after, timeout).await
             {
@@ -265,9 +272,6 @@ pub async fn backup_volume(
             }
             res
         }
-        "none" => backup_dir(ctx, &source, "volume", Some("none".into())).await,
-        other => Err(AgentError::Config(format!(
-            "consistency {other:?} is not one of pause, hook, none"
-        ))),
+        Consistency::None => backup_dir(ctx, &source, SourceKind::Volume, Some(mode)).await,
     }
 }

@@ -2,8 +2,10 @@
 
 use std::sync::{Arc, Mutex, mpsc as sync_mpsc};
 
+use lifeboat_core::snapshot::SourceKind;
 use lifeboat_core::tree::Kind;
 use lifeboat_core::walk;
+use lifeboat_proto::states::Consistency;
 
 use crate::{AgentError, Source, now_ms};
 
@@ -17,7 +19,7 @@ pub async fn backup_source(
     ctx: &BackupContext,
     source: &Source,
 ) -> Result<BackupResult, AgentError> {
-    backup_dir(ctx, source, "path", None).await
+    backup_dir(ctx, source, SourceKind::Path, None).await
 }
 
 /// Backs up a directory tree (a host path, or a volume's mountpoint) and commits it.
@@ -28,8 +30,8 @@ pub async fn backup_source(
 pub(super) async fn backup_dir(
     ctx: &BackupContext,
     source: &Source,
-    kind: &str,
-    consistency: Option<String>,
+    kind: SourceKind,
+    consistency: Option<Consistency>,
 ) -> Result<BackupResult, AgentError> {
     let started = now_ms();
     let base = ctx.counters.baseline();
@@ -113,7 +115,7 @@ pub(super) async fn backup_dir(
         pipeline,
         Commit {
             source: source.name.clone(),
-            kind: kind.into(),
+            kind,
             source_path: source.path.display().to_string(),
             tree,
             parent,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use lifeboat_core::identity::IdentityFile;
-use lifeboat_proto::pb::{self};
+use lifeboat_proto::pb;
 
 use crate::args::*;
 use crate::connect::{Api, identity_path, rpc};

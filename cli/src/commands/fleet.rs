@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use lifeboat_core::identity::IdentityFile;
-use lifeboat_proto::pb::{self};
+use lifeboat_proto::pb;
 
 use crate::args::*;
 use crate::connect::{Api, identity_path, rpc};
@@ -25,7 +25,7 @@ pub async fn run(
                 let workers: Vec<_> = s
                     .workers
                     .iter()
-                    .map(|w| serde_json::json!({"name": w.name, "every_seconds": w.every_seconds, "runs": w.runs, "failures": w.failures, "last_run_unix_ms": w.last_run_unix_ms, "last_duration_ms": w.last_duration_ms, "last_error": w.last_error, "last_error_unix_ms": w.last_error_unix_ms}))
+                    .map(|w| serde_json::json!({"name": w.name, "every_seconds": w.every_seconds, "every_ms": w.every_ms, "runs": w.runs, "failures": w.failures, "last_run_unix_ms": w.last_run_unix_ms, "last_duration_ms": w.last_duration_ms, "last_error": w.last_error, "last_error_unix_ms": w.last_error_unix_ms}))
                     .collect();
                 out!(
                     "{}",
@@ -49,7 +49,7 @@ pub async fn run(
                     .map(|w| {
                         vec![
                             w.name.clone(),
-                            output::millis(w.every_seconds * 1000),
+                            output::millis(w.every_ms.max(w.every_seconds * 1000)),
                             w.runs.to_string(),
                             w.failures.to_string(),
                             match w.last_run_unix_ms {

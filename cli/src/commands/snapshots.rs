@@ -1,7 +1,7 @@
 //! `lifeboat snapshots` (list, forget, protect, quarantine), `diff`, `verify`, `gc` and `prune`.
 
 use anyhow::Result;
-use lifeboat_proto::pb::{self};
+use lifeboat_proto::pb;
 
 use crate::args::*;
 use crate::connect::{Api, rpc};

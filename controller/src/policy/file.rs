@@ -227,7 +227,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
         };
         let consistency = match &s.consistency {
             Some(c) => {
-                if c.get_ref().is_empty() || Consistency::parse(c.get_ref()).is_none() {
+                if Consistency::parse(c.get_ref()).is_none() {
                     errors.push(at(
                         file,
                         text,

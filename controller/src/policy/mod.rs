@@ -35,6 +35,7 @@ mod file;
 pub use apply::{Applied, Change, apply};
 pub use eval::{covers, image_source, policies, sources_for, tier_of};
 pub use file::{parse_file, parse_selector};
+pub use lifeboat_proto::states::Consistency;
 
 use crate::error::ApiError;
 
@@ -59,40 +60,6 @@ pub struct Policy {
     pub bandwidth: u64,
     #[serde(default)]
     pub drill: Option<Drill>,
-}
-
-/// How a backup keeps a volume consistent while it is read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Consistency {
-    /// The agent's default: pause the containers that use the volume.
-    #[default]
-    Default,
-    Pause,
-    /// Run the hook's commands in a container before and after.
-    Hook,
-    None,
-}
-
-impl Consistency {
-    pub fn parse(s: &str) -> Option<Consistency> {
-        Some(match s {
-            "" => Consistency::Default,
-            "pause" => Consistency::Pause,
-            "hook" => Consistency::Hook,
-            "none" => Consistency::None,
-            _ => return None,
-        })
-    }
-
-    /// The stored and wire form ("" for the default).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Consistency::Default => "",
-            Consistency::Pause => "pause",
-            Consistency::Hook => "hook",
-            Consistency::None => "none",
-        }
-    }
 }
 
 /// Scheduled restore drills over the policy's devices.

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 
 use lifeboat_core::ChunkId;
 use lifeboat_core::snapshot::Record;
-use lifeboat_proto::pb::{self};
+use lifeboat_proto::pb;
 
 use crate::catalog::SnapshotRow;
 use crate::error::ApiError;

@@ -4,7 +4,7 @@
 
 use lifeboat_core::ChunkId;
 use lifeboat_core::snapshot::{Record, SourceKind};
-use lifeboat_proto::pb::{self};
+use lifeboat_proto::pb;
 use lifeboat_proto::states::{PlanState, StepState};
 use prost::Message;
 

@@ -1,5 +1,6 @@
-//! The runner that carries a recovery plan out. Running a plan (`start`) spawns one runner
-//! task per plan, the plan's only writer: every [`TICK`] it reads the state of the restore
+//! The runner that carries a recovery plan out. Running a plan (`start`) spawns one worker
+//! per plan (`plan-runner:ID` in `lifeboat status` and `/metrics`, through
+//! `Workers::spawn_until_done`), the plan's only writer: every [`TICK`] it reads the state of the restore
 //! jobs it started, starts devices up to the plan's concurrency (tier by tier: a tier
 //! starts when every device of the tiers before it finished), retries a failed restore up
 //! to [`MAX_ATTEMPTS`] times, re-estimates the time left, and writes the plan back. A
@@ -25,6 +26,7 @@ use crate::Controller;
 use crate::catalog::AgentRow;
 use crate::error::ApiError;
 use crate::restores::{self, Destination, RestoreError};
+use crate::workers::Workers;
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -72,46 +74,62 @@ fn spawn(ctl: Arc<Controller>, id: String) {
             return;
         }
     }
-    tokio::spawn(async move {
-        let tag = format!("{JOB_TAG}{id}");
-        let result = run(&ctl, &id, &tag).await;
-        if let Err(e) = result {
-            tracing::error!(plan = %id, error = %e, "recovery plan runner stopped");
+    let tag = format!("{JOB_TAG}{id}");
+    let worker_name = format!("plan-runner:{id}");
+    let (plan_id, pacer_tag) = (id.clone(), tag.clone());
+    let ended = move |ctl: &Controller, error: Option<ApiError>| {
+        if let Some(e) = error {
+            tracing::error!(plan = %plan_id, error = %e, "recovery plan runner stopped");
         }
-        ctl.jobs.clear_pacer(&tag);
+        ctl.jobs.clear_pacer(&pacer_tag);
         ctl.plan_runners
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&id);
+            .remove(&plan_id);
+    };
+    let plan = match load(&ctl, &id) {
+        Ok(p) => p,
+        Err(e) => return ended(&ctl, Some(e)),
+    };
+    if let Some(pacer) = Pacer::new(plan.bandwidth_bytes_per_sec) {
+        ctl.jobs.set_pacer(&tag, Arc::new(pacer));
+    }
+    let worker = Workers::spawn_until_done(
+        ctl.clone(),
+        worker_name,
+        TICK,
+        Runner {
+            plan,
+            cache: Cache::default(),
+        },
+        tick,
+    );
+    tokio::spawn(async move {
+        let error = match worker.await {
+            Ok(result) => result.err(),
+            Err(e) => Some(ApiError::from(e)),
+        };
+        ended(&ctl, error);
     });
 }
 
-async fn run(ctl: &Arc<Controller>, id: &str, tag: &str) -> Result<(), ApiError> {
-    let mut plan = load(ctl, id)?;
-    if let Some(pacer) = Pacer::new(plan.bandwidth_bytes_per_sec) {
-        ctl.jobs.set_pacer(tag, Arc::new(pacer));
+/// What a plan's runner carries from one step to the next.
+struct Runner {
+    plan: pb::PlanInfo,
+    cache: Cache,
+}
+
+/// One step of a plan's runner, and the plan written back if it changed; true once the
+/// plan has ended.
+fn tick(ctl: &Arc<Controller>, r: &mut Runner) -> Result<bool, ApiError> {
+    let done = step(ctl, &mut r.plan, &mut r.cache);
+    let bytes = r.plan.encode_to_vec();
+    if bytes != r.cache.saved {
+        ctl.catalog
+            .put_plan(&r.plan.id, r.plan.created_unix_ms, &r.plan.state, &bytes)?;
+        r.cache.saved = bytes;
     }
-    let mut cache = Cache::default();
-    loop {
-        let c = ctl.clone();
-        let (p, k, done) = tokio::task::spawn_blocking(move || {
-            let done = step(&c, &mut plan, &mut cache);
-            (plan, cache, done)
-        })
-        .await
-        .map_err(ApiError::from)?;
-        (plan, cache) = (p, k);
-        let bytes = plan.encode_to_vec();
-        if bytes != cache.saved {
-            ctl.catalog
-                .put_plan(&plan.id, plan.created_unix_ms, &plan.state, &bytes)?;
-            cache.saved = bytes;
-        }
-        if done? {
-            return Ok(());
-        }
-        tokio::time::sleep(TICK).await;
-    }
+    done
 }
 
 /// What a runner keeps between its ticks, so that a tick reads from the catalog only what
