@@ -116,11 +116,7 @@ pub fn commit(
         .catalog
         .job(job_id)?
         .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
-    if job.agent_id != agent.id || job.kind != "backup" || record.job_id != job.id {
-        return Err(ApiError::PermissionDenied(
-            "snapshots are committed by the agent's own backup job".into(),
-        ));
-    }
+    may_commit(ctl, agent, &job, &record)?;
     // Whole: the tree is readable and matches the record, every chunk it references is
     // indexed.
     let whole = |ctl: &Controller| -> Result<(), ApiError> {
@@ -147,6 +143,30 @@ pub fn commit(
             return Err(ctl.store.seal_failure_since(job.started_ms).unwrap_or(e));
         }
     }
+    // Again under the lock, so that two commits of one source cannot both pass, and a job
+    // that ended meanwhile takes none. One snapshot per source and run of the job (a job
+    // interrupted and queued again is dispatched anew: `started_ms` moves, and the sources
+    // it had not committed are backed up again with the rest).
+    let job = ctl
+        .catalog
+        .job(job_id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
+    may_commit(ctl, agent, &job, &record)?;
+    for id in &job.snapshot_ids {
+        let earlier = ctl.catalog.find_snapshot(id)?;
+        if earlier.source == record.source && earlier.received_ms >= job.started_ms {
+            return Err(refused(
+                ctl,
+                agent,
+                ApiError::PermissionDenied(format!(
+                    "job {} already committed snapshot {} of {:?}: one snapshot per source and job",
+                    job.id,
+                    &earlier.id[..12],
+                    record.source
+                )),
+            ));
+        }
+    }
     let _commits = commits;
     let env = Envelope::countersign(
         raw_record,
@@ -160,6 +180,73 @@ pub fn commit(
     ctl.catalog.insert_snapshot(&row)?;
     ctl.jobs.committed(&record.job_id, &row.id)?;
     Ok(row)
+}
+
+/// Whether `agent` may commit `record` under `job`: only inside its own backup job while
+/// that job runs, and only for a source the job asked for. Anything else is refused and
+/// audited: a compromised agent could otherwise flood a `keep.last` policy with commits on
+/// a finished job until its real snapshots were pruned.
+fn may_commit(
+    ctl: &Controller,
+    agent: &AgentRow,
+    job: &JobRow,
+    record: &Record,
+) -> Result<(), ApiError> {
+    use prost::Message;
+    if job.agent_id != agent.id || job.kind != "backup" || record.job_id != job.id {
+        return Err(refused(
+            ctl,
+            agent,
+            ApiError::PermissionDenied(
+                "snapshots are committed by the agent's own backup job".into(),
+            ),
+        ));
+    }
+    if job.state != JobState::Running as i32 {
+        let state = JobState::try_from(job.state).unwrap_or(JobState::Unspecified);
+        return Err(refused(
+            ctl,
+            agent,
+            ApiError::FailedPrecondition(format!(
+                "job {} is {}: snapshots are committed only while their backup job runs",
+                job.id,
+                state.as_str_name().to_lowercase()
+            )),
+        ));
+    }
+    let asked = match pb::Job::decode(job.job.as_slice()).map(|j| j.kind) {
+        Ok(Some(pb::job::Kind::Backup(b))) => b.sources,
+        _ => {
+            return Err(ApiError::internal(format!(
+                "stored job {} is not a backup",
+                job.id
+            )));
+        }
+    };
+    if !asked.contains(&record.source) {
+        return Err(refused(
+            ctl,
+            agent,
+            ApiError::PermissionDenied(format!(
+                "job {} did not ask for source {:?} (it asked for {})",
+                job.id,
+                record.source,
+                asked.join(", ")
+            )),
+        ));
+    }
+    Ok(())
+}
+
+/// A commit refused: audited as a denial of `agent`, then returned.
+fn refused(ctl: &Controller, agent: &AgentRow, e: ApiError) -> ApiError {
+    ctl.audit.denied(
+        &format!("agent:{}", agent.name),
+        "/lifeboat.v1.AgentApi/CommitSnapshot",
+        "",
+        &e.to_string(),
+    );
+    e
 }
 
 /// Whether `job` is a restore job of `agent` that is running now: the only grant to read

@@ -1324,3 +1324,214 @@ async fn a_flood_of_anonymous_denials_hides_no_identity_denial() {
         "audit: {flood} anonymous denials from one address, {guesses} recorded; both identity denials recorded"
     );
 }
+
+/// Issue 19, item 1: a compromised agent, signing with its own key, floods commits — on
+/// its finished backup job, on another agent's job, and on its own running job for
+/// sources the job did not name or twice for one source. None is accepted (each refused
+/// and audited), so a `keep.last` policy still keeps every real snapshot. The forged
+/// records reuse a real snapshot's tree, so the store's completeness check alone would
+/// have let every one of them in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commits_are_taken_only_inside_a_running_job_for_its_sources() {
+    transport::install_crypto_provider();
+    let src = tempfile::tempdir().expect("src");
+    fs::write(src.path().join("f"), b"the real data").expect("write");
+    let (fleet, real, finished_job) = tokio::task::spawn_blocking({
+        let src = src.path().to_owned();
+        move || {
+            let mut fleet = Fleet::start();
+            let a = fleet.enroll("a");
+            fleet.enroll("b");
+            fleet.run_agent(&a, &[("data", &src)], &[]);
+            let policy = fleet.path("keep.toml");
+            fs::write(
+                &policy,
+                "[[policy]]\nname = \"keep\"\nsources = [\"data\"]\nschedule = \"0 3 * * *\"\nkeep = { last = 2 }\n",
+            )
+            .expect("policy");
+            let out = fleet.cli(&["policy", "apply", "--file", policy.to_str().expect("path")]);
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let mut real = Vec::new();
+            for _ in 0..2 {
+                real.push(fleet.backup("a", "data")["id"].as_str().expect("id").to_string());
+            }
+            let job = fleet.cli_json(&["jobs"]).as_array().expect("jobs")[0]["id"]
+                .as_str()
+                .expect("id")
+                .to_string();
+            (fleet, real, job)
+        }
+    })
+    .await
+    .expect("setup");
+    let env = lifeboat_core::snapshot::Envelope::parse(
+        &fs::read(fleet.path(&format!("ctl/store/snapshots/{}.snap", real[1]))).expect("envelope"),
+    )
+    .expect("envelope");
+    let base = Record::parse(&env.record).expect("record");
+    let key_of = |name: &str| {
+        SigningKey::from_pkcs8(
+            &fs::read(fleet.path(&format!("agents/{name}/signing.key"))).expect("key"),
+        )
+        .expect("key")
+    };
+    let (key_a, key_b) = (key_of("a"), key_of("b"));
+    let agents = tokio::task::block_in_place(|| fleet.cli_json(&["agents"]));
+    let id_of = |name: &str| {
+        agents
+            .as_array()
+            .expect("agents")
+            .iter()
+            .find(|a| a["name"] == name)
+            .expect("agent")["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let forged = |as_agent: &str, job: &str, source: &str, n: i64| {
+        let mut r = base.clone();
+        r.agent_id = id_of(as_agent);
+        r.agent_name = as_agent.into();
+        r.job_id = job.into();
+        r.source = source.into();
+        r.parent = None;
+        r.finished_unix_ms = lifeboat_tests::now_ms() - n;
+        r.started_unix_ms = r.finished_unix_ms - 1000;
+        r.to_bytes()
+    };
+
+    // b's own backup job, running: b is a raw session that reported one source.
+    let mut api_b = as_agent(&fleet, "b").await;
+    let (_tx, mut session) = open_session(
+        &mut api_b,
+        pb::Hello {
+            sources: vec![pb::Source {
+                name: "data".into(),
+                kind: "path".into(),
+                path: "/data".into(),
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let b_job = tokio::task::block_in_place(|| {
+        wait_for("b's source to be known", Duration::from_secs(10), || {
+            let out = fleet.cli(&["backup", "b", "--source", "data", "--json"]);
+            out.status.success().then(|| {
+                let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+                v["id"].as_str().expect("job id").to_string()
+            })
+        })
+    });
+    let msg = tokio::time::timeout(Duration::from_secs(20), session.message())
+        .await
+        .expect("job delivered")
+        .expect("stream")
+        .expect("message");
+    assert!(matches!(msg.msg, Some(pb::controller_message::Msg::Job(_))));
+
+    let mut api_a = as_agent(&fleet, "a").await;
+    let mut refused = std::collections::BTreeMap::<String, usize>::new();
+    let commit =
+        async |api: &mut AgentApiClient<Channel>, key: &SigningKey, record: Vec<u8>, job: &str| {
+            api.commit_snapshot(pb::CommitRequest {
+                job_id: job.into(),
+                signature: key.sign_record(&record),
+                record,
+            })
+            .await
+        };
+    // 400 on a's finished job, for its own source.
+    for n in 0..400 {
+        let r = forged("a", &finished_job, "data", n);
+        let e = commit(&mut api_a, &key_a, r, &finished_job)
+            .await
+            .expect_err("commit on a finished job");
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message().contains("only while their backup job runs"),
+            "{e:?}"
+        );
+        *refused.entry("finished job".into()).or_default() += 1;
+    }
+    // 300 as a on b's job.
+    for n in 0..300 {
+        let r = forged("a", &b_job, "data", n);
+        let e = commit(&mut api_a, &key_a, r, &b_job)
+            .await
+            .expect_err("commit on another agent's job");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        *refused.entry("another agent's job".into()).or_default() += 1;
+    }
+    // 299 as b on its running job for sources it did not name...
+    for n in 0..299 {
+        let r = forged("b", &b_job, &format!("other-{}", n % 7), n);
+        let e = commit(&mut api_b, &key_b, r, &b_job)
+            .await
+            .expect_err("commit of a source the job did not name");
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+        assert!(e.message().contains("did not ask for source"), "{e:?}");
+        *refused.entry("source not named".into()).or_default() += 1;
+    }
+    // ... and its one real commit of "data", then a second one of it.
+    let r = forged("b", &b_job, "data", 0);
+    let ok = commit(&mut api_b, &key_b, r, &b_job)
+        .await
+        .expect("b's own commit")
+        .into_inner();
+    let r = forged("b", &b_job, "data", 1);
+    let e = commit(&mut api_b, &key_b, r, &b_job)
+        .await
+        .expect_err("a second commit of one source");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    assert!(
+        e.message().contains("one snapshot per source and job"),
+        "{e:?}"
+    );
+    *refused.entry("second of one source".into()).or_default() += 1;
+    let total: usize = refused.values().sum();
+    assert_eq!(total, 1000, "{refused:?}");
+
+    tokio::task::block_in_place(|| {
+        let snaps = fleet.cli_json(&["snapshots"]);
+        let mut ids: Vec<String> = snaps
+            .as_array()
+            .expect("snapshots")
+            .iter()
+            .map(|s| s["id"].as_str().expect("id").to_string())
+            .collect();
+        ids.sort();
+        let mut want = vec![real[0].clone(), real[1].clone(), ok.snapshot_id.clone()];
+        want.sort();
+        assert_eq!(ids, want, "forged commits were accepted");
+        let denials = audit(&fleet)
+            .iter()
+            .filter(|e| {
+                e["action"] == "authz.denied"
+                    && e["target"] == "/lifeboat.v1.AgentApi/CommitSnapshot"
+            })
+            .count();
+        assert!(denials >= 1000, "{denials} of 1000 refused commits audited");
+        // keep.last = 2 still keeps both real snapshots of a.
+        let out = fleet.cli(&["prune"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let kept: Vec<String> = fleet
+            .cli_json(&["snapshots", "--agent", "a"])
+            .as_array()
+            .expect("snapshots")
+            .iter()
+            .map(|s| s["id"].as_str().expect("id").to_string())
+            .collect();
+        for id in &real {
+            assert!(kept.contains(id), "real snapshot {id} was pruned: {kept:?}");
+        }
+        eprintln!(
+            "refused {refused:?}; {denials} denials audited; a keeps {} snapshots",
+            kept.len()
+        );
+    });
+}
