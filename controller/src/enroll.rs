@@ -1,7 +1,13 @@
 //! Enrollment: a new machine trades a single-use join token and a CSR for its certificate.
+//!
+//! Guessing a token's secret is bounded: a source address that failed
+//! [`FAILED_JOINS_PER_MINUTE`] times within a minute is refused at once, its token not even
+//! looked at, until its failures age out (every refusal counts, so an address that keeps
+//! guessing stays refused). Tokens are stored and audited only as their SHA-256; the secret
+//! is never logged.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use lifeboat_core::snapshot::validate_name;
 use lifeboat_proto::pb::{self, enrollment_server::Enrollment};
@@ -11,7 +17,70 @@ use crate::catalog::{AgentRow, TokenCheck};
 use crate::error::ApiError;
 use crate::{Controller, now_ms};
 
-pub struct EnrollService(pub Arc<Controller>);
+pub struct EnrollService {
+    ctl: Arc<Controller>,
+    failures: Mutex<Failures>,
+}
+
+impl EnrollService {
+    pub fn new(ctl: Arc<Controller>) -> EnrollService {
+        EnrollService {
+            ctl,
+            failures: Mutex::new(Failures::default()),
+        }
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, Failures> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Failed join attempts one source address may make within a minute; past them, it is
+/// refused without its token being checked.
+pub const FAILED_JOINS_PER_MINUTE: usize = 10;
+const WINDOW_MS: i64 = 60_000;
+/// Source addresses whose failures are remembered at once (each keeps at most
+/// [`FAILED_JOINS_PER_MINUTE`] times): a bound on memory under a spread-out attack.
+const TRACKED_SOURCES: usize = 100_000;
+
+/// Recent failed join attempts, by source address.
+#[derive(Default)]
+struct Failures {
+    by_source: HashMap<String, VecDeque<i64>>,
+}
+
+impl Failures {
+    /// Whether `source` used up its failures for the last minute.
+    fn limited(&mut self, source: &str, now_ms: i64) -> bool {
+        match self.by_source.get_mut(source) {
+            Some(times) => {
+                while times.front().is_some_and(|t| *t <= now_ms - WINDOW_MS) {
+                    times.pop_front();
+                }
+                times.len() >= FAILED_JOINS_PER_MINUTE
+            }
+            None => false,
+        }
+    }
+
+    fn record(&mut self, source: &str, now_ms: i64) {
+        if self.by_source.len() >= TRACKED_SOURCES && !self.by_source.contains_key(source) {
+            self.by_source
+                .retain(|_, times| times.back().is_some_and(|t| *t > now_ms - WINDOW_MS));
+            if self.by_source.len() >= TRACKED_SOURCES {
+                // Every tracked address failed within the minute: forget one, not all.
+                if let Some(k) = self.by_source.keys().next().cloned() {
+                    self.by_source.remove(&k);
+                }
+            }
+        }
+        let times = self.by_source.entry(source.to_string()).or_default();
+        times.push_back(now_ms);
+        while times.len() > FAILED_JOINS_PER_MINUTE {
+            times.pop_front();
+        }
+    }
+}
 
 /// Join tokens are stored only as their SHA-256.
 pub fn token_hash(token: &str) -> String {
@@ -44,7 +113,7 @@ impl Enrollment for EnrollService {
         &self,
         req: Request<pb::EnrollRequest>,
     ) -> Result<Response<pb::EnrollResponse>, Status> {
-        let ctl = &self.0;
+        let ctl = &self.ctl;
         let peer = req
             .extensions()
             .get::<lifeboat_proto::transport::PeerInfo>();
@@ -62,21 +131,33 @@ impl Enrollment for EnrollService {
         }
         // The token is checked first, so a caller without one learns nothing (not even
         // which names exist), and spent last, with the agent's row: a request refused for
-        // any reason leaves it as it was.
+        // any reason leaves it as it was. An address that keeps failing is not even
+        // answered about its token.
         let hash = token_hash(&req.token);
-        let refusal = match ctl.catalog.check_token(&hash, now_ms())? {
-            TokenCheck::Valid(l) => Ok(l),
-            TokenCheck::Unknown => Err(ApiError::Unauthenticated(
-                "join token is not valid; create one with `lifeboat token create`".into(),
-            )),
-            TokenCheck::AlreadyUsed => Err(ApiError::PermissionDenied("join token was already used; tokens are single-use, create a new one with `lifeboat token create`".into())),
-            TokenCheck::Expired => Err(ApiError::PermissionDenied(
-                "join token has expired; create a new one with `lifeboat token create`".into(),
-            )),
+        let now = now_ms();
+        let refusal = if self.failures().limited(&remote_ip, now) {
+            Err(ApiError::RateLimited(format!(
+                "too many failed join attempts from {remote_ip} in the last minute (at most {FAILED_JOINS_PER_MINUTE}); wait a minute, then enroll with a token from `lifeboat token create`"
+            )))
+        } else {
+            match ctl.catalog.check_token(&hash, now)? {
+                TokenCheck::Valid(l) => Ok(l),
+                TokenCheck::Unknown => Err(ApiError::Unauthenticated(
+                    "join token is not valid; create one with `lifeboat token create`".into(),
+                )),
+                TokenCheck::AlreadyUsed => Err(ApiError::PermissionDenied(
+                    "join token was already used; tokens are single-use, create a new one with `lifeboat token create`".into(),
+                )),
+                TokenCheck::Expired => Err(ApiError::PermissionDenied(
+                    "join token has expired; create a new one with `lifeboat token create`"
+                        .into(),
+                )),
+            }
         };
         let token_labels = match refusal {
             Ok(l) => l,
             Err(e) => {
+                self.failures().record(&remote_ip, now);
                 ctl.audit.denied_anonymous(
                     remote_ip.as_str(),
                     &format!("enrolling:{}", req.name),

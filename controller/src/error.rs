@@ -22,6 +22,9 @@ pub enum ApiError {
     /// A disk the controller writes to is full.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A caller asked too often (failed join attempts from one address).
+    #[error("{0}")]
+    RateLimited(String),
     /// A commit references chunks the store does not hold.
     #[error("{0}")]
     MissingChunks(String),
@@ -111,7 +114,9 @@ impl From<ApiError> for Status {
             ApiError::Unauthenticated(_) => Status::unauthenticated(msg),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ApiError::Unavailable(_) => Status::unavailable(msg),
-            ApiError::ResourceExhausted(_) => Status::resource_exhausted(msg),
+            ApiError::ResourceExhausted(_) | ApiError::RateLimited(_) => {
+                Status::resource_exhausted(msg)
+            }
             ApiError::MissingChunks(_) => Status::failed_precondition(msg),
             ApiError::Internal(_) => Status::internal(msg),
         }

@@ -380,7 +380,7 @@ impl Running {
             .max_frame_size(lifeboat_proto::MAX_FRAME)
             .layer(auth::AuthorizeLayer(ctl.clone()))
             .add_service(pb::enrollment_server::EnrollmentServer::new(
-                enroll::EnrollService(ctl.clone()),
+                enroll::EnrollService::new(ctl.clone()),
             ))
             .add_service(
                 pb::agent_api_server::AgentApiServer::new(agent_api::AgentService(ctl.clone()))
