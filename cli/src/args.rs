@@ -427,6 +427,14 @@ pub enum IdentityCmd {
     List(Json),
     /// Revoke an operator identity (admin); it is refused from then on.
     Revoke { name: String },
+    /// Write the identity given with --identity as PEM files for other tools (Prometheus
+    /// scraping /metrics): DIR/ca.crt, DIR/client.crt and DIR/client.key (mode 0600).
+    /// Works offline.
+    Pem {
+        /// A directory (created if missing; existing files are not overwritten).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]

@@ -156,7 +156,7 @@ fn allowed(path: &str, class: Class) -> bool {
 }
 
 /// Resolves the caller behind a verified certificate against the catalog.
-fn resolve(ctl: &Controller, peer: &Peer) -> Result<Principal, ApiError> {
+pub(crate) fn resolve(ctl: &Controller, peer: &Peer) -> Result<Principal, ApiError> {
     match peer {
         Peer::Enrolling => Ok(Principal::Enrolling),
         Peer::Agent { id, serial } => {

@@ -2,23 +2,76 @@
 //!
 //! Served over TLS with the controller's certificate (there is no plaintext listener);
 //! scrapers verify it with the fleet CA (`DIR/ca.crt`) and server name
-//! `controller.lifeboat`. The figures are counts, not data, so no client certificate is
-//! required.
+//! `controller.lifeboat`. `/metrics` names agents, their tiers and estimated downtimes, so
+//! it answers only a client certificate of the fleet CA that the catalog honours (an
+//! operator identity of any role, or an agent; not revoked, not replaced): 401 without
+//! one, 403 with one it does not honour. `/healthz` answers anyone and says nothing about
+//! the fleet.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use axum::Router;
-use axum::extract::State;
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
 use axum::routing::get;
+use axum::{Router, response::IntoResponse, response::Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
+use lifeboat_proto::transport::peer_from_cert;
 use tokio::net::TcpListener;
 
 use crate::Controller;
 
-async fn metrics(State(ctl): State<Arc<Controller>>) -> String {
+/// Who is on the other end of one HTTPS connection, from its client certificate.
+#[derive(Clone)]
+enum Caller {
+    /// No client certificate.
+    Anonymous,
+    /// A certificate of the fleet CA the catalog honours: `agent:NAME` or `operator:NAME`.
+    Known(String),
+    /// A certificate of the fleet CA the catalog does not honour: why, and the address.
+    Refused { why: String, remote: String },
+}
+
+fn caller_of(ctl: &Controller, cert: Option<&[u8]>, remote: String) -> Caller {
+    let Some(der) = cert else {
+        return Caller::Anonymous;
+    };
+    let why = match peer_from_cert(der) {
+        None => "the certificate names no agent or operator".to_string(),
+        Some(peer) => match crate::auth::resolve(ctl, &peer) {
+            Ok(p) => return Caller::Known(p.actor()),
+            Err(e) => e.to_string(),
+        },
+    };
+    Caller::Refused { why, remote }
+}
+
+async fn metrics(
+    State(ctl): State<Arc<Controller>>,
+    Extension(caller): Extension<Caller>,
+) -> Response {
+    match caller {
+        Caller::Known(who) => {
+            tracing::debug!(caller = %who, "metrics scraped");
+            render(ctl).await.into_response()
+        }
+        Caller::Anonymous => (
+            StatusCode::UNAUTHORIZED,
+            "/metrics needs a client certificate of the fleet CA: give the scraper an operator identity (`lifeboat identity create prometheus --role viewer --out FILE`, then `lifeboat identity pem --identity FILE --out DIR` for its ca.crt, client.crt and client.key)\n",
+        )
+            .into_response(),
+        Caller::Refused { why, remote } => {
+            let source = remote.rsplit_once(':').map_or(remote.as_str(), |(ip, _)| ip);
+            ctl.audit
+                .denied_anonymous(source, "https", "/metrics", &remote, &why);
+            (StatusCode::FORBIDDEN, format!("denied: {why}\n")).into_response()
+        }
+    }
+}
+
+async fn render(ctl: Arc<Controller>) -> String {
     let mut out = String::new();
     let (agents, snapshots, chunks, bytes) = ctl.catalog.totals().unwrap_or_default();
     let connected = ctl
@@ -106,14 +159,14 @@ pub async fn serve(ctl: Arc<Controller>, listener: TcpListener, tls: Arc<rustls:
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(ctl);
+        .with_state(ctl.clone());
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        let Ok((tcp, _)) = listener.accept().await else {
+        let Ok((tcp, remote)) = listener.accept().await else {
             continue;
         };
         let acceptor = acceptor.clone();
-        let app = app.clone();
+        let (app, ctl) = (app.clone(), ctl.clone());
         tokio::spawn(async move {
             let Ok(Ok(tls)) =
                 tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp))
@@ -121,6 +174,23 @@ pub async fn serve(ctl: Arc<Controller>, listener: TcpListener, tls: Arc<rustls:
             else {
                 return;
             };
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.as_ref().to_vec());
+            let remote = remote.to_string();
+            let caller = tokio::task::spawn_blocking({
+                let remote = remote.clone();
+                move || caller_of(&ctl, cert.as_deref(), remote)
+            })
+            .await
+            .unwrap_or_else(|e| Caller::Refused {
+                why: format!("checking the certificate: {e}"),
+                remote,
+            });
+            let app = app.layer(Extension(caller));
             let _ = Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(tls), TowerToHyperService::new(app))
                 .await;

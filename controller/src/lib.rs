@@ -286,11 +286,30 @@ fn http_tls_config(p: &setup::Prepared) -> Result<Arc<rustls::ServerConfig>, Api
     ))
     .with_safe_default_protocol_versions()
     .map_err(tls)?
-    .with_no_client_auth()
+    .with_client_cert_verifier(http_client_verifier(&p.ca.cert_pem)?)
     .with_single_cert(certs, key)
     .map_err(tls)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// The HTTPS port asks for a client certificate and verifies one against the fleet CA
+/// when it is presented; `/metrics` then requires one the catalog honours (`http.rs`),
+/// while `/healthz` answers without.
+fn http_client_verifier(
+    ca_pem: &str,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ApiError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(lifeboat_core::pki::cert_der(ca_pem).map_err(ApiError::from)?)
+        .map_err(|e| ApiError::internal(format!("https client roots: {e}")))?;
+    rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| ApiError::internal(format!("https client verifier: {e}")))
 }
 
 impl Running {

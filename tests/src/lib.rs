@@ -534,28 +534,54 @@ impl Drop for Fleet {
     }
 }
 
-/// `GET /metrics` from the controller's HTTPS port, verified against the fleet CA.
+/// `GET /metrics` from the controller's HTTPS port as the fleet's admin (its identity's
+/// client certificate), verified against the fleet CA.
 pub fn metrics(fleet: &Fleet) -> String {
+    let admin = lifeboat_core::identity::IdentityFile::load(&fleet.identity).expect("identity");
+    https_get(
+        fleet,
+        "/metrics",
+        &admin.ca_pem,
+        Some((&admin.cert_pem, &admin.key_pem)),
+    )
+}
+
+/// `GET path` from the controller's HTTPS port, verified against `ca_pem`, presenting the
+/// client certificate and key given (PEM), if any. The whole response: status line,
+/// headers and body.
+pub fn https_get(fleet: &Fleet, path: &str, ca_pem: &str, client: Option<(&str, &str)>) -> String {
+    use rustls::pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     lifeboat_proto::transport::install_crypto_provider();
-    let admin = lifeboat_core::identity::IdentityFile::load(&fleet.identity).expect("identity");
     let addr = fleet
         .metrics_url
         .strip_prefix("https://")
         .expect("https metrics URL")
         .to_string();
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(lifeboat_core::pki::cert_der(ca_pem).expect("ca"))
+        .expect("root");
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("client certificate"),
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+                    .expect("client key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: controller.lifeboat\r\nConnection: close\r\n\r\n");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(lifeboat_core::pki::cert_der(&admin.ca_pem).expect("ca"))
-            .expect("root");
-        let config = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
         let name = rustls::pki_types::ServerName::try_from(lifeboat_core::pki::CONTROLLER_NAME)
             .expect("name");
         let tcp = tokio::net::TcpStream::connect(&addr).await.expect("tcp");
@@ -563,11 +589,7 @@ pub fn metrics(fleet: &Fleet) -> String {
             .connect(name, tcp)
             .await
             .expect("tls");
-        tls.write_all(
-            b"GET /metrics HTTP/1.1\r\nHost: controller.lifeboat\r\nConnection: close\r\n\r\n",
-        )
-        .await
-        .expect("write");
+        tls.write_all(request.as_bytes()).await.expect("write");
         let mut body = Vec::new();
         let _ = tls.read_to_end(&mut body).await;
         String::from_utf8_lossy(&body).into_owned()

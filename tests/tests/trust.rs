@@ -1643,3 +1643,82 @@ fn enrollment_guesses_are_rate_limited_and_token_secrets_never_logged() {
         .count();
     assert!(denials >= 11, "{denials} enrollment denials audited");
 }
+
+/// Issue 19, item 4: `/metrics` (agent names, tiers, estimated downtimes) answers only a
+/// client certificate of the fleet CA that the catalog honours: 401 without one, 403 for a
+/// revoked identity (audited), 200 for a viewer's identity written out as PEM files by
+/// `lifeboat identity pem` (what a Prometheus scrape config uses); `/healthz` answers
+/// anyone and names nothing of the fleet.
+#[test]
+fn metrics_need_a_fleet_identity_and_healthz_says_nothing() {
+    let fleet = Fleet::start();
+    fleet.enroll("secret-host");
+    let admin = IdentityFile::load(&fleet.path("ctl/admin.identity")).expect("admin identity");
+    let anonymous = lifeboat_tests::https_get(&fleet, "/metrics", &admin.ca_pem, None);
+    assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
+    assert!(anonymous.contains("client certificate"), "{anonymous}");
+    assert!(!anonymous.contains("secret-host"), "{anonymous}");
+    let health = lifeboat_tests::https_get(&fleet, "/healthz", &admin.ca_pem, None);
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    assert!(
+        health.ends_with("ok\n") && !health.contains("secret-host"),
+        "{health}"
+    );
+
+    // A viewer identity for the scraper, as PEM files.
+    let id_file = fleet.path("prometheus.identity");
+    let out = fleet.cli(&[
+        "identity",
+        "create",
+        "prometheus",
+        "--role",
+        "viewer",
+        "--out",
+        id_file.to_str().expect("path"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pem = fleet.path("prometheus");
+    let out = lifeboat_tests::bin("lifeboat")
+        .args(["identity", "pem", "--identity"])
+        .arg(&id_file)
+        .arg("--out")
+        .arg(&pem)
+        .output()
+        .expect("lifeboat identity pem");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let key_mode = fs::metadata(pem.join("client.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    let read = |f: &str| fs::read_to_string(pem.join(f)).expect("pem file");
+    let (ca, cert, key) = (read("ca.crt"), read("client.crt"), read("client.key"));
+    let scraped = lifeboat_tests::https_get(&fleet, "/metrics", &ca, Some((&cert, &key)));
+    assert!(scraped.starts_with("HTTP/1.1 200"), "{scraped}");
+    assert!(scraped.contains("lifeboat_agents 1"), "{scraped}");
+
+    // Revoked: refused, and the refusal audited.
+    let out = fleet.cli(&["identity", "revoke", "prometheus"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revoked = lifeboat_tests::https_get(&fleet, "/metrics", &ca, Some((&cert, &key)));
+    assert!(revoked.starts_with("HTTP/1.1 403"), "{revoked}");
+    assert!(revoked.contains("revoked"), "{revoked}");
+    assert!(!revoked.contains("secret-host"), "{revoked}");
+    let denied = audit(&fleet)
+        .iter()
+        .any(|e| e["target"] == "/metrics" && e["outcome"] == "denied");
+    assert!(denied, "the refused scrape is not audited");
+}

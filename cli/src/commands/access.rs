@@ -153,6 +153,7 @@ async fn identity_cmd(
                 output::identity_row,
             );
         }
+        IdentityCmd::Pem { out } => identity_pem(identity, &out)?,
         IdentityCmd::Revoke { name } => {
             let i = api
                 .revoke_identity(pb::NameRef { name })
@@ -207,4 +208,46 @@ fn since_ms(since: Option<&str>) -> Result<i64> {
     Ok(t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0))
+}
+
+/// `lifeboat identity pem --out DIR`: the identity file's CA, certificate and key as PEM
+/// files, for a scraper of `/metrics`. No connection needed.
+pub fn identity_pem(identity: Option<PathBuf>, out: &std::path::Path) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = identity_path(identity);
+    let id = IdentityFile::load(&path).with_context(|| {
+        format!(
+            "no usable operator identity at {} (pass --identity FILE)",
+            path.display()
+        )
+    })?;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    for (name, body, mode) in [
+        ("ca.crt", &id.ca_pem, 0o644),
+        ("client.crt", &id.cert_pem, 0o644),
+        ("client.key", &id.key_pem, 0o600),
+    ] {
+        let file = out.join(name);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&file)
+            .and_then(|mut f| f.write_all(body.as_bytes()).and_then(|()| f.sync_all()))
+            .with_context(|| {
+                format!(
+                    "writing {} (remove it first to write it again)",
+                    file.display()
+                )
+            })?;
+    }
+    out!(
+        "identity {} ({}) written to {}: ca.crt, client.crt, client.key; scrape /metrics with them and server name {}",
+        id.name,
+        id.role,
+        out.display(),
+        lifeboat_core::pki::CONTROLLER_NAME
+    );
+    Ok(())
 }

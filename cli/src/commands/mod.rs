@@ -11,7 +11,7 @@ mod up;
 
 use anyhow::Result;
 
-use crate::args::{Cli, Cmd, default_data_dir};
+use crate::args::{Cli, Cmd, IdentityCmd, default_data_dir};
 use crate::connect::connect;
 
 pub async fn dispatch(cli: Cli) -> Result<i32> {
@@ -30,6 +30,12 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         )
         .await
         .map(|()| 0);
+    }
+    if let Cmd::Identity {
+        cmd: IdentityCmd::Pem { out },
+    } = &cli.cmd
+    {
+        return access::identity_pem(cli.identity, out).map(|()| 0);
     }
     let mut api = connect(cli.controller.clone(), cli.identity.clone()).await?;
     match cli.cmd {
