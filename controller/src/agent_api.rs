@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::ApiError;
 use crate::store::PutSummary;
-use crate::{Controller, auth, now_ms, snapshots};
+use crate::{Controller, auth, backups, now_ms, snapshots};
 
 pub struct AgentService(pub Arc<Controller>);
 
@@ -145,6 +145,18 @@ impl AgentApi for AgentService {
         req: Request<Streaming<pb::ChunkBatch>>,
     ) -> Result<Response<pb::PutChunksReply>, Status> {
         let agent = auth::agent(&req)?;
+        let job_id = req
+            .metadata()
+            .get(lifeboat_proto::JOB_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let quota = {
+            let (ctl, agent, job_id) = (self.0.clone(), agent.clone(), job_id.clone());
+            tokio::task::spawn_blocking(move || backups::upload_allowance(&ctl, &agent, &job_id))
+                .await
+                .map_err(ApiError::from)??
+        };
         let mut stream = req.into_inner();
         let mut reply = pb::PutChunksReply::default();
         // One message is verified and appended (on a blocking thread) while the next one
@@ -175,6 +187,22 @@ impl AgentApi for AgentService {
                     agent.name
                 ))
                 .into());
+            }
+            let bytes: u64 = batch.chunks.iter().map(|c| c.blob.len() as u64).sum();
+            if let Err(used) = self.0.jobs.charge_upload(&job_id, bytes, quota) {
+                let e = ApiError::QuotaExceeded(format!(
+                    "backup job {job_id} reached its upload quota of {} ({} uploaded, {} more in this message): raise the policy's upload_quota or the controller's --upload-quota if the source really grew",
+                    lifeboat_core::units::bytes(quota),
+                    lifeboat_core::units::bytes(used),
+                    lifeboat_core::units::bytes(bytes)
+                ));
+                self.0.audit.refused(
+                    &format!("agent:{}", agent.name),
+                    "chunks.upload",
+                    &job_id,
+                    &e.to_string(),
+                );
+                return Err(e.into());
             }
             let ctl = self.0.clone();
             storing = Some(tokio::task::spawn_blocking(move || {

@@ -202,6 +202,22 @@ impl Audit {
         self.record_denial(actor, what, remote, why);
     }
 
+    /// Records a request of an authenticated identity that passed authorization and was
+    /// refused by the rule it broke (an agent's commit outside its job, an upload past its
+    /// quota): `action` says which rule, `why` how. Always recorded.
+    pub fn refused(&self, actor: &str, action: &str, target: &str, why: &str) {
+        tracing::warn!(%actor, %action, %target, reason = %why, "refused");
+        if let Err(e) = self.record(
+            actor,
+            action,
+            target,
+            "denied",
+            serde_json::json!({ "reason": why }),
+        ) {
+            tracing::error!(error = %e, "could not write the audit log");
+        }
+    }
+
     /// Records a denial of a caller without an identity the catalog honours, within the
     /// budget of `source` (its address, or the certificate it presented) and the overall
     /// one (see [`DENIALS_PER_SOURCE_PER_MINUTE`]).

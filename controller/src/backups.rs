@@ -156,3 +156,54 @@ pub fn submit(
             })),
         })
 }
+
+/// What one upload stream may store: the running backup job of `agent` it names, and how
+/// many bytes that job may upload (its policy's `upload_quota`, else the controller's
+/// `--upload-quota`). Uploads outside a running backup job of the agent are refused and
+/// audited: a compromised agent cannot fill the store outside the jobs it is given.
+pub fn upload_allowance(ctl: &Controller, agent: &AgentRow, job_id: &str) -> Result<u64, ApiError> {
+    let refuse = |e: ApiError| {
+        ctl.audit.refused(
+            &format!("agent:{}", agent.name),
+            "chunks.upload",
+            job_id,
+            &e.to_string(),
+        );
+        e
+    };
+    if job_id.is_empty() {
+        return Err(refuse(ApiError::FailedPrecondition(format!(
+            "an upload names the backup job it belongs to (request metadata {:?}); upgrade the agent",
+            lifeboat_proto::JOB_METADATA
+        ))));
+    }
+    let job = ctl
+        .catalog
+        .job(job_id)?
+        .filter(|j| j.agent_id == agent.id && j.kind == "backup")
+        .ok_or_else(|| {
+            refuse(ApiError::PermissionDenied(format!(
+                "job {job_id:?} is not a backup job of agent {}",
+                agent.name
+            )))
+        })?;
+    if job.state != pb::JobState::Running as i32 {
+        return Err(refuse(ApiError::FailedPrecondition(format!(
+            "backup job {} is not running: uploads are taken only while their job runs",
+            job.id
+        ))));
+    }
+    let from_policy = if job.policy.is_empty() {
+        0
+    } else {
+        policy::policies(ctl)?
+            .iter()
+            .find(|p| p.name == job.policy)
+            .map_or(0, |p| p.upload_quota)
+    };
+    Ok(if from_policy > 0 {
+        from_policy
+    } else {
+        ctl.upload_quota
+    })
+}

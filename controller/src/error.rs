@@ -22,6 +22,9 @@ pub enum ApiError {
     /// A disk the controller writes to is full.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A backup job uploaded as much as its quota allows.
+    #[error("{0}")]
+    QuotaExceeded(String),
     /// A caller asked too often (failed join attempts from one address).
     #[error("{0}")]
     RateLimited(String),
@@ -83,6 +86,7 @@ impl ApiError {
         match self {
             ApiError::MissingChunks(_) => pb::Refusal::MissingChunks,
             ApiError::ResourceExhausted(_) => pb::Refusal::StoreFull,
+            ApiError::QuotaExceeded(_) => pb::Refusal::QuotaExceeded,
             _ => pb::Refusal::Unspecified,
         }
     }
@@ -98,7 +102,9 @@ impl From<ApiError> for Status {
         if refusal != pb::Refusal::Unspecified {
             use prost::Message;
             let code = match e {
-                ApiError::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
+                ApiError::ResourceExhausted(_) | ApiError::QuotaExceeded(_) => {
+                    tonic::Code::ResourceExhausted
+                }
                 _ => tonic::Code::FailedPrecondition,
             };
             let detail = pb::RefusalDetail {
@@ -114,9 +120,9 @@ impl From<ApiError> for Status {
             ApiError::Unauthenticated(_) => Status::unauthenticated(msg),
             ApiError::FailedPrecondition(_) => Status::failed_precondition(msg),
             ApiError::Unavailable(_) => Status::unavailable(msg),
-            ApiError::ResourceExhausted(_) | ApiError::RateLimited(_) => {
-                Status::resource_exhausted(msg)
-            }
+            ApiError::ResourceExhausted(_)
+            | ApiError::RateLimited(_)
+            | ApiError::QuotaExceeded(_) => Status::resource_exhausted(msg),
             ApiError::MissingChunks(_) => Status::failed_precondition(msg),
             ApiError::Internal(_) => Status::internal(msg),
         }

@@ -36,6 +36,8 @@ struct Inner {
     watchers: HashMap<String, watch::Sender<pb::JobInfo>>,
     /// Per running restore job, built on its first chunk read, dropped when it ends.
     grants: HashMap<String, Grant>,
+    /// Bytes each running backup job uploaded (against its quota), dropped when it ends.
+    uploaded: HashMap<String, u64>,
     /// Egress pacing by job tag (a plan's jobs share one pacer).
     pacers: HashMap<String, Arc<Pacer>>,
     /// Heartbeats not yet written to the catalog: agent id -> when.
@@ -368,6 +370,18 @@ impl Jobs {
         Ok(seen.len())
     }
 
+    /// Counts `bytes` uploaded by backup job `job_id` against `quota`: refused, with the
+    /// bytes it had uploaded, when they would pass it.
+    pub fn charge_upload(&self, job_id: &str, bytes: u64, quota: u64) -> Result<(), u64> {
+        let mut inner = self.lock();
+        let used = inner.uploaded.entry(job_id.to_string()).or_default();
+        if used.saturating_add(bytes) > quota {
+            return Err(*used);
+        }
+        *used += bytes;
+        Ok(())
+    }
+
     /// Paces every chunk read by jobs tagged `tag` (see `recovery::plan`).
     pub fn set_pacer(&self, tag: &str, pacer: Arc<Pacer>) {
         self.lock().pacers.insert(tag.to_string(), pacer);
@@ -399,7 +413,9 @@ impl Jobs {
             return;
         }
         if Self::is_terminal(row.state) {
-            self.lock().grants.remove(&row.id);
+            let mut inner = self.lock();
+            inner.grants.remove(&row.id);
+            inner.uploaded.remove(&row.id);
         }
         let watcher = self.lock().watchers.get(&row.id).cloned();
         if let Some(w) = watcher

@@ -111,6 +111,8 @@ pub struct Controller {
     pub scrub_period_ms: i64,
     /// Chunks uploaded within this window are never swept by GC (a running backup's lease).
     pub gc_lease_ms: i64,
+    /// Bytes one backup job may upload unless its policy sets `upload_quota`.
+    pub upload_quota: u64,
     /// Held by commits (check that every chunk is indexed, then list the snapshot) and by
     /// GC's sweep, so neither sees the other half done.
     pub commit_lock: std::sync::Mutex<()>,
@@ -119,6 +121,9 @@ pub struct Controller {
     /// The background workers and what each has done.
     pub workers: workers::Workers,
 }
+
+/// The default of `--upload-quota`: bytes one backup job may upload.
+pub const DEFAULT_UPLOAD_QUOTA: u64 = 1 << 40;
 
 /// `lifeboat-controller serve` settings, validated.
 #[derive(Debug, Clone)]
@@ -136,6 +141,8 @@ pub struct ServeConfig {
     pub scrub_period: Option<Duration>,
     /// GC never sweeps chunks uploaded within this window.
     pub gc_lease: Duration,
+    /// Bytes one backup job may upload unless its policy says otherwise.
+    pub upload_quota: u64,
 }
 
 /// A controller bound to its ports, ready to serve.
@@ -254,6 +261,7 @@ pub fn start_with_clock(
             .map(|d| d.as_millis() as i64)
             .unwrap_or(30 * 86_400_000),
         gc_lease_ms: cfg.gc_lease.as_millis() as i64,
+        upload_quota: cfg.upload_quota,
         commit_lock: std::sync::Mutex::new(()),
         plan_runners: Default::default(),
         workers: Default::default(),

@@ -51,12 +51,21 @@ enum Cmd {
         /// refused at commit and runs again.
         #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
         gc_lease: std::time::Duration,
+        /// Bytes one backup job may upload (a policy's `upload_quota` overrides it); a job
+        /// past it is refused, and GC reclaims what it uploaded.
+        #[arg(long, default_value = "1TiB", value_parser = parse_size)]
+        upload_quota: u64,
     },
     /// Rebuild the chunk index and snapshot list from the store alone (controller stopped).
     RebuildCatalog {
         #[arg(long, env = "LIFEBOAT_DATA_DIR")]
         data_dir: PathBuf,
     },
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    lifeboat_core::units::parse_size(s)
+        .ok_or_else(|| format!("{s:?} is not a size like 1TiB or 500GB"))
 }
 
 #[tokio::main]
@@ -85,6 +94,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             prune_every,
             scrub_period,
             gc_lease,
+            upload_quota,
         } => {
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -106,6 +116,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     prune_every: (!prune_every.is_zero()).then_some(prune_every),
                     scrub_period: (!scrub_period.is_zero()).then_some(scrub_period),
                     gc_lease,
+                    upload_quota,
                 },
                 listener,
                 http,

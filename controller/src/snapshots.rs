@@ -158,6 +158,7 @@ pub fn commit(
             return Err(refused(
                 ctl,
                 agent,
+                &job.id,
                 ApiError::PermissionDenied(format!(
                     "job {} already committed snapshot {} of {:?}: one snapshot per source and job",
                     job.id,
@@ -197,6 +198,7 @@ fn may_commit(
         return Err(refused(
             ctl,
             agent,
+            &job.id,
             ApiError::PermissionDenied(
                 "snapshots are committed by the agent's own backup job".into(),
             ),
@@ -207,6 +209,7 @@ fn may_commit(
         return Err(refused(
             ctl,
             agent,
+            &job.id,
             ApiError::FailedPrecondition(format!(
                 "job {} is {}: snapshots are committed only while their backup job runs",
                 job.id,
@@ -227,6 +230,7 @@ fn may_commit(
         return Err(refused(
             ctl,
             agent,
+            &job.id,
             ApiError::PermissionDenied(format!(
                 "job {} did not ask for source {:?} (it asked for {})",
                 job.id,
@@ -238,12 +242,12 @@ fn may_commit(
     Ok(())
 }
 
-/// A commit refused: audited as a denial of `agent`, then returned.
-fn refused(ctl: &Controller, agent: &AgentRow, e: ApiError) -> ApiError {
-    ctl.audit.denied(
+/// A commit refused: audited (`snapshot.commit`, denied, with its job), then returned.
+fn refused(ctl: &Controller, agent: &AgentRow, job_id: &str, e: ApiError) -> ApiError {
+    ctl.audit.refused(
         &format!("agent:{}", agent.name),
-        "/lifeboat.v1.AgentApi/CommitSnapshot",
-        "",
+        "snapshot.commit",
+        job_id,
         &e.to_string(),
     );
     e

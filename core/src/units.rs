@@ -1,4 +1,4 @@
-//! Units operators type: transfer rates.
+//! Units operators type: transfer rates and sizes.
 
 /// Parses a rate in bytes per second: `50MiB/s`, `10MB/s`, `1Gbit/s`, `4096` (the `/s`
 /// is optional). `None` for anything else, zero, or a negative number.
@@ -25,9 +25,67 @@ pub fn parse_rate(s: &str) -> Option<u64> {
     (n.is_finite() && bytes >= 1.0).then_some(bytes as u64)
 }
 
+/// Parses a size in bytes: `1TiB`, `500GiB`, `10MB`, `4096`. `None` for anything else,
+/// zero, or a negative number.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let v = s.trim();
+    let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
+    let (n, unit) = v.split_at(split);
+    let n: f64 = n.trim().parse().ok()?;
+    let mul = match unit {
+        "" | "B" => 1.0,
+        "KB" | "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        "TB" => 1e12,
+        "KiB" => 1024.0,
+        "MiB" => 1024.0 * 1024.0,
+        "GiB" => 1024.0 * 1024.0 * 1024.0,
+        "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    let bytes = (n * mul).round();
+    (n.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// A byte count for people (tables, messages): `512 B`, `1.5 KiB`, `1.0 TiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_rate;
+    use super::{parse_rate, parse_size};
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(super::bytes(512), "512 B");
+        assert_eq!(super::bytes(1536), "1.5 KiB");
+        assert_eq!(super::bytes(1 << 40), "1.0 TiB");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1TiB"), Some(1 << 40));
+        assert_eq!(parse_size("500GiB"), Some(500 << 30));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("1MiB/s"), None);
+        assert_eq!(parse_size("0GiB"), None);
+        assert_eq!(parse_size("-1GiB"), None);
+        assert_eq!(parse_size("lots"), None);
+    }
 
     #[test]
     fn rates() {

@@ -19,6 +19,9 @@ pub mod pb {
     tonic::include_proto!("lifeboat.v1");
 }
 
+/// The request metadata key that names the backup job a `PutChunks` upload belongs to.
+pub const JOB_METADATA: &str = "lifeboat-job";
+
 /// The largest gRPC message either side accepts: one maximum-size chunk plus framing.
 pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 

@@ -534,6 +534,86 @@ impl Drop for Fleet {
     }
 }
 
+/// Agent `name` as a bare gRPC session (no agent process) that reported one host path
+/// source, with a backup job of it running: for tests that upload or commit by hand inside
+/// a job, as a compromised agent would. The job runs while this lives.
+pub struct RawJob {
+    pub api: lifeboat_proto::pb::agent_api_client::AgentApiClient<tonic::transport::Channel>,
+    pub job_id: String,
+    _tx: tokio::sync::mpsc::Sender<lifeboat_proto::pb::AgentMessage>,
+    _session: tonic::Streaming<lifeboat_proto::pb::ControllerMessage>,
+}
+
+impl RawJob {
+    /// Opens the session, starts the backup of `source` as the admin and waits for the
+    /// job to be delivered. Needs a multi-threaded runtime.
+    pub async fn start(fleet: &Fleet, name: &str, source: &str) -> RawJob {
+        use lifeboat_proto::pb;
+        let channel = lifeboat_proto::transport::connect(
+            &fleet.url,
+            agent_tls(&fleet.path(&format!("agents/{name}"))),
+        )
+        .await
+        .expect("connect as the agent");
+        let mut api = pb::agent_api_client::AgentApiClient::new(channel)
+            .max_decoding_message_size(lifeboat_proto::MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(usize::MAX);
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        tx.send(pb::AgentMessage {
+            msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
+                sources: vec![pb::Source {
+                    name: source.into(),
+                    kind: "path".into(),
+                    path: format!("/{source}"),
+                }],
+                ..Default::default()
+            })),
+        })
+        .await
+        .expect("hello");
+        let mut session = api
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("session")
+            .into_inner();
+        let job_id = tokio::task::block_in_place(|| {
+            wait_for(
+                "the raw agent's source to be known",
+                Duration::from_secs(10),
+                || {
+                    let out = fleet.cli(&["backup", name, "--source", source, "--json"]);
+                    out.status.success().then(|| {
+                        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+                        v["id"].as_str().expect("job id").to_string()
+                    })
+                },
+            )
+        });
+        let msg = tokio::time::timeout(Duration::from_secs(20), session.message())
+            .await
+            .expect("job delivered")
+            .expect("stream")
+            .expect("message");
+        assert!(matches!(msg.msg, Some(pb::controller_message::Msg::Job(_))));
+        RawJob {
+            api,
+            job_id,
+            _tx: tx,
+            _session: session,
+        }
+    }
+
+    /// `message` as a request of this job (`lifeboat-job` metadata, as `PutChunks` needs).
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        req.metadata_mut().insert(
+            lifeboat_proto::JOB_METADATA,
+            self.job_id.parse().expect("job id metadata"),
+        );
+        req
+    }
+}
+
 /// `GET /metrics` from the controller's HTTPS port as the fleet's admin (its identity's
 /// client certificate), verified against the fleet CA.
 pub fn metrics(fleet: &Fleet) -> String {

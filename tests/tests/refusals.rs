@@ -298,10 +298,8 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
     })
     .await
     .expect("enroll");
-    let tls = lifeboat_tests::agent_tls(&state);
-    let mut api = pb::agent_api_client::AgentApiClient::new(
-        transport::connect(&fleet.url, tls).await.expect("connect"),
-    );
+    // Inside a running backup job of a (uploads outside one are refused before this check).
+    let mut job = lifeboat_tests::RawJob::start(&fleet, "a", "data").await;
     let key = ChunkKey::from_slice(&fs::read(state.join("chunk.key")).expect("key")).expect("key");
 
     let claimed = key.id_of(b"the bytes the id promises");
@@ -310,10 +308,12 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
         blob: codec::encode_raw(b"other bytes entirely").into(),
         ..Default::default()
     };
-    let status = api
-        .put_chunks(tokio_stream::iter(vec![pb::ChunkBatch {
-            chunks: vec![poisoned],
-        }]))
+    let upload = job.request(tokio_stream::iter(vec![pb::ChunkBatch {
+        chunks: vec![poisoned],
+    }]));
+    let status = job
+        .api
+        .put_chunks(upload)
         .await
         .expect_err("poisoned chunk accepted");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -325,7 +325,8 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
         status.message()
     );
 
-    let missing = api
+    let missing = job
+        .api
         .missing_chunks(pb::ChunkIds {
             ids: vec![claimed.as_bytes().to_vec()],
         })
@@ -340,14 +341,16 @@ async fn an_uploaded_chunk_that_does_not_match_its_id_is_refused() {
 
     // A correct chunk is accepted, for contrast.
     let good = b"the bytes the id promises";
-    let reply = api
-        .put_chunks(tokio_stream::iter(vec![pb::ChunkBatch {
-            chunks: vec![pb::ChunkBlob {
-                id: claimed.as_bytes().to_vec(),
-                blob: codec::encode_raw(good).into(),
-                ..Default::default()
-            }],
-        }]))
+    let upload = job.request(tokio_stream::iter(vec![pb::ChunkBatch {
+        chunks: vec![pb::ChunkBlob {
+            id: claimed.as_bytes().to_vec(),
+            blob: codec::encode_raw(good).into(),
+            ..Default::default()
+        }],
+    }]));
+    let reply = job
+        .api
+        .put_chunks(upload)
         .await
         .expect("good chunk")
         .into_inner();
@@ -397,6 +400,7 @@ async fn b1_garbage_and_oversized_messages_leave_the_controller_serving() {
         let mut fleet = Fleet::start();
         let src = small_source(&fleet);
         let a = fleet.enroll("a");
+        fleet.enroll("raw");
         fleet.run_agent(&a, &[("data", src.as_path())], &[]);
         fleet.backup("a", "data");
         (fleet, src)
@@ -417,16 +421,9 @@ async fn b1_garbage_and_oversized_messages_leave_the_controller_serving() {
         let _ = tcp.write_all(&junk).await;
         let _ = tcp.shutdown().await;
     }
-    // An agent's upload one byte over the message limit.
-    let mut api = pb::agent_api_client::AgentApiClient::new(
-        transport::connect(
-            &fleet.url,
-            lifeboat_tests::agent_tls(&fleet.path("agents/a")),
-        )
-        .await
-        .expect("connect"),
-    )
-    .max_encoding_message_size(usize::MAX);
+    // An agent's upload one byte over the message limit, inside a running backup job of
+    // its own (uploads outside one are refused before any message is read).
+    let mut job = lifeboat_tests::RawJob::start(&fleet, "raw", "data").await;
     let huge = pb::ChunkBatch {
         chunks: vec![pb::ChunkBlob {
             id: vec![0; 32],
@@ -434,8 +431,10 @@ async fn b1_garbage_and_oversized_messages_leave_the_controller_serving() {
             ..Default::default()
         }],
     };
-    let refused = api
-        .put_chunks(tokio_stream::iter(vec![huge]))
+    let upload = job.request(tokio_stream::iter(vec![huge]));
+    let refused = job
+        .api
+        .put_chunks(upload)
         .await
         .expect_err("an oversized message was accepted");
     // tonic refuses a message over the decoding limit as OUT_OF_RANGE, before any handler.

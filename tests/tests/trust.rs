@@ -676,17 +676,30 @@ async fn agents_cannot_delete_overwrite_impersonate_or_backdate() {
     .expect_err("agent deleted a snapshot");
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
 
-    // Overwrite a stored chunk with other bytes under its id.
+    // Overwrite a stored chunk with other bytes under its id: outside a job it is not
+    // even read; inside a running backup job (of b, a bare session) it is refused as not
+    // matching its id.
     let key = chunk_key(&fleet, "a");
     let stored = key.id_of(b"some data");
-    let status = api
-        .put_chunks(tokio_stream::iter(vec![pb::ChunkBatch {
+    let evil = || {
+        tokio_stream::iter(vec![pb::ChunkBatch {
             chunks: vec![pb::ChunkBlob {
                 id: stored.as_bytes().to_vec(),
                 blob: codec::encode_raw(b"evil data").into(),
                 ..Default::default()
             }],
-        }]))
+        }])
+    };
+    let status = api
+        .put_chunks(evil())
+        .await
+        .expect_err("upload outside a job");
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let mut b_job = lifeboat_tests::RawJob::start(&fleet, "b", "data").await;
+    let upload = b_job.request(evil());
+    let status = b_job
+        .api
+        .put_chunks(upload)
         .await
         .expect_err("overwrite accepted");
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
@@ -1513,10 +1526,7 @@ async fn commits_are_taken_only_inside_a_running_job_for_its_sources() {
         assert_eq!(ids, want, "forged commits were accepted");
         let denials = audit(&fleet)
             .iter()
-            .filter(|e| {
-                e["action"] == "authz.denied"
-                    && e["target"] == "/lifeboat.v1.AgentApi/CommitSnapshot"
-            })
+            .filter(|e| e["action"] == "snapshot.commit" && e["outcome"] == "denied")
             .count();
         assert!(denials >= 1000, "{denials} of 1000 refused commits audited");
         // keep.last = 2 still keeps both real snapshots of a.
@@ -1721,4 +1731,115 @@ fn metrics_need_a_fleet_identity_and_healthz_says_nothing() {
         .iter()
         .any(|e| e["target"] == "/metrics" && e["outcome"] == "denied");
     assert!(denied, "the refused scrape is not audited");
+}
+
+/// Issue 19, item 2: uploads belong to a running backup job of the agent and count against
+/// that job's quota (`--upload-quota` here; a policy's `upload_quota` overrides it, see
+/// `policy::tests`). A backup past its quota fails with RESOURCE_EXHAUSTED naming the quota
+/// (refusal `quota_exceeded`) and commits nothing; uploads naming no job, a finished job or
+/// another agent's job are refused and audited; GC reclaims what the refused job uploaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_need_a_running_backup_job_and_stay_within_its_quota() {
+    transport::install_crypto_provider();
+    let src = tempfile::tempdir().expect("src");
+    let small = tempfile::tempdir().expect("small");
+    fs::write(small.path().join("note"), b"a small source under its quota").expect("write");
+    let mut noise = vec![0u8; 12 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in noise.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    fs::write(src.path().join("big"), &noise).expect("write");
+    let (fleet, job) = tokio::task::spawn_blocking({
+        let (src, small) = (src.path().to_owned(), small.path().to_owned());
+        move || {
+            let mut fleet = Fleet::start_with(&["--upload-quota", "4MiB", "--gc-lease", "0s"]);
+            let a = fleet.enroll("a");
+            fleet.enroll("b");
+            fleet.run_agent(&a, &[("data", &src), ("small", &small)], &[]);
+            let (ok, job) = fleet.job(&["backup", "a", "--source", "data"]);
+            assert!(!ok, "a backup past its quota succeeded: {job}");
+            (fleet, job)
+        }
+    })
+    .await
+    .expect("setup");
+    assert_eq!(job["refusal"], "quota_exceeded", "{job}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(error.contains("upload quota of 4.0 MiB"), "{error}");
+    assert_eq!(job["snapshot_ids"], serde_json::json!([]), "{job}");
+    let finished = job["id"].as_str().expect("job id").to_string();
+
+    // Raw uploads as a: no job, its finished job, another agent's job.
+    let key = chunk_key(&fleet, "a");
+    let blob = b"uploaded outside a job";
+    let batch = || {
+        tokio_stream::iter(vec![pb::ChunkBatch {
+            chunks: vec![pb::ChunkBlob {
+                id: key.id_of(blob).as_bytes().to_vec(),
+                blob: codec::encode_raw(blob).into(),
+                ..Default::default()
+            }],
+        }])
+    };
+    let mut api = as_agent(&fleet, "a").await;
+    let put = async |api: &mut AgentApiClient<Channel>, job: Option<&str>| {
+        let mut req = tonic::Request::new(batch());
+        if let Some(j) = job {
+            req.metadata_mut()
+                .insert(lifeboat_proto::JOB_METADATA, j.parse().expect("metadata"));
+        }
+        api.put_chunks(req).await
+    };
+    let e = put(&mut api, None)
+        .await
+        .expect_err("an upload without a job");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    let e = put(&mut api, Some(&finished))
+        .await
+        .expect_err("an upload on a finished job");
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    assert!(e.message().contains("not running"), "{e:?}");
+    let b_job = "00000000deadbeef";
+    let e = put(&mut api, Some(b_job))
+        .await
+        .expect_err("an upload on a job not a's");
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+
+    tokio::task::block_in_place(|| {
+        let refused = audit(&fleet)
+            .iter()
+            .filter(|e| e["action"] == "chunks.upload" && e["outcome"] == "denied")
+            .count();
+        assert!(
+            refused >= 4,
+            "{refused} refused uploads audited (quota and three raw)"
+        );
+        // What the refused job uploaded is reclaimed (the lease is 0 s here) once its pack
+        // is sealed, which the next commit does.
+        let (ok, small) = fleet.job(&["backup", "a", "--source", "small"]);
+        assert!(ok, "a backup within its quota failed: {small}");
+        let before = fleet.cli_json(&["status"])["chunks"]
+            .as_u64()
+            .expect("chunks");
+        let gc = fleet.cli_json(&["gc"]);
+        let swept = gc["swept"].as_u64().expect("swept");
+        assert!(swept >= 1, "nothing of the refused job was reclaimed: {gc}");
+        let after = fleet.cli_json(&["status"])["chunks"]
+            .as_u64()
+            .expect("chunks");
+        assert_eq!(after, before - swept, "{gc}");
+        let verify = fleet.cli(&["verify"]);
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+        eprintln!(
+            "quota 4 MiB: the 12 MiB backup refused; of {before} chunks, GC swept {swept}, {after} left (the small snapshot's)"
+        );
+    });
 }

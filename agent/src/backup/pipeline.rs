@@ -66,6 +66,9 @@ pub(super) struct Pipeline {
     pub(super) bulk: Vec<Client>,
     pub(super) rt: tokio::runtime::Handle,
     pub(super) limit: Option<Arc<Pacer>>,
+    /// The backup job every upload names (`lifeboat-job`), which the controller checks
+    /// and counts against the job's quota.
+    pub(super) job_id: String,
 }
 
 /// One upload stream to the controller. Each worker has its own, so the controller
@@ -170,6 +173,7 @@ impl Pipeline {
             bulk: ctx.bulk.clone(),
             rt: tokio::runtime::Handle::current(),
             limit: ctx.limit.clone(),
+            job_id: ctx.job_id.clone(),
         }
     }
 
@@ -181,10 +185,14 @@ impl Pipeline {
             n => self.bulk[worker % n].clone(),
         };
         let mut stream_client = client.clone();
+        let job = tonic::metadata::MetadataValue::try_from(self.job_id.as_str());
         let task = self.rt.spawn(async move {
-            stream_client
-                .put_chunks(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await
+            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            // Job ids are hex: always a valid header value.
+            if let Ok(job) = job {
+                req.metadata_mut().insert(lifeboat_proto::JOB_METADATA, job);
+            }
+            stream_client.put_chunks(req).await
         });
         Upload {
             client,

@@ -42,6 +42,7 @@ pub async fn up(
             prune_every: Some(std::time::Duration::from_secs(3600)),
             scrub_period: Some(std::time::Duration::from_secs(30 * 86_400)),
             gc_lease: std::time::Duration::from_secs(6 * 3600),
+            upload_quota: lifeboat_controller::DEFAULT_UPLOAD_QUOTA,
         },
         listener,
         None,

@@ -29,12 +29,14 @@ pub fn state_name(s: i32) -> &'static str {
     }
 }
 
-/// A failed job's refusal as scripts see it: `missing_chunks`, `store_full`, or null.
+/// A failed job's refusal as scripts see it: `missing_chunks`, `store_full`,
+/// `quota_exceeded`, or null.
 fn refusal_name(r: i32) -> Option<&'static str> {
     match pb::Refusal::try_from(r).ok()? {
         pb::Refusal::Unspecified => None,
         pb::Refusal::MissingChunks => Some("missing_chunks"),
         pb::Refusal::StoreFull => Some("store_full"),
+        pb::Refusal::QuotaExceeded => Some("quota_exceeded"),
     }
 }
 

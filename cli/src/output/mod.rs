@@ -12,6 +12,7 @@ mod snapshots;
 pub use access::*;
 pub use fleet::*;
 pub use jobs::*;
+pub use lifeboat_core::units::bytes;
 pub use recovery::*;
 pub use snapshots::*;
 
@@ -71,21 +72,6 @@ pub fn time(ms: i64) -> String {
     }
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
     humantime::format_rfc3339_seconds(t).to_string()
-}
-
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }
 
 /// Milliseconds for humans: "850 ms", "12.3 s", "4m 10s".

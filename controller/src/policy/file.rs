@@ -43,6 +43,7 @@ struct Spec {
     max_concurrent: Option<u32>,
     #[serde(default)]
     bandwidth: Option<Spanned<String>>,
+    upload_quota: Option<Spanned<String>>,
     #[serde(default)]
     drill: Option<Spanned<DrillSpec>>,
 }
@@ -280,6 +281,21 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
             }),
             None => 0,
         };
+        let upload_quota = match &s.upload_quota {
+            Some(q) => lifeboat_core::units::parse_size(q.get_ref()).unwrap_or_else(|| {
+                errors.push(at(
+                    file,
+                    text,
+                    q.span(),
+                    format!(
+                        "upload_quota {:?} must look like 500GiB or 1TB",
+                        q.get_ref()
+                    ),
+                ));
+                0
+            }),
+            None => 0,
+        };
         let drill = match &s.drill {
             Some(d) => {
                 let span = d.span();
@@ -326,6 +342,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
             hook,
             max_concurrent: s.max_concurrent.unwrap_or(0),
             bandwidth,
+            upload_quota,
             drill,
         });
     }

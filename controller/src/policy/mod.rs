@@ -17,7 +17,8 @@
 //! ```
 //!
 //! Further keys: `consistency` (pause, hook, none) and `hook = { container, before, after,
-//! timeout }` for volumes, `max_concurrent` (jobs of this policy at once), `bandwidth` (per
+//! timeout }` for volumes, `max_concurrent` (jobs of this policy at once), `upload_quota`
+//! (bytes one backup job may upload, e.g. "500GiB"; default the controller's), `bandwidth` (per
 //! agent, e.g. "50MiB/s"), and `keep.yearly`, `keep.within` ("30d").
 //!
 //! Drills: `drill = { every = "7d", sample = 2, probe = "test -s etc/hostname" }` drills
@@ -60,6 +61,10 @@ pub struct Policy {
     pub bandwidth: u64,
     #[serde(default)]
     pub drill: Option<Drill>,
+    /// Bytes one backup job of this policy may upload (0: the controller's
+    /// `--upload-quota`).
+    #[serde(default)]
+    pub upload_quota: u64,
 }
 
 /// Scheduled restore drills over the policy's devices.
@@ -195,6 +200,13 @@ tier = 1
         assert_eq!(p.lock_s, 7 * 86400);
         assert_eq!(p.keep.hourly, 24);
         assert_eq!(p.tier, 1);
+        assert_eq!(
+            p.upload_quota, 0,
+            "no upload_quota: the controller's applies"
+        );
+        let with_quota = MINIMAL.replace("tier = 1", "tier = 1\nupload_quota = \"500GiB\"");
+        let q = parse_file("p.toml", &with_quota).expect("valid");
+        assert_eq!(q[0].upload_quota, 500 << 30);
         // 10:17 UTC on a winter day is 11:17 in Berlin: the next slot is 12:00 Berlin.
         let t = jiff::Timestamp::from_str("2026-01-15T10:17:00Z").expect("ts");
         let next = p.next_slot(t.as_millisecond()).expect("next");
@@ -244,6 +256,10 @@ tier = 1
             (
                 "[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"0 * * * *\"\nbandwidth = \"fast\"\n",
                 "p.toml:5: bandwidth \"fast\" must look like",
+            ),
+            (
+                "[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"0 * * * *\"\nupload_quota = \"lots\"\n",
+                "p.toml:5: upload_quota \"lots\" must look like",
             ),
             (
                 "[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"0 * * * *\"\n[[policy]]\nname = \"a\"\nsources = [\"data\"]\nschedule = \"0 * * * *\"\n",
