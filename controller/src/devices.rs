@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use lifeboat_core::snapshot::SourceKind;
 use lifeboat_proto::pb;
+use lifeboat_proto::states::Basis;
 
 use crate::Controller;
 use crate::catalog::AgentRow;
@@ -112,12 +113,7 @@ pub fn devices(ctl: &Controller, now_ms: i64) -> Result<Vec<pb::DeviceInfo>, Api
             agent: a.name,
             sources,
             restore_estimate_ms: device_ms.round() as u64,
-            estimate_basis: if any && measured {
-                "measured"
-            } else {
-                "assumed"
-            }
-            .into(),
+            estimate_basis: Basis::of(any && measured).into(),
             rate_bytes_per_sec: rate,
             fixed_ms: fixed.round() as u64,
         });

@@ -4,35 +4,23 @@
 /// is optional). `None` for anything else, zero, or a negative number.
 pub fn parse_rate(s: &str) -> Option<u64> {
     let v = s.trim();
-    let v = v.strip_suffix("/s").unwrap_or(v);
-    let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
-    let (n, unit) = v.split_at(split);
-    let n: f64 = n.trim().parse().ok()?;
-    let mul = match unit {
-        "" | "B" => 1.0,
-        "KB" | "kB" => 1e3,
-        "MB" => 1e6,
-        "GB" => 1e9,
-        "KiB" => 1024.0,
-        "MiB" => 1024.0 * 1024.0,
-        "GiB" => 1024.0 * 1024.0 * 1024.0,
-        "kbit" | "Kbit" => 1e3 / 8.0,
-        "Mbit" => 1e6 / 8.0,
-        "Gbit" => 1e9 / 8.0,
-        _ => return None,
-    };
-    let bytes = (n * mul).round();
-    (n.is_finite() && bytes >= 1.0).then_some(bytes as u64)
+    amount(v.strip_suffix("/s").unwrap_or(v), |unit| match unit {
+        "kbit" | "Kbit" => Some(1e3 / 8.0),
+        "Mbit" => Some(1e6 / 8.0),
+        "Gbit" => Some(1e9 / 8.0),
+        other => byte_unit(other),
+    })
 }
 
 /// Parses a size in bytes: `1TiB`, `500GiB`, `10MB`, `4096`. `None` for anything else,
 /// zero, or a negative number.
 pub fn parse_size(s: &str) -> Option<u64> {
-    let v = s.trim();
-    let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
-    let (n, unit) = v.split_at(split);
-    let n: f64 = n.trim().parse().ok()?;
-    let mul = match unit {
+    amount(s, byte_unit)
+}
+
+/// Bytes per unit of the byte units both parsers take.
+fn byte_unit(unit: &str) -> Option<f64> {
+    Some(match unit {
         "" | "B" => 1.0,
         "KB" | "kB" => 1e3,
         "MB" => 1e6,
@@ -43,8 +31,17 @@ pub fn parse_size(s: &str) -> Option<u64> {
         "GiB" => 1024.0 * 1024.0 * 1024.0,
         "TiB" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
         _ => return None,
-    };
-    let bytes = (n * mul).round();
+    })
+}
+
+/// A number followed by a unit (`unit` says how many bytes one is): a whole number of
+/// bytes, at least one. `None` for anything else.
+fn amount(s: &str, unit: impl Fn(&str) -> Option<f64>) -> Option<u64> {
+    let v = s.trim();
+    let split = v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len());
+    let (n, u) = v.split_at(split);
+    let n: f64 = n.trim().parse().ok()?;
+    let bytes = (n * unit(u)?).round();
     (n.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 

@@ -108,6 +108,27 @@ word_states!(
     }
 );
 
+word_states!(
+    /// What an estimate rests on (`DeviceInfo.estimate_basis`, `PlanDevice.estimate_basis`,
+    /// `DrillInfo.estimate_basis`).
+    Basis {
+        /// Restores or drills of this device were timed.
+        Measured = "measured",
+        /// None ran here yet: the fleet's rates stand in.
+        Assumed = "assumed",
+    }
+);
+
+impl Basis {
+    pub fn of(measured: bool) -> Basis {
+        if measured {
+            Basis::Measured
+        } else {
+            Basis::Assumed
+        }
+    }
+}
+
 impl StepState {
     /// Whether nothing more will happen to it.
     pub fn ended(self) -> bool {

@@ -540,7 +540,8 @@ impl Drop for Fleet {
 pub struct RawJob {
     pub api: lifeboat_proto::pb::agent_api_client::AgentApiClient<tonic::transport::Channel>,
     pub job_id: String,
-    _tx: tokio::sync::mpsc::Sender<lifeboat_proto::pb::AgentMessage>,
+    /// Further messages of the session (job updates), as the agent would send them.
+    pub tx: tokio::sync::mpsc::Sender<lifeboat_proto::pb::AgentMessage>,
     _session: tonic::Streaming<lifeboat_proto::pb::ControllerMessage>,
 }
 
@@ -598,7 +599,7 @@ impl RawJob {
         RawJob {
             api,
             job_id,
-            _tx: tx,
+            tx,
             _session: session,
         }
     }

@@ -1074,39 +1074,9 @@ async fn a_job_lists_only_snapshots_it_committed() {
     })
     .await
     .expect("setup");
-    let mut api = AgentApiClient::new(
-        transport::connect(&fleet.url, agent_tls(&fleet.path("agents/b")))
-            .await
-            .expect("connect as b"),
-    );
-    let (tx, mut session) = open_session(
-        &mut api,
-        pb::Hello {
-            sources: vec![pb::Source {
-                name: "data".into(),
-                kind: "path".into(),
-                path: "/data".into(),
-            }],
-            ..Default::default()
-        },
-    )
-    .await;
-    let job_id = tokio::task::block_in_place(|| {
-        wait_for("b's source to be known", Duration::from_secs(10), || {
-            let out = fleet.cli(&["backup", "b", "--source", "data", "--json"]);
-            out.status.success().then(|| {
-                let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-                v["id"].as_str().expect("job id").to_string()
-            })
-        })
-    });
-    let msg = tokio::time::timeout(Duration::from_secs(20), session.message())
-        .await
-        .expect("job delivered")
-        .expect("stream")
-        .expect("message");
-    assert!(matches!(msg.msg, Some(pb::controller_message::Msg::Job(_))));
-    tx.send(pb::AgentMessage {
+    let b = lifeboat_tests::RawJob::start(&fleet, "b", "data").await;
+    let job_id = b.job_id.clone();
+    b.tx.send(pb::AgentMessage {
         msg: Some(pb::agent_message::Msg::JobUpdate(pb::JobUpdate {
             job_id: job_id.clone(),
             state: pb::JobState::Succeeded as i32,
@@ -1420,36 +1390,9 @@ async fn commits_are_taken_only_inside_a_running_job_for_its_sources() {
         r.to_bytes()
     };
 
-    // b's own backup job, running: b is a raw session that reported one source.
-    let mut api_b = as_agent(&fleet, "b").await;
-    let (_tx, mut session) = open_session(
-        &mut api_b,
-        pb::Hello {
-            sources: vec![pb::Source {
-                name: "data".into(),
-                kind: "path".into(),
-                path: "/data".into(),
-            }],
-            ..Default::default()
-        },
-    )
-    .await;
-    let b_job = tokio::task::block_in_place(|| {
-        wait_for("b's source to be known", Duration::from_secs(10), || {
-            let out = fleet.cli(&["backup", "b", "--source", "data", "--json"]);
-            out.status.success().then(|| {
-                let v: Value = serde_json::from_slice(&out.stdout).expect("json");
-                v["id"].as_str().expect("job id").to_string()
-            })
-        })
-    });
-    let msg = tokio::time::timeout(Duration::from_secs(20), session.message())
-        .await
-        .expect("job delivered")
-        .expect("stream")
-        .expect("message");
-    assert!(matches!(msg.msg, Some(pb::controller_message::Msg::Job(_))));
-
+    // b's own backup job, running: b is a bare session that reported one source.
+    let raw_b = lifeboat_tests::RawJob::start(&fleet, "b", "data").await;
+    let (mut api_b, b_job) = (raw_b.api.clone(), raw_b.job_id.clone());
     let mut api_a = as_agent(&fleet, "a").await;
     let mut refused = std::collections::BTreeMap::<String, usize>::new();
     let commit =

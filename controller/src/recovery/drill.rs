@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use lifeboat_core::snapshot::SourceKind;
 use lifeboat_proto::pb::{self, JobState};
-use lifeboat_proto::states::DrillState;
+use lifeboat_proto::states::{Basis, DrillState};
 use prost::Message;
 
 use super::estimate::Model;
@@ -67,7 +67,7 @@ pub fn start(
                 error: "the device has no snapshot to drill".into(),
                 probe: probe.into(),
                 policy: policy.into(),
-                estimate_basis: "assumed".into(),
+                estimate_basis: Basis::Assumed.into(),
                 ..Default::default()
             });
             continue;

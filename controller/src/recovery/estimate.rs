@@ -51,7 +51,7 @@ pub struct Rates {
 
 impl Rates {
     pub fn basis(&self) -> &'static str {
-        if self.measured { "measured" } else { "assumed" }
+        lifeboat_proto::states::Basis::of(self.measured).as_str()
     }
 
     pub fn estimate_ms(&self, bytes: u64) -> f64 {

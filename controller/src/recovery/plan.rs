@@ -5,7 +5,7 @@
 use lifeboat_core::ChunkId;
 use lifeboat_core::snapshot::{Record, SourceKind};
 use lifeboat_proto::pb;
-use lifeboat_proto::states::{PlanState, StepState};
+use lifeboat_proto::states::{Basis, PlanState, StepState};
 use prost::Message;
 
 use super::estimate::{self, Model, Step, Work};
@@ -218,7 +218,7 @@ pub fn create(
         if dev.sources.is_empty() {
             continue;
         }
-        dev.estimate_basis = if measured { "measured" } else { "assumed" }.into();
+        dev.estimate_basis = Basis::of(measured).into();
         works.push(Work {
             tier: dev.tier,
             steps,
