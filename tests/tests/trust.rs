@@ -994,32 +994,42 @@ fn certificates_renew_over_the_session_and_revocation_closes_it() {
 /// A malformed certificate request is INVALID_ARGUMENT and leaves the join token unspent
 /// (it enrolls the machine right after); a caller without a valid token learns nothing
 /// about which agent names exist.
+/// One `Enroll` call straight over gRPC (as a stranger with a token would make it).
+fn enroll_raw(
+    fleet: &Fleet,
+    rt: &tokio::runtime::Runtime,
+    token: &str,
+    name: &str,
+    csr_pem: String,
+) -> Result<(), tonic::Status> {
+    let (url, fp) = (fleet.url.clone(), fleet.fingerprint.clone());
+    let (token, name) = (token.to_string(), name.to_string());
+    rt.block_on(async move {
+        let channel = transport::connect(&url, ClientTls::enrollment(&fp).expect("tls"))
+            .await
+            .expect("connect");
+        pb::enrollment_client::EnrollmentClient::new(channel)
+            .enroll(pb::EnrollRequest {
+                token,
+                name,
+                labels: Default::default(),
+                csr_pem,
+                signing_public_key: SigningKey::generate().expect("key").public_key(),
+                hostname: "h".into(),
+            })
+            .await
+            .map(drop)
+    })
+}
+
 #[test]
 fn enrollment_refusals_spend_no_token_and_leak_no_names() {
     let fleet = Fleet::start();
     fleet.enroll("taken");
     let token = fleet.token("10m");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let enroll = |token: &str, name: &str, csr_pem: String| {
-        let (url, fp) = (fleet.url.clone(), fleet.fingerprint.clone());
-        let (token, name) = (token.to_string(), name.to_string());
-        rt.block_on(async move {
-            let channel = transport::connect(&url, ClientTls::enrollment(&fp).expect("tls"))
-                .await
-                .expect("connect");
-            pb::enrollment_client::EnrollmentClient::new(channel)
-                .enroll(pb::EnrollRequest {
-                    token,
-                    name,
-                    labels: Default::default(),
-                    csr_pem,
-                    signing_public_key: SigningKey::generate().expect("key").public_key(),
-                    hostname: "h".into(),
-                })
-                .await
-                .map(drop)
-        })
-    };
+    let enroll =
+        |token: &str, name: &str, csr_pem: String| enroll_raw(&fleet, &rt, token, name, csr_pem);
     let bad = enroll(
         &token,
         "fresh",
@@ -1516,24 +1526,7 @@ fn enrollment_guesses_are_rate_limited_and_token_secrets_never_logged() {
     let spare = fleet.token("10m");
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let enroll = |token: &str, name: &str| {
-        let (url, fp) = (fleet.url.clone(), fleet.fingerprint.clone());
-        let (token, name) = (token.to_string(), name.to_string());
-        rt.block_on(async move {
-            let channel = transport::connect(&url, ClientTls::enrollment(&fp).expect("tls"))
-                .await
-                .expect("connect");
-            pb::enrollment_client::EnrollmentClient::new(channel)
-                .enroll(pb::EnrollRequest {
-                    token,
-                    name,
-                    labels: Default::default(),
-                    csr_pem: pki::make_csr("x").expect("csr").0,
-                    signing_public_key: SigningKey::generate().expect("key").public_key(),
-                    hostname: "h".into(),
-                })
-                .await
-                .map(drop)
-        })
+        enroll_raw(&fleet, &rt, token, name, pki::make_csr("x").expect("csr").0)
     };
     let e = enroll(&used, "second").expect_err("a used token enrolled again");
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");

@@ -49,11 +49,7 @@ pub fn image_source(i: &pb::DockerImage) -> String {
 
 /// The sources a policy means on one agent, from what the agent reported.
 pub fn sources_for(policy: &Policy, agent: &AgentRow) -> Vec<String> {
-    let inv: pb::DockerInventory = agent
-        .docker
-        .as_deref()
-        .and_then(|b| prost::Message::decode(b).ok())
-        .unwrap_or_default();
+    let inv = crate::restores::inventory(agent);
     let paths: Vec<&str> = agent.sources.iter().map(|(n, _, _)| n.as_str()).collect();
     let mut out = Vec::new();
     for s in &policy.sources {
