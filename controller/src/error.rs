@@ -74,6 +74,19 @@ impl From<lifeboat_core::Error> for ApiError {
     }
 }
 
+impl From<crate::store::objects::StoreError> for ApiError {
+    fn from(e: crate::store::objects::StoreError) -> Self {
+        use crate::store::objects::StoreError as E;
+        match e {
+            E::NotFound { .. } => ApiError::NotFound(e.to_string()),
+            E::Full(m) => ApiError::ResourceExhausted(m),
+            E::Unavailable(m) => ApiError::Unavailable(m),
+            E::Refused(m) => ApiError::FailedPrecondition(m),
+            E::Corrupt(m) | E::Io(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
         ApiError::Internal(format!("background task failed: {e}"))

@@ -109,10 +109,10 @@ pub fn gc(
         }
         let entries = ctl.catalog.chunks_in_pack(&name)?;
         if !entries.is_empty() {
-            let path = pack::pack_path(&ctl.store.packs_dir(), &name);
-            let file = std::fs::File::open(&path)
-                .map_err(|e| ApiError::internal(format!("opening {}: {e}", path.display())))?;
-            let mut w = pack::PackWriter::create(&ctl.store.tmp_dir())?;
+            let old = ctl.store.pack_file(&name)?;
+            let file = std::fs::File::open(&old.path)
+                .map_err(|e| ApiError::internal(format!("opening {}: {e}", old.path.display())))?;
+            let mut w = ctl.store.new_pack()?;
             for (id, offset, length) in &entries {
                 let blob = pack::read_blob(&file, *offset, *length)?;
                 // Never copy a bad blob over: scrub's business, and it must be loud.
@@ -123,7 +123,7 @@ pub fn gc(
                 })?;
                 w.add(*id, &blob)?;
             }
-            let sealed = w.seal(&ctl.store.packs_dir())?;
+            let sealed = ctl.store.store_pack(w)?;
             crash_point("compact-after-new-pack");
             ctl.catalog.relocate(&sealed, now_ms)?;
             crash_point("compact-after-relocate");

@@ -39,7 +39,7 @@ pub mod scheduler;
 pub(crate) mod scrub;
 pub mod setup;
 pub(crate) mod snapshots;
-pub(crate) mod store;
+pub mod store;
 pub(crate) mod workers;
 
 use std::future::Future;
@@ -129,7 +129,10 @@ pub const DEFAULT_UPLOAD_QUOTA: u64 = 1 << 40;
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
     pub data_dir: PathBuf,
-    pub store: Option<PathBuf>,
+    /// `--store`: a directory or `s3://BUCKET/PREFIX`.
+    pub store: Option<String>,
+    /// `--s3-*`: how to reach an S3 store.
+    pub s3: store::location::S3Options,
     /// Lifetime of agent certificates (renewed over the session with a third left).
     pub agent_cert_lifetime: Duration,
     /// The scheduler's fleet-wide limit on queued and running jobs.
@@ -210,7 +213,7 @@ pub fn start_with_clock(
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| ApiError::internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
     let lock = lock_data_dir(&cfg.data_dir)?;
-    let prepared = setup::prepare(&cfg.data_dir, cfg.store.as_deref())?;
+    let prepared = setup::prepare(&cfg.data_dir, cfg.store.as_deref(), &cfg.s3)?;
     let addr = listener
         .local_addr()
         .map_err(|e| ApiError::internal(format!("listener address: {e}")))?;
@@ -225,11 +228,9 @@ pub fn start_with_clock(
     let http_tls = http_tls_config(&prepared)?;
     let ca_fingerprint = lifeboat_core::pki::fingerprint(&prepared.ca.cert_pem)?;
     let catalog = Arc::new(prepared.catalog);
-    let store = store::Store::open(
-        &prepared.store_dir,
-        prepared.chunk_key.clone(),
-        catalog.clone(),
-    )?;
+    let objects = store::open_objects(&prepared.store, &prepared.staging_dir)?;
+    tracing::info!(store = %objects.describe(), "store opened");
+    let store = store::Store::open(objects, prepared.chunk_key.clone(), catalog.clone())?;
     let jobs = jobs::Jobs::new(
         catalog.clone(),
         clock.clone(),
@@ -238,7 +239,7 @@ pub fn start_with_clock(
     jobs.recover_after_restart()?;
     let audit = audit::Audit::new(
         catalog.clone(),
-        &prepared.store_dir,
+        &prepared.anchor_dir,
         SigningKey::from_pkcs8(prepared.signer.pkcs8())?,
     );
     audit.check_at_start()?;

@@ -31,9 +31,23 @@ enum Cmd {
         /// HTTPS listen address for /metrics and /healthz.
         #[arg(long)]
         http: Option<SocketAddr>,
-        /// Store directory (default DATA_DIR/store); fixed at first start.
+        /// Where the store lives: a directory (default DATA_DIR/store) or
+        /// s3://BUCKET/PREFIX; fixed at first start. S3 credentials come from
+        /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the shared credentials file.
         #[arg(long)]
-        store: Option<PathBuf>,
+        store: Option<String>,
+        /// The S3 endpoint, for an s3:// store (e.g. https://s3.eu-west-1.amazonaws.com).
+        #[arg(long)]
+        s3_endpoint: Option<String>,
+        /// The S3 region (default us-east-1).
+        #[arg(long)]
+        s3_region: Option<String>,
+        /// Path-style addressing (ENDPOINT/BUCKET/KEY), as most servers other than AWS want.
+        #[arg(long)]
+        s3_path_style: bool,
+        /// PEM roots that verify the S3 endpoint's certificate (default: the system's).
+        #[arg(long)]
+        s3_ca: Option<PathBuf>,
         /// Lifetime of agent certificates; agents renew over their session with a third left.
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         agent_cert_lifetime: std::time::Duration,
@@ -89,6 +103,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             listen,
             http,
             store,
+            s3_endpoint,
+            s3_region,
+            s3_path_style,
+            s3_ca,
             agent_cert_lifetime,
             max_concurrent_jobs,
             prune_every,
@@ -111,6 +129,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 &lifeboat_controller::ServeConfig {
                     data_dir,
                     store,
+                    s3: lifeboat_controller::store::location::S3Options {
+                        endpoint: s3_endpoint,
+                        region: s3_region,
+                        path_style: s3_path_style,
+                        ca_file: s3_ca,
+                    },
                     agent_cert_lifetime,
                     max_concurrent_jobs,
                     prune_every: (!prune_every.is_zero()).then_some(prune_every),

@@ -26,30 +26,30 @@ pub struct RebuildReport {
 
 pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
     let _lock = lock_data_dir(data_dir)?;
-    let prepared = setup::prepare(data_dir, None)?;
+    let prepared = setup::prepare(data_dir, None, &Default::default())?;
     let catalog = std::sync::Arc::new(prepared.catalog);
-    let store = crate::store::Store::open(
-        &prepared.store_dir,
-        prepared.chunk_key.clone(),
-        catalog.clone(),
-    )?;
+    let objects = crate::store::open_objects(&prepared.store, &prepared.staging_dir)?;
+    let store = crate::store::Store::open(objects, prepared.chunk_key.clone(), catalog.clone())?;
     let controller_key = prepared.signer.public_key();
     let mut report = RebuildReport::default();
     restore_admin(data_dir, &catalog)?;
     catalog.clear_store_index()?;
-    for path in store.pack_paths()? {
-        let name = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        match pack::read_index(&path) {
+    for name in store.pack_names()? {
+        let file = match store.pack_file(&name) {
+            Ok(f) => f,
+            Err(e) => {
+                report.skipped.push(format!("pack {name}: {e}"));
+                continue;
+            }
+        };
+        match pack::read_index(&file.path) {
             Ok(entries) => {
-                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                let size = std::fs::metadata(&file.path).map(|m| m.len()).unwrap_or(0);
                 report.chunks += entries.len() as u64;
                 catalog.insert_pack(
                     &pack::SealedPack {
                         name,
-                        path: path.clone(),
+                        path: file.path.clone(),
                         size,
                         entries,
                     },
@@ -57,16 +57,15 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
                 )?;
                 report.packs += 1;
             }
-            Err(e) => match salvage(&store, &prepared.chunk_key, &path, &name) {
+            Err(e) => match salvage(&store, &prepared.chunk_key, &file, &name) {
                 Ok((sealed, moved)) => {
                     let n = sealed.as_ref().map_or(0, |p| p.entries.len());
                     report.salvaged.push(format!(
-                        "pack {name}: {e}; {n} chunks salvaged{}; the damaged file is now {}",
+                        "pack {name}: {e}; {n} chunks salvaged{}; the damaged file is now {moved}",
                         sealed
                             .as_ref()
                             .map(|p| format!(" into pack {}", p.name))
                             .unwrap_or_default(),
-                        moved.display()
                     ));
                     if let Some(sealed) = sealed {
                         report.chunks += n as u64;
@@ -125,34 +124,33 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
     Ok(report)
 }
 
-/// Copies the chunks still readable in a damaged pack into a new pack (sealed and
-/// checked like any other) and moves the damaged file to `STORE/damaged/`, where it stays
-/// for whoever investigates: nothing is deleted.
+/// Copies the chunks still readable in a damaged pack into a new pack (sealed, stored and
+/// checked like any other) and sets the damaged one aside under `damaged/`, where it stays
+/// for whoever investigates: nothing is deleted. Returns the new pack and where the damaged
+/// one went.
 fn salvage(
     store: &crate::store::Store,
     key: &lifeboat_core::ChunkKey,
-    path: &Path,
+    damaged: &crate::store::PackFile,
     name: &str,
-) -> Result<(Option<pack::SealedPack>, std::path::PathBuf), ApiError> {
-    // Moved aside first: the salvaged pack may get the same name (a pack is named by its
-    // trailer, and an intact run of blobs makes the same trailer again).
-    let damaged_dir = store.tmp_dir().with_file_name("damaged");
-    std::fs::create_dir_all(&damaged_dir)
-        .map_err(|e| ApiError::internal(format!("creating {}: {e}", damaged_dir.display())))?;
-    let moved = damaged_dir.join(format!("{name}.pack"));
-    lifeboat_core::durable::rename_durable(path, &moved)?;
-    let found = pack::salvage(&moved, key)?;
-    if found.is_empty() {
-        return Ok((None, moved));
+) -> Result<(Option<pack::SealedPack>, String), ApiError> {
+    let found = pack::salvage(&damaged.path, key)?;
+    let mut writer = None;
+    if !found.is_empty() {
+        let file = std::fs::File::open(&damaged.path)
+            .map_err(|e| ApiError::internal(format!("opening {}: {e}", damaged.path.display())))?;
+        let mut w = store.new_pack()?;
+        for e in &found {
+            let blob = pack::read_blob(&file, e.offset, e.length)?;
+            w.add(e.id, &blob)?;
+        }
+        writer = Some(w);
     }
-    let file = std::fs::File::open(&moved)
-        .map_err(|e| ApiError::internal(format!("opening {}: {e}", moved.display())))?;
-    let mut writer = pack::PackWriter::create(&store.tmp_dir())?;
-    for e in &found {
-        let blob = pack::read_blob(&file, e.offset, e.length)?;
-        writer.add(e.id, &blob)?;
-    }
-    Ok((Some(writer.seal(&store.packs_dir())?), moved))
+    // Set aside before the new pack is stored: it may get the same name (a pack is named
+    // by its trailer, and an intact run of blobs makes the same trailer again).
+    let moved = store.set_aside(name, damaged)?;
+    let sealed = writer.map(|w| store.store_pack(w)).transpose()?;
+    Ok((sealed, moved))
 }
 
 /// Re-registers the admin identity of `DIR/admin.identity`, so the operator who rebuilt a

@@ -61,13 +61,27 @@ fn check_pack(
     report: &mut Report,
 ) -> Result<Vec<(ChunkId, String)>, ApiError> {
     let entries = ctl.catalog.chunks_in_pack(pack_name)?;
-    let path = pack::pack_path(&ctl.store.packs_dir(), pack_name);
+    // Read whole: a local pack in place, a bucket's pack as one GET. A store that does
+    // not answer fails the scrub: nothing is judged missing on the strength of an outage.
+    let copy = match entries.is_empty() {
+        true => None,
+        false => match ctl.store.pack_file(pack_name) {
+            Ok(f) => Some(Ok(f)),
+            Err(ApiError::NotFound(why)) => Some(Err(why)),
+            Err(e) => return Err(e),
+        },
+    };
+    let path = match &copy {
+        Some(Ok(f)) => Some(f.path.clone()),
+        _ => None,
+    };
     // The trailer must still describe every chunk the catalog places here (GC may have
     // dropped some from the catalog before compaction, so it may describe more). A pack
     // the catalog places nothing in serves no snapshot: GC removes it.
-    let trailer = match pack::read_index(&path) {
+    let trailer = match path.as_deref().map(pack::read_index) {
         _ if entries.is_empty() => Ok(()),
-        Ok(index) => {
+        None => Err("it cannot be read".to_string()),
+        Some(Ok(index)) => {
             let listed: HashSet<(ChunkId, u64, u32)> =
                 index.iter().map(|e| (e.id, e.offset, e.length)).collect();
             match entries.iter().find(|e| !listed.contains(e)) {
@@ -77,12 +91,16 @@ fn check_pack(
                 None => Ok(()),
             }
         }
-        Err(e) => Err(format!("its trailer cannot be read: {e}")),
+        Some(Err(e)) => Err(format!("its trailer cannot be read: {e}")),
     };
     if let Err(why) = trailer {
         report.damaged_packs.push((pack_name.to_string(), why));
     }
-    let file = std::fs::File::open(&path);
+    let file = match (&copy, &path) {
+        (Some(Err(why)), _) => Err(why.clone()),
+        (_, Some(p)) => std::fs::File::open(p).map_err(|e| e.to_string()),
+        _ => Err("nothing to read".to_string()),
+    };
     let mut bad = Vec::new();
     for (id, offset, length) in entries {
         report.chunks += 1;
@@ -133,7 +151,10 @@ pub fn scrub(ctl: &Controller, scope: Scope, period_ms: i64) -> Result<Report, A
                                 bad.push((id, pack_name, format!("corrupt: {e}")));
                             }
                         }
-                        Err(e) => bad.push((id, pack_name, format!("missing: {e}"))),
+                        Err(ApiError::NotFound(e)) => {
+                            bad.push((id, pack_name, format!("missing: {e}")))
+                        }
+                        Err(e) => return Err(e),
                     },
                 }
             }

@@ -9,6 +9,8 @@
 //! DIR/controller.json         settings fixed at first start (the store location)
 //! DIR/catalog.db              the SQLite catalog
 //! DIR/store/                  the default store
+//! DIR/staging/                an S3 store's packs between seal and upload
+//! DIR/audit-head              the audit anchor, when the store is not a local directory
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
 use crate::error::ApiError;
+use crate::store::location::{S3Location, S3Options, StoreLocation};
 
 /// The first admin's identity lasts a year (`lifeboat identity create` chooses for the
 /// others); agent certificates are short-lived and renewed over the session.
@@ -33,7 +36,34 @@ pub const DEFAULT_AGENT_CERT_LIFETIME: std::time::Duration =
 #[serde(deny_unknown_fields)]
 struct Settings {
     version: u32,
+    /// A directory, or `s3://BUCKET/PREFIX` (then `s3` says how to reach it).
     store: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    s3: Option<S3Location>,
+}
+
+impl Settings {
+    fn location(&self) -> StoreLocation {
+        match &self.s3 {
+            Some(s3) => StoreLocation::S3(s3.clone()),
+            None => StoreLocation::Local(self.store.clone()),
+        }
+    }
+
+    fn of(location: &StoreLocation) -> Settings {
+        match location {
+            StoreLocation::Local(dir) => Settings {
+                version: 1,
+                store: dir.clone(),
+                s3: None,
+            },
+            StoreLocation::S3(s3) => Settings {
+                version: 1,
+                store: format!("s3://{}/{}", s3.bucket, s3.prefix).into(),
+                s3: Some(s3.clone()),
+            },
+        }
+    }
 }
 
 /// Everything loaded from (or created in) the data directory.
@@ -42,7 +72,12 @@ pub struct Prepared {
     pub chunk_key: ChunkKey,
     /// Countersigns every committed snapshot.
     pub signer: SigningKey,
-    pub store_dir: PathBuf,
+    pub store: StoreLocation,
+    /// Where an S3 store's packs wait between seal and upload.
+    pub staging_dir: PathBuf,
+    /// Where the audit anchor lives: the store directory, or the data directory when the
+    /// store is a bucket.
+    pub anchor_dir: PathBuf,
     pub server_chain_pem: String,
     pub server_key_pem: String,
     pub catalog: Catalog,
@@ -54,42 +89,56 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> ApiError {
 }
 
 /// Loads the data directory, creating the CA, keys and admin identity on first start.
-/// `store` may only be given on first start or repeated unchanged.
-pub fn prepare(data_dir: &Path, store: Option<&Path>) -> Result<Prepared, ApiError> {
+/// `store` (as `--store` gives it) may only be given on first start or repeated unchanged;
+/// the `--s3-*` connection options may change at any start.
+pub fn prepare(data_dir: &Path, store: Option<&str>, s3: &S3Options) -> Result<Prepared, ApiError> {
     std::fs::create_dir_all(data_dir).map_err(io("creating", data_dir))?;
     restrict_dir(data_dir)?;
+    let given = store
+        .map(|s| StoreLocation::parse(s, s3))
+        .transpose()
+        .map_err(ApiError::InvalidArgument)?;
     let settings_path = data_dir.join("controller.json");
-    let store_dir = if settings_path.exists() {
-        let s: Settings = serde_json::from_slice(
+    let location = if settings_path.exists() {
+        let saved: Settings = serde_json::from_slice(
             &std::fs::read(&settings_path).map_err(io("reading", &settings_path))?,
         )
         .map_err(|e| ApiError::internal(format!("{}: {e}", settings_path.display())))?;
-        if let Some(given) = store
-            && given != s.store
-        {
+        let location = match saved.location() {
+            StoreLocation::S3(loc) => StoreLocation::S3(loc.with_options(s3)),
+            local => local,
+        };
+        let same = match (&given, &location) {
+            (None, _) => true,
+            (Some(StoreLocation::Local(a)), StoreLocation::Local(b)) => a == b,
+            (Some(StoreLocation::S3(a)), StoreLocation::S3(b)) => a.same_store(b),
+            _ => false,
+        };
+        if !same {
             return Err(ApiError::InvalidArgument(format!(
                 "this controller's store is {}; --store {} differs (the store cannot be moved by a flag)",
-                s.store.display(),
-                given.display()
+                saved.store.display(),
+                store.unwrap_or_default()
             )));
         }
-        s.store
+        if location != saved.location() {
+            write_settings(&settings_path, &location)?;
+        }
+        location
     } else {
-        let store = match store {
-            Some(p) => std::path::absolute(p).map_err(io("resolving", p))?,
-            None => data_dir.join("store"),
+        let location = match given {
+            Some(StoreLocation::Local(p)) => {
+                StoreLocation::Local(std::path::absolute(&p).map_err(io("resolving", &p))?)
+            }
+            Some(s3) => s3,
+            None => StoreLocation::Local(data_dir.join("store")),
         };
-        let s = Settings {
-            version: 1,
-            store: store.clone(),
-        };
-        write_atomic(
-            &settings_path,
-            &serde_json::to_vec_pretty(&s).unwrap_or_default(),
-            0o600,
-        )?;
-        store
+        write_settings(&settings_path, &location)?;
+        location
     };
+    let anchor_dir = location
+        .local_dir()
+        .map_or_else(|| data_dir.to_owned(), Path::to_owned);
 
     let ca_crt = data_dir.join("ca.crt");
     let ca_key = data_dir.join("ca.key");
@@ -142,11 +191,19 @@ pub fn prepare(data_dir: &Path, store: Option<&Path>) -> Result<Prepared, ApiErr
         ca,
         chunk_key,
         signer,
-        store_dir,
+        store: location,
+        staging_dir: data_dir.join("staging"),
+        anchor_dir,
         server_chain_pem,
         server_key_pem: server.key_pem,
         catalog,
     })
+}
+
+fn write_settings(path: &Path, location: &StoreLocation) -> Result<(), ApiError> {
+    let json = serde_json::to_vec_pretty(&Settings::of(location))
+        .map_err(|e| ApiError::internal(format!("encoding {}: {e}", path.display())))?;
+    Ok(write_atomic(path, &json, 0o600)?)
 }
 
 fn restrict_dir(dir: &Path) -> Result<(), ApiError> {

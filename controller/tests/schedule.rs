@@ -82,6 +82,7 @@ async fn start(dir: &std::path::Path, t0: i64) -> (lifeboat_controller::Running,
         &ServeConfig {
             data_dir: dir.join("ctl"),
             store: None,
+            s3: Default::default(),
             agent_cert_lifetime: std::time::Duration::from_secs(86_400),
             max_concurrent_jobs: 5,
             prune_every: None,

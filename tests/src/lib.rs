@@ -6,6 +6,7 @@
 //! `cargo build --workspace --bins`, which the test command in README.md runs first), or
 //! from `LIFEBOAT_BIN_DIR`.
 
+pub mod s3;
 pub mod tree;
 
 use std::io::{BufRead, BufReader};
@@ -108,6 +109,19 @@ impl Fleet {
 
     /// Starts a controller with extra `serve` arguments (e.g. a short certificate lifetime).
     pub fn start_with(serve_args: &[&str]) -> Fleet {
+        Self::start_with_env(serve_args, Vec::new())
+    }
+
+    /// Starts a controller whose store is under `prefix` in the bucket of `s3`.
+    pub fn start_on_s3(s3: &s3::S3Server, prefix: &str) -> Fleet {
+        let args = s3.serve_args(prefix);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Self::start_with_env(&args, s3.env())
+    }
+
+    /// [`Fleet::start_with`] with extra environment for the controller (kept for restarts
+    /// and `rebuild-catalog`).
+    pub fn start_with_env(serve_args: &[&str], controller_env: Vec<(String, String)>) -> Fleet {
         let dir = tempfile::Builder::new()
             .prefix("lifeboat-e2e-")
             .tempdir()
@@ -120,7 +134,7 @@ impl Fleet {
             dir,
             controller: None,
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
-            controller_env: Vec::new(),
+            controller_env,
             agent_env: Vec::new(),
             agents: Vec::new(),
         };
@@ -215,6 +229,11 @@ impl Fleet {
             .arg("rebuild-catalog")
             .arg("--data-dir")
             .arg(self.path("ctl"))
+            .envs(
+                self.controller_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .output()
             .expect("run rebuild-catalog")
     }

@@ -12,7 +12,19 @@ use lifeboat_tests::tree::{self, Rng};
 
 #[test]
 fn backup_change_backup_restore_both_snapshots() {
-    let mut fleet = Fleet::start();
+    day_one_day_two(Fleet::start());
+}
+
+/// The same first hour with the store in an S3 bucket (a real SeaweedFS server).
+#[test]
+fn backup_change_backup_restore_both_snapshots_on_s3() {
+    let Some(s3) = lifeboat_tests::s3::S3Server::start() else {
+        return;
+    };
+    day_one_day_two(Fleet::start_on_s3(&s3, "fleet/one"));
+}
+
+fn day_one_day_two(mut fleet: Fleet) {
     let src = fleet.path("src");
     let mut rng = Rng::new(2026);
     tree::make_tree(&src, &mut rng);

