@@ -21,60 +21,63 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Serve agents and operators over mTLS gRPC.
-    Serve {
-        /// Data directory: CA, keys, catalog, identity files (created on first start).
-        #[arg(long, env = "LIFEBOAT_DATA_DIR")]
-        data_dir: PathBuf,
-        /// gRPC (TLS) listen address.
-        #[arg(long, default_value = "127.0.0.1:7443")]
-        listen: SocketAddr,
-        /// HTTPS listen address for /metrics and /healthz.
-        #[arg(long)]
-        http: Option<SocketAddr>,
-        /// Where the store lives: a directory (default DATA_DIR/store) or
-        /// s3://BUCKET/PREFIX; fixed at first start. S3 credentials come from
-        /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the shared credentials file.
-        #[arg(long)]
-        store: Option<String>,
-        /// The S3 endpoint, for an s3:// store (e.g. https://s3.eu-west-1.amazonaws.com).
-        #[arg(long)]
-        s3_endpoint: Option<String>,
-        /// The S3 region (default us-east-1).
-        #[arg(long)]
-        s3_region: Option<String>,
-        /// Path-style addressing (ENDPOINT/BUCKET/KEY), as most servers other than AWS want.
-        #[arg(long)]
-        s3_path_style: bool,
-        /// PEM roots that verify the S3 endpoint's certificate (default: the system's).
-        #[arg(long)]
-        s3_ca: Option<PathBuf>,
-        /// Lifetime of agent certificates; agents renew over their session with a third left.
-        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
-        agent_cert_lifetime: std::time::Duration,
-        /// Scheduled jobs queued or running at once, fleet-wide.
-        #[arg(long, default_value_t = 32)]
-        max_concurrent_jobs: u32,
-        /// How often retention runs on its own (0s: only `lifeboat prune`).
-        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
-        prune_every: std::time::Duration,
-        /// Read every stored chunk back at least once per this period (0s: only
-        /// `lifeboat verify`).
-        #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
-        scrub_period: std::time::Duration,
-        /// GC never reclaims chunks uploaded within this window: a backup paused longer is
-        /// refused at commit and runs again.
-        #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
-        gc_lease: std::time::Duration,
-        /// Bytes one backup job may upload (a policy's `upload_quota` overrides it); a job
-        /// past it is refused, and GC reclaims what it uploaded.
-        #[arg(long, default_value = "1TiB", value_parser = parse_size)]
-        upload_quota: u64,
-    },
+    Serve(Box<ServeArgs>),
     /// Rebuild the chunk index and snapshot list from the store alone (controller stopped).
     RebuildCatalog {
         #[arg(long, env = "LIFEBOAT_DATA_DIR")]
         data_dir: PathBuf,
     },
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Data directory: CA, keys, catalog, identity files (created on first start).
+    #[arg(long, env = "LIFEBOAT_DATA_DIR")]
+    data_dir: PathBuf,
+    /// gRPC (TLS) listen address.
+    #[arg(long, default_value = "127.0.0.1:7443")]
+    listen: SocketAddr,
+    /// HTTPS listen address for /metrics and /healthz.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Where the store lives: a directory (default DATA_DIR/store) or
+    /// s3://BUCKET/PREFIX; fixed at first start. S3 credentials come from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the shared credentials file.
+    #[arg(long)]
+    store: Option<String>,
+    /// The S3 endpoint, for an s3:// store (e.g. https://s3.eu-west-1.amazonaws.com).
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// The S3 region (default us-east-1).
+    #[arg(long)]
+    s3_region: Option<String>,
+    /// Path-style addressing (ENDPOINT/BUCKET/KEY), as most servers other than AWS want.
+    #[arg(long)]
+    s3_path_style: bool,
+    /// PEM roots that verify the S3 endpoint's certificate (default: the system's).
+    #[arg(long)]
+    s3_ca: Option<PathBuf>,
+    /// Lifetime of agent certificates; agents renew over their session with a third left.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    agent_cert_lifetime: std::time::Duration,
+    /// Scheduled jobs queued or running at once, fleet-wide.
+    #[arg(long, default_value_t = 32)]
+    max_concurrent_jobs: u32,
+    /// How often retention runs on its own (0s: only `lifeboat prune`).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    prune_every: std::time::Duration,
+    /// Read every stored chunk back at least once per this period (0s: only
+    /// `lifeboat verify`).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration)]
+    scrub_period: std::time::Duration,
+    /// GC never reclaims chunks uploaded within this window: a backup paused longer is
+    /// refused at commit and runs again.
+    #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+    gc_lease: std::time::Duration,
+    /// Bytes one backup job may upload (a policy's `upload_quota` overrides it); a job
+    /// past it is refused, and GC reclaims what it uploaded.
+    #[arg(long, default_value = "1TiB", value_parser = parse_size)]
+    upload_quota: u64,
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -98,22 +101,23 @@ async fn main() {
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Serve {
-            data_dir,
-            listen,
-            http,
-            store,
-            s3_endpoint,
-            s3_region,
-            s3_path_style,
-            s3_ca,
-            agent_cert_lifetime,
-            max_concurrent_jobs,
-            prune_every,
-            scrub_period,
-            gc_lease,
-            upload_quota,
-        } => {
+        Cmd::Serve(args) => {
+            let ServeArgs {
+                data_dir,
+                listen,
+                http,
+                store,
+                s3_endpoint,
+                s3_region,
+                s3_path_style,
+                s3_ca,
+                agent_cert_lifetime,
+                max_concurrent_jobs,
+                prune_every,
+                scrub_period,
+                gc_lease,
+                upload_quota,
+            } = *args;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;

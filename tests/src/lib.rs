@@ -112,9 +112,11 @@ impl Fleet {
         Self::start_with_env(serve_args, Vec::new())
     }
 
-    /// Starts a controller whose store is under `prefix` in the bucket of `s3`.
-    pub fn start_on_s3(s3: &s3::S3Server, prefix: &str) -> Fleet {
-        let args = s3.serve_args(prefix);
+    /// Starts a controller whose store is under `prefix` in the bucket of `s3`, with
+    /// extra `serve` arguments.
+    pub fn start_on_s3(s3: &s3::S3Server, prefix: &str, serve_args: &[&str]) -> Fleet {
+        let mut args = s3.serve_args(prefix);
+        args.extend(serve_args.iter().map(|s| s.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Self::start_with_env(&args, s3.env())
     }

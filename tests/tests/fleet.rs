@@ -21,7 +21,7 @@ fn backup_change_backup_restore_both_snapshots_on_s3() {
     let Some(s3) = lifeboat_tests::s3::S3Server::start() else {
         return;
     };
-    day_one_day_two(Fleet::start_on_s3(&s3, "fleet/one"));
+    day_one_day_two(Fleet::start_on_s3(&s3, "fleet/one", &[]));
 }
 
 fn day_one_day_two(mut fleet: Fleet) {
