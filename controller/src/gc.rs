@@ -114,14 +114,17 @@ pub fn gc(
                 .map_err(|e| ApiError::internal(format!("opening {}: {e}", old.path.display())))?;
             let mut w = ctl.store.new_pack()?;
             for (id, offset, length) in &entries {
-                let blob = pack::read_blob(&file, *offset, *length)?;
-                // Never copy a bad blob over: scrub's business, and it must be loud.
-                codec::decode_verified(&ctl.chunk_key, id, &blob).map_err(|e| {
-                    ApiError::FailedPrecondition(format!(
-                        "compacting pack {name}: chunk {id}: {e}; run `lifeboat verify`"
-                    ))
-                })?;
-                w.add(*id, &blob)?;
+                let stored = pack::read_blob(&file, *offset, *length)?;
+                // Never copy a bad blob over: scrub's business, and it must be loud. The
+                // stored bytes move as they are (sealed, in an encrypted store).
+                let blob = ctl.store.open_blob(id, stored.clone());
+                blob.and_then(|b| codec::decode_verified(&ctl.chunk_key, id, &b))
+                    .map_err(|e| {
+                        ApiError::FailedPrecondition(format!(
+                            "compacting pack {name}: chunk {id}: {e}; run `lifeboat verify`"
+                        ))
+                    })?;
+                w.add(*id, &stored)?;
             }
             let sealed = ctl.store.store_pack(w)?;
             crash_point("compact-after-new-pack");

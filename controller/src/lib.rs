@@ -133,6 +133,9 @@ pub struct ServeConfig {
     pub store: Option<String>,
     /// `--s3-*`: how to reach an S3 store.
     pub s3: store::location::S3Options,
+    /// `--recovery-recipient`: the public half (`age1...`) of the offline recovery key a
+    /// new store's data key is wrapped to. None: one is made and shown once.
+    pub recovery_recipient: Option<String>,
     /// Lifetime of agent certificates (renewed over the session with a third left).
     pub agent_cert_lifetime: Duration,
     /// The scheduler's fleet-wide limit on queued and running jobs.
@@ -154,6 +157,9 @@ pub struct Running {
     pub url: String,
     pub identity_path: PathBuf,
     pub http_addr: Option<SocketAddr>,
+    /// The recovery key's secret when this start created the store: to be shown to the
+    /// operator once (it is written nowhere).
+    pub recovery_secret: Option<String>,
     listener: TcpListener,
     http: Option<TcpListener>,
     server_tls: ServerTls,
@@ -213,7 +219,12 @@ pub fn start_with_clock(
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| ApiError::internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
     let lock = lock_data_dir(&cfg.data_dir)?;
-    let prepared = setup::prepare(&cfg.data_dir, cfg.store.as_deref(), &cfg.s3)?;
+    let mut prepared = setup::prepare(
+        &cfg.data_dir,
+        cfg.store.as_deref(),
+        &cfg.s3,
+        cfg.recovery_recipient.as_deref(),
+    )?;
     let addr = listener
         .local_addr()
         .map_err(|e| ApiError::internal(format!("listener address: {e}")))?;
@@ -229,8 +240,18 @@ pub fn start_with_clock(
     let ca_fingerprint = lifeboat_core::pki::fingerprint(&prepared.ca.cert_pem)?;
     let catalog = Arc::new(prepared.catalog);
     let objects = store::open_objects(&prepared.store, &prepared.staging_dir)?;
-    tracing::info!(store = %objects.describe(), "store opened");
-    let store = store::Store::open(objects, prepared.chunk_key.clone(), catalog.clone())?;
+    tracing::info!(store = %objects.describe(), encrypted = prepared.data_key.is_some(), "store opened");
+    // The store keeps the wrapped data key beside what it protects: with the recovery key
+    // it is all a controller rebuilt from the store needs (and, without one, nothing).
+    if let Some(wrapped) = &prepared.wrapped_data_key {
+        objects.put(&format!("keys/{}", setup::STORE_KEY_FILE), wrapped)?;
+    }
+    let store = store::Store::open(
+        objects,
+        prepared.chunk_key.clone(),
+        prepared.data_key.take(),
+        catalog.clone(),
+    )?;
     let jobs = jobs::Jobs::new(
         catalog.clone(),
         clock.clone(),
@@ -244,6 +265,7 @@ pub fn start_with_clock(
     );
     audit.check_at_start()?;
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    let prepared_recovery_secret = prepared.recovery_secret.take();
     let ctl = Arc::new(Controller {
         catalog,
         store,
@@ -272,6 +294,7 @@ pub fn start_with_clock(
         url,
         identity_path,
         http_addr,
+        recovery_secret: prepared_recovery_secret,
         listener,
         http,
         server_tls,

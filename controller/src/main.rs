@@ -57,6 +57,11 @@ struct ServeArgs {
     /// PEM roots that verify the S3 endpoint's certificate (default: the system's).
     #[arg(long)]
     s3_ca: Option<PathBuf>,
+    /// The public half (age1..., from `age-keygen` on an offline machine) of the recovery
+    /// key that a new store's data key is wrapped to. Without it, one is made on first
+    /// start and its secret printed once.
+    #[arg(long)]
+    recovery_recipient: Option<String>,
     /// Lifetime of agent certificates; agents renew over their session with a third left.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     agent_cert_lifetime: std::time::Duration,
@@ -78,6 +83,20 @@ struct ServeArgs {
     /// past it is refused, and GC reclaims what it uploaded.
     #[arg(long, default_value = "1TiB", value_parser = parse_size)]
     upload_quota: u64,
+}
+
+/// The one time the recovery key's secret is shown.
+fn recovery_banner(secret: &str) -> String {
+    format!(
+        "\
+================================================================================
+RECOVERY KEY of this store (shown once; Lifeboat keeps no copy):
+recovery key: {secret}
+Put it in your vault now, offline. With it and the store alone, the data can be
+recovered when this machine is lost; without it, a lost data directory means a
+store nobody can read. `age -d -i KEYFILE store-key.age` unwraps the data key.
+================================================================================"
+    )
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -111,6 +130,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 s3_region,
                 s3_path_style,
                 s3_ca,
+                recovery_recipient,
                 agent_cert_lifetime,
                 max_concurrent_jobs,
                 prune_every,
@@ -139,6 +159,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                         path_style: s3_path_style,
                         ca_file: s3_ca,
                     },
+                    recovery_recipient,
                     agent_cert_lifetime,
                     max_concurrent_jobs,
                     prune_every: (!prune_every.is_zero()).then_some(prune_every),
@@ -154,6 +175,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 println!("metrics: {}/metrics", lifeboat_controller::url_for(a));
             }
             println!("CA fingerprint: {}", running.ca_fingerprint());
+            if let Some(secret) = &running.recovery_secret {
+                println!("{}", recovery_banner(secret));
+            }
             println!("admin identity: {}", running.identity_path.display());
             running.serve(shutdown_signal()).await?;
             Ok(())

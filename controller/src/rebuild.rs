@@ -26,10 +26,15 @@ pub struct RebuildReport {
 
 pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
     let _lock = lock_data_dir(data_dir)?;
-    let prepared = setup::prepare(data_dir, None, &Default::default())?;
+    let mut prepared = setup::prepare(data_dir, None, &Default::default(), None)?;
     let catalog = std::sync::Arc::new(prepared.catalog);
     let objects = crate::store::open_objects(&prepared.store, &prepared.staging_dir)?;
-    let store = crate::store::Store::open(objects, prepared.chunk_key.clone(), catalog.clone())?;
+    let store = crate::store::Store::open(
+        objects,
+        prepared.chunk_key.clone(),
+        prepared.data_key.take(),
+        catalog.clone(),
+    )?;
     let controller_key = prepared.signer.public_key();
     let mut report = RebuildReport::default();
     restore_admin(data_dir, &catalog)?;
@@ -134,7 +139,7 @@ fn salvage(
     damaged: &crate::store::PackFile,
     name: &str,
 ) -> Result<(Option<pack::SealedPack>, String), ApiError> {
-    let found = pack::salvage(&damaged.path, key)?;
+    let found = pack::salvage(&damaged.path, key, store.data_key())?;
     let mut writer = None;
     if !found.is_empty() {
         let file = std::fs::File::open(&damaged.path)

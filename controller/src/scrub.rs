@@ -108,9 +108,11 @@ fn check_pack(
             Err(e) => Err(format!("pack {pack_name} cannot be opened: {e}")),
             Ok(f) => match pack::read_blob(f, offset, length) {
                 Err(e) => Err(format!("missing: {e}")),
-                Ok(blob) => {
-                    report.bytes += blob.len() as u64;
-                    codec::decode_verified(&ctl.chunk_key, &id, &blob)
+                Ok(stored) => {
+                    report.bytes += stored.len() as u64;
+                    ctl.store
+                        .open_blob(&id, stored)
+                        .and_then(|blob| codec::decode_verified(&ctl.chunk_key, &id, &blob))
                         .map(drop)
                         .map_err(|e| format!("corrupt: {e}"))
                 }

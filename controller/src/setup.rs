@@ -7,6 +7,9 @@
 //! DIR/admin.identity          the first admin operator's identity file (0600)
 //! DIR/server.crt, server.key  the controller's TLS certificate, re-issued at every start
 //! DIR/controller.json         settings fixed at first start (the store location)
+//! DIR/store-key.age           the store's data key, wrapped (age) for the controller and
+//!                             for the operator's offline recovery key (0600)
+//! DIR/controller-age.key      the controller's age identity, which unwraps it (0600)
 //! DIR/catalog.db              the SQLite catalog
 //! DIR/store/                  the default store
 //! DIR/staging/                an S3 store's packs between seal and upload
@@ -16,9 +19,11 @@
 use std::path::{Path, PathBuf};
 
 use lifeboat_core::ChunkKey;
+use lifeboat_core::age;
 use lifeboat_core::durable::write_atomic;
 use lifeboat_core::identity::IdentityFile;
 use lifeboat_core::pki::{self, Ca, Validity};
+use lifeboat_core::seal::DataKey;
 use lifeboat_core::sign::SigningKey;
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +45,13 @@ struct Settings {
     store: PathBuf,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     s3: Option<S3Location>,
+    /// Whether the store was created encrypted (every store since 2026-12; older ones
+    /// stay plaintext).
+    #[serde(default)]
+    encrypted: bool,
+    /// The recovery key's public half (`age1...`): the data key is wrapped to it too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    recovery_recipient: Option<String>,
 }
 
 impl Settings {
@@ -50,21 +62,34 @@ impl Settings {
         }
     }
 
-    fn of(location: &StoreLocation) -> Settings {
-        match location {
-            StoreLocation::Local(dir) => Settings {
-                version: 1,
-                store: dir.clone(),
-                s3: None,
-            },
-            StoreLocation::S3(s3) => Settings {
-                version: 1,
-                store: format!("s3://{}/{}", s3.bucket, s3.prefix).into(),
-                s3: Some(s3.clone()),
-            },
+    fn of(location: &StoreLocation, keys: &KeySettings) -> Settings {
+        let (store, s3) = match location {
+            StoreLocation::Local(dir) => (dir.clone(), None),
+            StoreLocation::S3(s3) => (
+                format!("s3://{}/{}", s3.bucket, s3.prefix).into(),
+                Some(s3.clone()),
+            ),
+        };
+        Settings {
+            version: 1,
+            store,
+            s3,
+            encrypted: keys.encrypted,
+            recovery_recipient: keys.recovery_recipient.clone(),
         }
     }
 }
+
+/// What the settings say about the store's keys.
+#[derive(Clone, Default)]
+struct KeySettings {
+    encrypted: bool,
+    recovery_recipient: Option<String>,
+}
+
+/// The store's data key, wrapped for the controller and the recovery key.
+pub const STORE_KEY_FILE: &str = "store-key.age";
+const CONTROLLER_AGE_KEY: &str = "controller-age.key";
 
 /// Everything loaded from (or created in) the data directory.
 pub struct Prepared {
@@ -73,6 +98,13 @@ pub struct Prepared {
     /// Countersigns every committed snapshot.
     pub signer: SigningKey,
     pub store: StoreLocation,
+    /// `None` for a store created before encryption at rest.
+    pub data_key: Option<DataKey>,
+    /// The wrapped data key (`DIR/store-key.age`), which the store keeps a copy of.
+    pub wrapped_data_key: Option<Vec<u8>>,
+    /// The recovery key's secret, when this start created it: shown once, never stored.
+    pub recovery_secret: Option<String>,
+    pub recovery_recipient: Option<String>,
     /// Where an S3 store's packs wait between seal and upload.
     pub staging_dir: PathBuf,
     /// Where the audit anchor lives: the store directory, or the data directory when the
@@ -91,7 +123,12 @@ fn io(what: &str, path: &Path) -> impl FnOnce(std::io::Error) -> ApiError {
 /// Loads the data directory, creating the CA, keys and admin identity on first start.
 /// `store` (as `--store` gives it) may only be given on first start or repeated unchanged;
 /// the `--s3-*` connection options may change at any start.
-pub fn prepare(data_dir: &Path, store: Option<&str>, s3: &S3Options) -> Result<Prepared, ApiError> {
+pub fn prepare(
+    data_dir: &Path,
+    store: Option<&str>,
+    s3: &S3Options,
+    recovery_recipient: Option<&str>,
+) -> Result<Prepared, ApiError> {
     std::fs::create_dir_all(data_dir).map_err(io("creating", data_dir))?;
     restrict_dir(data_dir)?;
     let given = store
@@ -99,7 +136,7 @@ pub fn prepare(data_dir: &Path, store: Option<&str>, s3: &S3Options) -> Result<P
         .transpose()
         .map_err(ApiError::InvalidArgument)?;
     let settings_path = data_dir.join("controller.json");
-    let location = if settings_path.exists() {
+    let (location, keys, store_keys) = if settings_path.exists() {
         let saved: Settings = serde_json::from_slice(
             &std::fs::read(&settings_path).map_err(io("reading", &settings_path))?,
         )
@@ -121,10 +158,27 @@ pub fn prepare(data_dir: &Path, store: Option<&str>, s3: &S3Options) -> Result<P
                 store.unwrap_or_default()
             )));
         }
+        let keys = KeySettings {
+            encrypted: saved.encrypted,
+            recovery_recipient: saved.recovery_recipient.clone(),
+        };
         if location != saved.location() {
-            write_settings(&settings_path, &location)?;
+            write_settings(&settings_path, &location, &keys)?;
         }
-        location
+        if recovery_recipient.is_some_and(|r| Some(r) != keys.recovery_recipient.as_deref()) {
+            return Err(ApiError::InvalidArgument(
+                "--recovery-recipient is fixed when the store is created; this store's recovery key is already chosen".into(),
+            ));
+        }
+        let store_keys = if keys.encrypted {
+            StoreKeys::load(data_dir)?
+        } else {
+            tracing::warn!(
+                "this store was created before encryption at rest: its packs and envelopes are plaintext"
+            );
+            StoreKeys::default()
+        };
+        (location, keys, store_keys)
     } else {
         let location = match given {
             Some(StoreLocation::Local(p)) => {
@@ -133,8 +187,14 @@ pub fn prepare(data_dir: &Path, store: Option<&str>, s3: &S3Options) -> Result<P
             Some(s3) => s3,
             None => StoreLocation::Local(data_dir.join("store")),
         };
-        write_settings(&settings_path, &location)?;
-        location
+        // Keys first: settings that say "encrypted" always have their key file.
+        let store_keys = StoreKeys::create(data_dir, recovery_recipient)?;
+        let keys = KeySettings {
+            encrypted: true,
+            recovery_recipient: store_keys.recovery_recipient.clone(),
+        };
+        write_settings(&settings_path, &location, &keys)?;
+        (location, keys, store_keys)
     };
     let anchor_dir = location
         .local_dir()
@@ -192,6 +252,10 @@ pub fn prepare(data_dir: &Path, store: Option<&str>, s3: &S3Options) -> Result<P
         chunk_key,
         signer,
         store: location,
+        data_key: store_keys.data_key,
+        wrapped_data_key: store_keys.wrapped,
+        recovery_secret: store_keys.recovery_secret,
+        recovery_recipient: keys.recovery_recipient,
         staging_dir: data_dir.join("staging"),
         anchor_dir,
         server_chain_pem,
@@ -200,8 +264,91 @@ pub fn prepare(data_dir: &Path, store: Option<&str>, s3: &S3Options) -> Result<P
     })
 }
 
-fn write_settings(path: &Path, location: &StoreLocation) -> Result<(), ApiError> {
-    let json = serde_json::to_vec_pretty(&Settings::of(location))
+/// The store's keys as this start found or made them.
+#[derive(Default)]
+struct StoreKeys {
+    data_key: Option<DataKey>,
+    wrapped: Option<Vec<u8>>,
+    recovery_secret: Option<String>,
+    recovery_recipient: Option<String>,
+}
+
+impl StoreKeys {
+    /// A new store's data key, wrapped for a new controller identity and for the recovery
+    /// key: the operator's (`--recovery-recipient`, from `age-keygen` on an offline
+    /// machine), or one made now whose secret is shown once and never written.
+    fn create(data_dir: &Path, recovery: Option<&str>) -> Result<StoreKeys, ApiError> {
+        let (recovery, recovery_secret) = match recovery {
+            Some(r) => (
+                r.parse::<age::Recipient>()
+                    .map_err(|e| ApiError::InvalidArgument(format!("--recovery-recipient: {e}")))?,
+                None,
+            ),
+            None => {
+                let id = age::Identity::generate().map_err(age_error)?;
+                (id.to_recipient(), Some(id.to_secret_string()))
+            }
+        };
+        let controller = age::Identity::generate().map_err(age_error)?;
+        let data_key = DataKey::generate()?;
+        let wrapped = age::encrypt(
+            data_key.as_bytes(),
+            &[controller.to_recipient(), recovery.clone()],
+        )
+        .map_err(age_error)?;
+        write_atomic(
+            &data_dir.join(CONTROLLER_AGE_KEY),
+            format!(
+                "# the Lifeboat controller's age identity: it unwraps {STORE_KEY_FILE}\n# public key: {}\n{}\n",
+                controller.to_recipient(),
+                controller.to_secret_string()
+            )
+            .as_bytes(),
+            0o600,
+        )?;
+        write_atomic(&data_dir.join(STORE_KEY_FILE), &wrapped, 0o600)?;
+        tracing::info!(recovery_recipient = %recovery, "created the store's data key (encryption at rest)");
+        Ok(StoreKeys {
+            data_key: Some(data_key),
+            wrapped: Some(wrapped),
+            recovery_secret,
+            recovery_recipient: Some(recovery.to_string()),
+        })
+    }
+
+    fn load(data_dir: &Path) -> Result<StoreKeys, ApiError> {
+        let missing = |what: &Path, e: std::io::Error| {
+            ApiError::FailedPrecondition(format!(
+                "this store is encrypted and {} cannot be read ({e}): restore the data directory from its backup, or unwrap the data key with the recovery key",
+                what.display()
+            ))
+        };
+        let id_path = data_dir.join(CONTROLLER_AGE_KEY);
+        let key_path = data_dir.join(STORE_KEY_FILE);
+        let identity = std::fs::read_to_string(&id_path).map_err(|e| missing(&id_path, e))?;
+        let wrapped = std::fs::read(&key_path).map_err(|e| missing(&key_path, e))?;
+        let identity = age::Identity::parse(&identity).map_err(age_error)?;
+        let plain = age::decrypt(&wrapped, &identity)
+            .map_err(|e| ApiError::FailedPrecondition(format!("{}: {e}", key_path.display())))?;
+        Ok(StoreKeys {
+            data_key: Some(DataKey::from_slice(&plain)?),
+            wrapped: Some(wrapped),
+            recovery_secret: None,
+            recovery_recipient: None,
+        })
+    }
+}
+
+fn age_error(e: age::AgeError) -> ApiError {
+    ApiError::internal(format!("store keys: {e}"))
+}
+
+fn write_settings(
+    path: &Path,
+    location: &StoreLocation,
+    keys: &KeySettings,
+) -> Result<(), ApiError> {
+    let json = serde_json::to_vec_pretty(&Settings::of(location, keys))
         .map_err(|e| ApiError::internal(format!("encoding {}: {e}", path.display())))?;
     Ok(write_atomic(path, &json, 0o600)?)
 }

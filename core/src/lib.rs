@@ -46,6 +46,7 @@
 //! reclaims what stays unreferenced. A snapshot becomes visible only after every chunk it
 //! references is durable, so no visible snapshot ever points at a missing chunk.
 
+pub mod age;
 pub mod chunker;
 pub mod codec;
 pub mod durable;
@@ -56,6 +57,7 @@ pub mod pace;
 pub mod pack;
 pub mod pki;
 pub mod restore;
+pub mod seal;
 pub mod sign;
 pub mod snapshot;
 pub mod tree;

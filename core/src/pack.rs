@@ -283,11 +283,20 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>> {
 /// its own header (raw: its length; zstd: its frame), decodes each and names it by its
 /// keyed id. A blob that does not decode is passed over when its extent is known; the walk
 /// stops where the framing is lost (the cut, or the index). Never trusts the data: lengths
-/// are bounded like any decode.
-pub fn salvage(path: &Path, key: &crate::ChunkKey) -> Result<Vec<IndexEntry>> {
+/// are bounded like any decode. In an encrypted store (`data_key`) each blob is a sealed
+/// frame that names its chunk and length: it is kept when it opens, decodes and hashes to
+/// the chunk it names.
+pub fn salvage(
+    path: &Path,
+    key: &crate::ChunkKey,
+    data_key: Option<&crate::seal::DataKey>,
+) -> Result<Vec<IndexEntry>> {
     let data = fs::read(path).ctx(|| format!("reading pack {}", path.display()))?;
     if data.len() < HEADER.len() || &data[..HEADER.len()] != HEADER {
         return Ok(Vec::new());
+    }
+    if let Some(data_key) = data_key {
+        return Ok(salvage_sealed(&data, key, data_key));
     }
     let mut found = Vec::new();
     let mut at = HEADER.len();
@@ -319,6 +328,32 @@ pub fn salvage(path: &Path, key: &crate::ChunkKey) -> Result<Vec<IndexEntry>> {
         at += len;
     }
     Ok(found)
+}
+
+fn salvage_sealed(
+    data: &[u8],
+    key: &crate::ChunkKey,
+    data_key: &crate::seal::DataKey,
+) -> Vec<IndexEntry> {
+    let mut found = Vec::new();
+    let mut at = HEADER.len();
+    while let Some((id, len)) = crate::seal::frame_extent(&data[at..]) {
+        let Some(frame) = data.get(at..at + len) else {
+            break; // cut short inside this frame
+        };
+        let intact = data_key
+            .open_chunk(&id, frame)
+            .and_then(|blob| crate::codec::decode_verified(key, &id, &blob));
+        if intact.is_ok() {
+            found.push(IndexEntry {
+                id,
+                offset: at as u64,
+                length: len as u32,
+            });
+        }
+        at += len;
+    }
+    found
 }
 
 /// Reads one blob from an open pack file.
@@ -414,12 +449,15 @@ mod tests {
         bytes[n - 60] ^= 1;
         fs::write(&sealed.path, &bytes).expect("write");
         assert!(read_index(&sealed.path).is_err());
-        assert_eq!(salvage(&sealed.path, &key).expect("salvage"), written);
+        assert_eq!(salvage(&sealed.path, &key, None).expect("salvage"), written);
 
         // Cut in the middle of the fifth blob: the four before it come back.
         let cut = (written[4].offset + 10) as usize;
         fs::write(&sealed.path, &whole[..cut]).expect("write");
-        assert_eq!(salvage(&sealed.path, &key).expect("salvage"), written[..4]);
+        assert_eq!(
+            salvage(&sealed.path, &key, None).expect("salvage"),
+            written[..4]
+        );
 
         // A corrupt blob in the middle is passed over, the ones after it still found.
         let mut bytes = whole.clone();
@@ -427,7 +465,7 @@ mod tests {
         bytes[(mid.offset + mid.length as u64 / 2) as usize] ^= 0x55;
         bytes[n - 60] ^= 1;
         fs::write(&sealed.path, &bytes).expect("write");
-        let got = salvage(&sealed.path, &key).expect("salvage");
+        let got = salvage(&sealed.path, &key, None).expect("salvage");
         let want: Vec<_> = written
             .iter()
             .filter(|e| e.offset != mid.offset)

@@ -65,6 +65,8 @@ pub struct Fleet {
     pub metrics_url: String,
     pub fingerprint: String,
     pub identity: PathBuf,
+    /// The recovery key's secret (`AGE-SECRET-KEY-1...`), as the first start showed it.
+    pub recovery_key: Option<String>,
     controller: Option<Child>,
     /// Extra `lifeboat-controller serve` arguments, kept across restarts.
     serve_args: Vec<String>,
@@ -128,11 +130,26 @@ impl Fleet {
             .prefix("lifeboat-e2e-")
             .tempdir()
             .expect("tempdir");
+        Self::start_in_with(dir, serve_args, controller_env)
+    }
+
+    /// Starts a controller on `dir/ctl`, which the test may have prepared (an old data
+    /// directory's settings, say).
+    pub fn start_in(dir: tempfile::TempDir) -> Fleet {
+        Self::start_in_with(dir, &[], Vec::new())
+    }
+
+    fn start_in_with(
+        dir: tempfile::TempDir,
+        serve_args: &[&str],
+        controller_env: Vec<(String, String)>,
+    ) -> Fleet {
         let mut fleet = Fleet {
             url: String::new(),
             metrics_url: String::new(),
             fingerprint: String::new(),
             identity: dir.path().join("ctl/admin.identity"),
+            recovery_key: None,
             dir,
             controller: None,
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
@@ -187,7 +204,8 @@ impl Fleet {
         });
         let mut url = None;
         let mut fp = None;
-        while url.is_none() || fp.is_none() {
+        let mut identity_line = false;
+        while !identity_line {
             let line = rx
                 .recv_timeout(Duration::from_secs(60))
                 .unwrap_or_else(|_| {
@@ -199,6 +217,10 @@ impl Fleet {
             if let Some(f) = line.strip_prefix("CA fingerprint: ") {
                 fp = Some(f.to_string());
             }
+            if let Some(k) = line.strip_prefix("recovery key: ") {
+                self.recovery_key = Some(k.to_string());
+            }
+            identity_line = line.starts_with("admin identity: ");
             if let Some(m) = line.strip_prefix("metrics: ") {
                 self.metrics_url = m.trim_end_matches("/metrics").to_string();
             }
@@ -534,6 +556,47 @@ impl Fleet {
         .expect("rows")
         .collect::<Result<_, _>>()
         .expect("rows")
+    }
+
+    /// The store's data key, unwrapped with the controller's own age identity (as root on
+    /// the controller's machine could); `None` for a plaintext store.
+    pub fn data_key(&self) -> Option<lifeboat_core::seal::DataKey> {
+        let wrapped = std::fs::read(self.path("ctl/store-key.age")).ok()?;
+        let identity = std::fs::read_to_string(self.path("ctl/controller-age.key"))
+            .expect("the controller's age identity");
+        let identity = lifeboat_core::age::Identity::parse(&identity).expect("identity");
+        let key = lifeboat_core::age::decrypt(&wrapped, &identity).expect("unwrap");
+        Some(lifeboat_core::seal::DataKey::from_slice(&key).expect("data key"))
+    }
+
+    /// Where snapshot `id`'s envelope lives in the default store directory.
+    pub fn envelope_path(&self, id: &str) -> PathBuf {
+        self.path(&format!("ctl/store/snapshots/{id}.snap"))
+    }
+
+    /// Snapshot `id`'s envelope, read from the store directory (and opened).
+    pub fn read_envelope(&self, id: &str) -> lifeboat_core::snapshot::Envelope {
+        let stored = std::fs::read(self.envelope_path(id)).expect("envelope file");
+        let bytes = match self.data_key() {
+            Some(k) => k
+                .envelope_key(id)
+                .open(id.as_bytes(), &stored)
+                .expect("envelope opens"),
+            None => stored,
+        };
+        lifeboat_core::snapshot::Envelope::parse(&bytes).expect("envelope parses")
+    }
+
+    /// `env` as the store would hold it under snapshot `id` (sealed with the data key, as
+    /// an attacker holding it would seal a forgery).
+    pub fn sealed_envelope(&self, id: &str, env: &lifeboat_core::snapshot::Envelope) -> Vec<u8> {
+        match self.data_key() {
+            Some(k) => k
+                .envelope_key(id)
+                .seal(id.as_bytes(), &env.to_bytes())
+                .expect("seal"),
+            None => env.to_bytes(),
+        }
     }
 
     /// Where pack `pack` lives in the default store directory.

@@ -118,10 +118,17 @@ fn a_tampered_chunk_fails_only_its_file() {
         .write(true)
         .open(&pack_path)
         .expect("open pack");
-    let at = entry.offset + codec::HEADER_LEN as u64 + 500;
-    let mut byte = [0u8; 1];
-    f.read_exact_at(&mut byte, at).expect("read");
-    f.write_all_at(&[byte[0] ^ 0x5a], at).expect("tamper");
+    // The tamperer holds the store's data key (root on the controller): the blob still
+    // opens, and what must catch the change is the agent's check of the chunk's content.
+    let mut stored = vec![0u8; entry.length as usize];
+    f.read_exact_at(&mut stored, entry.offset).expect("read");
+    let data_key = fleet.data_key().expect("an encrypted store");
+    let chunk = data_key.chunk_key(&id);
+    let mut blob = chunk.open_frame(&id, &stored).expect("opens");
+    blob[codec::HEADER_LEN + 500] ^= 0x5a;
+    let forged = chunk.seal_frame(&id, &blob).expect("seal");
+    assert_eq!(forged.len(), stored.len());
+    f.write_all_at(&forged, entry.offset).expect("tamper");
     drop(f);
 
     let target = root.join("t");

@@ -484,10 +484,7 @@ async fn agents_read_only_what_a_running_restore_job_grants() {
     let b_ids: Vec<_> = secrets.iter().map(|s| key.id_of(s)).collect();
     let a_only = key.id_of(b"a's own file");
     // b's manifest: the tree chunks its snapshot record names.
-    let envelope = lifeboat_core::snapshot::Envelope::parse(
-        &fs::read(fleet.path(&format!("ctl/store/snapshots/{b_snap}.snap"))).expect("envelope"),
-    )
-    .expect("parse");
+    let envelope = fleet.read_envelope(&b_snap);
     let tree_ids = Record::parse(&envelope.record)
         .expect("record")
         .tree_chunks()
@@ -757,9 +754,11 @@ fn a_tampered_record_or_countersignature_is_refused_before_any_write() {
         .as_str()
         .expect("id")
         .to_string();
-    let file = fleet.path(&format!("ctl/store/snapshots/{snap}.snap"));
+    // The forger holds the store's data key too (root on the controller): what stops
+    // the forgeries below is the signatures, not the encryption.
+    let file = fleet.envelope_path(&snap);
     let pristine = fs::read(&file).expect("envelope");
-    let env = lifeboat_core::snapshot::Envelope::parse(&pristine).expect("parse");
+    let env = fleet.read_envelope(&snap);
 
     let mut cases: Vec<(&str, lifeboat_core::snapshot::Envelope, &str)> = Vec::new();
     let mut e = env.clone();
@@ -773,7 +772,7 @@ fn a_tampered_record_or_countersignature_is_refused_before_any_write() {
     e.received_unix_ms -= 86_400_000;
     cases.push(("receive time", e, "countersignature"));
     for (what, tampered, named) in cases {
-        fs::write(&file, tampered.to_bytes()).expect("tamper");
+        fs::write(&file, fleet.sealed_envelope(&snap, &tampered)).expect("tamper");
         let target = root.path().join(what.replace(' ', "-"));
         let out = fleet.cli(&[
             "restore",
@@ -1364,10 +1363,7 @@ async fn commits_are_taken_only_inside_a_running_job_for_its_sources() {
     })
     .await
     .expect("setup");
-    let env = lifeboat_core::snapshot::Envelope::parse(
-        &fs::read(fleet.path(&format!("ctl/store/snapshots/{}.snap", real[1]))).expect("envelope"),
-    )
-    .expect("envelope");
+    let env = fleet.read_envelope(&real[1]);
     let base = Record::parse(&env.record).expect("record");
     let key_of = |name: &str| {
         SigningKey::from_pkcs8(

@@ -38,6 +38,7 @@ pub async fn up(
             data_dir: controller_dir.clone(),
             store: None,
             s3: Default::default(),
+            recovery_recipient: None,
             agent_cert_lifetime: lifeboat_controller::setup::DEFAULT_AGENT_CERT_LIFETIME,
             max_concurrent_jobs: 32,
             prune_every: Some(std::time::Duration::from_secs(3600)),
@@ -50,6 +51,7 @@ pub async fn up(
     )?;
     let url = running.url.clone();
     let fingerprint = running.ca_fingerprint().to_string();
+    let recovery_secret = running.recovery_secret.clone();
     // The CLI's default identity path is DATA_DIR/admin.identity: keep a copy there.
     let identity = data_dir.join("admin.identity");
     lifeboat_core::durable::write_atomic(
@@ -110,6 +112,10 @@ pub async fn up(
     out!("Lifeboat is up: controller {url}, agent {agent_name}");
     out!("  CA fingerprint: {fingerprint}");
     out!("  identity file:  {}", identity.display());
+    if let Some(secret) = recovery_secret {
+        out!("  recovery key (shown once, keep it offline; it unwraps the store's data key):");
+        out!("    {secret}");
+    }
     if !sources.is_empty() {
         let job = api
             .start_backup(pb::StartBackupRequest {

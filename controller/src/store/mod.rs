@@ -9,6 +9,12 @@
 //! seals. A seal (fsync, rename, index) runs outside that lock: uploads go on into the next
 //! pack meanwhile. A snapshot is committed only after the packs holding its chunks are
 //! sealed, so every chunk a visible snapshot references is durable.
+//!
+//! Encryption at rest: a store created with a data key (every store since 2026-12) seals
+//! each blob before it enters a pack and each envelope before it is written
+//! ([`lifeboat_core::seal`]), and opens them on the way out. Everything above the store
+//! (commits, restores, scrub's verdicts) sees plaintext blobs. A store made before has no
+//! data key and stays plaintext.
 
 pub mod location;
 pub mod objects;
@@ -19,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use lifeboat_core::pack::{self, PackWriter};
+use lifeboat_core::seal::DataKey;
 use lifeboat_core::snapshot::Envelope;
 use lifeboat_core::{ChunkId, ChunkKey, codec};
 
@@ -31,6 +38,8 @@ use objects::{LocalDir, Objects, StoreError, pack_key, snapshot_key};
 pub struct Store {
     objects: Arc<dyn Objects>,
     key: ChunkKey,
+    /// `None` for a store created before encryption at rest.
+    data_key: Option<Arc<DataKey>>,
     catalog: Arc<Catalog>,
     packs: Arc<Packs>,
     /// Full packs for the sealer thread; dropping the store closes the queue and waits for
@@ -134,6 +143,7 @@ impl Store {
     pub fn open(
         objects: Arc<dyn Objects>,
         key: ChunkKey,
+        data_key: Option<DataKey>,
         catalog: Arc<Catalog>,
     ) -> Result<Store, ApiError> {
         let seal_dir = objects.seal_dir();
@@ -194,6 +204,7 @@ impl Store {
         Ok(Store {
             objects,
             key,
+            data_key: data_key.map(Arc::new),
             catalog,
             packs,
             to_seal: Some(to_seal),
@@ -208,6 +219,32 @@ impl Store {
 
     pub fn is_local(&self) -> bool {
         self.objects.is_local()
+    }
+
+    pub fn is_encrypted(&self) -> bool {
+        self.data_key.is_some()
+    }
+
+    /// For `rebuild-catalog`'s salvage of a damaged encrypted pack.
+    pub(crate) fn data_key(&self) -> Option<&DataKey> {
+        self.data_key.as_deref()
+    }
+
+    /// The blob as stored: sealed under the chunk's key in an encrypted store.
+    fn seal_blob(&self, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>, ApiError> {
+        match &self.data_key {
+            Some(k) => Ok(k.seal_chunk(id, blob)?),
+            None => Ok(blob.to_vec()),
+        }
+    }
+
+    /// A stored blob, opened (the codec blob the agents and the verifier read); a blob
+    /// that does not open is corrupt.
+    pub fn open_blob(&self, id: &ChunkId, stored: Vec<u8>) -> lifeboat_core::Result<Vec<u8>> {
+        match &self.data_key {
+            Some(k) => k.open_chunk(id, &stored),
+            None => Ok(stored),
+        }
     }
 
     /// The ids in `ids` that the store does not hold.
@@ -250,11 +287,12 @@ impl Store {
             if open.writer.is_none() {
                 open.writer = Some(PackWriter::create(self.objects.staging())?);
             }
+            let stored = self.seal_blob(id, blob)?;
             let writer = open
                 .writer
                 .as_mut()
                 .ok_or_else(|| ApiError::internal("open pack vanished"))?;
-            if let Err(e) = writer.add(*id, blob) {
+            if let Err(e) = writer.add(*id, &stored) {
                 // The pack's offsets can no longer be trusted (see PackWriter): drop it
                 // and forget its chunks. They were never indexed, so no snapshot counts
                 // on them; backups that uploaded them find them missing at commit.
@@ -379,7 +417,9 @@ impl Store {
             .objects
             .get_range(&pack_key(&pack_name), offset, length)
         {
-            Ok(blob) => Ok(Ok(blob)),
+            Ok(stored) => Ok(self
+                .open_blob(id, stored)
+                .map_err(|e| format!("chunk {id} in pack {pack_name}: {e}"))),
             Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) => Err(e.into()),
             Err(e) => Ok(Err(format!("chunk {id} in pack {pack_name}: {e}"))),
         }
@@ -393,9 +433,12 @@ impl Store {
 
     /// Stores a committed snapshot's envelope durably.
     pub fn write_snapshot(&self, env: &Envelope) -> Result<(), ApiError> {
-        Ok(self
-            .objects
-            .put(&snapshot_key(&env.id()), &env.to_bytes())?)
+        let id = env.id();
+        let bytes = match &self.data_key {
+            Some(k) => k.envelope_key(&id).seal(id.as_bytes(), &env.to_bytes())?,
+            None => env.to_bytes(),
+        };
+        Ok(self.objects.put(&snapshot_key(&id), &bytes)?)
     }
 
     /// Deletes a snapshot: its envelope first (durably), then its catalog row, so a crash
@@ -406,7 +449,11 @@ impl Store {
     }
 
     pub fn read_snapshot(&self, id: &str) -> Result<Envelope, ApiError> {
-        let bytes = self.objects.get(&snapshot_key(id))?;
+        let stored = self.objects.get(&snapshot_key(id))?;
+        let bytes = match &self.data_key {
+            Some(k) => k.envelope_key(id).open(id.as_bytes(), &stored)?,
+            None => stored,
+        };
         Ok(Envelope::parse(&bytes)?)
     }
 
