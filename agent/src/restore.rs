@@ -1,6 +1,7 @@
 //! A restore job: verify the snapshot's signature, fetch and verify its tree, then write
 //! it under a directory handle inside one of this agent's restore roots.
 
+mod direct;
 mod fetch;
 mod image;
 mod volume;
@@ -347,7 +348,17 @@ async fn restore_into(
     } else {
         bulk.clone()
     };
-    let source = Prefetched::start(clients, job_id.to_string(), state.chunk_key.clone(), order);
+    let direct = match job.direct_from_store {
+        true => Some(lifeboat_proto::http::client(None).map_err(AgentError::Config)?),
+        false => None,
+    };
+    let source = Prefetched::start(
+        clients,
+        job_id.to_string(),
+        state.chunk_key.clone(),
+        order,
+        direct,
+    );
     let fetched = source.fetched.clone();
     let key = state.chunk_key.clone();
     let progress = counters.clone();

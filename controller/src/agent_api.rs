@@ -222,47 +222,9 @@ impl AgentApi for AgentService {
         req: Request<pb::GetChunksRequest>,
     ) -> Result<Response<Self::GetChunksStream>, Status> {
         let agent = auth::agent(&req)?;
-        let req = req.into_inner();
-        // A restore job of this agent, running now, is the grant to read chunks.
-        let job = self
-            .0
-            .catalog
-            .job(&req.job_id)?
-            .ok_or_else(|| ApiError::NotFound(format!("no job {:?}", req.job_id)))?;
-        if !snapshots::may_read(&job, &agent) {
-            return Err(ApiError::PermissionDenied(
-                "reading chunks needs a running restore job of this agent".into(),
-            )
-            .into());
-        }
-        let wanted = ids(&req.ids)?;
-        let grant = match self.0.jobs.grant(&job.id) {
-            Some(g) => g,
-            None => {
-                let ctl = self.0.clone();
-                let row = job.clone();
-                let g = tokio::task::spawn_blocking(move || snapshots::grant(&ctl, &row))
-                    .await
-                    .map_err(ApiError::from)??;
-                self.0.jobs.set_grant(&job.id, g.clone());
-                g
-            }
-        };
-        if let Some(outside) = wanted.iter().find(|id| !grant.contains(*id)) {
-            self.0.audit.denied(
-                &format!("agent:{}", agent.name),
-                "/lifeboat.v1.AgentApi/GetChunks",
-                "",
-                &format!(
-                    "chunk {outside} is not part of the snapshot restore job {} grants",
-                    job.id
-                ),
-            );
-            return Err(ApiError::PermissionDenied(format!(
-                "chunk {outside} is not part of the snapshot this restore job reads"
-            ))
-            .into());
-        }
+        let (job, wanted) = self
+            .granted(&agent, req.into_inner(), "/lifeboat.v1.AgentApi/GetChunks")
+            .await?;
         let (tx, rx) = mpsc::channel(1);
         let ctl = self.0.clone();
         let pacer = self.0.jobs.pacer(&job.policy);
@@ -292,6 +254,8 @@ impl AgentApi for AgentService {
                             p.take(blob.len() as u64);
                         }
                         bytes += blob.len();
+                        ctl.restore_bytes_sent
+                            .fetch_add(blob.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         batch.chunks.push(pb::ChunkBlob {
                             id: id.as_bytes().to_vec(),
                             blob: blob.into(),
@@ -319,6 +283,62 @@ impl AgentApi for AgentService {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn locate_chunks(
+        &self,
+        req: Request<pb::GetChunksRequest>,
+    ) -> Result<Response<pb::ChunkLocations>, Status> {
+        let agent = auth::agent(&req)?;
+        let (job, wanted) = self
+            .granted(
+                &agent,
+                req.into_inner(),
+                "/lifeboat.v1.AgentApi/LocateChunks",
+            )
+            .await?;
+        let ctl = self.0.clone();
+        let pacer = self.0.jobs.pacer(&job.policy);
+        let ttl = self.0.store_url_ttl;
+        let located = tokio::task::spawn_blocking(move || {
+            let located = ctl.store.locate(&wanted, ttl)?;
+            // The controller leaves the data path but keeps its pace: the URLs for these
+            // bytes are handed out only when the policy's egress allows them.
+            let bytes: u64 = located
+                .iter()
+                .flat_map(|l| &l.chunks)
+                .map(|c| u64::from(c.length))
+                .sum();
+            if let Some(p) = &pacer {
+                p.take(bytes);
+            }
+            ctl.restore_bytes_direct
+                .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+            Ok::<_, ApiError>(located)
+        })
+        .await
+        .map_err(ApiError::from)??
+        .ok_or_else(|| {
+            ApiError::FailedPrecondition(
+                "the store is on the controller's disk: read chunks with GetChunks".into(),
+            )
+        })?;
+        Ok(Response::new(pb::ChunkLocations {
+            urls: located.urls,
+            chunks: located
+                .chunks
+                .into_iter()
+                .map(|c| pb::ChunkLocation {
+                    id: c.id.as_bytes().to_vec(),
+                    url: c.url,
+                    offset: c.offset,
+                    length: c.length,
+                    key: c.key.map(|k| k.as_bytes().to_vec()).unwrap_or_default(),
+                    unavailable: c.unavailable,
+                })
+                .collect(),
+            expires_unix_ms: self.0.clock.now_ms() + ttl.as_millis() as i64,
+        }))
     }
 
     async fn commit_snapshot(
@@ -382,5 +402,58 @@ impl AgentApi for AgentService {
         );
         tracing::info!(agent = %agent.name, "certificate renewed");
         Ok(Response::new(pb::RenewReply { cert_pem }))
+    }
+}
+
+impl AgentService {
+    /// The chunks a read asks for, if a running restore job of this agent grants every
+    /// one of them (the job's snapshot); a chunk outside the grant is refused and audited.
+    async fn granted(
+        &self,
+        agent: &crate::catalog::AgentRow,
+        req: pb::GetChunksRequest,
+        rpc: &str,
+    ) -> Result<(crate::catalog::JobRow, Vec<ChunkId>), Status> {
+        // A restore job of this agent, running now, is the grant to read chunks.
+        let job = self
+            .0
+            .catalog
+            .job(&req.job_id)?
+            .ok_or_else(|| ApiError::NotFound(format!("no job {:?}", req.job_id)))?;
+        if !snapshots::may_read(&job, agent) {
+            return Err(ApiError::PermissionDenied(
+                "reading chunks needs a running restore job of this agent".into(),
+            )
+            .into());
+        }
+        let wanted = ids(&req.ids)?;
+        let grant = match self.0.jobs.grant(&job.id) {
+            Some(g) => g,
+            None => {
+                let ctl = self.0.clone();
+                let row = job.clone();
+                let g = tokio::task::spawn_blocking(move || snapshots::grant(&ctl, &row))
+                    .await
+                    .map_err(ApiError::from)??;
+                self.0.jobs.set_grant(&job.id, g.clone());
+                g
+            }
+        };
+        if let Some(outside) = wanted.iter().find(|id| !grant.contains(*id)) {
+            self.0.audit.denied(
+                &format!("agent:{}", agent.name),
+                rpc,
+                "",
+                &format!(
+                    "chunk {outside} is not part of the snapshot restore job {} grants",
+                    job.id
+                ),
+            );
+            return Err(ApiError::PermissionDenied(format!(
+                "chunk {outside} is not part of the snapshot this restore job reads"
+            ))
+            .into());
+        }
+        Ok((job, wanted))
     }
 }

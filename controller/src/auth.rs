@@ -110,6 +110,7 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.AgentApi/PutChunks", AGENT),
     // Further limited to what a running restore job of the caller grants.
     ("/lifeboat.v1.AgentApi/GetChunks", AGENT),
+    ("/lifeboat.v1.AgentApi/LocateChunks", AGENT),
     // Further limited to the caller's own backup job and id.
     ("/lifeboat.v1.AgentApi/CommitSnapshot", AGENT),
     ("/lifeboat.v1.AgentApi/RenewCertificate", AGENT),

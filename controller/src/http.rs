@@ -93,6 +93,36 @@ async fn render(ctl: Arc<Controller>) -> String {
     gauge("lifeboat_snapshots", "Committed snapshots.", snapshots);
     gauge("lifeboat_store_chunks", "Chunks in the store.", chunks);
     gauge("lifeboat_store_bytes", "Bytes in sealed packs.", bytes);
+    gauge(
+        "lifeboat_store_encrypted",
+        "1 when the store seals every blob and envelope (encryption at rest).",
+        u64::from(ctl.store.is_encrypted()),
+    );
+    gauge(
+        "lifeboat_store_local",
+        "1 when the store is a directory on the controller, 0 for object storage.",
+        u64::from(ctl.store.is_local()),
+    );
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    for (name, help, v) in [
+        (
+            "lifeboat_restore_bytes_sent_total",
+            "Chunk bytes the controller sent to restoring agents.",
+            load(&ctl.restore_bytes_sent),
+        ),
+        (
+            "lifeboat_restore_bytes_direct_total",
+            "Chunk bytes restoring agents were granted to read straight from the object store.",
+            load(&ctl.restore_bytes_direct),
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}
+# TYPE {name} counter
+{name} {v}"
+        );
+    }
     let workers = ctl.workers.states();
     for (metric, help, value) in [
         (

@@ -113,6 +113,12 @@ pub struct Controller {
     pub gc_lease_ms: i64,
     /// Bytes one backup job may upload unless its policy sets `upload_quota`.
     pub upload_quota: u64,
+    /// How long the presigned GETs of a restore straight from the object store last.
+    pub store_url_ttl: Duration,
+    /// Chunk bytes restores read: sent by the controller (`GetChunks`), or granted for a
+    /// read straight from the object store (`LocateChunks`).
+    pub restore_bytes_sent: std::sync::atomic::AtomicU64,
+    pub restore_bytes_direct: std::sync::atomic::AtomicU64,
     /// Held by commits (check that every chunk is indexed, then list the snapshot) and by
     /// GC's sweep, so neither sees the other half done.
     pub commit_lock: std::sync::Mutex<()>,
@@ -149,7 +155,12 @@ pub struct ServeConfig {
     pub gc_lease: Duration,
     /// Bytes one backup job may upload unless its policy says otherwise.
     pub upload_quota: u64,
+    /// How long a presigned GET handed to a restoring agent lasts (S3 stores).
+    pub store_url_ttl: Duration,
 }
+
+/// The default of `--store-url-ttl`.
+pub const DEFAULT_STORE_URL_TTL: Duration = Duration::from_secs(600);
 
 /// A controller bound to its ports, ready to serve.
 pub struct Running {
@@ -284,6 +295,9 @@ pub fn start_with_clock(
             .map(|d| d.as_millis() as i64)
             .unwrap_or(30 * 86_400_000),
         gc_lease_ms: cfg.gc_lease.as_millis() as i64,
+        store_url_ttl: cfg.store_url_ttl,
+        restore_bytes_sent: Default::default(),
+        restore_bytes_direct: Default::default(),
         upload_quota: cfg.upload_quota,
         commit_lock: std::sync::Mutex::new(()),
         plan_runners: Default::default(),

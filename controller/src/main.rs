@@ -83,6 +83,10 @@ struct ServeArgs {
     /// past it is refused, and GC reclaims what it uploaded.
     #[arg(long, default_value = "1TiB", value_parser = parse_size)]
     upload_quota: u64,
+    /// With an S3 store, agents restore straight from it through presigned GETs that last
+    /// this long (each request for more chunks gets fresh ones).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    store_url_ttl: std::time::Duration,
 }
 
 /// The one time the recovery key's secret is shown.
@@ -137,6 +141,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 scrub_period,
                 gc_lease,
                 upload_quota,
+                store_url_ttl,
             } = *args;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -166,6 +171,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     scrub_period: (!scrub_period.is_zero()).then_some(scrub_period),
                     gc_lease,
                     upload_quota,
+                    store_url_ttl,
                 },
                 listener,
                 http,

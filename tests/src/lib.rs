@@ -633,6 +633,38 @@ impl RawJob {
     /// Opens the session, starts the backup of `source` as the admin and waits for the
     /// job to be delivered. Needs a multi-threaded runtime.
     pub async fn start(fleet: &Fleet, name: &str, source: &str) -> RawJob {
+        let hello = lifeboat_proto::pb::Hello {
+            sources: vec![lifeboat_proto::pb::Source {
+                name: source.into(),
+                kind: "path".into(),
+                path: format!("/{source}"),
+            }],
+            ..Default::default()
+        };
+        let job = ["backup", name, "--source", source, "--json"];
+        Self::open(fleet, name, hello, &job).await
+    }
+
+    /// Opens the session of agent `name` (restore root `root`) and has the admin start
+    /// a restore of `snapshot` onto it, below `root`; waits for the job to be delivered.
+    pub async fn restore(fleet: &Fleet, name: &str, snapshot: &str, root: &Path) -> RawJob {
+        let hello = lifeboat_proto::pb::Hello {
+            restore_roots: vec![root.display().to_string()],
+            ..Default::default()
+        };
+        let target = root.join("raw-restore").display().to_string();
+        let job = [
+            "restore", snapshot, "--agent", name, "--to", &target, "--json",
+        ];
+        Self::open(fleet, name, hello, &job).await
+    }
+
+    async fn open(
+        fleet: &Fleet,
+        name: &str,
+        hello: lifeboat_proto::pb::Hello,
+        job_command: &[&str],
+    ) -> RawJob {
         use lifeboat_proto::pb;
         let channel = lifeboat_proto::transport::connect(
             &fleet.url,
@@ -645,14 +677,7 @@ impl RawJob {
             .max_encoding_message_size(usize::MAX);
         let (tx, rx) = tokio::sync::mpsc::channel(8);
         tx.send(pb::AgentMessage {
-            msg: Some(pb::agent_message::Msg::Hello(pb::Hello {
-                sources: vec![pb::Source {
-                    name: source.into(),
-                    kind: "path".into(),
-                    path: format!("/{source}"),
-                }],
-                ..Default::default()
-            })),
+            msg: Some(pb::agent_message::Msg::Hello(hello)),
         })
         .await
         .expect("hello");
@@ -663,10 +688,10 @@ impl RawJob {
             .into_inner();
         let job_id = tokio::task::block_in_place(|| {
             wait_for(
-                "the raw agent's source to be known",
+                "the raw agent's session to be known",
                 Duration::from_secs(10),
                 || {
-                    let out = fleet.cli(&["backup", name, "--source", source, "--json"]);
+                    let out = fleet.cli(job_command);
                     out.status.success().then(|| {
                         let v: Value = serde_json::from_slice(&out.stdout).expect("json");
                         v["id"].as_str().expect("job id").to_string()

@@ -291,3 +291,207 @@ fn the_s3_server_killed_mid_backup_never_leaves_a_snapshot_short() {
         }
     }
 }
+
+/// With the store in a bucket, a restore reads the data from the bucket itself: the
+/// controller grants and paces, and sends only the tree.
+#[test]
+fn restores_from_s3_read_the_bucket_not_the_controller() {
+    let Some(s3) = S3Server::start() else {
+        return;
+    };
+    let mut fleet = Fleet::start_on_s3(&s3, "direct", &[]);
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let mut rng = Rng::new(23);
+    let mut total = 0;
+    for i in 0..8 {
+        let data = rng.bytes(3 << 20);
+        total += data.len() as u64;
+        std::fs::write(src.path().join(format!("f{i}")), data).expect("write");
+    }
+    let (a, b) = (fleet.enroll("a"), fleet.enroll("b"));
+    fleet.run_agent(&a, &[("data", src.path())], &[]);
+    fleet.run_agent(&b, &[], &[root.path()]);
+    let snap = fleet.backup("a", "data");
+    let target = root.path().join("onto-b");
+    let (ok, job) = fleet.job(&[
+        "restore",
+        snap["id"].as_str().expect("id"),
+        "--agent",
+        "b",
+        "--to",
+        target.to_str().expect("path"),
+    ]);
+    assert!(ok, "{job}\n{}", fleet.agent_log("b"));
+    for i in 0..8 {
+        let name = format!("f{i}");
+        assert_eq!(
+            std::fs::read(src.path().join(&name)).expect("src"),
+            std::fs::read(target.join(&name)).expect("restored"),
+            "{name}"
+        );
+    }
+    let metrics = lifeboat_tests::metrics(&fleet);
+    let counter = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+    };
+    let (direct, sent) = (
+        counter("lifeboat_restore_bytes_direct_total"),
+        counter("lifeboat_restore_bytes_sent_total"),
+    );
+    assert!(
+        direct >= total,
+        "{direct} bytes granted straight from the store, of {total}"
+    );
+    assert!(
+        sent < 1 << 20,
+        "the controller sent {sent} bytes (only the tree should go through it)"
+    );
+    assert_eq!(counter("lifeboat_store_encrypted"), 1);
+    assert_eq!(counter("lifeboat_store_local"), 0);
+}
+
+/// What a restore job's grant yields to an agent that reads the store itself: URLs of
+/// whole packs, but keys for exactly its snapshot's chunks. A chunk of another snapshot in
+/// the same pack stays sealed; a chunk outside the grant is refused and audited; the URLs
+/// expire; a revoked agent gets no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_grant_opens_only_its_own_snapshot_and_expires() {
+    let Some(s3) = S3Server::start() else {
+        return;
+    };
+    let (mut fleet, src, secret_id, s2) = tokio::task::block_in_place(|| {
+        let mut fleet = Fleet::start_on_s3(&s3, "grant", &["--store-url-ttl", "3s"]);
+        let src = tempfile::tempdir().expect("src");
+        let mut rng = Rng::new(41);
+        for name in ["f1", "f2", "secret"] {
+            std::fs::write(src.path().join(name), rng.bytes(120_000)).expect("write");
+        }
+        let a = fleet.enroll("a");
+        fleet.run_agent(&a, &[("data", src.path())], &[]);
+        fleet.backup("a", "data");
+        // The secret leaves the source; the next snapshot shares the first one's pack for
+        // f1 and f2, where the secret's chunk still sits.
+        let key = lifeboat_core::ChunkKey::from_slice(
+            &std::fs::read(fleet.path("ctl/chunk.key")).expect("chunk key"),
+        )
+        .expect("key");
+        let secret_id = key.id_of(&std::fs::read(src.path().join("secret")).expect("secret"));
+        std::fs::remove_file(src.path().join("secret")).expect("rm");
+        std::fs::write(src.path().join("g"), rng.bytes(90_000)).expect("write");
+        let s2 = fleet.backup("a", "data")["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        fleet.enroll("thief");
+        (fleet, src, secret_id, s2)
+    });
+    let key = lifeboat_core::ChunkKey::from_slice(
+        &std::fs::read(fleet.path("ctl/chunk.key")).expect("chunk key"),
+    )
+    .expect("key");
+    let granted: Vec<lifeboat_core::ChunkId> = ["f1", "f2", "g"]
+        .iter()
+        .map(|f| key.id_of(&std::fs::read(src.path().join(f)).expect("file")))
+        .collect();
+    let root = tempfile::tempdir().expect("root");
+    let mut raw = lifeboat_tests::RawJob::restore(&fleet, "thief", &s2, root.path()).await;
+    let located = raw
+        .api
+        .locate_chunks(lifeboat_proto::pb::GetChunksRequest {
+            job_id: raw.job_id.clone(),
+            ids: granted.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        })
+        .await
+        .expect("locate the job's own chunks")
+        .into_inner();
+    assert_eq!(located.chunks.len(), 3);
+    // The secret's chunk is outside the grant: refused.
+    let refused = raw
+        .api
+        .locate_chunks(lifeboat_proto::pb::GetChunksRequest {
+            job_id: raw.job_id.clone(),
+            ids: vec![secret_id.as_bytes().to_vec()],
+        })
+        .await
+        .expect_err("a chunk of another snapshot");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // f1's pack holds the secret too: the URL reads all of it, no key opens the secret.
+    let f1 = &located.chunks[0];
+    let url = located.urls[f1.url as usize].clone();
+    let (status, pack) = http_get(&url);
+    assert_eq!(status, 200, "the URL reads the pack");
+    let index = tokio::task::block_in_place(|| fleet.chunk_index());
+    let (_, secret_pack, offset, length) = index
+        .iter()
+        .find(|(id, ..)| *id == secret_id.to_string())
+        .expect("the secret's chunk is still stored")
+        .clone();
+    assert!(url.contains(&secret_pack), "the secret shares f1's pack");
+    let frame = &pack[offset as usize..(offset + length) as usize];
+    for c in &located.chunks {
+        let k = lifeboat_core::seal::BlobKey::from_slice(&c.key).expect("a chunk key");
+        assert!(
+            k.open_frame(&secret_id, frame).is_err(),
+            "a granted key opened the secret"
+        );
+    }
+    let own = lifeboat_core::seal::BlobKey::from_slice(&f1.key)
+        .expect("key")
+        .open_frame(
+            &granted[0],
+            &pack[f1.offset as usize..(f1.offset + u64::from(f1.length)) as usize],
+        );
+    assert!(own.is_ok(), "the job's own chunk opens: {own:?}");
+
+    // The URLs expire.
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let (status, _) = http_get(&url);
+    assert_eq!(status, 403, "an expired URL still reads the pack");
+
+    // A revoked agent gets no new URLs.
+    tokio::task::block_in_place(|| {
+        let out = fleet.cli(&["agents", "revoke", "thief"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    let after = raw
+        .api
+        .locate_chunks(lifeboat_proto::pb::GetChunksRequest {
+            job_id: raw.job_id.clone(),
+            ids: vec![granted[0].as_bytes().to_vec()],
+        })
+        .await;
+    assert!(
+        after.is_err(),
+        "a revoked agent was granted URLs: {after:?}"
+    );
+    let audit = tokio::task::block_in_place(|| fleet.cli(&["audit", "--json"]));
+    assert!(
+        String::from_utf8_lossy(&audit.stdout).contains("LocateChunks"),
+        "the refused read is audited"
+    );
+    tokio::task::block_in_place(|| fleet.stop_controller());
+}
+
+/// A plain GET of `url`: its status and body.
+fn http_get(url: &str) -> (u16, Vec<u8>) {
+    let http = lifeboat_proto::http::client(None).expect("client");
+    let resp = http.get(url).call().expect("GET");
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .with_config()
+        .limit(1 << 30)
+        .read_to_vec()
+        .expect("body");
+    (status, body)
+}

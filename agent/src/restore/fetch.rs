@@ -59,11 +59,14 @@ pub(crate) struct Prefetched {
 }
 
 impl Prefetched {
+    /// `direct`: read from the object store itself (the job says the store is there)
+    /// with this HTTP client, rather than through the controller.
     pub(super) fn start(
         clients: Vec<Client>,
         job_id: String,
         key: ChunkKey,
         order: Vec<(ChunkId, u64)>,
+        direct: Option<ureq::Agent>,
     ) -> Prefetched {
         let (tx, rx) = mpsc::channel(PREFETCH_QUEUE);
         let (msg_tx, msg_rx) = mpsc::channel::<Result<Vec<pb::ChunkBlob>, String>>(DECODE_DEPTH);
@@ -81,6 +84,21 @@ impl Prefetched {
                 if let Some(r) = requests.last_mut() {
                     r.push(id);
                 }
+            }
+            if let Some(http) = direct {
+                let mut client = clients[0].clone();
+                for ids in requests {
+                    match super::direct::fetch(&mut client, &http, &job_id, &ids, &msg_tx).await {
+                        Ok(n) => {
+                            count.fetch_add(n, Ordering::Relaxed);
+                        }
+                        Err(why) => {
+                            let _ = msg_tx.send(Err(why)).await;
+                            return;
+                        }
+                    }
+                }
+                return;
             }
             let mut streams = futures::stream::iter(requests.into_iter().enumerate())
                 .map(|(i, ids)| {

@@ -45,6 +45,7 @@ pub async fn up(
             scrub_period: Some(std::time::Duration::from_secs(30 * 86_400)),
             gc_lease: std::time::Duration::from_secs(6 * 3600),
             upload_quota: lifeboat_controller::DEFAULT_UPLOAD_QUOTA,
+            store_url_ttl: lifeboat_controller::DEFAULT_STORE_URL_TTL,
         },
         listener,
         None,

@@ -113,6 +113,28 @@ pub struct PutSummary {
     pub bytes_stored: u64,
 }
 
+/// Where a restore job reads its chunks from the object store itself (see
+/// [`Store::locate`]).
+#[derive(Debug, Default)]
+pub struct Located {
+    /// Presigned GETs, one per pack.
+    pub urls: Vec<String>,
+    pub chunks: Vec<LocatedChunk>,
+}
+
+#[derive(Debug)]
+pub struct LocatedChunk {
+    pub id: ChunkId,
+    /// Index into [`Located::urls`].
+    pub url: u32,
+    pub offset: u64,
+    pub length: u32,
+    /// The chunk's own key (an encrypted store).
+    pub key: Option<lifeboat_core::seal::BlobKey>,
+    /// Why the store cannot produce it (then the rest is empty).
+    pub unavailable: String,
+}
+
 /// A pack's bytes as a local file: the object itself for a local store, a copy in the
 /// staging directory (removed when dropped) otherwise.
 pub struct PackFile {
@@ -423,6 +445,54 @@ impl Store {
             Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) => Err(e.into()),
             Err(e) => Ok(Err(format!("chunk {id} in pack {pack_name}: {e}"))),
         }
+    }
+
+    /// Where `ids` are, for a reader with no credentials of its own: presigned GETs of
+    /// their packs, valid for `ttl`, and each chunk's own key (nothing that opens any other
+    /// chunk, even in the same pack). `None` for a local store. Blocking (the catalog).
+    pub fn locate(
+        &self,
+        ids: &[ChunkId],
+        ttl: std::time::Duration,
+    ) -> Result<Option<Located>, ApiError> {
+        if self.objects.is_local() {
+            return Ok(None);
+        }
+        let mut located = Located::default();
+        let mut url_of: std::collections::HashMap<String, u32> = Default::default();
+        for id in ids {
+            let mut chunk = LocatedChunk {
+                id: *id,
+                url: 0,
+                offset: 0,
+                length: 0,
+                key: None,
+                unavailable: String::new(),
+            };
+            match self.catalog.chunk_location(id)? {
+                None => chunk.unavailable = format!("chunk {id} is not in the store"),
+                Some((pack, offset, length)) => {
+                    let n = match url_of.get(&pack) {
+                        Some(n) => *n,
+                        None => {
+                            let url = self.objects.presign_get(&pack_key(&pack), ttl).ok_or_else(
+                                || ApiError::internal("the object store cannot presign a GET"),
+                            )?;
+                            located.urls.push(url);
+                            let n = located.urls.len() as u32 - 1;
+                            url_of.insert(pack, n);
+                            n
+                        }
+                    };
+                    chunk.url = n;
+                    chunk.offset = offset;
+                    chunk.length = length;
+                    chunk.key = self.data_key.as_ref().map(|k| k.chunk_key(id));
+                }
+            }
+            located.chunks.push(chunk);
+        }
+        Ok(Some(located))
     }
 
     /// Reads and verifies a chunk's plaintext. Blocking.

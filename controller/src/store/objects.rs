@@ -87,6 +87,12 @@ pub trait Objects: Send + Sync {
     /// Where packs are sealed: the local directory's `packs/` (the seal's rename is the
     /// store), the staging directory otherwise.
     fn seal_dir(&self) -> PathBuf;
+    /// A URL that lets its holder GET object `key` until `ttl` passes, without
+    /// credentials; `None` where objects are local files (restores then go through the
+    /// controller).
+    fn presign_get(&self, _key: &str, _ttl: std::time::Duration) -> Option<String> {
+        None
+    }
     /// For logs and `lifeboat status`: never a credential.
     fn describe(&self) -> String;
     /// Whether its objects are on the controller's own disk.

@@ -90,19 +90,8 @@ impl S3Objects {
         };
         let bucket = Bucket::new(endpoint, style, loc.bucket.clone(), loc.region.clone())
             .map_err(|e| StoreError::Refused(format!("S3 bucket {}: {e}", loc.bucket)))?;
-        let mut tls = ureq::tls::TlsConfig::builder();
-        if let Some(roots) = root_certs(loc.ca_file.as_deref())? {
-            tls = tls.root_certs(roots);
-        }
-        let http: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_connect(Some(Duration::from_secs(10)))
-            // A pack's PUT or GET moves tens of MiB; a stalled one is cut and retried.
-            .timeout_global(Some(Duration::from_secs(300)))
-            .max_redirects(0)
-            .tls_config(tls.build())
-            .build()
-            .into();
+        let http = lifeboat_proto::http::client(loc.ca_file.as_deref())
+            .map_err(|e| StoreError::Refused(format!("S3 endpoint TLS: {e}")))?;
         std::fs::create_dir_all(staging)
             .map_err(|e| StoreError::Io(format!("creating {}: {e}", staging.display())))?;
         let first_backoff = std::env::var("LIFEBOAT_S3_BACKOFF_MS")
@@ -362,6 +351,16 @@ impl Objects for S3Objects {
     fn describe(&self) -> String {
         self.described.clone()
     }
+
+    fn presign_get(&self, key: &str, ttl: Duration) -> Option<String> {
+        let full = self.key(key);
+        Some(
+            self.bucket
+                .get_object(Some(&self.credentials), &full)
+                .sign(ttl)
+                .to_string(),
+        )
+    }
 }
 
 /// A response body, whole (bounded), or why not.
@@ -489,50 +488,4 @@ fn load_credentials() -> Result<Credentials, StoreError> {
         }),
         _ => Err(missing()),
     }
-}
-
-/// The roots that verify an `https` endpoint: `--s3-ca FILE`, else `SSL_CERT_FILE`, else
-/// the system bundle. `None` for none found (a plain `http` endpoint needs none).
-fn root_certs(ca_file: Option<&Path>) -> Result<Option<ureq::tls::RootCerts>, StoreError> {
-    let candidates: Vec<PathBuf> = match ca_file {
-        Some(f) => vec![f.to_owned()],
-        None => std::env::var_os("SSL_CERT_FILE")
-            .map(PathBuf::from)
-            .into_iter()
-            .chain([
-                PathBuf::from("/etc/ssl/certs/ca-certificates.crt"),
-                PathBuf::from("/etc/pki/tls/certs/ca-bundle.crt"),
-            ])
-            .collect(),
-    };
-    for path in candidates {
-        let pem = match std::fs::read(&path) {
-            Ok(p) => p,
-            Err(e) if ca_file.is_some() => {
-                return Err(StoreError::Refused(format!(
-                    "reading the S3 CA file {}: {e}",
-                    path.display()
-                )));
-            }
-            Err(_) => continue,
-        };
-        let certs: Vec<_> = ureq::tls::parse_pem(&pem)
-            .filter_map(Result::ok)
-            .filter_map(|item| match item {
-                ureq::tls::PemItem::Certificate(c) => Some(c),
-                _ => None,
-            })
-            .collect();
-        if certs.is_empty() {
-            if ca_file.is_some() {
-                return Err(StoreError::Refused(format!(
-                    "the S3 CA file {} holds no PEM certificate",
-                    path.display()
-                )));
-            }
-            continue;
-        }
-        return Ok(Some(ureq::tls::RootCerts::new_with_certs(&certs)));
-    }
-    Ok(None)
 }

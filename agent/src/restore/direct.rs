@@ -1,0 +1,241 @@
+//! Reading a restore's chunks straight from the object store: the controller grants a job
+//! presigned GETs of the packs and the key of each chunk it may read (`LocateChunks`);
+//! the agent reads byte ranges itself and opens each chunk's frame. The controller stays
+//! the authority (the grant, the pace, revocation) and leaves the data path.
+//!
+//! Chunks are read in runs: consecutive chunks of the request (tree order) that sit close
+//! together in one pack make one range GET (a first backup's chunks are in tree order in
+//! their packs, so runs are long). Runs are read a few at a time and handed on in order.
+
+use futures::StreamExt;
+use lifeboat_core::ChunkId;
+use lifeboat_core::seal::BlobKey;
+use lifeboat_proto::pb;
+
+/// A run ends where the next chunk is further than this past the previous one's end
+/// (reading a small gap beats another request) ...
+const MAX_GAP: u64 = 256 << 10;
+/// ... or when it reaches this many bytes (the memory a run holds).
+const MAX_RUN: u64 = 8 << 20;
+/// Runs read at once.
+const RUNS_IN_FLIGHT: usize = 4;
+const ATTEMPTS: u32 = 4;
+
+/// One range GET of pack `url`, bytes `start..end`, holding `chunks` (or, with `url`
+/// `usize::MAX`, one chunk the store cannot produce).
+struct Run {
+    url: usize,
+    start: u64,
+    end: u64,
+    chunks: Vec<pb::ChunkLocation>,
+}
+
+/// Cuts located chunks (in the request's order) into runs.
+fn runs(chunks: Vec<pb::ChunkLocation>) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for c in chunks {
+        if !c.unavailable.is_empty() {
+            // Kept in order as a run of its own with nothing to read.
+            runs.push(Run {
+                url: usize::MAX,
+                start: 0,
+                end: 0,
+                chunks: vec![c],
+            });
+            continue;
+        }
+        let (start, end) = (c.offset, c.offset + u64::from(c.length));
+        match runs.last_mut() {
+            Some(r)
+                if r.url == c.url as usize
+                    && start >= r.end
+                    && start - r.end <= MAX_GAP
+                    && end - r.start <= MAX_RUN =>
+            {
+                r.end = end;
+                r.chunks.push(c);
+            }
+            _ => runs.push(Run {
+                url: c.url as usize,
+                start,
+                end,
+                chunks: vec![c],
+            }),
+        }
+    }
+    runs
+}
+
+/// Reads one run and opens its chunks; a chunk that cannot be read or opened is marked
+/// unavailable (only the files that use it fail).
+fn read_run(http: &ureq::Agent, urls: &[String], run: Run) -> Vec<pb::ChunkBlob> {
+    let bytes = match run.url {
+        usize::MAX => Err(String::new()),
+        n => match urls.get(n) {
+            Some(url) => get_range(http, url, run.start, run.end),
+            None => Err("the controller named no such URL".into()),
+        },
+    };
+    run.chunks
+        .into_iter()
+        .map(|c| {
+            let blob = match &bytes {
+                _ if !c.unavailable.is_empty() => Err(c.unavailable.clone()),
+                Err(why) => Err(why.clone()),
+                Ok(bytes) => open(&c, run.start, bytes),
+            };
+            match blob {
+                Ok(blob) => pb::ChunkBlob {
+                    id: c.id,
+                    blob: blob.into(),
+                    unavailable: String::new(),
+                },
+                Err(why) => pb::ChunkBlob {
+                    id: c.id,
+                    blob: Default::default(),
+                    unavailable: why,
+                },
+            }
+        })
+        .collect()
+}
+
+/// The codec blob of chunk `c`, cut from a run's bytes and opened with its key.
+fn open(c: &pb::ChunkLocation, run_start: u64, bytes: &[u8]) -> Result<Vec<u8>, String> {
+    let at = (c.offset - run_start) as usize;
+    let frame = bytes
+        .get(at..at + c.length as usize)
+        .ok_or("the object store returned less than the run")?;
+    if c.key.is_empty() {
+        return Ok(frame.to_vec()); // a plaintext store: the agent's own check follows
+    }
+    let id = ChunkId::from_slice(&c.id).map_err(|e| e.to_string())?;
+    BlobKey::from_slice(&c.key)
+        .and_then(|k| k.open_frame(&id, frame))
+        .map_err(|e| format!("chunk {id}: {e}"))
+}
+
+/// `bytes=start-(end-1)` of a presigned URL, retried on transport errors and 5xx.
+fn get_range(http: &ureq::Agent, url: &str, start: u64, end: u64) -> Result<Vec<u8>, String> {
+    let range = format!("bytes={start}-{}", end - 1);
+    let mut last = String::new();
+    for attempt in 0..ATTEMPTS {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(200 << attempt));
+        }
+        let resp = match http.get(url).header("range", &range).call() {
+            Ok(r) => r,
+            Err(e) => {
+                last = format!("the object store did not answer: {e}");
+                continue;
+            }
+        };
+        let status = resp.status().as_u16();
+        if status >= 500 || status == 429 {
+            last = format!("the object store answered {status}");
+            continue;
+        }
+        if !(200..300).contains(&status) {
+            return Err(format!(
+                "the object store refused the read ({status}; an expired or revoked grant)"
+            ));
+        }
+        match resp
+            .into_body()
+            .with_config()
+            .limit(MAX_RUN + (1 << 20))
+            .read_to_vec()
+        {
+            Ok(body) if body.len() as u64 == end - start => return Ok(body),
+            Ok(body) => last = format!("{} bytes came back, {} asked for", body.len(), end - start),
+            Err(e) => last = format!("the read broke off: {e}"),
+        }
+    }
+    Err(last)
+}
+
+/// Locates `ids` under the job's grant and reads them, sending their blobs (in order, a
+/// run per message) to `out`. Returns the bytes read, or why the restore must stop.
+pub(super) async fn fetch(
+    client: &mut crate::client::Client,
+    http: &ureq::Agent,
+    job_id: &str,
+    ids: &[ChunkId],
+    out: &tokio::sync::mpsc::Sender<Result<Vec<pb::ChunkBlob>, String>>,
+) -> Result<u64, String> {
+    let located = client
+        .locate_chunks(pb::GetChunksRequest {
+            job_id: job_id.to_string(),
+            ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    if located.chunks.len() != ids.len()
+        || located
+            .chunks
+            .iter()
+            .zip(ids)
+            .any(|(c, id)| c.id != id.as_bytes())
+    {
+        return Err("the controller located other chunks than asked for".into());
+    }
+    let urls = std::sync::Arc::new(located.urls);
+    let runs = runs(located.chunks);
+    let mut read = futures::stream::iter(runs)
+        .map(|run| {
+            let (http, urls) = (http.clone(), urls.clone());
+            tokio::task::spawn_blocking(move || read_run(&http, &urls, run))
+        })
+        .buffered(RUNS_IN_FLIGHT);
+    let mut bytes = 0u64;
+    while let Some(joined) = read.next().await {
+        let blobs = joined.map_err(|e| format!("reading from the object store: {e}"))?;
+        bytes += blobs.iter().map(|b| b.blob.len() as u64).sum::<u64>();
+        if out.send(Ok(blobs)).await.is_err() {
+            break; // the restore ended
+        }
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(url: u32, offset: u64, length: u32) -> pb::ChunkLocation {
+        pb::ChunkLocation {
+            url,
+            offset,
+            length,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn runs_join_close_chunks_of_one_pack_in_order() {
+        let r = runs(vec![
+            at(0, 8, 100),
+            at(0, 108, 100),
+            at(0, 208 + MAX_GAP, 10),     // a small gap: same run
+            at(1, 8, 10),                 // another pack
+            at(0, 300, 10),               // back before the run's end: a new run
+            at(0, 400 + 2 * MAX_GAP, 10), // too far: a new run
+            at(0, 500 + 2 * MAX_GAP, MAX_RUN as u32), // too big to join
+        ]);
+        let shape: Vec<(usize, u64, u64, usize)> = r
+            .iter()
+            .map(|r| (r.url, r.start, r.end, r.chunks.len()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (0, 8, 218 + MAX_GAP, 3),
+                (1, 8, 18, 1),
+                (0, 300, 310, 1),
+                (0, 400 + 2 * MAX_GAP, 410 + 2 * MAX_GAP, 1),
+                (0, 500 + 2 * MAX_GAP, 500 + 2 * MAX_GAP + MAX_RUN, 1),
+            ]
+        );
+    }
+}
