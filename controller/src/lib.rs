@@ -115,6 +115,8 @@ pub struct Controller {
     pub upload_quota: u64,
     /// How long the presigned GETs of a restore straight from the object store last.
     pub store_url_ttl: Duration,
+    /// The public half of the offline recovery key the data key is wrapped to.
+    pub recovery_recipient: Option<String>,
     /// Chunk bytes restores read: sent by the controller (`GetChunks`), or granted for a
     /// read straight from the object store (`LocateChunks`).
     pub restore_bytes_sent: std::sync::atomic::AtomicU64,
@@ -296,6 +298,7 @@ pub fn start_with_clock(
             .unwrap_or(30 * 86_400_000),
         gc_lease_ms: cfg.gc_lease.as_millis() as i64,
         store_url_ttl: cfg.store_url_ttl,
+        recovery_recipient: prepared.recovery_recipient.clone(),
         restore_bytes_sent: Default::default(),
         restore_bytes_direct: Default::default(),
         upload_quota: cfg.upload_quota,

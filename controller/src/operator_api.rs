@@ -131,6 +131,9 @@ impl OperatorApi for OperatorService {
             role: role.as_str().into(),
             controller_signing_key: self.0.signer_public_key.clone(),
             workers: crate::workers::to_pb(&self.0.workers.states()),
+            store: self.0.store.describe(),
+            store_encrypted: self.0.store.is_encrypted(),
+            recovery_recipient: self.0.recovery_recipient.clone().unwrap_or_default(),
         }))
     }
 

@@ -154,6 +154,8 @@ fn a_stolen_local_store_holds_no_plaintext_and_a_legacy_store_still_works() {
         legacy.recovery_key.is_none(),
         "no key for a plaintext store"
     );
+    let status = legacy.cli_json(&["status"]);
+    assert_eq!(status["store_encrypted"], false, "{status}");
     assert!(!legacy.path("ctl/store-key.age").exists());
     let (src, root) = (legacy.path("src"), legacy.path("restore"));
     let files = backed_up_fleet(&mut legacy, &src, &root);
@@ -236,6 +238,9 @@ fn the_recovery_key_unwraps_the_data_key_with_the_age_tool() {
         fleet.recovery_key.is_none(),
         "the operator's own key is never shown"
     );
+    let status = fleet.cli_json(&["status"]);
+    assert_eq!(status["store_encrypted"], true, "{status}");
+    assert_eq!(status["recovery_recipient"], recipient.as_str(), "{status}");
     let (src, root) = (fleet.path("src"), fleet.path("restore"));
     let files = backed_up_fleet(&mut fleet, &src, &root);
 

@@ -29,7 +29,7 @@ pub async fn run(
                     .collect();
                 out!(
                     "{}",
-                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "role": s.role, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes, "workers": workers})
+                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "role": s.role, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes, "store": s.store, "store_encrypted": s.store_encrypted, "recovery_recipient": s.recovery_recipient, "workers": workers})
                 );
             } else {
                 out!(
@@ -42,6 +42,15 @@ pub async fn run(
                     s.snapshots,
                     s.chunks,
                     bytes(s.stored_bytes)
+                );
+                out!(
+                    "store {} ({})",
+                    s.store,
+                    match (s.store_encrypted, s.recovery_recipient.as_str()) {
+                        (true, "") => "encrypted".to_string(),
+                        (true, r) => format!("encrypted; recovery key {r}"),
+                        (false, _) => "NOT encrypted: created before encryption at rest".into(),
+                    }
                 );
                 let rows = s
                     .workers
