@@ -199,3 +199,179 @@ impl Drop for S3Server {
         self.kill();
     }
 }
+
+/// What a [`FaultyProxy`] does to the connections it accepts (the n-th, counting from 1).
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// Every n-th connection is answered `503 SlowDown` (0: never).
+    pub slow_down_every: u32,
+    /// Every n-th connection is answered `500 InternalError` (0: never).
+    pub error_every: u32,
+    /// Every n-th connection waits this long before it is forwarded (0: never).
+    pub delay_every: u32,
+    pub delay: Duration,
+    /// Every n-th forwarded connection is cut after `cut_after` bytes in either direction
+    /// (0: never).
+    pub cut_every: u32,
+    pub cut_after: u64,
+    /// Every connection is answered `503 SlowDown`: the store is unreachable.
+    pub down: bool,
+}
+
+/// A TCP proxy in front of an S3 server that injects faults: throttling, server errors,
+/// slow answers and connections cut mid-transfer. Counts what it did.
+pub struct FaultyProxy {
+    pub endpoint: String,
+    faults: Arc<std::sync::Mutex<Faults>>,
+    pub injected: Arc<std::sync::atomic::AtomicU64>,
+    pub forwarded: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl FaultyProxy {
+    pub fn start(upstream: &str, faults: Faults) -> FaultyProxy {
+        use std::sync::atomic::Ordering;
+        let upstream = upstream
+            .strip_prefix("http://")
+            .expect("an http endpoint")
+            .to_string();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let faults = Arc::new(std::sync::Mutex::new(faults));
+        let injected = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let forwarded = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (f, inj, fwd) = (faults.clone(), injected.clone(), forwarded.clone());
+        std::thread::spawn(move || {
+            for (n, conn) in (1u32..).zip(listener.incoming()) {
+                let Ok(client) = conn else { continue };
+                let now = f.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                let every = move |k: u32| k > 0 && n % k == 0;
+                let answer = if now.down || every(now.slow_down_every) {
+                    Some((503, "Slow Down", "SlowDown"))
+                } else if every(now.error_every) {
+                    Some((500, "Internal Server Error", "InternalError"))
+                } else {
+                    None
+                };
+                if let Some((code, reason, what)) = answer {
+                    inj.fetch_add(1, Ordering::Relaxed);
+                    std::thread::spawn(move || refuse(client, code, reason, what));
+                    continue;
+                }
+                if every(now.delay_every) {
+                    inj.fetch_add(1, Ordering::Relaxed);
+                }
+                fwd.fetch_add(1, Ordering::Relaxed);
+                let upstream = upstream.clone();
+                let inj = inj.clone();
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    if every(now.delay_every) {
+                        std::thread::sleep(now.delay);
+                    }
+                    let Ok(server) = std::net::TcpStream::connect(&upstream) else {
+                        return;
+                    };
+                    let cut = if every(now.cut_every) {
+                        now.cut_after
+                    } else {
+                        0
+                    };
+                    forward(client, server, cut, &inj, &f);
+                });
+            }
+        });
+        FaultyProxy {
+            endpoint,
+            faults,
+            injected,
+            forwarded,
+        }
+    }
+
+    pub fn set(&self, faults: Faults) {
+        *self.faults.lock().unwrap_or_else(|p| p.into_inner()) = faults;
+    }
+
+    /// `serve` arguments for a store under `prefix` of `server`'s bucket, reached through
+    /// this proxy.
+    pub fn serve_args(&self, prefix: &str) -> Vec<String> {
+        vec![
+            "--store".into(),
+            format!("s3://{BUCKET}/{prefix}"),
+            "--s3-endpoint".into(),
+            self.endpoint.clone(),
+            "--s3-path-style".into(),
+        ]
+    }
+}
+
+/// Reads the request's head, answers `code` with an S3 error body, and closes.
+fn refuse(mut client: std::net::TcpStream, code: u16, reason: &str, what: &str) {
+    use std::io::{Read, Write};
+    let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && head.len() < 64 << 10 {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{what}</Code><Message>injected by the test proxy</Message></Error>"
+    );
+    let _ = write!(
+        client,
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = client.shutdown(std::net::Shutdown::Both);
+}
+
+/// Copies both ways until either side closes, `cut_after` bytes went either way, or the
+/// store goes down (connections open before then die at their next use, as they would).
+fn forward(
+    client: std::net::TcpStream,
+    server: std::net::TcpStream,
+    cut_after: u64,
+    injected: &Arc<std::sync::atomic::AtomicU64>,
+    faults: &Arc<std::sync::Mutex<Faults>>,
+) {
+    let pipe = |mut from: std::net::TcpStream,
+                mut to: std::net::TcpStream,
+                injected: Arc<std::sync::atomic::AtomicU64>,
+                faults: Arc<std::sync::Mutex<Faults>>| {
+        move || {
+            use std::io::{Read, Write};
+            let mut buf = vec![0u8; 64 << 10];
+            let mut moved = 0u64;
+            loop {
+                let n = match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if faults.lock().unwrap_or_else(|p| p.into_inner()).down {
+                    injected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                moved += n as u64;
+                if cut_after > 0 && moved >= cut_after {
+                    injected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+            }
+            let _ = from.shutdown(std::net::Shutdown::Both);
+            let _ = to.shutdown(std::net::Shutdown::Both);
+        }
+    };
+    let (c2, s2) = (
+        client.try_clone().expect("clone"),
+        server.try_clone().expect("clone"),
+    );
+    let up = std::thread::spawn(pipe(client, server, injected.clone(), faults.clone()));
+    pipe(s2, c2, injected.clone(), faults.clone())();
+    let _ = up.join();
+}

@@ -202,11 +202,12 @@ fn scrub_finds_a_flipped_byte_in_an_s3_pack_and_a_backup_heals_it() {
     }
 }
 
-/// The object store killed in the middle of a backup and started again: the backup
-/// retries through the outage and completes, or fails saying what happened; either way
-/// no listed snapshot leans on a chunk the bucket does not hold, and every one restores.
+/// The object store killed in the middle of a backup, then of a restore, and started
+/// again: the backup retries through the outage and completes, or fails saying what
+/// happened; no listed snapshot leans on a chunk the bucket does not hold, and every one
+/// restores; the restore retries or fails, and leaves no wrong byte at a final path.
 #[test]
-fn the_s3_server_killed_mid_backup_never_leaves_a_snapshot_short() {
+fn the_s3_server_killed_mid_backup_and_mid_restore_leaves_no_short_snapshot_nor_wrong_byte() {
     let Some(mut s3) = S3Server::start() else {
         return;
     };
@@ -289,6 +290,61 @@ fn the_s3_server_killed_mid_backup_never_leaves_a_snapshot_short() {
                 "{name}"
             );
         }
+    }
+
+    // Killed mid-restore (the agent reads the bucket itself): the restore retries through
+    // the outage or fails; either way no file at its final path holds a wrong byte.
+    let id = snaps[0]["id"].as_str().expect("id");
+    let target = root.path().join("during-outage");
+    let out = fleet.cli(&[
+        "restore",
+        id,
+        "--agent",
+        "a",
+        "--to",
+        target.to_str().expect("path"),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("job");
+    let job_id = job["id"].as_str().expect("id").to_string();
+    wait_for(
+        "the restore to read its first bytes",
+        Duration::from_secs(60),
+        || {
+            let j = fleet.job_info(&job_id);
+            (j["state"] != "queued").then_some(())
+        },
+    );
+    s3.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    s3.restart();
+    let done = wait_for("the restore to end", Duration::from_secs(180), || {
+        let j = fleet.job_info(&job_id);
+        matches!(j["state"].as_str(), Some("succeeded" | "failed")).then_some(j)
+    });
+    let mut whole = 0;
+    for i in 0..12 {
+        let name = format!("f{i:02}");
+        if let Ok(restored) = std::fs::read(target.join(&name)) {
+            assert_eq!(
+                std::fs::read(src.path().join(&name)).expect("src"),
+                restored,
+                "{name} is at its final path with wrong bytes"
+            );
+            whole += 1;
+        }
+    }
+    eprintln!(
+        "restore during the outage: {}, {whole} of 12 files whole",
+        done["state"]
+    );
+    if done["state"] == "succeeded" {
+        assert_eq!(whole, 12, "{done}");
     }
 }
 
@@ -494,4 +550,148 @@ fn http_get(url: &str) -> (u16, Vec<u8>) {
         .read_to_vec()
         .expect("body");
     (status, body)
+}
+
+/// The way to the object store misbehaves: throttling (503 SlowDown), server errors,
+/// slow answers and connections cut mid-transfer. Backups and restores retry through
+/// them; while the store is unreachable, a backup fails saying so and lists nothing, the
+/// controller's memory stays bounded (uploads are pushed back and staged packs dropped,
+/// not buffered), and the next backup after the store is back completes.
+#[test]
+fn a_flaky_way_to_the_store_is_retried_and_an_unreachable_one_fails_cleanly() {
+    use lifeboat_tests::s3::{Faults, FaultyProxy};
+    let Some(s3) = S3Server::start() else {
+        return;
+    };
+    let flaky = Faults {
+        slow_down_every: 3,
+        error_every: 5,
+        delay_every: 4,
+        delay: Duration::from_millis(1500),
+        cut_every: 7,
+        cut_after: 6 << 20,
+        down: false,
+    };
+    let proxy = FaultyProxy::start(&s3.endpoint, flaky.clone());
+    let args = proxy.serve_args("flaky");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // Short pauses between retries: the dead-store half waits out every one of them.
+    let mut env = s3.env();
+    env.push(("LIFEBOAT_S3_BACKOFF_MS".into(), "10".into()));
+    let mut fleet = Fleet::start_with_env(&args, env);
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let mut rng = Rng::new(77);
+    for i in 0..6 {
+        std::fs::write(src.path().join(format!("f{i}")), rng.bytes(7 << 20)).expect("write");
+    }
+    let (a, b) = (fleet.enroll("a"), fleet.enroll("b"));
+    fleet.run_agent(&a, &[("data", src.path())], &[]);
+    fleet.run_agent(&b, &[], &[root.path()]);
+    let snap = fleet.backup("a", "data");
+    let target = root.path().join("through-faults");
+    let (ok, job) = fleet.job(&[
+        "restore",
+        snap["id"].as_str().expect("id"),
+        "--agent",
+        "b",
+        "--to",
+        target.to_str().expect("path"),
+    ]);
+    assert!(ok, "{job}\n{}", fleet.agent_log("b"));
+    for i in 0..6 {
+        let name = format!("f{i}");
+        assert_eq!(
+            std::fs::read(src.path().join(&name)).expect("src"),
+            std::fs::read(target.join(&name)).expect("restored"),
+            "{name}"
+        );
+    }
+    let injected = proxy.injected.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "{injected} faults injected over {} forwarded connections",
+        proxy.forwarded.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(injected >= 3, "the proxy injected only {injected} faults");
+    let logs = fleet.controller_log() + &fleet.agent_log("b");
+    assert!(
+        logs.contains("503") || logs.contains("SlowDown"),
+        "a throttled request was retried (the controller's or the restoring agent's)"
+    );
+
+    // Unreachable: every request throttled, for good.
+    proxy.set(Faults {
+        down: true,
+        ..Faults::default()
+    });
+    for i in 0..24 {
+        std::fs::write(src.path().join(format!("g{i:02}")), rng.bytes(8 << 20)).expect("write");
+    }
+    let before = fleet
+        .cli_json(&["snapshots"])
+        .as_array()
+        .map_or(0, Vec::len);
+    let rss_before = fleet.controller_rss();
+    let out = fleet.cli(&["backup", "a", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("job");
+    let id = job["id"].as_str().expect("id").to_string();
+    let mut rss_peak = rss_before;
+    let done = wait_for("the backup to fail", Duration::from_secs(300), || {
+        rss_peak = rss_peak.max(fleet.controller_rss());
+        let j = fleet.job_info(&id);
+        matches!(j["state"].as_str(), Some("succeeded" | "failed")).then_some(j)
+    });
+    assert_eq!(done["state"], "failed", "{done}");
+    let err = done["error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("object store") && err.contains("check that the object store is up"),
+        "the failure says the store is unreachable and what to do: {err}"
+    );
+    let after = fleet
+        .cli_json(&["snapshots"])
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(after, before, "no snapshot listed while the store was down");
+    let grew = rss_peak.saturating_sub(rss_before);
+    eprintln!("controller RSS {rss_before} -> peak {rss_peak} while 192 MiB met a dead store");
+    assert!(
+        grew < 128 << 20,
+        "the controller grew {grew} bytes while the store was down: uploads are buffered"
+    );
+    // Packs still in their retries when the job failed give up too; none stays staged.
+    let staged = || -> u64 {
+        let mut bytes = 0;
+        let mut dirs = vec![fleet.path("ctl/staging/sealed")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => dirs.push(e.path()),
+                    Ok(m) => bytes += m.len(),
+                    Err(_) => {}
+                }
+            }
+        }
+        bytes
+    };
+    wait_for(
+        "packs that could not be stored to leave staging",
+        Duration::from_secs(120),
+        || (staged() == 0).then_some(()),
+    );
+
+    // Back up again once the store answers: everything is there and verifies.
+    proxy.set(flaky);
+    fleet.backup("a", "data");
+    let verify = fleet.cli_json(&["verify"]);
+    assert_eq!(verify["bad"].as_array().map(Vec::len), Some(0), "{verify}");
+    assert_eq!(
+        verify["affected_snapshots"].as_array().map(Vec::len),
+        Some(0),
+        "{verify}"
+    );
 }

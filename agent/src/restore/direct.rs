@@ -121,6 +121,7 @@ fn get_range(http: &ureq::Agent, url: &str, start: u64, end: u64) -> Result<Vec<
     let mut last = String::new();
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
+            tracing::warn!(attempt, error = %last, "reading from the object store: retrying");
             std::thread::sleep(std::time::Duration::from_millis(200 << attempt));
         }
         let resp = match http.get(url).header("range", &range).call() {

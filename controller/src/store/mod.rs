@@ -175,16 +175,20 @@ impl Store {
         }
         // Staged files are only ever partial writes or unconfirmed uploads of a previous
         // run (never indexed): their chunks are uploaded again.
-        let mut stale = vec![objects.staging().to_owned()];
-        if !objects.is_local() {
-            stale.push(seal_dir.clone());
-        }
-        for dir in stale {
-            for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-                if e.file_type().is_ok_and(|t| t.is_file()) {
-                    let _ = std::fs::remove_file(e.path());
-                }
+        // (An S3 store's sealed packs wait in `SEAL_DIR/<2 hex>/`, all of them stale now.)
+        for e in std::fs::read_dir(objects.staging())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if e.file_type().is_ok_and(|t| t.is_file()) {
+                let _ = std::fs::remove_file(e.path());
             }
+        }
+        if !objects.is_local() {
+            let _ = std::fs::remove_dir_all(&seal_dir);
+            std::fs::create_dir_all(&seal_dir)
+                .map_err(|e| ApiError::internal(format!("creating {}: {e}", seal_dir.display())))?;
         }
         let packs = Arc::new(Packs {
             open: Mutex::new(OpenPack::default()),

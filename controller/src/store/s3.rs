@@ -177,6 +177,54 @@ impl S3Objects {
         )))
     }
 
+    /// One PUT of `len` bytes with MD5 `digest` (the server checks it), the body made
+    /// afresh for every attempt; then a HEAD must report the same length and digest.
+    fn put_with<B: ureq::AsSendBody>(
+        &self,
+        key: &str,
+        digest: [u8; 16],
+        len: u64,
+        mut body: impl FnMut() -> Result<B, StoreError>,
+    ) -> Result<(), StoreError> {
+        let md5_b64 = base64::engine::general_purpose::STANDARD.encode(digest);
+        let full = self.key(key);
+        let mut action = self.bucket.put_object(Some(&self.credentials), &full);
+        action.headers_mut().insert("content-md5", md5_b64.clone());
+        let url = action.sign(SIGNED_FOR);
+        self.retrying(&format!("storing {key}"), || {
+            let body = body().map_err(Failure::Final)?;
+            let resp = self.send(
+                self.http
+                    .put(url.as_str())
+                    .header("content-md5", &md5_b64)
+                    .send(body),
+            )?;
+            match resp.status().as_u16() {
+                200..=299 => Ok(()),
+                _ => Err(classify(resp, &format!("storing {key}"))),
+            }
+        })?;
+        // Confirmed only by what the server says it holds now.
+        match self.head(key)? {
+            Some((held, etag)) if held == len => {
+                let md5_hex = hex::encode(digest);
+                let plain_md5 = etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit());
+                if plain_md5 && !etag.eq_ignore_ascii_case(&md5_hex) {
+                    return Err(StoreError::Corrupt(format!(
+                        "{key}: the object store holds content with MD5 {etag}, not the {md5_hex} written"
+                    )));
+                }
+                Ok(())
+            }
+            Some((held, _)) => Err(StoreError::Corrupt(format!(
+                "{key}: the object store holds {held} bytes, not the {len} written"
+            ))),
+            None => Err(StoreError::Corrupt(format!(
+                "{key}: the object store acknowledged it but does not list it"
+            ))),
+        }
+    }
+
     fn head(&self, key: &str) -> Result<Option<(u64, String)>, StoreError> {
         let full = self.key(key);
         let url = self
@@ -206,50 +254,22 @@ impl S3Objects {
 
 impl Objects for S3Objects {
     fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let digest = md5::Md5::digest(bytes);
-        let md5_b64 = base64::engine::general_purpose::STANDARD.encode(digest);
-        let full = self.key(key);
-        let mut action = self.bucket.put_object(Some(&self.credentials), &full);
-        action.headers_mut().insert("content-md5", md5_b64.clone());
-        let url = action.sign(SIGNED_FOR);
-        self.retrying(&format!("storing {key}"), || {
-            let resp = self.send(
-                self.http
-                    .put(url.as_str())
-                    .header("content-md5", &md5_b64)
-                    .send(bytes),
-            )?;
-            match resp.status().as_u16() {
-                200..=299 => Ok(()),
-                _ => Err(classify(resp, &format!("storing {key}"))),
-            }
-        })?;
-        // Confirmed only by what the server says it holds now.
-        match self.head(key)? {
-            Some((len, etag)) if len == bytes.len() as u64 => {
-                let md5_hex = hex::encode(digest);
-                let plain_md5 = etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit());
-                if plain_md5 && !etag.eq_ignore_ascii_case(&md5_hex) {
-                    return Err(StoreError::Corrupt(format!(
-                        "{key}: the object store holds content with MD5 {etag}, not the {md5_hex} written"
-                    )));
-                }
-                Ok(())
-            }
-            Some((len, _)) => Err(StoreError::Corrupt(format!(
-                "{key}: the object store holds {len} bytes, not the {} written",
-                bytes.len()
-            ))),
-            None => Err(StoreError::Corrupt(format!(
-                "{key}: the object store acknowledged it but does not list it"
-            ))),
-        }
+        let digest: [u8; 16] = md5::Md5::digest(bytes).into();
+        self.put_with(key, digest, bytes.len() as u64, || Ok(bytes))
     }
 
     fn store_sealed(&self, key: &str, path: &Path) -> Result<(), StoreError> {
-        let bytes = std::fs::read(path)
-            .map_err(|e| StoreError::Io(format!("reading {}: {e}", path.display())))?;
-        let stored = self.put(key, &bytes);
+        // Streamed from the staged file (read twice: for its digest, then for the PUT):
+        // a pack is never held in memory, however long the store keeps it waiting.
+        let io = |e: std::io::Error| StoreError::Io(format!("reading {}: {e}", path.display()));
+        let stored = (|| {
+            let mut file = std::fs::File::open(path).map_err(io)?;
+            let len = file.metadata().map_err(io)?.len();
+            let mut hasher = md5::Md5::new();
+            std::io::copy(&mut file, &mut hasher).map_err(io)?;
+            let digest: [u8; 16] = hasher.finalize().into();
+            self.put_with(key, digest, len, || std::fs::File::open(path).map_err(io))
+        })();
         // The staged copy goes either way: a failed seal forgets its chunks (they are
         // uploaded again), so nothing will ask for this file.
         let _ = std::fs::remove_file(path);
