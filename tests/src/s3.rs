@@ -162,13 +162,7 @@ impl S3Server {
 
     /// `lifeboat-controller serve` arguments for a store under `prefix`.
     pub fn serve_args(&self, prefix: &str) -> Vec<String> {
-        vec![
-            "--store".into(),
-            format!("s3://{BUCKET}/{prefix}"),
-            "--s3-endpoint".into(),
-            self.endpoint.clone(),
-            "--s3-path-style".into(),
-        ]
+        serve_args(&self.endpoint, prefix)
     }
 
     /// The environment a controller needs to reach the bucket.
@@ -192,6 +186,17 @@ impl S3Server {
 /// A client of the test bucket with the server's credentials.
 fn open(loc: &S3Location, staging: &Path) -> Result<S3Objects, String> {
     S3Objects::open_with_keys(loc, staging, ACCESS_KEY, SECRET_KEY).map_err(|e| e.to_string())
+}
+
+/// `serve` arguments for a store under `prefix` of the test bucket at `endpoint`.
+fn serve_args(endpoint: &str, prefix: &str) -> Vec<String> {
+    vec![
+        "--store".into(),
+        format!("s3://{BUCKET}/{prefix}"),
+        "--s3-endpoint".into(),
+        endpoint.to_string(),
+        "--s3-path-style".into(),
+    ]
 }
 
 impl Drop for S3Server {
@@ -295,13 +300,7 @@ impl FaultyProxy {
     /// `serve` arguments for a store under `prefix` of `server`'s bucket, reached through
     /// this proxy.
     pub fn serve_args(&self, prefix: &str) -> Vec<String> {
-        vec![
-            "--store".into(),
-            format!("s3://{BUCKET}/{prefix}"),
-            "--s3-endpoint".into(),
-            self.endpoint.clone(),
-            "--s3-path-style".into(),
-        ]
+        serve_args(&self.endpoint, prefix)
     }
 }
 

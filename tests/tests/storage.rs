@@ -12,6 +12,38 @@ use lifeboat_tests::s3::S3Server;
 use lifeboat_tests::tree::Rng;
 use lifeboat_tests::{Fleet, wait_for};
 
+/// Restores `snapshot` onto `agent` at `target`; every file of `names` must hold the
+/// source's bytes.
+fn restores_whole(
+    fleet: &Fleet,
+    snapshot: &str,
+    agent: &str,
+    target: &std::path::Path,
+    src: &std::path::Path,
+    names: impl Iterator<Item = String>,
+) {
+    let (ok, job) = fleet.job(&[
+        "restore",
+        snapshot,
+        "--agent",
+        agent,
+        "--to",
+        target.to_str().expect("path"),
+    ]);
+    assert!(
+        ok,
+        "snapshot {snapshot} does not restore onto {agent}: {job}\n{}",
+        fleet.agent_log(agent)
+    );
+    for name in names {
+        assert_eq!(
+            std::fs::read(src.join(&name)).expect("source"),
+            std::fs::read(target.join(&name)).expect("restored"),
+            "{name}"
+        );
+    }
+}
+
 /// What every backend must do, as the store uses it.
 fn conformance(objects: &dyn Objects) {
     let mut rng = Rng::new(17);
@@ -183,23 +215,14 @@ fn scrub_finds_a_flipped_byte_in_an_s3_pack_and_a_backup_heals_it() {
     let healed = fleet.cli_json(&["verify"]);
     assert_eq!(healed["bad"].as_array().map(Vec::len), Some(0), "{healed}");
     let target = root.path().join("back");
-    let (ok, job) = fleet.job(&[
-        "restore",
+    restores_whole(
+        &fleet,
         &id,
-        "--agent",
         "a",
-        "--to",
-        target.to_str().expect("path"),
-    ]);
-    assert!(ok, "{job}");
-    for i in 0..5 {
-        let name = format!("f{i}");
-        assert_eq!(
-            std::fs::read(src.path().join(&name)).expect("src"),
-            std::fs::read(target.join(&name)).expect("restored"),
-            "{name}"
-        );
-    }
+        &target,
+        src.path(),
+        (0..5).map(|i| format!("f{i}")),
+    );
 }
 
 /// The object store killed in the middle of a backup, then of a restore, and started
@@ -273,23 +296,14 @@ fn the_s3_server_killed_mid_backup_and_mid_restore_leaves_no_short_snapshot_nor_
     for s in snaps {
         let id = s["id"].as_str().expect("id");
         let target = root.path().join(&id[..12]);
-        let (ok, job) = fleet.job(&[
-            "restore",
+        restores_whole(
+            &fleet,
             id,
-            "--agent",
             "a",
-            "--to",
-            target.to_str().expect("path"),
-        ]);
-        assert!(ok, "snapshot {id} does not restore: {job}");
-        for i in 0..12 {
-            let name = format!("f{i:02}");
-            assert_eq!(
-                std::fs::read(src.path().join(&name)).expect("src"),
-                std::fs::read(target.join(&name)).expect("restored"),
-                "{name}"
-            );
-        }
+            &target,
+            src.path(),
+            (0..12).map(|i| format!("f{i:02}")),
+        );
     }
 
     // Killed mid-restore (the agent reads the bucket itself): the restore retries through
@@ -370,23 +384,14 @@ fn restores_from_s3_read_the_bucket_not_the_controller() {
     fleet.run_agent(&b, &[], &[root.path()]);
     let snap = fleet.backup("a", "data");
     let target = root.path().join("onto-b");
-    let (ok, job) = fleet.job(&[
-        "restore",
+    restores_whole(
+        &fleet,
         snap["id"].as_str().expect("id"),
-        "--agent",
         "b",
-        "--to",
-        target.to_str().expect("path"),
-    ]);
-    assert!(ok, "{job}\n{}", fleet.agent_log("b"));
-    for i in 0..8 {
-        let name = format!("f{i}");
-        assert_eq!(
-            std::fs::read(src.path().join(&name)).expect("src"),
-            std::fs::read(target.join(&name)).expect("restored"),
-            "{name}"
-        );
-    }
+        &target,
+        src.path(),
+        (0..8).map(|i| format!("f{i}")),
+    );
     let metrics = lifeboat_tests::metrics(&fleet);
     let counter = |name: &str| -> u64 {
         metrics
@@ -590,23 +595,14 @@ fn a_flaky_way_to_the_store_is_retried_and_an_unreachable_one_fails_cleanly() {
     fleet.run_agent(&b, &[], &[root.path()]);
     let snap = fleet.backup("a", "data");
     let target = root.path().join("through-faults");
-    let (ok, job) = fleet.job(&[
-        "restore",
+    restores_whole(
+        &fleet,
         snap["id"].as_str().expect("id"),
-        "--agent",
         "b",
-        "--to",
-        target.to_str().expect("path"),
-    ]);
-    assert!(ok, "{job}\n{}", fleet.agent_log("b"));
-    for i in 0..6 {
-        let name = format!("f{i}");
-        assert_eq!(
-            std::fs::read(src.path().join(&name)).expect("src"),
-            std::fs::read(target.join(&name)).expect("restored"),
-            "{name}"
-        );
-    }
+        &target,
+        src.path(),
+        (0..6).map(|i| format!("f{i}")),
+    );
     let injected = proxy.injected.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "{injected} faults injected over {} forwarded connections",
