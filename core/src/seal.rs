@@ -92,6 +92,11 @@ impl DataKey {
         self.chunk_key(id).open_frame(id, frame)
     }
 
+    /// [`DataKey::open_chunk`] in the frame's own buffer (the store's reads).
+    pub fn open_chunk_vec(&self, id: &ChunkId, frame: Vec<u8>) -> Result<Vec<u8>> {
+        self.chunk_key(id).open_frame_vec(id, frame)
+    }
+
     fn derive(&self, context: &str, id: &[u8]) -> BlobKey {
         let mut h = blake3::Hasher::new_derive_key(context);
         h.update(&self.0);
@@ -120,16 +125,23 @@ impl BlobKey {
 
     /// Seals `plain` bound to `id` (the chunk id's bytes, or the snapshot id's).
     pub fn seal(&self, id: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
+        self.seal_after(&[], id, plain)
+    }
+
+    /// `header`, then `plain` sealed bound to `id`: one buffer, encrypted in place.
+    fn seal_after(&self, header: &[u8], id: &[u8], plain: &[u8]) -> Result<Vec<u8>> {
         let nonce: [u8; NONCE] = crate::sign::random_bytes()?;
-        let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
+        let mut out = Vec::with_capacity(header.len() + plain.len() + OVERHEAD);
+        out.extend_from_slice(header);
         out.extend_from_slice(&nonce);
+        let at = out.len();
         out.extend_from_slice(plain);
         let tag = self
             .aead()
             .seal_in_place_separate_tag(
                 aead::Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(id),
-                &mut out[NONCE..],
+                &mut out[at..],
             )
             .map_err(|_| Error::Invalid("sealing a blob failed".into()))?;
         out.extend_from_slice(tag.as_ref());
@@ -138,19 +150,22 @@ impl BlobKey {
 
     /// [`BlobKey::seal`] for chunk `id`, framed (see the module doc).
     pub fn seal_frame(&self, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>> {
-        let sealed = self.seal(id.as_bytes(), blob)?;
-        let mut frame = Vec::with_capacity(FRAME_HEADER + sealed.len());
-        frame.extend_from_slice(&(sealed.len() as u32).to_le_bytes());
-        frame.extend_from_slice(id.as_bytes());
-        frame.extend_from_slice(&sealed);
-        Ok(frame)
+        let mut header = [0u8; FRAME_HEADER];
+        header[..4].copy_from_slice(&((blob.len() + OVERHEAD) as u32).to_le_bytes());
+        header[4..].copy_from_slice(id.as_bytes());
+        self.seal_after(&header, id.as_bytes(), blob)
     }
 
     /// Opens a frame [`BlobKey::seal_frame`] made for chunk `id`.
     pub fn open_frame(&self, id: &ChunkId, frame: &[u8]) -> Result<Vec<u8>> {
-        match frame_extent(frame) {
+        self.open_frame_vec(id, frame.to_vec())
+    }
+
+    /// [`BlobKey::open_frame`] in place: the blob comes back in `frame`'s own buffer.
+    pub fn open_frame_vec(&self, id: &ChunkId, frame: Vec<u8>) -> Result<Vec<u8>> {
+        match frame_extent(&frame) {
             Some((framed, len)) if framed == *id && len == frame.len() => {
-                self.open(id.as_bytes(), &frame[FRAME_HEADER..])
+                self.open_at(id.as_bytes(), frame, FRAME_HEADER)
             }
             _ => Err(Error::CorruptBlob(format!(
                 "the {} bytes stored for chunk {id} are not its frame",
@@ -162,27 +177,34 @@ impl BlobKey {
     /// Opens what [`BlobKey::seal`] made for the same `id`; anything else (another key,
     /// another id, a flipped bit, a cut) is refused.
     pub fn open(&self, id: &[u8], sealed: &[u8]) -> Result<Vec<u8>> {
-        let refused = || {
+        self.open_at(id, sealed.to_vec(), 0)
+    }
+
+    /// Opens the sealed blob at `buf[at..]` in place and moves it to the front.
+    fn open_at(&self, id: &[u8], mut buf: Vec<u8>, at: usize) -> Result<Vec<u8>> {
+        let refused = |n: usize| {
             Error::CorruptBlob(format!(
-                "a sealed blob of {} bytes does not open with its key (corrupt, or not this one)",
-                sealed.len()
+                "a sealed blob of {n} bytes does not open with its key (corrupt, or not this one)"
             ))
         };
-        if sealed.len() < OVERHEAD {
-            return Err(refused());
+        let sealed_len = buf.len().saturating_sub(at);
+        if sealed_len < OVERHEAD {
+            return Err(refused(sealed_len));
         }
-        let (nonce, body) = sealed.split_at(NONCE);
-        let nonce: [u8; NONCE] = nonce.try_into().map_err(|_| refused())?;
-        let mut buf = body.to_vec();
+        let nonce: [u8; NONCE] = buf[at..at + NONCE]
+            .try_into()
+            .map_err(|_| refused(sealed_len))?;
+        let body = at + NONCE;
         let plain_len = self
             .aead()
             .open_in_place(
                 aead::Nonce::assume_unique_for_key(nonce),
                 aead::Aad::from(id),
-                &mut buf,
+                &mut buf[body..],
             )
-            .map_err(|_| refused())?
+            .map_err(|_| refused(sealed_len))?
             .len();
+        buf.copy_within(body..body + plain_len, 0);
         buf.truncate(plain_len);
         Ok(buf)
     }

@@ -268,7 +268,7 @@ impl Store {
     /// that does not open is corrupt.
     pub fn open_blob(&self, id: &ChunkId, stored: Vec<u8>) -> lifeboat_core::Result<Vec<u8>> {
         match &self.data_key {
-            Some(k) => k.open_chunk(id, &stored),
+            Some(k) => k.open_chunk_vec(id, stored),
             None => Ok(stored),
         }
     }
