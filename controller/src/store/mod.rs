@@ -6,8 +6,8 @@
 //! accepted: a sealing pack's ids leave `sealing` only after the catalog indexed them (or,
 //! if the seal failed, so that they are asked for again). "Which ids are missing" is
 //! answered under the lock that guards the first two, so it is never wrong while a pack
-//! seals. A seal (fsync, rename, index) runs outside that lock: uploads go on into the next
-//! pack meanwhile. A snapshot is committed only after the packs holding its chunks are
+//! seals. A seal (fsync, store the object, index) runs outside that lock: uploads go on
+//! into the next pack meanwhile. A snapshot is committed only after the packs holding its chunks are
 //! sealed, so every chunk a visible snapshot references is durable.
 //!
 //! Encryption at rest: a store created with a data key (every store since 2026-12) seals
@@ -387,8 +387,8 @@ impl Store {
         })
     }
 
-    /// Hands the open pack, if it holds anything, to the sealer thread (fsync, rename,
-    /// index), first waiting while [`MAX_SEALING`] seals are queued. Its ids stay
+    /// Hands the open pack, if it holds anything, to the sealer thread (fsync, store the
+    /// object, index), first waiting while [`MAX_SEALING`] seals are queued. Its ids stay
     /// "held" until the catalog has them.
     fn seal<'a>(
         &'a self,
