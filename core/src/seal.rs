@@ -92,6 +92,16 @@ impl DataKey {
         self.chunk_key(id).open_frame(id, frame)
     }
 
+    /// Snapshot `id`'s envelope as the store holds it.
+    pub fn seal_envelope(&self, id: &str, envelope: &[u8]) -> Result<Vec<u8>> {
+        self.envelope_key(id).seal(id.as_bytes(), envelope)
+    }
+
+    /// What [`DataKey::seal_envelope`] sealed for snapshot `id`.
+    pub fn open_envelope(&self, id: &str, sealed: &[u8]) -> Result<Vec<u8>> {
+        self.envelope_key(id).open(id.as_bytes(), sealed)
+    }
+
     /// [`DataKey::open_chunk`] in the frame's own buffer (the store's reads).
     pub fn open_chunk_vec(&self, id: &ChunkId, frame: Vec<u8>) -> Result<Vec<u8>> {
         self.chunk_key(id).open_frame_vec(id, frame)

@@ -578,10 +578,7 @@ impl Fleet {
     pub fn read_envelope(&self, id: &str) -> lifeboat_core::snapshot::Envelope {
         let stored = std::fs::read(self.envelope_path(id)).expect("envelope file");
         let bytes = match self.data_key() {
-            Some(k) => k
-                .envelope_key(id)
-                .open(id.as_bytes(), &stored)
-                .expect("envelope opens"),
+            Some(k) => k.open_envelope(id, &stored).expect("envelope opens"),
             None => stored,
         };
         lifeboat_core::snapshot::Envelope::parse(&bytes).expect("envelope parses")
@@ -591,10 +588,7 @@ impl Fleet {
     /// an attacker holding it would seal a forgery).
     pub fn sealed_envelope(&self, id: &str, env: &lifeboat_core::snapshot::Envelope) -> Vec<u8> {
         match self.data_key() {
-            Some(k) => k
-                .envelope_key(id)
-                .seal(id.as_bytes(), &env.to_bytes())
-                .expect("seal"),
+            Some(k) => k.seal_envelope(id, &env.to_bytes()).expect("seal"),
             None => env.to_bytes(),
         }
     }

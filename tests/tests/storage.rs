@@ -44,6 +44,31 @@ fn restores_whole(
     }
 }
 
+/// Agent `a` backs up `n` random files `f0..` of `size` bytes (source `data`, seed
+/// `seed`); agent `b` runs with the returned root as its restore root. Returns the
+/// source, that root and the snapshot's id.
+fn backed_up_on_a(
+    fleet: &mut Fleet,
+    seed: u64,
+    n: usize,
+    size: usize,
+) -> (tempfile::TempDir, tempfile::TempDir, String) {
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let mut rng = Rng::new(seed);
+    for i in 0..n {
+        std::fs::write(src.path().join(format!("f{i}")), rng.bytes(size)).expect("write");
+    }
+    let (a, b) = (fleet.enroll("a"), fleet.enroll("b"));
+    fleet.run_agent(&a, &[("data", src.path())], &[]);
+    fleet.run_agent(&b, &[], &[root.path()]);
+    let snap = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    (src, root, snap)
+}
+
 /// What every backend must do, as the store uses it.
 fn conformance(objects: &dyn Objects) {
     let mut rng = Rng::new(17);
@@ -370,25 +395,13 @@ fn restores_from_s3_read_the_bucket_not_the_controller() {
         return;
     };
     let mut fleet = Fleet::start_on_s3(&s3, "direct", &[]);
-    let src = tempfile::tempdir().expect("src");
-    let root = tempfile::tempdir().expect("root");
-    let mut rng = Rng::new(23);
-    let mut total = 0;
-    for i in 0..8 {
-        let data = rng.bytes(3 << 20);
-        total += data.len() as u64;
-        std::fs::write(src.path().join(format!("f{i}")), data).expect("write");
-    }
-    let (a, b) = (fleet.enroll("a"), fleet.enroll("b"));
-    fleet.run_agent(&a, &[("data", src.path())], &[]);
-    fleet.run_agent(&b, &[], &[root.path()]);
-    let snap = fleet.backup("a", "data");
-    let target = root.path().join("onto-b");
+    let (src, root, snap) = backed_up_on_a(&mut fleet, 23, 8, 3 << 20);
+    let total = 8 * (3 << 20) as u64;
     restores_whole(
         &fleet,
-        snap["id"].as_str().expect("id"),
+        &snap,
         "b",
-        &target,
+        &root.path().join("onto-b"),
         src.path(),
         (0..8).map(|i| format!("f{i}")),
     );
@@ -584,25 +597,16 @@ fn a_flaky_way_to_the_store_is_retried_and_an_unreachable_one_fails_cleanly() {
     let mut env = s3.env();
     env.push(("LIFEBOAT_S3_BACKOFF_MS".into(), "10".into()));
     let mut fleet = Fleet::start_with_env(&args, env);
-    let src = tempfile::tempdir().expect("src");
-    let root = tempfile::tempdir().expect("root");
-    let mut rng = Rng::new(77);
-    for i in 0..6 {
-        std::fs::write(src.path().join(format!("f{i}")), rng.bytes(7 << 20)).expect("write");
-    }
-    let (a, b) = (fleet.enroll("a"), fleet.enroll("b"));
-    fleet.run_agent(&a, &[("data", src.path())], &[]);
-    fleet.run_agent(&b, &[], &[root.path()]);
-    let snap = fleet.backup("a", "data");
-    let target = root.path().join("through-faults");
+    let (src, root, snap) = backed_up_on_a(&mut fleet, 77, 6, 7 << 20);
     restores_whole(
         &fleet,
-        snap["id"].as_str().expect("id"),
+        &snap,
         "b",
-        &target,
+        &root.path().join("through-faults"),
         src.path(),
         (0..6).map(|i| format!("f{i}")),
     );
+    let mut rng = Rng::new(78);
     let injected = proxy.injected.load(std::sync::atomic::Ordering::Relaxed);
     eprintln!(
         "{injected} faults injected over {} forwarded connections",

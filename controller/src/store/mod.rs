@@ -168,14 +168,10 @@ impl Store {
         data_key: Option<DataKey>,
         catalog: Arc<Catalog>,
     ) -> Result<Store, ApiError> {
-        let seal_dir = objects.seal_dir();
-        for d in [objects.staging().to_owned(), seal_dir.clone()] {
-            std::fs::create_dir_all(&d)
-                .map_err(|e| ApiError::internal(format!("creating {}: {e}", d.display())))?;
-        }
         // Staged files are only ever partial writes or unconfirmed uploads of a previous
-        // run (never indexed): their chunks are uploaded again.
-        // (An S3 store's sealed packs wait in `SEAL_DIR/<2 hex>/`, all of them stale now.)
+        // run (never indexed): their chunks are uploaded again. An S3 store's sealed packs
+        // wait in `SEAL_DIR/<2 hex>/`, all of them stale now.
+        let seal_dir = objects.seal_dir();
         for e in std::fs::read_dir(objects.staging())
             .into_iter()
             .flatten()
@@ -187,8 +183,10 @@ impl Store {
         }
         if !objects.is_local() {
             let _ = std::fs::remove_dir_all(&seal_dir);
-            std::fs::create_dir_all(&seal_dir)
-                .map_err(|e| ApiError::internal(format!("creating {}: {e}", seal_dir.display())))?;
+        }
+        for d in [objects.staging(), seal_dir.as_path()] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| ApiError::internal(format!("creating {}: {e}", d.display())))?;
         }
         let packs = Arc::new(Packs {
             open: Mutex::new(OpenPack::default()),
@@ -256,11 +254,16 @@ impl Store {
         self.data_key.as_deref()
     }
 
-    /// The blob as stored: sealed under the chunk's key in an encrypted store.
-    fn seal_blob(&self, id: &ChunkId, blob: &[u8]) -> Result<Vec<u8>, ApiError> {
+    /// The blob as stored: sealed under the chunk's key in an encrypted store, as it is
+    /// in a plaintext one.
+    fn seal_blob<'a>(
+        &self,
+        id: &ChunkId,
+        blob: &'a [u8],
+    ) -> Result<std::borrow::Cow<'a, [u8]>, ApiError> {
         match &self.data_key {
-            Some(k) => Ok(k.seal_chunk(id, blob)?),
-            None => Ok(blob.to_vec()),
+            Some(k) => Ok(k.seal_chunk(id, blob)?.into()),
+            None => Ok(blob.into()),
         }
     }
 
@@ -292,6 +295,12 @@ impl Store {
                 other => ApiError::from(other),
             })?;
         }
+        // Sealed before the pack's lock is taken, so concurrent uploads encrypt in parallel
+        // (a rare duplicate is sealed for nothing).
+        let stored = chunks
+            .iter()
+            .map(|(id, blob)| self.seal_blob(id, blob))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut open = self.packs.lock();
         let candidates: Vec<ChunkId> = chunks
             .iter()
@@ -305,7 +314,7 @@ impl Store {
             .collect();
         let mut stored_now = HashSet::new();
         let mut sum = PutSummary::default();
-        for (id, blob) in chunks {
+        for ((id, blob), stored) in chunks.iter().zip(&stored) {
             if !unknown.contains(id) || !stored_now.insert(*id) {
                 sum.duplicate += 1;
                 continue;
@@ -313,12 +322,11 @@ impl Store {
             if open.writer.is_none() {
                 open.writer = Some(PackWriter::create(self.objects.staging())?);
             }
-            let stored = self.seal_blob(id, blob)?;
             let writer = open
                 .writer
                 .as_mut()
                 .ok_or_else(|| ApiError::internal("open pack vanished"))?;
-            if let Err(e) = writer.add(*id, &stored) {
+            if let Err(e) = writer.add(*id, stored) {
                 // The pack's offsets can no longer be trusted (see PackWriter): drop it
                 // and forget its chunks. They were never indexed, so no snapshot counts
                 // on them; backups that uploaded them find them missing at commit.
@@ -509,7 +517,7 @@ impl Store {
     pub fn write_snapshot(&self, env: &Envelope) -> Result<(), ApiError> {
         let id = env.id();
         let bytes = match &self.data_key {
-            Some(k) => k.envelope_key(&id).seal(id.as_bytes(), &env.to_bytes())?,
+            Some(k) => k.seal_envelope(&id, &env.to_bytes())?,
             None => env.to_bytes(),
         };
         Ok(self.objects.put(&snapshot_key(&id), &bytes)?)
@@ -525,7 +533,7 @@ impl Store {
     pub fn read_snapshot(&self, id: &str) -> Result<Envelope, ApiError> {
         let stored = self.objects.get(&snapshot_key(id))?;
         let bytes = match &self.data_key {
-            Some(k) => k.envelope_key(id).open(id.as_bytes(), &stored)?,
+            Some(k) => k.open_envelope(id, &stored)?,
             None => stored,
         };
         Ok(Envelope::parse(&bytes)?)
@@ -610,11 +618,6 @@ impl Store {
 /// nothing of it stays (its chunks are forgotten and uploaded again).
 fn seal_and_store(objects: &dyn Objects, writer: PackWriter) -> Result<pack::SealedPack, ApiError> {
     let sealed = writer.seal(&objects.seal_dir())?;
-    if let Err(e) = objects.store_sealed(&pack_key(&sealed.name), &sealed.path) {
-        if !objects.is_local() {
-            let _ = std::fs::remove_file(&sealed.path);
-        }
-        return Err(e.into());
-    }
+    objects.store_sealed(&pack_key(&sealed.name), &sealed.path)?;
     Ok(sealed)
 }

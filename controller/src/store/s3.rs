@@ -225,6 +225,14 @@ impl S3Objects {
         }
     }
 
+    /// A GET of object `key`, signed for `ttl`.
+    fn get_url(&self, key: &str, ttl: Duration) -> url::Url {
+        let full = self.key(key);
+        self.bucket
+            .get_object(Some(&self.credentials), &full)
+            .sign(ttl)
+    }
+
     fn head(&self, key: &str) -> Result<Option<(u64, String)>, StoreError> {
         let full = self.key(key);
         let url = self
@@ -277,11 +285,7 @@ impl Objects for S3Objects {
     }
 
     fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        let full = self.key(key);
-        let url = self
-            .bucket
-            .get_object(Some(&self.credentials), &full)
-            .sign(SIGNED_FOR);
+        let url = self.get_url(key, SIGNED_FOR);
         self.retrying(&format!("reading {key}"), || {
             let resp = self.send(self.http.get(url.as_str()).call())?;
             read_body(resp, key, None)
@@ -292,11 +296,7 @@ impl Objects for S3Objects {
         if length == 0 {
             return Ok(Vec::new());
         }
-        let full = self.key(key);
-        let url = self
-            .bucket
-            .get_object(Some(&self.credentials), &full)
-            .sign(SIGNED_FOR);
+        let url = self.get_url(key, SIGNED_FOR);
         let range = format!("bytes={offset}-{}", offset + length as u64 - 1);
         self.retrying(&format!("reading {key}"), || {
             let resp = self.send(self.http.get(url.as_str()).header("range", &range).call())?;
@@ -373,13 +373,7 @@ impl Objects for S3Objects {
     }
 
     fn presign_get(&self, key: &str, ttl: Duration) -> Option<String> {
-        let full = self.key(key);
-        Some(
-            self.bucket
-                .get_object(Some(&self.credentials), &full)
-                .sign(ttl)
-                .to_string(),
-        )
+        Some(self.get_url(key, ttl).to_string())
     }
 }
 
