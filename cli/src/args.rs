@@ -359,9 +359,18 @@ pub enum AgentsCmd {
 
 #[derive(Subcommand)]
 pub enum SnapshotsCmd {
-    /// Delete a snapshot (admin). Its chunks are reclaimed by garbage collection. A
-    /// snapshot within its policy's lock period cannot be deleted.
+    /// Delete a snapshot (admin). Its chunks are reclaimed by garbage collection. A locked
+    /// snapshot cannot be deleted before its lock ends.
     Delete { snapshot: String },
+    /// Extend a snapshot's lock: nobody may delete it before DATE. A lock is fixed from
+    /// the snapshot's policy when it is committed and can be extended, never shortened.
+    Lock {
+        snapshot: String,
+        /// RFC 3339 (2027-06-01T00:00:00Z), a date (2027-06-01, midnight UTC), or a
+        /// duration from now (90d).
+        #[arg(long)]
+        until: String,
+    },
     /// Pin a snapshot: retention never removes it (admin).
     Protect { snapshot: String },
     /// Unpin a snapshot (admin).
@@ -470,6 +479,27 @@ pub fn default_data_dir() -> PathBuf {
         Some(h) => PathBuf::from(h).join(".local/share/lifeboat"),
         None => PathBuf::from("/var/lib/lifeboat"),
     }
+}
+
+/// A point in time to come, given as RFC 3339, a date (midnight UTC) or a duration from
+/// now (`90d`), in Unix milliseconds.
+pub fn until_arg(flag: &str, s: &str) -> Result<i64> {
+    let t = match humantime::parse_rfc3339_weak(s)
+        .or_else(|_| humantime::parse_rfc3339_weak(&format!("{s}T00:00:00Z")))
+    {
+        Ok(t) => t,
+        Err(_) => {
+            let ahead = humantime::parse_duration(s).with_context(|| {
+                format!(
+                    "{flag} {s:?}: expected a time (2027-06-01T00:00:00Z), a date (2027-06-01) or a duration from now (90d)"
+                )
+            })?;
+            std::time::SystemTime::now() + ahead
+        }
+    };
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
 }
 
 /// A point in time given as RFC 3339 or as an age (`6h` ago), in Unix milliseconds.

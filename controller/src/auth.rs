@@ -138,6 +138,8 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.OperatorApi/RunDrill", OPERATORS),
     ("/lifeboat.v1.OperatorApi/PlanRecovery", OPERATORS),
     ("/lifeboat.v1.OperatorApi/RunPlan", OPERATORS),
+    // Extending a lock only protects; nobody can shorten one.
+    ("/lifeboat.v1.OperatorApi/LockSnapshot", OPERATORS),
     ("/lifeboat.v1.OperatorApi/CreateToken", ADMINS),
     ("/lifeboat.v1.OperatorApi/CreateIdentity", ADMINS),
     ("/lifeboat.v1.OperatorApi/RevokeIdentity", ADMINS),

@@ -81,7 +81,7 @@ impl From<crate::store::objects::StoreError> for ApiError {
             E::NotFound { .. } => ApiError::NotFound(e.to_string()),
             E::Full(m) => ApiError::ResourceExhausted(m),
             E::Unavailable(m) => ApiError::Unavailable(m),
-            E::Refused(m) => ApiError::FailedPrecondition(m),
+            E::Refused(m) | E::Locked(m) => ApiError::FailedPrecondition(m),
             E::Corrupt(m) | E::Io(m) => ApiError::Internal(m),
         }
     }

@@ -33,6 +33,9 @@ pub struct Report {
     pub packs_compacted: u64,
     pub packs_deleted: u64,
     pub bytes_reclaimed: u64,
+    /// Packs to compact or delete that the store still retains (Object Lock): left alone
+    /// until their date.
+    pub packs_retained: u64,
 }
 
 /// Every chunk the committed snapshots `ids` reference (their tree chunks and file chunks).
@@ -107,6 +110,17 @@ pub fn gc(
         if size > 0 && (live as f64) >= compact_below * size as f64 {
             continue;
         }
+        // Retained: nobody may delete it before its date, and a locked snapshot's chunks
+        // never move out of their locked pack. With Object Lock, commits (which extend
+        // retention) wait while a pack is compacted, so none extends it midway.
+        let _commits = ctl
+            .store
+            .object_lock()
+            .then(|| ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner()));
+        if ctl.store.pack_retained_until(&name)? > now_ms {
+            report.packs_retained += 1;
+            continue;
+        }
         let entries = ctl.catalog.chunks_in_pack(&name)?;
         if !entries.is_empty() {
             let old = ctl.store.pack_file(&name)?;
@@ -126,9 +140,9 @@ pub fn gc(
                     })?;
                 w.add(*id, &stored)?;
             }
-            let sealed = ctl.store.store_pack(w)?;
+            let (sealed, stored) = ctl.store.store_pack(w)?;
             crash_point("compact-after-new-pack");
-            ctl.catalog.relocate(&sealed, now_ms)?;
+            ctl.catalog.relocate(&sealed, &stored, now_ms)?;
             crash_point("compact-after-relocate");
         }
         ctl.store.delete_pack(&name)?;
@@ -146,6 +160,7 @@ pub fn gc(
         serde_json::json!({
             "swept": report.swept, "leased": report.leased, "compacted": report.packs_compacted,
             "deleted": report.packs_deleted, "bytes_reclaimed": report.bytes_reclaimed,
+            "retained": report.packs_retained,
         }),
     );
     Ok(report)

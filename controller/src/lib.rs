@@ -257,7 +257,7 @@ pub fn start_with_clock(
     // The store keeps the wrapped data key beside what it protects: with the recovery key
     // it is all a controller rebuilt from the store needs (and, without one, nothing).
     if let Some(wrapped) = &prepared.wrapped_data_key {
-        objects.put(&format!("keys/{}", setup::STORE_KEY_FILE), wrapped)?;
+        objects.put(&format!("keys/{}", setup::STORE_KEY_FILE), wrapped, 0)?;
     }
     let store = store::Store::open(
         objects,
@@ -306,6 +306,13 @@ pub fn start_with_clock(
         plan_runners: Default::default(),
         workers: Default::default(),
     });
+    let fixed = retention::fix_unset_locks(&ctl)?;
+    if fixed > 0 {
+        tracing::info!(
+            snapshots = fixed,
+            "fixed the locks of snapshots committed before locks were stored, from the policies in force"
+        );
+    }
     Ok(Running {
         ctl,
         url,

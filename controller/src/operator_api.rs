@@ -61,6 +61,7 @@ fn snapshot_info(s: SnapshotRow) -> pb::SnapshotInfo {
         bytes_read: s.bytes_read,
         parent: s.parent,
         quarantined_unix_ms: s.quarantined_ms,
+        locked_until_unix_ms: s.locked_until_ms.max(0),
     }
 }
 
@@ -571,33 +572,34 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::Empty>, Status> {
         let (admin, _) = auth::operator(&req)?;
         let snap = self.0.catalog.find_snapshot(&req.into_inner().id)?;
-        let now = self.0.clock.now_ms();
-        let (until, policy) = crate::retention::locked_until(
-            &self.0,
-            &snap.agent_id,
-            &snap.source,
-            snap.received_ms,
-        )?;
-        if until > now {
-            return Err(ApiError::FailedPrecondition(format!(
-                "snapshot {} is locked by policy {policy} until {}; nobody can delete it before",
-                &snap.id[..12],
-                crate::when(until)
-            ))
-            .into());
-        }
         let ctl = self.0.clone();
-        let id = snap.id.clone();
-        tokio::task::spawn_blocking(move || ctl.store.delete_snapshot(&id))
-            .await
-            .map_err(ApiError::from)??;
-        self.0.audit.ok(
-            &format!("operator:{admin}"),
-            "snapshot.delete",
-            &snap.id,
-            serde_json::json!({ "agent": snap.agent_name, "source": snap.source, "received_ms": snap.received_ms }),
-        );
+        tokio::task::spawn_blocking(move || {
+            crate::snapshots::delete(&ctl, &snap, &format!("operator:{admin}"))
+        })
+        .await
+        .map_err(ApiError::from)??;
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn lock_snapshot(
+        &self,
+        req: Request<pb::LockSnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotInfo>, Status> {
+        let (operator, _) = auth::operator(&req)?;
+        let req = req.into_inner();
+        let snap = self.0.catalog.find_snapshot(&req.id)?;
+        let ctl = self.0.clone();
+        let snap = tokio::task::spawn_blocking(move || {
+            crate::snapshots::extend_lock(
+                &ctl,
+                &snap,
+                req.until_unix_ms,
+                &format!("operator:{operator}"),
+            )
+        })
+        .await
+        .map_err(ApiError::from)??;
+        Ok(Response::new(snapshot_info(snap)))
     }
 
     async fn list_audit(

@@ -58,24 +58,27 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
                         size,
                         entries,
                     },
+                    // Its version and retention are not in a listing: reads take the
+                    // current version, and commits extend its retention as they need.
+                    &Default::default(),
                     now_ms(),
                 )?;
                 report.packs += 1;
             }
             Err(e) => match salvage(&store, &prepared.chunk_key, &file, &name) {
                 Ok((sealed, moved)) => {
-                    let n = sealed.as_ref().map_or(0, |p| p.entries.len());
+                    let n = sealed.as_ref().map_or(0, |(p, _)| p.entries.len());
                     report.salvaged.push(format!(
                         "pack {name}: {e}; {n} chunks salvaged{}; the damaged file is now {moved}",
                         sealed
                             .as_ref()
-                            .map(|p| format!(" into pack {}", p.name))
+                            .map(|(p, _)| format!(" into pack {}", p.name))
                             .unwrap_or_default(),
                     ));
-                    if let Some(sealed) = sealed {
+                    if let Some((sealed, stored)) = sealed {
                         report.chunks += n as u64;
                         report.packs += 1;
-                        catalog.insert_pack(&sealed, now_ms())?;
+                        catalog.insert_pack(&sealed, &stored, now_ms())?;
                     }
                 }
                 Err(salvage_error) => report
@@ -138,7 +141,13 @@ fn salvage(
     key: &lifeboat_core::ChunkKey,
     damaged: &crate::store::PackFile,
     name: &str,
-) -> Result<(Option<pack::SealedPack>, String), ApiError> {
+) -> Result<
+    (
+        Option<(pack::SealedPack, crate::store::objects::Stored)>,
+        String,
+    ),
+    ApiError,
+> {
     let found = pack::salvage(&damaged.path, key, store.data_key())?;
     let mut writer = None;
     if !found.is_empty() {

@@ -4,9 +4,14 @@
 //! Rules, as restic users know them: `last` keeps the N newest; `hourly`/`daily`/`weekly`/
 //! `monthly`/`yearly` keep the newest snapshot of each of the N most recent periods (in the
 //! policy's time zone) that have one; `within` keeps everything received in that window.
-//! Whatever the rules, a snapshot is never removed while it is locked (received less than
-//! `lock` ago), pinned (`lifeboat snapshots protect`), or the newest of its source; and a
-//! policy without any rule removes nothing.
+//! Whatever the rules, a snapshot is never removed while it is locked, pinned (`lifeboat
+//! snapshots protect`), or the newest of its source; and a policy without any rule removes
+//! nothing.
+//!
+//! A snapshot's lock is its own: fixed when it is committed (its receive time plus the
+//! longest `lock` of the policies covering its source then), stored with it, and only ever
+//! extended (`lifeboat snapshots lock`). Deleting or changing a policy later never
+//! shortens it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -21,6 +26,8 @@ pub struct Candidate {
     pub id: String,
     pub received_ms: i64,
     pub protected: bool,
+    /// Until when nobody may delete it (see the module's doc).
+    pub locked_until_ms: i64,
 }
 
 /// The verdict for one source.
@@ -54,14 +61,8 @@ fn period_key(ms: i64, tz: &TimeZone, rule: &str) -> String {
     }
 }
 
-/// Decides what to keep of one source's snapshots under `keep` and `lock_s`.
-pub fn decide(
-    snaps: &[Candidate],
-    keep: &Keep,
-    lock_s: u64,
-    tz: &TimeZone,
-    now_ms: i64,
-) -> Verdict {
+/// Decides what to keep of one source's snapshots under `keep`.
+pub fn decide(snaps: &[Candidate], keep: &Keep, tz: &TimeZone, now_ms: i64) -> Verdict {
     let mut sorted: Vec<&Candidate> = snaps.iter().collect();
     sorted.sort_by(|a, b| b.received_ms.cmp(&a.received_ms).then(b.id.cmp(&a.id)));
     // (snapshot id, why it is kept)
@@ -73,7 +74,7 @@ pub fn decide(
         if s.protected {
             marks.push((s.id.clone(), "protected".into()));
         }
-        if s.received_ms + (lock_s as i64) * 1000 > now_ms {
+        if s.locked_until_ms > now_ms {
             marks.push((s.id.clone(), "locked".into()));
         }
         if keep.within_s > 0 && s.received_ms >= now_ms - (keep.within_s as i64) * 1000 {
@@ -152,8 +153,10 @@ fn covering<'a>(
     }
 }
 
-/// Until when policies lock a snapshot against deletion by anyone (0: not locked).
-pub fn locked_until(
+/// The lock the policies in force give a snapshot of `source` received at `received_ms`
+/// (0: none locks it), and the policy that sets it. Called once per snapshot, when it is
+/// committed: the result is stored with the snapshot and never derived again.
+pub fn policy_lock(
     ctl: &crate::Controller,
     agent_id: &str,
     source: &str,
@@ -163,9 +166,21 @@ pub fn locked_until(
     let agent = ctl.catalog.agent(agent_id)?;
     Ok(covering(&policies, agent.as_ref(), source)
         .into_iter()
+        .filter(|p| p.lock_s > 0)
         .map(|p| (received_ms + (p.lock_s as i64) * 1000, p.name.clone()))
         .max()
         .unwrap_or((0, String::new())))
+}
+
+/// Fixes the lock of snapshots committed before locks were stored, from the policies in
+/// force now (what deciding at delete time would have said), once. Run at start.
+pub fn fix_unset_locks(ctl: &crate::Controller) -> Result<usize, ApiError> {
+    let rows = ctl.catalog.snapshots_without_lock()?;
+    for s in &rows {
+        let (until, _) = policy_lock(ctl, &s.agent_id, &s.source, s.received_ms)?;
+        ctl.catalog.extend_lock(&s.id, until)?;
+    }
+    Ok(rows.len())
 }
 
 /// Applies every policy's retention to the snapshots it covers (sources no policy covers
@@ -192,6 +207,7 @@ pub fn prune(
                 id: r.id,
                 received_ms: r.received_ms,
                 protected: r.protected,
+                locked_until_ms: r.locked_until_ms,
             });
     }
     let mut out = Vec::new();
@@ -203,7 +219,7 @@ pub fn prune(
         let mut removable: Option<HashSet<String>> = None;
         for p in &cover {
             let tz = p.tz()?;
-            let v = decide(&snaps, &p.keep, p.lock_s, &tz, now_ms);
+            let v = decide(&snaps, &p.keep, &tz, now_ms);
             for (id, why) in v.keep {
                 reasons
                     .entry(id)
@@ -265,6 +281,7 @@ mod tests {
                 id: format!("s{i:02}"),
                 received_ms: ms,
                 protected: false,
+                locked_until_ms: 0,
             })
             .collect()
     }
@@ -335,7 +352,7 @@ mod tests {
         for (what, keep, want) in cases {
             let mut want = want;
             want.sort();
-            let v = decide(&snaps(&every_6h), &keep, 0, &utc, now);
+            let v = decide(&snaps(&every_6h), &keep, &utc, now);
             assert_eq!(kept(&v), want, "{what}");
             assert_eq!(v.keep.len() + v.remove.len(), 40, "{what}");
         }
@@ -347,12 +364,16 @@ mod tests {
         let now = t("2026-11-29T12:00:00Z");
         let mut s = snaps(&[now - 30 * D, now - 20 * D, now - 2 * D, now - H]);
         s[0].protected = true;
+        // Each locked until 3 days after it was received.
+        for c in &mut s {
+            c.locked_until_ms = c.received_ms + 3 * D;
+        }
         let keep = Keep {
             last: 1,
             ..Keep::default()
         };
         // Locked for 3 days: s02 (2 days old) and s03 stay; s00 is protected; s01 goes.
-        let v = decide(&s, &keep, 3 * 86_400, &utc, now);
+        let v = decide(&s, &keep, &utc, now);
         assert_eq!(kept(&v), vec!["s00", "s02", "s03"]);
         assert_eq!(v.remove, vec!["s01".to_string()]);
         assert!(v.keep["s02"].contains(&"locked".to_string()));
@@ -366,7 +387,6 @@ mod tests {
                 within_s: 1,
                 ..Keep::default()
             },
-            0,
             &utc,
             now,
         );
@@ -383,9 +403,9 @@ mod tests {
             daily: 5,
             ..Keep::default()
         };
-        assert_eq!(kept(&decide(&s, &keep, 0, &ny, now)), vec!["s01"]);
+        assert_eq!(kept(&decide(&s, &keep, &ny, now)), vec!["s01"]);
         assert_eq!(
-            kept(&decide(&s, &keep, 0, &TimeZone::UTC, now)),
+            kept(&decide(&s, &keep, &TimeZone::UTC, now)),
             vec!["s00", "s01"]
         );
     }

@@ -146,7 +146,9 @@ pub fn scrub(ctl: &Controller, scope: Scope, period_ms: i64) -> Result<Report, A
                 report.chunks += 1;
                 match ctl.catalog.chunk_location(&id)? {
                     None => bad.push((id, String::new(), "missing: not in the store".into())),
-                    Some((pack_name, _, _)) => match ctl.store.read_blob(&id) {
+                    Some(crate::catalog::ChunkPlace {
+                        pack: pack_name, ..
+                    }) => match ctl.store.read_blob(&id) {
                         Ok(blob) => {
                             report.bytes += blob.len() as u64;
                             if let Err(e) = codec::decode_verified(&ctl.chunk_key, &id, &blob) {

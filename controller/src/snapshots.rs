@@ -118,11 +118,15 @@ pub fn commit(
         .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
     may_commit(ctl, agent, &job, &record)?;
     // Whole: the tree is readable and matches the record, every chunk it references is
-    // indexed.
-    let whole = |ctl: &Controller| -> Result<(), ApiError> {
-        match referenced_chunks(ctl, &record)?.1 {
-            None => Ok(()),
-            Some(i) => Err(ApiError::MissingChunks(format!(
+    // indexed. Returns every chunk it needs, its tree's included.
+    let whole = |ctl: &Controller| -> Result<Vec<ChunkId>, ApiError> {
+        match referenced_chunks(ctl, &record)? {
+            (chunks, None) => {
+                let mut all: Vec<ChunkId> = chunks.into_iter().collect();
+                all.extend(record.tree_chunks()?);
+                Ok(all)
+            }
+            (_, Some(i)) => Err(ApiError::MissingChunks(format!(
                 "snapshot references {} chunks the store does not have (first: {}): they were reclaimed (a backup paused past the GC lease) or found bad; the backup runs again and uploads them",
                 i.missing, i.first
             ))),
@@ -131,18 +135,22 @@ pub fn commit(
     ctl.store.flush_for(&record.tree_chunks()?)?;
     // With GC's sweep held off, until the snapshot is listed.
     let mut commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-    if whole(ctl).is_err() {
-        // A chunk accepted after the tree (not our agent's order) may still sit in the
-        // open pack: seal everything, then check again.
-        drop(commits);
-        ctl.store.flush()?;
-        commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = whole(ctl) {
-            // Say why the chunks are missing when the store knows: a pack of this
-            // backup's could not be written.
-            return Err(ctl.store.seal_failure_since(job.started_ms).unwrap_or(e));
+    let needed = match whole(ctl) {
+        Ok(needed) => needed,
+        Err(_) => {
+            // A chunk accepted after the tree (not our agent's order) may still sit in the
+            // open pack: seal everything, then check again.
+            drop(commits);
+            ctl.store.flush()?;
+            commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+            match whole(ctl) {
+                Ok(needed) => needed,
+                // Say why the chunks are missing when the store knows: a pack of this
+                // backup's could not be written.
+                Err(e) => return Err(ctl.store.seal_failure_since(job.started_ms).unwrap_or(e)),
+            }
         }
-    }
+    };
     // Again under the lock, so that two commits of one source cannot both pass, and a job
     // that ended meanwhile takes none. One snapshot per source and run of the job (a job
     // interrupted and queued again is dispatched anew: `started_ms` moves, and the sources
@@ -176,8 +184,14 @@ pub fn commit(
         crate::now_ms(),
         &ctl.signer,
     );
-    ctl.store.write_snapshot(&env)?;
-    let row = row(&env.id(), &record, env.received_unix_ms);
+    // Its lock is fixed now, from the policies covering its source, and stored with it.
+    // Where the store has Object Lock, every pack it needs is retained that long before
+    // its envelope (retained as long) makes it visible.
+    let mut row = row(&env.id(), &record, env.received_unix_ms);
+    row.locked_until_ms =
+        crate::retention::policy_lock(ctl, &agent.id, &record.source, row.received_ms)?.0;
+    ctl.store.retain(None, &needed, row.locked_until_ms)?;
+    row.envelope_version = ctl.store.write_snapshot(&env, row.locked_until_ms)?.version;
     ctl.catalog.insert_snapshot(&row)?;
     ctl.jobs.committed(&record.job_id, &row.id)?;
     Ok(row)
@@ -253,6 +267,78 @@ fn refused(ctl: &Controller, agent: &AgentRow, job_id: &str, e: ApiError) -> Api
     e
 }
 
+/// Deletes snapshot `snap` for `actor` (an admin), unless it is locked: then the attempt
+/// is refused with the date it becomes possible, and audited. Blocking.
+pub fn delete(ctl: &Controller, snap: &SnapshotRow, actor: &str) -> Result<(), ApiError> {
+    let now = ctl.clock.now_ms();
+    if snap.locked_until_ms > now {
+        let e = ApiError::FailedPrecondition(format!(
+            "snapshot {} is locked until {}: nobody can delete it before then",
+            &snap.id[..12],
+            crate::when(snap.locked_until_ms)
+        ));
+        ctl.audit
+            .refused(actor, "snapshot.delete", &snap.id, &e.to_string());
+        return Err(e);
+    }
+    ctl.store.delete_snapshot(&snap.id)?;
+    ctl.audit.ok(
+        actor,
+        "snapshot.delete",
+        &snap.id,
+        serde_json::json!({ "agent": snap.agent_name, "source": snap.source, "received_ms": snap.received_ms }),
+    );
+    Ok(())
+}
+
+/// Extends snapshot `snap`'s lock to `until_ms` for `actor`. A lock is never shortened:
+/// an earlier date than the one in force is refused, naming it. Audited. Returns the
+/// snapshot as it is now. Blocking.
+pub fn extend_lock(
+    ctl: &Controller,
+    snap: &SnapshotRow,
+    until_ms: i64,
+    actor: &str,
+) -> Result<SnapshotRow, ApiError> {
+    if until_ms < snap.locked_until_ms {
+        let e = ApiError::FailedPrecondition(format!(
+            "snapshot {} is locked until {}: a lock can be extended, never shortened",
+            &snap.id[..12],
+            crate::when(snap.locked_until_ms)
+        ));
+        ctl.audit
+            .refused(actor, "snapshot.lock", &snap.id, &e.to_string());
+        return Err(e);
+    }
+    if until_ms <= ctl.clock.now_ms() {
+        return Err(ApiError::InvalidArgument(format!(
+            "{} is in the past: give a date to lock snapshot {} until",
+            crate::when(until_ms),
+            &snap.id[..12]
+        )));
+    }
+    // The store first (its packs, then its envelope), so the catalog never promises a
+    // lock the store does not keep.
+    if ctl.store.object_lock() {
+        let env = ctl.store.read_snapshot(&snap.id)?;
+        let record = Record::parse(&env.record)?;
+        let (chunks, _) = referenced_chunks(ctl, &record)?;
+        let mut needed: Vec<ChunkId> = chunks.into_iter().collect();
+        needed.extend(record.tree_chunks()?);
+        let _commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+        ctl.store
+            .retain(Some((&snap.id, &snap.envelope_version)), &needed, until_ms)?;
+    }
+    let now_until = ctl.catalog.extend_lock(&snap.id, until_ms)?;
+    ctl.audit.ok(
+        actor,
+        "snapshot.lock",
+        &snap.id,
+        serde_json::json!({ "agent": snap.agent_name, "source": snap.source, "from_ms": snap.locked_until_ms, "until_ms": now_until }),
+    );
+    ctl.catalog.find_snapshot(&snap.id)
+}
+
 /// Whether `job` is a restore job of `agent` that is running now: the only grant to read
 /// chunks.
 pub fn may_read(job: &JobRow, agent: &AgentRow) -> bool {
@@ -277,7 +363,8 @@ pub fn grant(ctl: &Controller, job: &JobRow) -> Result<Grant, ApiError> {
     Ok(Arc::new(ids))
 }
 
-/// The catalog row of a snapshot, from its record.
+/// The catalog row of a snapshot, from its record; its lock not fixed yet (-1: a commit
+/// fixes it, a rebuild from the store has `retention::fix_unset_locks` do it).
 pub fn row(id: &str, r: &Record, received_ms: i64) -> SnapshotRow {
     SnapshotRow {
         id: id.to_string(),
@@ -295,5 +382,7 @@ pub fn row(id: &str, r: &Record, received_ms: i64) -> SnapshotRow {
         bytes_read: r.stats.bytes_read,
         parent: r.parent.clone().unwrap_or_default(),
         quarantined_ms: 0,
+        locked_until_ms: -1,
+        envelope_version: String::new(),
     }
 }

@@ -35,7 +35,7 @@ fn every_object(
     let mut out = Vec::new();
     for prefix in ["packs/", "snapshots/", "keys/", "damaged/"] {
         for o in store.list(prefix).expect("list") {
-            let bytes = store.get(&o.key).expect("get");
+            let bytes = store.get(&o.key, "").expect("get");
             out.push((o.key, bytes));
         }
     }

@@ -163,18 +163,6 @@ fn prune_keeps_what_the_policy_says_and_never_pinned_or_locked_snapshots() {
             .any(|e| e["action"] == "snapshot.prune" && e["target"] == ids[1].as_str())
     );
 
-    // A lock: nobody may delete a snapshot inside it, not even an admin.
-    fs::write(
-        &file,
-        "[[policy]]\nname = \"keep-two\"\nsources = [\"data\"]\nschedule = \"0 3 * * *\"\nkeep = { last = 2 }\nlock = \"1h\"\n",
-    )
-    .expect("write");
-    assert!(apply(&fleet, &file, &[]).status.success());
-    let out = fleet.cli(&["snapshots", "delete", &ids[3]]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("locked by policy keep-two"), "{err}");
-
     // Devices: the source, its policy, its last backup.
     let devices = fleet.cli_json(&["devices"]);
     let d = &devices.as_array().expect("devices")[0];
@@ -185,4 +173,139 @@ fn prune_keeps_what_the_policy_says_and_never_pinned_or_locked_snapshots() {
     assert_eq!(s["last_snapshot"], ids[3].as_str());
     assert_eq!(s["rpo_seconds"], 86400);
     assert_eq!(s["overdue"], false);
+}
+
+/// A snapshot's lock is its own: fixed from its policy when it is committed, untouched by
+/// later changes to the policy or its deletion, extended by an operator, never shortened;
+/// every refused delete says when it becomes possible and is audited (issue 18, item 1).
+#[test]
+fn locks_are_fixed_at_commit_and_only_ever_extended() {
+    let mut fleet = Fleet::start();
+    let src = tempfile::tempdir().expect("src");
+    let a = fleet.enroll("a");
+    fleet.run_agent(&a, &[("data", src.path())], &[]);
+    let file = fleet.path("lock.toml");
+    let policy = |lock: &str| {
+        format!(
+            "[[policy]]\nname = \"keep-one\"\nsources = [\"data\"]\nschedule = \"0 3 * * *\"\nkeep = {{ last = 1 }}\n{lock}"
+        )
+    };
+    fs::write(&file, policy("lock = \"1h\"\n")).expect("write");
+    assert!(apply(&fleet, &file, &[]).status.success());
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        fs::write(src.path().join("f"), format!("version {i}")).expect("write");
+        ids.push(
+            fleet.backup("a", "data")["id"]
+                .as_str()
+                .expect("id")
+                .to_string(),
+        );
+    }
+    let snapshot = |id: &str| -> Value {
+        fleet
+            .cli_json(&["snapshots"])
+            .as_array()
+            .expect("snapshots")
+            .iter()
+            .find(|s| s["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("snapshot {id} is not listed"))
+    };
+    let first = snapshot(&ids[0]);
+    let received = first["received_unix_ms"].as_i64().expect("received");
+    let locked = first["locked_until_unix_ms"].as_i64().expect("locked");
+    assert_eq!(
+        locked - received,
+        3_600_000,
+        "locked for the policy's hour: {first}"
+    );
+    let table = String::from_utf8_lossy(&fleet.cli(&["snapshots"]).stdout).into_owned();
+    assert!(table.contains("LOCKED UNTIL"), "{table}");
+
+    let refused_delete = |fleet: &Fleet, id: &str| {
+        let out = fleet.cli(&["snapshots", "delete", id]);
+        assert!(!out.status.success(), "a locked snapshot was deleted");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let until = first["locked_until"]
+            .as_str()
+            .expect("locked_until")
+            .to_string();
+        assert!(err.contains("locked until"), "{err}");
+        assert!(
+            err.contains(&until[..16]),
+            "the refusal names {until}: {err}"
+        );
+    };
+    refused_delete(&fleet, &ids[0]);
+    // Retention keeps it too, although `last = 1` alone would remove it.
+    let dry = fleet.cli_json(&["prune", "--dry-run"]);
+    assert_eq!(dry["removed"], 0, "{dry}");
+
+    // The policy loses its lock, then goes: the snapshot's own lock stays.
+    fs::write(&file, policy("")).expect("write");
+    assert!(apply(&fleet, &file, &[]).status.success());
+    refused_delete(&fleet, &ids[0]);
+    assert!(
+        fleet
+            .cli(&["policy", "delete", "keep-one"])
+            .status
+            .success()
+    );
+    refused_delete(&fleet, &ids[0]);
+    assert_eq!(snapshot(&ids[0])["locked_until_unix_ms"], locked);
+
+    // Extended by an operator; never shortened.
+    let out = fleet.cli(&["snapshots", "lock", &ids[0], "--until", "2d"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let extended = snapshot(&ids[0])["locked_until_unix_ms"]
+        .as_i64()
+        .expect("locked");
+    assert!(
+        extended > locked + 40 * 3_600_000,
+        "extended to two days: {extended}"
+    );
+    let out = fleet.cli(&["snapshots", "lock", &ids[0], "--until", "1h"]);
+    assert!(!out.status.success(), "a lock was shortened");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("never shortened"), "{err}");
+    assert_eq!(snapshot(&ids[0])["locked_until_unix_ms"], extended);
+    let out = fleet.cli(&["snapshots", "lock", &ids[0], "--until", "soon"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--until \"soon\""),
+        "a bad date names the flag"
+    );
+
+    // Every refusal and the extension are in the audit log.
+    let audit = fleet.cli_json(&["audit"]);
+    let entries = audit.as_array().expect("audit");
+    let count = |action: &str, outcome: &str| {
+        entries
+            .iter()
+            .filter(|e| {
+                e["action"] == action && e["outcome"] == outcome && e["target"] == ids[0].as_str()
+            })
+            .count()
+    };
+    assert_eq!(count("snapshot.delete", "denied"), 3, "{audit}");
+    assert_eq!(count("snapshot.lock", "ok"), 1, "{audit}");
+    assert_eq!(count("snapshot.lock", "denied"), 1, "{audit}");
+    // A snapshot committed while no policy locked it can be deleted by an admin.
+    fs::write(src.path().join("f"), "version 2").expect("write");
+    let unlocked = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(snapshot(&unlocked)["locked_until_unix_ms"], 0);
+    let out = fleet.cli(&["snapshots", "delete", &unlocked]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

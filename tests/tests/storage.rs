@@ -79,22 +79,27 @@ fn conformance(objects: &dyn Objects) {
 
     // Missing objects: NotFound for reads, nothing for deletes.
     assert!(matches!(
-        objects.get(&snapshot_key(&snap)),
+        objects.get(&snapshot_key(&snap), ""),
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        objects.get_range(&pack_key(&pack_a), 8, 100),
+        objects.get_range(&pack_key(&pack_a), "", 8, 100),
         Err(StoreError::NotFound { .. }) | Err(StoreError::Corrupt(_))
     ));
     objects
-        .delete(&pack_key(&pack_a))
+        .delete(&pack_key(&pack_a), "")
         .expect("deleting a missing object is not an error");
 
     // put, get, ranges.
-    objects.put(&snapshot_key(&snap), b"envelope").expect("put");
-    assert_eq!(objects.get(&snapshot_key(&snap)).expect("get"), b"envelope");
-    objects.put(&pack_key(&pack_b), &body).expect("put pack");
-    assert_eq!(objects.get(&pack_key(&pack_b)).expect("get pack"), body);
+    objects
+        .put(&snapshot_key(&snap), b"envelope", 0)
+        .expect("put");
+    assert_eq!(
+        objects.get(&snapshot_key(&snap), "").expect("get"),
+        b"envelope"
+    );
+    objects.put(&pack_key(&pack_b), &body, 0).expect("put pack");
+    assert_eq!(objects.get(&pack_key(&pack_b), "").expect("get pack"), body);
     for (offset, len) in [
         (0u64, 1u32),
         (8, 4096),
@@ -103,7 +108,7 @@ fn conformance(objects: &dyn Objects) {
     ] {
         assert_eq!(
             objects
-                .get_range(&pack_key(&pack_b), offset, len)
+                .get_range(&pack_key(&pack_b), "", offset, len)
                 .expect("range"),
             body[offset as usize..offset as usize + len as usize],
             "range {offset}+{len}"
@@ -111,7 +116,7 @@ fn conformance(objects: &dyn Objects) {
     }
     // Putting the same content again is harmless (every write is retried).
     objects
-        .put(&snapshot_key(&snap), b"envelope")
+        .put(&snapshot_key(&snap), b"envelope", 0)
         .expect("put again");
 
     // A sealed file from staging becomes the object; the staged file is gone.
@@ -119,14 +124,14 @@ fn conformance(objects: &dyn Objects) {
     let sealed = objects.seal_dir().join("sealed.pack");
     std::fs::write(&sealed, &body[..1 << 20]).expect("stage");
     objects
-        .store_sealed(&pack_key(&pack_a), &sealed)
+        .store_sealed(&pack_key(&pack_a), &sealed, 0)
         .expect("store sealed");
     assert!(
         !sealed.exists() || objects.is_local(),
         "staged copy left behind"
     );
     assert_eq!(
-        objects.get(&pack_key(&pack_a)).expect("get sealed"),
+        objects.get(&pack_key(&pack_a), "").expect("get sealed"),
         &body[..1 << 20]
     );
 
@@ -154,9 +159,9 @@ fn conformance(objects: &dyn Objects) {
     assert_eq!(snapshot_id_of(&snaps[0].key), Some(snap.as_str()));
 
     // Deletes are durable and listed as gone.
-    objects.delete(&pack_key(&pack_b)).expect("delete");
+    objects.delete(&pack_key(&pack_b), "").expect("delete");
     assert!(matches!(
-        objects.get(&pack_key(&pack_b)),
+        objects.get(&pack_key(&pack_b), ""),
         Err(StoreError::NotFound { .. })
     ));
     assert_eq!(objects.list("packs/").expect("list").len(), 1);
@@ -215,9 +220,9 @@ fn scrub_finds_a_flipped_byte_in_an_s3_pack_and_a_backup_heals_it() {
         .expect("a chunk")
         .clone();
     let key = pack_key(&pack);
-    let mut bytes = bucket.get(&key).expect("pack");
+    let mut bytes = bucket.get(&key, "").expect("pack");
     bytes[offset as usize + 20] ^= 0x01;
-    bucket.put(&key, &bytes).expect("tampered");
+    bucket.put(&key, &bytes, 0).expect("tampered");
 
     let out = fleet.cli(&["verify", "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)

@@ -29,6 +29,25 @@ pub async fn run(api: &mut Api, cmd: Cmd) -> Result<i32> {
             out!("snapshot {snapshot} deleted");
         }
         Cmd::Snapshots {
+            cmd: Some(SnapshotsCmd::Lock { snapshot, until }),
+            ..
+        } => {
+            let until_unix_ms = until_arg("--until", &until)?;
+            let s = api
+                .lock_snapshot(pb::LockSnapshotRequest {
+                    id: snapshot,
+                    until_unix_ms,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            out!(
+                "snapshot {} locked until {}: nobody can delete it before then",
+                &s.id[..12.min(s.id.len())],
+                time(s.locked_until_unix_ms)
+            );
+        }
+        Cmd::Snapshots {
             cmd: None,
             agent,
             source,

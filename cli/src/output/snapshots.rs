@@ -4,7 +4,16 @@ use lifeboat_proto::pb;
 
 use super::*;
 
-pub const SNAPSHOT_HEADER: &[&str] = &["ID", "TIME", "AGENT", "SOURCE", "FILES", "SIZE", "NEW"];
+pub const SNAPSHOT_HEADER: &[&str] = &[
+    "ID",
+    "TIME",
+    "AGENT",
+    "SOURCE",
+    "FILES",
+    "SIZE",
+    "NEW",
+    "LOCKED UNTIL",
+];
 
 pub fn snapshot_row(s: &pb::SnapshotInfo) -> Vec<String> {
     vec![
@@ -19,7 +28,21 @@ pub fn snapshot_row(s: &pb::SnapshotInfo) -> Vec<String> {
         s.files.to_string(),
         bytes(s.bytes),
         bytes(s.bytes_new),
+        locked_until(s),
     ]
+}
+
+/// The lock's end, or `-` when it is not locked (any more).
+fn locked_until(s: &pb::SnapshotInfo) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    if s.locked_until_unix_ms > now {
+        time(s.locked_until_unix_ms)
+    } else {
+        "-".into()
+    }
 }
 
 pub fn snapshot_json(s: &pb::SnapshotInfo) -> serde_json::Value {
@@ -42,5 +65,7 @@ pub fn snapshot_json(s: &pb::SnapshotInfo) -> serde_json::Value {
         "parent": s.parent,
         "quarantined": s.quarantined_unix_ms != 0,
         "quarantined_time": (s.quarantined_unix_ms != 0).then(|| time(s.quarantined_unix_ms)),
+        "locked_until": (s.locked_until_unix_ms != 0).then(|| time(s.locked_until_unix_ms)),
+        "locked_until_unix_ms": s.locked_until_unix_ms,
     })
 }

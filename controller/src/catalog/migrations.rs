@@ -191,4 +191,17 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE jobs ADD COLUMN refusal INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 9: a snapshot's lock (until when nobody may delete it), fixed when it is committed.
+    // -1: committed before locks were stored; the controller fixes it at start from the
+    // policies in force then (`retention::fix_unset_locks`).
+    r#"
+    ALTER TABLE snapshots ADD COLUMN locked_until_ms INTEGER NOT NULL DEFAULT -1;
+    "#,
+    // 10: Object Lock. The version of each pack and envelope the store wrote (reads and
+    // deletes name it) and until when the store retains each pack.
+    r#"
+    ALTER TABLE packs ADD COLUMN version TEXT NOT NULL DEFAULT '';
+    ALTER TABLE packs ADD COLUMN retained_until_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE snapshots ADD COLUMN envelope_version TEXT NOT NULL DEFAULT '';
+    "#,
 ];

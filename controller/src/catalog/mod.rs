@@ -27,6 +27,7 @@ pub use agents::{AgentRow, TokenCheck};
 pub use jobs::JobRow;
 pub use recovery::{DrillRow, SampleRow};
 pub use snapshots::SnapshotRow;
+pub use store::{ChunkPlace, RetainedPack};
 
 use crate::error::ApiError;
 

@@ -81,7 +81,7 @@ impl Catalog {
     pub fn retention_view(&self) -> Result<Vec<RetentionRow>, ApiError> {
         let conn = self.lock();
         let mut st = conn.prepare(
-            "SELECT agent_id, source, id, received_ms, protected FROM snapshots ORDER BY agent_id, source, received_ms DESC",
+            "SELECT agent_id, source, id, received_ms, protected, locked_until_ms FROM snapshots ORDER BY agent_id, source, received_ms DESC",
         )?;
         let rows = st
             .query_map([], |r| {
@@ -91,6 +91,7 @@ impl Catalog {
                     id: r.get(2)?,
                     received_ms: r.get(3)?,
                     protected: r.get(4)?,
+                    locked_until_ms: r.get(5)?,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;

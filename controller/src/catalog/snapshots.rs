@@ -13,6 +13,7 @@ pub struct RetentionRow {
     pub id: String,
     pub received_ms: i64,
     pub protected: bool,
+    pub locked_until_ms: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +34,11 @@ pub struct SnapshotRow {
     pub parent: String,
     /// When it was quarantined (0: not).
     pub quarantined_ms: i64,
+    /// Until when nobody may delete it (0: not locked), fixed at commit; only ever
+    /// extended.
+    pub locked_until_ms: i64,
+    /// The envelope's object version (a store with Object Lock), empty otherwise.
+    pub envelope_version: String,
 }
 
 impl SnapshotRow {
@@ -53,22 +59,24 @@ impl SnapshotRow {
             parent: r.get(12)?,
             bytes_read: r.get::<_, i64>(13)? as u64,
             quarantined_ms: r.get(14)?,
+            locked_until_ms: r.get(15)?,
+            envelope_version: r.get(16)?,
         })
     }
 }
 
-const SNAP_COLS: &str = "id, agent_id, agent_name, source, source_path, hostname, received_ms, agent_time_ms, files, dirs, bytes, bytes_new, parent, bytes_read, quarantined_ms";
+const SNAP_COLS: &str = "id, agent_id, agent_name, source, source_path, hostname, received_ms, agent_time_ms, files, dirs, bytes, bytes_new, parent, bytes_read, quarantined_ms, locked_until_ms, envelope_version";
 
 impl Catalog {
     // ---- snapshots ----
 
     pub fn insert_snapshot(&self, s: &SnapshotRow) -> Result<(), ApiError> {
         self.lock().execute(
-            &format!("INSERT OR IGNORE INTO snapshots({SNAP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+            &format!("INSERT OR IGNORE INTO snapshots({SNAP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
             params![
                 s.id, s.agent_id, s.agent_name, s.source, s.source_path, s.hostname, s.received_ms, s.agent_time_ms,
                 s.files as i64, s.dirs as i64, s.bytes as i64, s.bytes_new as i64, s.parent, s.bytes_read as i64,
-                s.quarantined_ms
+                s.quarantined_ms, s.locked_until_ms, s.envelope_version
             ],
         )?;
         Ok(())
@@ -139,13 +147,56 @@ impl Catalog {
             .optional()?)
     }
 
-    /// Replaces the store index (packs, chunks, snapshots) during `rebuild-catalog`.
+    /// Extends a snapshot's lock to `until_ms`; a lock is never shortened (a later date
+    /// already set stays). Returns the lock in force afterwards.
+    pub fn extend_lock(&self, id: &str, until_ms: i64) -> Result<i64, ApiError> {
+        let conn = self.lock();
+        conn.execute(
+            "UPDATE snapshots SET locked_until_ms = ?2 WHERE id = ?1 AND locked_until_ms < ?2",
+            params![id, until_ms],
+        )?;
+        Ok(conn
+            .query_row(
+                "SELECT locked_until_ms FROM snapshots WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// The object version of snapshot `id`'s envelope (empty: the current one).
+    pub fn envelope_version(&self, id: &str) -> Result<String, ApiError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT envelope_version FROM snapshots WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    /// Snapshots committed before locks were stored (their lock is -1).
+    pub fn snapshots_without_lock(&self) -> Result<Vec<SnapshotRow>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(&format!(
+            "SELECT {SNAP_COLS} FROM snapshots WHERE locked_until_ms < 0"
+        ))?;
+        let rows = st
+            .query_map([], SnapshotRow::from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
     pub fn delete_snapshot(&self, id: &str) -> Result<(), ApiError> {
         self.lock()
             .execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
         Ok(())
     }
 
+    /// Empties the store index (packs, chunks, snapshots) for `rebuild-catalog`.
     pub fn clear_store_index(&self) -> Result<(), ApiError> {
         self.lock()
             .execute_batch("DELETE FROM chunks; DELETE FROM packs; DELETE FROM snapshots;")?;

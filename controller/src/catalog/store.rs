@@ -6,21 +6,47 @@ use rusqlite::{OptionalExtension, params};
 
 use super::Catalog;
 use crate::error::ApiError;
+use crate::store::objects::Stored;
+
+/// Where a chunk is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkPlace {
+    pub pack: String,
+    /// The pack's object version (a store with Object Lock), empty otherwise.
+    pub version: String,
+    pub offset: u64,
+    pub length: u32,
+}
+
+/// A pack as Object Lock sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedPack {
+    pub name: String,
+    pub version: String,
+    pub retained_until_ms: i64,
+}
 
 impl Catalog {
     // ---- chunks and packs ----
 
-    /// Records a sealed pack and its chunks in one transaction.
-    pub fn insert_pack(&self, pack: &SealedPack, now_ms: i64) -> Result<(), ApiError> {
+    /// Records a sealed pack, as the store confirmed it, and its chunks in one transaction.
+    pub fn insert_pack(
+        &self,
+        pack: &SealedPack,
+        stored: &Stored,
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT OR IGNORE INTO packs(name, size, chunks, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT OR IGNORE INTO packs(name, size, chunks, created_ms, version, retained_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 pack.name,
                 pack.size as i64,
                 pack.entries.len() as i64,
-                now_ms
+                now_ms,
+                stored.version,
+                stored.retained_until_ms
             ],
         )?;
         {
@@ -103,12 +129,24 @@ impl Catalog {
     }
 
     /// Records a compacted pack and points the index at its copies, in one transaction.
-    pub fn relocate(&self, pack: &SealedPack, now_ms: i64) -> Result<(), ApiError> {
+    pub fn relocate(
+        &self,
+        pack: &SealedPack,
+        stored: &Stored,
+        now_ms: i64,
+    ) -> Result<(), ApiError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT OR IGNORE INTO packs(name, size, chunks, created_ms, verified_ms) VALUES (?1, ?2, ?3, ?4, ?4)",
-            params![pack.name, pack.size as i64, pack.entries.len() as i64, now_ms],
+            "INSERT OR IGNORE INTO packs(name, size, chunks, created_ms, verified_ms, version, retained_until_ms) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
+            params![
+                pack.name,
+                pack.size as i64,
+                pack.entries.len() as i64,
+                now_ms,
+                stored.version,
+                stored.retained_until_ms
+            ],
         )?;
         {
             let mut st =
@@ -234,20 +272,80 @@ impl Catalog {
         })
     }
 
-    /// Where a chunk is stored: `(pack, offset, length)`.
-    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<(String, u64, u32)>, ApiError> {
+    /// Where a chunk is stored.
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkPlace>, ApiError> {
         let conn = self.lock();
-        let mut st =
-            conn.prepare_cached("SELECT pack, offset, length FROM chunks WHERE id = ?1")?;
+        let mut st = conn.prepare_cached(
+            "SELECT c.pack, COALESCE(p.version, ''), c.offset, c.length FROM chunks c LEFT JOIN packs p ON p.name = c.pack WHERE c.id = ?1",
+        )?;
         Ok(st
             .query_row([&id.as_bytes()[..]], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get::<_, i64>(2)? as u32,
-                ))
+                Ok(ChunkPlace {
+                    pack: r.get(0)?,
+                    version: r.get(1)?,
+                    offset: r.get::<_, i64>(2)? as u64,
+                    length: r.get::<_, i64>(3)? as u32,
+                })
             })
             .optional()?)
+    }
+
+    /// A pack's retention as the catalog recorded it, if the pack is indexed.
+    pub fn retained_pack(&self, name: &str) -> Result<Option<RetainedPack>, ApiError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT name, version, retained_until_ms FROM packs WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok(RetainedPack {
+                        name: r.get(0)?,
+                        version: r.get(1)?,
+                        retained_until_ms: r.get(2)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// The packs holding any of `ids` that the store retains for less than `until_ms`.
+    pub fn packs_retained_before(
+        &self,
+        ids: &[ChunkId],
+        until_ms: i64,
+    ) -> Result<Vec<RetainedPack>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached(
+            "SELECT p.name, p.version, p.retained_until_ms FROM chunks c JOIN packs p ON p.name = c.pack WHERE c.id = ?1",
+        )?;
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for id in ids {
+            let pack = st
+                .query_row([&id.as_bytes()[..]], |r| {
+                    Ok(RetainedPack {
+                        name: r.get(0)?,
+                        version: r.get(1)?,
+                        retained_until_ms: r.get(2)?,
+                    })
+                })
+                .optional()?;
+            if let Some(p) = pack
+                && p.retained_until_ms < until_ms
+                && seen.insert(p.name.clone())
+            {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn set_pack_retained(&self, name: &str, until_ms: i64) -> Result<(), ApiError> {
+        self.lock().execute(
+            "UPDATE packs SET retained_until_ms = MAX(retained_until_ms, ?2) WHERE name = ?1",
+            params![name, until_ms],
+        )?;
+        Ok(())
     }
 
     /// The subset of `ids` that the index does not know.

@@ -15,6 +15,14 @@
 //! ([`lifeboat_core::seal`]), and opens them on the way out. Everything above the store
 //! (commits, restores, scrub's verdicts) sees plaintext blobs. A store made before has no
 //! data key and stays plaintext.
+//!
+//! Object Lock (an S3 bucket created with it): every pack is written retained for a day
+//! (time for the backup that wrote it to commit), every envelope retained until its
+//! snapshot's lock. A commit, and every extension of a lock, first extends the retention
+//! of each pack the snapshot needs to at least its lock ([`Store::retain`]), confirmed by
+//! the store. So a pack lives as long as the last locked snapshot that needs it, and
+//! neither GC nor anyone else can delete it earlier: the catalog records each object's
+//! version and retention, and reads name the version.
 
 pub mod location;
 pub mod objects;
@@ -33,7 +41,15 @@ use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::now_ms;
 use location::StoreLocation;
-use objects::{LocalDir, Objects, StoreError, pack_key, snapshot_key};
+use objects::{LocalDir, Objects, StoreError, Stored, pack_key, snapshot_key};
+
+/// How long a new pack is retained on a store with Object Lock before a commit extends it:
+/// long enough for the backup that wrote it to commit.
+const NEW_PACK_RETENTION_MS: i64 = 86_400_000;
+/// A pack a snapshot needs retained longer is extended this far past the snapshot's lock,
+/// so a pack that daily backups keep referencing is extended about weekly, not at every
+/// commit.
+const RETENTION_SLACK_MS: i64 = 7 * 86_400_000;
 
 pub struct Store {
     objects: Arc<dyn Objects>,
@@ -198,8 +214,8 @@ impl Store {
             .name("pack-sealer".into())
             .spawn(move || {
                 for (seq, writer) in queue {
-                    let res = seal_and_store(store.as_ref(), writer).and_then(|sealed| {
-                        index.insert_pack(&sealed, now_ms())?;
+                    let res = seal_and_store(store.as_ref(), writer).and_then(|(sealed, stored)| {
+                        index.insert_pack(&sealed, &stored, now_ms())?;
                         Ok(sealed)
                     });
                     let mut failure = None;
@@ -247,6 +263,42 @@ impl Store {
 
     pub fn is_encrypted(&self) -> bool {
         self.data_key.is_some()
+    }
+
+    /// Whether the object store retains what it holds against everyone (Object Lock).
+    pub fn object_lock(&self) -> bool {
+        self.objects.object_lock()
+    }
+
+    /// Makes the store retain, until at least `until_ms`, every pack holding one of
+    /// `chunks` (extended [`RETENTION_SLACK_MS`] further when it must be extended at all),
+    /// and snapshot `envelope`'s envelope (`(id, version)`). Each extension is confirmed by
+    /// the store and recorded. Nothing to do without Object Lock. Blocking.
+    pub fn retain(
+        &self,
+        envelope: Option<(&str, &str)>,
+        chunks: &[ChunkId],
+        until_ms: i64,
+    ) -> Result<(), ApiError> {
+        if !self.objects.object_lock() || until_ms <= 0 {
+            return Ok(());
+        }
+        let packs = self.catalog.packs_retained_before(chunks, until_ms)?;
+        for p in &packs {
+            let held = self.objects.retain(
+                &pack_key(&p.name),
+                &p.version,
+                until_ms + RETENTION_SLACK_MS,
+            )?;
+            self.catalog.set_pack_retained(&p.name, held)?;
+        }
+        if !packs.is_empty() {
+            tracing::debug!(packs = packs.len(), until = %crate::when(until_ms), "pack retention extended");
+        }
+        if let Some((id, version)) = envelope {
+            self.objects.retain(&snapshot_key(id), version, until_ms)?;
+        }
+        Ok(())
     }
 
     /// For `rebuild-catalog`'s salvage of a damaged encrypted pack.
@@ -439,18 +491,21 @@ impl Store {
     /// from a failure of the store itself (`Err`: the catalog, or an object store that does
     /// not answer). Blocking.
     pub fn try_read_blob(&self, id: &ChunkId) -> Result<Result<Vec<u8>, String>, ApiError> {
-        let Some((pack_name, offset, length)) = self.catalog.chunk_location(id)? else {
+        let Some(place) = self.catalog.chunk_location(id)? else {
             return Ok(Err(format!("chunk {id} is not in the store")));
         };
-        if !objects::is_hex64(&pack_name) {
+        let pack_name = &place.pack;
+        if !objects::is_hex64(pack_name) {
             return Err(ApiError::internal(format!(
                 "catalog names an invalid pack {pack_name:?}"
             )));
         }
-        match self
-            .objects
-            .get_range(&pack_key(&pack_name), offset, length)
-        {
+        match self.objects.get_range(
+            &pack_key(pack_name),
+            &place.version,
+            place.offset,
+            place.length,
+        ) {
             Ok(stored) => Ok(self
                 .open_blob(id, stored)
                 .map_err(|e| format!("chunk {id} in pack {pack_name}: {e}"))),
@@ -483,22 +538,25 @@ impl Store {
             };
             match self.catalog.chunk_location(id)? {
                 None => chunk.unavailable = format!("chunk {id} is not in the store"),
-                Some((pack, offset, length)) => {
-                    let n = match url_of.get(&pack) {
+                Some(place) => {
+                    let n = match url_of.get(&place.pack) {
                         Some(n) => *n,
                         None => {
-                            let url = self.objects.presign_get(&pack_key(&pack), ttl).ok_or_else(
-                                || ApiError::internal("the object store cannot presign a GET"),
-                            )?;
+                            let url = self
+                                .objects
+                                .presign_get(&pack_key(&place.pack), &place.version, ttl)
+                                .ok_or_else(|| {
+                                    ApiError::internal("the object store cannot presign a GET")
+                                })?;
                             located.urls.push(url);
                             let n = located.urls.len() as u32 - 1;
-                            url_of.insert(pack, n);
+                            url_of.insert(place.pack, n);
                             n
                         }
                     };
                     chunk.url = n;
-                    chunk.offset = offset;
-                    chunk.length = length;
+                    chunk.offset = place.offset;
+                    chunk.length = place.length;
                     chunk.key = self.data_key.as_ref().map(|k| k.chunk_key(id));
                 }
             }
@@ -513,25 +571,30 @@ impl Store {
         Ok(codec::decode_verified(&self.key, id, &blob)?)
     }
 
-    /// Stores a committed snapshot's envelope durably.
-    pub fn write_snapshot(&self, env: &Envelope) -> Result<(), ApiError> {
+    /// Stores a committed snapshot's envelope durably, retained until `locked_until_ms`
+    /// where the store has Object Lock; returns what the store confirmed.
+    pub fn write_snapshot(&self, env: &Envelope, locked_until_ms: i64) -> Result<Stored, ApiError> {
         let id = env.id();
         let bytes = match &self.data_key {
             Some(k) => k.seal_envelope(&id, &env.to_bytes())?,
             None => env.to_bytes(),
         };
-        Ok(self.objects.put(&snapshot_key(&id), &bytes)?)
+        Ok(self
+            .objects
+            .put(&snapshot_key(&id), &bytes, locked_until_ms.max(0))?)
     }
 
     /// Deletes a snapshot: its envelope first (durably), then its catalog row, so a crash
     /// in between leaves a row that a second delete removes. Its chunks stay until GC.
     pub fn delete_snapshot(&self, id: &str) -> Result<(), ApiError> {
-        self.objects.delete(&snapshot_key(id))?;
+        let version = self.catalog.envelope_version(id)?;
+        self.objects.delete(&snapshot_key(id), &version)?;
         self.catalog.delete_snapshot(id)
     }
 
     pub fn read_snapshot(&self, id: &str) -> Result<Envelope, ApiError> {
-        let stored = self.objects.get(&snapshot_key(id))?;
+        let version = self.catalog.envelope_version(id)?;
+        let stored = self.objects.get(&snapshot_key(id), &version)?;
         let bytes = match &self.data_key {
             Some(k) => k.open_envelope(id, &stored)?,
             None => stored,
@@ -546,8 +609,24 @@ impl Store {
     }
 
     /// Seals `writer` and stores the pack (confirmed); the caller indexes it.
-    pub fn store_pack(&self, writer: PackWriter) -> Result<pack::SealedPack, ApiError> {
+    pub fn store_pack(&self, writer: PackWriter) -> Result<(pack::SealedPack, Stored), ApiError> {
         seal_and_store(self.objects.as_ref(), writer)
+    }
+
+    /// Until when the store retains pack `name` against everyone (0: it does not).
+    pub fn pack_retained_until(&self, name: &str) -> Result<i64, ApiError> {
+        Ok(self
+            .catalog
+            .retained_pack(name)?
+            .map_or(0, |p| p.retained_until_ms))
+    }
+
+    fn pack_version(&self, name: &str) -> Result<String, ApiError> {
+        Ok(self
+            .catalog
+            .retained_pack(name)?
+            .map(|p| p.version)
+            .unwrap_or_default())
     }
 
     /// Pack `name` as a local file, for reading it whole (scrub, compaction, rebuild).
@@ -556,7 +635,7 @@ impl Store {
         if let Some(path) = self.objects.local_path(&key) {
             return Ok(PackFile { path, copy: None });
         }
-        let bytes = self.objects.get(&key)?;
+        let bytes = self.objects.get(&key, &self.pack_version(name)?)?;
         let path = lifeboat_core::durable::temp_path(self.objects.staging(), "read");
         std::fs::write(&path, &bytes)
             .map_err(|e| ApiError::internal(format!("writing {}: {e}", path.display())))?;
@@ -573,8 +652,17 @@ impl Store {
         if copy.is_copy() {
             let bytes = std::fs::read(&copy.path)
                 .map_err(|e| ApiError::internal(format!("reading {}: {e}", copy.path.display())))?;
-            self.objects.put(&to, &bytes)?;
-            self.objects.delete(&pack_key(name))?;
+            self.objects.put(&to, &bytes, 0)?;
+            match self
+                .objects
+                .delete(&pack_key(name), &self.pack_version(name)?)
+            {
+                // Retained: it stays where it is until its date as well.
+                Err(StoreError::Locked(why)) => {
+                    tracing::warn!(pack = name, %why, "damaged pack copied aside; the original is retained until its date");
+                }
+                other => other?,
+            }
         } else if let Some(dest) = self.objects.local_path(&to) {
             if let Some(dir) = dest.parent() {
                 std::fs::create_dir_all(dir)
@@ -589,7 +677,8 @@ impl Store {
     /// Deletes a pack (durably) and its catalog row; its chunks must no longer be
     /// indexed there.
     pub fn delete_pack(&self, name: &str) -> Result<(), ApiError> {
-        self.objects.delete(&pack_key(name))?;
+        self.objects
+            .delete(&pack_key(name), &self.pack_version(name)?)?;
         self.catalog.delete_pack_row(name)
     }
 
@@ -614,10 +703,19 @@ impl Store {
     }
 }
 
-/// Seals a pack where the object store wants it and stores it, confirmed. On failure
-/// nothing of it stays (its chunks are forgotten and uploaded again).
-fn seal_and_store(objects: &dyn Objects, writer: PackWriter) -> Result<pack::SealedPack, ApiError> {
+/// Seals a pack where the object store wants it and stores it, confirmed (retained for
+/// [`NEW_PACK_RETENTION_MS`] where the store has Object Lock). On failure nothing of it
+/// stays (its chunks are forgotten and uploaded again).
+fn seal_and_store(
+    objects: &dyn Objects,
+    writer: PackWriter,
+) -> Result<(pack::SealedPack, Stored), ApiError> {
     let sealed = writer.seal(&objects.seal_dir())?;
-    objects.store_sealed(&pack_key(&sealed.name), &sealed.path)?;
-    Ok(sealed)
+    let retain = if objects.object_lock() {
+        now_ms() + NEW_PACK_RETENTION_MS
+    } else {
+        0
+    };
+    let stored = objects.store_sealed(&pack_key(&sealed.name), &sealed.path, retain)?;
+    Ok((sealed, stored))
 }

@@ -8,6 +8,10 @@
 //!   whole (the local directory: fsync and rename; S3: a checksummed PUT whose length and
 //!   checksum the server then reports back). Only after that does the catalog index it.
 //! - `delete` of an object that is not there is not an error (deletes are retried).
+//! - On a store with Object Lock (an S3 bucket created with it), `put` and `store_sealed`
+//!   write with COMPLIANCE retention, and return the version written; reads and deletes
+//!   name that version. Nobody, with any credential, deletes or overwrites a retained
+//!   version before its date, and its retention can only be extended ([`Objects::retain`]).
 //! - A listing is a hint for `rebuild-catalog` and GC's reports, never a reason to delete:
 //!   what to delete comes from the catalog.
 
@@ -30,8 +34,21 @@ pub enum StoreError {
     /// What came back is not what was written.
     #[error("{0}")]
     Corrupt(String),
+    /// The object is under Object Lock retention: nobody may delete it yet.
+    #[error("{0}")]
+    Locked(String),
     #[error("{0}")]
     Io(String),
+}
+
+/// What a store confirmed it holds after a write.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// The version written (a bucket with Object Lock), empty otherwise. Reads and deletes
+    /// name it, so that a later write or delete marker under the key changes nothing.
+    pub version: String,
+    /// Until when the store itself refuses to delete or overwrite it (0: it does not).
+    pub retained_until_ms: i64,
 }
 
 impl StoreError {
@@ -69,14 +86,41 @@ pub struct Listed {
 /// An object store: the local directory or an S3 bucket. Blocking: callers are the
 /// sealer thread and `spawn_blocking` tasks.
 pub trait Objects: Send + Sync {
-    /// Stores `bytes` as `key`, durably and confirmed.
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Stores `bytes` as `key`, durably and confirmed; where the store has Object Lock,
+    /// retained until `retain_until_ms` (0: not retained).
+    fn put(&self, key: &str, bytes: &[u8], retain_until_ms: i64) -> Result<Stored, StoreError>;
     /// Makes the complete, synced file at `path` (from [`Objects::staging`]) the object
-    /// `key`, durably and confirmed; the file is gone afterwards.
-    fn store_sealed(&self, key: &str, path: &Path) -> Result<(), StoreError>;
-    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError>;
-    fn get_range(&self, key: &str, offset: u64, length: u32) -> Result<Vec<u8>, StoreError>;
-    fn delete(&self, key: &str) -> Result<(), StoreError>;
+    /// `key`, durably and confirmed (and retained, as [`Objects::put`]); the file is gone
+    /// afterwards.
+    fn store_sealed(
+        &self,
+        key: &str,
+        path: &Path,
+        retain_until_ms: i64,
+    ) -> Result<Stored, StoreError>;
+    /// Reads object `key` (`version` as [`Stored::version`] said; empty: the current one).
+    fn get(&self, key: &str, version: &str) -> Result<Vec<u8>, StoreError>;
+    fn get_range(
+        &self,
+        key: &str,
+        version: &str,
+        offset: u64,
+        length: u32,
+    ) -> Result<Vec<u8>, StoreError>;
+    /// Deletes `version` of `key` (the store refuses a retained one: [`StoreError::Locked`]).
+    fn delete(&self, key: &str, version: &str) -> Result<(), StoreError>;
+    /// Whether the store has Object Lock: objects can be retained against everyone.
+    fn object_lock(&self) -> bool {
+        false
+    }
+    /// Extends `version` of `key`'s retention to `until_ms` and returns the retention the
+    /// store reports afterwards (read back, never taken from the request).
+    fn retain(&self, key: &str, _version: &str, _until_ms: i64) -> Result<i64, StoreError> {
+        Err(StoreError::Refused(format!(
+            "{key}: {} has no Object Lock, so nothing can be retained in it",
+            self.describe()
+        )))
+    }
     /// Every object whose key starts with `prefix`, sorted by key.
     fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError>;
     /// The file that holds `key`, when objects are local files (reads then need no copy).
@@ -90,7 +134,7 @@ pub trait Objects: Send + Sync {
     /// A URL that lets its holder GET object `key` until `ttl` passes, without
     /// credentials; `None` where objects are local files (restores then go through the
     /// controller).
-    fn presign_get(&self, _key: &str, _ttl: std::time::Duration) -> Option<String> {
+    fn presign_get(&self, _key: &str, _version: &str, _ttl: std::time::Duration) -> Option<String> {
         None
     }
     /// For logs and `lifeboat status`: never a credential.
@@ -184,39 +228,47 @@ impl LocalDir {
 }
 
 impl Objects for LocalDir {
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    fn put(&self, key: &str, bytes: &[u8], _retain: i64) -> Result<Stored, StoreError> {
         let path = self.path(key);
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         }
-        Ok(lifeboat_core::durable::write_atomic(&path, bytes, 0o644)?)
+        lifeboat_core::durable::write_atomic(&path, bytes, 0o644)?;
+        Ok(Stored::default())
     }
 
-    fn store_sealed(&self, key: &str, path: &Path) -> Result<(), StoreError> {
+    fn store_sealed(&self, key: &str, path: &Path, _retain: i64) -> Result<Stored, StoreError> {
         let to = self.path(key);
         if to == path {
-            return Ok(()); // sealed in place (see `seal_dir`)
+            return Ok(Stored::default()); // sealed in place (see `seal_dir`)
         }
         if let Some(dir) = to.parent() {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         }
-        Ok(lifeboat_core::durable::rename_durable(path, &to)?)
+        lifeboat_core::durable::rename_durable(path, &to)?;
+        Ok(Stored::default())
     }
 
-    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
+    fn get(&self, key: &str, _version: &str) -> Result<Vec<u8>, StoreError> {
         let path = self.path(key);
         std::fs::read(&path).map_err(|e| StoreError::io(format!("reading {}", path.display()), e))
     }
 
-    fn get_range(&self, key: &str, offset: u64, length: u32) -> Result<Vec<u8>, StoreError> {
+    fn get_range(
+        &self,
+        key: &str,
+        _version: &str,
+        offset: u64,
+        length: u32,
+    ) -> Result<Vec<u8>, StoreError> {
         let file = self.file(key)?;
         lifeboat_core::pack::read_blob(&file, offset, length)
             .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
     }
 
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
+    fn delete(&self, key: &str, _version: &str) -> Result<(), StoreError> {
         self.forget(key);
         let path = self.path(key);
         match std::fs::remove_file(&path) {

@@ -11,6 +11,11 @@
 //! - Connection failures, timeouts, 5xx, 429 and 503 SlowDown are retried with exponential
 //!   backoff and jitter; every request is idempotent (objects are named by content). Other
 //!   4xx answers fail at once with the server's own code and message.
+//! - On a bucket created with Object Lock (checked at open), every object is written with
+//!   COMPLIANCE retention until the date the store asks, and its version is returned: the
+//!   store reads and deletes that version only, so a later overwrite or delete marker
+//!   under the same key changes nothing it reads. The retention the server holds is read
+//!   back (HEAD) before a write counts, and again after every extension.
 //! - Credentials come from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` (and
 //!   `AWS_SESSION_TOKEN`), else from the shared credentials file
 //!   (`AWS_SHARED_CREDENTIALS_FILE` or `~/.aws/credentials`, profile `AWS_PROFILE` or
@@ -21,10 +26,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use md5::Digest as _;
-use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use rusty_s3::{Bucket, Credentials, Method, S3Action, UrlStyle};
 
 use super::location::S3Location;
-use super::objects::{Listed, Objects, StoreError};
+use super::objects::{Listed, Objects, StoreError, Stored};
 
 /// How long a signed request URL is valid: long enough for a pack's PUT on a slow link.
 const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
@@ -46,6 +51,17 @@ pub struct S3Objects {
     described: String,
     /// Pause between retries (shortened by tests through `LIFEBOAT_S3_BACKOFF_MS`).
     first_backoff: Duration,
+    /// The bucket has Object Lock (and so versioning).
+    object_lock: bool,
+}
+
+/// What a HEAD of one object version reports.
+struct Head {
+    len: u64,
+    etag: String,
+    version: String,
+    /// COMPLIANCE retention's end (0: none).
+    retained_until_ms: i64,
 }
 
 /// One request's outcome: retry it, or give up with this error.
@@ -98,7 +114,7 @@ impl S3Objects {
             .ok()
             .and_then(|v| v.parse().ok())
             .map_or(FIRST_BACKOFF, Duration::from_millis);
-        let objects = S3Objects {
+        let mut objects = S3Objects {
             described: loc.to_string(),
             bucket,
             credentials,
@@ -106,9 +122,63 @@ impl S3Objects {
             http,
             staging: staging.to_owned(),
             first_backoff,
+            object_lock: false,
         };
         objects.check_bucket()?;
+        objects.object_lock = objects.check_object_lock()?;
         Ok(objects)
+    }
+
+    /// A request URL signed for `ttl`: on object `key` (with the prefix), or on the bucket
+    /// itself. `query` and `headers` are signed with it (any order; header names lowercase).
+    fn signed(
+        &self,
+        method: Method,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        ttl: Duration,
+    ) -> Result<url::Url, StoreError> {
+        let url = match key {
+            Some(k) => self
+                .bucket
+                .object_url(&self.key(k))
+                .map_err(|e| StoreError::Refused(format!("object key {k:?}: {e}")))?,
+            None => self.bucket.base_url().clone(),
+        };
+        let (mut query, mut headers) = (query.to_vec(), headers.to_vec());
+        query.sort();
+        headers.sort();
+        Ok(rusty_s3::signing::sign(
+            &jiff::Timestamp::now(),
+            method,
+            url,
+            self.credentials.key(),
+            self.credentials.secret(),
+            self.credentials.token(),
+            self.bucket.region(),
+            ttl.as_secs(),
+            query.into_iter(),
+            headers.into_iter(),
+        ))
+    }
+
+    /// Whether the bucket was created with Object Lock.
+    fn check_object_lock(&self) -> Result<bool, StoreError> {
+        let url = self.signed(Method::Get, None, &[("object-lock", "")], &[], SIGNED_FOR)?;
+        self.retrying("checking the bucket's Object Lock", || {
+            let resp = self.send(self.http.get(url.as_str()).call())?;
+            match resp.status().as_u16() {
+                200..=299 => {
+                    let body = read_body(resp, "the Object Lock configuration", None)?;
+                    let text = String::from_utf8_lossy(&body);
+                    Ok(xml_tag(&text, "ObjectLockEnabled").as_deref() == Some("Enabled"))
+                }
+                // No configuration, or a server without Object Lock at all.
+                404 | 501 => Ok(false),
+                _ => Err(classify(resp, "checking the bucket's Object Lock")),
+            }
+        })
     }
 
     fn check_bucket(&self) -> Result<(), StoreError> {
@@ -178,80 +248,94 @@ impl S3Objects {
     }
 
     /// One PUT of `len` bytes with MD5 `digest` (the server checks it), the body made
-    /// afresh for every attempt; then a HEAD must report the same length and digest.
+    /// afresh for every attempt, with COMPLIANCE retention until `retain_until_ms` on an
+    /// Object Lock bucket; then a HEAD of the version written must report the same length,
+    /// digest and (at least) that retention.
     fn put_with<B: ureq::AsSendBody>(
         &self,
         key: &str,
         digest: [u8; 16],
         len: u64,
+        retain_until_ms: i64,
         mut body: impl FnMut() -> Result<B, StoreError>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Stored, StoreError> {
         let md5_b64 = base64::engine::general_purpose::STANDARD.encode(digest);
-        let full = self.key(key);
-        let mut action = self.bucket.put_object(Some(&self.credentials), &full);
-        action.headers_mut().insert("content-md5", md5_b64.clone());
-        let url = action.sign(SIGNED_FOR);
-        self.retrying(&format!("storing {key}"), || {
+        let until = rfc3339_ceil(retain_until_ms);
+        let mut headers = vec![("content-md5", md5_b64.as_str())];
+        let locking = self.object_lock && retain_until_ms > 0;
+        if locking {
+            headers.push(("x-amz-object-lock-mode", "COMPLIANCE"));
+            headers.push(("x-amz-object-lock-retain-until-date", until.as_str()));
+        }
+        let url = self.signed(Method::Put, Some(key), &[], &headers, SIGNED_FOR)?;
+        let version = self.retrying(&format!("storing {key}"), || {
             let body = body().map_err(Failure::Final)?;
-            let resp = self.send(
-                self.http
-                    .put(url.as_str())
-                    .header("content-md5", &md5_b64)
-                    .send(body),
-            )?;
+            let mut req = self.http.put(url.as_str());
+            for (h, v) in &headers {
+                req = req.header(*h, *v);
+            }
+            let resp = self.send(req.send(body))?;
             match resp.status().as_u16() {
-                200..=299 => Ok(()),
+                200..=299 => Ok(header(&resp, "x-amz-version-id")),
                 _ => Err(classify(resp, &format!("storing {key}"))),
             }
         })?;
+        // Versions matter only where the store keeps old ones for us (Object Lock).
+        let version = if self.object_lock && version != "null" {
+            version
+        } else {
+            String::new()
+        };
         // Confirmed only by what the server says it holds now.
-        match self.head(key)? {
-            Some((held, etag)) if held == len => {
-                let md5_hex = hex::encode(digest);
-                let plain_md5 = etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit());
-                if plain_md5 && !etag.eq_ignore_ascii_case(&md5_hex) {
-                    return Err(StoreError::Corrupt(format!(
-                        "{key}: the object store holds content with MD5 {etag}, not the {md5_hex} written"
-                    )));
-                }
-                Ok(())
-            }
-            Some((held, _)) => Err(StoreError::Corrupt(format!(
-                "{key}: the object store holds {held} bytes, not the {len} written"
-            ))),
-            None => Err(StoreError::Corrupt(format!(
+        let Some(head) = self.head(key, &version)? else {
+            return Err(StoreError::Corrupt(format!(
                 "{key}: the object store acknowledged it but does not list it"
-            ))),
+            )));
+        };
+        if head.len != len {
+            return Err(StoreError::Corrupt(format!(
+                "{key}: the object store holds {} bytes, not the {len} written",
+                head.len
+            )));
         }
+        let md5_hex = hex::encode(digest);
+        let plain_md5 = head.etag.len() == 32 && head.etag.bytes().all(|b| b.is_ascii_hexdigit());
+        if plain_md5 && !head.etag.eq_ignore_ascii_case(&md5_hex) {
+            return Err(StoreError::Corrupt(format!(
+                "{key}: the object store holds content with MD5 {}, not the {md5_hex} written",
+                head.etag
+            )));
+        }
+        if locking && head.retained_until_ms < retain_until_ms {
+            return Err(StoreError::Refused(format!(
+                "{key}: the object store did not keep the retention asked for (until {until}; it reports {}): check that the bucket enforces Object Lock",
+                crate::when(head.retained_until_ms)
+            )));
+        }
+        Ok(Stored {
+            version: head.version,
+            retained_until_ms: head.retained_until_ms,
+        })
     }
 
-    /// A GET of object `key`, signed for `ttl`.
-    fn get_url(&self, key: &str, ttl: Duration) -> url::Url {
-        let full = self.key(key);
-        self.bucket
-            .get_object(Some(&self.credentials), &full)
-            .sign(ttl)
-    }
-
-    fn head(&self, key: &str) -> Result<Option<(u64, String)>, StoreError> {
-        let full = self.key(key);
-        let url = self
-            .bucket
-            .head_object(Some(&self.credentials), &full)
-            .sign(SIGNED_FOR);
+    fn head(&self, key: &str, version: &str) -> Result<Option<Head>, StoreError> {
+        let query = version_query(version);
+        let url = self.signed(Method::Head, Some(key), &query, &[], SIGNED_FOR)?;
         self.retrying(&format!("looking up {key}"), || {
             let resp = self.send(self.http.head(url.as_str()).call())?;
             match resp.status().as_u16() {
                 200..=299 => {
-                    let header = |h: &str| {
-                        resp.headers()
-                            .get(h)
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string()
-                    };
-                    let len = header("content-length").parse().unwrap_or(u64::MAX);
-                    Ok(Some((len, header("etag").trim_matches('"').to_string())))
+                    let until = header(&resp, "x-amz-object-lock-retain-until-date");
+                    let compliance = header(&resp, "x-amz-object-lock-mode") == "COMPLIANCE";
+                    Ok(Some(Head {
+                        len: header(&resp, "content-length").parse().unwrap_or(u64::MAX),
+                        etag: header(&resp, "etag").trim_matches('"').to_string(),
+                        version: match header(&resp, "x-amz-version-id") {
+                            v if v == "null" || !self.object_lock => String::new(),
+                            v => v,
+                        },
+                        retained_until_ms: if compliance { parse_time_ms(&until) } else { 0 },
+                    }))
                 }
                 404 => Ok(None),
                 _ => Err(classify(resp, &format!("looking up {key}"))),
@@ -260,13 +344,61 @@ impl S3Objects {
     }
 }
 
+/// `versionId` for a request on one version (none for the current one).
+fn version_query(version: &str) -> Vec<(&'static str, &str)> {
+    if version.is_empty() {
+        Vec::new()
+    } else {
+        vec![("versionId", version)]
+    }
+}
+
+/// A response header as text ("" when absent).
+fn header(resp: &ureq::http::Response<ureq::Body>, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `unix_ms` as RFC 3339 in whole seconds, rounded up (a retention is never shorter than
+/// asked for).
+fn rfc3339_ceil(unix_ms: i64) -> String {
+    let secs = (unix_ms.max(0) as u64).div_ceil(1000);
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// An RFC 3339 time in Unix milliseconds (0 when it is not one).
+fn parse_time_ms(s: &str) -> i64 {
+    s.trim()
+        .parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .unwrap_or(0)
+}
+
+/// The text of the first `<tag>` in an XML answer.
+fn xml_tag(body: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = body.find(&open)? + open.len();
+    let end = body[start..].find('<')? + start;
+    Some(body[start..end].to_string())
+}
+
 impl Objects for S3Objects {
-    fn put(&self, key: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    fn put(&self, key: &str, bytes: &[u8], retain_until_ms: i64) -> Result<Stored, StoreError> {
         let digest: [u8; 16] = md5::Md5::digest(bytes).into();
-        self.put_with(key, digest, bytes.len() as u64, || Ok(bytes))
+        self.put_with(key, digest, bytes.len() as u64, retain_until_ms, || {
+            Ok(bytes)
+        })
     }
 
-    fn store_sealed(&self, key: &str, path: &Path) -> Result<(), StoreError> {
+    fn store_sealed(
+        &self,
+        key: &str,
+        path: &Path,
+        retain_until_ms: i64,
+    ) -> Result<Stored, StoreError> {
         // Streamed from the staged file (read twice: for its digest, then for the PUT):
         // a pack is never held in memory, however long the store keeps it waiting.
         let io = |e: std::io::Error| StoreError::Io(format!("reading {}: {e}", path.display()));
@@ -276,7 +408,9 @@ impl Objects for S3Objects {
             let mut hasher = md5::Md5::new();
             std::io::copy(&mut file, &mut hasher).map_err(io)?;
             let digest: [u8; 16] = hasher.finalize().into();
-            self.put_with(key, digest, len, || std::fs::File::open(path).map_err(io))
+            self.put_with(key, digest, len, retain_until_ms, || {
+                std::fs::File::open(path).map_err(io)
+            })
         })();
         // The staged copy goes either way: a failed seal forgets its chunks (they are
         // uploaded again), so nothing will ask for this file.
@@ -284,19 +418,37 @@ impl Objects for S3Objects {
         stored
     }
 
-    fn get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
-        let url = self.get_url(key, SIGNED_FOR);
+    fn get(&self, key: &str, version: &str) -> Result<Vec<u8>, StoreError> {
+        let url = self.signed(
+            Method::Get,
+            Some(key),
+            &version_query(version),
+            &[],
+            SIGNED_FOR,
+        )?;
         self.retrying(&format!("reading {key}"), || {
             let resp = self.send(self.http.get(url.as_str()).call())?;
             read_body(resp, key, None)
         })
     }
 
-    fn get_range(&self, key: &str, offset: u64, length: u32) -> Result<Vec<u8>, StoreError> {
+    fn get_range(
+        &self,
+        key: &str,
+        version: &str,
+        offset: u64,
+        length: u32,
+    ) -> Result<Vec<u8>, StoreError> {
         if length == 0 {
             return Ok(Vec::new());
         }
-        let url = self.get_url(key, SIGNED_FOR);
+        let url = self.signed(
+            Method::Get,
+            Some(key),
+            &version_query(version),
+            &[],
+            SIGNED_FOR,
+        )?;
         let range = format!("bytes={offset}-{}", offset + length as u64 - 1);
         self.retrying(&format!("reading {key}"), || {
             let resp = self.send(self.http.get(url.as_str()).header("range", &range).call())?;
@@ -304,19 +456,69 @@ impl Objects for S3Objects {
         })
     }
 
-    fn delete(&self, key: &str) -> Result<(), StoreError> {
-        let full = self.key(key);
-        let url = self
-            .bucket
-            .delete_object(Some(&self.credentials), &full)
-            .sign(SIGNED_FOR);
+    fn delete(&self, key: &str, version: &str) -> Result<(), StoreError> {
+        let url = self.signed(
+            Method::Delete,
+            Some(key),
+            &version_query(version),
+            &[],
+            SIGNED_FOR,
+        )?;
         self.retrying(&format!("deleting {key}"), || {
             let resp = self.send(self.http.delete(url.as_str()).call())?;
             match resp.status().as_u16() {
                 200..=299 | 404 => Ok(()),
+                403 if self.object_lock => Err(Failure::Final(StoreError::Locked(format!(
+                    "the object store refused to delete {key}: it is under Object Lock retention (or these credentials may not delete)"
+                )))),
                 _ => Err(classify(resp, &format!("deleting {key}"))),
             }
         })
+    }
+
+    fn object_lock(&self) -> bool {
+        self.object_lock
+    }
+
+    fn retain(&self, key: &str, version: &str, until_ms: i64) -> Result<i64, StoreError> {
+        if !self.object_lock {
+            return Err(StoreError::Refused(format!(
+                "{}: the bucket has no Object Lock, so nothing can be retained in it",
+                self.described
+            )));
+        }
+        let until = rfc3339_ceil(until_ms);
+        let body = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>COMPLIANCE</Mode><RetainUntilDate>{until}</RetainUntilDate></Retention>"
+        );
+        let md5_b64 =
+            base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(body.as_bytes()));
+        let mut query = version_query(version);
+        query.push(("retention", ""));
+        let headers = [("content-md5", md5_b64.as_str())];
+        let url = self.signed(Method::Put, Some(key), &query, &headers, SIGNED_FOR)?;
+        let what = format!("extending the retention of {key}");
+        self.retrying(&what, || {
+            let resp = self.send(
+                self.http
+                    .put(url.as_str())
+                    .header("content-md5", &md5_b64)
+                    .send(body.as_bytes()),
+            )?;
+            match resp.status().as_u16() {
+                200..=299 => Ok(()),
+                _ => Err(classify(resp, &what)),
+            }
+        })?;
+        // Never trusted from the request alone: read back what the server holds.
+        let held = self.head(key, version)?.map_or(0, |h| h.retained_until_ms);
+        if held < until_ms {
+            return Err(StoreError::Refused(format!(
+                "{key}: the object store reports retention until {}, not the {until} asked for",
+                crate::when(held)
+            )));
+        }
+        Ok(held)
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
@@ -372,8 +574,10 @@ impl Objects for S3Objects {
         self.described.clone()
     }
 
-    fn presign_get(&self, key: &str, ttl: Duration) -> Option<String> {
-        Some(self.get_url(key, ttl).to_string())
+    fn presign_get(&self, key: &str, version: &str, ttl: Duration) -> Option<String> {
+        self.signed(Method::Get, Some(key), &version_query(version), &[], ttl)
+            .ok()
+            .map(|u| u.to_string())
     }
 }
 
@@ -419,14 +623,8 @@ fn classify(resp: ureq::http::Response<ureq::Body>, what: &str) -> Failure {
         .limit(64 << 10)
         .read_to_string()
         .unwrap_or_default();
-    let tag = |t: &str| {
-        let open = format!("<{t}>");
-        let start = body.find(&open)? + open.len();
-        let end = body[start..].find('<')? + start;
-        Some(body[start..end].to_string())
-    };
-    let code = tag("Code").unwrap_or_default();
-    let message = tag("Message").unwrap_or_default();
+    let code = xml_tag(&body, "Code").unwrap_or_default();
+    let message = xml_tag(&body, "Message").unwrap_or_default();
     let said = format!("{what}: the object store answered {status} {code} {message}")
         .trim_end()
         .to_string();
