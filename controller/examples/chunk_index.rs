@@ -68,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             size: PER_PACK << 20,
             entries,
         };
-        catalog.insert_pack(&pack, 0)?;
+        catalog.insert_pack(&pack, &Default::default(), 0)?;
         if n % (total / 10).max(PER_PACK) < PER_PACK || n == total {
             let secs = tenth.elapsed().as_secs_f64();
             marks.push(

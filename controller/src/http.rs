@@ -103,6 +103,11 @@ async fn render(ctl: Arc<Controller>) -> String {
         "1 when the store is a directory on the controller, 0 for object storage.",
         u64::from(ctl.store.is_local()),
     );
+    gauge(
+        "lifeboat_store_object_lock",
+        "1 when the object store retains every pack and envelope against everyone until its lock ends (S3 Object Lock, COMPLIANCE).",
+        u64::from(ctl.store.object_lock()),
+    );
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     for (name, help, v) in [
         (

@@ -253,7 +253,13 @@ pub fn start_with_clock(
     let ca_fingerprint = lifeboat_core::pki::fingerprint(&prepared.ca.cert_pem)?;
     let catalog = Arc::new(prepared.catalog);
     let objects = store::open_objects(&prepared.store, &prepared.staging_dir)?;
-    tracing::info!(store = %objects.describe(), encrypted = prepared.data_key.is_some(), "store opened");
+    tracing::info!(store = %objects.describe(), encrypted = prepared.data_key.is_some(), object_lock = objects.object_lock(), "store opened");
+    if !objects.object_lock() {
+        tracing::warn!(
+            store = %objects.describe(),
+            "the store has no Object Lock: whoever holds its credentials (or root here, for a local store) can delete every backup; use an S3 bucket created with Object Lock to make locked snapshots immutable"
+        );
+    }
     // The store keeps the wrapped data key beside what it protects: with the recovery key
     // it is all a controller rebuilt from the store needs (and, without one, nothing).
     if let Some(wrapped) = &prepared.wrapped_data_key {

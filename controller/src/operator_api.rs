@@ -134,6 +134,7 @@ impl OperatorApi for OperatorService {
             workers: crate::workers::to_pb(&self.0.workers.states()),
             store: self.0.store.describe(),
             store_encrypted: self.0.store.is_encrypted(),
+            store_object_lock: self.0.store.object_lock(),
             recovery_recipient: self.0.recovery_recipient.clone().unwrap_or_default(),
         }))
     }

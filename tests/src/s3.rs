@@ -144,7 +144,12 @@ impl S3Server {
 
     /// Where a store under `prefix` lives in the test bucket.
     pub fn location(&self, prefix: &str) -> S3Location {
-        let store = format!("s3://{BUCKET}/{prefix}");
+        self.location_in(BUCKET, prefix)
+    }
+
+    /// Where a store under `prefix` lives in `bucket`.
+    pub fn location_in(&self, bucket: &str, prefix: &str) -> S3Location {
+        let store = format!("s3://{bucket}/{prefix}");
         match StoreLocation::parse(&store, &self.options()) {
             Ok(StoreLocation::S3(loc)) => loc,
             other => panic!("{store}: {other:?}"),
@@ -162,7 +167,119 @@ impl S3Server {
 
     /// `lifeboat-controller serve` arguments for a store under `prefix`.
     pub fn serve_args(&self, prefix: &str) -> Vec<String> {
-        serve_args(&self.endpoint, prefix)
+        serve_args(&self.endpoint, BUCKET, prefix)
+    }
+
+    /// `lifeboat-controller serve` arguments for a store under `prefix` of `bucket`.
+    pub fn serve_args_in(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        serve_args(&self.endpoint, bucket, prefix)
+    }
+
+    /// Creates `bucket` with Object Lock (and so versioning), as an operator would for an
+    /// immutable store.
+    pub fn create_locked_bucket(&self, bucket: &str) {
+        let (status, body) = self.raw(
+            rusty_s3::Method::Put,
+            bucket,
+            "",
+            &[],
+            &[("x-amz-bucket-object-lock-enabled", "true")],
+            b"",
+        );
+        assert!(
+            (200..300).contains(&status),
+            "creating {bucket}: {status} {body}"
+        );
+    }
+
+    /// One request signed with the server's credentials (the controller's, in the tests),
+    /// as any S3 client would send it: on `bucket`, or on `key` in it. Returns the status
+    /// and the body.
+    pub fn raw(
+        &self,
+        method: rusty_s3::Method,
+        bucket: &str,
+        key: &str,
+        query: &[(&str, &str)],
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String) {
+        let url: url::Url = format!("{}/{bucket}/{key}", self.endpoint)
+            .parse()
+            .expect("url");
+        let (mut query, mut headers) = (query.to_vec(), headers.to_vec());
+        query.sort();
+        headers.sort();
+        let signed = rusty_s3::signing::sign(
+            &jiff::Timestamp::now(),
+            method,
+            url,
+            ACCESS_KEY,
+            SECRET_KEY,
+            None,
+            "us-east-1",
+            600,
+            query.into_iter(),
+            headers.clone().into_iter(),
+        );
+        let http = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .build(),
+        );
+        let with_headers = |mut r: ureq::RequestBuilder<ureq::typestate::WithBody>| {
+            for (h, v) in &headers {
+                r = r.header(*h, *v);
+            }
+            r
+        };
+        let resp = match method {
+            rusty_s3::Method::Get => http.get(signed.as_str()).call(),
+            rusty_s3::Method::Head => http.head(signed.as_str()).call(),
+            rusty_s3::Method::Delete => {
+                let mut r = http.delete(signed.as_str());
+                for (h, v) in &headers {
+                    r = r.header(*h, *v);
+                }
+                r.call()
+            }
+            rusty_s3::Method::Put => with_headers(http.put(signed.as_str())).send(body),
+            rusty_s3::Method::Post => with_headers(http.post(signed.as_str())).send(body),
+        }
+        .expect("the S3 server answers");
+        let status = resp.status().as_u16();
+        let text = resp.into_body().read_to_string().unwrap_or_default();
+        (status, text)
+    }
+
+    /// Every version (not delete markers) of every object under `prefix` in `bucket`:
+    /// `(key, version id)`.
+    pub fn versions(&self, bucket: &str, prefix: &str) -> Vec<(String, String)> {
+        let (status, body) = self.raw(
+            rusty_s3::Method::Get,
+            bucket,
+            "",
+            &[("versions", ""), ("prefix", prefix)],
+            &[],
+            b"",
+        );
+        assert_eq!(status, 200, "listing versions: {body}");
+        let tag = |s: &str, t: &str| -> String {
+            let open = format!("<{t}>");
+            s.find(&open)
+                .and_then(|i| {
+                    let rest = &s[i + open.len()..];
+                    rest.find('<').map(|j| rest[..j].to_string())
+                })
+                .unwrap_or_default()
+        };
+        body.split("<Version>")
+            .skip(1)
+            .map(|v| {
+                let v = v.split("</Version>").next().unwrap_or_default();
+                (tag(v, "Key"), tag(v, "VersionId"))
+            })
+            .collect()
     }
 
     /// The environment a controller needs to reach the bucket.
@@ -188,11 +305,11 @@ fn open(loc: &S3Location, staging: &Path) -> Result<S3Objects, String> {
     S3Objects::open_with_keys(loc, staging, ACCESS_KEY, SECRET_KEY).map_err(|e| e.to_string())
 }
 
-/// `serve` arguments for a store under `prefix` of the test bucket at `endpoint`.
-fn serve_args(endpoint: &str, prefix: &str) -> Vec<String> {
+/// `serve` arguments for a store under `prefix` of `bucket` at `endpoint`.
+fn serve_args(endpoint: &str, bucket: &str, prefix: &str) -> Vec<String> {
     vec![
         "--store".into(),
-        format!("s3://{BUCKET}/{prefix}"),
+        format!("s3://{bucket}/{prefix}"),
         "--s3-endpoint".into(),
         endpoint.to_string(),
         "--s3-path-style".into(),
@@ -300,7 +417,7 @@ impl FaultyProxy {
     /// `serve` arguments for a store under `prefix` of `server`'s bucket, reached through
     /// this proxy.
     pub fn serve_args(&self, prefix: &str) -> Vec<String> {
-        serve_args(&self.endpoint, prefix)
+        serve_args(&self.endpoint, BUCKET, prefix)
     }
 }
 

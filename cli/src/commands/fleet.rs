@@ -29,7 +29,7 @@ pub async fn run(
                     .collect();
                 out!(
                     "{}",
-                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "role": s.role, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes, "store": s.store, "store_encrypted": s.store_encrypted, "recovery_recipient": s.recovery_recipient, "workers": workers})
+                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "role": s.role, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes, "store": s.store, "store_encrypted": s.store_encrypted, "store_object_lock": s.store_object_lock, "recovery_recipient": s.recovery_recipient, "workers": workers})
                 );
             } else {
                 out!(
@@ -50,6 +50,14 @@ pub async fn run(
                         (true, "") => "encrypted".to_string(),
                         (true, r) => format!("encrypted; recovery key {r}"),
                         (false, _) => "NOT encrypted: created before encryption at rest".into(),
+                    }
+                );
+                out!(
+                    "immutability: {}",
+                    if s.store_object_lock {
+                        "Object Lock (COMPLIANCE): no credential deletes a locked snapshot's packs or envelope before its lock ends"
+                    } else {
+                        "none: whoever holds the store's credentials (or root on the controller, for a local store) can delete backups; use an S3 bucket created with Object Lock"
                     }
                 );
                 let rows = s

@@ -457,6 +457,19 @@ impl Objects for S3Objects {
     }
 
     fn delete(&self, key: &str, version: &str) -> Result<(), StoreError> {
+        // With versioning, a DELETE without a version only hides the object behind a
+        // delete marker: name the current version (one a rebuilt catalog did not record).
+        let current;
+        let version = match (self.object_lock, version) {
+            (true, "") => match self.head(key, "")? {
+                Some(h) => {
+                    current = h.version;
+                    current.as_str()
+                }
+                None => return Ok(()),
+            },
+            _ => version,
+        };
         let url = self.signed(
             Method::Delete,
             Some(key),
