@@ -182,6 +182,10 @@ pub struct Running {
     _lock: OwnedFd,
 }
 
+/// How long a store with Object Lock retains the copy of the wrapped data key written at
+/// each start.
+const WRAPPED_KEY_RETENTION_MS: i64 = 365 * 86_400_000;
+
 /// Takes the data directory's lock so two controllers (or a rebuild) never share it.
 pub fn lock_data_dir(data_dir: &Path) -> Result<OwnedFd, ApiError> {
     let path = data_dir.join("controller.lock");
@@ -262,8 +266,15 @@ pub fn start_with_clock(
     }
     // The store keeps the wrapped data key beside what it protects: with the recovery key
     // it is all a controller rebuilt from the store needs (and, without one, nothing).
+    // With Object Lock it is retained a year from each start, so nobody deletes the one
+    // thing the recovery key needs to open the store.
     if let Some(wrapped) = &prepared.wrapped_data_key {
-        objects.put(&format!("keys/{}", setup::STORE_KEY_FILE), wrapped, 0)?;
+        let retain = if objects.object_lock() {
+            now_ms() + WRAPPED_KEY_RETENTION_MS
+        } else {
+            0
+        };
+        objects.put(&format!("keys/{}", setup::STORE_KEY_FILE), wrapped, retain)?;
     }
     let store = store::Store::open(
         objects,

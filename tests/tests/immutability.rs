@@ -42,11 +42,16 @@ fn retained_until(s3: &S3Server, key: &str, version: &str) -> i64 {
         .unwrap_or_else(|e| panic!("{key}: retention date {date:?}: {e}"))
 }
 
-/// The packs and envelopes of the store under `fleet/` (`(key, version)`), every version.
+/// The packs, envelopes and wrapped data key of the store under `fleet/` (`(key,
+/// version)`), every version.
 fn store_objects(s3: &S3Server) -> Vec<(String, String)> {
     s3.versions(VAULT, "fleet/")
         .into_iter()
-        .filter(|(k, _)| k.starts_with("fleet/packs/") || k.starts_with("fleet/snapshots/"))
+        .filter(|(k, _)| {
+            ["fleet/packs/", "fleet/snapshots/", "fleet/keys/"]
+                .iter()
+                .any(|p| k.starts_with(p))
+        })
         .collect()
 }
 
@@ -104,6 +109,12 @@ fn object_lock_keeps_locked_snapshots_from_the_controllers_own_credentials() {
         objects.iter().any(|(k, _)| k.contains("/snapshots/")),
         "{objects:?}"
     );
+    // The wrapped data key, all the recovery key needs to open the store, for a year.
+    let key = objects
+        .iter()
+        .find(|(k, _)| k.starts_with("fleet/keys/"))
+        .expect("the wrapped data key is in the store");
+    assert!(retained_until(&s3, &key.0, &key.1) > lock1 + 300 * DAY);
     for (key, version) in &objects {
         let until = retained_until(&s3, key, version);
         assert!(
