@@ -39,6 +39,7 @@ pub mod scheduler;
 pub(crate) mod scrub;
 pub mod setup;
 pub(crate) mod snapshots;
+pub mod state;
 pub mod store;
 pub(crate) mod workers;
 
@@ -128,6 +129,8 @@ pub struct Controller {
     pub plan_runners: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The background workers and what each has done.
     pub workers: workers::Workers,
+    /// The data directory (the state saved in the store is read from it).
+    pub data_dir: PathBuf,
 }
 
 /// The default of `--upload-quota`: bytes one backup job may upload.
@@ -159,7 +162,13 @@ pub struct ServeConfig {
     pub upload_quota: u64,
     /// How long a presigned GET handed to a restoring agent lasts (S3 stores).
     pub store_url_ttl: Duration,
+    /// How often the controller saves its own state in the store, for `recover` (None:
+    /// never).
+    pub state_every: Option<Duration>,
 }
+
+/// The default of `--state-every`.
+pub const DEFAULT_STATE_EVERY: Duration = Duration::from_secs(3600);
 
 /// The default of `--store-url-ttl`.
 pub const DEFAULT_STORE_URL_TTL: Duration = Duration::from_secs(600);
@@ -179,6 +188,7 @@ pub struct Running {
     http_tls: Arc<rustls::ServerConfig>,
     prune_every: Option<Duration>,
     scrub: bool,
+    state_every: Option<Duration>,
     _lock: OwnedFd,
 }
 
@@ -322,7 +332,9 @@ pub fn start_with_clock(
         commit_lock: std::sync::Mutex::new(()),
         plan_runners: Default::default(),
         workers: Default::default(),
+        data_dir: cfg.data_dir.clone(),
     });
+    let ctl_has_recovery_key = ctl.recovery_recipient.is_some();
     let fixed = retention::fix_unset_locks(&ctl)?;
     if fixed > 0 {
         tracing::info!(
@@ -342,6 +354,7 @@ pub fn start_with_clock(
         http_tls,
         prune_every: cfg.prune_every,
         scrub: cfg.scrub_period.is_some(),
+        state_every: cfg.state_every.filter(|_| ctl_has_recovery_key),
         _lock: lock,
     })
 }
@@ -438,6 +451,16 @@ impl Running {
                     );
                     Ok(())
                 },
+            ));
+        }
+        // The controller's own state, for a controller rebuilt from the store.
+        if let Some(every) = self.state_every {
+            background.push(Workers::spawn(
+                ctl.clone(),
+                "state",
+                every,
+                Start::Now,
+                |c| state::save(c).map(drop),
             ));
         }
         // Scrub a slice every hour, sized so every pack is read within the period.

@@ -27,6 +27,33 @@ enum Cmd {
         #[arg(long, env = "LIFEBOAT_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// Bring back a controller whose machine is gone, from its store and the offline
+    /// recovery key: keys, CA, policies, agents, quarantine marks, locks, drills, plans
+    /// and the audit log from the newest state saved in the store, then everything the
+    /// store gained since. The agents reconnect with the certificates they hold.
+    Recover(Box<RecoverArgs>),
+}
+
+#[derive(clap::Args)]
+struct RecoverArgs {
+    /// The new, empty data directory.
+    #[arg(long, env = "LIFEBOAT_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The store, as the lost controller's --store gave it (s3://BUCKET/PREFIX or a
+    /// directory). S3 credentials come from the AWS environment or credentials file.
+    #[arg(long)]
+    store: String,
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    #[arg(long)]
+    s3_region: Option<String>,
+    #[arg(long)]
+    s3_path_style: bool,
+    #[arg(long)]
+    s3_ca: Option<PathBuf>,
+    /// The recovery key's file (AGE-SECRET-KEY-1..., as age-keygen writes it).
+    #[arg(long)]
+    recovery_key: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -87,6 +114,10 @@ struct ServeArgs {
     /// this long (each request for more chunks gets fresh ones).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     store_url_ttl: std::time::Duration,
+    /// How often the controller saves its own state (keys, catalog) in the store,
+    /// encrypted to the recovery key, for `lifeboat-controller recover` (0s: never).
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+    state_every: std::time::Duration,
 }
 
 /// The one time the recovery key's secret is shown.
@@ -142,6 +173,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 gc_lease,
                 upload_quota,
                 store_url_ttl,
+                state_every,
             } = *args;
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
@@ -172,6 +204,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     gc_lease,
                     upload_quota,
                     store_url_ttl,
+                    state_every: (!state_every.is_zero()).then_some(state_every),
                 },
                 listener,
                 http,
@@ -188,6 +221,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             running.serve(shutdown_signal()).await?;
             Ok(())
         }
+        Cmd::Recover(args) => recover(*args).await,
         Cmd::RebuildCatalog { data_dir } => {
             let r = tokio::task::spawn_blocking(move || {
                 lifeboat_controller::rebuild::rebuild_catalog(&data_dir)
@@ -214,6 +248,49 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn recover(args: RecoverArgs) -> anyhow::Result<()> {
+    use lifeboat_controller::store::location::{S3Options, StoreLocation};
+    let s3 = S3Options {
+        endpoint: args.s3_endpoint,
+        region: args.s3_region,
+        path_style: args.s3_path_style,
+        ca_file: args.s3_ca,
+    };
+    let location = StoreLocation::parse(&args.store, &s3)
+        .map_err(|e| anyhow::anyhow!("--store {}: {e}", args.store))?;
+    let key = std::fs::read_to_string(&args.recovery_key)
+        .with_context(|| format!("reading the recovery key {}", args.recovery_key.display()))?;
+    let data_dir = args.data_dir.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let staging = data_dir.join("staging");
+        let objects = lifeboat_controller::store::open_objects(&location, &staging)?;
+        lifeboat_controller::state::recover(&data_dir, objects.as_ref(), &args.store, &s3, &key)
+    })
+    .await??;
+    println!(
+        "recovered the controller from {} (saved {}): its keys, CA, policies, agents, quarantine marks, locks, drills, plans and audit log",
+        r.state,
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.saved_ms.max(0) as u64)
+        )
+    );
+    println!(
+        "indexed since then: {} packs ({} chunks), {} snapshots; forgotten (gone from the store since): {}",
+        r.since.packs,
+        r.since.chunks,
+        r.since.snapshots,
+        r.since.forgotten.len()
+    );
+    for s in r.since.salvaged.iter().chain(&r.since.skipped) {
+        println!("  {s}");
+    }
+    println!(
+        "next: lifeboat-controller serve --data-dir {} --listen ADDRESS-THE-AGENTS-KNOW; they reconnect with the certificates they hold",
+        args.data_dir.display()
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

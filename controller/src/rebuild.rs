@@ -1,5 +1,6 @@
 //! `lifeboat-controller rebuild-catalog`: rebuilds the store index (packs, chunks,
-//! snapshots) from the store alone, for when the catalog is lost or suspect.
+//! snapshots) from the store alone, for when the catalog is lost or suspect; and
+//! [`catch_up`], which indexes only what a recovered catalog does not list yet.
 
 use std::path::Path;
 
@@ -22,11 +23,31 @@ pub struct RebuildReport {
     /// Packs whose trailer could not be read, with what was salvaged from them; the
     /// damaged files are moved to `STORE/damaged/`.
     pub salvaged: Vec<String>,
+    /// Packs and snapshots a recovered catalog listed that the store no longer holds.
+    pub forgotten: Vec<String>,
 }
 
 pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
+    index_store(data_dir, &Default::default(), true)
+}
+
+/// Indexes the packs and snapshot envelopes of the store that the catalog does not list
+/// (a catalog recovered from a state saved earlier), leaving what it lists alone.
+pub fn catch_up(
+    data_dir: &Path,
+    s3: &crate::store::location::S3Options,
+) -> Result<RebuildReport, ApiError> {
+    index_store(data_dir, s3, false)
+}
+
+/// Indexes the store: everything anew (`full`), or only what the catalog lacks.
+fn index_store(
+    data_dir: &Path,
+    s3: &crate::store::location::S3Options,
+    full: bool,
+) -> Result<RebuildReport, ApiError> {
     let _lock = lock_data_dir(data_dir)?;
-    let mut prepared = setup::prepare(data_dir, None, &Default::default(), None)?;
+    let mut prepared = setup::prepare(data_dir, None, s3, None)?;
     let catalog = std::sync::Arc::new(prepared.catalog);
     let objects = crate::store::open_objects(&prepared.store, &prepared.staging_dir)?;
     let store = crate::store::Store::open(
@@ -38,8 +59,33 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
     let controller_key = prepared.signer.public_key();
     let mut report = RebuildReport::default();
     restore_admin(data_dir, &catalog)?;
-    catalog.clear_store_index()?;
-    for name in store.pack_names()? {
+    let present_packs = store.pack_names()?;
+    let present_snaps = store.snapshot_ids()?;
+    if full {
+        catalog.clear_store_index()?;
+    } else {
+        // What the catalog lists and the store no longer holds went after the state was
+        // saved (GC compacted a pack, a snapshot was deleted): forget it, so a relocated
+        // chunk is found in its new pack.
+        let packs: std::collections::HashSet<&String> = present_packs.iter().collect();
+        for gone in catalog.pack_names()?.iter().filter(|p| !packs.contains(p)) {
+            catalog.forget_pack(gone)?;
+            report.forgotten.push(format!("pack {gone}"));
+        }
+        let snaps: std::collections::HashSet<&String> = present_snaps.iter().collect();
+        for gone in catalog
+            .snapshot_ids()?
+            .iter()
+            .filter(|s| !snaps.contains(s))
+        {
+            catalog.delete_snapshot(gone)?;
+            report.forgotten.push(format!("snapshot {gone}"));
+        }
+    }
+    for name in present_packs {
+        if !full && catalog.retained_pack(&name)?.is_some() {
+            continue;
+        }
         let file = match store.pack_file(&name) {
             Ok(f) => f,
             Err(e) => {
@@ -87,7 +133,15 @@ pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
             },
         }
     }
-    for id in store.snapshot_ids()? {
+    let known: std::collections::HashSet<String> = if full {
+        Default::default()
+    } else {
+        catalog.snapshot_ids()?.into_iter().collect()
+    };
+    for id in present_snaps {
+        if known.contains(&id) {
+            continue;
+        }
         let parsed = store.read_snapshot(&id).and_then(|env| {
             if env.id() != id {
                 return Err(ApiError::InvalidArgument(format!(

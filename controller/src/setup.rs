@@ -353,7 +353,7 @@ fn write_settings(
     Ok(write_atomic(path, &json, 0o600)?)
 }
 
-fn restrict_dir(dir: &Path) -> Result<(), ApiError> {
+pub(crate) fn restrict_dir(dir: &Path) -> Result<(), ApiError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(io("restricting", dir))

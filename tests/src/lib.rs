@@ -262,6 +262,37 @@ impl Fleet {
             .expect("run rebuild-catalog")
     }
 
+    /// Kills the controller, deletes its whole data directory (as a lost machine would),
+    /// and runs `lifeboat-controller recover` into a new one with `store_args` (`--store`
+    /// and `--s3-*`) and the recovery key printed at the first start; returns how that
+    /// ended. [`Fleet::start_controller`] then serves on the same address.
+    pub fn lose_controller_and_recover(&mut self, store_args: &[String]) -> Output {
+        self.kill_controller();
+        std::fs::remove_dir_all(self.path("ctl")).expect("remove the data directory");
+        let key = self.path("recovery.key");
+        std::fs::write(
+            &key,
+            self.recovery_key
+                .as_deref()
+                .expect("the first start printed a recovery key"),
+        )
+        .expect("write the recovery key");
+        bin("lifeboat-controller")
+            .arg("recover")
+            .arg("--data-dir")
+            .arg(self.path("ctl"))
+            .args(store_args)
+            .arg("--recovery-key")
+            .arg(&key)
+            .envs(
+                self.controller_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .output()
+            .expect("run lifeboat-controller recover")
+    }
+
     /// Stops the controller (SIGTERM) and waits for it to exit.
     pub fn stop_controller(&mut self) {
         if let Some(mut c) = self.controller.take() {

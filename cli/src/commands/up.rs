@@ -46,6 +46,7 @@ pub async fn up(
             gc_lease: std::time::Duration::from_secs(6 * 3600),
             upload_quota: lifeboat_controller::DEFAULT_UPLOAD_QUOTA,
             store_url_ttl: lifeboat_controller::DEFAULT_STORE_URL_TTL,
+            state_every: Some(lifeboat_controller::DEFAULT_STATE_EVERY),
         },
         listener,
         None,

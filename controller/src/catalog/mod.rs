@@ -42,6 +42,16 @@ pub struct Catalog {
 
 impl Catalog {
     /// Opens (creating if needed) the catalog and applies pending migrations.
+    /// Writes a consistent copy of the whole catalog to `to` (which must not exist),
+    /// without stopping writers for longer than SQLite's own copy.
+    pub fn copy_to(&self, to: &Path) -> Result<(), ApiError> {
+        let to = to
+            .to_str()
+            .ok_or_else(|| ApiError::internal(format!("{} is not UTF-8", to.display())))?;
+        self.lock().execute("VACUUM INTO ?1", [to])?;
+        Ok(())
+    }
+
     pub fn open(path: &Path) -> Result<Catalog, ApiError> {
         let conn = Connection::open(path)
             .map_err(|e| ApiError::internal(format!("opening catalog {}: {e}", path.display())))?;

