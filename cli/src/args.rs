@@ -345,6 +345,10 @@ pub enum TokenCmd {
         /// image); single-use by default.
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        /// Re-enroll this existing device (a rebuilt machine) under its name, keeping its
+        /// snapshots, drills and history; its old certificate stops working.
+        #[arg(long)]
+        device: Option<String>,
         #[command(flatten)]
         json: Json,
     },

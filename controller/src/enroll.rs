@@ -1,4 +1,7 @@
 //! Enrollment: a new machine trades a single-use join token and a CSR for its certificate.
+//! A machine rebuilt after a loss re-enrolls under its existing device name, keeping its
+//! id and history, only with a token an admin issued for that device
+//! (`lifeboat token create --device NAME`).
 //!
 //! Guessing a token's secret is bounded: a source address that failed
 //! [`FAILED_JOINS_PER_MINUTE`] times within a minute is refused at once, its token not even
@@ -141,7 +144,7 @@ impl Enrollment for EnrollService {
             )))
         } else {
             match ctl.catalog.check_token(&hash, now)? {
-                TokenCheck::Valid(l) => Ok(l),
+                TokenCheck::Valid(l, device) => Ok((l, device)),
                 TokenCheck::Unknown => Err(ApiError::Unauthenticated(
                     "join token is not valid; create one with `lifeboat token create`".into(),
                 )),
@@ -154,7 +157,7 @@ impl Enrollment for EnrollService {
                 )),
             }
         };
-        let token_labels = match refusal {
+        let (token_labels, device) = match refusal {
             Ok(l) => l,
             Err(e) => {
                 self.failures().record(&remote_ip, now);
@@ -168,15 +171,26 @@ impl Enrollment for EnrollService {
                 return Err(e.into());
             }
         };
-        if ctl.catalog.find_agent(&req.name).is_ok() {
-            return Err(ApiError::AlreadyExists(format!(
-                "an agent named {:?} is already enrolled; choose another --name",
-                req.name
-            ))
-            .into());
-        }
-        let agent_id =
-            hex::encode(lifeboat_core::sign::random_bytes::<16>().map_err(ApiError::from)?);
+        let existing = ctl.catalog.find_agent(&req.name).ok();
+        let agent_id = match (&existing, device.as_str()) {
+            (None, "") => {
+                hex::encode(lifeboat_core::sign::random_bytes::<16>().map_err(ApiError::from)?)
+            }
+            (Some(a), d) if d == a.name => a.id.clone(),
+            (Some(_), "") => {
+                return Err(ApiError::AlreadyExists(format!(
+                    "an agent named {:?} is already enrolled; choose another --name, or, to re-enroll that device (a rebuilt machine), enroll with a token an admin issues for it: `lifeboat token create --device {}`",
+                    req.name, req.name
+                ))
+                .into());
+            }
+            (_, d) => {
+                return Err(ApiError::PermissionDenied(format!(
+                    "this join token re-enrolls device {d:?} only; enroll with --name {d}"
+                ))
+                .into());
+            }
+        };
         let validity = lifeboat_core::pki::Validity::from_now(ctl.agent_cert_lifetime);
         let (cert_pem, serial) = ctl
             .ca
@@ -189,6 +203,12 @@ impl Enrollment for EnrollService {
         // Labels from the token (chosen by an operator) win over labels the machine asks for.
         let mut all_labels = labels;
         all_labels.extend(token_labels);
+        if let Some(a) = &existing {
+            // The device's own labels stay; the token's (an admin's) win.
+            let mut kept = a.labels.clone();
+            kept.extend(all_labels);
+            all_labels = kept;
+        }
         let row = AgentRow {
             id: agent_id.clone(),
             name: req.name.clone(),
@@ -206,11 +226,20 @@ impl Enrollment for EnrollService {
             cert_expires_ms: validity.not_after_ms(),
             docker: None,
         };
-        ctl.catalog.enroll_agent(&hash, now_ms(), &row)?;
-        tracing::info!(agent = %row.name, id = %agent_id, "agent enrolled");
+        let action = if existing.is_some() {
+            // A session of the old machine (if it still runs) ends now: its certificate
+            // is no longer the device's.
+            ctl.catalog.reenroll_agent(&hash, now_ms(), &row)?;
+            ctl.jobs.kick(&agent_id);
+            "agent.reenroll"
+        } else {
+            ctl.catalog.enroll_agent(&hash, now_ms(), &row)?;
+            "agent.enroll"
+        };
+        tracing::info!(agent = %row.name, id = %agent_id, action, "agent enrolled");
         ctl.audit.ok(
             &format!("agent:{}", row.name),
-            "agent.enroll",
+            action,
             &row.name,
             serde_json::json!({ "agent_id": agent_id, "serial": row.cert_serial, "not_after_ms": row.cert_expires_ms, "labels": row.labels, "remote": remote }),
         );

@@ -168,15 +168,30 @@ impl OperatorApi for OperatorService {
             }
             n => n,
         };
-        self.0
-            .catalog
-            .insert_token(&token_hash(&token), &labels, now, expires, uses)?;
-        tracing::info!(%operator, ttl_s = ttl, "join token created");
+        if !req.device.is_empty() {
+            // Re-enrolls that one existing device, once.
+            self.0.catalog.find_agent(&req.device)?;
+            if uses != 1 {
+                return Err(ApiError::InvalidArgument(
+                    "a --device token re-enrolls one machine: --uses must be 1".into(),
+                )
+                .into());
+            }
+        }
+        self.0.catalog.insert_token(
+            &token_hash(&token),
+            &labels,
+            now,
+            expires,
+            uses,
+            &req.device,
+        )?;
+        tracing::info!(%operator, ttl_s = ttl, device = %req.device, "join token created");
         self.0.audit.ok(
             &format!("operator:{operator}"),
             "token.create",
             &token_hash(&token)[..16],
-            serde_json::json!({ "ttl_s": ttl, "labels": labels, "uses": uses }),
+            serde_json::json!({ "ttl_s": ttl, "labels": labels, "uses": uses, "device": req.device }),
         );
         Ok(Response::new(pb::CreateTokenReply {
             token,

@@ -64,7 +64,7 @@ pub fn save(ctl: &Controller) -> Result<String, ApiError> {
             Err(e) => return Err(ApiError::internal(format!("reading {name}: {e}"))),
         }
     }
-    let copy = lifeboat_core::durable::temp_path(&ctl.data_dir.join("staging"), "catalog");
+    let copy = lifeboat_core::durable::temp_path(&ctl.data_dir, "catalog");
     let _guard = lifeboat_core::durable::TempGuard::new(copy.clone());
     ctl.catalog.copy_to(&copy)?;
     let catalog = std::fs::read(&copy)

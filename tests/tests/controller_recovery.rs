@@ -252,4 +252,49 @@ fn a_controller_whose_machine_is_gone_comes_back_from_the_store_and_the_recovery
     );
     fs::write(sources[1].join("after"), "after the recovery").expect("write");
     fleet.backup("b", "data");
+
+    // c's machine is rebuilt (its agent state lost): it re-enrolls under its own name only
+    // with a token an admin issues for that device, and keeps its id and history.
+    let c_id = fleet
+        .cli_json(&["agents"])
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == "c").cloned())
+        .expect("c listed")["id"]
+        .clone();
+    let c_snapshots = fleet
+        .cli_json(&["snapshots", "--agent", "c"])
+        .as_array()
+        .map(Vec::len);
+    fleet.kill_agent("c");
+    fs::remove_dir_all(fleet.path("agents/c")).expect("lose c's agent state");
+    let out = fleet.enroll_with("c", &fleet.token("10m"));
+    assert!(!out.status.success(), "a plain token took over device c");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("token create --device c"), "{err}");
+    let token = fleet.cli_json(&["token", "create", "--device", "c"])["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    let out = fleet.enroll_with("b", &token);
+    assert!(!out.status.success(), "c's token enrolled another name");
+    let c = fleet.enroll_token("c", &token);
+    fleet.run_agent(&c, &[("data", &sources[2])], &[machines[2].path()]);
+    let agents = fleet.cli_json(&["agents"]);
+    let named_c: Vec<&Value> = agents
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter(|x| x["name"] == "c")
+        .collect();
+    assert_eq!(named_c.len(), 1, "{agents}");
+    assert_eq!(named_c[0]["id"], c_id, "the device keeps its id");
+    fleet.backup("c", "data");
+    assert_eq!(
+        fleet
+            .cli_json(&["snapshots", "--agent", "c"])
+            .as_array()
+            .map(Vec::len),
+        c_snapshots.map(|n| n + 1),
+        "c's history is still its own"
+    );
 }

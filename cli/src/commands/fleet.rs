@@ -104,6 +104,7 @@ pub async fn run(
                     labels,
                     ttl,
                     uses,
+                    device,
                     json,
                 },
         } => {
@@ -120,6 +121,7 @@ pub async fn run(
                     labels,
                     ttl_seconds: ttl.as_secs(),
                     uses,
+                    device: device.clone().unwrap_or_default(),
                 })
                 .await
                 .map_err(rpc)?
@@ -129,8 +131,12 @@ pub async fn run(
                     .map(|i| i.controller)
                     .unwrap_or_default()
             });
+            let name = device
+                .as_deref()
+                .map(|d| format!(" --name {d}"))
+                .unwrap_or_default();
             let line = format!(
-                "lifeboat-agent enroll --controller {url} --token {} --ca-fingerprint {} --state-dir /var/lib/lifeboat-agent",
+                "lifeboat-agent enroll --controller {url} --token {} --ca-fingerprint {}{name} --state-dir /var/lib/lifeboat-agent",
                 r.token, r.ca_fingerprint
             );
             if json.json {

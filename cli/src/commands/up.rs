@@ -75,6 +75,7 @@ pub async fn up(
                 labels: Default::default(),
                 ttl_seconds: 600,
                 uses: 1,
+                device: String::new(),
             })
             .await
             .map_err(rpc)?

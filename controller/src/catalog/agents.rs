@@ -57,7 +57,8 @@ const AGENT_COLS: &str = "id, name, labels, hostname, signing_key, cert_serial, 
 /// The outcome of redeeming a join token.
 #[derive(Debug, PartialEq, Eq)]
 pub enum TokenCheck {
-    Valid(BTreeMap<String, String>),
+    /// Its labels, and the device it re-enrolls ("" for new machines).
+    Valid(BTreeMap<String, String>, String),
     Unknown,
     AlreadyUsed,
     Expired,
@@ -73,10 +74,11 @@ impl Catalog {
         now_ms: i64,
         expires_ms: i64,
         uses: u32,
+        device: &str,
     ) -> Result<(), ApiError> {
         self.lock().execute(
-            "INSERT INTO tokens(hash, labels, created_ms, expires_ms, uses) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![hash, json(labels), now_ms, expires_ms, uses],
+            "INSERT INTO tokens(hash, labels, created_ms, expires_ms, uses, device) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![hash, json(labels), now_ms, expires_ms, uses, device],
         )?;
         Ok(())
     }
@@ -85,14 +87,14 @@ impl Catalog {
     /// What a join token is worth now, without using it.
     pub fn check_token(&self, hash: &str, now_ms: i64) -> Result<TokenCheck, ApiError> {
         let conn = self.lock();
-        let row: Option<(String, i64, i64, i64)> = conn
+        let row: Option<(String, i64, i64, i64, String)> = conn
             .query_row(
-                "SELECT labels, expires_ms, uses, used FROM tokens WHERE hash = ?1",
+                "SELECT labels, expires_ms, uses, used, device FROM tokens WHERE hash = ?1",
                 [hash],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        let Some((labels, expires_ms, uses, used)) = row else {
+        let Some((labels, expires_ms, uses, used, device)) = row else {
             return Ok(TokenCheck::Unknown);
         };
         if used >= uses {
@@ -103,6 +105,7 @@ impl Catalog {
         }
         Ok(TokenCheck::Valid(
             serde_json::from_str(&labels).unwrap_or_default(),
+            device,
         ))
     }
 
@@ -123,6 +126,29 @@ impl Catalog {
             ));
         }
         insert_agent(&tx, a)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Uses the re-enrollment token `hash` and gives existing agent `a.id` its new keys
+    /// and certificate (and lifts a revocation: an admin issued the token for this
+    /// device), in one transaction. Its id, name and history stay.
+    pub fn reenroll_agent(&self, hash: &str, now_ms: i64, a: &AgentRow) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
+            "UPDATE tokens SET used = used + 1, used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used < uses AND expires_ms > ?1",
+            params![now_ms, a.id, hash],
+        )?;
+        if n != 1 {
+            return Err(ApiError::PermissionDenied(
+                "join token was used or expired while enrolling; ask an admin for a new one (`lifeboat token create --device NAME`)".into(),
+            ));
+        }
+        tx.execute(
+            "UPDATE agents SET signing_key = ?2, cert_serial = ?3, prev_serial = '', cert_expires_ms = ?4, hostname = ?5, labels = ?6, revoked_ms = 0 WHERE id = ?1",
+            params![a.id, a.signing_key, a.cert_serial, a.cert_expires_ms, a.hostname, json(&a.labels)],
+        )?;
         tx.commit()?;
         Ok(())
     }

@@ -204,4 +204,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     ALTER TABLE packs ADD COLUMN retained_until_ms INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE snapshots ADD COLUMN envelope_version TEXT NOT NULL DEFAULT '';
     "#,
+    // 11: a token an admin issued to re-enroll one existing device (a rebuilt machine)
+    // under its name, keeping its history ('' for a token that enrolls new machines).
+    r#"
+    ALTER TABLE tokens ADD COLUMN device TEXT NOT NULL DEFAULT '';
+    "#,
 ];

@@ -392,7 +392,14 @@ impl Store {
                 }
                 let lost = std::mem::take(&mut open.pending);
                 tracing::error!(error = %e, chunks = lost.len(), "writing the open pack failed; it was discarded");
-                return Err(e.into());
+                // Other uploads' chunks went with it: a commit that misses them says why.
+                let e = ApiError::from(e);
+                open.last_failure = Some(SealFailure {
+                    at_ms: now_ms(),
+                    disk_full: matches!(e, ApiError::ResourceExhausted(_)),
+                    message: e.to_string(),
+                });
+                return Err(e);
             }
             let full = writer.size() >= pack::TARGET_SIZE;
             open.pending.insert(*id);
@@ -435,8 +442,8 @@ impl Store {
         Ok(())
     }
 
-    /// Why chunks accepted since `since_ms` may be missing: the last failed seal, if it
-    /// ended after then.
+    /// Why chunks accepted since `since_ms` may be missing: the last failed seal (or
+    /// discarded open pack), if it ended after then.
     pub fn seal_failure_since(&self, since_ms: i64) -> Option<ApiError> {
         let f = self.packs.lock().last_failure.clone()?;
         (f.at_ms >= since_ms).then(|| {
