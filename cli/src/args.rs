@@ -307,6 +307,10 @@ pub enum RecoverCmd {
         /// Consider quarantined snapshots too (admin; recorded in the audit log).
         #[arg(long)]
         force: bool,
+        /// Only restore points with a complete copy in this copy store (`--copy-name`):
+        /// the plan holds when the primary store is gone.
+        #[arg(long = "from")]
+        from_store: Option<String>,
         #[command(flatten)]
         json: Json,
     },

@@ -22,6 +22,7 @@ pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod backups;
 pub mod catalog;
+pub(crate) mod copy;
 pub(crate) mod devices;
 pub(crate) mod diff;
 pub(crate) mod enroll;
@@ -165,6 +166,24 @@ pub struct ServeConfig {
     /// How often the controller saves its own state in the store, for `recover` (None:
     /// never).
     pub state_every: Option<Duration>,
+    /// The off-site copy store, if any.
+    pub copy: Option<CopyConfig>,
+}
+
+/// `--copy-store` and its options: a second store, with credentials of its own, that
+/// policies with `copy = "..."` copy their snapshots to.
+#[derive(Debug, Clone)]
+pub struct CopyConfig {
+    /// Its name in listings and `recover plan --from`.
+    pub name: String,
+    /// A directory or `s3://BUCKET/PREFIX`.
+    pub store: String,
+    pub s3: store::location::S3Options,
+    /// The shared credentials file's profile whose keys reach it (an S3 copy store
+    /// never uses the primary's credentials from the environment).
+    pub s3_profile: Option<String>,
+    /// How often new snapshots are copied.
+    pub every: Duration,
 }
 
 /// The default of `--state-every`.
@@ -189,7 +208,32 @@ pub struct Running {
     prune_every: Option<Duration>,
     scrub: bool,
     state_every: Option<Duration>,
+    copy_every: Option<Duration>,
     _lock: OwnedFd,
+}
+
+/// Opens the copy store of `copy` (staging in `DATA_DIR/copy-staging`).
+fn open_copy_store(
+    copy: &CopyConfig,
+    data_dir: &Path,
+) -> Result<Arc<dyn store::objects::Objects>, ApiError> {
+    use store::location::StoreLocation;
+    let staging = data_dir.join("copy-staging");
+    let location = StoreLocation::parse(&copy.store, &copy.s3)
+        .map_err(|e| ApiError::InvalidArgument(format!("--copy-store {}: {e}", copy.store)))?;
+    let objects: Arc<dyn store::objects::Objects> = match (&location, &copy.s3_profile) {
+        (StoreLocation::S3(loc), Some(profile)) => {
+            Arc::new(store::s3::S3Objects::open_profile(loc, &staging, profile)?)
+        }
+        (StoreLocation::S3(_), None) => {
+            return Err(ApiError::InvalidArgument(
+                "--copy-store on S3 needs --copy-s3-profile: the off-site copy must not share the primary store's credentials".into(),
+            ));
+        }
+        (StoreLocation::Local(_), _) => store::open_objects(&location, &staging)?,
+    };
+    tracing::info!(copy = %copy.name, store = %objects.describe(), object_lock = objects.object_lock(), "copy store opened");
+    Ok(objects)
 }
 
 /// How long a store with Object Lock retains the copy of the wrapped data key written at
@@ -286,12 +330,15 @@ pub fn start_with_clock(
         };
         objects.put(&format!("keys/{}", setup::STORE_KEY_FILE), wrapped, retain)?;
     }
-    let store = store::Store::open(
+    let mut store = store::Store::open(
         objects,
         prepared.chunk_key.clone(),
         prepared.data_key.take(),
         catalog.clone(),
     )?;
+    if let Some(copy) = &cfg.copy {
+        store.add_copy(&copy.name, open_copy_store(copy, &cfg.data_dir)?);
+    }
     let jobs = jobs::Jobs::new(
         catalog.clone(),
         clock.clone(),
@@ -355,6 +402,7 @@ pub fn start_with_clock(
         prune_every: cfg.prune_every,
         scrub: cfg.scrub_period.is_some(),
         state_every: cfg.state_every.filter(|_| ctl_has_recovery_key),
+        copy_every: cfg.copy.as_ref().map(|c| c.every),
         _lock: lock,
     })
 }
@@ -461,6 +509,28 @@ impl Running {
                 every,
                 Start::Now,
                 |c| state::save(c).map(drop),
+            ));
+        }
+        // Off-site copies of new snapshots.
+        if let Some(every) = self.copy_every {
+            background.push(Workers::spawn(
+                ctl.clone(),
+                "copy",
+                every,
+                Start::Now,
+                |c| {
+                    let r = copy::run(c)?;
+                    if r.snapshots > 0 {
+                        tracing::info!(
+                            snapshots = r.snapshots,
+                            packs = r.packs,
+                            bytes = r.bytes,
+                            adopted = r.adopted,
+                            "copied off-site"
+                        );
+                    }
+                    Ok(())
+                },
             ));
         }
         // Scrub a slice every hour, sized so every pack is read within the period.

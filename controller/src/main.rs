@@ -118,6 +118,29 @@ struct ServeArgs {
     /// encrypted to the recovery key, for `lifeboat-controller recover` (0s: never).
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
     state_every: std::time::Duration,
+    /// An off-site copy store (s3://BUCKET/PREFIX or a directory): snapshots of sources
+    /// whose policy says `copy = "30d"` are copied there, verified, and locked there that
+    /// long where it has Object Lock.
+    #[arg(long)]
+    copy_store: Option<String>,
+    /// The copy store's name in listings and `recover plan --from`.
+    #[arg(long, default_value = "offsite")]
+    copy_name: String,
+    #[arg(long)]
+    copy_s3_endpoint: Option<String>,
+    #[arg(long)]
+    copy_s3_region: Option<String>,
+    #[arg(long)]
+    copy_s3_path_style: bool,
+    #[arg(long)]
+    copy_s3_ca: Option<PathBuf>,
+    /// The profile of the shared credentials file (AWS_SHARED_CREDENTIALS_FILE or
+    /// ~/.aws/credentials) whose keys reach the copy store: never the primary's.
+    #[arg(long)]
+    copy_s3_profile: Option<String>,
+    /// How often new snapshots are copied.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    copy_every: std::time::Duration,
 }
 
 /// The one time the recovery key's secret is shown.
@@ -174,7 +197,27 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 upload_quota,
                 store_url_ttl,
                 state_every,
+                copy_store,
+                copy_name,
+                copy_s3_endpoint,
+                copy_s3_region,
+                copy_s3_path_style,
+                copy_s3_ca,
+                copy_s3_profile,
+                copy_every,
             } = *args;
+            let copy = copy_store.map(|store| lifeboat_controller::CopyConfig {
+                name: copy_name,
+                store,
+                s3: lifeboat_controller::store::location::S3Options {
+                    endpoint: copy_s3_endpoint,
+                    region: copy_s3_region,
+                    path_style: copy_s3_path_style,
+                    ca_file: copy_s3_ca,
+                },
+                s3_profile: copy_s3_profile,
+                every: copy_every,
+            });
             let listener = tokio::net::TcpListener::bind(listen)
                 .await
                 .with_context(|| format!("cannot listen on {listen}"))?;
@@ -205,6 +248,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     upload_quota,
                     store_url_ttl,
                     state_every: (!state_every.is_zero()).then_some(state_every),
+                    copy,
                 },
                 listener,
                 http,

@@ -44,8 +44,13 @@ fn identity_info(o: OperatorRow) -> pb::IdentityInfo {
     }
 }
 
-fn snapshot_info(s: SnapshotRow) -> pb::SnapshotInfo {
-    pb::SnapshotInfo {
+/// A snapshot as listings show it, with the copy stores that hold it whole.
+fn snapshot_info(
+    catalog: &crate::catalog::Catalog,
+    s: SnapshotRow,
+) -> Result<pb::SnapshotInfo, ApiError> {
+    Ok(pb::SnapshotInfo {
+        copies: catalog.copies_of(&s.id)?,
         id: s.id,
         agent_id: s.agent_id,
         agent_name: s.agent_name,
@@ -62,7 +67,7 @@ fn snapshot_info(s: SnapshotRow) -> pb::SnapshotInfo {
         parent: s.parent,
         quarantined_unix_ms: s.quarantined_ms,
         locked_until_unix_ms: s.locked_until_ms.max(0),
-    }
+    })
 }
 
 impl OperatorService {
@@ -232,8 +237,8 @@ impl OperatorApi for OperatorService {
             .catalog
             .snapshots(agent_id.as_deref(), source)?
             .into_iter()
-            .map(snapshot_info)
-            .collect();
+            .map(|s| snapshot_info(&self.0.catalog, s))
+            .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::SnapshotList { snapshots }))
     }
 
@@ -615,7 +620,7 @@ impl OperatorApi for OperatorService {
         })
         .await
         .map_err(ApiError::from)??;
-        Ok(Response::new(snapshot_info(snap)))
+        Ok(Response::new(snapshot_info(&self.0.catalog, snap)?))
     }
 
     async fn list_audit(
@@ -881,7 +886,10 @@ impl OperatorApi for OperatorService {
         )?;
         tracing::warn!(%operator, snapshots = changed.len(), clear = req.clear, "quarantine changed");
         Ok(Response::new(pb::QuarantineReply {
-            snapshots: changed.into_iter().map(snapshot_info).collect(),
+            snapshots: changed
+                .into_iter()
+                .map(|s| snapshot_info(&self.0.catalog, s))
+                .collect::<Result<_, _>>()?,
         }))
     }
 

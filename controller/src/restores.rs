@@ -251,7 +251,7 @@ pub fn verified(ctl: &Controller, snap: &SnapshotRow) -> Result<pb::RestoreJob, 
         origin_public_key: origin_key,
         countersignature: env.countersignature,
         received_unix_ms: env.received_unix_ms,
-        direct_from_store: !ctl.store.is_local(),
+        direct_from_store: ctl.store.direct_reads(),
         ..Default::default()
     })
 }

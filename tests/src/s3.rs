@@ -24,6 +24,9 @@ pub struct S3Server {
     /// `http://127.0.0.1:PORT`
     pub endpoint: String,
     ports: Vec<u16>,
+    /// The one identity the server knows.
+    pub access_key: String,
+    pub secret_key: String,
 }
 
 /// `n` distinct ports free right now (bound together, then released).
@@ -49,6 +52,11 @@ impl S3Server {
     /// Starts a server with bucket [`BUCKET`], or `None` (after a loud message) where
     /// `weed` is missing and `LIFEBOAT_REQUIRE_S3` is not set.
     pub fn start() -> Option<S3Server> {
+        Self::start_with_keys(ACCESS_KEY, SECRET_KEY)
+    }
+
+    /// [`S3Server::start`] with credentials of its own (another site's server).
+    pub fn start_with_keys(access_key: &str, secret_key: &str) -> Option<S3Server> {
         if weed().is_none() {
             assert!(
                 std::env::var_os("LIFEBOAT_REQUIRE_S3").is_none(),
@@ -69,6 +77,8 @@ impl S3Server {
             dir,
             child: None,
             ports,
+            access_key: access_key.to_string(),
+            secret_key: secret_key.to_string(),
         };
         server.launch();
         Some(server)
@@ -105,8 +115,8 @@ impl S3Server {
                 "-admin.ui=false",
                 "-master.telemetry=false",
             ])
-            .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+            .env("AWS_ACCESS_KEY_ID", &self.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.secret_key)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -120,7 +130,7 @@ impl S3Server {
             Duration::from_secs(60),
             || {
                 std::thread::sleep(Duration::from_millis(200));
-                open(&loc, self.dir.path()).ok()
+                self.open(&loc, self.dir.path()).ok()
             },
         );
     }
@@ -214,8 +224,8 @@ impl S3Server {
             &jiff::Timestamp::now(),
             method,
             url,
-            ACCESS_KEY,
-            SECRET_KEY,
+            &self.access_key,
+            &self.secret_key,
             None,
             "us-east-1",
             600,
@@ -285,8 +295,8 @@ impl S3Server {
     /// The environment a controller needs to reach the bucket.
     pub fn env(&self) -> Vec<(String, String)> {
         vec![
-            ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
-            ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
+            ("AWS_ACCESS_KEY_ID".into(), self.access_key.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.secret_key.clone()),
             // Retries in a test wait less between attempts.
             ("LIFEBOAT_S3_BACKOFF_MS".into(), "50".into()),
         ]
@@ -296,13 +306,32 @@ impl S3Server {
     /// attacker holding them, or a test tampering with an object, would have).
     pub fn objects(&self, prefix: &str, staging: &Path) -> Arc<dyn Objects> {
         let loc = self.location(prefix);
-        Arc::new(open(&loc, staging).expect("open the S3 store"))
+        Arc::new(self.open(&loc, staging).expect("open the S3 store"))
     }
-}
 
-/// A client of the test bucket with the server's credentials.
-fn open(loc: &S3Location, staging: &Path) -> Result<S3Objects, String> {
-    S3Objects::open_with_keys(loc, staging, ACCESS_KEY, SECRET_KEY).map_err(|e| e.to_string())
+    /// A client of `bucket`'s store under `prefix`, with the server's credentials.
+    pub fn objects_in(&self, bucket: &str, prefix: &str, staging: &Path) -> Arc<dyn Objects> {
+        let loc = self.location_in(bucket, prefix);
+        Arc::new(self.open(&loc, staging).expect("open the S3 store"))
+    }
+
+    /// A client with the server's credentials.
+    fn open(&self, loc: &S3Location, staging: &Path) -> Result<S3Objects, String> {
+        S3Objects::open_with_keys(loc, staging, &self.access_key, &self.secret_key)
+            .map_err(|e| e.to_string())
+    }
+
+    /// A shared credentials file (AWS format) holding this server's keys as `profile`.
+    pub fn credentials_file(&self, path: &Path, profile: &str) {
+        std::fs::write(
+            path,
+            format!(
+                "[{profile}]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+                self.access_key, self.secret_key
+            ),
+        )
+        .expect("write the credentials file");
+    }
 }
 
 /// `serve` arguments for a store under `prefix` of `bucket` at `endpoint`.

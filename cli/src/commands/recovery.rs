@@ -154,6 +154,7 @@ pub async fn recover(api: &mut Api, cmd: RecoverCmd) -> Result<i32> {
             target_map,
             mode,
             force,
+            from_store,
             json,
         } => {
             let plan = api
@@ -172,6 +173,7 @@ pub async fn recover(api: &mut Api, cmd: RecoverCmd) -> Result<i32> {
                     },
                     mode,
                     force,
+                    from_store: from_store.unwrap_or_default(),
                 })
                 .await
                 .map_err(rpc)?

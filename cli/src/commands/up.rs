@@ -47,6 +47,7 @@ pub async fn up(
             upload_quota: lifeboat_controller::DEFAULT_UPLOAD_QUOTA,
             store_url_ttl: lifeboat_controller::DEFAULT_STORE_URL_TTL,
             state_every: Some(lifeboat_controller::DEFAULT_STATE_EVERY),
+            copy: None,
         },
         listener,
         None,

@@ -13,6 +13,7 @@ pub const SNAPSHOT_HEADER: &[&str] = &[
     "SIZE",
     "NEW",
     "LOCKED UNTIL",
+    "COPIES",
 ];
 
 pub fn snapshot_row(s: &pb::SnapshotInfo) -> Vec<String> {
@@ -29,6 +30,11 @@ pub fn snapshot_row(s: &pb::SnapshotInfo) -> Vec<String> {
         bytes(s.bytes),
         bytes(s.bytes_new),
         locked_until(s),
+        if s.copies.is_empty() {
+            "-".into()
+        } else {
+            s.copies.join(",")
+        },
     ]
 }
 
@@ -67,5 +73,6 @@ pub fn snapshot_json(s: &pb::SnapshotInfo) -> serde_json::Value {
         "quarantined_time": (s.quarantined_unix_ms != 0).then(|| time(s.quarantined_unix_ms)),
         "locked_until": (s.locked_until_unix_ms != 0).then(|| time(s.locked_until_unix_ms)),
         "locked_until_unix_ms": s.locked_until_unix_ms,
+        "copies": s.copies,
     })
 }

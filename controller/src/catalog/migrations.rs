@@ -209,4 +209,32 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE tokens ADD COLUMN device TEXT NOT NULL DEFAULT '';
     "#,
+    // 12: off-site copies. The packs each copy store holds (copied whole, under the same
+    // name), the chunks in them as copied, and the snapshots whose copy is complete.
+    r#"
+    CREATE TABLE copy_packs (
+        store             TEXT NOT NULL,
+        pack              TEXT NOT NULL,
+        version           TEXT NOT NULL DEFAULT '',
+        retained_until_ms INTEGER NOT NULL DEFAULT 0,
+        copied_ms         INTEGER NOT NULL,
+        PRIMARY KEY (store, pack)
+    );
+    CREATE TABLE copy_chunks (
+        store  TEXT NOT NULL,
+        id     BLOB NOT NULL,
+        pack   TEXT NOT NULL,
+        offset INTEGER NOT NULL,
+        length INTEGER NOT NULL,
+        PRIMARY KEY (store, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE copies (
+        store           TEXT NOT NULL,
+        snapshot        TEXT NOT NULL,
+        version         TEXT NOT NULL DEFAULT '',
+        locked_until_ms INTEGER NOT NULL DEFAULT 0,
+        copied_ms       INTEGER NOT NULL,
+        PRIMARY KEY (store, snapshot)
+    );
+    "#,
 ];

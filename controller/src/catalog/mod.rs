@@ -11,6 +11,7 @@
 //! and slots), `recovery` (restore samples, drills, plans); `migrations` is the schema.
 
 mod agents;
+mod copies;
 mod jobs;
 mod migrations;
 mod recovery;

@@ -46,6 +46,9 @@ struct Spec {
     upload_quota: Option<Spanned<String>>,
     #[serde(default)]
     drill: Option<Spanned<DrillSpec>>,
+    /// Copy each snapshot off-site and lock it there this long (`30d`).
+    #[serde(default)]
+    copy: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +206,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
         };
         let splay_s = dur(&s.splay);
         let lock_s = dur(&s.lock);
+        let copy_s = dur(&s.copy);
         let keep = match &s.keep {
             Some(k) => {
                 let span = k.span();
@@ -344,6 +348,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
             bandwidth,
             upload_quota,
             drill,
+            copy_s,
         });
     }
     if out.is_empty() && errors.is_empty() {

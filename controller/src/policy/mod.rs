@@ -65,6 +65,11 @@ pub struct Policy {
     /// `--upload-quota`).
     #[serde(default)]
     pub upload_quota: u64,
+    /// Snapshots of the policy's sources are copied to the off-site store (when the
+    /// controller has one) and locked there this long from their receive time (0: not
+    /// copied).
+    #[serde(default)]
+    pub copy_s: u64,
 }
 
 /// Scheduled restore drills over the policy's devices.

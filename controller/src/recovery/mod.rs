@@ -45,13 +45,15 @@ pub type Skipped = (String, String);
 /// The last known good restore point of one source: its newest snapshot received before
 /// `before_ms` that is not quarantined (unless `allow_quarantined`), whose signatures
 /// verify, and whose chunks are all present and not known corrupt. Snapshots passed over
-/// are returned with the reason, newest first.
+/// are returned with the reason, newest first. With `from_copy`, only snapshots whose
+/// copy in that copy store is complete count.
 pub fn last_known_good(
     ctl: &Controller,
     agent_id: &str,
     source: &str,
     before_ms: i64,
     allow_quarantined: bool,
+    from_copy: Option<&str>,
 ) -> Result<(Option<Good>, Vec<Skipped>), ApiError> {
     let mut skipped = Vec::new();
     for snap in ctl.catalog.snapshots(Some(agent_id), Some(source))? {
@@ -60,6 +62,12 @@ pub fn last_known_good(
         }
         if snap.quarantined_ms != 0 && !allow_quarantined {
             skipped.push((snap.id.clone(), "quarantined".into()));
+            continue;
+        }
+        if let Some(store) = from_copy
+            && ctl.catalog.copy_of(store, &snap.id)?.is_none()
+        {
+            skipped.push((snap.id.clone(), format!("not copied to {store}")));
             continue;
         }
         let checked = restores::verified(ctl, &snap)

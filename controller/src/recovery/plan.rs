@@ -40,6 +40,20 @@ pub fn create(
             "denied: only an admin may plan from quarantined snapshots (--force)".into(),
         ));
     }
+    let from = (!req.from_store.is_empty()).then_some(req.from_store.as_str());
+    if let Some(store) = from
+        && !ctl.store.copies().iter().any(|c| c.name == store)
+    {
+        let names: Vec<&str> = ctl.store.copies().iter().map(|c| c.name.as_str()).collect();
+        return Err(ApiError::InvalidArgument(format!(
+            "--from {store}: this controller has no such copy store (it has: {}); start it with --copy-store and --copy-name",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        )));
+    }
     let agents = crate::devices::select(ctl, &req.agents, &req.selector)?;
     let policies = crate::policy::policies(ctl)?;
     let model = Model::load(&ctl.catalog)?;
@@ -116,7 +130,7 @@ pub fn create(
         let mut measured = true;
         for name in names {
             let (good, skipped) =
-                last_known_good(ctl, &origin.id, &name, req.before_unix_ms, req.force)?;
+                last_known_good(ctl, &origin.id, &name, req.before_unix_ms, req.force, from)?;
             let Some(Good { snap, job, chunks }) = good else {
                 let why = skipped
                     .first()

@@ -51,8 +51,22 @@ const NEW_PACK_RETENTION_MS: i64 = 86_400_000;
 /// commit.
 const RETENTION_SLACK_MS: i64 = 7 * 86_400_000;
 
+/// A second store that copies of snapshots are kept in (`copy.rs` fills it): read when the
+/// primary cannot produce what it should.
+pub struct CopyStore {
+    pub name: String,
+    pub objects: Arc<dyn Objects>,
+}
+
+/// After a read the primary failed and a copy served, restores stay away from the primary
+/// (no presigned URLs to it) this long.
+const PRIMARY_FAILED_FOR_MS: i64 = 10 * 60_000;
+
 pub struct Store {
     objects: Arc<dyn Objects>,
+    copies: Vec<CopyStore>,
+    /// When a copy last served what the primary could not (0: never).
+    primary_failed_ms: std::sync::atomic::AtomicI64,
     key: ChunkKey,
     /// `None` for a store created before encryption at rest.
     data_key: Option<Arc<DataKey>>,
@@ -243,6 +257,8 @@ impl Store {
             .map_err(|e| ApiError::internal(format!("starting the pack sealer: {e}")))?;
         Ok(Store {
             objects,
+            copies: Vec::new(),
+            primary_failed_ms: Default::default(),
             key,
             data_key: data_key.map(Arc::new),
             catalog,
@@ -263,6 +279,59 @@ impl Store {
 
     pub fn is_encrypted(&self) -> bool {
         self.data_key.is_some()
+    }
+
+    /// Adds a copy store (before the controller serves).
+    pub fn add_copy(&mut self, name: &str, objects: Arc<dyn Objects>) {
+        self.copies.push(CopyStore {
+            name: name.to_string(),
+            objects,
+        });
+    }
+
+    pub fn copies(&self) -> &[CopyStore] {
+        &self.copies
+    }
+
+    /// A copy served what the primary could not: the primary is failing.
+    fn primary_failed(&self) {
+        self.primary_failed_ms
+            .store(now_ms(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether restoring agents may read the primary store directly now: it is object
+    /// storage, and no read from it failed lately where a copy had to step in.
+    pub fn direct_reads(&self) -> bool {
+        let failed = self
+            .primary_failed_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        !self.objects.is_local() && (failed == 0 || now_ms() - failed > PRIMARY_FAILED_FOR_MS)
+    }
+
+    /// Chunk `id`'s stored blob from the first copy store that has it, opened.
+    fn read_blob_from_copies(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, ApiError> {
+        for copy in &self.copies {
+            let Some(place) = self.catalog.copy_chunk_location(&copy.name, id)? else {
+                continue;
+            };
+            let read = copy
+                .objects
+                .get_range(
+                    &pack_key(&place.pack),
+                    &place.version,
+                    place.offset,
+                    place.length,
+                )
+                .map_err(|e| e.to_string())
+                .and_then(|stored| self.open_blob(id, stored).map_err(|e| e.to_string()));
+            match read {
+                Ok(blob) => return Ok(Some(blob)),
+                Err(e) => {
+                    tracing::warn!(copy = %copy.name, chunk = %id, error = %e, "the copy could not produce a chunk either")
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// The object store itself (the controller's state lives beside the packs).
@@ -503,6 +572,20 @@ impl Store {
     /// from a failure of the store itself (`Err`: the catalog, or an object store that does
     /// not answer). Blocking.
     pub fn try_read_blob(&self, id: &ChunkId) -> Result<Result<Vec<u8>, String>, ApiError> {
+        let primary = self.try_read_primary_blob(id);
+        if matches!(primary, Ok(Ok(_))) || self.copies.is_empty() {
+            return primary;
+        }
+        match self.read_blob_from_copies(id)? {
+            Some(blob) => {
+                self.primary_failed();
+                Ok(Ok(blob))
+            }
+            None => primary,
+        }
+    }
+
+    fn try_read_primary_blob(&self, id: &ChunkId) -> Result<Result<Vec<u8>, String>, ApiError> {
         let Some(place) = self.catalog.chunk_location(id)? else {
             return Ok(Err(format!("chunk {id} is not in the store")));
         };
@@ -534,7 +617,7 @@ impl Store {
         ids: &[ChunkId],
         ttl: std::time::Duration,
     ) -> Result<Option<Located>, ApiError> {
-        if self.objects.is_local() {
+        if !self.direct_reads() {
             return Ok(None);
         }
         let mut located = Located::default();
@@ -604,9 +687,41 @@ impl Store {
         self.catalog.delete_snapshot(id)
     }
 
+    /// A snapshot's envelope: from the primary, or, when the primary cannot produce it,
+    /// from a copy store that holds a complete copy of the snapshot.
     pub fn read_snapshot(&self, id: &str) -> Result<Envelope, ApiError> {
         let version = self.catalog.envelope_version(id)?;
-        let stored = self.objects.get(&snapshot_key(id), &version)?;
+        let primary = self
+            .objects
+            .get(&snapshot_key(id), &version)
+            .map_err(ApiError::from)
+            .and_then(|stored| self.open_envelope(id, stored));
+        if primary.is_ok() || self.copies.is_empty() {
+            return primary;
+        }
+        for copy in &self.copies {
+            let Some(version) = self.catalog.copy_of(&copy.name, id)? else {
+                continue;
+            };
+            match copy
+                .objects
+                .get(&snapshot_key(id), &version)
+                .map_err(ApiError::from)
+                .and_then(|stored| self.open_envelope(id, stored))
+            {
+                Ok(env) => {
+                    self.primary_failed();
+                    return Ok(env);
+                }
+                Err(e) => {
+                    tracing::warn!(copy = %copy.name, snapshot = id, error = %e, "the copy could not produce the envelope either")
+                }
+            }
+        }
+        primary
+    }
+
+    fn open_envelope(&self, id: &str, stored: Vec<u8>) -> Result<Envelope, ApiError> {
         let bytes = match &self.data_key {
             Some(k) => k.open_envelope(id, &stored)?,
             None => stored,

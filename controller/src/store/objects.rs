@@ -109,6 +109,8 @@ pub trait Objects: Send + Sync {
     ) -> Result<Vec<u8>, StoreError>;
     /// Deletes `version` of `key` (the store refuses a retained one: [`StoreError::Locked`]).
     fn delete(&self, key: &str, version: &str) -> Result<(), StoreError>;
+    /// The current version of `key` (its length and version), if there is one.
+    fn stat(&self, key: &str) -> Result<Option<(u64, String)>, StoreError>;
     /// Whether the store has Object Lock: objects can be retained against everyone.
     fn object_lock(&self) -> bool {
         false
@@ -266,6 +268,15 @@ impl Objects for LocalDir {
         let file = self.file(key)?;
         lifeboat_core::pack::read_blob(&file, offset, length)
             .map_err(|e| StoreError::Corrupt(format!("{key}: {e}")))
+    }
+
+    fn stat(&self, key: &str) -> Result<Option<(u64, String)>, StoreError> {
+        let path = self.path(key);
+        match std::fs::metadata(&path) {
+            Ok(m) => Ok(Some((m.len(), String::new()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io(format!("looking up {}", path.display()), e)),
+        }
     }
 
     fn delete(&self, key: &str, _version: &str) -> Result<(), StoreError> {

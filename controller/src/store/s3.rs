@@ -74,7 +74,17 @@ impl S3Objects {
     /// Connects to the bucket and checks that it answers: a missing bucket or refused
     /// credentials fail here, at start, with what to do.
     pub fn open(loc: &S3Location, staging: &Path) -> Result<S3Objects, StoreError> {
-        Self::connect(loc, staging, load_credentials()?)
+        Self::connect(loc, staging, load_credentials(None)?)
+    }
+
+    /// [`S3Objects::open`] with the keys of `profile` in the shared credentials file only
+    /// (a second store with credentials of its own: never the environment's).
+    pub fn open_profile(
+        loc: &S3Location,
+        staging: &Path,
+        profile: &str,
+    ) -> Result<S3Objects, StoreError> {
+        Self::connect(loc, staging, load_credentials(Some(profile))?)
     }
 
     /// [`S3Objects::open`] with these keys rather than the environment's (tests, and
@@ -493,6 +503,10 @@ impl Objects for S3Objects {
         self.object_lock
     }
 
+    fn stat(&self, key: &str) -> Result<Option<(u64, String)>, StoreError> {
+        Ok(self.head(key, "")?.map(|h| (h.len, h.version)))
+    }
+
     fn retain(&self, key: &str, version: &str, until_ms: i64) -> Result<i64, StoreError> {
         if !self.object_lock {
             return Err(StoreError::Refused(format!(
@@ -663,15 +677,21 @@ fn jitter(pause: Duration) -> Duration {
 }
 
 /// The credentials: the standard AWS environment variables, else the shared credentials
-/// file. Their absence is an error that says where they are looked for.
-fn load_credentials() -> Result<Credentials, StoreError> {
-    if let Some(c) = Credentials::from_env() {
+/// file; with `only_profile`, that profile of the file and nothing else. Their absence is
+/// an error that says where they are looked for.
+fn load_credentials(only_profile: Option<&str>) -> Result<Credentials, StoreError> {
+    if only_profile.is_none()
+        && let Some(c) = Credentials::from_env()
+    {
         return Ok(c);
     }
     let file = std::env::var_os("AWS_SHARED_CREDENTIALS_FILE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".aws/credentials")));
-    let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+    let profile = match only_profile {
+        Some(p) => p.to_string(),
+        None => std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into()),
+    };
     let missing = || {
         StoreError::Refused(format!(
             "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or put profile [{profile}] in {}",

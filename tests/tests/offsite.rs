@@ -1,0 +1,250 @@
+//! Off-site copies (issue 18, item 3): a second store on another S3 server, reached with
+//! credentials of its own, gets a verified copy of each snapshot a policy wants copied,
+//! locked there under its own Object Lock; a copy killed midway is finished by the next run
+//! with nothing written twice and nothing listed early; and when the primary bucket is
+//! gone, a recovery plan restores the device byte-identical from the copy.
+
+use std::fs;
+use std::time::Duration;
+
+use lifeboat_tests::s3::S3Server;
+use lifeboat_tests::tree::Rng;
+use lifeboat_tests::{Fleet, now_ms, wait_for};
+use rusty_s3::Method;
+use serde_json::Value;
+
+const VAULT: &str = "vault";
+
+fn copies_of(fleet: &Fleet, id: &str) -> Vec<String> {
+    fleet
+        .cli_json(&["snapshots"])
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["id"] == id).cloned())
+        .map(|s: Value| {
+            s["copies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn policy(fleet: &Fleet, copy: &str) {
+    let file = fleet.path("copy.toml");
+    fs::write(
+        &file,
+        format!(
+            "[[policy]]\nname = \"offsite\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\nkeep = {{ last = 10 }}\n{copy}"
+        ),
+    )
+    .expect("write");
+    let out = fleet.cli(&["policy", "apply", "-f", file.to_str().expect("path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn snapshots_are_copied_off_site_verified_and_restore_from_there_when_the_primary_is_gone() {
+    let Some(primary) = S3Server::start() else {
+        return;
+    };
+    let Some(offsite) = S3Server::start_with_keys("offsite-site", "offsite-secret-9876543210")
+    else {
+        return;
+    };
+    offsite.create_locked_bucket(VAULT);
+    let mut args = primary.serve_args("fleet");
+    args.extend(
+        [
+            "--copy-store",
+            "s3://vault/copies",
+            "--copy-s3-endpoint",
+            offsite.endpoint.as_str(),
+            "--copy-s3-path-style",
+            "--copy-s3-profile",
+            "offsite",
+            "--copy-every",
+            "1s",
+        ]
+        .map(String::from),
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let credentials = dir.path().join("credentials");
+    offsite.credentials_file(&credentials, "offsite");
+    let mut env = primary.env();
+    env.push((
+        "AWS_SHARED_CREDENTIALS_FILE".into(),
+        credentials.display().to_string(),
+    ));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut fleet = Fleet::start_with_env(&args, env);
+
+    let machine = tempfile::tempdir().expect("machine");
+    let src = machine.path().join("data");
+    fs::create_dir(&src).expect("mkdir");
+    let mut rng = Rng::new(33);
+    for i in 0..10 {
+        fs::write(src.join(format!("f{i}")), rng.bytes(900_000)).expect("write");
+    }
+    let a = fleet.enroll("a");
+    fleet.run_agent(&a, &[("data", &src)], &[machine.path()]);
+    // Backed up while no policy wants copies: nothing is copied.
+    policy(&fleet, "");
+    let first = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(copies_of(&fleet, &first).is_empty());
+    assert!(offsite.versions(VAULT, "copies/").is_empty());
+
+    // The copy is killed after its first pack is stored off-site, before it is recorded.
+    fleet.stop_controller();
+    fleet
+        .controller_env
+        .push(("LIFEBOAT_CRASH_AT".into(), "copy-after-pack".into()));
+    fleet.start_controller();
+    policy(&fleet, "copy = \"30d\"\n");
+    let status = fleet.wait_controller_exit();
+    assert!(!status.success(), "the crash point was not reached");
+    let half = offsite.versions(VAULT, "copies/");
+    assert!(
+        half.iter().any(|(k, _)| k.starts_with("copies/packs/")),
+        "a pack went off-site before the crash: {half:?}"
+    );
+    assert!(
+        !half.iter().any(|(k, _)| k.starts_with("copies/snapshots/")),
+        "the envelope went before every pack: {half:?}"
+    );
+    fleet
+        .controller_env
+        .retain(|(k, _)| k != "LIFEBOAT_CRASH_AT");
+    fleet.start_controller();
+    fleet.wait_connected(1);
+    wait_for("the copy to finish", Duration::from_secs(60), || {
+        (copies_of(&fleet, &first) == ["offsite"]).then_some(())
+    });
+    // Nothing written twice: one version per key off-site.
+    let copied = offsite.versions(VAULT, "copies/");
+    let mut keys: Vec<&String> = copied.iter().map(|(k, _)| k).collect();
+    let n = keys.len();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "an object was written twice: {copied:?}");
+    // Locked there under the policy's copy lock, as the off-site server reports it.
+    let want = fleet
+        .cli_json(&["snapshots"])
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["id"] == first.as_str()).cloned())
+        .and_then(|s| s["received_unix_ms"].as_i64())
+        .expect("received")
+        + 29 * 86_400_000;
+    for (key, version) in &copied {
+        if key.starts_with("copies/controller/") {
+            continue;
+        }
+        let (status, body) = offsite.raw(
+            Method::Get,
+            VAULT,
+            key,
+            &[("retention", ""), ("versionId", version.as_str())],
+            &[],
+            b"",
+        );
+        assert_eq!(status, 200, "{key}: {body}");
+        let until = body
+            .split("<RetainUntilDate>")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .and_then(|d| d.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond())
+            .unwrap_or(0);
+        assert!(
+            until >= want,
+            "{key} is retained off-site until {until} < {want}"
+        );
+    }
+    let table = String::from_utf8_lossy(&fleet.cli(&["snapshots"]).stdout).into_owned();
+    assert!(
+        table.contains("COPIES") && table.contains("offsite"),
+        "{table}"
+    );
+
+    // A second snapshot shares most chunks: only what is new goes off-site.
+    fs::write(src.join("f0"), rng.bytes(900_000)).expect("write");
+    let second = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait_for("the second copy", Duration::from_secs(60), || {
+        (copies_of(&fleet, &second) == ["offsite"]).then_some(())
+    });
+
+    // The primary bucket is emptied (every object deleted, as a ransomware run with the
+    // controller's credentials would on a bucket without Object Lock).
+    for (key, _) in primary.versions(lifeboat_tests::s3::BUCKET, "fleet/") {
+        let (status, body) = primary.raw(
+            Method::Delete,
+            lifeboat_tests::s3::BUCKET,
+            &key,
+            &[],
+            &[],
+            b"",
+        );
+        assert!((200..300).contains(&status), "{key}: {status} {body}");
+    }
+    assert!(
+        primary
+            .versions(lifeboat_tests::s3::BUCKET, "fleet/")
+            .is_empty()
+    );
+
+    let cutoff = humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + Duration::from_millis(now_ms() as u64),
+    )
+    .to_string();
+    let out = fleet.cli(&[
+        "recover",
+        "plan",
+        "--agent",
+        "a",
+        "--before",
+        &cutoff,
+        "--from",
+        "elsewhere",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("offsite"));
+    let plan = fleet.cli_json(&[
+        "recover", "plan", "--agent", "a", "--before", &cutoff, "--from", "offsite",
+    ]);
+    assert_eq!(
+        plan["devices"][0]["sources"][0]["snapshot"],
+        second.as_str(),
+        "{plan}"
+    );
+    fs::remove_dir_all(&src).expect("the device is lost");
+    let id = plan["id"].as_str().expect("plan id").to_string();
+    let out = fleet.cli(&["recover", "run", &id, "--wait", "--json"]);
+    let done: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("recover run: {}", String::from_utf8_lossy(&out.stderr)));
+    assert!(
+        out.status.success() && done["state"] == "finished",
+        "the plan from the copy failed: {done}\n{}",
+        fleet.agent_log("a")
+    );
+    let mut check = Rng::new(33);
+    let mut expected: Vec<Vec<u8>> = (0..10).map(|_| check.bytes(900_000)).collect();
+    expected[0] = check.bytes(900_000);
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(
+            &fs::read(src.join(format!("f{i}"))).expect("restored"),
+            want,
+            "f{i}"
+        );
+    }
+}
