@@ -181,3 +181,84 @@ fn put_verified(
     }
     Ok(stored)
 }
+
+/// Reads every pack of every copy store back and verifies each chunk in it (opened with
+/// the data key, decoded, its id recomputed). A pack that cannot be read whole is
+/// forgotten with the copies that lean on it, so the next copy run sends it again.
+/// Returns `(store:pack, why)` of every damaged pack. Blocking.
+pub fn verify(ctl: &Controller) -> Result<Vec<(String, String)>, ApiError> {
+    let mut damaged = Vec::new();
+    for copy in ctl.store.copies() {
+        for (pack, version) in ctl.catalog.copy_packs(&copy.name)? {
+            let entries = ctl.catalog.copy_chunks_in(&copy.name, &pack)?;
+            let why = match copy.objects.get(&pack_key(&pack), &version) {
+                Err(e @ (StoreError::Unavailable(_) | StoreError::Refused(_))) => {
+                    return Err(e.into());
+                }
+                Err(e) => Some(format!("cannot be read: {e}")),
+                Ok(bytes) => entries.iter().find_map(|(id, offset, length)| {
+                    let start = *offset as usize;
+                    let Some(stored) = bytes.get(start..start + *length as usize) else {
+                        return Some(format!("cut short: chunk {id} is not all there"));
+                    };
+                    ctl.store
+                        .open_blob(id, stored.to_vec())
+                        .and_then(|b| lifeboat_core::codec::decode_verified(&ctl.chunk_key, id, &b))
+                        .err()
+                        .map(|e| format!("chunk {id} is corrupt: {e}"))
+                }),
+            };
+            if let Some(why) = why {
+                tracing::error!(copy = %copy.name, %pack, %why, "a copied pack is damaged; it is copied again");
+                // Every copy in the store is checked again by the next run, which sends
+                // what is missing now.
+                ctl.catalog.forget_copy_pack(&copy.name, &pack)?;
+                ctl.catalog.reopen_copies(&copy.name)?;
+                damaged.push((format!("{}:{pack}", copy.name), why));
+            }
+        }
+    }
+    Ok(damaged)
+}
+
+/// Drops copies whose copy lock has passed (their envelope first), then the copied packs
+/// no remaining copy needs and the store no longer retains. Returns the packs deleted.
+/// Blocking.
+pub fn gc(ctl: &Controller, now_ms: i64) -> Result<u64, ApiError> {
+    let mut deleted = 0;
+    for copy in ctl.store.copies() {
+        for (snapshot, version) in ctl.catalog.expired_copies(&copy.name, now_ms)? {
+            match copy.objects.delete(&snapshot_key(&snapshot), &version) {
+                Ok(()) => ctl.catalog.delete_copy(&copy.name, &snapshot)?,
+                Err(StoreError::Locked(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let mut needed = std::collections::HashSet::new();
+        for snapshot in ctl.catalog.copied(&copy.name)? {
+            let env = ctl.store.read_snapshot(&snapshot)?;
+            let record = Record::parse(&env.record)?;
+            needed.extend(record.tree_chunks()?);
+            needed.extend(
+                crate::snapshots::load_tree(ctl, &record)?
+                    .chunk_ids()
+                    .copied(),
+            );
+        }
+        for (pack, version) in ctl.catalog.copy_packs(&copy.name)? {
+            let entries = ctl.catalog.copy_chunks_in(&copy.name, &pack)?;
+            if entries.iter().any(|(id, _, _)| needed.contains(id)) {
+                continue;
+            }
+            match copy.objects.delete(&pack_key(&pack), &version) {
+                Ok(()) => {
+                    ctl.catalog.forget_copy_pack(&copy.name, &pack)?;
+                    deleted += 1;
+                }
+                Err(StoreError::Locked(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(deleted)
+}

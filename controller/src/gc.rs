@@ -36,6 +36,8 @@ pub struct Report {
     /// Packs to compact or delete that the store still retains (Object Lock): left alone
     /// until their date.
     pub packs_retained: u64,
+    /// Packs deleted from copy stores (no copy kept there needs them any more).
+    pub copy_packs_deleted: u64,
 }
 
 /// Every chunk the committed snapshots `ids` reference (their tree chunks and file chunks).
@@ -153,6 +155,7 @@ pub fn gc(
             report.packs_compacted += 1;
         }
     }
+    report.copy_packs_deleted = crate::copy::gc(ctl, now_ms)?;
     ctl.audit.ok(
         "controller:gc",
         "gc",
@@ -160,7 +163,7 @@ pub fn gc(
         serde_json::json!({
             "swept": report.swept, "leased": report.leased, "compacted": report.packs_compacted,
             "deleted": report.packs_deleted, "bytes_reclaimed": report.bytes_reclaimed,
-            "retained": report.packs_retained,
+            "retained": report.packs_retained, "copy_packs_deleted": report.copy_packs_deleted,
         }),
     );
     Ok(report)

@@ -196,6 +196,10 @@ pub fn scrub(ctl: &Controller, scope: Scope, period_ms: i64) -> Result<Report, A
     for (id, pack_name, why) in &bad {
         ctl.catalog.mark_bad_chunk(id, pack_name, why, now)?;
     }
+    // A full verify reads the off-site copies back too.
+    if matches!(scope, Scope::All) {
+        report.damaged_packs.extend(crate::copy::verify(ctl)?);
+    }
     // One pass over the snapshots' trees: those that use a chunk found bad now, and (a
     // full verify) those that use one an earlier run dropped from the index.
     let ids: HashSet<ChunkId> = bad.iter().map(|(id, _, _)| *id).collect();

@@ -184,6 +184,18 @@ fn snapshots_are_copied_off_site_verified_and_restore_from_there_when_the_primar
         (copies_of(&fleet, &second) == ["offsite"]).then_some(())
     });
 
+    // Verify reads the copies back too; GC keeps what the copy lock keeps.
+    let out = fleet.cli(&["verify"]);
+    assert!(
+        out.status.success(),
+        "verify with copies: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(fleet.cli(&["gc"]).status.success());
+    assert_eq!(copies_of(&fleet, &first), ["offsite"]);
+    assert_eq!(copies_of(&fleet, &second), ["offsite"]);
+
     // The primary bucket is emptied (every object deleted, as a ransomware run with the
     // controller's credentials would on a bucket without Object Lock).
     for (key, _) in primary.versions(lifeboat_tests::s3::BUCKET, "fleet/") {
@@ -247,4 +259,91 @@ fn snapshots_are_copied_off_site_verified_and_restore_from_there_when_the_primar
             "f{i}"
         );
     }
+}
+
+/// Scrub covers the copy store: a flipped byte in a copied pack (a copy store on a plain
+/// directory, say a NAS) fails `lifeboat verify`, naming the copy and the pack, and the
+/// next copy run sends the pack again, after which verify passes.
+#[test]
+fn verify_reads_the_copies_back_and_a_damaged_copy_is_sent_again() {
+    let copy_dir = tempfile::tempdir().expect("copy dir");
+    let copy_store = copy_dir.path().join("offsite");
+    let mut fleet = Fleet::start_with(&[
+        "--copy-store",
+        copy_store.to_str().expect("utf8"),
+        "--copy-every",
+        "1s",
+    ]);
+    policy(&fleet, "copy = \"1d\"\n");
+    let machine = tempfile::tempdir().expect("machine");
+    let src = machine.path().join("data");
+    fs::create_dir(&src).expect("mkdir");
+    let mut rng = Rng::new(34);
+    for i in 0..6 {
+        fs::write(src.join(format!("f{i}")), rng.bytes(400_000)).expect("write");
+    }
+    let a = fleet.enroll("a");
+    fleet.run_agent(&a, &[("data", &src)], &[machine.path()]);
+    let id = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait_for("the copy", Duration::from_secs(60), || {
+        (copies_of(&fleet, &id) == ["offsite"]).then_some(())
+    });
+    assert!(fleet.cli(&["verify"]).status.success());
+
+    // Rot in the copy store.
+    let pack = walk(&copy_store.join("packs"))
+        .into_iter()
+        .next()
+        .expect("a copied pack");
+    let mut bytes = fs::read(&pack).expect("read");
+    bytes[100] ^= 0x40;
+    fs::write(&pack, &bytes).expect("write");
+    let out = fleet.cli(&["verify", "--json"]);
+    assert_eq!(out.status.code(), Some(2), "a damaged copy passed verify");
+    let report: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let name = pack
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .expect("name")
+        .to_string();
+    assert!(
+        report["damaged_packs"]
+            .as_array()
+            .expect("damaged")
+            .iter()
+            .any(|d| d["pack"] == format!("offsite:{name}")),
+        "{report}"
+    );
+    // Sent again by the next copy run.
+    wait_for("the copy again", Duration::from_secs(60), || {
+        (copies_of(&fleet, &id) == ["offsite"]).then_some(())
+    });
+    let out = fleet.cli(&["verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_ne!(
+        fs::read(&pack).expect("read"),
+        bytes,
+        "the pack was not sent again"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
 }

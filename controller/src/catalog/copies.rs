@@ -155,6 +155,96 @@ impl Catalog {
         Ok(out)
     }
 
+    /// `(pack, version)` of every pack copied to `store`.
+    pub fn copy_packs(&self, store: &str) -> Result<Vec<(String, String)>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT pack, version FROM copy_packs WHERE store = ?1")?;
+        let rows = st
+            .query_map([store], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// `(chunk, offset, length)` of every chunk `store` holds in `pack`.
+    pub fn copy_chunks_in(
+        &self,
+        store: &str,
+        pack: &str,
+    ) -> Result<Vec<(ChunkId, u64, u32)>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare("SELECT id, offset, length FROM copy_chunks WHERE store = ?1 AND pack = ?2")?;
+        let rows = st
+            .query_map(params![store, pack], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(id, o, l)| Ok((ChunkId::from_slice(&id)?, o as u64, l as u32)))
+            .collect()
+    }
+
+    /// Forgets pack `pack` of `store` and its chunks, in one transaction.
+    pub fn forget_copy_pack(&self, store: &str, pack: &str) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM copy_chunks WHERE store = ?1 AND pack = ?2",
+            params![store, pack],
+        )?;
+        tx.execute(
+            "DELETE FROM copy_packs WHERE store = ?1 AND pack = ?2",
+            params![store, pack],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// `(snapshot, envelope version)` of copies in `store` whose copy lock ended.
+    pub fn expired_copies(
+        &self,
+        store: &str,
+        now_ms: i64,
+    ) -> Result<Vec<(String, String)>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare(
+            "SELECT snapshot, version FROM copies WHERE store = ?1 AND locked_until_ms < ?2",
+        )?;
+        let rows = st
+            .query_map(params![store, now_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Snapshots with a complete copy in `store`.
+    pub fn copied(&self, store: &str) -> Result<Vec<String>, ApiError> {
+        let conn = self.lock();
+        let mut st = conn.prepare("SELECT snapshot FROM copies WHERE store = ?1")?;
+        let rows = st
+            .query_map([store], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Marks every copy in `store` incomplete, so the next copy run checks each again.
+    pub fn reopen_copies(&self, store: &str) -> Result<(), ApiError> {
+        self.lock()
+            .execute("DELETE FROM copies WHERE store = ?1", [store])?;
+        Ok(())
+    }
+
+    pub fn delete_copy(&self, store: &str, snapshot: &str) -> Result<(), ApiError> {
+        self.lock().execute(
+            "DELETE FROM copies WHERE store = ?1 AND snapshot = ?2",
+            params![store, snapshot],
+        )?;
+        Ok(())
+    }
+
     /// The primary packs that hold `ids` (name and version), each once.
     pub fn packs_holding(&self, ids: &[ChunkId]) -> Result<Vec<(String, String)>, ApiError> {
         let conn = self.lock();
