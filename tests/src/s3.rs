@@ -262,6 +262,91 @@ impl S3Server {
         (status, text)
     }
 
+    /// What an attacker holding this server's credentials tries on every version in
+    /// `targets` of `bucket`: delete it, delete it claiming a governance bypass, shorten
+    /// its retention to tomorrow; each must be refused by the server (Object Lock in
+    /// COMPLIANCE mode), leaving its retention as it was. Then what the server allows and
+    /// what must change nothing a reader pinned to versions sees: a new version on top,
+    /// and a delete marker on top of that.
+    pub fn attack(&self, bucket: &str, targets: &[(String, String)]) {
+        use base64::Engine as _;
+        use md5::Digest as _;
+        let tomorrow = humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() + Duration::from_secs(86_400),
+        )
+        .to_string();
+        let shorter = format!(
+            "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>COMPLIANCE</Mode><RetainUntilDate>{tomorrow}</RetainUntilDate></Retention>"
+        );
+        let md5 =
+            base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(shorter.as_bytes()));
+        let ok = |s: u16| (200..300).contains(&s);
+        for (key, version) in targets {
+            let before = self.retained_until(bucket, key, version);
+            let on = [("versionId", version.as_str())];
+            let (s, body) = self.raw(rusty_s3::Method::Delete, bucket, key, &on, &[], b"");
+            assert!(!ok(s), "deleted {key} {version}: {s} {body}");
+            let bypass = [("x-amz-bypass-governance-retention", "true")];
+            let (s, body) = self.raw(rusty_s3::Method::Delete, bucket, key, &on, &bypass, b"");
+            assert!(!ok(s), "deleted {key} with a bypass: {s} {body}");
+            let (s, body) = self.raw(
+                rusty_s3::Method::Put,
+                bucket,
+                key,
+                &[("retention", ""), ("versionId", version.as_str())],
+                &[("content-md5", md5.as_str())],
+                shorter.as_bytes(),
+            );
+            assert!(!ok(s), "shortened {key}: {s} {body}");
+            assert_eq!(
+                self.retained_until(bucket, key, version),
+                before,
+                "{key}'s retention moved"
+            );
+            let (s, body) = self.raw(
+                rusty_s3::Method::Put,
+                bucket,
+                key,
+                &[],
+                &[],
+                b"ransomware was here",
+            );
+            assert!(ok(s), "overwrite: {s} {body}");
+            let (s, body) = self.raw(rusty_s3::Method::Delete, bucket, key, &[], &[], b"");
+            assert!(ok(s), "delete marker: {s} {body}");
+        }
+        let after = self.versions(bucket, "");
+        for t in targets {
+            assert!(after.contains(t), "{t:?} is gone");
+        }
+    }
+
+    /// The COMPLIANCE retention the server holds for one object version, in Unix ms (0:
+    /// none).
+    pub fn retained_until(&self, bucket: &str, key: &str, version: &str) -> i64 {
+        let (status, body) = self.raw(
+            rusty_s3::Method::Get,
+            bucket,
+            key,
+            &[("retention", ""), ("versionId", version)],
+            &[],
+            b"",
+        );
+        if status == 404 {
+            return 0;
+        }
+        assert_eq!(status, 200, "retention of {key}: {body}");
+        assert!(body.contains("<Mode>COMPLIANCE</Mode>"), "{key}: {body}");
+        let date = body
+            .split("<RetainUntilDate>")
+            .nth(1)
+            .and_then(|r| r.split('<').next())
+            .unwrap_or_default();
+        date.parse::<jiff::Timestamp>()
+            .map(|t| t.as_millisecond())
+            .unwrap_or_else(|e| panic!("{key}: retention date {date:?}: {e}"))
+    }
+
     /// Every version (not delete markers) of every object under `prefix` in `bucket`:
     /// `(key, version id)`.
     pub fn versions(&self, bucket: &str, prefix: &str) -> Vec<(String, String)> {

@@ -7,40 +7,12 @@
 
 use std::fs;
 
-use base64::Engine as _;
 use lifeboat_tests::Fleet;
 use lifeboat_tests::s3::S3Server;
 use lifeboat_tests::tree::Rng;
-use md5::Digest as _;
-use rusty_s3::Method;
 
 const VAULT: &str = "vault";
 const DAY: i64 = 86_400_000;
-
-/// The retention the server holds for one object version (0: none).
-fn retained_until(s3: &S3Server, key: &str, version: &str) -> i64 {
-    let (status, body) = s3.raw(
-        Method::Get,
-        VAULT,
-        key,
-        &[("retention", ""), ("versionId", version)],
-        &[],
-        b"",
-    );
-    if status == 404 {
-        return 0;
-    }
-    assert_eq!(status, 200, "retention of {key}: {body}");
-    let date = body
-        .split("<RetainUntilDate>")
-        .nth(1)
-        .and_then(|r| r.split('<').next())
-        .unwrap_or_default();
-    assert!(body.contains("<Mode>COMPLIANCE</Mode>"), "{key}: {body}");
-    date.parse::<jiff::Timestamp>()
-        .map(|t| t.as_millisecond())
-        .unwrap_or_else(|e| panic!("{key}: retention date {date:?}: {e}"))
-}
 
 /// The packs, envelopes and wrapped data key of the store under `fleet/` (`(key,
 /// version)`), every version.
@@ -114,9 +86,9 @@ fn object_lock_keeps_locked_snapshots_from_the_controllers_own_credentials() {
         .iter()
         .find(|(k, _)| k.starts_with("fleet/keys/"))
         .expect("the wrapped data key is in the store");
-    assert!(retained_until(&s3, &key.0, &key.1) > lock1 + 300 * DAY);
+    assert!(s3.retained_until(VAULT, &key.0, &key.1) > lock1 + 300 * DAY);
     for (key, version) in &objects {
-        let until = retained_until(&s3, key, version);
+        let until = s3.retained_until(VAULT, key, version);
         assert!(
             until >= lock1,
             "{key} is retained until {until}, the lock ends {lock1}"
@@ -153,7 +125,7 @@ fn object_lock_keeps_locked_snapshots_from_the_controllers_own_credentials() {
         .expect("rows");
     assert!(!s1_packs.is_empty());
     for (key, version) in store_objects(&s3) {
-        let until = retained_until(&s3, &key, &version);
+        let until = s3.retained_until(VAULT, &key, &version);
         let needed_by_s1 = key == envelope
             || s1_packs
                 .iter()
@@ -166,69 +138,10 @@ fn object_lock_keeps_locked_snapshots_from_the_controllers_own_credentials() {
         }
     }
 
-    // The attack, with the controller's own credentials, on every version of every pack
-    // and envelope: delete it, delete it claiming a governance bypass, shorten its
-    // retention, then overwrite it and hide it behind a delete marker.
+    // The attack, with the controller's own credentials, on every version of every pack,
+    // envelope and key copy.
     let originals = store_objects(&s3);
-    let tomorrow = humantime::format_rfc3339_seconds(
-        std::time::SystemTime::now() + std::time::Duration::from_secs(86_400),
-    )
-    .to_string();
-    let shorter = format!(
-        "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>COMPLIANCE</Mode><RetainUntilDate>{tomorrow}</RetainUntilDate></Retention>"
-    );
-    let md5 =
-        base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(shorter.as_bytes()));
-    for (key, version) in &originals {
-        let before = retained_until(&s3, key, version);
-        let on = [("versionId", version.as_str())];
-        let (status, body) = s3.raw(Method::Delete, VAULT, key, &on, &[], b"");
-        assert!(
-            !(200..300).contains(&status),
-            "deleted {key} {version}: {status} {body}"
-        );
-        let (status, body) = s3.raw(
-            Method::Delete,
-            VAULT,
-            key,
-            &on,
-            &[("x-amz-bypass-governance-retention", "true")],
-            b"",
-        );
-        assert!(
-            !(200..300).contains(&status),
-            "deleted {key} with a bypass: {status} {body}"
-        );
-        let (status, body) = s3.raw(
-            Method::Put,
-            VAULT,
-            key,
-            &[("retention", ""), ("versionId", version.as_str())],
-            &[("content-md5", md5.as_str())],
-            shorter.as_bytes(),
-        );
-        assert!(
-            !(200..300).contains(&status),
-            "shortened {key}: {status} {body}"
-        );
-        assert_eq!(
-            retained_until(&s3, key, version),
-            before,
-            "{key}'s retention moved"
-        );
-        // What the server allows: a new version on top, and a delete marker on top of that.
-        let (status, body) = s3.raw(Method::Put, VAULT, key, &[], &[], b"ransomware was here");
-        assert!((200..300).contains(&status), "overwrite: {status} {body}");
-        let (status, body) = s3.raw(Method::Delete, VAULT, key, &[], &[], b"");
-        assert!(
-            (200..300).contains(&status),
-            "delete marker: {status} {body}"
-        );
-    }
-    let after = s3.versions(VAULT, "fleet/");
-    for original in &originals {
-        assert!(after.contains(original), "{original:?} is gone");
-    }
+    s3.attack(VAULT, &originals);
 
     // Through Lifeboat: the delete is refused, GC deletes nothing retained, and the
     // snapshot restores byte-identical from the versions it wrote.
@@ -281,4 +194,184 @@ fn a_store_without_object_lock_says_so() {
             .contains("the store has no Object Lock"),
         "the controller warns at start"
     );
+}
+
+/// The stolen-controller drill (issue 18, item 5): an attacker holds a copy of the
+/// controller's data directory (its catalog, keys and admin identity) and its S3
+/// credentials for both stores, and nothing else. With the admin identity, Lifeboat
+/// refuses to delete the locked snapshot, and dropping the policy, pruning and GC remove
+/// nothing. With the credentials, every version the stolen catalog names, and every
+/// version either bucket lists, resists deletion, a governance bypass and a shortened
+/// retention, in the primary and in the off-site copy. Afterwards the snapshot verifies
+/// and restores byte-identical.
+#[test]
+fn the_stolen_controller_drill() {
+    let Some(primary) = S3Server::start() else {
+        return;
+    };
+    let Some(offsite) = S3Server::start_with_keys("offsite-site", "offsite-secret-9876543210")
+    else {
+        return;
+    };
+    primary.create_locked_bucket(VAULT);
+    offsite.create_locked_bucket("copies");
+    let creds_dir = tempfile::tempdir().expect("dir");
+    let credentials = creds_dir.path().join("credentials");
+    offsite.credentials_file(&credentials, "offsite");
+    let mut args = primary.serve_args_in(VAULT, "fleet");
+    args.extend(
+        [
+            "--copy-store",
+            "s3://copies/fleet",
+            "--copy-s3-endpoint",
+            offsite.endpoint.as_str(),
+            "--copy-s3-path-style",
+            "--copy-s3-profile",
+            "offsite",
+            "--copy-every",
+            "1s",
+        ]
+        .map(String::from),
+    );
+    let mut env = primary.env();
+    env.push((
+        "AWS_SHARED_CREDENTIALS_FILE".into(),
+        credentials.display().to_string(),
+    ));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut fleet = Fleet::start_with_env(&args, env);
+    let policy = fleet.path("lock.toml");
+    fs::write(
+        &policy,
+        "[[policy]]\nname = \"vaulted\"\nsources = [\"data\"]\nschedule = \"0 3 * * *\"\nkeep = { last = 1 }\nlock = \"30d\"\ncopy = \"30d\"\n",
+    )
+    .expect("write");
+    assert!(
+        fleet
+            .cli(&["policy", "apply", "-f", policy.to_str().expect("path")])
+            .status
+            .success()
+    );
+    let src = tempfile::tempdir().expect("src");
+    let root = tempfile::tempdir().expect("root");
+    let mut rng = Rng::new(55);
+    for i in 0..8 {
+        fs::write(src.path().join(format!("f{i}")), rng.bytes(600_000)).expect("write");
+    }
+    let (a, b) = (fleet.enroll("a"), fleet.enroll("b"));
+    fleet.run_agent(&a, &[("data", src.path())], &[]);
+    fleet.run_agent(&b, &[], &[root.path()]);
+    let id = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    lifeboat_tests::wait_for(
+        "the off-site copy",
+        std::time::Duration::from_secs(60),
+        || {
+            let snaps = fleet.cli_json(&["snapshots"]);
+            let s = snaps.as_array()?.iter().find(|s| s["id"] == id.as_str())?;
+            (s["copies"][0] == "offsite").then_some(())
+        },
+    );
+
+    // The theft: a copy of the data directory, as it is now.
+    let stolen = tempfile::tempdir().expect("stolen");
+    let status = std::process::Command::new("cp")
+        .args(["-a"])
+        .arg(fleet.path("ctl"))
+        .arg(stolen.path())
+        .status()
+        .expect("cp");
+    assert!(status.success());
+    let db = rusqlite::Connection::open(stolen.path().join("ctl/catalog.db")).expect("catalog");
+    let named = |sql: &str| -> Vec<(String, String)> {
+        db.prepare(sql)
+            .expect("query")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("rows")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    let key = |prefix: &str, (name, version): (String, String), dir: &str, ext: &str| {
+        let sub = if dir == "packs" {
+            format!("{}/", &name[..2])
+        } else {
+            String::new()
+        };
+        (format!("{prefix}/{dir}/{sub}{name}.{ext}"), version)
+    };
+    let mut primary_targets: Vec<(String, String)> = named("SELECT name, version FROM packs")
+        .into_iter()
+        .map(|p| key("fleet", p, "packs", "pack"))
+        .chain(
+            named("SELECT id, envelope_version FROM snapshots")
+                .into_iter()
+                .map(|s| key("fleet", s, "snapshots", "snap")),
+        )
+        .collect();
+    let mut offsite_targets: Vec<(String, String)> = named("SELECT pack, version FROM copy_packs")
+        .into_iter()
+        .map(|p| key("fleet", p, "packs", "pack"))
+        .chain(
+            named("SELECT snapshot, version FROM copies")
+                .into_iter()
+                .map(|s| key("fleet", s, "snapshots", "snap")),
+        )
+        .collect();
+    assert!(
+        primary_targets.iter().all(|(_, v)| !v.is_empty()),
+        "{primary_targets:?}"
+    );
+    assert!(
+        offsite_targets.iter().all(|(_, v)| !v.is_empty()),
+        "{offsite_targets:?}"
+    );
+    // And whatever else the buckets list under the stores, state objects included.
+    for listed in primary.versions(VAULT, "fleet/") {
+        if !primary_targets.contains(&listed) {
+            primary_targets.push(listed);
+        }
+    }
+    for listed in offsite.versions("copies", "fleet/") {
+        if !offsite_targets.contains(&listed) {
+            offsite_targets.push(listed);
+        }
+    }
+    primary.attack(VAULT, &primary_targets);
+    offsite.attack("copies", &offsite_targets);
+
+    // Through Lifeboat, with the stolen admin identity.
+    let out = fleet.cli(&["snapshots", "delete", &id]);
+    assert!(!out.status.success(), "a locked snapshot was deleted");
+    assert!(fleet.cli(&["policy", "delete", "vaulted"]).status.success());
+    assert!(fleet.cli(&["prune"]).status.success());
+    assert!(fleet.cli(&["gc"]).status.success());
+    let snaps = fleet.cli_json(&["snapshots"]);
+    assert!(
+        snaps
+            .as_array()
+            .expect("snapshots")
+            .iter()
+            .any(|s| s["id"] == id.as_str() && s["copies"][0] == "offsite"),
+        "{snaps}"
+    );
+    let verify = fleet.cli(&["verify"]);
+    assert!(
+        verify.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let target = root.path().join("restored");
+    let (ok, job) = fleet.restore_to(&id, "b", &target, &[]);
+    assert!(ok, "{job}\n{}", fleet.agent_log("b"));
+    let mut check = Rng::new(55);
+    for i in 0..8 {
+        assert_eq!(
+            fs::read(target.join(format!("f{i}"))).expect("restored"),
+            check.bytes(600_000),
+            "f{i}"
+        );
+    }
 }
