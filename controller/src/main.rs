@@ -43,14 +43,8 @@ struct RecoverArgs {
     /// directory). S3 credentials come from the AWS environment or credentials file.
     #[arg(long)]
     store: String,
-    #[arg(long)]
-    s3_endpoint: Option<String>,
-    #[arg(long)]
-    s3_region: Option<String>,
-    #[arg(long)]
-    s3_path_style: bool,
-    #[arg(long)]
-    s3_ca: Option<PathBuf>,
+    #[command(flatten)]
+    s3: S3Args,
     /// The recovery key's file (AGE-SECRET-KEY-1..., as age-keygen writes it).
     #[arg(long)]
     recovery_key: PathBuf,
@@ -72,18 +66,8 @@ struct ServeArgs {
     /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the shared credentials file.
     #[arg(long)]
     store: Option<String>,
-    /// The S3 endpoint, for an s3:// store (e.g. https://s3.eu-west-1.amazonaws.com).
-    #[arg(long)]
-    s3_endpoint: Option<String>,
-    /// The S3 region (default us-east-1).
-    #[arg(long)]
-    s3_region: Option<String>,
-    /// Path-style addressing (ENDPOINT/BUCKET/KEY), as most servers other than AWS want.
-    #[arg(long)]
-    s3_path_style: bool,
-    /// PEM roots that verify the S3 endpoint's certificate (default: the system's).
-    #[arg(long)]
-    s3_ca: Option<PathBuf>,
+    #[command(flatten)]
+    s3: S3Args,
     /// The public half (age1..., from `age-keygen` on an offline machine) of the recovery
     /// key that a new store's data key is wrapped to. Without it, one is made on first
     /// start and its secret printed once.
@@ -143,6 +127,34 @@ struct ServeArgs {
     copy_every: std::time::Duration,
 }
 
+/// How to reach an S3 store (`serve`, `recover`).
+#[derive(clap::Args)]
+struct S3Args {
+    /// The S3 endpoint, for an s3:// store (e.g. https://s3.eu-west-1.amazonaws.com).
+    #[arg(long)]
+    s3_endpoint: Option<String>,
+    /// The S3 region (default us-east-1).
+    #[arg(long)]
+    s3_region: Option<String>,
+    /// Path-style addressing (ENDPOINT/BUCKET/KEY), as most servers other than AWS want.
+    #[arg(long)]
+    s3_path_style: bool,
+    /// PEM roots that verify the S3 endpoint's certificate (default: the system's).
+    #[arg(long)]
+    s3_ca: Option<PathBuf>,
+}
+
+impl From<S3Args> for lifeboat_controller::store::location::S3Options {
+    fn from(a: S3Args) -> Self {
+        lifeboat_controller::store::location::S3Options {
+            endpoint: a.s3_endpoint,
+            region: a.s3_region,
+            path_style: a.s3_path_style,
+            ca_file: a.s3_ca,
+        }
+    }
+}
+
 /// The one time the recovery key's secret is shown.
 fn recovery_banner(secret: &str) -> String {
     format!(
@@ -184,10 +196,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 listen,
                 http,
                 store,
-                s3_endpoint,
-                s3_region,
-                s3_path_style,
-                s3_ca,
+                s3,
                 recovery_recipient,
                 agent_cert_lifetime,
                 max_concurrent_jobs,
@@ -233,12 +242,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 &lifeboat_controller::ServeConfig {
                     data_dir,
                     store,
-                    s3: lifeboat_controller::store::location::S3Options {
-                        endpoint: s3_endpoint,
-                        region: s3_region,
-                        path_style: s3_path_style,
-                        ca_file: s3_ca,
-                    },
+                    s3: s3.into(),
                     recovery_recipient,
                     agent_cert_lifetime,
                     max_concurrent_jobs,
@@ -296,12 +300,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
 
 async fn recover(args: RecoverArgs) -> anyhow::Result<()> {
     use lifeboat_controller::store::location::{S3Options, StoreLocation};
-    let s3 = S3Options {
-        endpoint: args.s3_endpoint,
-        region: args.s3_region,
-        path_style: args.s3_path_style,
-        ca_file: args.s3_ca,
-    };
+    let s3: S3Options = args.s3.into();
     let location = StoreLocation::parse(&args.store, &s3)
         .map_err(|e| anyhow::anyhow!("--store {}: {e}", args.store))?;
     let key = std::fs::read_to_string(&args.recovery_key)

@@ -549,6 +549,18 @@ impl Fleet {
         self.job(&args)
     }
 
+    /// Applies the policy file `text` (`lifeboat policy apply`), or panics with why not.
+    pub fn apply_policy(&self, text: &str) {
+        let path = self.path("policy.toml");
+        std::fs::write(&path, text).expect("policy");
+        let out = self.cli(&["policy", "apply", "-f", path.to_str().expect("path")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Backs up and returns the snapshot info of the new snapshot.
     pub fn backup(&self, agent: &str, source: &str) -> Value {
         let (ok, job) = self.job(&["backup", agent, "--source", source]);

@@ -406,6 +406,39 @@ impl S3Server {
             .map_err(|e| e.to_string())
     }
 
+    /// The `serve` arguments and environment of a controller whose store is `bucket`/
+    /// `prefix` here and whose off-site copy store is `copy_bucket`/`prefix` on `offsite`
+    /// (as profile `offsite` of a credentials file written in `dir`), copying every second.
+    pub fn with_offsite_copy(
+        &self,
+        bucket: &str,
+        offsite: &S3Server,
+        copy_bucket: &str,
+        prefix: &str,
+        dir: &Path,
+    ) -> (Vec<String>, Vec<(String, String)>) {
+        let credentials = dir.join("credentials");
+        offsite.credentials_file(&credentials, "offsite");
+        let mut args = self.serve_args_in(bucket, prefix);
+        args.extend([
+            "--copy-store".into(),
+            format!("s3://{copy_bucket}/{prefix}"),
+            "--copy-s3-endpoint".into(),
+            offsite.endpoint.clone(),
+            "--copy-s3-path-style".into(),
+            "--copy-s3-profile".into(),
+            "offsite".into(),
+            "--copy-every".into(),
+            "1s".into(),
+        ]);
+        let mut env = self.env();
+        env.push((
+            "AWS_SHARED_CREDENTIALS_FILE".into(),
+            credentials.display().to_string(),
+        ));
+        (args, env)
+    }
+
     /// A shared credentials file (AWS format) holding this server's keys as `profile`.
     pub fn credentials_file(&self, path: &Path, profile: &str) {
         std::fs::write(

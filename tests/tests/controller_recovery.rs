@@ -81,17 +81,8 @@ fn a_controller_whose_machine_is_gone_comes_back_from_the_store_and_the_recovery
         return;
     };
     let mut fleet = Fleet::start_on_s3(&s3, "fleet", &["--state-every", "1s"]);
-    let policy = fleet.path("fleet.toml");
-    fs::write(
-        &policy,
+    fleet.apply_policy(
         "[[policy]]\nname = \"all\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\nkeep = { last = 10 }\nlock = \"7d\"\ntier = 1\n",
-    )
-    .expect("write");
-    assert!(
-        fleet
-            .cli(&["policy", "apply", "-f", policy.to_str().expect("path")])
-            .status
-            .success()
     );
     // Each machine: its data under a restore root, where a plan puts it back.
     let mut machines = Vec::new();

@@ -13,6 +13,8 @@ use lifeboat_tests::tree::Rng;
 
 const VAULT: &str = "vault";
 const DAY: i64 = 86_400_000;
+/// Keeps one snapshot, each locked 30 days.
+const VAULTED: &str = "[[policy]]\nname = \"vaulted\"\nsources = [\"data\"]\nschedule = \"0 3 * * *\"\nkeep = { last = 1 }\nlock = \"30d\"\n";
 
 /// The packs, envelopes and wrapped data key of the store under `fleet/` (`(key,
 /// version)`), every version.
@@ -44,18 +46,7 @@ fn object_lock_keeps_locked_snapshots_from_the_controllers_own_credentials() {
         "{text}"
     );
 
-    let policy = fleet.path("lock.toml");
-    fs::write(
-        &policy,
-        "[[policy]]\nname = \"vaulted\"\nsources = [\"data\"]\nschedule = \"0 3 * * *\"\nkeep = { last = 1 }\nlock = \"30d\"\n",
-    )
-    .expect("write");
-    assert!(
-        fleet
-            .cli(&["policy", "apply", "-f", policy.to_str().expect("path")])
-            .status
-            .success()
-    );
+    fleet.apply_policy(VAULTED);
     let src = tempfile::tempdir().expect("src");
     let root = tempfile::tempdir().expect("root");
     let mut rng = Rng::new(18);
@@ -215,43 +206,11 @@ fn the_stolen_controller_drill() {
     };
     primary.create_locked_bucket(VAULT);
     offsite.create_locked_bucket("copies");
-    let creds_dir = tempfile::tempdir().expect("dir");
-    let credentials = creds_dir.path().join("credentials");
-    offsite.credentials_file(&credentials, "offsite");
-    let mut args = primary.serve_args_in(VAULT, "fleet");
-    args.extend(
-        [
-            "--copy-store",
-            "s3://copies/fleet",
-            "--copy-s3-endpoint",
-            offsite.endpoint.as_str(),
-            "--copy-s3-path-style",
-            "--copy-s3-profile",
-            "offsite",
-            "--copy-every",
-            "1s",
-        ]
-        .map(String::from),
-    );
-    let mut env = primary.env();
-    env.push((
-        "AWS_SHARED_CREDENTIALS_FILE".into(),
-        credentials.display().to_string(),
-    ));
+    let dir = tempfile::tempdir().expect("dir");
+    let (args, env) = primary.with_offsite_copy(VAULT, &offsite, "copies", "fleet", dir.path());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut fleet = Fleet::start_with_env(&args, env);
-    let policy = fleet.path("lock.toml");
-    fs::write(
-        &policy,
-        "[[policy]]\nname = \"vaulted\"\nsources = [\"data\"]\nschedule = \"0 3 * * *\"\nkeep = { last = 1 }\nlock = \"30d\"\ncopy = \"30d\"\n",
-    )
-    .expect("write");
-    assert!(
-        fleet
-            .cli(&["policy", "apply", "-f", policy.to_str().expect("path")])
-            .status
-            .success()
-    );
+    fleet.apply_policy(&format!("{VAULTED}copy = \"30d\"\n"));
     let src = tempfile::tempdir().expect("src");
     let root = tempfile::tempdir().expect("root");
     let mut rng = Rng::new(55);

@@ -32,20 +32,9 @@ fn copies_of(fleet: &Fleet, id: &str) -> Vec<String> {
 }
 
 fn policy(fleet: &Fleet, copy: &str) {
-    let file = fleet.path("copy.toml");
-    fs::write(
-        &file,
-        format!(
-            "[[policy]]\nname = \"offsite\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\nkeep = {{ last = 10 }}\n{copy}"
-        ),
-    )
-    .expect("write");
-    let out = fleet.cli(&["policy", "apply", "-f", file.to_str().expect("path")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    fleet.apply_policy(&format!(
+        "[[policy]]\nname = \"offsite\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\nkeep = {{ last = 10 }}\n{copy}"
+    ));
 }
 
 #[test]
@@ -58,29 +47,14 @@ fn snapshots_are_copied_off_site_verified_and_restore_from_there_when_the_primar
         return;
     };
     offsite.create_locked_bucket(VAULT);
-    let mut args = primary.serve_args("fleet");
-    args.extend(
-        [
-            "--copy-store",
-            "s3://vault/copies",
-            "--copy-s3-endpoint",
-            offsite.endpoint.as_str(),
-            "--copy-s3-path-style",
-            "--copy-s3-profile",
-            "offsite",
-            "--copy-every",
-            "1s",
-        ]
-        .map(String::from),
-    );
     let dir = tempfile::tempdir().expect("dir");
-    let credentials = dir.path().join("credentials");
-    offsite.credentials_file(&credentials, "offsite");
-    let mut env = primary.env();
-    env.push((
-        "AWS_SHARED_CREDENTIALS_FILE".into(),
-        credentials.display().to_string(),
-    ));
+    let (args, env) = primary.with_offsite_copy(
+        lifeboat_tests::s3::BUCKET,
+        &offsite,
+        VAULT,
+        "fleet",
+        dir.path(),
+    );
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut fleet = Fleet::start_with_env(&args, env);
 
@@ -101,7 +75,7 @@ fn snapshots_are_copied_off_site_verified_and_restore_from_there_when_the_primar
         .to_string();
     std::thread::sleep(Duration::from_secs(2));
     assert!(copies_of(&fleet, &first).is_empty());
-    assert!(offsite.versions(VAULT, "copies/").is_empty());
+    assert!(offsite.versions(VAULT, "fleet/").is_empty());
 
     // The copy is killed after its first pack is stored off-site, before it is recorded.
     fleet.stop_controller();
@@ -112,13 +86,13 @@ fn snapshots_are_copied_off_site_verified_and_restore_from_there_when_the_primar
     policy(&fleet, "copy = \"30d\"\n");
     let status = fleet.wait_controller_exit();
     assert!(!status.success(), "the crash point was not reached");
-    let half = offsite.versions(VAULT, "copies/");
+    let half = offsite.versions(VAULT, "fleet/");
     assert!(
-        half.iter().any(|(k, _)| k.starts_with("copies/packs/")),
+        half.iter().any(|(k, _)| k.starts_with("fleet/packs/")),
         "a pack went off-site before the crash: {half:?}"
     );
     assert!(
-        !half.iter().any(|(k, _)| k.starts_with("copies/snapshots/")),
+        !half.iter().any(|(k, _)| k.starts_with("fleet/snapshots/")),
         "the envelope went before every pack: {half:?}"
     );
     fleet
@@ -130,7 +104,7 @@ fn snapshots_are_copied_off_site_verified_and_restore_from_there_when_the_primar
         (copies_of(&fleet, &first) == ["offsite"]).then_some(())
     });
     // Nothing written twice: one version per key off-site.
-    let copied = offsite.versions(VAULT, "copies/");
+    let copied = offsite.versions(VAULT, "fleet/");
     let mut keys: Vec<&String> = copied.iter().map(|(k, _)| k).collect();
     let n = keys.len();
     keys.dedup();
@@ -144,7 +118,7 @@ fn snapshots_are_copied_off_site_verified_and_restore_from_there_when_the_primar
         .expect("received")
         + 29 * 86_400_000;
     for (key, version) in &copied {
-        if key.starts_with("copies/controller/") {
+        if key.starts_with("fleet/controller/") {
             continue;
         }
         let (status, body) = offsite.raw(

@@ -62,16 +62,6 @@ fn snapshot_id(fleet: &Fleet, agent: &str) -> String {
 }
 
 /// Applies a policy file with `text`, or panics with the CLI's error.
-fn apply_policy(fleet: &Fleet, text: &str) {
-    let path = fleet.path("policy.toml");
-    fs::write(&path, text).expect("policy");
-    let out = fleet.cli(&["policy", "apply", "-f", path.to_str().expect("path")]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// A time (Unix milliseconds) in RFC 3339, as an operator types it.
 fn rfc(unix_ms: i64) -> String {
@@ -121,9 +111,7 @@ fn fifty_devices_recover_in_tier_order_within_the_estimate() {
     const DEVICES: usize = 50;
     const DB: usize = 10;
     let mut fleet = Fleet::start();
-    apply_policy(
-        &fleet,
-        "[[policy]]\nname = \"db\"\nselector = \"role=db\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\ntier = 0\n\n\
+    fleet.apply_policy("[[policy]]\nname = \"db\"\nselector = \"role=db\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\ntier = 0\n\n\
          [[policy]]\nname = \"app\"\nselector = \"role=app\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\ntier = 1\n",
     );
 
@@ -921,9 +909,7 @@ fn policies_schedule_drills_over_a_rotating_sample() {
         );
         fleet.backup(name, "data");
     }
-    apply_policy(
-        &fleet,
-        "[[policy]]\nname = \"web\"\nselector = \"role=web\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\n\
+    fleet.apply_policy("[[policy]]\nname = \"web\"\nselector = \"role=web\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\n\
          drill = { every = \"4s\", sample = 1, probe = \"test -s f001\" }\n",
     );
     let drills = wait_for(

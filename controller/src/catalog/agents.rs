@@ -116,15 +116,7 @@ impl Catalog {
     pub fn enroll_agent(&self, hash: &str, now_ms: i64, a: &AgentRow) -> Result<(), ApiError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let n = tx.execute(
-            "UPDATE tokens SET used = used + 1, used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used < uses AND expires_ms > ?1",
-            params![now_ms, a.id, hash],
-        )?;
-        if n != 1 {
-            return Err(ApiError::PermissionDenied(
-                "join token was used or expired while enrolling; create a new one with `lifeboat token create`".into(),
-            ));
-        }
+        spend_token(&tx, hash, now_ms, &a.id)?;
         insert_agent(&tx, a)?;
         tx.commit()?;
         Ok(())
@@ -136,15 +128,7 @@ impl Catalog {
     pub fn reenroll_agent(&self, hash: &str, now_ms: i64, a: &AgentRow) -> Result<(), ApiError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        let n = tx.execute(
-            "UPDATE tokens SET used = used + 1, used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used < uses AND expires_ms > ?1",
-            params![now_ms, a.id, hash],
-        )?;
-        if n != 1 {
-            return Err(ApiError::PermissionDenied(
-                "join token was used or expired while enrolling; ask an admin for a new one (`lifeboat token create --device NAME`)".into(),
-            ));
-        }
+        spend_token(&tx, hash, now_ms, &a.id)?;
         tx.execute(
             "UPDATE agents SET signing_key = ?2, cert_serial = ?3, prev_serial = '', cert_expires_ms = ?4, hostname = ?5, labels = ?6, revoked_ms = 0 WHERE id = ?1",
             params![a.id, a.signing_key, a.cert_serial, a.cert_expires_ms, a.hostname, json(&a.labels)],
@@ -295,4 +279,24 @@ fn insert_agent(conn: &rusqlite::Connection, a: &AgentRow) -> Result<(), ApiErro
         }
         other => Ok(other.map(|_| ())?),
     }
+}
+
+/// Uses one redemption of join token `hash` for agent `agent_id`, inside the enrollment's
+/// transaction; a token spent or expired meanwhile (a race) is PermissionDenied.
+fn spend_token(
+    tx: &rusqlite::Transaction<'_>,
+    hash: &str,
+    now_ms: i64,
+    agent_id: &str,
+) -> Result<(), ApiError> {
+    let n = tx.execute(
+        "UPDATE tokens SET used = used + 1, used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used < uses AND expires_ms > ?1",
+        params![now_ms, agent_id, hash],
+    )?;
+    if n != 1 {
+        return Err(ApiError::PermissionDenied(
+            "join token was used or expired while enrolling; create a new one with `lifeboat token create`".into(),
+        ));
+    }
+    Ok(())
 }

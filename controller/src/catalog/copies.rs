@@ -183,9 +183,7 @@ impl Catalog {
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.into_iter()
-            .map(|(id, o, l)| Ok((ChunkId::from_slice(&id)?, o as u64, l as u32)))
-            .collect()
+        super::store::chunk_entries(rows)
     }
 
     /// Forgets pack `pack` of `store` and its chunks, in one transaction.

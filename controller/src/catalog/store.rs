@@ -26,6 +26,26 @@ pub struct RetainedPack {
     pub retained_until_ms: i64,
 }
 
+impl RetainedPack {
+    /// From `name, version, retained_until_ms`.
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RetainedPack> {
+        Ok(RetainedPack {
+            name: r.get(0)?,
+            version: r.get(1)?,
+            retained_until_ms: r.get(2)?,
+        })
+    }
+}
+
+/// `(chunk, offset, length)` rows as the catalog stores them, typed.
+pub(super) fn chunk_entries(
+    rows: Vec<(Vec<u8>, i64, i64)>,
+) -> Result<Vec<(ChunkId, u64, u32)>, ApiError> {
+    rows.into_iter()
+        .map(|(id, o, l)| Ok((ChunkId::from_slice(&id)?, o as u64, l as u32)))
+        .collect()
+}
+
 impl Catalog {
     // ---- chunks and packs ----
 
@@ -203,9 +223,7 @@ impl Catalog {
                 ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.into_iter()
-            .map(|(id, o, l)| Ok((ChunkId::from_slice(&id)?, o as u64, l as u32)))
-            .collect()
+        chunk_entries(rows)
     }
 
     /// `(pack, size, verified_ms)`, least recently verified first.
@@ -316,13 +334,7 @@ impl Catalog {
             .query_row(
                 "SELECT name, version, retained_until_ms FROM packs WHERE name = ?1",
                 [name],
-                |r| {
-                    Ok(RetainedPack {
-                        name: r.get(0)?,
-                        version: r.get(1)?,
-                        retained_until_ms: r.get(2)?,
-                    })
-                },
+                RetainedPack::from_row,
             )
             .optional()?)
     }
@@ -341,13 +353,7 @@ impl Catalog {
         let mut out = Vec::new();
         for id in ids {
             let pack = st
-                .query_row([&id.as_bytes()[..]], |r| {
-                    Ok(RetainedPack {
-                        name: r.get(0)?,
-                        version: r.get(1)?,
-                        retained_until_ms: r.get(2)?,
-                    })
-                })
+                .query_row([&id.as_bytes()[..]], RetainedPack::from_row)
                 .optional()?;
             if let Some(p) = pack
                 && p.retained_until_ms < until_ms
