@@ -174,6 +174,20 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: IdentityCmd,
     },
+    /// Requests for destructive actions waiting for a second admin (`--require-approval`).
+    Approvals(Json),
+    /// Approve another admin's request: they may then run their command once.
+    Approve {
+        id: String,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Reject another admin's request.
+    Reject {
+        id: String,
+        #[command(flatten)]
+        json: Json,
+    },
     /// The hash-chained audit log: list it, verify it, export it.
     Audit {
         #[command(subcommand)]

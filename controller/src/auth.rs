@@ -150,6 +150,10 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.OperatorApi/Prune", ADMINS),
     ("/lifeboat.v1.OperatorApi/Gc", ADMINS),
     ("/lifeboat.v1.OperatorApi/ProtectSnapshot", ADMINS),
+    ("/lifeboat.v1.OperatorApi/ListApprovals", ADMINS),
+    // Further limited to an admin other than the requester.
+    ("/lifeboat.v1.OperatorApi/Approve", ADMINS),
+    ("/lifeboat.v1.OperatorApi/Reject", ADMINS),
 ];
 
 fn allowed(path: &str, class: Class) -> bool {

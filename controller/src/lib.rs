@@ -18,6 +18,7 @@
 //! `pub(crate)`: `ARCHITECTURE.md` maps them.
 
 pub(crate) mod agent_api;
+pub(crate) mod approvals;
 pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod backups;
@@ -132,6 +133,8 @@ pub struct Controller {
     pub workers: workers::Workers,
     /// The data directory (the state saved in the store is read from it).
     pub data_dir: PathBuf,
+    /// `--require-approval`: how long an approval request lasts (None: off).
+    pub require_approval: Option<Duration>,
 }
 
 /// The default of `--upload-quota`: bytes one backup job may upload.
@@ -168,6 +171,9 @@ pub struct ServeConfig {
     pub state_every: Option<Duration>,
     /// The off-site copy store, if any.
     pub copy: Option<CopyConfig>,
+    /// Four eyes for destruction: how long a request for a second admin's approval
+    /// lasts (None: one admin suffices).
+    pub require_approval: Option<Duration>,
 }
 
 /// `--copy-store` and its options: a second store, with credentials of its own, that
@@ -380,6 +386,7 @@ pub fn start_with_clock(
         plan_runners: Default::default(),
         workers: Default::default(),
         data_dir: cfg.data_dir.clone(),
+        require_approval: cfg.require_approval,
     });
     let ctl_has_recovery_key = ctl.recovery_recipient.is_some();
     let fixed = retention::fix_unset_locks(&ctl)?;

@@ -125,6 +125,14 @@ struct ServeArgs {
     /// How often new snapshots are copied.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     copy_every: std::time::Duration,
+    /// Four eyes: deleting a snapshot or a policy, lifting a quarantine, forcing a
+    /// quarantined restore point and revoking an admin need a second admin's approval
+    /// (`lifeboat approvals`, `lifeboat approve ID`).
+    #[arg(long)]
+    require_approval: bool,
+    /// How long an approval request (and an approval) lasts.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    approval_ttl: std::time::Duration,
 }
 
 /// How to reach an S3 store (`serve`, `recover`).
@@ -214,6 +222,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 copy_s3_ca,
                 copy_s3_profile,
                 copy_every,
+                require_approval,
+                approval_ttl,
             } = *args;
             let copy = copy_store.map(|store| lifeboat_controller::CopyConfig {
                 name: copy_name,
@@ -253,6 +263,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     store_url_ttl,
                     state_every: (!state_every.is_zero()).then_some(state_every),
                     copy,
+                    require_approval: require_approval.then_some(approval_ttl),
                 },
                 listener,
                 http,

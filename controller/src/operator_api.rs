@@ -44,6 +44,20 @@ fn identity_info(o: OperatorRow) -> pb::IdentityInfo {
     }
 }
 
+fn approval_info(a: crate::catalog::ApprovalRow) -> pb::ApprovalInfo {
+    pb::ApprovalInfo {
+        id: a.id,
+        action: a.action,
+        target: a.target,
+        requester: a.requester,
+        created_unix_ms: a.created_ms,
+        expires_unix_ms: a.expires_ms,
+        state: a.state,
+        decided_by: a.decided_by,
+        decided_unix_ms: a.decided_ms,
+    }
+}
+
 /// A snapshot as listings show it, with the copy stores that hold it whole.
 fn snapshot_info(
     catalog: &crate::catalog::Catalog,
@@ -376,6 +390,7 @@ impl OperatorApi for OperatorService {
                 )
                 .into());
             }
+            crate::approvals::gate(&self.0, &operator, "restore.force", &snap.id)?;
             self.0.audit.ok(
                 &format!("operator:{operator}"),
                 "restore.quarantined_forced",
@@ -552,6 +567,9 @@ impl OperatorApi for OperatorService {
             ))
             .into());
         }
+        if row.role == "admin" && row.revoked_ms == 0 {
+            crate::approvals::gate(&self.0, &admin, "identity.revoke_admin", &name)?;
+        }
         self.0.catalog.revoke_operator(&name, now_ms())?;
         self.0.audit.ok(
             &format!("operator:{admin}"),
@@ -593,6 +611,10 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::Empty>, Status> {
         let (admin, _) = auth::operator(&req)?;
         let snap = self.0.catalog.find_snapshot(&req.into_inner().id)?;
+        // A locked snapshot is refused before anyone is asked to approve its deletion.
+        if snap.locked_until_ms <= self.0.clock.now_ms() {
+            crate::approvals::gate(&self.0, &admin, "snapshot.delete", &snap.id)?;
+        }
         let ctl = self.0.clone();
         tokio::task::spawn_blocking(move || {
             crate::snapshots::delete(&ctl, &snap, &format!("operator:{admin}"))
@@ -600,6 +622,39 @@ impl OperatorApi for OperatorService {
         .await
         .map_err(ApiError::from)??;
         Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn list_approvals(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::ApprovalList>, Status> {
+        auth::operator(&req)?;
+        let approvals = self
+            .0
+            .catalog
+            .approvals()?
+            .into_iter()
+            .map(approval_info)
+            .collect();
+        Ok(Response::new(pb::ApprovalList { approvals }))
+    }
+
+    async fn approve(
+        &self,
+        req: Request<pb::NameRef>,
+    ) -> Result<Response<pb::ApprovalInfo>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let row = crate::approvals::decide(&self.0, &admin, &req.into_inner().name, true)?;
+        Ok(Response::new(approval_info(row)))
+    }
+
+    async fn reject(
+        &self,
+        req: Request<pb::NameRef>,
+    ) -> Result<Response<pb::ApprovalInfo>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let row = crate::approvals::decide(&self.0, &admin, &req.into_inner().name, false)?;
+        Ok(Response::new(approval_info(row)))
     }
 
     async fn lock_snapshot(
@@ -712,6 +767,12 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::Empty>, Status> {
         let (admin, _) = auth::operator(&req)?;
         let name = req.into_inner().name;
+        if crate::policy::policies(&self.0)?
+            .iter()
+            .any(|p| p.name == name)
+        {
+            crate::approvals::gate(&self.0, &admin, "policy.delete", &name)?;
+        }
         if !self.0.catalog.delete_policy(&name)? {
             return Err(ApiError::NotFound(format!(
                 "no policy {name:?}; `lifeboat policy list` shows them"
@@ -875,6 +936,18 @@ impl OperatorApi for OperatorService {
                 "denied: only an admin may lift a quarantine".into(),
             )
             .into());
+        }
+        if req.clear {
+            let target = format!(
+                "{} after {}",
+                if req.agent.is_empty() {
+                    format!("selector {:?}", req.selector)
+                } else {
+                    format!("agent {}", req.agent)
+                },
+                crate::when(req.after_unix_ms)
+            );
+            crate::approvals::gate(&self.0, &operator, "quarantine.lift", &target)?;
         }
         let changed = crate::recovery::quarantine(
             &self.0,

@@ -67,6 +67,9 @@ const ADMIN_RPCS: &[&str] = &[
     "Prune",
     "ProtectSnapshot",
     "Gc",
+    "ListApprovals",
+    "Approve",
+    "Reject",
 ];
 
 fn all_rpcs() -> Vec<&'static str> {
@@ -228,6 +231,9 @@ async fn call(channel: &Channel, rpc: &str) -> Result<(), tonic::Status> {
         "RunPlan" => op.run_plan(pb::NameRef::default()).await.map(drop),
         "GetPlan" => op.get_plan(pb::NameRef::default()).await.map(drop),
         "ListPlans" => op.list_plans(pb::Empty {}).await.map(drop),
+        "ListApprovals" => op.list_approvals(pb::Empty {}).await.map(drop),
+        "Approve" => op.approve(pb::NameRef::default()).await.map(drop),
+        "Reject" => op.reject(pb::NameRef::default()).await.map(drop),
         other => panic!("no such rpc {other}"),
     };
     match res {

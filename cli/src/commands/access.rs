@@ -1,4 +1,5 @@
-//! `lifeboat identity` and `audit`: who may act, and what was done.
+//! `lifeboat identity`, `audit` and `approvals`: who may act, what was done, and what
+//! waits for a second admin.
 
 use std::path::PathBuf;
 
@@ -19,6 +20,37 @@ pub async fn run(
     identity: Option<PathBuf>,
 ) -> Result<i32> {
     match cmd {
+        Cmd::Approvals(json) => {
+            let list = api
+                .list_approvals(pb::Empty {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .approvals;
+            output::listing(
+                json.json,
+                &list,
+                output::approval_json,
+                output::APPROVAL_HEADER,
+                output::approval_row,
+            );
+        }
+        Cmd::Approve { id, json } => {
+            let a = api
+                .approve(pb::NameRef { name: id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            decided(&a, json.json);
+        }
+        Cmd::Reject { id, json } => {
+            let a = api
+                .reject(pb::NameRef { name: id })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            decided(&a, json.json);
+        }
         Cmd::Identity { cmd } => {
             identity_cmd(api, cmd, controller.clone(), identity.clone()).await?
         }
@@ -250,4 +282,20 @@ pub fn identity_pem(identity: Option<PathBuf>, out: &std::path::Path) -> Result<
         lifeboat_core::pki::CONTROLLER_NAME
     );
     Ok(())
+}
+
+/// What `approve` and `reject` print.
+fn decided(a: &pb::ApprovalInfo, json: bool) {
+    if json {
+        out!("{}", output::approval_json(a));
+    } else {
+        out!(
+            "request {} ({} {} by {}) is {}",
+            a.id,
+            a.action,
+            a.target,
+            a.requester,
+            a.state
+        );
+    }
 }

@@ -52,9 +52,11 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             jobs::run(&mut api, c).await
         }
         Cmd::Policy { cmd } => policy::run(&mut api, cmd).await,
-        c @ (Cmd::Identity { .. } | Cmd::Audit { .. }) => {
-            access::run(&mut api, c, cli.controller, cli.identity).await
-        }
+        c @ (Cmd::Identity { .. }
+        | Cmd::Audit { .. }
+        | Cmd::Approvals(_)
+        | Cmd::Approve { .. }
+        | Cmd::Reject { .. }) => access::run(&mut api, c, cli.controller, cli.identity).await,
         Cmd::Drill { cmd } => recovery::drill(&mut api, cmd).await,
         Cmd::Drills { limit, json } => recovery::drills(&mut api, limit, json.json).await,
         Cmd::Recover { cmd } => recovery::recover(&mut api, cmd).await,

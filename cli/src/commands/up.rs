@@ -48,6 +48,7 @@ pub async fn up(
             store_url_ttl: lifeboat_controller::DEFAULT_STORE_URL_TTL,
             state_every: Some(lifeboat_controller::DEFAULT_STATE_EVERY),
             copy: None,
+            require_approval: None,
         },
         listener,
         None,

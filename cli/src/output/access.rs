@@ -136,3 +136,44 @@ pub fn audit_json(e: &pb::AuditEntry) -> serde_json::Value {
         "detail": serde_json::from_str::<serde_json::Value>(&e.detail).unwrap_or(serde_json::Value::String(e.detail.clone())),
     })
 }
+
+pub const APPROVAL_HEADER: &[&str] = &[
+    "ID",
+    "ACTION",
+    "TARGET",
+    "REQUESTER",
+    "STATE",
+    "EXPIRES",
+    "DECIDED BY",
+];
+
+pub fn approval_row(a: &pb::ApprovalInfo) -> Vec<String> {
+    vec![
+        a.id.clone(),
+        a.action.clone(),
+        a.target.clone(),
+        a.requester.clone(),
+        a.state.clone(),
+        time(a.expires_unix_ms),
+        if a.decided_by.is_empty() {
+            "-".into()
+        } else {
+            a.decided_by.clone()
+        },
+    ]
+}
+
+pub fn approval_json(a: &pb::ApprovalInfo) -> serde_json::Value {
+    serde_json::json!({
+        "id": a.id,
+        "action": a.action,
+        "target": a.target,
+        "requester": a.requester,
+        "state": a.state,
+        "created": time(a.created_unix_ms),
+        "expires": time(a.expires_unix_ms),
+        "expires_unix_ms": a.expires_unix_ms,
+        "decided_by": a.decided_by,
+        "decided": (a.decided_unix_ms != 0).then(|| time(a.decided_unix_ms)),
+    })
+}

@@ -237,4 +237,18 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (store, snapshot)
     );
     "#,
+    // 13: four eyes: requests for destructive actions a second admin approves.
+    r#"
+    CREATE TABLE approvals (
+        id         TEXT PRIMARY KEY,
+        action     TEXT NOT NULL,
+        target     TEXT NOT NULL,
+        requester  TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        expires_ms INTEGER NOT NULL,
+        state      TEXT NOT NULL,
+        decided_by TEXT NOT NULL DEFAULT '',
+        decided_ms INTEGER NOT NULL DEFAULT 0
+    );
+    "#,
 ];

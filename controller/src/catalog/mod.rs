@@ -11,6 +11,7 @@
 //! and slots), `recovery` (restore samples, drills, plans); `migrations` is the schema.
 
 mod agents;
+mod approvals;
 mod copies;
 mod jobs;
 mod migrations;
@@ -25,6 +26,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 
 pub use agents::{AgentRow, TokenCheck};
+pub use approvals::ApprovalRow;
 pub use jobs::JobRow;
 pub use recovery::{DrillRow, SampleRow};
 pub use snapshots::SnapshotRow;

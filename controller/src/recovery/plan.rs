@@ -40,6 +40,18 @@ pub fn create(
             "denied: only an admin may plan from quarantined snapshots (--force)".into(),
         ));
     }
+    if req.force {
+        let target = format!(
+            "{} before {}",
+            if req.agents.is_empty() {
+                format!("selector {:?}", req.selector)
+            } else {
+                req.agents.join(",")
+            },
+            crate::when(req.before_unix_ms)
+        );
+        crate::approvals::gate(ctl, operator, "plan.force", &target)?;
+    }
     let from = (!req.from_store.is_empty()).then_some(req.from_store.as_str());
     if let Some(store) = from
         && !ctl.store.copies().iter().any(|c| c.name == store)
