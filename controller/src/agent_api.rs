@@ -129,12 +129,13 @@ impl AgentApi for AgentService {
         &self,
         req: Request<pb::ChunkIds>,
     ) -> Result<Response<pb::ChunkIds>, Status> {
-        auth::agent(&req)?;
+        let agent = auth::agent(&req)?;
         let wanted = ids(&req.into_inner().ids)?;
         let ctl = self.0.clone();
-        let missing = tokio::task::spawn_blocking(move || ctl.store.missing(&wanted))
-            .await
-            .map_err(ApiError::from)??;
+        let missing =
+            tokio::task::spawn_blocking(move || backups::missing_for(&ctl, &agent, &wanted))
+                .await
+                .map_err(ApiError::from)??;
         Ok(Response::new(pb::ChunkIds {
             ids: missing.iter().map(|i| i.as_bytes().to_vec()).collect(),
         }))
@@ -204,14 +205,18 @@ impl AgentApi for AgentService {
                 );
                 return Err(e.into());
             }
-            let ctl = self.0.clone();
+            let (ctl, agent_id) = (self.0.clone(), agent.id.clone());
             storing = Some(tokio::task::spawn_blocking(move || {
                 let chunks = batch
                     .chunks
                     .iter()
                     .map(|c| Ok((ChunkId::from_slice(&c.id)?, &c.blob[..])))
                     .collect::<Result<Vec<_>, ApiError>>()?;
-                ctl.store.put_batch(&chunks)
+                let sum = ctl.store.put_batch(&chunks)?;
+                // Verified against their ids: the agent holds these now.
+                let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
+                ctl.catalog.own_chunks(&agent_id, &ids)?;
+                Ok(sum)
             }));
         }
         Ok(Response::new(reply))

@@ -207,3 +207,63 @@ pub fn upload_allowance(ctl: &Controller, agent: &AgentRow, job_id: &str) -> Res
         ctl.upload_quota
     })
 }
+
+/// Which of `ids` agent `agent` must upload: those the store lacks, and, unless the fleet
+/// trusts itself (`--dedup-scope fleet`), those the agent is not known to hold. So an
+/// agent learns nothing about other machines' data from the answer: a chunk held only for
+/// others is reported missing, uploaded (proving the agent has it), verified and dropped
+/// as a duplicate. Blocking.
+pub fn missing_for(
+    ctl: &Controller,
+    agent: &AgentRow,
+    ids: &[lifeboat_core::ChunkId],
+) -> Result<Vec<lifeboat_core::ChunkId>, ApiError> {
+    let mut missing = ctl.store.missing(ids)?;
+    if ctl.fleet_dedup {
+        return Ok(missing);
+    }
+    let absent: std::collections::HashSet<_> = missing.iter().copied().collect();
+    let held: Vec<_> = ids
+        .iter()
+        .filter(|i| !absent.contains(i))
+        .copied()
+        .collect();
+    missing.extend(ctl.catalog.not_owned(&agent.id, &held)?);
+    Ok(missing)
+}
+
+/// Records, once at start, the chunks each agent's snapshots reference, for a catalog
+/// made before [`missing_for`] knew who holds what (otherwise every agent would upload its
+/// whole data once more to prove it). Returns the snapshots read. Blocking.
+pub fn backfill_ownership(ctl: &Controller) -> Result<usize, ApiError> {
+    if ctl.catalog.any_owned_chunks()? {
+        return Ok(0);
+    }
+    let snaps = ctl.catalog.snapshots(None, None)?;
+    for s in &snaps {
+        let record = match ctl
+            .store
+            .read_snapshot(&s.id)
+            .and_then(|env| Ok(lifeboat_core::snapshot::Record::parse(&env.record)?))
+        {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(snapshot = %s.id, error = %e, "cannot read a snapshot to record its chunks' holder");
+                continue;
+            }
+        };
+        // A snapshot whose tree is gone (a damaged pack) holds nothing to record; `verify`
+        // names it.
+        let chunks = match crate::snapshots::referenced_chunks(ctl, &record) {
+            Ok((chunks, _)) => chunks,
+            Err(e) => {
+                tracing::warn!(snapshot = %s.id, error = %e, "cannot read a snapshot's tree to record its chunks' holder");
+                continue;
+            }
+        };
+        let mut ids: Vec<_> = chunks.into_iter().collect();
+        ids.extend(record.tree_chunks()?);
+        ctl.catalog.own_chunks(&s.agent_id, &ids)?;
+    }
+    Ok(snaps.len())
+}

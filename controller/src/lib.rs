@@ -135,6 +135,9 @@ pub struct Controller {
     pub data_dir: PathBuf,
     /// `--require-approval`: how long an approval request lasts (None: off).
     pub require_approval: Option<Duration>,
+    /// `--dedup-scope fleet`: `MissingChunks` answers for the whole store (each agent
+    /// learns what others hold), instead of for what the agent holds itself.
+    pub fleet_dedup: bool,
 }
 
 /// The default of `--upload-quota`: bytes one backup job may upload.
@@ -174,6 +177,8 @@ pub struct ServeConfig {
     /// Four eyes for destruction: how long a request for a second admin's approval
     /// lasts (None: one admin suffices).
     pub require_approval: Option<Duration>,
+    /// Deduplicate answers across the fleet (`--dedup-scope fleet`).
+    pub fleet_dedup: bool,
 }
 
 /// `--copy-store` and its options: a second store, with credentials of its own, that
@@ -387,8 +392,15 @@ pub fn start_with_clock(
         workers: Default::default(),
         data_dir: cfg.data_dir.clone(),
         require_approval: cfg.require_approval,
+        fleet_dedup: cfg.fleet_dedup,
     });
     let ctl_has_recovery_key = ctl.recovery_recipient.is_some();
+    if !ctl.fleet_dedup {
+        let read = backups::backfill_ownership(&ctl)?;
+        if read > 0 {
+            tracing::info!(snapshots = read, "recorded which agent holds which chunks");
+        }
+    }
     let fixed = retention::fix_unset_locks(&ctl)?;
     if fixed > 0 {
         tracing::info!(

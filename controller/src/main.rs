@@ -133,6 +133,12 @@ struct ServeArgs {
     /// How long an approval request (and an approval) lasts.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     approval_ttl: std::time::Duration,
+    /// Whose chunks an agent's "which of these are missing?" is answered about: `agent`
+    /// (what it uploaded or its snapshots use: no agent learns what others hold; the
+    /// first backup of data other machines also hold uploads it once more) or `fleet`
+    /// (the whole store: less upload, for a fleet that trusts itself).
+    #[arg(long, default_value = "agent", value_parser = ["agent", "fleet"])]
+    dedup_scope: String,
 }
 
 /// How to reach an S3 store (`serve`, `recover`).
@@ -224,6 +230,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 copy_every,
                 require_approval,
                 approval_ttl,
+                dedup_scope,
             } = *args;
             let copy = copy_store.map(|store| lifeboat_controller::CopyConfig {
                 name: copy_name,
@@ -264,6 +271,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     state_every: (!state_every.is_zero()).then_some(state_every),
                     copy,
                     require_approval: require_approval.then_some(approval_ttl),
+                    fleet_dedup: dedup_scope == "fleet",
                 },
                 listener,
                 http,

@@ -49,6 +49,7 @@ pub async fn up(
             state_every: Some(lifeboat_controller::DEFAULT_STATE_EVERY),
             copy: None,
             require_approval: None,
+            fleet_dedup: false,
         },
         listener,
         None,

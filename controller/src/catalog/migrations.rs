@@ -251,4 +251,13 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         decided_ms INTEGER NOT NULL DEFAULT 0
     );
     "#,
+    // 14: no dedup oracle: the chunks each agent proved it holds (uploaded them, or its
+    // own snapshots reference them). `MissingChunks` answers an agent about these only.
+    r#"
+    CREATE TABLE agent_chunks (
+        agent_id TEXT NOT NULL,
+        id       BLOB NOT NULL,
+        PRIMARY KEY (agent_id, id)
+    ) WITHOUT ROWID;
+    "#,
 ];

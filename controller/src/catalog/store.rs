@@ -373,6 +373,46 @@ impl Catalog {
         Ok(())
     }
 
+    /// Records that agent `agent_id` holds `ids` (it uploaded them, or its snapshots
+    /// reference them), in one transaction.
+    pub fn own_chunks(&self, agent_id: &str, ids: &[ChunkId]) -> Result<(), ApiError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT OR IGNORE INTO agent_chunks(agent_id, id) VALUES (?1, ?2)",
+            )?;
+            for id in ids {
+                st.execute(params![agent_id, &id.as_bytes()[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The subset of `ids` that agent `agent_id` is not known to hold.
+    pub fn not_owned(&self, agent_id: &str, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
+        let conn = self.lock();
+        let mut st =
+            conn.prepare_cached("SELECT 1 FROM agent_chunks WHERE agent_id = ?1 AND id = ?2")?;
+        let mut out = Vec::new();
+        for id in ids {
+            if !st.exists(params![agent_id, &id.as_bytes()[..]])? {
+                out.push(*id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether any agent's chunks are recorded yet.
+    pub fn any_owned_chunks(&self) -> Result<bool, ApiError> {
+        Ok(self
+            .lock()
+            .query_row("SELECT EXISTS (SELECT 1 FROM agent_chunks)", [], |r| {
+                r.get(0)
+            })?)
+    }
+
     /// The subset of `ids` that the index does not know.
     pub fn unknown_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
         let conn = self.lock();
