@@ -61,8 +61,6 @@ fn snapshot_id(fleet: &Fleet, agent: &str) -> String {
         .to_string()
 }
 
-/// Applies a policy file with `text`, or panics with the CLI's error.
-
 /// A time (Unix milliseconds) in RFC 3339, as an operator types it.
 fn rfc(unix_ms: i64) -> String {
     humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(unix_ms as u64))
