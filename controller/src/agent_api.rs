@@ -411,54 +411,21 @@ impl AgentApi for AgentService {
 }
 
 impl AgentService {
-    /// The chunks a read asks for, if a running restore job of this agent grants every
-    /// one of them (the job's snapshot); a chunk outside the grant is refused and audited.
+    /// The chunks a read asks for, and the restore job that grants them all (see
+    /// [`snapshots::granted_read`]).
     async fn granted(
         &self,
         agent: &crate::catalog::AgentRow,
         req: pb::GetChunksRequest,
-        rpc: &str,
+        rpc: &'static str,
     ) -> Result<(crate::catalog::JobRow, Vec<ChunkId>), Status> {
-        // A restore job of this agent, running now, is the grant to read chunks.
-        let job = self
-            .0
-            .catalog
-            .job(&req.job_id)?
-            .ok_or_else(|| ApiError::NotFound(format!("no job {:?}", req.job_id)))?;
-        if !snapshots::may_read(&job, agent) {
-            return Err(ApiError::PermissionDenied(
-                "reading chunks needs a running restore job of this agent".into(),
-            )
-            .into());
-        }
         let wanted = ids(&req.ids)?;
-        let grant = match self.0.jobs.grant(&job.id) {
-            Some(g) => g,
-            None => {
-                let ctl = self.0.clone();
-                let row = job.clone();
-                let g = tokio::task::spawn_blocking(move || snapshots::grant(&ctl, &row))
-                    .await
-                    .map_err(ApiError::from)??;
-                self.0.jobs.set_grant(&job.id, g.clone());
-                g
-            }
-        };
-        if let Some(outside) = wanted.iter().find(|id| !grant.contains(*id)) {
-            self.0.audit.denied(
-                &format!("agent:{}", agent.name),
-                rpc,
-                "",
-                &format!(
-                    "chunk {outside} is not part of the snapshot restore job {} grants",
-                    job.id
-                ),
-            );
-            return Err(ApiError::PermissionDenied(format!(
-                "chunk {outside} is not part of the snapshot this restore job reads"
-            ))
-            .into());
-        }
+        let (ctl, agent, asked) = (self.0.clone(), agent.clone(), wanted.clone());
+        let job = tokio::task::spawn_blocking(move || {
+            snapshots::granted_read(&ctl, &agent, &req.job_id, &asked, rpc)
+        })
+        .await
+        .map_err(ApiError::from)??;
         Ok((job, wanted))
     }
 }

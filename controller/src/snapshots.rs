@@ -345,6 +345,52 @@ pub fn may_read(job: &JobRow, agent: &AgentRow) -> bool {
     job.agent_id == agent.id && job.kind == "restore" && job.state == JobState::Running as i32
 }
 
+/// The restore job `job_id` of `agent` if it grants reading every chunk of `wanted`: it
+/// must be a running restore job of that agent, and each chunk part of the snapshot it
+/// restores (the grant is computed once per job, then kept with it). A chunk outside the
+/// grant is refused and audited as a denial of `rpc`. Blocking (the first read of a job
+/// loads its snapshot's tree).
+pub fn granted_read(
+    ctl: &Controller,
+    agent: &AgentRow,
+    job_id: &str,
+    wanted: &[ChunkId],
+    rpc: &str,
+) -> Result<JobRow, ApiError> {
+    let job = ctl
+        .catalog
+        .job(job_id)?
+        .ok_or_else(|| ApiError::NotFound(format!("no job {job_id:?}")))?;
+    if !may_read(&job, agent) {
+        return Err(ApiError::PermissionDenied(
+            "reading chunks needs a running restore job of this agent".into(),
+        ));
+    }
+    let granted = match ctl.jobs.grant(&job.id) {
+        Some(g) => g,
+        None => {
+            let g = grant(ctl, &job)?;
+            ctl.jobs.set_grant(&job.id, g.clone());
+            g
+        }
+    };
+    if let Some(outside) = wanted.iter().find(|id| !granted.contains(*id)) {
+        ctl.audit.denied(
+            &format!("agent:{}", agent.name),
+            rpc,
+            "",
+            &format!(
+                "chunk {outside} is not part of the snapshot restore job {} grants",
+                job.id
+            ),
+        );
+        return Err(ApiError::PermissionDenied(format!(
+            "chunk {outside} is not part of the snapshot this restore job reads"
+        )));
+    }
+    Ok(job)
+}
+
 /// The chunks restore job `job` may read: the tree chunks and every file chunk of the
 /// snapshot it restores.
 pub fn grant(ctl: &Controller, job: &JobRow) -> Result<Grant, ApiError> {
