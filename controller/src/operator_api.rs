@@ -1,6 +1,6 @@
 //! The operator-facing API behind the `lifeboat` CLI.
 //!
-//! One file because it is one trait impl (`OperatorApi`, 32 methods): each method
+//! One file because it is one trait impl (`OperatorApi`, 36 methods): each method
 //! authorizes (`auth::operator`), maps the request to domain types, calls the domain
 //! (`backups`, `restores`, `snapshots`, `policy`, `recovery`, `devices`, ...) and audits
 //! what an operator did. Splitting it would add a forwarding layer, not separate concepts.

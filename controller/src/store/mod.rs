@@ -23,6 +23,12 @@
 //! the store. So a pack lives as long as the last locked snapshot that needs it, and
 //! neither GC nor anyone else can delete it earlier: the catalog records each object's
 //! version and retention, and reads name the version.
+//!
+//! Copy stores (`copy.rs` fills them): a chunk or envelope the primary cannot produce is
+//! read from a copy that the catalog records as holding it.
+//!
+//! One file past 600 lines because it is one lock's worth of state: the open pack, the seals
+//! under way and the reads that must agree with both. Object backends live beside it.
 
 pub mod location;
 pub mod objects;
