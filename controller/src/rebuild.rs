@@ -67,12 +67,14 @@ fn index_store(
         // What the catalog lists and the store no longer holds went after the state was
         // saved (GC compacted a pack, a snapshot was deleted): forget it, so a relocated
         // chunk is found in its new pack.
-        let packs: std::collections::HashSet<&String> = present_packs.iter().collect();
+        let packs: std::collections::HashSet<&String> =
+            present_packs.iter().map(|(name, _)| name).collect();
         for gone in catalog.pack_names()?.iter().filter(|p| !packs.contains(p)) {
             catalog.forget_pack(gone)?;
             report.forgotten.push(format!("pack {gone}"));
         }
-        let snaps: std::collections::HashSet<&String> = present_snaps.iter().collect();
+        let snaps: std::collections::HashSet<&String> =
+            present_snaps.iter().map(|(id, _)| id).collect();
         for gone in catalog
             .snapshot_ids()?
             .iter()
@@ -82,11 +84,13 @@ fn index_store(
             report.forgotten.push(format!("snapshot {gone}"));
         }
     }
-    for name in present_packs {
+    for (name, version) in present_packs {
         if !full && catalog.retained_pack(&name)?.is_some() {
             continue;
         }
-        let file = match store.pack_file(&name) {
+        // On a versioned bucket, the version Lifeboat wrote (the oldest), whatever was
+        // written or deleted on top of it.
+        let file = match store.pack_file_at(&name, &version) {
             Ok(f) => f,
             Err(e) => {
                 report.skipped.push(format!("pack {name}: {e}"));
@@ -104,9 +108,11 @@ fn index_store(
                         size,
                         entries,
                     },
-                    // Its version and retention are not in a listing: reads take the
-                    // current version, and commits extend its retention as they need.
-                    &Default::default(),
+                    // Its retention is not in a listing: commits extend it as they need.
+                    &crate::store::objects::Stored {
+                        version,
+                        retained_until_ms: 0,
+                    },
                     now_ms(),
                 )?;
                 report.packs += 1;
@@ -138,11 +144,11 @@ fn index_store(
     } else {
         catalog.snapshot_ids()?.into_iter().collect()
     };
-    for id in present_snaps {
+    for (id, version) in present_snaps {
         if known.contains(&id) {
             continue;
         }
-        let parsed = store.read_snapshot(&id).and_then(|env| {
+        let parsed = store.read_snapshot_at(&id, &version).and_then(|env| {
             if env.id() != id {
                 return Err(ApiError::InvalidArgument(format!(
                     "snapshot file {id} holds a record with another id"
@@ -177,7 +183,9 @@ fn index_store(
                         docker: None,
                     })?;
                 }
-                catalog.insert_snapshot(&snapshots::row(&id, &record, env.received_unix_ms))?;
+                let mut row = snapshots::row(&id, &record, env.received_unix_ms);
+                row.envelope_version = version;
+                catalog.insert_snapshot(&row)?;
                 report.snapshots += 1;
             }
             Err(e) => report.skipped.push(format!("snapshot {id}: {e}")),

@@ -764,11 +764,16 @@ impl Store {
 
     /// Pack `name` as a local file, for reading it whole (scrub, compaction, rebuild).
     pub fn pack_file(&self, name: &str) -> Result<PackFile, ApiError> {
+        self.pack_file_at(name, &self.pack_version(name)?)
+    }
+
+    /// [`Store::pack_file`] of the pack's `version` (a rebuild, before the catalog knows).
+    pub fn pack_file_at(&self, name: &str, version: &str) -> Result<PackFile, ApiError> {
         let key = pack_key(name);
         if let Some(path) = self.objects.local_path(&key) {
             return Ok(PackFile { path, copy: None });
         }
-        let bytes = self.objects.get(&key, &self.pack_version(name)?)?;
+        let bytes = self.objects.get(&key, version)?;
         let path = lifeboat_core::durable::temp_path(self.objects.staging(), "read");
         std::fs::write(&path, &bytes)
             .map_err(|e| ApiError::internal(format!("writing {}: {e}", path.display())))?;
@@ -815,24 +820,32 @@ impl Store {
         self.catalog.delete_pack_row(name)
     }
 
-    /// The name of every pack in the store (a listing: never a reason to delete).
-    pub fn pack_names(&self) -> Result<Vec<String>, ApiError> {
+    /// The name of every pack in the store, with the version written (a listing: never a
+    /// reason to delete).
+    pub fn pack_names(&self) -> Result<Vec<(String, String)>, ApiError> {
         Ok(self
             .objects
             .list("packs/")?
-            .iter()
-            .filter_map(|o| objects::pack_name_of(&o.key).map(str::to_string))
+            .into_iter()
+            .filter_map(|o| Some((objects::pack_name_of(&o.key)?.to_string(), o.version)))
             .collect())
     }
 
-    /// Every snapshot envelope id in the store.
-    pub fn snapshot_ids(&self) -> Result<Vec<String>, ApiError> {
+    /// Every snapshot envelope id in the store, with the version written.
+    pub fn snapshot_ids(&self) -> Result<Vec<(String, String)>, ApiError> {
         Ok(self
             .objects
             .list("snapshots/")?
-            .iter()
-            .filter_map(|o| objects::snapshot_id_of(&o.key).map(str::to_string))
+            .into_iter()
+            .filter_map(|o| Some((objects::snapshot_id_of(&o.key)?.to_string(), o.version)))
             .collect())
+    }
+
+    /// A snapshot's envelope as stored in `version` (a rebuild, which knows it from the
+    /// listing before the catalog does).
+    pub fn read_snapshot_at(&self, id: &str, version: &str) -> Result<Envelope, ApiError> {
+        let stored = self.objects.get(&snapshot_key(id), version)?;
+        self.open_envelope(id, stored)
     }
 }
 

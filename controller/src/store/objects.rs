@@ -81,6 +81,8 @@ impl From<lifeboat_core::Error> for StoreError {
 pub struct Listed {
     pub key: String,
     pub size: u64,
+    /// The version a versioned store (Object Lock) holds as written, empty otherwise.
+    pub version: String,
 }
 
 /// An object store: the local directory or an S3 bucket. Blocking: callers are the
@@ -323,6 +325,7 @@ impl Objects for LocalDir {
                     out.push(Listed {
                         key,
                         size: meta.len(),
+                        version: String::new(),
                     });
                 }
             }

@@ -331,6 +331,62 @@ impl S3Objects {
         })
     }
 
+    /// A listing of a versioned bucket (Object Lock): every key that has a version under
+    /// `prefix`, with its **oldest** version, whatever was written or deleted on top of it
+    /// since (objects are named by their content, so the first version is the one
+    /// Lifeboat wrote; a delete marker hides a key from a plain listing, not from this).
+    fn list_versions(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        let full = self.key(prefix);
+        let mut oldest: std::collections::BTreeMap<String, Listed> = Default::default();
+        let mut marker: Option<(String, String)> = None;
+        loop {
+            let mut query = vec![("versions", ""), ("prefix", full.as_str())];
+            if let Some((k, v)) = &marker {
+                query.push(("key-marker", k.as_str()));
+                query.push(("version-id-marker", v.as_str()));
+            }
+            let url = self.signed(Method::Get, None, &query, &[], SIGNED_FOR)?;
+            let body = self.retrying(&format!("listing versions of {prefix}"), || {
+                let resp = self.send(self.http.get(url.as_str()).call())?;
+                read_body(resp, prefix, None)
+            })?;
+            let text = String::from_utf8_lossy(&body).into_owned();
+            // Versions of a key come newest first: the last one seen is the oldest.
+            for block in text.split("<Version>").skip(1) {
+                let block = block.split("</Version>").next().unwrap_or_default();
+                let (Some(key), Some(version)) =
+                    (xml_tag(block, "Key"), xml_tag(block, "VersionId"))
+                else {
+                    continue;
+                };
+                let Some(key) = key.strip_prefix(&self.prefix) else {
+                    continue;
+                };
+                let size = xml_tag(block, "Size")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                oldest.insert(
+                    key.to_string(),
+                    Listed {
+                        key: key.to_string(),
+                        size,
+                        version,
+                    },
+                );
+            }
+            let truncated = xml_tag(&text, "IsTruncated").as_deref() == Some("true");
+            match (
+                truncated,
+                xml_tag(&text, "NextKeyMarker"),
+                xml_tag(&text, "NextVersionIdMarker"),
+            ) {
+                (true, Some(k), Some(v)) => marker = Some((k, v)),
+                _ => break,
+            }
+        }
+        Ok(oldest.into_values().collect())
+    }
+
     fn head(&self, key: &str, version: &str) -> Result<Option<Head>, StoreError> {
         let query = version_query(version);
         let url = self.signed(Method::Head, Some(key), &query, &[], SIGNED_FOR)?;
@@ -552,6 +608,9 @@ impl Objects for S3Objects {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<Listed>, StoreError> {
+        if self.object_lock {
+            return self.list_versions(prefix);
+        }
         let full = self.key(prefix);
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -576,6 +635,7 @@ impl Objects for S3Objects {
                     out.push(Listed {
                         key: key.to_string(),
                         size: c.size,
+                        version: String::new(),
                     });
                 }
             }
