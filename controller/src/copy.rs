@@ -102,7 +102,8 @@ fn copy_snapshot(
     };
     // Packs the copy already holds are retained as long as this copy needs them.
     if retain > 0 {
-        for (pack, _) in ctl.catalog.packs_holding(&needed)? {
+        for pack in ctl.catalog.packs_holding(&needed)? {
+            let pack = pack.name;
             if let Some((version, held)) = ctl.catalog.copy_pack(&copy.name, &pack)?
                 && held < retain
             {
@@ -113,9 +114,10 @@ fn copy_snapshot(
         }
     }
     let missing = ctl.catalog.not_in_copy(&copy.name, &needed)?;
-    for (pack, version) in ctl.catalog.packs_holding(&missing)? {
+    for held in ctl.catalog.packs_holding(&missing)? {
+        let pack = held.name;
         let key = pack_key(&pack);
-        let bytes = primary.get(&key, &version)?;
+        let bytes = primary.get(&key, &held.version)?;
         let stored = put_verified(copy.objects.as_ref(), &key, &bytes, retain, report)?;
         lifeboat_core::crash_point("copy-after-pack");
         let entries = ctl.catalog.chunks_in_pack(&pack)?;

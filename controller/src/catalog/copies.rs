@@ -4,7 +4,7 @@ use lifeboat_core::ChunkId;
 use rusqlite::{OptionalExtension, params};
 
 use super::Catalog;
-use super::store::ChunkPlace;
+use super::store::{ChunkPlace, RetainedPack};
 use crate::error::ApiError;
 
 impl Catalog {
@@ -146,13 +146,7 @@ impl Catalog {
         let conn = self.lock();
         let mut st =
             conn.prepare_cached("SELECT 1 FROM copy_chunks WHERE store = ?1 AND id = ?2")?;
-        let mut out = Vec::new();
-        for id in ids {
-            if !st.exists(params![store, &id.as_bytes()[..]])? {
-                out.push(*id);
-            }
-        }
-        Ok(out)
+        super::store::absent(ids, |id| st.exists(params![store, &id.as_bytes()[..]]))
     }
 
     /// `(pack, version)` of every pack copied to `store`.
@@ -243,23 +237,21 @@ impl Catalog {
         Ok(())
     }
 
-    /// The primary packs that hold `ids` (name and version), each once.
-    pub fn packs_holding(&self, ids: &[ChunkId]) -> Result<Vec<(String, String)>, ApiError> {
+    /// The primary packs that hold `ids`, each once, with their version and retention.
+    pub fn packs_holding(&self, ids: &[ChunkId]) -> Result<Vec<RetainedPack>, ApiError> {
         let conn = self.lock();
         let mut st = conn.prepare_cached(
-            "SELECT p.name, p.version FROM chunks c JOIN packs p ON p.name = c.pack WHERE c.id = ?1",
+            "SELECT p.name, p.version, p.retained_until_ms FROM chunks c JOIN packs p ON p.name = c.pack WHERE c.id = ?1",
         )?;
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::new();
         for id in ids {
-            if let Some((name, version)) = st
-                .query_row([&id.as_bytes()[..]], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-                })
+            if let Some(p) = st
+                .query_row([&id.as_bytes()[..]], RetainedPack::from_row)
                 .optional()?
-                && seen.insert(name.clone())
+                && seen.insert(p.name.clone())
             {
-                out.push((name, version));
+                out.push(p);
             }
         }
         Ok(out)

@@ -28,13 +28,27 @@ pub struct RetainedPack {
 
 impl RetainedPack {
     /// From `name, version, retained_until_ms`.
-    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RetainedPack> {
+    pub(super) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RetainedPack> {
         Ok(RetainedPack {
             name: r.get(0)?,
             version: r.get(1)?,
             retained_until_ms: r.get(2)?,
         })
     }
+}
+
+/// The ids of `ids` for which `exists` says no, in order.
+pub(super) fn absent(
+    ids: &[ChunkId],
+    mut exists: impl FnMut(&ChunkId) -> rusqlite::Result<bool>,
+) -> Result<Vec<ChunkId>, ApiError> {
+    let mut out = Vec::new();
+    for id in ids {
+        if !exists(id)? {
+            out.push(*id);
+        }
+    }
+    Ok(out)
 }
 
 /// `(chunk, offset, length)` rows as the catalog stores them, typed.
@@ -339,32 +353,6 @@ impl Catalog {
             .optional()?)
     }
 
-    /// The packs holding any of `ids` that the store retains for less than `until_ms`.
-    pub fn packs_retained_before(
-        &self,
-        ids: &[ChunkId],
-        until_ms: i64,
-    ) -> Result<Vec<RetainedPack>, ApiError> {
-        let conn = self.lock();
-        let mut st = conn.prepare_cached(
-            "SELECT p.name, p.version, p.retained_until_ms FROM chunks c JOIN packs p ON p.name = c.pack WHERE c.id = ?1",
-        )?;
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::new();
-        for id in ids {
-            let pack = st
-                .query_row([&id.as_bytes()[..]], RetainedPack::from_row)
-                .optional()?;
-            if let Some(p) = pack
-                && p.retained_until_ms < until_ms
-                && seen.insert(p.name.clone())
-            {
-                out.push(p);
-            }
-        }
-        Ok(out)
-    }
-
     pub fn set_pack_retained(&self, name: &str, until_ms: i64) -> Result<(), ApiError> {
         self.lock().execute(
             "UPDATE packs SET retained_until_ms = MAX(retained_until_ms, ?2) WHERE name = ?1",
@@ -395,13 +383,7 @@ impl Catalog {
         let conn = self.lock();
         let mut st =
             conn.prepare_cached("SELECT 1 FROM agent_chunks WHERE agent_id = ?1 AND id = ?2")?;
-        let mut out = Vec::new();
-        for id in ids {
-            if !st.exists(params![agent_id, &id.as_bytes()[..]])? {
-                out.push(*id);
-            }
-        }
-        Ok(out)
+        absent(ids, |id| st.exists(params![agent_id, &id.as_bytes()[..]]))
     }
 
     /// Whether any agent's chunks are recorded yet.
@@ -417,12 +399,6 @@ impl Catalog {
     pub fn unknown_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
         let conn = self.lock();
         let mut st = conn.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
-        let mut out = Vec::new();
-        for id in ids {
-            if !st.exists([&id.as_bytes()[..]])? {
-                out.push(*id);
-            }
-        }
-        Ok(out)
+        absent(ids, |id| st.exists([&id.as_bytes()[..]]))
     }
 }

@@ -363,7 +363,8 @@ impl Store {
         if !self.objects.object_lock() || until_ms <= 0 {
             return Ok(());
         }
-        let packs = self.catalog.packs_retained_before(chunks, until_ms)?;
+        let mut packs = self.catalog.packs_holding(chunks)?;
+        packs.retain(|p| p.retained_until_ms < until_ms);
         for p in &packs {
             let held = self.objects.retain(
                 &pack_key(&p.name),

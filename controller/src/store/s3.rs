@@ -176,6 +176,11 @@ impl S3Objects {
         ))
     }
 
+    /// A GET of `version` of object `key` (empty: the current one), signed for `ttl`.
+    fn get_url(&self, key: &str, version: &str, ttl: Duration) -> Result<url::Url, StoreError> {
+        self.signed(Method::Get, Some(key), &version_query(version), &[], ttl)
+    }
+
     /// Whether the bucket was created with Object Lock.
     fn check_object_lock(&self) -> Result<bool, StoreError> {
         let url = self.signed(Method::Get, None, &[("object-lock", "")], &[], SIGNED_FOR)?;
@@ -488,13 +493,7 @@ impl Objects for S3Objects {
     }
 
     fn get(&self, key: &str, version: &str) -> Result<Vec<u8>, StoreError> {
-        let url = self.signed(
-            Method::Get,
-            Some(key),
-            &version_query(version),
-            &[],
-            SIGNED_FOR,
-        )?;
+        let url = self.get_url(key, version, SIGNED_FOR)?;
         self.retrying(&format!("reading {key}"), || {
             let resp = self.send(self.http.get(url.as_str()).call())?;
             read_body(resp, key, None)
@@ -511,13 +510,7 @@ impl Objects for S3Objects {
         if length == 0 {
             return Ok(Vec::new());
         }
-        let url = self.signed(
-            Method::Get,
-            Some(key),
-            &version_query(version),
-            &[],
-            SIGNED_FOR,
-        )?;
+        let url = self.get_url(key, version, SIGNED_FOR)?;
         let range = format!("bytes={offset}-{}", offset + length as u64 - 1);
         self.retrying(&format!("reading {key}"), || {
             let resp = self.send(self.http.get(url.as_str()).header("range", &range).call())?;
@@ -567,12 +560,6 @@ impl Objects for S3Objects {
     }
 
     fn retain(&self, key: &str, version: &str, until_ms: i64) -> Result<i64, StoreError> {
-        if !self.object_lock {
-            return Err(StoreError::Refused(format!(
-                "{}: the bucket has no Object Lock, so nothing can be retained in it",
-                self.described
-            )));
-        }
         let until = rfc3339_ceil(until_ms);
         let body = format!(
             "<Retention xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Mode>COMPLIANCE</Mode><RetainUntilDate>{until}</RetainUntilDate></Retention>"
@@ -665,9 +652,7 @@ impl Objects for S3Objects {
     }
 
     fn presign_get(&self, key: &str, version: &str, ttl: Duration) -> Option<String> {
-        self.signed(Method::Get, Some(key), &version_query(version), &[], ttl)
-            .ok()
-            .map(|u| u.to_string())
+        self.get_url(key, version, ttl).ok().map(|u| u.to_string())
     }
 }
 
