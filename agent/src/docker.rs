@@ -48,7 +48,7 @@ impl Default for DockerConfig {
 }
 
 fn err(what: &str, e: bollard::errors::Error) -> AgentError {
-    AgentError::State(format!("docker: {what}: {e}"))
+    AgentError::Docker(format!("docker: {what}: {e}"))
 }
 
 /// A container that mounts a volume.
@@ -189,7 +189,7 @@ impl Engine {
     /// The image `reference` (a tag or an id) names, with what a snapshot records.
     pub async fn image(&self, reference: &str) -> Result<ImageInfo, AgentError> {
         let i = self.docker.inspect_image(reference).await.map_err(|e| {
-            AgentError::State(format!(
+            AgentError::Docker(format!(
                 "image {reference:?} is not in this machine's Docker Engine: {e}"
             ))
         })?;
@@ -308,12 +308,12 @@ impl Engine {
             .map_err(|e| err(&format!("creating volume {name}"), e))?;
         self.volume(name)
             .await?
-            .ok_or_else(|| AgentError::State(format!("volume {name} vanished after creation")))
+            .ok_or_else(|| AgentError::Docker(format!("volume {name} vanished after creation")))
     }
 
     /// Pauses `ids`, recording them first so that a killed agent's successor unpauses them.
     pub async fn pause(&self, ids: &[String]) -> Result<Paused<'_>, AgentError> {
-        let json = serde_json::to_vec(ids).map_err(|e| AgentError::State(e.to_string()))?;
+        let json = serde_json::to_vec(ids).map_err(|e| AgentError::Docker(e.to_string()))?;
         lifeboat_core::durable::write_atomic(&self.state_dir.join(PAUSED_FILE), &json, 0o600)?;
         let guard = Paused {
             engine: self,
@@ -376,7 +376,7 @@ impl Engine {
                 .exit_code
                 .unwrap_or(-1);
             if code != 0 {
-                return Err(AgentError::State(format!(
+                return Err(AgentError::Docker(format!(
                     "{what} exited with {code}: {}",
                     tail.trim()
                 )));
@@ -385,7 +385,7 @@ impl Engine {
         };
         tokio::time::timeout(timeout, run)
             .await
-            .map_err(|_| AgentError::State(format!("{what} did not finish within {timeout:?}")))?
+            .map_err(|_| AgentError::Docker(format!("{what} did not finish within {timeout:?}")))?
     }
 
     pub async fn stop(&self, id: &str) -> Result<(), AgentError> {

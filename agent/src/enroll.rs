@@ -50,7 +50,7 @@ pub fn default_name() -> String {
 pub async fn enroll(opts: EnrollOptions) -> Result<AgentState, AgentError> {
     transport::install_crypto_provider();
     if AgentState::is_enrolled(&opts.state_dir) {
-        return Err(AgentError::State(format!(
+        return Err(AgentError::Enrollment(format!(
             "{} is already enrolled; use another --state-dir to enroll again",
             opts.state_dir.display()
         )));
@@ -76,12 +76,12 @@ pub async fn enroll(opts: EnrollOptions) -> Result<AgentState, AgentError> {
         .into_inner();
     // The CA we were handed must be the one we pinned.
     if pki::fingerprint(&resp.ca_pem)? != fingerprint {
-        return Err(AgentError::State(
+        return Err(AgentError::Enrollment(
             "the controller returned a CA that does not match --ca-fingerprint".into(),
         ));
     }
     if resp.controller_signing_key.len() != 32 {
-        return Err(AgentError::State(
+        return Err(AgentError::Enrollment(
             "the controller sent no countersigning key; upgrade the controller".into(),
         ));
     }
@@ -104,7 +104,7 @@ pub async fn enroll(opts: EnrollOptions) -> Result<AgentState, AgentError> {
         ChunkKey::from_slice(&resp.chunk_key)?,
     );
     std::fs::create_dir_all(&state.dir)
-        .map_err(|e| AgentError::State(format!("creating {}: {e}", state.dir.display())))?;
+        .map_err(|e| AgentError::Enrollment(format!("creating {}: {e}", state.dir.display())))?;
     {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(&state.dir, std::fs::Permissions::from_mode(0o700));

@@ -22,13 +22,24 @@ use lifeboat_core::snapshot::validate_name;
 
 pub use session::run;
 
-/// Agent failures, phrased for the operator.
+/// Agent failures, phrased for the operator, by where they happened.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
+    /// The agent's own identity: its state directory, credentials and enrollment.
     #[error("{0}")]
-    State(String),
+    Enrollment(String),
+    /// How the agent was started (flags, sources, restore roots).
     #[error("{0}")]
     Config(String),
+    /// Reading sources, the file cache, packing and committing a backup.
+    #[error("{0}")]
+    Backup(String),
+    /// Fetching, verifying and writing a restore, and its probe.
+    #[error("{0}")]
+    Restore(String),
+    /// The Docker Engine: images, volumes, containers paused or stopped.
+    #[error("{0}")]
+    Docker(String),
     #[error(transparent)]
     Core(#[from] lifeboat_core::Error),
     #[error("{}", chain(.0))]

@@ -167,13 +167,13 @@ impl Sandbox {
             (Sandbox::Dir(dir), _) => {
                 let dir = dir.clone();
                 tokio::task::spawn_blocking(move || match std::fs::remove_dir_all(&dir) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::State(
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::Restore(
                         format!("removing {}: {e}", dir.display()),
                     )),
                     _ => Ok(()),
                 })
                 .await
-                .unwrap_or_else(|e| Err(AgentError::State(e.to_string())))
+                .unwrap_or_else(|e| Err(AgentError::Restore(e.to_string())))
             }
             (Sandbox::Volume(v), Some(engine)) => engine.remove_volume(v).await,
             (Sandbox::ImageTag { tag, remove }, Some(engine)) => {
@@ -215,7 +215,7 @@ async fn restore_into(
     // record, that signature and key, and the receive time.
     let controller_key = hex::decode(&state.info.controller_key).unwrap_or_default();
     if controller_key.len() != 32 {
-        return Err(AgentError::State(
+        return Err(AgentError::Restore(
             "this agent was enrolled without the controller's countersigning key and cannot verify snapshots; enroll it again".into(),
         ));
     }
@@ -229,13 +229,13 @@ async fn restore_into(
     envelope
         .verify(&job.origin_public_key, &controller_key)
         .map_err(|e| {
-            AgentError::State(format!(
+            AgentError::Restore(format!(
                 "snapshot {}: {e}; refusing to restore it",
                 job.snapshot_id
             ))
         })?;
     if lifeboat_core::snapshot::snapshot_id(&job.record) != job.snapshot_id {
-        return Err(AgentError::State(format!(
+        return Err(AgentError::Restore(format!(
             "snapshot {}: the record does not have that id",
             job.snapshot_id
         )));
@@ -253,10 +253,10 @@ async fn restore_into(
         (SourceKind::Path, Sandbox::Dir(dir)) => {
             let root = dir
                 .parent()
-                .ok_or_else(|| AgentError::State("the sandbox has no parent".into()))?
+                .ok_or_else(|| AgentError::Restore("the sandbox has no parent".into()))?
                 .to_owned();
             std::fs::create_dir_all(&root)
-                .map_err(|e| AgentError::State(format!("creating {}: {e}", root.display())))?;
+                .map_err(|e| AgentError::Restore(format!("creating {}: {e}", root.display())))?;
             Destination::Dir {
                 root,
                 target: dir.clone(),
@@ -326,7 +326,7 @@ async fn restore_into(
                 Ok(restore::repair_scan(&scan_tree, &key, &fd)?)
             })
             .await
-            .map_err(|e| AgentError::State(format!("repair scan: {e}")))??
+            .map_err(|e| AgentError::Restore(format!("repair scan: {e}")))??
         }
         _ => HashSet::new(),
     };
@@ -459,7 +459,7 @@ async fn restore_into(
             .take(20)
             .map(|(p, why)| format!("{p}: {why}"))
             .collect();
-        return Err(AgentError::State(format!(
+        return Err(AgentError::Restore(format!(
             "restored {} files, but {} entries failed verification and were not written: {}",
             report.files,
             report.failed.len(),
@@ -478,7 +478,7 @@ async fn restore_into(
         result.probe_output = output.clone();
         result.probe_ms = probe_started.elapsed().as_millis() as u64;
         if code != 0 {
-            return Err(AgentError::State(format!(
+            return Err(AgentError::Restore(format!(
                 "probe failed with exit code {code}: {}",
                 output.trim()
             )));
@@ -504,7 +504,7 @@ async fn probe(cmd: &str, restored: &str, timeout: Duration) -> Result<(i32, Str
             -1,
             format!("the probe did not finish within {} s", timeout.as_secs()),
         )),
-        Ok(Err(e)) => Err(AgentError::State(format!(
+        Ok(Err(e)) => Err(AgentError::Restore(format!(
             "starting the probe {cmd:?}: {e}"
         ))),
         Ok(Ok(out)) => {

@@ -46,7 +46,7 @@ impl Shared {
         let connect = || async {
             let tls = tls
                 .clone()
-                .ok_or_else(|| AgentError::State("no session is open".into()))?;
+                .ok_or_else(|| AgentError::Rpc("no session is open".into()))?;
             Ok::<_, AgentError>(client::client(transport::connect(&self.url, tls).await?))
         };
         futures::future::join_all((0..n).map(|_| connect()))
@@ -158,7 +158,7 @@ pub async fn run(
 fn check_not_expired(state: &AgentState) -> Result<(), AgentError> {
     let not_after = state.credentials().not_after_ms()?;
     if not_after <= crate::now_ms() {
-        return Err(AgentError::State(format!(
+        return Err(AgentError::Enrollment(format!(
             "this agent's certificate expired at {} (it was offline past its renewal); enroll it again with a new token: `lifeboat token create` on an admin machine, then `lifeboat-agent enroll ... --state-dir NEW_DIR`",
             humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + Duration::from_millis(not_after.max(0) as u64)

@@ -73,12 +73,13 @@ pub struct AgentState {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, AgentError> {
-    std::fs::read(path).map_err(|e| AgentError::State(format!("reading {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| AgentError::Enrollment(format!("reading {}: {e}", path.display())))
 }
 
 fn read_string(path: &Path) -> Result<String, AgentError> {
     String::from_utf8(read(path)?)
-        .map_err(|_| AgentError::State(format!("{} is not text", path.display())))
+        .map_err(|_| AgentError::Enrollment(format!("{} is not text", path.display())))
 }
 
 impl AgentState {
@@ -88,19 +89,21 @@ impl AgentState {
 
     pub fn load(dir: &Path) -> Result<AgentState, AgentError> {
         if !Self::is_enrolled(dir) {
-            return Err(AgentError::State(format!(
+            return Err(AgentError::Enrollment(format!(
                 "{} holds no enrollment; run `lifeboat-agent enroll --state-dir {}` first",
                 dir.display(),
                 dir.display()
             )));
         }
-        let info: AgentInfo = serde_json::from_slice(&read(&dir.join("agent.json"))?)
-            .map_err(|e| AgentError::State(format!("{}: {e}", dir.join("agent.json").display())))?;
+        let info: AgentInfo =
+            serde_json::from_slice(&read(&dir.join("agent.json"))?).map_err(|e| {
+                AgentError::Enrollment(format!("{}: {e}", dir.join("agent.json").display()))
+            })?;
         let pem = dir.join("tls.pem");
         let tls = if pem.exists() {
             let both = read_string(&pem)?;
             let key_at = both.find("-----BEGIN PRIVATE KEY-----").ok_or_else(|| {
-                AgentError::State(format!("{} holds no private key", pem.display()))
+                AgentError::Enrollment(format!("{} holds no private key", pem.display()))
             })?;
             Credentials {
                 cert_pem: both[..key_at].to_string(),
@@ -164,7 +167,7 @@ impl AgentState {
     /// Writes every file; `agent.json` last, so a half-written state is never "enrolled".
     pub fn save(&self) -> Result<(), AgentError> {
         std::fs::create_dir_all(self.dir.join("cache"))
-            .map_err(|e| AgentError::State(format!("creating {}: {e}", self.dir.display())))?;
+            .map_err(|e| AgentError::Enrollment(format!("creating {}: {e}", self.dir.display())))?;
         write_atomic(&self.dir.join("ca.crt"), self.ca_pem.as_bytes(), 0o644)?;
         self.replace_credentials(self.credentials())?;
         write_atomic(&self.dir.join("signing.key"), self.signing.pkcs8(), 0o600)?;
@@ -173,8 +176,8 @@ impl AgentState {
             self.chunk_key.as_bytes(),
             0o600,
         )?;
-        let json =
-            serde_json::to_vec_pretty(&self.info).map_err(|e| AgentError::State(e.to_string()))?;
+        let json = serde_json::to_vec_pretty(&self.info)
+            .map_err(|e| AgentError::Enrollment(e.to_string()))?;
         write_atomic(&self.dir.join("agent.json"), &json, 0o600)?;
         Ok(())
     }

@@ -63,12 +63,12 @@ impl TreeSink {
             .create_new(true)
             .mode(0o600)
             .open(&path)
-            .map_err(|e| AgentError::State(format!("creating {}: {e}", path.display())))?;
+            .map_err(|e| AgentError::Backup(format!("creating {}: {e}", path.display())))?;
         let guard = TempGuard::new(path.clone());
         let mut file = BufWriter::with_capacity(SPILL_BYTES, file);
         // The header is written once the snapshot id is known (see `keep_as_cache`).
         file.write_all(&[0; HEADER_LEN as usize])
-            .map_err(|e| AgentError::State(format!("writing {}: {e}", path.display())))?;
+            .map_err(|e| AgentError::Backup(format!("writing {}: {e}", path.display())))?;
         Ok(TreeSink {
             path,
             guard,
@@ -102,14 +102,14 @@ impl TreeSink {
         self.len += bytes.len() as u64;
         self.file
             .write_all(&bytes)
-            .map_err(|e| AgentError::State(format!("writing {}: {e}", self.path.display())))
+            .map_err(|e| AgentError::Backup(format!("writing {}: {e}", self.path.display())))
     }
 
     pub fn finish(mut self) -> Result<SerializedTree, AgentError> {
         self.spill()?;
         self.file
             .flush()
-            .map_err(|e| AgentError::State(format!("writing {}: {e}", self.path.display())))?;
+            .map_err(|e| AgentError::Backup(format!("writing {}: {e}", self.path.display())))?;
         Ok(SerializedTree {
             path: self.path,
             guard: self.guard,
@@ -124,7 +124,7 @@ impl SerializedTree {
     /// The tree's bytes, from the start.
     pub fn reader(&self) -> Result<impl Read + use<>, AgentError> {
         let what =
-            |e: std::io::Error| AgentError::State(format!("reading {}: {e}", self.path.display()));
+            |e: std::io::Error| AgentError::Backup(format!("reading {}: {e}", self.path.display()));
         let mut f = File::open(&self.path).map_err(what)?;
         f.seek(SeekFrom::Start(HEADER_LEN)).map_err(what)?;
         Ok(BufReader::new(f).take(self.len))
@@ -138,9 +138,9 @@ impl SerializedTree {
         snapshot_id: &str,
     ) -> Result<(), AgentError> {
         let what =
-            |e: std::io::Error| AgentError::State(format!("writing {}: {e}", self.path.display()));
+            |e: std::io::Error| AgentError::Backup(format!("writing {}: {e}", self.path.display()));
         if snapshot_id.len() != 64 {
-            return Err(AgentError::State(format!(
+            return Err(AgentError::Backup(format!(
                 "the controller named the snapshot {snapshot_id:?}, not 64 hex digits"
             )));
         }

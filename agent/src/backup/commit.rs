@@ -59,7 +59,7 @@ pub(super) async fn commit(
             let mut lane = p.lane(0)?;
             let (ids, _, size) = p.chunk_stream(tree.reader()?, &mut lane)?;
             if size != tree.len {
-                return Err(AgentError::State(format!(
+                return Err(AgentError::Backup(format!(
                     "the tree file holds {size} bytes, {} were written",
                     tree.len
                 )));
@@ -69,7 +69,7 @@ pub(super) async fn commit(
         },
     )
     .await
-    .map_err(|e| AgentError::State(e.to_string()))??;
+    .map_err(|e| AgentError::Backup(e.to_string()))??;
     drop(pipeline);
 
     // A job's counters run across all its sources: this snapshot's share is the difference.
@@ -129,7 +129,7 @@ pub(super) async fn commit(
         let (name, id) = (source.clone(), reply.snapshot_id.clone());
         tokio::task::spawn_blocking(move || tree.keep_as_cache(&state, &name, &id))
             .await
-            .map_err(|e| AgentError::State(e.to_string()))??;
+            .map_err(|e| AgentError::Backup(e.to_string()))??;
     }
     for w in &warnings {
         tracing::warn!(%source, "not backed up: {w}");

@@ -47,7 +47,7 @@ pub async fn backup_image(
     let p = pipeline.clone();
     let read = tokio::task::spawn_blocking(move || read_archive(&p, ChannelReader::new(rx)));
     let ((), entries) = tokio::join!(pump, read);
-    let entries = entries.map_err(|e| AgentError::State(format!("image reader: {e}")))??;
+    let entries = entries.map_err(|e| AgentError::Docker(format!("image reader: {e}")))??;
     let mut root = Entry::new(Vec::new(), Kind::Dir);
     root.mode = 0o755;
     let state = ctx.state.clone();
@@ -59,7 +59,7 @@ pub async fn backup_image(
         sink.finish()
     })
     .await
-    .map_err(|e| AgentError::State(e.to_string()))??;
+    .map_err(|e| AgentError::Docker(e.to_string()))??;
     let id = info.id.clone();
     commit(
         ctx,
@@ -87,7 +87,7 @@ pub(super) fn read_archive(
     p: &Pipeline,
     reader: impl std::io::Read,
 ) -> Result<Vec<Entry>, AgentError> {
-    let bad = |what: String| AgentError::State(format!("image archive: {what}"));
+    let bad = |what: String| AgentError::Docker(format!("image archive: {what}"));
     let mut archive = tar::Archive::new(reader);
     let mut lane = p.lane(0)?;
     let mut entries: Vec<Entry> = Vec::new();
@@ -263,7 +263,7 @@ pub async fn backup_volume(
                 && let Err(e) = engine.exec(&h.container, &h.after, timeout).await
             {
                 return Err(match res {
-                    Ok(r) => AgentError::State(format!(
+                    Ok(r) => AgentError::Docker(format!(
                         "snapshot {} was committed, but the after-hook failed: {e}",
                         r.snapshot_id
                     )),

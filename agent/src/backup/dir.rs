@@ -41,7 +41,7 @@ pub(super) async fn backup_dir(
     let root_path = source.path.clone();
     let (root, mut walker) = tokio::task::spawn_blocking(move || walk::Walker::new(&root_path))
         .await
-        .map_err(|e| AgentError::State(e.to_string()))??;
+        .map_err(|e| AgentError::Backup(e.to_string()))??;
     let totals = {
         let (root, counters) = (source.path.clone(), counters.clone());
         tokio::task::spawn_blocking(move || count_totals(&root, &counters))
@@ -52,7 +52,7 @@ pub(super) async fn backup_dir(
         let (state, name) = (ctx.state.clone(), source.name.clone());
         tokio::task::spawn_blocking(move || cache::PrevTree::open(&state, &name))
             .await
-            .map_err(|e| AgentError::State(e.to_string()))?
+            .map_err(|e| AgentError::Backup(e.to_string()))?
     };
     let parent = prev.as_ref().map(|p| p.snapshot_id.clone());
     let mut sink = cache::TreeSink::create(&ctx.state, &root)?;
@@ -87,14 +87,14 @@ pub(super) async fn backup_dir(
     };
     let built = built
         .await
-        .map_err(|e| AgentError::State(format!("tree builder: {e}")));
+        .map_err(|e| AgentError::Backup(format!("tree builder: {e}")));
     // The queue is closed either way (the builder ended): the workers finish their
     // uploads and stop.
     let mut failed = None;
     for w in workers {
         let ended = w
             .await
-            .map_err(|e| AgentError::State(format!("backup worker: {e}")))?;
+            .map_err(|e| AgentError::Backup(format!("backup worker: {e}")))?;
         if let Err(e) = ended {
             failed.get_or_insert(e);
         }
@@ -107,7 +107,7 @@ pub(super) async fn backup_dir(
     warnings.extend(walk_warnings);
     let tree = tokio::task::spawn_blocking(move || sink.finish())
         .await
-        .map_err(|e| AgentError::State(e.to_string()))??;
+        .map_err(|e| AgentError::Backup(e.to_string()))??;
 
     tracing::info!(source = %source.name, files = tree.counts.files, elapsed_ms = clock.elapsed().as_millis() as u64, "files read and uploaded");
     commit(

@@ -129,7 +129,7 @@ impl Upload {
         })?;
         self.rt
             .block_on(task)
-            .map_err(|e| AgentError::State(format!("upload task: {e}")))??;
+            .map_err(|e| AgentError::Backup(format!("upload task: {e}")))??;
         Ok(())
     }
 
@@ -242,7 +242,7 @@ impl Pipeline {
         let missing: HashSet<ChunkId> = self
             .rt
             .block_on(asked.answer)
-            .map_err(|e| AgentError::State(format!("missing-chunks query: {e}")))??
+            .map_err(|e| AgentError::Backup(format!("missing-chunks query: {e}")))??
             .into_iter()
             .collect();
         for (id, data) in asked.batch {
@@ -343,7 +343,7 @@ impl Pipeline {
         let failure = match read {
             Ok(Ok(())) => return Ok(()),
             Ok(Err(e)) => e,
-            Err(_) => AgentError::State("a backup worker panicked".into()),
+            Err(_) => AgentError::Backup("a backup worker panicked".into()),
         };
         match done.send(Err(failure)) {
             Err(sync_mpsc::SendError(Err(unheard))) => Err(unheard),

@@ -72,7 +72,7 @@ pub(super) fn build_tree(
                         let path = walk::join(root, &e.path);
                         if let Some(q) = &queue {
                             q.send(ReadJob { seq: next, path }).map_err(|_| {
-                                AgentError::State("the backup workers stopped".into())
+                                AgentError::Backup("the backup workers stopped".into())
                             })?;
                         }
                         Slot::Reading(e)
@@ -97,10 +97,10 @@ pub(super) fn build_tree(
         if matches!(window.front(), Some(Slot::Reading(_))) {
             let (seq, outcome) = done
                 .recv()
-                .map_err(|_| AgentError::State("the backup workers stopped".into()))??;
+                .map_err(|_| AgentError::Backup("the backup workers stopped".into()))??;
             let slot = &mut window[seq - front];
             let Slot::Reading(e) = std::mem::replace(slot, Slot::Dropped) else {
-                return Err(AgentError::State(format!(
+                return Err(AgentError::Backup(format!(
                     "walk position {seq} was reported twice"
                 )));
             };

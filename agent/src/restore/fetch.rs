@@ -251,5 +251,5 @@ pub(crate) async fn restore_dir(
         )?)
     })
     .await
-    .map_err(|e| AgentError::State(format!("restore worker: {e}")))?
+    .map_err(|e| AgentError::Restore(format!("restore worker: {e}")))?
 }

@@ -31,7 +31,7 @@ pub async fn restore(
     let info = record
         .image
         .clone()
-        .ok_or_else(|| AgentError::State("the snapshot records no image".into()))?;
+        .ok_or_else(|| AgentError::Docker("the snapshot records no image".into()))?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let writer = tokio::task::spawn_blocking(move || -> Result<Report, AgentError> {
         let mut out = PieceWriter {
@@ -41,7 +41,7 @@ pub async fn restore(
         match write_archive(&tree, &key, &mut source, &mut out, &counters) {
             Ok(report) => {
                 out.flush()
-                    .map_err(|e| AgentError::State(format!("sending the archive: {e}")))?;
+                    .map_err(|e| AgentError::Docker(format!("sending the archive: {e}")))?;
                 Ok(report)
             }
             Err(e) => {
@@ -55,17 +55,17 @@ pub async fn restore(
     });
     let load = engine.load(tokio_stream::wrappers::ReceiverStream::new(rx));
     let (written, loaded) = tokio::join!(writer, load);
-    let report = written.map_err(|e| AgentError::State(format!("archive writer: {e}")))??;
+    let report = written.map_err(|e| AgentError::Docker(format!("archive writer: {e}")))??;
     let messages = loaded?;
     let got = engine.image(&info.id).await.map_err(|e| {
-        AgentError::State(format!(
+        AgentError::Docker(format!(
             "the Engine did not get image {} from the archive ({e}); it said: {}",
             info.id,
             messages.join("; ")
         ))
     })?;
     if got.id != info.id {
-        return Err(AgentError::State(format!(
+        return Err(AgentError::Docker(format!(
             "the Engine loaded image {} where the snapshot records {}",
             got.id, info.id
         )));
@@ -86,7 +86,7 @@ fn write_archive(
     counters: &Counters,
 ) -> Result<Report, AgentError> {
     let tar_err =
-        |path: &str, e: std::io::Error| AgentError::State(format!("archiving {path}: {e}"));
+        |path: &str, e: std::io::Error| AgentError::Docker(format!("archiving {path}: {e}"));
     let mut b = tar::Builder::new(out);
     let mut report = Report::default();
     for e in &tree.entries {
@@ -106,7 +106,7 @@ fn write_archive(
             }
             Kind::File => {
                 if key.content_hash(e.size, &e.chunks) != e.content_hash {
-                    return Err(AgentError::State(format!(
+                    return Err(AgentError::Docker(format!(
                         "{path}: its chunk list does not match its content hash"
                     )));
                 }
@@ -140,7 +140,7 @@ fn write_archive(
                 report.links += 1;
             }
             _ => {
-                return Err(AgentError::State(format!(
+                return Err(AgentError::Docker(format!(
                     "{path}: an image archive holds no device nodes, FIFOs or sockets"
                 )));
             }

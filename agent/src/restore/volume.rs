@@ -47,7 +47,7 @@ pub async fn restore(
     let parent = data
         .parent()
         .ok_or_else(|| {
-            AgentError::State(format!(
+            AgentError::Docker(format!(
                 "volume {volume}: odd mountpoint {}",
                 data.display()
             ))
@@ -74,7 +74,7 @@ pub async fn restore(
         Ok(r) if r.failed.is_empty() => r,
         Ok(r) => {
             remove_tree(&staging)?;
-            return Err(AgentError::State(format!(
+            return Err(AgentError::Docker(format!(
                 "{} entries failed verification (first: {}); volume {volume} was left untouched",
                 r.failed.len(),
                 r.failed
@@ -85,7 +85,7 @@ pub async fn restore(
         }
         Err(e) => {
             remove_tree(&staging)?;
-            return Err(AgentError::State(format!(
+            return Err(AgentError::Docker(format!(
                 "{e}; volume {volume} was left untouched"
             )));
         }
@@ -109,7 +109,7 @@ pub async fn restore(
     swapped?;
     remove_tree(&staging)?; // now the old contents
     if !start_errors.is_empty() {
-        return Err(AgentError::State(format!(
+        return Err(AgentError::Docker(format!(
             "volume {volume} restored, but containers did not start again: {}",
             start_errors.join("; ")
         )));
@@ -127,7 +127,7 @@ fn exchange(a: &Path, b: &Path) -> Result<(), AgentError> {
         rustix::fs::RenameFlags::EXCHANGE,
     )
     .map_err(|e| {
-        AgentError::State(format!(
+        AgentError::Docker(format!(
             "swapping {} with {}: {e}",
             a.display(),
             b.display()
@@ -143,6 +143,6 @@ fn remove_tree(p: &Path) -> Result<(), AgentError> {
     match std::fs::remove_dir_all(p) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(AgentError::State(format!("removing {}: {e}", p.display()))),
+        Err(e) => Err(AgentError::Docker(format!("removing {}: {e}", p.display()))),
     }
 }
