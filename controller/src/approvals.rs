@@ -11,13 +11,62 @@
 //! one.
 
 use crate::Controller;
-use crate::catalog::ApprovalRow;
-use crate::error::ApiError;
+use crate::catalog::{ApprovalRow, CatalogError};
+use crate::error::{DomainError, Kind, core_kind};
+
+/// Why an action waits for, or a decision on, an approval was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ApprovalError {
+    /// The action waits for a second admin: the one refusal every gated handler returns.
+    #[error(
+        "approval required: {action} {target} needs a second admin; request {id} waits (`lifeboat approve {id}` by another admin, then run this again) until {until}"
+    )]
+    Required {
+        action: String,
+        target: String,
+        id: String,
+        until: String,
+    },
+    #[error("no approval request {0:?}; `lifeboat approvals` lists them")]
+    NoRequest(String),
+    #[error("denied: {decider} asked for request {id}; another admin must {verb} it")]
+    OwnRequest {
+        decider: String,
+        id: String,
+        verb: &'static str,
+    },
+    #[error("request {id} is {state} already")]
+    Decided { id: String, state: String },
+    #[error("request {id} expired at {at}; the requester asks again by running the command again")]
+    Expired { id: String, at: String },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Core(#[from] lifeboat_core::Error),
+}
+
+impl DomainError for ApprovalError {
+    fn kind(&self) -> Kind {
+        use ApprovalError as E;
+        match self {
+            E::Required { .. } | E::Decided { .. } | E::Expired { .. } => Kind::FailedPrecondition,
+            E::NoRequest(_) => Kind::NotFound,
+            E::OwnRequest { .. } => Kind::PermissionDenied,
+            E::Catalog(e) => e.kind(),
+            E::Core(e) => core_kind(e),
+        }
+    }
+}
 
 /// Lets `requester` do `action` on `target` when approvals are off, or when another admin
 /// approved exactly that (the approval is used up); otherwise records (or finds) the
 /// pending request and refuses, saying who must do what.
-pub fn gate(ctl: &Controller, requester: &str, action: &str, target: &str) -> Result<(), ApiError> {
+pub fn gate(
+    ctl: &Controller,
+    requester: &str,
+    action: &str,
+    target: &str,
+) -> Result<(), ApprovalError> {
     let Some(ttl) = ctl.require_approval else {
         return Ok(());
     };
@@ -59,11 +108,12 @@ pub fn gate(ctl: &Controller, requester: &str, action: &str, target: &str) -> Re
             row
         }
     };
-    Err(ApiError::FailedPrecondition(format!(
-        "approval required: {action} {target} needs a second admin; request {id} waits (`lifeboat approve {id}` by another admin, then run this again) until {}",
-        crate::when(request.expires_ms),
-        id = request.id,
-    )))
+    Err(ApprovalError::Required {
+        action: action.to_string(),
+        target: target.to_string(),
+        until: crate::when(request.expires_ms),
+        id: request.id,
+    })
 }
 
 /// Approves (`approve`) or rejects pending request `id` as admin `decider`, who must not
@@ -73,15 +123,14 @@ pub fn decide(
     decider: &str,
     id: &str,
     approve: bool,
-) -> Result<ApprovalRow, ApiError> {
+) -> Result<ApprovalRow, ApprovalError> {
     let now = ctl.clock.now_ms();
-    let row = ctl.catalog.approval(id)?.ok_or_else(|| {
-        ApiError::NotFound(format!(
-            "no approval request {id:?}; `lifeboat approvals` lists them"
-        ))
-    })?;
+    let row = ctl
+        .catalog
+        .approval(id)?
+        .ok_or_else(|| ApprovalError::NoRequest(id.to_string()))?;
     let verb = if approve { "approve" } else { "reject" };
-    let refuse = |e: ApiError| {
+    let refuse = |e: ApprovalError| {
         ctl.audit.refused(
             &format!("operator:{decider}"),
             &format!("approval.{verb}"),
@@ -91,21 +140,23 @@ pub fn decide(
         e
     };
     if row.requester == decider {
-        return Err(refuse(ApiError::PermissionDenied(format!(
-            "denied: {decider} asked for request {id}; another admin must {verb} it"
-        ))));
+        return Err(refuse(ApprovalError::OwnRequest {
+            decider: decider.to_string(),
+            id: id.to_string(),
+            verb,
+        }));
     }
     if row.state != "pending" {
-        return Err(refuse(ApiError::FailedPrecondition(format!(
-            "request {id} is {} already",
-            row.state
-        ))));
+        return Err(refuse(ApprovalError::Decided {
+            id: id.to_string(),
+            state: row.state,
+        }));
     }
     if row.expires_ms <= now {
-        return Err(refuse(ApiError::FailedPrecondition(format!(
-            "request {id} expired at {}; the requester asks again by running the command again",
-            crate::when(row.expires_ms)
-        ))));
+        return Err(refuse(ApprovalError::Expired {
+            id: id.to_string(),
+            at: crate::when(row.expires_ms),
+        }));
     }
     let state = if approve { "approved" } else { "rejected" };
     ctl.catalog.decide_approval(id, state, decider, now)?;
@@ -117,5 +168,5 @@ pub fn decide(
     );
     ctl.catalog
         .approval(id)?
-        .ok_or_else(|| ApiError::internal("approval vanished"))
+        .ok_or_else(|| CatalogError::broken("approval vanished").into())
 }

@@ -21,6 +21,7 @@ use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::Catalog;
+use crate::catalog::CatalogError;
 use crate::error::ApiError;
 use crate::now_ms;
 
@@ -156,7 +157,7 @@ impl Audit {
         target: &str,
         outcome: &str,
         detail: serde_json::Value,
-    ) -> Result<u64, ApiError> {
+    ) -> Result<u64, CatalogError> {
         let mut conn = self.catalog.lock();
         let tx = conn.transaction()?;
         let last: Option<(i64, Vec<u8>)> = tx
@@ -276,7 +277,12 @@ impl Audit {
     }
 
     /// Entries with `seq > after_seq` and time `>= since_ms`, oldest first.
-    pub fn list(&self, since_ms: i64, after_seq: u64, limit: u32) -> Result<Vec<Entry>, ApiError> {
+    pub fn list(
+        &self,
+        since_ms: i64,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Entry>, CatalogError> {
         let conn = self.catalog.lock();
         let mut st = conn.prepare(
             "SELECT seq, ts_ms, actor, action, target, outcome, detail FROM audit WHERE seq > ?1 AND ts_ms >= ?2 ORDER BY seq LIMIT ?3",
@@ -300,15 +306,15 @@ impl Audit {
         let conn = self.catalog.lock();
         let mut st = conn.prepare(
             "SELECT seq, ts_ms, actor, action, target, outcome, detail, prev, hash FROM audit ORDER BY seq",
-        )?;
-        let mut rows = st.query([])?;
+        ).map_err(CatalogError::from)?;
+        let mut rows = st.query([]).map_err(CatalogError::from)?;
         let mut expected_seq = 1u64;
         let mut prev = [0u8; 32];
         let mut anchor_checked = false;
-        while let Some(r) = rows.next()? {
-            let e = Entry::from_row(r)?;
-            let stored_prev: Vec<u8> = r.get(7)?;
-            let stored_hash: Vec<u8> = r.get(8)?;
+        while let Some(r) = rows.next().map_err(CatalogError::from)? {
+            let e = Entry::from_row(r).map_err(CatalogError::from)?;
+            let stored_prev: Vec<u8> = r.get(7).map_err(CatalogError::from)?;
+            let stored_hash: Vec<u8> = r.get(8).map_err(CatalogError::from)?;
             let n = expected_seq - 1;
             if e.seq != expected_seq {
                 return Ok(broken(
@@ -419,11 +425,15 @@ impl Audit {
         if v.entries <= v.anchor_seq {
             return Ok(());
         }
-        let hash: Vec<u8> = self.catalog.lock().query_row(
-            "SELECT hash FROM audit WHERE seq = ?1",
-            [v.entries as i64],
-            |r| r.get(0),
-        )?;
+        let hash: Vec<u8> = self
+            .catalog
+            .lock()
+            .query_row(
+                "SELECT hash FROM audit WHERE seq = ?1",
+                [v.entries as i64],
+                |r| r.get(0),
+            )
+            .map_err(CatalogError::from)?;
         let hash = hex::encode(hash);
         let anchor = Anchor {
             seq: v.entries,

@@ -5,9 +5,79 @@
 use lifeboat_proto::pb;
 
 use crate::Controller;
-use crate::catalog::{AgentRow, JobRow};
-use crate::error::ApiError;
+use crate::catalog::{AgentRow, CatalogError, JobRow};
+use crate::error::{ApiError, DomainError, Kind, core_kind};
 use crate::policy::{self, Consistency};
+
+/// Why a backup was not started or an upload not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(
+        "agent {0} has reported no host path sources; name an image:REF or volume:NAME, or start it with --source NAME=PATH"
+    )]
+    NoHostPaths(String),
+    #[error("agent {agent} cannot back up {what}: {status}")]
+    NoDocker {
+        agent: String,
+        what: &'static str,
+        status: String,
+    },
+    #[error(
+        "agent {agent} has no {what} {name:?} (as of its inventory of {as_of}; agents report changes within 30 s); `lifeboat agents --inventory {agent}` lists them"
+    )]
+    NotInInventory {
+        agent: String,
+        what: &'static str,
+        name: String,
+        as_of: String,
+    },
+    #[error("agent {agent} has no source {name:?}; it has: {has}")]
+    NoSource {
+        agent: String,
+        name: String,
+        has: String,
+    },
+    #[error("agent {0} has nothing to back up for this request")]
+    NothingToBackUp(String),
+    #[error("agent {0} is revoked: it cannot back up")]
+    AgentRevoked(String),
+    #[error(
+        "an upload names the backup job it belongs to (request metadata {:?}); upgrade the agent",
+        lifeboat_proto::JOB_METADATA
+    )]
+    UploadWithoutJob,
+    #[error("job {job:?} is not a backup job of agent {agent}")]
+    NotItsBackup { job: String, agent: String },
+    #[error("backup job {0} is not running: uploads are taken only while their job runs")]
+    NotRunning(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A source name that does not validate.
+    #[error(transparent)]
+    Core(#[from] lifeboat_core::Error),
+    /// The store's and the policies' errors (not typed by their own domains yet).
+    #[error(transparent)]
+    Other(#[from] ApiError),
+}
+
+impl DomainError for BackupError {
+    fn kind(&self) -> Kind {
+        use BackupError as E;
+        match self {
+            E::NoHostPaths(_)
+            | E::NoDocker { .. }
+            | E::NothingToBackUp(_)
+            | E::AgentRevoked(_)
+            | E::UploadWithoutJob
+            | E::NotRunning(_) => Kind::FailedPrecondition,
+            E::NotInInventory { .. } | E::NoSource { .. } => Kind::NotFound,
+            E::NotItsBackup { .. } => Kind::PermissionDenied,
+            E::Catalog(e) => e.kind(),
+            E::Core(e) => core_kind(e),
+            E::Other(e) => e.kind(),
+        }
+    }
+}
 
 /// What an operator asked to back up: source names and the `--all-*` flags.
 #[derive(Debug, Clone, Default)]
@@ -31,28 +101,32 @@ pub struct Options {
 /// The sources a backup request names, checked against what the agent reported: host
 /// path names, `image:REF` (a tag or an id of an image in its Engine), `volume:NAME`, and
 /// `--all-images` / `--all-volumes`. No names and no flags: all its host paths.
-pub fn resolve_sources(agent: &AgentRow, req: &SourceRequest) -> Result<Vec<String>, ApiError> {
+pub fn resolve_sources(agent: &AgentRow, req: &SourceRequest) -> Result<Vec<String>, BackupError> {
     let paths: Vec<&str> = agent.sources.iter().map(|(n, _, _)| n.as_str()).collect();
     let inv = crate::restores::inventory(agent);
     let mut out: Vec<String> = Vec::new();
     if req.sources.is_empty() && !req.all_images && !req.all_volumes {
         if paths.is_empty() {
-            return Err(ApiError::FailedPrecondition(format!(
-                "agent {} has reported no host path sources; name an image:REF or volume:NAME, or start it with --source NAME=PATH",
-                agent.name
-            )));
+            return Err(BackupError::NoHostPaths(agent.name.clone()));
         }
         out.extend(paths.iter().map(|s| s.to_string()));
     }
-    let docker = |what: &str| -> Result<(), ApiError> {
+    let docker = |what: &'static str| -> Result<(), BackupError> {
         if inv.available {
             Ok(())
         } else {
-            Err(ApiError::FailedPrecondition(format!(
-                "agent {} cannot back up {what}: {}",
-                agent.name, inv.status
-            )))
+            Err(BackupError::NoDocker {
+                agent: agent.name.clone(),
+                what,
+                status: inv.status.clone(),
+            })
         }
+    };
+    let not_in_inventory = |what: &'static str, name: &str| BackupError::NotInInventory {
+        agent: agent.name.clone(),
+        what,
+        name: name.to_string(),
+        as_of: crate::when(inv.reported_unix_ms),
     };
     if req.all_images {
         docker("images")?;
@@ -63,7 +137,7 @@ pub fn resolve_sources(agent: &AgentRow, req: &SourceRequest) -> Result<Vec<Stri
         out.extend(inv.volumes.iter().map(|v| format!("volume:{}", v.name)));
     }
     for s in &req.sources {
-        lifeboat_core::snapshot::validate_source(s).map_err(ApiError::from)?;
+        lifeboat_core::snapshot::validate_source(s)?;
         if let Some(r) = s.strip_prefix("image:") {
             docker("images")?;
             let bare = r.trim_start_matches("sha256:");
@@ -73,45 +147,32 @@ pub fn resolve_sources(agent: &AgentRow, req: &SourceRequest) -> Result<Vec<Stri
                     || (bare.len() >= 12 && i.id.trim_start_matches("sha256:").starts_with(bare))
             });
             if !found {
-                return Err(ApiError::NotFound(format!(
-                    "agent {} has no image {r:?} (as of its inventory of {}; agents report changes within 30 s); `lifeboat agents --inventory {}` lists them",
-                    agent.name,
-                    crate::when(inv.reported_unix_ms),
-                    agent.name
-                )));
+                return Err(not_in_inventory("image", r));
             }
         } else if let Some(v) = s.strip_prefix("volume:") {
             docker("volumes")?;
             if !inv.volumes.iter().any(|x| x.name == v) {
-                return Err(ApiError::NotFound(format!(
-                    "agent {} has no volume {v:?} (as of its inventory of {}; agents report changes within 30 s); `lifeboat agents --inventory {}` lists them",
-                    agent.name,
-                    crate::when(inv.reported_unix_ms),
-                    agent.name
-                )));
+                return Err(not_in_inventory("volume", v));
             }
         } else if !paths.contains(&s.as_str()) {
-            return Err(ApiError::NotFound(format!(
-                "agent {} has no source {s:?}; it has: {}",
-                agent.name,
-                paths.join(", ")
-            )));
+            return Err(BackupError::NoSource {
+                agent: agent.name.clone(),
+                name: s.clone(),
+                has: paths.join(", "),
+            });
         }
         out.push(s.clone());
     }
     let mut seen = std::collections::HashSet::new();
     out.retain(|s| seen.insert(s.clone()));
     if out.is_empty() {
-        return Err(ApiError::FailedPrecondition(format!(
-            "agent {} has nothing to back up for this request",
-            agent.name
-        )));
+        return Err(BackupError::NothingToBackUp(agent.name.clone()));
     }
     Ok(out)
 }
 
 /// The chunks scrub found bad that no backup has stored again yet, for backup jobs.
-fn repair_chunks(ctl: &Controller) -> Result<Vec<Vec<u8>>, ApiError> {
+fn repair_chunks(ctl: &Controller) -> Result<Vec<Vec<u8>>, CatalogError> {
     Ok(ctl
         .catalog
         .unhealed_chunks(100_000)?
@@ -128,12 +189,9 @@ pub fn submit(
     sources: Vec<String>,
     options: Options,
     policy: &str,
-) -> Result<JobRow, ApiError> {
+) -> Result<JobRow, BackupError> {
     if agent.revoked_ms != 0 {
-        return Err(ApiError::FailedPrecondition(format!(
-            "agent {} is revoked: it cannot back up",
-            agent.name
-        )));
+        return Err(BackupError::AgentRevoked(agent.name.clone()));
     }
     let detail = if policy.is_empty() {
         format!("sources {}", sources.join(","))
@@ -141,7 +199,8 @@ pub fn submit(
         format!("policy {policy}: sources {}", sources.join(","))
     };
     let repair = repair_chunks(ctl)?;
-    ctl.jobs
+    let row = ctl
+        .jobs
         .submit(agent, "backup", detail, policy, |id| pb::Job {
             job_id: id.to_string(),
             kind: Some(pb::job::Kind::Backup(pb::BackupJob {
@@ -154,15 +213,20 @@ pub fn submit(
                 repair_chunks: repair,
                 bandwidth_bytes_per_sec: options.bandwidth,
             })),
-        })
+        })?;
+    Ok(row)
 }
 
 /// What one upload stream may store: the running backup job of `agent` it names, and how
 /// many bytes that job may upload (its policy's `upload_quota`, else the controller's
 /// `--upload-quota`). Uploads outside a running backup job of the agent are refused and
 /// audited: a compromised agent cannot fill the store outside the jobs it is given.
-pub fn upload_allowance(ctl: &Controller, agent: &AgentRow, job_id: &str) -> Result<u64, ApiError> {
-    let refuse = |e: ApiError| {
+pub fn upload_allowance(
+    ctl: &Controller,
+    agent: &AgentRow,
+    job_id: &str,
+) -> Result<u64, BackupError> {
+    let refuse = |e: BackupError| {
         ctl.audit.refused(
             &format!("agent:{}", agent.name),
             "chunks.upload",
@@ -172,26 +236,20 @@ pub fn upload_allowance(ctl: &Controller, agent: &AgentRow, job_id: &str) -> Res
         e
     };
     if job_id.is_empty() {
-        return Err(refuse(ApiError::FailedPrecondition(format!(
-            "an upload names the backup job it belongs to (request metadata {:?}); upgrade the agent",
-            lifeboat_proto::JOB_METADATA
-        ))));
+        return Err(refuse(BackupError::UploadWithoutJob));
     }
     let job = ctl
         .catalog
         .job(job_id)?
         .filter(|j| j.agent_id == agent.id && j.kind == "backup")
         .ok_or_else(|| {
-            refuse(ApiError::PermissionDenied(format!(
-                "job {job_id:?} is not a backup job of agent {}",
-                agent.name
-            )))
+            refuse(BackupError::NotItsBackup {
+                job: job_id.to_string(),
+                agent: agent.name.clone(),
+            })
         })?;
     if job.state != pb::JobState::Running as i32 {
-        return Err(refuse(ApiError::FailedPrecondition(format!(
-            "backup job {} is not running: uploads are taken only while their job runs",
-            job.id
-        ))));
+        return Err(refuse(BackupError::NotRunning(job.id.clone())));
     }
     let from_policy = if job.policy.is_empty() {
         0

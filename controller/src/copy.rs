@@ -39,8 +39,8 @@ pub fn run(ctl: &Controller) -> Result<Report, ApiError> {
         for id in ctl.catalog.not_copied(&copy.name)? {
             let snap = match ctl.catalog.find_snapshot(&id) {
                 Ok(s) => s,
-                Err(ApiError::NotFound(_)) => continue, // deleted meanwhile
-                Err(e) => return Err(e),
+                Err(crate::catalog::CatalogError::NotFound(_)) => continue, // deleted meanwhile
+                Err(e) => return Err(e.into()),
             };
             let keep_s = copy_for(ctl, &snap.agent_id, &snap.source)?;
             if keep_s == 0 {

@@ -1,7 +1,40 @@
-//! The controller's error type and its one mapping to gRPC status codes.
+//! Errors across the controller, and the one mapping to gRPC status codes.
+//!
+//! Each domain has its own error enum (`AccessError`, `ApprovalError`, `BackupError`,
+//! `CatalogError`, `RestoreError`, `SnapshotError`, `StoreError`, `TargetError`) and says,
+//! beside it, what [`Kind`] of refusal or failure each variant is ([`DomainError`]). Code
+//! not typed yet carries errors as an [`ApiError`] (a kind and a message). The gRPC edge
+//! turns one into a `tonic::Status` here, and only here: kinds become status codes, and the
+//! refusals another process acts on travel as a `pb::Refusal` in the status details.
 
 use lifeboat_proto::pb;
 use tonic::Status;
+
+/// What kind of refusal or failure an error is, whatever its domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    PermissionDenied,
+    Unauthenticated,
+    FailedPrecondition,
+    Unavailable,
+    /// A disk the controller writes to is full.
+    ResourceExhausted,
+    /// A backup job uploaded as much as its quota allows.
+    QuotaExceeded,
+    /// A caller asked too often (failed join attempts from one address).
+    RateLimited,
+    /// A commit references chunks the store does not hold.
+    MissingChunks,
+    Internal,
+}
+
+/// A domain's error enum: each variant is one [`Kind`].
+pub trait DomainError: std::error::Error {
+    fn kind(&self) -> Kind;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -31,7 +64,8 @@ pub enum ApiError {
     /// A commit references chunks the store does not hold.
     #[error("{0}")]
     MissingChunks(String),
-    #[error("internal error: {0}")]
+    /// Shown to a caller as "internal error: ..." (and logged).
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -39,50 +73,76 @@ impl ApiError {
     pub fn internal(msg: impl Into<String>) -> Self {
         ApiError::Internal(msg.into())
     }
+
+    /// An error of `kind` saying `msg`.
+    pub fn new(kind: Kind, msg: String) -> ApiError {
+        match kind {
+            Kind::InvalidArgument => ApiError::InvalidArgument(msg),
+            Kind::NotFound => ApiError::NotFound(msg),
+            Kind::AlreadyExists => ApiError::AlreadyExists(msg),
+            Kind::PermissionDenied => ApiError::PermissionDenied(msg),
+            Kind::Unauthenticated => ApiError::Unauthenticated(msg),
+            Kind::FailedPrecondition => ApiError::FailedPrecondition(msg),
+            Kind::Unavailable => ApiError::Unavailable(msg),
+            Kind::ResourceExhausted => ApiError::ResourceExhausted(msg),
+            Kind::QuotaExceeded => ApiError::QuotaExceeded(msg),
+            Kind::RateLimited => ApiError::RateLimited(msg),
+            Kind::MissingChunks => ApiError::MissingChunks(msg),
+            Kind::Internal => ApiError::Internal(msg),
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self {
+            ApiError::InvalidArgument(_) => Kind::InvalidArgument,
+            ApiError::NotFound(_) => Kind::NotFound,
+            ApiError::AlreadyExists(_) => Kind::AlreadyExists,
+            ApiError::PermissionDenied(_) => Kind::PermissionDenied,
+            ApiError::Unauthenticated(_) => Kind::Unauthenticated,
+            ApiError::FailedPrecondition(_) => Kind::FailedPrecondition,
+            ApiError::Unavailable(_) => Kind::Unavailable,
+            ApiError::ResourceExhausted(_) => Kind::ResourceExhausted,
+            ApiError::QuotaExceeded(_) => Kind::QuotaExceeded,
+            ApiError::RateLimited(_) => Kind::RateLimited,
+            ApiError::MissingChunks(_) => Kind::MissingChunks,
+            ApiError::Internal(_) => Kind::Internal,
+        }
+    }
 }
 
-impl From<rusqlite::Error> for ApiError {
-    fn from(e: rusqlite::Error) -> Self {
-        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-            return ApiError::ResourceExhausted(format!(
-                "the catalog's disk is full ({e}): free space on the controller's data directory, then try again"
-            ));
-        }
-        ApiError::Internal(format!("catalog: {e}"))
+impl<E: DomainError> From<E> for ApiError {
+    fn from(e: E) -> ApiError {
+        ApiError::new(e.kind(), e.to_string())
+    }
+}
+
+/// What kind of error a core error is where the controller meets it: bad input from a
+/// caller, a forged signature, or (anything else) our own failure.
+pub fn core_kind(e: &lifeboat_core::Error) -> Kind {
+    use lifeboat_core::Error as E;
+    if e.is_disk_full() {
+        return Kind::ResourceExhausted;
+    }
+    match e {
+        E::InvalidChunkId(_)
+        | E::ChunkMismatch { .. }
+        | E::CorruptBlob(_)
+        | E::CorruptTree(_)
+        | E::TreeMismatch
+        | E::UnsafePath { .. }
+        | E::InvalidRecord(_) => Kind::InvalidArgument,
+        E::BadSignature(_) => Kind::PermissionDenied,
+        _ => Kind::Internal,
     }
 }
 
 impl From<lifeboat_core::Error> for ApiError {
     fn from(e: lifeboat_core::Error) -> Self {
-        use lifeboat_core::Error as E;
-        if e.is_disk_full() {
-            return ApiError::ResourceExhausted(format!(
+        match core_kind(&e) {
+            Kind::ResourceExhausted => ApiError::ResourceExhausted(format!(
                 "the store is full ({e}): free space where the controller keeps its store (or let GC reclaim unreferenced packs), then back up again"
-            ));
-        }
-        match e {
-            E::InvalidChunkId(_)
-            | E::ChunkMismatch { .. }
-            | E::CorruptBlob(_)
-            | E::CorruptTree(_)
-            | E::TreeMismatch
-            | E::UnsafePath { .. }
-            | E::InvalidRecord(_) => ApiError::InvalidArgument(e.to_string()),
-            E::BadSignature(_) => ApiError::PermissionDenied(e.to_string()),
-            other => ApiError::Internal(other.to_string()),
-        }
-    }
-}
-
-impl From<crate::store::objects::StoreError> for ApiError {
-    fn from(e: crate::store::objects::StoreError) -> Self {
-        use crate::store::objects::StoreError as E;
-        match e {
-            E::NotFound { .. } => ApiError::NotFound(e.to_string()),
-            E::Full(m) => ApiError::ResourceExhausted(m),
-            E::Unavailable(m) => ApiError::Unavailable(m),
-            E::Refused(m) | E::Locked(m) => ApiError::FailedPrecondition(m),
-            E::Corrupt(m) | E::Io(m) => ApiError::Internal(m),
+            )),
+            kind => ApiError::new(kind, e.to_string()),
         }
     }
 }
@@ -137,7 +197,7 @@ impl From<ApiError> for Status {
             | ApiError::RateLimited(_)
             | ApiError::QuotaExceeded(_) => Status::resource_exhausted(msg),
             ApiError::MissingChunks(_) => Status::failed_precondition(msg),
-            ApiError::Internal(_) => Status::internal(msg),
+            ApiError::Internal(_) => Status::internal(format!("internal error: {msg}")),
         }
     }
 }

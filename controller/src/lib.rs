@@ -17,6 +17,7 @@
 //! [`policy::parse_file`] and the [`jobs::Jobs`] sessions. Every other module is
 //! `pub(crate)`: `ARCHITECTURE.md` maps them.
 
+pub(crate) mod access;
 pub(crate) mod agent_api;
 pub(crate) mod approvals;
 pub(crate) mod audit;
@@ -30,7 +31,7 @@ pub(crate) mod enroll;
 mod error;
 pub(crate) mod gc;
 pub(crate) mod http;
-pub mod jobs;
+pub(crate) mod jobs;
 pub(crate) mod operator_api;
 pub mod policy;
 pub mod rebuild;
@@ -42,6 +43,7 @@ pub(crate) mod scrub;
 pub mod setup;
 pub(crate) mod snapshots;
 pub mod state;
+mod status;
 pub mod store;
 pub(crate) mod workers;
 

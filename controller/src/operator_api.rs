@@ -6,32 +6,23 @@
 //! what an operator did. Splitting it would add a forwarding layer, not separate concepts.
 //! A method that grows a rule of its own moves the rule into its domain module.
 
-use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
 use lifeboat_core::restore::Mode;
-use lifeboat_core::snapshot::SourceKind;
 use lifeboat_proto::pb::{self, operator_api_server::OperatorApi};
 use tonic::{Request, Response, Status};
 
-use crate::auth::Role;
 use crate::backups;
 use crate::catalog::{AgentRow, OperatorRow, SnapshotRow};
-use crate::enroll::{token_hash, validate_labels};
 use crate::error::ApiError;
 use crate::jobs::Jobs;
 use crate::policy::{Applied, Consistency};
-use crate::restores::{self, Destination, RestoreError, TargetError};
-use crate::{Controller, auth, now_ms};
+use crate::restores;
+use crate::{Controller, access, auth, now_ms};
 
 pub struct OperatorService(pub Arc<Controller>);
-
-const DEFAULT_TOKEN_TTL_S: u64 = 3600;
-const MAX_TOKEN_TTL_S: u64 = 7 * 24 * 3600;
-const DEFAULT_IDENTITY_TTL_S: u64 = 90 * 24 * 3600;
-const MAX_IDENTITY_TTL_S: u64 = 400 * 24 * 3600;
 
 fn identity_info(o: OperatorRow) -> pb::IdentityInfo {
     pb::IdentityInfo {
@@ -117,20 +108,6 @@ impl OperatorService {
     }
 }
 
-/// An operator's restore target refused, worded for `lifeboat restore`.
-fn restore_target_refused(e: TargetError) -> ApiError {
-    match &e {
-        TargetError::NotNormalized { .. } => ApiError::InvalidArgument(format!("--to {e}")),
-        TargetError::OutsideRoots { .. } => {
-            ApiError::FailedPrecondition(format!("--to {e}; restore below one of them"))
-        }
-        TargetError::NoDocker { .. } => {
-            ApiError::FailedPrecondition(format!("{e}; restore it onto an agent that has one"))
-        }
-        _ => e.into(),
-    }
-}
-
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -164,57 +141,20 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::CreateTokenReply>, Status> {
         let (operator, _) = auth::operator(&req)?;
         let req = req.into_inner();
-        let labels: BTreeMap<String, String> = req.labels.into_iter().collect();
-        validate_labels(&labels)?;
-        let ttl = if req.ttl_seconds == 0 {
-            DEFAULT_TOKEN_TTL_S
-        } else {
-            req.ttl_seconds
-        };
-        if ttl > MAX_TOKEN_TTL_S {
-            return Err(ApiError::InvalidArgument("--ttl may be at most 7 days".into()).into());
-        }
-        let token = format!(
-            "lbt_{}",
-            hex::encode(lifeboat_core::sign::random_bytes::<24>().map_err(ApiError::from)?)
-        );
-        let now = now_ms();
-        let expires = now + (ttl as i64) * 1000;
-        let uses = match req.uses {
-            0 => 1,
-            n if n > 1000 => {
-                return Err(ApiError::InvalidArgument("--uses may be at most 1000".into()).into());
-            }
-            n => n,
-        };
-        if !req.device.is_empty() {
-            // Re-enrolls that one existing device, once.
-            self.0.catalog.find_agent(&req.device)?;
-            if uses != 1 {
-                return Err(ApiError::InvalidArgument(
-                    "a --device token re-enrolls one machine: --uses must be 1".into(),
-                )
-                .into());
-            }
-        }
-        self.0.catalog.insert_token(
-            &token_hash(&token),
-            &labels,
-            now,
-            expires,
-            uses,
-            &req.device,
-        )?;
-        tracing::info!(%operator, ttl_s = ttl, device = %req.device, "join token created");
-        self.0.audit.ok(
-            &format!("operator:{operator}"),
-            "token.create",
-            &token_hash(&token)[..16],
-            serde_json::json!({ "ttl_s": ttl, "labels": labels, "uses": uses, "device": req.device }),
-        );
+        let new = access::create_token(
+            &self.0,
+            &operator,
+            access::TokenRequest {
+                labels: req.labels.into_iter().collect(),
+                ttl_s: req.ttl_seconds,
+                uses: req.uses,
+                device: req.device,
+            },
+        )
+        .map_err(ApiError::from)?;
         Ok(Response::new(pb::CreateTokenReply {
-            token,
-            expires_unix_ms: expires,
+            token: new.token,
+            expires_unix_ms: new.expires_ms,
             ca_fingerprint: self.0.ca_fingerprint.clone(),
         }))
     }
@@ -374,106 +314,17 @@ impl OperatorApi for OperatorService {
         let snap = self.0.catalog.find_snapshot(&req.snapshot)?;
         let agent = self.0.catalog.find_agent(&req.agent)?;
         let mode = Mode::parse(&req.mode).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        if snap.quarantined_ms != 0 {
-            if !req.force {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "snapshot {} is quarantined (received {}, after the compromise time); restore an earlier one (`lifeboat snapshots --agent {}`), or as an admin add --force",
-                    &snap.id[..12],
-                    crate::when(snap.received_ms),
-                    snap.agent_name
-                ))
-                .into());
-            }
-            if role != auth::Role::Admin {
-                return Err(ApiError::PermissionDenied(
-                    "denied: only an admin may restore a quarantined snapshot (--force)".into(),
-                )
-                .into());
-            }
-            crate::approvals::gate(&self.0, &operator, "restore.force", &snap.id)?;
-            self.0.audit.ok(
-                &format!("operator:{operator}"),
-                "restore.quarantined_forced",
-                &snap.id,
-                serde_json::json!({ "agent": agent.name }),
-            );
-        }
-        if agent.revoked_ms != 0 {
-            return Err(ApiError::FailedPrecondition(format!(
-                "agent {} is revoked: restore onto another agent",
-                agent.name
-            ))
-            .into());
-        }
-        let kind = SourceKind::of(&snap.source);
-        let destination = match kind {
-            SourceKind::Path => Destination::Dir {
-                target: req.target.clone(),
-                mode,
-                delete_extra: req.delete_extra,
-            },
-            _ if !req.target.is_empty() => {
-                return Err(ApiError::InvalidArgument(format!(
-                    "--to is for host path snapshots; a {kind} snapshot goes back into the agent's Docker Engine{}",
-                    if kind == SourceKind::Volume { " (--volume NAME picks another volume)" } else { "" }
-                ))
-                .into());
-            }
-            _ if mode == Mode::Repair => {
-                return Err(ApiError::InvalidArgument(format!(
-                    "--mode repair is for host path snapshots; a {kind} snapshot is restored whole"
-                ))
-                .into());
-            }
-            SourceKind::Image => Destination::Image,
-            SourceKind::Volume => Destination::Volume {
-                name: if req.volume.is_empty() {
-                    snap.source.trim_start_matches("volume:").to_string()
-                } else {
-                    req.volume.clone()
-                },
-                stop_containers: req.stop_containers,
-            },
+        let ask = restores::OperatorAsk {
+            target: req.target,
+            mode,
+            delete_extra: req.delete_extra,
+            volume: req.volume,
+            stop_containers: req.stop_containers,
+            keep_privileges: req.keep_privileges,
+            force: req.force,
         };
-        let detail = match &destination {
-            Destination::Image => {
-                format!("snapshot {} ({}) into Docker", &snap.id[..12], snap.source)
-            }
-            Destination::Volume { name, .. } => {
-                format!("snapshot {} to volume {name}", &snap.id[..12])
-            }
-            _ => format!("snapshot {} to {}", &snap.id[..12], req.target),
-        };
-        let restore = match restores::job(&self.0, &snap, &agent, destination, req.keep_privileges)
-        {
-            Ok(r) => r,
-            Err(RestoreError::Target(t)) => return Err(restore_target_refused(t).into()),
-            Err(e) => {
-                // Refused at once, naming why, rather than sent to an agent that would
-                // refuse it.
-                self.0.audit.ok(
-                    &format!("operator:{operator}"),
-                    "restore.refused",
-                    &snap.id,
-                    serde_json::json!({ "reason": e.to_string() }),
-                );
-                return Err(ApiError::from(e).into());
-            }
-        };
-        let row = self
-            .0
-            .jobs
-            .submit(&agent, "restore", detail, "", |id| pb::Job {
-                job_id: id.to_string(),
-                kind: Some(pb::job::Kind::Restore(restore)),
-            })?;
-        tracing::info!(%operator, agent = %agent.name, snapshot = %snap.id, job = %row.id, "restore requested");
-        self.0.audit.ok(
-            &format!("operator:{operator}"),
-            "restore.start",
-            &snap.id,
-            serde_json::json!({ "job": row.id, "agent": agent.name, "target": req.target, "mode": mode.name(), "delete_extra": req.delete_extra, "keep_privileges": req.keep_privileges }),
-        );
+        let row = restores::for_operator(&self.0, &operator, role, &snap, &agent, ask)
+            .map_err(ApiError::from)?;
         Ok(Response::new(self.0.jobs.info(&row)?))
     }
 
@@ -483,48 +334,15 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::CreateIdentityReply>, Status> {
         let (admin, _) = auth::operator(&req)?;
         let req = req.into_inner();
-        lifeboat_core::snapshot::validate_name("identity", &req.name).map_err(ApiError::from)?;
-        let role = Role::parse(&req.role)?;
-        let ttl = match req.ttl_seconds {
-            0 => DEFAULT_IDENTITY_TTL_S,
-            n if n > MAX_IDENTITY_TTL_S => {
-                return Err(ApiError::InvalidArgument(
-                    "--valid-for may be at most 400 days".into(),
-                )
-                .into());
-            }
-            n => n,
-        };
-        if let Some(existing) = self.0.catalog.operator(&req.name)?
-            && existing.revoked_ms == 0
-            && existing.expires_ms > now_ms()
-        {
-            return Err(ApiError::AlreadyExists(format!(
-                "identity {:?} exists and is valid; revoke it first to replace it",
-                req.name
-            ))
-            .into());
-        }
-        let validity = lifeboat_core::pki::Validity::from_now(std::time::Duration::from_secs(ttl));
-        let (cert_pem, serial) = self
-            .0
-            .ca
-            .sign_csr(&req.csr_pem, &format!("operator:{}", req.name), validity)
-            .map_err(ApiError::from)?;
-        self.0.catalog.add_operator(
-            &req.name,
-            role.as_str(),
-            &serial,
-            now_ms(),
-            validity.not_after_ms(),
+        let (cert_pem, validity) = access::create_identity(
+            &self.0,
             &admin,
-        )?;
-        self.0.audit.ok(
-            &format!("operator:{admin}"),
-            "identity.create",
             &req.name,
-            serde_json::json!({ "role": role.as_str(), "serial": serial, "not_after_ms": validity.not_after_ms() }),
-        );
+            &req.role,
+            req.ttl_seconds,
+            &req.csr_pem,
+        )
+        .map_err(ApiError::from)?;
         Ok(Response::new(pb::CreateIdentityReply {
             cert_pem,
             ca_pem: self.0.ca.cert_pem.clone(),
@@ -553,31 +371,7 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::IdentityInfo>, Status> {
         let (admin, _) = auth::operator(&req)?;
         let name = req.into_inner().name;
-        let row = self.0.catalog.operator(&name)?.ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "no identity {name:?}; `lifeboat identity list` shows them"
-            ))
-        })?;
-        if row.role == "admin"
-            && row.revoked_ms == 0
-            && self.0.catalog.active_admins(now_ms())? <= 1
-        {
-            return Err(ApiError::FailedPrecondition(format!(
-                "{name:?} is the last valid admin identity; create another admin before revoking it"
-            ))
-            .into());
-        }
-        if row.role == "admin" && row.revoked_ms == 0 {
-            crate::approvals::gate(&self.0, &admin, "identity.revoke_admin", &name)?;
-        }
-        self.0.catalog.revoke_operator(&name, now_ms())?;
-        self.0.audit.ok(
-            &format!("operator:{admin}"),
-            "identity.revoke",
-            &name,
-            serde_json::json!({ "role": row.role, "serial": row.cert_serial }),
-        );
-        let row = self.0.catalog.operator(&name)?.unwrap_or(row);
+        let row = access::revoke_identity(&self.0, &admin, &name).map_err(ApiError::from)?;
         Ok(Response::new(identity_info(row)))
     }
 
@@ -1013,27 +807,36 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::PlanInfo>, Status> {
         let (operator, role) = auth::operator(&req)?;
         let req = req.into_inner();
+        let ask = crate::recovery::plan::PlanAsk {
+            agents: req.agents,
+            selector: req.selector,
+            before_ms: req.before_unix_ms,
+            concurrency: req.concurrency,
+            bandwidth: req.bandwidth_bytes_per_sec,
+            target_map: req.target_map,
+            mode: Mode::parse(&req.mode).map_err(|e| ApiError::InvalidArgument(e.to_string()))?,
+            force: req.force,
+            from_store: (!req.from_store.is_empty()).then_some(req.from_store),
+        };
         let ctl = self.0.clone();
         let plan = tokio::task::spawn_blocking(move || {
-            crate::recovery::plan::create(&ctl, &operator, role, req)
+            crate::recovery::plan::create(&ctl, &operator, role, ask)
         })
         .await
         .map_err(ApiError::from)??;
-        Ok(Response::new(plan))
+        Ok(Response::new(plan.to_wire()))
     }
 
     async fn run_plan(&self, req: Request<pb::NameRef>) -> Result<Response<pb::PlanInfo>, Status> {
         let (operator, _) = auth::operator(&req)?;
         let plan = crate::recovery::runner::start(&self.0, &operator, &req.into_inner().name)?;
-        Ok(Response::new(plan))
+        Ok(Response::new(plan.to_wire()))
     }
 
     async fn get_plan(&self, req: Request<pb::NameRef>) -> Result<Response<pb::PlanInfo>, Status> {
         auth::operator(&req)?;
-        Ok(Response::new(crate::recovery::plan::load(
-            &self.0,
-            &req.into_inner().name,
-        )?))
+        let plan = crate::recovery::plan::load(&self.0, &req.into_inner().name)?;
+        Ok(Response::new(plan.to_wire()))
     }
 
     async fn list_plans(&self, req: Request<pb::Empty>) -> Result<Response<pb::PlanList>, Status> {
@@ -1048,7 +851,7 @@ impl OperatorApi for OperatorService {
                     s.progress = None;
                 }
             }
-            plans.push(p);
+            plans.push(p.to_wire());
         }
         Ok(Response::new(pb::PlanList { plans }))
     }

@@ -12,9 +12,10 @@ use lifeboat_core::restore::Mode;
 use lifeboat_core::snapshot::SourceKind;
 use lifeboat_proto::pb;
 
-use crate::Controller;
-use crate::catalog::{AgentRow, SnapshotRow};
-use crate::error::ApiError;
+use crate::auth::Role;
+use crate::catalog::{AgentRow, JobRow, SnapshotRow};
+use crate::error::{ApiError, DomainError, Kind};
+use crate::{Controller, when};
 
 /// Where a restore puts a snapshot on the agent that runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,28 +65,84 @@ pub enum RestoreError {
     /// A signature does not verify: the snapshot is not restored, anywhere.
     #[error("snapshot {id} fails verification: {why}; it will not be restored")]
     Unverified { id: String, why: String },
+    #[error(
+        "snapshot {id} is quarantined (received {received}, after the compromise time); restore an earlier one (`lifeboat snapshots --agent {agent}`), or as an admin add --force"
+    )]
+    Quarantined {
+        id: String,
+        received: String,
+        agent: String,
+    },
+    #[error("denied: only an admin may restore a quarantined snapshot (--force)")]
+    ForceNeedsAdmin,
+    #[error("agent {0} is revoked: restore onto another agent")]
+    AgentRevoked(String),
+    #[error(
+        "--to is for host path snapshots; a {kind} snapshot goes back into the agent's Docker Engine{}",
+        volume_hint(*.kind)
+    )]
+    ToForDocker { kind: SourceKind },
+    #[error("--mode repair is for host path snapshots; a {0} snapshot is restored whole")]
+    RepairForDocker(SourceKind),
+    /// An operator's destination refused, worded for `lifeboat restore`.
+    #[error("{}", operator_words(.0))]
+    OperatorTarget(TargetError),
+    #[error(transparent)]
+    Approval(#[from] crate::approvals::ApprovalError),
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::CatalogError),
     #[error(transparent)]
     Api(#[from] ApiError),
 }
 
-impl From<RestoreError> for ApiError {
-    fn from(e: RestoreError) -> ApiError {
-        match e {
-            RestoreError::Target(t) => t.into(),
-            RestoreError::Unverified { .. } => ApiError::FailedPrecondition(e.to_string()),
-            RestoreError::Api(a) => a,
+impl DomainError for TargetError {
+    fn kind(&self) -> Kind {
+        match self {
+            TargetError::NotNormalized { .. }
+            | TargetError::BadVolumeName { .. }
+            | TargetError::WrongKind { .. } => Kind::InvalidArgument,
+            TargetError::NoRestoreRoots { .. }
+            | TargetError::OutsideRoots { .. }
+            | TargetError::NoDocker { .. }
+            | TargetError::DockerRestoreOff { .. } => Kind::FailedPrecondition,
         }
     }
 }
 
-impl From<TargetError> for ApiError {
-    fn from(e: TargetError) -> ApiError {
-        match e {
-            TargetError::NotNormalized { .. }
-            | TargetError::BadVolumeName { .. }
-            | TargetError::WrongKind { .. } => ApiError::InvalidArgument(e.to_string()),
-            _ => ApiError::FailedPrecondition(e.to_string()),
+impl DomainError for RestoreError {
+    fn kind(&self) -> Kind {
+        use RestoreError as E;
+        match self {
+            E::Target(t) => t.kind(),
+            E::OperatorTarget(TargetError::NotNormalized { .. }) => Kind::InvalidArgument,
+            E::OperatorTarget(t) => t.kind(),
+            E::ToForDocker { .. } | E::RepairForDocker(_) => Kind::InvalidArgument,
+            E::ForceNeedsAdmin => Kind::PermissionDenied,
+            E::Unverified { .. } | E::Quarantined { .. } | E::AgentRevoked(_) => {
+                Kind::FailedPrecondition
+            }
+            E::Approval(e) => e.kind(),
+            E::Catalog(e) => e.kind(),
+            E::Api(e) => e.kind(),
         }
+    }
+}
+
+fn volume_hint(kind: SourceKind) -> &'static str {
+    if kind == SourceKind::Volume {
+        " (--volume NAME picks another volume)"
+    } else {
+        ""
+    }
+}
+
+/// A refused destination as `lifeboat restore` words it: which flag, and what to do.
+fn operator_words(e: &TargetError) -> String {
+    match e {
+        TargetError::NotNormalized { .. } => format!("--to {e}"),
+        TargetError::OutsideRoots { .. } => format!("--to {e}; restore below one of them"),
+        TargetError::NoDocker { .. } => format!("{e}; restore it onto an agent that has one"),
+        _ => e.to_string(),
     }
 }
 
@@ -254,4 +311,105 @@ pub fn verified(ctl: &Controller, snap: &SnapshotRow) -> Result<pb::RestoreJob, 
         direct_from_store: ctl.store.direct_reads(),
         ..Default::default()
     })
+}
+
+/// What an operator asks of `lifeboat restore`: one snapshot onto one agent.
+pub struct OperatorAsk {
+    /// A host path snapshot's directory (`--to`); empty for images and volumes.
+    pub target: String,
+    pub mode: Mode,
+    pub delete_extra: bool,
+    /// Another volume to restore a volume snapshot into; empty for its own.
+    pub volume: String,
+    pub stop_containers: bool,
+    pub keep_privileges: bool,
+    /// Restore a quarantined snapshot anyway: admins only, approved when approvals are on.
+    pub force: bool,
+}
+
+/// Submits an operator's restore of `snap` onto `onto`, after the quarantine, the agent's
+/// standing and the destination are checked, each refusal naming what to do instead.
+/// Audited: a forced quarantined restore, a refusal after the destination was accepted
+/// (an unverifiable snapshot), and the start.
+pub fn for_operator(
+    ctl: &Controller,
+    operator: &str,
+    role: Role,
+    snap: &SnapshotRow,
+    onto: &AgentRow,
+    ask: OperatorAsk,
+) -> Result<JobRow, RestoreError> {
+    let actor = format!("operator:{operator}");
+    if snap.quarantined_ms != 0 {
+        if !ask.force {
+            return Err(RestoreError::Quarantined {
+                id: snap.id[..12].to_string(),
+                received: when(snap.received_ms),
+                agent: snap.agent_name.clone(),
+            });
+        }
+        if role != Role::Admin {
+            return Err(RestoreError::ForceNeedsAdmin);
+        }
+        crate::approvals::gate(ctl, operator, "restore.force", &snap.id)?;
+        ctl.audit.ok(
+            &actor,
+            "restore.quarantined_forced",
+            &snap.id,
+            serde_json::json!({ "agent": onto.name }),
+        );
+    }
+    if onto.revoked_ms != 0 {
+        return Err(RestoreError::AgentRevoked(onto.name.clone()));
+    }
+    let kind = SourceKind::of(&snap.source);
+    let destination = match kind {
+        SourceKind::Path => Destination::Dir {
+            target: ask.target.clone(),
+            mode: ask.mode,
+            delete_extra: ask.delete_extra,
+        },
+        _ if !ask.target.is_empty() => return Err(RestoreError::ToForDocker { kind }),
+        _ if ask.mode == Mode::Repair => return Err(RestoreError::RepairForDocker(kind)),
+        SourceKind::Image => Destination::Image,
+        SourceKind::Volume => Destination::Volume {
+            name: if ask.volume.is_empty() {
+                snap.source.trim_start_matches("volume:").to_string()
+            } else {
+                ask.volume.clone()
+            },
+            stop_containers: ask.stop_containers,
+        },
+    };
+    let detail = match &destination {
+        Destination::Image => format!("snapshot {} ({}) into Docker", &snap.id[..12], snap.source),
+        Destination::Volume { name, .. } => format!("snapshot {} to volume {name}", &snap.id[..12]),
+        _ => format!("snapshot {} to {}", &snap.id[..12], ask.target),
+    };
+    let restore = match job(ctl, snap, onto, destination, ask.keep_privileges) {
+        Ok(r) => r,
+        Err(RestoreError::Target(t)) => return Err(RestoreError::OperatorTarget(t)),
+        Err(e) => {
+            // Refused at once, naming why, rather than sent to an agent that would refuse it.
+            ctl.audit.ok(
+                &actor,
+                "restore.refused",
+                &snap.id,
+                serde_json::json!({ "reason": e.to_string() }),
+            );
+            return Err(e);
+        }
+    };
+    let row = ctl.jobs.submit(onto, "restore", detail, "", |id| pb::Job {
+        job_id: id.to_string(),
+        kind: Some(pb::job::Kind::Restore(restore)),
+    })?;
+    tracing::info!(%operator, agent = %onto.name, snapshot = %snap.id, job = %row.id, "restore requested");
+    ctl.audit.ok(
+        &actor,
+        "restore.start",
+        &snap.id,
+        serde_json::json!({ "job": row.id, "agent": onto.name, "target": ask.target, "mode": ask.mode.name(), "delete_extra": ask.delete_extra, "keep_privileges": ask.keep_privileges }),
+    );
+    Ok(row)
 }

@@ -14,9 +14,92 @@ use lifeboat_core::tree::Tree;
 use lifeboat_proto::pb::{self, JobState};
 
 use crate::Controller;
-use crate::catalog::{AgentRow, JobRow, SnapshotRow};
-use crate::error::ApiError;
+use crate::catalog::{AgentRow, CatalogError, JobRow, SnapshotRow};
+use crate::error::{ApiError, DomainError, Kind, core_kind};
 use crate::jobs::Grant;
+
+/// Why a snapshot was not committed, read, deleted or locked.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("tree chunk {0} is not in the store")]
+    TreeChunkMissing(ChunkId),
+    /// The refusal the agent and the scheduler act on (`pb::Refusal::MissingChunks`).
+    #[error(
+        "snapshot references {missing} chunks the store does not have (first: {first}): they were reclaimed (a backup paused past the GC lease) or found bad; the backup runs again and uploads them"
+    )]
+    MissingChunks { missing: usize, first: ChunkId },
+    #[error("a snapshot record must name the committing agent")]
+    NotTheAgent,
+    #[error(
+        "the snapshot record is dated {0} s in the future by the controller's clock; fix the agent's clock (NTP) and back up again"
+    )]
+    FromTheFuture(i64),
+    #[error("no job {0}")]
+    NoJob(String),
+    #[error("snapshots are committed by the agent's own backup job")]
+    NotItsJob,
+    #[error("job {job} is {state}: snapshots are committed only while their backup job runs")]
+    JobNotRunning { job: String, state: String },
+    #[error("job {job} did not ask for source {name:?} (it asked for {asked})")]
+    SourceNotAsked {
+        job: String,
+        name: String,
+        asked: String,
+    },
+    #[error(
+        "job {job} already committed snapshot {earlier} of {name:?}: one snapshot per source and job"
+    )]
+    AlreadyCommitted {
+        job: String,
+        earlier: String,
+        name: String,
+    },
+    #[error("snapshot {id} is locked until {until}: nobody can delete it before then")]
+    Locked { id: String, until: String },
+    #[error("snapshot {id} is locked until {until}: a lock can be extended, never shortened")]
+    NeverShortened { id: String, until: String },
+    #[error("{at} is in the past: give a date to lock snapshot {id} until")]
+    PastDate { at: String, id: String },
+    #[error("reading chunks needs a running restore job of this agent")]
+    NoReadGrant,
+    #[error("chunk {0} is not part of the snapshot this restore job reads")]
+    OutsideGrant(ChunkId),
+    #[error("job {0} is not a restore")]
+    NotARestore(String),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    /// A record or tree that does not parse or verify.
+    #[error(transparent)]
+    Core(#[from] lifeboat_core::Error),
+    /// The store's and retention's errors (not typed by their own domains yet).
+    #[error(transparent)]
+    Other(#[from] ApiError),
+}
+
+impl DomainError for SnapshotError {
+    fn kind(&self) -> Kind {
+        use SnapshotError as E;
+        match self {
+            E::MissingChunks { .. } => Kind::MissingChunks,
+            E::NotTheAgent
+            | E::NotItsJob
+            | E::SourceNotAsked { .. }
+            | E::AlreadyCommitted { .. }
+            | E::NoReadGrant
+            | E::OutsideGrant(_)
+            | E::NotARestore(_) => Kind::PermissionDenied,
+            E::FromTheFuture(_) | E::PastDate { .. } => Kind::InvalidArgument,
+            E::NoJob(_) => Kind::NotFound,
+            E::TreeChunkMissing(_)
+            | E::JobNotRunning { .. }
+            | E::Locked { .. }
+            | E::NeverShortened { .. } => Kind::FailedPrecondition,
+            E::Catalog(e) => e.kind(),
+            E::Core(e) => core_kind(e),
+            E::Other(e) => e.kind(),
+        }
+    }
+}
 
 /// Chunk ids per catalog query.
 const ID_BATCH: usize = 4096;
@@ -28,16 +111,14 @@ const MAX_CLOCK_SKEW_MS: i64 = lifeboat_core::pki::CLOCK_SKEW.as_millis() as i64
 
 /// Loads and parses a snapshot's tree (every tree chunk verified, then the whole against
 /// the record's size and keyed hash: `Record::read_tree`).
-pub fn load_tree(ctl: &Controller, record: &Record) -> Result<Tree, ApiError> {
+pub fn load_tree(ctl: &Controller, record: &Record) -> Result<Tree, SnapshotError> {
     let chunks = record
         .tree_chunks()?
         .into_iter()
         .map(|id| {
             ctl.store.read_chunk(&id).map_err(|e| match e {
-                ApiError::NotFound(_) => {
-                    ApiError::FailedPrecondition(format!("tree chunk {id} is not in the store"))
-                }
-                other => other,
+                ApiError::NotFound(_) => SnapshotError::TreeChunkMissing(id),
+                other => SnapshotError::Other(other),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -57,7 +138,7 @@ pub struct Incomplete {
 pub fn referenced_chunks(
     ctl: &Controller,
     record: &Record,
-) -> Result<(HashSet<ChunkId>, Option<Incomplete>), ApiError> {
+) -> Result<(HashSet<ChunkId>, Option<Incomplete>), SnapshotError> {
     let tree = load_tree(ctl, record)?;
     let chunks: HashSet<ChunkId> = tree.chunk_ids().copied().collect();
     let all: Vec<ChunkId> = chunks.iter().copied().collect();
@@ -85,13 +166,11 @@ pub fn commit(
     job_id: &str,
     raw_record: Vec<u8>,
     signature: Vec<u8>,
-) -> Result<SnapshotRow, ApiError> {
+) -> Result<SnapshotRow, SnapshotError> {
     lifeboat_core::sign::verify_record(&agent.signing_key, &raw_record, &signature)?;
     let record = Record::parse(&raw_record)?;
     if record.agent_id != agent.id || record.agent_name != agent.name {
-        return Err(ApiError::PermissionDenied(
-            "a snapshot record must name the committing agent".into(),
-        ));
+        return Err(SnapshotError::NotTheAgent);
     }
     // The agent's clock decides nothing (retention goes by receive time), but a record
     // that claims to come from the future is a lie or a broken clock: refuse it.
@@ -107,29 +186,26 @@ pub fn commit(
                 claimed - now
             ),
         );
-        return Err(ApiError::InvalidArgument(format!(
-            "the snapshot record is dated {} s in the future by the controller's clock; fix the agent's clock (NTP) and back up again",
-            (claimed - now) / 1000
-        )));
+        return Err(SnapshotError::FromTheFuture((claimed - now) / 1000));
     }
     let job = ctl
         .catalog
         .job(job_id)?
-        .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
+        .ok_or_else(|| SnapshotError::NoJob(job_id.to_string()))?;
     may_commit(ctl, agent, &job, &record)?;
     // Whole: the tree is readable and matches the record, every chunk it references is
     // indexed. Returns every chunk it needs, its tree's included.
-    let whole = |ctl: &Controller| -> Result<Vec<ChunkId>, ApiError> {
+    let whole = |ctl: &Controller| -> Result<Vec<ChunkId>, SnapshotError> {
         match referenced_chunks(ctl, &record)? {
             (chunks, None) => {
                 let mut all: Vec<ChunkId> = chunks.into_iter().collect();
                 all.extend(record.tree_chunks()?);
                 Ok(all)
             }
-            (_, Some(i)) => Err(ApiError::MissingChunks(format!(
-                "snapshot references {} chunks the store does not have (first: {}): they were reclaimed (a backup paused past the GC lease) or found bad; the backup runs again and uploads them",
-                i.missing, i.first
-            ))),
+            (_, Some(i)) => Err(SnapshotError::MissingChunks {
+                missing: i.missing,
+                first: i.first,
+            }),
         }
     };
     ctl.store.flush_for(&record.tree_chunks()?)?;
@@ -147,7 +223,12 @@ pub fn commit(
                 Ok(needed) => needed,
                 // Say why the chunks are missing when the store knows: a pack of this
                 // backup's could not be written.
-                Err(e) => return Err(ctl.store.seal_failure_since(job.started_ms).unwrap_or(e)),
+                Err(e) => {
+                    return Err(match ctl.store.seal_failure_since(job.started_ms) {
+                        Some(failure) => SnapshotError::Other(failure),
+                        None => e,
+                    });
+                }
             }
         }
     };
@@ -158,7 +239,7 @@ pub fn commit(
     let job = ctl
         .catalog
         .job(job_id)?
-        .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
+        .ok_or_else(|| SnapshotError::NoJob(job_id.to_string()))?;
     may_commit(ctl, agent, &job, &record)?;
     for id in &job.snapshot_ids {
         let earlier = ctl.catalog.find_snapshot(id)?;
@@ -167,12 +248,11 @@ pub fn commit(
                 ctl,
                 agent,
                 &job.id,
-                ApiError::PermissionDenied(format!(
-                    "job {} already committed snapshot {} of {:?}: one snapshot per source and job",
-                    job.id,
-                    &earlier.id[..12],
-                    record.source
-                )),
+                SnapshotError::AlreadyCommitted {
+                    job: job.id.clone(),
+                    earlier: earlier.id[..12].to_string(),
+                    name: record.source.clone(),
+                },
             ));
         }
     }
@@ -206,17 +286,10 @@ fn may_commit(
     agent: &AgentRow,
     job: &JobRow,
     record: &Record,
-) -> Result<(), ApiError> {
+) -> Result<(), SnapshotError> {
     use prost::Message;
     if job.agent_id != agent.id || job.kind != "backup" || record.job_id != job.id {
-        return Err(refused(
-            ctl,
-            agent,
-            &job.id,
-            ApiError::PermissionDenied(
-                "snapshots are committed by the agent's own backup job".into(),
-            ),
-        ));
+        return Err(refused(ctl, agent, &job.id, SnapshotError::NotItsJob));
     }
     if job.state != JobState::Running as i32 {
         let state = JobState::try_from(job.state).unwrap_or(JobState::Unspecified);
@@ -224,20 +297,18 @@ fn may_commit(
             ctl,
             agent,
             &job.id,
-            ApiError::FailedPrecondition(format!(
-                "job {} is {}: snapshots are committed only while their backup job runs",
-                job.id,
-                state.as_str_name().to_lowercase()
-            )),
+            SnapshotError::JobNotRunning {
+                job: job.id.clone(),
+                state: state.as_str_name().to_lowercase(),
+            },
         ));
     }
     let asked = match pb::Job::decode(job.job.as_slice()).map(|j| j.kind) {
         Ok(Some(pb::job::Kind::Backup(b))) => b.sources,
         _ => {
-            return Err(ApiError::internal(format!(
-                "stored job {} is not a backup",
-                job.id
-            )));
+            return Err(
+                CatalogError::broken(format!("stored job {} is not a backup", job.id)).into(),
+            );
         }
     };
     if !asked.contains(&record.source) {
@@ -245,19 +316,18 @@ fn may_commit(
             ctl,
             agent,
             &job.id,
-            ApiError::PermissionDenied(format!(
-                "job {} did not ask for source {:?} (it asked for {})",
-                job.id,
-                record.source,
-                asked.join(", ")
-            )),
+            SnapshotError::SourceNotAsked {
+                job: job.id.clone(),
+                name: record.source.clone(),
+                asked: asked.join(", "),
+            },
         ));
     }
     Ok(())
 }
 
 /// A commit refused: audited (`snapshot.commit`, denied, with its job), then returned.
-fn refused(ctl: &Controller, agent: &AgentRow, job_id: &str, e: ApiError) -> ApiError {
+fn refused(ctl: &Controller, agent: &AgentRow, job_id: &str, e: SnapshotError) -> SnapshotError {
     ctl.audit.refused(
         &format!("agent:{}", agent.name),
         "snapshot.commit",
@@ -269,14 +339,13 @@ fn refused(ctl: &Controller, agent: &AgentRow, job_id: &str, e: ApiError) -> Api
 
 /// Deletes snapshot `snap` for `actor` (an admin), unless it is locked: then the attempt
 /// is refused with the date it becomes possible, and audited. Blocking.
-pub fn delete(ctl: &Controller, snap: &SnapshotRow, actor: &str) -> Result<(), ApiError> {
+pub fn delete(ctl: &Controller, snap: &SnapshotRow, actor: &str) -> Result<(), SnapshotError> {
     let now = ctl.clock.now_ms();
     if snap.locked_until_ms > now {
-        let e = ApiError::FailedPrecondition(format!(
-            "snapshot {} is locked until {}: nobody can delete it before then",
-            &snap.id[..12],
-            crate::when(snap.locked_until_ms)
-        ));
+        let e = SnapshotError::Locked {
+            id: snap.id[..12].to_string(),
+            until: crate::when(snap.locked_until_ms),
+        };
         ctl.audit
             .refused(actor, "snapshot.delete", &snap.id, &e.to_string());
         return Err(e);
@@ -299,23 +368,21 @@ pub fn extend_lock(
     snap: &SnapshotRow,
     until_ms: i64,
     actor: &str,
-) -> Result<SnapshotRow, ApiError> {
+) -> Result<SnapshotRow, SnapshotError> {
     if until_ms < snap.locked_until_ms {
-        let e = ApiError::FailedPrecondition(format!(
-            "snapshot {} is locked until {}: a lock can be extended, never shortened",
-            &snap.id[..12],
-            crate::when(snap.locked_until_ms)
-        ));
+        let e = SnapshotError::NeverShortened {
+            id: snap.id[..12].to_string(),
+            until: crate::when(snap.locked_until_ms),
+        };
         ctl.audit
             .refused(actor, "snapshot.lock", &snap.id, &e.to_string());
         return Err(e);
     }
     if until_ms <= ctl.clock.now_ms() {
-        return Err(ApiError::InvalidArgument(format!(
-            "{} is in the past: give a date to lock snapshot {} until",
-            crate::when(until_ms),
-            &snap.id[..12]
-        )));
+        return Err(SnapshotError::PastDate {
+            at: crate::when(until_ms),
+            id: snap.id[..12].to_string(),
+        });
     }
     // The store first (its packs, then its envelope), so the catalog never promises a
     // lock the store does not keep.
@@ -336,7 +403,7 @@ pub fn extend_lock(
         &snap.id,
         serde_json::json!({ "agent": snap.agent_name, "source": snap.source, "from_ms": snap.locked_until_ms, "until_ms": now_until }),
     );
-    ctl.catalog.find_snapshot(&snap.id)
+    Ok(ctl.catalog.find_snapshot(&snap.id)?)
 }
 
 /// Whether `job` is a restore job of `agent` that is running now: the only grant to read
@@ -356,15 +423,13 @@ pub fn granted_read(
     job_id: &str,
     wanted: &[ChunkId],
     rpc: &str,
-) -> Result<JobRow, ApiError> {
+) -> Result<JobRow, SnapshotError> {
     let job = ctl
         .catalog
         .job(job_id)?
-        .ok_or_else(|| ApiError::NotFound(format!("no job {job_id:?}")))?;
+        .ok_or_else(|| SnapshotError::NoJob(format!("{job_id:?}")))?;
     if !may_read(&job, agent) {
-        return Err(ApiError::PermissionDenied(
-            "reading chunks needs a running restore job of this agent".into(),
-        ));
+        return Err(SnapshotError::NoReadGrant);
     }
     let granted = match ctl.jobs.grant(&job.id) {
         Some(g) => g,
@@ -384,24 +449,19 @@ pub fn granted_read(
                 job.id
             ),
         );
-        return Err(ApiError::PermissionDenied(format!(
-            "chunk {outside} is not part of the snapshot this restore job reads"
-        )));
+        return Err(SnapshotError::OutsideGrant(*outside));
     }
     Ok(job)
 }
 
 /// The chunks restore job `job` may read: the tree chunks and every file chunk of the
 /// snapshot it restores.
-pub fn grant(ctl: &Controller, job: &JobRow) -> Result<Grant, ApiError> {
+pub fn grant(ctl: &Controller, job: &JobRow) -> Result<Grant, SnapshotError> {
     use prost::Message;
     let pb_job = pb::Job::decode(job.job.as_slice())
-        .map_err(|e| ApiError::internal(format!("stored job {}: {e}", job.id)))?;
+        .map_err(|e| CatalogError::broken(format!("stored job {}: {e}", job.id)))?;
     let Some(pb::job::Kind::Restore(r)) = pb_job.kind else {
-        return Err(ApiError::PermissionDenied(format!(
-            "job {} is not a restore",
-            job.id
-        )));
+        return Err(SnapshotError::NotARestore(job.id.clone()));
     };
     let record = Record::parse(&r.record)?;
     let mut ids: HashSet<ChunkId> = record.tree_chunks()?.into_iter().collect();

@@ -1334,7 +1334,7 @@ async fn a_flood_of_anonymous_denials_hides_no_identity_denial() {
             .await
             .expect_err("a guessed token enrolled");
         // Past ten failures a minute the address is refused without its token being
-        // checked (`enroll::FAILED_JOINS_PER_MINUTE`, issue 19).
+        // checked (`access::FAILED_JOINS_PER_MINUTE`, issue 19).
         let expected = if i < 10 {
             tonic::Code::Unauthenticated
         } else {

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, Row, params};
 
+use super::CatalogError;
 use super::{Catalog, json};
-use crate::error::ApiError;
 
 #[derive(Debug, Clone)]
 pub struct AgentRow {
@@ -75,7 +75,7 @@ impl Catalog {
         expires_ms: i64,
         uses: u32,
         device: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         self.lock().execute(
             "INSERT INTO tokens(hash, labels, created_ms, expires_ms, uses, device) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![hash, json(labels), now_ms, expires_ms, uses, device],
@@ -85,7 +85,7 @@ impl Catalog {
 
     /// Uses a token once, if it exists, has not expired and has uses left.
     /// What a join token is worth now, without using it.
-    pub fn check_token(&self, hash: &str, now_ms: i64) -> Result<TokenCheck, ApiError> {
+    pub fn check_token(&self, hash: &str, now_ms: i64) -> Result<TokenCheck, CatalogError> {
         let conn = self.lock();
         let row: Option<(String, i64, i64, i64, String)> = conn
             .query_row(
@@ -113,7 +113,7 @@ impl Catalog {
     /// transaction: a token is spent only by an enrollment that happened. Fails with
     /// AlreadyExists for a name that is taken; a token spent or expired meanwhile (a race)
     /// is PermissionDenied.
-    pub fn enroll_agent(&self, hash: &str, now_ms: i64, a: &AgentRow) -> Result<(), ApiError> {
+    pub fn enroll_agent(&self, hash: &str, now_ms: i64, a: &AgentRow) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         spend_token(&tx, hash, now_ms, &a.id)?;
@@ -125,7 +125,12 @@ impl Catalog {
     /// Uses the re-enrollment token `hash` and gives existing agent `a.id` its new keys
     /// and certificate (and lifts a revocation: an admin issued the token for this
     /// device), in one transaction. Its id, name and history stay.
-    pub fn reenroll_agent(&self, hash: &str, now_ms: i64, a: &AgentRow) -> Result<(), ApiError> {
+    pub fn reenroll_agent(
+        &self,
+        hash: &str,
+        now_ms: i64,
+        a: &AgentRow,
+    ) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         spend_token(&tx, hash, now_ms, &a.id)?;
@@ -139,11 +144,11 @@ impl Catalog {
 
     // ---- agents ----
 
-    pub fn insert_agent(&self, a: &AgentRow) -> Result<(), ApiError> {
+    pub fn insert_agent(&self, a: &AgentRow) -> Result<(), CatalogError> {
         insert_agent(&self.lock(), a)
     }
 
-    pub fn agent(&self, id: &str) -> Result<Option<AgentRow>, ApiError> {
+    pub fn agent(&self, id: &str) -> Result<Option<AgentRow>, CatalogError> {
         Ok(self
             .lock()
             .query_row(
@@ -155,7 +160,7 @@ impl Catalog {
     }
 
     /// Finds an agent by exact name or id.
-    pub fn find_agent(&self, name_or_id: &str) -> Result<AgentRow, ApiError> {
+    pub fn find_agent(&self, name_or_id: &str) -> Result<AgentRow, CatalogError> {
         self.lock()
             .query_row(
                 &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1 OR id = ?1"),
@@ -164,13 +169,13 @@ impl Catalog {
             )
             .optional()?
             .ok_or_else(|| {
-                ApiError::NotFound(format!(
+                CatalogError::NotFound(format!(
                     "no agent named {name_or_id:?}; `lifeboat agents` lists them"
                 ))
             })
     }
 
-    pub fn agents(&self) -> Result<Vec<AgentRow>, ApiError> {
+    pub fn agents(&self) -> Result<Vec<AgentRow>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?;
         let rows = st
@@ -187,7 +192,7 @@ impl Catalog {
         sources: &[(String, String, String)],
         roots: &[String],
         now_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         self.lock().execute(
             "UPDATE agents SET hostname = ?2, version = ?3, sources = ?4, restore_roots = ?5, last_seen_ms = ?6 WHERE id = ?1",
             params![id, hostname, version, json(&sources), json(&roots), now_ms],
@@ -196,7 +201,7 @@ impl Catalog {
     }
 
     /// Stores the agent's Docker inventory as it reported it.
-    pub fn update_agent_docker(&self, id: &str, inventory: &[u8]) -> Result<(), ApiError> {
+    pub fn update_agent_docker(&self, id: &str, inventory: &[u8]) -> Result<(), CatalogError> {
         self.lock().execute(
             "UPDATE agents SET docker = ?2 WHERE id = ?1",
             params![id, inventory],
@@ -205,7 +210,7 @@ impl Catalog {
     }
 
     /// Marks an agent revoked; returns false if it already was.
-    pub fn revoke_agent(&self, id: &str, now_ms: i64) -> Result<bool, ApiError> {
+    pub fn revoke_agent(&self, id: &str, now_ms: i64) -> Result<bool, CatalogError> {
         Ok(self.lock().execute(
             "UPDATE agents SET revoked_ms = ?2, prev_serial = '' WHERE id = ?1 AND revoked_ms = 0",
             params![id, now_ms],
@@ -219,31 +224,31 @@ impl Catalog {
         old_serial: &str,
         new_serial: &str,
         expires_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         let n = self.lock().execute(
             "UPDATE agents SET prev_serial = ?2, cert_serial = ?3, cert_expires_ms = ?4 WHERE id = ?1 AND revoked_ms = 0",
             params![id, old_serial, new_serial, expires_ms],
         )?;
         if n != 1 {
-            return Err(ApiError::PermissionDenied(format!("agent {id} is revoked")));
+            return Err(CatalogError::Revoked(format!("agent {id} is revoked")));
         }
         Ok(())
     }
 
     /// The agent presented its current certificate: the previous one is retired.
-    pub fn retire_prev_serial(&self, id: &str) -> Result<(), ApiError> {
+    pub fn retire_prev_serial(&self, id: &str) -> Result<(), CatalogError> {
         self.lock()
             .execute("UPDATE agents SET prev_serial = '' WHERE id = ?1", [id])?;
         Ok(())
     }
 
-    pub fn touch_agent(&self, id: &str, now_ms: i64) -> Result<(), ApiError> {
+    pub fn touch_agent(&self, id: &str, now_ms: i64) -> Result<(), CatalogError> {
         self.touch_agents(&[(id.to_string(), now_ms)])
     }
 
     /// Records when each agent was last heard from, all in one transaction (heartbeats are
     /// gathered in memory and written every few seconds: see `Jobs::seen`).
-    pub fn touch_agents(&self, seen: &[(String, i64)]) -> Result<(), ApiError> {
+    pub fn touch_agents(&self, seen: &[(String, i64)]) -> Result<(), CatalogError> {
         if seen.is_empty() {
             return Ok(());
         }
@@ -263,7 +268,7 @@ impl Catalog {
 }
 
 /// Inserts agent `a`; a name that is taken is AlreadyExists.
-fn insert_agent(conn: &rusqlite::Connection, a: &AgentRow) -> Result<(), ApiError> {
+fn insert_agent(conn: &rusqlite::Connection, a: &AgentRow) -> Result<(), CatalogError> {
     let res = conn.execute(
         &format!("INSERT INTO agents({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
         params![a.id, a.name, json(&a.labels), a.hostname, a.signing_key, a.cert_serial, a.enrolled_ms, a.last_seen_ms, json(&a.sources), json(&a.restore_roots), a.version, a.revoked_ms, a.prev_serial, a.cert_expires_ms, a.docker],
@@ -272,7 +277,7 @@ fn insert_agent(conn: &rusqlite::Connection, a: &AgentRow) -> Result<(), ApiErro
         Err(rusqlite::Error::SqliteFailure(e, _))
             if e.code == rusqlite::ErrorCode::ConstraintViolation =>
         {
-            Err(ApiError::AlreadyExists(format!(
+            Err(CatalogError::Exists(format!(
                 "an agent named {:?} is already enrolled; choose another --name",
                 a.name
             )))
@@ -288,13 +293,13 @@ fn spend_token(
     hash: &str,
     now_ms: i64,
     agent_id: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), CatalogError> {
     let n = tx.execute(
         "UPDATE tokens SET used = used + 1, used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used < uses AND expires_ms > ?1",
         params![now_ms, agent_id, hash],
     )?;
     if n != 1 {
-        return Err(ApiError::PermissionDenied(
+        return Err(CatalogError::Revoked(
             "join token was used or expired while enrolling; create a new one with `lifeboat token create`".into(),
         ));
     }

@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::Catalog;
-use crate::error::ApiError;
+use super::CatalogError;
 
 #[derive(Debug, Clone)]
 pub struct ApprovalRow {
@@ -39,7 +39,7 @@ impl ApprovalRow {
 }
 
 impl Catalog {
-    pub fn insert_approval(&self, a: &ApprovalRow) -> Result<(), ApiError> {
+    pub fn insert_approval(&self, a: &ApprovalRow) -> Result<(), CatalogError> {
         self.lock().execute(
             &format!("INSERT INTO approvals({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
             params![
@@ -57,7 +57,7 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, ApiError> {
+    pub fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, CatalogError> {
         Ok(self
             .lock()
             .query_row(
@@ -69,7 +69,7 @@ impl Catalog {
     }
 
     /// Requests, newest first.
-    pub fn approvals(&self) -> Result<Vec<ApprovalRow>, ApiError> {
+    pub fn approvals(&self) -> Result<Vec<ApprovalRow>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!(
             "SELECT {COLS} FROM approvals ORDER BY created_ms DESC LIMIT 1000"
@@ -87,7 +87,7 @@ impl Catalog {
         action: &str,
         target: &str,
         now_ms: i64,
-    ) -> Result<Option<ApprovalRow>, ApiError> {
+    ) -> Result<Option<ApprovalRow>, CatalogError> {
         Ok(self
             .lock()
             .query_row(
@@ -106,7 +106,7 @@ impl Catalog {
         action: &str,
         target: &str,
         now_ms: i64,
-    ) -> Result<Option<String>, ApiError> {
+    ) -> Result<Option<String>, CatalogError> {
         let conn = self.lock();
         let id: Option<String> = conn
             .query_row(
@@ -130,7 +130,7 @@ impl Catalog {
         state: &str,
         decided_by: &str,
         now_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         self.lock().execute(
             "UPDATE approvals SET state = ?2, decided_by = ?3, decided_ms = ?4 WHERE id = ?1 AND state = 'pending'",
             params![id, state, decided_by, now_ms],

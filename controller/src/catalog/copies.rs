@@ -4,8 +4,8 @@ use lifeboat_core::ChunkId;
 use rusqlite::{OptionalExtension, params};
 
 use super::Catalog;
+use super::CatalogError;
 use super::store::{ChunkPlace, RetainedPack};
-use crate::error::ApiError;
 
 impl Catalog {
     /// Records pack `pack` as copied whole to `store` (its version there), with the
@@ -18,7 +18,7 @@ impl Catalog {
         retained_until_ms: i64,
         chunks: &[(ChunkId, u64, u32)],
         now_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         tx.execute(
@@ -48,7 +48,7 @@ impl Catalog {
         &self,
         store: &str,
         id: &ChunkId,
-    ) -> Result<Option<ChunkPlace>, ApiError> {
+    ) -> Result<Option<ChunkPlace>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare_cached(
             "SELECT c.pack, COALESCE(p.version, ''), c.offset, c.length FROM copy_chunks c LEFT JOIN copy_packs p ON p.store = c.store AND p.pack = c.pack WHERE c.store = ?1 AND c.id = ?2",
@@ -66,7 +66,11 @@ impl Catalog {
     }
 
     /// `(version, retained until)` of pack `pack` in `store`, if it was copied there.
-    pub fn copy_pack(&self, store: &str, pack: &str) -> Result<Option<(String, i64)>, ApiError> {
+    pub fn copy_pack(
+        &self,
+        store: &str,
+        pack: &str,
+    ) -> Result<Option<(String, i64)>, CatalogError> {
         Ok(self
             .lock()
             .query_row(
@@ -82,7 +86,7 @@ impl Catalog {
         store: &str,
         pack: &str,
         until_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         self.lock().execute(
             "UPDATE copy_packs SET retained_until_ms = MAX(retained_until_ms, ?3) WHERE store = ?1 AND pack = ?2",
             params![store, pack, until_ms],
@@ -98,7 +102,7 @@ impl Catalog {
         version: &str,
         locked_until_ms: i64,
         now_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         self.lock().execute(
             "INSERT OR REPLACE INTO copies(store, snapshot, version, locked_until_ms, copied_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![store, snapshot, version, locked_until_ms, now_ms],
@@ -107,7 +111,7 @@ impl Catalog {
     }
 
     /// The envelope version of `snapshot`'s copy in `store`, if its copy is complete.
-    pub fn copy_of(&self, store: &str, snapshot: &str) -> Result<Option<String>, ApiError> {
+    pub fn copy_of(&self, store: &str, snapshot: &str) -> Result<Option<String>, CatalogError> {
         Ok(self
             .lock()
             .query_row(
@@ -119,7 +123,7 @@ impl Catalog {
     }
 
     /// The stores holding a complete copy of `snapshot`.
-    pub fn copies_of(&self, snapshot: &str) -> Result<Vec<String>, ApiError> {
+    pub fn copies_of(&self, snapshot: &str) -> Result<Vec<String>, CatalogError> {
         let conn = self.lock();
         let mut st =
             conn.prepare_cached("SELECT store FROM copies WHERE snapshot = ?1 ORDER BY store")?;
@@ -130,7 +134,7 @@ impl Catalog {
     }
 
     /// Snapshots (ids, oldest first) without a complete copy in `store`.
-    pub fn not_copied(&self, store: &str) -> Result<Vec<String>, ApiError> {
+    pub fn not_copied(&self, store: &str) -> Result<Vec<String>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(
             "SELECT id FROM snapshots WHERE id NOT IN (SELECT snapshot FROM copies WHERE store = ?1) ORDER BY received_ms",
@@ -142,7 +146,7 @@ impl Catalog {
     }
 
     /// The subset of `ids` that `store` does not hold.
-    pub fn not_in_copy(&self, store: &str, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
+    pub fn not_in_copy(&self, store: &str, ids: &[ChunkId]) -> Result<Vec<ChunkId>, CatalogError> {
         let conn = self.lock();
         let mut st =
             conn.prepare_cached("SELECT 1 FROM copy_chunks WHERE store = ?1 AND id = ?2")?;
@@ -150,7 +154,7 @@ impl Catalog {
     }
 
     /// `(pack, version)` of every pack copied to `store`.
-    pub fn copy_packs(&self, store: &str) -> Result<Vec<(String, String)>, ApiError> {
+    pub fn copy_packs(&self, store: &str) -> Result<Vec<(String, String)>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare("SELECT pack, version FROM copy_packs WHERE store = ?1")?;
         let rows = st
@@ -164,7 +168,7 @@ impl Catalog {
         &self,
         store: &str,
         pack: &str,
-    ) -> Result<Vec<(ChunkId, u64, u32)>, ApiError> {
+    ) -> Result<Vec<(ChunkId, u64, u32)>, CatalogError> {
         let conn = self.lock();
         let mut st = conn
             .prepare("SELECT id, offset, length FROM copy_chunks WHERE store = ?1 AND pack = ?2")?;
@@ -181,7 +185,7 @@ impl Catalog {
     }
 
     /// Forgets pack `pack` of `store` and its chunks, in one transaction.
-    pub fn forget_copy_pack(&self, store: &str, pack: &str) -> Result<(), ApiError> {
+    pub fn forget_copy_pack(&self, store: &str, pack: &str) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         tx.execute(
@@ -201,7 +205,7 @@ impl Catalog {
         &self,
         store: &str,
         now_ms: i64,
-    ) -> Result<Vec<(String, String)>, ApiError> {
+    ) -> Result<Vec<(String, String)>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(
             "SELECT snapshot, version FROM copies WHERE store = ?1 AND locked_until_ms < ?2",
@@ -213,7 +217,7 @@ impl Catalog {
     }
 
     /// Snapshots with a complete copy in `store`.
-    pub fn copied(&self, store: &str) -> Result<Vec<String>, ApiError> {
+    pub fn copied(&self, store: &str) -> Result<Vec<String>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare("SELECT snapshot FROM copies WHERE store = ?1")?;
         let rows = st
@@ -223,13 +227,13 @@ impl Catalog {
     }
 
     /// Marks every copy in `store` incomplete, so the next copy run checks each again.
-    pub fn reopen_copies(&self, store: &str) -> Result<(), ApiError> {
+    pub fn reopen_copies(&self, store: &str) -> Result<(), CatalogError> {
         self.lock()
             .execute("DELETE FROM copies WHERE store = ?1", [store])?;
         Ok(())
     }
 
-    pub fn delete_copy(&self, store: &str, snapshot: &str) -> Result<(), ApiError> {
+    pub fn delete_copy(&self, store: &str, snapshot: &str) -> Result<(), CatalogError> {
         self.lock().execute(
             "DELETE FROM copies WHERE store = ?1 AND snapshot = ?2",
             params![store, snapshot],
@@ -238,7 +242,7 @@ impl Catalog {
     }
 
     /// The primary packs that hold `ids`, each once, with their version and retention.
-    pub fn packs_holding(&self, ids: &[ChunkId]) -> Result<Vec<RetainedPack>, ApiError> {
+    pub fn packs_holding(&self, ids: &[ChunkId]) -> Result<Vec<RetainedPack>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare_cached(
             "SELECT p.name, p.version, p.retained_until_ms FROM chunks c JOIN packs p ON p.name = c.pack WHERE c.id = ?1",

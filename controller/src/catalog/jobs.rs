@@ -2,8 +2,8 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
+use super::CatalogError;
 use super::{Catalog, json};
-use crate::error::ApiError;
 
 #[derive(Debug, Clone)]
 pub struct JobRow {
@@ -58,7 +58,7 @@ const JOB_COLS: &str = "id, kind, agent_id, state, detail, job, created_ms, star
 impl Catalog {
     // ---- jobs ----
 
-    pub fn insert_job(&self, j: &JobRow) -> Result<(), ApiError> {
+    pub fn insert_job(&self, j: &JobRow) -> Result<(), CatalogError> {
         self.lock().execute(
             &format!("INSERT INTO jobs({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
             params![j.id, j.kind, j.agent_id, j.state, j.detail, j.job, j.created_ms, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids), j.policy, j.attempts, j.result, j.refusal],
@@ -66,7 +66,7 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn job(&self, id: &str) -> Result<Option<JobRow>, ApiError> {
+    pub fn job(&self, id: &str) -> Result<Option<JobRow>, CatalogError> {
         Ok(self
             .lock()
             .query_row(
@@ -77,7 +77,7 @@ impl Catalog {
             .optional()?)
     }
 
-    pub fn jobs(&self, limit: u32) -> Result<Vec<JobRow>, ApiError> {
+    pub fn jobs(&self, limit: u32) -> Result<Vec<JobRow>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!(
             "SELECT {JOB_COLS} FROM jobs ORDER BY created_ms DESC, id LIMIT ?1"
@@ -88,7 +88,7 @@ impl Catalog {
         Ok(rows)
     }
 
-    pub fn jobs_in_state(&self, agent_id: &str, state: i32) -> Result<Vec<JobRow>, ApiError> {
+    pub fn jobs_in_state(&self, agent_id: &str, state: i32) -> Result<Vec<JobRow>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!(
             "SELECT {JOB_COLS} FROM jobs WHERE agent_id = ?1 AND state = ?2 ORDER BY created_ms, id"
@@ -99,7 +99,7 @@ impl Catalog {
         Ok(rows)
     }
 
-    pub fn update_job(&self, j: &JobRow) -> Result<(), ApiError> {
+    pub fn update_job(&self, j: &JobRow) -> Result<(), CatalogError> {
         self.lock().execute(
             "UPDATE jobs SET state = ?2, started_ms = ?3, finished_ms = ?4, progress = ?5, error = ?6, snapshot_ids = ?7, attempts = ?8, result = ?9, refusal = ?10 WHERE id = ?1",
             params![j.id, j.state, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids), j.attempts, j.result, j.refusal],
@@ -108,7 +108,7 @@ impl Catalog {
     }
 
     /// Jobs in any of `states` (oldest first).
-    pub fn jobs_in_states(&self, states: &[i32]) -> Result<Vec<JobRow>, ApiError> {
+    pub fn jobs_in_states(&self, states: &[i32]) -> Result<Vec<JobRow>, CatalogError> {
         let list = states
             .iter()
             .map(|s| s.to_string())

@@ -13,6 +13,7 @@
 mod agents;
 mod approvals;
 mod copies;
+mod error;
 mod jobs;
 mod migrations;
 mod recovery;
@@ -32,7 +33,7 @@ pub use recovery::{DrillRow, SampleRow};
 pub use snapshots::SnapshotRow;
 pub use store::{ChunkPlace, RetainedPack};
 
-use crate::error::ApiError;
+pub use error::CatalogError;
 
 /// A value stored as JSON text in a column.
 fn json<T: serde::Serialize>(v: &T) -> String {
@@ -47,17 +48,18 @@ impl Catalog {
     /// Opens (creating if needed) the catalog and applies pending migrations.
     /// Writes a consistent copy of the whole catalog to `to` (which must not exist),
     /// without stopping writers for longer than SQLite's own copy.
-    pub fn copy_to(&self, to: &Path) -> Result<(), ApiError> {
+    pub fn copy_to(&self, to: &Path) -> Result<(), CatalogError> {
         let to = to
             .to_str()
-            .ok_or_else(|| ApiError::internal(format!("{} is not UTF-8", to.display())))?;
+            .ok_or_else(|| CatalogError::broken(format!("{} is not UTF-8", to.display())))?;
         self.lock().execute("VACUUM INTO ?1", [to])?;
         Ok(())
     }
 
-    pub fn open(path: &Path) -> Result<Catalog, ApiError> {
-        let conn = Connection::open(path)
-            .map_err(|e| ApiError::internal(format!("opening catalog {}: {e}", path.display())))?;
+    pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
+        let conn = Connection::open(path).map_err(|e| {
+            CatalogError::broken(format!("opening catalog {}: {e}", path.display()))
+        })?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -69,12 +71,12 @@ impl Catalog {
         Ok(catalog)
     }
 
-    fn migrate(&self) -> Result<(), ApiError> {
+    fn migrate(&self) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
         let known = migrations::MIGRATIONS.len() as i64;
         if applied > known {
-            return Err(ApiError::internal(format!(
+            return Err(CatalogError::broken(format!(
                 "catalog schema version {applied} is newer than this controller understands ({known}); run a newer lifeboat-controller"
             )));
         }
@@ -99,9 +101,9 @@ impl Catalog {
     }
 
     /// Counts for status and metrics: agents, snapshots, chunks, stored bytes.
-    pub fn totals(&self) -> Result<(u64, u64, u64, u64), ApiError> {
+    pub fn totals(&self) -> Result<(u64, u64, u64, u64), CatalogError> {
         let conn = self.lock();
-        let one = |sql: &str| -> Result<u64, ApiError> {
+        let one = |sql: &str| -> Result<u64, CatalogError> {
             Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
         };
         Ok((
@@ -121,7 +123,7 @@ impl Catalog {
         now_ms: i64,
         expires_ms: i64,
         created_by: &str,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         self.lock().execute(
             "INSERT OR REPLACE INTO operators(name, role, cert_serial, created_ms, expires_ms, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![name, role, serial, now_ms, expires_ms, created_by],
@@ -129,7 +131,7 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn operator(&self, name: &str) -> Result<Option<OperatorRow>, ApiError> {
+    pub fn operator(&self, name: &str) -> Result<Option<OperatorRow>, CatalogError> {
         Ok(self
             .lock()
             .query_row(
@@ -140,7 +142,7 @@ impl Catalog {
             .optional()?)
     }
 
-    pub fn operators(&self) -> Result<Vec<OperatorRow>, ApiError> {
+    pub fn operators(&self) -> Result<Vec<OperatorRow>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(
             "SELECT name, role, cert_serial, created_ms, expires_ms, revoked_ms, created_by FROM operators ORDER BY name",
@@ -152,7 +154,7 @@ impl Catalog {
     }
 
     /// Revokes an operator identity; false if it was already revoked.
-    pub fn revoke_operator(&self, name: &str, now_ms: i64) -> Result<bool, ApiError> {
+    pub fn revoke_operator(&self, name: &str, now_ms: i64) -> Result<bool, CatalogError> {
         Ok(self.lock().execute(
             "UPDATE operators SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms = 0",
             params![name, now_ms],
@@ -160,7 +162,7 @@ impl Catalog {
     }
 
     /// Admins that are neither revoked nor expired.
-    pub fn active_admins(&self, now_ms: i64) -> Result<u64, ApiError> {
+    pub fn active_admins(&self, now_ms: i64) -> Result<u64, CatalogError> {
         Ok(self.lock().query_row(
             "SELECT COUNT(*) FROM operators WHERE role = 'admin' AND revoked_ms = 0 AND (expires_ms = 0 OR expires_ms > ?1)",
             [now_ms],

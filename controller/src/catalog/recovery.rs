@@ -6,7 +6,7 @@ use lifeboat_core::ChunkId;
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::Catalog;
-use crate::error::ApiError;
+use super::CatalogError;
 
 /// One measured restore, as the downtime model reads it.
 #[derive(Debug, Clone)]
@@ -74,7 +74,7 @@ impl Catalog {
         s: &SampleRow,
         files: u64,
         now_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         self.lock().execute(
             "INSERT OR REPLACE INTO restore_samples(job_id, agent_id, kind, bytes, files, data_ms, total_ms, shared, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![job_id, s.agent_id, s.kind, s.bytes as i64, files as i64, s.data_ms as i64, s.total_ms as i64, s.shared, now_ms],
@@ -83,7 +83,7 @@ impl Catalog {
     }
 
     /// The newest `per_key` samples of every (agent, kind).
-    pub fn recent_samples(&self, per_key: u32) -> Result<Vec<SampleRow>, ApiError> {
+    pub fn recent_samples(&self, per_key: u32) -> Result<Vec<SampleRow>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(
             "SELECT agent_id, kind, bytes, data_ms, total_ms, shared FROM (
@@ -107,7 +107,7 @@ impl Catalog {
 
     // ---- drills ----
 
-    pub fn put_drill(&self, d: &DrillRow) -> Result<(), ApiError> {
+    pub fn put_drill(&self, d: &DrillRow) -> Result<(), CatalogError> {
         self.lock().execute(
             &format!("INSERT OR REPLACE INTO drills({DRILL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
             params![
@@ -118,7 +118,7 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn drill_by_job(&self, job_id: &str) -> Result<Option<DrillRow>, ApiError> {
+    pub fn drill_by_job(&self, job_id: &str) -> Result<Option<DrillRow>, CatalogError> {
         Ok(self
             .lock()
             .query_row(
@@ -130,7 +130,7 @@ impl Catalog {
     }
 
     /// Drills, newest first; only `ids` when given.
-    pub fn drills(&self, limit: u32, ids: &[String]) -> Result<Vec<DrillRow>, ApiError> {
+    pub fn drills(&self, limit: u32, ids: &[String]) -> Result<Vec<DrillRow>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!(
             "SELECT {DRILL_COLS} FROM drills ORDER BY started_ms DESC, id LIMIT ?1"
@@ -150,7 +150,7 @@ impl Catalog {
     }
 
     /// When each agent was last drilled (agents never drilled are absent).
-    pub fn last_drills(&self) -> Result<BTreeMap<String, i64>, ApiError> {
+    pub fn last_drills(&self) -> Result<BTreeMap<String, i64>, CatalogError> {
         let conn = self.lock();
         let mut st =
             conn.prepare("SELECT agent_id, MAX(started_ms) FROM drills GROUP BY agent_id")?;
@@ -161,7 +161,7 @@ impl Catalog {
     }
 
     /// Failed drills ever recorded (a metric).
-    pub fn failed_drills(&self) -> Result<u64, ApiError> {
+    pub fn failed_drills(&self) -> Result<u64, CatalogError> {
         Ok(self.lock().query_row(
             "SELECT COUNT(*) FROM drills WHERE state = ?1",
             [lifeboat_proto::states::DrillState::Failed.as_str()],
@@ -177,7 +177,7 @@ impl Catalog {
         created_ms: i64,
         state: &str,
         info: &[u8],
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         self.lock().execute(
             "INSERT INTO plans(id, created_ms, state, info) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state, info = excluded.info",
@@ -186,7 +186,7 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn plan(&self, id: &str) -> Result<Option<Vec<u8>>, ApiError> {
+    pub fn plan(&self, id: &str) -> Result<Option<Vec<u8>>, CatalogError> {
         Ok(self
             .lock()
             .query_row("SELECT info FROM plans WHERE id = ?1", params![id], |r| {
@@ -196,7 +196,7 @@ impl Catalog {
     }
 
     /// Plan ids and states, newest first.
-    pub fn plans(&self) -> Result<Vec<(String, String)>, ApiError> {
+    pub fn plans(&self) -> Result<Vec<(String, String)>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare("SELECT id, state FROM plans ORDER BY created_ms DESC")?;
         let rows = st
@@ -207,7 +207,7 @@ impl Catalog {
 
     /// Stored bytes of each chunk (what the controller sends for it); unknown chunks are
     /// left out.
-    pub fn chunk_lengths(&self, ids: &[ChunkId]) -> Result<u64, ApiError> {
+    pub fn chunk_lengths(&self, ids: &[ChunkId]) -> Result<u64, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare_cached("SELECT length FROM chunks WHERE id = ?1")?;
         let mut total = 0u64;

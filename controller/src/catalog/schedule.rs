@@ -3,14 +3,14 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::Catalog;
+use super::CatalogError;
 use super::snapshots::RetentionRow;
-use crate::error::ApiError;
 
 impl Catalog {
     // ---- policies and the scheduler ----
 
     /// Stores a policy; returns whether it was new or changed.
-    pub fn put_policy(&self, name: &str, spec: &str, now_ms: i64) -> Result<bool, ApiError> {
+    pub fn put_policy(&self, name: &str, spec: &str, now_ms: i64) -> Result<bool, CatalogError> {
         let conn = self.lock();
         let old: Option<String> = conn
             .query_row("SELECT spec FROM policies WHERE name = ?1", [name], |r| {
@@ -28,7 +28,7 @@ impl Catalog {
     }
 
     /// `(name, spec JSON, updated_ms)`, by name.
-    pub fn policies(&self) -> Result<Vec<(String, String, i64)>, ApiError> {
+    pub fn policies(&self) -> Result<Vec<(String, String, i64)>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare("SELECT name, spec, updated_ms FROM policies ORDER BY name")?;
         let rows = st
@@ -37,14 +37,14 @@ impl Catalog {
         Ok(rows)
     }
 
-    pub fn delete_policy(&self, name: &str) -> Result<bool, ApiError> {
+    pub fn delete_policy(&self, name: &str) -> Result<bool, CatalogError> {
         let conn = self.lock();
         conn.execute("DELETE FROM schedule WHERE policy = ?1", [name])?;
         Ok(conn.execute("DELETE FROM policies WHERE name = ?1", [name])? == 1)
     }
 
     /// The last slot the scheduler handled for `(policy, agent)`.
-    pub fn last_slot(&self, policy: &str, agent_id: &str) -> Result<Option<i64>, ApiError> {
+    pub fn last_slot(&self, policy: &str, agent_id: &str) -> Result<Option<i64>, CatalogError> {
         Ok(self
             .lock()
             .query_row(
@@ -60,7 +60,7 @@ impl Catalog {
         policy: &str,
         agent_id: &str,
         slot_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         self.lock().execute(
             "INSERT INTO schedule(policy, agent_id, last_slot_ms) VALUES (?1, ?2, ?3) ON CONFLICT(policy, agent_id) DO UPDATE SET last_slot_ms = ?3",
             params![policy, agent_id, slot_ms],
@@ -69,7 +69,7 @@ impl Catalog {
     }
 
     /// Pins or unpins a snapshot against retention.
-    pub fn set_protected(&self, id: &str, protected: bool) -> Result<(), ApiError> {
+    pub fn set_protected(&self, id: &str, protected: bool) -> Result<(), CatalogError> {
         self.lock().execute(
             "UPDATE snapshots SET protected = ?2 WHERE id = ?1",
             params![id, protected],
@@ -78,7 +78,7 @@ impl Catalog {
     }
 
     /// Every snapshot as retention sees it, grouped by agent and source, newest first.
-    pub fn retention_view(&self) -> Result<Vec<RetentionRow>, ApiError> {
+    pub fn retention_view(&self) -> Result<Vec<RetentionRow>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(
             "SELECT agent_id, source, id, received_ms, protected, locked_until_ms FROM snapshots ORDER BY agent_id, source, received_ms DESC",
@@ -105,7 +105,7 @@ impl Catalog {
         to: i32,
         reason: &str,
         now_ms: i64,
-    ) -> Result<usize, ApiError> {
+    ) -> Result<usize, CatalogError> {
         Ok(self.lock().execute(
             "UPDATE jobs SET state = ?2, error = ?3, finished_ms = ?4 WHERE state = ?1",
             params![from, to, reason, now_ms],

@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::Catalog;
-use crate::error::ApiError;
+use super::CatalogError;
 
 /// A snapshot as retention sees it.
 #[derive(Debug, Clone)]
@@ -70,7 +70,7 @@ const SNAP_COLS: &str = "id, agent_id, agent_name, source, source_path, hostname
 impl Catalog {
     // ---- snapshots ----
 
-    pub fn insert_snapshot(&self, s: &SnapshotRow) -> Result<(), ApiError> {
+    pub fn insert_snapshot(&self, s: &SnapshotRow) -> Result<(), CatalogError> {
         self.lock().execute(
             &format!("INSERT OR IGNORE INTO snapshots({SNAP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
             params![
@@ -87,7 +87,7 @@ impl Catalog {
         &self,
         agent_id: Option<&str>,
         source: Option<&str>,
-    ) -> Result<Vec<SnapshotRow>, ApiError> {
+    ) -> Result<Vec<SnapshotRow>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!(
             "SELECT {SNAP_COLS} FROM snapshots WHERE (?1 IS NULL OR agent_id = ?1) AND (?2 IS NULL OR source = ?2) ORDER BY received_ms DESC, id"
@@ -99,14 +99,14 @@ impl Catalog {
     }
 
     /// Resolves a full id or a unique prefix (at least 4 hex characters).
-    pub fn find_snapshot(&self, prefix: &str) -> Result<SnapshotRow, ApiError> {
+    pub fn find_snapshot(&self, prefix: &str) -> Result<SnapshotRow, CatalogError> {
         if prefix.len() < 4
             || prefix.len() > 64
             || !prefix
                 .bytes()
                 .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         {
-            return Err(ApiError::InvalidArgument(format!(
+            return Err(CatalogError::BadName(format!(
                 "{prefix:?} is not a snapshot id: give at least 4 lowercase hex characters"
             )));
         }
@@ -118,14 +118,14 @@ impl Catalog {
             .query_map([prefix], SnapshotRow::from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         match rows.len() {
-            0 => Err(ApiError::NotFound(format!(
+            0 => Err(CatalogError::NotFound(format!(
                 "no snapshot {prefix}; `lifeboat snapshots` lists them"
             ))),
             1 => Ok(rows
                 .into_iter()
                 .next()
-                .ok_or_else(|| ApiError::internal("row vanished"))?),
-            _ => Err(ApiError::InvalidArgument(format!(
+                .ok_or_else(|| CatalogError::broken("row vanished"))?),
+            _ => Err(CatalogError::BadName(format!(
                 "snapshot prefix {prefix} is ambiguous; give more characters"
             ))),
         }
@@ -136,7 +136,7 @@ impl Catalog {
         &self,
         agent_id: &str,
         source: &str,
-    ) -> Result<Option<SnapshotRow>, ApiError> {
+    ) -> Result<Option<SnapshotRow>, CatalogError> {
         Ok(self
             .lock()
             .query_row(
@@ -149,7 +149,7 @@ impl Catalog {
 
     /// Extends a snapshot's lock to `until_ms`; a lock is never shortened (a later date
     /// already set stays). Returns the lock in force afterwards.
-    pub fn extend_lock(&self, id: &str, until_ms: i64) -> Result<i64, ApiError> {
+    pub fn extend_lock(&self, id: &str, until_ms: i64) -> Result<i64, CatalogError> {
         let conn = self.lock();
         conn.execute(
             "UPDATE snapshots SET locked_until_ms = ?2 WHERE id = ?1 AND locked_until_ms < ?2",
@@ -166,7 +166,7 @@ impl Catalog {
     }
 
     /// The object version of snapshot `id`'s envelope (empty: the current one).
-    pub fn envelope_version(&self, id: &str) -> Result<String, ApiError> {
+    pub fn envelope_version(&self, id: &str) -> Result<String, CatalogError> {
         Ok(self
             .lock()
             .query_row(
@@ -179,7 +179,7 @@ impl Catalog {
     }
 
     /// Snapshots committed before locks were stored (their lock is -1).
-    pub fn snapshots_without_lock(&self) -> Result<Vec<SnapshotRow>, ApiError> {
+    pub fn snapshots_without_lock(&self) -> Result<Vec<SnapshotRow>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(&format!(
             "SELECT {SNAP_COLS} FROM snapshots WHERE locked_until_ms < 0"
@@ -190,14 +190,14 @@ impl Catalog {
         Ok(rows)
     }
 
-    pub fn delete_snapshot(&self, id: &str) -> Result<(), ApiError> {
+    pub fn delete_snapshot(&self, id: &str) -> Result<(), CatalogError> {
         self.lock()
             .execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
         Ok(())
     }
 
     /// Empties the store index (packs, chunks, snapshots) for `rebuild-catalog`.
-    pub fn clear_store_index(&self) -> Result<(), ApiError> {
+    pub fn clear_store_index(&self) -> Result<(), CatalogError> {
         self.lock()
             .execute_batch("DELETE FROM chunks; DELETE FROM packs; DELETE FROM snapshots;")?;
         Ok(())
@@ -213,7 +213,7 @@ impl Catalog {
         after_ms: i64,
         now_ms: i64,
         clear: bool,
-    ) -> Result<Vec<SnapshotRow>, ApiError> {
+    ) -> Result<Vec<SnapshotRow>, CatalogError> {
         let conn = self.lock();
         let (set, cond) = if clear {
             (0, "quarantined_ms != 0")

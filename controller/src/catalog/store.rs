@@ -5,7 +5,7 @@ use lifeboat_core::pack::SealedPack;
 use rusqlite::{OptionalExtension, params};
 
 use super::Catalog;
-use crate::error::ApiError;
+use super::CatalogError;
 use crate::store::objects::Stored;
 
 /// Where a chunk is stored.
@@ -41,7 +41,7 @@ impl RetainedPack {
 pub(super) fn absent(
     ids: &[ChunkId],
     mut exists: impl FnMut(&ChunkId) -> rusqlite::Result<bool>,
-) -> Result<Vec<ChunkId>, ApiError> {
+) -> Result<Vec<ChunkId>, CatalogError> {
     let mut out = Vec::new();
     for id in ids {
         if !exists(id)? {
@@ -54,7 +54,7 @@ pub(super) fn absent(
 /// `(chunk, offset, length)` rows as the catalog stores them, typed.
 pub(super) fn chunk_entries(
     rows: Vec<(Vec<u8>, i64, i64)>,
-) -> Result<Vec<(ChunkId, u64, u32)>, ApiError> {
+) -> Result<Vec<(ChunkId, u64, u32)>, CatalogError> {
     rows.into_iter()
         .map(|(id, o, l)| Ok((ChunkId::from_slice(&id)?, o as u64, l as u32)))
         .collect()
@@ -69,7 +69,7 @@ impl Catalog {
         pack: &SealedPack,
         stored: &Stored,
         now_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         tx.execute(
@@ -107,7 +107,7 @@ impl Catalog {
     }
 
     /// Ids of every snapshot in the catalog.
-    pub fn snapshot_ids(&self) -> Result<Vec<String>, ApiError> {
+    pub fn snapshot_ids(&self) -> Result<Vec<String>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare("SELECT id FROM snapshots")?;
         let rows = st
@@ -117,7 +117,7 @@ impl Catalog {
     }
 
     /// `(chunk, pack, pack created_ms)` of every indexed chunk.
-    pub fn indexed_chunks(&self) -> Result<Vec<(ChunkId, String, i64)>, ApiError> {
+    pub fn indexed_chunks(&self) -> Result<Vec<(ChunkId, String, i64)>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(
             "SELECT c.id, c.pack, COALESCE(p.created_ms, 0) FROM chunks c LEFT JOIN packs p ON p.name = c.pack",
@@ -131,7 +131,7 @@ impl Catalog {
     }
 
     /// Drops chunks from the index (GC's sweep), in one transaction.
-    pub fn unindex_chunks(&self, ids: &[ChunkId]) -> Result<(), ApiError> {
+    pub fn unindex_chunks(&self, ids: &[ChunkId]) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         {
@@ -145,7 +145,7 @@ impl Catalog {
     }
 
     /// `(pack, size, bytes of its blobs still indexed there)`.
-    pub fn pack_liveness(&self) -> Result<Vec<(String, u64, u64)>, ApiError> {
+    pub fn pack_liveness(&self) -> Result<Vec<(String, u64, u64)>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare(
             "SELECT p.name, p.size, COALESCE(SUM(c.length), 0) FROM packs p LEFT JOIN chunks c ON c.pack = p.name GROUP BY p.name ORDER BY p.name",
@@ -168,7 +168,7 @@ impl Catalog {
         pack: &SealedPack,
         stored: &Stored,
         now_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         tx.execute(
@@ -198,7 +198,7 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn pack_names(&self) -> Result<Vec<String>, ApiError> {
+    pub fn pack_names(&self) -> Result<Vec<String>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare("SELECT name FROM packs")?;
         let rows = st
@@ -208,7 +208,7 @@ impl Catalog {
     }
 
     /// Drops a pack and every chunk indexed in it, in one transaction.
-    pub fn forget_pack(&self, name: &str) -> Result<(), ApiError> {
+    pub fn forget_pack(&self, name: &str) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         tx.execute("DELETE FROM chunks WHERE pack = ?1", [name])?;
@@ -217,14 +217,14 @@ impl Catalog {
         Ok(())
     }
 
-    pub fn delete_pack_row(&self, name: &str) -> Result<(), ApiError> {
+    pub fn delete_pack_row(&self, name: &str) -> Result<(), CatalogError> {
         self.lock()
             .execute("DELETE FROM packs WHERE name = ?1", [name])?;
         Ok(())
     }
 
     /// `(chunk, offset, length)` of every indexed chunk in `pack`.
-    pub fn chunks_in_pack(&self, pack: &str) -> Result<Vec<(ChunkId, u64, u32)>, ApiError> {
+    pub fn chunks_in_pack(&self, pack: &str) -> Result<Vec<(ChunkId, u64, u32)>, CatalogError> {
         let conn = self.lock();
         let mut st =
             conn.prepare("SELECT id, offset, length FROM chunks WHERE pack = ?1 ORDER BY offset")?;
@@ -241,7 +241,7 @@ impl Catalog {
     }
 
     /// `(pack, size, verified_ms)`, least recently verified first.
-    pub fn packs_by_verified(&self) -> Result<Vec<(String, u64, i64)>, ApiError> {
+    pub fn packs_by_verified(&self) -> Result<Vec<(String, u64, i64)>, CatalogError> {
         let conn = self.lock();
         let mut st =
             conn.prepare("SELECT name, size, verified_ms FROM packs ORDER BY verified_ms, name")?;
@@ -253,7 +253,7 @@ impl Catalog {
         Ok(rows)
     }
 
-    pub fn set_pack_verified(&self, pack: &str, now_ms: i64) -> Result<(), ApiError> {
+    pub fn set_pack_verified(&self, pack: &str, now_ms: i64) -> Result<(), CatalogError> {
         self.lock().execute(
             "UPDATE packs SET verified_ms = ?2 WHERE name = ?1",
             params![pack, now_ms],
@@ -268,7 +268,7 @@ impl Catalog {
         pack: &str,
         reason: &str,
         now_ms: i64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         tx.execute(
@@ -281,7 +281,7 @@ impl Catalog {
     }
 
     /// `(healed, unhealed)` bad chunks.
-    pub fn bad_chunk_counts(&self) -> Result<(u64, u64), ApiError> {
+    pub fn bad_chunk_counts(&self) -> Result<(u64, u64), CatalogError> {
         let conn = self.lock();
         let healed: i64 = conn.query_row(
             "SELECT COUNT(*) FROM bad_chunks WHERE healed_ms > 0",
@@ -297,19 +297,17 @@ impl Catalog {
     }
 
     /// Chunks found bad and not stored again yet (at most `limit`).
-    pub fn unhealed_chunks(&self, limit: u32) -> Result<Vec<ChunkId>, ApiError> {
+    pub fn unhealed_chunks(&self, limit: u32) -> Result<Vec<ChunkId>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare("SELECT id FROM bad_chunks WHERE healed_ms = 0 LIMIT ?1")?;
         let rows = st
             .query_map([limit], |r| r.get::<_, Vec<u8>>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        rows.iter()
-            .map(|b| ChunkId::from_slice(b).map_err(ApiError::from))
-            .collect()
+        rows.iter().map(|b| Ok(ChunkId::from_slice(b)?)).collect()
     }
 
     /// Percentage of stored pack bytes verified since `since_ms`.
-    pub fn verified_coverage(&self, since_ms: i64) -> Result<f64, ApiError> {
+    pub fn verified_coverage(&self, since_ms: i64) -> Result<f64, CatalogError> {
         let conn = self.lock();
         let (total, fresh): (i64, i64) = conn.query_row(
             "SELECT COALESCE(SUM(size), 0), COALESCE(SUM(CASE WHEN verified_ms >= ?1 THEN size ELSE 0 END), 0) FROM packs",
@@ -324,7 +322,7 @@ impl Catalog {
     }
 
     /// Where a chunk is stored.
-    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkPlace>, ApiError> {
+    pub fn chunk_location(&self, id: &ChunkId) -> Result<Option<ChunkPlace>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare_cached(
             "SELECT c.pack, COALESCE(p.version, ''), c.offset, c.length FROM chunks c LEFT JOIN packs p ON p.name = c.pack WHERE c.id = ?1",
@@ -342,7 +340,7 @@ impl Catalog {
     }
 
     /// A pack's retention as the catalog recorded it, if the pack is indexed.
-    pub fn retained_pack(&self, name: &str) -> Result<Option<RetainedPack>, ApiError> {
+    pub fn retained_pack(&self, name: &str) -> Result<Option<RetainedPack>, CatalogError> {
         Ok(self
             .lock()
             .query_row(
@@ -353,7 +351,7 @@ impl Catalog {
             .optional()?)
     }
 
-    pub fn set_pack_retained(&self, name: &str, until_ms: i64) -> Result<(), ApiError> {
+    pub fn set_pack_retained(&self, name: &str, until_ms: i64) -> Result<(), CatalogError> {
         self.lock().execute(
             "UPDATE packs SET retained_until_ms = MAX(retained_until_ms, ?2) WHERE name = ?1",
             params![name, until_ms],
@@ -363,7 +361,7 @@ impl Catalog {
 
     /// Records that agent `agent_id` holds `ids` (it uploaded them, or its snapshots
     /// reference them), in one transaction.
-    pub fn own_chunks(&self, agent_id: &str, ids: &[ChunkId]) -> Result<(), ApiError> {
+    pub fn own_chunks(&self, agent_id: &str, ids: &[ChunkId]) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         {
@@ -379,7 +377,7 @@ impl Catalog {
     }
 
     /// The subset of `ids` that agent `agent_id` is not known to hold.
-    pub fn not_owned(&self, agent_id: &str, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
+    pub fn not_owned(&self, agent_id: &str, ids: &[ChunkId]) -> Result<Vec<ChunkId>, CatalogError> {
         let conn = self.lock();
         let mut st =
             conn.prepare_cached("SELECT 1 FROM agent_chunks WHERE agent_id = ?1 AND id = ?2")?;
@@ -387,7 +385,7 @@ impl Catalog {
     }
 
     /// Whether any agent's chunks are recorded yet.
-    pub fn any_owned_chunks(&self) -> Result<bool, ApiError> {
+    pub fn any_owned_chunks(&self) -> Result<bool, CatalogError> {
         Ok(self
             .lock()
             .query_row("SELECT EXISTS (SELECT 1 FROM agent_chunks)", [], |r| {
@@ -396,7 +394,7 @@ impl Catalog {
     }
 
     /// The subset of `ids` that the index does not know.
-    pub fn unknown_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
+    pub fn unknown_chunks(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
         absent(ids, |id| st.exists([&id.as_bytes()[..]]))

@@ -110,7 +110,7 @@ pub fn parse_selector(s: &str) -> Result<BTreeMap<String, String>, String> {
         let (k, v) = (k.trim(), v.trim());
         let mut one = BTreeMap::new();
         one.insert(k.to_string(), v.to_string());
-        crate::enroll::validate_labels(&one).map_err(|e| format!("selector: {e}"))?;
+        crate::access::validate_labels(&one).map_err(|e| format!("selector: {e}"))?;
         if out.insert(k.to_string(), v.to_string()).is_some() {
             return Err(format!("selector names {k:?} twice"));
         }

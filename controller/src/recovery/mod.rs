@@ -4,6 +4,7 @@
 
 pub mod drill;
 pub mod estimate;
+pub mod model;
 pub mod outcome;
 pub mod plan;
 pub mod runner;

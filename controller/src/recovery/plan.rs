@@ -1,14 +1,18 @@
 //! Recovery plans: what to restore where, in which order, and when each device will be
-//! back. A plan is made once (`create`) and stored with an id as protobuf `PlanInfo`;
-//! `runner` carries it out.
+//! back. A plan is made once (`create`) and stored with an id (`model::Plan`, kept in its
+//! wire form); `runner` carries it out.
+
+use std::collections::HashMap;
 
 use lifeboat_core::ChunkId;
+use lifeboat_core::restore::Mode;
 use lifeboat_core::snapshot::{Record, SourceKind};
 use lifeboat_proto::pb;
 use lifeboat_proto::states::{Basis, PlanState, StepState};
 use prost::Message;
 
 use super::estimate::{self, Model, Step, Work};
+use super::model::{Device, Plan, Source};
 use super::{Good, last_known_good};
 use crate::Controller;
 use crate::auth::Role;
@@ -21,20 +25,39 @@ pub const JOB_TAG: &str = "plan:";
 pub const MAX_ATTEMPTS: u32 = 3;
 const DEFAULT_CONCURRENCY: u32 = 4;
 
+/// What an operator asks a plan of (`lifeboat recover plan`).
+#[derive(Debug, Clone, Default)]
+pub struct PlanAsk {
+    /// Devices by name, or a label selector; neither: every device.
+    pub agents: Vec<String>,
+    pub selector: String,
+    /// The compromise time: restore points are the last good snapshots before it.
+    pub before_ms: i64,
+    /// Devices restored at once (0: 4).
+    pub concurrency: u32,
+    /// Controller egress for the plan, bytes per second (0: unlimited).
+    pub bandwidth: u64,
+    /// Device name -> the agent it is restored onto instead.
+    pub target_map: HashMap<String, String>,
+    pub mode: Mode,
+    /// Consider quarantined snapshots too (admins only; audited).
+    pub force: bool,
+    /// Only restore points with a complete copy in this copy store.
+    pub from_store: Option<String>,
+}
+
 /// Makes a plan (not run yet) and stores it.
 pub fn create(
     ctl: &Controller,
     operator: &str,
     role: Role,
-    req: pb::PlanRequest,
-) -> Result<pb::PlanInfo, ApiError> {
-    if req.before_unix_ms <= 0 {
+    req: PlanAsk,
+) -> Result<Plan, ApiError> {
+    if req.before_ms <= 0 {
         return Err(ApiError::InvalidArgument(
             "--before is required: the compromise time; restore points are the last good snapshots before it".into(),
         ));
     }
-    lifeboat_core::restore::Mode::parse(&req.mode)
-        .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
     if req.force && role != Role::Admin {
         return Err(ApiError::PermissionDenied(
             "denied: only an admin may plan from quarantined snapshots (--force)".into(),
@@ -48,11 +71,11 @@ pub fn create(
             } else {
                 req.agents.join(",")
             },
-            crate::when(req.before_unix_ms)
+            crate::when(req.before_ms)
         );
         crate::approvals::gate(ctl, operator, "plan.force", &target)?;
     }
-    let from = (!req.from_store.is_empty()).then_some(req.from_store.as_str());
+    let from = req.from_store.as_deref();
     if let Some(store) = from
         && !ctl.store.copies().iter().any(|c| c.name == store)
     {
@@ -69,27 +92,33 @@ pub fn create(
     let agents = crate::devices::select(ctl, &req.agents, &req.selector)?;
     let policies = crate::policy::policies(ctl)?;
     let model = Model::load(&ctl.catalog)?;
-    let mode = if req.mode.is_empty() {
-        "replace".to_string()
-    } else {
-        req.mode.clone()
-    };
+    let mode = req.mode;
     let concurrency = if req.concurrency == 0 {
         DEFAULT_CONCURRENCY
     } else {
         req.concurrency
     };
-    let mut plan = pb::PlanInfo {
+    let mut plan = Plan {
         id: crate::jobs::random_id::<6>()?,
-        created_unix_ms: ctl.clock.now_ms(),
+        created_ms: ctl.clock.now_ms(),
         created_by: operator.to_string(),
-        state: PlanState::Planned.into(),
-        before_unix_ms: req.before_unix_ms,
+        state: PlanState::Planned,
+        before_ms: req.before_ms,
         concurrency,
-        bandwidth_bytes_per_sec: req.bandwidth_bytes_per_sec,
-        mode: mode.clone(),
+        bandwidth: req.bandwidth,
+        mode,
         forced: req.force,
-        ..Default::default()
+        devices: Vec::new(),
+        total_downtime_ms: 0,
+        longest_downtime_ms: 0,
+        makespan_ms: 0,
+        started_ms: 0,
+        finished_ms: 0,
+        eta_ms: 0,
+        warnings: Vec::new(),
+        actual_total_downtime_ms: 0,
+        actual_longest_downtime_ms: 0,
+        bytes_moved: 0,
     };
     for from in req.target_map.keys() {
         if !agents.iter().any(|a| &a.name == from) {
@@ -131,18 +160,25 @@ pub fn create(
             .collect();
         names.sort();
         names.dedup();
-        let mut dev = pb::PlanDevice {
+        let mut dev = Device {
             agent: origin.name.clone(),
             target_agent: target.name.clone(),
             tier: crate::policy::tier_of(&policies, origin),
-            state: StepState::Pending.into(),
-            ..Default::default()
+            sources: Vec::new(),
+            bytes: 0,
+            est_start_ms: 0,
+            est_finish_ms: 0,
+            basis: Basis::Assumed,
+            state: StepState::Pending,
+            actual_start_ms: 0,
+            actual_finish_ms: 0,
+            error: String::new(),
         };
         let mut steps = Vec::new();
         let mut measured = true;
         for name in names {
             let (good, skipped) =
-                last_known_good(ctl, &origin.id, &name, req.before_unix_ms, req.force, from)?;
+                last_known_good(ctl, &origin.id, &name, req.before_ms, req.force, from)?;
             let Some(Good { snap, job, chunks }) = good else {
                 let why = skipped
                     .first()
@@ -193,7 +229,7 @@ pub fn create(
             let record = Record::parse(&job.record)?;
             let tree_ids = record.tree_chunks()?;
             wire += ctl.catalog.chunk_lengths(&tree_ids)?;
-            let repair = mode == "repair" && kind == SourceKind::Path;
+            let repair = mode == Mode::Repair && kind == SourceKind::Path;
             if repair && target.id == origin.id && ctl.jobs.connected(&origin.id) {
                 // What the machine holds, as best the controller knows: its newest snapshot
                 // of the source. Repair hashes the disk anyway; a wrong guess costs time.
@@ -228,23 +264,27 @@ pub fn create(
                 max_rate: max_rate.max(1.0),
             });
             dev.bytes += snap.bytes;
-            dev.sources.push(pb::PlanSource {
+            dev.sources.push(Source {
                 source: name.clone(),
                 snapshot: snap.id.clone(),
-                snapshot_unix_ms: snap.received_ms,
+                snapshot_ms: snap.received_ms,
                 target: target_path,
                 bytes: snap.bytes,
                 wire_bytes: wire,
                 files: snap.files,
                 quarantined: snap.quarantined_ms != 0,
-                state: StepState::Pending.into(),
-                ..Default::default()
+                job_id: String::new(),
+                state: StepState::Pending,
+                attempts: 0,
+                error: String::new(),
+                result: None,
+                progress: None,
             });
         }
         if dev.sources.is_empty() {
             continue;
         }
-        dev.estimate_basis = Basis::of(measured).into();
+        dev.basis = Basis::of(measured);
         works.push(Work {
             tier: dev.tier,
             steps,
@@ -268,7 +308,7 @@ pub fn create(
         )));
     }
     // Plan order: tier, then shortest first.
-    let bandwidth = model.plan_bandwidth(plan.bandwidth_bytes_per_sec);
+    let bandwidth = model.plan_bandwidth(plan.bandwidth);
     let order = estimate::order(&works, concurrency as usize, bandwidth);
     let spans = estimate::simulate(&works, &[], &order, concurrency as usize, bandwidth, 0.0);
     let mut devices = Vec::with_capacity(order.len());
@@ -295,10 +335,10 @@ pub fn create(
         &plan.id,
         serde_json::json!({
             "devices": plan.devices.len(),
-            "before_unix_ms": plan.before_unix_ms,
+            "before_unix_ms": plan.before_ms,
             "concurrency": plan.concurrency,
-            "bandwidth": plan.bandwidth_bytes_per_sec,
-            "mode": plan.mode,
+            "bandwidth": plan.bandwidth,
+            "mode": plan.mode.name(),
             "forced": plan.forced,
         }),
     );
@@ -313,16 +353,16 @@ pub fn create(
     Ok(plan)
 }
 
-pub(super) fn save(ctl: &Controller, plan: &pb::PlanInfo) -> Result<(), ApiError> {
-    ctl.catalog.put_plan(
-        &plan.id,
-        plan.created_unix_ms,
-        &plan.state,
-        &plan.encode_to_vec(),
-    )
+/// Stores `plan` (its wire form's encoding); returns what was written.
+pub(super) fn save(ctl: &Controller, plan: &Plan) -> Result<Vec<u8>, ApiError> {
+    let bytes = plan.to_wire().encode_to_vec();
+    ctl.catalog
+        .put_plan(&plan.id, plan.created_ms, plan.state.as_str(), &bytes)?;
+    Ok(bytes)
 }
 
-pub fn load(ctl: &Controller, id: &str) -> Result<pb::PlanInfo, ApiError> {
+/// The plan whose id starts with `id`.
+pub fn load(ctl: &Controller, id: &str) -> Result<Plan, ApiError> {
     let mut matches: Vec<String> = ctl
         .catalog
         .plans()?
@@ -344,8 +384,9 @@ pub fn load(ctl: &Controller, id: &str) -> Result<pb::PlanInfo, ApiError> {
         .catalog
         .plan(&matches.remove(0))?
         .ok_or_else(|| ApiError::NotFound(format!("no plan {id:?}")))?;
-    pb::PlanInfo::decode(bytes.as_slice())
-        .map_err(|e| ApiError::internal(format!("stored plan {id}: {e}")))
+    let wire = pb::PlanInfo::decode(bytes.as_slice())
+        .map_err(|e| ApiError::internal(format!("stored plan {id}: {e}")))?;
+    Ok(Plan::from_wire(wire)?)
 }
 
 /// A plan's restore target refused, worded for `lifeboat recover`.

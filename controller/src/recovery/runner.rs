@@ -21,6 +21,7 @@ use lifeboat_proto::states::{PlanState, StepState};
 use prost::Message;
 
 use super::estimate::{self, Model, Step, Work};
+use super::model::{Plan, Source};
 use super::plan::{JOB_TAG, MAX_ATTEMPTS, load, plan_target_refused, save};
 use crate::Controller;
 use crate::catalog::AgentRow;
@@ -31,20 +32,20 @@ use crate::workers::Workers;
 const TICK: Duration = Duration::from_millis(100);
 
 /// Starts running a planned plan.
-pub fn start(ctl: &Arc<Controller>, operator: &str, id: &str) -> Result<pb::PlanInfo, ApiError> {
+pub fn start(ctl: &Arc<Controller>, operator: &str, id: &str) -> Result<Plan, ApiError> {
     let mut plan = load(ctl, id)?;
-    match PlanState::parse(&plan.state) {
-        Some(PlanState::Planned) => {}
-        Some(PlanState::Running) => return Ok(plan),
-        _ => {
+    match plan.state {
+        PlanState::Planned => {}
+        PlanState::Running => return Ok(plan),
+        PlanState::Finished | PlanState::Failed => {
             return Err(ApiError::FailedPrecondition(format!(
                 "plan {} is {}; make a new plan with `lifeboat recover plan`",
                 plan.id, plan.state
             )));
         }
     }
-    plan.state = PlanState::Running.into();
-    plan.started_unix_ms = ctl.clock.now_ms();
+    plan.state = PlanState::Running;
+    plan.started_ms = ctl.clock.now_ms();
     save(ctl, &plan)?;
     ctl.audit.ok(
         &format!("operator:{operator}"),
@@ -59,7 +60,7 @@ pub fn start(ctl: &Arc<Controller>, operator: &str, id: &str) -> Result<pb::Plan
 /// Resumes every plan that was running when the controller stopped.
 pub fn resume_all(ctl: &Arc<Controller>) -> Result<(), ApiError> {
     for (id, state) in ctl.catalog.plans()? {
-        if state == StepState::Running {
+        if state == PlanState::Running {
             tracing::warn!(plan = %id, "resuming a recovery plan after a restart");
             spawn(ctl.clone(), id);
         }
@@ -91,7 +92,7 @@ fn spawn(ctl: Arc<Controller>, id: String) {
         Ok(p) => p,
         Err(e) => return ended(&ctl, Some(e)),
     };
-    if let Some(pacer) = Pacer::new(plan.bandwidth_bytes_per_sec) {
+    if let Some(pacer) = Pacer::new(plan.bandwidth) {
         ctl.jobs.set_pacer(&tag, Arc::new(pacer));
     }
     let worker = Workers::spawn_until_done(
@@ -115,7 +116,7 @@ fn spawn(ctl: Arc<Controller>, id: String) {
 
 /// What a plan's runner carries from one step to the next.
 struct Runner {
-    plan: pb::PlanInfo,
+    plan: Plan,
     cache: Cache,
 }
 
@@ -123,11 +124,9 @@ struct Runner {
 /// plan has ended.
 fn tick(ctl: &Arc<Controller>, r: &mut Runner) -> Result<bool, ApiError> {
     let done = step(ctl, &mut r.plan, &mut r.cache);
-    let bytes = r.plan.encode_to_vec();
-    if bytes != r.cache.saved {
-        ctl.catalog
-            .put_plan(&r.plan.id, r.plan.created_unix_ms, &r.plan.state, &bytes)?;
-        r.cache.saved = bytes;
+    if r.cache.saved.as_ref() != Some(&r.plan) {
+        save(ctl, &r.plan)?;
+        r.cache.saved = Some(r.plan.clone());
     }
     done
 }
@@ -142,15 +141,15 @@ struct Cache {
     /// arrive only when one ends).
     model: Option<(usize, Model)>,
     /// The plan as last written.
-    saved: Vec<u8>,
+    saved: Option<Plan>,
 }
 
-fn offset(plan: &pb::PlanInfo, now_ms: i64) -> u64 {
-    (now_ms - plan.started_unix_ms).max(0) as u64
+fn offset(plan: &Plan, now_ms: i64) -> u64 {
+    (now_ms - plan.started_ms).max(0) as u64
 }
 
 /// One pass of the runner; true when the plan has ended.
-fn step(ctl: &Controller, plan: &mut pb::PlanInfo, cache: &mut Cache) -> Result<bool, ApiError> {
+fn step(ctl: &Controller, plan: &mut Plan, cache: &mut Cache) -> Result<bool, ApiError> {
     let now = ctl.clock.now_ms();
     let tag = format!("{JOB_TAG}{}", plan.id);
     // Follow what runs.
@@ -180,7 +179,7 @@ fn step(ctl: &Controller, plan: &mut pb::PlanInfo, cache: &mut Cache) -> Result<
         if blocked {
             break;
         }
-        plan.devices[d].state = StepState::Running.into();
+        plan.devices[d].state = StepState::Running;
         plan.devices[d].actual_start_ms = offset(plan, now);
         running += 1;
         follow_device(ctl, plan, d, &tag, now)?;
@@ -193,11 +192,7 @@ fn step(ctl: &Controller, plan: &mut pb::PlanInfo, cache: &mut Cache) -> Result<
         .filter(|s| s.state == StepState::Done)
         .map(|s| s.wire_bytes)
         .sum();
-    let active = plan
-        .devices
-        .iter()
-        .any(|d| d.state == StepState::Pending || d.state == StepState::Running);
-    if active {
+    if plan.active() {
         return Ok(false);
     }
     let failed: Vec<&str> = plan
@@ -210,9 +205,8 @@ fn step(ctl: &Controller, plan: &mut pb::PlanInfo, cache: &mut Cache) -> Result<
         PlanState::Finished
     } else {
         PlanState::Failed
-    }
-    .into();
-    plan.finished_unix_ms = now;
+    };
+    plan.finished_ms = now;
     plan.eta_ms = 0;
     plan.actual_total_downtime_ms = plan.devices.iter().map(|d| d.actual_finish_ms).sum();
     plan.actual_longest_downtime_ms = plan
@@ -227,7 +221,7 @@ fn step(ctl: &Controller, plan: &mut pb::PlanInfo, cache: &mut Cache) -> Result<
         "plan.end",
         &plan.id,
         serde_json::json!({
-            "state": plan.state,
+            "state": plan.state.as_str(),
             "failed": failed,
             "estimated_total_ms": plan.total_downtime_ms,
             "actual_total_ms": plan.actual_total_downtime_ms,
@@ -244,10 +238,10 @@ fn step(ctl: &Controller, plan: &mut pb::PlanInfo, cache: &mut Cache) -> Result<
 /// Records what the plan moved over its length: the fleet's capacity in the downtime model
 /// (only when the plan moved enough to say something, and not for capped plans, whose
 /// rate is the cap's).
-fn record_egress(ctl: &Controller, plan: &pb::PlanInfo, now: i64) {
+fn record_egress(ctl: &Controller, plan: &Plan, now: i64) {
     let moved = plan.bytes_moved;
     let ms = plan.actual_longest_downtime_ms;
-    if plan.bandwidth_bytes_per_sec > 0 || moved < 16 << 20 || ms == 0 {
+    if plan.bandwidth > 0 || moved < 16 << 20 || ms == 0 {
         return;
     }
     let sample = crate::catalog::SampleRow {
@@ -270,14 +264,14 @@ fn record_egress(ctl: &Controller, plan: &pb::PlanInfo, now: i64) {
 /// starts the next one at once.
 fn follow_device(
     ctl: &Controller,
-    plan: &mut pb::PlanInfo,
+    plan: &mut Plan,
     d: usize,
     tag: &str,
     now: i64,
 ) -> Result<(), ApiError> {
-    let started = plan.started_unix_ms;
+    let started = plan.started_ms;
     let since_start = |t: i64| (t - started).max(0) as u64;
-    let mode = plan_mode(&plan.mode).to_string();
+    let mode = plan.mode;
     let plan_id = plan.id.clone();
     let dev = &mut plan.devices[d];
     loop {
@@ -291,8 +285,7 @@ fn follow_device(
                 StepState::Failed
             } else {
                 StepState::Done
-            }
-            .into();
+            };
             if failed || dev.actual_finish_ms == 0 {
                 dev.actual_finish_ms = since_start(now);
             }
@@ -302,15 +295,15 @@ fn follow_device(
             let target = ctl.catalog.find_agent(&dev.target_agent)?;
             let src = &mut dev.sources[s];
             src.attempts += 1;
-            match submit(ctl, &mode, &target, src, tag) {
+            match submit(ctl, mode, &target, src, tag) {
                 Ok(job) => {
                     src.job_id = job;
-                    src.state = StepState::Running.into();
+                    src.state = StepState::Running;
                 }
                 Err(e) => {
                     src.error = e.to_string();
                     if src.attempts >= MAX_ATTEMPTS {
-                        src.state = StepState::Failed.into();
+                        src.state = StepState::Failed;
                         dev.error = format!("{}: {e}", src.source);
                         continue;
                     }
@@ -320,7 +313,7 @@ fn follow_device(
         }
         let src = &mut dev.sources[s];
         let Some(mut job) = ctl.catalog.job(&src.job_id)? else {
-            src.state = StepState::Pending.into();
+            src.state = StepState::Pending;
             return Ok(());
         };
         src.progress = job
@@ -329,7 +322,7 @@ fn follow_device(
             .and_then(|p| pb::Progress::decode(p).ok());
         match JobState::try_from(job.state).unwrap_or(JobState::Unspecified) {
             JobState::Succeeded => {
-                src.state = StepState::Done.into();
+                src.state = StepState::Done;
                 src.result = job
                     .result
                     .as_deref()
@@ -342,13 +335,13 @@ fn follow_device(
             JobState::Failed => {
                 src.error = job.error.clone();
                 if src.attempts >= MAX_ATTEMPTS {
-                    src.state = StepState::Failed.into();
+                    src.state = StepState::Failed;
                     dev.error = format!("{}: {}", src.source, job.error);
                     tracing::error!(plan = %plan_id, device = %dev.agent, error = %dev.error, "device failed");
                     continue;
                 }
                 tracing::warn!(plan = %plan_id, device = %dev.agent, error = %job.error, "restore failed; trying again");
-                src.state = StepState::Pending.into();
+                src.state = StepState::Pending;
                 continue;
             }
             // Queued again under the same id once the agent is back: an agent still running
@@ -373,23 +366,19 @@ fn follow_device(
     }
 }
 
-fn plan_mode(mode: &str) -> &str {
-    if mode.is_empty() { "replace" } else { mode }
-}
-
 /// Starts the restore of one source; returns the job id.
 fn submit(
     ctl: &Controller,
-    mode: &str,
+    mode: Mode,
     target: &AgentRow,
-    src: &pb::PlanSource,
+    src: &Source,
     tag: &str,
 ) -> Result<String, ApiError> {
     let snap = ctl.catalog.find_snapshot(&src.snapshot)?;
     let destination = match SourceKind::of(&snap.source) {
         SourceKind::Path => Destination::Dir {
             target: src.target.clone(),
-            mode: Mode::parse(mode).map_err(|e| ApiError::InvalidArgument(e.to_string()))?,
+            mode,
             // The source ends exactly as its restore point.
             delete_extra: true,
         },
@@ -427,7 +416,7 @@ fn submit(
 /// Re-estimates the time left from the measured rates and what is left to move.
 fn reestimate(
     ctl: &Controller,
-    plan: &mut pb::PlanInfo,
+    plan: &mut Plan,
     now: i64,
     cache: &mut Cache,
 ) -> Result<(), ApiError> {
@@ -435,7 +424,7 @@ fn reestimate(
         .devices
         .iter()
         .flat_map(|d| &d.sources)
-        .filter(|s| s.state == StepState::Done || s.state == StepState::Failed)
+        .filter(|s| s.state.ended())
         .count();
     if cache.model.as_ref().is_none_or(|(n, _)| *n != ended) {
         cache.model = Some((ended, Model::load(&ctl.catalog)?));
@@ -462,12 +451,12 @@ fn reestimate(
         };
         let mut steps = Vec::new();
         for s in &d.sources {
-            if s.state == StepState::Done || s.state == StepState::Failed {
+            if s.state.ended() {
                 continue;
             }
             let rates = model.rates(&target_id, SourceKind::of(&s.source).as_str());
-            let left = match (&s.progress, StepState::parse(&s.state)) {
-                (Some(p), Some(StepState::Running)) if p.bytes_total > 0 => {
+            let left = match (&s.progress, s.state) {
+                (Some(p), StepState::Running) if p.bytes_total > 0 => {
                     1.0 - (p.bytes_done.min(p.bytes_total) as f64 / p.bytes_total as f64)
                 }
                 _ => 1.0,
@@ -487,12 +476,10 @@ fn reestimate(
             tier: d.tier,
             steps,
         });
-        match StepState::parse(&d.state) {
-            Some(StepState::Running) => {
-                running.push((i, d.actual_start_ms as f64));
-            }
-            Some(StepState::Pending) => pending.push(i),
-            _ => {}
+        match d.state {
+            StepState::Running => running.push((i, d.actual_start_ms as f64)),
+            StepState::Pending => pending.push(i),
+            StepState::Done | StepState::Failed => {}
         }
     }
     let spans = estimate::simulate(
@@ -500,7 +487,7 @@ fn reestimate(
         &running,
         &pending,
         plan.concurrency as usize,
-        model.plan_bandwidth(plan.bandwidth_bytes_per_sec),
+        model.plan_bandwidth(plan.bandwidth),
         at,
     );
     let end = running

@@ -413,7 +413,7 @@ impl Store {
     pub fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
         let open = self.packs.lock();
         let candidates: Vec<ChunkId> = ids.iter().filter(|id| !open.holds(id)).copied().collect();
-        self.catalog.unknown_chunks(&candidates)
+        Ok(self.catalog.unknown_chunks(&candidates)?)
     }
 
     /// Verifies uploaded blobs against their ids (decoding with the bomb-safe codec) and
@@ -691,7 +691,7 @@ impl Store {
     pub fn delete_snapshot(&self, id: &str) -> Result<(), ApiError> {
         let version = self.catalog.envelope_version(id)?;
         self.objects.delete(&snapshot_key(id), &version)?;
-        self.catalog.delete_snapshot(id)
+        Ok(self.catalog.delete_snapshot(id)?)
     }
 
     /// A snapshot's envelope: from the primary, or, when the primary cannot produce it,
@@ -818,7 +818,7 @@ impl Store {
     pub fn delete_pack(&self, name: &str) -> Result<(), ApiError> {
         self.objects
             .delete(&pack_key(name), &self.pack_version(name)?)?;
-        self.catalog.delete_pack_row(name)
+        Ok(self.catalog.delete_pack_row(name)?)
     }
 
     /// The name of every pack in the store, with the version written (a listing: never a

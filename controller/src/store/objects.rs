@@ -51,6 +51,19 @@ pub struct Stored {
     pub retained_until_ms: i64,
 }
 
+impl crate::error::DomainError for StoreError {
+    fn kind(&self) -> crate::error::Kind {
+        use crate::error::Kind;
+        match self {
+            StoreError::NotFound { .. } => Kind::NotFound,
+            StoreError::Full(_) => Kind::ResourceExhausted,
+            StoreError::Unavailable(_) => Kind::Unavailable,
+            StoreError::Refused(_) | StoreError::Locked(_) => Kind::FailedPrecondition,
+            StoreError::Corrupt(_) | StoreError::Io(_) => Kind::Internal,
+        }
+    }
+}
+
 impl StoreError {
     fn io(what: String, e: std::io::Error) -> StoreError {
         match e.kind() {
