@@ -41,6 +41,8 @@ pub enum BackupError {
     NothingToBackUp(String),
     #[error("agent {0} is revoked: it cannot back up")]
     AgentRevoked(String),
+    #[error("--consistency hook needs --hook-container and --hook-before and/or --hook-after")]
+    HookWithoutCommands,
     #[error(
         "an upload names the backup job it belongs to (request metadata {:?}); upgrade the agent",
         lifeboat_proto::JOB_METADATA
@@ -71,6 +73,7 @@ impl DomainError for BackupError {
             | E::UploadWithoutJob
             | E::NotRunning(_) => Kind::FailedPrecondition,
             E::NotInInventory { .. } | E::NoSource { .. } => Kind::NotFound,
+            E::HookWithoutCommands => Kind::InvalidArgument,
             E::NotItsBackup { .. } => Kind::PermissionDenied,
             E::Catalog(e) => e.kind(),
             E::Core(e) => core_kind(e),
@@ -179,6 +182,38 @@ fn repair_chunks(ctl: &Controller) -> Result<Vec<Vec<u8>>, CatalogError> {
         .iter()
         .map(|id| id.as_bytes().to_vec())
         .collect())
+}
+
+/// An operator's backup of `agent` (`lifeboat backup`): the agent's standing first, then
+/// the sources it names and the consistency it asks for; audited.
+pub fn for_operator(
+    ctl: &Controller,
+    operator: &str,
+    agent: &AgentRow,
+    sources: &SourceRequest,
+    options: Options,
+) -> Result<JobRow, BackupError> {
+    if agent.revoked_ms != 0 {
+        return Err(BackupError::AgentRevoked(agent.name.clone()));
+    }
+    let sources = resolve_sources(agent, sources)?;
+    if options.consistency == Some(Consistency::Hook)
+        && options
+            .hook
+            .as_ref()
+            .is_none_or(|h| h.before.is_empty() && h.after.is_empty())
+    {
+        return Err(BackupError::HookWithoutCommands);
+    }
+    let row = submit(ctl, agent, sources, options, "")?;
+    tracing::info!(%operator, agent = %agent.name, job = %row.id, "backup requested");
+    ctl.audit.ok(
+        &format!("operator:{operator}"),
+        "backup.start",
+        &agent.name,
+        serde_json::json!({ "job": row.id, "sources": row.detail }),
+    );
+    Ok(row)
 }
 
 /// Queues a backup of `sources` on `agent`; `policy` is the scheduling policy's name, or

@@ -22,6 +22,11 @@ use crate::error::ApiError;
 
 pub type Outbound = mpsc::Sender<Result<pb::ControllerMessage, Status>>;
 
+/// How often a running job's progress reaches the catalog. Agents report every 500 ms; with
+/// hundreds restoring at once, writing each report cost the controller more than the
+/// restores' own bookkeeping. Watchers and listings see every report.
+const PROGRESS_SAVE_EVERY_MS: i64 = 10_000;
+
 struct SessionHandle {
     id: u64,
     tx: Outbound,
@@ -42,6 +47,10 @@ struct Inner {
     pacers: HashMap<String, Arc<Pacer>>,
     /// Heartbeats not yet written to the catalog: agent id -> when.
     seen: HashMap<String, i64>,
+    /// The latest progress of each running job, and when it was last written to the
+    /// catalog: a running job's progress is written at most every [`PROGRESS_SAVE_EVERY`]
+    /// (a restart interrupts running jobs anyway), and always with its end.
+    progress: HashMap<String, (pb::Progress, i64)>,
     next_session: u64,
 }
 
@@ -307,6 +316,30 @@ impl Jobs {
             return Ok(());
         }
         let state = JobState::try_from(upd.state).unwrap_or(JobState::Unspecified);
+        if state == JobState::Running
+            && row.state == JobState::Running as i32
+            && let Some(p) = upd.progress
+        {
+            // Progress alone: kept here, written now and then.
+            let now = self.clock.now_ms();
+            let due = {
+                let mut inner = self.lock();
+                let saved_ms = inner.progress.get(&row.id).map_or(0, |(_, at)| *at);
+                let due = now - saved_ms >= PROGRESS_SAVE_EVERY_MS;
+                if due {
+                    row.progress = Some(p.encode_to_vec());
+                }
+                let at = if due { now } else { saved_ms };
+                inner.progress.insert(row.id.clone(), (p, at));
+                due
+            };
+            if due {
+                self.save(&row);
+            } else {
+                self.notify(&row);
+            }
+            return Ok(());
+        }
         match state {
             JobState::Running => row.state = JobState::Running as i32,
             JobState::Succeeded | JobState::Failed => {
@@ -344,6 +377,7 @@ impl Jobs {
         }
         if let Some(p) = upd.progress {
             row.progress = Some(p.encode_to_vec());
+            self.lock().progress.remove(&row.id);
         }
         self.save(&row);
         drop(rows);
@@ -408,6 +442,23 @@ impl Jobs {
     }
 
     fn save(&self, row: &JobRow) {
+        // A job that stops running keeps the last progress it reported.
+        let live = if row.state == JobState::Running as i32 {
+            None
+        } else {
+            self.lock().progress.remove(&row.id)
+        };
+        let with_progress;
+        let row = match live {
+            Some((p, _)) => {
+                with_progress = JobRow {
+                    progress: Some(p.encode_to_vec()),
+                    ..row.clone()
+                };
+                &with_progress
+            }
+            None => row,
+        };
         if let Err(e) = self.catalog.update_job(row) {
             tracing::error!(job = %row.id, error = %e, "cannot save job");
             return;
@@ -417,6 +468,11 @@ impl Jobs {
             inner.grants.remove(&row.id);
             inner.uploaded.remove(&row.id);
         }
+        self.notify(row);
+    }
+
+    /// Tells the job's watchers, if any, what it is now.
+    fn notify(&self, row: &JobRow) {
         let watcher = self.lock().watchers.get(&row.id).cloned();
         if let Some(w) = watcher
             && let Ok(info) = self.info(row)
@@ -454,10 +510,7 @@ impl Jobs {
             created_unix_ms: row.created_ms,
             started_unix_ms: row.started_ms,
             finished_unix_ms: row.finished_ms,
-            progress: row
-                .progress
-                .as_deref()
-                .and_then(|p| pb::Progress::decode(p).ok()),
+            progress: self.progress(row),
             error: row.error.clone(),
             snapshot_ids: row.snapshot_ids.clone(),
             restore: row
@@ -466,6 +519,18 @@ impl Jobs {
                 .and_then(|r| pb::RestoreResult::decode(r).ok()),
             refusal: row.refusal,
         })
+    }
+
+    /// The job's latest progress: a running job's as last reported, else as stored.
+    pub fn progress(&self, row: &JobRow) -> Option<pb::Progress> {
+        if row.state == JobState::Running as i32
+            && let Some((p, _)) = self.lock().progress.get(&row.id)
+        {
+            return Some(p.clone());
+        }
+        row.progress
+            .as_deref()
+            .and_then(|p| pb::Progress::decode(p).ok())
     }
 
     /// Succeeded and failed jobs take no more agent updates (the scheduler may queue a

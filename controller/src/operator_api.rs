@@ -253,21 +253,6 @@ impl OperatorApi for OperatorService {
         let (operator, _) = auth::operator(&req)?;
         let req = req.into_inner();
         let agent = self.0.catalog.find_agent(&req.agent)?;
-        if agent.revoked_ms != 0 {
-            return Err(ApiError::FailedPrecondition(format!(
-                "agent {} is revoked: it cannot back up",
-                agent.name
-            ))
-            .into());
-        }
-        let sources = backups::resolve_sources(
-            &agent,
-            &backups::SourceRequest {
-                sources: req.sources,
-                all_images: req.all_images,
-                all_volumes: req.all_volumes,
-            },
-        )?;
         let consistency = match req.consistency.as_str() {
             "" => None,
             word => Some(Consistency::parse(word).ok_or_else(|| {
@@ -276,32 +261,18 @@ impl OperatorApi for OperatorService {
                 ))
             })?),
         };
-        let hook = req.hook.filter(|h| !h.container.is_empty());
-        if consistency == Some(Consistency::Hook)
-            && hook
-                .as_ref()
-                .is_none_or(|h| h.before.is_empty() && h.after.is_empty())
-        {
-            return Err(ApiError::InvalidArgument(
-                "--consistency hook needs --hook-container and --hook-before and/or --hook-after"
-                    .into(),
-            )
-            .into());
-        }
+        let sources = backups::SourceRequest {
+            sources: req.sources,
+            all_images: req.all_images,
+            all_volumes: req.all_volumes,
+        };
         let options = backups::Options {
             full_reread: req.full_reread,
             consistency,
-            hook,
+            hook: req.hook.filter(|h| !h.container.is_empty()),
             bandwidth: 0,
         };
-        let row = backups::submit(&self.0, &agent, sources, options, "")?;
-        tracing::info!(%operator, agent = %agent.name, job = %row.id, "backup requested");
-        self.0.audit.ok(
-            &format!("operator:{operator}"),
-            "backup.start",
-            &agent.name,
-            serde_json::json!({ "job": row.id, "sources": row.detail }),
-        );
+        let row = backups::for_operator(&self.0, &operator, &agent, &sources, options)?;
         Ok(Response::new(self.0.jobs.info(&row)?))
     }
 
@@ -725,33 +696,15 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::QuarantineReply>, Status> {
         let (operator, role) = auth::operator(&req)?;
         let req = req.into_inner();
-        if req.clear && role != auth::Role::Admin {
-            return Err(ApiError::PermissionDenied(
-                "denied: only an admin may lift a quarantine".into(),
-            )
-            .into());
-        }
-        if req.clear {
-            let target = format!(
-                "{} after {}",
-                if req.agent.is_empty() {
-                    format!("selector {:?}", req.selector)
-                } else {
-                    format!("agent {}", req.agent)
-                },
-                crate::when(req.after_unix_ms)
-            );
-            crate::approvals::gate(&self.0, &operator, "quarantine.lift", &target)?;
-        }
         let changed = crate::recovery::quarantine(
             &self.0,
-            &format!("operator:{operator}"),
+            &operator,
+            role,
             &req.agent,
             &req.selector,
             req.after_unix_ms,
             req.clear,
         )?;
-        tracing::warn!(%operator, snapshots = changed.len(), clear = req.clear, "quarantine changed");
         Ok(Response::new(pb::QuarantineReply {
             snapshots: changed
                 .into_iter()

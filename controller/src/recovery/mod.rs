@@ -15,6 +15,7 @@ use lifeboat_core::ChunkId;
 use lifeboat_core::snapshot::Record;
 use lifeboat_proto::pb;
 
+use crate::auth::Role;
 use crate::catalog::SnapshotRow;
 use crate::error::ApiError;
 use crate::{Controller, restores, snapshots};
@@ -87,15 +88,34 @@ pub fn last_known_good(
 
 /// Marks as quarantined (or, with `clear`, releases) every snapshot received after
 /// `after_ms` from the agent named `agent` or those `selector` picks: a restore point
-/// after the compromise time is suspect. Returns the snapshots that changed.
+/// after the compromise time is suspect. Only an admin lifts a quarantine, with a second
+/// admin's approval when approvals are required. Returns the snapshots that changed.
 pub fn quarantine(
     ctl: &Controller,
-    actor: &str,
+    operator: &str,
+    role: Role,
     agent: &str,
     selector: &str,
     after_ms: i64,
     clear: bool,
 ) -> Result<Vec<SnapshotRow>, ApiError> {
+    if clear {
+        if role != Role::Admin {
+            return Err(ApiError::PermissionDenied(
+                "denied: only an admin may lift a quarantine".into(),
+            ));
+        }
+        let target = format!(
+            "{} after {}",
+            if agent.is_empty() {
+                format!("selector {selector:?}")
+            } else {
+                format!("agent {agent}")
+            },
+            crate::when(after_ms)
+        );
+        crate::approvals::gate(ctl, operator, "quarantine.lift", &target)?;
+    }
     if after_ms <= 0 {
         return Err(ApiError::InvalidArgument(
             "--after is required: snapshots received after it become suspect".into(),
@@ -112,8 +132,9 @@ pub fn quarantine(
     for a in &agents {
         changed.extend(ctl.catalog.quarantine(&a.id, after_ms, now, clear)?);
     }
+    tracing::warn!(%operator, snapshots = changed.len(), clear, "quarantine changed");
     ctl.audit.ok(
-        actor,
+        &format!("operator:{operator}"),
         if clear {
             "snapshot.unquarantine"
         } else {

@@ -85,6 +85,17 @@ pub struct Source {
 }
 
 impl Plan {
+    /// The plan without what moves on every step of a running restore (each source's
+    /// progress, the ETA): two plans whose `settled` forms are equal differ only there.
+    pub fn settled(&self) -> Plan {
+        let mut p = self.clone();
+        p.eta_ms = 0;
+        for s in p.devices.iter_mut().flat_map(|d| d.sources.iter_mut()) {
+            s.progress = None;
+        }
+        p
+    }
+
     /// Whether any device still waits or runs.
     pub fn active(&self) -> bool {
         self.devices.iter().any(|d| !d.state.ended())

@@ -30,6 +30,9 @@ use crate::restores::{self, Destination, RestoreError};
 use crate::workers::Workers;
 
 const TICK: Duration = Duration::from_millis(100);
+/// How often a running plan is written back when only its progress moved (bytes done, the
+/// ETA); a change of any state is written at once.
+const PROGRESS_SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Starts running a planned plan.
 pub fn start(ctl: &Arc<Controller>, operator: &str, id: &str) -> Result<Plan, ApiError> {
@@ -124,9 +127,18 @@ struct Runner {
 /// plan has ended.
 fn tick(ctl: &Arc<Controller>, r: &mut Runner) -> Result<bool, ApiError> {
     let done = step(ctl, &mut r.plan, &mut r.cache);
-    if r.cache.saved.as_ref() != Some(&r.plan) {
+    let settled = r.plan.settled();
+    let write = match &r.cache.saved {
+        None => true,
+        Some((saved, at)) => {
+            *saved != settled
+                || (at.elapsed() >= PROGRESS_SAVE_EVERY && r.cache.progressed(&r.plan))
+        }
+    };
+    if write {
         save(ctl, &r.plan)?;
-        r.cache.saved = Some(r.plan.clone());
+        r.cache.saved = Some((settled, std::time::Instant::now()));
+        r.cache.last = Some(r.plan.clone());
     }
     done
 }
@@ -140,8 +152,16 @@ struct Cache {
     /// The downtime model, and how many restores had ended when it was loaded (new samples
     /// arrive only when one ends).
     model: Option<(usize, Model)>,
-    /// The plan as last written.
-    saved: Option<Plan>,
+    /// The plan as last written, settled (see `Plan::settled`), and when; and as written.
+    saved: Option<(Plan, std::time::Instant)>,
+    last: Option<Plan>,
+}
+
+impl Cache {
+    /// Whether `plan` moved on since it was last written.
+    fn progressed(&self, plan: &Plan) -> bool {
+        self.last.as_ref() != Some(plan)
+    }
 }
 
 fn offset(plan: &Plan, now_ms: i64) -> u64 {
@@ -316,10 +336,7 @@ fn follow_device(
             src.state = StepState::Pending;
             return Ok(());
         };
-        src.progress = job
-            .progress
-            .as_deref()
-            .and_then(|p| pb::Progress::decode(p).ok());
+        src.progress = ctl.jobs.progress(&job);
         match JobState::try_from(job.state).unwrap_or(JobState::Unspecified) {
             JobState::Succeeded => {
                 src.state = StepState::Done;
