@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::error::ApiError;
 use crate::store::PutSummary;
-use crate::{Controller, auth, backups, now_ms, snapshots};
+use crate::{Controller, access, auth, backups, now_ms, snapshots};
 
 pub struct AgentService(pub Arc<Controller>);
 
@@ -176,35 +176,8 @@ impl AgentApi for AgentService {
             let Some(batch) = next? else {
                 break;
             };
-            // A revocation stops an upload that is already streaming.
-            if self
-                .0
-                .catalog
-                .agent(&agent.id)?
-                .is_none_or(|a| a.revoked_ms != 0)
-            {
-                return Err(ApiError::PermissionDenied(format!(
-                    "agent {} was revoked",
-                    agent.name
-                ))
-                .into());
-            }
             let bytes: u64 = batch.chunks.iter().map(|c| c.blob.len() as u64).sum();
-            if let Err(used) = self.0.jobs.charge_upload(&job_id, bytes, quota) {
-                let e = ApiError::QuotaExceeded(format!(
-                    "backup job {job_id} reached its upload quota of {} ({} uploaded, {} more in this message): raise the policy's upload_quota or the controller's --upload-quota if the source really grew",
-                    lifeboat_core::units::bytes(quota),
-                    lifeboat_core::units::bytes(used),
-                    lifeboat_core::units::bytes(bytes)
-                ));
-                self.0.audit.refused(
-                    &format!("agent:{}", agent.name),
-                    "chunks.upload",
-                    &job_id,
-                    &e.to_string(),
-                );
-                return Err(e.into());
-            }
+            backups::charge_upload(&self.0, &agent, &job_id, bytes, quota)?;
             let (ctl, agent_id) = (self.0.clone(), agent.id.clone());
             storing = Some(tokio::task::spawn_blocking(move || {
                 let chunks = batch
@@ -212,11 +185,7 @@ impl AgentApi for AgentService {
                     .iter()
                     .map(|c| Ok((ChunkId::from_slice(&c.id)?, &c.blob[..])))
                     .collect::<Result<Vec<_>, ApiError>>()?;
-                let sum = ctl.store.put_batch(&chunks)?;
-                // Verified against their ids: the agent holds these now.
-                let ids: Vec<ChunkId> = chunks.iter().map(|(id, _)| *id).collect();
-                ctl.catalog.own_chunks(&agent_id, &ids)?;
-                Ok(sum)
+                backups::store_chunks(&ctl, &agent_id, &chunks)
             }));
         }
         Ok(Response::new(reply))
@@ -384,28 +353,7 @@ impl AgentApi for AgentService {
                 _ => None,
             })
             .unwrap_or_default();
-        let lifetime = self.0.agent_cert_lifetime;
-        let validity = lifeboat_core::pki::Validity::from_now(lifetime);
-        let (cert_pem, serial) = self
-            .0
-            .ca
-            .sign_csr(
-                &req.into_inner().csr_pem,
-                &format!("agent:{}", agent.id),
-                validity,
-            )
-            .map_err(ApiError::from)?;
-        // The certificate this connection presented stays valid until the new one is used.
-        self.0
-            .catalog
-            .renew_agent_cert(&agent.id, &presented, &serial, validity.not_after_ms())?;
-        self.0.audit.ok(
-            &format!("agent:{}", agent.name),
-            "cert.renew",
-            &agent.name,
-            serde_json::json!({ "serial": serial, "previous": presented, "not_after_ms": validity.not_after_ms() }),
-        );
-        tracing::info!(agent = %agent.name, "certificate renewed");
+        let cert_pem = access::renew(&self.0, &agent, &presented, &req.into_inner().csr_pem)?;
         Ok(Response::new(pb::RenewReply { cert_pem }))
     }
 }

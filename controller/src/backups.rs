@@ -52,6 +52,20 @@ pub enum BackupError {
     NotItsBackup { job: String, agent: String },
     #[error("backup job {0} is not running: uploads are taken only while their job runs")]
     NotRunning(String),
+    #[error("agent {0} was revoked")]
+    Revoked(String),
+    #[error(
+        "backup job {job} reached its upload quota of {} ({} uploaded, {} more in this message): raise the policy's upload_quota or the controller's --upload-quota if the source really grew",
+        lifeboat_core::units::bytes(*.quota),
+        lifeboat_core::units::bytes(*.used),
+        lifeboat_core::units::bytes(*.more)
+    )]
+    QuotaExceeded {
+        job: String,
+        quota: u64,
+        used: u64,
+        more: u64,
+    },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
     /// A source name that does not validate.
@@ -74,7 +88,8 @@ impl DomainError for BackupError {
             | E::NotRunning(_) => Kind::FailedPrecondition,
             E::NotInInventory { .. } | E::NoSource { .. } => Kind::NotFound,
             E::HookWithoutCommands => Kind::InvalidArgument,
-            E::NotItsBackup { .. } => Kind::PermissionDenied,
+            E::NotItsBackup { .. } | E::Revoked(_) => Kind::PermissionDenied,
+            E::QuotaExceeded { .. } => Kind::QuotaExceeded,
             E::Catalog(e) => e.kind(),
             E::Core(e) => core_kind(e),
             E::Other(e) => e.kind(),
@@ -299,6 +314,55 @@ pub fn upload_allowance(
     } else {
         ctl.upload_quota
     })
+}
+
+/// Counts a message of `bytes` uploaded by `agent` for backup job `job_id` against its
+/// `quota`: refused (and audited) past it, and refused when the agent was revoked while
+/// its upload streams.
+pub fn charge_upload(
+    ctl: &Controller,
+    agent: &AgentRow,
+    job_id: &str,
+    bytes: u64,
+    quota: u64,
+) -> Result<(), BackupError> {
+    if ctl
+        .catalog
+        .agent(&agent.id)?
+        .is_none_or(|a| a.revoked_ms != 0)
+    {
+        return Err(BackupError::Revoked(agent.name.clone()));
+    }
+    ctl.jobs
+        .charge_upload(job_id, bytes, quota)
+        .map_err(|used| {
+            let e = BackupError::QuotaExceeded {
+                job: job_id.to_string(),
+                quota,
+                used,
+                more: bytes,
+            };
+            ctl.audit.refused(
+                &format!("agent:{}", agent.name),
+                "chunks.upload",
+                job_id,
+                &e.to_string(),
+            );
+            e
+        })
+}
+
+/// Stores chunks `agent_id` uploaded (each verified against its id by the store) and
+/// records that the agent holds them. Blocking.
+pub fn store_chunks(
+    ctl: &Controller,
+    agent_id: &str,
+    chunks: &[(lifeboat_core::ChunkId, &[u8])],
+) -> Result<crate::store::PutSummary, ApiError> {
+    let sum = ctl.store.put_batch(chunks)?;
+    let ids: Vec<_> = chunks.iter().map(|(id, _)| *id).collect();
+    ctl.catalog.own_chunks(agent_id, &ids)?;
+    Ok(sum)
 }
 
 /// Which of `ids` agent `agent` must upload: those the store lacks, and, unless the fleet

@@ -14,8 +14,12 @@
 //! [`ServeConfig`], [`Running`], [`url_for`], [`lock_data_dir`], [`rebuild::rebuild_catalog`],
 //! [`setup`]'s defaults, the [`catalog::Catalog`], and for the scheduler's simulated-week
 //! test (`tests/schedule.rs`, with [`start_with_clock`]) [`scheduler::tick`],
-//! [`policy::parse_file`] and the [`jobs::Jobs`] sessions. Every other module is
-//! `pub(crate)`: `ARCHITECTURE.md` maps them.
+//! [`policy::parse_file`]. Every other module is `pub(crate)`: `ARCHITECTURE.md` maps them.
+//!
+//! This file is the controller's assembly and nothing else: the shared state, its
+//! configuration, and `start`, which builds each part in the order the others need it
+//! (data directory, CA, catalog, store, copies, jobs, workers, services). It stays one file
+//! so that order reads top to bottom; a rule of any domain does not belong here.
 
 pub(crate) mod access;
 pub(crate) mod agent_api;

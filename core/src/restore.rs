@@ -21,6 +21,11 @@
 //! - `delete_extra` removes whatever the target holds that the snapshot does not
 //!   (through directory handles, never following a symlink), so the target ends exactly
 //!   as the snapshot. Without it, extra entries are only reported as planted.
+//!
+//! One file because the guarantees above hold only together: each write path (file,
+//! directory, symlink, device, the repair scan, the deletion of extras) goes through the
+//! same directory handles and the same verify-then-rename, and reading them side by side
+//! is how a reviewer checks that none of them opens a path another way.
 
 use std::collections::HashSet;
 use std::fs::File;

@@ -1,5 +1,5 @@
-//! Join tokens and operator identities: how long each lives, how often a token admits, and
-//! that a fleet never loses its last admin.
+//! Join tokens, operator identities and agent certificate renewals: how long each lives,
+//! how often a token admits, and that a fleet never loses its last admin.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use lifeboat_core::pki::Validity;
 
 use super::{AccessError, token_hash, validate_labels};
 use crate::auth::Role;
-use crate::catalog::OperatorRow;
+use crate::catalog::{AgentRow, OperatorRow};
 use crate::{Controller, now_ms};
 
 const DEFAULT_TOKEN_TTL_S: u64 = 3600;
@@ -145,4 +145,28 @@ pub fn revoke_identity(
         serde_json::json!({ "role": row.role, "serial": row.cert_serial }),
     );
     Ok(ctl.catalog.operator(name)?.unwrap_or(row))
+}
+
+/// Signs a renewed certificate for `agent`, which presented the certificate `presented`
+/// (a serial): that one stays valid until the new one is used. Audited.
+pub fn renew(
+    ctl: &Controller,
+    agent: &AgentRow,
+    presented: &str,
+    csr_pem: &str,
+) -> Result<String, AccessError> {
+    let validity = Validity::from_now(ctl.agent_cert_lifetime);
+    let (cert_pem, serial) = ctl
+        .ca
+        .sign_csr(csr_pem, &format!("agent:{}", agent.id), validity)?;
+    ctl.catalog
+        .renew_agent_cert(&agent.id, presented, &serial, validity.not_after_ms())?;
+    ctl.audit.ok(
+        &format!("agent:{}", agent.name),
+        "cert.renew",
+        &agent.name,
+        serde_json::json!({ "serial": serial, "previous": presented, "not_after_ms": validity.not_after_ms() }),
+    );
+    tracing::info!(agent = %agent.name, "certificate renewed");
+    Ok(cert_pem)
 }

@@ -10,7 +10,7 @@ mod join;
 
 use std::collections::BTreeMap;
 
-pub use identities::{TokenRequest, create_identity, create_token, revoke_identity};
+pub use identities::{TokenRequest, create_identity, create_token, renew, revoke_identity};
 pub use join::{FAILED_JOINS_PER_MINUTE, JoinLimiter, JoinRequest, join};
 
 use crate::catalog::CatalogError;
