@@ -80,6 +80,9 @@ pub struct Source {
     pub state: StepState,
     pub attempts: u32,
     pub error: String,
+    /// Why nothing moves now (its target agent is not connected), set on every step it
+    /// holds; shown in place of the error while set.
+    pub waiting: String,
     pub result: Option<pb::RestoreResult>,
     pub progress: Option<pb::Progress>,
 }
@@ -218,7 +221,11 @@ impl Source {
             job_id: self.job_id.clone(),
             state: self.state.into(),
             attempts: self.attempts,
-            error: self.error.clone(),
+            error: if self.waiting.is_empty() {
+                self.error.clone()
+            } else {
+                self.waiting.clone()
+            },
             result: self.result.clone(),
             progress: self.progress.clone(),
         }
@@ -238,6 +245,7 @@ impl Source {
             job_id: s.job_id,
             attempts: s.attempts,
             error: s.error,
+            waiting: String::new(),
             result: s.result,
             progress: s.progress,
         })

@@ -277,6 +277,7 @@ pub fn create(
                 state: StepState::Pending,
                 attempts: 0,
                 error: String::new(),
+                waiting: String::new(),
                 result: None,
                 progress: None,
             });

@@ -337,6 +337,7 @@ fn follow_device(
             return Ok(());
         };
         src.progress = ctl.jobs.progress(&job);
+        src.waiting.clear();
         match JobState::try_from(job.state).unwrap_or(JobState::Unspecified) {
             JobState::Succeeded => {
                 src.state = StepState::Done;
@@ -371,13 +372,9 @@ fn follow_device(
             // Say why nothing moves: the plan waits for the machine (it may be being
             // rebuilt), and the watch shows it.
             JobState::Queued | JobState::Interrupted if !ctl.jobs.connected(&job.agent_id) => {
-                src.error = format!("waiting for agent {} to connect", dev.target_agent);
+                src.waiting = format!("waiting for agent {} to connect", dev.target_agent);
             }
-            _ => {
-                if src.error.starts_with("waiting for agent") {
-                    src.error.clear();
-                }
-            }
+            _ => {}
         }
         return Ok(());
     }

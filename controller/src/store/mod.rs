@@ -629,7 +629,7 @@ impl Store {
         }
         let mut located = Located::default();
         let mut url_of: std::collections::HashMap<String, u32> = Default::default();
-        for id in ids {
+        for (id, place) in ids.iter().zip(self.catalog.chunk_places(ids)?) {
             let mut chunk = LocatedChunk {
                 id: *id,
                 url: 0,
@@ -638,7 +638,7 @@ impl Store {
                 key: None,
                 unavailable: String::new(),
             };
-            match self.catalog.chunk_location(id)? {
+            match place {
                 None => chunk.unavailable = format!("chunk {id} is not in the store"),
                 Some(place) => {
                     let n = match url_of.get(&place.pack) {
