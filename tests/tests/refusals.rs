@@ -470,3 +470,127 @@ async fn b1_garbage_and_oversized_messages_leave_the_controller_serving() {
         rss_after >> 20
     );
 }
+
+/// One raw gRPC call of agent `name`: `frame` as the whole request body of `method`, sent
+/// as the agent would over its mTLS channel. Returns the status it was answered with.
+async fn raw_grpc_call(fleet: &Fleet, name: &str, method: &str, frame: Vec<u8>) -> tonic::Status {
+    use http_body_util::BodyExt;
+    use tower::{Service, ServiceExt};
+    let mut channel = transport::connect(
+        &fleet.url,
+        lifeboat_tests::agent_tls(&fleet.path(&format!("agents/{name}"))),
+    )
+    .await
+    .expect("connect as the agent");
+    let req = tonic::codegen::http::Request::builder()
+        .method("POST")
+        .uri(format!("/lifeboat.v1.AgentApi/{method}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from(frame),
+        )))
+        .expect("request");
+    let resp = channel
+        .ready()
+        .await
+        .expect("channel ready")
+        .call(req)
+        .await
+        .expect("an answer, not a dropped connection");
+    let (parts, body) = resp.into_parts();
+    let trailers = body
+        .collect()
+        .await
+        .expect("the answer's body")
+        .trailers()
+        .cloned()
+        .unwrap_or_default();
+    // A refusal before any message comes as headers only; otherwise in the trailers.
+    tonic::Status::from_header_map(&parts.headers)
+        .or_else(|| tonic::Status::from_header_map(&trailers))
+        .expect("a grpc-status")
+}
+
+/// B1 (rest): frames that lie. A length prefix claiming 2 GiB (with five bytes behind it), a
+/// frame cut short of its length, and a message whose protobuf does not parse (a varint
+/// that never ends): each is refused with a status (OUT_OF_RANGE for the size before a byte
+/// of it is buffered; INTERNAL for the others, as gRPC's status codes prescribe for a
+/// request that does not parse), the controller's RSS does not grow by the 2 GiB claimed,
+/// and an agent backs up afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b1_lying_length_prefixes_and_invalid_protobuf_are_refused_and_the_controller_serves_on() {
+    transport::install_crypto_provider();
+    let (fleet, src) = tokio::task::spawn_blocking(|| {
+        let fleet = Fleet::start();
+        let src = small_source(&fleet);
+        fleet.enroll("raw");
+        (fleet, src)
+    })
+    .await
+    .expect("setup");
+    let rss_before = fleet.controller_rss();
+    let frame = |claimed: u32, payload: &[u8]| {
+        let mut f = vec![0u8];
+        f.extend(claimed.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    };
+    // A 2 GiB claim: refused on the claim alone, never buffered.
+    let huge = raw_grpc_call(&fleet, "raw", "MissingChunks", frame(0x7fff_ffff, b"short")).await;
+    assert_eq!(
+        huge.code(),
+        tonic::Code::OutOfRange,
+        "2 GiB claim: {huge:?}"
+    );
+    // A frame that ends before its length: 100 bytes claimed, 5 sent, then the stream ends.
+    let truncated = raw_grpc_call(&fleet, "raw", "MissingChunks", frame(100, b"short")).await;
+    assert_ne!(
+        truncated.code(),
+        tonic::Code::Ok,
+        "a truncated frame was accepted"
+    );
+    // Field 1 (length-delimited) whose length varint never ends.
+    let bad = [
+        0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    ];
+    let invalid = raw_grpc_call(
+        &fleet,
+        "raw",
+        "MissingChunks",
+        frame(bad.len() as u32, &bad),
+    )
+    .await;
+    assert_eq!(
+        invalid.code(),
+        tonic::Code::Internal,
+        "invalid protobuf: {invalid:?}"
+    );
+    // Still serving: another agent enrolls and backs up.
+    let rss_after = tokio::task::spawn_blocking(move || {
+        let mut fleet = fleet;
+        let b = fleet.enroll("b");
+        fleet.run_agent(&b, &[("data", src.as_path())], &[]);
+        fleet.backup("b", "data");
+        fleet.controller_rss()
+    })
+    .await
+    .expect("after");
+    let growth = rss_after.saturating_sub(rss_before);
+    assert!(
+        growth < 64 << 20,
+        "controller RSS grew {} MiB",
+        growth >> 20
+    );
+    eprintln!(
+        "B1: 2 GiB claim -> {:?} ({}); truncated frame -> {:?} ({}); invalid protobuf -> {:?} ({}); RSS {} -> {} MiB",
+        huge.code(),
+        huge.message(),
+        truncated.code(),
+        truncated.message(),
+        invalid.code(),
+        invalid.message(),
+        rss_before >> 20,
+        rss_after >> 20
+    );
+}
