@@ -588,6 +588,7 @@ impl Running {
             .initial_stream_window_size(lifeboat_proto::STREAM_WINDOW)
             .initial_connection_window_size(lifeboat_proto::CONNECTION_WINDOW)
             .max_frame_size(lifeboat_proto::MAX_FRAME)
+            .max_concurrent_streams(lifeboat_proto::MAX_STREAMS_PER_CONNECTION)
             .layer(auth::AuthorizeLayer(ctl.clone()))
             .add_service(pb::enrollment_server::EnrollmentServer::new(
                 enroll::EnrollService::new(ctl.clone()),

@@ -31,3 +31,10 @@ pub const MAX_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
 pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 pub const MAX_FRAME: u32 = 1024 * 1024;
+
+/// Streams one connection may have open at once on the controller. An agent uses a handful
+/// (its session, a few upload or fetch lanes, a commit); a peer that opens more waits (a
+/// well-behaved HTTP/2 client queues them) or is refused, instead of starting a handler per
+/// stream without bound. (tonic leaves HTTP/2's limit unset unless told: hyper's default of
+/// 200 does not apply to a tonic server.) 100 is the minimum RFC 9113 recommends.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 100;

@@ -106,6 +106,12 @@ impl ClientTls {
         Ok(Self::from_config(config, ENROLL_NAME))
     }
 
+    /// The rustls configuration and the server name it asks for (tests speak raw HTTP/2
+    /// over it).
+    pub fn parts(&self) -> (Arc<ClientConfig>, &'static str) {
+        (self.config.clone(), self.server_name)
+    }
+
     /// Any rustls configuration (tests use this to try handshakes the product refuses).
     pub fn from_config(mut config: ClientConfig, server_name: &'static str) -> Self {
         config.alpn_protocols = vec![b"h2".to_vec()];

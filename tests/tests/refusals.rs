@@ -594,3 +594,95 @@ async fn b1_lying_length_prefixes_and_invalid_protobuf_are_refused_and_the_contr
         rss_after >> 20
     );
 }
+
+/// B1 (rest): many streams from one peer. The controller advertises a limit on concurrent
+/// streams per connection (HTTP/2 SETTINGS, read here over a raw HTTP/2 connection), so a
+/// peer cannot start a handler per stream without bound; 10,000 concurrent calls over one
+/// agent's channel are all answered, the controller's RSS grows by less than 64 MiB, and
+/// another agent backs up meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b1_ten_thousand_streams_from_one_peer_are_bounded() {
+    transport::install_crypto_provider();
+    let (fleet, src) = tokio::task::spawn_blocking(|| {
+        let fleet = Fleet::start();
+        let src = small_source(&fleet);
+        fleet.enroll("raw");
+        (fleet, src)
+    })
+    .await
+    .expect("setup");
+    let tls = lifeboat_tests::agent_tls(&fleet.path("agents/raw"));
+    // The limit the controller advertises, read off a raw HTTP/2 connection.
+    let (config, server_name) = tls.parts();
+    let addr = fleet.url.trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from(server_name).expect("server name");
+    let stream = tokio_rustls::TlsConnector::from(config)
+        .connect(name, tcp)
+        .await
+        .expect("tls");
+    let (send, conn) = h2::client::handshake(stream).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    let mut send = send.ready().await.expect("ready");
+    // Any answer comes after the server's SETTINGS: once one is in, so is the limit.
+    let req = tonic::codegen::http::Request::builder()
+        .method("POST")
+        .uri(format!(
+            "https://{server_name}/lifeboat.v1.AgentApi/MissingChunks"
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (answer, _) = send.send_request(req, true).expect("send");
+    answer.await.expect("an answer");
+    let advertised = send.current_max_send_streams();
+    assert_eq!(
+        advertised,
+        lifeboat_proto::MAX_STREAMS_PER_CONNECTION as usize,
+        "streams per connection the controller allows"
+    );
+    // 10,000 concurrent calls over one agent channel: every one answered.
+    let rss_before = fleet.controller_rss();
+    let channel = transport::connect(&fleet.url, tls).await.expect("connect");
+    let api = pb::agent_api_client::AgentApiClient::new(channel);
+    let calls = (0..10_000u32).map(|i| {
+        let mut api = api.clone();
+        async move {
+            let id = blake3::hash(&i.to_le_bytes());
+            api.missing_chunks(pb::ChunkIds {
+                ids: vec![id.as_bytes().to_vec()],
+            })
+            .await
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let refused: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        refused.is_empty(),
+        "{} calls failed, first: {:?}",
+        refused.len(),
+        refused.first()
+    );
+    // Still serving: another agent enrolls and backs up.
+    let rss_after = tokio::task::spawn_blocking(move || {
+        let mut fleet = fleet;
+        let b = fleet.enroll("b");
+        fleet.run_agent(&b, &[("data", src.as_path())], &[]);
+        fleet.backup("b", "data");
+        fleet.controller_rss()
+    })
+    .await
+    .expect("after");
+    let growth = rss_after.saturating_sub(rss_before);
+    assert!(
+        growth < 64 << 20,
+        "controller RSS grew {} MiB",
+        growth >> 20
+    );
+    eprintln!(
+        "B1: {advertised} streams per connection advertised; 10,000 concurrent calls from one peer answered; RSS {} -> {} MiB",
+        rss_before >> 20,
+        rss_after >> 20
+    );
+}
