@@ -396,6 +396,20 @@ fn cli_usage_errors_exit_1_and_name_the_mistake() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("Usage"));
 }
 
+/// After an attack: another agent enrolls and backs up `src`, so the controller still
+/// serves; returns the controller's RSS then.
+async fn another_agent_backs_up(fleet: Fleet, src: std::path::PathBuf) -> u64 {
+    tokio::task::spawn_blocking(move || {
+        let mut fleet = fleet;
+        let b = fleet.enroll("b");
+        fleet.run_agent(&b, &[("data", src.as_path())], &[]);
+        fleet.backup("b", "data");
+        fleet.controller_rss()
+    })
+    .await
+    .expect("after")
+}
+
 /// B1 (part): hostile bytes at the controller's port. 200 connections of garbage where a
 /// TLS handshake belongs, and an agent's message over the size limit: each is refused, the
 /// controller stays up with RSS growth under 64 MiB, and another agent backs up meanwhile.
@@ -448,15 +462,7 @@ async fn b1_garbage_and_oversized_messages_leave_the_controller_serving() {
     assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
     let refused_code = refused.code();
     // Still serving: another agent enrolls and backs up.
-    let rss_after = tokio::task::spawn_blocking(move || {
-        let mut fleet = fleet;
-        let b = fleet.enroll("b");
-        fleet.run_agent(&b, &[("data", src.as_path())], &[]);
-        fleet.backup("b", "data");
-        fleet.controller_rss()
-    })
-    .await
-    .expect("after");
+    let rss_after = another_agent_backs_up(fleet, src).await;
     let growth = rss_after.saturating_sub(rss_before);
     assert!(
         growth < 64 << 20,
@@ -567,15 +573,7 @@ async fn b1_lying_length_prefixes_and_invalid_protobuf_are_refused_and_the_contr
         "invalid protobuf: {invalid:?}"
     );
     // Still serving: another agent enrolls and backs up.
-    let rss_after = tokio::task::spawn_blocking(move || {
-        let mut fleet = fleet;
-        let b = fleet.enroll("b");
-        fleet.run_agent(&b, &[("data", src.as_path())], &[]);
-        fleet.backup("b", "data");
-        fleet.controller_rss()
-    })
-    .await
-    .expect("after");
+    let rss_after = another_agent_backs_up(fleet, src).await;
     let growth = rss_after.saturating_sub(rss_before);
     assert!(
         growth < 64 << 20,
@@ -665,15 +663,7 @@ async fn b1_ten_thousand_streams_from_one_peer_are_bounded() {
         refused.first()
     );
     // Still serving: another agent enrolls and backs up.
-    let rss_after = tokio::task::spawn_blocking(move || {
-        let mut fleet = fleet;
-        let b = fleet.enroll("b");
-        fleet.run_agent(&b, &[("data", src.as_path())], &[]);
-        fleet.backup("b", "data");
-        fleet.controller_rss()
-    })
-    .await
-    .expect("after");
+    let rss_after = another_agent_backs_up(fleet, src).await;
     let growth = rss_after.saturating_sub(rss_before);
     assert!(
         growth < 64 << 20,

@@ -1134,6 +1134,80 @@ fn enrollment_refusals_spend_no_token_and_leak_no_names() {
     assert!(!again.status.success(), "a single-use token enrolled twice");
 }
 
+/// D7 (at 300 machines): an enrollment storm. 300 machines join at once, each over its own
+/// connection with its own CSR and signing key, all with one token of 300 uses: every one
+/// enrolls under an id of its own, the token is spent exactly 300 times (a 301st join is
+/// refused as used), and the catalog lists the 300 agents. The join times are printed (p50,
+/// p99), not asserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d7_an_enrollment_storm_enrolls_each_machine_exactly_once() {
+    const N: usize = 300;
+    transport::install_crypto_provider();
+    let fleet = tokio::task::spawn_blocking(Fleet::start)
+        .await
+        .expect("fleet");
+    let token = tokio::task::block_in_place(|| {
+        fleet.cli_json(&["token", "create", "--uses", &N.to_string(), "--ttl", "10m"])["token"]
+            .as_str()
+            .expect("token")
+            .to_string()
+    });
+    let join = |name: String, token: String| {
+        let (url, fp) = (fleet.url.clone(), fleet.fingerprint.clone());
+        let (csr_pem, _key) = pki::make_csr("storm").expect("csr");
+        let key = SigningKey::generate().expect("key").public_key();
+        async move {
+            let started = std::time::Instant::now();
+            let channel = transport::connect(&url, ClientTls::enrollment(&fp).expect("tls"))
+                .await
+                .expect("connect");
+            let reply = pb::enrollment_client::EnrollmentClient::new(channel)
+                .enroll(pb::EnrollRequest {
+                    token,
+                    name,
+                    labels: Default::default(),
+                    csr_pem,
+                    signing_public_key: key,
+                    hostname: "storm".into(),
+                })
+                .await;
+            (reply.map(|r| r.into_inner().agent_id), started.elapsed())
+        }
+    };
+    let joins: Vec<_> = (0..N)
+        .map(|i| join(format!("storm-{i:03}"), token.clone()))
+        .collect();
+    let results = futures::future::join_all(joins).await;
+    let mut ids = BTreeSet::new();
+    let mut times = Vec::new();
+    for (i, (reply, took)) in results.into_iter().enumerate() {
+        let id = reply.unwrap_or_else(|e| panic!("machine {i} was refused: {e:?}"));
+        ids.insert(id);
+        times.push(took);
+    }
+    assert_eq!(ids.len(), N, "two machines got one identity");
+    let (extra, _) = join("storm-extra".into(), token.clone()).await;
+    let refused = extra.expect_err("a 301st machine joined on a token of 300 uses");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("already used"), "{refused:?}");
+    let listed = tokio::task::block_in_place(|| fleet.cli_json(&["agents"]));
+    let names: BTreeSet<&str> = listed
+        .as_array()
+        .expect("agents")
+        .iter()
+        .filter_map(|a| a["name"].as_str())
+        .filter(|n| n.starts_with("storm-"))
+        .collect();
+    assert_eq!(names.len(), N, "agents listed");
+    times.sort();
+    eprintln!(
+        "D7: {N} concurrent joins, each its own connection: p50 {:?}, p99 {:?}, slowest {:?}",
+        times[N / 2],
+        times[N * 99 / 100],
+        times[N - 1]
+    );
+}
+
 /// A job names only the snapshots the controller saw it commit: an agent that reports its
 /// backup succeeded with another agent's snapshot gets a failed job that lists nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
