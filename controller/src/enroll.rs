@@ -8,7 +8,6 @@ use tonic::{Request, Response, Status};
 
 use crate::Controller;
 use crate::access::{self, JoinLimiter, JoinRequest};
-use crate::error::ApiError;
 
 pub struct EnrollService {
     ctl: Arc<Controller>,
@@ -49,8 +48,7 @@ impl Enrollment for EnrollService {
                 remote,
                 remote_ip,
             },
-        )
-        .map_err(ApiError::from)?;
+        )?;
         Ok(Response::new(pb::EnrollResponse {
             agent_id: joined.agent.id,
             name: joined.agent.name,

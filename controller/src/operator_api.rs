@@ -150,8 +150,7 @@ impl OperatorApi for OperatorService {
                 uses: req.uses,
                 device: req.device,
             },
-        )
-        .map_err(ApiError::from)?;
+        )?;
         Ok(Response::new(pb::CreateTokenReply {
             token: new.token,
             expires_unix_ms: new.expires_ms,
@@ -294,8 +293,7 @@ impl OperatorApi for OperatorService {
             keep_privileges: req.keep_privileges,
             force: req.force,
         };
-        let row = restores::for_operator(&self.0, &operator, role, &snap, &agent, ask)
-            .map_err(ApiError::from)?;
+        let row = restores::for_operator(&self.0, &operator, role, &snap, &agent, ask)?;
         Ok(Response::new(self.0.jobs.info(&row)?))
     }
 
@@ -312,8 +310,7 @@ impl OperatorApi for OperatorService {
             &req.role,
             req.ttl_seconds,
             &req.csr_pem,
-        )
-        .map_err(ApiError::from)?;
+        )?;
         Ok(Response::new(pb::CreateIdentityReply {
             cert_pem,
             ca_pem: self.0.ca.cert_pem.clone(),
@@ -342,7 +339,7 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<pb::IdentityInfo>, Status> {
         let (admin, _) = auth::operator(&req)?;
         let name = req.into_inner().name;
-        let row = access::revoke_identity(&self.0, &admin, &name).map_err(ApiError::from)?;
+        let row = access::revoke_identity(&self.0, &admin, &name)?;
         Ok(Response::new(identity_info(row)))
     }
 

@@ -396,6 +396,18 @@ fn cli_usage_errors_exit_1_and_name_the_mistake() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("Usage"));
 }
 
+/// A controller with agent "raw" enrolled (not running) and a small source to back up.
+async fn fleet_with_raw_agent() -> (Fleet, std::path::PathBuf) {
+    tokio::task::spawn_blocking(|| {
+        let fleet = Fleet::start();
+        let src = small_source(&fleet);
+        fleet.enroll("raw");
+        (fleet, src)
+    })
+    .await
+    .expect("setup")
+}
+
 /// After an attack: another agent enrolls and backs up `src`, so the controller still
 /// serves; returns the controller's RSS then.
 async fn another_agent_backs_up(fleet: Fleet, src: std::path::PathBuf) -> u64 {
@@ -527,14 +539,7 @@ async fn raw_grpc_call(fleet: &Fleet, name: &str, method: &str, frame: Vec<u8>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b1_lying_length_prefixes_and_invalid_protobuf_are_refused_and_the_controller_serves_on() {
     transport::install_crypto_provider();
-    let (fleet, src) = tokio::task::spawn_blocking(|| {
-        let fleet = Fleet::start();
-        let src = small_source(&fleet);
-        fleet.enroll("raw");
-        (fleet, src)
-    })
-    .await
-    .expect("setup");
+    let (fleet, src) = fleet_with_raw_agent().await;
     let rss_before = fleet.controller_rss();
     let frame = |claimed: u32, payload: &[u8]| {
         let mut f = vec![0u8];
@@ -601,14 +606,7 @@ async fn b1_lying_length_prefixes_and_invalid_protobuf_are_refused_and_the_contr
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b1_ten_thousand_streams_from_one_peer_are_bounded() {
     transport::install_crypto_provider();
-    let (fleet, src) = tokio::task::spawn_blocking(|| {
-        let fleet = Fleet::start();
-        let src = small_source(&fleet);
-        fleet.enroll("raw");
-        (fleet, src)
-    })
-    .await
-    .expect("setup");
+    let (fleet, src) = fleet_with_raw_agent().await;
     let tls = lifeboat_tests::agent_tls(&fleet.path("agents/raw"));
     // The limit the controller advertises, read off a raw HTTP/2 connection.
     let (config, server_name) = tls.parts();
