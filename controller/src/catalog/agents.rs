@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::CatalogError;
+use super::{Cached, CatalogError};
 use super::{Catalog, json};
 
 #[derive(Debug, Clone)]
@@ -76,7 +76,7 @@ impl Catalog {
         uses: u32,
         device: &str,
     ) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "INSERT INTO tokens(hash, labels, created_ms, expires_ms, uses, device) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![hash, json(labels), now_ms, expires_ms, uses, device],
         )?;
@@ -88,7 +88,7 @@ impl Catalog {
     pub fn check_token(&self, hash: &str, now_ms: i64) -> Result<TokenCheck, CatalogError> {
         let conn = self.lock();
         let row: Option<(String, i64, i64, i64, String)> = conn
-            .query_row(
+            .cached_row(
                 "SELECT labels, expires_ms, uses, used, device FROM tokens WHERE hash = ?1",
                 [hash],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
@@ -134,7 +134,7 @@ impl Catalog {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         spend_token(&tx, hash, now_ms, &a.id)?;
-        tx.execute(
+        tx.cached_exec(
             "UPDATE agents SET signing_key = ?2, cert_serial = ?3, prev_serial = '', cert_expires_ms = ?4, hostname = ?5, labels = ?6, revoked_ms = 0 WHERE id = ?1",
             params![a.id, a.signing_key, a.cert_serial, a.cert_expires_ms, a.hostname, json(&a.labels)],
         )?;
@@ -151,7 +151,7 @@ impl Catalog {
     pub fn agent(&self, id: &str) -> Result<Option<AgentRow>, CatalogError> {
         Ok(self
             .lock()
-            .query_row(
+            .cached_row(
                 &format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"),
                 [id],
                 AgentRow::from_row,
@@ -162,7 +162,7 @@ impl Catalog {
     /// Finds an agent by exact name or id.
     pub fn find_agent(&self, name_or_id: &str) -> Result<AgentRow, CatalogError> {
         self.lock()
-            .query_row(
+            .cached_row(
                 &format!("SELECT {AGENT_COLS} FROM agents WHERE name = ?1 OR id = ?1"),
                 [name_or_id],
                 AgentRow::from_row,
@@ -177,7 +177,8 @@ impl Catalog {
 
     pub fn agents(&self) -> Result<Vec<AgentRow>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?;
+        let mut st =
+            conn.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY name"))?;
         let rows = st
             .query_map([], AgentRow::from_row)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -193,7 +194,7 @@ impl Catalog {
         roots: &[String],
         now_ms: i64,
     ) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "UPDATE agents SET hostname = ?2, version = ?3, sources = ?4, restore_roots = ?5, last_seen_ms = ?6 WHERE id = ?1",
             params![id, hostname, version, json(&sources), json(&roots), now_ms],
         )?;
@@ -202,7 +203,7 @@ impl Catalog {
 
     /// Stores the agent's Docker inventory as it reported it.
     pub fn update_agent_docker(&self, id: &str, inventory: &[u8]) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "UPDATE agents SET docker = ?2 WHERE id = ?1",
             params![id, inventory],
         )?;
@@ -211,7 +212,7 @@ impl Catalog {
 
     /// Marks an agent revoked; returns false if it already was.
     pub fn revoke_agent(&self, id: &str, now_ms: i64) -> Result<bool, CatalogError> {
-        Ok(self.lock().execute(
+        Ok(self.lock().cached_exec(
             "UPDATE agents SET revoked_ms = ?2, prev_serial = '' WHERE id = ?1 AND revoked_ms = 0",
             params![id, now_ms],
         )? == 1)
@@ -225,7 +226,7 @@ impl Catalog {
         new_serial: &str,
         expires_ms: i64,
     ) -> Result<(), CatalogError> {
-        let n = self.lock().execute(
+        let n = self.lock().cached_exec(
             "UPDATE agents SET prev_serial = ?2, cert_serial = ?3, cert_expires_ms = ?4 WHERE id = ?1 AND revoked_ms = 0",
             params![id, old_serial, new_serial, expires_ms],
         )?;
@@ -238,7 +239,7 @@ impl Catalog {
     /// The agent presented its current certificate: the previous one is retired.
     pub fn retire_prev_serial(&self, id: &str) -> Result<(), CatalogError> {
         self.lock()
-            .execute("UPDATE agents SET prev_serial = '' WHERE id = ?1", [id])?;
+            .cached_exec("UPDATE agents SET prev_serial = '' WHERE id = ?1", [id])?;
         Ok(())
     }
 
@@ -269,7 +270,7 @@ impl Catalog {
 
 /// Inserts agent `a`; a name that is taken is AlreadyExists.
 fn insert_agent(conn: &rusqlite::Connection, a: &AgentRow) -> Result<(), CatalogError> {
-    let res = conn.execute(
+    let res = conn.cached_exec(
         &format!("INSERT INTO agents({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
         params![a.id, a.name, json(&a.labels), a.hostname, a.signing_key, a.cert_serial, a.enrolled_ms, a.last_seen_ms, json(&a.sources), json(&a.restore_roots), a.version, a.revoked_ms, a.prev_serial, a.cert_expires_ms, a.docker],
     );
@@ -294,7 +295,7 @@ fn spend_token(
     now_ms: i64,
     agent_id: &str,
 ) -> Result<(), CatalogError> {
-    let n = tx.execute(
+    let n = tx.cached_exec(
         "UPDATE tokens SET used = used + 1, used_ms = ?1, used_by = ?2 WHERE hash = ?3 AND used < uses AND expires_ms > ?1",
         params![now_ms, agent_id, hash],
     )?;

@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::Catalog;
-use super::CatalogError;
+use super::{Cached, CatalogError};
 
 #[derive(Debug, Clone)]
 pub struct ApprovalRow {
@@ -40,7 +40,7 @@ impl ApprovalRow {
 
 impl Catalog {
     pub fn insert_approval(&self, a: &ApprovalRow) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             &format!("INSERT INTO approvals({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
             params![
                 a.id,
@@ -60,7 +60,7 @@ impl Catalog {
     pub fn approval(&self, id: &str) -> Result<Option<ApprovalRow>, CatalogError> {
         Ok(self
             .lock()
-            .query_row(
+            .cached_row(
                 &format!("SELECT {COLS} FROM approvals WHERE id = ?1"),
                 [id],
                 ApprovalRow::from_row,
@@ -71,7 +71,7 @@ impl Catalog {
     /// Requests, newest first.
     pub fn approvals(&self) -> Result<Vec<ApprovalRow>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(&format!(
+        let mut st = conn.prepare_cached(&format!(
             "SELECT {COLS} FROM approvals ORDER BY created_ms DESC LIMIT 1000"
         ))?;
         let rows = st
@@ -90,7 +90,7 @@ impl Catalog {
     ) -> Result<Option<ApprovalRow>, CatalogError> {
         Ok(self
             .lock()
-            .query_row(
+            .cached_row(
                 &format!("SELECT {COLS} FROM approvals WHERE requester = ?1 AND action = ?2 AND target = ?3 AND state = 'pending' AND expires_ms > ?4"),
                 params![requester, action, target, now_ms],
                 ApprovalRow::from_row,
@@ -109,14 +109,14 @@ impl Catalog {
     ) -> Result<Option<String>, CatalogError> {
         let conn = self.lock();
         let id: Option<String> = conn
-            .query_row(
+            .cached_row(
                 "SELECT id FROM approvals WHERE requester = ?1 AND action = ?2 AND target = ?3 AND state = 'approved' AND expires_ms > ?4 LIMIT 1",
                 params![requester, action, target, now_ms],
                 |r| r.get(0),
             )
             .optional()?;
         if let Some(id) = &id {
-            conn.execute(
+            conn.cached_exec(
                 "UPDATE approvals SET state = 'used' WHERE id = ?1 AND state = 'approved'",
                 [id],
             )?;
@@ -131,7 +131,7 @@ impl Catalog {
         decided_by: &str,
         now_ms: i64,
     ) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "UPDATE approvals SET state = ?2, decided_by = ?3, decided_ms = ?4 WHERE id = ?1 AND state = 'pending'",
             params![id, state, decided_by, now_ms],
         )?;

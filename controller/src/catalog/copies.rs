@@ -4,8 +4,8 @@ use lifeboat_core::ChunkId;
 use rusqlite::{OptionalExtension, params};
 
 use super::Catalog;
-use super::CatalogError;
 use super::store::{ChunkPlace, RetainedPack};
+use super::{Cached, CatalogError};
 
 impl Catalog {
     /// Records pack `pack` as copied whole to `store` (its version there), with the
@@ -21,12 +21,12 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        tx.execute(
+        tx.cached_exec(
             "INSERT OR REPLACE INTO copy_packs(store, pack, version, retained_until_ms, copied_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![store, pack, version, retained_until_ms, now_ms],
         )?;
         {
-            let mut st = tx.prepare(
+            let mut st = tx.prepare_cached(
                 "INSERT OR IGNORE INTO copy_chunks(store, id, pack, offset, length) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             for (id, offset, length) in chunks {
@@ -73,7 +73,7 @@ impl Catalog {
     ) -> Result<Option<(String, i64)>, CatalogError> {
         Ok(self
             .lock()
-            .query_row(
+            .cached_row(
                 "SELECT version, retained_until_ms FROM copy_packs WHERE store = ?1 AND pack = ?2",
                 params![store, pack],
                 |r| Ok((r.get(0)?, r.get(1)?)),
@@ -87,7 +87,7 @@ impl Catalog {
         pack: &str,
         until_ms: i64,
     ) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "UPDATE copy_packs SET retained_until_ms = MAX(retained_until_ms, ?3) WHERE store = ?1 AND pack = ?2",
             params![store, pack, until_ms],
         )?;
@@ -103,7 +103,7 @@ impl Catalog {
         locked_until_ms: i64,
         now_ms: i64,
     ) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "INSERT OR REPLACE INTO copies(store, snapshot, version, locked_until_ms, copied_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![store, snapshot, version, locked_until_ms, now_ms],
         )?;
@@ -114,7 +114,7 @@ impl Catalog {
     pub fn copy_of(&self, store: &str, snapshot: &str) -> Result<Option<String>, CatalogError> {
         Ok(self
             .lock()
-            .query_row(
+            .cached_row(
                 "SELECT version FROM copies WHERE store = ?1 AND snapshot = ?2",
                 params![store, snapshot],
                 |r| r.get(0),
@@ -156,7 +156,8 @@ impl Catalog {
     /// `(pack, version)` of every pack copied to `store`.
     pub fn copy_packs(&self, store: &str) -> Result<Vec<(String, String)>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare("SELECT pack, version FROM copy_packs WHERE store = ?1")?;
+        let mut st =
+            conn.prepare_cached("SELECT pack, version FROM copy_packs WHERE store = ?1")?;
         let rows = st
             .query_map([store], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -170,8 +171,9 @@ impl Catalog {
         pack: &str,
     ) -> Result<Vec<(ChunkId, u64, u32)>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn
-            .prepare("SELECT id, offset, length FROM copy_chunks WHERE store = ?1 AND pack = ?2")?;
+        let mut st = conn.prepare_cached(
+            "SELECT id, offset, length FROM copy_chunks WHERE store = ?1 AND pack = ?2",
+        )?;
         let rows = st
             .query_map(params![store, pack], |r| {
                 Ok((
@@ -188,11 +190,11 @@ impl Catalog {
     pub fn forget_copy_pack(&self, store: &str, pack: &str) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        tx.execute(
+        tx.cached_exec(
             "DELETE FROM copy_chunks WHERE store = ?1 AND pack = ?2",
             params![store, pack],
         )?;
-        tx.execute(
+        tx.cached_exec(
             "DELETE FROM copy_packs WHERE store = ?1 AND pack = ?2",
             params![store, pack],
         )?;
@@ -207,7 +209,7 @@ impl Catalog {
         now_ms: i64,
     ) -> Result<Vec<(String, String)>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(
+        let mut st = conn.prepare_cached(
             "SELECT snapshot, version FROM copies WHERE store = ?1 AND locked_until_ms < ?2",
         )?;
         let rows = st
@@ -219,7 +221,7 @@ impl Catalog {
     /// Snapshots with a complete copy in `store`.
     pub fn copied(&self, store: &str) -> Result<Vec<String>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare("SELECT snapshot FROM copies WHERE store = ?1")?;
+        let mut st = conn.prepare_cached("SELECT snapshot FROM copies WHERE store = ?1")?;
         let rows = st
             .query_map([store], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -229,12 +231,12 @@ impl Catalog {
     /// Marks every copy in `store` incomplete, so the next copy run checks each again.
     pub fn reopen_copies(&self, store: &str) -> Result<(), CatalogError> {
         self.lock()
-            .execute("DELETE FROM copies WHERE store = ?1", [store])?;
+            .cached_exec("DELETE FROM copies WHERE store = ?1", [store])?;
         Ok(())
     }
 
     pub fn delete_copy(&self, store: &str, snapshot: &str) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "DELETE FROM copies WHERE store = ?1 AND snapshot = ?2",
             params![store, snapshot],
         )?;

@@ -2,7 +2,7 @@
 
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::CatalogError;
+use super::{Cached, CatalogError};
 use super::{Catalog, json};
 
 #[derive(Debug, Clone)]
@@ -59,7 +59,7 @@ impl Catalog {
     // ---- jobs ----
 
     pub fn insert_job(&self, j: &JobRow) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             &format!("INSERT INTO jobs({JOB_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
             params![j.id, j.kind, j.agent_id, j.state, j.detail, j.job, j.created_ms, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids), j.policy, j.attempts, j.result, j.refusal],
         )?;
@@ -69,7 +69,7 @@ impl Catalog {
     pub fn job(&self, id: &str) -> Result<Option<JobRow>, CatalogError> {
         Ok(self
             .lock()
-            .query_row(
+            .cached_row(
                 &format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"),
                 [id],
                 JobRow::from_row,
@@ -79,7 +79,7 @@ impl Catalog {
 
     pub fn jobs(&self, limit: u32) -> Result<Vec<JobRow>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(&format!(
+        let mut st = conn.prepare_cached(&format!(
             "SELECT {JOB_COLS} FROM jobs ORDER BY created_ms DESC, id LIMIT ?1"
         ))?;
         let rows = st
@@ -90,7 +90,7 @@ impl Catalog {
 
     pub fn jobs_in_state(&self, agent_id: &str, state: i32) -> Result<Vec<JobRow>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(&format!(
+        let mut st = conn.prepare_cached(&format!(
             "SELECT {JOB_COLS} FROM jobs WHERE agent_id = ?1 AND state = ?2 ORDER BY created_ms, id"
         ))?;
         let rows = st
@@ -100,7 +100,7 @@ impl Catalog {
     }
 
     pub fn update_job(&self, j: &JobRow) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "UPDATE jobs SET state = ?2, started_ms = ?3, finished_ms = ?4, progress = ?5, error = ?6, snapshot_ids = ?7, attempts = ?8, result = ?9, refusal = ?10 WHERE id = ?1",
             params![j.id, j.state, j.started_ms, j.finished_ms, j.progress, j.error, json(&j.snapshot_ids), j.attempts, j.result, j.refusal],
         )?;

@@ -24,7 +24,7 @@ mod store;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
 pub use agents::{AgentRow, TokenCheck};
 pub use approvals::ApprovalRow;
@@ -42,6 +42,38 @@ fn json<T: serde::Serialize>(v: &T) -> String {
 
 pub struct Catalog {
     conn: Mutex<Connection>,
+}
+
+/// Statements kept prepared on the connection. The catalog runs a few dozen distinct
+/// statements, some thousands of times a minute under load (a job read per agent update,
+/// an agent read per call); parsing and planning each one every time was the
+/// controller's largest single cost during a mass restore (17% of its CPU, BENCHMARKS.md).
+const STATEMENT_CACHE: usize = 128;
+
+/// `query_row` and `execute` through the connection's statement cache.
+pub(crate) trait Cached {
+    fn cached_row<T, P: Params, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T>;
+    fn cached_exec<P: Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+}
+
+impl Cached for Connection {
+    fn cached_row<T, P: Params, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+
+    fn cached_exec<P: Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
 }
 
 impl Catalog {
@@ -64,6 +96,7 @@ impl Catalog {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let catalog = Catalog {
             conn: Mutex::new(conn),
         };
@@ -104,7 +137,7 @@ impl Catalog {
     pub fn totals(&self) -> Result<(u64, u64, u64, u64), CatalogError> {
         let conn = self.lock();
         let one = |sql: &str| -> Result<u64, CatalogError> {
-            Ok(conn.query_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
+            Ok(conn.cached_row(sql, [], |r| r.get::<_, i64>(0))? as u64)
         };
         Ok((
             one("SELECT COUNT(*) FROM agents")?,
@@ -124,7 +157,7 @@ impl Catalog {
         expires_ms: i64,
         created_by: &str,
     ) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "INSERT OR REPLACE INTO operators(name, role, cert_serial, created_ms, expires_ms, created_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![name, role, serial, now_ms, expires_ms, created_by],
         )?;
@@ -134,7 +167,7 @@ impl Catalog {
     pub fn operator(&self, name: &str) -> Result<Option<OperatorRow>, CatalogError> {
         Ok(self
             .lock()
-            .query_row(
+            .cached_row(
                 "SELECT name, role, cert_serial, created_ms, expires_ms, revoked_ms, created_by FROM operators WHERE name = ?1",
                 [name],
                 OperatorRow::from_row,
@@ -144,7 +177,7 @@ impl Catalog {
 
     pub fn operators(&self) -> Result<Vec<OperatorRow>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(
+        let mut st = conn.prepare_cached(
             "SELECT name, role, cert_serial, created_ms, expires_ms, revoked_ms, created_by FROM operators ORDER BY name",
         )?;
         let rows = st
@@ -155,7 +188,7 @@ impl Catalog {
 
     /// Revokes an operator identity; false if it was already revoked.
     pub fn revoke_operator(&self, name: &str, now_ms: i64) -> Result<bool, CatalogError> {
-        Ok(self.lock().execute(
+        Ok(self.lock().cached_exec(
             "UPDATE operators SET revoked_ms = ?2 WHERE name = ?1 AND revoked_ms = 0",
             params![name, now_ms],
         )? == 1)
@@ -163,7 +196,7 @@ impl Catalog {
 
     /// Admins that are neither revoked nor expired.
     pub fn active_admins(&self, now_ms: i64) -> Result<u64, CatalogError> {
-        Ok(self.lock().query_row(
+        Ok(self.lock().cached_row(
             "SELECT COUNT(*) FROM operators WHERE role = 'admin' AND revoked_ms = 0 AND (expires_ms = 0 OR expires_ms > ?1)",
             [now_ms],
             |r| r.get::<_, i64>(0),

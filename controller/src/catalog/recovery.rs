@@ -6,7 +6,7 @@ use lifeboat_core::ChunkId;
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::Catalog;
-use super::CatalogError;
+use super::{Cached, CatalogError};
 
 /// One measured restore, as the downtime model reads it.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ impl Catalog {
         files: u64,
         now_ms: i64,
     ) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "INSERT OR REPLACE INTO restore_samples(job_id, agent_id, kind, bytes, files, data_ms, total_ms, shared, at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![job_id, s.agent_id, s.kind, s.bytes as i64, files as i64, s.data_ms as i64, s.total_ms as i64, s.shared, now_ms],
         )?;
@@ -85,7 +85,7 @@ impl Catalog {
     /// The newest `per_key` samples of every (agent, kind).
     pub fn recent_samples(&self, per_key: u32) -> Result<Vec<SampleRow>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(
+        let mut st = conn.prepare_cached(
             "SELECT agent_id, kind, bytes, data_ms, total_ms, shared FROM (
                  SELECT *, ROW_NUMBER() OVER (PARTITION BY agent_id, kind, shared ORDER BY at_ms DESC) AS n
                  FROM restore_samples) WHERE n <= ?1",
@@ -108,7 +108,7 @@ impl Catalog {
     // ---- drills ----
 
     pub fn put_drill(&self, d: &DrillRow) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             &format!("INSERT OR REPLACE INTO drills({DRILL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
             params![
                 d.id, d.agent_id, d.source, d.snapshot_id, d.job_id, d.state, d.started_ms, d.finished_ms,
@@ -121,7 +121,7 @@ impl Catalog {
     pub fn drill_by_job(&self, job_id: &str) -> Result<Option<DrillRow>, CatalogError> {
         Ok(self
             .lock()
-            .query_row(
+            .cached_row(
                 &format!("SELECT {DRILL_COLS} FROM drills WHERE job_id = ?1"),
                 params![job_id],
                 DrillRow::from_row,
@@ -132,7 +132,7 @@ impl Catalog {
     /// Drills, newest first; only `ids` when given.
     pub fn drills(&self, limit: u32, ids: &[String]) -> Result<Vec<DrillRow>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(&format!(
+        let mut st = conn.prepare_cached(&format!(
             "SELECT {DRILL_COLS} FROM drills ORDER BY started_ms DESC, id LIMIT ?1"
         ))?;
         let limit = if ids.is_empty() {
@@ -153,7 +153,7 @@ impl Catalog {
     pub fn last_drills(&self) -> Result<BTreeMap<String, i64>, CatalogError> {
         let conn = self.lock();
         let mut st =
-            conn.prepare("SELECT agent_id, MAX(started_ms) FROM drills GROUP BY agent_id")?;
+            conn.prepare_cached("SELECT agent_id, MAX(started_ms) FROM drills GROUP BY agent_id")?;
         let rows = st
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
             .collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
@@ -162,7 +162,7 @@ impl Catalog {
 
     /// Failed drills ever recorded (a metric).
     pub fn failed_drills(&self) -> Result<u64, CatalogError> {
-        Ok(self.lock().query_row(
+        Ok(self.lock().cached_row(
             "SELECT COUNT(*) FROM drills WHERE state = ?1",
             [lifeboat_proto::states::DrillState::Failed.as_str()],
             |r| r.get::<_, i64>(0),
@@ -178,7 +178,7 @@ impl Catalog {
         state: &str,
         info: &[u8],
     ) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "INSERT INTO plans(id, created_ms, state, info) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(id) DO UPDATE SET state = excluded.state, info = excluded.info",
             params![id, created_ms, state, info],
@@ -189,7 +189,7 @@ impl Catalog {
     pub fn plan(&self, id: &str) -> Result<Option<Vec<u8>>, CatalogError> {
         Ok(self
             .lock()
-            .query_row("SELECT info FROM plans WHERE id = ?1", params![id], |r| {
+            .cached_row("SELECT info FROM plans WHERE id = ?1", params![id], |r| {
                 r.get(0)
             })
             .optional()?)
@@ -198,7 +198,7 @@ impl Catalog {
     /// Plan ids and states, newest first.
     pub fn plans(&self) -> Result<Vec<(String, String)>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare("SELECT id, state FROM plans ORDER BY created_ms DESC")?;
+        let mut st = conn.prepare_cached("SELECT id, state FROM plans ORDER BY created_ms DESC")?;
         let rows = st
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;

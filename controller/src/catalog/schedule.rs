@@ -3,8 +3,8 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::Catalog;
-use super::CatalogError;
 use super::snapshots::RetentionRow;
+use super::{Cached, CatalogError};
 
 impl Catalog {
     // ---- policies and the scheduler ----
@@ -13,14 +13,14 @@ impl Catalog {
     pub fn put_policy(&self, name: &str, spec: &str, now_ms: i64) -> Result<bool, CatalogError> {
         let conn = self.lock();
         let old: Option<String> = conn
-            .query_row("SELECT spec FROM policies WHERE name = ?1", [name], |r| {
+            .cached_row("SELECT spec FROM policies WHERE name = ?1", [name], |r| {
                 r.get(0)
             })
             .optional()?;
         if old.as_deref() == Some(spec) {
             return Ok(false);
         }
-        conn.execute(
+        conn.cached_exec(
             "INSERT INTO policies(name, spec, updated_ms) VALUES (?1, ?2, ?3) ON CONFLICT(name) DO UPDATE SET spec = ?2, updated_ms = ?3",
             params![name, spec, now_ms],
         )?;
@@ -30,7 +30,8 @@ impl Catalog {
     /// `(name, spec JSON, updated_ms)`, by name.
     pub fn policies(&self) -> Result<Vec<(String, String, i64)>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare("SELECT name, spec, updated_ms FROM policies ORDER BY name")?;
+        let mut st =
+            conn.prepare_cached("SELECT name, spec, updated_ms FROM policies ORDER BY name")?;
         let rows = st
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -39,15 +40,15 @@ impl Catalog {
 
     pub fn delete_policy(&self, name: &str) -> Result<bool, CatalogError> {
         let conn = self.lock();
-        conn.execute("DELETE FROM schedule WHERE policy = ?1", [name])?;
-        Ok(conn.execute("DELETE FROM policies WHERE name = ?1", [name])? == 1)
+        conn.cached_exec("DELETE FROM schedule WHERE policy = ?1", [name])?;
+        Ok(conn.cached_exec("DELETE FROM policies WHERE name = ?1", [name])? == 1)
     }
 
     /// The last slot the scheduler handled for `(policy, agent)`.
     pub fn last_slot(&self, policy: &str, agent_id: &str) -> Result<Option<i64>, CatalogError> {
         Ok(self
             .lock()
-            .query_row(
+            .cached_row(
                 "SELECT last_slot_ms FROM schedule WHERE policy = ?1 AND agent_id = ?2",
                 params![policy, agent_id],
                 |r| r.get(0),
@@ -61,7 +62,7 @@ impl Catalog {
         agent_id: &str,
         slot_ms: i64,
     ) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "INSERT INTO schedule(policy, agent_id, last_slot_ms) VALUES (?1, ?2, ?3) ON CONFLICT(policy, agent_id) DO UPDATE SET last_slot_ms = ?3",
             params![policy, agent_id, slot_ms],
         )?;
@@ -70,7 +71,7 @@ impl Catalog {
 
     /// Pins or unpins a snapshot against retention.
     pub fn set_protected(&self, id: &str, protected: bool) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "UPDATE snapshots SET protected = ?2 WHERE id = ?1",
             params![id, protected],
         )?;
@@ -80,7 +81,7 @@ impl Catalog {
     /// Every snapshot as retention sees it, grouped by agent and source, newest first.
     pub fn retention_view(&self) -> Result<Vec<RetentionRow>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(
+        let mut st = conn.prepare_cached(
             "SELECT agent_id, source, id, received_ms, protected, locked_until_ms FROM snapshots ORDER BY agent_id, source, received_ms DESC",
         )?;
         let rows = st
@@ -106,7 +107,7 @@ impl Catalog {
         reason: &str,
         now_ms: i64,
     ) -> Result<usize, CatalogError> {
-        Ok(self.lock().execute(
+        Ok(self.lock().cached_exec(
             "UPDATE jobs SET state = ?2, error = ?3, finished_ms = ?4 WHERE state = ?1",
             params![from, to, reason, now_ms],
         )?)

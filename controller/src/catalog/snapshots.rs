@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, Row, params};
 
 use super::Catalog;
-use super::CatalogError;
+use super::{Cached, CatalogError};
 
 /// A snapshot as retention sees it.
 #[derive(Debug, Clone)]
@@ -71,7 +71,7 @@ impl Catalog {
     // ---- snapshots ----
 
     pub fn insert_snapshot(&self, s: &SnapshotRow) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             &format!("INSERT OR IGNORE INTO snapshots({SNAP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
             params![
                 s.id, s.agent_id, s.agent_name, s.source, s.source_path, s.hostname, s.received_ms, s.agent_time_ms,
@@ -89,7 +89,7 @@ impl Catalog {
         source: Option<&str>,
     ) -> Result<Vec<SnapshotRow>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(&format!(
+        let mut st = conn.prepare_cached(&format!(
             "SELECT {SNAP_COLS} FROM snapshots WHERE (?1 IS NULL OR agent_id = ?1) AND (?2 IS NULL OR source = ?2) ORDER BY received_ms DESC, id"
         ))?;
         let rows = st
@@ -111,7 +111,7 @@ impl Catalog {
             )));
         }
         let conn = self.lock();
-        let mut st = conn.prepare(&format!(
+        let mut st = conn.prepare_cached(&format!(
             "SELECT {SNAP_COLS} FROM snapshots WHERE id >= ?1 AND id < ?1 || 'g' LIMIT 2"
         ))?;
         let rows = st
@@ -139,7 +139,7 @@ impl Catalog {
     ) -> Result<Option<SnapshotRow>, CatalogError> {
         Ok(self
             .lock()
-            .query_row(
+            .cached_row(
                 &format!("SELECT {SNAP_COLS} FROM snapshots WHERE agent_id = ?1 AND source = ?2 ORDER BY received_ms DESC LIMIT 1"),
                 params![agent_id, source],
                 SnapshotRow::from_row,
@@ -151,12 +151,12 @@ impl Catalog {
     /// already set stays). Returns the lock in force afterwards.
     pub fn extend_lock(&self, id: &str, until_ms: i64) -> Result<i64, CatalogError> {
         let conn = self.lock();
-        conn.execute(
+        conn.cached_exec(
             "UPDATE snapshots SET locked_until_ms = ?2 WHERE id = ?1 AND locked_until_ms < ?2",
             params![id, until_ms],
         )?;
         Ok(conn
-            .query_row(
+            .cached_row(
                 "SELECT locked_until_ms FROM snapshots WHERE id = ?1",
                 [id],
                 |r| r.get(0),
@@ -169,7 +169,7 @@ impl Catalog {
     pub fn envelope_version(&self, id: &str) -> Result<String, CatalogError> {
         Ok(self
             .lock()
-            .query_row(
+            .cached_row(
                 "SELECT envelope_version FROM snapshots WHERE id = ?1",
                 [id],
                 |r| r.get(0),
@@ -181,7 +181,7 @@ impl Catalog {
     /// Snapshots committed before locks were stored (their lock is -1).
     pub fn snapshots_without_lock(&self) -> Result<Vec<SnapshotRow>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(&format!(
+        let mut st = conn.prepare_cached(&format!(
             "SELECT {SNAP_COLS} FROM snapshots WHERE locked_until_ms < 0"
         ))?;
         let rows = st
@@ -192,7 +192,7 @@ impl Catalog {
 
     pub fn delete_snapshot(&self, id: &str) -> Result<(), CatalogError> {
         self.lock()
-            .execute("DELETE FROM snapshots WHERE id = ?1", [id])?;
+            .cached_exec("DELETE FROM snapshots WHERE id = ?1", [id])?;
         Ok(())
     }
 
@@ -220,7 +220,7 @@ impl Catalog {
         } else {
             (now_ms, "quarantined_ms = 0")
         };
-        let mut st = conn.prepare(&format!(
+        let mut st = conn.prepare_cached(&format!(
             "UPDATE snapshots SET quarantined_ms = ?3 WHERE agent_id = ?1 AND received_ms > ?2 AND {cond} RETURNING {SNAP_COLS}"
         ))?;
         let rows = st

@@ -5,7 +5,7 @@ use lifeboat_core::pack::SealedPack;
 use rusqlite::{OptionalExtension, params};
 
 use super::Catalog;
-use super::CatalogError;
+use super::{Cached, CatalogError};
 use crate::store::objects::Stored;
 
 /// Where a chunk is stored.
@@ -72,7 +72,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        tx.execute(
+        tx.cached_exec(
             "INSERT OR IGNORE INTO packs(name, size, chunks, created_ms, version, retained_until_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 pack.name,
@@ -84,7 +84,7 @@ impl Catalog {
             ],
         )?;
         {
-            let mut st = tx.prepare(
+            let mut st = tx.prepare_cached(
                 "INSERT OR IGNORE INTO chunks(id, pack, offset, length) VALUES (?1, ?2, ?3, ?4)",
             )?;
             for e in &pack.entries {
@@ -96,8 +96,9 @@ impl Catalog {
                 ])?;
             }
             // A chunk scrub found bad is healed once a good copy is stored again.
-            let mut heal =
-                tx.prepare("UPDATE bad_chunks SET healed_ms = ?2 WHERE id = ?1 AND healed_ms = 0")?;
+            let mut heal = tx.prepare_cached(
+                "UPDATE bad_chunks SET healed_ms = ?2 WHERE id = ?1 AND healed_ms = 0",
+            )?;
             for e in &pack.entries {
                 heal.execute(params![&e.id.as_bytes()[..], now_ms])?;
             }
@@ -109,7 +110,7 @@ impl Catalog {
     /// Ids of every snapshot in the catalog.
     pub fn snapshot_ids(&self) -> Result<Vec<String>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare("SELECT id FROM snapshots")?;
+        let mut st = conn.prepare_cached("SELECT id FROM snapshots")?;
         let rows = st
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -119,7 +120,7 @@ impl Catalog {
     /// `(chunk, pack, pack created_ms)` of every indexed chunk.
     pub fn indexed_chunks(&self) -> Result<Vec<(ChunkId, String, i64)>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(
+        let mut st = conn.prepare_cached(
             "SELECT c.id, c.pack, COALESCE(p.created_ms, 0) FROM chunks c LEFT JOIN packs p ON p.name = c.pack",
         )?;
         let rows = st
@@ -135,7 +136,7 @@ impl Catalog {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
         {
-            let mut st = tx.prepare("DELETE FROM chunks WHERE id = ?1")?;
+            let mut st = tx.prepare_cached("DELETE FROM chunks WHERE id = ?1")?;
             for id in ids {
                 st.execute([&id.as_bytes()[..]])?;
             }
@@ -147,7 +148,7 @@ impl Catalog {
     /// `(pack, size, bytes of its blobs still indexed there)`.
     pub fn pack_liveness(&self) -> Result<Vec<(String, u64, u64)>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare(
+        let mut st = conn.prepare_cached(
             "SELECT p.name, p.size, COALESCE(SUM(c.length), 0) FROM packs p LEFT JOIN chunks c ON c.pack = p.name GROUP BY p.name ORDER BY p.name",
         )?;
         let rows = st
@@ -171,7 +172,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        tx.execute(
+        tx.cached_exec(
             "INSERT OR IGNORE INTO packs(name, size, chunks, created_ms, verified_ms, version, retained_until_ms) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
             params![
                 pack.name,
@@ -183,8 +184,9 @@ impl Catalog {
             ],
         )?;
         {
-            let mut st =
-                tx.prepare("UPDATE chunks SET pack = ?2, offset = ?3, length = ?4 WHERE id = ?1")?;
+            let mut st = tx.prepare_cached(
+                "UPDATE chunks SET pack = ?2, offset = ?3, length = ?4 WHERE id = ?1",
+            )?;
             for e in &pack.entries {
                 st.execute(params![
                     &e.id.as_bytes()[..],
@@ -200,7 +202,7 @@ impl Catalog {
 
     pub fn pack_names(&self) -> Result<Vec<String>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare("SELECT name FROM packs")?;
+        let mut st = conn.prepare_cached("SELECT name FROM packs")?;
         let rows = st
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -211,23 +213,24 @@ impl Catalog {
     pub fn forget_pack(&self, name: &str) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        tx.execute("DELETE FROM chunks WHERE pack = ?1", [name])?;
-        tx.execute("DELETE FROM packs WHERE name = ?1", [name])?;
+        tx.cached_exec("DELETE FROM chunks WHERE pack = ?1", [name])?;
+        tx.cached_exec("DELETE FROM packs WHERE name = ?1", [name])?;
         tx.commit()?;
         Ok(())
     }
 
     pub fn delete_pack_row(&self, name: &str) -> Result<(), CatalogError> {
         self.lock()
-            .execute("DELETE FROM packs WHERE name = ?1", [name])?;
+            .cached_exec("DELETE FROM packs WHERE name = ?1", [name])?;
         Ok(())
     }
 
     /// `(chunk, offset, length)` of every indexed chunk in `pack`.
     pub fn chunks_in_pack(&self, pack: &str) -> Result<Vec<(ChunkId, u64, u32)>, CatalogError> {
         let conn = self.lock();
-        let mut st =
-            conn.prepare("SELECT id, offset, length FROM chunks WHERE pack = ?1 ORDER BY offset")?;
+        let mut st = conn.prepare_cached(
+            "SELECT id, offset, length FROM chunks WHERE pack = ?1 ORDER BY offset",
+        )?;
         let rows = st
             .query_map([pack], |r| {
                 Ok((
@@ -243,8 +246,9 @@ impl Catalog {
     /// `(pack, size, verified_ms)`, least recently verified first.
     pub fn packs_by_verified(&self) -> Result<Vec<(String, u64, i64)>, CatalogError> {
         let conn = self.lock();
-        let mut st =
-            conn.prepare("SELECT name, size, verified_ms FROM packs ORDER BY verified_ms, name")?;
+        let mut st = conn.prepare_cached(
+            "SELECT name, size, verified_ms FROM packs ORDER BY verified_ms, name",
+        )?;
         let rows = st
             .query_map([], |r| {
                 Ok((r.get(0)?, r.get::<_, i64>(1)? as u64, r.get(2)?))
@@ -254,7 +258,7 @@ impl Catalog {
     }
 
     pub fn set_pack_verified(&self, pack: &str, now_ms: i64) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "UPDATE packs SET verified_ms = ?2 WHERE name = ?1",
             params![pack, now_ms],
         )?;
@@ -271,11 +275,11 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let mut conn = self.lock();
         let tx = conn.transaction()?;
-        tx.execute(
+        tx.cached_exec(
             "INSERT INTO bad_chunks(id, pack, reason, found_ms, healed_ms) VALUES (?1, ?2, ?3, ?4, 0) ON CONFLICT(id) DO UPDATE SET pack = ?2, reason = ?3, found_ms = ?4, healed_ms = 0",
             params![&id.as_bytes()[..], pack, reason, now_ms],
         )?;
-        tx.execute("DELETE FROM chunks WHERE id = ?1", [&id.as_bytes()[..]])?;
+        tx.cached_exec("DELETE FROM chunks WHERE id = ?1", [&id.as_bytes()[..]])?;
         tx.commit()?;
         Ok(())
     }
@@ -283,12 +287,12 @@ impl Catalog {
     /// `(healed, unhealed)` bad chunks.
     pub fn bad_chunk_counts(&self) -> Result<(u64, u64), CatalogError> {
         let conn = self.lock();
-        let healed: i64 = conn.query_row(
+        let healed: i64 = conn.cached_row(
             "SELECT COUNT(*) FROM bad_chunks WHERE healed_ms > 0",
             [],
             |r| r.get(0),
         )?;
-        let unhealed: i64 = conn.query_row(
+        let unhealed: i64 = conn.cached_row(
             "SELECT COUNT(*) FROM bad_chunks WHERE healed_ms = 0",
             [],
             |r| r.get(0),
@@ -299,7 +303,8 @@ impl Catalog {
     /// Chunks found bad and not stored again yet (at most `limit`).
     pub fn unhealed_chunks(&self, limit: u32) -> Result<Vec<ChunkId>, CatalogError> {
         let conn = self.lock();
-        let mut st = conn.prepare("SELECT id FROM bad_chunks WHERE healed_ms = 0 LIMIT ?1")?;
+        let mut st =
+            conn.prepare_cached("SELECT id FROM bad_chunks WHERE healed_ms = 0 LIMIT ?1")?;
         let rows = st
             .query_map([limit], |r| r.get::<_, Vec<u8>>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
@@ -309,7 +314,7 @@ impl Catalog {
     /// Percentage of stored pack bytes verified since `since_ms`.
     pub fn verified_coverage(&self, since_ms: i64) -> Result<f64, CatalogError> {
         let conn = self.lock();
-        let (total, fresh): (i64, i64) = conn.query_row(
+        let (total, fresh): (i64, i64) = conn.cached_row(
             "SELECT COALESCE(SUM(size), 0), COALESCE(SUM(CASE WHEN verified_ms >= ?1 THEN size ELSE 0 END), 0) FROM packs",
             [since_ms],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -388,7 +393,7 @@ impl Catalog {
     pub fn retained_pack(&self, name: &str) -> Result<Option<RetainedPack>, CatalogError> {
         Ok(self
             .lock()
-            .query_row(
+            .cached_row(
                 "SELECT name, version, retained_until_ms FROM packs WHERE name = ?1",
                 [name],
                 RetainedPack::from_row,
@@ -397,7 +402,7 @@ impl Catalog {
     }
 
     pub fn set_pack_retained(&self, name: &str, until_ms: i64) -> Result<(), CatalogError> {
-        self.lock().execute(
+        self.lock().cached_exec(
             "UPDATE packs SET retained_until_ms = MAX(retained_until_ms, ?2) WHERE name = ?1",
             params![name, until_ms],
         )?;
@@ -433,7 +438,7 @@ impl Catalog {
     pub fn any_owned_chunks(&self) -> Result<bool, CatalogError> {
         Ok(self
             .lock()
-            .query_row("SELECT EXISTS (SELECT 1 FROM agent_chunks)", [], |r| {
+            .cached_row("SELECT EXISTS (SELECT 1 FROM agent_chunks)", [], |r| {
                 r.get(0)
             })?)
     }
