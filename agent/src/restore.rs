@@ -301,7 +301,17 @@ async fn restore_into(
     counters.set_phase("fetching tree");
     let tree_ids = record.tree_chunks()?;
     let mut c = client.clone();
-    let blobs = client::get(&mut c, job_id, &tree_ids).await?;
+    // With the store in object storage the agent reads even its tree from there.
+    let direct = match job.direct_from_store {
+        true => Some(lifeboat_proto::http::client(None).map_err(AgentError::Config)?),
+        false => None,
+    };
+    let blobs = match &direct {
+        Some(http) => direct::get(&mut c, http, job_id, &tree_ids)
+            .await
+            .map_err(|why| AgentError::Restore(format!("reading the snapshot's tree: {why}")))?,
+        None => client::get(&mut c, job_id, &tree_ids).await?,
+    };
     let contents = tree_ids
         .iter()
         .zip(&blobs)
@@ -347,10 +357,6 @@ async fn restore_into(
         vec![client.clone()]
     } else {
         bulk.clone()
-    };
-    let direct = match job.direct_from_store {
-        true => Some(lifeboat_proto::http::client(None).map_err(AgentError::Config)?),
-        false => None,
     };
     let source = Prefetched::start(
         clients,

@@ -391,7 +391,12 @@ async fn run_job(
                 roots: &shared.config.restore_roots,
                 probes: shared.config.allow_probes,
             };
-            let bulk = shared.bulk_clients(&api, restore::FETCH_STREAMS).await;
+            // Chunks read from the object store need no bulk connections to the
+            // controller: its few small calls share the session's (no TLS handshakes).
+            let bulk = match r.direct_from_store {
+                true => Vec::new(),
+                false => shared.bulk_clients(&api, restore::FETCH_STREAMS).await,
+            };
             let result = restore::run_restore(restore::RestoreRun {
                 state: shared.state.clone(),
                 client: api,

@@ -200,6 +200,33 @@ pub(super) async fn fetch(
     Ok(bytes)
 }
 
+/// Reads a few chunks (a tree's) straight from the store and returns their blobs in
+/// order; any chunk the store cannot produce fails the read.
+pub(super) async fn get(
+    client: &mut crate::client::Client,
+    http: &ureq::Agent,
+    job_id: &str,
+    ids: &[ChunkId],
+) -> Result<Vec<Vec<u8>>, String> {
+    // Room for every run at once: `fetch` never waits on this reader.
+    let (tx, mut rx) = tokio::sync::mpsc::channel(ids.len().max(1));
+    fetch(client, http, job_id, ids, &tx).await?;
+    drop(tx);
+    let mut out = Vec::with_capacity(ids.len());
+    while let Some(blobs) = rx.recv().await {
+        for b in blobs? {
+            if !b.unavailable.is_empty() {
+                return Err(b.unavailable);
+            }
+            out.push(Vec::from(b.blob));
+        }
+    }
+    match out.len() == ids.len() {
+        true => Ok(out),
+        false => Err(format!("{} of {} chunks came back", out.len(), ids.len())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
