@@ -50,8 +50,17 @@ struct Inner {
     /// The latest progress of each running job, and when it was last written to the
     /// catalog: a running job's progress is written at most every [`PROGRESS_SAVE_EVERY`]
     /// (a restart interrupts running jobs anyway), and always with its end.
-    progress: HashMap<String, (pb::Progress, i64)>,
+    progress: HashMap<String, Live>,
     next_session: u64,
+}
+
+/// A running job's latest progress report.
+struct Live {
+    progress: pb::Progress,
+    /// When the job's row last took its progress.
+    saved_ms: i64,
+    /// The agent that runs it (the one whose reports are taken).
+    agent_id: String,
 }
 
 pub struct Jobs {
@@ -301,6 +310,9 @@ impl Jobs {
 
     /// Applies an agent's update to one of its jobs.
     pub fn update(&self, agent_id: &str, upd: pb::JobUpdate) -> Result<(), ApiError> {
+        if self.progress_only(agent_id, &upd) {
+            return Ok(());
+        }
         let rows = self.rows();
         let mut row = self
             .catalog
@@ -324,13 +336,20 @@ impl Jobs {
             let now = self.clock.now_ms();
             let due = {
                 let mut inner = self.lock();
-                let saved_ms = inner.progress.get(&row.id).map_or(0, |(_, at)| *at);
+                let saved_ms = inner.progress.get(&row.id).map_or(0, |l| l.saved_ms);
                 let due = now - saved_ms >= PROGRESS_SAVE_EVERY_MS;
                 if due {
                     row.progress = Some(p.encode_to_vec());
                 }
                 let at = if due { now } else { saved_ms };
-                inner.progress.insert(row.id.clone(), (p, at));
+                inner.progress.insert(
+                    row.id.clone(),
+                    Live {
+                        progress: p,
+                        saved_ms: at,
+                        agent_id: agent_id.to_string(),
+                    },
+                );
                 due
             };
             if due {
@@ -385,6 +404,40 @@ impl Jobs {
             (self.on_restore_end)(&self.catalog, &row, self.clock.now_ms());
         }
         Ok(())
+    }
+
+    /// Takes a progress report of a job this agent is known to run, when its row is not
+    /// due for the progress yet: kept here and shown to the job's watchers, with no
+    /// catalog read (hundreds of restores report twice a second). False: `update` must
+    /// read the row.
+    fn progress_only(&self, agent_id: &str, upd: &pb::JobUpdate) -> bool {
+        let Some(p) = &upd.progress else {
+            return false;
+        };
+        if upd.state != JobState::Running as i32 {
+            return false;
+        }
+        let now = self.clock.now_ms();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        // A job has a live entry only while it runs: leaving Running drops it (`save`).
+        let Some(live) = inner.progress.get_mut(&upd.job_id) else {
+            return false;
+        };
+        if live.agent_id != agent_id || now - live.saved_ms >= PROGRESS_SAVE_EVERY_MS {
+            return false;
+        }
+        live.progress = p.clone();
+        if let Some(w) = inner.watchers.get(&upd.job_id) {
+            w.send_if_modified(|info| {
+                let running = info.state == JobState::Running as i32;
+                if running {
+                    info.progress = Some(p.clone());
+                }
+                running
+            });
+        }
+        true
     }
 
     /// Notes that `agent_id` was heard from; `flush_seen` writes it with the others.
@@ -450,9 +503,9 @@ impl Jobs {
         };
         let with_progress;
         let row = match live {
-            Some((p, _)) => {
+            Some(live) => {
                 with_progress = JobRow {
-                    progress: Some(p.encode_to_vec()),
+                    progress: Some(live.progress.encode_to_vec()),
                     ..row.clone()
                 };
                 &with_progress
@@ -524,9 +577,9 @@ impl Jobs {
     /// The job's latest progress: a running job's as last reported, else as stored.
     pub fn progress(&self, row: &JobRow) -> Option<pb::Progress> {
         if row.state == JobState::Running as i32
-            && let Some((p, _)) = self.lock().progress.get(&row.id)
+            && let Some(live) = self.lock().progress.get(&row.id)
         {
-            return Some(p.clone());
+            return Some(live.progress.clone());
         }
         row.progress
             .as_deref()
