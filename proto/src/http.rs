@@ -6,6 +6,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Idle connections kept per endpoint.
+const IDLE_CONNECTIONS: usize = 64;
+
 /// A client that reports every HTTP status as a response (callers classify them), never
 /// follows redirects, and cuts a request that stalls.
 pub fn client(ca_file: Option<&Path>) -> Result<ureq::Agent, String> {
@@ -20,6 +23,12 @@ pub fn client(ca_file: Option<&Path>) -> Result<ureq::Agent, String> {
         // A pack's PUT or GET moves tens of MiB; a stalled one is cut and retried.
         .timeout_global(Some(Duration::from_secs(300)))
         .max_redirects(0)
+        // Connections are kept for the next request rather than closed: the controller
+        // reads envelopes and trees from one endpoint on many threads at once (ureq keeps
+        // 3 per host by default, so most requests paid a new connection, and a TLS
+        // handshake on https).
+        .max_idle_connections(IDLE_CONNECTIONS)
+        .max_idle_connections_per_host(IDLE_CONNECTIONS)
         .tls_config(tls.build())
         .build()
         .into())
