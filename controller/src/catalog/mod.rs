@@ -97,6 +97,13 @@ impl Catalog {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // One plan per statement, whatever its parameters: without this SQLite marks some
+        // cached statements to be prepared again whenever a parameter changes (perf found
+        // the chunk and job lookups re-prepared on every call).
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )?;
         let catalog = Catalog {
             conn: Mutex::new(conn),
         };

@@ -8,6 +8,9 @@ use super::Catalog;
 use super::{Cached, CatalogError};
 use crate::store::objects::Stored;
 
+/// Chunks looked up by one statement in [`Catalog::chunk_places`].
+const PLACES_BATCH: usize = 128;
+
 /// Where a chunk is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkPlace {
@@ -345,48 +348,60 @@ impl Catalog {
     }
 
     /// Where each of `ids` is stored (None: not indexed), in their order, under one lock:
-    /// each pack's version is looked up once, not joined to every chunk. For a restore's
-    /// `LocateChunks`, the one catalog read per restored byte.
+    /// chunks are looked up [`PLACES_BATCH`] to a statement, each pack's version once. For
+    /// a restore's `LocateChunks`, the one catalog read per restored byte.
     pub fn chunk_places(&self, ids: &[ChunkId]) -> Result<Vec<Option<ChunkPlace>>, CatalogError> {
+        use std::collections::HashMap;
         let conn = self.lock();
-        let mut chunks =
-            conn.prepare_cached("SELECT pack, offset, length FROM chunks WHERE id = ?1")?;
+        // One statement of a fixed size (a short last batch repeats its first id), so that
+        // it is prepared once.
+        let sql = format!(
+            "SELECT id, pack, offset, length FROM chunks WHERE id IN ({})",
+            vec!["?"; PLACES_BATCH].join(",")
+        );
+        let mut chunks = conn.prepare_cached(&sql)?;
         let mut packs = conn.prepare_cached("SELECT version FROM packs WHERE name = ?1")?;
-        let mut versions: std::collections::HashMap<String, String> = Default::default();
-        let mut places = Vec::with_capacity(ids.len());
-        for id in ids {
-            let found = chunks
-                .query_row([&id.as_bytes()[..]], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .optional()?;
-            let Some((pack, offset, length)) = found else {
-                places.push(None);
-                continue;
-            };
-            let version = match versions.get(&pack) {
-                Some(v) => v.clone(),
-                None => {
-                    let v: String = packs
-                        .query_row([&pack], |r| r.get(0))
-                        .optional()?
-                        .unwrap_or_default();
-                    versions.insert(pack.clone(), v.clone());
-                    v
-                }
-            };
-            places.push(Some(ChunkPlace {
-                pack,
-                version,
-                offset: offset as u64,
-                length: length as u32,
-            }));
+        // Pack name and version, by the order first met.
+        let mut pack_list: Vec<(String, String)> = Vec::new();
+        let mut pack_index: HashMap<String, usize> = HashMap::new();
+        let mut found: HashMap<ChunkId, (usize, u64, u32)> = HashMap::with_capacity(ids.len());
+        for batch in ids.chunks(PLACES_BATCH) {
+            let params = (0..PLACES_BATCH).map(|i| &batch.get(i).unwrap_or(&batch[0]).0[..]);
+            let mut rows = chunks.query(rusqlite::params_from_iter(params))?;
+            while let Some(r) = rows.next()? {
+                let id =
+                    ChunkId::from_slice(r.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?)
+                        .map_err(|e| CatalogError::broken(format!("a chunk row's id: {e}")))?;
+                let pack = r.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?;
+                let n = match pack_index.get(pack) {
+                    Some(n) => *n,
+                    None => {
+                        let version: String = packs
+                            .query_row([pack], |r| r.get(0))
+                            .optional()?
+                            .unwrap_or_default();
+                        pack_list.push((pack.to_string(), version));
+                        pack_index.insert(pack.to_string(), pack_list.len() - 1);
+                        pack_list.len() - 1
+                    }
+                };
+                found.insert(
+                    id,
+                    (n, r.get::<_, i64>(2)? as u64, r.get::<_, i64>(3)? as u32),
+                );
+            }
         }
-        Ok(places)
+        Ok(ids
+            .iter()
+            .map(|id| {
+                found.get(id).map(|&(n, offset, length)| ChunkPlace {
+                    pack: pack_list[n].0.clone(),
+                    version: pack_list[n].1.clone(),
+                    offset,
+                    length,
+                })
+            })
+            .collect())
     }
 
     /// A pack's retention as the catalog recorded it, if the pack is indexed.
@@ -510,5 +525,38 @@ mod tests {
             (last.pack.as_str(), last.offset),
             ("a".repeat(64).as_str(), 100)
         );
+    }
+
+    #[test]
+    fn chunk_places_answer_across_batches_with_repeats_and_gaps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = Catalog::open(&dir.path().join("catalog.db")).expect("catalog");
+        let stored = Stored {
+            version: "v".into(),
+            retained_until_ms: 0,
+        };
+        let indexed: Vec<u8> = (10..=250).collect();
+        catalog
+            .insert_pack(&pack('c', &indexed), &stored, 1)
+            .expect("pack c");
+        // A full batch and a short one, in reverse, with unindexed ids (6..10) and
+        // an id asked for twice.
+        let mut asked: Vec<u8> = (6..=250).rev().collect();
+        asked.push(200);
+        let ids: Vec<ChunkId> = asked
+            .iter()
+            .map(|b| ChunkId::from_slice(&[*b; 32]).expect("id"))
+            .collect();
+        assert!(ids.len() > PLACES_BATCH && ids.len() < 2 * PLACES_BATCH);
+        let places = catalog.chunk_places(&ids).expect("places");
+        assert_eq!(places.len(), ids.len());
+        for (id, place) in ids.iter().zip(&places) {
+            assert_eq!(
+                place,
+                &catalog.chunk_location(id).expect("location"),
+                "{id}"
+            );
+        }
+        assert_eq!(places.iter().filter(|p| p.is_none()).count(), 4);
     }
 }
