@@ -41,6 +41,10 @@ pub enum Error {
     ContentMismatch { path: String },
     #[error("certificate error: {0}")]
     Pki(String),
+    #[error(
+        "the compressor produced a frame that does not give back its chunk of {0} bytes (a compressor fault, caught before upload: nothing of it was stored); report it, and meanwhile back up with `lifeboat-agent run --compression-level 0`"
+    )]
+    CompressorFault(usize),
     #[error("{0}")]
     Invalid(String),
 }

@@ -656,3 +656,46 @@ fn a3_fsync_failing_on_packs_commits_nothing_it_did_not_sync() {
         expected.len()
     );
 }
+
+/// A15: a compressor that produces wrong frames. The agent runs with every compressed frame
+/// corrupted (`LIFEBOAT_FAULT_CORRUPT_FRAME=1`): the encoder's check (each frame decompressed
+/// and compared before it leaves) fails the backup with the compressor fault named, no
+/// snapshot is listed, and what the store holds verifies. Restarted without the fault, the
+/// agent backs up and the snapshot restores byte for byte.
+#[test]
+fn a15_a_compressor_fault_fails_the_backup_before_a_bad_chunk_is_stored() {
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    fs::create_dir_all(&src).expect("src");
+    let log = b"a line of a log file, which compresses well\n".repeat(5_000);
+    let random = Rng::new(15).bytes(100_000);
+    fs::write(src.join("log"), &log).expect("write");
+    fs::write(src.join("random"), &random).expect("write");
+    let restores = fleet.path("restores");
+    let a = fleet.enroll("a");
+    fleet.agent_env = vec![("LIFEBOAT_FAULT_CORRUPT_FRAME".into(), "1".into())];
+    fleet.run_agent(&a, &[("data", src.as_path())], &[restores.as_path()]);
+    let (ok, job) = fleet.job(&["backup", "a", "--source", "data"]);
+    assert!(!ok, "the backup succeeded with corrupt frames: {job}");
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(error.contains("compressor fault"), "{job}");
+    let snaps = fleet.cli_json(&["snapshots", "--agent", "a"]);
+    assert_eq!(snaps.as_array().expect("list").len(), 0, "{snaps}");
+    let verify = fleet.cli(&["verify"]);
+    assert!(
+        verify.status.success(),
+        "the store holds something bad: {}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+
+    fleet.kill_agent("a");
+    fleet.agent_env.clear();
+    fleet.run_agent(&a, &[("data", src.as_path())], &[restores.as_path()]);
+    let snap = fleet.backup("a", "data");
+    let target = restores.join("back");
+    let (ok, job) = fleet.restore_to(snap["id"].as_str().expect("id"), "a", &target, &[]);
+    assert!(ok, "{job}");
+    assert_eq!(fs::read(target.join("log")).expect("log"), log);
+    assert_eq!(fs::read(target.join("random")).expect("random"), random);
+    eprintln!("A15: every frame corrupted -> backup failed: {error}");
+}
