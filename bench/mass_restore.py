@@ -58,6 +58,10 @@ class RssPeak:
         self.thread.join()
 
 
+# Seconds the idle fleet is watched before each plan.
+IDLE_WINDOW_S = 5
+
+
 def sh(*args, **kw):
     return subprocess.run([str(a) for a in args], check=True, **kw)
 
@@ -130,6 +134,11 @@ def run_plan(fleet: Fleet, n: int, bandwidth):
         args += ["--bandwidth", bandwidth]
     plan = fleet.json(*args)
     pid = fleet.controller.pid
+    # What the idle fleet costs the controller (sessions, heartbeats), to tell it apart
+    # from what the restores cost.
+    idle0, t_idle = proc_cpu(pid), time.monotonic()
+    time.sleep(IDLE_WINDOW_S)
+    idle_cpu_per_s = (proc_cpu(pid) - idle0) / (time.monotonic() - t_idle)
     cpu0 = proc_cpu(pid)
     rss_before = proc_rss(pid)
     t0 = time.monotonic()
@@ -156,6 +165,7 @@ def run_plan(fleet: Fleet, n: int, bandwidth):
         "wall_s": wall,
         "throughput_mb_s": written / makespan / 1e6,
         "controller_cpu_s": proc_cpu(pid) - cpu0,
+        "controller_idle_cpu_s": idle_cpu_per_s * wall,
         "controller_rss_before": rss_before,
         "controller_peak_rss": peak.peak,
         "est_makespan_s": done["estimate"]["makespan_ms"] / 1000,
@@ -228,17 +238,19 @@ def main():
         "assumes concurrency gains nothing), the second also from the aggregate rate the first moved",
         f"(`--concurrency N`{', --bandwidth ' + args.bandwidth if args.bandwidth else ', no egress cap'}). Throughput is the bytes all devices wrote over",
         "the plan's length; CPU and peak RSS (sampled every 50 ms) are the controller's during the",
-        "plan, with its RSS just before the plan for comparison; the error is",
+        "plan, with its RSS just before the plan for comparison; CPU per GB is the plan's",
+        f"CPU over the bytes restored, and in brackets what the idle fleet cost (measured over {IDLE_WINDOW_S} s",
+        "before the plan and scaled to its length); the error is",
         "|actual − estimated| / estimated downtime per device.",
         "",
-        "| agents | plan | bytes restored | plan length | aggregate MB/s | controller CPU s | controller RSS before → peak | estimated length | error median / p90 / max | total error |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| agents | plan | bytes restored | plan length | aggregate MB/s | controller CPU s (idle) | CPU-s per GB | controller RSS before → peak | estimated length | error median / p90 / max | total error |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         for label, p in (("first (drills only)", r), ("second (after one plan)", r["second"])):
             lines.append(
                 f"| {r['agents']} | {label} | {p['bytes'] / 1e6:.0f} MB | {p['makespan_s']:.1f} s | {p['throughput_mb_s']:.0f} | "
-                f"{p['controller_cpu_s']:.1f} | {p['controller_rss_before'] / 2**20:.0f} → {p['controller_peak_rss'] / 2**20:.0f} MiB | {p['est_makespan_s']:.1f} s | "
+                f"{p['controller_cpu_s']:.2f} ({p.get('controller_idle_cpu_s', 0):.2f}) | {p['controller_cpu_s'] / (p['bytes'] / 1e9):.2f} | {p['controller_rss_before'] / 2**20:.0f} → {p['controller_peak_rss'] / 2**20:.0f} MiB | {p['est_makespan_s']:.1f} s | "
                 f"{100 * p['error_median']:.0f}% / {100 * p['error_p90']:.0f}% / {100 * p['error_max']:.0f}% | {100 * p['error_total']:+.0f}% |")
     text = "\n".join(lines) + "\n"
     print(text)
