@@ -180,6 +180,24 @@ pub fn absolute_clean(p: &Path) -> Result<PathBuf, String> {
 }
 
 /// Milliseconds since the Unix epoch, by this machine's clock.
+/// Holds this task at `point` while `LIFEBOAT_PAUSE_AT` names it: writes the file that
+/// `LIFEBOAT_PAUSE_FILE` names and waits until it is removed (the fault tests hold a
+/// backup between its uploads and its commit with it). Unset, it does nothing.
+pub async fn pause_point(point: &str) {
+    if std::env::var("LIFEBOAT_PAUSE_AT").is_ok_and(|v| v == point)
+        && let Some(file) = std::env::var_os("LIFEBOAT_PAUSE_FILE")
+        && std::fs::write(&file, point).is_ok()
+    {
+        tracing::warn!(
+            point,
+            "LIFEBOAT_PAUSE_AT: holding here until the pause file is removed"
+        );
+        while Path::new(&file).exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -3,7 +3,9 @@
 //!
 //! * **Mark** reads every committed snapshot's tree (no lock held).
 //! * **Sweep** holds the commit lock: it adds what was committed meanwhile, then removes from
-//!   the index the unreferenced chunks whose pack is older than the upload lease. A commit
+//!   the index the unreferenced chunks whose pack is older than the upload lease, by the wall
+//!   clock and by this process's monotonic clock both (a clock stepped forward ages nothing
+//!   a running backup uploaded since the controller started). A commit
 //!   checks, under the same lock, that every chunk it references is indexed, so it can never
 //!   become visible referencing a swept chunk; chunks a running backup uploaded within the
 //!   lease are not swept at all. A backup paused past the lease finds its chunks gone at
@@ -87,11 +89,17 @@ pub fn gc(
         references(ctl, &newer, &mut referenced)?;
         report.referenced = referenced.len() as u64;
         let mut sweep = Vec::new();
-        for (id, _pack, created_ms) in ctl.catalog.indexed_chunks()? {
+        // Young by the wall clock, or by this process's monotonic clock: a wall clock
+        // stepped forward (RELIABILITY A13) must not age a running backup's uploads past
+        // their lease.
+        let young = ctl
+            .store
+            .packs_sealed_within(std::time::Duration::from_millis(lease_ms.max(0) as u64));
+        for (id, pack, created_ms) in ctl.catalog.indexed_chunks()? {
             if referenced.contains(&id) {
                 continue;
             }
-            if created_ms > now_ms - lease_ms {
+            if created_ms > now_ms - lease_ms || young.contains(&pack) {
                 report.leased += 1;
             } else {
                 sweep.push(id);

@@ -699,3 +699,98 @@ fn a15_a_compressor_fault_fails_the_backup_before_a_bad_chunk_is_stored() {
     assert_eq!(fs::read(target.join("random")).expect("random"), random);
     eprintln!("A15: every frame corrupted -> backup failed: {error}");
 }
+
+/// A13: the controller's wall clock stepped forward by 25 h (libfaketime, re-read from a file)
+/// while a backup's uploads sit in sealed packs and its commit is held back (the agent's
+/// pause point). GC then runs: by the wall clock those chunks are a day past the 1 h lease,
+/// but the lease also counts by the controller's monotonic clock, so none is swept; the
+/// backup commits once released and restores byte for byte.
+#[test]
+fn a13_a_controller_clock_stepped_forward_loses_no_chunk_of_a_backup_in_flight() {
+    if !std::path::Path::new(FAKETIME).exists() {
+        assert!(
+            std::env::var_os("LIFEBOAT_REQUIRE_FAKETIME").is_none(),
+            "{FAKETIME} is missing: apt-get install faketime"
+        );
+        eprintln!("\n!!! SKIPPED: A13 needs libfaketime (apt-get install faketime)\n");
+        return;
+    }
+    let clock = tempfile::tempdir().expect("clock dir");
+    let offset = clock.path().join("offset");
+    fs::write(&offset, "+0\n").expect("offset");
+    let env = vec![
+        ("LD_PRELOAD".to_string(), FAKETIME.to_string()),
+        (
+            "FAKETIME_TIMESTAMP_FILE".into(),
+            offset.to_str().expect("path").into(),
+        ),
+        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ];
+    let mut fleet = Fleet::start_with_env(&["--gc-lease", "1h"], env);
+    let src = fleet.path("src");
+    fs::create_dir_all(&src).expect("src");
+    let mut rng = Rng::new(13);
+    // Three packs' worth (32 MiB each), so that sealed packs hold the uploads.
+    let files: Vec<Vec<u8>> = (0..3).map(|_| rng.bytes(40 << 20)).collect();
+    for (i, data) in files.iter().enumerate() {
+        fs::write(src.join(format!("f{i}")), data).expect("write");
+    }
+    let restores = fleet.path("restores");
+    let pause = fleet.path("paused");
+    let a = fleet.enroll("a");
+    fleet.agent_env = vec![
+        ("LIFEBOAT_PAUSE_AT".into(), "backup-before-commit".into()),
+        (
+            "LIFEBOAT_PAUSE_FILE".into(),
+            pause.to_str().expect("path").into(),
+        ),
+    ];
+    fleet.run_agent(&a, &[("data", src.as_path())], &[restores.as_path()]);
+    let out = fleet.cli(&["backup", "a", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("job");
+    let job_id = job["id"].as_str().expect("id").to_string();
+    lifeboat_tests::wait_for(
+        "the backup to reach its commit",
+        Duration::from_secs(120),
+        || pause.exists().then_some(()),
+    );
+    let packs: std::collections::HashSet<String> = fleet
+        .chunk_index()
+        .into_iter()
+        .map(|(_, p, ..)| p)
+        .collect();
+    assert!(packs.len() >= 2, "sealed packs hold the uploads: {packs:?}");
+
+    fs::write(&offset, "+25h\n").expect("offset");
+    std::thread::sleep(Duration::from_millis(2500)); // libfaketime re-reads it every second
+    let gc = fleet.cli_json(&["gc"]);
+    assert_eq!(gc["swept"], 0, "GC swept a running backup's chunks: {gc}");
+    assert!(gc["leased"].as_u64().unwrap_or(0) > 0, "{gc}");
+
+    fs::remove_file(&pause).expect("release the agent");
+    let done = lifeboat_tests::wait_for("the backup to end", Duration::from_secs(120), || {
+        let j = fleet.job_info(&job_id);
+        matches!(j["state"].as_str(), Some("succeeded" | "failed")).then_some(j)
+    });
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let snap = done["snapshot_ids"][0]
+        .as_str()
+        .expect("snapshot")
+        .to_string();
+    let target = restores.join("back");
+    let (ok, job) = fleet.restore_to(&snap, "a", &target, &[]);
+    assert!(ok, "{job}");
+    for (i, data) in files.iter().enumerate() {
+        assert!(
+            fs::read(target.join(format!("f{i}"))).expect("restored") == *data,
+            "f{i} differs"
+        );
+    }
+    eprintln!("A13: clock +25 h mid-backup, GC {gc}; the backup committed and restored");
+}

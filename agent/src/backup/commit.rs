@@ -103,6 +103,7 @@ pub(super) async fn commit(
         image,
         consistency: consistency.map(|c| c.as_str().to_string()),
     };
+    crate::pause_point("backup-before-commit").await;
     let record_bytes = record.to_bytes();
     let signature = ctx.state.signing.sign_record(&record_bytes);
     let reply = ctx

@@ -98,6 +98,9 @@ struct Packs {
     open: Mutex<OpenPack>,
     /// Signalled whenever a seal ends.
     sealed: Condvar,
+    /// The packs this process sealed, by name, with the monotonic time of the seal: GC's
+    /// lease must not trust the wall clock alone (`Store::packs_sealed_within`).
+    recent: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// Seals handed to the sealer thread and not finished: an upload that fills a pack while
@@ -227,6 +230,7 @@ impl Store {
         let packs = Arc::new(Packs {
             open: Mutex::new(OpenPack::default()),
             sealed: Condvar::new(),
+            recent: Mutex::new(Default::default()),
         });
         let (to_seal, queue) = std::sync::mpsc::channel::<(u64, PackWriter)>();
         let (shared, index, store) = (packs.clone(), catalog.clone(), objects.clone());
@@ -236,6 +240,11 @@ impl Store {
                 for (seq, writer) in queue {
                     let res = seal_and_store(store.as_ref(), writer).and_then(|(sealed, stored)| {
                         index.insert_pack(&sealed, &stored, now_ms())?;
+                        shared
+                            .recent
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(sealed.name.clone(), std::time::Instant::now());
                         Ok(sealed)
                     });
                     let mut failure = None;
@@ -665,6 +674,14 @@ impl Store {
             located.chunks.push(chunk);
         }
         Ok(Some(located))
+    }
+
+    /// The packs this process sealed within `lease`, by its monotonic clock (a wall clock
+    /// stepped forward cannot age them); older ones are forgotten.
+    pub fn packs_sealed_within(&self, lease: std::time::Duration) -> HashSet<String> {
+        let mut recent = self.packs.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|_, at| at.elapsed() < lease);
+        recent.keys().cloned().collect()
     }
 
     /// Reads and verifies a chunk's plaintext. Blocking.
