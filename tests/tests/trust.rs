@@ -1134,14 +1134,14 @@ fn enrollment_refusals_spend_no_token_and_leak_no_names() {
     assert!(!again.status.success(), "a single-use token enrolled twice");
 }
 
-/// D7 (at 300 machines): an enrollment storm. 300 machines join at once, each over its own
-/// connection with its own CSR and signing key, all with one token of 300 uses: every one
-/// enrolls under an id of its own, the token is spent exactly 300 times (a 301st join is
-/// refused as used), and the catalog lists the 300 agents. The join times are printed (p50,
+/// D7: an enrollment storm. 1,000 machines join at once, each over its own connection with
+/// its own CSR and signing key, all with one token of 1,000 uses: every one enrolls under an
+/// id of its own, the token is spent exactly 1,000 times (one more join is refused as used),
+/// and the catalog lists the 1,000 agents. The join times are printed (p50,
 /// p99), not asserted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn d7_an_enrollment_storm_enrolls_each_machine_exactly_once() {
-    const N: usize = 300;
+    const N: usize = 1000;
     transport::install_crypto_provider();
     let fleet = tokio::task::spawn_blocking(Fleet::start)
         .await
@@ -1175,7 +1175,7 @@ async fn d7_an_enrollment_storm_enrolls_each_machine_exactly_once() {
         }
     };
     let joins: Vec<_> = (0..N)
-        .map(|i| join(format!("storm-{i:03}"), token.clone()))
+        .map(|i| join(format!("storm-{i:04}"), token.clone()))
         .collect();
     let results = futures::future::join_all(joins).await;
     let mut ids = BTreeSet::new();
@@ -1187,7 +1187,7 @@ async fn d7_an_enrollment_storm_enrolls_each_machine_exactly_once() {
     }
     assert_eq!(ids.len(), N, "two machines got one identity");
     let (extra, _) = join("storm-extra".into(), token.clone()).await;
-    let refused = extra.expect_err("a 301st machine joined on a token of 300 uses");
+    let refused = extra.expect_err("one machine more than the token's uses joined");
     assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
     assert!(refused.message().contains("already used"), "{refused:?}");
     let listed = tokio::task::block_in_place(|| fleet.cli_json(&["agents"]));
