@@ -11,7 +11,10 @@ for the first round, 1,000 agents back up a tiny directory each at once through 
 pipeline: commits per second and p99 latency from job receipt to committed.
 
     cargo build --release --workspace --bins --examples
-    python3 bench/controller_scale.py [--agents 1000 10000] [--measure-s 60] [--commits 1000]
+    python3 bench/controller_scale.py [--agents 1000 10000] [--measure-s 60] [--commits 1000] [--sources 3] [--plan]
+
+With --sources K each committing agent backs up K tiny directories (K commits per job); with
+--plan a recovery of every committed device is then planned three times and timed.
 
 Writes the "## Controller scale" section of BENCHMARKS.md unless --out is given.
 """
@@ -29,7 +32,7 @@ from run import BIN, REPO, replace_section, start_controller  # noqa: E402
 SECTION = "## Controller scale"
 
 
-def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms):
+def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, plan=False):
     d = work / f"n{n}"
     if d.exists():
         shutil.rmtree(d)
@@ -45,7 +48,8 @@ def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms):
         load = bin_dir / "examples" / "load"
         out = subprocess.run([load, "--controller", url, "--tokens", ",".join(tokens), "--ca-fingerprint", fp,
                               "--identity", d / "ctl" / "admin.identity", "--agents", str(n), "--dir", d / "sim",
-                              "--heartbeat-ms", str(heartbeat_ms), "--measure-s", str(measure_s), "--commits", str(commits)],
+                              "--heartbeat-ms", str(heartbeat_ms), "--measure-s", str(measure_s), "--commits", str(commits),
+                              "--sources", str(sources), *(["--plan"] if plan else [])],
                              env={**env, "LIFEBOAT_CONTROLLER_PID": str(ctl.pid)}, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"load generator failed: {out.stderr[-3000:]}")
@@ -61,6 +65,8 @@ def main():
     ap.add_argument("--measure-s", type=int, default=60)
     ap.add_argument("--heartbeat-ms", type=int, default=15000, help="the agents' interval (lifeboat-agent: 15 s)")
     ap.add_argument("--commits", type=int, default=1000, help="agents committing at once (first round only)")
+    ap.add_argument("--sources", type=int, default=1, help="sources each committing agent backs up")
+    ap.add_argument("--plan", action="store_true", help="then plan a recovery of every committed device (3 times, timed)")
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/lifeboat-scale"))
     ap.add_argument("--bin", type=Path, default=BIN)
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
@@ -68,7 +74,9 @@ def main():
     rows = []
     for i, n in enumerate(args.agents):
         print(f"{n} agents ...", flush=True)
-        r = one_round(n, args.work, args.bin, args.measure_s, args.commits if i == 0 else 0, args.heartbeat_ms)
+        first = i == 0
+        r = one_round(n, args.work, args.bin, args.measure_s, args.commits if first else 0, args.heartbeat_ms,
+                      args.sources, args.plan and first)
         print(json.dumps(r), flush=True)
         rows.append(r)
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -76,7 +84,7 @@ def main():
         SECTION,
         "",
         f"Command: `python3 bench/controller_scale.py --agents {' '.join(map(str, args.agents))} --measure-s {args.measure_s}"
-        f" --commits {args.commits}` (after `cargo build --release --workspace --bins --examples`).",
+        f" --commits {args.commits}{f' --sources {args.sources}' if args.sources != 1 else ''}{' --plan' if args.plan else ''}` (after `cargo build --release --workspace --bins --examples`).",
         f"Machine: {os.cpu_count()} cores, {mem / 2**30:.0f} GiB RAM; the load generator (one process, `agent/examples/load.rs`)",
         "runs on the same machine as the controller. Each simulated agent enrolled with its own key and CSR and keeps",
         f"its own TLS connection and session, heartbeating every {args.heartbeat_ms / 1000:g} s (lifeboat-agent: every 15 s),",
@@ -95,13 +103,20 @@ def main():
     if c:
         lines += [
             "",
-            f"{c['agents']} of those agents then back up a tiny directory each (one new file) at once, through the real pipeline",
+            f"{c['agents']} of those agents then back up {c.get('sources_each', 1)} tiny director{'y' if c.get('sources_each', 1) == 1 else 'ies'} each (one new file in each) at once, through the real pipeline",
             "(scan, MissingChunks, PutChunks, signed CommitSnapshot, countersigned and listed by the controller):",
             "",
             "| agents | committed | wall | commits/s | latency p50 / p99 (job received → committed) | controller CPU |",
             "|---|---|---|---|---|---|",
             f"| {c['agents']} | {c['committed']} | {c['wall_s']:.1f} s | {c['commits_per_sec']:.0f} | {c['latency_ms_p50']} / {c['latency_ms_p99']} ms | {c['controller_cpu_s']:.1f} s |",
         ]
+        p = c.get("plan")
+        if p:
+            lines += [
+                "",
+                f"Then a recovery of those {p['devices']} devices ({p['sources']} sources) is planned three times (`PlanRecovery`,",
+                "as an operator, timed by the caller): " + ", ".join(f"{ms} ms" for ms in p["ms"]) + ".",
+            ]
     text = "\n".join(lines) + "\n"
     print(text)
     replace_section(args.out, SECTION, text)

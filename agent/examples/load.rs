@@ -4,14 +4,18 @@
 //!
 //!     cargo run --release -p lifeboat-agent --example load -- \
 //!         --controller URL --tokens T1,T2 --ca-fingerprint FP --identity ADMIN.identity \
-//!         --agents 10000 --dir DIR [--heartbeat-ms 15000] [--measure-s 60] [--commits 1000]
+//!         --agents 10000 --dir DIR [--heartbeat-ms 15000] [--measure-s 60] [--commits 1000] \
+//!         [--sources 3] [--plan]
 //!
 //! Every agent keeps one session (a TLS connection and an HTTP/2 stream) and heartbeats;
 //! the controller acknowledges each heartbeat, and the round trip is the heartbeat latency.
 //! With `--commits M`, the first M agents are then asked (StartBackup, as an operator) to
 //! back up a tiny directory of their own, all at once; each runs the real backup pipeline
 //! (`lifeboat_agent::backup::backup_source`: scan, MissingChunks, PutChunks, signed
-//! CommitSnapshot). Prints one JSON object (bench/controller_scale.py runs it).
+//! CommitSnapshot); with `--sources K`, each agent has K sources and backs up all of them.
+//! With `--plan`, a recovery of every committed device is then planned three times
+//! (`PlanRecovery`, as an operator) and each planning call is timed. Prints one JSON object
+//! (bench/controller_scale.py runs it).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -42,6 +46,8 @@ struct Args {
     heartbeat: Duration,
     measure: Duration,
     commits: usize,
+    sources: usize,
+    plan: bool,
 }
 
 fn args() -> Result<Args, Error> {
@@ -62,6 +68,8 @@ fn args() -> Result<Args, Error> {
         heartbeat: Duration::from_millis(get("--heartbeat-ms").map_or(Ok(15_000), |s| s.parse())?),
         measure: Duration::from_secs(get("--measure-s").map_or(Ok(60), |s| s.parse())?),
         commits: get("--commits").map_or(Ok(0), |s| s.parse())?,
+        sources: get("--sources").map_or(Ok(1), |s| s.parse())?.max(1),
+        plan: all.iter().any(|a| a == "--plan"),
     })
 }
 
@@ -122,11 +130,19 @@ async fn enroll_all(a: &Args) -> Result<Vec<Arc<AgentState>>, Error> {
     Ok(out)
 }
 
-/// One simulated agent: a session with heartbeats; backs up `source` when asked.
+/// The name of an agent's `k`th source ("data", then "data1", "data2", ...).
+fn source_name(k: usize) -> String {
+    match k {
+        0 => "data".into(),
+        k => format!("data{k}"),
+    }
+}
+
+/// One simulated agent: a session with heartbeats; backs up its sources when asked.
 async fn agent(
     url: String,
     state: Arc<AgentState>,
-    source: PathBuf,
+    sources: Vec<PathBuf>,
     heartbeat: Duration,
     shared: Arc<Shared>,
 ) -> Result<(), Error> {
@@ -142,11 +158,22 @@ async fn agent(
             msg: Some(Msg::Hello(pb::Hello {
                 version: "load".into(),
                 hostname: state.info.name.clone(),
-                sources: vec![pb::Source {
-                    name: "data".into(),
-                    kind: "path".into(),
-                    path: source.display().to_string(),
-                }],
+                sources: sources
+                    .iter()
+                    .enumerate()
+                    .map(|(k, path)| pb::Source {
+                        name: source_name(k),
+                        kind: "path".into(),
+                        path: path.display().to_string(),
+                    })
+                    .collect(),
+                // Its sources may be restored in place (a plan of them is planned, not run).
+                restore_roots: sources
+                    .iter()
+                    .filter_map(|p| p.parent())
+                    .map(|p| p.display().to_string())
+                    .take(1)
+                    .collect(),
                 ..Default::default()
             })),
         })
@@ -177,8 +204,8 @@ async fn agent(
                     }
                 }
                 Some(pb::ControllerMessage { msg: Some(controller_message::Msg::Job(job)) }) => {
-                    let (state, api, source, shared, out_tx) =
-                        (state.clone(), api.clone(), source.clone(), shared.clone(), out_tx.clone());
+                    let (state, api, sources, shared, out_tx) =
+                        (state.clone(), api.clone(), sources.clone(), shared.clone(), out_tx.clone());
                     tokio::spawn(async move {
                         let got = Instant::now();
                         let ctx = BackupContext {
@@ -193,22 +220,28 @@ async fn agent(
                             repair: Default::default(),
                             limit: None,
                         };
-                        let src = lifeboat_agent::Source { name: "data".into(), path: source };
-                        let mut update = pb::JobUpdate { job_id: job.job_id.clone(), ..Default::default() };
-                        match backup::backup_source(&ctx, &src).await {
-                            Ok(r) => {
-                                if let Ok(mut c) = shared.commits.lock() {
-                                    c.push(got.elapsed().as_millis() as u64);
+                        let mut update = pb::JobUpdate {
+                            job_id: job.job_id.clone(),
+                            state: pb::JobState::Succeeded as i32,
+                            ..Default::default()
+                        };
+                        for (k, path) in sources.into_iter().enumerate() {
+                            let src = lifeboat_agent::Source { name: source_name(k), path };
+                            match backup::backup_source(&ctx, &src).await {
+                                Ok(r) => {
+                                    if let Ok(mut c) = shared.commits.lock() {
+                                        c.push(got.elapsed().as_millis() as u64);
+                                    }
+                                    update.snapshot_ids.push(r.snapshot_id);
                                 }
-                                update.state = pb::JobState::Succeeded as i32;
-                                update.snapshot_ids = vec![r.snapshot_id];
-                            }
-                            Err(e) => {
-                                if let Ok(mut f) = shared.failures.lock() {
-                                    f.push(e.to_string());
+                                Err(e) => {
+                                    if let Ok(mut f) = shared.failures.lock() {
+                                        f.push(e.to_string());
+                                    }
+                                    update.state = pb::JobState::Failed as i32;
+                                    update.error = e.to_string();
+                                    break;
                                 }
-                                update.state = pb::JobState::Failed as i32;
-                                update.error = e.to_string();
                             }
                         }
                         let _ = out_tx.send(pb::AgentMessage { msg: Some(Msg::JobUpdate(update)) }).await;
@@ -265,14 +298,22 @@ fn controller_pid(url: &str) -> Option<u32> {
     std::env::var("LIFEBOAT_CONTROLLER_PID").ok()?.parse().ok()
 }
 
-fn make_source(dir: &Path, i: usize) -> Result<PathBuf, Error> {
-    let src = dir.join(format!("sources/a{i:05}"));
-    std::fs::create_dir_all(&src)?;
-    std::fs::write(
-        src.join("hello.txt"),
-        format!("agent {i} at {}\n", now_ms()),
-    )?;
-    Ok(src)
+/// Agent `i`'s `n` tiny source directories, one new file each.
+fn make_sources(dir: &Path, i: usize, n: usize) -> Result<Vec<PathBuf>, Error> {
+    (0..n)
+        .map(|k| {
+            let src = match k {
+                0 => dir.join(format!("sources/a{i:05}")),
+                k => dir.join(format!("sources/a{i:05}-{k}")),
+            };
+            std::fs::create_dir_all(&src)?;
+            std::fs::write(
+                src.join("hello.txt"),
+                format!("agent {i} source {k} at {}\n", now_ms()),
+            )?;
+            Ok(src)
+        })
+        .collect()
 }
 
 #[tokio::main]
@@ -288,7 +329,7 @@ async fn main() -> Result<(), Error> {
     let t = Instant::now();
     let mut names = HashMap::new();
     for (i, state) in states.iter().enumerate() {
-        let source = make_source(&a.dir, i)?;
+        let sources = make_sources(&a.dir, i, a.sources)?;
         names.insert(state.info.name.clone(), i);
         let (url, state, shared, hb) = (
             a.controller.clone(),
@@ -297,7 +338,7 @@ async fn main() -> Result<(), Error> {
             a.heartbeat,
         );
         tokio::spawn(async move {
-            if let Err(e) = agent(url, state, source, hb, shared.clone()).await
+            if let Err(e) = agent(url, state, sources, hb, shared.clone()).await
                 && let Ok(mut f) = shared.failures.lock()
             {
                 f.push(e.to_string());
@@ -350,6 +391,8 @@ async fn main() -> Result<(), Error> {
         let tls = ClientTls::with_identity(&id.ca_pem, &id.cert_pem, &id.key_pem)?;
         let mut op = OperatorApiClient::new(transport::connect(&a.controller, tls).await?);
         let n = a.commits.min(states.len());
+        let n_sources = a.sources;
+        let expected = n * n_sources;
         let cpu0 = pid.map(proc_stat);
         let t = Instant::now();
         let mut starts = Vec::new();
@@ -359,7 +402,7 @@ async fn main() -> Result<(), Error> {
             starts.push(tokio::spawn(async move {
                 op.start_backup(pb::StartBackupRequest {
                     agent: name,
-                    sources: vec!["data".into()],
+                    sources: (0..n_sources).map(source_name).collect(),
                     ..Default::default()
                 })
                 .await
@@ -371,11 +414,11 @@ async fn main() -> Result<(), Error> {
         loop {
             let done = shared.commits.lock().map_err(|_| "poisoned")?.len();
             let failed = shared.failures.lock().map_err(|_| "poisoned")?.len();
-            if done + failed >= n {
+            if done + failed >= expected {
                 break;
             }
             if t.elapsed() > Duration::from_secs(600) {
-                return Err(format!("{done} of {n} commits after 10 minutes").into());
+                return Err(format!("{done} of {expected} commits after 10 minutes").into());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -383,8 +426,39 @@ async fn main() -> Result<(), Error> {
         let mut lat = shared.commits.lock().map_err(|_| "poisoned")?.clone();
         lat.sort_unstable();
         let snapshots = op.status(pb::Empty {}).await?.into_inner().snapshots;
+        // A recovery of every device that committed, planned three times.
+        let mut plan = serde_json::Value::Null;
+        if a.plan {
+            let agents: Vec<String> = states.iter().take(n).map(|s| s.info.name.clone()).collect();
+            let mut took = Vec::new();
+            let mut planned = (0, 0);
+            for _ in 0..3 {
+                let t = Instant::now();
+                let p = op
+                    .plan_recovery(pb::PlanRequest {
+                        agents: agents.clone(),
+                        before_unix_ms: now_ms() as i64 + 60_000,
+                        concurrency: 50,
+                        ..Default::default()
+                    })
+                    .await?
+                    .into_inner();
+                took.push(t.elapsed().as_millis() as u64);
+                planned = (
+                    p.devices.len(),
+                    p.devices.iter().map(|d| d.sources.len()).sum(),
+                );
+            }
+            plan = serde_json::json!({
+                "devices": planned.0,
+                "sources": planned.1,
+                "ms": took,
+            });
+        }
         commit = serde_json::json!({
             "agents": n,
+            "sources_each": n_sources,
+            "plan": plan,
             "committed": lat.len(),
             "wall_s": wall,
             "commits_per_sec": lat.len() as f64 / wall,

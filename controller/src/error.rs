@@ -165,12 +165,38 @@ impl ApiError {
     }
 }
 
+/// The longest message a status carries. It travels in the HTTP/2 trailers, percent-encoded
+/// (up to three bytes per byte), and a client refuses trailers past 16 KiB with a bare
+/// protocol error that says nothing: a longer message (a plan refused for each of a
+/// thousand devices) is cut, saying how much was left out.
+const MAX_STATUS_MESSAGE: usize = 4096;
+
+/// `msg`, cut at [`MAX_STATUS_MESSAGE`] bytes (on a character boundary).
+fn bounded(mut msg: String) -> String {
+    if msg.len() <= MAX_STATUS_MESSAGE {
+        return msg;
+    }
+    let mut cut = MAX_STATUS_MESSAGE;
+    while !msg.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let left = msg.len() - cut;
+    msg.truncate(cut);
+    msg.push_str(&format!(
+        "\n… ({left} more bytes; the controller's log has it all)"
+    ));
+    msg
+}
+
 impl From<ApiError> for Status {
     fn from(e: ApiError) -> Status {
-        if let ApiError::Internal(msg) = &e {
-            tracing::error!(error = %msg, "internal error");
-        }
         let msg = e.to_string();
+        if let ApiError::Internal(_) = &e {
+            tracing::error!(error = %msg, "internal error");
+        } else if msg.len() > MAX_STATUS_MESSAGE {
+            tracing::warn!(error = %msg, "an error longer than a status carries (the caller sees it cut)");
+        }
+        let msg = bounded(msg);
         let refusal = e.refusal();
         if refusal != pb::Refusal::Unspecified {
             use prost::Message;
@@ -199,5 +225,28 @@ impl From<ApiError> for Status {
             ApiError::MissingChunks(_) => Status::failed_precondition(msg),
             ApiError::Internal(_) => Status::internal(format!("internal error: {msg}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_message_reaches_the_caller_cut_and_says_so() {
+        let lines: Vec<String> = (0..3000)
+            .map(|i| format!("m{i:04} data{}: no restore root covers /srv/é{i}", i % 3))
+            .collect();
+        let status = Status::from(ApiError::FailedPrecondition(lines.join("\n")));
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        let msg = status.message();
+        assert!(msg.len() < MAX_STATUS_MESSAGE + 100, "{} bytes", msg.len());
+        assert!(msg.starts_with("m0000 data0"), "{msg}");
+        assert!(
+            msg.ends_with("more bytes; the controller's log has it all)"),
+            "{msg}"
+        );
+        let short = Status::from(ApiError::NotFound("no plan \"x\"".into()));
+        assert_eq!(short.message(), "no plan \"x\"");
     }
 }

@@ -294,8 +294,9 @@ pub fn create(
     }
     if !errors.is_empty() {
         return Err(ApiError::FailedPrecondition(format!(
-            "the plan cannot restore every source where it belongs:\n  {}",
-            errors.join("\n  ")
+            "the plan cannot restore {} source(s) where they belong:\n  {}",
+            errors.len(),
+            first_of(&errors)
         )));
     }
     if plan.devices.is_empty() {
@@ -304,7 +305,7 @@ pub fn create(
             if plan.warnings.is_empty() {
                 String::new()
             } else {
-                format!("\n  {}", plan.warnings.join("\n  "))
+                format!("\n  {}", first_of(&plan.warnings))
             }
         )));
     }
@@ -406,4 +407,20 @@ pub(super) fn plan_target_refused(e: TargetError) -> String {
         }
         _ => e.to_string(),
     }
+}
+
+/// The first lines of a list for a message, and how many more there are: a plan of a
+/// thousand devices names twenty.
+fn first_of(lines: &[String]) -> String {
+    const SHOWN: usize = 20;
+    let mut out = lines
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("\n  ");
+    if lines.len() > SHOWN {
+        out.push_str(&format!("\n  … and {} more", lines.len() - SHOWN));
+    }
+    out
 }
