@@ -179,7 +179,6 @@ pub fn absolute_clean(p: &Path) -> Result<PathBuf, String> {
     Ok(abs.components().collect())
 }
 
-/// Milliseconds since the Unix epoch, by this machine's clock.
 /// Holds this task at `point` while `LIFEBOAT_PAUSE_AT` names it: writes the file that
 /// `LIFEBOAT_PAUSE_FILE` names and waits until it is removed (the fault tests hold a
 /// backup between its uploads and its commit with it). Unset, it does nothing.
@@ -198,6 +197,7 @@ pub async fn pause_point(point: &str) {
     }
 }
 
+/// Milliseconds since the Unix epoch, by this machine's clock.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -534,6 +534,21 @@ impl Fleet {
         (out.status.success(), v)
     }
 
+    /// Starts a job command without waiting for it (`ARGS --json`); returns the job's id,
+    /// or panics with why the command failed.
+    pub fn start_job(&self, args: &[&str]) -> String {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let job: Value = serde_json::from_slice(&out.stdout).expect("job");
+        job["id"].as_str().expect("id").to_string()
+    }
+
     /// `lifeboat restore SNAPSHOT --agent AGENT --to TARGET [EXTRA…] --wait --json`; returns
     /// (success, job JSON).
     pub fn restore_to(

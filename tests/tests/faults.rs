@@ -747,14 +747,7 @@ fn a13_a_controller_clock_stepped_forward_loses_no_chunk_of_a_backup_in_flight()
         ),
     ];
     fleet.run_agent(&a, &[("data", src.as_path())], &[restores.as_path()]);
-    let out = fleet.cli(&["backup", "a", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("job");
-    let job_id = job["id"].as_str().expect("id").to_string();
+    let job_id = fleet.start_job(&["backup", "a"]);
     lifeboat_tests::wait_for(
         "the backup to reach its commit",
         Duration::from_secs(120),

@@ -8,7 +8,6 @@ use std::time::Duration;
 use lifeboat_tests::tree::Rng;
 use lifeboat_tests::{Fleet, wait_for};
 use rustix::process::Signal;
-use serde_json::Value;
 
 fn apply_keep_last(fleet: &Fleet, n: u32) {
     let file = fleet.path("keep.toml");
@@ -108,14 +107,7 @@ fn gc_race(mut fleet: Fleet) -> Fleet {
     let mut failed_for_lease = 0;
     for round in 0..10 {
         churn(&mut rng);
-        let out = fleet.cli(&["backup", "a", "--json"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let job: Value = serde_json::from_slice(&out.stdout).expect("job");
-        let id = job["id"].as_str().expect("id").to_string();
+        let id = fleet.start_job(&["backup", "a"]);
         match rng.next_u64() % 3 {
             // Pause the agent mid-backup past the lease while prune and GC run.
             0 => {

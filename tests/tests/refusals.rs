@@ -409,9 +409,9 @@ async fn fleet_with_raw_agent() -> (Fleet, std::path::PathBuf) {
 }
 
 /// After an attack: another agent enrolls and backs up `src`, so the controller still
-/// serves; returns the controller's RSS then.
-async fn another_agent_backs_up(fleet: Fleet, src: std::path::PathBuf) -> u64 {
-    tokio::task::spawn_blocking(move || {
+/// serves, and its RSS grew less than 64 MiB since `rss_before`; returns its RSS then.
+async fn another_agent_backs_up(fleet: Fleet, src: std::path::PathBuf, rss_before: u64) -> u64 {
+    let rss_after = tokio::task::spawn_blocking(move || {
         let mut fleet = fleet;
         let b = fleet.enroll("b");
         fleet.run_agent(&b, &[("data", src.as_path())], &[]);
@@ -419,7 +419,14 @@ async fn another_agent_backs_up(fleet: Fleet, src: std::path::PathBuf) -> u64 {
         fleet.controller_rss()
     })
     .await
-    .expect("after")
+    .expect("after");
+    let growth = rss_after.saturating_sub(rss_before);
+    assert!(
+        growth < 64 << 20,
+        "controller RSS grew {} MiB",
+        growth >> 20
+    );
+    rss_after
 }
 
 /// B1 (part): hostile bytes at the controller's port. 200 connections of garbage where a
@@ -474,13 +481,7 @@ async fn b1_garbage_and_oversized_messages_leave_the_controller_serving() {
     assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
     let refused_code = refused.code();
     // Still serving: another agent enrolls and backs up.
-    let rss_after = another_agent_backs_up(fleet, src).await;
-    let growth = rss_after.saturating_sub(rss_before);
-    assert!(
-        growth < 64 << 20,
-        "controller RSS grew {} MiB",
-        growth >> 20
-    );
+    let rss_after = another_agent_backs_up(fleet, src, rss_before).await;
     eprintln!(
         "B1: 200 garbage connections and an oversized message refused ({:?}); RSS {} -> {} MiB",
         refused_code,
@@ -578,13 +579,7 @@ async fn b1_lying_length_prefixes_and_invalid_protobuf_are_refused_and_the_contr
         "invalid protobuf: {invalid:?}"
     );
     // Still serving: another agent enrolls and backs up.
-    let rss_after = another_agent_backs_up(fleet, src).await;
-    let growth = rss_after.saturating_sub(rss_before);
-    assert!(
-        growth < 64 << 20,
-        "controller RSS grew {} MiB",
-        growth >> 20
-    );
+    let rss_after = another_agent_backs_up(fleet, src, rss_before).await;
     eprintln!(
         "B1: 2 GiB claim -> {:?} ({}); truncated frame -> {:?} ({}); invalid protobuf -> {:?} ({}); RSS {} -> {} MiB",
         huge.code(),
@@ -661,13 +656,7 @@ async fn b1_ten_thousand_streams_from_one_peer_are_bounded() {
         refused.first()
     );
     // Still serving: another agent enrolls and backs up.
-    let rss_after = another_agent_backs_up(fleet, src).await;
-    let growth = rss_after.saturating_sub(rss_before);
-    assert!(
-        growth < 64 << 20,
-        "controller RSS grew {} MiB",
-        growth >> 20
-    );
+    let rss_after = another_agent_backs_up(fleet, src, rss_before).await;
     eprintln!(
         "B1: {advertised} streams per connection advertised; 10,000 concurrent calls from one peer answered; RSS {} -> {} MiB",
         rss_before >> 20,

@@ -274,14 +274,7 @@ fn the_s3_server_killed_mid_backup_and_mid_restore_leaves_no_short_snapshot_nor_
     }
     let a = fleet.enroll("a");
     fleet.run_agent(&a, &[("data", src.path())], &[root.path()]);
-    let out = fleet.cli(&["backup", "a", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("job");
-    let job_id = job["id"].as_str().expect("id").to_string();
+    let job_id = fleet.start_job(&["backup", "a"]);
     // Kill the server once the first pack is in the catalog (a seal is under way).
     wait_for("a first pack to be stored", Duration::from_secs(60), || {
         (!fleet.chunk_index().is_empty()).then_some(())
@@ -637,14 +630,7 @@ fn a_flaky_way_to_the_store_is_retried_and_an_unreachable_one_fails_cleanly() {
         .as_array()
         .map_or(0, Vec::len);
     let rss_before = fleet.controller_rss();
-    let out = fleet.cli(&["backup", "a", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("job");
-    let id = job["id"].as_str().expect("id").to_string();
+    let id = fleet.start_job(&["backup", "a"]);
     let mut rss_peak = rss_before;
     let done = wait_for("the backup to fail", Duration::from_secs(300), || {
         rss_peak = rss_peak.max(fleet.controller_rss());
