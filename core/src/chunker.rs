@@ -8,6 +8,7 @@
 //! which is pinned with `=` in the workspace) silently breaks dedup against every stored
 //! snapshot; the golden-value test below guards them.
 
+use std::borrow::BorrowMut;
 use std::io::Read;
 
 use fastcdc::v2020::{Normalization, cut, select_masks};
@@ -20,13 +21,17 @@ pub const MIN_SIZE: usize = 256 * 1024;
 pub const AVG_SIZE: usize = 1024 * 1024;
 /// Largest chunk; also the bound the codec enforces when decoding.
 pub const MAX_SIZE: usize = 4 * 1024 * 1024;
-/// Read buffer: several maximum chunks, so the unread tail is moved to the front only
-/// about once per three chunks instead of after every chunk.
+/// Read buffer at its largest: several maximum chunks, so the unread tail is moved to the
+/// front only about once per three chunks instead of after every chunk.
 pub const BUFFER_LEN: usize = 4 * MAX_SIZE;
+/// Read buffer at its smallest, once anything is read.
+const FIRST_BUFFER_LEN: usize = 64 * 1024;
 
-/// Iterates over the chunks of a byte stream. Holds [`BUFFER_LEN`] bytes of buffer, which
-/// a caller chunking many files can pass in and reuse ([`Chunker::with_buffer`]).
-pub struct Chunker<R: Read, B: AsMut<[u8]> = Vec<u8>> {
+/// Iterates over the chunks of a byte stream. Its read buffer grows as the stream needs
+/// it, doubling up to [`BUFFER_LEN`]: a small file costs a small buffer (a thousand
+/// agents' worth of tiny backups in one process zeroed 16 MiB each before this). A caller
+/// chunking many files can pass one buffer in and reuse it ([`Chunker::with_buffer`]).
+pub struct Chunker<R: Read, B: BorrowMut<Vec<u8>> = Vec<u8>> {
     source: R,
     buf: B,
     start: usize,
@@ -38,12 +43,13 @@ pub struct Chunker<R: Read, B: AsMut<[u8]> = Vec<u8>> {
 
 impl<R: Read> Chunker<R> {
     pub fn new(source: R) -> Self {
-        Self::with_buffer(source, vec![0u8; BUFFER_LEN])
+        Self::with_buffer(source, Vec::new())
     }
 }
 
-impl<R: Read, B: AsMut<[u8]>> Chunker<R, B> {
-    /// Chunks `source` using `buf` (at least [`BUFFER_LEN`] bytes) as the read buffer.
+impl<R: Read, B: BorrowMut<Vec<u8>>> Chunker<R, B> {
+    /// Chunks `source` using `buf` as the read buffer (of any length: it grows as needed,
+    /// and keeps its length for the next stream).
     pub fn with_buffer(source: R, buf: B) -> Self {
         let (mask_s, mask_l) = select_masks(AVG_SIZE, Normalization::Level1);
         Chunker {
@@ -59,14 +65,21 @@ impl<R: Read, B: AsMut<[u8]>> Chunker<R, B> {
 
     /// Makes sure at least `MAX_SIZE` bytes are buffered, or all that is left.
     fn fill(&mut self) -> std::io::Result<()> {
-        let buf = self.buf.as_mut();
-        debug_assert!(buf.len() >= BUFFER_LEN);
-        if buf.len() - self.end < MAX_SIZE {
-            buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
+        let buf = BorrowMut::<Vec<u8>>::borrow_mut(&mut self.buf);
         while !self.eof && self.end - self.start < MAX_SIZE {
+            // No room left to read into (a read into nothing would look like the end of
+            // the stream): the buffer doubles, and at its largest the unread tail (less
+            // than MAX_SIZE) moves to the front instead.
+            if self.end == buf.len() {
+                if buf.len() < BUFFER_LEN {
+                    let grown = (buf.len() * 2).clamp(FIRST_BUFFER_LEN, BUFFER_LEN);
+                    buf.resize(grown, 0);
+                } else {
+                    buf.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                }
+            }
             match self.source.read(&mut buf[self.end..]) {
                 Ok(0) => self.eof = true,
                 Ok(n) => self.end += n,
@@ -101,7 +114,7 @@ impl std::ops::Deref for Chunk {
     }
 }
 
-impl<R: Read, B: AsMut<[u8]>> Iterator for Chunker<R, B> {
+impl<R: Read, B: BorrowMut<Vec<u8>>> Iterator for Chunker<R, B> {
     type Item = Result<Chunk>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -114,7 +127,7 @@ impl<R: Read, B: AsMut<[u8]>> Iterator for Chunker<R, B> {
         if self.start == self.end {
             return None;
         }
-        let window = &self.buf.as_mut()[self.start..self.end];
+        let window = &BorrowMut::<Vec<u8>>::borrow_mut(&mut self.buf)[self.start..self.end];
         let (_, len) = cut(
             window,
             MIN_SIZE,
@@ -215,7 +228,8 @@ mod tests {
     #[test]
     fn short_reads_and_a_reused_buffer_give_the_same_boundaries() {
         let data = noise(8 << 20, 42);
-        let mut buf = vec![0u8; BUFFER_LEN];
+        // Starts empty: the reads grow it.
+        let mut buf = Vec::new();
         let got: Vec<usize> = Chunker::with_buffer(Trickle(&data, 100_003), &mut buf)
             .map(|c| c.expect("chunk").len())
             .collect();
@@ -224,6 +238,19 @@ mod tests {
             .map(|c| c.expect("chunk").len())
             .collect();
         assert_eq!(again, GOLDEN);
+        assert_eq!(buf.len(), BUFFER_LEN);
+    }
+
+    #[test]
+    fn a_small_stream_costs_a_small_buffer() {
+        let data = noise(10_000, 7);
+        let mut buf = Vec::new();
+        let chunks: Vec<Chunk> = Chunker::with_buffer(&data[..], &mut buf)
+            .map(|c| c.expect("chunk"))
+            .collect();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(&chunks[0][..], &data[..]);
+        assert_eq!(buf.len(), FIRST_BUFFER_LEN);
     }
 
     proptest! {

@@ -209,7 +209,7 @@ impl Pipeline {
     pub(super) fn lane(&self, worker: usize) -> Result<Lane, AgentError> {
         Ok(Lane {
             enc: Encoder::new(self.level)?,
-            buf: vec![0u8; lifeboat_core::chunker::BUFFER_LEN],
+            buf: Vec::new(),
             filling: Vec::new(),
             filling_bytes: 0,
             asked: None,
