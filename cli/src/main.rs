@@ -36,6 +36,11 @@ async fn main() {
                 .unwrap_or_else(|_| EnvFilter::new(if quiet { "warn" } else { "info" })),
         )
         .with_writer(std::io::stderr)
+        // Colours for a person at a terminal; plain text for a log file or a pipe.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .init();
     lifeboat_proto::transport::install_crypto_provider();
     let code = match commands::dispatch(cli).await {
