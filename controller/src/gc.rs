@@ -107,6 +107,8 @@ pub fn gc(
         }
         report.swept = sweep.len() as u64;
         if !dry_run && !sweep.is_empty() {
+            ctl.chunk_sweeps
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             ctl.catalog.unindex_chunks(&sweep)?;
         }
     }

@@ -34,6 +34,7 @@ pub(crate) mod diff;
 pub(crate) mod enroll;
 mod error;
 pub(crate) mod gc;
+pub(crate) mod group;
 pub(crate) mod http;
 pub(crate) mod jobs;
 pub(crate) mod operator_api;
@@ -130,9 +131,15 @@ pub struct Controller {
     /// read straight from the object store (`LocateChunks`).
     pub restore_bytes_sent: std::sync::atomic::AtomicU64,
     pub restore_bytes_direct: std::sync::atomic::AtomicU64,
-    /// Held by commits (check that every chunk is indexed, then list the snapshot) and by
-    /// GC's sweep, so neither sees the other half done.
+    /// Held by commit groups (check again, write the envelopes, list the snapshots) and
+    /// by GC's sweep, so neither sees the other half done.
     pub commit_lock: std::sync::Mutex<()>,
+    /// Commits waiting to be listed together (group commit: `snapshots::commit_group`).
+    pub(crate) commits:
+        group::Group<snapshots::Prepared, Result<catalog::SnapshotRow, snapshots::SnapshotError>>,
+    /// GC sweeps that dropped chunks from the index, counted under `commit_lock`: a commit
+    /// that found its chunks indexed before the count moved checks again.
+    pub chunk_sweeps: std::sync::atomic::AtomicU64,
     /// Recovery plans with a runner in this process.
     pub plan_runners: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The background workers and what each has done.
@@ -148,6 +155,9 @@ pub struct Controller {
 
 /// The default of `--upload-quota`: bytes one backup job may upload.
 pub const DEFAULT_UPLOAD_QUOTA: u64 = 1 << 40;
+
+/// Commits listed together at most (one pass under the commit lock, one round of syncs).
+const COMMIT_GROUP_MAX: usize = 256;
 
 /// `lifeboat-controller serve` settings, validated.
 #[derive(Debug, Clone)]
@@ -394,6 +404,8 @@ pub fn start_with_clock(
         restore_bytes_direct: Default::default(),
         upload_quota: cfg.upload_quota,
         commit_lock: std::sync::Mutex::new(()),
+        commits: group::Group::new(COMMIT_GROUP_MAX),
+        chunk_sweeps: Default::default(),
         plan_runners: Default::default(),
         workers: Default::default(),
         data_dir: cfg.data_dir.clone(),

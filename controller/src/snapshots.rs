@@ -5,8 +5,9 @@
 //! Everything that asks "is this snapshot whole?" (commit, restore points, GC, scrub,
 //! diff, rebuild) comes here; nothing here knows about gRPC.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use lifeboat_core::ChunkId;
 use lifeboat_core::snapshot::{Envelope, Record};
@@ -159,7 +160,9 @@ pub fn referenced_chunks(
 /// Commits a snapshot `agent` signed under its backup job `job_id`: the record must name
 /// the agent and the job, must not be dated in the future, and every chunk its tree
 /// references must be indexed (a refusal typed `MissingChunks` otherwise, which the agent
-/// and the scheduler act on). Blocking: it may seal the open pack and writes the envelope.
+/// and the scheduler act on). The checks run on the caller's thread; the listing runs in a
+/// group with the commits that arrive meanwhile ([`commit_group`]). Blocking: it may seal
+/// the open pack and writes the envelope.
 pub fn commit(
     ctl: &Controller,
     agent: &AgentRow,
@@ -167,6 +170,41 @@ pub fn commit(
     raw_record: Vec<u8>,
     signature: Vec<u8>,
 ) -> Result<SnapshotRow, SnapshotError> {
+    let prepared = prepare(ctl, agent, job_id, raw_record, signature)?;
+    ctl.commits.join(
+        prepared,
+        |group| commit_group(ctl, group),
+        || {
+            Err(ApiError::internal(
+                "the commit group this snapshot was in failed (see the controller's log); the backup runs again",
+            )
+            .into())
+        },
+    )
+}
+
+/// A commit checked and countersigned, waiting for its group.
+pub struct Prepared {
+    agent: AgentRow,
+    job_id: String,
+    record: Record,
+    env: Envelope,
+    row: SnapshotRow,
+    /// Every chunk the snapshot needs, its tree's included.
+    needed: Vec<ChunkId>,
+    /// [`Controller::chunk_sweeps`] before `needed` was found indexed.
+    sweeps: u64,
+}
+
+/// Everything about a commit that needs no lock: the signature, the record, the job, the
+/// tree and its chunks, the lock its policies give it, the countersignature.
+fn prepare(
+    ctl: &Controller,
+    agent: &AgentRow,
+    job_id: &str,
+    raw_record: Vec<u8>,
+    signature: Vec<u8>,
+) -> Result<Prepared, SnapshotError> {
     lifeboat_core::sign::verify_record(&agent.signing_key, &raw_record, &signature)?;
     let record = Record::parse(&raw_record)?;
     if record.agent_id != agent.id || record.agent_name != agent.name {
@@ -193,70 +231,25 @@ pub fn commit(
         .job(job_id)?
         .ok_or_else(|| SnapshotError::NoJob(job_id.to_string()))?;
     may_commit(ctl, agent, &job, &record)?;
-    // Whole: the tree is readable and matches the record, every chunk it references is
-    // indexed. Returns every chunk it needs, its tree's included.
-    let whole = |ctl: &Controller| -> Result<Vec<ChunkId>, SnapshotError> {
-        match referenced_chunks(ctl, &record)? {
-            (chunks, None) => {
-                let mut all: Vec<ChunkId> = chunks.into_iter().collect();
-                all.extend(record.tree_chunks()?);
-                Ok(all)
-            }
-            (_, Some(i)) => Err(SnapshotError::MissingChunks {
-                missing: i.missing,
-                first: i.first,
-            }),
-        }
-    };
     ctl.store.flush_for(&record.tree_chunks()?)?;
-    // With GC's sweep held off, until the snapshot is listed.
-    let mut commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-    let needed = match whole(ctl) {
+    // Read before the check: a sweep after it shows as a changed count under the lock.
+    let sweeps = ctl.chunk_sweeps.load(Ordering::SeqCst);
+    let needed = match whole(ctl, &record) {
         Ok(needed) => needed,
         Err(_) => {
             // A chunk accepted after the tree (not our agent's order) may still sit in the
             // open pack: seal everything, then check again.
-            drop(commits);
             ctl.store.flush()?;
-            commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
-            match whole(ctl) {
-                Ok(needed) => needed,
+            whole(ctl, &record).map_err(|e| {
                 // Say why the chunks are missing when the store knows: a pack of this
                 // backup's could not be written.
-                Err(e) => {
-                    return Err(match ctl.store.seal_failure_since(job.started_ms) {
-                        Some(failure) => SnapshotError::Other(failure),
-                        None => e,
-                    });
+                match ctl.store.seal_failure_since(job.started_ms) {
+                    Some(failure) => SnapshotError::Other(failure),
+                    None => e,
                 }
-            }
+            })?
         }
     };
-    // Again under the lock, so that two commits of one source cannot both pass, and a job
-    // that ended meanwhile takes none. One snapshot per source and run of the job (a job
-    // interrupted and queued again is dispatched anew: `started_ms` moves, and the sources
-    // it had not committed are backed up again with the rest).
-    let job = ctl
-        .catalog
-        .job(job_id)?
-        .ok_or_else(|| SnapshotError::NoJob(job_id.to_string()))?;
-    may_commit(ctl, agent, &job, &record)?;
-    for id in &job.snapshot_ids {
-        let earlier = ctl.catalog.find_snapshot(id)?;
-        if earlier.source == record.source && earlier.received_ms >= job.started_ms {
-            return Err(refused(
-                ctl,
-                agent,
-                &job.id,
-                SnapshotError::AlreadyCommitted {
-                    job: job.id.clone(),
-                    earlier: earlier.id[..12].to_string(),
-                    name: record.source.clone(),
-                },
-            ));
-        }
-    }
-    let _commits = commits;
     let env = Envelope::countersign(
         raw_record,
         signature,
@@ -265,16 +258,148 @@ pub fn commit(
         &ctl.signer,
     );
     // Its lock is fixed now, from the policies covering its source, and stored with it.
-    // Where the store has Object Lock, every pack it needs is retained that long before
-    // its envelope (retained as long) makes it visible.
     let mut row = row(&env.id(), &record, env.received_unix_ms);
     row.locked_until_ms =
         crate::retention::policy_lock(ctl, &agent.id, &record.source, row.received_ms)?.0;
-    ctl.store.retain(None, &needed, row.locked_until_ms)?;
-    row.envelope_version = ctl.store.write_snapshot(&env, row.locked_until_ms)?.version;
-    ctl.catalog.insert_snapshot(&row)?;
-    ctl.jobs.committed(&record.job_id, &row.id)?;
-    Ok(row)
+    Ok(Prepared {
+        agent: agent.clone(),
+        job_id: job.id,
+        record,
+        env,
+        row,
+        needed,
+        sweeps,
+    })
+}
+
+/// The snapshot is whole: its tree is readable and matches the record, and every chunk it
+/// references is indexed. Returns every chunk it needs, its tree's included.
+fn whole(ctl: &Controller, record: &Record) -> Result<Vec<ChunkId>, SnapshotError> {
+    match referenced_chunks(ctl, record)? {
+        (chunks, None) => {
+            let mut all: Vec<ChunkId> = chunks.into_iter().collect();
+            all.extend(record.tree_chunks()?);
+            Ok(all)
+        }
+        (_, Some(i)) => Err(SnapshotError::MissingChunks {
+            missing: i.missing,
+            first: i.first,
+        }),
+    }
+}
+
+/// Lists a group of prepared commits, with GC's sweep held off: each is checked again
+/// where something may have changed since it was prepared (its job, a sweep), then every
+/// envelope is written (sharing their syncs) and, once durable, listed in the catalog and
+/// named by its job. One result per commit, in order.
+pub fn commit_group(
+    ctl: &Controller,
+    group: Vec<Prepared>,
+) -> Vec<Result<SnapshotRow, SnapshotError>> {
+    let _commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
+    let sweeps = ctl.chunk_sweeps.load(Ordering::SeqCst);
+    // (job, source) → the snapshot this group commits for it.
+    let mut in_group: HashMap<(String, String), String> = HashMap::new();
+    let checked: Vec<Result<Prepared, SnapshotError>> = group
+        .into_iter()
+        .map(|p| {
+            still_committable(ctl, &p, sweeps, &in_group)?;
+            // Where the store has Object Lock, every pack it needs is retained as long as
+            // its envelope (written next) before the envelope makes it visible.
+            ctl.store.retain(None, &p.needed, p.row.locked_until_ms)?;
+            in_group.insert(
+                (p.job_id.clone(), p.record.source.clone()),
+                p.row.id.clone(),
+            );
+            Ok(p)
+        })
+        .collect();
+    let mut written = {
+        let envelopes: Vec<(&Envelope, i64)> = checked
+            .iter()
+            .flatten()
+            .map(|p| (&p.env, p.row.locked_until_ms))
+            .collect();
+        ctl.store.write_snapshots(&envelopes).into_iter()
+    };
+    let mut listed: Vec<Result<(SnapshotRow, String), SnapshotError>> = checked
+        .into_iter()
+        .map(|p| {
+            let p = p?;
+            let stored = written.next().unwrap_or_else(|| {
+                Err(ApiError::internal(
+                    "the store did not answer for an envelope",
+                ))
+            })?;
+            let row = SnapshotRow {
+                envelope_version: stored.version,
+                ..p.row
+            };
+            Ok((row, p.job_id))
+        })
+        .collect();
+    let stored: Vec<&SnapshotRow> = listed.iter().flatten().map(|(row, _)| row).collect();
+    if let Err(e) = ctl.catalog.insert_snapshots(&stored) {
+        tracing::error!(error = %e, snapshots = stored.len(), "cannot list a group of committed snapshots; their envelopes are in the store (rebuild-catalog lists them)");
+        let why = e.to_string();
+        for l in listed.iter_mut().filter(|l| l.is_ok()) {
+            *l = Err(ApiError::internal(format!(
+                "listing the snapshot in the catalog failed: {why}"
+            ))
+            .into());
+        }
+    }
+    listed
+        .into_iter()
+        .map(|l| {
+            let (row, job_id) = l?;
+            ctl.jobs.committed(&job_id, &row.id)?;
+            Ok(row)
+        })
+        .collect()
+}
+
+/// Checks a prepared commit again under the commit lock: its job may have ended or
+/// committed this source meanwhile (here or earlier in the same group), and a GC sweep
+/// since it was prepared may have reclaimed a chunk it needs. One snapshot per source and
+/// run of the job (a job interrupted and queued again is dispatched anew: `started_ms`
+/// moves, and the sources it had not committed are backed up again with the rest).
+fn still_committable(
+    ctl: &Controller,
+    p: &Prepared,
+    sweeps: u64,
+    in_group: &HashMap<(String, String), String>,
+) -> Result<(), SnapshotError> {
+    if p.sweeps != sweeps {
+        whole(ctl, &p.record)?;
+    }
+    let job = ctl
+        .catalog
+        .job(&p.job_id)?
+        .ok_or_else(|| SnapshotError::NoJob(p.job_id.clone()))?;
+    may_commit(ctl, &p.agent, &job, &p.record)?;
+    let already = |earlier: &str| {
+        refused(
+            ctl,
+            &p.agent,
+            &job.id,
+            SnapshotError::AlreadyCommitted {
+                job: job.id.clone(),
+                earlier: earlier[..12].to_string(),
+                name: p.record.source.clone(),
+            },
+        )
+    };
+    if let Some(earlier) = in_group.get(&(job.id.clone(), p.record.source.clone())) {
+        return Err(already(earlier));
+    }
+    for id in &job.snapshot_ids {
+        let earlier = ctl.catalog.find_snapshot(id)?;
+        if earlier.source == p.record.source && earlier.received_ms >= job.started_ms {
+            return Err(already(&earlier.id));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `agent` may commit `record` under `job`: only inside its own backup job while

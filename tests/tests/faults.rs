@@ -787,3 +787,118 @@ fn a13_a_controller_clock_stepped_forward_loses_no_chunk_of_a_backup_in_flight()
     }
     eprintln!("A13: clock +25 h mid-backup, GC {gc}; the backup committed and restored");
 }
+
+/// A1 for group commit (issue 22): the controller killed (SIGKILL) in the middle of a
+/// burst of commits from several agents loses no commit it acknowledged. Every snapshot an
+/// agent logged as committed (its CommitSnapshot returned) is listed after the restart,
+/// and `lifeboat verify` finds every listed snapshot complete.
+#[test]
+fn a1_a_controller_killed_during_a_commit_burst_loses_no_acknowledged_commit() {
+    const AGENTS: usize = 8;
+    const SOURCES: usize = 3;
+    let mut fleet = Fleet::start();
+    let mut rng = Rng::new(22);
+    let mut names = Vec::new();
+    for i in 0..AGENTS {
+        let name = format!("burst{i}");
+        let dirs: Vec<(String, std::path::PathBuf)> = (0..SOURCES)
+            .map(|k| {
+                let dir = fleet.path(&format!("src/{name}/s{k}"));
+                fs::create_dir_all(&dir).expect("src");
+                for f in 0..100 {
+                    fs::write(dir.join(format!("f{f}")), rng.bytes(20_000 + f * 100))
+                        .expect("write");
+                }
+                (format!("s{k}"), dir)
+            })
+            .collect();
+        let agent = fleet.enroll(&name);
+        let sources: Vec<(&str, &std::path::Path)> = dirs
+            .iter()
+            .map(|(n, d)| (n.as_str(), d.as_path()))
+            .collect();
+        fleet.spawn_agent(&agent, &sources, &[], &[]);
+        names.push(name);
+    }
+    fleet.wait_connected(AGENTS);
+    let acknowledged = |fleet: &Fleet| -> Vec<String> {
+        names
+            .iter()
+            .flat_map(|n| committed_ids(&fleet.agent_log(n)))
+            .collect()
+    };
+    // All jobs at once, then the kill as soon as a few commits are acknowledged, while the
+    // rest are on their way.
+    std::thread::scope(|s| {
+        for name in &names {
+            let fleet = &fleet;
+            s.spawn(move || fleet.start_job(&["backup", name]));
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let at_kill = loop {
+        let acked = acknowledged(&fleet).len();
+        if acked >= AGENTS / 2 {
+            break acked;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no commit within 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    fleet.kill_controller();
+    // What an agent logged before the kill is all the controller ever acknowledged.
+    std::thread::sleep(Duration::from_millis(500));
+    let acked = acknowledged(&fleet);
+    assert!(
+        acked.len() < AGENTS * SOURCES,
+        "all {} commits were acknowledged before the kill landed: the burst was not interrupted",
+        acked.len()
+    );
+    fleet.start_controller();
+    let listed: Vec<String> = fleet
+        .cli_json(&["snapshots"])
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(str::to_string))
+        .collect();
+    for id in &acked {
+        assert!(
+            listed.contains(id),
+            "snapshot {id} was acknowledged to its agent before the kill and is not listed after the restart (listed: {listed:?})"
+        );
+    }
+    let verify = fleet.cli(&["verify"]);
+    assert!(
+        verify.status.success(),
+        "verify after the kill: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    eprintln!(
+        "A1 commit burst: controller killed with {at_kill} of {} commits acknowledged ({} by the time the agents noticed); all {} listed after the restart, {} listed in all, verify clean",
+        AGENTS * SOURCES,
+        acked.len(),
+        acked.len(),
+        listed.len()
+    );
+}
+
+/// The snapshot ids an agent's log says were committed (`backup committed`, logged once
+/// CommitSnapshot returned).
+fn committed_ids(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("backup committed"))
+        .filter_map(|l| {
+            let at = l.find("snapshot=")? + "snapshot=".len();
+            let id: String = l[at..]
+                .chars()
+                .skip_while(|c| !c.is_ascii_hexdigit())
+                .take_while(|c| c.is_ascii_hexdigit())
+                .collect();
+            (id.len() == 64).then_some(id)
+        })
+        .collect()
+}

@@ -71,14 +71,38 @@ impl Catalog {
     // ---- snapshots ----
 
     pub fn insert_snapshot(&self, s: &SnapshotRow) -> Result<(), CatalogError> {
-        self.lock().cached_exec(
-            &format!("INSERT OR IGNORE INTO snapshots({SNAP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
-            params![
-                s.id, s.agent_id, s.agent_name, s.source, s.source_path, s.hostname, s.received_ms, s.agent_time_ms,
-                s.files as i64, s.dirs as i64, s.bytes as i64, s.bytes_new as i64, s.parent, s.bytes_read as i64,
-                s.quarantined_ms, s.locked_until_ms, s.envelope_version
-            ],
-        )?;
+        self.insert_snapshots(&[s])
+    }
+
+    /// Lists snapshots, all in one transaction (a commit group's).
+    pub fn insert_snapshots(&self, rows: &[&SnapshotRow]) -> Result<(), CatalogError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction()?;
+        {
+            let mut st = tx.prepare_cached(&format!("INSERT OR IGNORE INTO snapshots({SNAP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"))?;
+            for s in rows {
+                st.execute(params![
+                    s.id,
+                    s.agent_id,
+                    s.agent_name,
+                    s.source,
+                    s.source_path,
+                    s.hostname,
+                    s.received_ms,
+                    s.agent_time_ms,
+                    s.files as i64,
+                    s.dirs as i64,
+                    s.bytes as i64,
+                    s.bytes_new as i64,
+                    s.parent,
+                    s.bytes_read as i64,
+                    s.quarantined_ms,
+                    s.locked_until_ms,
+                    s.envelope_version
+                ])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 

@@ -690,17 +690,43 @@ impl Store {
         Ok(codec::decode_verified(&self.key, id, &blob)?)
     }
 
-    /// Stores a committed snapshot's envelope durably, retained until `locked_until_ms`
-    /// where the store has Object Lock; returns what the store confirmed.
-    pub fn write_snapshot(&self, env: &Envelope, locked_until_ms: i64) -> Result<Stored, ApiError> {
-        let id = env.id();
-        let bytes = match &self.data_key {
-            Some(k) => k.seal_envelope(&id, &env.to_bytes())?,
-            None => env.to_bytes(),
-        };
-        Ok(self
-            .objects
-            .put(&snapshot_key(&id), &bytes, locked_until_ms.max(0))?)
+    /// Stores committed snapshots' envelopes durably, each retained until its date where
+    /// the store has Object Lock, each with its own outcome (what the store confirmed), in
+    /// order: one commit group's writes share their syncs (a local directory) or go out
+    /// side by side (an object store).
+    pub fn write_snapshots(&self, envelopes: &[(&Envelope, i64)]) -> Vec<Result<Stored, ApiError>> {
+        let mut out: Vec<Option<Result<Stored, ApiError>>> = Vec::with_capacity(envelopes.len());
+        let mut objects = Vec::with_capacity(envelopes.len());
+        for (env, locked_until_ms) in envelopes {
+            let id = env.id();
+            let bytes = match &self.data_key {
+                Some(k) => k.seal_envelope(&id, &env.to_bytes()),
+                None => Ok(env.to_bytes()),
+            };
+            match bytes {
+                Ok(bytes) => {
+                    objects.push(objects::Object {
+                        key: snapshot_key(&id),
+                        bytes,
+                        retain_until_ms: (*locked_until_ms).max(0),
+                    });
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e.into()))),
+            }
+        }
+        let mut stored = self.objects.put_many(&objects).into_iter();
+        out.into_iter()
+            .map(|sealed| match sealed {
+                Some(failed) => failed,
+                None => match stored.next() {
+                    Some(r) => r.map_err(ApiError::from),
+                    None => Err(ApiError::internal(
+                        "the store answered for fewer envelopes than it was given",
+                    )),
+                },
+            })
+            .collect()
     }
 
     /// Deletes a snapshot: its envelope first (durably), then its catalog row, so a crash

@@ -98,12 +98,67 @@ pub struct Listed {
     pub version: String,
 }
 
+/// An object to store: its key, its bytes and, where the store has Object Lock, until when
+/// it is retained (0: not retained).
+pub struct Object {
+    pub key: String,
+    pub bytes: Vec<u8>,
+    pub retain_until_ms: i64,
+}
+
+/// Objects [`Objects::put_many`] stores at once.
+pub const PUTS_AT_ONCE: usize = 16;
+
 /// An object store: the local directory or an S3 bucket. Blocking: callers are the
 /// sealer thread and `spawn_blocking` tasks.
 pub trait Objects: Send + Sync {
     /// Stores `bytes` as `key`, durably and confirmed; where the store has Object Lock,
     /// retained until `retain_until_ms` (0: not retained).
     fn put(&self, key: &str, bytes: &[u8], retain_until_ms: i64) -> Result<Stored, StoreError>;
+    /// [`Objects::put`] of several objects, each with its own outcome, in order: what a
+    /// group of commits writes together. By default they are stored side by side, up to
+    /// [`PUTS_AT_ONCE`] at a time (an object store's cost is its round trips).
+    fn put_many(&self, objects: &[Object]) -> Vec<Result<Stored, StoreError>> {
+        if objects.len() <= 1 {
+            return objects
+                .iter()
+                .map(|o| self.put(&o.key, &o.bytes, o.retain_until_ms))
+                .collect();
+        }
+        let mut out: Vec<Option<Result<Stored, StoreError>>> =
+            objects.iter().map(|_| None).collect();
+        std::thread::scope(|s| {
+            let lanes: Vec<_> = (0..PUTS_AT_ONCE.min(objects.len()))
+                .map(|lane| {
+                    s.spawn(move || {
+                        objects
+                            .iter()
+                            .enumerate()
+                            .skip(lane)
+                            .step_by(PUTS_AT_ONCE)
+                            .map(|(i, o)| (i, self.put(&o.key, &o.bytes, o.retain_until_ms)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for lane in lanes {
+                for (i, stored) in lane.join().unwrap_or_default() {
+                    out[i] = Some(stored);
+                }
+            }
+        });
+        out.into_iter()
+            .zip(objects)
+            .map(|(stored, o)| {
+                stored.unwrap_or_else(|| {
+                    Err(StoreError::Io(format!(
+                        "{}: the thread writing it failed",
+                        o.key
+                    )))
+                })
+            })
+            .collect()
+    }
     /// Makes the complete, synced file at `path` (from [`Objects::staging`]) the object
     /// `key`, durably and confirmed (and retained, as [`Objects::put`]); the file is gone
     /// afterwards.
@@ -253,6 +308,30 @@ impl Objects for LocalDir {
         }
         lifeboat_core::durable::write_atomic(&path, bytes, 0o644)?;
         Ok(Stored::default())
+    }
+
+    fn put_many(&self, objects: &[Object]) -> Vec<Result<Stored, StoreError>> {
+        let paths: Vec<PathBuf> = objects.iter().map(|o| self.path(&o.key)).collect();
+        let mut dirs: Vec<&Path> = paths.iter().filter_map(|p| p.parent()).collect();
+        dirs.dedup();
+        for dir in dirs {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                let e = StoreError::io(format!("creating {}", dir.display()), e);
+                return objects
+                    .iter()
+                    .map(|_| Err(StoreError::Io(e.to_string())))
+                    .collect();
+            }
+        }
+        let files: Vec<(&Path, &[u8])> = paths
+            .iter()
+            .zip(objects)
+            .map(|(p, o)| (p.as_path(), o.bytes.as_slice()))
+            .collect();
+        lifeboat_core::durable::write_many_atomic(&files, 0o644)
+            .into_iter()
+            .map(|r| r.map(|()| Stored::default()).map_err(StoreError::from))
+            .collect()
     }
 
     fn store_sealed(&self, key: &str, path: &Path, _retain: i64) -> Result<Stored, StoreError> {
