@@ -72,15 +72,22 @@ pub(super) struct Pipeline {
 }
 
 /// One upload stream to the controller. Each worker has its own, so the controller
-/// verifies the workers' chunks in parallel.
+/// verifies the workers' chunks in parallel. The stream opens with its first message: a
+/// worker with nothing new to upload (most of a small or unchanged source's) costs the
+/// controller no call.
 pub(super) struct Upload {
     /// The connection this upload runs on; the worker asks it which chunks are missing.
     pub(super) client: Client,
-    pub(super) tx: mpsc::Sender<pb::ChunkBatch>,
+    /// The backup job the stream names.
+    job_id: String,
+    /// Whether the stream was opened (it is never opened twice).
+    opened: bool,
+    /// The stream's sender; dropped to end it.
+    tx: Option<mpsc::Sender<pb::ChunkBatch>>,
     pub(super) limit: Option<Arc<Pacer>>,
     pub(super) rt: tokio::runtime::Handle,
     /// The stream's call; taken once its verdict was read.
-    pub(super) task:
+    task:
         Option<tokio::task::JoinHandle<Result<tonic::Response<pb::PutChunksReply>, tonic::Status>>>,
     /// Chunks gathered into the next message.
     pub(super) pending: Vec<pb::ChunkBlob>,
@@ -109,7 +116,14 @@ impl Upload {
         }
         self.pending_bytes = 0;
         let chunks = std::mem::take(&mut self.pending);
-        if self.tx.blocking_send(pb::ChunkBatch { chunks }).is_err() {
+        if !self.opened {
+            self.open();
+        }
+        let sent = self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.blocking_send(pb::ChunkBatch { chunks }).is_ok());
+        if !sent {
             // The controller ended the stream: its status says why (a full store, a
             // refused chunk, a revocation).
             return Err(match self.verdict() {
@@ -133,12 +147,33 @@ impl Upload {
         Ok(())
     }
 
-    /// Ends the stream and waits for the controller's verdict. Blocking.
+    /// Ends the stream (if it was opened) and waits for the controller's verdict.
+    /// Blocking.
     pub(super) fn finish(mut self) -> Result<(), AgentError> {
         self.send_pending()?;
+        if !self.opened {
+            return Ok(());
+        }
         // Dropping the sender ends the stream.
-        drop(std::mem::replace(&mut self.tx, mpsc::channel(1).0));
+        self.tx = None;
         self.verdict()
+    }
+
+    /// Opens the stream: a `PutChunks` call fed by [`Upload::send_pending`].
+    fn open(&mut self) {
+        self.opened = true;
+        let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
+        let mut client = self.client.clone();
+        let job = tonic::metadata::MetadataValue::try_from(self.job_id.as_str());
+        self.task = Some(self.rt.spawn(async move {
+            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+            // Job ids are hex: always a valid header value.
+            if let Ok(job) = job {
+                req.metadata_mut().insert(lifeboat_proto::JOB_METADATA, job);
+            }
+            client.put_chunks(req).await
+        }));
+        self.tx = Some(tx);
     }
 }
 
@@ -177,29 +212,21 @@ impl Pipeline {
         }
     }
 
-    /// The upload stream of worker `worker`, on that worker's bulk connection.
-    pub(super) fn open_upload(&self, worker: usize) -> Upload {
-        let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
+    /// The upload of worker `worker`, on that worker's bulk connection (its stream opens with
+    /// its first message).
+    pub(super) fn upload(&self, worker: usize) -> Upload {
         let client = match self.bulk.len() {
             0 => self.client.clone(),
             n => self.bulk[worker % n].clone(),
         };
-        let mut stream_client = client.clone();
-        let job = tonic::metadata::MetadataValue::try_from(self.job_id.as_str());
-        let task = self.rt.spawn(async move {
-            let mut req = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-            // Job ids are hex: always a valid header value.
-            if let Ok(job) = job {
-                req.metadata_mut().insert(lifeboat_proto::JOB_METADATA, job);
-            }
-            stream_client.put_chunks(req).await
-        });
         Upload {
             client,
-            tx,
+            job_id: self.job_id.clone(),
+            opened: false,
+            tx: None,
             limit: self.limit.clone(),
             rt: self.rt.clone(),
-            task: Some(task),
+            task: None,
             pending: Vec::new(),
             pending_bytes: 0,
         }
@@ -213,7 +240,7 @@ impl Pipeline {
             filling: Vec::new(),
             filling_bytes: 0,
             asked: None,
-            up: self.open_upload(worker),
+            up: self.upload(worker),
         })
     }
 
