@@ -127,170 +127,24 @@ pub fn create(
             )));
         }
     }
+    let ask = DeviceAsk {
+        req: &req,
+        from,
+        policies: &policies,
+        model: &model,
+    };
     let mut errors = Vec::new();
     let mut works = Vec::new();
     let mut forced_points = Vec::new();
-    for origin in &agents {
-        let target = match req.target_map.get(&origin.name) {
-            Some(name) => {
-                let t = ctl.catalog.find_agent(name)?;
-                if t.revoked_ms != 0 {
-                    errors.push(format!(
-                        "{}: the target map sends it to {}, which is revoked",
-                        origin.name, t.name
-                    ));
-                    continue;
-                }
-                t
-            }
-            None => origin.clone(),
-        };
-        if target.revoked_ms != 0 {
-            errors.push(format!(
-                "{}: the agent is revoked; send the device to a replacement with --target-map",
-                origin.name
-            ));
-            continue;
+    // Each device's restore points are read and verified from the store: side by side.
+    for planned in side_by_side(&agents, |origin| plan_device(ctl, &ask, origin))? {
+        errors.extend(planned.errors);
+        plan.warnings.extend(planned.warnings);
+        forced_points.extend(planned.forced);
+        if let Some((dev, work)) = planned.device {
+            works.push(work);
+            plan.devices.push(dev);
         }
-        let mut names: Vec<String> = ctl
-            .catalog
-            .snapshots(Some(&origin.id), None)?
-            .into_iter()
-            .map(|s| s.source)
-            .collect();
-        names.sort();
-        names.dedup();
-        let mut dev = Device {
-            agent: origin.name.clone(),
-            target_agent: target.name.clone(),
-            tier: crate::policy::tier_of(&policies, origin),
-            sources: Vec::new(),
-            bytes: 0,
-            est_start_ms: 0,
-            est_finish_ms: 0,
-            basis: Basis::Assumed,
-            state: StepState::Pending,
-            actual_start_ms: 0,
-            actual_finish_ms: 0,
-            error: String::new(),
-        };
-        let mut steps = Vec::new();
-        let mut measured = true;
-        for name in names {
-            let (good, skipped) =
-                last_known_good(ctl, &origin.id, &name, req.before_ms, req.force, from)?;
-            let Some(Good { snap, job, chunks }) = good else {
-                let why = skipped
-                    .first()
-                    .map(|(id, why)| format!(" (newest before it, {}: {why})", &id[..12]))
-                    .unwrap_or_default();
-                plan.warnings.push(format!(
-                    "{} {name}: no good snapshot before the cut-off{why}; not restored",
-                    origin.name
-                ));
-                continue;
-            };
-            let kind = SourceKind::of(&name);
-            let target_path = match kind {
-                SourceKind::Path => {
-                    // Back to its configured path (or, without one, where it was read).
-                    let path = origin
-                        .sources
-                        .iter()
-                        .find(|(n, _, _)| *n == name)
-                        .map(|(_, _, p)| p.clone())
-                        .unwrap_or_else(|| snap.source_path.clone());
-                    match restores::check_dir(&target, &path) {
-                        Ok(()) => path,
-                        Err(e) => {
-                            errors.push(format!(
-                                "{} {name}: {}",
-                                origin.name,
-                                plan_target_refused(e)
-                            ));
-                            continue;
-                        }
-                    }
-                }
-                // Repair applies to host paths; images and volumes are restored whole.
-                _ => {
-                    if let Err(e) = restores::check_docker(&target) {
-                        errors.push(format!("{} {name}: {e}", origin.name));
-                        continue;
-                    }
-                    String::new()
-                }
-            };
-            if snap.quarantined_ms != 0 {
-                forced_points.push(snap.id.clone());
-            }
-            let all: Vec<ChunkId> = chunks.iter().copied().collect();
-            let mut wire = ctl.catalog.chunk_lengths(&all)?;
-            let record = Record::parse(&job.record)?;
-            let tree_ids = record.tree_chunks()?;
-            wire += ctl.catalog.chunk_lengths(&tree_ids)?;
-            let repair = mode == Mode::Repair && kind == SourceKind::Path;
-            if repair && target.id == origin.id && ctl.jobs.connected(&origin.id) {
-                // What the machine holds, as best the controller knows: its newest snapshot
-                // of the source. Repair hashes the disk anyway; a wrong guess costs time.
-                if let Some(newest) = ctl.catalog.latest_snapshot(&origin.id, &name)?
-                    && newest.id != snap.id
-                    && let Ok(job) = restores::verified(ctl, &newest)
-                    && let Ok(rec) = Record::parse(&job.record)
-                    && let Ok(held) = super::complete_chunks(ctl, &rec)
-                {
-                    let moved: Vec<ChunkId> = chunks.difference(&held).copied().collect();
-                    wire = ctl.catalog.chunk_lengths(&moved)?
-                        + ctl.catalog.chunk_lengths(&tree_ids)?;
-                } else if ctl
-                    .catalog
-                    .latest_snapshot(&origin.id, &name)?
-                    .map(|n| n.id)
-                    == Some(snap.id.clone())
-                {
-                    wire = ctl.catalog.chunk_lengths(&tree_ids)?;
-                }
-            }
-            let rates = model.rates(&target.id, kind.as_str());
-            measured &= rates.measured;
-            let max_rate = if repair || snap.bytes == 0 {
-                rates.rate
-            } else {
-                rates.rate * wire as f64 / snap.bytes as f64
-            };
-            steps.push(Step {
-                fixed_ms: rates.fixed_ms,
-                wire_bytes: wire as f64,
-                max_rate: max_rate.max(1.0),
-            });
-            dev.bytes += snap.bytes;
-            dev.sources.push(Source {
-                source: name.clone(),
-                snapshot: snap.id.clone(),
-                snapshot_ms: snap.received_ms,
-                target: target_path,
-                bytes: snap.bytes,
-                wire_bytes: wire,
-                files: snap.files,
-                quarantined: snap.quarantined_ms != 0,
-                job_id: String::new(),
-                state: StepState::Pending,
-                attempts: 0,
-                error: String::new(),
-                waiting: String::new(),
-                result: None,
-                progress: None,
-            });
-        }
-        if dev.sources.is_empty() {
-            continue;
-        }
-        dev.basis = Basis::of(measured);
-        works.push(Work {
-            tier: dev.tier,
-            steps,
-        });
-        plan.devices.push(dev);
     }
     if !errors.is_empty() {
         return Err(ApiError::FailedPrecondition(format!(
@@ -353,6 +207,243 @@ pub fn create(
         );
     }
     Ok(plan)
+}
+
+/// What a plan asks of every device.
+struct DeviceAsk<'a> {
+    req: &'a PlanAsk,
+    /// Only restore points with a complete copy in this copy store.
+    from: Option<&'a str>,
+    policies: &'a [crate::policy::Policy],
+    model: &'a Model,
+}
+
+/// What planning one device gave: the device and its work (none when nothing of it is
+/// restored), what it adds to the plan's refusals and warnings, and the quarantined
+/// restore points it uses.
+#[derive(Default)]
+struct Planned {
+    device: Option<(Device, Work)>,
+    errors: Vec<String>,
+    warnings: Vec<String>,
+    forced: Vec<String>,
+}
+
+/// Plans device `origin`: for each of its sources, the last good snapshot before the
+/// cut-off (read and verified), where it goes, and what moving it costs.
+fn plan_device(
+    ctl: &Controller,
+    ask: &DeviceAsk<'_>,
+    origin: &crate::catalog::AgentRow,
+) -> Result<Planned, ApiError> {
+    let mut out = Planned::default();
+    let target = match ask.req.target_map.get(&origin.name) {
+        Some(name) => {
+            let t = ctl.catalog.find_agent(name)?;
+            if t.revoked_ms != 0 {
+                out.errors.push(format!(
+                    "{}: the target map sends it to {}, which is revoked",
+                    origin.name, t.name
+                ));
+                return Ok(out);
+            }
+            t
+        }
+        None => origin.clone(),
+    };
+    if target.revoked_ms != 0 {
+        out.errors.push(format!(
+            "{}: the agent is revoked; send the device to a replacement with --target-map",
+            origin.name
+        ));
+        return Ok(out);
+    }
+    let mut names: Vec<String> = ctl
+        .catalog
+        .snapshots(Some(&origin.id), None)?
+        .into_iter()
+        .map(|s| s.source)
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut dev = Device {
+        agent: origin.name.clone(),
+        target_agent: target.name.clone(),
+        tier: crate::policy::tier_of(ask.policies, origin),
+        sources: Vec::new(),
+        bytes: 0,
+        est_start_ms: 0,
+        est_finish_ms: 0,
+        basis: Basis::Assumed,
+        state: StepState::Pending,
+        actual_start_ms: 0,
+        actual_finish_ms: 0,
+        error: String::new(),
+    };
+    let mut steps = Vec::new();
+    let mut measured = true;
+    for name in names {
+        let (good, skipped) = last_known_good(
+            ctl,
+            &origin.id,
+            &name,
+            ask.req.before_ms,
+            ask.req.force,
+            ask.from,
+        )?;
+        let Some(Good { snap, job, chunks }) = good else {
+            let why = skipped
+                .first()
+                .map(|(id, why)| format!(" (newest before it, {}: {why})", &id[..12]))
+                .unwrap_or_default();
+            out.warnings.push(format!(
+                "{} {name}: no good snapshot before the cut-off{why}; not restored",
+                origin.name
+            ));
+            continue;
+        };
+        let kind = SourceKind::of(&name);
+        let target_path = match kind {
+            SourceKind::Path => {
+                // Back to its configured path (or, without one, where it was read).
+                let path = origin
+                    .sources
+                    .iter()
+                    .find(|(n, _, _)| *n == name)
+                    .map(|(_, _, p)| p.clone())
+                    .unwrap_or_else(|| snap.source_path.clone());
+                match restores::check_dir(&target, &path) {
+                    Ok(()) => path,
+                    Err(e) => {
+                        out.errors.push(format!(
+                            "{} {name}: {}",
+                            origin.name,
+                            plan_target_refused(e)
+                        ));
+                        continue;
+                    }
+                }
+            }
+            // Repair applies to host paths; images and volumes are restored whole.
+            _ => {
+                if let Err(e) = restores::check_docker(&target) {
+                    out.errors.push(format!("{} {name}: {e}", origin.name));
+                    continue;
+                }
+                String::new()
+            }
+        };
+        if snap.quarantined_ms != 0 {
+            out.forced.push(snap.id.clone());
+        }
+        let all: Vec<ChunkId> = chunks.iter().copied().collect();
+        let mut wire = ctl.catalog.chunk_lengths(&all)?;
+        let record = Record::parse(&job.record)?;
+        let tree_ids = record.tree_chunks()?;
+        wire += ctl.catalog.chunk_lengths(&tree_ids)?;
+        let repair = ask.req.mode == Mode::Repair && kind == SourceKind::Path;
+        if repair && target.id == origin.id && ctl.jobs.connected(&origin.id) {
+            // What the machine holds, as best the controller knows: its newest snapshot
+            // of the source. Repair hashes the disk anyway; a wrong guess costs time.
+            if let Some(newest) = ctl.catalog.latest_snapshot(&origin.id, &name)?
+                && newest.id != snap.id
+                && let Ok(job) = restores::verified(ctl, &newest)
+                && let Ok(rec) = Record::parse(&job.record)
+                && let Ok(held) = super::complete_chunks(ctl, &rec)
+            {
+                let moved: Vec<ChunkId> = chunks.difference(&held).copied().collect();
+                wire = ctl.catalog.chunk_lengths(&moved)? + ctl.catalog.chunk_lengths(&tree_ids)?;
+            } else if ctl
+                .catalog
+                .latest_snapshot(&origin.id, &name)?
+                .map(|n| n.id)
+                == Some(snap.id.clone())
+            {
+                wire = ctl.catalog.chunk_lengths(&tree_ids)?;
+            }
+        }
+        let rates = ask.model.rates(&target.id, kind.as_str());
+        measured &= rates.measured;
+        let max_rate = if repair || snap.bytes == 0 {
+            rates.rate
+        } else {
+            rates.rate * wire as f64 / snap.bytes as f64
+        };
+        steps.push(Step {
+            fixed_ms: rates.fixed_ms,
+            wire_bytes: wire as f64,
+            max_rate: max_rate.max(1.0),
+        });
+        dev.bytes += snap.bytes;
+        dev.sources.push(Source {
+            source: name.clone(),
+            snapshot: snap.id.clone(),
+            snapshot_ms: snap.received_ms,
+            target: target_path,
+            bytes: snap.bytes,
+            wire_bytes: wire,
+            files: snap.files,
+            quarantined: snap.quarantined_ms != 0,
+            job_id: String::new(),
+            state: StepState::Pending,
+            attempts: 0,
+            error: String::new(),
+            waiting: String::new(),
+            result: None,
+            progress: None,
+        });
+    }
+    if !dev.sources.is_empty() {
+        dev.basis = Basis::of(measured);
+        let work = Work {
+            tier: dev.tier,
+            steps,
+        };
+        out.device = Some((dev, work));
+    }
+    Ok(out)
+}
+
+/// `f` of every item, on as many threads as the machine has cores (at most 8), in order;
+/// the first error wins.
+fn side_by_side<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R, ApiError> + Sync,
+) -> Result<Vec<R>, ApiError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(items.len().max(1));
+    let mut out: Vec<Option<Result<R, ApiError>>> = items.iter().map(|_| None).collect();
+    std::thread::scope(|s| {
+        let f = &f;
+        let lanes: Vec<_> = (0..threads)
+            .map(|lane| {
+                s.spawn(move || {
+                    items
+                        .iter()
+                        .enumerate()
+                        .skip(lane)
+                        .step_by(threads)
+                        .map(|(i, item)| (i, f(item)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for lane in lanes {
+            match lane.join() {
+                Ok(results) => {
+                    for (i, r) in results {
+                        out[i] = Some(r);
+                    }
+                }
+                Err(_) => tracing::error!("a planning thread panicked"),
+            }
+        }
+    });
+    out.into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(ApiError::internal("a planning thread panicked"))))
+        .collect()
 }
 
 /// Stores `plan` (its wire form's encoding); returns what was written.
