@@ -167,27 +167,264 @@ async fn render(ctl: Arc<Controller>) -> String {
         "# HELP lifeboat_drills_failed_total Restore drills that failed.\n# TYPE lifeboat_drills_failed_total counter\nlifeboat_drills_failed_total {failed}"
     );
     let c = ctl.clone();
-    let devices =
-        tokio::task::spawn_blocking(move || crate::devices::devices(&c, c.clock.now_ms()))
-            .await
+    let fleet = tokio::task::spawn_blocking(move || Fleet::read(&c))
+        .await
+        .ok()
+        .and_then(|r| {
+            r.inspect_err(
+                |e| tracing::warn!(error = %e, "metrics: reading the fleet's state failed"),
+            )
             .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "# HELP lifeboat_device_restore_estimate_seconds Estimated downtime if the device had to be restored now, alone.\n# TYPE lifeboat_device_restore_estimate_seconds gauge"
-    );
-    for d in &devices {
-        let _ = writeln!(
-            out,
-            "lifeboat_device_restore_estimate_seconds{{agent=\"{}\",basis=\"{}\",tier=\"{}\"}} {:.3}",
-            d.agent.replace(['"', '\\', '\n'], "_"),
-            d.estimate_basis,
-            d.tier,
-            d.restore_estimate_ms as f64 / 1000.0
-        );
-    }
+        })
+        .unwrap_or_default();
+    fleet.render(&mut out);
     out
+}
+
+/// What `/metrics` says per device, source, job kind and about the store, read from the
+/// catalog on a blocking thread.
+#[derive(Default)]
+struct Fleet {
+    devices: Vec<lifeboat_proto::pb::DeviceInfo>,
+    /// Per agent (not revoked): name, enrolled and certificate expiry, milliseconds.
+    agents: Vec<(String, i64, i64)>,
+    jobs: Vec<(String, i32, u64, i64)>,
+    snapshot_bytes: (u64, u64),
+    store_bytes: u64,
+    bad_chunks: (u64, u64),
+    /// Percent of pack bytes verified within the scrub period.
+    scrubbed: f64,
+}
+
+impl Fleet {
+    fn read(ctl: &Controller) -> Result<Fleet, crate::error::ApiError> {
+        let now = ctl.clock.now_ms();
+        Ok(Fleet {
+            devices: crate::devices::devices(ctl, now)?,
+            agents: ctl
+                .catalog
+                .agents()?
+                .into_iter()
+                .filter(|a| a.revoked_ms == 0)
+                .map(|a| (a.name, a.enrolled_ms, a.cert_expires_ms))
+                .collect(),
+            jobs: ctl.catalog.job_stats()?,
+            snapshot_bytes: ctl.catalog.snapshot_bytes()?,
+            store_bytes: ctl.catalog.totals()?.3,
+            bad_chunks: ctl.catalog.bad_chunk_counts()?,
+            scrubbed: ctl.catalog.verified_coverage(now - ctl.scrub_period_ms)?,
+        })
+    }
+
+    fn render(&self, out: &mut String) {
+        let mut m = Families(out);
+        m.family(
+            "lifeboat_device_restore_estimate_seconds",
+            "gauge",
+            "Estimated downtime if the device had to be restored now, alone.",
+        );
+        for d in &self.devices {
+            m.sample(
+                "lifeboat_device_restore_estimate_seconds",
+                &[
+                    ("agent", &d.agent),
+                    ("basis", &d.estimate_basis.to_string()),
+                    ("tier", &d.tier.to_string()),
+                ],
+                d.restore_estimate_ms as f64 / 1000.0,
+            );
+        }
+        m.family(
+            "lifeboat_device_last_backup_timestamp_seconds",
+            "gauge",
+            "When the device's newest snapshot of any source was received (0: it has none).",
+        );
+        for d in &self.devices {
+            let last = d.sources.iter().map(|s| s.last_unix_ms).max().unwrap_or(0);
+            m.sample(
+                "lifeboat_device_last_backup_timestamp_seconds",
+                &[("agent", &d.agent)],
+                last as f64 / 1000.0,
+            );
+        }
+        m.family(
+            "lifeboat_device_enrolled_timestamp_seconds",
+            "gauge",
+            "When the device's agent enrolled.",
+        );
+        for (name, enrolled, _) in &self.agents {
+            m.sample(
+                "lifeboat_device_enrolled_timestamp_seconds",
+                &[("agent", name)],
+                *enrolled as f64 / 1000.0,
+            );
+        }
+        m.family(
+            "lifeboat_agent_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When the agent's certificate expires; agents renew it over their session well before.",
+        );
+        for (name, _, expires) in &self.agents {
+            m.sample(
+                "lifeboat_agent_certificate_expiry_timestamp_seconds",
+                &[("agent", name)],
+                *expires as f64 / 1000.0,
+            );
+        }
+        type Of = fn(&lifeboat_proto::pb::DeviceSource) -> f64;
+        for (name, help, value) in [
+            (
+                "lifeboat_source_last_backup_timestamp_seconds",
+                "When the source's newest snapshot was received (0: never).",
+                (|s| s.last_unix_ms as f64 / 1000.0) as Of,
+            ),
+            (
+                "lifeboat_source_rpo_seconds",
+                "The recovery point objective the policies covering the source give it: their shortest interval (0: no policy).",
+                |s| s.rpo_seconds as f64,
+            ),
+            (
+                "lifeboat_source_overdue",
+                "1 when the source missed its policy's last scheduled backup (past its splay and a 15-minute grace).",
+                |s| f64::from(u8::from(s.overdue)),
+            ),
+            (
+                "lifeboat_source_restore_estimate_seconds",
+                "Estimated time to restore the source's restore point now, alone.",
+                |s| s.restore_estimate_ms as f64 / 1000.0,
+            ),
+        ] {
+            m.family(name, "gauge", help);
+            for d in &self.devices {
+                for s in &d.sources {
+                    m.sample(
+                        name,
+                        &[("agent", &d.agent), ("source", &s.source)],
+                        value(s),
+                    );
+                }
+            }
+        }
+        m.family(
+            "lifeboat_jobs",
+            "gauge",
+            "Jobs in the catalog by kind and state.",
+        );
+        for (kind, state, count, _) in &self.jobs {
+            m.sample(
+                "lifeboat_jobs",
+                &[("kind", kind), ("state", job_state(*state))],
+                *count as f64,
+            );
+        }
+        m.family(
+            "lifeboat_job_duration_seconds",
+            "summary",
+            "Run time of the jobs that ended, by kind and outcome.",
+        );
+        for (kind, state, count, ms) in &self.jobs {
+            let outcome = job_state(*state);
+            if !matches!(outcome, "succeeded" | "failed") {
+                continue;
+            }
+            let labels = [("kind", kind.as_str()), ("outcome", outcome)];
+            m.sample(
+                "lifeboat_job_duration_seconds_sum",
+                &labels,
+                *ms as f64 / 1000.0,
+            );
+            m.sample(
+                "lifeboat_job_duration_seconds_count",
+                &labels,
+                *count as f64,
+            );
+        }
+        let (logical, new) = self.snapshot_bytes;
+        m.family(
+            "lifeboat_snapshot_bytes",
+            "gauge",
+            "Bytes of the listed snapshots: as read at their sources (kind=\"source\"), and new to the store when each was taken (kind=\"new\").",
+        );
+        m.sample(
+            "lifeboat_snapshot_bytes",
+            &[("kind", "source")],
+            logical as f64,
+        );
+        m.sample("lifeboat_snapshot_bytes", &[("kind", "new")], new as f64);
+        m.family(
+            "lifeboat_store_dedup_ratio",
+            "gauge",
+            "Bytes of the listed snapshots per byte stored (deduplication and compression together; 0 with an empty store).",
+        );
+        let ratio = if self.store_bytes == 0 {
+            0.0
+        } else {
+            logical as f64 / self.store_bytes as f64
+        };
+        m.sample("lifeboat_store_dedup_ratio", &[], ratio);
+        m.family(
+            "lifeboat_scrub_bad_chunks",
+            "gauge",
+            "Chunks scrub found damaged: not stored again yet (state=\"unhealed\"), or stored again by a later backup (state=\"healed\").",
+        );
+        m.sample(
+            "lifeboat_scrub_bad_chunks",
+            &[("state", "unhealed")],
+            self.bad_chunks.1 as f64,
+        );
+        m.sample(
+            "lifeboat_scrub_bad_chunks",
+            &[("state", "healed")],
+            self.bad_chunks.0 as f64,
+        );
+        m.family(
+            "lifeboat_scrub_verified_ratio",
+            "gauge",
+            "Share of the store's pack bytes scrub has read back and verified within its period (1 with an empty store).",
+        );
+        m.sample("lifeboat_scrub_verified_ratio", &[], self.scrubbed / 100.0);
+    }
+}
+
+/// A job state's name as the CLI shows it.
+fn job_state(state: i32) -> &'static str {
+    use lifeboat_proto::pb::JobState as S;
+    match S::try_from(state).unwrap_or(S::Unspecified) {
+        S::Unspecified => "unspecified",
+        S::Queued => "queued",
+        S::Running => "running",
+        S::Succeeded => "succeeded",
+        S::Failed => "failed",
+        S::Interrupted => "interrupted",
+    }
+}
+
+/// Writes metric families in the Prometheus text format.
+struct Families<'a>(&'a mut String);
+
+impl Families<'_> {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample; label values escaped as the format asks (backslash, quote, newline).
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let _ = write!(self.0, "{name}");
+        if !labels.is_empty() {
+            let list: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| {
+                    let v = v
+                        .replace('\\', "\\\\")
+                        .replace('"', "\\\"")
+                        .replace('\n', "\\n");
+                    format!("{k}=\"{v}\"")
+                })
+                .collect();
+            let _ = write!(self.0, "{{{}}}", list.join(","));
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
 }
 
 pub async fn serve(ctl: Arc<Controller>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {

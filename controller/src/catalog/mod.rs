@@ -154,6 +154,31 @@ impl Catalog {
         ))
     }
 
+    /// Bytes of every listed snapshot: as read at the source, and new to the store when it
+    /// was taken.
+    pub fn snapshot_bytes(&self) -> Result<(u64, u64), CatalogError> {
+        Ok(self.lock().cached_row(
+            "SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(bytes_new), 0) FROM snapshots",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+        )?)
+    }
+
+    /// Per job kind and state: how many jobs, and the sum of their run times (those that
+    /// started and ended), in milliseconds.
+    pub fn job_stats(&self) -> Result<Vec<(String, i32, u64, i64)>, CatalogError> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached(
+            "SELECT kind, state, COUNT(*), COALESCE(SUM(CASE WHEN started_ms > 0 AND finished_ms >= started_ms THEN finished_ms - started_ms ELSE 0 END), 0) FROM jobs GROUP BY kind, state ORDER BY kind, state",
+        )?;
+        let rows = st
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? as u64, r.get(3)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
     /// Records an operator identity (replacing a revoked or expired one of that name).
     pub fn add_operator(
         &self,
