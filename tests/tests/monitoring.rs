@@ -1,7 +1,8 @@
 //! Monitoring: `/metrics` as Prometheus reads it (`promtool check metrics`, and compared
 //! with the CLI's `--json` for the same fleet), and the alert rules shipped in
 //! `deploy/prometheus/` (`promtool check rules`, and their unit tests under
-//! `promtool test rules`). promtool is Debian's `prometheus` package; CI installs it and
+//! `promtool test rules`), and the Grafana dashboard's queries (valid PromQL, asking only
+//! for metrics that exist). promtool is Debian's `prometheus` package; CI installs it and
 //! sets `LIFEBOAT_REQUIRE_PROMTOOL`, so there these cannot skip.
 
 use std::collections::HashMap;
@@ -190,17 +191,106 @@ fn metrics_pass_promtool_and_match_the_cli() {
         value(&s, r#"lifeboat_scrub_bad_chunks{state="unhealed"}"#),
         0.0
     );
-    eprintln!("promtool check metrics: clean, {} samples", s.len());
+
+    // Every metric the alert rules and the Grafana dashboard ask for is on the page.
+    let families: Vec<&str> = page
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split_whitespace().next())
+        .collect();
+    let rules = std::fs::read_to_string(repo().join("deploy/prometheus/lifeboat-rules.yml"))
+        .expect("rules");
+    let asked: Vec<String> = dashboard_queries()
+        .iter()
+        .map(String::as_str)
+        .chain([rules.as_str()])
+        .flat_map(metric_names)
+        .collect();
+    for name in &asked {
+        let family = name
+            .strip_suffix("_sum")
+            .or_else(|| name.strip_suffix("_count"))
+            .unwrap_or(name);
+        assert!(
+            families.contains(&name.as_str()) || families.contains(&family),
+            "the rules or the dashboard ask for {name}, which /metrics does not have"
+        );
+    }
+    eprintln!(
+        "promtool check metrics: clean, {} samples; the {} metric names the rules and the dashboard ask for are all there",
+        s.len(),
+        asked.len()
+    );
+}
+
+/// The PromQL of every panel of `deploy/grafana/lifeboat.json`.
+fn dashboard_queries() -> Vec<String> {
+    let text =
+        std::fs::read_to_string(repo().join("deploy/grafana/lifeboat.json")).expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let panels = dashboard["panels"].as_array().expect("panels");
+    assert!(!panels.is_empty(), "a dashboard without panels");
+    panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .expect("every target has an expr")
+                .to_string()
+        })
+        .collect()
+}
+
+/// The `lifeboat_…` metric names in a text.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("lifeboat_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        // The rule file's own name is not a metric.
+        if !name.starts_with("lifeboat_rules") {
+            names.push(name);
+        }
+    }
+    names
 }
 
 /// The alert rules shipped in `deploy/prometheus/`: valid (`promtool check rules`), and
 /// each alert fires when it should and only then (`promtool test rules` on the unit tests
-/// beside them).
+/// beside them); and every query of the Grafana dashboard in `deploy/grafana/` is valid
+/// PromQL.
 #[test]
 fn alert_rules_check_and_pass_their_unit_tests() {
     let Some(promtool) = promtool() else {
         return;
     };
+    // The dashboard's queries, checked as PromQL by loading them as recording rules.
+    let scratch = tempfile::tempdir().expect("tempdir");
+    let queries = dashboard_queries();
+    let as_rules = serde_json::json!({ "groups": [{
+        "name": "dashboard",
+        "rules": queries.iter().enumerate().map(|(i, q)| serde_json::json!({
+            "record": format!("dashboard:query_{i}"),
+            "expr": q,
+        })).collect::<Vec<_>>(),
+    }]});
+    let file = scratch.path().join("dashboard-queries.yml");
+    std::fs::write(&file, as_rules.to_string()).expect("write");
+    let out = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "the Grafana dashboard's queries are not valid PromQL:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dir = repo().join("deploy/prometheus");
     for args in [
         vec!["check", "rules", "lifeboat-rules.yml"],
