@@ -19,6 +19,15 @@ pub struct Cli {
     /// Operator identity file (default: the one `lifeboat up` made in the per-user data directory).
     #[arg(long, global = true, env = "LIFEBOAT_IDENTITY")]
     pub identity: Option<PathBuf>,
+    /// How log lines are written: text (plain, or coloured on a terminal) or json (one
+    /// object per line).
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "LIFEBOAT_LOG_FORMAT"
+    )]
+    pub log_format: lifeboat_proto::logs::LogFormat,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -259,6 +268,18 @@ pub enum Cmd {
     Recover {
         #[command(subcommand)]
         cmd: RecoverCmd,
+    },
+    /// Print a shell completion script (e.g. `lifeboat completions bash >
+    /// /etc/bash_completion.d/lifeboat`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for lifeboat and each of its commands (lifeboat.1,
+    /// lifeboat-backup.1, ...) into a directory (e.g. /usr/local/share/man/man1).
+    Man {
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 

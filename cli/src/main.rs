@@ -17,7 +17,6 @@ mod connect;
 mod output;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
 
 use crate::args::{Cli, Cmd};
 
@@ -30,18 +29,7 @@ async fn main() {
         std::process::exit(if e.use_stderr() { 1 } else { 0 })
     });
     let quiet = !matches!(cli.cmd, Cmd::Up { .. });
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("LIFEBOAT_LOG")
-                .unwrap_or_else(|_| EnvFilter::new(if quiet { "warn" } else { "info" })),
-        )
-        .with_writer(std::io::stderr)
-        // Colours for a person at a terminal; plain text for a log file or a pipe.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
+    lifeboat_proto::logs::init(cli.log_format, if quiet { "warn" } else { "info" });
     lifeboat_proto::transport::install_crypto_provider();
     let code = match commands::dispatch(cli).await {
         Ok(code) => code,

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
 #[command(
@@ -14,6 +13,15 @@ use tracing_subscriber::EnvFilter;
     about = "Lifeboat controller: catalog, store and scheduler for a fleet of agents"
 )]
 struct Cli {
+    /// How log lines are written: text (plain, or coloured on a terminal) or json (one
+    /// object per line).
+    #[arg(
+        long,
+        global = true,
+        default_value = "text",
+        env = "LIFEBOAT_LOG_FORMAT"
+    )]
+    log_format: lifeboat_proto::logs::LogFormat,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -190,18 +198,9 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 #[tokio::main]
 async fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("LIFEBOAT_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        // Colours for a person at a terminal; plain text for a log file or a pipe.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
-        .init();
-    if let Err(e) = real_main(Cli::parse()).await {
+    let cli = Cli::parse();
+    lifeboat_proto::logs::init(cli.log_format, "info");
+    if let Err(e) = real_main(cli).await {
         eprintln!("lifeboat-controller: {e:#}");
         std::process::exit(1);
     }

@@ -11,6 +11,7 @@
 //! ([`transport::Peer`]) rides along in every request's extensions.
 
 pub mod http;
+pub mod logs;
 pub mod states;
 pub mod transport;
 

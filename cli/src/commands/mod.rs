@@ -2,6 +2,7 @@
 //! a parsed command line to its group.
 
 mod access;
+mod docs;
 mod fleet;
 mod jobs;
 mod policy;
@@ -37,9 +38,16 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
     {
         return access::identity_pem(cli.identity, out).map(|()| 0);
     }
+    match &cli.cmd {
+        Cmd::Completions { shell } => return docs::completions(*shell).map(|()| 0),
+        Cmd::Man { out } => return docs::man_pages(out).map(|()| 0),
+        _ => {}
+    }
     let mut api = connect(cli.controller.clone(), cli.identity.clone()).await?;
     match cli.cmd {
-        Cmd::Up { .. } => unreachable!("handled above"),
+        Cmd::Up { .. } | Cmd::Completions { .. } | Cmd::Man { .. } => {
+            unreachable!("handled above")
+        }
         c @ (Cmd::Status(_) | Cmd::Token { .. } | Cmd::Agents { .. } | Cmd::Devices(_)) => {
             fleet::run(&mut api, c, cli.controller, cli.identity).await
         }

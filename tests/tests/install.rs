@@ -1,0 +1,167 @@
+//! What an operator installs besides the binaries: shell completions and man pages generated
+//! from the command line's definition, and logs that suit where they go (plain text in a
+//! file, JSON lines with `--log-format json`).
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use lifeboat_tests::bin;
+
+/// The top-level commands `lifeboat --help` lists.
+fn commands() -> Vec<String> {
+    let out = bin("lifeboat")
+        .arg("--help")
+        .output()
+        .expect("lifeboat --help");
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn completions_and_man_pages_cover_every_command() {
+    let commands = commands();
+    assert!(commands.len() > 20, "{commands:?}");
+    for shell in ["bash", "zsh", "fish"] {
+        let out = bin("lifeboat")
+            .args(["completions", shell])
+            .output()
+            .expect("lifeboat completions");
+        assert!(
+            out.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8_lossy(&out.stdout);
+        for c in &commands {
+            assert!(script.contains(c.as_str()), "{shell} completion lacks {c}");
+        }
+        if shell == "bash" {
+            // The script parses.
+            let dir = tempfile::tempdir().expect("tempdir");
+            let file = dir.path().join("lifeboat.bash");
+            std::fs::write(&file, script.as_bytes()).expect("write");
+            let check = std::process::Command::new("bash")
+                .arg("-n")
+                .arg(&file)
+                .output()
+                .expect("bash -n");
+            assert!(
+                check.status.success(),
+                "{}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+        }
+    }
+    let refused = bin("lifeboat")
+        .args(["completions", "tcsh"])
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("tcsh"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let man = dir.path().join("man1");
+    let out = bin("lifeboat")
+        .arg("man")
+        .arg("--out")
+        .arg(&man)
+        .output()
+        .expect("lifeboat man");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = |name: &str| {
+        std::fs::read_to_string(man.join(format!("{name}.1")))
+            .unwrap_or_else(|e| panic!("no man page {name}.1: {e}"))
+    };
+    assert!(page("lifeboat").starts_with(".ie"), "a roff page");
+    for c in &commands {
+        let text = page(&format!("lifeboat-{c}"));
+        assert!(text.contains(".TH"), "lifeboat-{c}.1 has no title");
+    }
+    // Nested commands get pages too, with their options.
+    assert!(page("lifeboat-recover-plan").contains("before"));
+}
+
+/// Reads `child`'s stderr lines for up to `within`, then kills it; returns the lines.
+fn stderr_lines(mut child: std::process::Child, want: usize, within: Duration) -> Vec<String> {
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + within;
+    let mut lines = Vec::new();
+    while lines.len() < want {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => lines.push(l),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn logs_are_plain_in_a_file_and_json_lines_when_asked() {
+    for json in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cmd = bin("lifeboat-controller");
+        if json {
+            cmd.args(["--log-format", "json"]);
+        }
+        let child = cmd
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("ctl"))
+            .env("LIFEBOAT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("lifeboat-controller");
+        let lines = stderr_lines(child, 5, Duration::from_secs(20));
+        assert!(lines.len() >= 3, "the controller logged {lines:?}");
+        for line in &lines {
+            assert!(
+                !line.contains('\u{1b}'),
+                "an escape code in a log going to a pipe: {line:?}"
+            );
+            if json {
+                let v: serde_json::Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+                assert!(
+                    v["timestamp"].is_string() && v["level"].is_string(),
+                    "{line}"
+                );
+                assert!(v["fields"]["message"].is_string(), "{line}");
+            } else {
+                assert!(line.contains("INFO") || line.contains("WARN"), "{line}");
+            }
+        }
+    }
+    let refused = bin("lifeboat-controller")
+        .args(["--log-format", "xml", "serve", "--data-dir", "/nonexistent"])
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("text or json"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
