@@ -165,3 +165,47 @@ fn logs_are_plain_in_a_file_and_json_lines_when_asked() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+/// The Kubernetes manifests in `deploy/kubernetes/` validate against the API's schemas
+/// (`kubernetes-validate --strict`, from PyPI: unknown fields are errors too). CI installs
+/// it and sets `LIFEBOAT_REQUIRE_KUBERNETES_VALIDATE`; elsewhere the test skips loudly.
+#[test]
+fn kubernetes_manifests_validate_against_the_api_schemas() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository")
+        .join("deploy/kubernetes");
+    let manifests: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    assert!(manifests.len() >= 2, "{manifests:?}");
+    let run = std::process::Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", "1.31.0"])
+        .args(&manifests)
+        .output();
+    let out = match run {
+        Ok(out) => out,
+        Err(e) => {
+            assert!(
+                std::env::var_os("LIFEBOAT_REQUIRE_KUBERNETES_VALIDATE").is_none(),
+                "kubernetes-validate is required and cannot run ({e}): pip install kubernetes-validate==1.31.0"
+            );
+            eprintln!("SKIPPED: no kubernetes-validate (pip install kubernetes-validate==1.31.0)");
+            return;
+        }
+    };
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    for kind in ["service", "statefulset", "daemonset"] {
+        assert!(
+            said.contains(&format!("passed for resource {kind}/")),
+            "{said}"
+        );
+    }
+}
