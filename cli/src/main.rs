@@ -18,7 +18,7 @@ mod output;
 
 use clap::Parser;
 
-use crate::args::{Cli, Cmd};
+use crate::args::Cli;
 
 #[tokio::main]
 async fn main() {
@@ -28,8 +28,9 @@ async fn main() {
         let _ = e.print();
         std::process::exit(if e.use_stderr() { 1 } else { 0 })
     });
-    let quiet = !matches!(cli.cmd, Cmd::Up { .. });
-    lifeboat_proto::logs::init(cli.log_format, if quiet { "warn" } else { "info" });
+    // Warnings and errors only, `lifeboat up` included: it prints its own summary, not the
+    // controller's and agent's INFO lines (LIFEBOAT_LOG=info shows them).
+    lifeboat_proto::logs::init(cli.log_format, "warn");
     lifeboat_proto::transport::install_crypto_provider();
     let code = match commands::dispatch(cli).await {
         Ok(code) => code,

@@ -14,7 +14,13 @@ fn start_up(data: &std::path::Path, src: &std::path::Path) -> (Child, String) {
         .arg("--source")
         .arg(format!("docs={}", src.display()))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(data.with_extension("stderr"))
+                .expect("stderr file"),
+        )
         .spawn()
         .expect("spawn lifeboat up");
     let stdout = child.stdout.take().expect("stdout");
@@ -87,4 +93,10 @@ fn up_backs_up_stops_cleanly_and_reuses_its_data() {
         (snapshots(&data).len() == 2).then_some(())
     });
     interrupt(child);
+    // Its summary, not the controller's and agent's INFO lines (catalog migrations...).
+    let stderr = std::fs::read_to_string(data.with_extension("stderr")).expect("stderr");
+    assert!(
+        !stderr.contains("INFO"),
+        "lifeboat up logged INFO lines by default:\n{stderr}"
+    );
 }

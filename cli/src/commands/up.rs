@@ -142,7 +142,8 @@ pub async fn up(
         restore_roots[0].display()
     );
     out!("  lifeboat token create               # enroll another machine");
-    out!("\nCtrl-C stops both.");
+    out!("\nLogs: warnings and errors only (LIFEBOAT_LOG=info for every step).");
+    out!("Ctrl-C stops both.");
 
     tokio::signal::ctrl_c()
         .await
