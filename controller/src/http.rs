@@ -189,7 +189,7 @@ struct Fleet {
     /// Per agent (not revoked): name, enrolled and certificate expiry, milliseconds.
     agents: Vec<(String, i64, i64)>,
     jobs: Vec<(String, i32, u64, i64)>,
-    snapshot_bytes: (u64, u64),
+    snapshot_bytes: crate::catalog::SnapshotBytes,
     store_bytes: u64,
     bad_chunks: (u64, u64),
     /// Percent of pack bytes verified within the scrub period.
@@ -339,18 +339,20 @@ impl Fleet {
                 *count as f64,
             );
         }
-        let (logical, new) = self.snapshot_bytes;
+        let bytes = self.snapshot_bytes;
         m.family(
             "lifeboat_snapshot_bytes",
             "gauge",
-            "Bytes of the listed snapshots: as read at their sources (kind=\"source\"), and new to the store when each was taken (kind=\"new\").",
+            "Bytes of the listed snapshots: at their sources (kind=\"source\"), read from disk when each was taken (kind=\"read\": unchanged files are not read again), and new to the store (kind=\"new\").",
         );
-        m.sample(
-            "lifeboat_snapshot_bytes",
-            &[("kind", "source")],
-            logical as f64,
-        );
-        m.sample("lifeboat_snapshot_bytes", &[("kind", "new")], new as f64);
+        for (kind, n) in [
+            ("source", bytes.source),
+            ("read", bytes.read),
+            ("new", bytes.new),
+        ] {
+            m.sample("lifeboat_snapshot_bytes", &[("kind", kind)], n as f64);
+        }
+        let logical = bytes.source;
         m.family(
             "lifeboat_store_dedup_ratio",
             "gauge",

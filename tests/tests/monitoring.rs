@@ -186,6 +186,11 @@ fn metrics_pass_promtool_and_match_the_cli() {
         300_000.0,
         "the one snapshot's bytes"
     );
+    assert_eq!(
+        value(&s, r#"lifeboat_snapshot_bytes{kind="read"}"#),
+        300_000.0,
+        "a first backup reads every byte"
+    );
     assert!(value(&s, "lifeboat_store_dedup_ratio") > 0.0);
     assert_eq!(
         value(&s, r#"lifeboat_scrub_bad_chunks{state="unhealed"}"#),

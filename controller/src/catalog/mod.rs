@@ -76,6 +76,14 @@ impl Cached for Connection {
     }
 }
 
+/// Bytes of the listed snapshots ([`Catalog::snapshot_bytes`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SnapshotBytes {
+    pub source: u64,
+    pub read: u64,
+    pub new: u64,
+}
+
 impl Catalog {
     /// Opens (creating if needed) the catalog and applies pending migrations.
     /// Writes a consistent copy of the whole catalog to `to` (which must not exist),
@@ -154,13 +162,19 @@ impl Catalog {
         ))
     }
 
-    /// Bytes of every listed snapshot: as read at the source, and new to the store when it
-    /// was taken.
-    pub fn snapshot_bytes(&self) -> Result<(u64, u64), CatalogError> {
+    /// Bytes of every listed snapshot: at the source, read from disk when it was taken
+    /// (unchanged files are not read again), and new to the store.
+    pub fn snapshot_bytes(&self) -> Result<SnapshotBytes, CatalogError> {
         Ok(self.lock().cached_row(
-            "SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(bytes_new), 0) FROM snapshots",
+            "SELECT COALESCE(SUM(bytes), 0), COALESCE(SUM(bytes_read), 0), COALESCE(SUM(bytes_new), 0) FROM snapshots",
             [],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            |r| {
+                Ok(SnapshotBytes {
+                    source: r.get::<_, i64>(0)? as u64,
+                    read: r.get::<_, i64>(1)? as u64,
+                    new: r.get::<_, i64>(2)? as u64,
+                })
+            },
         )?)
     }
 
