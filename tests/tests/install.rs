@@ -209,3 +209,99 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
         );
     }
 }
+
+/// `deploy/release.sh` packs the three binaries (here the test build's), a man page per
+/// command, bash, zsh and fish completions and the deployment files into one tarball with
+/// its checksum; unpacked, each of its programs runs.
+#[test]
+fn a_release_tarball_holds_the_binaries_pages_and_completions() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository")
+        .to_path_buf();
+    let out = tempfile::tempdir().expect("tempdir");
+    let run = std::process::Command::new(repo.join("deploy/release.sh"))
+        .arg("--bin")
+        .arg(lifeboat_tests::bin_dir())
+        .arg("--out")
+        .arg(out.path())
+        .output()
+        .expect("deploy/release.sh");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let printed = String::from_utf8_lossy(&run.stdout);
+    let tarball = std::path::PathBuf::from(printed.lines().last().expect("the tarball's path"));
+    assert!(tarball.is_file(), "{printed}");
+    let name = tarball
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".tar.gz"))
+        .expect("NAME.tar.gz")
+        .to_string();
+    assert!(
+        name.starts_with("lifeboat-") && name.contains("-linux-"),
+        "{name}"
+    );
+    let check = std::process::Command::new("sha256sum")
+        .args(["-c", &format!("{name}.tar.gz.sha256")])
+        .current_dir(out.path())
+        .output()
+        .expect("sha256sum");
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+
+    let unpacked = tempfile::tempdir().expect("tempdir");
+    let untar = std::process::Command::new("tar")
+        .arg("xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(unpacked.path())
+        .status()
+        .expect("tar");
+    assert!(untar.success());
+    let root = unpacked.path().join(&name);
+    for f in [
+        "bin/lifeboat",
+        "bin/lifeboat-controller",
+        "bin/lifeboat-agent",
+        "share/man/man1/lifeboat.1",
+        "share/man/man1/lifeboat-recover-plan.1",
+        "share/bash-completion/completions/lifeboat",
+        "share/zsh/site-functions/_lifeboat",
+        "share/fish/vendor_completions.d/lifeboat.fish",
+        "deploy/systemd/lifeboat-controller.service",
+        "deploy/prometheus/lifeboat-rules.yml",
+        "deploy/grafana/lifeboat.json",
+        "deploy/kubernetes/agent.yaml",
+        "README.md",
+    ] {
+        assert!(root.join(f).is_file(), "the tarball lacks {f}");
+    }
+    for b in ["lifeboat", "lifeboat-controller", "lifeboat-agent"] {
+        let version = std::process::Command::new(root.join("bin").join(b))
+            .arg("--version")
+            .output()
+            .expect("run the packed binary");
+        assert!(
+            version.status.success() && String::from_utf8_lossy(&version.stdout).starts_with(b),
+            "{b} --version: {}",
+            String::from_utf8_lossy(&version.stdout)
+        );
+    }
+    let bad = std::process::Command::new(repo.join("deploy/release.sh"))
+        .args(["--bin", "/nonexistent"])
+        .output()
+        .expect("release.sh");
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("/nonexistent/lifeboat is missing"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
