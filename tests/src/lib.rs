@@ -16,6 +16,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The repository's root (deploy files, the proto, the sources).
+pub fn repo_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repository root")
+        .to_path_buf()
+}
+
 /// Where the three binaries are.
 pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("LIFEBOAT_BIN_DIR") {

@@ -171,10 +171,7 @@ fn logs_are_plain_in_a_file_and_json_lines_when_asked() {
 /// it and sets `LIFEBOAT_REQUIRE_KUBERNETES_VALIDATE`; elsewhere the test skips loudly.
 #[test]
 fn kubernetes_manifests_validate_against_the_api_schemas() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repository")
-        .join("deploy/kubernetes");
+    let dir = lifeboat_tests::repo_dir().join("deploy/kubernetes");
     let manifests: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
         .expect("deploy/kubernetes")
         .map(|e| e.expect("entry").path())
@@ -215,10 +212,7 @@ fn kubernetes_manifests_validate_against_the_api_schemas() {
 /// its checksum; unpacked, each of its programs runs.
 #[test]
 fn a_release_tarball_holds_the_binaries_pages_and_completions() {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repository")
-        .to_path_buf();
+    let repo = lifeboat_tests::repo_dir();
     let out = tempfile::tempdir().expect("tempdir");
     let run = std::process::Command::new(repo.join("deploy/release.sh"))
         .arg("--bin")

@@ -17,10 +17,7 @@ use std::path::{Path, PathBuf};
 type Graph = BTreeMap<String, BTreeSet<String>>;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repository root")
-        .to_path_buf()
+    lifeboat_tests::repo_dir()
 }
 
 /// Source without comments and string literals, so that neither can add an edge.

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use lifeboat_tests::Fleet;
@@ -31,10 +31,7 @@ fn promtool() -> Option<PathBuf> {
 }
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("repository")
-        .to_path_buf()
+    lifeboat_tests::repo_dir()
 }
 
 /// The samples of a metrics page: `name{labels}` as written → value.
