@@ -42,10 +42,12 @@ for b in lifeboat lifeboat-controller lifeboat-agent; do
     cp "$bin/$b" "$root/bin/"
     strip --strip-debug "$root/bin/$b"
 done
-"$root/bin/lifeboat" man --out "$root/share/man/man1" >/dev/null
-"$root/bin/lifeboat" completions bash > "$root/share/bash-completion/completions/lifeboat"
-"$root/bin/lifeboat" completions zsh > "$root/share/zsh/site-functions/_lifeboat"
-"$root/bin/lifeboat" completions fish > "$root/share/fish/vendor_completions.d/lifeboat.fish"
+for b in lifeboat lifeboat-controller lifeboat-agent; do
+    "$root/bin/$b" man --out "$root/share/man/man1" >/dev/null
+    "$root/bin/$b" completions bash > "$root/share/bash-completion/completions/$b"
+    "$root/bin/$b" completions zsh > "$root/share/zsh/site-functions/_$b"
+    "$root/bin/$b" completions fish > "$root/share/fish/vendor_completions.d/$b.fish"
+done
 cp -r deploy/systemd deploy/prometheus deploy/grafana deploy/kubernetes deploy/README.md "$root/deploy/"
 cp README.md SECURITY.md "$root/"
 mkdir -p "$out"

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use lifeboat_agent::RunConfig;
 use lifeboat_agent::enroll::{EnrollOptions, enroll};
 
@@ -93,6 +93,18 @@ enum Cmd {
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
     },
+    /// Print a shell completion script (e.g. `lifeboat-agent completions bash >
+    /// /etc/bash_completion.d/lifeboat-agent`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for lifeboat-agent and each of its commands into a directory (e.g.
+    /// /usr/local/share/man/man1).
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -137,6 +149,15 @@ async fn enroll_with(
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Completions { shell } => {
+            lifeboat_proto::docs::completions(Cli::command(), "lifeboat-agent", shell);
+            Ok(())
+        }
+        Cmd::Man { out } => {
+            let n = lifeboat_proto::docs::man_pages(&Cli::command(), "lifeboat-agent", &out)?;
+            println!("wrote {n} man pages to {}", out.display());
+            Ok(())
+        }
         Cmd::Enroll {
             controller,
             token,

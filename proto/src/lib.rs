@@ -10,6 +10,7 @@
 //! fleet CA or is refused during the handshake. The authenticated peer
 //! ([`transport::Peer`]) rides along in every request's extensions.
 
+pub mod docs;
 pub mod http;
 pub mod logs;
 pub mod states;

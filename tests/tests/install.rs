@@ -269,6 +269,10 @@ fn a_release_tarball_holds_the_binaries_pages_and_completions() {
         "share/bash-completion/completions/lifeboat",
         "share/zsh/site-functions/_lifeboat",
         "share/fish/vendor_completions.d/lifeboat.fish",
+        "share/man/man1/lifeboat-controller-serve.1",
+        "share/man/man1/lifeboat-agent-run.1",
+        "share/bash-completion/completions/lifeboat-controller",
+        "share/zsh/site-functions/_lifeboat-agent",
         "deploy/systemd/lifeboat-controller.service",
         "deploy/prometheus/lifeboat-rules.yml",
         "deploy/grafana/lifeboat.json",
@@ -298,4 +302,47 @@ fn a_release_tarball_holds_the_binaries_pages_and_completions() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+}
+
+/// The controller and the agent have completions and man pages too, one page per command.
+#[test]
+fn the_controller_and_the_agent_have_completions_and_man_pages() {
+    for (program, commands) in [
+        (
+            "lifeboat-controller",
+            &["serve", "rebuild-catalog", "recover"][..],
+        ),
+        ("lifeboat-agent", &["enroll", "run"][..]),
+    ] {
+        let out = bin(program)
+            .args(["completions", "bash"])
+            .output()
+            .expect("completions");
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let script = String::from_utf8_lossy(&out.stdout);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = bin(program)
+            .arg("man")
+            .arg("--out")
+            .arg(dir.path())
+            .output()
+            .expect("man");
+        assert!(
+            out.status.success(),
+            "{program}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(dir.path().join(format!("{program}.1")).is_file());
+        for c in commands {
+            assert!(script.contains(c), "{program}'s bash completion lacks {c}");
+            let page = dir.path().join(format!("{program}-{c}.1"));
+            let text = std::fs::read_to_string(&page)
+                .unwrap_or_else(|e| panic!("{}: {e}", page.display()));
+            assert!(text.contains(".TH"), "{}", page.display());
+        }
+    }
 }
