@@ -167,7 +167,7 @@ async fn render(ctl: Arc<Controller>) -> String {
         "# HELP lifeboat_drills_failed_total Restore drills that failed.\n# TYPE lifeboat_drills_failed_total counter\nlifeboat_drills_failed_total {failed}"
     );
     let c = ctl.clone();
-    let fleet = tokio::task::spawn_blocking(move || Fleet::read(&c))
+    let fleet = tokio::task::spawn_blocking(move || Fleet::read(&c, bytes))
         .await
         .ok()
         .and_then(|r| {
@@ -197,7 +197,8 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn read(ctl: &Controller) -> Result<Fleet, crate::error::ApiError> {
+    /// `store_bytes`: the store's size, already read for `lifeboat_store_bytes`.
+    fn read(ctl: &Controller, store_bytes: u64) -> Result<Fleet, crate::error::ApiError> {
         let now = ctl.clock.now_ms();
         Ok(Fleet {
             devices: crate::devices::devices(ctl, now)?,
@@ -210,7 +211,7 @@ impl Fleet {
                 .collect(),
             jobs: ctl.catalog.job_stats()?,
             snapshot_bytes: ctl.catalog.snapshot_bytes()?,
-            store_bytes: ctl.catalog.totals()?.3,
+            store_bytes,
             bad_chunks: ctl.catalog.bad_chunk_counts()?,
             scrubbed: ctl.catalog.verified_coverage(now - ctl.scrub_period_ms)?,
         })

@@ -38,6 +38,7 @@ pub(crate) mod group;
 pub(crate) mod http;
 pub(crate) mod jobs;
 pub(crate) mod operator_api;
+pub(crate) mod parallel;
 pub mod policy;
 pub mod rebuild;
 pub(crate) mod recovery;

@@ -412,35 +412,8 @@ fn side_by_side<T: Sync, R: Send>(
 ) -> Result<Vec<R>, ApiError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
-        .clamp(1, 8)
-        .min(items.len().max(1));
-    let mut out: Vec<Option<Result<R, ApiError>>> = items.iter().map(|_| None).collect();
-    std::thread::scope(|s| {
-        let f = &f;
-        let lanes: Vec<_> = (0..threads)
-            .map(|lane| {
-                s.spawn(move || {
-                    items
-                        .iter()
-                        .enumerate()
-                        .skip(lane)
-                        .step_by(threads)
-                        .map(|(i, item)| (i, f(item)))
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        for lane in lanes {
-            match lane.join() {
-                Ok(results) => {
-                    for (i, r) in results {
-                        out[i] = Some(r);
-                    }
-                }
-                Err(_) => tracing::error!("a planning thread panicked"),
-            }
-        }
-    });
+        .min(8);
+    let out = crate::parallel::striped(items, threads, f);
     out.into_iter()
         .map(|r| r.unwrap_or_else(|| Err(ApiError::internal("a planning thread panicked"))))
         .collect()

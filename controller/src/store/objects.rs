@@ -125,27 +125,8 @@ pub trait Objects: Send + Sync {
                 .map(|o| self.put(&o.key, &o.bytes, o.retain_until_ms))
                 .collect();
         }
-        let mut out: Vec<Option<Result<Stored, StoreError>>> =
-            objects.iter().map(|_| None).collect();
-        std::thread::scope(|s| {
-            let lanes: Vec<_> = (0..PUTS_AT_ONCE.min(objects.len()))
-                .map(|lane| {
-                    s.spawn(move || {
-                        objects
-                            .iter()
-                            .enumerate()
-                            .skip(lane)
-                            .step_by(PUTS_AT_ONCE)
-                            .map(|(i, o)| (i, self.put(&o.key, &o.bytes, o.retain_until_ms)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for lane in lanes {
-                for (i, stored) in lane.join().unwrap_or_default() {
-                    out[i] = Some(stored);
-                }
-            }
+        let out = crate::parallel::striped(objects, PUTS_AT_ONCE, |o| {
+            self.put(&o.key, &o.bytes, o.retain_until_ms)
         });
         out.into_iter()
             .zip(objects)
