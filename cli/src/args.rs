@@ -269,6 +269,17 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: RecoverCmd,
     },
+    /// Serve the web console on this machine: the fleet, devices, recovery plans, drills
+    /// and the audit log, read from the controller with this identity over mTLS (nothing
+    /// new listens on the controller). Prints its URL and opens it on a desktop.
+    Dashboard {
+        /// Where to serve: a loopback address, 127.0.0.1:PORT (port 0: any free one).
+        #[arg(long, default_value = "127.0.0.1:8743")]
+        listen: std::net::SocketAddr,
+        /// Print the URL only; do not start a browser.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Print a shell completion script (e.g. `lifeboat completions bash >
     /// /etc/bash_completion.d/lifeboat`).
     Completions {

@@ -22,6 +22,17 @@ pub fn identity_path(cli_identity: Option<PathBuf>) -> PathBuf {
     cli_identity.unwrap_or_else(|| default_data_dir().join("admin.identity"))
 }
 
+/// The controller the operator talks to: `--controller`, or the identity file's.
+pub fn controller_url(controller: Option<String>, identity: Option<PathBuf>) -> Result<String> {
+    if let Some(url) = controller {
+        return Ok(url);
+    }
+    let path = identity_path(identity);
+    Ok(IdentityFile::load(&path)
+        .with_context(|| format!("no usable operator identity at {}", path.display()))?
+        .controller)
+}
+
 /// Connects as the operator named by the identity file.
 pub async fn connect(controller: Option<String>, identity: Option<PathBuf>) -> Result<Api> {
     let path = identity_path(identity);

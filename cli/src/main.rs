@@ -14,6 +14,7 @@ macro_rules! out {
 mod args;
 mod commands;
 mod connect;
+mod dashboard;
 mod output;
 
 use clap::Parser;

@@ -6,6 +6,7 @@
 //! `cargo build --workspace --bins`, which the test command in README.md runs first), or
 //! from `LIFEBOAT_BIN_DIR`.
 
+pub mod browser;
 pub mod s3;
 pub mod tree;
 
@@ -22,6 +23,16 @@ pub fn repo_dir() -> PathBuf {
         .parent()
         .expect("repository root")
         .to_path_buf()
+}
+
+/// `n` distinct ports free right now (bound together, then released).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
+        .collect();
+    held.iter()
+        .map(|l| l.local_addr().expect("port").port())
+        .collect()
 }
 
 /// Where the three binaries are.

@@ -29,16 +29,6 @@ pub struct S3Server {
     pub secret_key: String,
 }
 
-/// `n` distinct ports free right now (bound together, then released).
-fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
-    held.iter()
-        .map(|l| l.local_addr().expect("port").port())
-        .collect()
-}
-
 fn weed() -> Option<PathBuf> {
     let out = Command::new("sh")
         .args(["-c", "command -v weed"])
@@ -71,7 +61,7 @@ impl S3Server {
             .prefix("lifeboat-s3-")
             .tempdir()
             .expect("tempdir");
-        let ports = free_ports(10);
+        let ports = crate::free_ports(10);
         let mut server = S3Server {
             endpoint: format!("http://127.0.0.1:{}", ports[0]),
             dir,

@@ -204,7 +204,7 @@ async fn identity_cmd(
 }
 
 /// Every audit entry from `since_ms` on, page by page.
-async fn audit_entries(api: &mut Api, since_ms: i64) -> Result<Vec<pb::AuditEntry>> {
+pub(crate) async fn audit_entries(api: &mut Api, since_ms: i64) -> Result<Vec<pb::AuditEntry>> {
     let mut all = Vec::new();
     let mut after = 0;
     loop {
@@ -226,7 +226,7 @@ async fn audit_entries(api: &mut Api, since_ms: i64) -> Result<Vec<pb::AuditEntr
 }
 
 /// Parses `--since`: an RFC 3339 time or an age such as `24h`.
-fn since_ms(since: Option<&str>) -> Result<i64> {
+pub(crate) fn since_ms(since: Option<&str>) -> Result<i64> {
     let Some(s) = since else { return Ok(0) };
     let t = match humantime::parse_rfc3339_weak(s) {
         Ok(t) => t,

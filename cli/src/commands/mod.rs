@@ -12,6 +12,8 @@ mod up;
 
 use anyhow::Result;
 
+pub(crate) use access::{audit_entries, since_ms};
+
 use crate::args::{Cli, Cmd, IdentityCmd, default_data_dir};
 use crate::connect::connect;
 
@@ -45,6 +47,12 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
     }
     let mut api = connect(cli.controller.clone(), cli.identity.clone()).await?;
     match cli.cmd {
+        Cmd::Dashboard { listen, no_open } => {
+            let controller = crate::connect::controller_url(cli.controller, cli.identity)?;
+            crate::dashboard::serve(api, controller, listen, !no_open)
+                .await
+                .map(|()| 0)
+        }
         Cmd::Up { .. } | Cmd::Completions { .. } | Cmd::Man { .. } => {
             unreachable!("handled above")
         }
