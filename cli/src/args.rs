@@ -274,7 +274,7 @@ pub enum Cmd {
     /// new listens on the controller). Prints its URL and opens it on a desktop.
     Dashboard {
         /// Where to serve: a loopback address, 127.0.0.1:PORT (port 0: any free one).
-        #[arg(long, default_value = "127.0.0.1:8743")]
+        #[arg(long, default_value = "127.0.0.1:8743", value_parser = loopback)]
         listen: std::net::SocketAddr,
         /// Print the URL only; do not start a browser.
         #[arg(long)]
@@ -570,4 +570,18 @@ pub fn time_arg(flag: &str, s: &str) -> Result<i64> {
     Ok(t.duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0))
+}
+
+/// `--listen` of the dashboard: a loopback address only (it serves plain HTTP).
+fn loopback(s: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = s
+        .parse()
+        .map_err(|e| format!("{e}: expected 127.0.0.1:PORT"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address: the dashboard serves on 127.0.0.1:PORT only \
+             (reach it from another machine through an SSH tunnel)"
+        ));
+    }
+    Ok(addr)
 }

@@ -180,6 +180,11 @@ fn the_dashboard_shows_what_the_cli_shows_and_starts_drills_and_plans() {
     ]);
     assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
 
+    // It serves plain HTTP, so on loopback only.
+    let out = fleet.cli(&["dashboard", "--listen", "0.0.0.0:8743", "--no-open"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
+
     let dash = Dashboard::start(&fleet, None);
 
     // Only the browser that opened the printed link gets in; only under its own name;
