@@ -585,3 +585,20 @@ fn loopback(s: &str) -> Result<std::net::SocketAddr, String> {
     }
     Ok(addr)
 }
+
+/// Parses `--since`: an RFC 3339 time or an age such as `24h`.
+pub fn since_ms(since: Option<&str>) -> Result<i64> {
+    let Some(s) = since else { return Ok(0) };
+    let t = match humantime::parse_rfc3339_weak(s) {
+        Ok(t) => t,
+        Err(_) => {
+            let age = humantime::parse_duration(s).with_context(|| {
+                format!("--since {s:?}: expected a time (2026-11-29T08:00:00Z) or an age (24h)")
+            })?;
+            std::time::SystemTime::now() - age
+        }
+    };
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0))
+}

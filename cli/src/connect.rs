@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use lifeboat_core::identity::IdentityFile;
+use lifeboat_proto::pb;
 use lifeboat_proto::pb::operator_api_client::OperatorApiClient;
 use lifeboat_proto::transport::{self, ClientTls};
 use tonic::transport::Channel;
@@ -46,4 +47,26 @@ pub async fn connect(controller: Option<String>, identity: Option<PathBuf>) -> R
     let tls = ClientTls::with_identity(&id.ca_pem, &id.cert_pem, &id.key_pem)?;
     let channel = transport::connect(&url, tls).await?;
     Ok(OperatorApiClient::new(channel))
+}
+
+/// Every audit entry from `since_ms` on, page by page.
+pub async fn audit_entries(api: &mut Api, since_ms: i64) -> Result<Vec<pb::AuditEntry>> {
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = api
+            .list_audit(pb::ListAuditRequest {
+                since_unix_ms: since_ms,
+                after_seq: after,
+                limit: 5000,
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner()
+            .entries;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        all.extend(page);
+    }
+    Ok(all)
 }

@@ -8,7 +8,7 @@ use lifeboat_core::identity::IdentityFile;
 use lifeboat_proto::pb;
 
 use crate::args::*;
-use crate::connect::{Api, identity_path, rpc};
+use crate::connect::{Api, audit_entries, identity_path, rpc};
 use crate::output::{self, time};
 
 /// `controller` and `identity` are the global flags: the identity commands write them
@@ -201,45 +201,6 @@ async fn identity_cmd(
         }
     }
     Ok(())
-}
-
-/// Every audit entry from `since_ms` on, page by page.
-pub(crate) async fn audit_entries(api: &mut Api, since_ms: i64) -> Result<Vec<pb::AuditEntry>> {
-    let mut all = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = api
-            .list_audit(pb::ListAuditRequest {
-                since_unix_ms: since_ms,
-                after_seq: after,
-                limit: 5000,
-            })
-            .await
-            .map_err(rpc)?
-            .into_inner()
-            .entries;
-        let Some(last) = page.last() else { break };
-        after = last.seq;
-        all.extend(page);
-    }
-    Ok(all)
-}
-
-/// Parses `--since`: an RFC 3339 time or an age such as `24h`.
-pub(crate) fn since_ms(since: Option<&str>) -> Result<i64> {
-    let Some(s) = since else { return Ok(0) };
-    let t = match humantime::parse_rfc3339_weak(s) {
-        Ok(t) => t,
-        Err(_) => {
-            let age = humantime::parse_duration(s).with_context(|| {
-                format!("--since {s:?}: expected a time (2026-11-29T08:00:00Z) or an age (24h)")
-            })?;
-            std::time::SystemTime::now() - age
-        }
-    };
-    Ok(t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0))
 }
 
 /// `lifeboat identity pem --out DIR`: the identity file's CA, certificate and key as PEM

@@ -12,8 +12,6 @@ mod up;
 
 use anyhow::Result;
 
-pub(crate) use access::{audit_entries, since_ms};
-
 use crate::args::{Cli, Cmd, IdentityCmd, default_data_dir};
 use crate::connect::connect;
 

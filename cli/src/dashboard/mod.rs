@@ -13,6 +13,7 @@
 //! CSRF field.
 
 mod charts;
+mod console;
 mod gate;
 mod pages;
 mod render;
@@ -27,26 +28,7 @@ use lifeboat_proto::pb;
 
 use crate::connect::{Api, rpc};
 
-/// Who the console acts as, read once from the controller at start.
-pub struct Me {
-    pub operator: String,
-    pub role: String,
-    pub controller: String,
-}
-
-impl Me {
-    /// Drills and plan runs need the operator or admin role; a viewer's pages have no buttons.
-    pub fn can_act(&self) -> bool {
-        self.role == "operator" || self.role == "admin"
-    }
-}
-
-#[derive(Clone)]
-pub struct Console {
-    api: Api,
-    me: Arc<Me>,
-    gate: Arc<gate::Gate>,
-}
+use console::{Console, Me};
 
 /// Serves the console until interrupted. `listen` is a loopback address (the command
 /// line refuses any other).

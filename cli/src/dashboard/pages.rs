@@ -11,8 +11,8 @@ use lifeboat_proto::states::{DrillState, PlanState};
 use maud::{Markup, html};
 use serde::Deserialize;
 
-use super::Console;
 use super::charts;
+use super::console::Console;
 use super::render::{
     PageError, Section, badge, csrf_field, device_href, encode, now_ms, page, short_id,
 };
@@ -564,9 +564,9 @@ pub async fn audit(State(c): State<Console>, Query(q): Query<AuditQuery>) -> Pag
         .clone()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "7d".into());
-    let since_ms = crate::commands::since_ms(Some(&since))
+    let since_ms = crate::args::since_ms(Some(&since))
         .map_err(|e| PageError::new(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let entries = crate::commands::audit_entries(&mut api, since_ms)
+    let entries = crate::connect::audit_entries(&mut api, since_ms)
         .await
         .map_err(|e| PageError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
     let verification = api.verify_audit(pb::Empty {}).await?.into_inner();

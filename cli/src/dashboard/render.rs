@@ -5,7 +5,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use maud::{DOCTYPE, Markup, html};
 
-use super::Me;
+use super::console::Me;
 
 const STYLESHEET: &str = include_str!("style.css");
 
