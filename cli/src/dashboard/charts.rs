@@ -117,6 +117,16 @@ pub fn timeline(snapshots: &[pb::SnapshotInfo], now_ms: i64) -> Markup {
     }
 }
 
+/// The key above a chart of estimated against actual bars.
+fn legend(estimate: &str, actual_class: &str) -> Markup {
+    html! {
+        rect.estimate x=(LABEL) y="4" width="12" height="8" {}
+        text.tick x=(LABEL + 16.0) y="12" { (estimate) }
+        rect class=(format!("actual {actual_class}")) x=(LABEL + 100.0) y="4" width="12" height="8" {}
+        text.tick x=(LABEL + 116.0) y="12" { "actual" }
+    }
+}
+
 /// Drills newest first, each as two bars: the estimate before it and the time it took.
 pub fn drill_bars(drills: &[pb::DrillInfo]) -> Markup {
     let shown: Vec<&pb::DrillInfo> = drills.iter().take(30).collect();
@@ -132,10 +142,7 @@ pub fn drill_bars(drills: &[pb::DrillInfo]) -> Markup {
     html! {
         svg.chart.drills role="img" viewBox=(format!("0 0 {WIDTH} {}", bottom + 24.0)) {
             title { "Drills: estimated against actual restore time" }
-            rect.estimate x=(LABEL) y="4" width="12" height="8" {}
-            text.tick x=(LABEL + 16.0) y="12" { "estimate" }
-            rect.actual.passed x=(LABEL + 90.0) y="4" width="12" height="8" {}
-            text.tick x=(LABEL + 106.0) y="12" { "actual" }
+            (legend("estimate", "passed"))
             (grid(axis, top, bottom, |v| millis(v as u64)))
             @for (i, d) in shown.iter().enumerate() {
                 @let y = top + row * i as f64;
@@ -187,10 +194,7 @@ pub fn plan_gantt(p: &pb::PlanInfo, now_ms: i64) -> Markup {
     html! {
         svg.chart.gantt role="img" viewBox=(format!("0 0 {WIDTH} {}", bottom + 24.0)) {
             title { "Recovery plan: devices on a time axis from the plan's start" }
-            rect.estimate x=(LABEL) y="4" width="12" height="8" {}
-            text.tick x=(LABEL + 16.0) y="12" { "estimated" }
-            rect.actual.done x=(LABEL + 100.0) y="4" width="12" height="8" {}
-            text.tick x=(LABEL + 116.0) y="12" { "actual" }
+            (legend("estimated", "done"))
             (grid(axis, top, bottom, |v| millis(v as u64)))
             @for (i, d) in devices.iter().enumerate() {
                 @let y = top + row * i as f64;

@@ -427,13 +427,16 @@ pub async fn plans(State(c): State<Console>) -> Page {
     ))
 }
 
-pub async fn plan(State(c): State<Console>, Path(id): Path<String>) -> Page {
-    let p = c
-        .api
+async fn get_plan(c: &Console, id: String) -> Result<pb::PlanInfo, PageError> {
+    Ok(c.api
         .clone()
-        .get_plan(pb::NameRef { name: id.clone() })
+        .get_plan(pb::NameRef { name: id })
         .await?
-        .into_inner();
+        .into_inner())
+}
+
+pub async fn plan(State(c): State<Console>, Path(id): Path<String>) -> Page {
+    let p = get_plan(&c, id).await?;
     let running = p.state == PlanState::Running;
     let now = now_ms();
     let done = p.devices.iter().filter(|d| d.state == "done").count();
@@ -494,12 +497,7 @@ pub async fn plan(State(c): State<Console>, Path(id): Path<String>) -> Page {
 }
 
 pub async fn confirm_plan_run(State(c): State<Console>, Path(id): Path<String>) -> Page {
-    let p = c
-        .api
-        .clone()
-        .get_plan(pb::NameRef { name: id.clone() })
-        .await?
-        .into_inner();
+    let p = get_plan(&c, id).await?;
     let body = html! {
         @if p.state != PlanState::Planned {
             p.warning { "This plan is " (p.state) "; only a planned plan can be run." }
