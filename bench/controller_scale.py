@@ -12,9 +12,13 @@ pipeline: commits per second and p99 latency from job receipt to committed.
 
     cargo build --release --workspace --bins --examples
     python3 bench/controller_scale.py [--agents 1000 10000] [--measure-s 60] [--commits 1000] [--sources 3] [--plan]
+        [--restores 1000 --restore-mb 16] [--controller-arg=--restore-memory=256MiB ...]
 
 With --sources K each committing agent backs up K tiny directories (K commits per job); with
---plan a recovery of every committed device is then planned three times and timed.
+--plan a recovery of every committed device is then planned three times and timed. With
+--restores N the first agent's backup holds --restore-mb MiB more, and that snapshot is then
+restored onto N agents at once (the load generator fetches and verifies every chunk through
+GetChunks and discards it): the controller's idle and peak RSS, its CPU, the aggregate rate.
 
 Writes the "## Controller scale" section of BENCHMARKS.md unless --out is given.
 """
@@ -32,12 +36,13 @@ from run import BIN, REPO, replace_section, start_controller  # noqa: E402
 SECTION = "## Controller scale"
 
 
-def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, plan=False):
+def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, plan=False, restores=0, restore_mb=16,
+              controller_args=()):
     d = work / f"n{n}"
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
-    ctl, url, fp = start_controller(bin_dir, d)
+    ctl, url, fp = start_controller(bin_dir, d, extra=controller_args)
     try:
         env = {**os.environ, "LIFEBOAT_IDENTITY": str(d / "ctl" / "admin.identity"), "LIFEBOAT_CONTROLLER": url}
         tokens = []
@@ -49,7 +54,8 @@ def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, pla
         out = subprocess.run([load, "--controller", url, "--tokens", ",".join(tokens), "--ca-fingerprint", fp,
                               "--identity", d / "ctl" / "admin.identity", "--agents", str(n), "--dir", d / "sim",
                               "--heartbeat-ms", str(heartbeat_ms), "--measure-s", str(measure_s), "--commits", str(commits),
-                              "--sources", str(sources), *(["--plan"] if plan else [])],
+                              "--sources", str(sources), *(["--plan"] if plan else []),
+                              *(["--restores", str(restores), "--restore-mb", str(restore_mb)] if restores else [])],
                              env={**env, "LIFEBOAT_CONTROLLER_PID": str(ctl.pid)}, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"load generator failed: {out.stderr[-3000:]}")
@@ -67,6 +73,9 @@ def main():
     ap.add_argument("--commits", type=int, default=1000, help="agents committing at once (first round only)")
     ap.add_argument("--sources", type=int, default=1, help="sources each committing agent backs up")
     ap.add_argument("--plan", action="store_true", help="then plan a recovery of every committed device (3 times, timed)")
+    ap.add_argument("--restores", type=int, default=0, help="then restore one snapshot onto this many agents at once (first round)")
+    ap.add_argument("--restore-mb", type=int, default=16, help="the restored snapshot's extra data, MiB")
+    ap.add_argument("--controller-arg", action="append", default=[], help="an argument for lifeboat-controller serve (repeatable)")
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/lifeboat-scale"))
     ap.add_argument("--bin", type=Path, default=BIN)
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
@@ -76,7 +85,8 @@ def main():
         print(f"{n} agents ...", flush=True)
         first = i == 0
         r = one_round(n, args.work, args.bin, args.measure_s, args.commits if first else 0, args.heartbeat_ms,
-                      args.sources, args.plan and first)
+                      args.sources, args.plan and first, args.restores if first else 0, args.restore_mb,
+                      args.controller_arg)
         print(json.dumps(r), flush=True)
         rows.append(r)
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -84,7 +94,9 @@ def main():
         SECTION,
         "",
         f"Command: `python3 bench/controller_scale.py --agents {' '.join(map(str, args.agents))} --measure-s {args.measure_s}"
-        f" --commits {args.commits}{f' --sources {args.sources}' if args.sources != 1 else ''}{' --plan' if args.plan else ''}` (after `cargo build --release --workspace --bins --examples`).",
+        f" --commits {args.commits}{f' --sources {args.sources}' if args.sources != 1 else ''}{' --plan' if args.plan else ''}"
+        f"{f' --restores {args.restores} --restore-mb {args.restore_mb}' if args.restores else ''}"
+        f"{''.join(f' --controller-arg={a}' for a in args.controller_arg)}` (after `cargo build --release --workspace --bins --examples`).",
         f"Machine: {os.cpu_count()} cores, {mem / 2**30:.0f} GiB RAM; the load generator (one process, `agent/examples/load.rs`)",
         "runs on the same machine as the controller. Each simulated agent enrolled with its own key and CSR and keeps",
         f"its own TLS connection and session, heartbeating every {args.heartbeat_ms / 1000:g} s (lifeboat-agent: every 15 s),",
@@ -117,6 +129,20 @@ def main():
                 f"Then a recovery of those {p['devices']} devices ({p['sources']} sources) is planned three times (`PlanRecovery`,",
                 "as an operator, timed by the caller): " + ", ".join(f"{ms} ms" for ms in p["ms"]) + ".",
             ]
+    r = rows[0].get("restores")
+    if r:
+        lines += [
+            "",
+            f"Then one snapshot ({r['snapshot_bytes'] / 2**20:.0f} MiB) is restored onto {r['restores']} of those agents at once, through GetChunks",
+            "(each simulated agent fetches the tree and every chunk over two streams, as a real restore does, checks each chunk",
+            "against its id and discards it; the controller's RSS is sampled every 100 ms):",
+            "",
+            "| restores at once | verified | wall | aggregate | latency p50 / p99 | controller CPU | controller RSS idle → peak | growth per restore |",
+            "|---|---|---|---|---|---|---|---|",
+            f"| {r['restores']} | {r['verified']} | {r['wall_s']:.1f} s | {r['aggregate_mb_per_s']:.0f} MB/s | "
+            f"{r['latency_ms_p50'] / 1000:.1f} / {r['latency_ms_p99'] / 1000:.1f} s | {r['controller_cpu_s']:.1f} s | "
+            f"{r['controller_rss_idle'] / 2**20:.0f} → {r['controller_rss_peak'] / 2**20:.0f} MiB | {r['controller_rss_growth_per_restore'] / 2**10:.0f} KiB |",
+        ]
     text = "\n".join(lines) + "\n"
     print(text)
     replace_section(args.out, SECTION, text)

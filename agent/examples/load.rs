@@ -5,7 +5,7 @@
 //!     cargo run --release -p lifeboat-agent --example load -- \
 //!         --controller URL --tokens T1,T2 --ca-fingerprint FP --identity ADMIN.identity \
 //!         --agents 10000 --dir DIR [--heartbeat-ms 15000] [--measure-s 60] [--commits 1000] \
-//!         [--sources 3] [--plan]
+//!         [--sources 3] [--plan] [--restores 1000 --restore-mb 16]
 //!
 //! Every agent keeps one session (a TLS connection and an HTTP/2 stream) and heartbeats;
 //! the controller acknowledges each heartbeat, and the round trip is the heartbeat latency.
@@ -14,7 +14,12 @@
 //! (`lifeboat_agent::backup::backup_source`: scan, MissingChunks, PutChunks, signed
 //! CommitSnapshot); with `--sources K`, each agent has K sources and backs up all of them.
 //! With `--plan`, a recovery of every committed device is then planned three times
-//! (`PlanRecovery`, as an operator) and each planning call is timed. Prints one JSON object
+//! (`PlanRecovery`, as an operator) and each planning call is timed. With `--restores N`,
+//! the first agent's backup also holds `--restore-mb` MiB of incompressible data, and that
+//! snapshot is then restored onto the first N agents at once (StartRestore, as an
+//! operator): each fetches the tree and every chunk through GetChunks, as a real agent's
+//! restore does, verifies each chunk against its id and discards it; the controller's
+//! RSS is sampled before and during the restores. Prints one JSON object
 //! (bench/controller_scale.py runs it).
 
 use std::collections::HashMap;
@@ -48,6 +53,8 @@ struct Args {
     commits: usize,
     sources: usize,
     plan: bool,
+    restores: usize,
+    restore_mb: usize,
 }
 
 fn args() -> Result<Args, Error> {
@@ -67,9 +74,14 @@ fn args() -> Result<Args, Error> {
         dir: need("--dir")?.into(),
         heartbeat: Duration::from_millis(get("--heartbeat-ms").map_or(Ok(15_000), |s| s.parse())?),
         measure: Duration::from_secs(get("--measure-s").map_or(Ok(60), |s| s.parse())?),
-        commits: get("--commits").map_or(Ok(0), |s| s.parse())?,
+        // The restores read the first agent's backup: it commits one at least.
+        commits: get("--commits")
+            .map_or(Ok(0), |s| s.parse())?
+            .max(usize::from(all.iter().any(|a| a == "--restores"))),
         sources: get("--sources").map_or(Ok(1), |s| s.parse())?.max(1),
         plan: all.iter().any(|a| a == "--plan"),
+        restores: get("--restores").map_or(Ok(0), |s| s.parse())?,
+        restore_mb: get("--restore-mb").map_or(Ok(16), |s| s.parse())?,
     })
 }
 
@@ -90,6 +102,8 @@ struct Shared {
     /// Backup job receipt → committed, milliseconds.
     commits: Mutex<Vec<u64>>,
     failures: Mutex<Vec<String>>,
+    /// Restores that finished: (job receipt → verified, milliseconds; bytes fetched).
+    restores: Mutex<Vec<(u64, u64)>>,
 }
 
 fn now_ms() -> u64 {
@@ -203,6 +217,36 @@ async fn agent(
                         shared.rtts.lock().map_err(|_| "poisoned")?.push(rtt);
                     }
                 }
+                Some(pb::ControllerMessage { msg: Some(controller_message::Msg::Job(pb::Job {
+                    job_id,
+                    kind: Some(pb::job::Kind::Restore(restore)),
+                })) }) => {
+                    let (state, api, shared, out_tx) = (state.clone(), api.clone(), shared.clone(), out_tx.clone());
+                    tokio::spawn(async move {
+                        let got = Instant::now();
+                        let mut update = pb::JobUpdate {
+                            job_id: job_id.clone(),
+                            state: pb::JobState::Succeeded as i32,
+                            ..Default::default()
+                        };
+                        match fetch_and_verify(&state, api, &job_id, &restore).await {
+                            Ok((files, bytes)) => {
+                                if let Ok(mut r) = shared.restores.lock() {
+                                    r.push((got.elapsed().as_millis() as u64, bytes));
+                                }
+                                update.restore = Some(pb::RestoreResult { files, bytes, ..Default::default() });
+                            }
+                            Err(e) => {
+                                if let Ok(mut f) = shared.failures.lock() {
+                                    f.push(format!("restore: {e}"));
+                                }
+                                update.state = pb::JobState::Failed as i32;
+                                update.error = e.to_string();
+                            }
+                        }
+                        let _ = out_tx.send(pb::AgentMessage { msg: Some(Msg::JobUpdate(update)) }).await;
+                    });
+                }
                 Some(pb::ControllerMessage { msg: Some(controller_message::Msg::Job(job)) }) => {
                     let (state, api, sources, shared, out_tx) =
                         (state.clone(), api.clone(), sources.clone(), shared.clone(), out_tx.clone());
@@ -254,6 +298,99 @@ async fn agent(
     }
 }
 
+/// Chunk ids per GetChunks request, and requests in flight per restore (a real agent's
+/// restore also reads through two streams).
+const IDS_PER_REQUEST: usize = 512;
+const FETCH_STREAMS: usize = 2;
+
+/// What a restore does on the wire, without writing files: the tree, then every file's
+/// chunks through GetChunks, each decoded and checked against its keyed id, then dropped.
+/// Returns the files and the chunk bytes received.
+async fn fetch_and_verify(
+    state: &AgentState,
+    api: AgentApiClient<tonic::transport::Channel>,
+    job_id: &str,
+    job: &pb::RestoreJob,
+) -> Result<(u64, u64), Error> {
+    let record = lifeboat_core::snapshot::Record::parse(&job.record)?;
+    let tree_ids = record.tree_chunks()?;
+    let mut contents = Vec::new();
+    for want in tree_ids.chunks(IDS_PER_REQUEST) {
+        let key = &state.chunk_key;
+        get_verified(&mut api.clone(), job_id, want, key, |data| {
+            contents.push(data)
+        })
+        .await?;
+    }
+    let tree = record.read_tree(&state.chunk_key, contents)?;
+    let files = tree
+        .entries
+        .iter()
+        .filter(|e| e.kind == lifeboat_core::tree::Kind::File);
+    let files_n = files.clone().count() as u64;
+    let ids: Vec<lifeboat_core::ChunkId> = files.flat_map(|e| e.chunks.iter().copied()).collect();
+    let requests: Vec<Vec<lifeboat_core::ChunkId>> =
+        ids.chunks(IDS_PER_REQUEST).map(<[_]>::to_vec).collect();
+    let next = Arc::new(AtomicUsize::new(0));
+    let requests = Arc::new(requests);
+    let mut lanes = Vec::new();
+    for _ in 0..FETCH_STREAMS {
+        let (mut api, next, requests, key, job_id) = (
+            api.clone(),
+            next.clone(),
+            requests.clone(),
+            state.chunk_key.clone(),
+            job_id.to_string(),
+        );
+        lanes.push(tokio::spawn(async move {
+            let mut bytes = 0u64;
+            while let Some(want) = requests.get(next.fetch_add(1, Ordering::Relaxed)) {
+                bytes += get_verified(&mut api, &job_id, want, &key, drop).await?;
+            }
+            Ok::<u64, Error>(bytes)
+        }));
+    }
+    let mut bytes = 0;
+    for lane in lanes {
+        bytes += lane.await??;
+    }
+    Ok((files_n, bytes))
+}
+
+/// One GetChunks request: every chunk decoded and checked against its id, in order, then
+/// handed to `each`. Returns the encoded bytes received.
+async fn get_verified(
+    api: &mut AgentApiClient<tonic::transport::Channel>,
+    job_id: &str,
+    want: &[lifeboat_core::ChunkId],
+    key: &lifeboat_core::ChunkKey,
+    mut each: impl FnMut(Vec<u8>),
+) -> Result<u64, Error> {
+    let mut stream = api
+        .get_chunks(pb::GetChunksRequest {
+            job_id: job_id.to_string(),
+            ids: want.iter().map(|i| i.as_bytes().to_vec()).collect(),
+        })
+        .await?
+        .into_inner();
+    let (mut got, mut bytes) = (0, 0u64);
+    while let Some(batch) = stream.message().await? {
+        for c in batch.chunks {
+            let id = want.get(got).ok_or("more chunks than asked")?;
+            if c.id != id.as_bytes() || !c.unavailable.is_empty() {
+                return Err(format!("chunk {id}: {}", c.unavailable).into());
+            }
+            each(lifeboat_core::codec::decode_verified(key, id, &c.blob)?);
+            bytes += c.blob.len() as u64;
+            got += 1;
+        }
+    }
+    if got != want.len() {
+        return Err(format!("{got} of {} chunks", want.len()).into());
+    }
+    Ok(bytes)
+}
+
 fn rand_u64(seed: &str) -> u64 {
     let h = blake3::hash(seed.as_bytes());
     u64::from_le_bytes(h.as_bytes()[..8].try_into().unwrap_or_default())
@@ -298,8 +435,22 @@ fn controller_pid(url: &str) -> Option<u32> {
     std::env::var("LIFEBOAT_CONTROLLER_PID").ok()?.parse().ok()
 }
 
-/// Agent `i`'s `n` tiny source directories, one new file each.
-fn make_sources(dir: &Path, i: usize, n: usize) -> Result<Vec<PathBuf>, Error> {
+/// Agent `i`'s `n` tiny source directories, one new file each; the first agent's first
+/// source also holds `extra_mib` MiB of incompressible data (what the restores read).
+fn make_sources(dir: &Path, i: usize, n: usize, extra_mib: usize) -> Result<Vec<PathBuf>, Error> {
+    if i == 0 && extra_mib > 0 {
+        let src = dir.join("sources/a00000");
+        std::fs::create_dir_all(&src)?;
+        let mut data = vec![0u8; extra_mib << 20];
+        let mut xof = blake3::Hasher::new()
+            .update(b"load restore data")
+            .finalize_xof();
+        xof.fill(&mut data);
+        // Files of 4 MiB, as a restore of a real tree has several.
+        for (k, part) in data.chunks(4 << 20).enumerate() {
+            std::fs::write(src.join(format!("data-{k:03}.bin")), part)?;
+        }
+    }
     (0..n)
         .map(|k| {
             let src = match k {
@@ -316,6 +467,88 @@ fn make_sources(dir: &Path, i: usize, n: usize) -> Result<Vec<PathBuf>, Error> {
         .collect()
 }
 
+/// The first agent's snapshot restored onto the first `--restores` agents at once; the
+/// controller's RSS before (idle) and at its peak during, its CPU, the aggregate rate.
+async fn restore_burst(
+    a: &Args,
+    states: &[Arc<AgentState>],
+    shared: &Shared,
+    pid: Option<u32>,
+) -> Result<serde_json::Value, Error> {
+    let id = IdentityFile::load(&a.identity)?;
+    let tls = ClientTls::with_identity(&id.ca_pem, &id.cert_pem, &id.key_pem)?;
+    let mut op = OperatorApiClient::new(transport::connect(&a.controller, tls).await?);
+    let snapshot = op
+        .list_snapshots(pb::ListSnapshotsRequest {
+            agent: states[0].info.name.clone(),
+            source: source_name(0),
+        })
+        .await?
+        .into_inner()
+        .snapshots
+        .into_iter()
+        .max_by_key(|s| s.received_unix_ms)
+        .ok_or("the first agent committed no snapshot to restore")?;
+    let n = a.restores.min(states.len());
+    // Idle: after the commits have settled.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let idle = pid.map(proc_stat);
+    let failed_before = shared.failures.lock().map_err(|_| "poisoned")?.len();
+    let t = Instant::now();
+    let mut starts = Vec::new();
+    for (i, state) in states.iter().take(n).enumerate() {
+        let mut op = op.clone();
+        let req = pb::StartRestoreRequest {
+            snapshot: snapshot.id.clone(),
+            agent: state.info.name.clone(),
+            target: a
+                .dir
+                .join(format!("sources/restore-{i:05}"))
+                .display()
+                .to_string(),
+            ..Default::default()
+        };
+        starts.push(tokio::spawn(async move { op.start_restore(req).await }));
+    }
+    for s in starts {
+        s.await??;
+    }
+    let mut peak_rss = 0;
+    loop {
+        let done = shared.restores.lock().map_err(|_| "poisoned")?.len();
+        let failed = shared.failures.lock().map_err(|_| "poisoned")?.len() - failed_before;
+        if let Some(p) = pid {
+            peak_rss = peak_rss.max(proc_stat(p).1);
+        }
+        if done + failed >= n {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(1200) {
+            return Err(format!("{done} of {n} restores after 20 minutes").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let wall = t.elapsed().as_secs_f64();
+    let done = shared.restores.lock().map_err(|_| "poisoned")?.clone();
+    let bytes: u64 = done.iter().map(|r| r.1).sum();
+    let mut lat: Vec<u64> = done.iter().map(|r| r.0).collect();
+    lat.sort_unstable();
+    let idle_rss = idle.map_or(0, |s| s.1);
+    Ok(serde_json::json!({
+        "restores": n,
+        "verified": done.len(),
+        "snapshot_bytes": snapshot.bytes,
+        "wall_s": wall,
+        "aggregate_mb_per_s": bytes as f64 / 1e6 / wall,
+        "latency_ms_p50": percentile(&lat, 0.5),
+        "latency_ms_p99": percentile(&lat, 0.99),
+        "controller_cpu_s": match (idle, pid.map(proc_stat)) { (Some(b), Some(a)) => a.0 - b.0, _ => 0.0 },
+        "controller_rss_idle": idle_rss,
+        "controller_rss_peak": peak_rss,
+        "controller_rss_growth_per_restore": peak_rss.saturating_sub(idle_rss) / n.max(1) as u64,
+    }))
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     transport::install_crypto_provider();
@@ -329,7 +562,8 @@ async fn main() -> Result<(), Error> {
     let t = Instant::now();
     let mut names = HashMap::new();
     for (i, state) in states.iter().enumerate() {
-        let sources = make_sources(&a.dir, i, a.sources)?;
+        let extra = if a.restores > 0 { a.restore_mb } else { 0 };
+        let sources = make_sources(&a.dir, i, a.sources, extra)?;
         names.insert(state.info.name.clone(), i);
         let (url, state, shared, hb) = (
             a.controller.clone(),
@@ -468,6 +702,11 @@ async fn main() -> Result<(), Error> {
             "snapshots_in_catalog": snapshots,
         });
     }
+    let restores = if a.restores > 0 {
+        restore_burst(&a, &states, &shared, pid).await?
+    } else {
+        serde_json::Value::Null
+    };
     let failures = shared.failures.lock().map_err(|_| "poisoned")?.clone();
     let out = serde_json::json!({
         "agents": states.len(),
@@ -485,6 +724,7 @@ async fn main() -> Result<(), Error> {
         "controller_rss_peak": peak_rss,
         "controller_disk_write_bytes_per_sec": written as f64 / secs,
         "commits": commit,
+        "restores": restores,
         "failures": failures.len(),
         "first_failures": failures.iter().take(5).collect::<Vec<_>>(),
     });
