@@ -199,10 +199,13 @@ impl AgentApi for AgentService {
         let (job, wanted) = self
             .granted(&agent, req.into_inner(), "/lifeboat.v1.AgentApi/GetChunks")
             .await?;
+        // Nothing is read for a restore until it is among those being served.
+        let admitted = self.0.restore_admission.enter(&job.id).await;
         let (tx, rx) = mpsc::channel(1);
         let ctl = self.0.clone();
         let pacer = self.0.jobs.pacer(&job.policy);
         tokio::task::spawn_blocking(move || {
+            let _admitted = admitted;
             let mut batch = pb::ChunkBatch::default();
             let mut bytes = 0usize;
             for id in wanted {

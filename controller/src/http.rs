@@ -108,6 +108,21 @@ async fn render(ctl: Arc<Controller>) -> String {
         "1 when the object store retains every pack and envelope against everyone until its lock ends (S3 Object Lock, COMPLIANCE).",
         u64::from(ctl.store.object_lock()),
     );
+    gauge(
+        "lifeboat_restores_served_limit",
+        "Restores the controller serves chunks to at once (--restore-memory / 8 MiB).",
+        ctl.restore_admission.limit() as u64,
+    );
+    gauge(
+        "lifeboat_restores_served",
+        "Restores the controller is serving chunks to now.",
+        ctl.restore_admission.serving() as u64,
+    );
+    gauge(
+        "lifeboat_restores_waiting",
+        "Restores waiting for their turn to be served chunks.",
+        ctl.restore_admission.waiting() as u64,
+    );
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
     for (name, help, v) in [
         (

@@ -22,6 +22,7 @@
 //! so that order reads top to bottom; a rule of any domain does not belong here.
 
 pub(crate) mod access;
+pub(crate) mod admission;
 pub(crate) mod agent_api;
 pub(crate) mod approvals;
 pub(crate) mod audit;
@@ -131,6 +132,8 @@ pub struct Controller {
     /// Chunk bytes restores read: sent by the controller (`GetChunks`), or granted for a
     /// read straight from the object store (`LocateChunks`).
     pub restore_bytes_sent: std::sync::atomic::AtomicU64,
+    /// Which restores GetChunks serves now; the others wait their turn.
+    pub restore_admission: Arc<admission::Admission>,
     pub restore_bytes_direct: std::sync::atomic::AtomicU64,
     /// Held by commit groups (check again, write the envelopes, list the snapshots) and
     /// by GC's sweep, so neither sees the other half done.
@@ -156,6 +159,9 @@ pub struct Controller {
 
 /// The default of `--upload-quota`: bytes one backup job may upload.
 pub const DEFAULT_UPLOAD_QUOTA: u64 = 1 << 40;
+
+/// The default of `--restore-memory` (32 restores served at once).
+pub const DEFAULT_RESTORE_MEMORY: u64 = 256 << 20;
 
 /// Commits listed together at most (one pass under the commit lock, one round of syncs).
 const COMMIT_GROUP_MAX: usize = 256;
@@ -184,6 +190,8 @@ pub struct ServeConfig {
     pub gc_lease: Duration,
     /// Bytes one backup job may upload unless its policy says otherwise.
     pub upload_quota: u64,
+    /// Memory for restores read through the controller (`admission::Admission`).
+    pub restore_memory: u64,
     /// How long a presigned GET handed to a restoring agent lasts (S3 stores).
     pub store_url_ttl: Duration,
     /// How often the controller saves its own state in the store, for `recover` (None:
@@ -404,6 +412,7 @@ pub fn start_with_clock(
         restore_bytes_sent: Default::default(),
         restore_bytes_direct: Default::default(),
         upload_quota: cfg.upload_quota,
+        restore_admission: admission::Admission::new(cfg.restore_memory),
         commit_lock: std::sync::Mutex::new(()),
         commits: group::Group::new(COMMIT_GROUP_MAX),
         chunk_sweeps: Default::default(),

@@ -114,6 +114,11 @@ struct ServeArgs {
     /// past it is refused, and GC reclaims what it uploaded.
     #[arg(long, default_value = "1TiB", value_parser = parse_size)]
     upload_quota: u64,
+    /// Memory for restores read through the controller: it serves chunks to this much
+    /// divided by 8 MiB restores at once (what one holds in flight), the rest wait their
+    /// turn. Restores straight from an S3 store do not count.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+    restore_memory: u64,
     /// With an S3 store, agents restore straight from it through presigned GETs that last
     /// this long (each request for more chunks gets fresh ones).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
@@ -234,6 +239,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 scrub_period,
                 gc_lease,
                 upload_quota,
+                restore_memory,
                 store_url_ttl,
                 state_every,
                 copy_store,
@@ -283,6 +289,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     scrub_period: (!scrub_period.is_zero()).then_some(scrub_period),
                     gc_lease,
                     upload_quota,
+                    restore_memory,
                     store_url_ttl,
                     state_every: (!state_every.is_zero()).then_some(state_every),
                     copy,

@@ -429,3 +429,74 @@ fn background_workers_show_their_runs_and_last_failure() {
         .expect("anchor failures metric");
     assert_ne!(failures.rsplit(' ').next(), Some("0"), "{failures}");
 }
+
+/// D1/D5 with the controller's restore memory cut to one restore at a time
+/// (`--restore-memory 8MiB`): three restores started at once each read several GetChunks
+/// requests over two streams, as agents do; they take turns and all end byte-identical,
+/// none stuck behind another's stream, and /metrics says how many are served.
+#[test]
+fn restores_beyond_the_served_limit_take_turns_and_all_complete() {
+    let mut fleet = Fleet::start_with(&["--restore-memory", "8MiB"]);
+    let mut sources = Vec::new();
+    for (i, name) in ["r1", "r2", "r3"].iter().enumerate() {
+        let root = fleet.path(&format!("machines/{name}"));
+        let data = root.join("data");
+        std::fs::create_dir_all(&data).expect("mkdir");
+        // Over a thousand small files (more chunk ids than one request asks for) and a
+        // large one: each restore opens several requests.
+        let mut rng = Rng::new(40 + i as u64);
+        for f in 0..1200 {
+            std::fs::write(data.join(format!("s{f:04}")), rng.bytes(512 + f % 700)).expect("write");
+        }
+        std::fs::write(data.join("big"), rng.bytes(6 << 20)).expect("write");
+        let agent = fleet.enroll(name);
+        fleet.run_agent_with(&agent, &[("data", &data)], &[&root], &["--no-docker"]);
+        sources.push((name.to_string(), root, data));
+    }
+    fleet.wait_connected(3);
+    let snapshots: Vec<String> = sources
+        .iter()
+        .map(|(name, _, _)| {
+            fleet.backup(name, "data")["id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    let jobs: Vec<String> = sources
+        .iter()
+        .zip(&snapshots)
+        .map(|((name, root, _), snap)| {
+            let to = root.join("restored");
+            fleet.start_job(&[
+                "restore",
+                snap,
+                "--agent",
+                name,
+                "--to",
+                to.to_str().expect("utf-8"),
+            ])
+        })
+        .collect();
+    for id in &jobs {
+        let state =
+            lifeboat_tests::wait_for("the restore to end", Duration::from_secs(180), || {
+                let j = fleet.job_info(id);
+                let s = j["state"].as_str().unwrap_or_default().to_string();
+                (s != "queued" && s != "running").then_some(s)
+            });
+        assert_eq!(state, "succeeded", "{}", fleet.job_info(id));
+    }
+    for (_, root, data) in &sources {
+        tree::assert_same(&tree::manifest(data), &root.join("restored"));
+    }
+    let metrics = lifeboat_tests::metrics(&fleet);
+    assert!(
+        metrics.contains("lifeboat_restores_served_limit 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lifeboat_restores_waiting 0\n"),
+        "{metrics}"
+    );
+}

@@ -45,6 +45,7 @@ pub async fn up(
             scrub_period: Some(std::time::Duration::from_secs(30 * 86_400)),
             gc_lease: std::time::Duration::from_secs(6 * 3600),
             upload_quota: lifeboat_controller::DEFAULT_UPLOAD_QUOTA,
+            restore_memory: lifeboat_controller::DEFAULT_RESTORE_MEMORY,
             store_url_ttl: lifeboat_controller::DEFAULT_STORE_URL_TTL,
             state_every: Some(lifeboat_controller::DEFAULT_STATE_EVERY),
             copy: None,
