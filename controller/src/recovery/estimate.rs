@@ -16,7 +16,8 @@
 //! without samples of its own borrows the fleet's figures for that kind (`assumed`), and a
 //! fleet without any uses [`DEFAULT_RATE`] and [`DEFAULT_FIXED_MS`] (`assumed`).
 //!
-//! A plan adds limits: at most `concurrency` devices at once, and the controller's egress
+//! A plan adds limits: at most `concurrency` devices at once (and, for restores read
+//! through the controller, no more than it serves at once: `plan::served_at_once`), and the controller's egress
 //! shared by the restores moving data at the same moment: the plan's `--bandwidth`, and in
 //! any case the fleet's capacity, which is the best aggregate rate a finished plan moved
 //! data at (an `egress` sample, recorded when a plan ends), and at least the best rate one

@@ -165,8 +165,9 @@ pub fn create(
     }
     // Plan order: tier, then shortest first.
     let bandwidth = model.plan_bandwidth(plan.bandwidth);
-    let order = estimate::order(&works, concurrency as usize, bandwidth);
-    let spans = estimate::simulate(&works, &[], &order, concurrency as usize, bandwidth, 0.0);
+    let at_once = served_at_once(ctl, concurrency);
+    let order = estimate::order(&works, at_once, bandwidth);
+    let spans = estimate::simulate(&works, &[], &order, at_once, bandwidth, 0.0);
     let mut devices = Vec::with_capacity(order.len());
     for &i in &order {
         let mut d = plan.devices[i].clone();
@@ -487,4 +488,16 @@ fn first_of(lines: &[String]) -> String {
         out.push_str(&format!("\n  … and {} more", lines.len() - SHOWN));
     }
     out
+}
+
+/// Devices whose restores really run at once under a plan's `concurrency`: through the
+/// controller, no more than it serves at once (`admission`); straight from an S3 store,
+/// the plan's own limit.
+pub(crate) fn served_at_once(ctl: &Controller, concurrency: u32) -> usize {
+    let plan = concurrency.max(1) as usize;
+    if ctl.store.direct_reads() {
+        plan
+    } else {
+        plan.min(ctl.restore_admission.limit())
+    }
 }

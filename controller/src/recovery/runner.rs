@@ -525,7 +525,7 @@ fn reestimate(
         &works,
         &running,
         &pending,
-        plan.concurrency as usize,
+        super::plan::served_at_once(ctl, plan.concurrency),
         model.plan_bandwidth(plan.bandwidth),
         at,
     );
