@@ -30,6 +30,9 @@ pub struct Admission {
     slots: Arc<Semaphore>,
     limit: usize,
     jobs: Mutex<HashMap<String, Arc<Job>>>,
+    /// Milliseconds each job waited for its turn, until its outcome is recorded: the
+    /// downtime model counts a restore's own time, not its place in the queue.
+    waited_ms: Mutex<HashMap<String, u64>>,
 }
 
 #[derive(Default)]
@@ -53,6 +56,7 @@ impl Admission {
             slots: Arc::new(Semaphore::new(limit)),
             limit,
             jobs: Mutex::new(HashMap::new()),
+            waited_ms: Mutex::new(HashMap::new()),
         })
     }
 
@@ -86,15 +90,31 @@ impl Admission {
         // Concurrent streams of one job wait for the same slot; the semaphore is fair, so
         // jobs are served in the order they asked.
         let slots = self.slots.clone();
+        let asked = std::time::Instant::now();
         let _ = job
             .slot
             .get_or_try_init(|| async move { slots.acquire_owned().await })
             .await;
+        let waited = asked.elapsed().as_millis() as u64;
+        if waited > 0 {
+            let mut w = self.waited_ms.lock().unwrap_or_else(|p| p.into_inner());
+            *w.entry(job_id.to_string()).or_default() += waited;
+        }
         Admitted {
             admission: self.clone(),
             job_id: job_id.to_string(),
             job,
         }
+    }
+
+    /// How long `job_id` waited for its turn in all (forgotten once asked: a job's outcome
+    /// is recorded once).
+    pub fn take_waited_ms(&self, job_id: &str) -> u64 {
+        self.waited_ms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(job_id)
+            .unwrap_or(0)
     }
 
     /// Frees the job's slot if it has no stream open (after the linger).
@@ -171,6 +191,10 @@ mod tests {
         assert_eq!(adm.serving(), 2);
         assert_eq!(adm.waiting(), 0);
         drop(c);
+        // c's wait is known (for its outcome), once; a and b did not wait.
+        assert!(adm.take_waited_ms("c") >= LINGER.as_millis() as u64);
+        assert_eq!(adm.take_waited_ms("c"), 0);
+        assert!(adm.take_waited_ms("a") < 50);
     }
 
     #[test]

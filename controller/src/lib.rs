@@ -375,11 +375,14 @@ pub fn start_with_clock(
     if let Some(copy) = &cfg.copy {
         store.add_copy(&copy.name, open_copy_store(copy, &cfg.data_dir)?);
     }
-    let jobs = jobs::Jobs::new(
-        catalog.clone(),
-        clock.clone(),
-        Box::new(recovery::outcome::restore_finished),
-    );
+    let restore_admission = admission::Admission::new(cfg.restore_memory);
+    let jobs = jobs::Jobs::new(catalog.clone(), clock.clone(), {
+        let admission = restore_admission.clone();
+        Box::new(move |catalog, row, now_ms| {
+            let waited_ms = admission.take_waited_ms(&row.id);
+            recovery::outcome::restore_finished(catalog, row, now_ms, waited_ms)
+        })
+    });
     jobs.recover_after_restart()?;
     let audit = audit::Audit::new(
         catalog.clone(),
@@ -412,7 +415,7 @@ pub fn start_with_clock(
         restore_bytes_sent: Default::default(),
         restore_bytes_direct: Default::default(),
         upload_quota: cfg.upload_quota,
-        restore_admission: admission::Admission::new(cfg.restore_memory),
+        restore_admission,
         commit_lock: std::sync::Mutex::new(()),
         commits: group::Group::new(COMMIT_GROUP_MAX),
         chunk_sweeps: Default::default(),

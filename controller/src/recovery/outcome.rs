@@ -12,14 +12,20 @@ use crate::catalog::{Catalog, JobRow, SampleRow};
 use crate::error::ApiError;
 
 /// Called when a restore job ends: its result becomes a sample for the downtime model,
-/// and a drill that ran it gets its outcome.
-pub fn restore_finished(catalog: &Catalog, row: &JobRow, now_ms: i64) {
-    if let Err(e) = record_outcome(catalog, row, now_ms) {
+/// and a drill that ran it gets its outcome. `waited_ms`: how long it waited for the
+/// controller to serve it (`admission`), which is the queue's, not the restore's.
+pub fn restore_finished(catalog: &Catalog, row: &JobRow, now_ms: i64, waited_ms: u64) {
+    if let Err(e) = record_outcome(catalog, row, now_ms, waited_ms) {
         tracing::error!(job = %row.id, error = %e, "cannot record a restore's outcome");
     }
 }
 
-fn record_outcome(catalog: &Catalog, row: &JobRow, now_ms: i64) -> Result<(), ApiError> {
+fn record_outcome(
+    catalog: &Catalog,
+    row: &JobRow,
+    now_ms: i64,
+    waited_ms: u64,
+) -> Result<(), ApiError> {
     let result = row
         .result
         .as_deref()
@@ -42,7 +48,9 @@ fn record_outcome(catalog: &Catalog, row: &JobRow, now_ms: i64) -> Result<(), Ap
                         kind,
                         bytes: r.bytes,
                         data_ms: r.data_ms,
-                        total_ms,
+                        // The wait is mostly in the agent's setup (its first request
+                        // reads the tree), which the model's fixed part counts.
+                        total_ms: total_ms.saturating_sub(waited_ms),
                         shared: row.policy.starts_with(plan::JOB_TAG),
                     },
                     r.files,
