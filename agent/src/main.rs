@@ -14,15 +14,8 @@ use lifeboat_agent::enroll::{EnrollOptions, enroll};
     about = "Lifeboat agent: backs up and restores this machine for a controller"
 )]
 struct Cli {
-    /// How log lines are written: text (plain, or coloured on a terminal) or json (one
-    /// object per line).
-    #[arg(
-        long,
-        global = true,
-        default_value = "text",
-        env = "LIFEBOAT_LOG_FORMAT"
-    )]
-    log_format: lifeboat_proto::logs::LogFormat,
+    #[command(flatten)]
+    log: lifeboat_proto::logs::LogArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -120,7 +113,7 @@ fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    lifeboat_proto::logs::init(cli.log_format, "info");
+    lifeboat_proto::logs::init(cli.log.format, "info");
     if let Err(e) = real_main(cli).await {
         eprintln!("lifeboat-agent: {e:#}");
         std::process::exit(1);

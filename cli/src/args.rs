@@ -19,15 +19,8 @@ pub struct Cli {
     /// Operator identity file (default: the one `lifeboat up` made in the per-user data directory).
     #[arg(long, global = true, env = "LIFEBOAT_IDENTITY")]
     pub identity: Option<PathBuf>,
-    /// How log lines are written: text (plain, or coloured on a terminal) or json (one
-    /// object per line).
-    #[arg(
-        long,
-        global = true,
-        default_value = "text",
-        env = "LIFEBOAT_LOG_FORMAT"
-    )]
-    pub log_format: lifeboat_proto::logs::LogFormat,
+    #[command(flatten)]
+    pub log: lifeboat_proto::logs::LogArgs,
     #[command(subcommand)]
     pub cmd: Cmd,
 }

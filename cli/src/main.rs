@@ -31,7 +31,7 @@ async fn main() {
     });
     // Warnings and errors only, `lifeboat up` included: it prints its own summary, not the
     // controller's and agent's INFO lines (LIFEBOAT_LOG=info shows them).
-    lifeboat_proto::logs::init(cli.log_format, "warn");
+    lifeboat_proto::logs::init(cli.log.format, "warn");
     lifeboat_proto::transport::install_crypto_provider();
     let code = match commands::dispatch(cli).await {
         Ok(code) => code,

@@ -132,9 +132,9 @@ pub struct Controller {
     /// Chunk bytes restores read: sent by the controller (`GetChunks`), or granted for a
     /// read straight from the object store (`LocateChunks`).
     pub restore_bytes_sent: std::sync::atomic::AtomicU64,
+    pub restore_bytes_direct: std::sync::atomic::AtomicU64,
     /// Which restores GetChunks serves now; the others wait their turn.
     pub restore_admission: Arc<admission::Admission>,
-    pub restore_bytes_direct: std::sync::atomic::AtomicU64,
     /// Held by commit groups (check again, write the envelopes, list the snapshots) and
     /// by GC's sweep, so neither sees the other half done.
     pub commit_lock: std::sync::Mutex<()>,

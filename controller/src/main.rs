@@ -13,15 +13,8 @@ use clap::{CommandFactory, Parser, Subcommand};
     about = "Lifeboat controller: catalog, store and scheduler for a fleet of agents"
 )]
 struct Cli {
-    /// How log lines are written: text (plain, or coloured on a terminal) or json (one
-    /// object per line).
-    #[arg(
-        long,
-        global = true,
-        default_value = "text",
-        env = "LIFEBOAT_LOG_FORMAT"
-    )]
-    log_format: lifeboat_proto::logs::LogFormat,
+    #[command(flatten)]
+    log: lifeboat_proto::logs::LogArgs,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -216,7 +209,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
-    lifeboat_proto::logs::init(cli.log_format, "info");
+    lifeboat_proto::logs::init(cli.log.format, "info");
     if let Err(e) = real_main(cli).await {
         eprintln!("lifeboat-controller: {e:#}");
         std::process::exit(1);

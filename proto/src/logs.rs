@@ -24,6 +24,22 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// `--log-format`, declared once for the three programs (each flattens it into its
+/// command line).
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct LogArgs {
+    /// How log lines are written: text (plain, or coloured on a terminal) or json (one
+    /// object per line).
+    #[arg(
+        long = "log-format",
+        value_name = "LOG_FORMAT",
+        global = true,
+        default_value = "text",
+        env = "LIFEBOAT_LOG_FORMAT"
+    )]
+    pub format: LogFormat,
+}
+
 /// Sends the process's logs to stderr in `format`, at `LIFEBOAT_LOG`'s levels or
 /// `default_level`.
 pub fn init(format: LogFormat, default_level: &str) {
