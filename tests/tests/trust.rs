@@ -816,6 +816,8 @@ async fn agents_cannot_delete_overwrite_impersonate_or_backdate() {
     );
 }
 
+/// Also B17 (signature-bundle confusion): another snapshot's valid countersignature, with
+/// its receive time, attached to this one is refused: it is bound to the record it signed.
 #[test]
 fn a_tampered_record_or_countersignature_is_refused_before_any_write() {
     let mut fleet = Fleet::start();
@@ -833,6 +835,13 @@ fn a_tampered_record_or_countersignature_is_refused_before_any_write() {
     let file = fleet.envelope_path(&snap);
     let pristine = fs::read(&file).expect("envelope");
     let env = fleet.read_envelope(&snap);
+    // A second snapshot of the same source, whose countersignature is genuine.
+    fs::write(src.path().join("f2"), b"later").expect("write");
+    let other = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let other_env = fleet.read_envelope(&other);
 
     let mut cases: Vec<(&str, lifeboat_core::snapshot::Envelope, &str)> = Vec::new();
     let mut e = env.clone();
@@ -845,6 +854,11 @@ fn a_tampered_record_or_countersignature_is_refused_before_any_write() {
     let mut e = env.clone();
     e.received_unix_ms -= 86_400_000;
     cases.push(("receive time", e, "countersignature"));
+    let mut e = env.clone();
+    e.countersignature = other_env.countersignature.clone();
+    e.received_unix_ms = other_env.received_unix_ms;
+    assert_ne!(e.countersignature, env.countersignature);
+    cases.push(("another snapshot's countersignature", e, "countersignature"));
     for (what, tampered, named) in cases {
         fs::write(&file, fleet.sealed_envelope(&snap, &tampered)).expect("tamper");
         let target = root.path().join(what.replace(' ', "-"));
