@@ -430,7 +430,7 @@ fn background_workers_show_their_runs_and_last_failure() {
     assert_ne!(failures.rsplit(' ').next(), Some("0"), "{failures}");
 }
 
-/// D1/D5 with the controller's restore memory cut to one restore at a time
+/// D6 (mass recovery) in small, with the controller's restore memory cut to one restore at a time
 /// (`--restore-memory 8MiB`): three restores started at once each read several GetChunks
 /// requests over two streams, as agents do; they take turns and all end byte-identical,
 /// none stuck behind another's stream, and /metrics says how many are served.
