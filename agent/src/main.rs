@@ -86,18 +86,8 @@ enum Cmd {
         #[arg(long = "label", value_name = "KEY=VALUE")]
         labels: Vec<String>,
     },
-    /// Print a shell completion script (e.g. `lifeboat-agent completions bash >
-    /// /etc/bash_completion.d/lifeboat-agent`).
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// Write man pages for lifeboat-agent and each of its commands into a directory (e.g.
-    /// /usr/local/share/man/man1).
-    Man {
-        #[arg(long)]
-        out: PathBuf,
-    },
+    #[command(flatten)]
+    Docs(lifeboat_proto::docs::DocsCmd),
 }
 
 fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -142,15 +132,7 @@ async fn enroll_with(
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Completions { shell } => {
-            lifeboat_proto::docs::completions(Cli::command(), "lifeboat-agent", shell);
-            Ok(())
-        }
-        Cmd::Man { out } => {
-            let n = lifeboat_proto::docs::man_pages(&Cli::command(), "lifeboat-agent", &out)?;
-            println!("wrote {n} man pages to {}", out.display());
-            Ok(())
-        }
+        Cmd::Docs(d) => Ok(d.run(Cli::command(), "lifeboat-agent")?),
         Cmd::Enroll {
             controller,
             token,

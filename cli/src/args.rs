@@ -273,18 +273,8 @@ pub enum Cmd {
         #[arg(long)]
         no_open: bool,
     },
-    /// Print a shell completion script (e.g. `lifeboat completions bash >
-    /// /etc/bash_completion.d/lifeboat`).
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// Write man pages for lifeboat and each of its commands (lifeboat.1,
-    /// lifeboat-backup.1, ...) into a directory (e.g. /usr/local/share/man/man1).
-    Man {
-        #[arg(long)]
-        out: PathBuf,
-    },
+    #[command(flatten)]
+    Docs(lifeboat_proto::docs::DocsCmd),
 }
 
 #[derive(Subcommand)]

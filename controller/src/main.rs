@@ -33,18 +33,8 @@ enum Cmd {
     /// and the audit log from the newest state saved in the store, then everything the
     /// store gained since. The agents reconnect with the certificates they hold.
     Recover(Box<RecoverArgs>),
-    /// Print a shell completion script (e.g. `lifeboat-controller completions bash >
-    /// /etc/bash_completion.d/lifeboat-controller`).
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-    /// Write man pages for lifeboat-controller and each of its commands into a directory (e.g.
-    /// /usr/local/share/man/man1).
-    Man {
-        #[arg(long)]
-        out: PathBuf,
-    },
+    #[command(flatten)]
+    Docs(lifeboat_proto::docs::DocsCmd),
 }
 
 #[derive(clap::Args)]
@@ -305,15 +295,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Recover(args) => recover(*args).await,
-        Cmd::Completions { shell } => {
-            lifeboat_proto::docs::completions(Cli::command(), "lifeboat-controller", shell);
-            Ok(())
-        }
-        Cmd::Man { out } => {
-            let n = lifeboat_proto::docs::man_pages(&Cli::command(), "lifeboat-controller", &out)?;
-            println!("wrote {n} man pages to {}", out.display());
-            Ok(())
-        }
+        Cmd::Docs(d) => Ok(d.run(Cli::command(), "lifeboat-controller")?),
         Cmd::RebuildCatalog { data_dir } => {
             let r = tokio::task::spawn_blocking(move || {
                 lifeboat_controller::rebuild::rebuild_catalog(&data_dir)

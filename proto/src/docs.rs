@@ -2,7 +2,45 @@
 //! completions and man pages, so they never disagree with `--help`. The three programs'
 //! `completions` and `man` commands call these.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// The `completions` and `man` commands, the same in the three programs (each flattens
+/// them into its own commands and runs them with its own command line).
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum DocsCmd {
+    /// Print this program's shell completion script (e.g. `lifeboat completions bash >
+    /// /etc/bash_completion.d/lifeboat`; the same for lifeboat-controller and
+    /// lifeboat-agent).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for this program and each of its commands (e.g. lifeboat.1,
+    /// lifeboat-backup.1, ...) into a directory (e.g. /usr/local/share/man/man1).
+    Man {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+impl DocsCmd {
+    /// Runs it for the program `bin`, whose command line is `cmd`.
+    pub fn run(&self, cmd: clap::Command, bin: &str) -> std::io::Result<()> {
+        match self {
+            DocsCmd::Completions { shell } => completions(cmd, bin, *shell),
+            DocsCmd::Man { out } => {
+                let n = man_pages(&cmd, bin, out).map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("writing man pages to {}: {e}", out.display()),
+                    )
+                })?;
+                println!("wrote {n} man pages to {}", out.display());
+            }
+        }
+        Ok(())
+    }
+}
 
 /// Writes the completion script of `cmd` (the program `bin`) for `shell` to stdout.
 pub fn completions(mut cmd: clap::Command, bin: &str, shell: clap_complete::Shell) {

@@ -2,7 +2,6 @@
 //! a parsed command line to its group.
 
 mod access;
-mod docs;
 mod fleet;
 mod jobs;
 mod policy;
@@ -38,10 +37,10 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
     {
         return access::identity_pem(cli.identity, out).map(|()| 0);
     }
-    match &cli.cmd {
-        Cmd::Completions { shell } => return docs::completions(*shell).map(|()| 0),
-        Cmd::Man { out } => return docs::man_pages(out).map(|()| 0),
-        _ => {}
+    if let Cmd::Docs(d) = &cli.cmd {
+        // `completions` and `man`, from this program's own command line.
+        d.run(<Cli as clap::CommandFactory>::command(), "lifeboat")?;
+        return Ok(0);
     }
     let mut api = connect(cli.controller.clone(), cli.identity.clone()).await?;
     match cli.cmd {
@@ -51,7 +50,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
                 .await
                 .map(|()| 0)
         }
-        Cmd::Up { .. } | Cmd::Completions { .. } | Cmd::Man { .. } => {
+        Cmd::Up { .. } | Cmd::Docs(_) => {
             unreachable!("handled above")
         }
         c @ (Cmd::Status(_) | Cmd::Token { .. } | Cmd::Agents { .. } | Cmd::Devices(_)) => {
