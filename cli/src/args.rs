@@ -33,6 +33,18 @@ pub struct Json {
 }
 
 #[derive(Subcommand)]
+pub enum SbomCmd {
+    /// What was installed, removed or upgraded from snapshot A to snapshot B (the patch
+    /// history between two restore points).
+    Diff {
+        a: String,
+        b: String,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum Cmd {
     /// Start a controller and a local agent on this machine (the embedded default).
     Up {
@@ -157,6 +169,25 @@ pub enum Cmd {
     Diff {
         a: String,
         b: String,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// The packages a snapshot holds (OS packages, Python, npm, Rust; an image's layer by
+    /// layer), read from the snapshot in the store: a CycloneDX 1.5 SBOM (JSON), or a table
+    /// or the listing's JSON. `lifeboat sbom diff A B`: what changed between two snapshots.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Sbom {
+        #[command(subcommand)]
+        cmd: Option<SbomCmd>,
+        /// Snapshot id or unique prefix.
+        #[arg(required = true, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        snapshot: Option<String>,
+        /// Write the SBOM to this file instead of standard output.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["table", "json"])]
+        out: Option<PathBuf>,
+        /// A table of the packages instead of the SBOM.
+        #[arg(long, conflicts_with = "json")]
+        table: bool,
         #[command(flatten)]
         json: Json,
     },

@@ -37,6 +37,7 @@ mod error;
 pub(crate) mod gc;
 pub(crate) mod group;
 pub(crate) mod http;
+pub(crate) mod inventory;
 pub(crate) mod jobs;
 pub(crate) mod operator_api;
 pub(crate) mod parallel;
@@ -528,6 +529,10 @@ impl Running {
             }),
             Workers::spawn(ctl.clone(), "drills", secs(5), Start::Now, |c| {
                 recovery::drill::tick(c, c.clock.now_ms())
+            }),
+            // The packages of new snapshots, read after their commit (never in its way).
+            Workers::spawn(ctl.clone(), "inventory", secs(5), Start::Now, |c| {
+                inventory::catch_up(c, inventory::WORKER_BUDGET)
             }),
         ];
         if let Some(every) = self.prune_every {

@@ -687,6 +687,21 @@ impl OperatorApi for OperatorService {
         Ok(Response::new(reply))
     }
 
+    async fn snapshot_inventory(
+        &self,
+        req: Request<pb::SnapshotRef>,
+    ) -> Result<Response<pb::InventoryReply>, Status> {
+        auth::operator(&req)?;
+        let id = req.into_inner().id;
+        let ctl = self.0.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            crate::inventory::of_snapshot(&ctl, &id).map(|s| crate::inventory::reply(&s))
+        })
+        .await
+        .map_err(ApiError::from)??;
+        Ok(Response::new(reply))
+    }
+
     async fn quarantine(
         &self,
         req: Request<pb::QuarantineRequest>,

@@ -53,6 +53,7 @@ pub mod durable;
 mod error;
 pub mod id;
 pub mod identity;
+pub mod inventory;
 pub mod pace;
 pub mod pack;
 pub mod pki;

@@ -636,3 +636,145 @@ fn drills_restore_images_and_volumes_into_a_sandbox_and_remove_it() {
         Rng::new(8).bytes(300_000)
     );
 }
+
+/// Removes each path it is given (files, then empty directories): a `FROM scratch` image
+/// has no shell, and a layer that deletes something is how whiteouts come to be.
+const REMOVER: &str = r#"
+#include <stdio.h>
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        if (remove(argv[i]) != 0) { perror(argv[i]); return 1; }
+    }
+    return 0;
+}
+"#;
+
+#[test]
+fn an_image_snapshot_lists_its_packages_layer_by_layer_with_whiteouts_applied() {
+    if !have_docker() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let dir = tempfile::tempdir().expect("dir");
+    let ctx = dir.path().join("ctx");
+    fs::create_dir_all(&ctx).expect("ctx");
+    fs::write(ctx.join("rm.c"), REMOVER).expect("source");
+    let out = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(ctx.join("rm"))
+        .arg(ctx.join("rm.c"))
+        .output()
+        .expect("run gcc");
+    assert!(
+        out.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let name = unique("pkgs");
+    fs::write(
+        ctx.join("os-release"),
+        "ID=debian\nVERSION_ID=\"12\"\nPRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\n",
+    )
+    .expect("os");
+    fs::write(
+        ctx.join("status1"),
+        format!("Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2+b2\n\n\
+         Package: libcurl4\nStatus: install ok installed\nSource: curl\nVersion: 7.88.1-10+deb12u4\n\n\
+         Package: {name}\nStatus: install ok installed\nVersion: 1\n"),
+    )
+    .expect("status1");
+    fs::write(
+        ctx.join("status2"),
+        format!("Package: bash\nStatus: install ok installed\nVersion: 5.2.15-2+b2\n\n\
+         Package: libcurl4\nStatus: install ok installed\nSource: curl\nVersion: 7.88.1-10+deb12u5\n\n\
+         Package: {name}\nStatus: install ok installed\nVersion: 1\n\n\
+         Package: vim\nStatus: install ok installed\nVersion: 2:9.0.1378-2\n"),
+    )
+    .expect("status2");
+    fs::create_dir_all(ctx.join("six")).expect("six");
+    fs::write(ctx.join("six/METADATA"), "Name: six\nVersion: 1.16.0\n").expect("meta");
+    let six = "/usr/lib/python3/dist-packages/six-1.16.0.dist-info";
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM scratch\nCOPY rm /rm\nCOPY os-release /etc/os-release\n\
+             COPY status1 /var/lib/dpkg/status\nCOPY six {six}/\n\
+             COPY status2 /var/lib/dpkg/status\nRUN [\"/rm\", \"{six}/METADATA\", \"{six}\"]\n"
+        ),
+    )
+    .expect("dockerfile");
+    let ctx_s = ctx.to_str().expect("path");
+    {
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join("lifeboat-tests-docker-build.lock"))
+            .expect("lock file");
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+        cleanup.images.push(format!("{name}:1"));
+        docker_build(&["build", "-q", "-t", &format!("{name}:1"), ctx_s]);
+    }
+    let diff_ids: Vec<String> = serde_json::from_str(&docker_ok(&[
+        "image",
+        "inspect",
+        "-f",
+        "{{json .RootFS.Layers}}",
+        &format!("{name}:1"),
+    ]))
+    .expect("diff ids");
+    assert_eq!(
+        diff_ids.len(),
+        6,
+        "one layer per COPY and RUN: {diff_ids:?}"
+    );
+
+    let mut fleet = Fleet::start();
+    start_docker_agent(&mut fleet, "a", &[]);
+    let (ok, job) = fleet.job(&["backup", "a", "--source", &format!("image:{name}:1")]);
+    assert!(ok, "{job}\n{}", fleet.agent_log("a"));
+    let snap = snapshot_of(&fleet, &job);
+    let listing = fleet.cli_json(&["sbom", snap["id"].as_str().expect("id")]);
+    let got: Vec<(String, String, String)> = listing["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| {
+            (
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["version"].as_str().unwrap_or_default().to_owned(),
+                p["layer"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    // bash and the test's own package came with the first status (layer 3); curl's patch
+    // and vim with the second (layer 5); six was deleted by the last layer's whiteout.
+    let mut want = vec![
+        (
+            "bash".to_owned(),
+            "5.2.15-2+b2".to_owned(),
+            diff_ids[2].clone(),
+        ),
+        (
+            "libcurl4".to_owned(),
+            "7.88.1-10+deb12u5".to_owned(),
+            diff_ids[4].clone(),
+        ),
+        (name.clone(), "1".to_owned(), diff_ids[2].clone()),
+        (
+            "vim".to_owned(),
+            "2:9.0.1378-2".to_owned(),
+            diff_ids[4].clone(),
+        ),
+    ];
+    want.sort();
+    let mut got_sorted = got.clone();
+    got_sorted.sort();
+    assert_eq!(got_sorted, want, "{listing}");
+    assert_eq!(listing["os"]["id"], "debian");
+    assert_eq!(listing["image_id"], image_id(&format!("{name}:1")).as_str());
+    assert_eq!(
+        listing["notes"].as_array().map(Vec::len),
+        Some(0),
+        "{listing}"
+    );
+}

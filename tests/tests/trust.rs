@@ -42,6 +42,7 @@ const READ_RPCS: &[&str] = &[
     "ListPolicies",
     "ListDevices",
     "DiffSnapshots",
+    "SnapshotInventory",
     "ListDrills",
     "GetPlan",
     "ListPlans",
@@ -184,6 +185,10 @@ async fn call(channel: &Channel, rpc: &str) -> Result<(), tonic::Status> {
         "ListDevices" => op.list_devices(pb::Empty {}).await.map(drop),
         "DiffSnapshots" => op
             .diff_snapshots(pb::DiffRequest::default())
+            .await
+            .map(drop),
+        "SnapshotInventory" => op
+            .snapshot_inventory(pb::SnapshotRef::default())
             .await
             .map(drop),
         "ApplyPolicies" => op

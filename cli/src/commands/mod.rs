@@ -3,6 +3,7 @@
 
 mod access;
 mod fleet;
+mod inventory;
 mod jobs;
 mod policy;
 mod recovery;
@@ -64,6 +65,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         c @ (Cmd::Jobs { .. } | Cmd::Backup { .. } | Cmd::Restore { .. }) => {
             jobs::run(&mut api, c).await
         }
+        c @ Cmd::Sbom { .. } => inventory::run(&mut api, c).await,
         Cmd::Policy { cmd } => policy::run(&mut api, cmd).await,
         c @ (Cmd::Identity { .. }
         | Cmd::Audit { .. }

@@ -260,4 +260,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (agent_id, id)
     ) WITHOUT ROWID;
     "#,
+    // 15: inventories: the packages found in snapshots, stored once per distinct set of
+    // package databases (`key`), and which inventory each snapshot has.
+    r#"
+    CREATE TABLE inventories (
+        key        TEXT PRIMARY KEY,
+        scanned_ms INTEGER NOT NULL,
+        body       BLOB NOT NULL
+    );
+    CREATE TABLE snapshot_inventories (
+        snapshot_id TEXT PRIMARY KEY,
+        key         TEXT NOT NULL,
+        scanned_ms  INTEGER NOT NULL,
+        error       TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX snapshot_inventories_by_key ON snapshot_inventories(key);
+    "#,
 ];

@@ -14,6 +14,7 @@ mod agents;
 mod approvals;
 mod copies;
 mod error;
+mod inventory;
 mod jobs;
 mod migrations;
 mod recovery;
@@ -28,6 +29,7 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
 pub use agents::{AgentRow, TokenCheck};
 pub use approvals::ApprovalRow;
+pub use inventory::InventoryLink;
 pub use jobs::JobRow;
 pub use recovery::{DrillRow, SampleRow};
 pub use snapshots::SnapshotRow;

@@ -224,8 +224,12 @@ impl Catalog {
     }
 
     pub fn delete_snapshot(&self, id: &str) -> Result<(), CatalogError> {
-        self.lock()
-            .cached_exec("DELETE FROM snapshots WHERE id = ?1", [id])?;
+        let conn = self.lock();
+        conn.cached_exec("DELETE FROM snapshots WHERE id = ?1", [id])?;
+        conn.cached_exec(
+            "DELETE FROM snapshot_inventories WHERE snapshot_id = ?1",
+            [id],
+        )?;
         Ok(())
     }
 

@@ -1,0 +1,341 @@
+//! `lifeboat sbom`: the packages a snapshot holds, read from the store, as a CycloneDX SBOM
+//! valid against its schema, and what changed between two snapshots.
+//!
+//! The schema check runs the CycloneDX project's own validator (the PyPI package
+//! `cyclonedx-python-lib[json-validation]`, which ships the schemas: no network). Where it
+//! is not installed the check says so loudly and is skipped, unless
+//! `LIFEBOAT_REQUIRE_CYCLONEDX=1` (as `.ci/run` sets), where the test fails.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use lifeboat_tests::tree::Rng;
+use lifeboat_tests::{Fleet, wait_for};
+use serde_json::Value;
+
+const STATUS_1: &str = "Package: bash\nStatus: install ok installed\nArchitecture: amd64\nVersion: 5.2.15-2+b2\n\
+Description: GNU Bourne Again SHell\n more text\n\n\
+Package: libcurl4\nStatus: install ok installed\nArchitecture: amd64\nSource: curl\nVersion: 7.88.1-10+deb12u4\n\n\
+Package: removed-long-ago\nStatus: deinstall ok config-files\nVersion: 1.0\n";
+
+const STATUS_2: &str = "Package: bash\nStatus: install ok installed\nArchitecture: amd64\nVersion: 5.2.15-2+b2\n\n\
+Package: libcurl4\nStatus: install ok installed\nArchitecture: amd64\nSource: curl\nVersion: 7.88.1-10+deb12u5\n\n\
+Package: vim\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2:9.0.1378-2\n";
+
+fn lock(lodash: &str) -> String {
+    format!(
+        r#"{{"name":"web","lockfileVersion":3,"packages":{{"":{{"name":"web","version":"1.0.0"}},
+        "node_modules/lodash":{{"version":"{lodash}"}},
+        "node_modules/@babel/core":{{"version":"7.23.0"}}}}}}"#
+    )
+}
+
+fn write(root: &Path, rel: &str, body: &str) {
+    let p = root.join(rel);
+    fs::create_dir_all(p.parent().expect("parent")).expect("dirs");
+    fs::write(p, body).expect("write");
+}
+
+/// Validates `bom` with CycloneDX's own validator; false when it is not installed.
+fn cyclonedx_valid(bom: &str) -> bool {
+    let script = "import sys\n\
+        from cyclonedx.validation.json import JsonStrictValidator\n\
+        from cyclonedx.schema import SchemaVersion\n\
+        err = JsonStrictValidator(SchemaVersion.V1_5).validate_str(sys.stdin.read())\n\
+        print(err if err else 'valid')\n\
+        sys.exit(1 if err else 0)\n";
+    let have = Command::new("python3")
+        .args(["-c", "import cyclonedx.validation.json, jsonschema"])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !have {
+        assert!(
+            std::env::var("LIFEBOAT_REQUIRE_CYCLONEDX").as_deref() != Ok("1"),
+            "LIFEBOAT_REQUIRE_CYCLONEDX=1 but python3 cannot import the CycloneDX validator \
+             (pip install 'cyclonedx-python-lib[json-validation]==8.9.0')"
+        );
+        eprintln!(
+            "SKIPPED: the CycloneDX validator is not installed; the SBOM's schema is not checked"
+        );
+        return false;
+    }
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(bom.as_bytes())
+        .expect("write bom");
+    let out = child.wait_with_output().expect("validator");
+    assert!(
+        out.status.success(),
+        "the SBOM fails CycloneDX 1.5's schema: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    true
+}
+
+fn packages(listing: &Value) -> Vec<(String, String, String)> {
+    let mut got: Vec<_> = listing["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| {
+            (
+                p["ecosystem"].as_str().unwrap_or_default().to_owned(),
+                p["name"].as_str().unwrap_or_default().to_owned(),
+                p["version"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    got
+}
+
+fn triples(want: &[(&str, &str, &str)]) -> Vec<(String, String, String)> {
+    let mut w: Vec<_> = want
+        .iter()
+        .map(|(e, n, v)| (e.to_string(), n.to_string(), v.to_string()))
+        .collect();
+    w.sort();
+    w
+}
+
+#[test]
+fn sbom_lists_every_package_database_of_a_snapshot_and_diff_shows_the_patch_history() {
+    let mut fleet = Fleet::start();
+    let src = tempfile::tempdir().expect("src");
+    let root = src.path();
+    write(
+        root,
+        "etc/os-release",
+        "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nID=debian\nVERSION_ID=\"12\"\n",
+    );
+    write(root, "var/lib/dpkg/status", STATUS_1);
+    let jinja = "opt/app/venv/lib/python3.11/site-packages/Jinja2-3.1.2.dist-info";
+    write(
+        root,
+        &format!("{jinja}/METADATA"),
+        "Metadata-Version: 2.1\nName: Jinja2\nVersion: 3.1.2\n\nJinja is a template engine.\n",
+    );
+    write(root, "srv/web/package-lock.json", &lock("4.17.20"));
+    write(
+        root,
+        "srv/web/node_modules/lodash/package.json",
+        r#"{"name":"lodash","version":"4.17.20"}"#,
+    );
+    write(
+        root,
+        "src/tool/Cargo.lock",
+        "version = 3\n\n[[package]]\nname = \"tool\"\nversion = \"0.1.0\"\n\n[[package]]\nname = \"time\"\n\
+         version = \"0.1.43\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n",
+    );
+    // Data around them that is not a package database, some of it large.
+    write(
+        root,
+        "var/lib/dpkg/status-old",
+        "Package: not-read\nStatus: install ok installed\nVersion: 9\n",
+    );
+    fs::write(root.join("srv/web/bundle.bin"), Rng::new(7).bytes(3 << 20)).expect("bundle");
+
+    let agent = fleet.enroll("web1");
+    fleet.run_agent(&agent, &[("root", root)], &[]);
+    let s1 = fleet.backup("web1", "root")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // The worker reads the new snapshot's packages after its commit, unasked.
+    wait_for(
+        "the inventory worker to read the snapshot",
+        std::time::Duration::from_secs(30),
+        || {
+            fleet
+                .controller_log()
+                .lines()
+                .any(|l| {
+                    l.contains("read the snapshot's packages")
+                        && l.contains(&s1)
+                        && l.contains("packages=6")
+                })
+                .then_some(())
+        },
+    );
+
+    let listing = fleet.cli_json(&["sbom", &s1]);
+    assert_eq!(
+        packages(&listing),
+        triples(&[
+            ("Debian", "bash", "5.2.15-2+b2"),
+            ("Debian", "libcurl4", "7.88.1-10+deb12u4"),
+            ("PyPI", "jinja2", "3.1.2"),
+            ("npm", "lodash", "4.17.20"),
+            ("npm", "@babel/core", "7.23.0"),
+            ("crates.io", "time", "0.1.43"),
+        ]),
+        "{listing}"
+    );
+    assert_eq!(listing["os"]["id"], "debian");
+    assert_eq!(listing["os"]["version_id"], "12");
+    let curl = listing["packages"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "libcurl4"))
+        .expect("libcurl4");
+    assert_eq!(curl["source"], "curl", "advisories name the source package");
+    assert_eq!(curl["location"], "var/lib/dpkg/status");
+    assert_eq!(
+        curl["purl"],
+        "pkg:deb/debian/libcurl4@7.88.1-10%2Bdeb12u4?arch=amd64&distro=debian-12"
+    );
+
+    // The SBOM: CycloneDX 1.5, valid against its schema, one component per package.
+    let out = fleet.cli(&["sbom", &s1]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bom_text = String::from_utf8(out.stdout).expect("utf-8");
+    let bom: Value = serde_json::from_str(&bom_text).expect("the SBOM is JSON");
+    assert_eq!(bom["bomFormat"], "CycloneDX");
+    assert_eq!(bom["specVersion"], "1.5");
+    assert_eq!(bom["metadata"]["component"]["version"], s1.as_str());
+    let mut purls: Vec<&str> = bom["components"]
+        .as_array()
+        .expect("components")
+        .iter()
+        .filter(|c| c["type"] == "library")
+        .filter_map(|c| c["purl"].as_str())
+        .collect();
+    purls.sort();
+    assert_eq!(
+        purls,
+        [
+            "pkg:cargo/time@0.1.43",
+            "pkg:deb/debian/bash@5.2.15-2%2Bb2?arch=amd64&distro=debian-12",
+            "pkg:deb/debian/libcurl4@7.88.1-10%2Bdeb12u4?arch=amd64&distro=debian-12",
+            "pkg:npm/%40babel/core@7.23.0",
+            "pkg:npm/lodash@4.17.20",
+            "pkg:pypi/jinja2@3.1.2",
+        ]
+    );
+    assert!(
+        bom["components"]
+            .as_array()
+            .expect("components")
+            .iter()
+            .any(|c| c["type"] == "operating-system"
+                && c["name"] == "debian"
+                && c["version"] == "12"),
+        "{bom}"
+    );
+    cyclonedx_valid(&bom_text);
+    // --out writes the same SBOM to a file.
+    let file = src.path().join("../sbom-out.json");
+    let out = fleet.cli(&["sbom", &s1, "--out", file.to_str().expect("path")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read_to_string(&file).expect("sbom file").trim(),
+        bom_text.trim()
+    );
+    fs::remove_file(&file).expect("rm");
+    // The table names each package and where it was found.
+    let out = fleet.cli(&["sbom", &s1, "--table"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for want in [
+        "libcurl4",
+        "7.88.1-10+deb12u4",
+        "srv/web/package-lock.json",
+        "Debian GNU/Linux 12",
+        "6 packages",
+    ] {
+        assert!(table.contains(want), "{want} missing from:\n{table}");
+    }
+
+    // A week later: curl patched, vim installed, Jinja2 removed, lodash upgraded.
+    write(root, "var/lib/dpkg/status", STATUS_2);
+    fs::remove_dir_all(root.join(jinja)).expect("rm jinja");
+    write(root, "srv/web/package-lock.json", &lock("4.17.21"));
+    write(
+        root,
+        "srv/web/node_modules/lodash/package.json",
+        r#"{"name":"lodash","version":"4.17.21"}"#,
+    );
+    let s2 = fleet.backup("web1", "root")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let d = fleet.cli_json(&["sbom", "diff", &s1, &s2]);
+    let names = |k: &str| -> Vec<String> {
+        let mut v: Vec<String> = d[k]
+            .as_array()
+            .expect(k)
+            .iter()
+            .map(|p| match (p["version"].as_str(), p["from"].as_str()) {
+                (Some(v), _) => format!("{}@{v}", p["name"].as_str().unwrap_or_default()),
+                (None, Some(from)) => format!(
+                    "{} {from} -> {}",
+                    p["name"].as_str().unwrap_or_default(),
+                    p["to"].as_str().unwrap_or_default()
+                ),
+                _ => String::new(),
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("installed"), ["vim@2:9.0.1378-2"], "{d}");
+    assert_eq!(names("removed"), ["jinja2@3.1.2"], "{d}");
+    assert_eq!(
+        names("changed"),
+        [
+            "libcurl4 7.88.1-10+deb12u4 -> 7.88.1-10+deb12u5",
+            "lodash 4.17.20 -> 4.17.21"
+        ],
+        "{d}"
+    );
+    let out = fleet.cli(&["sbom", "diff", &s1, &s2]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("1 installed, 1 removed, 2 changed"),
+        "{text}"
+    );
+
+    // Nothing changed: the same packages, no change listed.
+    let s3 = fleet.backup("web1", "root")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let same = fleet.cli_json(&["sbom", "diff", &s2, &s3]);
+    for k in ["installed", "removed", "changed"] {
+        assert_eq!(same[k].as_array().map(Vec::len), Some(0), "{same}");
+    }
+
+    // What the user typed wrong is named, with exit 1.
+    let out = fleet.cli(&["sbom", "0123456789ab"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("0123456789ab"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = fleet.cli(&["sbom"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a missing snapshot is a usage error"
+    );
+}
