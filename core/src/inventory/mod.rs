@@ -9,6 +9,7 @@
 //! `node_modules/NAME/package.json`, `Cargo.lock`; and `os-release` for the distribution.
 
 mod parse;
+pub mod version;
 
 use std::collections::{BTreeMap, HashMap};
 
