@@ -33,6 +33,20 @@ pub struct Json {
 }
 
 #[derive(Subcommand)]
+pub enum VulnsCmd {
+    /// Import OSV advisories (for air-gapped updates): JSON files (one record or an array),
+    /// directories of them, or the zip files osv.dev exports per ecosystem. Advisories of
+    /// Debian, Alpine, PyPI, npm and crates.io are kept; a newer `modified` replaces a
+    /// stored advisory. Every snapshot is matched against the new feed in the background.
+    Import {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        json: Json,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum SbomCmd {
     /// What was installed, removed or upgraded from snapshot A to snapshot B (the patch
     /// history between two restore points).
@@ -188,6 +202,29 @@ pub enum Cmd {
         /// A table of the packages instead of the SBOM.
         #[arg(long, conflicts_with = "json")]
         table: bool,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Known vulnerabilities of restore points, matched against an offline OSV feed: of one
+    /// snapshot, or of each source's newest snapshot of a device or of every device.
+    /// `lifeboat vulns import FILE...` imports the feed.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    #[command(group(clap::ArgGroup::new("scope").required(true).args(["snapshot", "device", "all"])))]
+    Vulns {
+        #[command(subcommand)]
+        cmd: Option<VulnsCmd>,
+        /// One snapshot (id or unique prefix).
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        snapshot: Option<String>,
+        /// Each source's newest snapshot of this device.
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        device: Option<String>,
+        /// Each source's newest snapshot of every device.
+        #[arg(long)]
+        all: bool,
+        /// Only findings at or above this severity.
+        #[arg(long, value_name = "S", value_parser = ["low", "medium", "high", "critical"])]
+        severity: Option<String>,
         #[command(flatten)]
         json: Json,
     },

@@ -71,6 +71,11 @@ pub fn devices(ctl: &Controller, now_ms: i64) -> Result<Vec<pb::DeviceInfo>, Api
             };
             let last = ctl.catalog.latest_snapshot(&a.id, &name)?;
             let (last_id, last_ms) = last.map(|s| (s.id, s.received_ms)).unwrap_or_default();
+            let vulns = if last_id.is_empty() {
+                None
+            } else {
+                ctl.catalog.finding_count(&last_id)?
+            };
             let covering: Vec<&Policy> = policies
                 .iter()
                 .filter(|p| policy::covers(p, &a, &name))
@@ -105,6 +110,8 @@ pub fn devices(ctl: &Controller, now_ms: i64) -> Result<Vec<pb::DeviceInfo>, Api
                 overdue,
                 restore_estimate_ms: restore_ms,
                 restore_bytes,
+                vulns: vulns.unwrap_or(0),
+                vulns_known: vulns.is_some(),
             });
         }
         out.push(pb::DeviceInfo {

@@ -30,6 +30,8 @@ pub const WORKER_BUDGET: Duration = Duration::from_secs(2);
 
 /// A snapshot's inventory with the snapshot it belongs to.
 pub struct SnapshotInventory {
+    /// What the inventory is stored under (shared by snapshots with the same databases).
+    pub key: String,
     pub snapshot: SnapshotRow,
     pub record: Record,
     pub inventory: Inventory,
@@ -45,21 +47,23 @@ pub fn of_snapshot(ctl: &Controller, prefix: &str) -> Result<SnapshotInventory, 
         Some(link) if !link.key.is_empty() => ctl
             .catalog
             .inventory(&link.key)?
-            .map(|body| (decode(&body), link.scanned_ms)),
+            .map(|body| (decode(&body), link)),
         _ => None,
     };
-    let (inventory, scanned_ms) = match stored {
-        Some((Ok(inv), at)) => (inv, at),
+    let (inventory, link) = match stored {
+        Some((Ok(inv), link)) => (inv, link),
         // Never read, failed before, or stored by a reader that no longer parses it.
         _ => {
             let link = read_and_store(ctl, &snapshot.id, &record)?;
             let body = ctl.catalog.inventory(&link.key)?.ok_or_else(|| {
                 ApiError::internal(format!("inventory {} vanished while read", link.key))
             })?;
-            (decode(&body)?, link.scanned_ms)
+            (decode(&body)?, link)
         }
     };
+    let scanned_ms = link.scanned_ms;
     Ok(SnapshotInventory {
+        key: link.key,
         snapshot,
         record,
         inventory,

@@ -53,6 +53,7 @@ pub(crate) mod snapshots;
 pub mod state;
 mod status;
 pub mod store;
+pub(crate) mod vulns;
 pub(crate) mod workers;
 
 use std::future::Future;
@@ -530,9 +531,11 @@ impl Running {
             Workers::spawn(ctl.clone(), "drills", secs(5), Start::Now, |c| {
                 recovery::drill::tick(c, c.clock.now_ms())
             }),
-            // The packages of new snapshots, read after their commit (never in its way).
+            // The packages of new snapshots, read after their commit (never in its way),
+            // and matched against the vulnerability feed (again after each import).
             Workers::spawn(ctl.clone(), "inventory", secs(5), Start::Now, |c| {
-                inventory::catch_up(c, inventory::WORKER_BUDGET)
+                inventory::catch_up(c, inventory::WORKER_BUDGET)?;
+                vulns::match_pending(c, inventory::WORKER_BUDGET)
             }),
         ];
         if let Some(every) = self.prune_every {

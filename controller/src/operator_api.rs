@@ -702,6 +702,68 @@ impl OperatorApi for OperatorService {
         Ok(Response::new(reply))
     }
 
+    async fn import_advisories(
+        &self,
+        req: Request<pb::ImportAdvisoriesRequest>,
+    ) -> Result<Response<pb::ImportAdvisoriesReply>, Status> {
+        let (operator, _) = auth::operator(&req)?;
+        let records = req.into_inner().records;
+        let ctl = self.0.clone();
+        let (counts, refused, advisories) = tokio::task::spawn_blocking(move || {
+            let (counts, refused) = crate::vulns::import(&ctl, &records)?;
+            Ok::<_, ApiError>((counts, refused, ctl.catalog.advisory_count()?))
+        })
+        .await
+        .map_err(ApiError::from)??;
+        self.0.audit.ok(
+            &operator,
+            "advisories.import",
+            "feed",
+            serde_json::json!({"new": counts.new, "updated": counts.updated, "unchanged": counts.unchanged, "refused": refused.len()}),
+        );
+        Ok(Response::new(pb::ImportAdvisoriesReply {
+            new: counts.new,
+            updated: counts.updated,
+            unchanged: counts.unchanged,
+            refused,
+            advisories,
+        }))
+    }
+
+    async fn list_findings(
+        &self,
+        req: Request<pb::FindingsRequest>,
+    ) -> Result<Response<pb::FindingList>, Status> {
+        auth::operator(&req)?;
+        let req = req.into_inner();
+        let scope = match (req.snapshot.is_empty(), req.device.is_empty(), req.all) {
+            (false, true, false) => crate::vulns::Scope::Snapshot(req.snapshot),
+            (true, false, false) => crate::vulns::Scope::Device(req.device),
+            (true, true, true) => crate::vulns::Scope::All,
+            _ => {
+                return Err(ApiError::InvalidArgument(
+                    "name one of: a snapshot, a device, or all devices".into(),
+                )
+                .into());
+            }
+        };
+        let min = if req.min_severity.is_empty() {
+            lifeboat_core::inventory::osv::Severity::Unknown
+        } else {
+            lifeboat_core::inventory::osv::Severity::parse(&req.min_severity).ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "severity {:?}: give low, medium, high or critical",
+                    req.min_severity
+                ))
+            })?
+        };
+        let ctl = self.0.clone();
+        let reply = tokio::task::spawn_blocking(move || crate::vulns::list(&ctl, scope, min))
+            .await
+            .map_err(ApiError::from)??;
+        Ok(Response::new(reply))
+    }
+
     async fn quarantine(
         &self,
         req: Request<pb::QuarantineRequest>,

@@ -339,3 +339,331 @@ fn sbom_lists_every_package_database_of_a_snapshot_and_diff_shows_the_patch_hist
         "a missing snapshot is a usage error"
     );
 }
+
+/// An OSV record with one affected package and one range.
+fn advisory(
+    id: &str,
+    ecosystem: &str,
+    name: &str,
+    range: (&str, &str, &str),
+    extra: &str,
+) -> Value {
+    let (kind, introduced, fixed) = range;
+    let mut v: Value = serde_json::from_str(&format!(
+        r#"{{"id":"{id}","modified":"2026-11-01T00:00:00Z","summary":"{name} flaw",
+        "affected":[{{"package":{{"ecosystem":"{ecosystem}","name":"{name}"}},
+        "ranges":[{{"type":"{kind}","events":[{{"introduced":"{introduced}"}},{{"fixed":"{fixed}"}}]}}]}}]}}"#
+    ))
+    .expect("record");
+    if !extra.is_empty() {
+        let more: Value = serde_json::from_str(extra).expect("extra");
+        for (k, x) in more.as_object().expect("object") {
+            v[k] = x.clone();
+        }
+    }
+    v
+}
+
+type Finding = (String, String, String, String, String);
+
+fn findings(list: &Value) -> Vec<Finding> {
+    let mut v: Vec<_> = list["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            let s = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
+            (
+                s("advisory"),
+                s("package"),
+                s("installed"),
+                s("fixed"),
+                s("severity"),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn finding(a: &str, p: &str, i: &str, f: &str, s: &str) -> Finding {
+    (a.into(), p.into(), i.into(), f.into(), s.into())
+}
+
+#[test]
+fn vulns_match_an_imported_osv_feed_with_each_ecosystems_version_order() {
+    let mut fleet = Fleet::start();
+    let src = tempfile::tempdir().expect("src");
+    let root = src.path();
+    write(root, "etc/os-release", "ID=debian\nVERSION_ID=\"12\"\n");
+    write(root, "var/lib/dpkg/status", STATUS_1);
+    write(
+        root,
+        "venv/lib/python3.11/site-packages/Jinja2-3.1.2.dist-info/METADATA",
+        "Name: Jinja2\nVersion: 3.1.2\n",
+    );
+    write(root, "web/package-lock.json", &lock("4.17.20"));
+    write(
+        root,
+        "tool/Cargo.lock",
+        "[[package]]\nname = \"time\"\nversion = \"0.1.43\"\nsource = \"registry+https://github.com/rust-lang/crates.io-index\"\n",
+    );
+    let agent = fleet.enroll("web1");
+    fleet.run_agent(&agent, &[("root", root)], &[]);
+    let s1 = fleet.backup("web1", "root")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+
+    // Before any feed: nothing to report, and the user is told how to get one.
+    let out = fleet.cli(&["vulns", "--all"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lifeboat vulns import"));
+
+    // The feed, as an air-gapped site gets it: a JSON array, a zip as osv.dev exports, a
+    // directory of single records; with a broken record and another ecosystem's.
+    let feed = tempfile::tempdir().expect("feed");
+    let cvss = |v: &str| format!(r#"{{"severity":[{{"type":"CVSS_V3","score":"{v}"}}]}}"#);
+    let debian = serde_json::json!([
+        advisory(
+            "DSA-5587-1",
+            "Debian:12",
+            "curl",
+            ("ECOSYSTEM", "0", "7.88.1-10+deb12u5"),
+            r#"{"aliases":["CVE-2023-46218"]}"#
+        ),
+        advisory(
+            "DSA-5500-1",
+            "Debian:11",
+            "curl",
+            ("ECOSYSTEM", "0", "7.74.0-1.3+deb11u99"),
+            ""
+        ),
+        advisory(
+            "DSA-4000-1",
+            "Debian:12",
+            "bash",
+            ("ECOSYSTEM", "0", "5.0-1"),
+            ""
+        ),
+    ]);
+    fs::write(feed.path().join("debian.json"), debian.to_string()).expect("debian");
+    let mut zip = zip::ZipWriter::new(fs::File::create(feed.path().join("all.zip")).expect("zip"));
+    for (name, v) in [
+        (
+            "GHSA-jinja.json",
+            advisory(
+                "GHSA-h5c8-rqwp-cp95",
+                "PyPI",
+                "jinja2",
+                ("ECOSYSTEM", "0", "3.1.3"),
+                &cvss("CVSS:3.1/AV:N/AC:L/PR:N/UI:R/S:U/C:L/I:L/A:N"),
+            ),
+        ),
+        (
+            "GHSA-lodash.json",
+            advisory(
+                "GHSA-35jh-r3h4-6jhm",
+                "npm",
+                "lodash",
+                ("SEMVER", "0", "4.17.21"),
+                &cvss("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H"),
+            ),
+        ),
+        (
+            "GO-2024-1.json",
+            advisory(
+                "GO-2024-1",
+                "Go",
+                "example.com/x",
+                ("SEMVER", "0", "1.0.0"),
+                "",
+            ),
+        ),
+    ] {
+        zip.start_file(name, zip::write::SimpleFileOptions::default())
+            .expect("member");
+        zip.write_all(v.to_string().as_bytes())
+            .expect("write member");
+    }
+    zip.finish().expect("zip");
+    fs::create_dir(feed.path().join("rustsec")).expect("dir");
+    let time_v1 = advisory(
+        "RUSTSEC-2020-0071",
+        "crates.io",
+        "time",
+        ("SEMVER", "0.0.0-0", "0.2.23"),
+        &cvss("CVSS:3.1/AV:L/AC:L/PR:N/UI:N/S:U/C:N/I:N/A:H"),
+    );
+    fs::write(
+        feed.path().join("rustsec/RUSTSEC-2020-0071.json"),
+        time_v1.to_string(),
+    )
+    .expect("rustsec");
+    fs::write(feed.path().join("rustsec/broken.json"), r#"{"id": 7}"#).expect("broken");
+    let out = fleet.cli(&[
+        "vulns",
+        "import",
+        feed.path().join("debian.json").to_str().expect("p"),
+        feed.path().join("all.zip").to_str().expect("p"),
+        feed.path().join("rustsec").to_str().expect("p"),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let imported: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(imported["records"], 8, "{imported}");
+    assert_eq!(imported["new"], 6, "{imported}");
+    let refused: Vec<&str> = imported["refused"]
+        .as_array()
+        .expect("refused")
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert_eq!(refused.len(), 2, "{imported}");
+    assert!(
+        refused
+            .iter()
+            .any(|r| r.contains("GO-2024-1") && r.contains("names no package")),
+        "{imported}"
+    );
+    assert!(
+        refused.iter().any(|r| r.contains("not an OSV record")),
+        "{imported}"
+    );
+
+    // Each ecosystem's own order decides: the Debian 11 advisory and bash's old fix do
+    // not apply; the CVSS vectors give the severities.
+    let want_s1 = vec![
+        finding(
+            "DSA-5587-1",
+            "libcurl4",
+            "7.88.1-10+deb12u4",
+            "7.88.1-10+deb12u5",
+            "unknown",
+        ),
+        finding(
+            "GHSA-35jh-r3h4-6jhm",
+            "lodash",
+            "4.17.20",
+            "4.17.21",
+            "critical",
+        ),
+        finding("GHSA-h5c8-rqwp-cp95", "jinja2", "3.1.2", "3.1.3", "medium"),
+        finding("RUSTSEC-2020-0071", "time", "0.1.43", "0.2.23", "medium"),
+    ];
+    let list = fleet.cli_json(&["vulns", "--snapshot", &s1]);
+    assert_eq!(findings(&list), want_s1, "{list}");
+    let curl = list["findings"]
+        .as_array()
+        .and_then(|f| f.iter().find(|x| x["package"] == "libcurl4"))
+        .expect("curl");
+    assert_eq!(curl["aliases"][0], "CVE-2023-46218");
+    assert_eq!(
+        findings(&fleet.cli_json(&["vulns", "--snapshot", &s1, "--severity", "high"])),
+        want_s1[1..2]
+    );
+    assert_eq!(
+        findings(&fleet.cli_json(&["vulns", "--device", "web1"])),
+        want_s1
+    );
+
+    // The worker matched the snapshot on its own; `devices` counts its findings.
+    wait_for(
+        "devices to count the findings",
+        std::time::Duration::from_secs(30),
+        || {
+            let d = fleet.cli_json(&["devices"]);
+            (d[0]["sources"][0]["vulns"] == 4).then_some(())
+        },
+    );
+
+    // Patched: curl and lodash move past their fixes. The device's newest snapshot has
+    // two findings left; the older restore point keeps its four.
+    write(root, "var/lib/dpkg/status", STATUS_2);
+    write(root, "web/package-lock.json", &lock("4.17.21"));
+    let s2 = fleet.backup("web1", "root")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    let want_s2 = vec![want_s1[2].clone(), want_s1[3].clone()];
+    assert_eq!(
+        findings(&fleet.cli_json(&["vulns", "--device", "web1"])),
+        want_s2
+    );
+    assert_eq!(
+        findings(&fleet.cli_json(&["vulns", "--snapshot", &s1])),
+        want_s1
+    );
+    let all = fleet.cli_json(&["vulns", "--all"]);
+    assert_eq!(findings(&all), want_s2);
+    assert!(
+        all["findings"]
+            .as_array()
+            .expect("f")
+            .iter()
+            .all(|f| f["snapshot"] == s2.as_str()),
+        "{all}"
+    );
+
+    // The same feed again changes nothing; a corrected advisory is matched again.
+    let again = fleet.cli_json(&[
+        "vulns",
+        "import",
+        feed.path().join("rustsec").to_str().expect("p"),
+    ]);
+    assert_eq!(
+        (
+            again["new"].as_u64(),
+            again["updated"].as_u64(),
+            again["unchanged"].as_u64()
+        ),
+        (Some(0), Some(0), Some(1)),
+        "{again}"
+    );
+    let mut time_v2 = advisory(
+        "RUSTSEC-2020-0071",
+        "crates.io",
+        "time",
+        ("SEMVER", "0.1.0", "0.1.40"),
+        "",
+    );
+    time_v2["modified"] = "2026-11-20T00:00:00Z".into();
+    fs::write(
+        feed.path().join("rustsec/RUSTSEC-2020-0071.json"),
+        time_v2.to_string(),
+    )
+    .expect("v2");
+    fs::remove_file(feed.path().join("rustsec/broken.json")).expect("rm");
+    let updated = fleet.cli_json(&[
+        "vulns",
+        "import",
+        feed.path().join("rustsec").to_str().expect("p"),
+    ]);
+    assert_eq!(updated["updated"], 1, "{updated}");
+    assert_eq!(
+        findings(&fleet.cli_json(&["vulns", "--device", "web1"])),
+        want_s2[..1]
+    );
+
+    // Usage mistakes exit 1 and say what to do.
+    for args in [
+        &["vulns"][..],
+        &["vulns", "--all", "--severity", "extreme"],
+        &["vulns", "--all", "--device", "web1"],
+    ] {
+        let out = fleet.cli(args);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = fleet.cli(&["vulns", "--device", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}

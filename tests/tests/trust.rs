@@ -43,6 +43,7 @@ const READ_RPCS: &[&str] = &[
     "ListDevices",
     "DiffSnapshots",
     "SnapshotInventory",
+    "ListFindings",
     "ListDrills",
     "GetPlan",
     "ListPlans",
@@ -56,6 +57,7 @@ const OPERATE_RPCS: &[&str] = &[
     "PlanRecovery",
     "RunPlan",
     "LockSnapshot",
+    "ImportAdvisories",
 ];
 const ADMIN_RPCS: &[&str] = &[
     "CreateToken",
@@ -189,6 +191,15 @@ async fn call(channel: &Channel, rpc: &str) -> Result<(), tonic::Status> {
             .map(drop),
         "SnapshotInventory" => op
             .snapshot_inventory(pb::SnapshotRef::default())
+            .await
+            .map(drop),
+        "ListFindings" => op
+            .list_findings(pb::FindingsRequest::default())
+            .await
+            .map(drop),
+        // Nothing to import: the matrix must not change the feed.
+        "ImportAdvisories" => op
+            .import_advisories(pb::ImportAdvisoriesRequest::default())
             .await
             .map(drop),
         "ApplyPolicies" => op

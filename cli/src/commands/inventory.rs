@@ -323,3 +323,232 @@ async fn diff(api: &mut Api, a: String, b: String, json: bool) -> Result<i32> {
     }
     Ok(0)
 }
+
+/// `lifeboat vulns import FILE...` and `lifeboat vulns (--snapshot | --device | --all)`.
+pub async fn vulns(api: &mut Api, cmd: Cmd) -> Result<i32> {
+    let Cmd::Vulns {
+        cmd,
+        snapshot,
+        device,
+        all,
+        severity,
+        json,
+    } = cmd
+    else {
+        unreachable!("routed by commands::dispatch")
+    };
+    if let Some(VulnsCmd::Import { files, json }) = cmd {
+        return import(api, &files, json.json).await;
+    }
+    let list = api
+        .list_findings(pb::FindingsRequest {
+            snapshot: snapshot.unwrap_or_default(),
+            device: device.unwrap_or_default(),
+            all,
+            min_severity: severity.unwrap_or_default(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if json.json {
+        let findings: Vec<_> = list
+            .findings
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "device": f.agent_name, "source": f.source, "snapshot": f.snapshot_id,
+                    "received": time(f.received_ms), "advisory": f.advisory, "aliases": f.aliases,
+                    "summary": f.summary, "severity": f.severity, "score": f.score,
+                    "ecosystem": f.ecosystem, "package": f.package, "installed": f.version,
+                    "fixed": f.fixed,
+                })
+            })
+            .collect();
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "findings": findings, "unread": list.unread, "advisories": list.advisories,
+            }))?
+        );
+        return Ok(0);
+    }
+    if list.advisories == 0 {
+        eprintln!(
+            "the vulnerability feed is empty: import one with `lifeboat vulns import FILE...`"
+        );
+    }
+    let rows = list
+        .findings
+        .iter()
+        .map(|f| {
+            vec![
+                f.agent_name.clone(),
+                f.source.clone(),
+                short(&f.snapshot_id).to_owned(),
+                f.severity.clone(),
+                if f.aliases.is_empty() {
+                    f.advisory.clone()
+                } else {
+                    format!("{} ({})", f.advisory, f.aliases.join(", "))
+                },
+                f.package.clone(),
+                f.version.clone(),
+                if f.fixed.is_empty() {
+                    "-".into()
+                } else {
+                    f.fixed.clone()
+                },
+            ]
+        })
+        .collect();
+    out!(
+        "{}",
+        output::table(
+            &[
+                "DEVICE",
+                "SOURCE",
+                "SNAPSHOT",
+                "SEVERITY",
+                "ADVISORY",
+                "PACKAGE",
+                "INSTALLED",
+                "FIXED"
+            ],
+            rows
+        )
+    );
+    out!(
+        "{} findings ({} advisories in the feed)",
+        list.findings.len(),
+        list.advisories
+    );
+    for u in &list.unread {
+        out!("not read: {u}");
+    }
+    Ok(0)
+}
+
+/// The records in `paths`: JSON files holding one record or an array of them, directories
+/// of such files, and zip files of them.
+fn records(paths: &[std::path::PathBuf]) -> Result<Vec<Vec<u8>>> {
+    fn from_json(bytes: &[u8], origin: &str, out: &mut Vec<Vec<u8>>) -> Result<()> {
+        let doc: serde_json::Value =
+            serde_json::from_slice(bytes).with_context(|| format!("{origin} is not JSON"))?;
+        match doc {
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    out.push(serde_json::to_vec(&item)?);
+                }
+            }
+            serde_json::Value::Object(_) => out.push(bytes.to_vec()),
+            _ => anyhow::bail!("{origin} holds neither an OSV record nor an array of them"),
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    let mut stack: Vec<std::path::PathBuf> = paths.to_vec();
+    while let Some(path) = stack.pop() {
+        let shown = path.display().to_string();
+        if path.is_dir() {
+            for entry in std::fs::read_dir(&path).with_context(|| format!("reading {shown}"))? {
+                let p = entry?.path();
+                if p.is_dir() || p.extension().is_some_and(|e| e == "json" || e == "zip") {
+                    stack.push(p);
+                }
+            }
+        } else if path.extension().is_some_and(|e| e == "zip") {
+            let file = std::fs::File::open(&path).with_context(|| format!("opening {shown}"))?;
+            let mut zip =
+                zip::ZipArchive::new(file).with_context(|| format!("{shown} is not a zip file"))?;
+            for i in 0..zip.len() {
+                let mut member = zip
+                    .by_index(i)
+                    .with_context(|| format!("{shown}: member {i}"))?;
+                if !member.is_file() || !member.name().ends_with(".json") {
+                    continue;
+                }
+                let origin = format!("{shown}:{}", member.name());
+                let mut bytes = Vec::with_capacity(member.size() as usize);
+                std::io::Read::read_to_end(&mut member, &mut bytes)
+                    .with_context(|| format!("reading {origin}"))?;
+                from_json(&bytes, &origin, &mut out)?;
+            }
+        } else {
+            let bytes = std::fs::read(&path).with_context(|| format!("reading {shown}"))?;
+            from_json(&bytes, &shown, &mut out)?;
+        }
+    }
+    Ok(out)
+}
+
+async fn import(api: &mut Api, paths: &[std::path::PathBuf], json: bool) -> Result<i32> {
+    let records = records(paths)?;
+    if records.is_empty() {
+        anyhow::bail!(
+            "no OSV record found in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    // Batches well under the controller's message limit.
+    const BATCH_BYTES: usize = 2 << 20;
+    let total = records.len();
+    let mut reply = pb::ImportAdvisoriesReply::default();
+    let mut batch: Vec<Vec<u8>> = Vec::new();
+    let mut size = 0;
+    let mut sent = 0;
+    let mut iter = records.into_iter().peekable();
+    while let Some(r) = iter.next() {
+        size += r.len();
+        batch.push(r);
+        if size >= BATCH_BYTES || iter.peek().is_none() {
+            sent += batch.len();
+            let part = api
+                .import_advisories(pb::ImportAdvisoriesRequest {
+                    records: std::mem::take(&mut batch),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            reply.new += part.new;
+            reply.updated += part.updated;
+            reply.unchanged += part.unchanged;
+            reply.refused.extend(part.refused);
+            reply.advisories = part.advisories;
+            size = 0;
+            if total > 1000 && !json {
+                eprintln!("{sent} of {total} records sent");
+            }
+        }
+    }
+    if json {
+        out!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "records": total, "new": reply.new, "updated": reply.updated,
+                "unchanged": reply.unchanged, "refused": reply.refused, "advisories": reply.advisories,
+            }))?
+        );
+    } else {
+        out!(
+            "{total} records: {} new, {} updated, {} unchanged, {} refused; {} advisories in the feed",
+            reply.new,
+            reply.updated,
+            reply.unchanged,
+            reply.refused.len(),
+            reply.advisories
+        );
+        for r in &reply.refused {
+            out!("refused: {r}");
+        }
+        if reply.new + reply.updated > 0 {
+            out!(
+                "every snapshot is matched against the new feed in the background; `lifeboat vulns --all` shows the findings"
+            );
+        }
+    }
+    Ok(0)
+}

@@ -66,6 +66,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
             jobs::run(&mut api, c).await
         }
         c @ Cmd::Sbom { .. } => inventory::run(&mut api, c).await,
+        c @ Cmd::Vulns { .. } => inventory::vulns(&mut api, c).await,
         Cmd::Policy { cmd } => policy::run(&mut api, cmd).await,
         c @ (Cmd::Identity { .. }
         | Cmd::Audit { .. }

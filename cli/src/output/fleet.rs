@@ -163,6 +163,7 @@ pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
                         "age_seconds": s.age_seconds, "rpo_seconds": s.rpo_seconds, "overdue": s.overdue,
                         "restore_estimate_seconds": s.restore_estimate_ms as f64 / 1000.0,
                         "restore_bytes": s.restore_bytes,
+                        "vulns": s.vulns_known.then_some(s.vulns),
                     })).collect::<Vec<_>>(),
                 })
             })
@@ -202,6 +203,11 @@ pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
                     "-".into()
                 },
                 String::new(),
+                if s.vulns_known {
+                    s.vulns.to_string()
+                } else {
+                    "-".into()
+                },
                 if s.overdue {
                     "OVERDUE".into()
                 } else {
@@ -213,6 +219,7 @@ pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
             rows.push(vec![
                 d.agent.clone(),
                 "(device)".into(),
+                String::new(),
                 String::new(),
                 String::new(),
                 String::new(),
@@ -238,6 +245,7 @@ pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
                 "RPO",
                 "RESTORE NOW",
                 "DEVICE DOWNTIME",
+                "VULNS",
                 ""
             ],
             rows

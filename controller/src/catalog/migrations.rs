@@ -276,4 +276,39 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX snapshot_inventories_by_key ON snapshot_inventories(key);
     "#,
+    // 16: the vulnerability feed (OSV advisories, indexed by the packages they name), its
+    // generation, and each inventory's findings and the generation they were matched at.
+    r#"
+    CREATE TABLE advisories (
+        id          TEXT PRIMARY KEY,
+        modified    TEXT NOT NULL,
+        summary     TEXT NOT NULL,
+        aliases     TEXT NOT NULL,
+        severity    TEXT NOT NULL,
+        score       REAL NOT NULL,
+        imported_ms INTEGER NOT NULL,
+        body        BLOB NOT NULL
+    );
+    CREATE TABLE advisory_packages (
+        ecosystem TEXT NOT NULL,
+        name      TEXT NOT NULL,
+        id        TEXT NOT NULL,
+        PRIMARY KEY (ecosystem, name, id)
+    ) WITHOUT ROWID;
+    CREATE TABLE feed (
+        id         INTEGER PRIMARY KEY CHECK (id = 1),
+        generation INTEGER NOT NULL
+    );
+    INSERT INTO feed(id, generation) VALUES (1, 0);
+    ALTER TABLE inventories ADD COLUMN feed_generation INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE findings (
+        key       TEXT NOT NULL,
+        advisory  TEXT NOT NULL,
+        ecosystem TEXT NOT NULL,
+        name      TEXT NOT NULL,
+        version   TEXT NOT NULL,
+        fixed     TEXT NOT NULL,
+        PRIMARY KEY (key, advisory, ecosystem, name, version)
+    ) WITHOUT ROWID;
+    "#,
 ];

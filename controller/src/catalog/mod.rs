@@ -21,6 +21,7 @@ mod recovery;
 mod schedule;
 mod snapshots;
 mod store;
+mod vulns;
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -34,6 +35,7 @@ pub use jobs::JobRow;
 pub use recovery::{DrillRow, SampleRow};
 pub use snapshots::SnapshotRow;
 pub use store::{ChunkPlace, RetainedPack};
+pub use vulns::{AdvisoryRow, FindingRow, ImportCounts};
 
 pub use error::CatalogError;
 

@@ -8,6 +8,7 @@
 //! `*.dist-info/METADATA` and `*.egg-info/PKG-INFO`, npm's `package-lock.json` and each
 //! `node_modules/NAME/package.json`, `Cargo.lock`; and `os-release` for the distribution.
 
+pub mod osv;
 mod parse;
 pub mod version;
 
