@@ -228,6 +228,19 @@ pub enum Cmd {
         #[command(flatten)]
         json: Json,
     },
+    /// Ransomware signals: snapshots whose changes against the snapshot before them look
+    /// like encryption in place (files rewritten, content that stopped compressing, new
+    /// extensions, ransom notes), with their score and reasons; suspect ones by default.
+    Anomalies {
+        /// Every analyzed snapshot, with its score, not only the suspect ones.
+        #[arg(long)]
+        all: bool,
+        /// Only this device's snapshots.
+        #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
+        device: Option<String>,
+        #[command(flatten)]
+        json: Json,
+    },
     /// Read stored chunks back and recompute their ids (scrub). Exits 2 when any is bad.
     Verify {
         /// Only about this percentage of the packs (1 to 100), chosen at random.

@@ -129,6 +129,7 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.OperatorApi/SnapshotInventory", READERS),
     ("/lifeboat.v1.OperatorApi/ImportAdvisories", OPERATORS),
     ("/lifeboat.v1.OperatorApi/ListFindings", READERS),
+    ("/lifeboat.v1.OperatorApi/ListAnomalies", READERS),
     ("/lifeboat.v1.OperatorApi/ListDrills", READERS),
     ("/lifeboat.v1.OperatorApi/GetPlan", READERS),
     ("/lifeboat.v1.OperatorApi/ListPlans", READERS),

@@ -209,6 +209,8 @@ struct Fleet {
     bad_chunks: (u64, u64),
     /// Percent of pack bytes verified within the scrub period.
     scrubbed: f64,
+    /// Suspect snapshots by device and source.
+    suspects: Vec<(String, String, u64)>,
 }
 
 impl Fleet {
@@ -229,6 +231,7 @@ impl Fleet {
             store_bytes,
             bad_chunks: ctl.catalog.bad_chunk_counts()?,
             scrubbed: ctl.catalog.verified_coverage(now - ctl.scrub_period_ms)?,
+            suspects: ctl.catalog.suspect_counts()?,
         })
     }
 
@@ -320,6 +323,32 @@ impl Fleet {
                     );
                 }
             }
+        }
+        m.family(
+            "lifeboat_source_vulnerabilities",
+            "gauge",
+            "Known vulnerabilities of the source's newest snapshot against the imported feed (sources not matched yet are left out).",
+        );
+        for d in &self.devices {
+            for s in d.sources.iter().filter(|s| s.vulns_known) {
+                m.sample(
+                    "lifeboat_source_vulnerabilities",
+                    &[("agent", &d.agent), ("source", &s.source)],
+                    s.vulns as f64,
+                );
+            }
+        }
+        m.family(
+            "lifeboat_suspect_snapshots",
+            "gauge",
+            "Snapshots whose ransomware signals reached their policy's threshold, by device and source.",
+        );
+        for (agent, source, n) in &self.suspects {
+            m.sample(
+                "lifeboat_suspect_snapshots",
+                &[("agent", agent), ("source", source)],
+                *n as f64,
+            );
         }
         m.family(
             "lifeboat_jobs",

@@ -24,6 +24,7 @@
 pub(crate) mod access;
 pub(crate) mod admission;
 pub(crate) mod agent_api;
+pub(crate) mod anomalies;
 pub(crate) mod approvals;
 pub(crate) mod audit;
 pub(crate) mod auth;
@@ -536,6 +537,10 @@ impl Running {
             Workers::spawn(ctl.clone(), "inventory", secs(5), Start::Now, |c| {
                 inventory::catch_up(c, inventory::WORKER_BUDGET)?;
                 vulns::match_pending(c, inventory::WORKER_BUDGET)
+            }),
+            // Ransomware signals of new snapshots against the ones before them.
+            Workers::spawn(ctl.clone(), "anomalies", secs(5), Start::Now, |c| {
+                anomalies::catch_up(c, inventory::WORKER_BUDGET)
             }),
         ];
         if let Some(every) = self.prune_every {

@@ -764,6 +764,20 @@ impl OperatorApi for OperatorService {
         Ok(Response::new(reply))
     }
 
+    async fn list_anomalies(
+        &self,
+        req: Request<pb::AnomaliesRequest>,
+    ) -> Result<Response<pb::AnomalyList>, Status> {
+        auth::operator(&req)?;
+        let req = req.into_inner();
+        let ctl = self.0.clone();
+        let reply =
+            tokio::task::spawn_blocking(move || crate::anomalies::list(&ctl, req.all, &req.device))
+                .await
+                .map_err(ApiError::from)??;
+        Ok(Response::new(reply))
+    }
+
     async fn quarantine(
         &self,
         req: Request<pb::QuarantineRequest>,

@@ -47,6 +47,7 @@
 //! references is durable, so no visible snapshot ever points at a missing chunk.
 
 pub mod age;
+pub mod anomaly;
 pub mod chunker;
 pub mod codec;
 pub mod durable;

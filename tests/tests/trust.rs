@@ -44,6 +44,7 @@ const READ_RPCS: &[&str] = &[
     "DiffSnapshots",
     "SnapshotInventory",
     "ListFindings",
+    "ListAnomalies",
     "ListDrills",
     "GetPlan",
     "ListPlans",
@@ -195,6 +196,10 @@ async fn call(channel: &Channel, rpc: &str) -> Result<(), tonic::Status> {
             .map(drop),
         "ListFindings" => op
             .list_findings(pb::FindingsRequest::default())
+            .await
+            .map(drop),
+        "ListAnomalies" => op
+            .list_anomalies(pb::AnomaliesRequest::default())
             .await
             .map(drop),
         // Nothing to import: the matrix must not change the feed.

@@ -1,5 +1,7 @@
-//! `lifeboat sbom`: the packages a snapshot holds, as a CycloneDX SBOM, a table or JSON;
-//! and `lifeboat sbom diff`, what changed between two snapshots.
+//! What a restore point holds and whether to trust it: `lifeboat sbom` (its packages, as a
+//! CycloneDX SBOM, a table or JSON) and `sbom diff`; `lifeboat vulns` (known
+//! vulnerabilities against an imported OSV feed) and `vulns import`; `lifeboat anomalies`
+//! (ransomware signals).
 
 use anyhow::{Context, Result};
 use lifeboat_core::inventory::{self, Ecosystem, Inventory, Os, Package};
@@ -550,5 +552,71 @@ async fn import(api: &mut Api, paths: &[std::path::PathBuf], json: bool) -> Resu
             );
         }
     }
+    Ok(0)
+}
+
+/// `lifeboat anomalies [--all] [--device D]`.
+pub async fn anomalies(api: &mut Api, all: bool, device: String, json: bool) -> Result<i32> {
+    let list = api
+        .list_anomalies(pb::AnomaliesRequest { all, device })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if json {
+        let items: Vec<_> = list
+            .anomalies
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "snapshot": a.snapshot_id, "device": a.agent_name, "source": a.source,
+                    "received": time(a.received_ms), "compared_with": a.parent,
+                    "score": a.score, "threshold": a.threshold, "suspect": a.suspect,
+                    "quarantined": a.quarantined, "reasons": a.reasons,
+                    "figures": serde_json::from_str::<serde_json::Value>(&a.report_json).unwrap_or_default(),
+                })
+            })
+            .collect();
+        out!("{}", serde_json::to_string_pretty(&items)?);
+        return Ok(0);
+    }
+    if list.anomalies.is_empty() {
+        out!(
+            "{}",
+            if all {
+                "no snapshot analyzed yet"
+            } else {
+                "no suspect snapshot"
+            }
+        );
+        return Ok(0);
+    }
+    let rows = list
+        .anomalies
+        .iter()
+        .map(|a| {
+            vec![
+                short(&a.snapshot_id).to_owned(),
+                time(a.received_ms),
+                a.agent_name.clone(),
+                a.source.clone(),
+                format!("{}/{}", a.score, a.threshold),
+                match (a.suspect, a.quarantined) {
+                    (_, true) => "quarantined".into(),
+                    (true, false) => "SUSPECT".into(),
+                    (false, false) => "-".into(),
+                },
+                a.reasons.join("; "),
+            ]
+        })
+        .collect();
+    out!(
+        "{}",
+        output::table(
+            &[
+                "SNAPSHOT", "TIME", "DEVICE", "SOURCE", "SCORE", "STATE", "REASONS"
+            ],
+            rows
+        )
+    );
     Ok(0)
 }

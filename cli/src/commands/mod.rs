@@ -67,6 +67,9 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         }
         c @ Cmd::Sbom { .. } => inventory::run(&mut api, c).await,
         c @ Cmd::Vulns { .. } => inventory::vulns(&mut api, c).await,
+        Cmd::Anomalies { all, device, json } => {
+            inventory::anomalies(&mut api, all, device.unwrap_or_default(), json.json).await
+        }
         Cmd::Policy { cmd } => policy::run(&mut api, cmd).await,
         c @ (Cmd::Identity { .. }
         | Cmd::Audit { .. }

@@ -311,4 +311,17 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (key, advisory, ecosystem, name, version)
     ) WITHOUT ROWID;
     "#,
+    // 17: ransomware signals: each snapshot's score against the one before it, the
+    // threshold it was judged by, and the report.
+    r#"
+    CREATE TABLE anomalies (
+        snapshot_id TEXT PRIMARY KEY,
+        parent      TEXT NOT NULL,
+        score       INTEGER NOT NULL,
+        threshold   INTEGER NOT NULL,
+        suspect     INTEGER NOT NULL,
+        analyzed_ms INTEGER NOT NULL,
+        report      TEXT NOT NULL
+    );
+    "#,
 ];

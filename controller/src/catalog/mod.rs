@@ -11,6 +11,7 @@
 //! and slots), `recovery` (restore samples, drills, plans); `migrations` is the schema.
 
 mod agents;
+mod anomalies;
 mod approvals;
 mod copies;
 mod error;
@@ -29,6 +30,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 
 pub use agents::{AgentRow, TokenCheck};
+pub use anomalies::AnomalyRow;
 pub use approvals::ApprovalRow;
 pub use inventory::InventoryLink;
 pub use jobs::JobRow;

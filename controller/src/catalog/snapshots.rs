@@ -230,6 +230,7 @@ impl Catalog {
             "DELETE FROM snapshot_inventories WHERE snapshot_id = ?1",
             [id],
         )?;
+        conn.cached_exec("DELETE FROM anomalies WHERE snapshot_id = ?1", [id])?;
         Ok(())
     }
 

@@ -49,6 +49,18 @@ struct Spec {
     /// Copy each snapshot off-site and lock it there this long (`30d`).
     #[serde(default)]
     copy: Option<Spanned<String>>,
+    /// Ransomware signals: `anomalies = { threshold = 60, quarantine = true }`.
+    #[serde(default)]
+    anomalies: Option<Spanned<AnomaliesSpec>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AnomaliesSpec {
+    #[serde(default)]
+    threshold: Option<u32>,
+    #[serde(default)]
+    quarantine: bool,
 }
 
 #[derive(Deserialize)]
@@ -327,6 +339,27 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
             }
             None => None,
         };
+        let anomalies = match &s.anomalies {
+            Some(a) => {
+                let threshold = a
+                    .get_ref()
+                    .threshold
+                    .unwrap_or(super::DEFAULT_ANOMALY_THRESHOLD);
+                if !(1..=100).contains(&threshold) {
+                    errors.push(at(
+                        file,
+                        text,
+                        a.span(),
+                        "anomalies.threshold must be between 1 and 100",
+                    ));
+                }
+                super::Anomalies {
+                    threshold,
+                    quarantine: a.get_ref().quarantine,
+                }
+            }
+            None => super::Anomalies::default(),
+        };
         out.push(Policy {
             name,
             selector,
@@ -349,6 +382,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
             upload_quota,
             drill,
             copy_s,
+            anomalies,
         });
     }
     if out.is_empty() && errors.is_empty() {

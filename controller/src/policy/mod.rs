@@ -70,6 +70,32 @@ pub struct Policy {
     /// copied).
     #[serde(default)]
     pub copy_s: u64,
+    /// How ransomware signals are judged for the policy's snapshots.
+    #[serde(default)]
+    pub anomalies: Anomalies,
+}
+
+/// A snapshot whose ransomware score (`lifeboat_core::anomaly`) reaches `threshold` is
+/// suspect: audited, logged, counted in `/metrics`; with `quarantine`, it and every later
+/// snapshot of its device are quarantined at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Anomalies {
+    pub threshold: u32,
+    pub quarantine: bool,
+}
+
+/// Rewritten content that stopped compressing plus a fifth of the files changed, or ransom
+/// notes in several directories plus churn: never an ordinary day's changes alone.
+pub const DEFAULT_ANOMALY_THRESHOLD: u32 = 60;
+
+impl Default for Anomalies {
+    fn default() -> Self {
+        Anomalies {
+            threshold: DEFAULT_ANOMALY_THRESHOLD,
+            quarantine: false,
+        }
+    }
 }
 
 /// Scheduled restore drills over the policy's devices.
