@@ -47,6 +47,29 @@ pub enum VulnsCmd {
 }
 
 #[derive(Subcommand)]
+pub enum TrustCmd {
+    /// Import a vendor's public key (admin): an `ssh-ed25519 AAAA...` line, as in a .pub file.
+    AddKey {
+        /// What the vendor is called in listings and the audit log.
+        name: String,
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Import a list of image digests (one `sha256:...` per line) a vendor signed (admin);
+    /// the signature is checked against every imported vendor key.
+    Import {
+        list: PathBuf,
+        /// The detached signature (default: LIST.sig, as ssh-keygen -Y sign writes it).
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+        #[command(flatten)]
+        json: Json,
+    },
+    /// Vendor keys, their fingerprints, and how many image digests each vouches for.
+    List(Json),
+}
+
+#[derive(Subcommand)]
 pub enum SbomCmd {
     /// What was installed, removed or upgraded from snapshot A to snapshot B (the patch
     /// history between two restore points).
@@ -241,6 +264,13 @@ pub enum Cmd {
         #[command(flatten)]
         json: Json,
     },
+    /// Trusted images: vendors' ssh-ed25519 keys and the lists of image digests they sign
+    /// (`ssh-keygen -Y sign -n lifeboat-images -f KEY LIST`). A policy with
+    /// `require_trusted_images = true` restores only images on such a list.
+    Trust {
+        #[command(subcommand)]
+        cmd: TrustCmd,
+    },
     /// Read stored chunks back and recompute their ids (scrub). Exits 2 when any is bad.
     Verify {
         /// Only about this percentage of the packs (1 to 100), chosen at random.
@@ -309,7 +339,8 @@ pub enum Cmd {
         /// snapshot (without it, they are left and reported as planted).
         #[arg(long)]
         delete_extra: bool,
-        /// Restore a quarantined snapshot anyway (admin; recorded in the audit log).
+        /// Restore a quarantined snapshot, or an image no vendor vouches for where its
+        /// policy requires trusted images, anyway (admin; recorded in the audit log).
         #[arg(long)]
         force: bool,
         /// Onto another machine than the snapshot's: create its device nodes and keep

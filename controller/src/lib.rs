@@ -54,6 +54,7 @@ pub(crate) mod snapshots;
 pub mod state;
 mod status;
 pub mod store;
+pub(crate) mod vendors;
 pub(crate) mod vulns;
 pub(crate) mod workers;
 

@@ -49,13 +49,16 @@ fn approval_info(a: crate::catalog::ApprovalRow) -> pb::ApprovalInfo {
     }
 }
 
-/// A snapshot as listings show it, with the copy stores that hold it whole.
-fn snapshot_info(
-    catalog: &crate::catalog::Catalog,
-    s: SnapshotRow,
-) -> Result<pb::SnapshotInfo, ApiError> {
+/// A snapshot as listings show it, with the copy stores that hold it whole, whether a
+/// vendor vouches for it (images) and whether its ransomware signals made it suspect.
+fn snapshot_info(ctl: &crate::Controller, s: SnapshotRow) -> Result<pb::SnapshotInfo, ApiError> {
+    let catalog = &ctl.catalog;
+    let trusted_by = crate::vendors::vouched_by(ctl, &s)?.unwrap_or_default();
     Ok(pb::SnapshotInfo {
         copies: catalog.copies_of(&s.id)?,
+        suspect: catalog.anomaly(&s.id)?.is_some_and(|a| a.suspect),
+        image_trusted: !trusted_by.is_empty(),
+        trusted_by,
         id: s.id,
         agent_id: s.agent_id,
         agent_name: s.agent_name,
@@ -73,6 +76,17 @@ fn snapshot_info(
         quarantined_unix_ms: s.quarantined_ms,
         locked_until_unix_ms: s.locked_until_ms.max(0),
     })
+}
+
+fn vendor_key_info(k: crate::catalog::VendorKeyRow, added: bool) -> pb::VendorKeyInfo {
+    pb::VendorKeyInfo {
+        name: k.name,
+        key: k.key,
+        fingerprint: k.fingerprint,
+        added_unix_ms: k.added_ms,
+        digests: k.digests,
+        added,
+    }
 }
 
 impl OperatorService {
@@ -190,7 +204,7 @@ impl OperatorApi for OperatorService {
             .catalog
             .snapshots(agent_id.as_deref(), source)?
             .into_iter()
-            .map(|s| snapshot_info(&self.0.catalog, s))
+            .map(|s| snapshot_info(&self.0, s))
             .collect::<Result<_, _>>()?;
         Ok(Response::new(pb::SnapshotList { snapshots }))
     }
@@ -437,7 +451,7 @@ impl OperatorApi for OperatorService {
         })
         .await
         .map_err(ApiError::from)??;
-        Ok(Response::new(snapshot_info(&self.0.catalog, snap)?))
+        Ok(Response::new(snapshot_info(&self.0, snap)?))
     }
 
     async fn list_audit(
@@ -778,6 +792,67 @@ impl OperatorApi for OperatorService {
         Ok(Response::new(reply))
     }
 
+    async fn add_vendor_key(
+        &self,
+        req: Request<pb::VendorKeyRequest>,
+    ) -> Result<Response<pb::VendorKeyInfo>, Status> {
+        let (operator, _) = auth::operator(&req)?;
+        let req = req.into_inner();
+        let (fingerprint, added) = crate::vendors::add_key(&self.0, &req.name, &req.key)?;
+        if added {
+            self.0.audit.ok(
+                &format!("operator:{operator}"),
+                "vendor.key_add",
+                &req.name,
+                serde_json::json!({ "fingerprint": fingerprint }),
+            );
+        }
+        let row = self
+            .0
+            .catalog
+            .vendor_keys()?
+            .into_iter()
+            .find(|k| k.name == req.name)
+            .ok_or_else(|| ApiError::internal("the vendor key vanished"))?;
+        Ok(Response::new(vendor_key_info(row, added)))
+    }
+
+    async fn import_trusted_digests(
+        &self,
+        req: Request<pb::TrustedDigestsRequest>,
+    ) -> Result<Response<pb::TrustedDigestsReply>, Status> {
+        let (operator, _) = auth::operator(&req)?;
+        let req = req.into_inner();
+        let (vendor, listed, new) =
+            crate::vendors::import_list(&self.0, &req.list, &req.signature)?;
+        self.0.audit.ok(
+            &format!("operator:{operator}"),
+            "vendor.digests_import",
+            &vendor,
+            serde_json::json!({ "listed": listed, "new": new }),
+        );
+        Ok(Response::new(pb::TrustedDigestsReply {
+            vendor,
+            listed,
+            new,
+        }))
+    }
+
+    async fn list_vendor_keys(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::VendorKeyList>, Status> {
+        auth::operator(&req)?;
+        let keys = self
+            .0
+            .catalog
+            .vendor_keys()?
+            .into_iter()
+            .map(|k| vendor_key_info(k, false))
+            .collect();
+        Ok(Response::new(pb::VendorKeyList { keys }))
+    }
+
     async fn quarantine(
         &self,
         req: Request<pb::QuarantineRequest>,
@@ -796,7 +871,7 @@ impl OperatorApi for OperatorService {
         Ok(Response::new(pb::QuarantineReply {
             snapshots: changed
                 .into_iter()
-                .map(|s| snapshot_info(&self.0.catalog, s))
+                .map(|s| snapshot_info(&self.0, s))
                 .collect::<Result<_, _>>()?,
         }))
     }

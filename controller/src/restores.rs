@@ -75,6 +75,12 @@ pub enum RestoreError {
     },
     #[error("denied: only an admin may restore a quarantined snapshot (--force)")]
     ForceNeedsAdmin,
+    #[error(
+        "{0}; import the vendor's signed list (`lifeboat trust import`), restore a covered snapshot, or as an admin add --force"
+    )]
+    UntrustedImage(String),
+    #[error("denied: only an admin may restore an image no vendor vouches for (--force)")]
+    UntrustedForceNeedsAdmin,
     #[error("agent {0} is revoked: restore onto another agent")]
     AgentRevoked(String),
     #[error(
@@ -117,10 +123,11 @@ impl DomainError for RestoreError {
             E::OperatorTarget(TargetError::NotNormalized { .. }) => Kind::InvalidArgument,
             E::OperatorTarget(t) => t.kind(),
             E::ToForDocker { .. } | E::RepairForDocker(_) => Kind::InvalidArgument,
-            E::ForceNeedsAdmin => Kind::PermissionDenied,
-            E::Unverified { .. } | E::Quarantined { .. } | E::AgentRevoked(_) => {
-                Kind::FailedPrecondition
-            }
+            E::ForceNeedsAdmin | E::UntrustedForceNeedsAdmin => Kind::PermissionDenied,
+            E::Unverified { .. }
+            | E::Quarantined { .. }
+            | E::AgentRevoked(_)
+            | E::UntrustedImage(_) => Kind::FailedPrecondition,
             E::Approval(e) => e.kind(),
             E::Catalog(e) => e.kind(),
             E::Api(e) => e.kind(),
@@ -357,6 +364,26 @@ pub fn for_operator(
             "restore.quarantined_forced",
             &snap.id,
             serde_json::json!({ "agent": onto.name }),
+        );
+    }
+    if let Some(why) = crate::vendors::untrusted(ctl, snap)? {
+        if !ask.force {
+            ctl.audit.ok(
+                &actor,
+                "restore.refused",
+                &snap.id,
+                serde_json::json!({ "reason": why }),
+            );
+            return Err(RestoreError::UntrustedImage(why));
+        }
+        if role != Role::Admin {
+            return Err(RestoreError::UntrustedForceNeedsAdmin);
+        }
+        ctl.audit.ok(
+            &actor,
+            "restore.untrusted_forced",
+            &snap.id,
+            serde_json::json!({ "agent": onto.name, "image": snap.source_path }),
         );
     }
     if onto.revoked_ms != 0 {

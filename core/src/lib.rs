@@ -62,6 +62,7 @@ pub mod restore;
 pub mod seal;
 pub mod sign;
 pub mod snapshot;
+pub mod sshsig;
 pub mod tree;
 pub mod units;
 pub mod walk;

@@ -778,3 +778,263 @@ fn an_image_snapshot_lists_its_packages_layer_by_layer_with_whiteouts_applied() 
         "{listing}"
     );
 }
+
+/// Runs `ssh-keygen ARGS` (OpenSSH's own tool: how a vendor makes its key and signs).
+fn ssh_keygen(args: &[&str]) -> Output {
+    Command::new("ssh-keygen")
+        .args(args)
+        .output()
+        .expect("run ssh-keygen")
+}
+
+#[test]
+fn only_images_a_vendor_signed_for_are_restored_where_the_policy_requires_it() {
+    if !have_docker() {
+        return;
+    }
+    let mut cleanup = Cleanup::default();
+    let dir = tempfile::tempdir().expect("dir");
+    let ctx = dir.path().join("ctx");
+    fs::create_dir_all(&ctx).expect("ctx");
+    let name = unique("vendor");
+    fs::write(ctx.join("app"), format!("the vendor's app {name}\n")).expect("app");
+    fs::write(ctx.join("other"), format!("someone else's app {name}\n")).expect("other");
+    fs::write(ctx.join("Dockerfile.1"), "FROM scratch\nCOPY app /app\n").expect("df");
+    fs::write(ctx.join("Dockerfile.2"), "FROM scratch\nCOPY other /app\n").expect("df");
+    let ctx_s = ctx.to_str().expect("path");
+    {
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::env::temp_dir().join("lifeboat-tests-docker-build.lock"))
+            .expect("lock file");
+        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+        for v in ["1", "2"] {
+            cleanup.images.push(format!("{name}:{v}"));
+            docker_build(&[
+                "build",
+                "-q",
+                "-t",
+                &format!("{name}:{v}"),
+                "-f",
+                &format!("{ctx_s}/Dockerfile.{v}"),
+                ctx_s,
+            ]);
+        }
+    }
+    let (vendor_id, other_id) = (
+        image_id(&format!("{name}:1")),
+        image_id(&format!("{name}:2")),
+    );
+    let mut fleet = Fleet::start();
+    start_docker_agent(&mut fleet, "a", &[]);
+    let snap = |tag: &str| {
+        let (ok, job) = fleet.job(&["backup", "a", "--source", &format!("image:{name}:{tag}")]);
+        assert!(ok, "{job}");
+        snapshot_of(&fleet, &job)["id"]
+            .as_str()
+            .expect("id")
+            .to_owned()
+    };
+    let (vendor_snap, other_snap) = (snap("1"), snap("2"));
+    fleet.apply_policy(&format!(
+        "[[policy]]\nname = \"images\"\nsources = [\"image:{name}:1\", \"image:{name}:2\"]\n\
+         schedule = \"0 3 1 1 *\"\nrequire_trusted_images = true\n"
+    ));
+    let trusted = |fleet: &Fleet, id: &str| -> Value {
+        fleet
+            .cli_json(&["snapshots"])
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["id"] == id).cloned())
+            .expect("listed")
+    };
+    assert_eq!(trusted(&fleet, &vendor_snap)["image_trusted"], false);
+
+    // Without a vendor's list the restore is refused, naming why and what to do.
+    let restore = |fleet: &Fleet, id: &str, force: bool| -> Output {
+        let mut args = vec!["restore", id, "--agent", "a", "--wait"];
+        if force {
+            args.push("--force");
+        }
+        fleet.cli(&args)
+    };
+    let out = restore(&fleet, &vendor_snap, false);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("no vendor's signed list")
+            && err.contains("lifeboat trust import"),
+        "{err}"
+    );
+
+    // The vendor: a key and a signed list of digests, made with OpenSSH's own tool.
+    let key = dir.path().join("vendor");
+    let out = ssh_keygen(&[
+        "-q",
+        "-t",
+        "ed25519",
+        "-N",
+        "",
+        "-C",
+        "images@vendor.example",
+        "-f",
+        key.to_str().expect("p"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stranger = dir.path().join("stranger");
+    assert!(
+        ssh_keygen(&[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-f",
+            stranger.to_str().expect("p")
+        ])
+        .status
+        .success()
+    );
+    let list = dir.path().join("images.txt");
+    fs::write(&list, format!("# vendor images\n{vendor_id} {name}:1\n")).expect("list");
+    let sign = |with: &Path, namespace: &str| {
+        let _ = fs::remove_file(dir.path().join("images.txt.sig"));
+        let out = ssh_keygen(&[
+            "-Y",
+            "sign",
+            "-f",
+            with.to_str().expect("p"),
+            "-n",
+            namespace,
+            list.to_str().expect("p"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let list_s = list.to_str().expect("p");
+    sign(&key, "lifeboat-images");
+    let out = fleet.cli(&["trust", "import", list_s]);
+    assert!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("no vendor key")
+    );
+    let pubkey = format!("{}.pub", key.display());
+    let added = fleet.cli(&["trust", "add-key", "acme", "--key", &pubkey]);
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    // Signed by a stranger, for another purpose, or changed after signing: refused.
+    sign(&stranger, "lifeboat-images");
+    let out = fleet.cli(&["trust", "import", list_s]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("no imported vendor key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sign(&key, "file");
+    let out = fleet.cli(&["trust", "import", list_s]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("namespace"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sign(&key, "lifeboat-images");
+    fs::write(
+        &list,
+        format!("# vendor images\n{vendor_id} {name}:1\n{other_id}\n"),
+    )
+    .expect("tamper");
+    let out = fleet.cli(&["trust", "import", list_s]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        trusted(&fleet, &other_snap)["image_trusted"],
+        false,
+        "a tampered list vouches for nothing"
+    );
+    // The list as signed: OpenSSH agrees, and so does the controller.
+    fs::write(&list, format!("# vendor images\n{vendor_id} {name}:1\n")).expect("list");
+    sign(&key, "lifeboat-images");
+    let signers = dir.path().join("allowed");
+    fs::write(
+        &signers,
+        format!("acme {}", fs::read_to_string(&pubkey).expect("pub")),
+    )
+    .expect("allowed");
+    let verify = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ssh-keygen -Y verify -f {} -I acme -n lifeboat-images -s {list_s}.sig < {list_s}",
+            signers.display()
+        ))
+        .output()
+        .expect("verify");
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let imported = fleet.cli_json(&["trust", "import", list_s]);
+    assert_eq!(
+        (imported["vendor"].as_str(), imported["listed"].as_u64()),
+        (Some("acme"), Some(1)),
+        "{imported}"
+    );
+    let s = trusted(&fleet, &vendor_snap);
+    assert_eq!(
+        (s["image_trusted"].as_bool(), s["trusted_by"][0].as_str()),
+        (Some(true), Some("acme")),
+        "{s}"
+    );
+    assert_eq!(trusted(&fleet, &other_snap)["image_trusted"], false);
+    assert_eq!(fleet.cli_json(&["trust", "list"])[0]["digests"], 1);
+
+    // The covered image restores; the other is refused until an admin forces it (audited).
+    docker_ok(&["rmi", &format!("{name}:1"), &format!("{name}:2")]);
+    let out = restore(&fleet, &vendor_snap, false);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(image_id(&format!("{name}:1")), vendor_id);
+    let out = restore(&fleet, &other_snap, false);
+    assert!(!out.status.success());
+    assert!(
+        docker(&["image", "inspect", &other_id]).status.code() != Some(0),
+        "nothing was loaded"
+    );
+    let out = restore(&fleet, &other_snap, true);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(image_id(&format!("{name}:2")), other_id);
+    let audit = fleet.cli_json(&["audit", "--since", "1h"]);
+    let actions: Vec<&str> = audit
+        .as_array()
+        .expect("audit")
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for want in [
+        "vendor.key_add",
+        "vendor.digests_import",
+        "restore.untrusted_forced",
+    ] {
+        assert!(actions.contains(&want), "{want} missing from {actions:?}");
+    }
+}

@@ -45,6 +45,7 @@ const READ_RPCS: &[&str] = &[
     "SnapshotInventory",
     "ListFindings",
     "ListAnomalies",
+    "ListVendorKeys",
     "ListDrills",
     "GetPlan",
     "ListPlans",
@@ -74,6 +75,8 @@ const ADMIN_RPCS: &[&str] = &[
     "ListApprovals",
     "Approve",
     "Reject",
+    "AddVendorKey",
+    "ImportTrustedDigests",
 ];
 
 fn all_rpcs() -> Vec<&'static str> {
@@ -200,6 +203,16 @@ async fn call(channel: &Channel, rpc: &str) -> Result<(), tonic::Status> {
             .map(drop),
         "ListAnomalies" => op
             .list_anomalies(pb::AnomaliesRequest::default())
+            .await
+            .map(drop),
+        "ListVendorKeys" => op.list_vendor_keys(pb::Empty {}).await.map(drop),
+        // Invalid on purpose: the matrix must not add a key or trust a digest.
+        "AddVendorKey" => op
+            .add_vendor_key(pb::VendorKeyRequest::default())
+            .await
+            .map(drop),
+        "ImportTrustedDigests" => op
+            .import_trusted_digests(pb::TrustedDigestsRequest::default())
             .await
             .map(drop),
         // Nothing to import: the matrix must not change the feed.

@@ -620,3 +620,95 @@ pub async fn anomalies(api: &mut Api, all: bool, device: String, json: bool) -> 
     );
     Ok(0)
 }
+
+/// `lifeboat trust add-key | import | list`.
+pub async fn trust(api: &mut Api, cmd: TrustCmd) -> Result<i32> {
+    match cmd {
+        TrustCmd::AddKey { name, key } => {
+            let line = std::fs::read_to_string(&key)
+                .with_context(|| format!("reading the vendor key {}", key.display()))?;
+            let k = api
+                .add_vendor_key(pb::VendorKeyRequest { name, key: line })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if k.added {
+                out!("vendor {} added: {}", k.name, k.fingerprint);
+            } else {
+                out!("vendor {} already has this key: {}", k.name, k.fingerprint);
+            }
+        }
+        TrustCmd::Import {
+            list,
+            signature,
+            json,
+        } => {
+            let sig_path = signature.unwrap_or_else(|| {
+                let mut p = list.clone().into_os_string();
+                p.push(".sig");
+                p.into()
+            });
+            let bytes =
+                std::fs::read(&list).with_context(|| format!("reading {}", list.display()))?;
+            let sig = std::fs::read_to_string(&sig_path).with_context(|| {
+                format!(
+                    "reading the signature {} (give it with --signature)",
+                    sig_path.display()
+                )
+            })?;
+            let r = api
+                .import_trusted_digests(pb::TrustedDigestsRequest {
+                    list: bytes,
+                    signature: sig,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            if json.json {
+                out!(
+                    "{}",
+                    serde_json::json!({"vendor": r.vendor, "listed": r.listed, "new": r.new})
+                );
+            } else {
+                out!(
+                    "signed by {}: {} digests listed, {} new",
+                    r.vendor,
+                    r.listed,
+                    r.new
+                );
+            }
+        }
+        TrustCmd::List(json) => {
+            let keys = api
+                .list_vendor_keys(pb::Empty {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .keys;
+            if json.json {
+                let items: Vec<_> = keys
+                    .iter()
+                    .map(|k| serde_json::json!({"name": k.name, "fingerprint": k.fingerprint, "key": k.key, "added": time(k.added_unix_ms), "digests": k.digests}))
+                    .collect();
+                out!("{}", serde_json::Value::Array(items));
+            } else {
+                let rows = keys
+                    .iter()
+                    .map(|k| {
+                        vec![
+                            k.name.clone(),
+                            k.fingerprint.clone(),
+                            time(k.added_unix_ms),
+                            k.digests.to_string(),
+                        ]
+                    })
+                    .collect();
+                out!(
+                    "{}",
+                    output::table(&["VENDOR", "FINGERPRINT", "ADDED", "DIGESTS"], rows)
+                );
+            }
+        }
+    }
+    Ok(0)
+}

@@ -67,6 +67,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         }
         c @ Cmd::Sbom { .. } => inventory::run(&mut api, c).await,
         c @ Cmd::Vulns { .. } => inventory::vulns(&mut api, c).await,
+        Cmd::Trust { cmd } => inventory::trust(&mut api, cmd).await,
         Cmd::Anomalies { all, device, json } => {
             inventory::anomalies(&mut api, all, device.unwrap_or_default(), json.json).await
         }

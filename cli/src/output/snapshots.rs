@@ -20,6 +20,8 @@ pub fn snapshot_row(s: &pb::SnapshotInfo) -> Vec<String> {
     vec![
         if s.quarantined_unix_ms != 0 {
             format!("{} (quarantined)", &s.id[..s.id.len().min(12)])
+        } else if s.suspect {
+            format!("{} (suspect)", &s.id[..s.id.len().min(12)])
         } else {
             s.id[..s.id.len().min(12)].to_string()
         },
@@ -70,6 +72,9 @@ pub fn snapshot_json(s: &pb::SnapshotInfo) -> serde_json::Value {
         "bytes_read": s.bytes_read,
         "parent": s.parent,
         "quarantined": s.quarantined_unix_ms != 0,
+        "suspect": s.suspect,
+        "image_trusted": s.image_trusted,
+        "trusted_by": s.trusted_by,
         "quarantined_time": (s.quarantined_unix_ms != 0).then(|| time(s.quarantined_unix_ms)),
         "locked_until": (s.locked_until_unix_ms != 0).then(|| time(s.locked_until_unix_ms)),
         "locked_until_unix_ms": s.locked_until_unix_ms,

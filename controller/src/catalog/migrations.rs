@@ -324,4 +324,20 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         report      TEXT NOT NULL
     );
     "#,
+    // 18: trusted images: vendor keys (ssh-ed25519) and the image digests their signed
+    // lists vouch for.
+    r#"
+    CREATE TABLE vendor_keys (
+        name        TEXT PRIMARY KEY,
+        key         TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        added_ms    INTEGER NOT NULL
+    );
+    CREATE TABLE trusted_digests (
+        digest      TEXT NOT NULL,
+        vendor      TEXT NOT NULL,
+        imported_ms INTEGER NOT NULL,
+        PRIMARY KEY (digest, vendor)
+    ) WITHOUT ROWID;
+    "#,
 ];

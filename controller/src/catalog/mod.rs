@@ -22,6 +22,7 @@ mod recovery;
 mod schedule;
 mod snapshots;
 mod store;
+mod vendors;
 mod vulns;
 
 use std::path::Path;
@@ -37,6 +38,7 @@ pub use jobs::JobRow;
 pub use recovery::{DrillRow, SampleRow};
 pub use snapshots::SnapshotRow;
 pub use store::{ChunkPlace, RetainedPack};
+pub use vendors::VendorKeyRow;
 pub use vulns::{AdvisoryRow, FindingRow, ImportCounts};
 
 pub use error::CatalogError;

@@ -52,6 +52,9 @@ struct Spec {
     /// Ransomware signals: `anomalies = { threshold = 60, quarantine = true }`.
     #[serde(default)]
     anomalies: Option<Spanned<AnomaliesSpec>>,
+    /// Restore only images a vendor's signed list vouches for (an admin may force).
+    #[serde(default)]
+    require_trusted_images: bool,
 }
 
 #[derive(Deserialize)]
@@ -383,6 +386,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
             drill,
             copy_s,
             anomalies,
+            require_trusted_images: s.require_trusted_images,
         });
     }
     if out.is_empty() && errors.is_empty() {

@@ -73,6 +73,10 @@ pub struct Policy {
     /// How ransomware signals are judged for the policy's snapshots.
     #[serde(default)]
     pub anomalies: Anomalies,
+    /// Restoring an image of the policy's sources needs a vendor's signed list to vouch
+    /// for its digest (`vendors`), or an admin to force it.
+    #[serde(default)]
+    pub require_trusted_images: bool,
 }
 
 /// A snapshot whose ransomware score (`lifeboat_core::anomaly`) reaches `threshold` is
