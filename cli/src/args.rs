@@ -452,6 +452,13 @@ pub enum RecoverCmd {
         /// the plan holds when the primary store is gone.
         #[arg(long = "from")]
         from_store: Option<String>,
+        /// Pass over restore points that carry these advisories (CVE ids or the feed's
+        /// own ids; repeat or separate with commas), as `lifeboat vulns` lists them.
+        #[arg(long, value_name = "CVE-ID", num_args = 1.., value_delimiter = ',')]
+        without: Vec<String>,
+        /// Pass over restore points with a finding above this severity.
+        #[arg(long, value_name = "S", value_parser = ["low", "medium", "high"])]
+        max_severity: Option<String>,
         #[command(flatten)]
         json: Json,
     },

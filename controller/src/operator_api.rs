@@ -933,6 +933,22 @@ impl OperatorApi for OperatorService {
             mode: Mode::parse(&req.mode).map_err(|e| ApiError::InvalidArgument(e.to_string()))?,
             force: req.force,
             from_store: (!req.from_store.is_empty()).then_some(req.from_store),
+            without: req
+                .without
+                .iter()
+                .map(|w| w.trim().to_owned())
+                .filter(|w| !w.is_empty())
+                .collect(),
+            max_severity: match req.max_severity.as_str() {
+                "" => None,
+                s => Some(
+                    lifeboat_core::inventory::osv::Severity::parse(s).ok_or_else(|| {
+                        ApiError::InvalidArgument(format!(
+                            "--max-severity {s:?}: give low, medium or high"
+                        ))
+                    })?,
+                ),
+            },
         };
         let ctl = self.0.clone();
         let plan = tokio::task::spawn_blocking(move || {

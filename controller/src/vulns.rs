@@ -156,7 +156,10 @@ pub fn match_pending(ctl: &Controller, budget: Duration) -> Result<(), ApiError>
 }
 
 /// A snapshot's findings against the feed in force, matched now if the worker has not yet.
-fn findings_of(ctl: &Controller, snapshot: &SnapshotRow) -> Result<Vec<FindingRow>, ApiError> {
+pub fn findings_of_snapshot(
+    ctl: &Controller,
+    snapshot: &SnapshotRow,
+) -> Result<Vec<FindingRow>, ApiError> {
     let generation = ctl.catalog.feed_generation()?;
     let inv = crate::inventory::of_snapshot(ctl, &snapshot.id)?;
     if generation > 0 && ctl.catalog.inventory_generation(&inv.key)?.unwrap_or(0) < generation {
@@ -197,7 +200,7 @@ pub fn list(ctl: &Controller, scope: Scope, min: Severity) -> Result<pb::Finding
         ..Default::default()
     };
     for s in &snapshots {
-        let findings = match findings_of(ctl, s) {
+        let findings = match findings_of_snapshot(ctl, s) {
             Ok(f) => f,
             Err(e) => {
                 out.unread.push(format!(

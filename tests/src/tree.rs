@@ -316,3 +316,43 @@ pub fn assert_same(expected: &[Item], restored: &Path) {
         m.len()
     );
 }
+
+/// Every regular file under `dir`.
+pub fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// What ransomware does: every file overwritten with ciphertext (random bytes, a little
+/// longer), renamed `NAME.locked`, and a note in every directory.
+pub fn encrypt_in_place(src: &Path) {
+    let mut rng = Rng::new(666);
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files(src) {
+        let len = fs::metadata(&f).expect("stat").len() as usize;
+        fs::write(&f, rng.bytes(len + 16)).expect("encrypt");
+        let mut locked = f.clone().into_os_string();
+        locked.push(".locked");
+        fs::rename(&f, &locked).expect("rename");
+        dirs.insert(f.parent().expect("parent").to_path_buf());
+    }
+    for d in dirs {
+        fs::write(
+            d.join("HOW_TO_DECRYPT.txt"),
+            "Your files are encrypted. Pay to get them back.\n",
+        )
+        .expect("note");
+    }
+}

@@ -3,13 +3,12 @@
 //! with a note in every directory, is flagged with those reasons, audited, counted in
 //! `/metrics`, and (the policy says so) quarantined so that no recovery plan picks it.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use lifeboat_tests::tree::Rng;
+use lifeboat_tests::tree::encrypt_in_place;
 use lifeboat_tests::{Fleet, repo_dir, wait_for};
 use serde_json::Value;
 
@@ -45,46 +44,6 @@ fn become_day(day: &Path, src: &Path) {
         "rsync: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Every regular file under `dir`.
-fn files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).expect("read_dir") {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// What ransomware does: every file overwritten with ciphertext (random bytes, a little
-/// longer), renamed `NAME.locked`, and a note in every directory.
-fn encrypt_in_place(src: &Path) {
-    let mut rng = Rng::new(666);
-    let mut dirs = BTreeSet::new();
-    for f in files(src) {
-        let len = fs::metadata(&f).expect("stat").len() as usize;
-        fs::write(&f, rng.bytes(len + 16)).expect("encrypt");
-        let mut locked = f.clone().into_os_string();
-        locked.push(".locked");
-        fs::rename(&f, &locked).expect("rename");
-        dirs.insert(f.parent().expect("parent").to_path_buf());
-    }
-    for d in dirs {
-        fs::write(
-            d.join("HOW_TO_DECRYPT.txt"),
-            "Your files are encrypted. Pay to get them back.\n",
-        )
-        .expect("note");
-    }
 }
 
 fn analyzed(fleet: &Fleet, n: usize) -> Vec<Value> {

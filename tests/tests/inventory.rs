@@ -667,3 +667,164 @@ fn vulns_match_an_imported_osv_feed_with_each_ecosystems_version_order() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
+
+#[test]
+fn recovery_plans_pass_over_suspect_and_vulnerable_restore_points_and_say_why() {
+    let mut fleet = Fleet::start();
+    let work = tempfile::tempdir().expect("work");
+    let root = work.path().join("srv");
+    write(&root, "etc/os-release", "ID=debian\nVERSION_ID=\"12\"\n");
+    write(&root, "web/package-lock.json", &lock("4.17.20"));
+    for i in 0..30 {
+        write(
+            &root,
+            &format!("data/d{}/doc{i}.txt", i % 4),
+            &"quarterly figures and prose\n".repeat(200),
+        );
+    }
+    let agent = fleet.enroll("web1");
+    fleet.run_agent(&agent, &[("root", &root)], &[work.path()]);
+    let id = |v: Value| v["id"].as_str().expect("id").to_owned();
+    // s1: lodash with a critical advisory. s2: lodash patched, Jinja2 (a medium one)
+    // installed. s3: the tree encrypted in place.
+    let s1 = id(fleet.backup("web1", "root"));
+    write(&root, "web/package-lock.json", &lock("4.17.21"));
+    write(
+        &root,
+        "venv/lib/python3.11/site-packages/Jinja2-3.1.2.dist-info/METADATA",
+        "Name: Jinja2\nVersion: 3.1.2\n",
+    );
+    let s2 = id(fleet.backup("web1", "root"));
+    lifeboat_tests::tree::encrypt_in_place(&root);
+    let s3 = id(fleet.backup("web1", "root"));
+
+    let feed = tempfile::tempdir().expect("feed");
+    let cvss = |v: &str| format!(r#"{{"severity":[{{"type":"CVSS_V3","score":"{v}"}}]}}"#);
+    let mut jinja = advisory(
+        "GHSA-h75v-3vvj-5mfj",
+        "PyPI",
+        "jinja2",
+        ("ECOSYSTEM", "0", "3.1.3"),
+        &cvss("CVSS:3.1/AV:N/AC:L/PR:N/UI:R/S:U/C:L/I:L/A:N"),
+    );
+    jinja["aliases"] = serde_json::json!(["CVE-2024-22195"]);
+    let records = serde_json::json!([
+        jinja,
+        advisory(
+            "GHSA-35jh-r3h4-6jhm",
+            "npm",
+            "lodash",
+            ("SEMVER", "0", "4.17.21"),
+            &cvss("CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:H")
+        ),
+    ]);
+    fs::write(feed.path().join("feed.json"), records.to_string()).expect("feed");
+    fleet.cli_json(&[
+        "vulns",
+        "import",
+        feed.path().join("feed.json").to_str().expect("p"),
+    ]);
+    wait_for(
+        "the encrypted snapshot to be judged",
+        std::time::Duration::from_secs(30),
+        || {
+            let a = fleet.cli_json(&["anomalies"]);
+            a.as_array()?
+                .iter()
+                .any(|x| x["snapshot"] == s3.as_str())
+                .then_some(())
+        },
+    );
+
+    let plan = |extra: &[&str]| -> Value {
+        let mut args = vec!["recover", "plan", "--agent", "web1", "--before", "0s"];
+        args.extend_from_slice(extra);
+        fleet.cli_json(&args)
+    };
+    let source = |p: &Value| p["devices"][0]["sources"][0].clone();
+    let passed = |s: &Value| -> Vec<String> {
+        s["passed_over"]
+            .as_array()
+            .expect("passed_over")
+            .iter()
+            .filter_map(|x| x.as_str().map(str::to_owned))
+            .collect()
+    };
+
+    // Suspect snapshots are passed over even when nobody quarantined them.
+    let s = source(&plan(&[]));
+    assert_eq!(s["snapshot"], s2.as_str(), "{s}");
+    let over = passed(&s);
+    assert_eq!(over.len(), 1, "{over:?}");
+    assert!(
+        over[0].starts_with(&s3[..12]) && over[0].contains("suspect: ransomware signals scored"),
+        "{over:?}"
+    );
+    assert!(
+        s["chosen_because"]
+            .as_str()
+            .expect("why")
+            .contains("not suspect"),
+        "{s}"
+    );
+
+    // Without a CVE: back past the snapshot that carries it, saying so.
+    let s = source(&plan(&["--without", "CVE-2024-22195"]));
+    assert_eq!(s["snapshot"], s1.as_str(), "{s}");
+    let over = passed(&s);
+    assert_eq!(over.len(), 2, "{over:?}");
+    assert!(
+        over[1].starts_with(&s2[..12]) && over[1].contains("carries CVE-2024-22195 (jinja2 3.1.2)"),
+        "{over:?}"
+    );
+    assert!(
+        s["chosen_because"]
+            .as_str()
+            .expect("why")
+            .contains("without CVE-2024-22195"),
+        "{s}"
+    );
+
+    // By severity: medium allowed keeps s2; nothing above low leaves no restore point.
+    assert_eq!(
+        source(&plan(&["--max-severity", "medium"]))["snapshot"],
+        s2.as_str()
+    );
+    let none = fleet.cli(&[
+        "recover",
+        "plan",
+        "--agent",
+        "web1",
+        "--before",
+        "0s",
+        "--max-severity",
+        "low",
+        "--json",
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&none.stdout),
+        String::from_utf8_lossy(&none.stderr)
+    );
+    assert!(
+        text.contains("no good snapshot") && text.contains("critical finding"),
+        "{text}"
+    );
+
+    // The table says it too.
+    let out = fleet.cli(&[
+        "recover",
+        "plan",
+        "--agent",
+        "web1",
+        "--before",
+        "0s",
+        "--without",
+        "CVE-2024-22195",
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("passed over") && table.contains("CVE-2024-22195"),
+        "{table}"
+    );
+}

@@ -155,6 +155,8 @@ pub async fn recover(api: &mut Api, cmd: RecoverCmd) -> Result<i32> {
             mode,
             force,
             from_store,
+            without,
+            max_severity,
             json,
         } => {
             let plan = api
@@ -174,6 +176,8 @@ pub async fn recover(api: &mut Api, cmd: RecoverCmd) -> Result<i32> {
                     mode,
                     force,
                     from_store: from_store.unwrap_or_default(),
+                    without,
+                    max_severity: max_severity.unwrap_or_default(),
                 })
                 .await
                 .map_err(rpc)?

@@ -91,6 +91,8 @@ fn plan_source_json(s: &pb::PlanSource) -> serde_json::Value {
         "snapshot": s.snapshot,
         "snapshot_time": time(s.snapshot_unix_ms),
         "quarantined": s.quarantined,
+        "chosen_because": s.chosen_because,
+        "passed_over": s.passed_over,
         "target": s.target,
         "bytes": s.bytes,
         "wire_bytes": s.wire_bytes,
@@ -226,6 +228,18 @@ pub fn plan_table(p: &pb::PlanInfo) -> String {
     }
     for w in &p.warnings {
         out.push_str(&format!("\nwarning: {w}"));
+    }
+    // Why each restore point: the newer snapshots each source passed over.
+    for d in &p.devices {
+        for s in d.sources.iter().filter(|s| !s.passed_over.is_empty()) {
+            out.push_str(&format!(
+                "\n{} {}: {} chosen; passed over {}",
+                d.agent,
+                s.source,
+                &s.snapshot[..s.snapshot.len().min(12)],
+                s.passed_over.join("; ")
+            ));
+        }
     }
     out
 }

@@ -73,7 +73,13 @@ pub fn start(
             continue;
         }
         for source in sources {
-            let (good, skipped) = last_known_good(ctl, &agent.id, &source, i64::MAX, false, None)?;
+            let (good, skipped) = last_known_good(
+                ctl,
+                &agent.id,
+                &source,
+                i64::MAX,
+                &super::Criteria::default(),
+            )?;
             let rates = model.rates(&agent.id, SourceKind::of(&source).as_str());
             let mut d = DrillRow {
                 id: crate::jobs::random_id::<6>()?,

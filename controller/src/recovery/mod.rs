@@ -15,6 +15,8 @@ use lifeboat_core::ChunkId;
 use lifeboat_core::snapshot::Record;
 use lifeboat_proto::pb;
 
+use lifeboat_core::inventory::osv::Severity;
+
 use crate::auth::Role;
 use crate::catalog::SnapshotRow;
 use crate::error::ApiError;
@@ -44,32 +46,116 @@ pub fn complete_chunks(ctl: &Controller, record: &Record) -> Result<HashSet<Chun
 /// A snapshot passed over as a restore point: its id and why.
 pub type Skipped = (String, String);
 
+/// What a restore point must be besides good: what an operator asked a plan to avoid.
+#[derive(Debug, Clone, Default)]
+pub struct Criteria {
+    /// Consider quarantined and suspect snapshots, and uncovered images, too (admins, forced).
+    pub force: bool,
+    /// Only snapshots with a complete copy in this copy store.
+    pub from_copy: Option<String>,
+    /// Advisories (ids or aliases) a restore point must not carry.
+    pub without: Vec<String>,
+    /// No finding above this severity.
+    pub max_severity: Option<Severity>,
+}
+
+impl Criteria {
+    /// What a restore point was chosen by, in words.
+    pub fn describe(&self, before_ms: i64) -> String {
+        let mut s = format!(
+            "the newest snapshot before {} that is {}signed by its agent and the controller and has every chunk",
+            crate::when(before_ms),
+            if self.force {
+                ""
+            } else {
+                "not quarantined, not suspect, an image a vendor vouches for where required, "
+            }
+        );
+        if let Some(store) = &self.from_copy {
+            s.push_str(&format!(", copied whole to {store}"));
+        }
+        if !self.without.is_empty() {
+            s.push_str(&format!(", without {}", self.without.join(", ")));
+        }
+        if let Some(max) = self.max_severity {
+            s.push_str(&format!(", with no finding above {}", max.as_str()));
+        }
+        s
+    }
+
+    /// Why `snap` fails what was asked of it besides being good, if it does.
+    fn refuses(&self, ctl: &Controller, snap: &SnapshotRow) -> Result<Option<String>, ApiError> {
+        if !self.force {
+            if snap.quarantined_ms != 0 {
+                return Ok(Some("quarantined".into()));
+            }
+            if let Some(a) = ctl.catalog.anomaly(&snap.id)?.filter(|a| a.suspect) {
+                return Ok(Some(format!(
+                    "suspect: ransomware signals scored {}/{}",
+                    a.score, a.threshold
+                )));
+            }
+            if let Some(why) = crate::vendors::untrusted(ctl, snap)? {
+                return Ok(Some(why));
+            }
+        }
+        if let Some(store) = &self.from_copy
+            && ctl.catalog.copy_of(store, &snap.id)?.is_none()
+        {
+            return Ok(Some(format!("not copied to {store}")));
+        }
+        if self.without.is_empty() && self.max_severity.is_none() {
+            return Ok(None);
+        }
+        let findings = crate::vulns::findings_of_snapshot(ctl, snap)?;
+        for f in &findings {
+            let names: Vec<&str> = std::iter::once(f.advisory.as_str())
+                .chain(f.aliases.split(',').filter(|a| !a.is_empty()))
+                .collect();
+            if let Some(hit) = self
+                .without
+                .iter()
+                .find(|w| names.iter().any(|n| n.eq_ignore_ascii_case(w)))
+            {
+                return Ok(Some(format!("carries {hit} ({} {})", f.name, f.version)));
+            }
+            let severity = Severity::parse(&f.severity).unwrap_or(Severity::Unknown);
+            if let Some(max) = self.max_severity
+                && severity > max
+            {
+                return Ok(Some(format!(
+                    "carries a {} finding: {} ({} {})",
+                    severity.as_str(),
+                    f.advisory,
+                    f.name,
+                    f.version
+                )));
+            }
+        }
+        Ok(None)
+    }
+}
+
 /// The last known good restore point of one source: its newest snapshot received before
-/// `before_ms` that is not quarantined (unless `allow_quarantined`), whose signatures
-/// verify, and whose chunks are all present and not known corrupt. Snapshots passed over
-/// are returned with the reason, newest first. With `from_copy`, only snapshots whose
-/// copy in that copy store is complete count.
+/// `before_ms` that meets `criteria` (not quarantined or suspect, an image a vendor vouches
+/// for where a policy requires it, unless forced; copied whole to a copy store; free of the
+/// advisories or severities asked), whose signatures verify, and whose chunks are all
+/// present and not known corrupt. Snapshots passed over are returned with the reason,
+/// newest first.
 pub fn last_known_good(
     ctl: &Controller,
     agent_id: &str,
     source: &str,
     before_ms: i64,
-    allow_quarantined: bool,
-    from_copy: Option<&str>,
+    criteria: &Criteria,
 ) -> Result<(Option<Good>, Vec<Skipped>), ApiError> {
     let mut skipped = Vec::new();
     for snap in ctl.catalog.snapshots(Some(agent_id), Some(source))? {
         if snap.received_ms >= before_ms {
             continue;
         }
-        if snap.quarantined_ms != 0 && !allow_quarantined {
-            skipped.push((snap.id.clone(), "quarantined".into()));
-            continue;
-        }
-        if let Some(store) = from_copy
-            && ctl.catalog.copy_of(store, &snap.id)?.is_none()
-        {
-            skipped.push((snap.id.clone(), format!("not copied to {store}")));
+        if let Some(why) = criteria.refuses(ctl, &snap)? {
+            skipped.push((snap.id.clone(), why));
             continue;
         }
         let checked = restores::verified(ctl, &snap)

@@ -85,6 +85,9 @@ pub struct Source {
     pub waiting: String,
     pub result: Option<pb::RestoreResult>,
     pub progress: Option<pb::Progress>,
+    /// What the restore point was chosen by, and the newer ones passed over (with why).
+    pub chosen_because: String,
+    pub passed_over: Vec<String>,
 }
 
 impl Plan {
@@ -228,6 +231,8 @@ impl Source {
             },
             result: self.result.clone(),
             progress: self.progress.clone(),
+            chosen_because: self.chosen_because.clone(),
+            passed_over: self.passed_over.clone(),
         }
     }
 
@@ -248,6 +253,8 @@ impl Source {
             waiting: String::new(),
             result: s.result,
             progress: s.progress,
+            chosen_because: s.chosen_because,
+            passed_over: s.passed_over,
         })
     }
 }

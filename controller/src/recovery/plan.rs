@@ -44,6 +44,10 @@ pub struct PlanAsk {
     pub force: bool,
     /// Only restore points with a complete copy in this copy store.
     pub from_store: Option<String>,
+    /// Pass over snapshots carrying these advisories (ids or CVE aliases).
+    pub without: Vec<String>,
+    /// Pass over snapshots with a finding above this severity.
+    pub max_severity: Option<lifeboat_core::inventory::osv::Severity>,
 }
 
 /// Makes a plan (not run yet) and stores it.
@@ -127,9 +131,15 @@ pub fn create(
             )));
         }
     }
+    let criteria = super::Criteria {
+        force: req.force,
+        from_copy: from.map(str::to_owned),
+        without: req.without.clone(),
+        max_severity: req.max_severity,
+    };
     let ask = DeviceAsk {
         req: &req,
-        from,
+        criteria: &criteria,
         policies: &policies,
         model: &model,
     };
@@ -213,8 +223,8 @@ pub fn create(
 /// What a plan asks of every device.
 struct DeviceAsk<'a> {
     req: &'a PlanAsk,
-    /// Only restore points with a complete copy in this copy store.
-    from: Option<&'a str>,
+    /// What a restore point must be besides good.
+    criteria: &'a super::Criteria,
     policies: &'a [crate::policy::Policy],
     model: &'a Model,
 }
@@ -284,19 +294,24 @@ fn plan_device(
     let mut steps = Vec::new();
     let mut measured = true;
     for name in names {
-        let (good, skipped) = last_known_good(
-            ctl,
-            &origin.id,
-            &name,
-            ask.req.before_ms,
-            ask.req.force,
-            ask.from,
-        )?;
+        let (good, skipped) =
+            last_known_good(ctl, &origin.id, &name, ask.req.before_ms, ask.criteria)?;
+        let passed_over: Vec<String> = skipped
+            .iter()
+            .map(|(id, why)| format!("{}: {why}", &id[..12.min(id.len())]))
+            .collect();
         let Some(Good { snap, job, chunks }) = good else {
-            let why = skipped
-                .first()
-                .map(|(id, why)| format!(" (newest before it, {}: {why})", &id[..12]))
-                .unwrap_or_default();
+            // Every snapshot passed over, newest first (the first few).
+            let why = if passed_over.is_empty() {
+                String::new()
+            } else {
+                let more = passed_over.len().saturating_sub(5);
+                format!(
+                    " (passed over, newest first: {}{})",
+                    passed_over.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
+                    if more > 0 { format!("; and {more} more") } else { String::new() }
+                )
+            };
             out.warnings.push(format!(
                 "{} {name}: no good snapshot before the cut-off{why}; not restored",
                 origin.name
@@ -392,6 +407,8 @@ fn plan_device(
             waiting: String::new(),
             result: None,
             progress: None,
+            chosen_because: ask.criteria.describe(ask.req.before_ms),
+            passed_over,
         });
     }
     if !dev.sources.is_empty() {
