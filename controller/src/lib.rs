@@ -208,6 +208,9 @@ pub struct ServeConfig {
     pub require_approval: Option<Duration>,
     /// Deduplicate answers across the fleet (`--dedup-scope fleet`).
     pub fleet_dedup: bool,
+    /// Read every new snapshot's packages, match them against the vulnerability feed and
+    /// judge its ransomware signals, in the background (`--no-scan`: only on request).
+    pub scan: bool,
 }
 
 /// `--copy-store` and its options: a second store, with credentials of its own, that
@@ -247,6 +250,7 @@ pub struct Running {
     http_tls: Arc<rustls::ServerConfig>,
     prune_every: Option<Duration>,
     scrub: bool,
+    scan: bool,
     state_every: Option<Duration>,
     copy_every: Option<Duration>,
     _lock: OwnedFd,
@@ -455,6 +459,7 @@ pub fn start_with_clock(
         http_tls,
         prune_every: cfg.prune_every,
         scrub: cfg.scrub_period.is_some(),
+        scan: cfg.scan,
         state_every: cfg.state_every.filter(|_| ctl_has_recovery_key),
         copy_every: cfg.copy.as_ref().map(|c| c.every),
         _lock: lock,
@@ -533,17 +538,29 @@ impl Running {
             Workers::spawn(ctl.clone(), "drills", secs(5), Start::Now, |c| {
                 recovery::drill::tick(c, c.clock.now_ms())
             }),
+        ];
+        if self.scan {
             // The packages of new snapshots, read after their commit (never in its way),
             // and matched against the vulnerability feed (again after each import).
-            Workers::spawn(ctl.clone(), "inventory", secs(5), Start::Now, |c| {
-                inventory::catch_up(c, inventory::WORKER_BUDGET)?;
-                vulns::match_pending(c, inventory::WORKER_BUDGET)
-            }),
+            background.push(Workers::spawn(
+                ctl.clone(),
+                "inventory",
+                secs(5),
+                Start::Now,
+                |c| {
+                    inventory::catch_up(c, inventory::WORKER_BUDGET)?;
+                    vulns::match_pending(c, inventory::WORKER_BUDGET)
+                },
+            ));
             // Ransomware signals of new snapshots against the ones before them.
-            Workers::spawn(ctl.clone(), "anomalies", secs(5), Start::Now, |c| {
-                anomalies::catch_up(c, inventory::WORKER_BUDGET)
-            }),
-        ];
+            background.push(Workers::spawn(
+                ctl.clone(),
+                "anomalies",
+                secs(5),
+                Start::Now,
+                |c| anomalies::catch_up(c, inventory::WORKER_BUDGET),
+            ));
+        }
         if let Some(every) = self.prune_every {
             background.push(Workers::spawn(
                 ctl.clone(),

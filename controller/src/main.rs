@@ -102,6 +102,11 @@ struct ServeArgs {
     /// turn. Restores straight from an S3 store do not count.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     restore_memory: u64,
+    /// Do not scan new snapshots in the background (packages, vulnerabilities, ransomware
+    /// signals); `lifeboat sbom` and `vulns` still read a snapshot when asked, and
+    /// nothing is judged suspect.
+    #[arg(long)]
+    no_scan: bool,
     /// With an S3 store, agents restore straight from it through presigned GETs that last
     /// this long (each request for more chunks gets fresh ones).
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
@@ -223,6 +228,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 gc_lease,
                 upload_quota,
                 restore_memory,
+                no_scan,
                 store_url_ttl,
                 state_every,
                 copy_store,
@@ -278,6 +284,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     copy,
                     require_approval: require_approval.then_some(approval_ttl),
                     fleet_dedup: dedup_scope == "fleet",
+                    scan: !no_scan,
                 },
                 listener,
                 http,

@@ -51,6 +51,7 @@ pub async fn up(
             copy: None,
             require_approval: None,
             fleet_dedup: false,
+            scan: true,
         },
         listener,
         None,

@@ -308,8 +308,17 @@ fn plan_device(
                 let more = passed_over.len().saturating_sub(5);
                 format!(
                     " (passed over, newest first: {}{})",
-                    passed_over.iter().take(5).cloned().collect::<Vec<_>>().join("; "),
-                    if more > 0 { format!("; and {more} more") } else { String::new() }
+                    passed_over
+                        .iter()
+                        .take(5)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join("; "),
+                    if more > 0 {
+                        format!("; and {more} more")
+                    } else {
+                        String::new()
+                    }
                 )
             };
             out.warnings.push(format!(
