@@ -121,6 +121,7 @@ fn read_and_store(ctl: &Controller, id: &str, record: &Record) -> Result<Invento
     };
     if ctl.catalog.inventory(&key)?.is_some() {
         ctl.catalog.link_inventory(id, &link, None)?;
+        tracing::info!(snapshot = %id, "the snapshot's packages are those of an earlier snapshot");
         return Ok(link);
     }
     let inventory = read(ctl, record, &tree)?;

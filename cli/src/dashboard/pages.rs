@@ -63,7 +63,8 @@ pub async fn fleet(State(c): State<Console>) -> Page {
         .into_inner()
         .snapshots;
     let mut suspect: HashMap<&str, usize> = HashMap::new();
-    for s in snapshots.iter().filter(|s| s.quarantined_unix_ms > 0) {
+    // Quarantined, or judged suspect by their ransomware signals.
+    for s in snapshots.iter().filter(|s| s.quarantined_unix_ms > 0 || s.suspect) {
         *suspect.entry(s.agent_name.as_str()).or_default() += 1;
     }
     let last_drill = last_drills(&drills);
@@ -92,6 +93,7 @@ pub async fn fleet(State(c): State<Console>) -> Page {
         table #fleet {
             thead { tr {
                 th { "Device" } th { "Tier" } th { "Source" } th { "Last backup" } th { "RPO" }
+                th.num { "Vulnerabilities" }
                 th.num { "Estimated downtime" } th { "Last drill" } th.num { "Suspect snapshots" }
             } }
             tbody {
@@ -121,8 +123,11 @@ pub async fn fleet(State(c): State<Console>) -> Page {
                                         @if s.rpo_seconds > 0 { (age(s.rpo_seconds)) " " }
                                         @if s.overdue { (badge("overdue")) } @else if s.last_unix_ms > 0 { (badge("ok")) }
                                     }
+                                    td.num data-vulns=[s.vulns_known.then_some(s.vulns)] {
+                                        @if s.vulns_known { (s.vulns) } @else { span.sub { "not scanned" } }
+                                    }
                                 }
-                                None => { td colspan="3" { span.sub { "no sources" } } }
+                                None => { td colspan="4" { span.sub { "no sources" } } }
                             }
                             @if i == 0 {
                                 td.num rowspan=(sources) data-estimate-ms=(d.restore_estimate_ms) {
@@ -148,7 +153,9 @@ pub async fn fleet(State(c): State<Console>) -> Page {
         }
         p.sub { "Estimated downtime: restoring the device now, alone, from its last known good snapshots; "
             "measured: from this device's own restores and drills, assumed: from fleet-wide figures. "
-            "CVE counts appear here once snapshots are scanned." }
+            "Vulnerabilities: known advisories of the source's newest snapshot against the imported feed "
+            "(lifeboat vulns); suspect snapshots: quarantined, or judged so by their ransomware signals "
+            "(lifeboat anomalies)." }
     };
     Ok(page(&c.me, Section::Fleet, "Fleet", Some(60), body))
 }
