@@ -64,7 +64,10 @@ pub async fn fleet(State(c): State<Console>) -> Page {
         .snapshots;
     let mut suspect: HashMap<&str, usize> = HashMap::new();
     // Quarantined, or judged suspect by their ransomware signals.
-    for s in snapshots.iter().filter(|s| s.quarantined_unix_ms > 0 || s.suspect) {
+    for s in snapshots
+        .iter()
+        .filter(|s| s.quarantined_unix_ms > 0 || s.suspect)
+    {
         *suspect.entry(s.agent_name.as_str()).or_default() += 1;
     }
     let last_drill = last_drills(&drills);
