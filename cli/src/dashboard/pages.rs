@@ -277,7 +277,11 @@ pub async fn drills(State(c): State<Console>, Query(q): Query<DrillsQuery>) -> P
         .await?
         .into_inner()
         .drills;
-    let running = drills.iter().any(|d| d.state == DrillState::Running);
+    // A drill just started may still be queued (its agent busy, the machine loaded): the
+    // page follows it from then, not only once it runs.
+    let active = drills
+        .iter()
+        .any(|d| d.state == DrillState::Queued || d.state == DrillState::Running);
     let failed = drills
         .iter()
         .filter(|d| d.state == DrillState::Failed)
@@ -304,7 +308,7 @@ pub async fn drills(State(c): State<Console>, Query(q): Query<DrillsQuery>) -> P
         &c.me,
         Section::Drills,
         "Drills",
-        running.then_some(2),
+        active.then_some(2),
         body,
     ))
 }

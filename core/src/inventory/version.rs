@@ -170,8 +170,9 @@ fn apk_pieces(v: &str) -> Vec<ApkPiece> {
     out
 }
 
-/// apk-tools' order: numbers component by component, then a letter, then suffixes (pre-
-/// release ones before the plain release, post-release ones after), then `-rN`.
+/// apk-tools' order: numbers component by component (one with leading zeros as a
+/// fraction), then a letter, then suffixes (pre-release ones before the plain release,
+/// post-release ones after), then `-rN` (an explicit `-r0` after none).
 pub fn apk(a: &str, b: &str) -> Ordering {
     apk_pieces(a).cmp(&apk_pieces(b))
 }
@@ -433,6 +434,11 @@ mod tests {
         assert_eq!(apk("1.2.4-r2", "1.2.4-r2"), Equal);
         assert_eq!(apk("1.36.1-r5", "1.36.1-r15"), Less);
         assert_eq!(apk("1.01", "1.1"), Less);
+        // apk-tools' own rules where Gentoo's (and so univers') differ: an explicit -r0
+        // sorts after none, and leading zeros make a fraction (1.001 < 1.0 < 1.01).
+        assert_eq!(apk("1.0", "1.0-r0"), Less);
+        assert_eq!(apk("1.001", "1.0"), Less);
+        assert_eq!(apk("1.0", "1.01"), Less);
     }
 
     #[test]
