@@ -29,8 +29,8 @@ pub fn catch_up(ctl: &Controller, budget: Duration) -> Result<(), ApiError> {
         }
         for id in pending {
             let snap = ctl.catalog.find_snapshot(&id)?;
-            let row = match analyze(ctl, &snap) {
-                Ok(row) => row,
+            let (row, quarantine) = match analyze(ctl, &snap) {
+                Ok(judged) => judged,
                 Err(e) => {
                     // Recorded as unanalyzable (score 0, the error as its reason) so the
                     // worker moves on; `lifeboat anomalies --all` shows it.
@@ -39,7 +39,7 @@ pub fn catch_up(ctl: &Controller, budget: Duration) -> Result<(), ApiError> {
                         reasons: vec![format!("not analyzed: {e}")],
                         ..Report::default()
                     };
-                    AnomalyRow {
+                    let row = AnomalyRow {
                         snapshot_id: id.clone(),
                         parent: String::new(),
                         score: 0,
@@ -47,12 +47,13 @@ pub fn catch_up(ctl: &Controller, budget: Duration) -> Result<(), ApiError> {
                         suspect: false,
                         analyzed_ms: ctl.clock.now_ms(),
                         report: serde_json::to_string(&report).unwrap_or_default(),
-                    }
+                    };
+                    (row, false)
                 }
             };
             ctl.catalog.insert_anomaly(&row)?;
             if row.suspect {
-                flag(ctl, &snap, &row)?;
+                flag(ctl, &snap, &row, quarantine)?;
             }
             if began.elapsed() >= budget {
                 break;
@@ -62,8 +63,9 @@ pub fn catch_up(ctl: &Controller, budget: Duration) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn analyze(ctl: &Controller, snap: &SnapshotRow) -> Result<AnomalyRow, ApiError> {
-    let (threshold, _) = judged_by(ctl, snap)?;
+/// The snapshot's report, and whether a covering policy quarantines it if suspect.
+fn analyze(ctl: &Controller, snap: &SnapshotRow) -> Result<(AnomalyRow, bool), ApiError> {
+    let (threshold, quarantine) = judged_by(ctl, snap)?;
     let record = Record::parse(&ctl.store.read_snapshot(&snap.id)?.record)?;
     let mut row = AnomalyRow {
         snapshot_id: snap.id.clone(),
@@ -77,7 +79,7 @@ fn analyze(ctl: &Controller, snap: &SnapshotRow) -> Result<AnomalyRow, ApiError>
     // An image is a vendor's build, not a machine's files being encrypted.
     if SourceKind::of(&snap.source) == SourceKind::Image {
         row.report = serde_json::to_string(&Report::default()).unwrap_or_default();
-        return Ok(row);
+        return Ok((row, quarantine));
     }
     let after = crate::snapshots::load_tree(ctl, &record)?;
     let parent = ctl
@@ -113,7 +115,7 @@ fn analyze(ctl: &Controller, snap: &SnapshotRow) -> Result<AnomalyRow, ApiError>
     row.suspect = report.score >= threshold;
     row.report = serde_json::to_string(&report)
         .map_err(|e| ApiError::internal(format!("encoding an anomaly report: {e}")))?;
-    Ok(row)
+    Ok((row, quarantine))
 }
 
 /// The threshold the snapshot is judged by, and whether a suspect one is quarantined: the
@@ -136,7 +138,12 @@ fn judged_by(ctl: &Controller, snap: &SnapshotRow) -> Result<(u32, bool), ApiErr
 
 /// A suspect snapshot: logged, audited, and quarantined with everything after it when a
 /// covering policy says so.
-fn flag(ctl: &Controller, snap: &SnapshotRow, row: &AnomalyRow) -> Result<(), ApiError> {
+fn flag(
+    ctl: &Controller,
+    snap: &SnapshotRow,
+    row: &AnomalyRow,
+    quarantine: bool,
+) -> Result<(), ApiError> {
     let report: Report = serde_json::from_str(&row.report).unwrap_or_default();
     tracing::warn!(
         snapshot = %snap.id,
@@ -153,7 +160,6 @@ fn flag(ctl: &Controller, snap: &SnapshotRow, row: &AnomalyRow) -> Result<(), Ap
         serde_json::json!({"device": snap.agent_name, "source": snap.source, "score": row.score,
             "threshold": row.threshold, "reasons": report.reasons}),
     );
-    let (_, quarantine) = judged_by(ctl, snap)?;
     if quarantine {
         let changed = ctl.catalog.quarantine(
             &snap.agent_id,

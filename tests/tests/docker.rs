@@ -126,23 +126,42 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// Holds the lock under which this machine's test processes build images: parallel tests
+/// build identical layers, and the legacy builder can trip over its own layer store when
+/// they land at once, so builds take turns (released when the file is dropped).
+fn build_lock() -> fs::File {
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(std::env::temp_dir().join("lifeboat-tests-docker-build.lock"))
+        .expect("lock file");
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+    lock
+}
+
+/// Compiles `source` with `gcc -static` into `out` (a program a FROM scratch image can run).
+fn static_program(source: &str, out: &Path) {
+    let c = out.with_extension("c");
+    fs::write(&c, source).expect("source");
+    let built = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(out)
+        .arg(&c)
+        .output()
+        .expect("run gcc");
+    assert!(
+        built.status.success(),
+        "gcc: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+}
+
 /// Builds `name:1` (a static program, 8 MiB of base data, a message) and `name:2` on top
 /// of it (another message): version 2 shares every layer of version 1.
 fn build_images(dir: &Path, name: &str, cleanup: &mut Cleanup) -> (String, String) {
     let ctx = dir.join("ctx");
     fs::create_dir_all(&ctx).expect("ctx");
-    fs::write(ctx.join("hello.c"), PROGRAM).expect("source");
-    let out = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(ctx.join("hello"))
-        .arg(ctx.join("hello.c"))
-        .output()
-        .expect("run gcc");
-    assert!(
-        out.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    static_program(PROGRAM, &ctx.join("hello"));
     fs::write(ctx.join("base.bin"), Rng::new(42).bytes(8 << 20)).expect("base");
     fs::write(ctx.join("message1"), "hello from version 1\n").expect("msg");
     // Parallel tests build the same content: a per-test file keeps every image id unique.
@@ -161,14 +180,7 @@ fn build_images(dir: &Path, name: &str, cleanup: &mut Cleanup) -> (String, Strin
     )
     .expect("dockerfile");
     let ctx_s = ctx.to_str().expect("path");
-    // Parallel test processes build identical layers; the legacy builder can trip over its
-    // own layer store when they land at once, so builds take turns (a file lock).
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(std::env::temp_dir().join("lifeboat-tests-docker-build.lock"))
-        .expect("lock file");
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+    let _lock = build_lock();
     for v in ["1", "2"] {
         cleanup.images.push(format!("{name}:{v}"));
         docker_build(&[
@@ -658,18 +670,7 @@ fn an_image_snapshot_lists_its_packages_layer_by_layer_with_whiteouts_applied() 
     let dir = tempfile::tempdir().expect("dir");
     let ctx = dir.path().join("ctx");
     fs::create_dir_all(&ctx).expect("ctx");
-    fs::write(ctx.join("rm.c"), REMOVER).expect("source");
-    let out = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(ctx.join("rm"))
-        .arg(ctx.join("rm.c"))
-        .output()
-        .expect("run gcc");
-    assert!(
-        out.status.success(),
-        "gcc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    static_program(REMOVER, &ctx.join("rm"));
     let name = unique("pkgs");
     fs::write(
         ctx.join("os-release"),
@@ -705,12 +706,7 @@ fn an_image_snapshot_lists_its_packages_layer_by_layer_with_whiteouts_applied() 
     .expect("dockerfile");
     let ctx_s = ctx.to_str().expect("path");
     {
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(std::env::temp_dir().join("lifeboat-tests-docker-build.lock"))
-            .expect("lock file");
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+        let _lock = build_lock();
         cleanup.images.push(format!("{name}:1"));
         docker_build(&["build", "-q", "-t", &format!("{name}:1"), ctx_s]);
     }
@@ -803,12 +799,7 @@ fn only_images_a_vendor_signed_for_are_restored_where_the_policy_requires_it() {
     fs::write(ctx.join("Dockerfile.2"), "FROM scratch\nCOPY other /app\n").expect("df");
     let ctx_s = ctx.to_str().expect("path");
     {
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(std::env::temp_dir().join("lifeboat-tests-docker-build.lock"))
-            .expect("lock file");
-        rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).expect("lock");
+        let _lock = build_lock();
         for v in ["1", "2"] {
             cleanup.images.push(format!("{name}:{v}"));
             docker_build(&[
