@@ -309,6 +309,8 @@ pub enum Cmd {
         #[arg(long)]
         since: Option<String>,
         #[command(flatten)]
+        filter: AuditFilter,
+        #[command(flatten)]
         json: Json,
     },
     /// Restore a snapshot onto an agent (the same machine or another one).
@@ -600,6 +602,29 @@ pub enum IdentityCmd {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+/// Which audit entries to show (all of those given must match).
+#[derive(Args, Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Only entries of this actor (`agent:web-1`, `operator:alice`, `controller`).
+    #[arg(long, global = true)]
+    pub actor: Option<String>,
+    /// Only entries of this action (`snapshot.commit`, `authz.denied`, `restore.start`...).
+    #[arg(long, global = true)]
+    pub action: Option<String>,
+    /// Only entries with this outcome (`ok` or `denied`).
+    #[arg(long, global = true)]
+    pub outcome: Option<String>,
+}
+
+impl AuditFilter {
+    pub fn keeps(&self, e: &lifeboat_proto::pb::AuditEntry) -> bool {
+        let wanted = |f: &Option<String>, v: &str| f.as_deref().is_none_or(|f| f == v);
+        wanted(&self.actor, &e.actor)
+            && wanted(&self.action, &e.action)
+            && wanted(&self.outcome, &e.outcome)
+    }
 }
 
 #[derive(Subcommand)]

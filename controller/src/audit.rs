@@ -11,9 +11,10 @@
 //! data and outside the catalog. An anchor never moves backwards, and once verification
 //! has failed the controller stops anchoring, so a tampered catalog cannot be blessed.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use lifeboat_core::durable::write_atomic;
 use lifeboat_core::sign::SigningKey;
@@ -131,6 +132,21 @@ pub struct Audit {
     /// Verification failed: never anchor again in this process.
     frozen: AtomicBool,
     denials: Mutex<DenialWindow>,
+    /// Denials since the controller started, for `/metrics`: of authenticated identities,
+    /// and of callers without one (recorded or over the budget).
+    denied_identity: AtomicU64,
+    denied_anonymous: AtomicU64,
+    /// Refusals since the controller started, by the rule broken (the entry's action).
+    refusals: Mutex<BTreeMap<String, u64>>,
+}
+
+/// What `/metrics` counts of denials and refusals since the controller started.
+pub struct DenialCounts {
+    pub identity: u64,
+    pub anonymous: u64,
+    /// By action (`snapshot.commit`, `chunks.upload`, ...); the two rules an agent can
+    /// break are always present.
+    pub refusals: BTreeMap<String, u64>,
 }
 
 impl Audit {
@@ -146,6 +162,27 @@ impl Audit {
             dirty: AtomicBool::new(true),
             frozen: AtomicBool::new(false),
             denials: Mutex::new(DenialWindow::default()),
+            denied_identity: AtomicU64::new(0),
+            denied_anonymous: AtomicU64::new(0),
+            refusals: Mutex::new(
+                ["snapshot.commit", "chunks.upload"]
+                    .into_iter()
+                    .map(|a| (a.to_string(), 0))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Denials and refusals counted since the controller started.
+    pub fn denial_counts(&self) -> DenialCounts {
+        DenialCounts {
+            identity: self.denied_identity.load(Ordering::Relaxed),
+            anonymous: self.denied_anonymous.load(Ordering::Relaxed),
+            refusals: self
+                .refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 
@@ -200,6 +237,7 @@ impl Audit {
     /// Records a call an authenticated identity (an agent or operator the catalog
     /// honours) was denied. Always recorded.
     pub fn denied(&self, actor: &str, what: &str, remote: &str, why: &str) {
+        self.denied_identity.fetch_add(1, Ordering::Relaxed);
         self.record_denial(actor, what, remote, why);
     }
 
@@ -208,6 +246,12 @@ impl Audit {
     /// quota): `action` says which rule, `why` how. Always recorded.
     pub fn refused(&self, actor: &str, action: &str, target: &str, why: &str) {
         tracing::warn!(%actor, %action, %target, reason = %why, "refused");
+        *self
+            .refusals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(action.to_string())
+            .or_default() += 1;
         if let Err(e) = self.record(
             actor,
             action,
@@ -223,6 +267,7 @@ impl Audit {
     /// budget of `source` (its address, or the certificate it presented) and the overall
     /// one (see [`DENIALS_PER_SOURCE_PER_MINUTE`]).
     pub fn denied_anonymous(&self, source: &str, actor: &str, what: &str, remote: &str, why: &str) {
+        self.denied_anonymous.fetch_add(1, Ordering::Relaxed);
         let minute = now_ms() / 60_000;
         let source = source.to_string();
         let (record, summary) = {

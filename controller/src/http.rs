@@ -143,6 +143,19 @@ async fn render(ctl: Arc<Controller>) -> String {
 {name} {v}"
         );
     }
+    let denials = ctl.audit.denial_counts();
+    let _ = writeln!(
+        out,
+        "# HELP lifeboat_denials_total Calls refused by authorization since the controller started: caller=\"identity\" by an enrolled agent or operator (always audited), caller=\"anonymous\" without an identity the controller honours (audited within a budget).\n# TYPE lifeboat_denials_total counter\nlifeboat_denials_total{{caller=\"identity\"}} {}\nlifeboat_denials_total{{caller=\"anonymous\"}} {}",
+        denials.identity, denials.anonymous
+    );
+    let _ = writeln!(
+        out,
+        "# HELP lifeboat_refusals_total Requests of an authenticated identity refused by the rule they broke (the audit entry's action) since the controller started.\n# TYPE lifeboat_refusals_total counter"
+    );
+    for (action, n) in &denials.refusals {
+        let _ = writeln!(out, "lifeboat_refusals_total{{action=\"{action}\"}} {n}");
+    }
     let workers = ctl.workers.states();
     for (metric, help, value) in [
         (

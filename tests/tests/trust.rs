@@ -1515,6 +1515,32 @@ async fn a_flood_of_anonymous_denials_hides_no_identity_denial() {
         guesses > 0 && guesses <= 2 * 120,
         "{guesses} of {flood} denials from one address were recorded"
     );
+    // /metrics counts every denial, recorded or not, by whether the caller had an
+    // identity (deploy/prometheus: LifeboatIdentityDenied, LifeboatAnonymousDenialsFlood).
+    let identity_denials = entries
+        .iter()
+        .filter(|e| {
+            let actor = e["actor"].as_str().unwrap_or_default();
+            e["action"] == "authz.denied"
+                && (actor.starts_with("agent:") || actor.starts_with("operator:"))
+        })
+        .count();
+    assert!(identity_denials >= 2, "{entries:?}");
+    let metrics = tokio::task::block_in_place(|| lifeboat_tests::metrics(&fleet));
+    let count = |caller: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("lifeboat_denials_total{{caller=\"{caller}\"}} "))
+            })
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    };
+    assert_eq!(count("identity"), Some(identity_denials), "{metrics}");
+    assert!(
+        count("anonymous").is_some_and(|n| n >= guesses),
+        "{guesses} recorded anonymous denials, metrics say {:?}",
+        count("anonymous")
+    );
     eprintln!(
         "audit: {flood} anonymous denials from one address, {guesses} recorded; both identity denials recorded"
     );
@@ -1674,6 +1700,33 @@ async fn commits_are_taken_only_inside_a_running_job_for_its_sources() {
             .filter(|e| e["action"] == "snapshot.commit" && e["outcome"] == "denied")
             .count();
         assert!(denials >= 1000, "{denials} of 1000 refused commits audited");
+        // The operator finds them with the CLI's filters, and Prometheus counts them
+        // (deploy/prometheus: LifeboatCommitsRefused fires above 10 in 10 minutes).
+        let filtered = fleet.cli_json(&[
+            "audit",
+            "--action",
+            "snapshot.commit",
+            "--outcome",
+            "denied",
+        ]);
+        let filtered = filtered.as_array().expect("audit");
+        assert_eq!(filtered.len(), denials, "audit --action --outcome");
+        assert!(
+            filtered
+                .iter()
+                .all(|e| e["action"] == "snapshot.commit" && e["outcome"] == "denied"),
+            "{filtered:?}"
+        );
+        let metrics = lifeboat_tests::metrics(&fleet);
+        let counted = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("lifeboat_refusals_total{action=\"snapshot.commit\"} "))
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        assert_eq!(
+            counted,
+            Some(denials),
+            "lifeboat_refusals_total in:\n{metrics}"
+        );
         // keep.last = 2 still keeps both real snapshots of a.
         let out = fleet.cli(&["prune"]);
         assert!(

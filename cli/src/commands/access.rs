@@ -82,6 +82,7 @@ pub async fn run(
         Cmd::Audit {
             cmd: Some(AuditCmd::Export { out }),
             since,
+            filter,
             ..
         } => {
             let since = since_ms(since.as_deref())?;
@@ -94,6 +95,9 @@ pub async fn run(
             };
             let mut n = 0u64;
             for e in audit_entries(api, since).await? {
+                if !filter.keeps(&e) {
+                    continue;
+                }
                 writeln!(sink, "{}", output::audit_json(&e))?;
                 n += 1;
             }
@@ -105,9 +109,11 @@ pub async fn run(
         Cmd::Audit {
             cmd: None,
             since,
+            filter,
             json,
         } => {
-            let entries = audit_entries(api, since_ms(since.as_deref())?).await?;
+            let mut entries = audit_entries(api, since_ms(since.as_deref())?).await?;
+            entries.retain(|e| filter.keeps(e));
             output::listing(
                 json.json,
                 &entries,
