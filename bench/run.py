@@ -136,7 +136,7 @@ class Restic:
         return timed(["restic", "--repo", self.repo, "backup", "--quiet", "--tag", tag, src], env=self.env)
 
     def restore(self, target):
-        return timed(["restic", "--repo", self.repo, "restore", "latest", "--tag", "day2", "--target", target], env=self.env)
+        return timed(["restic", "--repo", self.repo, "restore", "latest", "--tag", getattr(self, "restore_tag", "day2"), "--target", target], env=self.env)
 
     def restored_root(self, target, src):
         return Path(target) / str(src).lstrip("/")

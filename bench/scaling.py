@@ -7,13 +7,14 @@
 2. The real first backup of day1 (controller + agent over mTLS, store on local disk), with
    both processes held to 1 core (`taskset -c 0`) and with all cores, as a fraction of the
    ceiling on as many cores.
-3. Peak agent RSS during the first backup at several scales, against restic's on the same
-   data (flat means bounded by the pipeline, not by the source).
+3. Peak agent RSS during the first backup and during a restore of it into RAM at several
+   scales, against restic's on the same data (flat means bounded by the pipeline, not by
+   the source). `--memory-only` runs this part alone.
 
     cargo build --release --workspace --bins --examples
     python3 bench/scaling.py --scales 0.25 1 4 --runs 3 --work /var/tmp/lifeboat-bench
 
-Writes the "## Scaling and memory" section of BENCHMARKS.md.
+Writes the "## Scaling and memory" and "## Memory across scales" sections of BENCHMARKS.md.
 """
 import argparse
 import json
@@ -30,6 +31,7 @@ import run  # noqa: E402
 from run import DEFAULT_LEVEL, GEN, REPO, Lifeboat, Restic, fresh_source, replace_section, sh  # noqa: E402
 
 SECTION = "## Scaling and memory"
+MEMORY_SECTION = "## Memory across scales"
 
 
 def dataset(work, seed, scale):
@@ -46,16 +48,35 @@ def ceiling(bin_dir, day1, threads):
     return json.loads(out)
 
 
-def lifeboat_backup(work, data, prefix=()):
+def lifeboat_backup(work, data, prefix=(), restore=False):
+    """The first backup's (wall, cpu, agent peak rss); with `restore`, also a restore of
+    it into RAM (its own agent peak: the high-water mark is reset before each job)."""
     src = work / "src"
     fresh_source(data, src)
     lb = Lifeboat(work, src, prefix=prefix)
     lb.init()
     run.warm_memory(quiet=True)
     try:
-        return lb.backup(src, "day1")  # (wall, cpu, agent peak rss)
+        backup = lb.backup(src, "day1")
+        if not restore:
+            return backup
+        return backup, restore_into_ram(lb, src)
     finally:
         lb.stop()
+
+
+def restore_into_ram(tool, src):
+    shm = Path("/dev/shm/lifeboat-bench") / "scaling"
+    run.clean(shm)
+    shm.parent.mkdir(parents=True, exist_ok=True)
+    run.warm_memory(quiet=True)
+    try:
+        r = tool.restore(shm)
+        if not run.same_tree(src, tool.restored_root(shm, src)):
+            sys.exit(f"{tool.name}: the restore into RAM differs from the source")
+        return r
+    finally:
+        run.clean(shm)
 
 
 def profiled_backup(work, data):
@@ -83,13 +104,17 @@ def profiled_backup(work, data):
                           capture_output=True, text=True, check=True).stdout
 
 
-def restic_backup(work, data):
+def restic_backup(work, data, restore=False):
     src = work / "src"
     fresh_source(data, src)
     r = Restic(work)
     r.init()
     run.warm_memory(quiet=True)
-    return r.backup(src, "day1")
+    backup = r.backup(src, "day1")
+    if not restore:
+        return backup
+    r.restore_tag = "day1"
+    return backup, restore_into_ram(r, src)
 
 
 def med(xs):
@@ -105,6 +130,7 @@ def main():
     ap.add_argument("--bin", type=Path, default=run.BIN)
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     ap.add_argument("--base-scale", type=float, default=1.0, help="the data of the ceiling, the core scaling and the profile")
+    ap.add_argument("--memory-only", action="store_true", help="only part 3: peak RSS of backup and restore at each scale")
     ap.add_argument("--smoke", action="store_true",
                     help="CI: everything once at scale 0.001, report to WORK; checks that it runs and that the report parses")
     args = ap.parse_args()
@@ -123,6 +149,34 @@ def main():
     mb = manifest["day1"]["bytes"] / 1e6
 
     res = {"ceiling": {}, "backup": {}, "rss": {}, "profile": None}
+    for scale in args.scales:
+        d, m = dataset(work, args.seed, scale)
+        (lw, _, lrss), (lrw, _, lrrss) = lifeboat_backup(work, d, restore=True)
+        (rw, _, rrss), (rrw, _, rrrss) = restic_backup(work, d, restore=True)
+        res["rss"][scale] = {"bytes": m["day1"]["bytes"], "files": m["day1"].get("files"),
+                             "lifeboat": [lw, lrss], "restic": [rw, rrss],
+                             "lifeboat_restore": [lrw, lrrss], "restic_restore": [rrw, rrrss]}
+        print(f"scale {scale}: backup lifeboat {lrss >> 20} MiB ({lw:.1f} s), restic {rrss >> 20} MiB ({rw:.1f} s); "
+              f"restore lifeboat {lrrss >> 20} MiB ({lrw:.1f} s), restic {rrrss >> 20} MiB ({rrw:.1f} s)", flush=True)
+    memory = [MEMORY_SECTION, "",
+              f"Command: `python3 bench/scaling.py --memory-only --scales {' '.join(str(s) for s in args.scales)}` "
+              f"(or the full run of the section above). Peak RSS of the agent (restic: its whole process) during the first "
+              f"backup of day1 and during a restore of that snapshot into RAM (`/dev/shm`, checked against the source), "
+              f"each step's own peak (the agent's high-water mark is reset before each job), one run per scale:", "",
+              "| scale | day1 | files | lifeboat backup RSS | backup | restic backup RSS | backup | lifeboat restore RSS | restore | restic restore RSS | restore |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for scale in args.scales:
+        r = res["rss"][scale]
+        mib = lambda k: f"{r[k][1] / 2**20:.0f} MiB | {r[k][0]:.1f} s"
+        memory.append(f"| {scale} | {r['bytes'] / 1e9:.2f} GB | {r['files'] or '?'} | {mib('lifeboat')} | {mib('restic')} "
+                      f"| {mib('lifeboat_restore')} | {mib('restic_restore')} |")
+    replace_section(args.out, MEMORY_SECTION, "\n".join(memory))
+    if args.memory_only:
+        (work / "memory.json").write_text(json.dumps(res["rss"], indent=1))
+        print(f"wrote {args.out}")
+        if args.smoke:
+            check(args.out, args.scales, memory_only=True)
+        return
     for threads in sorted({1, cores}):
         runs = [ceiling(args.bin, day1, threads) for _ in range(args.runs)]
         res["ceiling"][threads] = runs
@@ -132,12 +186,6 @@ def main():
         res["backup"][label] = runs
         print(f"first backup on {label} core(s): {[round(w, 2) for w, _, _ in runs]} s", flush=True)
     profile = profiled_backup(work, data)
-    for scale in args.scales:
-        d, m = dataset(work, args.seed, scale)
-        lw, _, lrss = lifeboat_backup(work, d)
-        rw, _, rrss = restic_backup(work, d)
-        res["rss"][scale] = {"bytes": m["day1"]["bytes"], "lifeboat": [lw, lrss], "restic": [rw, rrss]}
-        print(f"scale {scale}: lifeboat {lrss >> 20} MiB ({lw:.1f} s), restic {rrss >> 20} MiB ({rw:.1f} s)", flush=True)
     res["profile"] = profile
     (work / "scaling.json").write_text(json.dumps(res, indent=1))
 
@@ -168,30 +216,25 @@ def main():
         lines += ["Where a real first backup's CPU goes (both processes, all cores; `perf record -e cpu-clock -g`, folded by "
                   "`bench/profile_summary.py`: a sample counts for the stage of its leaf function or, in the kernel, of the "
                   "system call it serves):", "", profile.strip(), ""]
-    lines += [
-              "Peak RSS during the first backup (the agent's; restic's whole process), one run per scale:", "",
-              "| scale | day1 | lifeboat agent RSS | lifeboat backup | restic RSS | restic backup |", "|---|---|---|---|---|---|"]
-    for scale in args.scales:
-        r = res["rss"][scale]
-        lines.append(f"| {scale} | {r['bytes'] / 1e9:.2f} GB | {r['lifeboat'][1] / 2**20:.0f} MiB | {r['lifeboat'][0]:.1f} s "
-                     f"| {r['restic'][1] / 2**20:.0f} MiB | {r['restic'][0]:.1f} s |")
+    lines += [f"Peak memory at each scale, backup and restore: \"{MEMORY_SECTION[3:]}\" below."]
     replace_section(args.out, SECTION, "\n".join(lines))
     print(f"wrote {args.out}")
     if args.smoke:
         check(args.out, args.scales)
 
 
-def check(path, scales):
-    """The smoke run's check: both tables are there and their figures parse."""
+def check(path, scales, memory_only=False):
+    """The smoke run's check: the tables are there and their figures parse."""
     rows = [line.split("|")[1:-1] for line in path.read_text().splitlines() if line.startswith("| ") and not line.startswith("| cores") and not line.startswith("| scale") and not line.startswith("| stage")]
     cores = [r for r in rows if r[0].strip().isdigit()]
     rss = [r for r in rows if r[0].strip() in {str(s) for s in scales}]
-    if len(cores) < 1 or len(rss) != len(scales):
+    if (len(cores) < 1 and not memory_only) or len(rss) != len(scales):
         sys.exit(f"smoke: expected the scaling and memory tables in {path}")
     for r in cores:
         float(r[1].split()[0]), float(r[3].split()[0]), float(r[6].strip().rstrip("%"))
     for r in rss:
-        float(r[2].split()[0]), float(r[4].split()[0])
+        for col in (3, 5, 7, 9):
+            float(r[col].split()[0])
     print("smoke ok: scaling and memory")
 
 

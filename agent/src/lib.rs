@@ -6,12 +6,14 @@
 //! compress → upload → sign → commit) and [`restore`] (verify signature → fetch →
 //! verify every chunk and file → write under a directory handle). What the agent may read
 //! ([`RunConfig::sources`]) and where it may write ([`RunConfig::restore_roots`]) is its
-//! own configuration: the controller can only name them.
+//! own configuration: the controller can only name them. [`memory`] tunes glibc's
+//! allocator for that work (two arenas, free pages returned after each job).
 
 pub mod backup;
 mod client;
 pub mod docker;
 pub mod enroll;
+pub mod memory;
 pub mod restore;
 mod session;
 pub mod state;

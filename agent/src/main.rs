@@ -100,8 +100,22 @@ fn parse_labels(raw: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
         .collect()
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    lifeboat_agent::memory::limit_arenas();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("lifeboat-agent: starting the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(async_main());
+}
+
+async fn async_main() {
     let cli = Cli::parse();
     lifeboat_proto::logs::init(cli.log.format, "info");
     if let Err(e) = real_main(cli).await {

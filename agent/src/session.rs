@@ -330,6 +330,9 @@ fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
             r.remove(&id);
         }
         shared.inventory_changed.notify_one();
+        if shared.running.lock().is_ok_and(|r| r.is_empty()) {
+            crate::memory::release_free_memory();
+        }
     });
 }
 
