@@ -211,6 +211,10 @@ pub struct ServeConfig {
     /// Read every new snapshot's packages, match them against the vulnerability feed and
     /// judge its ransomware signals, in the background (`--no-scan`: only on request).
     pub scan: bool,
+    /// Shows a new store's recovery key to the operator, the moment it is made and before
+    /// the store counts as created: whatever fails later in that first start (an S3
+    /// endpoint that refuses, a kill), the key was shown once and is written nowhere.
+    pub show_recovery_key: fn(&str),
 }
 
 /// `--copy-store` and its options: a second store, with credentials of its own, that
@@ -241,9 +245,6 @@ pub struct Running {
     pub url: String,
     pub identity_path: PathBuf,
     pub http_addr: Option<SocketAddr>,
-    /// The recovery key's secret when this start created the store: to be shown to the
-    /// operator once (it is written nowhere).
-    pub recovery_secret: Option<String>,
     listener: TcpListener,
     http: Option<TcpListener>,
     server_tls: ServerTls,
@@ -339,6 +340,7 @@ pub fn start_with_clock(
         cfg.store.as_deref(),
         &cfg.s3,
         cfg.recovery_recipient.as_deref(),
+        cfg.show_recovery_key,
     )?;
     let addr = listener
         .local_addr()
@@ -399,7 +401,6 @@ pub fn start_with_clock(
     );
     audit.check_at_start()?;
     let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
-    let prepared_recovery_secret = prepared.recovery_secret.take();
     let ctl = Arc::new(Controller {
         catalog,
         store,
@@ -452,7 +453,6 @@ pub fn start_with_clock(
         url,
         identity_path,
         http_addr,
-        recovery_secret: prepared_recovery_secret,
         listener,
         http,
         server_tls,

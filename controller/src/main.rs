@@ -183,19 +183,6 @@ impl From<S3Args> for lifeboat_controller::store::location::S3Options {
 }
 
 /// The one time the recovery key's secret is shown.
-fn recovery_banner(secret: &str) -> String {
-    format!(
-        "\
-================================================================================
-RECOVERY KEY of this store (shown once; Lifeboat keeps no copy):
-recovery key: {secret}
-Put it in your vault now, offline. With it and the store alone, the data can be
-recovered when this machine is lost; without it, a lost data directory means a
-store nobody can read. `age -d -i KEYFILE store-key.age` unwraps the data key.
-================================================================================"
-    )
-}
-
 fn parse_size(s: &str) -> Result<u64, String> {
     lifeboat_core::units::parse_size(s)
         .ok_or_else(|| format!("{s:?} is not a size like 1TiB or 500GB"))
@@ -285,6 +272,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     require_approval: require_approval.then_some(approval_ttl),
                     fleet_dedup: dedup_scope == "fleet",
                     scan: !no_scan,
+                    show_recovery_key: lifeboat_controller::setup::print_recovery_banner,
                 },
                 listener,
                 http,
@@ -294,9 +282,6 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 println!("metrics: {}/metrics", lifeboat_controller::url_for(a));
             }
             println!("CA fingerprint: {}", running.ca_fingerprint());
-            if let Some(secret) = &running.recovery_secret {
-                println!("{}", recovery_banner(secret));
-            }
             println!("admin identity: {}", running.identity_path.display());
             running.serve(shutdown_signal()).await?;
             Ok(())

@@ -47,7 +47,7 @@ fn index_store(
     full: bool,
 ) -> Result<RebuildReport, ApiError> {
     let _lock = lock_data_dir(data_dir)?;
-    let mut prepared = setup::prepare(data_dir, None, s3, None)?;
+    let mut prepared = setup::prepare(data_dir, None, s3, None, setup::print_recovery_banner)?;
     let catalog = std::sync::Arc::new(prepared.catalog);
     let objects = crate::store::open_objects(&prepared.store, &prepared.staging_dir)?;
     let store = crate::store::Store::open(

@@ -102,8 +102,6 @@ pub struct Prepared {
     pub data_key: Option<DataKey>,
     /// The wrapped data key (`DIR/store-key.age`), which the store keeps a copy of.
     pub wrapped_data_key: Option<Vec<u8>>,
-    /// The recovery key's secret, when this start created it: shown once, never stored.
-    pub recovery_secret: Option<String>,
     pub recovery_recipient: Option<String>,
     /// Where an S3 store's packs wait between seal and upload.
     pub staging_dir: PathBuf,
@@ -128,6 +126,7 @@ pub fn prepare(
     store: Option<&str>,
     s3: &S3Options,
     recovery_recipient: Option<&str>,
+    show_recovery_key: fn(&str),
 ) -> Result<Prepared, ApiError> {
     std::fs::create_dir_all(data_dir).map_err(io("creating", data_dir))?;
     restrict_dir(data_dir)?;
@@ -189,6 +188,12 @@ pub fn prepare(
         };
         // Keys first: settings that say "encrypted" always have their key file.
         let store_keys = StoreKeys::create(data_dir, recovery_recipient)?;
+        // Shown before the settings make this store real: a start that fails after this
+        // point leaves a store whose recovery key the operator has (a start that fails
+        // before it leaves no store, and the next start makes a new key).
+        if let Some(secret) = &store_keys.recovery_secret {
+            show_recovery_key(secret);
+        }
         let keys = KeySettings {
             encrypted: true,
             recovery_recipient: store_keys.recovery_recipient.clone(),
@@ -254,7 +259,6 @@ pub fn prepare(
         store: location,
         data_key: store_keys.data_key,
         wrapped_data_key: store_keys.wrapped,
-        recovery_secret: store_keys.recovery_secret,
         recovery_recipient: keys.recovery_recipient,
         staging_dir: data_dir.join("staging"),
         anchor_dir,
@@ -395,4 +399,23 @@ pub fn ensure_admin_identity(
     }
     .save(&path)?;
     Ok(path)
+}
+
+/// Shows a new store's recovery key as a banner on standard output (`serve`,
+/// `rebuild-catalog`): `ServeConfig::show_recovery_key`.
+pub fn print_recovery_banner(secret: &str) {
+    println!("{}", recovery_banner(secret));
+}
+
+fn recovery_banner(secret: &str) -> String {
+    format!(
+        "\
+================================================================================
+RECOVERY KEY of this store (shown once; Lifeboat keeps no copy):
+recovery key: {secret}
+Put it in your vault now, offline. With it and the store alone, the data can be
+recovered when this machine is lost; without it, a lost data directory means a
+store nobody can read. `age -d -i KEYFILE store-key.age` unwraps the data key.
+================================================================================"
+    )
 }

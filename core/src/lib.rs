@@ -72,7 +72,8 @@ pub use id::{ChunkId, ChunkKey};
 
 /// Aborts the process if `LIFEBOAT_CRASH_AT` names `point`: the crash tests' kill switch
 /// (a crash exactly there, as a pulled plug would leave it). Points: the controller's
-/// `gc-after-sweep`, `compact-after-new-pack`, `compact-after-relocate`; the agent's
+/// `gc-after-sweep`, `compact-after-new-pack`, `compact-after-relocate`, `copy-after-pack`,
+/// `migration-N` (before catalog migration N commits); the agent's
 /// `backup-after-commit`.
 pub fn crash_point(point: &str) {
     if std::env::var("LIFEBOAT_CRASH_AT").is_ok_and(|v| v == point) {

@@ -52,13 +52,13 @@ pub async fn up(
             require_approval: None,
             fleet_dedup: false,
             scan: true,
+            show_recovery_key,
         },
         listener,
         None,
     )?;
     let url = running.url.clone();
     let fingerprint = running.ca_fingerprint().to_string();
-    let recovery_secret = running.recovery_secret.clone();
     // The CLI's default identity path is DATA_DIR/admin.identity: keep a copy there.
     let identity = data_dir.join("admin.identity");
     lifeboat_core::durable::write_atomic(
@@ -120,10 +120,6 @@ pub async fn up(
     out!("Lifeboat is up: controller {url}, agent {agent_name}");
     out!("  CA fingerprint: {fingerprint}");
     out!("  identity file:  {}", identity.display());
-    if let Some(secret) = recovery_secret {
-        out!("  recovery key (shown once, keep it offline; it unwraps the store's data key):");
-        out!("    {secret}");
-    }
     if !sources.is_empty() {
         let job = api
             .start_backup(pb::StartBackupRequest {
@@ -155,4 +151,11 @@ pub async fn up(
     agent.await.context("agent task")??;
     controller.await.context("controller task")??;
     Ok(())
+}
+
+/// `ServeConfig::show_recovery_key` for `up`: the key is shown as soon as the store is made,
+/// before anything else of the start can fail.
+fn show_recovery_key(secret: &str) {
+    out!("  recovery key (shown once, keep it offline; it unwraps the store's data key):");
+    out!("    {secret}");
 }

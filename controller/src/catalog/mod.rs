@@ -141,9 +141,13 @@ impl Catalog {
             .enumerate()
             .skip(applied as usize)
         {
+            // One transaction per migration, its version number with it: a controller
+            // killed midway finds the catalog at the previous version and runs it again
+            // (`LIFEBOAT_CRASH_AT=migration-N` aborts before migration N commits).
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
             tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+            lifeboat_core::crash_point(&format!("migration-{}", i + 1));
             tx.commit()?;
             tracing::info!(version = i + 1, "catalog migrated");
         }
