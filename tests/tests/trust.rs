@@ -2024,3 +2024,72 @@ async fn uploads_need_a_running_backup_job_and_stay_within_its_quota() {
         );
     });
 }
+
+/// C9 (part): a copy of everything the controller holds does not let anyone sign as an
+/// agent or speak as one. After two agents enrolled and backed up, no file under the
+/// controller's data directory (catalog and its WAL, keys, settings, store) contains either
+/// agent's snapshot-signing key (its PKCS#8 file or the bare ed25519 seed) or its TLS
+/// private key (PEM body or DER): they were made on the agents and never left them.
+#[test]
+fn c9_the_controller_holds_no_agent_private_key() {
+    use base64::Engine as _;
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    fs::create_dir_all(&src).expect("src");
+    fs::write(src.join("f"), b"some data to back up").expect("write");
+    let mut secrets: Vec<(String, Vec<u8>)> = Vec::new();
+    for name in ["a", "b"] {
+        let agent = fleet.enroll(name);
+        fleet.run_agent(&agent, &[("data", src.as_path())], &[]);
+        fleet.backup(name, "data");
+        let pkcs8 = fs::read(agent.state_dir.join("signing.key")).expect("signing key");
+        SigningKey::from_pkcs8(&pkcs8).expect("a signing key");
+        // ed25519 in PKCS#8: the 32-byte seed is the OCTET STRING inside an OCTET STRING.
+        let seed = pkcs8
+            .windows(4)
+            .position(|w| w == [0x04, 0x22, 0x04, 0x20])
+            .map(|at| pkcs8[at + 4..at + 36].to_vec())
+            .expect("the seed in the PKCS#8 key");
+        let pem = fs::read_to_string(agent.state_dir.join("tls.pem")).expect("tls.pem");
+        let body: String = pem
+            .split("-----BEGIN PRIVATE KEY-----")
+            .nth(1)
+            .and_then(|rest| rest.split("-----END PRIVATE KEY-----").next())
+            .expect("a private key in tls.pem")
+            .split_whitespace()
+            .collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(&body)
+            .expect("PEM body");
+        secrets.push((format!("{name}: signing.key"), pkcs8));
+        secrets.push((format!("{name}: signing seed"), seed));
+        secrets.push((format!("{name}: TLS key (DER)"), der));
+        // The PEM body's first line as written (64 characters).
+        secrets.push((
+            format!("{name}: TLS key (PEM)"),
+            body.as_bytes()[..64].to_vec(),
+        ));
+    }
+    fleet.stop_controller();
+    let files = lifeboat_tests::tree::files(&fleet.path("ctl"));
+    assert!(files.len() > 10, "{files:?}");
+    let mut bytes_read = 0usize;
+    for file in &files {
+        let content = fs::read(file).expect("read");
+        bytes_read += content.len();
+        for (what, secret) in &secrets {
+            assert!(
+                !content
+                    .windows(secret.len())
+                    .any(|w| w == secret.as_slice()),
+                "{} holds {what}",
+                file.display()
+            );
+        }
+    }
+    eprintln!(
+        "C9: {} files ({bytes_read} bytes) under the controller's data directory hold none of {} agent secrets",
+        files.len(),
+        secrets.len()
+    );
+}

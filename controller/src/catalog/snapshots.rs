@@ -74,9 +74,22 @@ impl Catalog {
         self.insert_snapshots(&[s])
     }
 
-    /// Lists snapshots, all in one transaction (a commit group's).
+    /// Lists snapshots, all in one transaction (a commit group's), on disk when it returns.
+    /// The catalog runs with `synchronous = NORMAL`: in WAL mode a commit then survives the
+    /// process dying but not a power cut. A listed snapshot is acknowledged to its agent,
+    /// so this one commit is FULL: SQLite fsyncs the WAL, and with it every commit before.
     pub fn insert_snapshots(&self, rows: &[&SnapshotRow]) -> Result<(), CatalogError> {
         let mut conn = self.lock();
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let listed = Self::insert_snapshot_rows(&mut conn, rows);
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        listed
+    }
+
+    fn insert_snapshot_rows(
+        conn: &mut rusqlite::Connection,
+        rows: &[&SnapshotRow],
+    ) -> Result<(), CatalogError> {
         let tx = conn.transaction()?;
         {
             let mut st = tx.prepare_cached(&format!("INSERT OR IGNORE INTO snapshots({SNAP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"))?;
