@@ -205,6 +205,19 @@ fn reference(program: &str, args: &[&str], input: String) -> Option<Vec<Ordering
     )
 }
 
+/// A Python library's order of each pair: `import` binds the version class to `V`.
+fn python_order(import: &str, pairs: &[(&str, &str)]) -> Option<Vec<Ordering>> {
+    let script = format!(
+        "import sys\n{import}\n\
+         for line in sys.stdin:\n\
+         \x20   a, b = line.split()\n\
+         \x20   x, y = V(a), V(b)\n\
+         \x20   print(-1 if x < y else 0 if x == y else 1)\n"
+    );
+    let input: String = pairs.iter().map(|(a, b)| format!("{a} {b}\n")).collect();
+    reference("python3", &["-c", &script], input)
+}
+
 fn check(
     what: &str,
     pairs: &[(&str, &str)],
@@ -257,36 +270,25 @@ fn dpkg_order_matches_dpkg_compare_versions() {
 #[test]
 fn pep440_order_matches_python_packaging() {
     let pairs = pairs(PEP440);
-    let script = "import sys\n\
-        from packaging.version import Version\n\
-        for line in sys.stdin:\n\
-        \x20   a, b = line.split()\n\
-        \x20   x, y = Version(a), Version(b)\n\
-        \x20   print(-1 if x < y else 0 if x == y else 1)\n";
-    let input: String = pairs.iter().map(|(a, b)| format!("{a} {b}\n")).collect();
     check(
         "packaging.version",
         &pairs,
         version::pep440,
-        reference("python3", &["-c", script], input),
+        python_order("from packaging.version import Version as V", &pairs),
     );
 }
 
 #[test]
 fn apk_order_matches_univers_alpine_order() {
     let pairs = pairs(APK);
-    let script = "import sys\n\
-        from univers.versions import AlpineLinuxVersion as V\n\
-        for line in sys.stdin:\n\
-        \x20   a, b = line.split()\n\
-        \x20   x, y = V(a), V(b)\n\
-        \x20   print(-1 if x < y else 0 if x == y else 1)\n";
-    let input: String = pairs.iter().map(|(a, b)| format!("{a} {b}\n")).collect();
     check(
         "univers AlpineLinuxVersion",
         &pairs,
         version::apk,
-        reference("python3", &["-c", script], input),
+        python_order(
+            "from univers.versions import AlpineLinuxVersion as V",
+            &pairs,
+        ),
     );
 }
 

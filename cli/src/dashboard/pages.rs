@@ -582,17 +582,17 @@ pub async fn audit(State(c): State<Console>, Query(q): Query<AuditQuery>) -> Pag
         .await
         .map_err(|e| PageError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
     let verification = api.verify_audit(pb::Empty {}).await?.into_inner();
-    let wanted = |field: &Option<String>, value: &str| {
-        field.as_deref().is_none_or(|f| f.is_empty() || value == f)
+    // The form sends an empty field for "any".
+    let given = |f: &Option<String>| f.clone().filter(|v| !v.is_empty());
+    let filter = crate::args::AuditFilter {
+        actor: given(&q.actor),
+        action: given(&q.action),
+        outcome: given(&q.outcome),
     };
     let text = q.text.as_deref().unwrap_or("").to_lowercase();
     let mut shown: Vec<&pb::AuditEntry> = entries
         .iter()
-        .filter(|e| {
-            wanted(&q.actor, &e.actor)
-                && wanted(&q.action, &e.action)
-                && wanted(&q.outcome, &e.outcome)
-        })
+        .filter(|e| filter.keeps(e))
         .filter(|e| {
             text.is_empty()
                 || e.target.to_lowercase().contains(&text)
