@@ -88,7 +88,7 @@ pub struct Fleet {
     pub recovery_key: Option<String>,
     controller: Option<Child>,
     /// Extra `lifeboat-controller serve` arguments, kept across restarts.
-    serve_args: Vec<String>,
+    pub serve_args: Vec<String>,
     /// Extra environment for the next controller start (e.g. `LIFEBOAT_CRASH_AT`).
     pub controller_env: Vec<(String, String)>,
     /// Extra environment for the agents started from now on (e.g. libfaketime's).
