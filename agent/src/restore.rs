@@ -4,6 +4,7 @@
 mod direct;
 mod fetch;
 mod image;
+mod tree;
 mod volume;
 
 use std::collections::HashSet;
@@ -12,20 +13,21 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use lifeboat_core::Error as CoreError;
 use lifeboat_core::restore::{self, Options};
 use lifeboat_core::snapshot::{Record, SourceKind};
-use lifeboat_core::tree::Kind;
-use lifeboat_core::{ChunkId, codec};
+use lifeboat_core::tree::{Tree, TreeFile};
 use lifeboat_proto::pb;
 
 use crate::backup::Counters;
-use crate::client::{self, Client};
+use crate::client::Client;
 use crate::docker::Engine;
 use crate::state::AgentState;
 use crate::{AgentError, absolute_clean};
 
 pub(crate) use fetch::FETCH_STREAMS;
 use fetch::{Prefetched, restore_dir};
+use tree::Restored;
 
 /// Where a restore writes.
 enum Destination {
@@ -299,35 +301,34 @@ async fn restore_into(
     };
 
     counters.set_phase("fetching tree");
-    let tree_ids = record.tree_chunks()?;
-    let mut c = client.clone();
     // With the store in object storage the agent reads even its tree from there.
     let direct = match job.direct_from_store {
         true => Some(lifeboat_proto::http::client(None).map_err(AgentError::Config)?),
         false => None,
     };
-    let blobs = match &direct {
-        Some(http) => direct::get(&mut c, http, job_id, &tree_ids)
-            .await
-            .map_err(|why| AgentError::Restore(format!("reading the snapshot's tree: {why}")))?,
-        None => client::get(&mut c, job_id, &tree_ids).await?,
-    };
-    let contents = tree_ids
-        .iter()
-        .zip(&blobs)
-        .map(|(id, blob)| codec::decode_verified(&state.chunk_key, id, blob))
-        .collect::<Result<Vec<_>, _>>()?;
-    let tree = record.read_tree(&state.chunk_key, contents)?;
-    let files = tree.entries.iter().filter(|e| e.kind == Kind::File);
-    counters
-        .files_total
-        .store(files.clone().count() as u64, Ordering::Relaxed);
-    counters
-        .bytes_total
-        .store(files.map(|e| e.size).sum(), Ordering::Relaxed);
+    let file = tree::fetch(client, direct.as_ref(), job_id, state, &record).await?;
+    // A directory's or a volume's tree is read from its file as the restore goes; an
+    // image's, in its archive's order, is parsed whole to write the archive back.
+    let tree = tokio::task::spawn_blocking(move || -> Result<Restored, CoreError> {
+        if kind == SourceKind::Image {
+            use std::io::{Read, Seek};
+            let mut bytes = Vec::new();
+            let mut file = file;
+            file.seek(std::io::SeekFrom::Start(0))
+                .and_then(|_| file.read_to_end(&mut bytes))
+                .map_err(|e| CoreError::io("reading the snapshot's tree", e))?;
+            return Ok(Restored::Parsed(Box::new(Tree::parse(&bytes)?)));
+        }
+        Ok(Restored::Walked(Arc::new(TreeFile::open(file)?)))
+    })
+    .await
+    .map_err(|e| AgentError::Restore(format!("reading the snapshot's tree: {e}")))??;
+    let (files, bytes) = tree.files();
+    counters.files_total.store(files, Ordering::Relaxed);
+    counters.bytes_total.store(bytes, Ordering::Relaxed);
     // Repair: what is on disk already is neither fetched nor written.
-    let same = match (&destination, mode) {
-        (Destination::Dir { root, target }, restore::Mode::Repair) => {
+    let same = match (&destination, mode, &tree) {
+        (Destination::Dir { root, target }, restore::Mode::Repair, Restored::Walked(tree)) => {
             counters.set_phase("comparing with what is on disk");
             let (root, target) = (root.clone(), target.clone());
             let (scan_tree, key) = (tree.clone(), state.chunk_key.clone());
@@ -342,17 +343,7 @@ async fn restore_into(
     };
     counters.set_phase("restoring");
 
-    // Each chunk with its estimated size (the file's size over its chunks), so that
-    // requests can be cut by bytes.
-    let order: Vec<(ChunkId, u64)> = tree
-        .entries
-        .iter()
-        .filter(|e| e.kind == Kind::File && !same.contains(&e.path))
-        .flat_map(|e| {
-            let each = e.size / e.chunks.len().max(1) as u64;
-            e.chunks.iter().map(move |id| (*id, each))
-        })
-        .collect();
+    let order = tree.chunk_order(Arc::new(same.clone()))?;
     let clients = if bulk.is_empty() {
         vec![client.clone()]
     } else {
@@ -375,8 +366,8 @@ async fn restore_into(
     opts.delete_extra = job.delete_extra;
     opts.privileges = job.keep_privileges;
     // The place a probe looks at.
-    let (report, restored) = match destination {
-        Destination::Dir { root, target } => {
+    let (report, restored) = match (destination, tree) {
+        (Destination::Dir { root, target }, Restored::Walked(tree)) => {
             let report = restore_dir(
                 root,
                 target.clone(),
@@ -390,8 +381,8 @@ async fn restore_into(
             .await?;
             (report, target.display().to_string())
         }
-        Destination::Image(engine) => {
-            let report = image::restore(&engine, &record, tree, key, source, counters).await?;
+        (Destination::Image(engine), Restored::Parsed(tree)) => {
+            let report = image::restore(&engine, &record, *tree, key, source, counters).await?;
             let mut place = record
                 .image
                 .as_ref()
@@ -403,11 +394,14 @@ async fn restore_into(
             }
             (report, place)
         }
-        Destination::Volume {
-            engine,
-            volume,
-            stop_containers,
-        } => {
+        (
+            Destination::Volume {
+                engine,
+                volume,
+                stop_containers,
+            },
+            Restored::Walked(tree),
+        ) => {
             let report = volume::restore(
                 &engine,
                 &volume,
@@ -426,6 +420,11 @@ async fn restore_into(
                 .map(|v| v.mountpoint.display().to_string())
                 .unwrap_or_default();
             (report, place)
+        }
+        _ => {
+            return Err(AgentError::Restore(format!(
+                "a {kind} snapshot's tree was read for another kind of destination"
+            )));
         }
     };
     let data_ms = data_started.elapsed().as_millis() as u64;

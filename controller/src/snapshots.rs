@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use lifeboat_core::ChunkId;
-use lifeboat_core::snapshot::{Envelope, Record};
+use lifeboat_core::snapshot::{Envelope, Record, SourceKind};
 use lifeboat_core::tree::Tree;
 use lifeboat_proto::pb::{self, JobState};
 
@@ -140,7 +140,14 @@ pub fn referenced_chunks(
     ctl: &Controller,
     record: &Record,
 ) -> Result<(HashSet<ChunkId>, Option<Incomplete>), SnapshotError> {
-    let tree = load_tree(ctl, record)?;
+    chunks_of(ctl, &load_tree(ctl, record)?)
+}
+
+/// [`referenced_chunks`] of a tree already loaded.
+fn chunks_of(
+    ctl: &Controller,
+    tree: &Tree,
+) -> Result<(HashSet<ChunkId>, Option<Incomplete>), SnapshotError> {
     let chunks: HashSet<ChunkId> = tree.chunk_ids().copied().collect();
     let all: Vec<ChunkId> = chunks.iter().copied().collect();
     let mut incomplete: Option<Incomplete> = None;
@@ -273,9 +280,15 @@ fn prepare(
 }
 
 /// The snapshot is whole: its tree is readable and matches the record, and every chunk it
-/// references is indexed. Returns every chunk it needs, its tree's included.
+/// references is indexed. Returns every chunk it needs, its tree's included. A host
+/// path's or a volume's tree must be in walk order, as the restore reads it (an agent
+/// never writes one otherwise): one that is not would be committed and never restore.
 fn whole(ctl: &Controller, record: &Record) -> Result<Vec<ChunkId>, SnapshotError> {
-    match referenced_chunks(ctl, record)? {
+    let tree = load_tree(ctl, record)?;
+    if SourceKind::of(&record.source) != SourceKind::Image {
+        tree.check_walk_order()?;
+    }
+    match chunks_of(ctl, &tree)? {
         (chunks, None) => {
             let mut all: Vec<ChunkId> = chunks.into_iter().collect();
             all.extend(record.tree_chunks()?);

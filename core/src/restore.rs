@@ -39,7 +39,7 @@ use rustix::io::Errno;
 
 use crate::codec::Verified;
 use crate::error::IoContext;
-use crate::tree::{Entry, Kind, Tree};
+use crate::tree::{Entry, Kind, TreeFile};
 use crate::{ChunkId, ChunkKey, Error, Result};
 
 /// Where restore gets chunks from (the agent implements it over gRPC, decoding and
@@ -199,9 +199,13 @@ fn resolve_error(e: Errno, path: &str) -> Error {
 /// Repair mode, first pass: the paths of the tree's regular files whose content in the
 /// target is already the snapshot's (same size, same chunk ids: the backup's chunker and
 /// keyed hash). Read-only. A caller that fetches chunks ahead fetches only the others.
-pub fn repair_scan(tree: &Tree, key: &ChunkKey, target: &OwnedFd) -> Result<HashSet<Vec<u8>>> {
+pub fn repair_scan(tree: &TreeFile, key: &ChunkKey, target: &OwnedFd) -> Result<HashSet<Vec<u8>>> {
     let mut same = HashSet::new();
-    for e in tree.entries.iter().filter(|e| e.kind == Kind::File) {
+    for e in tree.entries()? {
+        let e = e?;
+        if e.kind != Kind::File {
+            continue;
+        }
         let fd = match rustix::fs::openat2(
             target,
             os(&e.path),
@@ -216,9 +220,9 @@ pub fn repair_scan(tree: &Tree, key: &ChunkKey, target: &OwnedFd) -> Result<Hash
         let st = rustix::fs::fstat(&fd).ctx(|| format!("stat {}", e.display_path()))?;
         if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile
             && st.st_size as u64 == e.size
-            && content_matches(key, fd, e)?
+            && content_matches(key, fd, &e)?
         {
-            same.insert(e.path.clone());
+            same.insert(e.path);
         }
     }
     Ok(same)
@@ -240,8 +244,15 @@ fn content_matches(key: &ChunkKey, fd: OwnedFd, e: &Entry) -> Result<bool> {
 /// Restores `tree` into the directory `target` (from [`open_target`]). In repair mode,
 /// `same` is the result of [`repair_scan`]: those files are left in place (their metadata
 /// fixed if it differs) and their chunks never fetched.
+///
+/// The tree is read entry by entry, in walk order, in three passes (the symlink check,
+/// `delete_extra`'s type conflicts, the writes); what the restore holds is the chain of
+/// directories it is inside, each with the names restored in it so far. A directory is
+/// closed when the walk leaves it: what it holds beyond the snapshot is reported (and
+/// removed with `delete_extra`), then its metadata is set, so that writing its children
+/// does not change its mtime afterwards and a read-only mode does not block them.
 pub fn restore_scanned(
-    tree: &Tree,
+    tree: &TreeFile,
     key: &ChunkKey,
     target: &OwnedFd,
     source: &mut dyn ChunkSource,
@@ -265,8 +276,27 @@ pub fn restore_scanned(
     if opts.delete_extra {
         r.clear_type_conflicts(tree)?;
     }
-    for e in &tree.entries {
-        match r.entry(e) {
+    // The directories the walk is inside, the target's root first. The tree file checked
+    // that each entry's parent is one of them.
+    let mut root = tree.root().clone();
+    root.path.clear();
+    let mut open = vec![OpenDir {
+        entry: root,
+        names: HashSet::new(),
+    }];
+    let mut shut = Vec::new();
+    for e in tree.entries()? {
+        let e = e?;
+        let (parent, name) = split(&e.path);
+        while open.len() > 1 && open.last().is_some_and(|d| d.entry.path != parent) {
+            if let Some(d) = open.pop() {
+                r.close_dir(d, &mut shut)?;
+            }
+        }
+        if let Some(d) = open.last_mut() {
+            d.names.insert(name.to_vec());
+        }
+        match r.entry(&e) {
             Ok(()) => {}
             Err(err) if is_per_file(&err) => {
                 r.failed.insert(e.path.clone());
@@ -274,27 +304,30 @@ pub fn restore_scanned(
             }
             Err(err) => return Err(err),
         }
+        if e.kind == Kind::Dir {
+            open.push(OpenDir {
+                entry: e,
+                names: HashSet::new(),
+            });
+        }
         progress(&r.report);
     }
-    r.extras(tree)?;
-    // Directory metadata last, deepest first, so that writing children does not change a
-    // directory's mtime after it was set and read-only modes do not block the restore.
-    for e in tree.entries.iter().rev().filter(|e| e.kind == Kind::Dir) {
-        if r.failed.contains(&e.path) {
-            continue;
-        }
-        let dir = r.open_dir(&e.path)?;
-        r.apply_fd_meta(&dir, e).map_err(|err| {
-            Error::io(
-                format!("setting metadata of {}", e.display_path()),
-                err.into(),
-            )
-        })?;
+    while let Some(d) = open.pop() {
+        r.close_dir(d, &mut shut)?;
     }
-    r.apply_fd_meta(target, &tree.root)
-        .map_err(|e| Error::io("setting metadata of the restore target", e.into()))?;
+    // The directories that would have shut their owner out, deepest first.
+    for e in shut.iter().rev() {
+        r.set_dir_meta(e)?;
+    }
     rustix::fs::syncfs(target).ctx(|| "syncing the restored file system".into())?;
     Ok(r.report)
+}
+
+/// A directory of the tree that the restore is inside: its entry, and the names of the
+/// tree's entries in it so far.
+struct OpenDir {
+    entry: Entry,
+    names: HashSet<Vec<u8>>,
 }
 
 /// Failures confined to one entry; anything else (network, disk full, hostile target)
@@ -337,8 +370,12 @@ fn os(b: &[u8]) -> &std::ffi::OsStr {
 impl Restorer<'_> {
     /// Refuses the restore before any write if a directory of the tree is a symlink (or
     /// lies under one) in the target.
-    fn preflight(&mut self, tree: &Tree) -> Result<()> {
-        for e in tree.entries.iter().filter(|e| e.kind == Kind::Dir) {
+    fn preflight(&mut self, tree: &TreeFile) -> Result<()> {
+        for e in tree.entries()? {
+            let e = e?;
+            if e.kind != Kind::Dir {
+                continue;
+            }
             let (parent, name) = split(&e.path);
             let dir = match self.open_dir(parent) {
                 Ok(d) => d,
@@ -571,8 +608,9 @@ impl Restorer<'_> {
     /// Before writing: where the tree has a file or other non-directory and the target a
     /// real directory (or the other way round), remove what is in the target, so that the
     /// restore can put the snapshot's entry there. Only with `delete_extra`.
-    fn clear_type_conflicts(&mut self, tree: &Tree) -> Result<()> {
-        for e in &tree.entries {
+    fn clear_type_conflicts(&mut self, tree: &TreeFile) -> Result<()> {
+        for e in tree.entries()? {
+            let e = e?;
             let (parent, name) = split(&e.path);
             let dir = match self.open_dir(parent) {
                 Ok(d) => d,
@@ -595,54 +633,56 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    /// After writing: what each restored directory holds that the tree does not. Reported
-    /// as planted, removed when `delete_extra`.
-    fn extras(&mut self, tree: &Tree) -> Result<()> {
-        let mut children: std::collections::HashMap<&[u8], HashSet<&[u8]>> =
-            std::collections::HashMap::new();
-        children.insert(&[], HashSet::new());
-        for e in &tree.entries {
-            if e.kind == Kind::Dir {
-                children.entry(&e.path).or_default();
+    /// A directory the walk has left: what it holds that the tree does not is reported as
+    /// planted (and removed when `delete_extra`), then its metadata is set. A directory
+    /// whose mode would deny its owner gets it last (`shut`), so that a hardlink into it
+    /// from a later directory can still be made.
+    fn close_dir(&mut self, d: OpenDir, shut: &mut Vec<Entry>) -> Result<()> {
+        let rel = d.entry.path.as_slice();
+        if self.failed.contains(rel) {
+            return Ok(());
+        }
+        let dir = match self.open_dir(rel) {
+            Ok(dir) => dir,
+            // A directory of the tree that is not there (not restored): nothing extra.
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(());
             }
-        }
-        for e in &tree.entries {
-            let (parent, name) = split(&e.path);
-            children.entry(parent).or_default().insert(name);
-        }
-        let mut dirs: Vec<&[u8]> = children.keys().copied().collect();
-        dirs.sort();
-        for rel in dirs {
-            if self.failed.contains(rel) {
+            Err(err) => return Err(err),
+        };
+        for name in list_dir(&dir, &String::from_utf8_lossy(rel))? {
+            if d.names.contains(&name) {
                 continue;
             }
-            let dir = match self.open_dir(rel) {
-                Ok(d) => d,
-                // A directory of the tree that is not there (not restored): nothing extra.
-                Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-                    continue;
-                }
-                Err(err) => return Err(err),
-            };
-            let keep = &children[rel];
-            for name in list_dir(&dir, &String::from_utf8_lossy(rel))? {
-                if keep.contains(name.as_slice()) {
-                    continue;
-                }
-                let mut path = rel.to_vec();
-                if !path.is_empty() {
-                    path.push(b'/');
-                }
-                path.extend_from_slice(&name);
-                let shown = String::from_utf8_lossy(&path).into_owned();
-                if self.opts.delete_extra {
-                    remove_all(&dir, &name, &shown)?;
-                }
-                self.report.planted.push(shown);
+            let mut path = rel.to_vec();
+            if !path.is_empty() {
+                path.push(b'/');
             }
+            path.extend_from_slice(&name);
+            let shown = String::from_utf8_lossy(&path).into_owned();
+            if self.opts.delete_extra {
+                remove_all(&dir, &name, &shown)?;
+            }
+            self.report.planted.push(shown);
         }
-        self.cached = None;
-        Ok(())
+        if d.entry.mode & 0o700 != 0o700 {
+            shut.push(d.entry);
+            return Ok(());
+        }
+        drop(dir);
+        self.set_dir_meta(&d.entry)
+    }
+
+    /// A restored directory's metadata (the root's: the target's).
+    fn set_dir_meta(&mut self, e: &Entry) -> Result<()> {
+        let dir = self.open_dir(&e.path)?;
+        self.apply_fd_meta(&dir, e).map_err(|err| {
+            let what = match e.path.is_empty() {
+                true => "the restore target".to_string(),
+                false => e.display_path(),
+            };
+            Error::io(format!("setting metadata of {what}"), err.into())
+        })
     }
 
     fn write_content(&mut self, file: &File, e: &Entry) -> Result<()> {

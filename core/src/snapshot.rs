@@ -157,11 +157,20 @@ impl Record {
                 return Err(Error::TreeMismatch);
             }
         }
-        let hash = blake3::keyed_hash(key.as_bytes(), &bytes).to_hex();
-        if bytes.len() as u64 != self.tree.size || hash.as_str() != self.tree.hash {
+        self.check_tree(
+            bytes.len() as u64,
+            &blake3::keyed_hash(key.as_bytes(), &bytes),
+        )?;
+        Tree::parse(&bytes)
+    }
+
+    /// Checks a serialized tree's length and keyed hash (`blake3::keyed_hash` under the
+    /// chunk-id key) against the record's, for a reader that streamed it elsewhere.
+    pub fn check_tree(&self, len: u64, hash: &blake3::Hash) -> Result<()> {
+        if len != self.tree.size || hash.to_hex().as_str() != self.tree.hash {
             return Err(Error::TreeMismatch);
         }
-        Tree::parse(&bytes)
+        Ok(())
     }
 
     pub fn tree_chunks(&self) -> Result<Vec<ChunkId>> {

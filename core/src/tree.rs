@@ -352,6 +352,179 @@ impl Tree {
     pub fn chunk_ids(&self) -> impl Iterator<Item = &ChunkId> {
         self.entries.iter().flat_map(|e| e.chunks.iter())
     }
+
+    /// Checks that the entries are in walk order ([`WalkOrder`]), as every tree a walk
+    /// writes is (host paths and volumes; an image's tree is in its archive's order).
+    pub fn check_walk_order(&self) -> Result<()> {
+        let mut order = WalkOrder::default();
+        self.entries.iter().try_for_each(|e| order.check(e))
+    }
+}
+
+/// Checks, one entry at a time, that a tree is in walk order: paths strictly increasing
+/// by [`crate::walk::tree_order`] (so none comes twice), each entry's parent a directory
+/// that came before it, each hardlink after its target. Its memory is the chain of
+/// directories from the root to the latest one, not a set of every path; that a
+/// hardlink's target exists is [`TreeFile::open`]'s second pass.
+#[derive(Default)]
+pub struct WalkOrder {
+    prev: Option<Vec<u8>>,
+    /// The directories the walk may still be inside, outermost first (the root, whose
+    /// path is empty, is below them all).
+    open: Vec<Vec<u8>>,
+}
+
+impl WalkOrder {
+    pub fn check(&mut self, e: &Entry) -> Result<()> {
+        use std::cmp::Ordering::Less;
+        let after = |what: &str, other: &[u8]| {
+            Error::CorruptTree(format!(
+                "{:?} is out of walk order: it comes after {what} {:?}",
+                e.display_path(),
+                String::from_utf8_lossy(other)
+            ))
+        };
+        if let Some(prev) = &self.prev
+            && crate::walk::tree_order(prev, &e.path) != Less
+        {
+            return Err(after("the entry", prev));
+        }
+        if e.kind == Kind::Hardlink && crate::walk::tree_order(&e.target, &e.path) != Less {
+            return Err(after("its hardlink target", &e.target));
+        }
+        let parent = match e.path.iter().rposition(|&c| c == b'/') {
+            Some(slash) => &e.path[..slash],
+            None => &[][..],
+        };
+        while self.open.last().is_some_and(|d| d.as_slice() != parent) {
+            self.open.pop();
+        }
+        if !parent.is_empty() && self.open.is_empty() {
+            return Err(Error::CorruptTree(format!(
+                "{:?} comes before its parent directory",
+                e.display_path()
+            )));
+        }
+        if e.kind == Kind::Dir {
+            self.open.push(e.path.clone());
+        }
+        self.prev = Some(e.path.clone());
+        Ok(())
+    }
+}
+
+/// A serialized tree kept in a file and read back entry by entry, as many times as
+/// needed: what a restore holds instead of a parsed [`Tree`], so that its memory does not
+/// grow with the number of paths. Only a tree in walk order is taken ([`WalkOrder`]).
+pub struct TreeFile {
+    file: std::fs::File,
+    root: Entry,
+    files: u64,
+    bytes: u64,
+}
+
+impl TreeFile {
+    /// Checks the serialized tree in `file` as [`Tree::parse`] does, and that it is in walk
+    /// order: one pass, and a second over the hardlinks' targets when there are any.
+    pub fn open(file: std::fs::File) -> Result<TreeFile> {
+        let mut tree = TreeFile {
+            file,
+            root: Entry::new(Vec::new(), Kind::Dir),
+            files: 0,
+            bytes: 0,
+        };
+        let mut order = WalkOrder::default();
+        let mut targets = std::collections::HashSet::new();
+        let (mut files, mut bytes) = (0, 0u64);
+        let (root, entries) = tree.read()?;
+        for e in entries {
+            let e = e?;
+            order.check(&e)?;
+            match e.kind {
+                Kind::File => {
+                    files += 1;
+                    bytes = bytes.saturating_add(e.size);
+                }
+                Kind::Hardlink => {
+                    targets.insert(e.target);
+                }
+                _ => {}
+            }
+        }
+        if !targets.is_empty() {
+            let mut seen = std::collections::HashSet::new();
+            for e in tree.entries()? {
+                let e = e?;
+                if e.kind == Kind::Hardlink && !seen.contains(&e.target) {
+                    return Err(Error::CorruptTree(format!(
+                        "hardlink {:?} points at a path not seen before it",
+                        e.display_path()
+                    )));
+                }
+                if targets.contains(&e.path) {
+                    seen.insert(e.path);
+                }
+            }
+        }
+        tree.root = root;
+        tree.files = files;
+        tree.bytes = bytes;
+        Ok(tree)
+    }
+
+    /// The root directory's metadata.
+    pub fn root(&self) -> &Entry {
+        &self.root
+    }
+
+    /// Regular files, and their bytes.
+    pub fn files(&self) -> (u64, u64) {
+        (self.files, self.bytes)
+    }
+
+    /// Every entry but the root, in order, read from the file again.
+    pub fn entries(&self) -> Result<Entries> {
+        self.read().map(|(_, entries)| entries)
+    }
+
+    fn read(&self) -> Result<(Entry, Entries)> {
+        let at = ReadAt {
+            file: self
+                .file
+                .try_clone()
+                .map_err(|e| Error::io("reading a tree file", e))?,
+            pos: 0,
+        };
+        let (root, reader) = EntryReader::new(std::io::BufReader::with_capacity(64 << 10, at))?;
+        Ok((root, Entries { reader }))
+    }
+}
+
+/// The entries of a [`TreeFile`], in order (each reader has its own handle and position).
+pub struct Entries {
+    reader: EntryReader<std::io::BufReader<ReadAt>>,
+}
+
+impl Iterator for Entries {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Result<Entry>> {
+        self.reader.next_entry().transpose()
+    }
+}
+
+/// Reads a file from its start by position, whatever the other handles of it do.
+struct ReadAt {
+    file: std::fs::File,
+    pos: u64,
+}
+
+impl std::io::Read for ReadAt {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::os::unix::fs::FileExt::read_at(&self.file, buf, self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
 }
 
 struct Reader<'a> {
@@ -546,6 +719,113 @@ mod tests {
                 read.push(e);
             }
             prop_assert_eq!(read, tree.entries);
+        }
+    }
+
+    /// Random trees over a few names, in walk order with every parent, then as often as
+    /// not broken in one place: two entries swapped, one twice, a directory dropped from
+    /// under its children, a hardlink pointing ahead or nowhere.
+    /// Paths with a kind and a hardlink target's pick; how to break the tree, and where.
+    type TreeSpec = (Vec<(Vec<u8>, u8, usize)>, u8, usize);
+
+    fn arb_tree() -> impl Strategy<Value = TreeSpec> {
+        let name = proptest::sample::select(vec!["a", "b", "a.b", "c"]);
+        let path = proptest::collection::vec(name, 1..4).prop_map(|p| p.join("/").into_bytes());
+        (
+            proptest::collection::vec((path, 0u8..3, any::<usize>()), 0..16),
+            0u8..8,
+            any::<usize>(),
+        )
+    }
+
+    fn build((specs, break_how, at): TreeSpec) -> Vec<u8> {
+        // Every proper prefix of a path is a directory; the rest are what they say.
+        let mut dirs = std::collections::BTreeSet::new();
+        for (path, _, _) in &specs {
+            for (i, &c) in path.iter().enumerate() {
+                if c == b'/' {
+                    dirs.insert(path[..i].to_vec());
+                }
+            }
+        }
+        let mut entries: Vec<Entry> = dirs
+            .iter()
+            .map(|d| Entry::new(d.clone(), Kind::Dir))
+            .collect();
+        for (path, kind, _) in &specs {
+            if !dirs.contains(path) && !entries.iter().any(|e| &e.path == path) {
+                let kind = [Kind::Dir, Kind::File, Kind::Hardlink][usize::from(*kind)];
+                entries.push(Entry::new(path.clone(), kind));
+            }
+        }
+        entries.sort_by(|a, b| crate::walk::tree_order(&a.path, &b.path));
+        for i in 0..entries.len() {
+            if entries[i].kind == Kind::Hardlink {
+                match specs.get(i).map(|s| s.2 % i.max(1)) {
+                    Some(t) if i > 0 => entries[i].target = entries[t].path.clone(),
+                    _ => entries[i].kind = Kind::File,
+                }
+            }
+        }
+        let n = entries.len();
+        if n > 1 {
+            let i = at % (n - 1);
+            match break_how {
+                4 => entries.swap(i, i + 1),
+                5 => {
+                    let twice = entries[i].clone();
+                    entries.insert(i + 1, twice);
+                }
+                6 => {
+                    if let Some(d) = (0..n)
+                        .map(|k| (i + k) % n)
+                        .find(|&k| entries[k].kind == Kind::Dir)
+                    {
+                        entries.remove(d);
+                    }
+                }
+                7 => {
+                    entries[i].kind = Kind::Hardlink;
+                    entries[i].target = match at % 2 {
+                        0 => entries[i + 1].path.clone(),
+                        _ => b"zz".to_vec(),
+                    };
+                }
+                _ => {}
+            }
+        }
+        let mut w = TreeWriter::new(&Entry::new(Vec::new(), Kind::Dir));
+        for e in &entries {
+            w.push(e).expect("push");
+        }
+        w.finish()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn a_tree_file_takes_exactly_the_parsed_trees_in_walk_order(spec in arb_tree()) {
+            let bytes = build(spec);
+            let parsed = Tree::parse(&bytes).and_then(|t| t.check_walk_order().map(|()| t));
+            let mut f = tempfile::tempfile().expect("tempfile");
+            std::io::Write::write_all(&mut f, &bytes).expect("write");
+            match (TreeFile::open(f), parsed) {
+                (Ok(file), Ok(tree)) => {
+                    prop_assert_eq!(file.root(), &tree.root);
+                    for _ in 0..2 {
+                        let read: Vec<Entry> =
+                            file.entries().expect("entries").collect::<Result<_>>().expect("read");
+                        prop_assert_eq!(&read, &tree.entries);
+                    }
+                    let files = tree.entries.iter().filter(|e| e.kind == Kind::File).count();
+                    prop_assert_eq!(file.files().0, files as u64);
+                }
+                (Err(a), Err(b)) => {
+                    prop_assert!(matches!(a, Error::CorruptTree(_)), "{a}");
+                    prop_assert!(matches!(b, Error::CorruptTree(_)), "{b}");
+                }
+                (a, b) => prop_assert!(false, "tree file {:?}, parse {:?}", a.map(|_| ()), b.map(|_| ())),
+            }
         }
     }
 

@@ -147,6 +147,13 @@ pub fn make_tree(root: &Path, rng: &mut Rng) {
     fs::create_dir_all(root.join("tmp-sticky")).expect("mkdir");
     fs::set_permissions(root.join("tmp-sticky"), fs::Permissions::from_mode(0o1777))
         .expect("chmod");
+    // A directory its owner cannot write, holding a file linked from a later directory:
+    // its mode is set once the walk has left it, and the link is still made.
+    fs::create_dir_all(root.join("sealed")).expect("mkdir");
+    write(&root.join("sealed/key.pem"), b"sealed key\n");
+    fs::create_dir_all(root.join("zz-keys")).expect("mkdir");
+    fs::hard_link(root.join("sealed/key.pem"), root.join("zz-keys/key-link")).expect("hardlink");
+    fs::set_permissions(root.join("sealed"), fs::Permissions::from_mode(0o500)).expect("chmod");
     write(&root.join("readonly.txt"), b"read only\n");
     fs::set_permissions(root.join("readonly.txt"), fs::Permissions::from_mode(0o400))
         .expect("chmod");

@@ -10,11 +10,12 @@ use std::sync::atomic::Ordering;
 use futures::StreamExt;
 use lifeboat_core::codec::Verified;
 use lifeboat_core::restore::{self, ChunkSource, Options, Report};
-use lifeboat_core::tree::Tree;
+use lifeboat_core::tree::TreeFile;
 use lifeboat_core::{ChunkId, ChunkKey};
 use lifeboat_proto::pb;
 use tokio::sync::mpsc;
 
+use super::tree::ChunkOrder;
 use crate::AgentError;
 use crate::backup::Counters;
 use crate::client::Client;
@@ -65,29 +66,54 @@ impl Prefetched {
         clients: Vec<Client>,
         job_id: String,
         key: ChunkKey,
-        order: Vec<(ChunkId, u64)>,
+        order: ChunkOrder,
         direct: Option<ureq::Agent>,
     ) -> Prefetched {
         let (tx, rx) = mpsc::channel(PREFETCH_QUEUE);
         let (msg_tx, msg_rx) = mpsc::channel::<Result<Vec<pb::ChunkBlob>, String>>(DECODE_DEPTH);
         let fetched = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let count = fetched.clone();
-        tokio::spawn(async move {
-            let mut requests: Vec<Vec<ChunkId>> = Vec::new();
-            let mut bytes = FETCH_BYTES;
-            for (id, size) in order {
-                if bytes >= FETCH_BYTES || requests.last().is_none_or(|r| r.len() >= FETCH_IDS) {
-                    requests.push(Vec::new());
+        // The requests, cut from the order as it is read (from the tree's file, on a
+        // blocking thread) and only a couple ahead of the ones open.
+        let (req_tx, mut req_rx) = mpsc::channel::<Result<Vec<ChunkId>, String>>(2);
+        tokio::task::spawn_blocking(move || {
+            let mut request = Vec::new();
+            let mut bytes = 0;
+            for item in order {
+                let (id, size) = match item {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = req_tx.blocking_send(Err(format!("reading the tree: {e}")));
+                        return;
+                    }
+                };
+                request.push(id);
+                bytes += size;
+                if bytes >= FETCH_BYTES || request.len() >= FETCH_IDS {
+                    if req_tx
+                        .blocking_send(Ok(std::mem::take(&mut request)))
+                        .is_err()
+                    {
+                        return; // the restore ended
+                    }
                     bytes = 0;
                 }
-                bytes += size;
-                if let Some(r) = requests.last_mut() {
-                    r.push(id);
-                }
             }
+            if !request.is_empty() {
+                let _ = req_tx.blocking_send(Ok(request));
+            }
+        });
+        tokio::spawn(async move {
             if let Some(http) = direct {
                 let mut client = clients[0].clone();
-                for ids in requests {
+                while let Some(ids) = req_rx.recv().await {
+                    let ids = match ids {
+                        Ok(ids) => ids,
+                        Err(why) => {
+                            let _ = msg_tx.send(Err(why)).await;
+                            return;
+                        }
+                    };
                     match super::direct::fetch(&mut client, &http, &job_id, &ids, &msg_tx).await {
                         Ok(n) => {
                             count.fetch_add(n, Ordering::Relaxed);
@@ -100,7 +126,9 @@ impl Prefetched {
                 }
                 return;
             }
-            let mut streams = futures::stream::iter(requests.into_iter().enumerate())
+            let requests = tokio_stream::wrappers::ReceiverStream::new(req_rx);
+            let mut streams = requests
+                .enumerate()
                 .map(|(i, ids)| {
                     let mut client = clients[i % clients.len()].clone();
                     let job_id = job_id.clone();
@@ -108,17 +136,18 @@ impl Prefetched {
                         client
                             .get_chunks(pb::GetChunksRequest {
                                 job_id,
-                                ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+                                ids: ids?.iter().map(|i| i.as_bytes().to_vec()).collect(),
                             })
                             .await
+                            .map_err(|e| e.message().to_string())
                     }
                 })
                 .buffered(FETCH_STREAMS);
             while let Some(res) = streams.next().await {
                 let mut stream = match res {
                     Ok(s) => s.into_inner(),
-                    Err(e) => {
-                        let _ = msg_tx.send(Err(e.message().to_string())).await;
+                    Err(why) => {
+                        let _ = msg_tx.send(Err(why)).await;
                         return;
                     }
                 };
@@ -227,7 +256,7 @@ impl ChunkSource for Prefetched {
 pub(crate) async fn restore_dir(
     root: PathBuf,
     target: PathBuf,
-    tree: Tree,
+    tree: Arc<TreeFile>,
     key: lifeboat_core::ChunkKey,
     mut source: Prefetched,
     progress: Arc<Counters>,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use lifeboat_core::ChunkKey;
 use lifeboat_core::restore::Report;
-use lifeboat_core::tree::Tree;
+use lifeboat_core::tree::TreeFile;
 
 use crate::AgentError;
 use crate::backup::Counters;
@@ -22,7 +22,7 @@ pub async fn restore(
     volume: &str,
     stop_containers: bool,
     job_id: &str,
-    tree: Tree,
+    tree: std::sync::Arc<TreeFile>,
     key: ChunkKey,
     source: super::fetch::Prefetched,
     counters: Arc<Counters>,
