@@ -663,3 +663,107 @@ async fn b1_ten_thousand_streams_from_one_peer_are_bounded() {
         rss_after >> 20
     );
 }
+
+/// A host path's tree out of walk order is refused at commit, naming the entry: the
+/// restore reads trees in walk order (with no set of every path), so such a tree would be
+/// listed and never restore. No agent writes one; a compromised one could. The same tree
+/// in walk order, committed next in the same job, is taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_out_of_walk_order_is_refused_at_commit() {
+    use lifeboat_core::snapshot::{Record, Stats, TreeRef};
+    use lifeboat_core::tree::{Entry, Kind, TreeWriter};
+    transport::install_crypto_provider();
+    let fleet = tokio::task::spawn_blocking(|| {
+        let fleet = Fleet::start();
+        fleet.enroll("raw");
+        fleet
+    })
+    .await
+    .expect("setup");
+    let key = ChunkKey::from_slice(&fs::read(fleet.path("agents/raw/chunk.key")).expect("key"))
+        .expect("key");
+    let signing = lifeboat_core::sign::SigningKey::from_pkcs8(
+        &fs::read(fleet.path("agents/raw/signing.key")).expect("key"),
+    )
+    .expect("key");
+    let agent_id = tokio::task::block_in_place(|| fleet.cli_json(&["agents"]))[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let mut job = lifeboat_tests::RawJob::start(&fleet, "raw", "data").await;
+
+    let mut commit = async |paths: &[&str]| {
+        let mut root = Entry::new(Vec::new(), Kind::Dir);
+        root.mode = 0o755;
+        let mut w = TreeWriter::new(&root);
+        for p in paths {
+            let mut e = Entry::new(p.as_bytes().to_vec(), Kind::File);
+            e.mode = 0o644;
+            e.content_hash = key.content_hash(0, &[]);
+            w.push(&e).expect("entry");
+        }
+        let tree = w.finish();
+        let id = key.id_of(&tree);
+        let upload = job.request(tokio_stream::iter(vec![pb::ChunkBatch {
+            chunks: vec![pb::ChunkBlob {
+                id: id.as_bytes().to_vec(),
+                blob: codec::encode_raw(&tree).into(),
+                ..Default::default()
+            }],
+        }]));
+        job.api
+            .put_chunks(upload)
+            .await
+            .expect("tree chunk uploaded");
+        let now = lifeboat_tests::now_ms();
+        let record = Record {
+            version: 1,
+            agent_id: agent_id.clone(),
+            agent_name: "raw".into(),
+            hostname: "raw".into(),
+            source: "data".into(),
+            source_kind: "path".into(),
+            source_path: "/data".into(),
+            job_id: job.job_id.clone(),
+            parent: None,
+            started_unix_ms: now - 1000,
+            finished_unix_ms: now,
+            tree: TreeRef {
+                chunks: vec![id.to_hex()],
+                size: tree.len() as u64,
+                hash: blake3::keyed_hash(key.as_bytes(), &tree)
+                    .to_hex()
+                    .to_string(),
+            },
+            stats: Stats::default(),
+            image: None,
+            consistency: None,
+        }
+        .to_bytes();
+        job.api
+            .commit_snapshot(pb::CommitRequest {
+                job_id: job.job_id.clone(),
+                signature: signing.sign_record(&record),
+                record,
+            })
+            .await
+    };
+    let refused = commit(&["b.txt", "a.txt"])
+        .await
+        .expect_err("a tree out of walk order was committed");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(
+        refused.message().contains("\"a.txt\" is out of walk order"),
+        "{refused:?}"
+    );
+    tokio::task::block_in_place(|| {
+        assert_eq!(fleet.cli_json(&["snapshots"]), serde_json::json!([]));
+    });
+    commit(&["a.txt", "b.txt"])
+        .await
+        .expect("the same tree in walk order is committed");
+    tokio::task::block_in_place(|| {
+        let listed = fleet.cli_json(&["snapshots"]);
+        assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    });
+}
