@@ -5,7 +5,8 @@
 //! bytewise, so the same tree always serializes to the same bytes. The second and later
 //! paths of an inode with several links become [`Kind::Hardlink`] entries pointing at the
 //! first. Entries that vanish or cannot be read during the walk are reported as warnings
-//! and left out; the walk goes on.
+//! and left out; the walk goes on. A directory that is one of its own ancestors (a bind
+//! mount of a parent below it) is kept empty with a warning, so a cycle ends the descent.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -52,6 +53,8 @@ pub struct Walker {
 
 struct Listing {
     dir: PathBuf,
+    /// The directory's device and inode: a directory below it with the same is a cycle.
+    id: (u64, u64),
     rel: Vec<u8>,
     names: std::vec::IntoIter<std::ffi::OsString>,
 }
@@ -74,6 +77,7 @@ impl Walker {
         let w = Walker {
             stack: vec![Listing {
                 dir: root.to_path_buf(),
+                id: (meta.dev(), meta.ino()),
                 rel: Vec::new(),
                 names: names.into_iter(),
             }],
@@ -147,10 +151,22 @@ impl Iterator for Walker {
                     continue;
                 }
             };
+            let id = (meta.dev(), meta.ino());
+            if e.kind == Kind::Dir
+                && let Some(same) = self.stack.iter().find(|l| l.id == id)
+            {
+                self.warnings.push(format!(
+                    "{}: the same directory as {} above it (a bind mount of a parent, or a file system loop): kept empty, not descended",
+                    path.display(),
+                    same.dir.display()
+                ));
+                return Some(e);
+            }
             if e.kind == Kind::Dir {
                 match list(&path) {
                     Ok(names) => self.stack.push(Listing {
                         dir: path,
+                        id,
                         rel: e.path.clone(),
                         names: names.into_iter(),
                     }),

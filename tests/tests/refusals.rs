@@ -767,3 +767,115 @@ async fn a_tree_out_of_walk_order_is_refused_at_commit() {
         assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
     });
 }
+
+/// Unmounts a bind mount when the test ends, however it ends.
+struct BindMount(std::path::PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// B9: hardlinks. 20,000 links to one file, a file linked from outside the source, and a
+/// bind mount of the source inside itself (a directory that is its own ancestor). The
+/// backup completes, keeps the loop empty and says why in the agent's log; the restore
+/// gives back one inode with all its names (every link a link of the same file), the
+/// outsider's link as a file of its own, and nothing but an empty directory at the loop.
+#[test]
+fn b9_many_links_a_link_from_outside_and_a_bind_mount_loop() {
+    use std::os::unix::fs::MetadataExt;
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    let outside = fleet.path("outside");
+    fs::create_dir_all(src.join("data")).expect("mkdir");
+    fs::create_dir_all(src.join("links")).expect("mkdir");
+    fs::create_dir_all(src.join("loop")).expect("mkdir");
+    fs::create_dir_all(&outside).expect("mkdir");
+    let mut rng = lifeboat_tests::tree::Rng::new(9);
+    let original = rng.bytes(100_000);
+    fs::write(src.join("data/original.bin"), &original).expect("write");
+    const LINKS: usize = 20_000;
+    for i in 0..LINKS {
+        fs::hard_link(
+            src.join("data/original.bin"),
+            src.join(format!("links/l{i:05}")),
+        )
+        .expect("link");
+    }
+    let shared = rng.bytes(50_000);
+    fs::write(outside.join("shared.bin"), &shared).expect("write");
+    fs::hard_link(outside.join("shared.bin"), src.join("from-outside.bin")).expect("link");
+    let bound = std::process::Command::new("mount")
+        .arg("--bind")
+        .arg(&src)
+        .arg(src.join("loop"))
+        .output()
+        .expect("run mount");
+    if !bound.status.success() {
+        let why = String::from_utf8_lossy(&bound.stderr);
+        assert!(
+            std::env::var_os("LIFEBOAT_REQUIRE_MOUNT").is_none(),
+            "bind-mounting the source into itself failed: {why}"
+        );
+        eprintln!("\n!!! SKIPPED: this test needs to bind-mount (root): {why}\n");
+        return;
+    }
+    let _bind = BindMount(src.join("loop"));
+    assert!(
+        src.join("loop/data/original.bin").exists(),
+        "the loop shows the source"
+    );
+
+    let a = fleet.enroll("a");
+    let root = fleet.path("roots");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[root.as_path()]);
+    let snap = fleet.backup("a", "data");
+    let log = fleet.agent_log("a");
+    assert!(
+        log.contains("the same directory as") && log.contains("loop"),
+        "the loop is named in the agent's log:\n{log}"
+    );
+    assert_eq!(
+        snap["files"].as_u64(),
+        Some(2),
+        "one file per inode, the loop not descended: {snap}"
+    );
+
+    let target = root.join("restored");
+    let (ok, job) = fleet.restore_to(snap["id"].as_str().expect("id"), "a", &target, &[]);
+    assert!(ok, "restore: {job}");
+    let first = fs::metadata(target.join("data/original.bin")).expect("original");
+    assert_eq!(first.nlink(), LINKS as u64 + 1, "every name of the inode");
+    assert_eq!(
+        fs::read(target.join("data/original.bin")).expect("read"),
+        original
+    );
+    let mut names = 0;
+    for e in fs::read_dir(target.join("links")).expect("links") {
+        let m = e.expect("entry").metadata().expect("metadata");
+        assert_eq!(
+            (m.dev(), m.ino()),
+            (first.dev(), first.ino()),
+            "a link of the original"
+        );
+        names += 1;
+    }
+    assert_eq!(names, LINKS);
+    assert_eq!(
+        fs::read(target.join("from-outside.bin")).expect("read"),
+        shared
+    );
+    assert_eq!(
+        fs::metadata(target.join("from-outside.bin"))
+            .expect("outsider")
+            .nlink(),
+        1,
+        "the outsider's link is a file of its own"
+    );
+    assert_eq!(
+        fs::read_dir(target.join("loop")).expect("loop").count(),
+        0,
+        "the loop is restored empty"
+    );
+}
