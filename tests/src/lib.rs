@@ -25,11 +25,26 @@ pub fn repo_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// `n` distinct ports free right now (bound together, then released).
+/// `n` distinct ports free right now (bound together, then released), for a server the
+/// test starts on them. They are taken below Linux's ephemeral range (32768 and up), where
+/// the kernel also picks the local ports of outgoing connections: one of those could take
+/// a port between its release here and the server's bind.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<std::net::TcpListener> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port"))
-        .collect();
+    let mut x = u64::from(std::process::id()) << 32 | (now_ms() as u64 & 0xffff_ffff);
+    let mut held: Vec<std::net::TcpListener> = Vec::new();
+    for _ in 0..100 * n {
+        if held.len() == n {
+            break;
+        }
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = 20_000 + (x % 12_000) as u16;
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), n, "{n} free ports between 20000 and 32000");
     held.iter()
         .map(|l| l.local_addr().expect("port").port())
         .collect()

@@ -70,11 +70,32 @@ impl S3Server {
             access_key: access_key.to_string(),
             secret_key: secret_key.to_string(),
         };
-        server.launch();
+        // A port taken by someone else between its choice and the server's bind leaves a
+        // server that never serves: try again on other ports.
+        for attempt in 1.. {
+            match server.try_launch() {
+                Ok(()) => break,
+                Err(why) if attempt < 3 => {
+                    eprintln!("SeaweedFS did not start ({why}); trying other ports");
+                    server.ports = crate::free_ports(10);
+                    server.endpoint = format!("http://127.0.0.1:{}", server.ports[0]);
+                }
+                Err(why) => panic!("SeaweedFS did not start, three times: {why}"),
+            }
+        }
         Some(server)
     }
 
+    /// Starts the server on its ports, or panics saying why (with the end of its log).
     fn launch(&mut self) {
+        if let Err(why) = self.try_launch() {
+            panic!("SeaweedFS did not start again: {why}");
+        }
+    }
+
+    /// Starts the server and waits until its bucket answers; otherwise kills it and says
+    /// why, with the end of its log.
+    fn try_launch(&mut self) -> Result<(), String> {
         let p = &self.ports;
         let data = self.dir.path().join("data");
         std::fs::create_dir_all(&data).expect("data dir");
@@ -115,14 +136,31 @@ impl S3Server {
         self.child = Some(child);
         // Ready when the bucket answers a signed request.
         let loc = self.location("");
-        crate::wait_for(
-            "SeaweedFS to serve its bucket",
-            Duration::from_secs(60),
-            || {
-                std::thread::sleep(Duration::from_millis(200));
-                self.open(&loc, self.dir.path()).ok()
-            },
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(40);
+        let mut last = String::new();
+        while std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+            match self.open(&loc, self.dir.path()) {
+                Ok(_) => return Ok(()),
+                Err(e) => last = e,
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                last = format!("weed exited with {status}");
+                break;
+            }
+        }
+        self.kill();
+        let log = self.log();
+        let tail: String = log
+            .lines()
+            .rev()
+            .take(15)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        Err(format!("{last}; its log ends:\n{tail}"))
     }
 
     /// Kills the server (as a crash would); its data stays for [`S3Server::restart`].
