@@ -1033,3 +1033,116 @@ fn a16_a_controller_killed_in_each_catalog_migration_starts_again_whole() {
         expected.len()
     );
 }
+
+/// A4: the controller killed (SIGKILL) at points through a restore, and started again.
+/// Each time the job ends (failed or interrupted: never left running, never succeeded
+/// without writing everything) within a minute, every file at its final name in the
+/// target is the snapshot's (no wrong byte and no temp file left), and the same restore
+/// run again into that target ends identical to the snapshot. Kill points are spread over
+/// the restore by what it has written (a sixth of the entries, two sixths, ...); the test
+/// fails if too few of them land while it runs.
+#[test]
+fn a4_a_controller_killed_mid_restore_leaves_no_wrong_byte_and_the_rerun_is_whole() {
+    const TRIES: u64 = 6;
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    let mut rng = Rng::new(44);
+    for d in 0..20 {
+        let dir = src.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join("big.bin"), rng.bytes(6 << 20)).expect("write");
+        for f in 0..60 {
+            fs::write(dir.join(format!("s{f:02}.txt")), rng.text(4000)).expect("write");
+        }
+    }
+    let expected = tree::manifest(&src);
+    let a = fleet.enroll("a");
+    let root = fleet.path("roots");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[root.as_path()]);
+    let snap = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    // Entries in the target so far (temp files included), counted as the restore writes.
+    let written = |target: &std::path::Path| -> usize {
+        let Ok(top) = fs::read_dir(target) else {
+            return 0;
+        };
+        top.filter_map(Result::ok)
+            .map(|d| 1 + fs::read_dir(d.path()).map_or(0, |inner| inner.count()))
+            .sum()
+    };
+    let mut interrupted = 0;
+    let mut ends = Vec::new();
+    for i in 0..TRIES {
+        let target = root.join(format!("killed-{i}"));
+        let to = target.to_str().expect("utf-8").to_string();
+        let job = fleet.start_job(&["restore", &snap, "--agent", "a", "--to", &to]);
+        let at = expected.len() * (i as usize + 1) / (TRIES as usize + 1);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while written(&target) < at && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        fleet.kill_controller();
+        fleet.start_controller();
+        fleet.wait_connected(1);
+        let end = lifeboat_tests::wait_for("the job to end", Duration::from_secs(60), || {
+            let j = fleet.job_info(&job);
+            (j["state"] != "running" && j["state"] != "queued").then_some(j)
+        });
+        let state = end["state"].as_str().unwrap_or_default().to_string();
+        ends.push(format!(
+            "{state} ({})",
+            end["error"].as_str().unwrap_or_default()
+        ));
+        match state.as_str() {
+            "succeeded" => tree::assert_same(&expected, &target),
+            "failed" => {
+                let error = end["error"].as_str().unwrap_or_default();
+                assert!(
+                    error.contains("run the restore again"),
+                    "the failure says what to do: {error}"
+                );
+                interrupted += 1;
+            }
+            "interrupted" => interrupted += 1,
+            other => panic!("the restore ended {other}: {end}"),
+        }
+        // Whatever was written is the snapshot's, under its final name, and nothing else.
+        let by_path: std::collections::HashMap<_, _> =
+            expected.iter().map(|e| (e.path.clone(), e)).collect();
+        if target.exists() {
+            for got in tree::manifest(&target) {
+                assert!(
+                    !got.path.contains(".lifeboat-"),
+                    "a temp file was left after the kill ({state}): {}",
+                    got.path
+                );
+                let want = by_path
+                    .get(&got.path)
+                    .unwrap_or_else(|| panic!("{} is not in the snapshot ({state})", got.path));
+                if got.kind == lifeboat_core::tree::Kind::File {
+                    assert_eq!(
+                        (got.size, &got.content),
+                        (want.size, &want.content),
+                        "{} holds other bytes than the snapshot's after the kill ({state})",
+                        got.path
+                    );
+                }
+            }
+        }
+        // The same restore again, into what the killed one left: whole.
+        let (ok, again) = fleet.restore_to(&snap, "a", &target, &[]);
+        assert!(ok, "the rerun after the kill: {again}");
+        tree::assert_same(&expected, &target);
+    }
+    eprintln!(
+        "A4: a restore of {} entries; the controller killed {TRIES} times through it, {interrupted} while it ran: {ends:?}",
+        expected.len()
+    );
+    assert!(
+        interrupted >= TRIES / 2,
+        "only {interrupted} of {TRIES} kills landed while the restore ran: the test no longer tests A4"
+    );
+}

@@ -216,10 +216,14 @@ impl Prefetched {
 
 impl ChunkSource for Prefetched {
     fn fetch(&mut self, ids: &[ChunkId]) -> lifeboat_core::Result<Vec<Verified>> {
+        // Every file restored before this is whole (verify, then rename), and no other is
+        // at its final name: say so, and what to do.
         let fail = |why: String| {
             lifeboat_core::Error::io(
                 "fetching chunks from the controller",
-                std::io::Error::other(why),
+                std::io::Error::other(format!(
+                    "{why}; the files restored before this are whole and no other was put in place: run the restore again (--mode repair rewrites only what is missing or differs)"
+                )),
             )
         };
         let mut out = Vec::with_capacity(ids.len());
