@@ -313,10 +313,12 @@ fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
             Ok(Outcome {
                 snapshot_ids,
                 restore,
+                backup,
             }) => {
                 update.state = JobState::Succeeded as i32;
                 update.snapshot_ids = snapshot_ids;
                 update.restore = restore;
+                update.backup = backup;
             }
             Err(e) => {
                 tracing::error!(job = %id, error = %e, "job failed");
@@ -340,7 +342,11 @@ fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
 struct Outcome {
     snapshot_ids: Vec<String>,
     restore: Option<pb::RestoreResult>,
+    backup: Option<pb::BackupResult>,
 }
+
+/// Warnings a backup job reports with its result; the rest are counted (and in the log).
+const WARNINGS_REPORTED: usize = 100;
 
 async fn run_job(
     shared: &Shared,
@@ -367,6 +373,7 @@ async fn run_job(
                 limit: lifeboat_core::pace::Pacer::new(b.bandwidth_bytes_per_sec).map(Arc::new),
             };
             let mut ids = Vec::new();
+            let mut left_out = pb::BackupResult::default();
             for name in &b.sources {
                 let r = if let Some(reference) = name.strip_prefix("image:") {
                     let engine = shared.engine().await.map_err(AgentError::Config)?;
@@ -385,8 +392,15 @@ async fn run_job(
                 };
                 tracing::info!(source = %name, snapshot = %r.snapshot_id, files = r.stats.files, new_bytes = r.stats.bytes_new, "backup committed");
                 ids.push(r.snapshot_id);
+                for w in r.warnings {
+                    if left_out.warnings.len() < WARNINGS_REPORTED {
+                        left_out.warnings.push(format!("{name}: {w}"));
+                    } else {
+                        left_out.more_warnings += 1;
+                    }
+                }
             }
-            Ok(Outcome { snapshot_ids: ids, restore: None })
+            Ok(Outcome { snapshot_ids: ids, restore: None, backup: Some(left_out) })
         }
         Some(pb::job::Kind::Restore(r)) => {
             let engine = shared.engine().await.ok();
@@ -412,7 +426,7 @@ async fn run_job(
             })
             .await?;
             tracing::info!(files = result.files, bytes = result.bytes, written = result.bytes_written, target = %r.target, sandbox = r.sandbox, "restore finished");
-            Ok(Outcome { snapshot_ids: vec![r.snapshot_id.clone()], restore: Some(result) })
+            Ok(Outcome { snapshot_ids: vec![r.snapshot_id.clone()], restore: Some(result), backup: None })
         }
         None => Err(AgentError::Rpc(format!("job {} has no kind; upgrade this agent", job.job_id))),
     }

@@ -384,8 +384,12 @@ impl Jobs {
                 if let Some(stray) = claimed.iter().find(|s| !row.snapshot_ids.contains(s)) {
                     tracing::warn!(job = %row.id, snapshot = %stray, "the agent names a snapshot its job did not commit or read; ignored");
                 }
-                if let Some(r) = upd.restore {
-                    row.result = Some(r.encode_to_vec());
+                // The result column holds a restore's RestoreResult, a backup's BackupResult.
+                match (row.kind.as_str(), upd.restore, upd.backup) {
+                    ("backup", _, Some(b)) => row.result = Some(b.encode_to_vec()),
+                    ("backup", _, None) => {}
+                    (_, Some(r), _) => row.result = Some(r.encode_to_vec()),
+                    _ => {}
                 }
             }
             _ => {
@@ -569,8 +573,14 @@ impl Jobs {
             restore: row
                 .result
                 .as_deref()
+                .filter(|_| row.kind != "backup")
                 .and_then(|r| pb::RestoreResult::decode(r).ok()),
             refusal: row.refusal,
+            backup: row
+                .result
+                .as_deref()
+                .filter(|_| row.kind == "backup")
+                .and_then(|r| pb::BackupResult::decode(r).ok()),
         })
     }
 

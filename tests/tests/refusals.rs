@@ -830,12 +830,28 @@ fn b9_many_links_a_link_from_outside_and_a_bind_mount_loop() {
     let a = fleet.enroll("a");
     let root = fleet.path("roots");
     fleet.run_agent(&a, &[("data", src.as_path())], &[root.as_path()]);
-    let snap = fleet.backup("a", "data");
+    let (ok, job) = fleet.job(&["backup", "a", "--source", "data"]);
+    assert!(ok, "{job}");
     let log = fleet.agent_log("a");
     assert!(
         log.contains("the same directory as") && log.contains("loop"),
         "the loop is named in the agent's log:\n{log}"
     );
+    let warnings = job["warnings"].as_array().expect("warnings");
+    assert_eq!(warnings.len(), 1, "{job}");
+    let warning = warnings[0].as_str().unwrap_or_default();
+    assert!(
+        warning.starts_with("data: ") && warning.contains("loop") && warning.contains("kept empty"),
+        "the job says what it left out: {warning}"
+    );
+    let shown = fleet.cli(&["jobs", "show", job["id"].as_str().expect("id")]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("left out of the snapshots: 1") && shown.contains("kept empty"),
+        "{shown}"
+    );
+    let snap = fleet.cli_json(&["snapshots"])[0].clone();
+    assert_eq!(snap["id"], job["snapshot_ids"][0]);
     assert_eq!(
         snap["files"].as_u64(),
         Some(2),

@@ -205,6 +205,16 @@ pub fn print_job(j: &pb::JobInfo, json: bool) {
     if !j.snapshot_ids.is_empty() {
         out!("  snapshots: {}", j.snapshot_ids.join(", "));
     }
+    if let Some(b) = j.backup.as_ref().filter(|b| !b.warnings.is_empty()) {
+        let n = b.warnings.len() + b.more_warnings as usize;
+        out!("  left out of the snapshots: {n} (the agent's log has each)");
+        for w in &b.warnings {
+            out!("    {w}");
+        }
+        if b.more_warnings > 0 {
+            out!("    ... {} more", b.more_warnings);
+        }
+    }
     if let Some(r) = &j.restore {
         out!(
             "  {} mode: {} fetched, {} written, {} files unchanged; phases: setup {} ms, data {} ms, finish {} ms",

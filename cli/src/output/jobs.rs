@@ -59,6 +59,8 @@ pub fn job_json(j: &pb::JobInfo) -> serde_json::Value {
         "snapshot_ids": j.snapshot_ids,
         "refusal": refusal_name(j.refusal),
         "restore": j.restore.as_ref().map(restore_json),
+        "warnings": j.backup.as_ref().map(|b| b.warnings.clone()).unwrap_or_default(),
+        "more_warnings": j.backup.as_ref().map_or(0, |b| b.more_warnings),
         "progress": {
             "phase": p.phase,
             "files_done": p.files_done,
