@@ -488,6 +488,9 @@ impl Audit {
         };
         let json = serde_json::to_vec_pretty(&anchor)
             .map_err(|e| ApiError::internal(format!("encoding the audit anchor: {e}")))?;
+        // The entries it vouches for are on disk before it is: a power cut must not leave
+        // an anchor ahead of the log (a false alarm of removed entries).
+        self.catalog.sync()?;
         write_atomic(&self.anchor_path, &json, 0o644)?;
         Ok(())
     }

@@ -49,6 +49,12 @@ impl Enrollment for EnrollService {
                 remote_ip,
             },
         )?;
+        // The agent keeps its certificate from here on: its row (and the token's use) must
+        // survive a power cut as surely as the certificate does on the agent's disk.
+        self.ctl
+            .catalog
+            .sync()
+            .map_err(crate::error::ApiError::from)?;
         Ok(Response::new(pb::EnrollResponse {
             agent_id: joined.agent.id,
             name: joined.agent.name,
