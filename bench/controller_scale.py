@@ -37,7 +37,7 @@ SECTION = "## Controller scale"
 
 
 def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, plan=False, restores=0, restore_mb=16,
-              controller_args=()):
+              controller_args=(), run_plan=False):
     d = work / f"n{n}"
     if d.exists():
         shutil.rmtree(d)
@@ -54,7 +54,7 @@ def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, pla
         out = subprocess.run([load, "--controller", url, "--tokens", ",".join(tokens), "--ca-fingerprint", fp,
                               "--identity", d / "ctl" / "admin.identity", "--agents", str(n), "--dir", d / "sim",
                               "--heartbeat-ms", str(heartbeat_ms), "--measure-s", str(measure_s), "--commits", str(commits),
-                              "--sources", str(sources), *(["--plan"] if plan else []),
+                              "--sources", str(sources), *(["--plan"] if plan else []), *(["--run-plan"] if plan and run_plan else []),
                               *(["--restores", str(restores), "--restore-mb", str(restore_mb)] if restores else [])],
                              env={**env, "LIFEBOAT_CONTROLLER_PID": str(ctl.pid)}, capture_output=True, text=True)
         if out.returncode != 0:
@@ -73,6 +73,7 @@ def main():
     ap.add_argument("--commits", type=int, default=1000, help="agents committing at once (first round only)")
     ap.add_argument("--sources", type=int, default=1, help="sources each committing agent backs up")
     ap.add_argument("--plan", action="store_true", help="then plan a recovery of every committed device (3 times, timed)")
+    ap.add_argument("--run-plan", action="store_true", help="with --plan: then run the plan, timing GetPlan every 500 ms as `recover watch` does")
     ap.add_argument("--restores", type=int, default=0, help="then restore one snapshot onto this many agents at once (first round)")
     ap.add_argument("--restore-mb", type=int, default=16, help="the restored snapshot's extra data, MiB")
     ap.add_argument("--controller-arg", action="append", default=[], help="an argument for lifeboat-controller serve (repeatable)")
@@ -86,7 +87,7 @@ def main():
         first = i == 0
         r = one_round(n, args.work, args.bin, args.measure_s, args.commits if first else 0, args.heartbeat_ms,
                       args.sources, args.plan and first, args.restores if first else 0, args.restore_mb,
-                      args.controller_arg)
+                      args.controller_arg, args.run_plan)
         print(json.dumps(r), flush=True)
         rows.append(r)
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -94,7 +95,7 @@ def main():
         SECTION,
         "",
         f"Command: `python3 bench/controller_scale.py --agents {' '.join(map(str, args.agents))} --measure-s {args.measure_s}"
-        f" --commits {args.commits}{f' --sources {args.sources}' if args.sources != 1 else ''}{' --plan' if args.plan else ''}"
+        f" --commits {args.commits}{f' --sources {args.sources}' if args.sources != 1 else ''}{' --plan' if args.plan else ''}{' --run-plan' if args.run_plan else ''}"
         f"{f' --restores {args.restores} --restore-mb {args.restore_mb}' if args.restores else ''}"
         f"{''.join(f' --controller-arg={a}' for a in args.controller_arg)}` (after `cargo build --release --workspace --bins --examples`).",
         f"Machine: {os.cpu_count()} cores, {mem / 2**30:.0f} GiB RAM; the load generator (one process, `agent/examples/load.rs`)",
@@ -129,6 +130,16 @@ def main():
                 f"Then a recovery of those {p['devices']} devices ({p['sources']} sources) is planned three times (`PlanRecovery`,",
                 "as an operator, timed by the caller): " + ", ".join(f"{ms} ms" for ms in p["ms"]) + ".",
             ]
+            run = p.get("run")
+            if run:
+                lines += [
+                    "",
+                    f"The last plan is then run (`RunPlan`: every device's sources restored onto it) while `GetPlan` is called every",
+                    f"500 ms, as `lifeboat recover watch` does: the plan ended {run['state']} in {run['wall_s']:.1f} s, {run['devices_done']}",
+                    f"devices back and {run['devices_failed']} failed; {run['get_plan_calls']} `GetPlan` calls took "
+                    f"{run['get_plan_ms_p50']} / {run['get_plan_ms_p99']} / {run['get_plan_ms_max']} ms (p50 / p99 / max); "
+                    f"controller CPU {run['controller_cpu_s']:.1f} s.",
+                ]
     r = rows[0].get("restores")
     if r:
         lines += [

@@ -5,7 +5,7 @@
 //!     cargo run --release -p lifeboat-agent --example load -- \
 //!         --controller URL --tokens T1,T2 --ca-fingerprint FP --identity ADMIN.identity \
 //!         --agents 10000 --dir DIR [--heartbeat-ms 15000] [--measure-s 60] [--commits 1000] \
-//!         [--sources 3] [--plan] [--restores 1000 --restore-mb 16]
+//!         [--sources 3] [--plan [--run-plan]] [--restores 1000 --restore-mb 16]
 //!
 //! Every agent keeps one session (a TLS connection and an HTTP/2 stream) and heartbeats;
 //! the controller acknowledges each heartbeat, and the round trip is the heartbeat latency.
@@ -14,7 +14,10 @@
 //! (`lifeboat_agent::backup::backup_source`: scan, MissingChunks, PutChunks, signed
 //! CommitSnapshot); with `--sources K`, each agent has K sources and backs up all of them.
 //! With `--plan`, a recovery of every committed device is then planned three times
-//! (`PlanRecovery`, as an operator) and each planning call is timed. With `--restores N`,
+//! (`PlanRecovery`, as an operator) and each planning call is timed; with `--run-plan`,
+//! the last plan is then run (`RunPlan`: every device's sources restored onto it, each
+//! restore fetched and verified as below) while `GetPlan` is called every 500 ms, as
+//! `lifeboat recover watch` does, and each call is timed. With `--restores N`,
 //! the first agent's backup also holds `--restore-mb` MiB of incompressible data, and that
 //! snapshot is then restored onto the first N agents at once (StartRestore, as an
 //! operator): each fetches the tree and every chunk through GetChunks, as a real agent's
@@ -36,6 +39,7 @@ use lifeboat_proto::pb::{
     self, agent_api_client::AgentApiClient, agent_message::Msg, controller_message,
     operator_api_client::OperatorApiClient,
 };
+use lifeboat_proto::states::StepState;
 use lifeboat_proto::transport::{self, ClientTls};
 use tokio::sync::mpsc;
 
@@ -53,6 +57,7 @@ struct Args {
     commits: usize,
     sources: usize,
     plan: bool,
+    run_plan: bool,
     restores: usize,
     restore_mb: usize,
 }
@@ -80,9 +85,53 @@ fn args() -> Result<Args, Error> {
             .max(usize::from(all.iter().any(|a| a == "--restores"))),
         sources: get("--sources").map_or(Ok(1), |s| s.parse())?.max(1),
         plan: all.iter().any(|a| a == "--plan"),
+        run_plan: all.iter().any(|a| a == "--run-plan"),
         restores: get("--restores").map_or(Ok(0), |s| s.parse())?,
         restore_mb: get("--restore-mb").map_or(Ok(16), |s| s.parse())?,
     })
+}
+
+/// Runs plan `id` and follows it as `lifeboat recover watch` does (`GetPlan` every
+/// 500 ms), timing every call, until it ends.
+async fn run_plan(
+    op: &mut OperatorApiClient<tonic::transport::Channel>,
+    id: &str,
+    pid: Option<u32>,
+) -> Result<serde_json::Value, Error> {
+    let name = || pb::NameRef {
+        name: id.to_string(),
+    };
+    let cpu0 = pid.map(proc_stat);
+    let t = Instant::now();
+    op.run_plan(name()).await?;
+    let mut calls = Vec::new();
+    let ended = loop {
+        let c = Instant::now();
+        let p = op.get_plan(name()).await?.into_inner();
+        calls.push(c.elapsed().as_millis() as u64);
+        if p.state != "running" && p.state != "planned" {
+            break p;
+        }
+        if t.elapsed() > Duration::from_secs(1200) {
+            return Err(format!("plan {id} still {} after 20 minutes", p.state).into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let wall = t.elapsed().as_secs_f64();
+    let max = calls.iter().copied().max().unwrap_or(0);
+    calls.sort_unstable();
+    let state = |s: StepState| ended.devices.iter().filter(|d| d.state == s).count();
+    Ok(serde_json::json!({
+        "state": ended.state,
+        "wall_s": wall,
+        "devices_done": state(StepState::Done),
+        "devices_failed": state(StepState::Failed),
+        "get_plan_calls": calls.len(),
+        "get_plan_ms_p50": percentile(&calls, 0.5),
+        "get_plan_ms_p99": percentile(&calls, 0.99),
+        "get_plan_ms_max": max,
+        "controller_cpu_s": match (cpu0, pid.map(proc_stat)) { (Some(b), Some(a)) => a.0 - b.0, _ => 0.0 },
+    }))
 }
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
@@ -666,6 +715,7 @@ async fn main() -> Result<(), Error> {
             let agents: Vec<String> = states.iter().take(n).map(|s| s.info.name.clone()).collect();
             let mut took = Vec::new();
             let mut planned = (0, 0);
+            let mut last = String::new();
             for _ in 0..3 {
                 let t = Instant::now();
                 let p = op
@@ -682,11 +732,18 @@ async fn main() -> Result<(), Error> {
                     p.devices.len(),
                     p.devices.iter().map(|d| d.sources.len()).sum(),
                 );
+                last = p.id;
             }
+            let run = if a.run_plan {
+                run_plan(&mut op, &last, pid).await?
+            } else {
+                serde_json::Value::Null
+            };
             plan = serde_json::json!({
                 "devices": planned.0,
                 "sources": planned.1,
                 "ms": took,
+                "run": run,
             });
         }
         commit = serde_json::json!({
