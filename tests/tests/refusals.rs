@@ -953,3 +953,101 @@ fn b10_deep_wide_long_named_and_sparse_trees_restore_identical() {
         "sparse.img restored with {restored} blocks, the source has {source}"
     );
 }
+
+/// B6: a process racing the restore swaps the target's directories for symlinks to a
+/// directory outside it, in a tight loop (at least 10,000 swaps, restores run again until
+/// then). Nothing outside the target changes: every directory is opened beneath the
+/// target's handle with symlinks refused (`openat2` RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS),
+/// so a swapped component fails the open instead of being followed. A restore may fail
+/// (it met a symlink where its tree has a directory), or succeed where the race missed.
+#[test]
+fn b6_directories_swapped_for_symlinks_during_a_restore_lead_nowhere() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const SWAPS: u64 = 10_000;
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    for d in 0..100 {
+        let dir = src.join(format!("d{d:03}"));
+        fs::create_dir_all(dir.join("sub")).expect("mkdir");
+        for f in 0..10 {
+            fs::write(dir.join(format!("f{f}")), format!("{d}/{f}")).expect("write");
+            fs::write(
+                dir.join("sub").join(format!("g{f}")),
+                format!("{d}/sub/{f}"),
+            )
+            .expect("write");
+        }
+    }
+    let outside = fleet.path("outside");
+    fs::create_dir_all(outside.join("sub")).expect("mkdir");
+    fs::write(outside.join("keep.txt"), b"untouched").expect("write");
+    let before = lifeboat_tests::tree::manifest(&outside);
+    let a = fleet.enroll("a");
+    let root = fleet.path("roots");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[root.as_path()]);
+    let snap = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    let swaps = Arc::new(AtomicU64::new(0));
+    let (mut runs, mut failed) = (0, 0);
+    let mut why = String::new();
+    while swaps.load(Ordering::Relaxed) < SWAPS && runs < 50 {
+        let target = root.join(format!("race-{runs}"));
+        fs::create_dir_all(&target).expect("target");
+        let stop = Arc::new(AtomicBool::new(false));
+        let attacker = {
+            let (target, outside, stop, swaps) =
+                (target.clone(), outside.clone(), stop.clone(), swaps.clone());
+            std::thread::spawn(move || {
+                let mut i = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    let d = format!("d{:03}", i % 100);
+                    let (dir, moved) = (target.join(&d), target.join(format!("{d}.moved")));
+                    i += 1;
+                    if fs::rename(&dir, &moved).is_err() {
+                        // Not made yet: plant the symlink first, and take it away after.
+                        if std::os::unix::fs::symlink(&outside, &dir).is_ok() {
+                            swaps.fetch_add(1, Ordering::Relaxed);
+                            let _ = fs::remove_file(&dir);
+                        }
+                        continue;
+                    }
+                    if std::os::unix::fs::symlink(&outside, &dir).is_ok() {
+                        swaps.fetch_add(1, Ordering::Relaxed);
+                        let _ = fs::remove_file(&dir);
+                    }
+                    let _ = fs::rename(&moved, &dir);
+                }
+            })
+        };
+        let to = target.to_str().expect("utf-8").to_string();
+        let job = fleet.start_job(&["restore", &snap, "--agent", "a", "--to", &to]);
+        let end = lifeboat_tests::wait_for(
+            "the restore to end",
+            std::time::Duration::from_secs(120),
+            || {
+                let j = fleet.job_info(&job);
+                (j["state"] != "running" && j["state"] != "queued").then_some(j)
+            },
+        );
+        stop.store(true, Ordering::Relaxed);
+        attacker.join().expect("attacker");
+        if end["state"] != "succeeded" {
+            failed += 1;
+            why = end["error"].as_str().unwrap_or_default().to_string();
+        }
+        runs += 1;
+        assert_eq!(
+            lifeboat_tests::tree::manifest(&outside),
+            before,
+            "the directory outside the target changed during restore {runs}: {end}"
+        );
+    }
+    let swaps = swaps.load(Ordering::Relaxed);
+    eprintln!(
+        "B6: {swaps} swaps over {runs} restores ({failed} failed, the last: {why}); nothing outside the target changed"
+    );
+    assert!(swaps >= SWAPS, "only {swaps} swaps in {runs} restores");
+}
