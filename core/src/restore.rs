@@ -315,8 +315,9 @@ pub fn restore_scanned(
     while let Some(d) = open.pop() {
         r.close_dir(d, &mut shut)?;
     }
-    // The directories that would have shut their owner out, deepest first.
-    for e in shut.iter().rev() {
+    // The directories that would have shut their owner out, deepest first (the order the
+    // walk closed them in), so that each can still be opened through its parent.
+    for e in &shut {
         r.set_dir_meta(e)?;
     }
     rustix::fs::syncfs(target).ctx(|| "syncing the restored file system".into())?;
