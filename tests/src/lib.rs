@@ -108,6 +108,10 @@ pub struct Fleet {
     pub controller_env: Vec<(String, String)>,
     /// Extra environment for the agents started from now on (e.g. libfaketime's).
     pub agent_env: Vec<(String, String)>,
+    /// The user and group the agents started from now on run as (through `setpriv`, with
+    /// no supplementary groups); root when `None`. Their state directories, sources and
+    /// restore roots must be theirs.
+    pub agent_user: Option<(u32, u32)>,
     agents: Vec<(String, Child)>,
 }
 
@@ -189,6 +193,7 @@ impl Fleet {
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
             controller_env,
             agent_env: Vec::new(),
+            agent_user: None,
             agents: Vec::new(),
         };
         fleet.start_controller();
@@ -494,7 +499,17 @@ impl Fleet {
             .append(true)
             .open(self.path(&format!("agent-{}.log", agent.name)))
             .expect("log");
-        let mut cmd = bin("lifeboat-agent");
+        let mut cmd = match self.agent_user {
+            None => bin("lifeboat-agent"),
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .args(["--clear-groups", "--"])
+                    .arg(bin_dir().join("lifeboat-agent"));
+                c
+            }
+        };
         cmd.arg("run")
             .arg("--state-dir")
             .arg(&agent.state_dir)

@@ -3,6 +3,7 @@
 //! about 5% of it, back up again, restore both snapshots (one onto the other machine),
 //! and rebuild a lost catalog from the store.
 
+use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
@@ -499,4 +500,80 @@ fn restores_beyond_the_served_limit_take_turns_and_all_complete() {
         metrics.contains("lifeboat_restores_waiting 0\n"),
         "{metrics}"
     );
+}
+
+/// A restore by an agent that is not root (user nobody), of a snapshot a root agent took:
+/// nested directories whose mode shuts their owner out (0600: no search) get that mode only
+/// once everything is written, deepest first, and a file in them linked from a later
+/// directory is still linked. Every mode and byte comes back; the owner is the agent's (a
+/// restore that is not root cannot give files away).
+#[test]
+fn a_non_root_agent_restores_directories_that_shut_their_owner_out() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    let inner = src.join("outer/inner");
+    fs::create_dir_all(&inner).expect("mkdir");
+    fs::write(inner.join("secret.txt"), b"deep inside\n").expect("write");
+    fs::write(src.join("outer/note.txt"), b"outside the inner one\n").expect("write");
+    fs::create_dir_all(src.join("zz")).expect("mkdir");
+    fs::hard_link(inner.join("secret.txt"), src.join("zz/link")).expect("link");
+    for d in [&inner, &src.join("outer")] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o600)).expect("chmod");
+    }
+    let a = fleet.enroll("a");
+    fleet.run_agent_with(&a, &[("data", src.as_path())], &[], &["--no-docker"]);
+    let snap = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+
+    // b runs as nobody, with its state and restore root its own.
+    let b = fleet.enroll("b");
+    let root = fleet.path("nobody-root");
+    fs::create_dir_all(&root).expect("mkdir");
+    fs::set_permissions(fleet.dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    for p in [&b.state_dir, &root] {
+        let out = std::process::Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(p)
+            .output()
+            .expect("chown");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    fleet.agent_user = Some((65534, 65534));
+    fleet.run_agent_with(&b, &[], &[root.as_path()], &["--no-docker"]);
+    let target = root.join("restored");
+    let (ok, job) = fleet.restore_to(&snap, "b", &target, &[]);
+    assert!(ok, "a non-root restore: {job}\n{}", fleet.agent_log("b"));
+
+    let mode = |p: &str| fs::metadata(target.join(p)).expect(p).mode() & 0o7777;
+    assert_eq!(mode("outer"), 0o600);
+    assert_eq!(mode("outer/inner"), 0o600);
+    assert_eq!(
+        fs::read(target.join("outer/inner/secret.txt")).expect("read"),
+        b"deep inside\n"
+    );
+    assert_eq!(
+        fs::read(target.join("outer/note.txt")).expect("read"),
+        b"outside the inner one\n"
+    );
+    let (link, secret) = (
+        fs::metadata(target.join("zz/link")).expect("link"),
+        fs::metadata(target.join("outer/inner/secret.txt")).expect("secret"),
+    );
+    assert_eq!((link.dev(), link.ino()), (secret.dev(), secret.ino()));
+    assert_eq!(secret.uid(), 65534, "owned by the agent's user");
+    // The mtimes of the shut directories are the snapshot's.
+    for d in ["outer", "outer/inner"] {
+        assert_eq!(
+            fs::metadata(target.join(d)).expect(d).mtime(),
+            fs::metadata(src.join(d)).expect(d).mtime(),
+            "{d}'s mtime"
+        );
+    }
 }
