@@ -327,7 +327,7 @@ async fn restore_into(
     counters.files_total.store(files, Ordering::Relaxed);
     counters.bytes_total.store(bytes, Ordering::Relaxed);
     // Repair: what is on disk already is neither fetched nor written.
-    let same = match (&destination, mode, &tree) {
+    let same = Arc::new(match (&destination, mode, &tree) {
         (Destination::Dir { root, target }, restore::Mode::Repair, Restored::Walked(tree)) => {
             counters.set_phase("comparing with what is on disk");
             let (root, target) = (root.clone(), target.clone());
@@ -340,10 +340,10 @@ async fn restore_into(
             .map_err(|e| AgentError::Restore(format!("repair scan: {e}")))??
         }
         _ => HashSet::new(),
-    };
+    });
     counters.set_phase("restoring");
 
-    let order = tree.chunk_order(Arc::new(same.clone()))?;
+    let order = tree.chunk_order(same.clone())?;
     let clients = if bulk.is_empty() {
         vec![client.clone()]
     } else {

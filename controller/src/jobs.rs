@@ -384,12 +384,13 @@ impl Jobs {
                 if let Some(stray) = claimed.iter().find(|s| !row.snapshot_ids.contains(s)) {
                     tracing::warn!(job = %row.id, snapshot = %stray, "the agent names a snapshot its job did not commit or read; ignored");
                 }
-                // The result column holds a restore's RestoreResult, a backup's BackupResult.
-                match (row.kind.as_str(), upd.restore, upd.backup) {
-                    ("backup", _, Some(b)) => row.result = Some(b.encode_to_vec()),
-                    ("backup", _, None) => {}
-                    (_, Some(r), _) => row.result = Some(r.encode_to_vec()),
-                    _ => {}
+                // The result column holds a backup's BackupResult, a restore's RestoreResult.
+                let result = match row.kind.as_str() {
+                    "backup" => upd.backup.map(|b| b.encode_to_vec()),
+                    _ => upd.restore.map(|r| r.encode_to_vec()),
+                };
+                if result.is_some() {
+                    row.result = result;
                 }
             }
             _ => {

@@ -241,8 +241,8 @@ fn prepare(
     ctl.store.flush_for(&record.tree_chunks()?)?;
     // Read before the check: a sweep after it shows as a changed count under the lock.
     let sweeps = ctl.chunk_sweeps.load(Ordering::SeqCst);
-    let needed = match whole(ctl, &record) {
-        Ok(needed) => needed,
+    let (needed, tree) = match whole(ctl, &record) {
+        Ok(whole) => whole,
         Err(_) => {
             // A chunk accepted after the tree (not our agent's order) may still sit in the
             // open pack: seal everything, then check again.
@@ -257,6 +257,12 @@ fn prepare(
             })?
         }
     };
+    // A host path's or a volume's tree must be in walk order, as the restore reads it (an
+    // agent never writes one otherwise): one that is not would be listed and never restore.
+    if SourceKind::of(&record.source) != SourceKind::Image {
+        tree.check_walk_order()?;
+    }
+    drop(tree);
     let env = Envelope::countersign(
         raw_record,
         signature,
@@ -280,19 +286,14 @@ fn prepare(
 }
 
 /// The snapshot is whole: its tree is readable and matches the record, and every chunk it
-/// references is indexed. Returns every chunk it needs, its tree's included. A host
-/// path's or a volume's tree must be in walk order, as the restore reads it (an agent
-/// never writes one otherwise): one that is not would be committed and never restore.
-fn whole(ctl: &Controller, record: &Record) -> Result<Vec<ChunkId>, SnapshotError> {
+/// references is indexed. Returns every chunk it needs, its tree's included, and the tree.
+fn whole(ctl: &Controller, record: &Record) -> Result<(Vec<ChunkId>, Tree), SnapshotError> {
     let tree = load_tree(ctl, record)?;
-    if SourceKind::of(&record.source) != SourceKind::Image {
-        tree.check_walk_order()?;
-    }
     match chunks_of(ctl, &tree)? {
         (chunks, None) => {
             let mut all: Vec<ChunkId> = chunks.into_iter().collect();
             all.extend(record.tree_chunks()?);
-            Ok(all)
+            Ok((all, tree))
         }
         (_, Some(i)) => Err(SnapshotError::MissingChunks {
             missing: i.missing,

@@ -257,7 +257,7 @@ pub fn restore_scanned(
     target: &OwnedFd,
     source: &mut dyn ChunkSource,
     opts: Options,
-    same: HashSet<Vec<u8>>,
+    same: &HashSet<Vec<u8>>,
     progress: &mut dyn FnMut(&Report),
 ) -> Result<Report> {
     let mut r = Restorer {
@@ -289,9 +289,8 @@ pub fn restore_scanned(
         let e = e?;
         let (parent, name) = split(&e.path);
         while open.len() > 1 && open.last().is_some_and(|d| d.entry.path != parent) {
-            if let Some(d) = open.pop() {
-                r.close_dir(d, &mut shut)?;
-            }
+            let d = open.pop().expect("more than the root is open");
+            r.close_dir(d, &mut shut)?;
         }
         if let Some(d) = open.last_mut() {
             d.names.insert(name.to_vec());
@@ -350,7 +349,7 @@ struct Restorer<'a> {
     source: &'a mut dyn ChunkSource,
     cached: Option<(Vec<u8>, OwnedFd)>,
     /// Files already in place with the snapshot's content (repair mode).
-    same: HashSet<Vec<u8>>,
+    same: &'a HashSet<Vec<u8>>,
     report: Report,
     failed: HashSet<Vec<u8>>,
     tmp_seq: u64,
@@ -670,14 +669,18 @@ impl Restorer<'_> {
             shut.push(d.entry);
             return Ok(());
         }
-        drop(dir);
-        self.set_dir_meta(&d.entry)
+        self.dir_meta(&dir, &d.entry)
     }
 
     /// A restored directory's metadata (the root's: the target's).
     fn set_dir_meta(&mut self, e: &Entry) -> Result<()> {
         let dir = self.open_dir(&e.path)?;
-        self.apply_fd_meta(&dir, e).map_err(|err| {
+        self.dir_meta(&dir, e)
+    }
+
+    /// `e`'s metadata on the open directory `dir`.
+    fn dir_meta(&self, dir: &OwnedFd, e: &Entry) -> Result<()> {
+        self.apply_fd_meta(dir, e).map_err(|err| {
             let what = match e.path.is_empty() {
                 true => "the restore target".to_string(),
                 false => e.display_path(),

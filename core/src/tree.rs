@@ -427,16 +427,10 @@ impl TreeFile {
     /// Checks the serialized tree in `file` as [`Tree::parse`] does, and that it is in walk
     /// order: one pass, and a second over the hardlinks' targets when there are any.
     pub fn open(file: std::fs::File) -> Result<TreeFile> {
-        let mut tree = TreeFile {
-            file,
-            root: Entry::new(Vec::new(), Kind::Dir),
-            files: 0,
-            bytes: 0,
-        };
         let mut order = WalkOrder::default();
         let mut targets = std::collections::HashSet::new();
         let (mut files, mut bytes) = (0, 0u64);
-        let (root, entries) = tree.read()?;
+        let (root, entries) = Self::read(&file)?;
         for e in entries {
             let e = e?;
             order.check(&e)?;
@@ -453,7 +447,7 @@ impl TreeFile {
         }
         if !targets.is_empty() {
             let mut seen = std::collections::HashSet::new();
-            for e in tree.entries()? {
+            for e in Self::read(&file)?.1 {
                 let e = e?;
                 if e.kind == Kind::Hardlink && !seen.contains(&e.target) {
                     return Err(Error::CorruptTree(format!(
@@ -466,10 +460,12 @@ impl TreeFile {
                 }
             }
         }
-        tree.root = root;
-        tree.files = files;
-        tree.bytes = bytes;
-        Ok(tree)
+        Ok(TreeFile {
+            file,
+            root,
+            files,
+            bytes,
+        })
     }
 
     /// The root directory's metadata.
@@ -484,13 +480,13 @@ impl TreeFile {
 
     /// Every entry but the root, in order, read from the file again.
     pub fn entries(&self) -> Result<Entries> {
-        self.read().map(|(_, entries)| entries)
+        Self::read(&self.file).map(|(_, entries)| entries)
     }
 
-    fn read(&self) -> Result<(Entry, Entries)> {
+    /// The root and a reader of the entries after it, on a handle of its own.
+    fn read(file: &std::fs::File) -> Result<(Entry, Entries)> {
         let at = ReadAt {
-            file: self
-                .file
+            file: file
                 .try_clone()
                 .map_err(|e| Error::io("reading a tree file", e))?,
             pos: 0,
@@ -722,12 +718,12 @@ mod tests {
         }
     }
 
-    /// Random trees over a few names, in walk order with every parent, then as often as
-    /// not broken in one place: two entries swapped, one twice, a directory dropped from
-    /// under its children, a hardlink pointing ahead or nowhere.
     /// Paths with a kind and a hardlink target's pick; how to break the tree, and where.
     type TreeSpec = (Vec<(Vec<u8>, u8, usize)>, u8, usize);
 
+    /// Random trees over a few names, in walk order with every parent, then as often as
+    /// not broken in one place: two entries swapped, one twice, a directory dropped from
+    /// under its children, a hardlink pointing ahead or nowhere.
     fn arb_tree() -> impl Strategy<Value = TreeSpec> {
         let name = proptest::sample::select(vec!["a", "b", "a.b", "c"]);
         let path = proptest::collection::vec(name, 1..4).prop_map(|p| p.join("/").into_bytes());

@@ -151,18 +151,16 @@ impl Iterator for Walker {
                     continue;
                 }
             };
-            let id = (meta.dev(), meta.ino());
-            if e.kind == Kind::Dir
-                && let Some(same) = self.stack.iter().find(|l| l.id == id)
-            {
-                self.warnings.push(format!(
-                    "{}: the same directory as {} above it (a bind mount of a parent, or a file system loop): kept empty, not descended",
-                    path.display(),
-                    same.dir.display()
-                ));
-                return Some(e);
-            }
             if e.kind == Kind::Dir {
+                let id = (meta.dev(), meta.ino());
+                if let Some(same) = self.stack.iter().find(|l| l.id == id) {
+                    self.warnings.push(format!(
+                        "{}: the same directory as {} above it (a bind mount of a parent, or a file system loop): kept empty, not descended",
+                        path.display(),
+                        same.dir.display()
+                    ));
+                    return Some(e);
+                }
                 match list(&path) {
                     Ok(names) => self.stack.push(Listing {
                         dir: path,

@@ -30,16 +30,13 @@ pub fn repo_dir() -> PathBuf {
 /// the kernel also picks the local ports of outgoing connections: one of those could take
 /// a port between its release here and the server's bind.
 pub fn free_ports(n: usize) -> Vec<u16> {
-    let mut x = u64::from(std::process::id()) << 32 | (now_ms() as u64 & 0xffff_ffff);
+    let mut rng = tree::Rng::new(u64::from(std::process::id()) << 32 | now_ms() as u64);
     let mut held: Vec<std::net::TcpListener> = Vec::new();
     for _ in 0..100 * n {
         if held.len() == n {
             break;
         }
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let port = 20_000 + (x % 12_000) as u16;
+        let port = 20_000 + (rng.next_u64() % 12_000) as u16;
         if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
             held.push(l);
         }

@@ -151,15 +151,8 @@ impl S3Server {
         }
         self.kill();
         let log = self.log();
-        let tail: String = log
-            .lines()
-            .rev()
-            .take(15)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect::<Vec<_>>()
-            .join("\n");
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
         Err(format!("{last}; its log ends:\n{tail}"))
     }
 

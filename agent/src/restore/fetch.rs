@@ -265,7 +265,7 @@ pub(crate) async fn restore_dir(
     mut source: Prefetched,
     progress: Arc<Counters>,
     opts: Options,
-    same: HashSet<Vec<u8>>,
+    same: Arc<HashSet<Vec<u8>>>,
 ) -> Result<Report, AgentError> {
     tokio::task::spawn_blocking(move || -> Result<Report, AgentError> {
         let fd = restore::open_target(&root, &target)?;
@@ -279,7 +279,7 @@ pub(crate) async fn restore_dir(
             &fd,
             &mut source,
             opts,
-            same,
+            &same,
             &mut on_progress,
         )?)
     })
