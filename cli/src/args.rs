@@ -364,7 +364,8 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: DrillCmd,
     },
-    /// Drill results, newest first (a failed drill makes this exit 2).
+    /// Drill results, newest first (a failed drill makes this exit 2, one that passed
+    /// but took longer than its device's RTO exit 3).
     Drills {
         #[arg(long, default_value_t = 50)]
         limit: u32,
@@ -394,7 +395,8 @@ pub enum Cmd {
 #[derive(Subcommand)]
 pub enum DrillCmd {
     /// Drill the chosen devices now, one after another; waits and prints the results,
-    /// exits 2 if any drill failed.
+    /// exits 2 if any drill failed, 3 if all passed but one took longer than its
+    /// device's RTO (the policies' `rto`).
     Run {
         /// A device to drill (repeatable).
         #[arg(long = "agent")]

@@ -1,6 +1,6 @@
 //! The fleet's devices as an operator sees them: per device and source, the last
 //! snapshot, its age against the policies' schedules (RPO), whether it is overdue, and the
-//! estimated time to restore it now. `lifeboat devices` and `/metrics` show it. And the
+//! estimated time to restore it now against the device's RTO, and its drills. `lifeboat devices` and `/metrics` show it. And the
 //! devices an operator names, by name or label selector.
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +27,7 @@ pub fn devices(ctl: &Controller, now_ms: i64) -> Result<Vec<pb::DeviceInfo>, Api
     let updated: HashMap<String, i64> = stored.iter().map(|(n, _, u)| (n.clone(), *u)).collect();
     let policies = policy::policies(ctl)?;
     let model = Model::load(&ctl.catalog)?;
+    let drills = ctl.catalog.drill_history()?;
     let mut out = Vec::new();
     for a in ctl
         .catalog
@@ -114,9 +115,14 @@ pub fn devices(ctl: &Controller, now_ms: i64) -> Result<Vec<pb::DeviceInfo>, Api
                 vulns_known: vulns.is_some(),
             });
         }
+        let drilled = drills.get(&a.id).cloned().unwrap_or_default();
         out.push(pb::DeviceInfo {
             connected: ctl.jobs.connected(&a.id),
             tier: policy::tier_of(&policies, &a),
+            rto_seconds: policy::rto_of(&policies, &a),
+            last_passed_drill_unix_ms: drilled.last_passed_ms,
+            last_drill_unix_ms: drilled.last_ms,
+            last_drill_state: drilled.last_state,
             agent: a.name,
             sources,
             restore_estimate_ms: device_ms.round() as u64,

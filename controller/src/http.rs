@@ -194,6 +194,11 @@ async fn render(ctl: Arc<Controller>) -> String {
         out,
         "# HELP lifeboat_drills_failed_total Restore drills that failed.\n# TYPE lifeboat_drills_failed_total counter\nlifeboat_drills_failed_total {failed}"
     );
+    let over = ctl.catalog.drills_over_rto().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "# HELP lifeboat_drills_over_rto_total Restore drills that passed but took longer than their device's RTO.\n# TYPE lifeboat_drills_over_rto_total counter\nlifeboat_drills_over_rto_total {over}"
+    );
     let c = ctl.clone();
     let fleet = tokio::task::spawn_blocking(move || Fleet::read(&c, bytes))
         .await
@@ -264,6 +269,30 @@ impl Fleet {
                     ("tier", &d.tier.to_string()),
                 ],
                 d.restore_estimate_ms as f64 / 1000.0,
+            );
+        }
+        m.family(
+            "lifeboat_device_rto_seconds",
+            "gauge",
+            "The device's recovery time objective: the shortest `rto` of its policies (0: none).",
+        );
+        for d in &self.devices {
+            m.sample(
+                "lifeboat_device_rto_seconds",
+                &[("agent", &d.agent)],
+                d.rto_seconds as f64,
+            );
+        }
+        m.family(
+            "lifeboat_device_last_passed_drill_timestamp_seconds",
+            "gauge",
+            "When the device's newest drill that passed started (0: never).",
+        );
+        for d in &self.devices {
+            m.sample(
+                "lifeboat_device_last_passed_drill_timestamp_seconds",
+                &[("agent", &d.agent)],
+                d.last_passed_drill_unix_ms as f64 / 1000.0,
             );
         }
         m.family(

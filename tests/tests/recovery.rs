@@ -943,3 +943,156 @@ fn policies_schedule_drills_over_a_rotating_sample() {
     );
     assert!(drills.iter().all(|d| d["probe"] == "test -s f001"));
 }
+
+/// A17: every drill is checked against its device's recovery time objective (the shortest
+/// `rto` of the policies that select it), and so is the device's estimated downtime. A
+/// drill that restores fine but slower than the RTO is named (exit 3, log, metric, the
+/// listing's RTO column); the devices view shows each device's RTO and last drill.
+#[test]
+fn a17_drills_and_estimates_are_checked_against_each_devices_rto() {
+    let mut fleet = Fleet::start();
+    for (name, role, seed) in [("web1", "role=web", 21), ("db1", "role=db", 22)] {
+        let tok = token(&fleet, 1, &[role]);
+        let agent = fleet.enroll_token(name, &tok);
+        let data = fleet.path(&format!("{name}/data"));
+        fill(&data, seed, 5, 2000);
+        fleet.run_agent_with(
+            &agent,
+            &[("data", &data)],
+            &[],
+            &["--no-docker", "--allow-probes"],
+        );
+        fleet.backup(name, "data");
+    }
+    // An RTO of nothing is refused, naming the key.
+    let bad = fleet.path("bad-rto.toml");
+    fs::write(
+        &bad,
+        "[[policy]]\nname = \"x\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\nrto = \"0s\"\n",
+    )
+    .expect("write");
+    let out = fleet.cli(&["policy", "apply", "-f", bad.to_str().expect("path")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rto must be at least 1s"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // web1: min(1h, 2h) = 1h; db1: min(1s, 2h) = 1s.
+    fleet.apply_policy(
+        "[[policy]]\nname = \"all\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\nrto = \"2h\"\n\n\
+         [[policy]]\nname = \"web\"\nselector = \"role=web\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\nrto = \"1h\"\n\n\
+         [[policy]]\nname = \"db\"\nselector = \"role=db\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\nrto = \"1s\"\n",
+    );
+    let before = fleet.cli_json(&["devices"]);
+    for d in before.as_array().expect("devices") {
+        assert_eq!(d["last_drill"], Value::Null, "{d}");
+    }
+
+    // Each drill's probe sleeps 2 s: db1's drill cannot meet its 1 s RTO, web1's 1 h holds.
+    let out = fleet.cli(&[
+        "drill",
+        "run",
+        "--agent",
+        "web1",
+        "--agent",
+        "db1",
+        "--probe",
+        "sleep 2 && test -s f001",
+        "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "every drill passed, one over its RTO: exit 3\n{stderr}"
+    );
+    assert!(stderr.contains("DRILL OVER RTO: db1 data"), "{stderr}");
+    assert!(!stderr.contains("web1"), "{stderr}");
+    let drills: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let of = |agent: &str| -> Value {
+        drills
+            .as_array()
+            .expect("drills")
+            .iter()
+            .find(|d| d["agent"] == agent)
+            .cloned()
+            .expect("a drill of the agent")
+    };
+    let (web, db) = (of("web1"), of("db1"));
+    assert_eq!(web["state"], "passed", "{web}");
+    assert_eq!(db["state"], "passed", "{db}");
+    assert_eq!(web["rto_ms"], 3_600_000);
+    assert_eq!(db["rto_ms"], 1000);
+    assert_eq!(web["over_rto"], false);
+    assert_eq!(db["over_rto"], true);
+    assert!(db["actual_ms"].as_u64().expect("actual") > 2000, "{db}");
+    // Listed with the verdict, logged, counted.
+    let out = fleet.cli(&["drills"]);
+    assert_eq!(out.status.code(), Some(3));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let row = |agent: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(agent))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(row("db1").contains("1.0 s EXCEEDED"), "{table}");
+    assert!(
+        row("web1").contains("1h") && !row("web1").contains("EXCEEDED"),
+        "{table}"
+    );
+    assert!(fleet.controller_log().contains("DRILL OVER RTO"));
+    let metrics = lifeboat_tests::metrics(&fleet);
+    for line in [
+        "lifeboat_drills_over_rto_total 1",
+        "lifeboat_device_rto_seconds{agent=\"db1\"} 1",
+        "lifeboat_device_rto_seconds{agent=\"web1\"} 3600",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(
+        !metrics.contains("lifeboat_device_last_passed_drill_timestamp_seconds{agent=\"db1\"} 0"),
+        "{metrics}"
+    );
+
+    // The devices view: each device's RTO against its estimated downtime (which now counts
+    // the drill's 2 s probe), and its last drill.
+    let devices = fleet.cli_json(&["devices"]);
+    let dev = |agent: &str| -> Value {
+        devices
+            .as_array()
+            .expect("devices")
+            .iter()
+            .find(|d| d["agent"] == agent)
+            .cloned()
+            .expect("the device")
+    };
+    let (web, db) = (dev("web1"), dev("db1"));
+    assert_eq!(web["rto_seconds"], 3600);
+    assert_eq!(db["rto_seconds"], 1);
+    assert!(
+        db["restore_estimate_seconds"].as_f64().expect("estimate") > 1.0,
+        "{db}"
+    );
+    assert_eq!(db["estimate_over_rto"], true, "{db}");
+    assert_eq!(web["estimate_over_rto"], false, "{web}");
+    for d in [&web, &db] {
+        assert_eq!(d["last_drill_state"], "passed", "{d}");
+        assert!(
+            d["last_drill"].is_string() && d["last_passed_drill"].is_string(),
+            "{d}"
+        );
+    }
+    let out = fleet.cli(&["devices"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    let db_row = table
+        .lines()
+        .find(|l| l.contains("db1"))
+        .unwrap_or_default();
+    assert!(
+        db_row.contains("1s EXCEEDED") && db_row.contains("passed"),
+        "{table}"
+    );
+}

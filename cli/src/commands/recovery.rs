@@ -84,7 +84,22 @@ fn drill_exit(drills: &[pb::DrillInfo]) -> i32 {
             d.agent, d.source, d.id, d.error
         );
     }
-    if failed.is_empty() { 0 } else { 2 }
+    let over: Vec<&pb::DrillInfo> = drills.iter().filter(|d| d.over_rto).collect();
+    for d in &over {
+        eprintln!(
+            "lifeboat: DRILL OVER RTO: {} {} ({}) restored in {}, its RTO is {}",
+            d.agent,
+            d.source,
+            d.id,
+            millis(d.actual_ms),
+            millis(d.rto_ms)
+        );
+    }
+    match (failed.is_empty(), over.is_empty()) {
+        (false, _) => 2,
+        (true, false) => 3,
+        (true, true) => 0,
+    }
 }
 
 fn print_drills(drills: &[pb::DrillInfo], json: bool) {

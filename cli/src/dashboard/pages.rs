@@ -39,6 +39,7 @@ fn drill_summary(d: &pb::DrillInfo) -> Markup {
     html! {
         (badge(&d.state)) " "
         span.sub { (time(d.started_unix_ms)) }
+        @if d.over_rto { " " (badge("over-RTO")) }
         @if d.actual_ms > 0 {
             br; span.sub { "estimated " (millis(d.estimate_ms)) ", took " (millis(d.actual_ms)) }
         }
@@ -133,8 +134,12 @@ pub async fn fleet(State(c): State<Console>) -> Page {
                                 None => { td colspan="4" { span.sub { "no sources" } } }
                             }
                             @if i == 0 {
-                                td.num rowspan=(sources) data-estimate-ms=(d.restore_estimate_ms) {
+                                td.num rowspan=(sources) data-estimate-ms=(d.restore_estimate_ms) data-rto-s=(d.rto_seconds) {
                                     (millis(d.restore_estimate_ms)) br; span.sub { (d.estimate_basis) }
+                                    @if d.rto_seconds > 0 {
+                                        br; span.sub { "RTO " (age(d.rto_seconds)) }
+                                        @if d.restore_estimate_ms > d.rto_seconds * 1000 { " " (badge("over-RTO")) }
+                                    }
                                 }
                                 td rowspan=(sources) {
                                     @match last_drill.get(d.agent.as_str()) {
@@ -241,7 +246,7 @@ fn drill_table(drills: &[pb::DrillInfo]) -> Markup {
         table #drills-table {
             thead { tr {
                 th { "Started" } th { "Device" } th { "Source" } th { "Snapshot" } th { "State" }
-                th.num { "Size" } th.num { "Estimate" } th.num { "Actual" } th { "Error" }
+                th.num { "Size" } th.num { "Estimate" } th.num { "Actual" } th.num { "RTO" } th { "Error" }
             } }
             tbody {
                 @for d in drills {
@@ -254,6 +259,10 @@ fn drill_table(drills: &[pb::DrillInfo]) -> Markup {
                         td.num { (bytes(d.bytes)) }
                         td.num { (millis(d.estimate_ms)) br; span.sub { (d.estimate_basis) } }
                         td.num { @if d.actual_ms > 0 { (millis(d.actual_ms)) } @else { "-" } }
+                        td.num data-over-rto=(d.over_rto) {
+                            @if d.rto_ms > 0 { (millis(d.rto_ms)) } @else { "-" }
+                            @if d.over_rto { br; (badge("over-RTO")) }
+                        }
                         td.error { (d.error) }
                     }
                 }

@@ -142,6 +142,11 @@ pub fn inventory(a: &pb::AgentInfo, json: bool) {
 }
 
 /// `lifeboat devices`.
+/// Whether the device's estimated downtime exceeds its RTO (none set: never).
+fn over_rto(d: &pb::DeviceInfo) -> bool {
+    d.rto_seconds > 0 && d.restore_estimate_ms > d.rto_seconds * 1000
+}
+
 pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
     let age = |s: u64| humantime::format_duration(std::time::Duration::from_secs(s)).to_string();
     if json {
@@ -154,6 +159,11 @@ pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
                     "tier": d.tier,
                     "restore_estimate_seconds": d.restore_estimate_ms as f64 / 1000.0,
                     "estimate_basis": d.estimate_basis,
+                    "rto_seconds": (d.rto_seconds > 0).then_some(d.rto_seconds),
+                    "estimate_over_rto": over_rto(d),
+                    "last_drill": (d.last_drill_unix_ms > 0).then(|| time(d.last_drill_unix_ms)),
+                    "last_drill_state": (!d.last_drill_state.is_empty()).then_some(&d.last_drill_state),
+                    "last_passed_drill": (d.last_passed_drill_unix_ms > 0).then(|| time(d.last_passed_drill_unix_ms)),
                     "rate_bytes_per_sec": d.rate_bytes_per_sec,
                     "fixed_ms": d.fixed_ms,
                     "sources": d.sources.iter().map(|s| serde_json::json!({
@@ -203,6 +213,8 @@ pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
                     "-".into()
                 },
                 String::new(),
+                String::new(),
+                String::new(),
                 if s.vulns_known {
                     s.vulns.to_string()
                 } else {
@@ -227,10 +239,21 @@ pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
                 String::new(),
                 String::new(),
                 String::new(),
+                String::new(),
+                String::new(),
             ]);
         }
         if let Some(last) = rows.last_mut() {
             last[7] = format!("{} {}", millis(d.restore_estimate_ms), d.estimate_basis);
+            last[8] = match (d.rto_seconds, over_rto(d)) {
+                (0, _) => "-".into(),
+                (s, true) => format!("{} EXCEEDED", age(s)),
+                (s, false) => age(s),
+            };
+            last[9] = match d.last_drill_unix_ms {
+                0 => "never".into(),
+                ms => format!("{} {}", time(ms), d.last_drill_state),
+            };
         }
     }
     out!(
@@ -245,6 +268,8 @@ pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
                 "RPO",
                 "RESTORE NOW",
                 "DEVICE DOWNTIME",
+                "RTO",
+                "LAST DRILL",
                 "VULNS",
                 ""
             ],

@@ -6,7 +6,8 @@ use lifeboat_proto::states::{DrillState, PlanState, StepState};
 use super::*;
 
 pub const DRILL_HEADER: &[&str] = &[
-    "ID", "STARTED", "DEVICE", "SOURCE", "SNAPSHOT", "STATE", "SIZE", "ESTIMATE", "ACTUAL", "ERROR",
+    "ID", "STARTED", "DEVICE", "SOURCE", "SNAPSHOT", "STATE", "SIZE", "ESTIMATE", "ACTUAL", "RTO",
+    "ERROR",
 ];
 
 pub fn drill_row(d: &pb::DrillInfo) -> Vec<String> {
@@ -28,6 +29,11 @@ pub fn drill_row(d: &pb::DrillInfo) -> Vec<String> {
         } else {
             "-".into()
         },
+        match (d.rto_ms, d.over_rto) {
+            (0, _) => "-".into(),
+            (rto, true) => format!("{} EXCEEDED", millis(rto)),
+            (rto, false) => millis(rto),
+        },
         d.error.clone(),
     ]
 }
@@ -48,6 +54,8 @@ pub fn drill_json(d: &pb::DrillInfo) -> serde_json::Value {
         "actual_ms": d.actual_ms,
         "estimate_error": (d.actual_ms > 0 && d.estimate_ms > 0)
             .then(|| (d.estimate_ms as f64 - d.actual_ms as f64) / d.actual_ms as f64),
+        "rto_ms": (d.rto_ms > 0).then_some(d.rto_ms),
+        "over_rto": d.over_rto,
         "probe": d.probe,
         "policy": d.policy,
         "error": d.error,

@@ -340,4 +340,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (digest, vendor)
     ) WITHOUT ROWID;
     "#,
+    // 19: the device's recovery time objective each drill was checked against (0: none).
+    r#"
+    ALTER TABLE drills ADD COLUMN rto_ms INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];

@@ -35,7 +35,7 @@ pub use anomalies::AnomalyRow;
 pub use approvals::ApprovalRow;
 pub use inventory::InventoryLink;
 pub use jobs::JobRow;
-pub use recovery::{DrillRow, SampleRow};
+pub use recovery::{DrillHistory, DrillRow, SampleRow};
 pub use snapshots::SnapshotRow;
 pub use store::{ChunkPlace, RetainedPack};
 pub use vendors::VendorKeyRow;

@@ -38,9 +38,28 @@ pub struct DrillRow {
     pub error: String,
     pub probe: String,
     pub policy: String,
+    /// The device's recovery time objective when the drill started (0: none).
+    pub rto_ms: u64,
 }
 
-const DRILL_COLS: &str = "id, agent_id, source, snapshot_id, job_id, state, started_ms, finished_ms, estimate_ms, estimate_basis, actual_ms, bytes, result, error, probe, policy";
+impl DrillRow {
+    /// Whether the drill passed but took longer than the device's RTO.
+    pub fn over_rto(&self) -> bool {
+        self.rto_ms > 0
+            && self.actual_ms > self.rto_ms
+            && self.state == lifeboat_proto::states::DrillState::Passed.as_str()
+    }
+}
+
+/// An agent's drills in brief (`Catalog::drill_history`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DrillHistory {
+    pub last_ms: i64,
+    pub last_state: String,
+    pub last_passed_ms: i64,
+}
+
+const DRILL_COLS: &str = "id, agent_id, source, snapshot_id, job_id, state, started_ms, finished_ms, estimate_ms, estimate_basis, actual_ms, bytes, result, error, probe, policy, rto_ms";
 
 impl DrillRow {
     fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
@@ -61,6 +80,7 @@ impl DrillRow {
             error: r.get(13)?,
             probe: r.get(14)?,
             policy: r.get(15)?,
+            rto_ms: r.get::<_, i64>(16)? as u64,
         })
     }
 }
@@ -109,10 +129,11 @@ impl Catalog {
 
     pub fn put_drill(&self, d: &DrillRow) -> Result<(), CatalogError> {
         self.lock().cached_exec(
-            &format!("INSERT OR REPLACE INTO drills({DRILL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
+            &format!("INSERT OR REPLACE INTO drills({DRILL_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
             params![
                 d.id, d.agent_id, d.source, d.snapshot_id, d.job_id, d.state, d.started_ms, d.finished_ms,
-                d.estimate_ms as i64, d.estimate_basis, d.actual_ms as i64, d.bytes as i64, d.result, d.error, d.probe, d.policy
+                d.estimate_ms as i64, d.estimate_basis, d.actual_ms as i64, d.bytes as i64, d.result, d.error, d.probe, d.policy,
+                d.rto_ms as i64
             ],
         )?;
         Ok(())
@@ -158,6 +179,51 @@ impl Catalog {
             .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
             .collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
         Ok(rows)
+    }
+
+    /// Per agent: when its newest drill that passed started, and its newest drill of any
+    /// outcome (start and state). Agents never drilled are absent.
+    pub fn drill_history(&self) -> Result<BTreeMap<String, DrillHistory>, CatalogError> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached(
+            "SELECT agent_id, started_ms, state FROM (
+                 SELECT *, ROW_NUMBER() OVER (PARTITION BY agent_id ORDER BY started_ms DESC, id) AS n
+                 FROM drills) WHERE n = 1",
+        )?;
+        let mut out: BTreeMap<String, DrillHistory> = st
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    DrillHistory {
+                        last_ms: r.get(1)?,
+                        last_state: r.get(2)?,
+                        last_passed_ms: 0,
+                    },
+                ))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut st = conn.prepare_cached(
+            "SELECT agent_id, MAX(started_ms) FROM drills WHERE state = ?1 GROUP BY agent_id",
+        )?;
+        let passed = st.query_map([lifeboat_proto::states::DrillState::Passed.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+        })?;
+        for p in passed {
+            let (agent, ms) = p?;
+            if let Some(h) = out.get_mut(&agent) {
+                h.last_passed_ms = ms;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drills that passed but took longer than their device's RTO (a metric).
+    pub fn drills_over_rto(&self) -> Result<u64, CatalogError> {
+        Ok(self.lock().cached_row(
+            "SELECT COUNT(*) FROM drills WHERE state = ?1 AND rto_ms > 0 AND actual_ms > rto_ms",
+            [lifeboat_proto::states::DrillState::Passed.as_str()],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// Failed drills ever recorded (a metric).

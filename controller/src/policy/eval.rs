@@ -80,6 +80,17 @@ pub fn covers(policy: &Policy, agent: &AgentRow, source: &str) -> bool {
         })
 }
 
+/// A device's recovery time objective in seconds: the shortest `rto` of the policies that
+/// select it (0: none set).
+pub fn rto_of(policies: &[Policy], agent: &AgentRow) -> u64 {
+    policies
+        .iter()
+        .filter(|p| p.selects(&agent.labels) && p.rto_s > 0)
+        .map(|p| p.rto_s)
+        .min()
+        .unwrap_or(0)
+}
+
 /// A device's tier: the lowest tier of the policies that select it (0 without any).
 pub fn tier_of(policies: &[Policy], agent: &AgentRow) -> u32 {
     policies

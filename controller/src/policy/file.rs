@@ -55,6 +55,9 @@ struct Spec {
     /// Restore only images a vendor's signed list vouches for (an admin may force).
     #[serde(default)]
     require_trusted_images: bool,
+    /// The selected devices' recovery time objective (`4h`).
+    #[serde(default)]
+    rto: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -222,6 +225,13 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
         let splay_s = dur(&s.splay);
         let lock_s = dur(&s.lock);
         let copy_s = dur(&s.copy);
+        let rto_s = dur(&s.rto);
+        if let Some(r) = &s.rto
+            && rto_s == 0
+            && errors.is_empty()
+        {
+            errors.push(at(file, text, r.span(), "rto must be at least 1s"));
+        }
         let keep = match &s.keep {
             Some(k) => {
                 let span = k.span();
@@ -387,6 +397,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<Policy>, Vec<String>> {
             copy_s,
             anomalies,
             require_trusted_images: s.require_trusted_images,
+            rto_s,
         });
     }
     if out.is_empty() && errors.is_empty() {

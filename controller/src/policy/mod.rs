@@ -24,6 +24,10 @@
 //! Drills: `drill = { every = "7d", sample = 2, probe = "test -s etc/hostname" }` drills
 //! the selected devices in a rotating sample so that every one is drilled within `every`
 //! (`sample` devices per round, rounds spread evenly; the least recently drilled first).
+//!
+//! `rto = "4h"`: the selected devices' recovery time objective (a device under several
+//! policies takes the shortest). Each drill is checked against it, and the devices view
+//! shows a device whose estimated downtime exceeds it.
 
 use std::collections::BTreeMap;
 
@@ -34,7 +38,7 @@ mod eval;
 mod file;
 
 pub use apply::{Applied, Change, apply};
-pub use eval::{covers, image_source, policies, sources_for, tier_of};
+pub use eval::{covers, image_source, policies, rto_of, sources_for, tier_of};
 pub use file::{parse_file, parse_selector};
 pub use lifeboat_proto::states::Consistency;
 
@@ -77,6 +81,9 @@ pub struct Policy {
     /// for its digest (`vendors`), or an admin to force it.
     #[serde(default)]
     pub require_trusted_images: bool,
+    /// The selected devices' recovery time objective, seconds (0: none).
+    #[serde(default)]
+    pub rto_s: u64,
 }
 
 /// A snapshot whose ransomware score (`lifeboat_core::anomaly`) reaches `threshold` is

@@ -6,7 +6,10 @@
 //!
 //! Drills run one at a time (a drill measures a device alone); a failed drill is logged
 //! as an error, counted in `/metrics` (`lifeboat_drills_failed_total`) and makes
-//! `lifeboat drill run` exit non-zero.
+//! `lifeboat drill run` exit non-zero. Each drill is checked against the device's recovery
+//! time objective (the policies' `rto`, recorded as the drill starts): one that passed
+//! but took longer is logged as a warning, counted (`lifeboat_drills_over_rto_total`) and
+//! makes `lifeboat drill run` exit 3.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,9 +49,11 @@ pub fn start(
         agents.truncate(sample as usize);
     }
     let model = Model::load(&ctl.catalog)?;
+    let policies = crate::policy::policies(ctl)?;
     let now = ctl.clock.now_ms();
     let mut drills = Vec::new();
     for agent in &agents {
+        let rto_ms = crate::policy::rto_of(&policies, agent) * 1000;
         let mut sources: Vec<String> = ctl
             .catalog
             .snapshots(Some(&agent.id), None)?
@@ -68,6 +73,7 @@ pub fn start(
                 probe: probe.into(),
                 policy: policy.into(),
                 estimate_basis: Basis::Assumed.into(),
+                rto_ms,
                 ..Default::default()
             });
             continue;
@@ -90,6 +96,7 @@ pub fn start(
                 probe: probe.into(),
                 policy: policy.into(),
                 estimate_basis: rates.basis().into(),
+                rto_ms,
                 ..Default::default()
             };
             match good {
@@ -219,7 +226,10 @@ pub fn info(ctl: &Controller, d: DrillRow) -> pb::DrillInfo {
         .flatten()
         .map(|a| a.name)
         .unwrap_or_else(|| d.agent_id.clone());
+    let over_rto = d.over_rto();
     pb::DrillInfo {
+        rto_ms: d.rto_ms,
+        over_rto,
         id: d.id,
         agent,
         source: d.source,

@@ -72,6 +72,8 @@ fn record_outcome(
         .into();
         if !succeeded {
             tracing::error!(drill = %d.id, agent = %d.agent_id, source = %d.source, error = %d.error, "DRILL FAILED");
+        } else if d.over_rto() {
+            tracing::warn!(drill = %d.id, agent = %d.agent_id, source = %d.source, rto_ms = d.rto_ms, actual_ms = d.actual_ms, "DRILL OVER RTO: the restore works but took longer than the device's recovery time objective");
         } else {
             tracing::info!(drill = %d.id, agent = %d.agent_id, source = %d.source, estimate_ms = d.estimate_ms, actual_ms = d.actual_ms, "drill passed");
         }
