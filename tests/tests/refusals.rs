@@ -830,8 +830,16 @@ fn b9_many_links_a_link_from_outside_and_a_bind_mount_loop() {
     let a = fleet.enroll("a");
     let root = fleet.path("roots");
     fleet.run_agent(&a, &[("data", src.as_path())], &[root.as_path()]);
-    let (ok, job) = fleet.job(&["backup", "a", "--source", "data"]);
-    assert!(ok, "{job}");
+    let out = fleet.cli(&["backup", "a", "--source", "data", "--wait", "--json"]);
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("job JSON");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "a backup that left a path out exits 3, as restic's does: {job}\n{stderr}"
+    );
+    assert!(stderr.contains("left out 1 path"), "{stderr}");
+    assert_eq!(job["state"], "succeeded", "{job}");
     let log = fleet.agent_log("a");
     assert!(
         log.contains("the same directory as") && log.contains("loop"),

@@ -140,9 +140,21 @@ pub async fn run(api: &mut Api, cmd: Cmd) -> Result<i32> {
 }
 
 /// 0 for a job that succeeded (or is still going), 2 for one that failed or was
-/// interrupted, with its reason on stderr.
+/// interrupted, with its reason on stderr; 3, as restic does, for a backup that succeeded
+/// but left paths out of its snapshots (they are listed in its warnings).
 pub fn exit_code(j: &pb::JobInfo) -> i32 {
+    let left_out = j
+        .backup
+        .as_ref()
+        .map_or(0, |b| b.warnings.len() as u64 + u64::from(b.more_warnings));
     match JobState::try_from(j.state) {
+        Ok(JobState::Succeeded) if left_out > 0 => {
+            eprintln!(
+                "lifeboat: job {} succeeded, but its snapshots left out {left_out} path(s): see its warnings (`lifeboat jobs show {}`)",
+                j.id, j.id
+            );
+            3
+        }
         Ok(JobState::Failed) | Ok(JobState::Interrupted) => {
             eprintln!(
                 "lifeboat: job {} {}: {}",
