@@ -534,6 +534,33 @@ fn a7_rebuild_catalog_salvages_what_damaged_packs_still_hold() {
 
 /// An `LD_PRELOAD` shim that fails `fsync` and `fdatasync` with EIO for every file whose
 /// path contains `$LIFEBOAT_FAIL_FSYNC` (looked up through /proc/self/fd).
+/// Builds [`FSYNC_SHIM`]; returns its directory (removed when dropped) and the library, or
+/// None when there is no gcc (skipped, unless the run requires it).
+fn fsync_shim() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
+    let shim_dir = tempfile::tempdir().expect("shim dir");
+    let src_c = shim_dir.path().join("failfsync.c");
+    let shim = shim_dir.path().join("libfailfsync.so");
+    fs::write(&src_c, FSYNC_SHIM).expect("write shim");
+    let built = std::process::Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&shim)
+        .arg(&src_c)
+        .arg("-ldl")
+        .output();
+    match built {
+        Ok(out) if out.status.success() => Some((shim_dir, shim)),
+        other => {
+            // CI (which sets LIFEBOAT_REQUIRE_MOUNT) installs gcc for the Docker tests.
+            assert!(
+                std::env::var_os("LIFEBOAT_REQUIRE_MOUNT").is_none(),
+                "gcc could not build the fsync shim: {other:?}"
+            );
+            eprintln!("\n!!! SKIPPED: A3 needs gcc to build its LD_PRELOAD shim\n");
+            None
+        }
+    }
+}
+
 const FSYNC_SHIM: &str = r#"
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -543,15 +570,32 @@ const FSYNC_SHIM: &str = r#"
 #include <string.h>
 #include <unistd.h>
 
+/* LIFEBOAT_FAIL_FSYNC=SUBSTRING: every sync of a file whose path holds it fails.
+   LIFEBOAT_FAIL_FSYNC_PERMILLE=N: a pseudo-random N in 1,000 syncs of any file fail
+   (LIFEBOAT_FAIL_FSYNC_SEED seeds the sequence). Each failure is logged on stderr. */
 static int doomed(int fd) {
+    static unsigned long long state;
+    static int seeded;
     const char *match = getenv("LIFEBOAT_FAIL_FSYNC");
+    const char *permille = getenv("LIFEBOAT_FAIL_FSYNC_PERMILLE");
     char link[64], path[4096];
-    if (!match || !*match) return 0;
+    int fail = 0;
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(link, path, sizeof path - 1);
     if (n < 0) return 0;
     path[n] = 0;
-    return strstr(path, match) != NULL;
+    if (match && *match) fail = strstr(path, match) != NULL;
+    if (permille && *permille) {
+        if (!seeded) {
+            const char *seed = getenv("LIFEBOAT_FAIL_FSYNC_SEED");
+            state = seed ? strtoull(seed, NULL, 10) : 1;
+            seeded = 1;
+        }
+        state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+        fail = (int)((state >> 33) % 1000) < atoi(permille);
+    }
+    if (fail) fprintf(stderr, "failfsync: EIO on %s\n", path);
+    return fail;
 }
 
 int fsync(int fd) {
@@ -574,28 +618,9 @@ int fdatasync(int fd) {
 /// file left), and with the disk healthy again the next backup verifies and restores.
 #[test]
 fn a3_fsync_failing_on_packs_commits_nothing_it_did_not_sync() {
-    let shim_dir = tempfile::tempdir().expect("shim dir");
-    let src_c = shim_dir.path().join("failfsync.c");
-    let shim = shim_dir.path().join("libfailfsync.so");
-    fs::write(&src_c, FSYNC_SHIM).expect("write shim");
-    let built = std::process::Command::new("gcc")
-        .args(["-shared", "-fPIC", "-O2", "-o"])
-        .arg(&shim)
-        .arg(&src_c)
-        .arg("-ldl")
-        .output();
-    match built {
-        Ok(out) if out.status.success() => {}
-        other => {
-            // CI (which sets LIFEBOAT_REQUIRE_MOUNT) installs gcc for the Docker tests.
-            assert!(
-                std::env::var_os("LIFEBOAT_REQUIRE_MOUNT").is_none(),
-                "gcc could not build the fsync shim: {other:?}"
-            );
-            eprintln!("\n!!! SKIPPED: A3 needs gcc to build its LD_PRELOAD shim\n");
-            return;
-        }
-    }
+    let Some((_shim_dir, shim)) = fsync_shim() else {
+        return;
+    };
     let mut fleet = Fleet::start();
     let src = fleet.path("src");
     let mut rng = Rng::new(3);
@@ -654,6 +679,135 @@ fn a3_fsync_failing_on_packs_commits_nothing_it_did_not_sync() {
     eprintln!(
         "A3 fsync EIO on every pack: backup refused, 0 snapshots, 0 chunks indexed, 0 temp files; then {} entries restored identical",
         expected.len()
+    );
+}
+
+/// A3 at the checklist's rate: fsync and fdatasync fail with EIO on a pseudo-random one
+/// call in a hundred, on every file the controller syncs (packs, envelopes, directories,
+/// the catalog's WAL, the audit log). Backups of a changing source run one after another
+/// until at least three failures were injected, one of them outside the store (the
+/// catalog's WAL, synced as each snapshot is listed), and backups succeeded after them. A backup
+/// may fail (naming the error) or succeed; then, on a healthy disk, every acknowledged
+/// snapshot is listed and restores identical to the source as it was backed up, and
+/// `lifeboat verify` finds the store whole: no sync failure was retried and trusted.
+#[test]
+fn a3_fsync_failing_on_one_call_in_a_hundred_loses_no_acknowledged_snapshot() {
+    let Some((_shim_dir, shim)) = fsync_shim() else {
+        return;
+    };
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    let mut rng = Rng::new(31);
+    tree::make_tree(&src, &mut rng);
+    let restores = fleet.path("restores");
+    let a = fleet.enroll("a");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[restores.as_path()]);
+
+    fleet.stop_controller();
+    fleet.controller_env = vec![
+        ("LD_PRELOAD".into(), shim.display().to_string()),
+        ("LIFEBOAT_FAIL_FSYNC_PERMILLE".into(), "10".into()),
+        ("LIFEBOAT_FAIL_FSYNC_SEED".into(), "7".into()),
+    ];
+    fleet.start_controller();
+    fleet.wait_connected(1);
+    let failed_paths = |fleet: &Fleet| -> Vec<String> {
+        fleet
+            .controller_log()
+            .lines()
+            .filter_map(|l| {
+                l.split_once("failfsync: EIO on ")
+                    .map(|(_, p)| p.to_string())
+            })
+            .collect()
+    };
+    let injected = |fleet: &Fleet| failed_paths(fleet).len();
+    let outside_store = |fleet: &Fleet| {
+        failed_paths(fleet)
+            .iter()
+            .filter(|p| !p.contains("/store/"))
+            .count()
+    };
+    // Each acknowledged snapshot, its source's manifest, and whether a fault was injected
+    // since the one before (those, the first and the last are restored; verify reads the
+    // rest).
+    let mut acknowledged: Vec<(String, Vec<tree::Item>, bool)> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    let mut succeeded_after_a_fault = 0;
+    let mut faults_seen = 0;
+    for round in 0..400 {
+        fs::write(
+            src.join(format!("changing-{}.bin", round % 4)),
+            rng.bytes(200_000),
+        )
+        .expect("change the source");
+        let expected = tree::manifest(&src);
+        let before = injected(&fleet);
+        let (ok, job) = fleet.job(&["backup", "a", "--source", "data"]);
+        if ok {
+            let id = job["snapshot_ids"][0].as_str().expect("snapshot id");
+            let now = injected(&fleet);
+            acknowledged.push((id.to_string(), expected, now > faults_seen));
+            faults_seen = now;
+            if before > 0 {
+                succeeded_after_a_fault += 1;
+            }
+        } else {
+            let error = job["error"].as_str().unwrap_or_default().to_string();
+            assert!(!error.is_empty(), "a failed backup says why: {job}");
+            failures.push(error);
+        }
+        if injected(&fleet) >= 3 && outside_store(&fleet) >= 1 && succeeded_after_a_fault >= 3 {
+            break;
+        }
+    }
+    let paths = failed_paths(&fleet);
+    let faults = paths.len();
+    assert!(
+        faults >= 3 && outside_store(&fleet) >= 1 && succeeded_after_a_fault >= 3,
+        "{faults} sync failures injected, {succeeded_after_a_fault} backups succeeded after one; failures: {failures:?}\n{}",
+        fleet.controller_log()
+    );
+
+    fleet.stop_controller();
+    fleet.controller_env.clear();
+    fleet.start_controller();
+    fleet.wait_connected(1);
+    let verify = fleet.cli(&["verify"]);
+    assert!(
+        verify.status.success(),
+        "the store is not whole after {faults} sync failures:\n{}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let listed: Vec<String> = fleet
+        .cli_json(&["snapshots"])
+        .as_array()
+        .expect("snapshots")
+        .iter()
+        .filter_map(|s| s["id"].as_str().map(String::from))
+        .collect();
+    let last = acknowledged.len() - 1;
+    let mut restored = 0;
+    for (i, (id, expected, after_fault)) in acknowledged.iter().enumerate() {
+        assert!(
+            listed.contains(id),
+            "acknowledged snapshot {id} is not listed"
+        );
+        if !(*after_fault || i == 0 || i == last) {
+            continue;
+        }
+        restored += 1;
+        let target = restores.join(format!("r{i}"));
+        let (ok, job) = fleet.restore_to(id, "a", &target, &[]);
+        assert!(ok, "acknowledged snapshot {id} does not restore: {job}");
+        tree::assert_same(expected, &target);
+    }
+    eprintln!(
+        "A3 1% of syncs failing: {faults} injected ({paths:?}) over {} backups; {} failed ({failures:?}), {} acknowledged, all listed, {restored} restored identical (each first after a fault, the first, the last); verify clean",
+        acknowledged.len() + failures.len(),
+        failures.len(),
+        acknowledged.len()
     );
 }
 
