@@ -504,6 +504,12 @@ pub struct Faults {
     /// (0: never).
     pub cut_every: u32,
     pub cut_after: u64,
+    /// Every n-th answer of the server (counted over all connections, kept-alive ones
+    /// included) is dropped and its connection closed: the request was carried out whole
+    /// and the client saw it fail, as a PUT that succeeded but timed out (0: never).
+    pub lose_answer_every: u32,
+    /// Only answers to requests of this method count for `lose_answer_every` ("": all).
+    pub lose_answer_to: &'static str,
     /// Every connection is answered `503 SlowDown`: the store is unreachable.
     pub down: bool,
 }
@@ -515,6 +521,8 @@ pub struct FaultyProxy {
     faults: Arc<std::sync::Mutex<Faults>>,
     pub injected: Arc<std::sync::atomic::AtomicU64>,
     pub forwarded: Arc<std::sync::atomic::AtomicU64>,
+    /// The request line (method and path) of each request whose answer was lost.
+    pub unheard: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl FaultyProxy {
@@ -529,7 +537,13 @@ impl FaultyProxy {
         let faults = Arc::new(std::sync::Mutex::new(faults));
         let injected = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let forwarded = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let (f, inj, fwd) = (faults.clone(), injected.clone(), forwarded.clone());
+        let unheard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (f, inj, fwd, lost) = (
+            faults.clone(),
+            injected.clone(),
+            forwarded.clone(),
+            unheard.clone(),
+        );
         std::thread::spawn(move || {
             for (n, conn) in (1u32..).zip(listener.incoming()) {
                 let Ok(client) = conn else { continue };
@@ -554,6 +568,7 @@ impl FaultyProxy {
                 let upstream = upstream.clone();
                 let inj = inj.clone();
                 let f = f.clone();
+                let lost = lost.clone();
                 std::thread::spawn(move || {
                     if every(now.delay_every) {
                         std::thread::sleep(now.delay);
@@ -566,7 +581,7 @@ impl FaultyProxy {
                     } else {
                         0
                     };
-                    forward(client, server, cut, &inj, &f);
+                    forward(client, server, cut, &lost, &inj, &f);
                 });
             }
         });
@@ -575,6 +590,7 @@ impl FaultyProxy {
             faults,
             injected,
             forwarded,
+            unheard,
         }
     }
 
@@ -587,7 +603,16 @@ impl FaultyProxy {
     pub fn serve_args(&self, prefix: &str) -> Vec<String> {
         serve_args(&self.endpoint, BUCKET, prefix)
     }
+
+    /// [`FaultyProxy::serve_args`] in another bucket.
+    pub fn serve_args_in(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        serve_args(&self.endpoint, bucket, prefix)
+    }
 }
+
+/// Answers the servers sent through every proxy of this process ([`Faults::lose_answer_every`]
+/// counts them).
+static ANSWERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Reads the request's head, answers `code` with an S3 error body, and closes.
 fn refuse(mut client: std::net::TcpStream, code: u16, reason: &str, what: &str) {
@@ -614,15 +639,22 @@ fn refuse(mut client: std::net::TcpStream, code: u16, reason: &str, what: &str) 
 
 /// Copies both ways until either side closes, `cut_after` bytes went either way, or the
 /// store goes down (connections open before then die at their next use, as they would).
+/// Every `lose_answer_every`-th answer (an HTTP status line at the start of what the
+/// server sends) is dropped, both sides closed, and the request's line added to `lost`.
 fn forward(
     client: std::net::TcpStream,
     server: std::net::TcpStream,
     cut_after: u64,
+    lost: &Arc<std::sync::Mutex<Vec<String>>>,
     injected: &Arc<std::sync::atomic::AtomicU64>,
     faults: &Arc<std::sync::Mutex<Faults>>,
 ) {
+    let request_line = Arc::new(std::sync::Mutex::new(String::new()));
+    // `lost`: set on the server's side (its answers may be dropped), None on the client's.
     let pipe = |mut from: std::net::TcpStream,
                 mut to: std::net::TcpStream,
+                lost: Option<Arc<std::sync::Mutex<Vec<String>>>>,
+                line: Arc<std::sync::Mutex<String>>,
                 injected: Arc<std::sync::atomic::AtomicU64>,
                 faults: Arc<std::sync::Mutex<Faults>>| {
         move || {
@@ -634,6 +666,37 @@ fn forward(
                     Ok(0) | Err(_) => break,
                     Ok(n) => n,
                 };
+                let head = &buf[..n.min(512)];
+                match &lost {
+                    Some(lost) if head.starts_with(b"HTTP/1.") => {
+                        let (every, method) = {
+                            let f = faults.lock().unwrap_or_else(|p| p.into_inner());
+                            (f.lose_answer_every, f.lose_answer_to)
+                        };
+                        let request = line.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                        let counted = every > 0
+                            && (method.is_empty() || request.starts_with(&format!("{method} ")));
+                        if counted
+                            && (ANSWERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
+                                .is_multiple_of(u64::from(every))
+                        {
+                            // The request was carried out; nobody hears that it was.
+                            injected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            lost.lock().unwrap_or_else(|p| p.into_inner()).push(request);
+                            break;
+                        }
+                    }
+                    None if [&b"GET "[..], b"PUT ", b"HEAD ", b"POST ", b"DELETE "]
+                        .iter()
+                        .any(|m| head.starts_with(m)) =>
+                    {
+                        // A request's head: keep its line for the record.
+                        let text = String::from_utf8_lossy(head);
+                        let words: Vec<&str> = text.split(' ').take(2).collect();
+                        *line.lock().unwrap_or_else(|p| p.into_inner()) = words.join(" ");
+                    }
+                    _ => {}
+                }
                 if faults.lock().unwrap_or_else(|p| p.into_inner()).down {
                     injected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     break;
@@ -655,7 +718,21 @@ fn forward(
         client.try_clone().expect("clone"),
         server.try_clone().expect("clone"),
     );
-    let up = std::thread::spawn(pipe(client, server, injected.clone(), faults.clone()));
-    pipe(s2, c2, injected.clone(), faults.clone())();
+    let up = std::thread::spawn(pipe(
+        client,
+        server,
+        None,
+        request_line.clone(),
+        injected.clone(),
+        faults.clone(),
+    ));
+    pipe(
+        s2,
+        c2,
+        Some(lost.clone()),
+        request_line,
+        injected.clone(),
+        faults.clone(),
+    )();
     let _ = up.join();
 }

@@ -586,6 +586,8 @@ fn a_flaky_way_to_the_store_is_retried_and_an_unreachable_one_fails_cleanly() {
         delay: Duration::from_millis(1500),
         cut_every: 7,
         cut_after: 6 << 20,
+        lose_answer_every: 0,
+        lose_answer_to: "",
         down: false,
     };
     let proxy = FaultyProxy::start(&s3.endpoint, flaky.clone());
@@ -684,5 +686,138 @@ fn a_flaky_way_to_the_store_is_retried_and_an_unreachable_one_fails_cleanly() {
         verify["affected_snapshots"].as_array().map(Vec::len),
         Some(0),
         "{verify}"
+    );
+}
+
+/// A14, a write that succeeded but whose answer never came: a proxy carries every second
+/// PUT to the server whole and drops the answer (closing the connection), on a bucket
+/// with Object Lock (versioned, so each retried PUT leaves a version of its own). The
+/// controller starts, backs up (until a snapshot envelope's answer, besides packs', was
+/// lost) and collects garbage through it; each write it retried is taken once: the first
+/// and the last snapshot restore identical onto another agent (the first while every
+/// third answer to the agent's own reads is lost), and `lifeboat verify` (every chunk
+/// read back, every pack's trailer) is clean.
+#[test]
+fn a14_a_write_that_succeeded_unheard_is_retried_and_the_store_stays_whole() {
+    use lifeboat_tests::s3::{Faults, FaultyProxy};
+    let Some(s3) = S3Server::start() else {
+        return;
+    };
+    s3.create_locked_bucket("unheard");
+    let proxy = FaultyProxy::start(
+        &s3.endpoint,
+        Faults {
+            lose_answer_every: 2,
+            lose_answer_to: "PUT",
+            ..Faults::default()
+        },
+    );
+    let args = proxy.serve_args_in("unheard", "fleet");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut env = s3.env();
+    env.push(("LIFEBOAT_S3_BACKOFF_MS".into(), "10".into()));
+    let mut fleet = Fleet::start_with_env(&args, env);
+    let (src, root, first) = backed_up_on_a(&mut fleet, 91, 8, 3 << 20);
+    let names = || (0..8).map(|i| format!("f{i}"));
+    let mut rng = Rng::new(92);
+    let before: Vec<Vec<u8>> = names()
+        .map(|n| std::fs::read(src.path().join(n)).expect("read"))
+        .collect();
+    for i in [1, 5] {
+        std::fs::write(src.path().join(format!("f{i}")), rng.bytes(3 << 20)).expect("write");
+    }
+    let unheard = || {
+        proxy
+            .unheard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    };
+    let mut last = String::new();
+    let mut backups = 1;
+    for round in 0..12 {
+        if round > 0 {
+            if unheard().iter().any(|l| l.contains("/snapshots/")) {
+                break;
+            }
+            std::fs::write(src.path().join("f2"), rng.bytes(1 << 20)).expect("write");
+        }
+        last = fleet.backup("a", "data")["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        backups += 1;
+    }
+    assert_eq!(
+        fleet.cli_json(&["snapshots"]).as_array().map(Vec::len),
+        Some(backups),
+        "one snapshot per backup, whatever was retried"
+    );
+    restores_whole(
+        &fleet,
+        &last,
+        "b",
+        &root.path().join("last"),
+        src.path(),
+        names(),
+    );
+    // The restoring agent's own reads (presigned range GETs) lose every third answer.
+    proxy.set(Faults {
+        lose_answer_every: 3,
+        lose_answer_to: "GET",
+        ..Faults::default()
+    });
+    let (ok, job) = fleet.job(&[
+        "restore",
+        &first,
+        "--agent",
+        "b",
+        "--to",
+        root.path().join("first").to_str().expect("path"),
+    ]);
+    assert!(ok, "{job}");
+    for (name, bytes) in names().zip(&before) {
+        assert_eq!(
+            &std::fs::read(root.path().join("first").join(&name)).expect("restored"),
+            bytes,
+            "{name} of the first snapshot"
+        );
+    }
+    let gc = fleet.cli(&["gc"]);
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    let unheard = unheard();
+    for kind in ["/packs/", "/snapshots/"] {
+        assert!(
+            unheard
+                .iter()
+                .any(|l| l.starts_with("PUT ") && l.contains(kind)),
+            "no answer to a PUT of {kind} was lost: {unheard:?}"
+        );
+    }
+    assert!(
+        unheard
+            .iter()
+            .any(|l| l.starts_with("GET ") && l.contains("/packs/")),
+        "no answer to the restore's reads was lost: {unheard:?}"
+    );
+    let verify = fleet.cli_json(&["verify"]);
+    assert_eq!(verify["bad"].as_array().map(Vec::len), Some(0), "{verify}");
+    assert_eq!(
+        verify["affected_snapshots"].as_array().map(Vec::len),
+        Some(0),
+        "{verify}"
+    );
+    assert_eq!(
+        verify["damaged_packs"].as_array().map(Vec::len),
+        Some(0),
+        "{verify}"
+    );
+    eprintln!(
+        "A14: the answers to {unheard:?} lost over {} connections; the first and last snapshots restore identical, verify clean",
+        proxy.forwarded.load(std::sync::atomic::Ordering::Relaxed)
     );
 }
