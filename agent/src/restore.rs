@@ -26,6 +26,7 @@ use crate::state::AgentState;
 use crate::{AgentError, absolute_clean};
 
 pub(crate) use fetch::FETCH_STREAMS;
+pub use fetch::Link;
 use fetch::{Prefetched, restore_dir};
 use tree::Restored;
 
@@ -85,6 +86,8 @@ pub struct RestoreRun<'a> {
     /// chunks stream on (none: the session's).
     pub client: Client,
     pub bulk: Vec<Client>,
+    /// The agent's session with the controller (a broken chunk stream waits for it).
+    pub link: tokio::sync::watch::Receiver<Link>,
     pub job_id: &'a str,
     pub job: pb::RestoreJob,
     pub allowed: Permissions<'a>,
@@ -202,6 +205,7 @@ async fn restore_into(
         state,
         client,
         bulk,
+        link,
         job_id,
         job,
         allowed,
@@ -355,6 +359,7 @@ async fn restore_into(
         state.chunk_key.clone(),
         order,
         direct,
+        link.clone(),
     );
     let fetched = source.fetched.clone();
     let key = state.chunk_key.clone();

@@ -34,6 +34,9 @@ struct Shared {
     docker: tokio::sync::Mutex<Option<Arc<Engine>>>,
     /// A job ended: the Docker inventory may have changed.
     inventory_changed: tokio::sync::Notify,
+    /// Whether a session is up, and how many were established: a restore whose chunk
+    /// stream broke waits for a new one before it asks again.
+    link: tokio::sync::watch::Sender<crate::restore::Link>,
 }
 
 impl Shared {
@@ -115,6 +118,7 @@ pub async fn run(
         updates,
         docker: tokio::sync::Mutex::new(None),
         inventory_changed: tokio::sync::Notify::new(),
+        link: tokio::sync::watch::Sender::new(crate::restore::Link::default()),
     });
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(200);
@@ -136,6 +140,7 @@ pub async fn run(
                 Err(e) => tracing::warn!(error = %e, "session with the controller failed"),
             },
         }
+        shared.link.send_modify(|l| l.up = false);
         if started.elapsed() > MAX_BACKOFF {
             backoff = Duration::from_millis(200);
         }
@@ -227,6 +232,12 @@ async fn serve_session(
         .await?
         .into_inner();
     tracing::info!(agent = %shared.state.info.name, "connected to the controller");
+    // The controller took the hello (and with it which jobs still run here) before it
+    // answered: a restore may ask for its chunks again.
+    shared.link.send_modify(|l| {
+        l.sessions += 1;
+        l.up = true;
+    });
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut inventory_tick = tokio::time::interval(INVENTORY_EVERY);
     inventory_tick.tick().await; // the hello carried it
@@ -418,6 +429,7 @@ async fn run_job(
                 state: shared.state.clone(),
                 client: api,
                 bulk,
+                link: shared.link.subscribe(),
                 job_id: &job.job_id,
                 job: r.clone(),
                 allowed,

@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use futures::StreamExt;
 use lifeboat_core::codec::Verified;
@@ -34,6 +35,91 @@ const DECODE_DEPTH: usize = 4;
 /// travels as one item, so the writer drains a batch of small files without waking up
 /// once per chunk.
 const PREFETCH_QUEUE: usize = 4;
+/// How long a restore whose chunk stream broke (the network, a restarted controller)
+/// keeps waiting for the controller before it gives up; a partition shorter than this
+/// heals without an operator.
+const RESUME_WINDOW: Duration = Duration::from_secs(300);
+/// Pauses between tries, doubling.
+const FIRST_PAUSE: Duration = Duration::from_secs(1);
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+/// With the session up all along (only the stream's own connection broke), ask again
+/// after this long rather than wait for a new session.
+const SESSION_UP_WAIT: Duration = Duration::from_secs(15);
+
+/// The agent's session as a restore sees it: whether one is up, and how many were
+/// established since the agent started.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Link {
+    pub sessions: u64,
+    pub up: bool,
+}
+
+/// Whether a chunk stream that failed this way may be asked again: the way to the
+/// controller broke, not the controller's answer (a refusal, a chunk outside the grant).
+fn transient(status: &tonic::Status) -> bool {
+    use tonic::Code;
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+    )
+}
+
+/// A request's chunk stream failing, since when, and what to wait for before it is asked
+/// again: a new session (the controller then knows the job still runs here), or, with
+/// the session up all along, a pause.
+struct Resume {
+    since: Option<tokio::time::Instant>,
+    pause: Duration,
+}
+
+impl Resume {
+    fn new() -> Resume {
+        Resume {
+            since: None,
+            pause: FIRST_PAUSE,
+        }
+    }
+
+    /// The stream delivered: a later break starts a new wait.
+    fn progressed(&mut self) {
+        self.since = None;
+        self.pause = FIRST_PAUSE;
+    }
+
+    /// Waits until the request may be asked again, or says why the restore must stop.
+    async fn wait(
+        &mut self,
+        status: &tonic::Status,
+        link: &mut tokio::sync::watch::Receiver<Link>,
+    ) -> Result<(), String> {
+        let why = status.message().to_string();
+        if !transient(status) {
+            return Err(why);
+        }
+        let now = tokio::time::Instant::now();
+        let since = *self.since.get_or_insert(now);
+        let seen = link.borrow().sessions;
+        tracing::warn!(code = ?status.code(), error = %why, "the chunk stream from the controller broke; asking again once it answers");
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(MAX_PAUSE);
+        loop {
+            let l = *link.borrow_and_update();
+            if l.up && (l.sessions > seen || now.elapsed() >= SESSION_UP_WAIT) {
+                return Ok(());
+            }
+            if since.elapsed() >= RESUME_WINDOW {
+                return Err(format!(
+                    "{why} (the controller could not be reached again within {} s)",
+                    RESUME_WINDOW.as_secs()
+                ));
+            }
+            tokio::select! {
+                _ = link.changed() => {}
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
 
 /// What the writer receives, in order.
 enum Fetched {
@@ -68,6 +154,7 @@ impl Prefetched {
         key: ChunkKey,
         order: ChunkOrder,
         direct: Option<ureq::Agent>,
+        mut link: tokio::sync::watch::Receiver<Link>,
     ) -> Prefetched {
         let (tx, rx) = mpsc::channel(PREFETCH_QUEUE);
         let (msg_tx, msg_rx) = mpsc::channel::<Result<Vec<pb::ChunkBlob>, String>>(DECODE_DEPTH);
@@ -126,45 +213,77 @@ impl Prefetched {
                 }
                 return;
             }
+            let open = |mut client: Client, job_id: String, ids: Vec<ChunkId>| async move {
+                client
+                    .get_chunks(pb::GetChunksRequest {
+                        job_id,
+                        ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
+                    })
+                    .await
+            };
             let requests = tokio_stream::wrappers::ReceiverStream::new(req_rx);
             let mut streams = requests
                 .enumerate()
                 .map(|(i, ids)| {
-                    let mut client = clients[i % clients.len()].clone();
+                    let client = clients[i % clients.len()].clone();
                     let job_id = job_id.clone();
                     async move {
-                        client
-                            .get_chunks(pb::GetChunksRequest {
-                                job_id,
-                                ids: ids?.iter().map(|i| i.as_bytes().to_vec()).collect(),
-                            })
-                            .await
-                            .map_err(|e| e.message().to_string())
+                        let ids = ids?;
+                        let opened = open(client.clone(), job_id, ids.clone()).await;
+                        Ok::<_, String>((client, ids, opened))
                     }
                 })
                 .buffered(FETCH_STREAMS);
+            // Each request's stream is read to its end; one that breaks on the way is
+            // asked again, for the chunks not received yet, once the controller answers.
+            let mut resume = Resume::new();
             while let Some(res) = streams.next().await {
-                let mut stream = match res {
-                    Ok(s) => s.into_inner(),
+                let (client, ids, mut opened) = match res {
+                    Ok(r) => r,
                     Err(why) => {
                         let _ = msg_tx.send(Err(why)).await;
                         return;
                     }
                 };
+                let mut next = 0; // the first of `ids` not received yet
                 loop {
-                    let item = match stream.message().await {
-                        Ok(Some(batch)) => {
-                            let n: usize = batch.chunks.iter().map(|c| c.blob.len()).sum();
-                            count.fetch_add(n as u64, Ordering::Relaxed);
-                            Ok(batch.chunks)
+                    let broke = match opened {
+                        Err(status) => Some(status),
+                        Ok(stream) => {
+                            let mut stream = stream.into_inner();
+                            loop {
+                                match stream.message().await {
+                                    Ok(Some(batch)) => {
+                                        let n: usize =
+                                            batch.chunks.iter().map(|c| c.blob.len()).sum();
+                                        count.fetch_add(n as u64, Ordering::Relaxed);
+                                        for c in &batch.chunks {
+                                            while next < ids.len()
+                                                && ids[next].as_bytes()[..] != c.id[..]
+                                            {
+                                                next += 1;
+                                            }
+                                            next = (next + 1).min(ids.len());
+                                        }
+                                        resume.progressed();
+                                        if msg_tx.send(Ok(batch.chunks)).await.is_err() {
+                                            return; // the restore ended
+                                        }
+                                    }
+                                    Ok(None) => break None,
+                                    Err(status) => break Some(status),
+                                }
+                            }
                         }
-                        Ok(None) => break,
-                        Err(e) => Err(e.message().to_string()),
                     };
-                    let failed = item.is_err();
-                    if msg_tx.send(item).await.is_err() || failed {
-                        return; // the restore ended, or the stream broke
+                    let Some(status) = broke else {
+                        break; // this request is whole
+                    };
+                    if let Err(why) = resume.wait(&status, &mut link).await {
+                        let _ = msg_tx.send(Err(why)).await;
+                        return;
                     }
+                    opened = open(client.clone(), job_id.clone(), ids[next..].to_vec()).await;
                 }
             }
         });
