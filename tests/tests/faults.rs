@@ -1209,34 +1209,7 @@ fn a16_a_controller_killed_in_each_catalog_migration_starts_again_whole() {
 fn a4_a_controller_killed_mid_restore_leaves_no_wrong_byte_and_the_rerun_is_whole() {
     const TRIES: u64 = 6;
     let mut fleet = Fleet::start();
-    let src = fleet.path("src");
-    let mut rng = Rng::new(44);
-    for d in 0..20 {
-        let dir = src.join(format!("d{d:02}"));
-        fs::create_dir_all(&dir).expect("mkdir");
-        fs::write(dir.join("big.bin"), rng.bytes(6 << 20)).expect("write");
-        for f in 0..60 {
-            fs::write(dir.join(format!("s{f:02}.txt")), rng.text(4000)).expect("write");
-        }
-    }
-    let expected = tree::manifest(&src);
-    let a = fleet.enroll("a");
-    let root = fleet.path("roots");
-    fleet.run_agent(&a, &[("data", src.as_path())], &[root.as_path()]);
-    let snap = fleet.backup("a", "data")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-
-    // Entries in the target so far (temp files included), counted as the restore writes.
-    let written = |target: &std::path::Path| -> usize {
-        let Ok(top) = fs::read_dir(target) else {
-            return 0;
-        };
-        top.filter_map(Result::ok)
-            .map(|d| 1 + fs::read_dir(d.path()).map_or(0, |inner| inner.count()))
-            .sum()
-    };
+    let (expected, root, snap) = restore_under_way_fixture(&mut fleet, 44);
     // Kills that landed while the restore ran, and restores that went on after one.
     let mut interrupted = 0;
     let mut resumed = 0;
@@ -1320,6 +1293,45 @@ fn a4_a_controller_killed_mid_restore_leaves_no_wrong_byte_and_the_rerun_is_whol
     );
 }
 
+/// Agent `a` backs up 20 directories of a 6 MiB file and 60 small texts (120 MB, 1,241
+/// entries: a restore long enough to be interrupted), with `roots` as its restore root.
+/// Returns the source's manifest, the restore root and the snapshot.
+fn restore_under_way_fixture(
+    fleet: &mut Fleet,
+    seed: u64,
+) -> (Vec<tree::Item>, std::path::PathBuf, String) {
+    let src = fleet.path("src");
+    let mut rng = Rng::new(seed);
+    for d in 0..20 {
+        let dir = src.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join("big.bin"), rng.bytes(6 << 20)).expect("write");
+        for f in 0..60 {
+            fs::write(dir.join(format!("s{f:02}.txt")), rng.text(4000)).expect("write");
+        }
+    }
+    let expected = tree::manifest(&src);
+    let a = fleet.enroll("a");
+    let root = fleet.path("roots");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[root.as_path()]);
+    let snap = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    (expected, root, snap)
+}
+
+/// Entries in a restore's target so far (two levels, temp files included), counted as
+/// the restore writes.
+fn written(target: &std::path::Path) -> usize {
+    let Ok(top) = fs::read_dir(target) else {
+        return 0;
+    };
+    top.filter_map(Result::ok)
+        .map(|d| 1 + fs::read_dir(d.path()).map_or(0, |inner| inner.count()))
+        .sum()
+}
+
 /// Drops every packet to and from a TCP port on loopback (iptables) until dropped.
 struct Partition {
     rules: Vec<Vec<String>>,
@@ -1388,38 +1400,13 @@ impl Drop for Partition {
 #[test]
 fn a10_a_partition_mid_restore_heals_without_an_operator() {
     let mut fleet = Fleet::start();
-    let src = fleet.path("src");
-    let mut rng = Rng::new(45);
-    for d in 0..20 {
-        let dir = src.join(format!("d{d:02}"));
-        fs::create_dir_all(&dir).expect("mkdir");
-        fs::write(dir.join("big.bin"), rng.bytes(6 << 20)).expect("write");
-        for f in 0..60 {
-            fs::write(dir.join(format!("s{f:02}.txt")), rng.text(4000)).expect("write");
-        }
-    }
-    let expected = tree::manifest(&src);
-    let a = fleet.enroll("a");
-    let root = fleet.path("roots");
-    fleet.run_agent(&a, &[("data", src.as_path())], &[root.as_path()]);
-    let snap = fleet.backup("a", "data")["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let (expected, root, snap) = restore_under_way_fixture(&mut fleet, 45);
     let port: u16 = fleet
         .url
         .rsplit(':')
         .next()
         .and_then(|p| p.trim_end_matches('/').parse().ok())
         .expect("the controller's port");
-    let written = |target: &std::path::Path| -> usize {
-        let Ok(top) = fs::read_dir(target) else {
-            return 0;
-        };
-        top.filter_map(Result::ok)
-            .map(|d| 1 + fs::read_dir(d.path()).map_or(0, |inner| inner.count()))
-            .sum()
-    };
     for (i, secs) in [5u64, 30].into_iter().enumerate() {
         let target = root.join(format!("partitioned-{secs}s"));
         let to = target.to_str().expect("utf-8").to_string();

@@ -944,6 +944,14 @@ fn policies_schedule_drills_over_a_rotating_sample() {
     assert!(drills.iter().all(|d| d["probe"] == "test -s f001"));
 }
 
+/// The item of a JSON listing whose `agent` is `agent`.
+fn by_agent(list: &Value, agent: &str) -> Value {
+    list.as_array()
+        .and_then(|l| l.iter().find(|d| d["agent"] == agent))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {agent} in {list}"))
+}
+
 /// A17: every drill is checked against its device's recovery time objective (the shortest
 /// `rto` of the policies that select it), and so is the device's estimated downtime. A
 /// drill that restores fine but slower than the RTO is named (exit 3, log, metric, the
@@ -1010,16 +1018,7 @@ fn a17_drills_and_estimates_are_checked_against_each_devices_rto() {
     assert!(stderr.contains("DRILL OVER RTO: db1 data"), "{stderr}");
     assert!(!stderr.contains("web1"), "{stderr}");
     let drills: Value = serde_json::from_slice(&out.stdout).expect("json");
-    let of = |agent: &str| -> Value {
-        drills
-            .as_array()
-            .expect("drills")
-            .iter()
-            .find(|d| d["agent"] == agent)
-            .cloned()
-            .expect("a drill of the agent")
-    };
-    let (web, db) = (of("web1"), of("db1"));
+    let (web, db) = (by_agent(&drills, "web1"), by_agent(&drills, "db1"));
     assert_eq!(web["state"], "passed", "{web}");
     assert_eq!(db["state"], "passed", "{db}");
     assert_eq!(web["rto_ms"], 3_600_000);
@@ -1034,7 +1033,8 @@ fn a17_drills_and_estimates_are_checked_against_each_devices_rto() {
     let row = |agent: &str| {
         table
             .lines()
-            .find(|l| l.contains(agent))
+            // The device's own column (a snapshot id may hold its name in hex).
+            .find(|l| l.contains(&format!(" {agent} ")))
             .unwrap_or_default()
             .to_string()
     };
@@ -1060,16 +1060,7 @@ fn a17_drills_and_estimates_are_checked_against_each_devices_rto() {
     // The devices view: each device's RTO against its estimated downtime (which now counts
     // the drill's 2 s probe), and its last drill.
     let devices = fleet.cli_json(&["devices"]);
-    let dev = |agent: &str| -> Value {
-        devices
-            .as_array()
-            .expect("devices")
-            .iter()
-            .find(|d| d["agent"] == agent)
-            .cloned()
-            .expect("the device")
-    };
-    let (web, db) = (dev("web1"), dev("db1"));
+    let (web, db) = (by_agent(&devices, "web1"), by_agent(&devices, "db1"));
     assert_eq!(web["rto_seconds"], 3600);
     assert_eq!(db["rto_seconds"], 1);
     assert!(
@@ -1089,7 +1080,7 @@ fn a17_drills_and_estimates_are_checked_against_each_devices_rto() {
     let table = String::from_utf8_lossy(&out.stdout);
     let db_row = table
         .lines()
-        .find(|l| l.contains("db1"))
+        .find(|l| l.contains(" db1 "))
         .unwrap_or_default();
     assert!(
         db_row.contains("1s EXCEEDED") && db_row.contains("passed"),
