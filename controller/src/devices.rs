@@ -116,10 +116,12 @@ pub fn devices(ctl: &Controller, now_ms: i64) -> Result<Vec<pb::DeviceInfo>, Api
             });
         }
         let drilled = drills.get(&a.id).cloned().unwrap_or_default();
+        let rto_s = policy::rto_of(&policies, &a);
         out.push(pb::DeviceInfo {
             connected: ctl.jobs.connected(&a.id),
             tier: policy::tier_of(&policies, &a),
-            rto_seconds: policy::rto_of(&policies, &a),
+            rto_seconds: rto_s,
+            estimate_over_rto: rto_s > 0 && device_ms.round() as u64 > rto_s * 1000,
             last_passed_drill_unix_ms: drilled.last_passed_ms,
             last_drill_unix_ms: drilled.last_ms,
             last_drill_state: drilled.last_state,

@@ -561,6 +561,18 @@ fn fsync_shim() -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     }
 }
 
+/// Restarts the controller with [`FSYNC_SHIM`] preloaded and its `faults` variables set;
+/// waits for the fleet's one agent.
+fn restart_through_shim(fleet: &mut Fleet, shim: &std::path::Path, faults: &[(&str, &str)]) {
+    fleet.stop_controller();
+    fleet.controller_env = vec![("LD_PRELOAD".into(), shim.display().to_string())];
+    fleet
+        .controller_env
+        .extend(faults.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    fleet.start_controller();
+    fleet.wait_connected(1);
+}
+
 const FSYNC_SHIM: &str = r#"
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -630,13 +642,7 @@ fn a3_fsync_failing_on_packs_commits_nothing_it_did_not_sync() {
     let a = fleet.enroll("a");
     fleet.run_agent(&a, &[("data", src.as_path())], &[restores.as_path()]);
 
-    fleet.stop_controller();
-    fleet.controller_env = vec![
-        ("LD_PRELOAD".into(), shim.display().to_string()),
-        ("LIFEBOAT_FAIL_FSYNC".into(), ".pack".into()),
-    ];
-    fleet.start_controller();
-    fleet.wait_connected(1);
+    restart_through_shim(&mut fleet, &shim, &[("LIFEBOAT_FAIL_FSYNC", ".pack")]);
     let (ok, job) = fleet.job(&["backup", "a", "--source", "data"]);
     assert!(
         !ok,
@@ -704,14 +710,14 @@ fn a3_fsync_failing_on_one_call_in_a_hundred_loses_no_acknowledged_snapshot() {
     let a = fleet.enroll("a");
     fleet.run_agent(&a, &[("data", src.as_path())], &[restores.as_path()]);
 
-    fleet.stop_controller();
-    fleet.controller_env = vec![
-        ("LD_PRELOAD".into(), shim.display().to_string()),
-        ("LIFEBOAT_FAIL_FSYNC_PERMILLE".into(), "10".into()),
-        ("LIFEBOAT_FAIL_FSYNC_SEED".into(), "7".into()),
-    ];
-    fleet.start_controller();
-    fleet.wait_connected(1);
+    restart_through_shim(
+        &mut fleet,
+        &shim,
+        &[
+            ("LIFEBOAT_FAIL_FSYNC_PERMILLE", "10"),
+            ("LIFEBOAT_FAIL_FSYNC_SEED", "7"),
+        ],
+    );
     let failed_paths = |fleet: &Fleet| -> Vec<String> {
         fleet
             .controller_log()

@@ -890,22 +890,28 @@ fn a_target_map_sends_a_device_to_its_replacement() {
     assert_eq!(manifest(&data), expected);
 }
 
+/// Agent `name`, enrolled with `tok`, backs up `NAME/data` (`files` random files of `size`
+/// bytes) once and runs probes.
+fn drillable(fleet: &mut Fleet, name: &str, tok: &str, seed: u64, files: usize, size: usize) {
+    let agent = fleet.enroll_token(name, tok);
+    let data = fleet.path(&format!("{name}/data"));
+    fill(&data, seed, files, size);
+    fleet.run_agent_with(
+        &agent,
+        &[("data", &data)],
+        &[],
+        &["--no-docker", "--allow-probes"],
+    );
+    fleet.backup(name, "data");
+}
+
 /// A policy's `drill` drills its devices in rotation, each within the period.
 #[test]
 fn policies_schedule_drills_over_a_rotating_sample() {
     let mut fleet = Fleet::start();
     let tok = token(&fleet, 2, &["role=web"]);
     for name in ["w1", "w2"] {
-        let agent = fleet.enroll_token(name, &tok);
-        let data = fleet.path(&format!("{name}/data"));
-        fill(&data, 5, 2, 1000);
-        fleet.run_agent_with(
-            &agent,
-            &[("data", &data)],
-            &[],
-            &["--no-docker", "--allow-probes"],
-        );
-        fleet.backup(name, "data");
+        drillable(&mut fleet, name, &tok, 5, 2, 1000);
     }
     fleet.apply_policy("[[policy]]\nname = \"web\"\nselector = \"role=web\"\nsources = [\"data\"]\nschedule = \"0 0 1 1 *\"\n\
          drill = { every = \"4s\", sample = 1, probe = \"test -s f001\" }\n",
@@ -961,16 +967,7 @@ fn a17_drills_and_estimates_are_checked_against_each_devices_rto() {
     let mut fleet = Fleet::start();
     for (name, role, seed) in [("web1", "role=web", 21), ("db1", "role=db", 22)] {
         let tok = token(&fleet, 1, &[role]);
-        let agent = fleet.enroll_token(name, &tok);
-        let data = fleet.path(&format!("{name}/data"));
-        fill(&data, seed, 5, 2000);
-        fleet.run_agent_with(
-            &agent,
-            &[("data", &data)],
-            &[],
-            &["--no-docker", "--allow-probes"],
-        );
-        fleet.backup(name, "data");
+        drillable(&mut fleet, name, &tok, seed, 5, 2000);
     }
     // An RTO of nothing is refused, naming the key.
     let bad = fleet.path("bad-rto.toml");

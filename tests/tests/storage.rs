@@ -69,6 +69,19 @@ fn backed_up_on_a(
     (src, root, snap)
 }
 
+/// `lifeboat verify --json`, having checked that it found no bad chunk and no snapshot
+/// that cannot be restored whole.
+fn verify_clean(fleet: &Fleet) -> serde_json::Value {
+    let verify = fleet.cli_json(&["verify"]);
+    assert_eq!(verify["bad"].as_array().map(Vec::len), Some(0), "{verify}");
+    assert_eq!(
+        verify["affected_snapshots"].as_array().map(Vec::len),
+        Some(0),
+        "{verify}"
+    );
+    verify
+}
+
 /// What every backend must do, as the store uses it.
 fn conformance(objects: &dyn Objects) {
     let mut rng = Rng::new(17);
@@ -309,13 +322,7 @@ fn the_s3_server_killed_mid_backup_and_mid_restore_leaves_no_short_snapshot_nor_
     let snaps = fleet.cli_json(&["snapshots"]);
     let snaps = snaps.as_array().expect("snapshots");
     assert!(!snaps.is_empty());
-    let verify = fleet.cli_json(&["verify"]);
-    assert_eq!(verify["bad"].as_array().map(Vec::len), Some(0), "{verify}");
-    assert_eq!(
-        verify["affected_snapshots"].as_array().map(Vec::len),
-        Some(0),
-        "{verify}"
-    );
+    verify_clean(&fleet);
     for s in snaps {
         let id = s["id"].as_str().expect("id");
         let target = root.path().join(&id[..12]);
@@ -680,13 +687,7 @@ fn a_flaky_way_to_the_store_is_retried_and_an_unreachable_one_fails_cleanly() {
     // Back up again once the store answers: everything is there and verifies.
     proxy.set(flaky);
     fleet.backup("a", "data");
-    let verify = fleet.cli_json(&["verify"]);
-    assert_eq!(verify["bad"].as_array().map(Vec::len), Some(0), "{verify}");
-    assert_eq!(
-        verify["affected_snapshots"].as_array().map(Vec::len),
-        Some(0),
-        "{verify}"
-    );
+    verify_clean(&fleet);
 }
 
 /// A14, a write that succeeded but whose answer never came: a proxy carries every second
@@ -804,13 +805,7 @@ fn a14_a_write_that_succeeded_unheard_is_retried_and_the_store_stays_whole() {
             .any(|l| l.starts_with("GET ") && l.contains("/packs/")),
         "no answer to the restore's reads was lost: {unheard:?}"
     );
-    let verify = fleet.cli_json(&["verify"]);
-    assert_eq!(verify["bad"].as_array().map(Vec::len), Some(0), "{verify}");
-    assert_eq!(
-        verify["affected_snapshots"].as_array().map(Vec::len),
-        Some(0),
-        "{verify}"
-    );
+    let verify = verify_clean(&fleet);
     assert_eq!(
         verify["damaged_packs"].as_array().map(Vec::len),
         Some(0),

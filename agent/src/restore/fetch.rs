@@ -68,13 +68,15 @@ fn transient(status: &tonic::Status) -> bool {
 /// again: a new session (the controller then knows the job still runs here), or, with
 /// the session up all along, a pause.
 struct Resume {
+    link: tokio::sync::watch::Receiver<Link>,
     since: Option<tokio::time::Instant>,
     pause: Duration,
 }
 
 impl Resume {
-    fn new() -> Resume {
+    fn new(link: tokio::sync::watch::Receiver<Link>) -> Resume {
         Resume {
+            link,
             since: None,
             pause: FIRST_PAUSE,
         }
@@ -87,23 +89,19 @@ impl Resume {
     }
 
     /// Waits until the request may be asked again, or says why the restore must stop.
-    async fn wait(
-        &mut self,
-        status: &tonic::Status,
-        link: &mut tokio::sync::watch::Receiver<Link>,
-    ) -> Result<(), String> {
+    async fn wait(&mut self, status: &tonic::Status) -> Result<(), String> {
         let why = status.message().to_string();
         if !transient(status) {
             return Err(why);
         }
         let now = tokio::time::Instant::now();
         let since = *self.since.get_or_insert(now);
-        let seen = link.borrow().sessions;
+        let seen = self.link.borrow().sessions;
         tracing::warn!(code = ?status.code(), error = %why, "the chunk stream from the controller broke; asking again once it answers");
         tokio::time::sleep(self.pause).await;
         self.pause = (self.pause * 2).min(MAX_PAUSE);
         loop {
-            let l = *link.borrow_and_update();
+            let l = *self.link.borrow_and_update();
             if l.up && (l.sessions > seen || now.elapsed() >= SESSION_UP_WAIT) {
                 return Ok(());
             }
@@ -114,10 +112,40 @@ impl Resume {
                 ));
             }
             tokio::select! {
-                _ = link.changed() => {}
+                _ = self.link.changed() => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+    }
+}
+
+/// Reads one request's chunk stream to its end, passing each batch on and moving `next`
+/// past the requested chunks it delivered. Returns the status it broke with (None: it
+/// ended whole), or `Err` when the restore itself ended (nobody reads any more).
+async fn drain(
+    mut stream: tonic::Streaming<pb::ChunkBatch>,
+    ids: &[ChunkId],
+    next: &mut usize,
+    count: &std::sync::atomic::AtomicU64,
+    msg_tx: &mpsc::Sender<Result<Vec<pb::ChunkBlob>, String>>,
+    resume: &mut Resume,
+) -> Result<Option<tonic::Status>, ()> {
+    loop {
+        let batch = match stream.message().await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return Ok(None),
+            Err(status) => return Ok(Some(status)),
+        };
+        let n: usize = batch.chunks.iter().map(|c| c.blob.len()).sum();
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        for c in &batch.chunks {
+            while *next < ids.len() && ids[*next].as_bytes()[..] != c.id[..] {
+                *next += 1;
+            }
+            *next = (*next + 1).min(ids.len());
+        }
+        resume.progressed();
+        msg_tx.send(Ok(batch.chunks)).await.map_err(drop)?;
     }
 }
 
@@ -154,7 +182,7 @@ impl Prefetched {
         key: ChunkKey,
         order: ChunkOrder,
         direct: Option<ureq::Agent>,
-        mut link: tokio::sync::watch::Receiver<Link>,
+        link: tokio::sync::watch::Receiver<Link>,
     ) -> Prefetched {
         let (tx, rx) = mpsc::channel(PREFETCH_QUEUE);
         let (msg_tx, msg_rx) = mpsc::channel::<Result<Vec<pb::ChunkBlob>, String>>(DECODE_DEPTH);
@@ -236,7 +264,7 @@ impl Prefetched {
                 .buffered(FETCH_STREAMS);
             // Each request's stream is read to its end; one that breaks on the way is
             // asked again, for the chunks not received yet, once the controller answers.
-            let mut resume = Resume::new();
+            let mut resume = Resume::new(link);
             while let Some(res) = streams.next().await {
                 let (client, ids, mut opened) = match res {
                     Ok(r) => r,
@@ -247,39 +275,25 @@ impl Prefetched {
                 };
                 let mut next = 0; // the first of `ids` not received yet
                 loop {
-                    let broke = match opened {
-                        Err(status) => Some(status),
+                    let status = match opened {
+                        Err(status) => status,
                         Ok(stream) => {
-                            let mut stream = stream.into_inner();
-                            loop {
-                                match stream.message().await {
-                                    Ok(Some(batch)) => {
-                                        let n: usize =
-                                            batch.chunks.iter().map(|c| c.blob.len()).sum();
-                                        count.fetch_add(n as u64, Ordering::Relaxed);
-                                        for c in &batch.chunks {
-                                            while next < ids.len()
-                                                && ids[next].as_bytes()[..] != c.id[..]
-                                            {
-                                                next += 1;
-                                            }
-                                            next = (next + 1).min(ids.len());
-                                        }
-                                        resume.progressed();
-                                        if msg_tx.send(Ok(batch.chunks)).await.is_err() {
-                                            return; // the restore ended
-                                        }
-                                    }
-                                    Ok(None) => break None,
-                                    Err(status) => break Some(status),
-                                }
+                            let read = drain(
+                                stream.into_inner(),
+                                &ids,
+                                &mut next,
+                                &count,
+                                &msg_tx,
+                                &mut resume,
+                            );
+                            match read.await {
+                                Ok(None) => break, // this request is whole
+                                Ok(Some(status)) => status,
+                                Err(()) => return, // the restore ended
                             }
                         }
                     };
-                    let Some(status) = broke else {
-                        break; // this request is whole
-                    };
-                    if let Err(why) = resume.wait(&status, &mut link).await {
+                    if let Err(why) = resume.wait(&status).await {
                         let _ = msg_tx.send(Err(why)).await;
                         return;
                     }

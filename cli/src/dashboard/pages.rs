@@ -138,7 +138,7 @@ pub async fn fleet(State(c): State<Console>) -> Page {
                                     (millis(d.restore_estimate_ms)) br; span.sub { (d.estimate_basis) }
                                     @if d.rto_seconds > 0 {
                                         br; span.sub { "RTO " (age(d.rto_seconds)) }
-                                        @if d.restore_estimate_ms > d.rto_seconds * 1000 { " " (badge("over-RTO")) }
+                                        @if d.estimate_over_rto { " " (badge("over-RTO")) }
                                     }
                                 }
                                 td rowspan=(sources) {

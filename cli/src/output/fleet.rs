@@ -142,11 +142,6 @@ pub fn inventory(a: &pb::AgentInfo, json: bool) {
 }
 
 /// `lifeboat devices`.
-/// Whether the device's estimated downtime exceeds its RTO (none set: never).
-fn over_rto(d: &pb::DeviceInfo) -> bool {
-    d.rto_seconds > 0 && d.restore_estimate_ms > d.rto_seconds * 1000
-}
-
 pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
     let age = |s: u64| humantime::format_duration(std::time::Duration::from_secs(s)).to_string();
     if json {
@@ -160,7 +155,7 @@ pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
                     "restore_estimate_seconds": d.restore_estimate_ms as f64 / 1000.0,
                     "estimate_basis": d.estimate_basis,
                     "rto_seconds": (d.rto_seconds > 0).then_some(d.rto_seconds),
-                    "estimate_over_rto": over_rto(d),
+                    "estimate_over_rto": d.estimate_over_rto,
                     "last_drill": (d.last_drill_unix_ms > 0).then(|| time(d.last_drill_unix_ms)),
                     "last_drill_state": (!d.last_drill_state.is_empty()).then_some(&d.last_drill_state),
                     "last_passed_drill": (d.last_passed_drill_unix_ms > 0).then(|| time(d.last_passed_drill_unix_ms)),
@@ -245,7 +240,7 @@ pub fn devices(devices: &[pb::DeviceInfo], json: bool) {
         }
         if let Some(last) = rows.last_mut() {
             last[7] = format!("{} {}", millis(d.restore_estimate_ms), d.estimate_basis);
-            last[8] = match (d.rto_seconds, over_rto(d)) {
+            last[8] = match (d.rto_seconds, d.estimate_over_rto) {
                 (0, _) => "-".into(),
                 (s, true) => format!("{} EXCEEDED", age(s)),
                 (s, false) => age(s),

@@ -170,51 +170,30 @@ impl Catalog {
             .collect())
     }
 
-    /// When each agent was last drilled (agents never drilled are absent).
-    pub fn last_drills(&self) -> Result<BTreeMap<String, i64>, CatalogError> {
-        let conn = self.lock();
-        let mut st =
-            conn.prepare_cached("SELECT agent_id, MAX(started_ms) FROM drills GROUP BY agent_id")?;
-        let rows = st
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-            .collect::<rusqlite::Result<BTreeMap<_, _>>>()?;
-        Ok(rows)
-    }
-
     /// Per agent: when its newest drill that passed started, and its newest drill of any
     /// outcome (start and state). Agents never drilled are absent.
     pub fn drill_history(&self) -> Result<BTreeMap<String, DrillHistory>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare_cached(
-            "SELECT agent_id, started_ms, state FROM (
-                 SELECT *, ROW_NUMBER() OVER (PARTITION BY agent_id ORDER BY started_ms DESC, id) AS n
+            "SELECT agent_id, started_ms, state, passed FROM (
+                 SELECT agent_id, started_ms, state,
+                        ROW_NUMBER() OVER (PARTITION BY agent_id ORDER BY started_ms DESC, id) AS n,
+                        MAX(CASE WHEN state = ?1 THEN started_ms ELSE 0 END) OVER (PARTITION BY agent_id) AS passed
                  FROM drills) WHERE n = 1",
         )?;
-        let mut out: BTreeMap<String, DrillHistory> = st
-            .query_map([], |r| {
+        let rows = st
+            .query_map([lifeboat_proto::states::DrillState::Passed.as_str()], |r| {
                 Ok((
                     r.get::<_, String>(0)?,
                     DrillHistory {
                         last_ms: r.get(1)?,
                         last_state: r.get(2)?,
-                        last_passed_ms: 0,
+                        last_passed_ms: r.get(3)?,
                     },
                 ))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let mut st = conn.prepare_cached(
-            "SELECT agent_id, MAX(started_ms) FROM drills WHERE state = ?1 GROUP BY agent_id",
-        )?;
-        let passed = st.query_map([lifeboat_proto::states::DrillState::Passed.as_str()], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        for p in passed {
-            let (agent, ms) = p?;
-            if let Some(h) = out.get_mut(&agent) {
-                h.last_passed_ms = ms;
-            }
-        }
-        Ok(out)
+        Ok(rows)
     }
 
     /// Drills that passed but took longer than their device's RTO (a metric).

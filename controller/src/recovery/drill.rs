@@ -42,9 +42,9 @@ pub fn start(
     probe_timeout_s: u32,
     policy: &str,
 ) -> Result<Vec<DrillRow>, ApiError> {
-    let last = ctl.catalog.last_drills()?;
+    let last = ctl.catalog.drill_history()?;
     let mut agents = agents;
-    agents.sort_by_key(|a| (last.get(&a.id).copied().unwrap_or(0), a.name.clone()));
+    agents.sort_by_key(|a| (last.get(&a.id).map_or(0, |h| h.last_ms), a.name.clone()));
     if sample > 0 {
         agents.truncate(sample as usize);
     }
