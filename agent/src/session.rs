@@ -37,7 +37,15 @@ struct Shared {
     /// Whether a session is up, and how many were established: a restore whose chunk
     /// stream broke waits for a new one before it asks again.
     link: tokio::sync::watch::Sender<crate::restore::Link>,
+    /// The final updates of the jobs that ended last, sent again on every new session: one
+    /// sent into a session that had died unnoticed (a partition) is lost, and the
+    /// controller, told at the hello that the job no longer runs here, would take it for
+    /// interrupted. The controller ignores a second report of a job that ended.
+    finished: Mutex<std::collections::VecDeque<pb::JobUpdate>>,
 }
+
+/// Final updates kept to send again ([`Shared::finished`]).
+const FINISHED_KEPT: usize = 32;
 
 impl Shared {
     /// `n` connections of their own for a job's bulk transfers. A stream's TLS and HTTP/2
@@ -119,6 +127,7 @@ pub async fn run(
         docker: tokio::sync::Mutex::new(None),
         inventory_changed: tokio::sync::Notify::new(),
         link: tokio::sync::watch::Sender::new(crate::restore::Link::default()),
+        finished: Mutex::new(std::collections::VecDeque::new()),
     });
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(200);
@@ -238,6 +247,22 @@ async fn serve_session(
         l.sessions += 1;
         l.up = true;
     });
+    let again: Vec<pb::JobUpdate> = shared
+        .finished
+        .lock()
+        .map(|f| f.iter().cloned().collect())
+        .unwrap_or_default();
+    for u in again {
+        if out_tx
+            .send(pb::AgentMessage {
+                msg: Some(Msg::JobUpdate(u)),
+            })
+            .await
+            .is_err()
+        {
+            return Err(AgentError::Rpc("session closed".into()));
+        }
+    }
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
     let mut inventory_tick = tokio::time::interval(INVENTORY_EVERY);
     inventory_tick.tick().await; // the hello carried it
@@ -257,6 +282,9 @@ async fn serve_session(
             }
             msg = inbound.message() => match msg? {
                 Some(pb::ControllerMessage { msg: Some(controller_message::Msg::Job(job)) }) => start_job(shared, api.clone(), job),
+                Some(pb::ControllerMessage { msg: Some(controller_message::Msg::HeartbeatAck(_)) }) => {
+                    shared.link.send_modify(|l| l.acks += 1);
+                }
                 Some(_) => {}
                 None => return Ok(()),
             },
@@ -337,6 +365,12 @@ fn start_job(shared: &Arc<Shared>, api: Client, job: pb::Job) {
                 update.refusal = e.refusal() as i32;
                 update.error = e.to_string();
             }
+        }
+        if let Ok(mut f) = shared.finished.lock() {
+            if f.len() == FINISHED_KEPT {
+                f.pop_front();
+            }
+            f.push_back(update.clone());
         }
         let _ = shared.updates.send(update).await;
         if let Ok(mut r) = shared.running.lock() {

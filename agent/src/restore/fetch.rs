@@ -42,16 +42,14 @@ const RESUME_WINDOW: Duration = Duration::from_secs(300);
 /// Pauses between tries, doubling.
 const FIRST_PAUSE: Duration = Duration::from_secs(1);
 const MAX_PAUSE: Duration = Duration::from_secs(10);
-/// With the session up all along (only the stream's own connection broke), ask again
-/// after this long rather than wait for a new session.
-const SESSION_UP_WAIT: Duration = Duration::from_secs(15);
 
-/// The agent's session as a restore sees it: whether one is up, and how many were
-/// established since the agent started.
+/// The agent's session as a restore sees it: whether one is up, how many were
+/// established since the agent started, and how many heartbeats the controller answered.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Link {
     pub sessions: u64,
     pub up: bool,
+    pub acks: u64,
 }
 
 /// Whether a chunk stream that failed this way may be asked again: the way to the
@@ -65,8 +63,11 @@ fn transient(status: &tonic::Status) -> bool {
 }
 
 /// A request's chunk stream failing, since when, and what to wait for before it is asked
-/// again: a new session (the controller then knows the job still runs here), or, with
-/// the session up all along, a pause.
+/// again: a new session (the controller then knows the job still runs here), or the
+/// controller answering a heartbeat on the session after the break (the session was up
+/// all along and only the stream's own connection broke). A session that merely looks up
+/// is not enough: one the controller already ended (its keepalive, in a partition) would
+/// have the job interrupted and the read refused.
 struct Resume {
     link: tokio::sync::watch::Receiver<Link>,
     since: Option<tokio::time::Instant>,
@@ -94,15 +95,17 @@ impl Resume {
         if !transient(status) {
             return Err(why);
         }
-        let now = tokio::time::Instant::now();
-        let since = *self.since.get_or_insert(now);
-        let seen = self.link.borrow().sessions;
+        let since = *self.since.get_or_insert_with(tokio::time::Instant::now);
+        let (seen, acked) = {
+            let l = self.link.borrow();
+            (l.sessions, l.acks)
+        };
         tracing::warn!(code = ?status.code(), error = %why, "the chunk stream from the controller broke; asking again once it answers");
         tokio::time::sleep(self.pause).await;
         self.pause = (self.pause * 2).min(MAX_PAUSE);
         loop {
             let l = *self.link.borrow_and_update();
-            if l.up && (l.sessions > seen || now.elapsed() >= SESSION_UP_WAIT) {
+            if l.up && (l.sessions > seen || l.acks > acked) {
                 return Ok(());
             }
             if since.elapsed() >= RESUME_WINDOW {
