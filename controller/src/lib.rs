@@ -214,7 +214,7 @@ pub struct ServeConfig {
     /// Shows a new store's recovery key to the operator, the moment it is made and before
     /// the store counts as created: whatever fails later in that first start (an S3
     /// endpoint that refuses, a kill), the key was shown once and is written nowhere.
-    pub show_recovery_key: fn(&str),
+    pub show_recovery_key: fn(&str, &str),
 }
 
 /// `--copy-store` and its options: a second store, with credentials of its own, that
@@ -589,7 +589,7 @@ impl Running {
                 "state",
                 every,
                 Start::Now,
-                |c| state::save(c).map(drop),
+                move |c| state::save(c, every).map(drop),
             ));
         }
         // Off-site copies of new snapshots.

@@ -48,9 +48,16 @@ struct RecoverArgs {
     store: String,
     #[command(flatten)]
     s3: S3Args,
-    /// The recovery key's file (AGE-SECRET-KEY-1..., as age-keygen writes it).
+    /// The recovery key's file (AGE-SECRET-KEY-1..., as age-keygen writes it). A line
+    /// `# lifeboat controller key: HEX` in it (the recovery kit as the banner shows it)
+    /// names the store's controller key.
     #[arg(long)]
     recovery_key: PathBuf,
+    /// This store's controller key (64 hex digits; `lifeboat status` and every agent's
+    /// state.json name it): only states it signed are trusted. Overrides the recovery key
+    /// file's; without either, the one key every signed state in the store names.
+    #[arg(long)]
+    controller_key: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -327,9 +334,19 @@ async fn recover(args: RecoverArgs) -> anyhow::Result<()> {
     let r = tokio::task::spawn_blocking(move || {
         let staging = data_dir.join("staging");
         let objects = lifeboat_controller::store::open_objects(&location, &staging)?;
-        lifeboat_controller::state::recover(&data_dir, objects.as_ref(), &args.store, &s3, &key)
+        lifeboat_controller::state::recover(
+            &data_dir,
+            objects.as_ref(),
+            &args.store,
+            &s3,
+            &key,
+            args.controller_key.as_deref(),
+        )
     })
     .await??;
+    for why in &r.refused {
+        eprintln!("refused: {why}");
+    }
     println!(
         "recovered the controller from {} (saved {}): its keys, CA, policies, agents, quarantine marks, locks, drills, plans and audit log",
         r.state,
@@ -337,6 +354,24 @@ async fn recover(args: RecoverArgs) -> anyhow::Result<()> {
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.saved_ms.max(0) as u64)
         )
     );
+    match (r.signer.as_str(), r.pinned) {
+        ("", _) => eprintln!(
+            "WARNING: this state is not signed (a controller older than 2026-12-06 wrote it): nothing shows it was this store's controller's"
+        ),
+        (k, true) => println!("signed by this store's controller key {k}"),
+        (k, false) => println!(
+            "signed by controller key {k}, the only key the store's states name; nothing you hold pinned it: compare it with `lifeboat status` of the lost controller or `controller_key` in an agent's state.json"
+        ),
+    }
+    let stale_ms = r.since.newest_received_ms - r.saved_ms;
+    // Three periods: at least two saves missing.
+    if r.every_ms > 0 && stale_ms > 3 * r.every_ms {
+        eprintln!(
+            "WARNING: the store holds snapshots received {} after this state, which was saved every {}: the states saved since are missing (deleted, or the controller could not write them). Enrollments, revocations, policy changes and quarantine marks made after it are not recovered: review `lifeboat agents` and revoke again what must stay revoked",
+            humantime::format_duration(std::time::Duration::from_secs((stale_ms / 1000) as u64)),
+            humantime::format_duration(std::time::Duration::from_millis(r.every_ms as u64)),
+        );
+    }
     println!(
         "indexed since then: {} packs ({} chunks), {} snapshots; forgotten (gone from the store since): {}",
         r.since.packs,

@@ -25,6 +25,8 @@ pub struct RebuildReport {
     pub salvaged: Vec<String>,
     /// Packs and snapshots a recovered catalog listed that the store no longer holds.
     pub forgotten: Vec<String>,
+    /// When the newest snapshot indexed now was received (0: none).
+    pub newest_received_ms: i64,
 }
 
 pub fn rebuild_catalog(data_dir: &Path) -> Result<RebuildReport, ApiError> {
@@ -187,6 +189,7 @@ fn index_store(
                 row.envelope_version = version;
                 catalog.insert_snapshot(&row)?;
                 report.snapshots += 1;
+                report.newest_received_ms = report.newest_received_ms.max(env.received_unix_ms);
             }
             Err(e) => report.skipped.push(format!("snapshot {id}: {e}")),
         }

@@ -126,10 +126,19 @@ pub fn prepare(
     store: Option<&str>,
     s3: &S3Options,
     recovery_recipient: Option<&str>,
-    show_recovery_key: fn(&str),
+    show_recovery_key: fn(&str, &str),
 ) -> Result<Prepared, ApiError> {
     std::fs::create_dir_all(data_dir).map_err(io("creating", data_dir))?;
     restrict_dir(data_dir)?;
+    // The countersigning key first: the recovery kit names it.
+    let sign_path = data_dir.join("controller.sign");
+    let signer = if sign_path.exists() {
+        SigningKey::from_pkcs8(&std::fs::read(&sign_path).map_err(io("reading", &sign_path))?)?
+    } else {
+        let k = SigningKey::generate()?;
+        write_atomic(&sign_path, k.pkcs8(), 0o600)?;
+        k
+    };
     let given = store
         .map(|s| StoreLocation::parse(s, s3))
         .transpose()
@@ -191,8 +200,13 @@ pub fn prepare(
         // Shown before the settings make this store real: a start that fails after this
         // point leaves a store whose recovery key the operator has (a start that fails
         // before it leaves no store, and the next start makes a new key).
-        if let Some(secret) = &store_keys.recovery_secret {
-            show_recovery_key(secret);
+        let controller_key = hex::encode(signer.public_key());
+        match &store_keys.recovery_secret {
+            Some(secret) => show_recovery_key(secret, &controller_key),
+            None => tracing::info!(
+                controller_key = %controller_key,
+                "the store's controller key: keep it beside the recovery key; `recover` trusts only controller states it signed"
+            ),
         }
         let keys = KeySettings {
             encrypted: true,
@@ -226,15 +240,6 @@ pub fn prepare(
     } else {
         let k = ChunkKey::generate()?;
         write_atomic(&key_path, k.as_bytes(), 0o600)?;
-        k
-    };
-
-    let sign_path = data_dir.join("controller.sign");
-    let signer = if sign_path.exists() {
-        SigningKey::from_pkcs8(&std::fs::read(&sign_path).map_err(io("reading", &sign_path))?)?
-    } else {
-        let k = SigningKey::generate()?;
-        write_atomic(&sign_path, k.pkcs8(), 0o600)?;
         k
     };
 
@@ -403,19 +408,29 @@ pub fn ensure_admin_identity(
 
 /// Shows a new store's recovery key as a banner on standard output (`serve`,
 /// `rebuild-catalog`): `ServeConfig::show_recovery_key`.
-pub fn print_recovery_banner(secret: &str) {
-    println!("{}", recovery_banner(secret));
+pub fn print_recovery_banner(secret: &str, controller_key: &str) {
+    println!("{}", recovery_banner(secret, controller_key));
 }
 
-fn recovery_banner(secret: &str) -> String {
+/// The recovery kit: the key file to keep, as `recover` reads it.
+pub fn recovery_kit(secret: &str, controller_key: &str) -> String {
+    format!("{}{controller_key}\n{secret}\n", crate::state::KIT_PREFIX)
+}
+
+fn recovery_banner(secret: &str, controller_key: &str) -> String {
     format!(
         "\
 ================================================================================
 RECOVERY KEY of this store (shown once; Lifeboat keeps no copy):
 recovery key: {secret}
-Put it in your vault now, offline. With it and the store alone, the data can be
-recovered when this machine is lost; without it, a lost data directory means a
-store nobody can read. `age -d -i KEYFILE store-key.age` unwraps the data key.
-================================================================================"
+controller key: {controller_key}
+Put both in your vault now, offline, as one key file (the recovery kit):
+{}================================================================================
+With it and the store alone, the data can be recovered when this machine is lost;
+without it, a lost data directory means a store nobody can read. `recover` trusts
+only controller states signed by that controller key. `age -d -i KEYFILE
+store-key.age` unwraps the data key.
+================================================================================",
+        recovery_kit(secret, controller_key)
     )
 }

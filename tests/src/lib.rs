@@ -98,6 +98,8 @@ pub struct Fleet {
     pub identity: PathBuf,
     /// The recovery key's secret (`AGE-SECRET-KEY-1...`), as the first start showed it.
     pub recovery_key: Option<String>,
+    /// The controller key the same banner named (hex), for the recovery kit.
+    pub controller_key: Option<String>,
     controller: Option<Child>,
     /// Extra `lifeboat-controller serve` arguments, kept across restarts.
     pub serve_args: Vec<String>,
@@ -185,6 +187,7 @@ impl Fleet {
             fingerprint: String::new(),
             identity: dir.path().join("ctl/admin.identity"),
             recovery_key: None,
+            controller_key: None,
             dir,
             controller: None,
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
@@ -256,6 +259,9 @@ impl Fleet {
             if let Some(k) = line.strip_prefix("recovery key: ") {
                 self.recovery_key = Some(k.to_string());
             }
+            if let Some(k) = line.strip_prefix("controller key: ") {
+                self.controller_key = Some(k.to_string());
+            }
             identity_line = line.starts_with("admin identity: ");
             if let Some(m) = line.strip_prefix("metrics: ") {
                 self.metrics_url = m.trim_end_matches("/metrics").to_string();
@@ -305,19 +311,34 @@ impl Fleet {
     pub fn lose_controller_and_recover(&mut self, store_args: &[String]) -> Output {
         self.kill_controller();
         std::fs::remove_dir_all(self.path("ctl")).expect("remove the data directory");
-        let key = self.path("recovery.key");
-        std::fs::write(
-            &key,
+        self.recover(store_args, &self.recovery_kit(), &[])
+    }
+
+    /// The recovery kit as the first start's banner showed it: the controller key's line,
+    /// then the recovery key.
+    pub fn recovery_kit(&self) -> String {
+        format!(
+            "# lifeboat controller key: {}\n{}\n",
+            self.controller_key
+                .as_deref()
+                .expect("the first start printed the controller key"),
             self.recovery_key
                 .as_deref()
-                .expect("the first start printed a recovery key"),
+                .expect("the first start printed a recovery key")
         )
-        .expect("write the recovery key");
+    }
+
+    /// Runs `lifeboat-controller recover` into the data directory `ctl` (which must be
+    /// gone), with `key_file` as the recovery key file's text and `extra` arguments.
+    pub fn recover(&self, store_args: &[String], key_file: &str, extra: &[&str]) -> Output {
+        let key = self.path("recovery.key");
+        std::fs::write(&key, key_file).expect("write the recovery key");
         bin("lifeboat-controller")
             .arg("recover")
             .arg("--data-dir")
             .arg(self.path("ctl"))
             .args(store_args)
+            .args(extra)
             .arg("--recovery-key")
             .arg(&key)
             .envs(

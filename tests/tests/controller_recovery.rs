@@ -297,3 +297,158 @@ fn a_controller_whose_machine_is_gone_comes_back_from_the_store_and_the_recovery
         "c's history is still its own"
     );
 }
+
+/// The states of the store under `prefix`, oldest first: (key, bytes).
+fn states(s3: &S3Server, prefix: &str, staging: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let objects = s3.objects(prefix, staging);
+    let mut keys: Vec<String> = objects
+        .list("controller/state-")
+        .expect("list states")
+        .into_iter()
+        .map(|l| l.key)
+        .collect();
+    keys.sort();
+    keys.into_iter()
+        .map(|k| {
+            let b = objects.get(&k, "").expect("get a state");
+            (k, b)
+        })
+        .collect()
+}
+
+/// B16 (a rolled-back or mixed-up head), for the one head Lifeboat has: the controller's
+/// state in the store, which `recover` trusts when the controller's machine is gone.
+/// Whoever may write to the bucket plants three newer states: one made by a controller of
+/// their own encrypted to this store's recovery key (its public half is no secret: `lifeboat
+/// status` shows it), a genuine older state copied under a newer name (a rollback), and
+/// that foreign state stripped of its signature. Recovery with the recovery kit takes the
+/// genuine newest state and names each planted one with why; without the kit's controller
+/// key it refuses a store whose states name two keys, and writes nothing.
+#[test]
+fn b16_recover_takes_only_this_stores_signed_newest_state() {
+    let Some(s3) = S3Server::start() else {
+        return;
+    };
+    let staging = tempfile::tempdir().expect("staging");
+    let mut fleet = Fleet::start_on_s3(&s3, "fleet", &["--state-every", "1s"]);
+    let src = fleet.path("src");
+    fs::create_dir(&src).expect("mkdir");
+    fs::write(src.join("f"), Rng::new(16).bytes(100_000)).expect("write");
+    let agent = fleet.enroll("a");
+    fleet.run_agent(&agent, &[("data", &src)], &[]);
+    fleet.backup("a", "data");
+    let status = fleet.cli_json(&["status"]);
+    let recipient = status["recovery_recipient"].as_str().expect("recipient");
+    let our_key = status["controller_key"].as_str().expect("controller key");
+    assert_eq!(Some(our_key), fleet.controller_key.as_deref());
+    wait_for("three states saved", Duration::from_secs(30), || {
+        (states(&s3, "fleet", staging.path()).len() >= 3).then_some(())
+    });
+
+    // Someone else's controller, whose states open with this store's recovery key.
+    let rogue = Fleet::start_on_s3(
+        &s3,
+        "rogue",
+        &["--state-every", "1s", "--recovery-recipient", recipient],
+    );
+    let rogue_key = rogue.cli_json(&["status"])["controller_key"]
+        .as_str()
+        .expect("rogue key")
+        .to_string();
+    assert_ne!(rogue_key, our_key);
+    wait_for("the rogue saved a state", Duration::from_secs(30), || {
+        (!states(&s3, "rogue", staging.path()).is_empty()).then_some(())
+    });
+    let snapshots_before = snapshots(&fleet);
+    fleet.kill_controller();
+    let ours = states(&s3, "fleet", staging.path());
+    let (genuine_newest, _) = ours.last().expect("a state").clone();
+    let (_, foreign) = states(&s3, "rogue", staging.path())
+        .pop()
+        .expect("a rogue state");
+    // The signed header ends where the age file begins.
+    let at = foreign
+        .windows(b"age-encryption.org/".len())
+        .position(|w| w == b"age-encryption.org/")
+        .expect("an age payload");
+    let later = |days: i64| format!("controller/state-{:013}.age", now_ms() + days * 86_400_000);
+    let planted = [
+        (later(1), foreign.clone(), "signed by controller key"),
+        (later(2), ours[0].1.clone(), "a replayed state"),
+        (later(3), foreign[at..].to_vec(), "not signed"),
+    ];
+    let objects = s3.objects("fleet", staging.path());
+    for (key, bytes, _) in &planted {
+        objects.put(key, bytes, 0).expect("plant a state");
+    }
+
+    // Without the kit's controller key, two keys sign states here: refused, nothing written.
+    std::fs::remove_dir_all(fleet.path("ctl")).expect("lose the data directory");
+    let store_args = s3.serve_args("fleet");
+    let bare = format!("{}\n", fleet.recovery_key.clone().expect("recovery key"));
+    let out = fleet.recover(&store_args, &bare, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "recovered from a mixed store: {err}");
+    assert!(
+        err.contains("2 different controller keys")
+            && err.contains(our_key)
+            && err.contains(&rogue_key)
+            && err.contains("--controller-key"),
+        "{err}"
+    );
+    assert!(
+        !fleet.path("ctl/controller.json").exists() && !fleet.path("ctl/ca.key").exists(),
+        "a refused recovery wrote a controller"
+    );
+
+    // With the recovery kit: the genuine newest state, each planted one named.
+    let out = fleet.recover(&store_args, &fleet.recovery_kit(), &[]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "recover: {said}{err}");
+    assert!(
+        said.contains(&format!("recovered the controller from {genuine_newest} ")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("signed by this store's controller key {our_key}")),
+        "{said}"
+    );
+    for (key, _, why) in &planted {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("refused: {key}: ")) && l.contains(why)),
+            "{key} ({why}) is not named as refused: {err}"
+        );
+    }
+    assert!(!err.contains("states saved since are missing"), "{err}");
+    fleet.start_controller();
+    fleet.wait_connected(1);
+    assert_eq!(snapshots(&fleet), snapshots_before);
+
+    // A frozen head: the controller stops saving states (as if the newer ones were
+    // deleted), backs up 4 s later, and is lost. `recover` says states are missing.
+    fleet.stop_controller();
+    let at = fleet
+        .serve_args
+        .iter()
+        .position(|a| a == "--state-every")
+        .expect("--state-every");
+    fleet.serve_args[at + 1] = "0s".into();
+    fleet.start_controller();
+    fleet.wait_connected(1);
+    std::thread::sleep(Duration::from_secs(4));
+    fs::write(src.join("g"), "after the last state").expect("write");
+    fleet.backup("a", "data");
+    let out = fleet.lose_controller_and_recover(&store_args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "recover: {err}");
+    assert!(
+        err.contains("the states saved since are missing") && err.contains("saved every 1s"),
+        "a frozen head goes unmentioned: {err}"
+    );
+    println!(
+        "B16: {} genuine states, 3 planted (foreign key, replay, unsigned): the planted ones refused and named, the genuine newest taken; without the kit's key the mixed store refused with nothing written; a head frozen 4 s at a 1 s period reported",
+        ours.len()
+    );
+}

@@ -29,7 +29,7 @@ pub async fn run(
                     .collect();
                 out!(
                     "{}",
-                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "role": s.role, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes, "store": s.store, "store_encrypted": s.store_encrypted, "store_object_lock": s.store_object_lock, "recovery_recipient": s.recovery_recipient, "workers": workers})
+                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "role": s.role, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes, "store": s.store, "store_encrypted": s.store_encrypted, "store_object_lock": s.store_object_lock, "recovery_recipient": s.recovery_recipient, "controller_key": hex::encode(&s.controller_signing_key), "workers": workers})
                 );
             } else {
                 out!(
@@ -51,6 +51,10 @@ pub async fn run(
                         (true, r) => format!("encrypted; recovery key {r}"),
                         (false, _) => "NOT encrypted: created before encryption at rest".into(),
                     }
+                );
+                out!(
+                    "controller key {} (keep it beside the recovery key: `lifeboat-controller recover` trusts only states it signed)",
+                    hex::encode(&s.controller_signing_key)
                 );
                 out!(
                     "immutability: {}",

@@ -155,7 +155,11 @@ pub async fn up(
 
 /// `ServeConfig::show_recovery_key` for `up`: the key is shown as soon as the store is made,
 /// before anything else of the start can fail.
-fn show_recovery_key(secret: &str) {
-    out!("  recovery key (shown once, keep it offline; it unwraps the store's data key):");
-    out!("    {secret}");
+fn show_recovery_key(secret: &str, controller_key: &str) {
+    out!(
+        "  recovery kit (shown once, keep it offline as one file; it unwraps the store's data key):"
+    );
+    for line in lifeboat_controller::setup::recovery_kit(secret, controller_key).lines() {
+        out!("    {line}");
+    }
 }
