@@ -28,6 +28,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,7 +38,7 @@ SECTION = "## Controller scale"
 
 
 def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, plan=False, restores=0, restore_mb=16,
-              controller_args=(), run_plan=False):
+              controller_args=(), run_plan=False, restart=False):
     d = work / f"n{n}"
     if d.exists():
         shutil.rmtree(d)
@@ -51,15 +52,29 @@ def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, pla
                                  env=env, capture_output=True, text=True, check=True)
             tokens.append(json.loads(out.stdout)["token"])
         load = bin_dir / "examples" / "load"
-        out = subprocess.run([load, "--controller", url, "--tokens", ",".join(tokens), "--ca-fingerprint", fp,
-                              "--identity", d / "ctl" / "admin.identity", "--agents", str(n), "--dir", d / "sim",
-                              "--heartbeat-ms", str(heartbeat_ms), "--measure-s", str(measure_s), "--commits", str(commits),
-                              "--sources", str(sources), *(["--plan"] if plan else []), *(["--run-plan"] if plan and run_plan else []),
-                              *(["--restores", str(restores), "--restore-mb", str(restore_mb)] if restores else [])],
-                             env={**env, "LIFEBOAT_CONTROLLER_PID": str(ctl.pid)}, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"load generator failed: {out.stderr[-3000:]}")
-        return json.loads(out.stdout.strip().splitlines()[-1])
+        proc = subprocess.Popen([load, "--controller", url, "--tokens", ",".join(tokens), "--ca-fingerprint", fp,
+                                 "--identity", d / "ctl" / "admin.identity", "--agents", str(n), "--dir", d / "sim",
+                                 "--heartbeat-ms", str(heartbeat_ms), "--measure-s", str(measure_s), "--commits", str(commits),
+                                 "--sources", str(sources), *(["--plan"] if plan else []), *(["--run-plan"] if plan and run_plan else []),
+                                 *(["--restores", str(restores), "--restore-mb", str(restore_mb)] if restores else []),
+                                 *(["--restart"] if restart else [])],
+                                env={**env, "LIFEBOAT_CONTROLLER_PID": str(ctl.pid)}, stdout=subprocess.PIPE,
+                                stderr=open(d / "load.log", "w"), text=True)
+        request, restarted = d / "sim" / "restart-request", d / "sim" / "restarted"
+        while proc.poll() is None:
+            if restart and request.exists() and not restarted.exists():
+                # A graceful restart, as an upgrade does it: SIGTERM, then the same data
+                # directory on the same address.
+                ctl.terminate()
+                ctl.wait(timeout=120)
+                ctl, _, _ = start_controller(bin_dir, d, extra=controller_args, listen=url.split("//")[-1])
+                restarted.with_suffix(".tmp").write_text(str(ctl.pid))
+                restarted.with_suffix(".tmp").rename(restarted)
+            time.sleep(0.02)
+        out = proc.stdout.read()
+        if proc.returncode != 0:
+            sys.exit(f"load generator failed: {(d / 'load.log').read_text()[-3000:]}")
+        return json.loads(out.strip().splitlines()[-1])
     finally:
         ctl.kill()
         ctl.wait()
@@ -77,10 +92,15 @@ def main():
     ap.add_argument("--restores", type=int, default=0, help="then restore one snapshot onto this many agents at once (first round)")
     ap.add_argument("--restore-mb", type=int, default=16, help="the restored snapshot's extra data, MiB")
     ap.add_argument("--controller-arg", action="append", default=[], help="an argument for lifeboat-controller serve (repeatable)")
+    ap.add_argument("--restart", action="store_true",
+                    help="instead of commits and restores: restart the controller (SIGTERM, same address) once the fleet is "
+                         "connected and follow every session back (writes the \"Controller restart\" section)")
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/lifeboat-scale"))
     ap.add_argument("--bin", type=Path, default=BIN)
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     args = ap.parse_args()
+    if args.restart:
+        return restart_rounds(args)
     rows = []
     for i, n in enumerate(args.agents):
         print(f"{n} agents ...", flush=True)
@@ -157,6 +177,49 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     replace_section(args.out, SECTION, text)
+
+
+RESTART_SECTION = "## Controller restart under load"
+
+
+def restart_rounds(args):
+    rows = []
+    for n in args.agents:
+        print(f"{n} agents, restart ...", flush=True)
+        r = one_round(n, args.work, args.bin, args.measure_s, 0, args.heartbeat_ms, controller_args=args.controller_arg,
+                      restart=True)
+        print(json.dumps(r), flush=True)
+        rows.append(r)
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    lines = [
+        RESTART_SECTION,
+        "",
+        f"Command: `python3 bench/controller_scale.py --restart --agents {' '.join(map(str, args.agents))} --measure-s {args.measure_s}"
+        f"{''.join(f' --controller-arg={a}' for a in args.controller_arg)}` (after `cargo build --release --workspace --bins --examples`).",
+        f"Machine: {os.cpu_count()} cores, {mem / 2**30:.0f} GiB RAM, the load generator on the same machine. The simulated agents",
+        f"(as in \"Controller scale\", heartbeating every {args.heartbeat_ms / 1000:g} s) are connected and measured for {args.measure_s} s; then the controller is",
+        "stopped (SIGTERM) and started again on the same data directory and address, as an upgrade does. Each agent reconnects",
+        "as `lifeboat-agent` does (`lifeboat_agent::reconnect_backoff`: 200 ms doubling to 30 s, each pause ±50%). Measured:",
+        "from the stop to the new controller listening, from then until every session is back, each agent's time from its",
+        "session's break to its return, and the new controller's CPU in each second of the storm against the steady state's",
+        "(before the restart) and the settled state's (20 s after the last return).",
+        "",
+        "| sessions | stop → listening | listening → all back | reconnect p50 / p99 / max | storm CPU | storm peak (1 s) | steady | settled |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        r = row["restart"]
+        lines.append(
+            f"| {r['agents']} | {r['controller_back_s']:.1f} s | {r['all_back_s']:.0f} s | "
+            f"{r['reconnect_ms_p50'] / 1000:.1f} / {r['reconnect_ms_p99'] / 1000:.1f} / {r['reconnect_ms_max'] / 1000:.1f} s | "
+            f"{r['storm_cpu_s']:.1f} CPU-s | {r['storm_cpu_peak_percent']:.0f}% of a core | {r['steady_cpu_percent']:.1f}% | "
+            f"{r['settled_cpu_percent']:.1f}% |")
+    last = rows[-1]["restart"]
+    lines += ["", f"Sessions back per second after the restart, {last['agents']} agents (CPU % of a core, sessions): "
+              + ", ".join(f"{c:.0f}%/{s}" for c, s in last["per_second"]) + "."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    replace_section(args.out, RESTART_SECTION, text)
 
 
 if __name__ == "__main__":

@@ -92,12 +92,13 @@ def same_tree(a, b):
     return out.returncode == 0
 
 
-def start_controller(bin_dir, work, prefix=(), extra=(), env=None):
-    """`lifeboat-controller serve` on a free port with WORK/ctl as its data directory and its
-    log in WORK/controller.log: (process, url, CA fingerprint). `prefix` goes before the
-    command (e.g. `taskset -c 0`), `extra` after it (e.g. an S3 store's flags)."""
-    log = open(Path(work) / "controller.log", "w")
-    proc = subprocess.Popen([*prefix, Path(bin_dir) / "lifeboat-controller", "serve", "--listen", "127.0.0.1:0", "--data-dir", Path(work) / "ctl", *extra],
+def start_controller(bin_dir, work, prefix=(), extra=(), env=None, listen="127.0.0.1:0"):
+    """`lifeboat-controller serve` on `listen` (a free port by default) with WORK/ctl as its
+    data directory and its log in WORK/controller.log (appended to): (process, url, CA
+    fingerprint). `prefix` goes before the command (e.g. `taskset -c 0`), `extra` after it
+    (e.g. an S3 store's flags)."""
+    log = open(Path(work) / "controller.log", "a")
+    proc = subprocess.Popen([*prefix, Path(bin_dir) / "lifeboat-controller", "serve", "--listen", listen, "--data-dir", Path(work) / "ctl", *extra],
                             stdout=subprocess.PIPE, stderr=log, text=True, env=env)
     url = fingerprint = None
     while url is None or fingerprint is None:

@@ -22,8 +22,14 @@
 //! snapshot is then restored onto the first N agents at once (StartRestore, as an
 //! operator): each fetches the tree and every chunk through GetChunks, as a real agent's
 //! restore does, verifies each chunk against its id and discards it; the controller's
-//! RSS is sampled before and during the restores. Prints one JSON object
-//! (bench/controller_scale.py runs it).
+//! RSS is sampled before and during the restores. With `--restart`, the agents reconnect
+//! as `lifeboat-agent` does (`lifeboat_agent::reconnect_backoff`) when their session
+//! breaks, and after the heartbeats the generator asks for the controller to be restarted
+//! (it writes `DIR/restart-request` and waits for `DIR/restarted`, holding the new
+//! controller's pid, which bench/controller_scale.py writes once the new one listens): how
+//! long until every session is back, each agent's time from break to return, and the new
+//! controller's CPU per second of the storm against the steady state's. Prints one JSON
+//! object (bench/controller_scale.py runs it).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -60,6 +66,7 @@ struct Args {
     run_plan: bool,
     restores: usize,
     restore_mb: usize,
+    restart: bool,
 }
 
 fn args() -> Result<Args, Error> {
@@ -88,6 +95,7 @@ fn args() -> Result<Args, Error> {
         run_plan: all.iter().any(|a| a == "--run-plan"),
         restores: get("--restores").map_or(Ok(0), |s| s.parse())?,
         restore_mb: get("--restore-mb").map_or(Ok(16), |s| s.parse())?,
+        restart: all.iter().any(|a| a == "--restart"),
     })
 }
 
@@ -134,6 +142,81 @@ async fn run_plan(
     }))
 }
 
+/// `--restart`: asks for the controller to be restarted and follows the fleet back. The
+/// steady state's CPU (`steady_percent`, of one core) is what the storm is held against.
+async fn restart_storm(
+    a: &Args,
+    n: usize,
+    shared: &Shared,
+    steady_percent: f64,
+) -> Result<serde_json::Value, Error> {
+    let request = a.dir.join("restart-request");
+    let restarted = a.dir.join("restarted");
+    let _ = std::fs::remove_file(&restarted);
+    shared.reconnects.lock().map_err(|_| "poisoned")?.clear();
+    let t = Instant::now();
+    std::fs::write(&request, now_ms().to_string())?;
+    let pid: u32 = loop {
+        if let Ok(s) = std::fs::read_to_string(&restarted)
+            && let Ok(pid) = s.trim().parse()
+        {
+            break pid;
+        }
+        if t.elapsed() > Duration::from_secs(300) {
+            return Err("the controller was not restarted within 5 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let back = t.elapsed();
+    let lowest = shared.connected.load(Ordering::Relaxed);
+    // Per second of the storm: the new controller's CPU, and the sessions back.
+    let mut per_second = Vec::new();
+    let mut last = proc_stat(pid).0;
+    let listening = Instant::now();
+    let all_back = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let cpu = proc_stat(pid).0;
+        per_second.push((
+            (cpu - last) * 100.0,
+            shared.connected.load(Ordering::Relaxed),
+        ));
+        last = cpu;
+        let returned = shared.reconnects.lock().map_err(|_| "poisoned")?.len();
+        if returned >= n && shared.connected.load(Ordering::Relaxed) >= n {
+            break listening.elapsed();
+        }
+        if listening.elapsed() > Duration::from_secs(300) {
+            return Err(format!(
+                "{} of {n} sessions back 5 minutes after the restart",
+                shared.connected.load(Ordering::Relaxed)
+            )
+            .into());
+        }
+    };
+    // The same fleet, settled, on the new controller.
+    let settle = Duration::from_secs(20);
+    let c0 = proc_stat(pid).0;
+    tokio::time::sleep(settle).await;
+    let settled_percent = (proc_stat(pid).0 - c0) * 100.0 / settle.as_secs_f64();
+    let mut lat = shared.reconnects.lock().map_err(|_| "poisoned")?.clone();
+    lat.sort_unstable();
+    let peak = per_second.iter().map(|(c, _)| *c).fold(0.0, f64::max);
+    Ok(serde_json::json!({
+        "agents": n,
+        "controller_back_s": back.as_secs_f64(),
+        "sessions_at_restart": lowest,
+        "all_back_s": all_back.as_secs_f64(),
+        "reconnect_ms_p50": percentile(&lat, 0.5),
+        "reconnect_ms_p99": percentile(&lat, 0.99),
+        "reconnect_ms_max": lat.last().copied().unwrap_or(0),
+        "storm_cpu_s": per_second.iter().map(|(c, _)| c / 100.0).sum::<f64>(),
+        "storm_cpu_peak_percent": peak,
+        "steady_cpu_percent": steady_percent,
+        "settled_cpu_percent": settled_percent,
+        "per_second": per_second.iter().map(|(c, s)| serde_json::json!([(c * 10.0).round() / 10.0, s])).collect::<Vec<_>>(),
+    }))
+}
+
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -153,6 +236,8 @@ struct Shared {
     failures: Mutex<Vec<String>>,
     /// Restores that finished: (job receipt → verified, milliseconds; bytes fetched).
     restores: Mutex<Vec<(u64, u64)>>,
+    /// With `--restart`: each return of a session, milliseconds from its break.
+    reconnects: Mutex<Vec<u64>>,
 }
 
 fn now_ms() -> u64 {
@@ -201,16 +286,60 @@ fn source_name(k: usize) -> String {
     }
 }
 
-/// One simulated agent: a session with heartbeats; backs up its sources when asked.
+/// One simulated agent: its session, and with `reconnect` the next one after a break, as
+/// `lifeboat-agent` reconnects.
 async fn agent(
     url: String,
     state: Arc<AgentState>,
     sources: Vec<PathBuf>,
     heartbeat: Duration,
     shared: Arc<Shared>,
+    reconnect: bool,
+) {
+    let mut backoff = lifeboat_agent::reconnect_backoff();
+    let mut broke: Option<Instant> = None;
+    loop {
+        let started = Instant::now();
+        let mut up = false;
+        let res = session(
+            &url, &state, &sources, heartbeat, &shared, &mut up, &mut broke,
+        )
+        .await;
+        if up {
+            shared.connected.fetch_sub(1, Ordering::Relaxed);
+        }
+        if !reconnect {
+            if let Err(e) = res
+                && let Ok(mut f) = shared.failures.lock()
+            {
+                f.push(e.to_string());
+            }
+            return;
+        }
+        if up {
+            broke = Some(Instant::now());
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff.reset();
+        }
+        tokio::time::sleep(backoff.pause()).await;
+    }
+}
+
+/// One session: hello, heartbeats; backs up its sources and restores when asked. `up` is
+/// set once the controller took the session (and `connected` counts it); a return after
+/// a break (`broke`) is timed.
+async fn session(
+    url: &str,
+    state: &Arc<AgentState>,
+    sources: &[PathBuf],
+    heartbeat: Duration,
+    shared: &Arc<Shared>,
+    up: &mut bool,
+    broke: &mut Option<Instant>,
 ) -> Result<(), Error> {
     transport::install_crypto_provider();
-    let channel = transport::connect(&url, state.client_tls()?).await?;
+    let channel = transport::connect(url, state.client_tls()?).await?;
     let max = lifeboat_proto::MAX_MESSAGE_BYTES;
     let api = AgentApiClient::new(channel)
         .max_decoding_message_size(max)
@@ -247,6 +376,12 @@ async fn agent(
         .await?
         .into_inner();
     shared.connected.fetch_add(1, Ordering::Relaxed);
+    *up = true;
+    if let Some(b) = broke.take()
+        && let Ok(mut r) = shared.reconnects.lock()
+    {
+        r.push(b.elapsed().as_millis() as u64);
+    }
     // Heartbeats spread over the interval, as a fleet's would be.
     let offset =
         Duration::from_millis(rand_u64(&state.info.agent_id) % heartbeat.as_millis().max(1) as u64);
@@ -298,7 +433,7 @@ async fn agent(
                 }
                 Some(pb::ControllerMessage { msg: Some(controller_message::Msg::Job(job)) }) => {
                     let (state, api, sources, shared, out_tx) =
-                        (state.clone(), api.clone(), sources.clone(), shared.clone(), out_tx.clone());
+                        (state.clone(), api.clone(), sources.to_vec(), shared.clone(), out_tx.clone());
                     tokio::spawn(async move {
                         let got = Instant::now();
                         let ctx = BackupContext {
@@ -620,13 +755,7 @@ async fn main() -> Result<(), Error> {
             shared.clone(),
             a.heartbeat,
         );
-        tokio::spawn(async move {
-            if let Err(e) = agent(url, state, sources, hb, shared.clone()).await
-                && let Ok(mut f) = shared.failures.lock()
-            {
-                f.push(e.to_string());
-            }
-        });
+        tokio::spawn(agent(url, state, sources, hb, shared, a.restart));
     }
     while shared.connected.load(Ordering::Relaxed) < states.len() {
         if t.elapsed() > Duration::from_secs(600) {
@@ -665,6 +794,12 @@ async fn main() -> Result<(), Error> {
     let (cpu, written) = match (before, after) {
         (Some(b), Some(a)) => (a.0 - b.0, a.2.saturating_sub(b.2)),
         _ => (0.0, 0),
+    };
+
+    let restart = if a.restart {
+        restart_storm(&a, states.len(), &shared, 100.0 * cpu / secs).await?
+    } else {
+        serde_json::Value::Null
     };
 
     // Commits: M agents back up a tiny directory each, all at once.
@@ -782,6 +917,7 @@ async fn main() -> Result<(), Error> {
         "controller_disk_write_bytes_per_sec": written as f64 / secs,
         "commits": commit,
         "restores": restores,
+        "restart": restart,
         "failures": failures.len(),
         "first_failures": failures.iter().take(5).collect::<Vec<_>>(),
     });

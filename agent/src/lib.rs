@@ -16,6 +16,7 @@ pub mod enroll;
 pub mod memory;
 pub mod restore;
 mod session;
+pub use session::reconnect_backoff;
 pub mod state;
 
 use std::path::{Component, Path, PathBuf};

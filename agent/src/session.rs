@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use lifeboat_core::backoff::Backoff;
 use lifeboat_proto::pb::{self, JobState, agent_message::Msg, controller_message};
 use lifeboat_proto::transport;
 use tokio::sync::mpsc;
@@ -130,7 +131,7 @@ pub async fn run(
         finished: Mutex::new(std::collections::VecDeque::new()),
     });
     tokio::pin!(shutdown);
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = reconnect_backoff();
     loop {
         let started = tokio::time::Instant::now();
         check_not_expired(&shared.state)?;
@@ -151,21 +152,20 @@ pub async fn run(
         }
         shared.link.send_modify(|l| l.up = false);
         if started.elapsed() > MAX_BACKOFF {
-            backoff = Duration::from_millis(200);
+            backoff.reset();
         }
-        let jitter = Duration::from_millis(
-            u64::from(
-                lifeboat_core::sign::random_bytes::<2>()
-                    .map(u16::from_le_bytes)
-                    .unwrap_or(0),
-            ) % 500,
-        );
         tokio::select! {
             () = &mut shutdown => return Ok(()),
-            () = tokio::time::sleep(backoff + jitter) => {}
+            () = tokio::time::sleep(backoff.pause()) => {}
         }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The pauses between reconnects: 200 ms doubling to [`MAX_BACKOFF`], each ±50%, so a
+/// fleet whose controller restarted comes back spread over a step, not all at once. Back to
+/// the first step after a session that lasted [`MAX_BACKOFF`].
+pub fn reconnect_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(200), MAX_BACKOFF)
 }
 
 /// An expired certificate can never reconnect: say so and what to do, rather than retry.

@@ -48,6 +48,7 @@
 
 pub mod age;
 pub mod anomaly;
+pub mod backoff;
 pub mod chunker;
 pub mod codec;
 pub mod durable;

@@ -19,8 +19,8 @@ const MAX_GAP: u64 = 256 << 10;
 const MAX_RUN: u64 = 8 << 20;
 /// Runs read at once.
 const RUNS_IN_FLIGHT: usize = 4;
-/// Tries of one range GET, paused 200 ms, 400 ms ... up to [`MAX_BACKOFF`] apart (plus
-/// jitter): about 16 s of a store that does not answer, as the controller's own S3 client
+/// Tries of one range GET, paused 200 ms, 400 ms ... up to [`MAX_BACKOFF`] apart (each
+/// ±50%: `lifeboat_core::backoff`): about 16 s of a store that does not answer, as the controller's own S3 client
 /// waits, before the restore names the chunks it could not read.
 const ATTEMPTS: u32 = 8;
 const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(5);
@@ -123,12 +123,12 @@ fn open(c: &pb::ChunkLocation, run_start: u64, bytes: &[u8]) -> Result<Vec<u8>, 
 fn get_range(http: &ureq::Agent, url: &str, start: u64, end: u64) -> Result<Vec<u8>, String> {
     let range = format!("bytes={start}-{}", end - 1);
     let mut last = String::new();
+    let mut backoff =
+        lifeboat_core::backoff::Backoff::new(std::time::Duration::from_millis(200), MAX_BACKOFF);
     for attempt in 0..ATTEMPTS {
         if attempt > 0 {
             tracing::warn!(attempt, error = %last, "reading from the object store: retrying");
-            let jitter = lifeboat_core::sign::random_bytes::<1>().map_or(0, |b| u64::from(b[0]));
-            let pause = std::time::Duration::from_millis(100 << attempt).min(MAX_BACKOFF);
-            std::thread::sleep(pause + std::time::Duration::from_millis(jitter));
+            std::thread::sleep(backoff.pause());
         }
         let resp = match http.get(url).header("range", &range).call() {
             Ok(r) => r,

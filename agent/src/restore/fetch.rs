@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
+use lifeboat_core::backoff::Backoff;
 use lifeboat_core::codec::Verified;
 use lifeboat_core::restore::{self, ChunkSource, Options, Report};
 use lifeboat_core::tree::TreeFile;
@@ -71,7 +72,7 @@ fn transient(status: &tonic::Status) -> bool {
 struct Resume {
     link: tokio::sync::watch::Receiver<Link>,
     since: Option<tokio::time::Instant>,
-    pause: Duration,
+    backoff: Backoff,
 }
 
 impl Resume {
@@ -79,14 +80,14 @@ impl Resume {
         Resume {
             link,
             since: None,
-            pause: FIRST_PAUSE,
+            backoff: Backoff::new(FIRST_PAUSE, MAX_PAUSE),
         }
     }
 
     /// The stream delivered: a later break starts a new wait.
     fn progressed(&mut self) {
         self.since = None;
-        self.pause = FIRST_PAUSE;
+        self.backoff.reset();
     }
 
     /// Waits until the request may be asked again, or says why the restore must stop.
@@ -101,8 +102,7 @@ impl Resume {
             (l.sessions, l.acks)
         };
         tracing::warn!(code = ?status.code(), error = %why, "the chunk stream from the controller broke; asking again once it answers");
-        tokio::time::sleep(self.pause).await;
-        self.pause = (self.pause * 2).min(MAX_PAUSE);
+        tokio::time::sleep(self.backoff.pause()).await;
         loop {
             let l = *self.link.borrow_and_update();
             if l.up && (l.sessions > seen || l.acks > acked) {

@@ -244,7 +244,7 @@ impl S3Objects {
         what: &str,
         mut attempt: impl FnMut() -> Result<T, Failure>,
     ) -> Result<T, StoreError> {
-        let mut pause = self.first_backoff;
+        let mut backoff = lifeboat_core::backoff::Backoff::new(self.first_backoff, MAX_BACKOFF);
         let mut last = String::new();
         for n in 1..=ATTEMPTS {
             match attempt() {
@@ -256,8 +256,7 @@ impl S3Objects {
                 }
             }
             if n < ATTEMPTS {
-                std::thread::sleep(jitter(pause));
-                pause = (pause * 2).min(MAX_BACKOFF);
+                std::thread::sleep(backoff.pause());
             }
         }
         Err(StoreError::Unavailable(format!(
@@ -712,16 +711,6 @@ fn classify(resp: ureq::http::Response<ureq::Body>, what: &str) -> Failure {
         _ if code == "SlowDown" => Failure::Transient(said),
         _ => Failure::Final(StoreError::Refused(said)),
     }
-}
-
-/// `pause` ± 25%.
-fn jitter(pause: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let spread = pause.as_millis() as u64 / 2 + 1;
-    pause - pause / 4 + Duration::from_millis(u64::from(nanos) % spread)
 }
 
 /// The credentials: the standard AWS environment variables, else the shared credentials
