@@ -412,9 +412,13 @@ pub fn print_recovery_banner(secret: &str, controller_key: &str) {
     println!("{}", recovery_banner(secret, controller_key));
 }
 
+/// What a recovery key file may say about its store's controller key (`recover` trusts
+/// only the controller states it signed).
+pub const KIT_PREFIX: &str = "# lifeboat controller key: ";
+
 /// The recovery kit: the key file to keep, as `recover` reads it.
 pub fn recovery_kit(secret: &str, controller_key: &str) -> String {
-    format!("{}{controller_key}\n{secret}\n", crate::state::KIT_PREFIX)
+    format!("{KIT_PREFIX}{controller_key}\n{secret}\n")
 }
 
 fn recovery_banner(secret: &str, controller_key: &str) -> String {

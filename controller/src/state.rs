@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::Controller;
 use crate::error::ApiError;
+use crate::setup::KIT_PREFIX;
 use crate::store::objects::{Objects, StoreError};
 
 /// Where states live in the store.
@@ -71,8 +72,6 @@ const SIGNED_MAGIC: &[u8; 8] = b"LBSTSIG1";
 const SIGN_CONTEXT: &[u8] = b"lifeboat controller state v1\0";
 /// The most a signed state's header (magic, manifest, signature) may take.
 const HEADER_MAX: u64 = 4096;
-/// What a recovery key file may say about its store's controller key.
-pub const KIT_PREFIX: &str = "# lifeboat controller key: ";
 
 /// What a signed state says about itself, in the clear and under the signature.
 #[derive(Debug, Clone, Serialize, Deserialize)]
