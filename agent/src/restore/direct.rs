@@ -161,22 +161,24 @@ fn get_range(http: &ureq::Agent, url: &str, start: u64, end: u64) -> Result<Vec<
     Err(last)
 }
 
-/// Locates `ids` under the job's grant and reads them, sending their blobs (in order, a
-/// run per message) to `out`. Returns the bytes read, or why the restore must stop.
-pub(super) async fn fetch(
+/// Where the chunks of one request are, under the job's grant: presigned URLs of their
+/// packs, and each chunk's place and key, in the request's order.
+pub(super) struct Located(pb::ChunkLocations);
+
+/// Asks the controller where `ids` are. A failed call's status is returned as it came, for
+/// the caller to judge (a break of the way to the controller is worth waiting out); an
+/// answer about other chunks is refused as an internal error.
+pub(super) async fn locate(
     client: &mut crate::client::Client,
-    http: &ureq::Agent,
     job_id: &str,
     ids: &[ChunkId],
-    out: &tokio::sync::mpsc::Sender<Result<Vec<pb::ChunkBlob>, String>>,
-) -> Result<u64, String> {
+) -> Result<Located, tonic::Status> {
     let located = client
         .locate_chunks(pb::GetChunksRequest {
             job_id: job_id.to_string(),
             ids: ids.iter().map(|i| i.as_bytes().to_vec()).collect(),
         })
-        .await
-        .map_err(|e| e.message().to_string())?
+        .await?
         .into_inner();
     if located.chunks.len() != ids.len()
         || located
@@ -185,8 +187,21 @@ pub(super) async fn fetch(
             .zip(ids)
             .any(|(c, id)| c.id != id.as_bytes())
     {
-        return Err("the controller located other chunks than asked for".into());
+        return Err(tonic::Status::internal(
+            "the controller located other chunks than asked for",
+        ));
     }
+    Ok(Located(located))
+}
+
+/// Reads located chunks from the object store, sending their blobs (in order, a run per
+/// message) to `out`. Returns the bytes read, or why the restore must stop.
+pub(super) async fn read(
+    http: &ureq::Agent,
+    located: Located,
+    out: &tokio::sync::mpsc::Sender<Result<Vec<pb::ChunkBlob>, String>>,
+) -> Result<u64, String> {
+    let Located(located) = located;
     let urls = std::sync::Arc::new(located.urls);
     let runs = runs(located.chunks);
     let mut read = futures::stream::iter(runs)
@@ -214,9 +229,12 @@ pub(super) async fn get(
     job_id: &str,
     ids: &[ChunkId],
 ) -> Result<Vec<Vec<u8>>, String> {
-    // Room for every run at once: `fetch` never waits on this reader.
+    // Room for every run at once: `read` never waits on this reader.
     let (tx, mut rx) = tokio::sync::mpsc::channel(ids.len().max(1));
-    fetch(client, http, job_id, ids, &tx).await?;
+    let located = locate(client, job_id, ids)
+        .await
+        .map_err(|s| s.message().to_string())?;
+    read(http, located, &tx).await?;
     drop(tx);
     let mut out = Vec::with_capacity(ids.len());
     while let Some(blobs) = rx.recv().await {

@@ -53,17 +53,22 @@ pub struct Link {
     pub acks: u64,
 }
 
-/// Whether a chunk stream that failed this way may be asked again: the way to the
-/// controller broke, not the controller's answer (a refusal, a chunk outside the grant).
+/// Whether a read that failed this way may be asked again: the way to the controller
+/// broke, not the controller's answer (a refusal, a chunk outside the grant). HTTP/2 itself
+/// reports some breaks as INTERNAL (a stream the controller reset as it closed a connection
+/// its keepalive gave up on: tonic maps a reset without a gRPC status so); those say so in
+/// their message, which no answer of the controller's does.
 fn transient(status: &tonic::Status) -> bool {
     use tonic::Code;
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-    )
+    match status.code() {
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => true,
+        Code::Internal => status.message().starts_with("h2 protocol error"),
+        _ => false,
+    }
 }
 
-/// A request's chunk stream failing, since when, and what to wait for before it is asked
+/// A restore's read from the controller failing (a request's chunk stream, or a locate of
+/// chunks to read from the store), since when, and what to wait for before it is asked
 /// again: a new session (the controller then knows the job still runs here), or the
 /// controller answering a heartbeat on the session after the break (the session was up
 /// all along and only the stream's own connection broke). A session that merely looks up
@@ -101,7 +106,7 @@ impl Resume {
             let l = self.link.borrow();
             (l.sessions, l.acks)
         };
-        tracing::warn!(code = ?status.code(), error = %why, "the chunk stream from the controller broke; asking again once it answers");
+        tracing::warn!(code = ?status.code(), error = %why, "a restore's read from the controller broke; asking again once it answers");
         tokio::time::sleep(self.backoff.pause()).await;
         loop {
             let l = *self.link.borrow_and_update();
@@ -224,6 +229,7 @@ impl Prefetched {
         tokio::spawn(async move {
             if let Some(http) = direct {
                 let mut client = clients[0].clone();
+                let mut resume = Resume::new(link);
                 while let Some(ids) = req_rx.recv().await {
                     let ids = match ids {
                         Ok(ids) => ids,
@@ -232,7 +238,21 @@ impl Prefetched {
                             return;
                         }
                     };
-                    match super::direct::fetch(&mut client, &http, &job_id, &ids, &msg_tx).await {
+                    // A locate that the way to the controller broke is asked again once
+                    // it answers, as a chunk stream is; the store's reads retry on their own.
+                    let located = loop {
+                        match super::direct::locate(&mut client, &job_id, &ids).await {
+                            Ok(located) => break located,
+                            Err(status) => {
+                                if let Err(why) = resume.wait(&status).await {
+                                    let _ = msg_tx.send(Err(why)).await;
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    resume.progressed();
+                    match super::direct::read(&http, located, &msg_tx).await {
                         Ok(n) => {
                             count.fetch_add(n, Ordering::Relaxed);
                         }
