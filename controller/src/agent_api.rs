@@ -60,25 +60,36 @@ impl AgentApi for AgentService {
             validate_name("source", &s.name).map_err(ApiError::from)?;
             sources.push((s.name.clone(), s.kind.clone(), s.path.clone()));
         }
-        ctl.catalog.update_agent_hello(
-            &agent.id,
-            &hello.hostname,
-            &hello.version,
-            &sources,
-            &hello.restore_roots,
-            now_ms(),
-        )?;
-        if let Some(inv) = &hello.docker {
-            ctl.catalog
-                .update_agent_docker(&agent.id, &prost::Message::encode_to_vec(inv))?;
-        }
         let (tx, rx) = mpsc::channel(64);
         // Weak: the session ends when `Jobs` drops its sender (revocation), acks or not.
         let acks = tx.downgrade();
-        let session = ctl.jobs.connect(&agent.id, tx);
-        ctl.jobs.reconcile(&agent.id, &hello.running_jobs)?;
-        ctl.jobs.dispatch(&agent.id)?;
-        tracing::info!(agent = %agent.name, sources = sources.len(), "agent connected");
+        // The catalog's part on a blocking thread: a fleet reconnecting at once (a
+        // restarted controller) keeps the runtime's threads for its TLS handshakes.
+        let session = {
+            let (ctl, agent) = (ctl.clone(), agent.clone());
+            let n = sources.len();
+            tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
+                ctl.catalog.update_agent_hello(
+                    &agent.id,
+                    &hello.hostname,
+                    &hello.version,
+                    &sources,
+                    &hello.restore_roots,
+                )?;
+                ctl.jobs.seen(&agent.id, now_ms());
+                if let Some(inv) = &hello.docker {
+                    ctl.catalog
+                        .update_agent_docker(&agent.id, &prost::Message::encode_to_vec(inv))?;
+                }
+                let session = ctl.jobs.connect(&agent.id, tx);
+                ctl.jobs.reconcile(&agent.id, &hello.running_jobs)?;
+                ctl.jobs.dispatch(&agent.id)?;
+                tracing::info!(agent = %agent.name, sources = n, "agent connected");
+                Ok(session)
+            })
+            .await
+            .map_err(ApiError::from)??
+        };
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
@@ -118,7 +129,7 @@ impl AgentApi for AgentService {
                     Ok(None) | Err(_) => break,
                 }
             }
-            let _ = ctl.catalog.touch_agent(&agent.id, now_ms());
+            ctl.jobs.seen(&agent.id, now_ms());
             ctl.jobs.disconnect(&agent.id, session);
             tracing::info!(agent = %agent.name, "agent disconnected");
         });

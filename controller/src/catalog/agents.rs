@@ -192,11 +192,13 @@ impl Catalog {
         version: &str,
         sources: &[(String, String, String)],
         roots: &[String],
-        now_ms: i64,
     ) -> Result<(), CatalogError> {
+        // Only what changed is written: a fleet reconnecting to a restarted controller says
+        // what it said before, and 10,000 write transactions would hold the catalog for
+        // seconds. When it was seen goes with the heartbeats (`Jobs::seen`).
         self.lock().cached_exec(
-            "UPDATE agents SET hostname = ?2, version = ?3, sources = ?4, restore_roots = ?5, last_seen_ms = ?6 WHERE id = ?1",
-            params![id, hostname, version, json(&sources), json(&roots), now_ms],
+            "UPDATE agents SET hostname = ?2, version = ?3, sources = ?4, restore_roots = ?5 WHERE id = ?1 AND (hostname IS NOT ?2 OR version IS NOT ?3 OR sources IS NOT ?4 OR restore_roots IS NOT ?5)",
+            params![id, hostname, version, json(&sources), json(&roots)],
         )?;
         Ok(())
     }
@@ -204,7 +206,7 @@ impl Catalog {
     /// Stores the agent's Docker inventory as it reported it.
     pub fn update_agent_docker(&self, id: &str, inventory: &[u8]) -> Result<(), CatalogError> {
         self.lock().cached_exec(
-            "UPDATE agents SET docker = ?2 WHERE id = ?1",
+            "UPDATE agents SET docker = ?2 WHERE id = ?1 AND docker IS NOT ?2",
             params![id, inventory],
         )?;
         Ok(())
@@ -241,10 +243,6 @@ impl Catalog {
         self.lock()
             .cached_exec("UPDATE agents SET prev_serial = '' WHERE id = ?1", [id])?;
         Ok(())
-    }
-
-    pub fn touch_agent(&self, id: &str, now_ms: i64) -> Result<(), CatalogError> {
-        self.touch_agents(&[(id.to_string(), now_ms)])
     }
 
     /// Records when each agent was last heard from, all in one transaction (heartbeats are
