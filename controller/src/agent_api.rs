@@ -63,33 +63,22 @@ impl AgentApi for AgentService {
         let (tx, rx) = mpsc::channel(64);
         // Weak: the session ends when `Jobs` drops its sender (revocation), acks or not.
         let acks = tx.downgrade();
-        // The catalog's part on a blocking thread: a fleet reconnecting at once (a
-        // restarted controller) keeps the runtime's threads for its TLS handshakes.
-        let session = {
-            let (ctl, agent) = (ctl.clone(), agent.clone());
-            let n = sources.len();
-            tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
-                ctl.catalog.update_agent_hello(
-                    &agent.id,
-                    &hello.hostname,
-                    &hello.version,
-                    &sources,
-                    &hello.restore_roots,
-                )?;
-                ctl.jobs.seen(&agent.id, now_ms());
-                if let Some(inv) = &hello.docker {
-                    ctl.catalog
-                        .update_agent_docker(&agent.id, &prost::Message::encode_to_vec(inv))?;
-                }
-                let session = ctl.jobs.connect(&agent.id, tx);
-                ctl.jobs.reconcile(&agent.id, &hello.running_jobs)?;
-                ctl.jobs.dispatch(&agent.id)?;
-                tracing::info!(agent = %agent.name, sources = n, "agent connected");
-                Ok(session)
-            })
-            .await
-            .map_err(ApiError::from)??
-        };
+        ctl.catalog.update_agent_hello(
+            &agent.id,
+            &hello.hostname,
+            &hello.version,
+            &sources,
+            &hello.restore_roots,
+        )?;
+        ctl.jobs.seen(&agent.id, now_ms());
+        if let Some(inv) = &hello.docker {
+            ctl.catalog
+                .update_agent_docker(&agent.id, &prost::Message::encode_to_vec(inv))?;
+        }
+        let session = ctl.jobs.connect(&agent.id, tx);
+        ctl.jobs.reconcile(&agent.id, &hello.running_jobs)?;
+        ctl.jobs.dispatch(&agent.id)?;
+        tracing::info!(agent = %agent.name, sources = sources.len(), "agent connected");
         tokio::spawn(async move {
             loop {
                 match inbound.message().await {
