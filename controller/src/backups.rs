@@ -375,18 +375,10 @@ pub fn missing_for(
     agent: &AgentRow,
     ids: &[lifeboat_core::ChunkId],
 ) -> Result<Vec<lifeboat_core::ChunkId>, ApiError> {
-    let mut missing = ctl.store.missing(ids)?;
     if ctl.fleet_dedup {
-        return Ok(missing);
+        return ctl.store.missing(ids);
     }
-    let absent: std::collections::HashSet<_> = missing.iter().copied().collect();
-    let held: Vec<_> = ids
-        .iter()
-        .filter(|i| !absent.contains(i))
-        .copied()
-        .collect();
-    missing.extend(ctl.catalog.not_owned(&agent.id, &held)?);
-    Ok(missing)
+    ctl.store.missing_for_agent(&agent.id, ids)
 }
 
 /// Records, once at start, the chunks each agent's snapshots reference, for a catalog

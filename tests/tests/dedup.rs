@@ -130,3 +130,121 @@ async fn a_fleet_that_trusts_itself_can_answer_fleet_wide() {
     .await
     .expect("backup");
 }
+
+/// The two-sample Kolmogorov-Smirnov statistic of `a` and `b` and its asymptotic p-value
+/// (the chance of a D this large from one distribution).
+fn ks(a: &mut [u64], b: &mut [u64]) -> (f64, f64) {
+    a.sort_unstable();
+    b.sort_unstable();
+    let (n, m) = (a.len() as f64, b.len() as f64);
+    let (mut i, mut j, mut d) = (0, 0, 0f64);
+    while i < a.len() && j < b.len() {
+        let x = a[i].min(b[j]);
+        while i < a.len() && a[i] == x {
+            i += 1;
+        }
+        while j < b.len() && b[j] == x {
+            j += 1;
+        }
+        d = d.max((i as f64 / n - j as f64 / m).abs());
+    }
+    let ne = n * m / (n + m);
+    let lambda = (ne.sqrt() + 0.12 + 0.11 / ne.sqrt()) * d;
+    let p = (1..=100)
+        .map(|k| {
+            let k = k as f64;
+            2.0 * (-1f64).powf(k - 1.0) * (-2.0 * k * k * lambda * lambda).exp()
+        })
+        .sum::<f64>()
+        .clamp(0.0, 1.0);
+    (d, p)
+}
+
+/// B14: a backs up 4,200 small files (a chunk each); agent b probes 1,000 times for
+/// chunks only a holds and 1,000 times for chunks nobody holds, one id per call,
+/// interleaved; then 100 times each with 4,096 distinct ids a call (the most a call may
+/// ask), where a per-id difference in the controller's work would add up. Every answer is "missing", and the controller does the same lookups for both (whose
+/// a chunk is, asked of every id). The latency distributions are compared (two-sample
+/// Kolmogorov-Smirnov) and printed, not asserted: on a shared machine a timing assertion
+/// fails by chance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b14_probes_for_another_agents_chunks_answer_as_for_chunks_nobody_has() {
+    let (fleet, _dirs, held) = tokio::task::spawn_blocking(|| {
+        let mut fleet = Fleet::start();
+        let mut rng = Rng::new(41);
+        let dirs = [
+            tempfile::tempdir().expect("a"),
+            tempfile::tempdir().expect("b"),
+        ];
+        for i in 0..4_200 {
+            std::fs::write(dirs[0].path().join(format!("f{i:04}")), rng.bytes(2048))
+                .expect("write");
+        }
+        for (name, dir) in ["a", "b"].iter().zip(&dirs) {
+            let agent = fleet.enroll(name);
+            fleet.run_agent(&agent, &[("data", dir.path())], &[]);
+        }
+        fleet.backup("a", "data");
+        let mut held: Vec<ChunkId> = fleet
+            .chunk_index()
+            .into_iter()
+            .map(|(id, ..)| ChunkId::parse_hex(&id).expect("id"))
+            .collect();
+        // In no order, as random ids are (the index lists them sorted, and sorted ids find
+        // their rows faster: that would be the probe's order speaking, not the store).
+        for i in (1..held.len()).rev() {
+            held.swap(i, rng.next_u64() as usize % (i + 1));
+        }
+        (fleet, dirs, held)
+    })
+    .await
+    .expect("fleet");
+    assert!(held.len() >= 4_200, "{} chunks", held.len());
+    transport::install_crypto_provider();
+    let channel = transport::connect(&fleet.url, agent_tls(&fleet.path("agents/b")))
+        .await
+        .expect("connect");
+    let mut client = AgentApiClient::new(channel);
+    let mut rng = Rng::new(14);
+    let median = |v: &[u64]| {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v[v.len() / 2]
+    };
+    let mut figures = Vec::new();
+    for (probes, per_call) in [(1_000, 1), (100, 4_096)] {
+        let (mut theirs, mut nobodys) = (Vec::new(), Vec::new());
+        for i in 0..2 * probes {
+            let ids: Vec<Vec<u8>> = (0..per_call)
+                .map(|k| match i % 2 {
+                    0 => held[(i / 2 * per_call + k) % held.len()]
+                        .as_bytes()
+                        .to_vec(),
+                    _ => rng.bytes(32),
+                })
+                .collect();
+            let t = std::time::Instant::now();
+            let answer = client
+                .missing_chunks(pb::ChunkIds { ids: ids.clone() })
+                .await
+                .expect("missing chunks")
+                .into_inner()
+                .ids;
+            let took = t.elapsed().as_micros() as u64;
+            assert_eq!(answer, ids, "probe {i}: every id is missing to b");
+            match i % 2 {
+                0 => theirs.push(took),
+                _ => nobodys.push(took),
+            }
+        }
+        let (m1, m2) = (median(&theirs), median(&nobodys));
+        let (d, p) = ks(&mut theirs, &mut nobodys);
+        figures.push(format!(
+            "{probes} calls of {per_call} id(s) each way: median {m1} / {m2} µs, Kolmogorov-Smirnov D = {d:.3}, p = {p:.2}"
+        ));
+    }
+    eprintln!(
+        "B14: b probing for a's chunks and for chunks nobody has, every answer \"missing\"; {}",
+        figures.join("; ")
+    );
+}

@@ -441,12 +441,23 @@ impl Catalog {
         Ok(())
     }
 
-    /// The subset of `ids` that agent `agent_id` is not known to hold.
-    pub fn not_owned(&self, agent_id: &str, ids: &[ChunkId]) -> Result<Vec<ChunkId>, CatalogError> {
+    /// For each of `ids`: whether the index knows it, and whether `agent_id` holds it. Both
+    /// are asked of every id, so the work is the same whatever the answers.
+    pub fn known_and_owned(
+        &self,
+        agent_id: &str,
+        ids: &[ChunkId],
+    ) -> Result<Vec<(bool, bool)>, CatalogError> {
         let conn = self.lock();
-        let mut st =
+        let mut known = conn.prepare_cached("SELECT 1 FROM chunks WHERE id = ?1")?;
+        let mut owned =
             conn.prepare_cached("SELECT 1 FROM agent_chunks WHERE agent_id = ?1 AND id = ?2")?;
-        absent(ids, |id| st.exists(params![agent_id, &id.as_bytes()[..]]))
+        ids.iter()
+            .map(|id| {
+                let id = &id.as_bytes()[..];
+                Ok((known.exists([id])?, owned.exists(params![agent_id, id])?))
+            })
+            .collect()
     }
 
     /// Whether any agent's chunks are recorded yet.

@@ -418,6 +418,25 @@ impl Store {
         }
     }
 
+    /// The ids in `ids` that `agent_id` must upload: those the store does not hold, and
+    /// those only other agents do. Every id costs the same lookups and the answer is built
+    /// the same way whatever it is, so neither the answer nor its time tells the agent what
+    /// others hold (B14).
+    pub fn missing_for_agent(
+        &self,
+        agent_id: &str,
+        ids: &[ChunkId],
+    ) -> Result<Vec<ChunkId>, ApiError> {
+        let open = self.packs.lock();
+        let flags = self.catalog.known_and_owned(agent_id, ids)?;
+        Ok(ids
+            .iter()
+            .zip(flags)
+            .filter(|(id, (known, owned))| !(*owned && (*known || open.holds(id))))
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
     /// The ids in `ids` that the store does not hold.
     pub fn missing(&self, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ApiError> {
         let open = self.packs.lock();
