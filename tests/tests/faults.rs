@@ -1493,3 +1493,78 @@ fn partition_mid_restore(fleet: &mut Fleet, how: &str) {
     let denied = fleet.cli_json(&["audit", "--since", "1h", "--outcome", "denied"]);
     assert_eq!(denied.as_array().map(Vec::len), Some(0), "{denied}");
 }
+
+/// A1 during a drill: the agent is killed (SIGKILL) while the drill's restore is under way
+/// and started again. The drill does not fail on the interruption: the restore is asked
+/// again under the same job once the agent is back, and the drill passes.
+#[test]
+fn a1_an_agent_killed_mid_drill_is_asked_again_and_the_drill_passes() {
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    let mut rng = Rng::new(48);
+    for d in 0..12 {
+        let dir = src.join(format!("d{d:02}"));
+        fs::create_dir_all(&dir).expect("mkdir");
+        fs::write(dir.join("big.bin"), rng.bytes(6 << 20)).expect("write");
+        for f in 0..250 {
+            fs::write(dir.join(format!("s{f:03}.txt")), rng.text(4000)).expect("write");
+        }
+    }
+    let a = fleet.enroll("a");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[]);
+    fleet.backup("a", "data");
+    let drill = fleet
+        .cli_command(&["drill", "run", "--agent", "a", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("lifeboat drill run");
+    // Under way: the drill's restore has written a file or more.
+    let job = lifeboat_tests::wait_for(
+        "the drill's restore under way",
+        Duration::from_secs(60),
+        || {
+            fleet.cli_json(&["jobs"]).as_array().and_then(|jobs| {
+                jobs.iter()
+                    .find(|j| {
+                        j["kind"] == "restore"
+                            && j["state"] == "running"
+                            && j["progress"]["files_done"].as_u64().unwrap_or(0) >= 100
+                    })
+                    .cloned()
+            })
+        },
+    );
+    fleet.kill_agent("a");
+    let killed_at = job["progress"]["files_done"].as_u64().unwrap_or(0);
+    let total = job["progress"]["files_total"].as_u64().unwrap_or(0);
+    assert!(
+        fleet.job_info(job["id"].as_str().expect("id"))["state"] != "succeeded",
+        "the drill's restore ended before the kill: {job}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    fleet.run_agent(&a, &[("data", src.as_path())], &[]);
+    let out = drill.wait_with_output().expect("drill run");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "drill: {said}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        fleet.controller_log()
+    );
+    let drills: serde_json::Value = serde_json::from_str(&said).expect("drills JSON");
+    assert_eq!(drills[0]["state"], "passed", "{drills}");
+    assert_eq!(
+        drills[0]["job"], job["id"],
+        "the same job, asked again: {drills}"
+    );
+    assert!(
+        fleet
+            .controller_log()
+            .contains("the drill's restore was interrupted; asking the agent again"),
+        "the drill did not ask again"
+    );
+    eprintln!(
+        "A1 (drill): the agent killed after {killed_at} of {total} files of the drill's restore, started again 2 s later: the same job asked again, the drill passed"
+    );
+}

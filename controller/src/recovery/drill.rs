@@ -191,19 +191,39 @@ async fn run_one(
     d.state = DrillState::Running.into();
     d.started_ms = ctl.clock.now_ms();
     ctl.catalog.put_drill(&d)?;
-    let waited = std::time::Instant::now();
+    // Since the job was last queued.
+    let mut waited = std::time::Instant::now();
+    let mut interrupted: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let Some(job) = ctl.catalog.job(&row.id)? else {
+        let Some(mut job) = ctl.catalog.job(&row.id)? else {
             return Err(ApiError::internal(format!("drill job {} vanished", row.id)));
         };
-        match JobState::try_from(job.state).unwrap_or(JobState::Unspecified) {
+        let state = JobState::try_from(job.state).unwrap_or(JobState::Unspecified);
+        if state != JobState::Interrupted {
+            interrupted = None;
+        }
+        match state {
             JobState::Succeeded | JobState::Failed => return Ok(()),
+            // The agent's session broke. A restore it still runs comes back running with
+            // the next session (`Jobs::reconcile`); one it lost (it restarted) is queued
+            // again under the same id once it is back, as a recovery plan does. The drill
+            // fails only when the agent does not come back.
             JobState::Interrupted => {
-                return Err(ApiError::FailedPrecondition(format!(
-                    "the drill was interrupted: {}",
-                    job.error
-                )));
+                let since = *interrupted.get_or_insert_with(std::time::Instant::now);
+                if ctl.jobs.connected(&job.agent_id) && ctl.clock.now_ms() - job.finished_ms > 1000
+                {
+                    tracing::info!(drill = %d.id, job = %job.id, "the drill's restore was interrupted; asking the agent again");
+                    ctl.jobs.requeue(&mut job)?;
+                    waited = std::time::Instant::now();
+                } else if since.elapsed() > AGENT_WAIT {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "the drill was interrupted and agent {} did not come back within {} s: {}",
+                        agent.name,
+                        AGENT_WAIT.as_secs(),
+                        job.error
+                    )));
+                }
             }
             JobState::Queued if waited.elapsed() > AGENT_WAIT => {
                 return Err(ApiError::FailedPrecondition(format!(
