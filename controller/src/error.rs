@@ -123,6 +123,9 @@ pub fn core_kind(e: &lifeboat_core::Error) -> Kind {
     if e.is_disk_full() {
         return Kind::ResourceExhausted;
     }
+    if e.is_disk_failure() {
+        return Kind::Unavailable;
+    }
     match e {
         E::InvalidChunkId(_)
         | E::ChunkMismatch { .. }
@@ -136,12 +139,22 @@ pub fn core_kind(e: &lifeboat_core::Error) -> Kind {
     }
 }
 
+/// What the user is told when the controller's disk failed an operation (EIO): that it is
+/// the disk, what was being done, and what to do. Not an internal error: nothing of
+/// Lifeboat's broke, and trying again on a healthy disk succeeds.
+pub fn disk_failed(what: impl std::fmt::Display) -> String {
+    format!(
+        "the controller's disk failed ({what}): what it was writing is not kept; check that disk (dmesg, SMART), then try again"
+    )
+}
+
 impl From<lifeboat_core::Error> for ApiError {
     fn from(e: lifeboat_core::Error) -> Self {
         match core_kind(&e) {
             Kind::ResourceExhausted => ApiError::ResourceExhausted(format!(
                 "the store is full ({e}): free space where the controller keeps its store (or let GC reclaim unreferenced packs), then back up again"
             )),
+            Kind::Unavailable if e.is_disk_failure() => ApiError::Unavailable(disk_failed(&e)),
             kind => ApiError::new(kind, e.to_string()),
         }
     }

@@ -355,11 +355,12 @@ pub fn commit_group(
     let stored: Vec<&SnapshotRow> = listed.iter().flatten().map(|(row, _)| row).collect();
     if let Err(e) = ctl.catalog.insert_snapshots(&stored) {
         tracing::error!(error = %e, snapshots = stored.len(), "cannot list a group of committed snapshots; their envelopes are in the store (rebuild-catalog lists them)");
-        let why = e.to_string();
+        let (kind, why) = (crate::error::DomainError::kind(&e), e.to_string());
         for l in listed.iter_mut().filter(|l| l.is_ok()) {
-            *l = Err(ApiError::internal(format!(
-                "listing the snapshot in the catalog failed: {why}"
-            ))
+            *l = Err(ApiError::new(
+                kind,
+                format!("listing the snapshot in the catalog failed: {why}"),
+            )
             .into());
         }
     }

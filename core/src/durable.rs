@@ -82,9 +82,15 @@ pub fn write_many_atomic(files: &[(&Path, &[u8])], mode: u32) -> Vec<Result<()>>
     for (dir, placed) in dirs {
         if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
             for i in placed {
+                // Each file gets the error as it came (its errno too, which says a failed
+                // disk from a full one).
+                let again = match e.raw_os_error() {
+                    Some(n) => std::io::Error::from_raw_os_error(n),
+                    None => std::io::Error::new(e.kind(), e.to_string()),
+                };
                 out[i] = Err(crate::Error::io(
                     format!("syncing directory {}", dir.display()),
-                    std::io::Error::new(e.kind(), e.to_string()),
+                    again,
                 ));
             }
         }

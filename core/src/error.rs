@@ -71,6 +71,14 @@ impl Error {
         }
     }
 
+    /// Whether the disk itself failed the operation (EIO: a failed sync, a bad sector).
+    pub fn is_disk_failure(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error() == Some(5),
+            _ => false,
+        }
+    }
+
     /// Whether trying the same operation again could succeed.
     pub fn retryable(&self) -> bool {
         matches!(self, Error::Io { .. })

@@ -653,6 +653,7 @@ fn a3_fsync_failing_on_packs_commits_nothing_it_did_not_sync() {
         error.contains("Input/output error") || error.contains("could not be stored"),
         "the failure does not say the store could not sync: {job}"
     );
+    assert!(!error.contains("internal error"), "{job}");
     assert_eq!(
         fleet.cli_json(&["snapshots"]).as_array().map(Vec::len),
         Some(0),
@@ -775,6 +776,14 @@ fn a3_fsync_failing_on_one_call_in_a_hundred_loses_no_acknowledged_snapshot() {
     }
     let paths = failed_paths(&fleet);
     let faults = paths.len();
+    // Each failure says the disk failed and what it was doing, not that Lifeboat broke.
+    for error in &failures {
+        assert!(
+            error.contains("the controller's disk failed") && !error.contains("internal error"),
+            "{error}"
+        );
+    }
+    eprintln!("A3 1%: a failed backup says: {:?}", failures.first());
     assert!(
         faults >= 3 && succeeded_after_a_fault >= 3,
         "{faults} sync failures injected, {succeeded_after_a_fault} backups succeeded after one; failures: {failures:?}\n{}",

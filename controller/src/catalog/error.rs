@@ -23,6 +23,9 @@ pub enum CatalogError {
         "the catalog's disk is full ({0}): free space on the controller's data directory, then try again"
     )]
     DiskFull(rusqlite::Error),
+    /// The disk under the catalog failed an operation (EIO).
+    #[error("{}", crate::error::disk_failed(.0))]
+    DiskFailed(String),
     /// SQLite failed (anything but a full disk).
     #[error("catalog: {0}")]
     Sql(rusqlite::Error),
@@ -39,6 +42,7 @@ impl DomainError for CatalogError {
             CatalogError::Exists(_) => Kind::AlreadyExists,
             CatalogError::Revoked(_) => Kind::PermissionDenied,
             CatalogError::DiskFull(_) => Kind::ResourceExhausted,
+            CatalogError::DiskFailed(_) => Kind::Unavailable,
             CatalogError::Sql(_) | CatalogError::Broken(_) => Kind::Internal,
         }
     }
@@ -52,10 +56,13 @@ impl CatalogError {
 
 impl From<rusqlite::Error> for CatalogError {
     fn from(e: rusqlite::Error) -> Self {
-        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
-            CatalogError::DiskFull(e)
-        } else {
-            CatalogError::Sql(e)
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => CatalogError::DiskFull(e),
+            // SQLITE_IOERR: the disk failed a read, a write or a sync under SQLite.
+            Some(rusqlite::ErrorCode::SystemIoFailure) => {
+                CatalogError::DiskFailed(format!("the catalog: {e}"))
+            }
+            _ => CatalogError::Sql(e),
         }
     }
 }

@@ -37,6 +37,9 @@ pub enum StoreError {
     /// The object is under Object Lock retention: nobody may delete it yet.
     #[error("{0}")]
     Locked(String),
+    /// The local disk failed the operation (EIO).
+    #[error("{0}")]
+    Disk(String),
     #[error("{0}")]
     Io(String),
 }
@@ -57,7 +60,7 @@ impl crate::error::DomainError for StoreError {
         match self {
             StoreError::NotFound { .. } => Kind::NotFound,
             StoreError::Full(_) => Kind::ResourceExhausted,
-            StoreError::Unavailable(_) => Kind::Unavailable,
+            StoreError::Unavailable(_) | StoreError::Disk(_) => Kind::Unavailable,
             StoreError::Refused(_) | StoreError::Locked(_) => Kind::FailedPrecondition,
             StoreError::Corrupt(_) | StoreError::Io(_) => Kind::Internal,
         }
@@ -73,6 +76,9 @@ impl StoreError {
                     "the store is full ({what}: {e}): free space where the controller keeps its store (or let GC reclaim unreferenced packs), then back up again"
                 ))
             }
+            _ if e.raw_os_error() == Some(5) => {
+                StoreError::Disk(crate::error::disk_failed(format!("{what}: {e}")))
+            }
             _ => StoreError::Io(format!("{what}: {e}")),
         }
     }
@@ -84,6 +90,9 @@ impl From<lifeboat_core::Error> for StoreError {
             return StoreError::Full(format!(
                 "the store's staging disk is full ({e}): free space in the controller's data directory"
             ));
+        }
+        if e.is_disk_failure() {
+            return StoreError::Disk(crate::error::disk_failed(&e));
         }
         StoreError::Io(e.to_string())
     }
