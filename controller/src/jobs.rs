@@ -270,6 +270,21 @@ impl Jobs {
         Ok(self.catalog.job(&id)?.unwrap_or(row))
     }
 
+    /// Queues an interrupted job again under the same id once its agent is back, and the
+    /// interruption is over a second old (a report racing the hello lands first); an agent
+    /// still running it ignores the second delivery, so it never runs twice at once.
+    /// Returns whether it was queued. Recovery plans and drills resume through it.
+    pub fn requeue_interrupted(&self, job: &mut JobRow, now_ms: i64) -> Result<bool, ApiError> {
+        if job.state != JobState::Interrupted as i32
+            || !self.connected(&job.agent_id)
+            || now_ms - job.finished_ms <= 1000
+        {
+            return Ok(false);
+        }
+        self.requeue(job)?;
+        Ok(true)
+    }
+
     /// Queues an interrupted job again (a scheduler retry) and dispatches it.
     pub fn requeue(&self, job: &mut JobRow) -> Result<(), ApiError> {
         job.state = JobState::Queued as i32;

@@ -74,7 +74,7 @@ impl Error {
     /// Whether the disk itself failed the operation (EIO: a failed sync, a bad sector).
     pub fn is_disk_failure(&self) -> bool {
         match self {
-            Error::Io { source, .. } => source.raw_os_error() == Some(5),
+            Error::Io { source, .. } => is_eio(source),
             _ => false,
         }
     }
@@ -83,6 +83,12 @@ impl Error {
     pub fn retryable(&self) -> bool {
         matches!(self, Error::Io { .. })
     }
+}
+
+/// Whether an I/O error is EIO: the disk failed the operation (a failed sync, a bad
+/// sector), as opposed to a full disk or a missing file.
+pub fn is_eio(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error())
 }
 
 /// Adds context to `std::io::Result`s.

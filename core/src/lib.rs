@@ -68,7 +68,7 @@ pub mod tree;
 pub mod units;
 pub mod walk;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, is_eio};
 pub use id::{ChunkId, ChunkKey};
 
 /// Aborts the process if `LIFEBOAT_CRASH_AT` names `point`: the crash tests' kill switch

@@ -843,6 +843,16 @@ impl RawJob {
     }
 }
 
+/// The value of an unlabelled counter or gauge `name` in a `/metrics` text; panics,
+/// quoting the text, when it is not there.
+pub fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+}
+
 /// `GET /metrics` from the controller's HTTPS port as the fleet's admin (its identity's
 /// client certificate), verified against the fleet CA.
 pub fn metrics(fleet: &Fleet) -> String {

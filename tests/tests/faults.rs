@@ -1430,13 +1430,7 @@ fn a10_a_partition_mid_direct_restore_heals_without_an_operator() {
     let mut fleet = Fleet::start_on_s3(&s3, "fleet", &[]);
     partition_mid_restore(&mut fleet, "straight from the store");
     let metrics = lifeboat_tests::metrics(&fleet);
-    let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
-    };
+    let counter = |name: &str| lifeboat_tests::counter(&metrics, name);
     // Two restores of 120 MB of incompressible files, read straight from the store.
     let (direct, sent) = (
         counter("lifeboat_restore_bytes_direct_total"),

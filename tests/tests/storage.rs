@@ -411,13 +411,7 @@ fn restores_from_s3_read_the_bucket_not_the_controller() {
         (0..8).map(|i| format!("f{i}")),
     );
     let metrics = lifeboat_tests::metrics(&fleet);
-    let counter = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
-    };
+    let counter = |name: &str| lifeboat_tests::counter(&metrics, name);
     let (direct, sent) = (
         counter("lifeboat_restore_bytes_direct_total"),
         counter("lifeboat_restore_bytes_sent_total"),

@@ -116,9 +116,9 @@ impl Catalog {
         };
         let wal = format!("{db}-wal");
         match std::fs::File::open(&wal) {
-            Ok(f) => f.sync_all().map_err(|e| match e.raw_os_error() {
-                Some(5) => CatalogError::DiskFailed(format!("syncing {wal}: {e}")),
-                _ => CatalogError::broken(format!("syncing {wal}: {e}")),
+            Ok(f) => f.sync_all().map_err(|e| match lifeboat_core::is_eio(&e) {
+                true => CatalogError::DiskFailed(format!("syncing {wal}: {e}")),
+                false => CatalogError::broken(format!("syncing {wal}: {e}")),
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(CatalogError::broken(format!("opening {wal}: {e}"))),

@@ -211,10 +211,8 @@ async fn run_one(
             // fails only when the agent does not come back.
             JobState::Interrupted => {
                 let since = *interrupted.get_or_insert_with(std::time::Instant::now);
-                if ctl.jobs.connected(&job.agent_id) && ctl.clock.now_ms() - job.finished_ms > 1000
-                {
+                if ctl.jobs.requeue_interrupted(&mut job, ctl.clock.now_ms())? {
                     tracing::info!(drill = %d.id, job = %job.id, "the drill's restore was interrupted; asking the agent again");
-                    ctl.jobs.requeue(&mut job)?;
                     waited = std::time::Instant::now();
                 } else if since.elapsed() > AGENT_WAIT {
                     return Err(ApiError::FailedPrecondition(format!(

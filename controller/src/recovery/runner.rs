@@ -385,13 +385,10 @@ fn follow_device(
                 src.state = StepState::Pending;
                 continue;
             }
-            // Queued again under the same id once the agent is back: an agent still running
-            // it ignores the second delivery, so it never runs twice at once.
-            JobState::Interrupted
-                if ctl.jobs.connected(&job.agent_id) && now - job.finished_unix_ms > 1000 =>
-            {
+            // Queued again under the same id once the agent is back.
+            JobState::Interrupted if ctl.jobs.connected(&job.agent_id) => {
                 if let Some(mut row) = ctl.catalog.job(&job.id)? {
-                    ctl.jobs.requeue(&mut row)?;
+                    ctl.jobs.requeue_interrupted(&mut row, now)?;
                 }
             }
             // Say why nothing moves: the plan waits for the machine (it may be being

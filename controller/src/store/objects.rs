@@ -76,7 +76,7 @@ impl StoreError {
                     "the store is full ({what}: {e}): free space where the controller keeps its store (or let GC reclaim unreferenced packs), then back up again"
                 ))
             }
-            _ if e.raw_os_error() == Some(5) => {
+            _ if lifeboat_core::is_eio(&e) => {
                 StoreError::Disk(crate::error::disk_failed(format!("{what}: {e}")))
             }
             _ => StoreError::Io(format!("{what}: {e}")),
