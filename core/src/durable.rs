@@ -46,6 +46,37 @@ pub fn temp_path(dir: &Path, stem: &str) -> PathBuf {
     dir.join(format!(".{stem}.{}.tmp", hex::encode(rand)))
 }
 
+/// Whether `name` is a file name [`temp_path`] makes: what a write cut short by a crash
+/// leaves beside the file it was to become.
+pub fn is_temp_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(".tmp")
+}
+
+/// Removes the temp files ([`is_temp_name`]) under `dir` and its subdirectories, down to
+/// `depth` levels; returns how many. Only for a directory whose writer is not running.
+pub fn sweep_temp_files(dir: &Path, depth: usize) -> Result<usize> {
+    let mut swept = 0;
+    let entries = match fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(crate::Error::io(format!("listing {}", dir.display()), e)),
+    };
+    for entry in entries {
+        let entry = entry.ctx(|| format!("listing {}", dir.display()))?;
+        let kind = entry
+            .file_type()
+            .ctx(|| format!("listing {}", dir.display()))?;
+        if kind.is_dir() && depth > 0 {
+            swept += sweep_temp_files(&entry.path(), depth - 1)?;
+        } else if kind.is_file() && entry.file_name().to_str().is_some_and(is_temp_name) {
+            let path = entry.path();
+            fs::remove_file(&path).ctx(|| format!("removing {}", path.display()))?;
+            swept += 1;
+        }
+    }
+    Ok(swept)
+}
+
 /// Writes `bytes` to `path` atomically and durably. `mode` sets the permission bits of
 /// the new file (e.g. 0o600 for secrets) before any byte is written.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
@@ -140,6 +171,24 @@ pub fn rename_durable(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Creates `dir` and its missing parents, each new directory made durable (its parent
+/// synced), so that a file renamed into a new directory survives a power cut with it.
+pub fn create_dir_durable(dir: &Path) -> Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(up) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durable(up)?;
+    }
+    match fs::create_dir(dir) {
+        // Created here or by a racing writer: either way its entry is synced before use.
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(crate::Error::io(format!("creating {}", dir.display()), e)),
+    }
+    sync_dir(parent(dir))
+}
+
 /// fsyncs a directory so that a rename inside it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
@@ -151,6 +200,36 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_sweep_takes_the_temp_files_of_cut_writes_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let deep = dir.path().join("packs/ab");
+        create_dir_durable(&deep).expect("create");
+        create_dir_durable(&deep).expect("create again");
+        let cut_short = temp_path(&deep, "x.pack");
+        fs::write(&cut_short, b"half").expect("temp");
+        fs::write(temp_path(dir.path(), "state"), b"").expect("temp");
+        write_atomic(&deep.join("x.pack"), b"whole", 0o644).expect("object");
+        fs::write(dir.path().join(".hidden"), b"not ours").expect("dotfile");
+        fs::write(dir.path().join("note.tmp"), b"not ours").expect("tmp file");
+        let too_deep = dir.path().join("a/b/c");
+        create_dir_durable(&too_deep).expect("create");
+        fs::write(temp_path(&too_deep, "y"), b"").expect("temp");
+        assert_eq!(sweep_temp_files(dir.path(), 2).expect("sweep"), 2);
+        assert!(!cut_short.exists());
+        assert_eq!(fs::read(deep.join("x.pack")).expect("object"), b"whole");
+        assert!(dir.path().join(".hidden").exists() && dir.path().join("note.tmp").exists());
+        assert_eq!(
+            fs::read_dir(&too_deep).expect("ls").count(),
+            1,
+            "below the depth asked"
+        );
+        assert_eq!(
+            sweep_temp_files(&dir.path().join("missing"), 2).expect("sweep"),
+            0
+        );
+    }
 
     #[test]
     fn writes_atomically_with_mode_and_leaves_no_temp() {

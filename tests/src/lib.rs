@@ -7,6 +7,7 @@
 //! from `LIFEBOAT_BIN_DIR`.
 
 pub mod browser;
+pub mod powercut;
 pub mod s3;
 pub mod tree;
 
@@ -372,6 +373,11 @@ impl Fleet {
             c.kill().expect("kill controller");
             c.wait().expect("wait controller");
         }
+    }
+
+    /// The running controller's process id.
+    pub fn controller_pid(&self) -> u32 {
+        self.controller.as_ref().expect("a controller runs").id()
     }
 
     /// Waits for a controller that is ending on its own (a crash test) and returns how it
@@ -913,6 +919,34 @@ pub fn https_get(fleet: &Fleet, path: &str, ca_pem: &str, client: Option<(&str, 
         let _ = tls.read_to_end(&mut body).await;
         String::from_utf8_lossy(&body).into_owned()
     })
+}
+
+/// Builds the `LD_PRELOAD` library `lib{name}.so` from C `source` with gcc; returns its
+/// directory (removed when dropped) and the library, or None when there is no gcc (after
+/// a loud message; CI, which sets `LIFEBOAT_REQUIRE_MOUNT` and installs gcc for the Docker
+/// tests, panics instead).
+pub fn preload_shim(name: &str, source: &str) -> Option<(tempfile::TempDir, PathBuf)> {
+    let dir = tempfile::tempdir().expect("shim dir");
+    let src_c = dir.path().join(format!("{name}.c"));
+    let lib = dir.path().join(format!("lib{name}.so"));
+    std::fs::write(&src_c, source).expect("write shim");
+    let built = Command::new("gcc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(&src_c)
+        .arg("-ldl")
+        .output();
+    match built {
+        Ok(out) if out.status.success() => Some((dir, lib)),
+        other => {
+            assert!(
+                std::env::var_os("LIFEBOAT_REQUIRE_MOUNT").is_none(),
+                "gcc could not build the {name} shim: {other:?}"
+            );
+            eprintln!("\n!!! SKIPPED: this test needs gcc to build its LD_PRELOAD shim\n");
+            None
+        }
+    }
 }
 
 /// A small tmpfs mounted for one test (a filesystem that fills up on purpose), unmounted

@@ -866,8 +866,7 @@ impl Store {
             }
         } else if let Some(dest) = self.objects.local_path(&to) {
             if let Some(dir) = dest.parent() {
-                std::fs::create_dir_all(dir)
-                    .map_err(|e| ApiError::internal(format!("creating {}: {e}", dir.display())))?;
+                lifeboat_core::durable::create_dir_durable(dir)?;
             }
             lifeboat_core::durable::rename_durable(&copy.path, &dest)?;
             return Ok(dest.display().to_string());

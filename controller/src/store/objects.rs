@@ -253,6 +253,13 @@ impl LocalDir {
             std::fs::create_dir_all(&d)
                 .map_err(|e| StoreError::io(format!("creating {}", d.display()), e))?;
         }
+        // A write cut short by a crash or a power cut leaves its temp file beside the object
+        // it was to become (`packs/ab/`, `snapshots/`, `controller/`): never an object, and
+        // no other process writes here while this controller runs.
+        let swept = lifeboat_core::durable::sweep_temp_files(root, 2)?;
+        if swept > 0 {
+            tracing::info!(swept, store = %root.display(), "removed the temp files of writes a crash cut short");
+        }
         Ok(LocalDir {
             root: root.to_owned(),
             staging: root.join("tmp"),
@@ -293,8 +300,7 @@ impl Objects for LocalDir {
     fn put(&self, key: &str, bytes: &[u8], _retain: i64) -> Result<Stored, StoreError> {
         let path = self.path(key);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+            lifeboat_core::durable::create_dir_durable(dir)?;
         }
         lifeboat_core::durable::write_atomic(&path, bytes, 0o644)?;
         Ok(Stored::default())
@@ -305,8 +311,8 @@ impl Objects for LocalDir {
         let mut dirs: Vec<&Path> = paths.iter().filter_map(|p| p.parent()).collect();
         dirs.dedup();
         for dir in dirs {
-            if let Err(e) = std::fs::create_dir_all(dir) {
-                let e = StoreError::io(format!("creating {}", dir.display()), e);
+            if let Err(e) = lifeboat_core::durable::create_dir_durable(dir) {
+                let e = StoreError::from(e);
                 return objects
                     .iter()
                     .map(|_| Err(StoreError::Io(e.to_string())))
@@ -330,8 +336,7 @@ impl Objects for LocalDir {
             return Ok(Stored::default()); // sealed in place (see `seal_dir`)
         }
         if let Some(dir) = to.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+            lifeboat_core::durable::create_dir_durable(dir)?;
         }
         lifeboat_core::durable::rename_durable(path, &to)?;
         Ok(Stored::default())
