@@ -126,6 +126,53 @@ fn check_pack(
     Ok(bad)
 }
 
+/// One pack's verdict: its bad chunks, and what reading it counted.
+struct PackCheck {
+    name: String,
+    bad: Vec<(ChunkId, String)>,
+    report: Report,
+}
+
+/// Checks `packs` on `workers` threads, each taking the next pack in turn; the verdicts in
+/// the order of `packs`, or the first error (the other threads stop at their next pack).
+fn check_packs(
+    ctl: &Controller,
+    packs: Vec<String>,
+    workers: usize,
+) -> Result<Vec<PackCheck>, ApiError> {
+    let queue = std::sync::Mutex::new(packs.into_iter().enumerate());
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let worker = || -> Result<Vec<(usize, PackCheck)>, ApiError> {
+        let mut done = Vec::new();
+        while !failed.load(std::sync::atomic::Ordering::Relaxed) {
+            let next = queue.lock().unwrap_or_else(|p| p.into_inner()).next();
+            let Some((i, name)) = next else { break };
+            let mut report = Report::default();
+            match check_pack(ctl, &name, &mut report) {
+                Ok(bad) => done.push((i, PackCheck { name, bad, report })),
+                Err(e) => {
+                    failed.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(done)
+    };
+    let mut all = Vec::new();
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..workers.max(1)).map(|_| s.spawn(worker)).collect();
+        for t in threads {
+            match t.join() {
+                Ok(done) => all.extend(done?),
+                Err(_) => return Err(ApiError::internal("a scrub thread panicked")),
+            }
+        }
+        Ok(())
+    })?;
+    all.sort_by_key(|(i, _)| *i);
+    Ok(all.into_iter().map(|(_, check)| check).collect())
+}
+
 /// Runs a scrub. Bad chunks leave the index (so they get uploaded again) and are recorded.
 pub fn scrub(ctl: &Controller, scope: Scope, period_ms: i64) -> Result<Report, ApiError> {
     let now = ctl.clock.now_ms();
@@ -183,12 +230,25 @@ pub fn scrub(ctl: &Controller, scope: Scope, period_ms: i64) -> Result<Report, A
                 }
                 _ => {}
             }
-            for (name, _, _) in packs {
-                let damaged = report.damaged_packs.len();
-                let found = check_pack(ctl, &name, &mut report)?;
-                if found.is_empty() && report.damaged_packs.len() == damaged {
+            // An operator's verify takes every core; the scheduled scrub one, beside backups.
+            let workers = match scope {
+                Scope::Budget(_) => 1,
+                _ => std::thread::available_parallelism().map_or(1, |n| n.get().min(8)),
+            };
+            let names = packs.into_iter().map(|(name, _, _)| name).collect();
+            for PackCheck {
+                name,
+                bad: found,
+                report: r,
+            } in check_packs(ctl, names, workers)?
+            {
+                report.packs += r.packs;
+                report.chunks += r.chunks;
+                report.bytes += r.bytes;
+                if found.is_empty() && r.damaged_packs.is_empty() {
                     ctl.catalog.set_pack_verified(&name, now)?;
                 }
+                report.damaged_packs.extend(r.damaged_packs);
                 bad.extend(found.into_iter().map(|(id, why)| (id, name.clone(), why)));
             }
         }
