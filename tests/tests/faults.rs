@@ -827,13 +827,30 @@ fn a3_fsync_failing_on_one_call_in_a_hundred_loses_no_acknowledged_snapshot() {
 /// or its reconnect pauses would grow to 30 s over a series of short sessions.)
 #[test]
 fn a2_power_cuts_lose_no_acknowledged_snapshot() {
+    power_cuts(Fleet::start(), 20);
+}
+
+/// A2 with the store in S3: the power cuts take the controller's disk (catalog, WAL,
+/// keys, packs staged for upload) back to its syncs; the object store keeps what it
+/// confirmed. The same checks; `LIFEBOAT_A2_CUTS` cuts, 10 unless set.
+#[test]
+fn a2_power_cuts_beside_an_s3_store_lose_no_acknowledged_snapshot() {
+    let Some(s3) = lifeboat_tests::s3::S3Server::start() else {
+        return;
+    };
+    power_cuts(Fleet::start_on_s3(&s3, "a2", &[]), 10);
+}
+
+/// A2's rounds on `fleet` (started, no agent yet): `LIFEBOAT_A2_CUTS` power cuts, or
+/// `default_cuts`.
+fn power_cuts(mut fleet: Fleet, default_cuts: usize) {
     let Some((_shim_dir, shim)) = lifeboat_tests::preload_shim("powercut", powercut::SHIM) else {
         return;
     };
     let cuts: usize = std::env::var("LIFEBOAT_A2_CUTS")
         .map(|v| v.parse().expect("LIFEBOAT_A2_CUTS: a number of power cuts"))
-        .unwrap_or(20);
-    let mut fleet = Fleet::start();
+        .unwrap_or(default_cuts);
+    let store_env = fleet.controller_env.clone();
     let src = fleet.path("src");
     let mut rng = Rng::new(2);
     tree::make_tree(&src, &mut rng);
@@ -873,13 +890,14 @@ fn a2_power_cuts_lose_no_acknowledged_snapshot() {
     let mut temps_left: Vec<std::path::PathBuf> = Vec::new();
     for round in 0..=cuts {
         let journal = powercut::Journal::begin(&ctl, &fleet.path(&format!("powercut-{round}")));
-        fleet.controller_env = vec![
+        fleet.controller_env = store_env.clone();
+        fleet.controller_env.extend([
             ("LD_PRELOAD".into(), shim.display().to_string()),
             (
                 "LIFEBOAT_POWERCUT_DIR".into(),
                 journal.dir().display().to_string(),
             ),
-        ];
+        ]);
         fleet.start_controller();
         fleet.run_agent(&a, &[("data", src.as_path())], &[restores.as_path()]);
         check_after_power_cut(&fleet, &acknowledged, &restores.join(format!("r{round}")));
@@ -986,12 +1004,15 @@ fn a2_power_cuts_lose_no_acknowledged_snapshot() {
             .expect("integrity_check");
         assert_eq!(integrity, "ok", "after cut {round}: {cut:?}");
         drop(db);
-        let (temps, objects): (Vec<_>, Vec<_>) = powercut::regular_files(&ctl.join("store"))
-            .into_iter()
-            .partition(|f| {
-                let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                lifeboat_core::durable::is_temp_name(name)
-            });
+        let local_store = ctl.join("store");
+        let stored = match local_store.exists() {
+            true => powercut::regular_files(&local_store),
+            false => Vec::new(), // in S3: what it confirmed, it keeps
+        };
+        let (temps, objects): (Vec<_>, Vec<_>) = stored.into_iter().partition(|f| {
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            lifeboat_core::durable::is_temp_name(name)
+        });
         temps_left = temps;
         let empty: Vec<_> = objects
             .iter()
