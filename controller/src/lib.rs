@@ -335,6 +335,12 @@ pub fn start_with_clock(
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| ApiError::internal(format!("creating {}: {e}", cfg.data_dir.display())))?;
     let lock = lock_data_dir(&cfg.data_dir)?;
+    // The temp files of writes a crash cut short (keys, settings, the audit head): with the
+    // lock held, none is being written.
+    let swept = lifeboat_core::durable::sweep_temp_files(&cfg.data_dir, 0)?;
+    if swept > 0 {
+        tracing::info!(swept, "removed the temp files of writes a crash cut short");
+    }
     let mut prepared = setup::prepare(
         &cfg.data_dir,
         cfg.store.as_deref(),

@@ -1009,11 +1009,17 @@ fn power_cuts(mut fleet: Fleet, default_cuts: usize) {
             true => powercut::regular_files(&local_store),
             false => Vec::new(), // in S3: what it confirmed, it keeps
         };
-        let (temps, objects): (Vec<_>, Vec<_>) = stored.into_iter().partition(|f| {
+        let is_temp = |f: &std::path::PathBuf| {
             let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
             lifeboat_core::durable::is_temp_name(name)
-        });
-        temps_left = temps;
+        };
+        let (temps, objects): (Vec<_>, Vec<_>) = stored.into_iter().partition(is_temp);
+        // The data directory's own (keys, settings, the audit head) go too.
+        let top_temps = fs::read_dir(&ctl)
+            .expect("data directory")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.is_file() && is_temp(p));
+        temps_left = temps.into_iter().chain(top_temps).collect();
         let empty: Vec<_> = objects
             .iter()
             .filter(|f| fs::metadata(f).map(|m| m.len() == 0).unwrap_or(false))

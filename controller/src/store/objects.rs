@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 
 /// Why the store could not do what was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("{key} is not in the store")]
     NotFound { key: String },
@@ -313,10 +313,7 @@ impl Objects for LocalDir {
         for dir in dirs {
             if let Err(e) = lifeboat_core::durable::create_dir_durable(dir) {
                 let e = StoreError::from(e);
-                return objects
-                    .iter()
-                    .map(|_| Err(StoreError::Io(e.to_string())))
-                    .collect();
+                return objects.iter().map(|_| Err(e.clone())).collect();
             }
         }
         let files: Vec<(&Path, &[u8])> = paths
