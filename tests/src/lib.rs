@@ -649,6 +649,16 @@ impl Fleet {
         );
     }
 
+    /// The id of every listed snapshot (`lifeboat snapshots`).
+    pub fn snapshot_ids(&self) -> Vec<String> {
+        self.cli_json(&["snapshots"])
+            .as_array()
+            .expect("a list of snapshots")
+            .iter()
+            .filter_map(|s| s["id"].as_str().map(String::from))
+            .collect()
+    }
+
     /// Backs up and returns the snapshot info of the new snapshot.
     pub fn backup(&self, agent: &str, source: &str) -> Value {
         let (ok, job) = self.job(&["backup", agent, "--source", source]);

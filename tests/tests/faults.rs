@@ -781,13 +781,7 @@ fn a3_fsync_failing_on_one_call_in_a_hundred_loses_no_acknowledged_snapshot() {
         String::from_utf8_lossy(&verify.stdout),
         String::from_utf8_lossy(&verify.stderr)
     );
-    let listed: Vec<String> = fleet
-        .cli_json(&["snapshots"])
-        .as_array()
-        .expect("snapshots")
-        .iter()
-        .filter_map(|s| s["id"].as_str().map(String::from))
-        .collect();
+    let listed = fleet.snapshot_ids();
     let last = acknowledged.len() - 1;
     let mut restored = 0;
     for (i, (id, expected, after_fault)) in acknowledged.iter().enumerate() {
@@ -1047,13 +1041,7 @@ fn check_after_power_cut(
     acknowledged: &[(String, Vec<tree::Item>)],
     target: &std::path::Path,
 ) {
-    let listed: Vec<String> = fleet
-        .cli_json(&["snapshots"])
-        .as_array()
-        .expect("snapshots")
-        .iter()
-        .filter_map(|s| s["id"].as_str().map(String::from))
-        .collect();
+    let listed = fleet.snapshot_ids();
     for (id, _) in acknowledged {
         assert!(
             listed.contains(id),
@@ -1278,13 +1266,7 @@ fn a1_a_controller_killed_during_a_commit_burst_loses_no_acknowledged_commit() {
         acked.len()
     );
     fleet.start_controller();
-    let listed: Vec<String> = fleet
-        .cli_json(&["snapshots"])
-        .as_array()
-        .expect("list")
-        .iter()
-        .filter_map(|s| s["id"].as_str().map(str::to_string))
-        .collect();
+    let listed = fleet.snapshot_ids();
     for id in &acked {
         assert!(
             listed.contains(id),
