@@ -347,7 +347,7 @@ async fn restore_into(
     });
     counters.set_phase("restoring");
 
-    let order = tree.chunk_order(same.clone())?;
+    let order = tree.chunk_order(same.clone(), &state.chunk_key)?;
     let clients = if bulk.is_empty() {
         vec![client.clone()]
     } else {

@@ -36,6 +36,13 @@ impl ChunkKey {
         ChunkId(*blake3::keyed_hash(&self.0, data).as_bytes())
     }
 
+    /// The id of the chunk every long run of zeros is cut into
+    /// ([`crate::chunker::zero_chunk_len`] zeros): what a sparse file's holes are made of.
+    /// Hashes a few MiB: callers keep it.
+    pub fn zero_chunk_id(&self) -> ChunkId {
+        self.id_of(crate::chunker::zero_chunk())
+    }
+
     /// The content hash of a file of `size` bytes made of `chunks`, in order. Each chunk id
     /// already binds its bytes, so hashing the id list names the whole content without a
     /// second pass over the data (a 32-byte update per chunk instead of one per byte).

@@ -230,10 +230,18 @@ pub fn repair_scan(tree: &TreeFile, key: &ChunkKey, target: &OwnedFd) -> Result<
 
 /// Whether an open file holds exactly `e`'s content.
 fn content_matches(key: &ChunkKey, fd: OwnedFd, e: &Entry) -> Result<bool> {
+    let file = File::from(fd);
+    let holes = crate::chunker::holes(&file)
+        .ctx(|| format!("finding the holes of {}", e.display_path()))?;
+    let zero = (!holes.is_empty()).then(|| key.zero_chunk_id());
     let mut n = 0usize;
-    for chunk in crate::chunker::Chunker::new(File::from(fd)) {
+    for chunk in crate::chunker::Chunker::new(file).with_holes(holes) {
         let chunk = chunk?;
-        if e.chunks.get(n) != Some(&key.id_of(&chunk)) {
+        let id = match (chunk.is_zeros(), zero) {
+            (true, Some(zero)) => zero,
+            _ => key.id_of(&chunk),
+        };
+        if e.chunks.get(n) != Some(&id) {
             return Ok(false);
         }
         n += 1;
@@ -267,6 +275,7 @@ pub fn restore_scanned(
         opts,
         source,
         cached: None,
+        zero: std::cell::OnceCell::new(),
         report: Report::default(),
         failed: HashSet::new(),
         tmp_seq: 0,
@@ -348,6 +357,8 @@ struct Restorer<'a> {
     opts: Options,
     source: &'a mut dyn ChunkSource,
     cached: Option<(Vec<u8>, OwnedFd)>,
+    /// [`ChunkKey::zero_chunk_id`], once a sparse file needs it.
+    zero: std::cell::OnceCell<ChunkId>,
     /// Files already in place with the snapshot's content (repair mode).
     same: &'a HashSet<Vec<u8>>,
     report: Report,
@@ -690,16 +701,28 @@ impl Restorer<'_> {
     }
 
     fn write_content(&mut self, file: &File, e: &Entry) -> Result<()> {
+        // A sparse file's chunks of zeros stay holes: not fetched, not written.
+        let zero = e
+            .sparse
+            .then(|| *self.zero.get_or_init(|| self.key.zero_chunk_id()));
+        let hole = |id: &ChunkId| zero.is_some_and(|z| e.leaves_hole(id, &z));
         let mut offset = 0u64;
         for batch in e.chunks.chunks(FETCH_BATCH) {
-            let chunks = self.source.fetch(batch)?;
-            if chunks.len() != batch.len() {
+            let wanted: Vec<ChunkId> = batch.iter().filter(|id| !hole(id)).copied().collect();
+            let chunks = self.source.fetch(&wanted)?;
+            if chunks.len() != wanted.len() {
                 return Err(Error::io(
                     e.display_path(),
                     std::io::Error::other("chunk source returned the wrong number of chunks"),
                 ));
             }
-            for (id, chunk) in batch.iter().zip(chunks) {
+            let mut chunks = chunks.into_iter();
+            for id in batch {
+                if hole(id) {
+                    offset += crate::chunker::zero_chunk_len() as u64;
+                    continue;
+                }
+                let chunk = chunks.next().expect("as many chunks as wanted");
                 if chunk.id() != id {
                     return Err(Error::ChunkMismatch { id: id.to_hex() });
                 }

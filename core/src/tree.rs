@@ -96,6 +96,13 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Whether a restore leaves chunk `id` of this entry as a hole instead of fetching
+    /// and writing it: a chunk of zeros (`zero`, from `ChunkKey::zero_chunk_id`) of a file
+    /// that was sparse. The restored file is created empty, so the hole reads as the zeros.
+    pub fn leaves_hole(&self, id: &ChunkId, zero: &ChunkId) -> bool {
+        self.sparse && id == zero
+    }
+
     pub fn new(path: Vec<u8>, kind: Kind) -> Self {
         Entry {
             path,

@@ -388,6 +388,16 @@ impl Fleet {
     }
 
     /// Sends `signal` to agent `name`'s process (SIGSTOP pauses it mid-backup).
+    /// Agent `name`'s process id.
+    pub fn agent_pid(&self, name: &str) -> u32 {
+        let (_, child) = self
+            .agents
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("agent is running");
+        child.id()
+    }
+
     pub fn signal_agent(&self, name: &str, signal: rustix::process::Signal) {
         let (_, child) = self
             .agents

@@ -962,6 +962,114 @@ fn b10_deep_wide_long_named_and_sparse_trees_restore_identical() {
     );
 }
 
+/// Bytes agent `pid` has read through `read` and its kin so far (`rchar` of
+/// `/proc/PID/io`): the file reads of a backup, and its sockets' few.
+fn bytes_read_by(pid: u32) -> u64 {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("rchar in /proc/PID/io")
+}
+
+/// The ranges of `path` that hold data (`SEEK_DATA` / `SEEK_HOLE`); the rest reads as zeros.
+fn data_ranges(path: &std::path::Path) -> Vec<std::ops::Range<u64>> {
+    use rustix::fs::{SeekFrom, seek};
+    let f = fs::File::open(path).expect("open");
+    let len = f.metadata().expect("metadata").len();
+    let mut ranges = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let start = match seek(&f, SeekFrom::Data(at)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => panic!("SEEK_DATA on {}: {e}", path.display()),
+        };
+        let end = seek(&f, SeekFrom::Hole(start)).expect("SEEK_HOLE").min(len);
+        ranges.push(start..end);
+        at = end;
+    }
+    ranges
+}
+
+/// B10 at a terabyte: a sparse file of 1 TiB holding three islands of data (one of them
+/// at an odd offset) backs up reading its data and not its holes (the agent's reads stay
+/// far below a GiB), and restores identical: the same length, mode and time, the same
+/// bytes wherever either file holds data (everywhere else both read as zeros), and no
+/// more blocks than the source's plus 1%.
+#[test]
+fn b10_a_terabyte_sparse_file_backs_up_and_restores_at_the_cost_of_its_data() {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    const TIB: u64 = 1 << 40;
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    fs::create_dir_all(&src).expect("mkdir");
+    let disk = src.join("disk.img");
+    let mut rng = lifeboat_tests::tree::Rng::new(1010);
+    {
+        let f = fs::File::create(&disk).expect("disk.img");
+        f.set_len(TIB)
+            .expect("a 1 TiB sparse file in the test's directory");
+        for (off, len) in [
+            (0, 1 << 20),
+            ((300 << 30) + 5, 64 << 10),
+            (TIB - (10 << 20), 3 << 20),
+        ] {
+            f.write_all_at(&rng.bytes(len), off).expect("island");
+        }
+    }
+    let a = fleet.enroll("a");
+    let root = fleet.path("roots");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[root.as_path()]);
+    let before = bytes_read_by(fleet.agent_pid("a"));
+    let snap = fleet.backup("a", "data");
+    let read = bytes_read_by(fleet.agent_pid("a")) - before;
+    assert!(
+        read < 1 << 30,
+        "the backup of a 1 TiB file with 4 MiB of data read {read} bytes: its holes were read"
+    );
+    let target = root.join("restored");
+    let (ok, job) = fleet.restore_to(snap["id"].as_str().expect("id"), "a", &target, &[]);
+    assert!(ok, "restore: {job}");
+    let restored = target.join("disk.img");
+    let (s, r) = (
+        fs::metadata(&disk).expect("source"),
+        fs::metadata(&restored).expect("restored"),
+    );
+    assert_eq!(r.len(), TIB, "restored length");
+    assert_eq!(
+        (r.mode(), r.mtime()),
+        (s.mode(), s.mtime()),
+        "mode and mtime"
+    );
+    assert!(
+        r.blocks() <= s.blocks() + s.blocks() / 100,
+        "disk.img restored with {} blocks, the source has {}",
+        r.blocks(),
+        s.blocks()
+    );
+    let (sf, rf) = (
+        fs::File::open(&disk).expect("source"),
+        fs::File::open(&restored).expect("restored"),
+    );
+    let mut compared = 0;
+    for range in data_ranges(&disk).into_iter().chain(data_ranges(&restored)) {
+        let len = usize::try_from(range.end - range.start).expect("range");
+        assert!(
+            len <= 64 << 20,
+            "a data range of {len} bytes at {}",
+            range.start
+        );
+        let (mut x, mut y) = (vec![0; len], vec![0; len]);
+        sf.read_exact_at(&mut x, range.start).expect("read source");
+        rf.read_exact_at(&mut y, range.start)
+            .expect("read restored");
+        assert!(x == y, "disk.img differs within {range:?}");
+        compared += len;
+    }
+    assert!(compared >= 4 << 20, "compared {compared} bytes of data");
+}
+
 /// B6: a process racing the restore swaps the target's directories for symlinks to a
 /// directory outside it, in a tight loop (at least 10,000 swaps, restores run again until
 /// then). Nothing outside the target changes: every directory is opened beneath the

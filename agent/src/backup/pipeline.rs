@@ -69,6 +69,8 @@ pub(super) struct Pipeline {
     /// The backup job every upload names (`lifeboat-job`), which the controller checks
     /// and counts against the job's quota.
     pub(super) job_id: String,
+    /// The id of the chunk of zeros a sparse file's holes are cut into, once one was met.
+    pub(super) zero_id: std::sync::OnceLock<ChunkId>,
 }
 
 /// One upload stream to the controller. Each worker has its own, so the controller
@@ -209,6 +211,7 @@ impl Pipeline {
             rt: tokio::runtime::Handle::current(),
             limit: ctx.limit.clone(),
             job_id: ctx.job_id.clone(),
+            zero_id: std::sync::OnceLock::new(),
         }
     }
 
@@ -309,23 +312,49 @@ impl Pipeline {
     ) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {
         // The chunker borrows the lane's buffer while chunks go to the rest of the lane.
         let mut buf = std::mem::take(&mut lane.buf);
-        let chunked = self.chunk_with(src, &mut buf, lane);
+        let chunked = self.chunk_all(Chunker::with_buffer(src, &mut buf), lane);
         lane.buf = buf;
         chunked
     }
 
-    /// [`Pipeline::chunk_stream`] with the buffer taken out of the lane.
-    pub(super) fn chunk_with(
+    /// [`Pipeline::chunk_stream`] for a file, stepping over its holes if it is sparse: the
+    /// same chunks as reading its zeros would give, without reading them.
+    pub(super) fn chunk_file(
         &self,
-        src: impl std::io::Read,
-        buf: &mut Vec<u8>,
+        file: std::fs::File,
+        path: &std::path::Path,
+        lane: &mut Lane,
+    ) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {
+        use std::os::unix::fs::MetadataExt;
+        let sparse = file
+            .metadata()
+            .is_ok_and(|m| m.blocks().saturating_mul(512) < m.len());
+        let holes = match sparse {
+            false => Vec::new(),
+            true => lifeboat_core::chunker::holes(&file).map_err(|e| {
+                lifeboat_core::Error::io(format!("finding the holes of {}", path.display()), e)
+            })?,
+        };
+        let mut buf = std::mem::take(&mut lane.buf);
+        let chunked = self.chunk_all(Chunker::with_buffer(file, &mut buf).with_holes(holes), lane);
+        lane.buf = buf;
+        chunked
+    }
+
+    /// Chunks what `chunker` yields, queueing new chunks on `lane`.
+    fn chunk_all<R: std::io::Read>(
+        &self,
+        chunker: Chunker<R, &mut Vec<u8>>,
         lane: &mut Lane,
     ) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {
         let mut ids = Vec::new();
         let mut size = 0u64;
-        for chunk in Chunker::with_buffer(src, buf) {
+        for chunk in chunker {
             let data = chunk?;
-            let id = self.key.id_of(&data);
+            let id = match data.is_zeros() {
+                true => *self.zero_id.get_or_init(|| self.key.zero_chunk_id()),
+                false => self.key.id_of(&data),
+            };
             size += data.len() as u64;
             ids.push(id);
             Counters::add(&self.counters.bytes_done, data.len() as u64);
@@ -391,7 +420,7 @@ impl Pipeline {
                 break;
             };
             let outcome = match std::fs::File::open(&path) {
-                Ok(f) => match self.chunk_stream(f, &mut lane) {
+                Ok(f) => match self.chunk_file(f, &path, &mut lane) {
                     Ok((chunks, hash, size)) => {
                         Counters::add(&self.counters.bytes_read, size);
                         FileOutcome::Read { chunks, hash, size }

@@ -109,25 +109,44 @@ impl Restored {
 
     /// The chunks of every file but those in `skip` (repair mode's files already in
     /// place), in the order the restore asks for them; a walked tree's are read from its
-    /// file as the fetcher goes.
-    pub fn chunk_order(&self, skip: Arc<HashSet<Vec<u8>>>) -> lifeboat_core::Result<ChunkOrder> {
-        fn of(e: &Entry) -> Vec<lifeboat_core::Result<(ChunkId, u64)>> {
+    /// file as the fetcher goes, without the chunks of zeros its sparse files leave as
+    /// holes (`Entry::leaves_hole`: the restore writes nothing there).
+    pub fn chunk_order(
+        &self,
+        skip: Arc<HashSet<Vec<u8>>>,
+        key: &lifeboat_core::ChunkKey,
+    ) -> lifeboat_core::Result<ChunkOrder> {
+        fn of(e: &Entry, zero: Option<&ChunkId>) -> Vec<lifeboat_core::Result<(ChunkId, u64)>> {
             let each = e.size / e.chunks.len().max(1) as u64;
-            e.chunks.iter().map(|id| Ok((*id, each))).collect()
+            e.chunks
+                .iter()
+                .filter(|id| !zero.is_some_and(|z| e.leaves_hole(id, z)))
+                .map(|id| Ok((*id, each)))
+                .collect()
         }
         let wanted = move |e: &Entry| e.kind == Kind::File && !skip.contains(&e.path);
         Ok(match self {
-            Restored::Walked(t) => Box::new(t.entries()?.flat_map(move |e| match e {
-                Ok(e) if wanted(&e) => of(&e),
-                Ok(_) => Vec::new(),
-                Err(err) => vec![Err(err)],
-            })),
+            Restored::Walked(t) => {
+                let key = key.clone();
+                let mut zero = None;
+                Box::new(t.entries()?.flat_map(move |e| match e {
+                    Ok(e) if wanted(&e) => {
+                        if e.sparse && zero.is_none() {
+                            zero = Some(key.zero_chunk_id());
+                        }
+                        of(&e, zero.as_ref())
+                    }
+                    Ok(_) => Vec::new(),
+                    Err(err) => vec![Err(err)],
+                }))
+            }
+            // An image's archive is written back whole, zeros and all.
             Restored::Parsed(t) => {
                 let order: Vec<_> = t
                     .entries
                     .iter()
                     .filter(|e| wanted(e))
-                    .flat_map(of)
+                    .flat_map(|e| of(e, None))
                     .collect();
                 Box::new(order.into_iter())
             }
