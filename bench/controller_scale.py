@@ -32,18 +32,25 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import run  # noqa: E402
 from run import BIN, REPO, replace_section, start_controller  # noqa: E402
 
 SECTION = "## Controller scale"
 
 
 def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, plan=False, restores=0, restore_mb=16,
-              controller_args=(), run_plan=False, restart=False):
+              controller_args=(), run_plan=False, restart=False, backup_mib=0, store="local", after=None):
+    """One fleet of `n` simulated agents on a fresh controller; the load generator's
+    report. `store`: "local", or "s3" (SeaweedFS on loopback). `after(env, d)`, if given,
+    runs once the load generator is done, with the controller still up (the CLI's
+    environment and the round's directory); its result is the report's "after"."""
     d = work / f"n{n}"
     if d.exists():
         shutil.rmtree(d)
     d.mkdir(parents=True)
-    ctl, url, fp = start_controller(bin_dir, d, extra=controller_args)
+    s3 = run.SeaweedFS(d) if store == "s3" else None
+    extra = [*controller_args, *(s3.serve_args() if s3 else [])]
+    ctl, url, fp = start_controller(bin_dir, d, extra=extra, env=s3.env if s3 else None)
     try:
         env = {**os.environ, "LIFEBOAT_IDENTITY": str(d / "ctl" / "admin.identity"), "LIFEBOAT_CONTROLLER": url}
         tokens = []
@@ -57,6 +64,7 @@ def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, pla
                                  "--heartbeat-ms", str(heartbeat_ms), "--measure-s", str(measure_s), "--commits", str(commits),
                                  "--sources", str(sources), *(["--plan"] if plan else []), *(["--run-plan"] if plan and run_plan else []),
                                  *(["--restores", str(restores), "--restore-mb", str(restore_mb)] if restores else []),
+                                 *(["--backup-mib", str(backup_mib)] if backup_mib else []),
                                  *(["--restart"] if restart else [])],
                                 env={**env, "LIFEBOAT_CONTROLLER_PID": str(ctl.pid)}, stdout=subprocess.PIPE,
                                 stderr=open(d / "load.log", "w"), text=True)
@@ -67,17 +75,23 @@ def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, pla
                 # directory on the same address.
                 ctl.terminate()
                 ctl.wait(timeout=120)
-                ctl, _, _ = start_controller(bin_dir, d, extra=controller_args, listen=url.split("//")[-1])
+                ctl, _, _ = start_controller(bin_dir, d, extra=extra, env=s3.env if s3 else None,
+                                             listen=url.split("//")[-1])
                 restarted.with_suffix(".tmp").write_text(str(ctl.pid))
                 restarted.with_suffix(".tmp").rename(restarted)
             time.sleep(0.02)
         out = proc.stdout.read()
         if proc.returncode != 0:
             sys.exit(f"load generator failed: {(d / 'load.log').read_text()[-3000:]}")
-        return json.loads(out.strip().splitlines()[-1])
+        report = json.loads(out.strip().splitlines()[-1])
+        if after:
+            report["after"] = after(env, d)
+        return report
     finally:
         ctl.kill()
         ctl.wait()
+        if s3:
+            s3.stop()
 
 
 def main():

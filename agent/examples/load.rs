@@ -5,7 +5,7 @@
 //!     cargo run --release -p lifeboat-agent --example load -- \
 //!         --controller URL --tokens T1,T2 --ca-fingerprint FP --identity ADMIN.identity \
 //!         --agents 10000 --dir DIR [--heartbeat-ms 15000] [--measure-s 60] [--commits 1000] \
-//!         [--sources 3] [--plan [--run-plan]] [--restores 1000 --restore-mb 16]
+//!         [--sources 3] [--backup-mib 4] [--plan [--run-plan]] [--restores 1000 --restore-mb 16]
 //!
 //! Every agent keeps one session (a TLS connection and an HTTP/2 stream) and heartbeats;
 //! the controller acknowledges each heartbeat, and the round trip is the heartbeat latency.
@@ -13,6 +13,9 @@
 //! back up a tiny directory of their own, all at once; each runs the real backup pipeline
 //! (`lifeboat_agent::backup::backup_source`: scan, MissingChunks, PutChunks, signed
 //! CommitSnapshot); with `--sources K`, each agent has K sources and backs up all of them.
+//! With `--backup-mib M`, each committing agent's first source also holds M MiB of
+//! incompressible data, half of it the same for every agent and half its own (checklist
+//! row D3: concurrent backups, 50% deduplicated); the bytes read and new are reported.
 //! With `--plan`, a recovery of every committed device is then planned three times
 //! (`PlanRecovery`, as an operator) and each planning call is timed; with `--run-plan`,
 //! the last plan is then run (`RunPlan`: every device's sources restored onto it, each
@@ -66,6 +69,7 @@ struct Args {
     run_plan: bool,
     restores: usize,
     restore_mb: usize,
+    backup_mib: usize,
     restart: bool,
 }
 
@@ -95,6 +99,7 @@ fn args() -> Result<Args, Error> {
         run_plan: all.iter().any(|a| a == "--run-plan"),
         restores: get("--restores").map_or(Ok(0), |s| s.parse())?,
         restore_mb: get("--restore-mb").map_or(Ok(16), |s| s.parse())?,
+        backup_mib: get("--backup-mib").map_or(Ok(0), |s| s.parse())?,
         restart: all.iter().any(|a| a == "--restart"),
     })
 }
@@ -233,6 +238,9 @@ struct Shared {
     measuring: std::sync::atomic::AtomicBool,
     /// Backup job receipt → committed, milliseconds.
     commits: Mutex<Vec<u64>>,
+    /// What the committed backups read, and what of it was new to the store.
+    bytes_read: std::sync::atomic::AtomicU64,
+    bytes_new: std::sync::atomic::AtomicU64,
     failures: Mutex<Vec<String>>,
     /// Restores that finished: (job receipt → verified, milliseconds; bytes fetched).
     restores: Mutex<Vec<(u64, u64)>>,
@@ -460,6 +468,12 @@ async fn session(
                                     if let Ok(mut c) = shared.commits.lock() {
                                         c.push(got.elapsed().as_millis() as u64);
                                     }
+                                    for (total, of) in [
+                                        (&shared.bytes_read, &ctx.counters.bytes_read),
+                                        (&shared.bytes_new, &ctx.counters.bytes_new),
+                                    ] {
+                                        total.fetch_add(of.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+                                    }
                                     update.snapshot_ids.push(r.snapshot_id);
                                 }
                                 Err(e) => {
@@ -619,17 +633,38 @@ fn controller_pid(url: &str) -> Option<u32> {
     std::env::var("LIFEBOAT_CONTROLLER_PID").ok()?.parse().ok()
 }
 
+/// `len` incompressible bytes drawn from `seed`.
+fn noise(seed: &[u8], len: usize) -> Vec<u8> {
+    let mut data = vec![0u8; len];
+    blake3::Hasher::new()
+        .update(seed)
+        .finalize_xof()
+        .fill(&mut data);
+    data
+}
+
 /// Agent `i`'s `n` tiny source directories, one new file each; the first agent's first
-/// source also holds `extra_mib` MiB of incompressible data (what the restores read).
-fn make_sources(dir: &Path, i: usize, n: usize, extra_mib: usize) -> Result<Vec<PathBuf>, Error> {
+/// source also holds `extra_mib` MiB of incompressible data (what the restores read), and
+/// every agent's first source `backup_mib` MiB, half shared by all agents, half its own.
+fn make_sources(
+    dir: &Path,
+    i: usize,
+    n: usize,
+    extra_mib: usize,
+    backup_mib: usize,
+) -> Result<Vec<PathBuf>, Error> {
+    if backup_mib > 0 {
+        let src = dir.join(format!("sources/a{i:05}"));
+        std::fs::create_dir_all(&src)?;
+        let shared = (backup_mib << 20) / 2;
+        std::fs::write(src.join("shared.bin"), noise(b"load shared data", shared))?;
+        let own = noise(format!("load data of agent {i}").as_bytes(), (backup_mib << 20) - shared);
+        std::fs::write(src.join("own.bin"), own)?;
+    }
     if i == 0 && extra_mib > 0 {
         let src = dir.join("sources/a00000");
         std::fs::create_dir_all(&src)?;
-        let mut data = vec![0u8; extra_mib << 20];
-        let mut xof = blake3::Hasher::new()
-            .update(b"load restore data")
-            .finalize_xof();
-        xof.fill(&mut data);
+        let data = noise(b"load restore data", extra_mib << 20);
         // Files of 4 MiB, as a restore of a real tree has several.
         for (k, part) in data.chunks(4 << 20).enumerate() {
             std::fs::write(src.join(format!("data-{k:03}.bin")), part)?;
@@ -747,7 +782,8 @@ async fn main() -> Result<(), Error> {
     let mut names = HashMap::new();
     for (i, state) in states.iter().enumerate() {
         let extra = if a.restores > 0 { a.restore_mb } else { 0 };
-        let sources = make_sources(&a.dir, i, a.sources, extra)?;
+        let backup_mib = if i < a.commits { a.backup_mib } else { 0 };
+        let sources = make_sources(&a.dir, i, a.sources, extra, backup_mib)?;
         names.insert(state.info.name.clone(), i);
         let (url, state, shared, hb) = (
             a.controller.clone(),
@@ -888,6 +924,8 @@ async fn main() -> Result<(), Error> {
             "committed": lat.len(),
             "wall_s": wall,
             "commits_per_sec": lat.len() as f64 / wall,
+            "bytes_read": shared.bytes_read.load(Ordering::Relaxed),
+            "bytes_new": shared.bytes_new.load(Ordering::Relaxed),
             "latency_ms_p50": percentile(&lat, 0.5),
             "latency_ms_p99": percentile(&lat, 0.99),
             "controller_cpu_s": match (cpu0, pid.map(proc_stat)) { (Some(b), Some(a)) => a.0 - b.0, _ => 0.0 },
