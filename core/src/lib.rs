@@ -56,6 +56,7 @@ mod error;
 pub mod id;
 pub mod identity;
 pub mod inventory;
+pub mod names;
 pub mod pace;
 pub mod pack;
 pub mod pki;

@@ -38,6 +38,7 @@ use rustix::fs::{AtFlags, FileType, Mode as Perm, OFlags, ResolveFlags, Timespec
 use rustix::io::Errno;
 
 use crate::codec::Verified;
+use crate::names::Names;
 use crate::error::IoContext;
 use crate::tree::{Entry, Kind, TreeFile};
 use crate::{ChunkId, ChunkKey, Error, Result};
@@ -291,7 +292,7 @@ pub fn restore_scanned(
     root.path.clear();
     let mut open = vec![OpenDir {
         entry: root,
-        names: HashSet::new(),
+        names: Names::default(),
     }];
     let mut shut = Vec::new();
     for e in tree.entries()? {
@@ -302,7 +303,7 @@ pub fn restore_scanned(
             r.close_dir(d, &mut shut)?;
         }
         if let Some(d) = open.last_mut() {
-            d.names.insert(name.to_vec());
+            d.names.push(name);
         }
         match r.entry(&e) {
             Ok(()) => {}
@@ -315,7 +316,7 @@ pub fn restore_scanned(
         if e.kind == Kind::Dir {
             open.push(OpenDir {
                 entry: e,
-                names: HashSet::new(),
+                names: Names::default(),
             });
         }
         progress(&r.report);
@@ -333,10 +334,10 @@ pub fn restore_scanned(
 }
 
 /// A directory of the tree that the restore is inside: its entry, and the names of the
-/// tree's entries in it so far.
+/// tree's entries in it so far (in the tree's order, which is sorted).
 struct OpenDir {
     entry: Entry,
-    names: HashSet<Vec<u8>>,
+    names: Names,
 }
 
 /// Failures confined to one entry; anything else (network, disk full, hostile target)
@@ -648,7 +649,7 @@ impl Restorer<'_> {
     /// planted (and removed when `delete_extra`), then its metadata is set. A directory
     /// whose mode would deny its owner gets it last (`shut`), so that a hardlink into it
     /// from a later directory can still be made.
-    fn close_dir(&mut self, d: OpenDir, shut: &mut Vec<Entry>) -> Result<()> {
+    fn close_dir(&mut self, mut d: OpenDir, shut: &mut Vec<Entry>) -> Result<()> {
         let rel = d.entry.path.as_slice();
         if self.failed.contains(rel) {
             return Ok(());
@@ -661,10 +662,12 @@ impl Restorer<'_> {
             }
             Err(err) => return Err(err),
         };
-        for name in list_dir(&dir, &String::from_utf8_lossy(rel))? {
-            if d.names.contains(&name) {
-                continue;
-            }
+        d.names.sort();
+        let extras = list_dir_where(&dir, &String::from_utf8_lossy(rel), |n| {
+            !d.names.contains(n)
+        })?;
+        drop(d.names);
+        for name in extras {
             let mut path = rel.to_vec();
             if !path.is_empty() {
                 path.push(b'/');
@@ -858,12 +861,22 @@ fn open_file(dir: &OwnedFd, name: &[u8], e: &Entry) -> Result<OwnedFd> {
 
 /// The names in a directory (without `.` and `..`).
 fn list_dir(dir: &OwnedFd, shown: &str) -> Result<Vec<Vec<u8>>> {
+    list_dir_where(dir, shown, |_| true)
+}
+
+/// The names in a directory (without `.` and `..`) that `keep` keeps: only those are
+/// held, so a directory of millions of names costs what `keep` lets through.
+fn list_dir_where(
+    dir: &OwnedFd,
+    shown: &str,
+    mut keep: impl FnMut(&[u8]) -> bool,
+) -> Result<Vec<Vec<u8>>> {
     let mut out = Vec::new();
     let iter = rustix::fs::Dir::read_from(dir).ctx(|| format!("listing {shown}/"))?;
     for ent in iter {
         let ent = ent.ctx(|| format!("listing {shown}/"))?;
         let name = ent.file_name().to_bytes();
-        if name != b"." && name != b".." {
+        if name != b"." && name != b".." && keep(name) {
             out.push(name.to_vec());
         }
     }
@@ -949,3 +962,4 @@ fn write_at(file: &File, data: &[u8], offset: u64, sparse: bool) -> std::io::Res
     }
     Ok(())
 }
+

@@ -56,7 +56,9 @@ struct Listing {
     /// The directory's device and inode: a directory below it with the same is a cycle.
     id: (u64, u64),
     rel: Vec<u8>,
-    names: std::vec::IntoIter<std::ffi::OsString>,
+    /// Its names, sorted, and how many of them the walk has taken.
+    names: crate::names::Names,
+    next: usize,
 }
 
 impl Walker {
@@ -79,7 +81,8 @@ impl Walker {
                 dir: root.to_path_buf(),
                 id: (meta.dev(), meta.ino()),
                 rel: Vec::new(),
-                names: names.into_iter(),
+                names,
+                next: 0,
             }],
             links: HashMap::new(),
             xattrs: true,
@@ -127,10 +130,12 @@ impl Iterator for Walker {
     fn next(&mut self) -> Option<Entry> {
         loop {
             let top = self.stack.last_mut()?;
-            let Some(name) = top.names.next() else {
+            if top.next == top.names.len() {
                 self.stack.pop();
                 continue;
-            };
+            }
+            let name = OsStr::from_bytes(top.names.get(top.next)).to_os_string();
+            top.next += 1;
             let path = top.dir.join(&name);
             let mut rel = top.rel.clone();
             if !rel.is_empty() {
@@ -166,7 +171,8 @@ impl Iterator for Walker {
                         dir: path,
                         id,
                         rel: e.path.clone(),
-                        names: names.into_iter(),
+                        names,
+                        next: 0,
                     }),
                     Err(err) => self.warnings.push(format!("{}: {err}", path.display())),
                 }
@@ -177,11 +183,12 @@ impl Iterator for Walker {
 }
 
 /// A directory's names, sorted bytewise.
-fn list(dir: &Path) -> std::io::Result<Vec<std::ffi::OsString>> {
-    let mut names: Vec<std::ffi::OsString> = fs::read_dir(dir)?
-        .filter_map(|e| e.ok().map(|e| e.file_name()))
-        .collect();
-    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+fn list(dir: &Path) -> std::io::Result<crate::names::Names> {
+    let mut names = crate::names::Names::new();
+    for e in fs::read_dir(dir)?.flatten() {
+        names.push(e.file_name().as_bytes());
+    }
+    names.sort();
     Ok(names)
 }
 
