@@ -72,10 +72,14 @@ def main():
     chosen = [tools[t]() for t in args.tools.split(",")]
     results = []
     for shape in args.shapes.split(","):
+        # ext4 gives an inode at most 65,000 names: the links live in RAM (tmpfs has no cap).
+        src = work / "many-src" if shape == "files" else Path("/dev/shm/lifeboat-bench/many-links-src")
         for n in args.counts:
             make_source(src, shape, n)
             for tool in chosen:
                 tool.restore_tag = "many"
+                if isinstance(tool, run.Lifeboat):
+                    tool.src = src  # the agent's source, given when it starts
                 for i in range(args.runs):
                     print(f"{shape} {n}: {tool.name} run {i + 1}/{args.runs}", flush=True)
                     tool.init()
@@ -98,7 +102,7 @@ def main():
                          "restore": r_wall, "restore_rss": r_rss, "ok": ok}
                     results.append(r)
                     print(f"  {r}", flush=True)
-    run.clean(src)
+        run.clean(src)
     write_report(args, results, {t.name: t.version() for t in chosen})
 
 

@@ -658,7 +658,10 @@ fn make_sources(
         std::fs::create_dir_all(&src)?;
         let shared = (backup_mib << 20) / 2;
         std::fs::write(src.join("shared.bin"), noise(b"load shared data", shared))?;
-        let own = noise(format!("load data of agent {i}").as_bytes(), (backup_mib << 20) - shared);
+        let own = noise(
+            format!("load data of agent {i}").as_bytes(),
+            (backup_mib << 20) - shared,
+        );
         std::fs::write(src.join("own.bin"), own)?;
     }
     if i == 0 && extra_mib > 0 {

@@ -38,8 +38,8 @@ use rustix::fs::{AtFlags, FileType, Mode as Perm, OFlags, ResolveFlags, Timespec
 use rustix::io::Errno;
 
 use crate::codec::Verified;
-use crate::names::Names;
 use crate::error::IoContext;
+use crate::names::Names;
 use crate::tree::{Entry, Kind, TreeFile};
 use crate::{ChunkId, ChunkKey, Error, Result};
 
@@ -962,4 +962,3 @@ fn write_at(file: &File, data: &[u8], offset: u64, sparse: bool) -> std::io::Res
     }
     Ok(())
 }
-
