@@ -59,17 +59,10 @@ def main():
     ap.add_argument("--counts", type=int, nargs="+", default=[250000, 500000, 1000000])
     ap.add_argument("--shapes", default="files,links")
     ap.add_argument("--runs", type=int, default=1)
-    ap.add_argument("--work", type=Path, default=Path("/var/tmp/lifeboat-bench"))
-    ap.add_argument("--tools", default="lifeboat,restic,borg")
-    ap.add_argument("--bin", type=Path, default=run.BIN)
-    ap.add_argument("--out", type=Path, default=run.REPO / "BENCHMARKS.md")
-    args = ap.parse_args()
-    run.BIN = args.bin
+    args = run.tool_args(ap)()
     work = args.work
-    work.mkdir(parents=True, exist_ok=True)
     src = work / "many-src"
-    tools = {"lifeboat": lambda: run.Lifeboat(work, src), "restic": lambda: run.Restic(work), "borg": lambda: run.Borg(work)}
-    chosen = [tools[t]() for t in args.tools.split(",")]
+    chosen = run.make_tools(args.tools, work, src)
     results = []
     for shape in args.shapes.split(","):
         # ext4 gives an inode at most 65,000 names: the links live in RAM (tmpfs has no cap).

@@ -446,6 +446,30 @@ IMAGES_SECTION = "## Container images"
 MASS_SECTION = "## Mass restore"
 
 
+def tool_args(ap, tools="lifeboat,restic,borg", work=Path("/var/tmp/lifeboat-bench")):
+    """Adds the options every comparison shares (--work, --tools, --bin, --out) to `ap`;
+    returns a function that parses the command line, points `BIN` at --bin and creates
+    --work."""
+    ap.add_argument("--work", type=Path, default=work)
+    ap.add_argument("--tools", default=tools)
+    ap.add_argument("--bin", type=Path, default=BIN)
+    ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+
+    def parse():
+        global BIN
+        args = ap.parse_args()
+        BIN = args.bin
+        args.work.mkdir(parents=True, exist_ok=True)
+        return args
+    return parse
+
+
+def make_tools(names, work, src):
+    """The tools named in `names` ("lifeboat,restic,borg"), Lifeboat's agent backing up `src`."""
+    make = {"lifeboat": lambda: Lifeboat(work, src), "restic": lambda: Restic(work), "borg": lambda: Borg(work)}
+    return [make[t]() for t in names.split(",")]
+
+
 def replace_section(path, heading, text):
     """Writes `text` (which starts with `heading`) in place of that section of `path`
     (up to the next `## ` heading), or appends it; other sections are kept."""

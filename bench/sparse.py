@@ -52,22 +52,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-gib", type=int, default=16)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--work", type=Path, default=Path("/var/tmp/lifeboat-bench"))
-    ap.add_argument("--tools", default="lifeboat,restic,borg")
-    ap.add_argument("--bin", type=Path, default=run.BIN)
-    ap.add_argument("--out", type=Path, default=run.REPO / "BENCHMARKS.md")
-    args = ap.parse_args()
-    run.BIN = args.bin
+    args = run.tool_args(ap)()
     work = args.work
-    work.mkdir(parents=True, exist_ok=True)
     src = work / "sparse-src"
     run.clean(src)
     src.mkdir()
     size = args.size_gib << 30
     data = make_image(src / "disk.img", size)
     allocated = os.stat(src / "disk.img").st_blocks * 512
-    tools = {"lifeboat": lambda: run.Lifeboat(work, src), "restic": lambda: run.Restic(work), "borg": lambda: run.Borg(work)}
-    chosen = [tools[t]() for t in args.tools.split(",")]
+    chosen = run.make_tools(args.tools, work, src)
     for tool in chosen:
         tool.restore_tag = "sparse"
     results = {t.name: [] for t in chosen}

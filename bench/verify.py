@@ -99,21 +99,14 @@ def main():
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--backups", type=int, default=10, help="Lifeboat backups timed alone and beside a scrub, per run")
-    ap.add_argument("--work", type=Path, default=Path("/var/tmp/lifeboat-bench"))
-    ap.add_argument("--tools", default="lifeboat,restic,borg")
-    ap.add_argument("--bin", type=Path, default=run.BIN)
-    ap.add_argument("--out", type=Path, default=run.REPO / "BENCHMARKS.md")
-    args = ap.parse_args()
-    run.BIN = args.bin
+    args = run.tool_args(ap)()
     work = args.work
-    work.mkdir(parents=True, exist_ok=True)
     data = work / f"data-{args.seed}-{args.scale}"
     if not (data / "manifest.json").exists():
         run.clean(data)
         run.sh(sys.executable, run.GEN, "--out", data, "--seed", args.seed, "--scale", args.scale)
     src = work / "src"
-    tools = {"lifeboat": lambda: run.Lifeboat(work, src), "restic": lambda: run.Restic(work), "borg": lambda: run.Borg(work)}
-    chosen = [tools[t]() for t in args.tools.split(",")]
+    chosen = run.make_tools(args.tools, work, src)
     cold = True
     results = {t.name: [] for t in chosen}
     for i in range(args.runs):
