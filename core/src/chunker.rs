@@ -62,10 +62,17 @@ pub fn zero_chunk() -> &'static [u8] {
 
 /// The holes of a sparse file that the chunker can step over: runs of zeros the file
 /// system does not store (`SEEK_HOLE` / `SEEK_DATA`), at least `MAX_SIZE` long (a shorter
-/// one could not hold a whole chunk of zeros). Leaves the file's offset at its start.
+/// one could not hold a whole chunk of zeros). A file with as many blocks as its length
+/// needs is not sparse (the walk's rule too): no search. Leaves the file's offset at its
+/// start.
 pub fn holes(file: &std::fs::File) -> std::io::Result<Vec<Range<u64>>> {
     use rustix::fs::{SeekFrom as At, seek};
-    let len = file.metadata()?.len();
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    let len = meta.len();
+    if meta.blocks().saturating_mul(512) >= len {
+        return Ok(Vec::new());
+    }
     let mut holes = Vec::new();
     let mut at = 0;
     while at < len {

@@ -7,11 +7,15 @@ use crate::{Error, Result};
 /// The fleet's secret chunk-id key. Chunk ids are `BLAKE3-keyed(key, plaintext)`, so two
 /// fleets never share ids and a reader of the store cannot test for known content.
 #[derive(Clone)]
-pub struct ChunkKey([u8; 32]);
+pub struct ChunkKey(
+    [u8; 32],
+    /// [`ChunkKey::zero_chunk_id`], once asked for.
+    std::sync::OnceLock<ChunkId>,
+);
 
 impl ChunkKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
-        ChunkKey(bytes)
+        ChunkKey(bytes, std::sync::OnceLock::new())
     }
 
     /// Parses a key from exactly 32 bytes.
@@ -19,12 +23,12 @@ impl ChunkKey {
         let arr: [u8; 32] = bytes.try_into().map_err(|_| {
             Error::InvalidRecord(format!("chunk key must be 32 bytes, got {}", bytes.len()))
         })?;
-        Ok(ChunkKey(arr))
+        Ok(ChunkKey::from_bytes(arr))
     }
 
     /// A fresh random key.
     pub fn generate() -> Result<Self> {
-        Ok(ChunkKey(crate::sign::random_bytes()?))
+        Ok(ChunkKey::from_bytes(crate::sign::random_bytes()?))
     }
 
     pub fn as_bytes(&self) -> &[u8; 32] {
@@ -38,9 +42,11 @@ impl ChunkKey {
 
     /// The id of the chunk every long run of zeros is cut into
     /// ([`crate::chunker::zero_chunk_len`] zeros): what a sparse file's holes are made of.
-    /// Hashes a few MiB: callers keep it.
+    /// Hashes a few MiB the first time, then kept.
     pub fn zero_chunk_id(&self) -> ChunkId {
-        self.id_of(crate::chunker::zero_chunk())
+        *self
+            .1
+            .get_or_init(|| self.id_of(crate::chunker::zero_chunk()))
     }
 
     /// The content hash of a file of `size` bytes made of `chunks`, in order. Each chunk id

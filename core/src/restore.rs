@@ -276,7 +276,6 @@ pub fn restore_scanned(
         opts,
         source,
         cached: None,
-        zero: std::cell::OnceCell::new(),
         report: Report::default(),
         failed: HashSet::new(),
         tmp_seq: 0,
@@ -358,8 +357,6 @@ struct Restorer<'a> {
     opts: Options,
     source: &'a mut dyn ChunkSource,
     cached: Option<(Vec<u8>, OwnedFd)>,
-    /// [`ChunkKey::zero_chunk_id`], once a sparse file needs it.
-    zero: std::cell::OnceCell<ChunkId>,
     /// Files already in place with the snapshot's content (repair mode).
     same: &'a HashSet<Vec<u8>>,
     report: Report,
@@ -705,13 +702,14 @@ impl Restorer<'_> {
 
     fn write_content(&mut self, file: &File, e: &Entry) -> Result<()> {
         // A sparse file's chunks of zeros stay holes: not fetched, not written.
-        let zero = e
-            .sparse
-            .then(|| *self.zero.get_or_init(|| self.key.zero_chunk_id()));
+        let zero = e.sparse.then(|| self.key.zero_chunk_id());
         let hole = |id: &ChunkId| zero.is_some_and(|z| e.leaves_hole(id, &z));
         let mut offset = 0u64;
         for batch in e.chunks.chunks(FETCH_BATCH) {
-            let wanted: Vec<ChunkId> = batch.iter().filter(|id| !hole(id)).copied().collect();
+            let wanted: std::borrow::Cow<'_, [ChunkId]> = match zero {
+                None => batch.into(),
+                Some(_) => batch.iter().filter(|id| !hole(id)).copied().collect(),
+            };
             let chunks = self.source.fetch(&wanted)?;
             if chunks.len() != wanted.len() {
                 return Err(Error::io(

@@ -387,7 +387,6 @@ impl Fleet {
         c.wait().expect("wait controller")
     }
 
-    /// Sends `signal` to agent `name`'s process (SIGSTOP pauses it mid-backup).
     /// Agent `name`'s process id.
     pub fn agent_pid(&self, name: &str) -> u32 {
         let (_, child) = self
@@ -398,14 +397,10 @@ impl Fleet {
         child.id()
     }
 
+    /// Sends `signal` to agent `name`'s process (SIGSTOP pauses it mid-backup).
     pub fn signal_agent(&self, name: &str, signal: rustix::process::Signal) {
-        let (_, child) = self
-            .agents
-            .iter()
-            .find(|(n, _)| n == name)
-            .expect("agent is running");
-        rustix::process::kill_process(rustix::process::Pid::from_child(child), signal)
-            .expect("signal agent");
+        let pid = rustix::process::Pid::from_raw(self.agent_pid(name) as i32).expect("a pid");
+        rustix::process::kill_process(pid, signal).expect("signal agent");
     }
 
     pub fn controller_log(&self) -> String {

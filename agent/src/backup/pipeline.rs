@@ -69,8 +69,6 @@ pub(super) struct Pipeline {
     /// The backup job every upload names (`lifeboat-job`), which the controller checks
     /// and counts against the job's quota.
     pub(super) job_id: String,
-    /// The id of the chunk of zeros a sparse file's holes are cut into, once one was met.
-    pub(super) zero_id: std::sync::OnceLock<ChunkId>,
 }
 
 /// One upload stream to the controller. Each worker has its own, so the controller
@@ -211,7 +209,6 @@ impl Pipeline {
             rt: tokio::runtime::Handle::current(),
             limit: ctx.limit.clone(),
             job_id: ctx.job_id.clone(),
-            zero_id: std::sync::OnceLock::new(),
         }
     }
 
@@ -325,16 +322,9 @@ impl Pipeline {
         path: &std::path::Path,
         lane: &mut Lane,
     ) -> Result<(Vec<ChunkId>, [u8; 32], u64), AgentError> {
-        use std::os::unix::fs::MetadataExt;
-        let sparse = file
-            .metadata()
-            .is_ok_and(|m| m.blocks().saturating_mul(512) < m.len());
-        let holes = match sparse {
-            false => Vec::new(),
-            true => lifeboat_core::chunker::holes(&file).map_err(|e| {
-                lifeboat_core::Error::io(format!("finding the holes of {}", path.display()), e)
-            })?,
-        };
+        let holes = lifeboat_core::chunker::holes(&file).map_err(|e| {
+            lifeboat_core::Error::io(format!("finding the holes of {}", path.display()), e)
+        })?;
         let mut buf = std::mem::take(&mut lane.buf);
         let chunked = self.chunk_all(Chunker::with_buffer(file, &mut buf).with_holes(holes), lane);
         lane.buf = buf;
@@ -352,7 +342,7 @@ impl Pipeline {
         for chunk in chunker {
             let data = chunk?;
             let id = match data.is_zeros() {
-                true => *self.zero_id.get_or_init(|| self.key.zero_chunk_id()),
+                true => self.key.zero_chunk_id(),
                 false => self.key.id_of(&data),
             };
             size += data.len() as u64;

@@ -128,14 +128,8 @@ impl Restored {
         Ok(match self {
             Restored::Walked(t) => {
                 let key = key.clone();
-                let mut zero = None;
                 Box::new(t.entries()?.flat_map(move |e| match e {
-                    Ok(e) if wanted(&e) => {
-                        if e.sparse && zero.is_none() {
-                            zero = Some(key.zero_chunk_id());
-                        }
-                        of(&e, zero.as_ref())
-                    }
+                    Ok(e) if wanted(&e) => of(&e, e.sparse.then(|| key.zero_chunk_id()).as_ref()),
                     Ok(_) => Vec::new(),
                     Err(err) => vec![Err(err)],
                 }))
