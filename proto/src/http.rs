@@ -34,6 +34,14 @@ pub fn client(ca_file: Option<&Path>) -> Result<ureq::Agent, String> {
         .into())
 }
 
+/// The text of the first `<tag>` in an S3 XML answer (an error's `Code` and `Message`).
+pub fn xml_tag(body: &str, tag: &str) -> Option<String> {
+    let open = format!("<{tag}>");
+    let start = body.find(&open)? + open.len();
+    let end = body[start..].find('<')? + start;
+    Some(body[start..end].to_string())
+}
+
 /// The roots that verify an `https` endpoint: `ca_file`, else `SSL_CERT_FILE`, else the
 /// system bundle. `None` for none found (a plain `http` endpoint needs none).
 fn root_certs(ca_file: Option<&Path>) -> Result<Option<ureq::tls::RootCerts>, String> {

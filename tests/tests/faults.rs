@@ -1197,6 +1197,111 @@ fn a13_a_controller_clock_stepped_forward_loses_no_chunk_of_a_backup_in_flight()
     eprintln!("A13: clock +25 h mid-backup, GC {gc}; the backup committed and restored");
 }
 
+/// A13 for the store's clock: the controller's clock half an hour behind the object
+/// store's. S3 takes a signed request only within its validity (15 minutes) by its own
+/// clock, so every request the controller signs is refused as expired on arrival: the
+/// failure must name both clocks (it said "check the S3 credentials"), nothing
+/// half-written may be listed, and once the clocks agree again the same fleet backs up,
+/// verifies and restores with nothing lost. The controller's clock is the one stepped
+/// (libfaketime; the store is a Go binary, out of its reach): what S3 judges is how far
+/// apart the two are. (A controller whose clock is ahead goes on working here: SeaweedFS
+/// takes requests signed in its future.) Half an hour keeps the agent within the hour of
+/// skew its backups are allowed (A12).
+#[test]
+fn a13_the_controller_half_an_hour_behind_the_store_is_named_and_loses_nothing() {
+    if !std::path::Path::new(FAKETIME).exists() {
+        assert!(
+            std::env::var_os("LIFEBOAT_REQUIRE_FAKETIME").is_none(),
+            "{FAKETIME} is missing: apt-get install faketime"
+        );
+        eprintln!("\n!!! SKIPPED: A13 needs libfaketime (apt-get install faketime)\n");
+        return;
+    }
+    let Some(s3) = lifeboat_tests::s3::S3Server::start() else {
+        return;
+    };
+    let clock = tempfile::tempdir().expect("clock dir");
+    let offset = clock.path().join("offset");
+    fs::write(&offset, "+0\n").expect("offset");
+    let mut env = s3.env();
+    env.extend([
+        ("LD_PRELOAD".to_string(), FAKETIME.to_string()),
+        (
+            "FAKETIME_TIMESTAMP_FILE".into(),
+            offset.to_str().expect("path").into(),
+        ),
+        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]);
+    let args = s3.serve_args("fleet");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut fleet = Fleet::start_with_env(&args, env);
+    let src = fleet.path("src");
+    fs::create_dir_all(&src).expect("src");
+    let mut rng = Rng::new(1313);
+    fs::write(src.join("first.bin"), rng.bytes(3 << 20)).expect("write");
+    let restores = fleet.path("restores");
+    let a = fleet.enroll("a");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[restores.as_path()]);
+    let before = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let expected_before = tree::manifest(&src);
+    let step = |to: &str| {
+        fs::write(&offset, format!("{to}\n")).expect("offset");
+        std::thread::sleep(Duration::from_millis(2500)); // re-read every second
+    };
+
+    step("-30m");
+    fs::write(src.join("second.bin"), rng.bytes(3 << 20)).expect("write");
+    let (ok, job) = fleet.job(&["backup", "a", "--source", "data"]);
+    assert!(
+        !ok,
+        "a backup with the store's clock 30 min off succeeded: {job}"
+    );
+    let error = job["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("30m behind the object store's") && error.contains("NTP"),
+        "the failure does not name the clocks: {job}"
+    );
+    assert_eq!(
+        fleet.snapshot_ids(),
+        vec![before.clone()],
+        "only the first is listed"
+    );
+    // A restore is refused before it starts: its envelope cannot be read.
+    let skewed = restores.join("skewed");
+    let to = skewed.to_str().expect("path");
+    let out = fleet.cli(&["restore", &before, "--agent", "a", "--to", to, "--wait"]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("30m behind the object store's"),
+        "{said}"
+    );
+    assert!(!skewed.exists(), "a refused restore wrote to its target");
+
+    step("+0");
+    let after = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let expected_after = tree::manifest(&src);
+    let verify = fleet.cli(&["verify"]);
+    assert!(
+        verify.status.success(),
+        "verify after the clocks agree again: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    for (snap, expected) in [(&before, &expected_before), (&after, &expected_after)] {
+        let target = restores.join(snap.as_str());
+        let (ok, job) = fleet.restore_to(snap, "a", &target, &[]);
+        assert!(ok, "{job}");
+        tree::assert_same(expected, &target);
+    }
+    eprintln!("A13 (the store's clock): 30 min apart, the backup failed saying: {error}");
+}
+
 /// A1 for group commit (issue 22): the controller killed (SIGKILL) in the middle of a
 /// burst of commits from several agents loses no commit it acknowledged. Every snapshot an
 /// agent logged as committed (its CommitSnapshot returned) is listed after the restart,
@@ -1641,7 +1746,8 @@ impl Drop for Partition {
 #[test]
 fn a10_a_partition_mid_restore_heals_without_an_operator() {
     let mut fleet = Fleet::start();
-    partition_mid_restore(&mut fleet, "through the controller");
+    let port = port_of(&fleet.url);
+    partition_mid_restore(&mut fleet, "through the controller", port);
 }
 
 /// A10 for a restore read straight from an S3 store: the agent's way to the controller
@@ -1654,7 +1760,8 @@ fn a10_a_partition_mid_direct_restore_heals_without_an_operator() {
         return;
     };
     let mut fleet = Fleet::start_on_s3(&s3, "fleet", &[]);
-    partition_mid_restore(&mut fleet, "straight from the store");
+    let port = port_of(&fleet.url);
+    partition_mid_restore(&mut fleet, "straight from the store", port);
     let metrics = lifeboat_tests::metrics(&fleet);
     let counter = |name: &str| lifeboat_tests::counter(&metrics, name);
     // Two restores of 120 MB of incompressible files, read straight from the store.
@@ -1668,16 +1775,38 @@ fn a10_a_partition_mid_direct_restore_heals_without_an_operator() {
     );
 }
 
-/// Restores a 1,241-entry snapshot twice, cutting the agent's way to the controller for
-/// 5 s, then 30 s, a quarter of the way into each.
-fn partition_mid_restore(fleet: &mut Fleet, how: &str) {
-    let (expected, root, snap) = restore_under_way_fixture(fleet, 45);
-    let port: u16 = fleet
-        .url
-        .rsplit(':')
+/// A10 beyond the controller: the agent's way to the object store (every packet to and
+/// from the S3 port dropped) cut for 5 s and then 30 s in the middle of a restore read
+/// straight from the store, its way to the controller open. The range GETs the partition
+/// stalls or refuses are waited out and asked again; the restore ends identical.
+#[test]
+fn a10_a_partition_from_the_store_mid_direct_restore_heals_without_an_operator() {
+    let Some(s3) = lifeboat_tests::s3::S3Server::start() else {
+        return;
+    };
+    let mut fleet = Fleet::start_on_s3(&s3, "fleet", &[]);
+    let port = port_of(&s3.endpoint);
+    partition_mid_restore(&mut fleet, "the store cut off", port);
+    let metrics = lifeboat_tests::metrics(&fleet);
+    let direct = lifeboat_tests::counter(&metrics, "lifeboat_restore_bytes_direct_total");
+    assert!(
+        direct >= 2 * (120 << 20),
+        "{direct} bytes granted straight from the store"
+    );
+}
+
+/// The port of a URL like `http://127.0.0.1:PORT` or `https://127.0.0.1:PORT/`.
+fn port_of(url: &str) -> u16 {
+    url.rsplit(':')
         .next()
         .and_then(|p| p.trim_end_matches('/').parse().ok())
-        .expect("the controller's port");
+        .unwrap_or_else(|| panic!("no port in {url}"))
+}
+
+/// Restores a 1,241-entry snapshot twice, cutting the agent's way to `port` (the
+/// controller's, or the object store's) for 5 s, then 30 s, a quarter of the way into each.
+fn partition_mid_restore(fleet: &mut Fleet, how: &str, port: u16) {
+    let (expected, root, snap) = restore_under_way_fixture(fleet, 45);
     for (i, secs) in [5u64, 30].into_iter().enumerate() {
         let target = root.join(format!("partitioned-{secs}s"));
         let to = target.to_str().expect("utf-8").to_string();
@@ -1692,10 +1821,15 @@ fn partition_mid_restore(fleet: &mut Fleet, how: &str) {
         };
         let during = written(&target);
         std::thread::sleep(Duration::from_secs(secs));
+        let stalled = written(&target);
         drop(cut);
         assert!(
             during < expected.len(),
             "the restore ended before the partition ({during} entries written)"
+        );
+        assert!(
+            stalled < expected.len(),
+            "the restore ended during the partition ({stalled} entries written): it did not cut the restore's way"
         );
         let end = lifeboat_tests::wait_for("the job to end", Duration::from_secs(180), || {
             let j = fleet.job_info(&job);
@@ -1709,12 +1843,15 @@ fn partition_mid_restore(fleet: &mut Fleet, how: &str) {
             fleet.agent_log("a")
         );
         tree::assert_same(&expected, &target);
-        let resumed = fleet
-            .agent_log("a")
+        let log = fleet.agent_log("a");
+        let resumed = log
             .matches("a restore's read from the controller broke")
             .count();
+        let retried = log
+            .matches("reading from the object store: retrying")
+            .count();
         eprintln!(
-            "A10 ({how}): partitioned {secs} s after {during} of {} entries; the restore went on and ended identical ({resumed} broken reads asked again so far)",
+            "A10 ({how}): partitioned {secs} s after {during} of {} entries ({stalled} when it healed); the restore went on and ended identical (so far {resumed} broken reads from the controller asked again, {retried} range GETs retried)",
             expected.len()
         );
     }

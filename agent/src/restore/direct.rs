@@ -72,11 +72,11 @@ fn runs(chunks: Vec<pb::ChunkLocation>) -> Vec<Run> {
 
 /// Reads one run and opens its chunks; a chunk that cannot be read or opened is marked
 /// unavailable (only the files that use it fail).
-fn read_run(http: &ureq::Agent, urls: &[String], run: Run) -> Vec<pb::ChunkBlob> {
+fn read_run(http: &ureq::Agent, grant: &Grant, run: Run) -> Vec<pb::ChunkBlob> {
     let bytes = match run.url {
         usize::MAX => Err(String::new()),
-        n => match urls.get(n) {
-            Some(url) => get_range(http, url, run.start, run.end),
+        n => match grant.urls.get(n) {
+            Some(url) => get_range(http, url, run.start, run.end, grant.expires_ms),
             None => Err("the controller named no such URL".into()),
         },
     };
@@ -119,8 +119,21 @@ fn open(c: &pb::ChunkLocation, run_start: u64, bytes: &[u8]) -> Result<Vec<u8>, 
         .map_err(|e| format!("chunk {id}: {e}"))
 }
 
+/// The presigned URLs of one `LocateChunks` answer, and until when (by the controller's
+/// clock) they are valid.
+struct Grant {
+    urls: Vec<String>,
+    expires_ms: i64,
+}
+
 /// `bytes=start-(end-1)` of a presigned URL, retried on transport errors and 5xx.
-fn get_range(http: &ureq::Agent, url: &str, start: u64, end: u64) -> Result<Vec<u8>, String> {
+fn get_range(
+    http: &ureq::Agent,
+    url: &str,
+    start: u64,
+    end: u64,
+    expires_ms: i64,
+) -> Result<Vec<u8>, String> {
     let range = format!("bytes={start}-{}", end - 1);
     let mut last = String::new();
     let mut backoff =
@@ -143,9 +156,19 @@ fn get_range(http: &ureq::Agent, url: &str, start: u64, end: u64) -> Result<Vec<
             continue;
         }
         if !(200..300).contains(&status) {
-            return Err(format!(
-                "the object store refused the read ({status}; an expired or revoked grant)"
-            ));
+            let date = resp
+                .headers()
+                .get("date")
+                .and_then(|d| d.to_str().ok())
+                .unwrap_or("no Date header")
+                .to_string();
+            let body = resp
+                .into_body()
+                .with_config()
+                .limit(64 << 10)
+                .read_to_string()
+                .unwrap_or_default();
+            return Err(refused(status, &date, &body, expires_ms, crate::now_ms()));
         }
         match resp
             .into_body()
@@ -159,6 +182,24 @@ fn get_range(http: &ureq::Agent, url: &str, start: u64, end: u64) -> Result<Vec<
         }
     }
     Err(last)
+}
+
+/// Why the store refused a presigned read, in its words, with what each clock involved
+/// reads: the store judges the URL's validity by its own clock, the controller set it by
+/// its clock, so a grant refused long before it should expire means two clocks disagree.
+fn refused(status: u16, date: &str, body: &str, expires_ms: i64, now_ms: i64) -> String {
+    use lifeboat_proto::http::xml_tag;
+    let code = xml_tag(body, "Code").unwrap_or_default();
+    let message = xml_tag(body, "Message").unwrap_or_default();
+    let at = |ms: i64| {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+        humantime::format_rfc3339_seconds(t).to_string()
+    };
+    format!(
+        "the object store refused the read ({status} {code}: {message}) at {date} by its clock; the grant runs until {} by the controller's clock, and this machine's reads {}: a grant that ran out or was revoked, or else the controller's clock and the store's disagree (set both right: NTP)",
+        at(expires_ms),
+        at(now_ms),
+    )
 }
 
 /// Where the chunks of one request are, under the job's grant: presigned URLs of their
@@ -202,12 +243,15 @@ pub(super) async fn read(
     out: &tokio::sync::mpsc::Sender<Result<Vec<pb::ChunkBlob>, String>>,
 ) -> Result<u64, String> {
     let Located(located) = located;
-    let urls = std::sync::Arc::new(located.urls);
+    let grant = std::sync::Arc::new(Grant {
+        urls: located.urls,
+        expires_ms: located.expires_unix_ms,
+    });
     let runs = runs(located.chunks);
     let mut read = futures::stream::iter(runs)
         .map(|run| {
-            let (http, urls) = (http.clone(), urls.clone());
-            tokio::task::spawn_blocking(move || read_run(&http, &urls, run))
+            let (http, grant) = (http.clone(), grant.clone());
+            tokio::task::spawn_blocking(move || read_run(&http, &grant, run))
         })
         .buffered(RUNS_IN_FLIGHT);
     let mut bytes = 0u64;
@@ -254,6 +298,22 @@ pub(super) async fn get(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_read_says_what_the_store_said_and_what_each_clock_reads() {
+        let body = "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>";
+        let said = refused(
+            403,
+            "Mon, 07 Dec 2026 03:23:48 GMT",
+            body,
+            1_796_612_028_000, // 2026-12-07T02:53:48Z
+            1_796_613_828_000, // 2026-12-07T03:23:48Z
+        );
+        assert_eq!(
+            said,
+            "the object store refused the read (403 AccessDenied: Request has expired) at Mon, 07 Dec 2026 03:23:48 GMT by its clock; the grant runs until 2026-12-07T02:53:48Z by the controller's clock, and this machine's reads 2026-12-07T03:23:48Z: a grant that ran out or was revoked, or else the controller's clock and the store's disagree (set both right: NTP)"
+        );
+    }
 
     fn at(url: u32, offset: u64, length: u32) -> pb::ChunkLocation {
         pb::ChunkLocation {

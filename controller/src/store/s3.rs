@@ -24,6 +24,7 @@
 //! One file past 600 lines because it is one backend: signing, the retry loop, the checked
 //! PUT and the Object Lock calls share the request plumbing above them.
 
+use lifeboat_proto::http::xml_tag;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -450,14 +451,6 @@ fn parse_time_ms(s: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// The text of the first `<tag>` in an XML answer.
-fn xml_tag(body: &str, tag: &str) -> Option<String> {
-    let open = format!("<{tag}>");
-    let start = body.find(&open)? + open.len();
-    let end = body[start..].find('<')? + start;
-    Some(body[start..end].to_string())
-}
-
 impl Objects for S3Objects {
     fn put(&self, key: &str, bytes: &[u8], retain_until_ms: i64) -> Result<Stored, StoreError> {
         let digest: [u8; 16] = md5::Md5::digest(bytes).into();
@@ -691,6 +684,11 @@ fn read_body(
 /// error code and message.
 fn classify(resp: ureq::http::Response<ureq::Body>, what: &str) -> Failure {
     let status = resp.status().as_u16();
+    let server_date = resp
+        .headers()
+        .get("date")
+        .and_then(|d| d.to_str().ok())
+        .map(str::to_string);
     let body = resp
         .into_body()
         .with_config()
@@ -702,7 +700,20 @@ fn classify(resp: ureq::http::Response<ureq::Body>, what: &str) -> Failure {
     let said = format!("{what}: the object store answered {status} {code} {message}")
         .trim_end()
         .to_string();
+    let now = jiff::Timestamp::now();
     match status {
+        // Refused by the store's clock: S3's own word for it, or any refusal by a store
+        // whose clock reads further from ours than a signed request lasts.
+        _ if code == "RequestTimeTooSkewed"
+            || (status == 403
+                && seconds_apart(server_date.as_deref(), now)
+                    .is_some_and(|s| s.unsigned_abs() >= SIGNED_FOR.as_secs())) =>
+        {
+            Failure::Final(StoreError::Refused(format!(
+                "{said}: {}",
+                clocks_apart(server_date.as_deref(), now)
+            )))
+        }
         507 => Failure::Final(StoreError::Full(said)),
         500..=599 | 429 => Failure::Transient(said),
         403 => Failure::Final(StoreError::Refused(format!(
@@ -711,6 +722,35 @@ fn classify(resp: ureq::http::Response<ureq::Body>, what: &str) -> Failure {
         _ if code == "SlowDown" => Failure::Transient(said),
         _ => Failure::Final(StoreError::Refused(said)),
     }
+}
+
+/// What to tell an operator whose requests the object store refused as signed too far
+/// from its own time: both clocks, as the store's `Date` header and ours say, and what to
+/// do (S3 allows 15 minutes either way).
+fn clocks_apart(server_date: Option<&str>, ours: jiff::Timestamp) -> String {
+    let utc = |t: jiff::Timestamp| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string();
+    let limit = "S3 takes a request only within 15 minutes of its signature by its own clock";
+    let fix = "set both clocks right (NTP) and the store works again; nothing in it was changed";
+    match seconds_apart(server_date, ours) {
+        Some(apart) => format!(
+            "this controller's clock ({}) is {:#} {} the object store's ({}); {limit}: {fix}",
+            utc(ours),
+            jiff::SignedDuration::from_secs(apart.abs()),
+            if apart >= 0 { "ahead of" } else { "behind" },
+            utc(ours - jiff::SignedDuration::from_secs(apart)),
+        ),
+        None => format!(
+            "this controller's clock ({}) and the object store's are too far apart; {limit}: {fix}",
+            utc(ours)
+        ),
+    }
+}
+
+/// How many seconds our clock is ahead of the store's (negative: behind), by the `Date`
+/// header of its answer.
+fn seconds_apart(server_date: Option<&str>, ours: jiff::Timestamp) -> Option<i64> {
+    let theirs = jiff::fmt::rfc2822::parse(server_date?).ok()?;
+    Some(ours.as_second() - theirs.timestamp().as_second())
 }
 
 /// The credentials: the standard AWS environment variables, else the shared credentials
@@ -769,5 +809,24 @@ fn load_credentials(only_profile: Option<&str>) -> Result<Credentials, StoreErro
             None => Credentials::new(k, s),
         }),
         _ => Err(missing()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_for_clock_skew_names_both_clocks_and_which_is_ahead() {
+        let ours: jiff::Timestamp = "2026-12-08T04:16:00Z".parse().expect("time");
+        let said = clocks_apart(Some("Mon, 07 Dec 2026 03:16:00 GMT"), ours);
+        assert!(
+            said.contains("(2026-12-08 04:16:00 UTC) is 25h ahead of the object store's (2026-12-07 03:16:00 UTC)"),
+            "{said}"
+        );
+        let behind = clocks_apart(Some("Tue, 08 Dec 2026 04:46:00 GMT"), ours);
+        assert!(behind.contains("30m behind the object store's"), "{behind}");
+        let unknown = clocks_apart(None, ours);
+        assert!(unknown.contains("too far apart"), "{unknown}");
     }
 }
