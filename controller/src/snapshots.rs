@@ -63,6 +63,10 @@ pub enum SnapshotError {
     PastDate { at: String, id: String },
     #[error("reading chunks needs a running restore job of this agent")]
     NoReadGrant,
+    #[error(
+        "restore job {job} was interrupted (the controller restarted, or lost this agent's session): it goes on once the agent's new session says it still runs it; ask again then"
+    )]
+    ReadInterrupted { job: String },
     #[error("chunk {0} is not part of the snapshot this restore job reads")]
     OutsideGrant(ChunkId),
     #[error("job {0} is not a restore")]
@@ -90,6 +94,8 @@ impl DomainError for SnapshotError {
             | E::OutsideGrant(_)
             | E::NotARestore(_) => Kind::PermissionDenied,
             E::FromTheFuture(_) | E::PastDate { .. } => Kind::InvalidArgument,
+            // Worth asking again: the agent's next session resumes the job.
+            E::ReadInterrupted { .. } => Kind::Unavailable,
             E::NoJob(_) => Kind::NotFound,
             E::TreeChunkMissing(_)
             | E::JobNotRunning { .. }
@@ -569,6 +575,14 @@ pub fn granted_read(
         .job(job_id)?
         .ok_or_else(|| SnapshotError::NoJob(format!("{job_id:?}")))?;
     if !may_read(&job, agent) {
+        // A read that reached a restarted controller before the agent's new session
+        // did: not refused for good, or the restore would fail on the race.
+        if job.agent_id == agent.id
+            && job.kind == "restore"
+            && job.state == JobState::Interrupted as i32
+        {
+            return Err(SnapshotError::ReadInterrupted { job: job.id });
+        }
         return Err(SnapshotError::NoReadGrant);
     }
     let granted = match ctl.jobs.grant(&job.id) {

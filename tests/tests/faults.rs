@@ -1553,9 +1553,32 @@ fn a16_a_controller_killed_in_each_catalog_migration_starts_again_whole() {
 /// fails if too few of them land while it runs.
 #[test]
 fn a4_a_controller_killed_mid_restore_leaves_no_wrong_byte_and_the_rerun_is_whole() {
-    const TRIES: u64 = 6;
     let mut fleet = Fleet::start();
-    let (expected, root, snap) = restore_under_way_fixture(&mut fleet, 44);
+    kill_controller_mid_restore(&mut fleet, "through the controller");
+}
+
+/// A4 for a restore read straight from an S3 store: the controller, which grants each of
+/// the agent's requests (`LocateChunks`), killed at points through it and started again;
+/// the same guarantees as through the controller.
+#[test]
+fn a4_a_controller_killed_mid_direct_restore_leaves_no_wrong_byte_and_the_rerun_is_whole() {
+    let Some(s3) = lifeboat_tests::s3::S3Server::start() else {
+        return;
+    };
+    let mut fleet = Fleet::start_on_s3(&s3, "fleet", &[]);
+    kill_controller_mid_restore(&mut fleet, "straight from the store");
+    let metrics = lifeboat_tests::metrics(&fleet);
+    let sent = lifeboat_tests::counter(&metrics, "lifeboat_restore_bytes_sent_total");
+    assert!(
+        sent < 1 << 20,
+        "{sent} bytes sent by the controller since its last start"
+    );
+}
+
+/// The body of A4: six kills of the controller through a restore of 1,241 entries.
+fn kill_controller_mid_restore(fleet: &mut Fleet, how: &str) {
+    const TRIES: u64 = 6;
+    let (expected, root, snap) = restore_under_way_fixture(fleet, 44);
     // Kills that landed while the restore ran, and restores that went on after one.
     let mut interrupted = 0;
     let mut resumed = 0;
@@ -1630,7 +1653,7 @@ fn a4_a_controller_killed_mid_restore_leaves_no_wrong_byte_and_the_rerun_is_whol
         tree::assert_same(&expected, &target);
     }
     eprintln!(
-        "A4: a restore of {} entries; the controller killed {TRIES} times through it, {interrupted} while it ran, {resumed} of those resumed to the end: {ends:?}",
+        "A4 ({how}): a restore of {} entries; the controller killed {TRIES} times through it, {interrupted} while it ran, {resumed} of those resumed to the end: {ends:?}",
         expected.len()
     );
     assert!(
