@@ -34,6 +34,39 @@ pub fn client(ca_file: Option<&Path>) -> Result<ureq::Agent, String> {
         .into())
 }
 
+/// An unsuccessful answer of an object store, read: its status, its `Date` header (the
+/// store's clock) and the error's `Code` and `Message` (empty where it gave none).
+pub struct ErrorAnswer {
+    pub status: u16,
+    pub date: Option<String>,
+    pub code: String,
+    pub message: String,
+}
+
+impl ErrorAnswer {
+    /// Reads `resp` (its body up to 64 KiB).
+    pub fn read(resp: ureq::http::Response<ureq::Body>) -> ErrorAnswer {
+        let status = resp.status().as_u16();
+        let date = resp
+            .headers()
+            .get("date")
+            .and_then(|d| d.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .into_body()
+            .with_config()
+            .limit(64 << 10)
+            .read_to_string()
+            .unwrap_or_default();
+        ErrorAnswer {
+            status,
+            date,
+            code: xml_tag(&body, "Code").unwrap_or_default(),
+            message: xml_tag(&body, "Message").unwrap_or_default(),
+        }
+    }
+}
+
 /// The text of the first `<tag>` in an S3 XML answer (an error's `Code` and `Message`).
 pub fn xml_tag(body: &str, tag: &str) -> Option<String> {
     let open = format!("<{tag}>");

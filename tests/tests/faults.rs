@@ -298,6 +298,35 @@ fn damaged_pack_restore(damage: Damage) -> usize {
 /// libfaketime's preload library (Debian's `faketime` package).
 const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 
+/// Whether libfaketime is installed; without it `row`'s test is skipped, saying so, unless
+/// the run requires it (`LIFEBOAT_REQUIRE_FAKETIME`).
+fn have_faketime(row: &str) -> bool {
+    if std::path::Path::new(FAKETIME).exists() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("LIFEBOAT_REQUIRE_FAKETIME").is_none(),
+        "{FAKETIME} is missing: apt-get install faketime"
+    );
+    eprintln!("\n!!! SKIPPED: {row} needs libfaketime (apt-get install faketime)\n");
+    false
+}
+
+/// The environment that runs a process on a wall clock offset by what the file `offset`
+/// says (`+25h`, `-30m`; libfaketime reads it again every second), its monotonic clock
+/// left alone.
+fn stepped_clock(offset: &std::path::Path) -> Vec<(String, String)> {
+    vec![
+        ("LD_PRELOAD".into(), FAKETIME.into()),
+        (
+            "FAKETIME_TIMESTAMP_FILE".into(),
+            offset.to_str().expect("path").into(),
+        ),
+        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
+        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
+    ]
+}
+
 /// What an agent whose clock is off should meet.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Skewed {
@@ -315,12 +344,7 @@ enum Skewed {
 /// tests), so nothing else changes.
 #[test]
 fn a12_agent_clock_skew_backs_up_within_an_hour_and_names_the_clock_beyond() {
-    if !std::path::Path::new(FAKETIME).exists() {
-        assert!(
-            std::env::var_os("LIFEBOAT_REQUIRE_FAKETIME").is_none(),
-            "{FAKETIME} is missing: apt-get install faketime"
-        );
-        eprintln!("\n!!! SKIPPED: A12 needs libfaketime (apt-get install faketime)\n");
+    if !have_faketime("A12") {
         return;
     }
     let cases = [
@@ -1116,27 +1140,13 @@ fn a15_a_compressor_fault_fails_the_backup_before_a_bad_chunk_is_stored() {
 /// backup commits once released and restores byte for byte.
 #[test]
 fn a13_a_controller_clock_stepped_forward_loses_no_chunk_of_a_backup_in_flight() {
-    if !std::path::Path::new(FAKETIME).exists() {
-        assert!(
-            std::env::var_os("LIFEBOAT_REQUIRE_FAKETIME").is_none(),
-            "{FAKETIME} is missing: apt-get install faketime"
-        );
-        eprintln!("\n!!! SKIPPED: A13 needs libfaketime (apt-get install faketime)\n");
+    if !have_faketime("A13") {
         return;
     }
     let clock = tempfile::tempdir().expect("clock dir");
     let offset = clock.path().join("offset");
     fs::write(&offset, "+0\n").expect("offset");
-    let env = vec![
-        ("LD_PRELOAD".to_string(), FAKETIME.to_string()),
-        (
-            "FAKETIME_TIMESTAMP_FILE".into(),
-            offset.to_str().expect("path").into(),
-        ),
-        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
-        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
-    ];
-    let mut fleet = Fleet::start_with_env(&["--gc-lease", "1h"], env);
+    let mut fleet = Fleet::start_with_env(&["--gc-lease", "1h"], stepped_clock(&offset));
     let src = fleet.path("src");
     fs::create_dir_all(&src).expect("src");
     let mut rng = Rng::new(13);
@@ -1209,12 +1219,7 @@ fn a13_a_controller_clock_stepped_forward_loses_no_chunk_of_a_backup_in_flight()
 /// skew its backups are allowed (A12).
 #[test]
 fn a13_the_controller_half_an_hour_behind_the_store_is_named_and_loses_nothing() {
-    if !std::path::Path::new(FAKETIME).exists() {
-        assert!(
-            std::env::var_os("LIFEBOAT_REQUIRE_FAKETIME").is_none(),
-            "{FAKETIME} is missing: apt-get install faketime"
-        );
-        eprintln!("\n!!! SKIPPED: A13 needs libfaketime (apt-get install faketime)\n");
+    if !have_faketime("A13") {
         return;
     }
     let Some(s3) = lifeboat_tests::s3::S3Server::start() else {
@@ -1224,15 +1229,7 @@ fn a13_the_controller_half_an_hour_behind_the_store_is_named_and_loses_nothing()
     let offset = clock.path().join("offset");
     fs::write(&offset, "+0\n").expect("offset");
     let mut env = s3.env();
-    env.extend([
-        ("LD_PRELOAD".to_string(), FAKETIME.to_string()),
-        (
-            "FAKETIME_TIMESTAMP_FILE".into(),
-            offset.to_str().expect("path").into(),
-        ),
-        ("FAKETIME_CACHE_DURATION".into(), "1".into()),
-        ("FAKETIME_DONT_FAKE_MONOTONIC".into(), "1".into()),
-    ]);
+    env.extend(stepped_clock(&offset));
     let args = s3.serve_args("fleet");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut fleet = Fleet::start_with_env(&args, env);

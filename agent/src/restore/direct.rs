@@ -156,19 +156,8 @@ fn get_range(
             continue;
         }
         if !(200..300).contains(&status) {
-            let date = resp
-                .headers()
-                .get("date")
-                .and_then(|d| d.to_str().ok())
-                .unwrap_or("no Date header")
-                .to_string();
-            let body = resp
-                .into_body()
-                .with_config()
-                .limit(64 << 10)
-                .read_to_string()
-                .unwrap_or_default();
-            return Err(refused(status, &date, &body, expires_ms, crate::now_ms()));
+            let answer = lifeboat_proto::http::ErrorAnswer::read(resp);
+            return Err(refused(&answer, expires_ms, crate::now_ms()));
         }
         match resp
             .into_body()
@@ -187,10 +176,14 @@ fn get_range(
 /// Why the store refused a presigned read, in its words, with what each clock involved
 /// reads: the store judges the URL's validity by its own clock, the controller set it by
 /// its clock, so a grant refused long before it should expire means two clocks disagree.
-fn refused(status: u16, date: &str, body: &str, expires_ms: i64, now_ms: i64) -> String {
-    use lifeboat_proto::http::xml_tag;
-    let code = xml_tag(body, "Code").unwrap_or_default();
-    let message = xml_tag(body, "Message").unwrap_or_default();
+fn refused(answer: &lifeboat_proto::http::ErrorAnswer, expires_ms: i64, now_ms: i64) -> String {
+    let lifeboat_proto::http::ErrorAnswer {
+        status,
+        date,
+        code,
+        message,
+    } = answer;
+    let date = date.as_deref().unwrap_or("no Date header");
     let at = |ms: i64| {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
         humantime::format_rfc3339_seconds(t).to_string()
@@ -301,11 +294,14 @@ mod tests {
 
     #[test]
     fn a_refused_read_says_what_the_store_said_and_what_each_clock_reads() {
-        let body = "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>";
+        let answer = lifeboat_proto::http::ErrorAnswer {
+            status: 403,
+            date: Some("Mon, 07 Dec 2026 03:23:48 GMT".into()),
+            code: "AccessDenied".into(),
+            message: "Request has expired".into(),
+        };
         let said = refused(
-            403,
-            "Mon, 07 Dec 2026 03:23:48 GMT",
-            body,
+            &answer,
             1_796_612_028_000, // 2026-12-07T02:53:48Z
             1_796_613_828_000, // 2026-12-07T03:23:48Z
         );

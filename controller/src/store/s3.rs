@@ -24,7 +24,7 @@
 //! One file past 600 lines because it is one backend: signing, the retry loop, the checked
 //! PUT and the Object Lock calls share the request plumbing above them.
 
-use lifeboat_proto::http::xml_tag;
+use lifeboat_proto::http::{ErrorAnswer, xml_tag};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -683,20 +683,12 @@ fn read_body(
 /// An unsuccessful answer: transient (5xx, 429, SlowDown) or final, with the server's
 /// error code and message.
 fn classify(resp: ureq::http::Response<ureq::Body>, what: &str) -> Failure {
-    let status = resp.status().as_u16();
-    let server_date = resp
-        .headers()
-        .get("date")
-        .and_then(|d| d.to_str().ok())
-        .map(str::to_string);
-    let body = resp
-        .into_body()
-        .with_config()
-        .limit(64 << 10)
-        .read_to_string()
-        .unwrap_or_default();
-    let code = xml_tag(&body, "Code").unwrap_or_default();
-    let message = xml_tag(&body, "Message").unwrap_or_default();
+    let ErrorAnswer {
+        status,
+        date: server_date,
+        code,
+        message,
+    } = ErrorAnswer::read(resp);
     let said = format!("{what}: the object store answered {status} {code} {message}")
         .trim_end()
         .to_string();
