@@ -3,8 +3,9 @@
 
 For each N: a fresh controller (release build); N agent processes on this machine, each
 with its own copy of the shared dataset at a small scale (`../shared/bench/gen_dataset.py`,
-seed 42) as its host path; one backup each; one drill each (the drills calibrate the
-downtime model, one device at a time); then one recovery plan restoring every device in
+seed 42) as its host path; one backup each; one drill run of every device (one drill
+each, one device at a time, begun by a calibration burst of up to 32 devices at once:
+together they calibrate the downtime model); then one recovery plan restoring every device in
 place at once (`--concurrency N`), run to the end. Reported: aggregate restore throughput
 (bytes written by all devices / the plan's wall time), controller CPU seconds and peak RSS
 during the plan, and the downtime model's error per device and in total.
@@ -178,7 +179,8 @@ def run_plan(fleet: Fleet, n: int, bandwidth):
 
 def one_round(n: int, data: Path, work: Path, bin_dir: Path, bandwidth, store="local"):
     """A fleet of n: backups, one drill per device, then two plans: the first estimated
-    from the drills alone, the second also from what the first plan moved."""
+    from the drills and their calibration burst, the second also from what the first plan
+    moved."""
     fleet = Fleet(work / f"n{n}", bin_dir, store)
     try:
         fleet.add_agents(n, data)
@@ -233,9 +235,10 @@ def main():
         f"Command: `{cmd}` (after `cargo build --release`). Machine: {os.cpu_count()} cores,",
         f"{mem / 2**30:.0f} GiB RAM. Each agent is its own process on this machine with its own copy of the",
         f"dataset (seed 42, scale {args.scale}: {per_device:.1f} MB per device) and one backup; one drill per",
-        "device calibrates the downtime model; then a plan restores every device in place at once,",
-        "twice: the first plan is estimated from the drills alone (one device at a time, so it",
-        "assumes concurrency gains nothing), the second also from the aggregate rate the first moved",
+        "device (one device at a time) and the calibration burst the drill run begins with (up to 32",
+        "devices restored at once into sandboxes) calibrate the downtime model; then a plan restores",
+        "every device in place at once, twice: the first plan is estimated from the drills and the burst,",
+        "the second also from the aggregate rate the first moved and its devices' restores beside others",
         f"(`--concurrency N`{', --bandwidth ' + args.bandwidth if args.bandwidth else ', no egress cap'}). Throughput is the bytes all devices wrote over",
         "the plan's length; CPU and peak RSS (sampled every 50 ms) are the controller's during the",
         "plan, with its RSS just before the plan for comparison; CPU per GB is the plan's",
@@ -247,7 +250,7 @@ def main():
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        for label, p in (("first (drills only)", r), ("second (after one plan)", r["second"])):
+        for label, p in (("first (drills and burst)", r), ("second (after one plan)", r["second"])):
             lines.append(
                 f"| {r['agents']} | {label} | {p['bytes'] / 1e6:.0f} MB | {p['makespan_s']:.1f} s | {p['throughput_mb_s']:.0f} | "
                 f"{p['controller_cpu_s']:.2f} ({p.get('controller_idle_cpu_s', 0):.2f}) | {p['controller_cpu_s'] / (p['bytes'] / 1e9):.2f} | {p['controller_rss_before'] / 2**20:.0f} → {p['controller_peak_rss'] / 2**20:.0f} MiB | {p['est_makespan_s']:.1f} s | "

@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lifeboat_tests::tree::{Rng, manifest};
+use lifeboat_tests::tree::{self, Rng, manifest};
 use lifeboat_tests::{Fleet, now_ms, wait_for};
 use serde_json::Value;
 
@@ -903,6 +903,97 @@ fn drillable(fleet: &mut Fleet, name: &str, tok: &str, seed: u64, files: usize, 
         &["--no-docker", "--allow-probes"],
     );
     fleet.backup(name, "data");
+}
+
+/// A drill run of several devices begins with a calibration burst: their restores all at
+/// once into sandboxes, whose aggregate rate the downtime model takes as the fleet's
+/// capacity before any plan has run (the first plan's estimates depend on it). The burst's
+/// restores are listed as jobs, leave nothing behind, are nobody's drill, and are not
+/// repeated by the next drill run of as many devices within a week.
+#[test]
+fn a_drill_run_of_several_devices_calibrates_what_they_move_together() {
+    let mut fleet = Fleet::start();
+    let names = ["c1", "c2", "c3"];
+    let mut roots = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let data = machine(&mut fleet, name, 70 + i as u64, 8, 256 * 1024);
+        fleet.backup(name, "data");
+        roots.push(data.parent().expect("machine root").to_path_buf());
+    }
+    let before: Vec<_> = roots.iter().map(|r| manifest(r)).collect();
+    let args = [
+        "drill", "run", "--agent", "c1", "--agent", "c2", "--agent", "c3",
+    ];
+    let drills = fleet.cli_json(&args);
+    let drills = drills.as_array().expect("drills");
+    assert_eq!(drills.len(), 3);
+    assert!(drills.iter().all(|d| d["state"] == "passed"), "{drills:?}");
+    let bursts = |fleet: &Fleet| -> Vec<Value> {
+        fleet
+            .cli_json(&["jobs", "--limit", "100"])
+            .as_array()
+            .expect("jobs")
+            .iter()
+            .filter(|j| {
+                j["kind"] == "restore"
+                    && j["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.starts_with("calibration burst of 3 devices"))
+            })
+            .cloned()
+            .collect()
+    };
+    let burst = bursts(&fleet);
+    let agents: std::collections::BTreeSet<&str> =
+        burst.iter().filter_map(|j| j["agent"].as_str()).collect();
+    assert_eq!(agents.len(), 3, "one restore per device: {burst:?}");
+    assert!(burst.iter().all(|j| j["state"] == "succeeded"), "{burst:?}");
+    // Their restores overlapped: each started before any other had finished.
+    let latest_start = burst
+        .iter()
+        .filter_map(|j| j["started_unix_ms"].as_i64())
+        .max();
+    let earliest_end = burst
+        .iter()
+        .filter_map(|j| j["finished_unix_ms"].as_i64())
+        .min();
+    assert!(
+        latest_start < earliest_end,
+        "the burst ran one at a time: {burst:?}"
+    );
+    // What they moved together is the model's capacity (an egress sample).
+    let db = rusqlite::Connection::open(fleet.path("ctl/catalog.db")).expect("catalog");
+    let (kind, bytes, ms): (String, i64, i64) = db
+        .query_row(
+            "SELECT kind, bytes, data_ms FROM restore_samples WHERE job_id = 'calibration:3'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("the burst's sample");
+    assert_eq!(kind, "egress");
+    assert!(
+        bytes >= 3 * 8 * 256 * 1024 / 2 && ms > 0,
+        "{bytes} bytes in {ms} ms"
+    );
+    // Nobody's drill, and the machines are as they were (sandboxes are the agent's own).
+    assert_eq!(
+        fleet.cli_json(&["drills"]).as_array().map(Vec::len),
+        Some(3)
+    );
+    for (root, was) in roots.iter().zip(&before) {
+        tree::assert_same(was, root);
+    }
+    // Within a week, the next drill run of as many devices runs no burst.
+    let again = fleet.cli_json(&args);
+    assert!(
+        again
+            .as_array()
+            .expect("drills")
+            .iter()
+            .all(|d| d["state"] == "passed")
+    );
+    assert_eq!(bursts(&fleet).len(), 3, "a second burst within the week");
+    eprintln!("calibration: 3 devices at once moved {bytes} bytes in {ms} ms");
 }
 
 /// A policy's `drill` drills its devices in rotation, each within the period.

@@ -102,6 +102,13 @@ impl Catalog {
         Ok(())
     }
 
+    /// When the sample recorded under `job_id` was taken, if there is one.
+    pub fn sample_at(&self, job_id: &str) -> Result<Option<i64>, CatalogError> {
+        let conn = self.lock();
+        let mut st = conn.prepare_cached("SELECT at_ms FROM restore_samples WHERE job_id = ?1")?;
+        Ok(st.query_row([job_id], |r| r.get(0)).optional()?)
+    }
+
     /// The newest `per_key` samples of every (agent, kind).
     pub fn recent_samples(&self, per_key: u32) -> Result<Vec<SampleRow>, CatalogError> {
         let conn = self.lock();

@@ -10,6 +10,13 @@
 //! time objective (the policies' `rto`, recorded as the drill starts): one that passed
 //! but took longer is logged as a warning, counted (`lifeboat_drills_over_rto_total`) and
 //! makes `lifeboat drill run` exit 3.
+//!
+//! Drills of one device at a time say nothing of what the fleet moves together, which a
+//! recovery plan restoring many devices at once needs to know before any plan has run. So
+//! a drill run of several devices first restores them all at once into sandboxes (at most
+//! [`CALIBRATION_DEVICES`], and no more than the controller serves at once): a
+//! *calibration burst*, whose aggregate rate becomes the fleet's capacity in the downtime
+//! model (an `egress` sample). A burst of as many devices is run again a week later.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +37,15 @@ use crate::restores::{self, Destination};
 pub const JOB_TAG: &str = "drill";
 /// How long a drill waits for an offline agent before it fails.
 const AGENT_WAIT: Duration = Duration::from_secs(60);
+/// Jobs of a calibration burst carry this policy tag: their samples are shared (they ran
+/// beside each other), and they are nobody's drill.
+pub const CALIBRATION_TAG: &str = "calibration";
+/// Devices restored at once by a calibration burst, at most.
+const CALIBRATION_DEVICES: usize = 32;
+/// A burst of as many devices is run again after this long.
+const CALIBRATION_AGE_MS: i64 = 7 * 86_400_000;
+/// How long a burst may take before it is given up (its restores run on; no sample).
+const CALIBRATION_WAIT: Duration = Duration::from_secs(600);
 
 /// Picks the devices (the least recently drilled first when sampling), records one drill
 /// per source with the model's estimate, and starts running them in the background.
@@ -142,9 +158,19 @@ pub fn start(
         .filter(|d| d.state == DrillState::Queued)
         .cloned()
         .collect();
+    // One snapshot per device for the burst, of devices whose agent is here now.
+    let mut burst: Vec<(String, String)> = Vec::new();
+    for d in &queue {
+        if !burst.iter().any(|(a, _)| *a == d.agent_id) && ctl.jobs.connected(&d.agent_id) {
+            burst.push((d.agent_id.clone(), d.snapshot_id.clone()));
+        }
+    }
     let c = ctl.clone();
     let timeout = probe_timeout_s;
     tokio::spawn(async move {
+        if let Err(e) = calibrate(&c, burst).await {
+            tracing::warn!(error = %e, "the calibration burst did not complete; the downtime model keeps what it knew");
+        }
         for d in queue {
             if let Err(e) = run_one(&c, d.clone(), timeout).await {
                 tracing::error!(drill = %d.id, error = %e, "DRILL FAILED");
@@ -157,6 +183,111 @@ pub fn start(
         }
     });
     Ok(drills)
+}
+
+/// Restores up to [`CALIBRATION_DEVICES`] of `devices` (agent id, snapshot id) at once
+/// into sandboxes, unless a burst of as many ran within [`CALIBRATION_AGE_MS`], and records
+/// what they moved together over the time their data moved: from the first restore's
+/// first data to the last one's last (each restore's setup and finish are the model's
+/// fixed part, not the fleet's rate).
+async fn calibrate(ctl: &Arc<Controller>, devices: Vec<(String, String)>) -> Result<(), ApiError> {
+    let n = devices
+        .len()
+        .min(CALIBRATION_DEVICES)
+        .min(super::plan::served_at_once(ctl, devices.len() as u32));
+    if n < 2 {
+        return Ok(());
+    }
+    let key = format!("{CALIBRATION_TAG}:{n}");
+    let now = ctl.clock.now_ms();
+    if ctl
+        .catalog
+        .sample_at(&key)?
+        .is_some_and(|at| now - at < CALIBRATION_AGE_MS)
+    {
+        return Ok(());
+    }
+    tracing::info!(
+        devices = n,
+        "calibrating the downtime model: restoring {n} devices at once into sandboxes"
+    );
+    let mut jobs = Vec::new();
+    for (agent_id, snapshot_id) in devices.into_iter().take(n) {
+        let Some(agent) = ctl.catalog.agent(&agent_id)? else {
+            continue;
+        };
+        let snap = ctl.catalog.find_snapshot(&snapshot_id)?;
+        let sandbox = Destination::Sandbox {
+            probe: String::new(),
+            probe_timeout_s: 0,
+        };
+        let job = restores::job(ctl, &snap, &agent, sandbox, false)?;
+        let detail = format!("calibration burst of {n} devices ({})", &snap.id[..12]);
+        let row = ctl
+            .jobs
+            .submit(&agent, "restore", detail, CALIBRATION_TAG, |id| pb::Job {
+                job_id: id.to_string(),
+                kind: Some(pb::job::Kind::Restore(job)),
+            })?;
+        jobs.push(row.id);
+    }
+    let deadline = std::time::Instant::now() + CALIBRATION_WAIT;
+    let rows = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rows = jobs
+            .iter()
+            .map(|id| ctl.catalog.job(id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let ended = |state: i32| {
+            state == JobState::Succeeded as i32
+                || state == JobState::Failed as i32
+                || state == JobState::Interrupted as i32
+        };
+        if rows.iter().flatten().all(|j| ended(j.state)) {
+            break rows.into_iter().flatten().collect::<Vec<_>>();
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(ApiError::FailedPrecondition(format!(
+                "the calibration burst of {n} devices did not end within {} s",
+                CALIBRATION_WAIT.as_secs()
+            )));
+        }
+    };
+    let (mut bytes, mut first, mut last) = (0u64, i64::MAX, i64::MIN);
+    for job in &rows {
+        let result = job
+            .result
+            .as_deref()
+            .and_then(|r| pb::RestoreResult::decode(r).ok());
+        let (true, Some(r)) = (job.state == JobState::Succeeded as i32, result) else {
+            return Err(ApiError::FailedPrecondition(format!(
+                "restore {} of the calibration burst did not succeed: {}",
+                job.id, job.error
+            )));
+        };
+        bytes += r.bytes_fetched;
+        first = first.min(job.started_ms + r.setup_ms as i64);
+        last = last.max(job.finished_ms - (r.finish_ms + r.probe_ms) as i64);
+    }
+    let window_ms = (last - first).max(1) as u64;
+    let sample = crate::catalog::SampleRow {
+        agent_id: String::new(),
+        kind: super::estimate::EGRESS.into(),
+        bytes,
+        data_ms: window_ms,
+        total_ms: window_ms,
+        shared: false,
+    };
+    ctl.catalog
+        .insert_sample(&key, &sample, 0, ctl.clock.now_ms())?;
+    tracing::info!(
+        devices = n,
+        bytes,
+        window_ms,
+        mb_per_s = bytes as f64 / 1e3 / window_ms as f64,
+        "calibration burst done: the fleet's aggregate restore rate"
+    );
+    Ok(())
 }
 
 /// Runs one drill to its end (the job's outcome is recorded by `recovery::outcome::restore_finished`).

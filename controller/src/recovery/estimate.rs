@@ -19,11 +19,12 @@
 //! A plan adds limits: at most `concurrency` devices at once (and, for restores read
 //! through the controller, no more than it serves at once: `plan::served_at_once`), and the controller's egress
 //! shared by the restores moving data at the same moment: the plan's `--bandwidth`, and in
-//! any case the fleet's capacity, which is the best aggregate rate a finished plan moved
-//! data at (an `egress` sample, recorded when a plan ends), and at least the best rate one
-//! device restored at alone. Until a plan has run, concurrent restores are thus assumed to
+//! any case the fleet's capacity, which is the best aggregate rate restores moved data at
+//! together (an `egress` sample: recorded when a plan ends, and by the calibration burst a
+//! drill run of several devices begins with, `drill::calibrate`), and at least the best
+//! rate one device restored at alone. Without either, concurrent restores are assumed to
 //! gain nothing over one restore alone: pessimistic where agents and controller are
-//! separate machines, and corrected by the first plan. [`simulate`] plays
+//! separate machines. [`simulate`] plays
 //! the plan forward in time: every device runs its sources one after another, each one a
 //! data part then a fixed part; the data parts running at one instant split the egress
 //! fairly (max-min: none gets more than its device's own rate, what one cannot use goes to

@@ -51,7 +51,8 @@ fn record_outcome(
                         // The wait is mostly in the agent's setup (its first request
                         // reads the tree), which the model's fixed part counts.
                         total_ms: total_ms.saturating_sub(waited_ms),
-                        shared: row.policy.starts_with(plan::JOB_TAG),
+                        shared: row.policy.starts_with(plan::JOB_TAG)
+                            || row.policy == super::drill::CALIBRATION_TAG,
                     },
                     r.files,
                     now_ms,

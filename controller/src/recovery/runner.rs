@@ -1,7 +1,8 @@
 //! The runner that carries a recovery plan out. Running a plan (`start`) spawns one worker
 //! per plan (`plan-runner:ID` in `lifeboat status` and `/metrics`, through
 //! `Workers::spawn_until_done`), the plan's only writer: every [`TICK`] it reads the state of the restore
-//! jobs it started, starts devices up to the plan's concurrency (tier by tier: a tier
+//! jobs it started, starts devices up to the plan's concurrency, and no more than the
+//! controller serves at once (`plan::served_at_once`, so they start in the plan's order; tier by tier: a tier
 //! starts when every device of the tiers before it finished), retries a failed restore up
 //! to [`MAX_ATTEMPTS`] times, re-estimates the time left, and writes the plan back. A
 //! controller restart resumes every running plan (`resume_all`): restores that were
@@ -203,14 +204,17 @@ fn step(ctl: &Controller, plan: &mut Plan, cache: &mut Cache) -> Result<bool, Ap
         }
         follow_device(ctl, plan, d, &tag, now, cache)?;
     }
-    // Start what may start.
+    // Start what may start: no more devices than the controller serves at once, so that
+    // they start in the plan's order (beyond it, the controller would serve them in the
+    // order their agents ask, and each device's estimate would be a lottery).
     let mut running = plan
         .devices
         .iter()
         .filter(|d| d.state == StepState::Running)
         .count();
+    let at_once = super::plan::served_at_once(ctl, plan.concurrency);
     for d in 0..plan.devices.len() {
-        if running >= plan.concurrency.max(1) as usize {
+        if running >= at_once {
             break;
         }
         if plan.devices[d].state != StepState::Pending {
