@@ -33,12 +33,13 @@ pub async fn missing(client: &mut Client, ids: &[ChunkId]) -> Result<Vec<ChunkId
         .collect()
 }
 
-/// Fetches blobs for `ids` under a restore job's grant, in order.
+/// Fetches blobs for `ids` under a restore job's grant, in order; a failed call's status
+/// as it came, for the caller to judge (a break is worth waiting out).
 pub async fn get(
     client: &mut Client,
     job_id: &str,
     ids: &[ChunkId],
-) -> Result<Vec<Vec<u8>>, AgentError> {
+) -> Result<Vec<Vec<u8>>, tonic::Status> {
     let mut stream = client
         .get_chunks(pb::GetChunksRequest {
             job_id: job_id.to_string(),
@@ -51,9 +52,9 @@ pub async fn get(
         for msg in batch.chunks {
             let want = ids
                 .get(out.len())
-                .ok_or_else(|| AgentError::Rpc("controller sent more chunks than asked".into()))?;
+                .ok_or_else(|| tonic::Status::internal("controller sent more chunks than asked"))?;
             if msg.id != want.as_bytes() {
-                return Err(AgentError::Rpc(format!(
+                return Err(tonic::Status::internal(format!(
                     "controller sent chunk out of order (wanted {want})"
                 )));
             }
@@ -61,7 +62,7 @@ pub async fn get(
         }
     }
     if out.len() != ids.len() {
-        return Err(AgentError::Rpc(format!(
+        return Err(tonic::Status::internal(format!(
             "controller sent {} of {} chunks",
             out.len(),
             ids.len()

@@ -184,7 +184,8 @@ pub fn absolute_clean(p: &Path) -> Result<PathBuf, String> {
 
 /// Holds this task at `point` while `LIFEBOAT_PAUSE_AT` names it: writes the file that
 /// `LIFEBOAT_PAUSE_FILE` names and waits until it is removed (the fault tests hold a
-/// backup between its uploads and its commit with it). Unset, it does nothing.
+/// backup between its uploads and its commit, and a restore before it reads its tree,
+/// with it). Unset, it does nothing.
 pub async fn pause_point(point: &str) {
     if std::env::var("LIFEBOAT_PAUSE_AT").is_ok_and(|v| v == point)
         && let Some(file) = std::env::var_os("LIFEBOAT_PAUSE_FILE")

@@ -305,12 +305,21 @@ async fn restore_into(
     };
 
     counters.set_phase("fetching tree");
+    crate::pause_point("restore-before-tree").await;
     // With the store in object storage the agent reads even its tree from there.
     let direct = match job.direct_from_store {
         true => Some(lifeboat_proto::http::client(None).map_err(AgentError::Config)?),
         false => None,
     };
-    let file = tree::fetch(client, direct.as_ref(), job_id, state, &record).await?;
+    let file = tree::fetch(
+        client,
+        direct.as_ref(),
+        link.clone(),
+        job_id,
+        state,
+        &record,
+    )
+    .await?;
     // A directory's or a volume's tree is read from its file as the restore goes; an
     // image's, in its archive's order, is parsed whole to write the archive back.
     let tree = tokio::task::spawn_blocking(move || -> Result<Restored, CoreError> {

@@ -1572,6 +1572,65 @@ fn a4_a_controller_killed_mid_direct_restore_leaves_no_wrong_byte_and_the_rerun_
     );
 }
 
+/// A4 at the start of a restore: the controller is down when the agent reads the
+/// snapshot's tree (held there by `LIFEBOAT_PAUSE_AT`, released once the controller is
+/// killed) and comes back 2 s later. The tree's read waits for it as the chunks' reads
+/// do, and the restore ends identical, through the controller and straight from S3.
+#[test]
+fn a4_a_controller_down_while_a_restore_reads_its_tree_is_waited_for() {
+    let Some(s3) = lifeboat_tests::s3::S3Server::start() else {
+        return;
+    };
+    for (how, mut fleet) in [
+        ("through the controller", Fleet::start()),
+        (
+            "straight from the store",
+            Fleet::start_on_s3(&s3, "fleet", &[]),
+        ),
+    ] {
+        let pause = fleet.path("paused");
+        fleet.agent_env = vec![
+            ("LIFEBOAT_PAUSE_AT".into(), "restore-before-tree".into()),
+            (
+                "LIFEBOAT_PAUSE_FILE".into(),
+                pause.to_str().expect("path").into(),
+            ),
+        ];
+        let (expected, root, snap) = restore_under_way_fixture(&mut fleet, 46);
+        let target = root.join("tree-read-waited");
+        let to = target.to_str().expect("utf-8").to_string();
+        let job = fleet.start_job(&["restore", &snap, "--agent", "a", "--to", &to]);
+        lifeboat_tests::wait_for(
+            "the restore to reach its tree",
+            Duration::from_secs(60),
+            || pause.exists().then_some(()),
+        );
+        fleet.kill_controller();
+        fs::remove_file(&pause).expect("release the agent");
+        std::thread::sleep(Duration::from_secs(2));
+        fleet.start_controller();
+        let end = lifeboat_tests::wait_for("the job to end", Duration::from_secs(120), || {
+            let j = fleet.job_info(&job);
+            matches!(j["state"].as_str(), Some("succeeded" | "failed")).then_some(j)
+        });
+        assert_eq!(
+            end["state"],
+            "succeeded",
+            "{how}: {end}\n{}",
+            fleet.agent_log("a")
+        );
+        tree::assert_same(&expected, &target);
+        let waited = fleet
+            .agent_log("a")
+            .matches("a restore's read from the controller broke")
+            .count();
+        assert!(waited > 0, "{how}: the tree was read without a break");
+        eprintln!(
+            "A4 ({how}): the controller down as the tree was read; {waited} reads waited, the restore ended identical"
+        );
+    }
+}
+
 /// The body of A4: six kills of the controller through a restore of 1,241 entries.
 fn kill_controller_mid_restore(fleet: &mut Fleet, how: &str) {
     const TRIES: u64 = 6;

@@ -258,6 +258,13 @@ pub(super) async fn read(
     Ok(bytes)
 }
 
+/// Why a read straight from the store failed: the controller's answer to the locate (as
+/// it came, for the caller to judge), or the store's.
+pub(super) enum ReadError {
+    Controller(tonic::Status),
+    Store(String),
+}
+
 /// Reads a few chunks (a tree's) straight from the store and returns their blobs in
 /// order; any chunk the store cannot produce fails the read.
 pub(super) async fn get(
@@ -265,26 +272,30 @@ pub(super) async fn get(
     http: &ureq::Agent,
     job_id: &str,
     ids: &[ChunkId],
-) -> Result<Vec<Vec<u8>>, String> {
+) -> Result<Vec<Vec<u8>>, ReadError> {
     // Room for every run at once: `read` never waits on this reader.
     let (tx, mut rx) = tokio::sync::mpsc::channel(ids.len().max(1));
     let located = locate(client, job_id, ids)
         .await
-        .map_err(|s| s.message().to_string())?;
-    read(http, located, &tx).await?;
+        .map_err(ReadError::Controller)?;
+    read(http, located, &tx).await.map_err(ReadError::Store)?;
     drop(tx);
     let mut out = Vec::with_capacity(ids.len());
     while let Some(blobs) = rx.recv().await {
-        for b in blobs? {
+        for b in blobs.map_err(ReadError::Store)? {
             if !b.unavailable.is_empty() {
-                return Err(b.unavailable);
+                return Err(ReadError::Store(b.unavailable));
             }
             out.push(Vec::from(b.blob));
         }
     }
     match out.len() == ids.len() {
         true => Ok(out),
-        false => Err(format!("{} of {} chunks came back", out.len(), ids.len())),
+        false => Err(ReadError::Store(format!(
+            "{} of {} chunks came back",
+            out.len(),
+            ids.len()
+        ))),
     }
 }
 

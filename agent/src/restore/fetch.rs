@@ -58,7 +58,7 @@ pub struct Link {
 /// reports some breaks as INTERNAL (a stream the controller reset as it closed a connection
 /// its keepalive gave up on: tonic maps a reset without a gRPC status so); those say so in
 /// their message, which no answer of the controller's does.
-fn transient(status: &tonic::Status) -> bool {
+pub(super) fn transient(status: &tonic::Status) -> bool {
     use tonic::Code;
     match status.code() {
         Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => true,
@@ -74,14 +74,14 @@ fn transient(status: &tonic::Status) -> bool {
 /// all along and only the stream's own connection broke). A session that merely looks up
 /// is not enough: one the controller already ended (its keepalive, in a partition) would
 /// have the job interrupted and the read refused.
-struct Resume {
+pub(super) struct Resume {
     link: tokio::sync::watch::Receiver<Link>,
     since: Option<tokio::time::Instant>,
     backoff: Backoff,
 }
 
 impl Resume {
-    fn new(link: tokio::sync::watch::Receiver<Link>) -> Resume {
+    pub(super) fn new(link: tokio::sync::watch::Receiver<Link>) -> Resume {
         Resume {
             link,
             since: None,
@@ -90,13 +90,13 @@ impl Resume {
     }
 
     /// The stream delivered: a later break starts a new wait.
-    fn progressed(&mut self) {
+    pub(super) fn progressed(&mut self) {
         self.since = None;
         self.backoff.reset();
     }
 
     /// Waits until the request may be asked again, or says why the restore must stop.
-    async fn wait(&mut self, status: &tonic::Status) -> Result<(), String> {
+    pub(super) async fn wait(&mut self, status: &tonic::Status) -> Result<(), String> {
         let why = status.message().to_string();
         if !transient(status) {
             return Err(why);

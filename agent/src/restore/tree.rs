@@ -24,10 +24,12 @@ const TREE_BATCH: usize = 4;
 
 /// Fetches the tree `record` names (through the controller, or with `direct` from the
 /// object store), verifying every chunk against its id and the whole against the record.
-/// Returns the file, positioned anywhere: read it by offset.
+/// A read the way to the controller broke is asked again once it answers (`link`), as the
+/// restore's chunk reads are. Returns the file, positioned anywhere: read it by offset.
 pub(super) async fn fetch(
     client: &Client,
     direct: Option<&ureq::Agent>,
+    link: tokio::sync::watch::Receiver<super::fetch::Link>,
     job_id: &str,
     state: &AgentState,
     record: &Record,
@@ -38,15 +40,27 @@ pub(super) async fn fetch(
     let mut hasher = blake3::Hasher::new_keyed(state.chunk_key.as_bytes());
     let mut len = 0u64;
     let mut c = client.clone();
+    let mut resume = super::fetch::Resume::new(link);
+    let failed = |why: String| AgentError::Restore(format!("reading the snapshot's tree: {why}"));
     for batch in ids.chunks(TREE_BATCH) {
-        let blobs = match direct {
-            Some(http) => super::direct::get(&mut c, http, job_id, batch)
-                .await
-                .map_err(|why| {
-                    AgentError::Restore(format!("reading the snapshot's tree: {why}"))
-                })?,
-            None => client::get(&mut c, job_id, batch).await?,
+        let blobs = loop {
+            use super::direct::ReadError;
+            let got = match direct {
+                Some(http) => super::direct::get(&mut c, http, job_id, batch).await,
+                None => client::get(&mut c, job_id, batch)
+                    .await
+                    .map_err(ReadError::Controller),
+            };
+            match got {
+                Ok(blobs) => break blobs,
+                Err(ReadError::Controller(status)) if super::fetch::transient(&status) => {
+                    resume.wait(&status).await.map_err(failed)?
+                }
+                Err(ReadError::Controller(status)) => return Err(status.into()),
+                Err(ReadError::Store(why)) => return Err(failed(why)),
+            }
         };
+        resume.progressed();
         for (id, blob) in batch.iter().zip(blobs) {
             let content = codec::decode_verified(&state.chunk_key, id, &blob)?;
             len += content.len() as u64;
