@@ -75,7 +75,11 @@ impl Walker {
         }
         let mut root_entry = entry_from_meta(Vec::new(), &meta);
         root_entry.xattrs = read_xattrs(root).unwrap_or_default();
-        let names = list(root).ctx(|| format!("listing {}", root.display()))?;
+        let (names, broke) = list(root).ctx(|| format!("listing {}", root.display()))?;
+        let warnings = broke
+            .map(|err| broke_off(root, names.len(), &err))
+            .into_iter()
+            .collect();
         let w = Walker {
             stack: vec![Listing {
                 dir: root.to_path_buf(),
@@ -86,7 +90,7 @@ impl Walker {
             }],
             links: HashMap::new(),
             xattrs: true,
-            warnings: Vec::new(),
+            warnings,
         };
         Ok((root_entry, w))
     }
@@ -167,13 +171,18 @@ impl Iterator for Walker {
                     return Some(e);
                 }
                 match list(&path) {
-                    Ok(names) => self.stack.push(Listing {
-                        dir: path,
-                        id,
-                        rel: e.path.clone(),
-                        names,
-                        next: 0,
-                    }),
+                    Ok((names, broke)) => {
+                        if let Some(err) = broke {
+                            self.warnings.push(broke_off(&path, names.len(), &err));
+                        }
+                        self.stack.push(Listing {
+                            dir: path,
+                            id,
+                            rel: e.path.clone(),
+                            names,
+                            next: 0,
+                        })
+                    }
                     Err(err) => self.warnings.push(format!("{}: {err}", path.display())),
                 }
             }
@@ -182,14 +191,31 @@ impl Iterator for Walker {
     }
 }
 
-/// A directory's names, sorted bytewise.
-fn list(dir: &Path) -> std::io::Result<crate::names::Names> {
+/// The warning for a directory whose listing broke off after `n` names.
+fn broke_off(dir: &Path, n: usize, err: &std::io::Error) -> String {
+    format!(
+        "{}: listing the directory broke off after {n} names ({err}): the rest of it is not in this snapshot",
+        dir.display()
+    )
+}
+
+/// A directory's names, sorted bytewise, and the error a listing broke off with (a
+/// failing disk, a stale NFS handle): the names read before it are kept, the error is the
+/// caller's to report (it was dropped silently before).
+fn list(dir: &Path) -> std::io::Result<(crate::names::Names, Option<std::io::Error>)> {
     let mut names = crate::names::Names::new();
-    for e in fs::read_dir(dir)?.flatten() {
-        names.push(e.file_name().as_bytes());
+    let mut broke = None;
+    for e in fs::read_dir(dir)? {
+        match e {
+            Ok(e) => names.push(e.file_name().as_bytes()),
+            Err(err) => {
+                broke = Some(err);
+                break;
+            }
+        }
     }
     names.sort();
-    Ok(names)
+    Ok((names, broke))
 }
 
 /// The order of paths in a walk and in a tree: component by component, names compared
