@@ -1,10 +1,11 @@
 //! The runner that carries a recovery plan out. Running a plan (`start`) spawns one worker
 //! per plan (`plan-runner:ID` in `lifeboat status` and `/metrics`, through
 //! `Workers::spawn_until_done`), the plan's only writer: every [`TICK`] it reads the state of the restore
-//! jobs it started, starts devices up to the plan's concurrency, and no more than the
-//! controller serves at once (`plan::served_at_once`, so they start in the plan's order; tier by tier: a tier
-//! starts when every device of the tiers before it finished), retries a failed restore up
-//! to [`MAX_ATTEMPTS`] times, re-estimates the time left, and writes the plan back. A
+//! jobs it started, starts devices up to the plan's concurrency and no more than the
+//! controller serves at once (`plan::served_at_once`: so they start in the plan's order),
+//! tier by tier (a tier starts when every device of the tiers before it finished), retries
+//! a failed restore up to [`MAX_ATTEMPTS`] times, re-estimates the time left, and writes
+//! the plan back. A
 //! controller restart resumes every running plan (`resume_all`): restores that were
 //! running are interrupted by the restart and queued again under the same job id once
 //! their agent is back (an agent that still runs the job ignores the second delivery), and
