@@ -4,6 +4,7 @@
 mod direct;
 mod fetch;
 mod image;
+mod resume;
 mod tree;
 mod volume;
 
@@ -26,8 +27,8 @@ use crate::state::AgentState;
 use crate::{AgentError, absolute_clean};
 
 pub(crate) use fetch::FETCH_STREAMS;
-pub use fetch::Link;
 use fetch::{Prefetched, restore_dir};
+pub use resume::Link;
 use tree::Restored;
 
 /// Where a restore writes.

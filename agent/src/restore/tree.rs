@@ -29,7 +29,7 @@ const TREE_BATCH: usize = 4;
 pub(super) async fn fetch(
     client: &Client,
     direct: Option<&ureq::Agent>,
-    link: tokio::sync::watch::Receiver<super::fetch::Link>,
+    link: tokio::sync::watch::Receiver<super::resume::Link>,
     job_id: &str,
     state: &AgentState,
     record: &Record,
@@ -40,7 +40,7 @@ pub(super) async fn fetch(
     let mut hasher = blake3::Hasher::new_keyed(state.chunk_key.as_bytes());
     let mut len = 0u64;
     let mut c = client.clone();
-    let mut resume = super::fetch::Resume::new(link);
+    let mut resume = super::resume::Resume::new(link);
     let failed = |why: String| AgentError::Restore(format!("reading the snapshot's tree: {why}"));
     for batch in ids.chunks(TREE_BATCH) {
         let blobs = loop {
@@ -53,7 +53,7 @@ pub(super) async fn fetch(
             };
             match got {
                 Ok(blobs) => break blobs,
-                Err(ReadError::Controller(status)) if super::fetch::transient(&status) => {
+                Err(ReadError::Controller(status)) if super::resume::transient(&status) => {
                     resume.wait(&status).await.map_err(failed)?
                 }
                 Err(ReadError::Controller(status)) => return Err(status.into()),
