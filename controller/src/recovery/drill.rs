@@ -14,9 +14,10 @@
 //! Drills of one device at a time say nothing of what the fleet moves together, which a
 //! recovery plan restoring many devices at once needs to know before any plan has run. So
 //! a drill run of several devices first restores them all at once into sandboxes (at most
-//! [`CALIBRATION_DEVICES`], and no more than the controller serves at once): a
-//! *calibration burst*, whose aggregate rate becomes the fleet's capacity in the downtime
-//! model (an `egress` sample). A burst of as many devices is run again a week later.
+//! [`CALIBRATION_DEVICES`], and no more than the controller serves at once; the smallest
+//! snapshots first, none over [`CALIBRATION_MAX_BYTES`]): a *calibration burst*, whose
+//! aggregate rate becomes the fleet's capacity in the downtime model (an `egress` sample).
+//! A burst of as many devices is run again a week later.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,6 +45,9 @@ pub const CALIBRATION_TAG: &str = "calibration";
 const CALIBRATION_DEVICES: usize = 32;
 /// A burst of as many devices is run again after this long.
 const CALIBRATION_AGE_MS: i64 = 7 * 86_400_000;
+/// Snapshots larger than this are left out of a burst, which restores each whole: it
+/// needs a few seconds of data moving at once, not the fleet's every byte each week.
+const CALIBRATION_MAX_BYTES: u64 = 1 << 30;
 /// How long a burst may take before it is given up (its restores run on; no sample).
 const CALIBRATION_WAIT: Duration = Duration::from_secs(600);
 
@@ -158,13 +162,7 @@ pub fn start(
         .filter(|d| d.state == DrillState::Queued)
         .cloned()
         .collect();
-    // One snapshot per device for the burst, of devices whose agent is here now.
-    let mut burst: Vec<(String, String)> = Vec::new();
-    for d in &queue {
-        if !burst.iter().any(|(a, _)| *a == d.agent_id) && ctl.jobs.connected(&d.agent_id) {
-            burst.push((d.agent_id.clone(), d.snapshot_id.clone()));
-        }
-    }
+    let burst = burst_devices(&queue, |agent| ctl.jobs.connected(agent));
     let c = ctl.clone();
     let timeout = probe_timeout_s;
     tokio::spawn(async move {
@@ -183,6 +181,24 @@ pub fn start(
         }
     });
     Ok(drills)
+}
+
+/// What a calibration burst may restore: one snapshot per device (its smallest among the
+/// drills), of devices whose agent is `here`, none over [`CALIBRATION_MAX_BYTES`],
+/// smallest first.
+fn burst_devices(drills: &[DrillRow], here: impl Fn(&str) -> bool) -> Vec<(String, String)> {
+    let mut fit: Vec<&DrillRow> = drills
+        .iter()
+        .filter(|d| d.bytes <= CALIBRATION_MAX_BYTES && here(&d.agent_id))
+        .collect();
+    fit.sort_by_key(|d| (d.bytes, d.agent_id.clone()));
+    let mut burst: Vec<(String, String)> = Vec::new();
+    for d in fit {
+        if !burst.iter().any(|(a, _)| *a == d.agent_id) {
+            burst.push((d.agent_id.clone(), d.snapshot_id.clone()));
+        }
+    }
+    burst
 }
 
 /// Restores up to [`CALIBRATION_DEVICES`] of `devices` (agent id, snapshot id) at once
@@ -435,4 +451,29 @@ pub fn tick(ctl: &Arc<Controller>, now_ms: i64) -> Result<(), ApiError> {
         )?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_burst_takes_one_small_snapshot_per_device_here_smallest_first() {
+        let drill = |agent: &str, snap: &str, bytes: u64| DrillRow {
+            agent_id: agent.into(),
+            snapshot_id: snap.into(),
+            bytes,
+            ..Default::default()
+        };
+        let drills = [
+            drill("a", "a-big", 900 << 20),
+            drill("a", "a-small", 10 << 20),
+            drill("b", "b-huge", 5 << 30),
+            drill("c", "c-mid", 100 << 20),
+            drill("gone", "g", 1 << 20),
+        ];
+        let burst = burst_devices(&drills, |agent| agent != "gone");
+        let pick = |a: &str, s: &str| (a.to_string(), s.to_string());
+        assert_eq!(burst, vec![pick("a", "a-small"), pick("c", "c-mid")]);
+    }
 }
