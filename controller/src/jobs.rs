@@ -236,6 +236,21 @@ impl Jobs {
         Ok(())
     }
 
+    /// Submits restore job `job` for `agent` (operator restores, plans, drills and
+    /// calibration bursts alike), tagged with `policy`.
+    pub fn submit_restore(
+        &self,
+        agent: &AgentRow,
+        detail: String,
+        policy: &str,
+        job: pb::RestoreJob,
+    ) -> Result<JobRow, ApiError> {
+        self.submit(agent, "restore", detail, policy, |id| pb::Job {
+            job_id: id.to_string(),
+            kind: Some(pb::job::Kind::Restore(job)),
+        })
+    }
+
     /// Creates a job for `agent` and dispatches it if the agent is connected.
     pub fn submit(
         &self,

@@ -427,10 +427,7 @@ pub fn for_operator(
             return Err(e);
         }
     };
-    let row = ctl.jobs.submit(onto, "restore", detail, "", |id| pb::Job {
-        job_id: id.to_string(),
-        kind: Some(pb::job::Kind::Restore(restore)),
-    })?;
+    let row = ctl.jobs.submit_restore(onto, detail, "", restore)?;
     tracing::info!(%operator, agent = %onto.name, snapshot = %snap.id, job = %row.id, "restore requested");
     ctl.audit.ok(
         &actor,

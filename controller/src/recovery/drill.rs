@@ -241,10 +241,7 @@ async fn calibrate(ctl: &Arc<Controller>, devices: Vec<(String, String)>) -> Res
         let detail = format!("calibration burst of {n} devices ({})", &snap.id[..12]);
         let row = ctl
             .jobs
-            .submit(&agent, "restore", detail, CALIBRATION_TAG, |id| pb::Job {
-                job_id: id.to_string(),
-                kind: Some(pb::job::Kind::Restore(job)),
-            })?;
+            .submit_restore(&agent, detail, CALIBRATION_TAG, job)?;
         jobs.push(row.id);
     }
     let deadline = std::time::Instant::now() + CALIBRATION_WAIT;
@@ -328,12 +325,7 @@ async fn run_one(
         false,
     )?;
     let detail = format!("drill {} of {} ({})", d.id, snap.source, &snap.id[..12]);
-    let row = ctl
-        .jobs
-        .submit(&agent, "restore", detail, JOB_TAG, |id| pb::Job {
-            job_id: id.to_string(),
-            kind: Some(pb::job::Kind::Restore(job)),
-        })?;
+    let row = ctl.jobs.submit_restore(&agent, detail, JOB_TAG, job)?;
     d.job_id = row.id.clone();
     d.state = DrillState::Running.into();
     d.started_ms = ctl.clock.now_ms();

@@ -445,12 +445,7 @@ fn submit(
             &src.target
         }
     );
-    let row = ctl
-        .jobs
-        .submit(target, "restore", detail, tag, |id| pb::Job {
-            job_id: id.to_string(),
-            kind: Some(pb::job::Kind::Restore(job)),
-        })?;
+    let row = ctl.jobs.submit_restore(target, detail, tag, job)?;
     Ok(row.id)
 }
 
