@@ -267,6 +267,9 @@ async fn serve_session(
     let mut inventory_tick = tokio::time::interval(INVENTORY_EVERY);
     inventory_tick.tick().await; // the hello carried it
     let mut renew_at = shared.state.credentials().renew_at_ms()?;
+    // Renewed for a CA rotation: open the next session with the new certificate as soon
+    // as no job runs here (a job's connections carry the previous one).
+    let mut reconnect_when_idle = false;
     loop {
         let renew_in = Duration::from_millis((renew_at - crate::now_ms()).max(0) as u64);
         tokio::select! {
@@ -285,6 +288,24 @@ async fn serve_session(
                 Some(pb::ControllerMessage { msg: Some(controller_message::Msg::HeartbeatAck(_)) }) => {
                     shared.link.send_modify(|l| l.acks += 1);
                 }
+                Some(pb::ControllerMessage { msg: Some(controller_message::Msg::Trust(trust)) }) => {
+                    if trust.ca_pem != shared.state.ca_pem() {
+                        shared.state.replace_trust(&trust.ca_pem)?;
+                        tracing::warn!(cas = trust.ca_pem.matches("BEGIN CERTIFICATE").count(), "the controller's CAs changed (a CA rotation); trusting them from now on");
+                    }
+                    if trust.renew {
+                        match renew(&shared.state, &mut api.clone()).await {
+                            Ok(()) => {
+                                renew_at = shared.state.credentials().renew_at_ms()?;
+                                reconnect_when_idle = true;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "renewal for a CA rotation failed; retrying in a minute");
+                                renew_at = crate::now_ms() + 60_000;
+                            }
+                        }
+                    }
+                }
                 Some(_) => {}
                 None => return Ok(()),
             },
@@ -300,6 +321,12 @@ async fn serve_session(
                 }
             }
             _ = inventory_tick.tick() => shared.inventory_changed.notify_one(),
+            () = tokio::time::sleep(Duration::from_millis(250)), if reconnect_when_idle => {
+                if shared.running.lock().map(|r| r.is_empty()).unwrap_or(false) {
+                    tracing::info!("reconnecting with the certificate of the new CA");
+                    return Ok(());
+                }
+            }
             _ = heartbeat.tick() => {
                 let hb = pb::Heartbeat { unix_ms: crate::now_ms() as u64 };
                 if out_tx.send(pb::AgentMessage { msg: Some(Msg::Heartbeat(hb)) }).await.is_err() {

@@ -66,7 +66,8 @@ impl Credentials {
 pub struct AgentState {
     pub dir: PathBuf,
     pub info: AgentInfo,
-    pub ca_pem: String,
+    /// The CAs the controller's certificate may come from (PEM; two during a CA rotation).
+    ca_pem: RwLock<String>,
     tls: RwLock<Credentials>,
     pub signing: SigningKey,
     pub chunk_key: ChunkKey,
@@ -118,7 +119,7 @@ impl AgentState {
         };
         Ok(AgentState {
             dir: dir.to_owned(),
-            ca_pem: read_string(&dir.join("ca.crt"))?,
+            ca_pem: RwLock::new(read_string(&dir.join("ca.crt"))?),
             tls: RwLock::new(tls),
             signing: SigningKey::from_pkcs8(&read(&dir.join("signing.key"))?)?,
             chunk_key: ChunkKey::from_slice(&read(&dir.join("chunk.key"))?)?,
@@ -137,7 +138,7 @@ impl AgentState {
         AgentState {
             dir,
             info,
-            ca_pem,
+            ca_pem: RwLock::new(ca_pem),
             tls: RwLock::new(tls),
             signing,
             chunk_key,
@@ -147,6 +148,24 @@ impl AgentState {
     /// The current certificate and key.
     pub fn credentials(&self) -> Credentials {
         self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The CAs the controller's certificate may come from.
+    pub fn ca_pem(&self) -> String {
+        self.ca_pem
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Trusts the CAs of `ca_pem` from now on, as the controller said over a session its
+    /// certificate opened (a CA rotation); refused unless they make a working TLS setting.
+    pub fn replace_trust(&self, ca_pem: &str) -> Result<(), AgentError> {
+        let tls = self.credentials();
+        ClientTls::with_identity(ca_pem, &tls.cert_pem, &tls.key_pem)?;
+        write_atomic(&self.dir.join("ca.crt"), ca_pem.as_bytes(), 0o644)?;
+        *self.ca_pem.write().unwrap_or_else(|p| p.into_inner()) = ca_pem.to_string();
+        Ok(())
     }
 
     /// Stores a renewed certificate and key (one atomic write), then uses them for every
@@ -168,7 +187,7 @@ impl AgentState {
     pub fn save(&self) -> Result<(), AgentError> {
         std::fs::create_dir_all(self.dir.join("cache"))
             .map_err(|e| AgentError::Enrollment(format!("creating {}: {e}", self.dir.display())))?;
-        write_atomic(&self.dir.join("ca.crt"), self.ca_pem.as_bytes(), 0o644)?;
+        write_atomic(&self.dir.join("ca.crt"), self.ca_pem().as_bytes(), 0o644)?;
         self.replace_credentials(self.credentials())?;
         write_atomic(&self.dir.join("signing.key"), self.signing.pkcs8(), 0o600)?;
         write_atomic(
@@ -185,7 +204,7 @@ impl AgentState {
     pub fn client_tls(&self) -> Result<ClientTls, AgentError> {
         let tls = self.credentials();
         Ok(ClientTls::with_identity(
-            &self.ca_pem,
+            &self.ca_pem(),
             &tls.cert_pem,
             &tls.key_pem,
         )?)

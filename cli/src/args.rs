@@ -287,6 +287,12 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: IdentityCmd,
     },
+    /// The fleet CA, and its rotation: a new CA, every agent and operator moved to it, the
+    /// old one's key deleted (after the controller's secrets may have been copied).
+    Ca {
+        #[command(subcommand)]
+        cmd: CaCmd,
+    },
     /// Requests for destructive actions waiting for a second admin (`--require-approval`).
     Approvals(Json),
     /// Approve another admin's request: they may then run their command once.
@@ -594,6 +600,10 @@ pub enum IdentityCmd {
     },
     /// List operator identities.
     List(Json),
+    /// Renew your own identity (the file given with --identity, rewritten in place) for a
+    /// new key, from the CA that signs now: same name, role and expiry. The previous file
+    /// is refused from then on. During a CA rotation, every operator runs this.
+    Renew,
     /// Revoke an operator identity (admin); it is refused from then on.
     Revoke { name: String },
     /// Write the identity given with --identity as PEM files for other tools (Prometheus
@@ -603,6 +613,27 @@ pub enum IdentityCmd {
         /// A directory (created if missing; existing files are not overwritten).
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CaCmd {
+    /// The CA in force (what enrolling machines pin) and, during a rotation, who has not
+    /// moved to the new CA yet.
+    Status(Json),
+    /// Start a rotation (admin): a new CA signs every certificate from now on; connected
+    /// agents renew at once, the others when they reconnect. Your own identity file is
+    /// renewed under the new CA.
+    Rotate(Json),
+    /// Finish the rotation (admin): the new CA becomes the only one, the old one's key is
+    /// deleted and its certificates are refused. Refused while anyone has not moved.
+    Finish {
+        /// Finish anyway: agents that have not moved lose their certificates (enroll them
+        /// again with `lifeboat token create --device NAME`), operators their identities.
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        json: Json,
     },
 }
 

@@ -75,6 +75,14 @@ impl AgentApi for AgentService {
             ctl.catalog
                 .update_agent_docker(&agent.id, &prost::Message::encode_to_vec(inv))?;
         }
+        // Which CAs to trust, and during a CA rotation whether to renew now: first.
+        let trust = ctl
+            .authority
+            .trust()
+            .for_agent(&ctl.catalog.agent_cert_ca(&agent.id)?);
+        let _ = tx.try_send(Ok(pb::ControllerMessage {
+            msg: Some(pb::controller_message::Msg::Trust(trust)),
+        }));
         let session = ctl.jobs.connect(&agent.id, tx);
         ctl.jobs.reconcile(&agent.id, &hello.running_jobs)?;
         ctl.jobs.dispatch(&agent.id)?;

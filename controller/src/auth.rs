@@ -121,6 +121,9 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.OperatorApi/GetJob", READERS),
     ("/lifeboat.v1.OperatorApi/WatchJob", READERS),
     ("/lifeboat.v1.OperatorApi/ListIdentities", READERS),
+    // Only the caller's own identity.
+    ("/lifeboat.v1.OperatorApi/RenewIdentity", READERS),
+    ("/lifeboat.v1.OperatorApi/CaStatus", READERS),
     ("/lifeboat.v1.OperatorApi/ListAudit", READERS),
     ("/lifeboat.v1.OperatorApi/VerifyAudit", READERS),
     ("/lifeboat.v1.OperatorApi/ListPolicies", READERS),
@@ -150,6 +153,7 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.OperatorApi/CreateToken", ADMINS),
     ("/lifeboat.v1.OperatorApi/CreateIdentity", ADMINS),
     ("/lifeboat.v1.OperatorApi/RevokeIdentity", ADMINS),
+    ("/lifeboat.v1.OperatorApi/RotateCa", ADMINS),
     ("/lifeboat.v1.OperatorApi/RevokeAgent", ADMINS),
     ("/lifeboat.v1.OperatorApi/DeleteSnapshot", ADMINS),
     ("/lifeboat.v1.OperatorApi/ApplyPolicies", ADMINS),

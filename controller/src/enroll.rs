@@ -59,7 +59,7 @@ impl Enrollment for EnrollService {
             agent_id: joined.agent.id,
             name: joined.agent.name,
             cert_pem: joined.cert_pem,
-            ca_pem: self.ctl.ca.cert_pem.clone(),
+            ca_pem: self.ctl.authority.trust().trusted_pem.clone(),
             chunk_key: self.ctl.chunk_key.as_bytes().to_vec(),
             controller_signing_key: self.ctl.signer_public_key.clone(),
         }))

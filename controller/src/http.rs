@@ -516,17 +516,17 @@ impl Families<'_> {
     }
 }
 
-pub async fn serve(ctl: Arc<Controller>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+pub async fn serve(ctl: Arc<Controller>, listener: TcpListener) {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(ctl.clone());
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
         let Ok((tcp, remote)) = listener.accept().await else {
             continue;
         };
-        let acceptor = acceptor.clone();
+        // The settings in force now (a CA rotation replaces them).
+        let acceptor = tokio_rustls::TlsAcceptor::from(ctl.authority.trust().https.clone());
         let (app, ctl) = (app.clone(), ctl.clone());
         tokio::spawn(async move {
             let Ok(Ok(tls)) =

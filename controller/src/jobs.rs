@@ -207,6 +207,23 @@ impl Jobs {
         }
     }
 
+    /// Sends `msg` into every open session (a CA rotation's news); a session that closes
+    /// meanwhile hears what it needs at its next start.
+    pub fn tell_sessions(&self, msg: pb::ControllerMessage) {
+        let sessions: Vec<Outbound> = self
+            .lock()
+            .sessions
+            .values()
+            .map(|s| s.tx.clone())
+            .collect();
+        for tx in sessions {
+            let msg = msg.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(msg)).await;
+            });
+        }
+    }
+
     /// Drops every session (controller shutdown), which ends their streams.
     pub fn close_all(&self) {
         self.lock().sessions.clear();

@@ -28,6 +28,7 @@ pub(crate) mod anomalies;
 pub(crate) mod approvals;
 pub(crate) mod audit;
 pub(crate) mod auth;
+pub mod authority;
 pub(crate) mod backups;
 pub mod catalog;
 pub(crate) mod copy;
@@ -66,10 +67,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lifeboat_core::ChunkKey;
-use lifeboat_core::pki::Ca;
 use lifeboat_core::sign::SigningKey;
 use lifeboat_proto::pb;
-use lifeboat_proto::transport::{self, ServerTls};
+use lifeboat_proto::transport;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
@@ -111,9 +111,9 @@ pub struct Controller {
     pub catalog: Arc<catalog::Catalog>,
     pub store: store::Store,
     pub jobs: jobs::Jobs,
-    pub ca: Ca,
+    /// The fleet CA (and its rotation): signs certificates, says what TLS trusts.
+    pub authority: authority::Authority,
     pub chunk_key: ChunkKey,
-    pub ca_fingerprint: String,
     /// Countersigns snapshots; its public half is pinned by agents at enrollment.
     pub signer: SigningKey,
     pub signer_public_key: Vec<u8>,
@@ -247,8 +247,6 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     listener: TcpListener,
     http: Option<TcpListener>,
-    server_tls: ServerTls,
-    http_tls: Arc<rustls::ServerConfig>,
     prune_every: Option<Duration>,
     scrub: bool,
     scan: bool,
@@ -353,14 +351,6 @@ pub fn start_with_clock(
         .map_err(|e| ApiError::internal(format!("listener address: {e}")))?;
     let url = url_for(addr);
     let identity_path = setup::ensure_admin_identity(&cfg.data_dir, &prepared, &url)?;
-    let server_tls = ServerTls::new(
-        &prepared.ca.cert_pem,
-        &prepared.server_chain_pem,
-        &prepared.server_key_pem,
-    )
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    let http_tls = http_tls_config(&prepared)?;
-    let ca_fingerprint = lifeboat_core::pki::fingerprint(&prepared.ca.cert_pem)?;
     let catalog = Arc::new(prepared.catalog);
     let objects = store::open_objects(&prepared.store, &prepared.staging_dir)?;
     tracing::info!(store = %objects.describe(), encrypted = prepared.data_key.is_some(), object_lock = objects.object_lock(), "store opened");
@@ -411,9 +401,13 @@ pub fn start_with_clock(
         catalog,
         store,
         jobs,
-        ca: prepared.ca,
+        authority: authority::Authority::new(
+            &cfg.data_dir,
+            prepared.cas,
+            &prepared.server_chain_pem,
+            &prepared.server_key_pem,
+        )?,
         chunk_key: prepared.chunk_key,
-        ca_fingerprint,
         signer_public_key: prepared.signer.public_key(),
         signer: prepared.signer,
         audit,
@@ -461,8 +455,6 @@ pub fn start_with_clock(
         http_addr,
         listener,
         http,
-        server_tls,
-        http_tls,
         prune_every: cfg.prune_every,
         scrub: cfg.scrub_period.is_some(),
         scan: cfg.scan,
@@ -472,48 +464,9 @@ pub fn start_with_clock(
     })
 }
 
-fn http_tls_config(p: &setup::Prepared) -> Result<Arc<rustls::ServerConfig>, ApiError> {
-    use rustls::pki_types::pem::PemObject;
-    let tls = |e: rustls::Error| ApiError::internal(format!("https config: {e}"));
-    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(p.server_chain_pem.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(p.server_key_pem.as_bytes())
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(tls)?
-    .with_client_cert_verifier(http_client_verifier(&p.ca.cert_pem)?)
-    .with_single_cert(certs, key)
-    .map_err(tls)?;
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
-/// The HTTPS port asks for a client certificate and verifies one against the fleet CA
-/// when it is presented; `/metrics` then requires one the catalog honours (`http.rs`),
-/// while `/healthz` answers without.
-fn http_client_verifier(
-    ca_pem: &str,
-) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, ApiError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(lifeboat_core::pki::cert_der(ca_pem).map_err(ApiError::from)?)
-        .map_err(|e| ApiError::internal(format!("https client roots: {e}")))?;
-    rustls::server::WebPkiClientVerifier::builder_with_provider(
-        Arc::new(roots),
-        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-    )
-    .allow_unauthenticated()
-    .build()
-    .map_err(|e| ApiError::internal(format!("https client verifier: {e}")))
-}
-
 impl Running {
-    pub fn ca_fingerprint(&self) -> &str {
-        &self.ctl.ca_fingerprint
+    pub fn ca_fingerprint(&self) -> String {
+        self.ctl.authority.trust().presented_fingerprint.clone()
     }
 
     /// Serves until `shutdown` completes. Then: stop accepting, end agent sessions, give
@@ -522,7 +475,7 @@ impl Running {
         let ctl = self.ctl.clone();
         recovery::runner::resume_all(&ctl)?;
         if let Some(http) = self.http {
-            tokio::spawn(http::serve(ctl.clone(), http, self.http_tls));
+            tokio::spawn(http::serve(ctl.clone(), http));
         }
         use workers::{Start, Workers};
         let secs = Duration::from_secs;
@@ -675,7 +628,11 @@ impl Running {
                 )
             })
         };
-        let incoming = transport::incoming(self.listener, self.server_tls, Some(refused));
+        let tls: transport::TlsSource = {
+            let ctl = ctl.clone();
+            Arc::new(move || ctl.authority.trust().tls.clone())
+        };
+        let incoming = transport::incoming(self.listener, tls, Some(refused));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let ctl_for_stop = ctl.clone();
         let serve = router.serve_with_incoming_shutdown(incoming, async move {

@@ -133,7 +133,7 @@ impl OperatorApi for OperatorService {
         let (agents, snapshots, chunks, stored_bytes) = self.0.catalog.totals()?;
         Ok(Response::new(pb::StatusReply {
             version: env!("CARGO_PKG_VERSION").into(),
-            ca_fingerprint: self.0.ca_fingerprint.clone(),
+            ca_fingerprint: self.0.authority.trust().presented_fingerprint.clone(),
             operator,
             agents,
             snapshots,
@@ -168,7 +168,7 @@ impl OperatorApi for OperatorService {
         Ok(Response::new(pb::CreateTokenReply {
             token: new.token,
             expires_unix_ms: new.expires_ms,
-            ca_fingerprint: self.0.ca_fingerprint.clone(),
+            ca_fingerprint: self.0.authority.trust().presented_fingerprint.clone(),
         }))
     }
 
@@ -327,9 +327,56 @@ impl OperatorApi for OperatorService {
         )?;
         Ok(Response::new(pb::CreateIdentityReply {
             cert_pem,
-            ca_pem: self.0.ca.cert_pem.clone(),
+            ca_pem: self.0.authority.trust().trusted_pem.clone(),
             not_after_unix_ms: validity.not_after_ms(),
         }))
+    }
+
+    async fn renew_identity(
+        &self,
+        req: Request<pb::RenewRequest>,
+    ) -> Result<Response<pb::CreateIdentityReply>, Status> {
+        let (name, _) = auth::operator(&req)?;
+        let (cert_pem, validity) =
+            access::rotation::renew_identity(&self.0, &name, &req.into_inner().csr_pem)?;
+        Ok(Response::new(pb::CreateIdentityReply {
+            cert_pem,
+            ca_pem: self.0.authority.trust().trusted_pem.clone(),
+            not_after_unix_ms: validity.not_after_ms(),
+        }))
+    }
+
+    async fn ca_status(
+        &self,
+        req: Request<pb::Empty>,
+    ) -> Result<Response<pb::CaStatusReply>, Status> {
+        auth::operator(&req)?;
+        let ctl = self.0.clone();
+        let reply = tokio::task::spawn_blocking(move || access::rotation::ca_status(&ctl))
+            .await
+            .map_err(ApiError::from)??;
+        Ok(Response::new(reply))
+    }
+
+    async fn rotate_ca(
+        &self,
+        req: Request<pb::RotateCaRequest>,
+    ) -> Result<Response<pb::CaStatusReply>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let req = req.into_inner();
+        // CA keys are made and files synced: off the async threads (tasks spawned from
+        // a blocking thread still run on the runtime).
+        let ctl = self.0.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            if req.finish {
+                access::rotation::finish(&ctl, &admin, req.force)
+            } else {
+                access::rotation::start(&ctl, &admin)
+            }
+        })
+        .await
+        .map_err(ApiError::from)??;
+        Ok(Response::new(reply))
     }
 
     async fn list_identities(

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! DIR/ca.crt, ca.key          the fleet CA (key 0600)
+//! DIR/ca-next.crt, .key       during a CA rotation, the new CA (`authority.rs`)
 //! DIR/chunk.key               the fleet's chunk-id key (0600)
 //! DIR/controller.sign         the controller's ed25519 countersigning key (PKCS#8, 0600)
 //! DIR/admin.identity          the first admin operator's identity file (0600)
@@ -22,11 +23,12 @@ use lifeboat_core::ChunkKey;
 use lifeboat_core::age;
 use lifeboat_core::durable::write_atomic;
 use lifeboat_core::identity::IdentityFile;
-use lifeboat_core::pki::{self, Ca, Validity};
+use lifeboat_core::pki::{self, Validity};
 use lifeboat_core::seal::DataKey;
 use lifeboat_core::sign::SigningKey;
 use serde::{Deserialize, Serialize};
 
+use crate::authority::Cas;
 use crate::catalog::Catalog;
 use crate::error::ApiError;
 use crate::store::location::{S3Location, S3Options, StoreLocation};
@@ -93,7 +95,7 @@ const CONTROLLER_AGE_KEY: &str = "controller-age.key";
 
 /// Everything loaded from (or created in) the data directory.
 pub struct Prepared {
-    pub ca: Ca,
+    pub cas: Cas,
     pub chunk_key: ChunkKey,
     /// Countersigns every committed snapshot.
     pub signer: SigningKey,
@@ -219,20 +221,7 @@ pub fn prepare(
         .local_dir()
         .map_or_else(|| data_dir.to_owned(), Path::to_owned);
 
-    let ca_crt = data_dir.join("ca.crt");
-    let ca_key = data_dir.join("ca.key");
-    let first_start = !ca_crt.exists();
-    let ca = if first_start {
-        let ca = Ca::generate()?;
-        write_atomic(&ca_key, ca.key_pem().as_bytes(), 0o600)?;
-        write_atomic(&ca_crt, ca.cert_pem.as_bytes(), 0o644)?;
-        tracing::info!(fingerprint = %pki::fingerprint(&ca.cert_pem)?, "created the fleet CA");
-        ca
-    } else {
-        let cert = std::fs::read_to_string(&ca_crt).map_err(io("reading", &ca_crt))?;
-        let key = std::fs::read_to_string(&ca_key).map_err(io("reading", &ca_key))?;
-        Ca::load(&cert, &key)?
-    };
+    let cas = crate::authority::open(data_dir)?;
 
     let key_path = data_dir.join("chunk.key");
     let chunk_key = if key_path.exists() {
@@ -243,8 +232,9 @@ pub fn prepare(
         k
     };
 
-    let server = ca.issue_server()?;
-    let server_chain_pem = format!("{}{}", server.cert_pem, ca.cert_pem);
+    // From the CA in force (during a rotation, the one every agent trusts).
+    let server = cas.current.issue_server()?;
+    let server_chain_pem = format!("{}{}", server.cert_pem, cas.current.cert_pem);
     write_atomic(
         &data_dir.join("server.crt"),
         server_chain_pem.as_bytes(),
@@ -258,7 +248,7 @@ pub fn prepare(
 
     let catalog = Catalog::open(&data_dir.join("catalog.db"))?;
     Ok(Prepared {
-        ca,
+        cas,
         chunk_key,
         signer,
         store: location,
@@ -384,7 +374,8 @@ pub fn ensure_admin_identity(
         return Ok(path);
     }
     let validity = Validity::from_now(pki::days(ADMIN_CERT_DAYS));
-    let (cert, serial) = prepared.ca.issue_client("operator:admin", validity)?;
+    let issuer = prepared.cas.issuer();
+    let (cert, serial) = issuer.issue_client("operator:admin", validity)?;
     prepared.catalog.add_operator(
         "admin",
         "admin",
@@ -393,12 +384,15 @@ pub fn ensure_admin_identity(
         validity.not_after_ms(),
         "setup",
     )?;
+    prepared
+        .catalog
+        .set_operator_cert_ca("admin", &pki::fingerprint(&issuer.cert_pem)?)?;
     IdentityFile {
         version: 1,
         name: "admin".into(),
         role: "admin".into(),
         controller: url.to_string(),
-        ca_pem: prepared.ca.cert_pem.clone(),
+        ca_pem: prepared.cas.trusted_pem(),
         cert_pem: cert.cert_pem,
         key_pem: cert.key_pem,
     }

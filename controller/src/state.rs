@@ -58,6 +58,8 @@ const FILES: &[&str] = &[
     "controller.json",
     "ca.crt",
     "ca.key",
+    "ca-next.crt",
+    "ca-next.key",
     "chunk.key",
     "controller.sign",
     "store-key.age",

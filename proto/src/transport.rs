@@ -380,15 +380,18 @@ impl AsyncWrite for TlsConn {
 /// Told of every refused handshake: the remote address and why.
 pub type RefusalHook = Arc<dyn Fn(SocketAddr, String) + Send + Sync>;
 
+/// The TLS settings in force for the next handshake (a CA rotation replaces them while the
+/// controller serves).
+pub type TlsSource = Arc<dyn Fn() -> Arc<ServerTls> + Send + Sync>;
+
 /// Accepts TCP connections and completes TLS handshakes concurrently (a slow or hostile
 /// client cannot stall the others), yielding authenticated connections for tonic.
 pub fn incoming(
     listener: TcpListener,
-    tls: ServerTls,
+    tls: TlsSource,
     on_refused: Option<RefusalHook>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let tls = Arc::new(tls);
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -403,7 +406,7 @@ pub fn incoming(
                 break;
             }
             let conn_tx = tx.clone();
-            let tls = tls.clone();
+            let tls = tls();
             let on_refused = on_refused.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
@@ -490,6 +493,15 @@ fn explained(e: std::io::Error, side: Side) -> std::io::Error {
             "{theirs} certificate expired {} s ago by {mine} clock; if that clock is right, the certificate lapsed (an agent offline past its renewal enrolls again), else fix the clock (NTP)",
             time.as_secs().saturating_sub(not_after.as_secs())
         ),
+        R::InvalidCertificate(C::UnknownIssuer) if side == Side::Client => {
+            "the controller's certificate comes from a CA this machine does not trust: if the fleet's CA was rotated while it was offline (`lifeboat ca status`), enroll it again (`lifeboat token create --device NAME`); otherwise this is not your controller".to_string()
+        }
+        R::InvalidCertificate(C::UnknownIssuer) => {
+            "the client's certificate comes from no CA the controller trusts: another fleet's, or one the fleet no longer trusts after a CA rotation (`lifeboat ca status`)".to_string()
+        }
+        R::AlertReceived(A::UnknownCA) if side == Side::Client => {
+            "the controller does not trust the CA of this machine's certificate: if the fleet's CA was rotated while it was offline (`lifeboat ca status`), enroll it again (`lifeboat token create --device NAME`)".to_string()
+        }
         R::AlertReceived(
             alert @ (A::CertificateExpired | A::BadCertificate | A::CertificateUnknown),
         ) => format!(

@@ -839,12 +839,7 @@ impl RawJob {
                 },
             )
         });
-        let msg = tokio::time::timeout(Duration::from_secs(20), session.message())
-            .await
-            .expect("job delivered")
-            .expect("stream")
-            .expect("message");
-        assert!(matches!(msg.msg, Some(pb::controller_message::Msg::Job(_))));
+        next_job(&mut session).await;
         RawJob {
             api,
             job_id,
@@ -862,6 +857,24 @@ impl RawJob {
         );
         req
     }
+}
+
+/// The next job a session hand-driven by a test is sent, past what else a session says
+/// (which CAs to trust, heartbeat acknowledgements); panics after 20 s.
+pub async fn next_job(
+    session: &mut tonic::Streaming<lifeboat_proto::pb::ControllerMessage>,
+) -> lifeboat_proto::pb::Job {
+    use lifeboat_proto::pb::controller_message::Msg;
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let msg = session.message().await.expect("stream").expect("message");
+            if let Some(Msg::Job(job)) = msg.msg {
+                return job;
+            }
+        }
+    })
+    .await
+    .expect("a job delivered within 20 s")
 }
 
 /// The value of an unlabelled counter or gauge `name` in a `/metrics` text; panics,

@@ -49,6 +49,8 @@ const READ_RPCS: &[&str] = &[
     "ListDrills",
     "GetPlan",
     "ListPlans",
+    "RenewIdentity",
+    "CaStatus",
 ];
 const OPERATE_RPCS: &[&str] = &[
     "StartBackup",
@@ -77,6 +79,7 @@ const ADMIN_RPCS: &[&str] = &[
     "Reject",
     "AddVendorKey",
     "ImportTrustedDigests",
+    "RotateCa",
 ];
 
 fn all_rpcs() -> Vec<&'static str> {
@@ -173,6 +176,20 @@ async fn call(channel: &Channel, rpc: &str) -> Result<(), tonic::Status> {
             .await
             .map(drop),
         "RevokeIdentity" => op.revoke_identity(pb::NameRef::default()).await.map(drop),
+        // An empty CSR: refused by the handler, after authorization.
+        "RenewIdentity" => op
+            .renew_identity(pb::RenewRequest::default())
+            .await
+            .map(drop),
+        "CaStatus" => op.ca_status(pb::Empty {}).await.map(drop),
+        // Finishing when no rotation is under way: refused by the handler, changing nothing.
+        "RotateCa" => op
+            .rotate_ca(pb::RotateCaRequest {
+                finish: true,
+                force: false,
+            })
+            .await
+            .map(drop),
         "RevokeAgent" => op.revoke_agent(pb::NameRef::default()).await.map(drop),
         "DeleteSnapshot" => op
             .delete_snapshot(pb::SnapshotRef::default())
@@ -662,14 +679,7 @@ async fn agents_read_only_what_a_running_restore_job_grants() {
         })
     };
     let job_id = started["id"].as_str().expect("job").to_string();
-    let msg = tokio::time::timeout(Duration::from_secs(20), session.message())
-        .await
-        .expect("job delivered")
-        .expect("stream")
-        .expect("message");
-    let Some(pb::controller_message::Msg::Job(job)) = msg.msg else {
-        panic!("not a job")
-    };
+    let job = lifeboat_tests::next_job(&mut session).await;
     assert_eq!(job.job_id, job_id);
 
     // Inside the grant: the snapshot's file and tree chunks, yes; a chunk it does not
@@ -2091,5 +2101,270 @@ fn c9_the_controller_holds_no_agent_private_key() {
         "C9: {} files ({bytes_read} bytes) under the controller's data directory hold none of {} agent secrets",
         files.len(),
         secrets.len()
+    );
+}
+
+/// The fingerprints of the CAs in a PEM bundle.
+fn fingerprints(pem: &str) -> Vec<String> {
+    pem.split_inclusive("-----END CERTIFICATE-----\n")
+        .filter(|c| c.contains("BEGIN CERTIFICATE"))
+        .map(|c| pki::fingerprint(c).expect("a certificate"))
+        .collect()
+}
+
+/// `lifeboat ca status --json`.
+fn ca_status(fleet: &Fleet) -> Value {
+    fleet.cli_json(&["ca", "status"])
+}
+
+fn pending_agents(status: &Value) -> Vec<String> {
+    status["agents_pending"]
+        .as_array()
+        .expect("agents_pending")
+        .iter()
+        .map(|h| h["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+/// What a call made with `tls` comes to: `Ok(status)` if it reached the API (answered or
+/// refused by it), `Err` if the connection was refused before (the handshake).
+async fn reach(fleet: &Fleet, tls: ClientTls) -> Result<tonic::Status, String> {
+    let channel = transport::connect(&fleet.url, tls)
+        .await
+        .map_err(|e| e.to_string())?;
+    match OperatorApiClient::new(channel).status(pb::Empty {}).await {
+        Ok(_) => Ok(tonic::Status::ok("answered")),
+        // TLS 1.3 may report the server's refusal only with the first response, as a
+        // connection that broke.
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            ) =>
+        {
+            Err(s.to_string())
+        }
+        Err(s) => Ok(s),
+    }
+}
+
+/// C9, rotating in bulk: the controller's CA key has been copied. `lifeboat ca rotate`
+/// moves every connected agent (and the admin) to a new CA over their sessions, an agent
+/// offline then moves when it comes back, a controller restart midway keeps the rotation,
+/// backups go on throughout, and `lifeboat ca finish` (refused while anyone has not moved)
+/// leaves the copied key worth nothing: its certificates are refused at the handshake and
+/// every agent trusts the new CA alone. A snapshot from before restores identical after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c9_a_ca_rotation_moves_the_fleet_and_shuts_out_the_copied_ca() {
+    let mut fleet = Fleet::start();
+    let src = fleet.path("src");
+    let mut rng = lifeboat_tests::tree::Rng::new(9);
+    lifeboat_tests::tree::make_tree(&src, &mut rng);
+    let expected = lifeboat_tests::tree::manifest(&src);
+    let root = fleet.path("restores");
+    fs::create_dir_all(&root).expect("restore root");
+    let agents: Vec<_> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|n| fleet.enroll(n))
+        .collect();
+    for agent in &agents {
+        fleet.run_agent(agent, &[("data", src.as_path())], &[root.as_path()]);
+    }
+    let before = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("snapshot id")
+        .to_string();
+    // c and d are offline when the rotation starts.
+    fleet.kill_agent("c");
+    fleet.kill_agent("d");
+
+    // The attacker's copy of the controller's CA, and a certificate it mints.
+    let ctl_dir = fleet.path("ctl");
+    let old_key = fs::read_to_string(ctl_dir.join("ca.key")).expect("ca.key");
+    let old_crt = fs::read_to_string(ctl_dir.join("ca.crt")).expect("ca.crt");
+    let old_fp = pki::fingerprint(&old_crt).expect("fingerprint");
+    assert_eq!(old_fp, fleet.fingerprint);
+    let (minted, _) = Ca::load(&old_crt, &old_key)
+        .expect("the copied CA")
+        .issue_client("operator:admin", Validity::from_now(pki::days(1)))
+        .expect("a minted certificate");
+    let minted_tls = |server_ca: &str| {
+        ClientTls::with_identity(server_ca, &minted.cert_pem, &minted.key_pem).expect("tls")
+    };
+    // Before the rotation the minted certificate gets through the handshake: only the
+    // catalog's serial check turns it away.
+    let reached = reach(&fleet, minted_tls(&old_crt))
+        .await
+        .expect("the copied CA's certificate passes the handshake before the rotation");
+    assert_eq!(reached.code(), tonic::Code::PermissionDenied, "{reached:?}");
+
+    // Start: a new CA; the admin's identity is renewed under it at once.
+    let started = fleet.cli_json(&["ca", "rotate"]);
+    assert_eq!(started["rotating"], true, "{started}");
+    assert_eq!(started["ca_fingerprint"], old_fp.as_str(), "{started}");
+    let new_fp = started["next_fingerprint"]
+        .as_str()
+        .expect("the new CA")
+        .to_string();
+    assert_ne!(new_fp, old_fp);
+    assert_eq!(started["operators_moved"], 1, "{started}");
+    assert_eq!(
+        started["identity_renewed"].as_str(),
+        fleet.identity.to_str(),
+        "{started}"
+    );
+    let admin = IdentityFile::load(&fleet.identity).expect("identity");
+    assert_eq!(
+        fingerprints(&admin.ca_pem),
+        [old_fp.clone(), new_fp.clone()]
+    );
+    assert!(ctl_dir.join("ca-next.key").exists());
+    // The connected agents move by themselves (renewed under the new CA and reconnected).
+    let status = wait_for(
+        "a and b to move to the new CA",
+        Duration::from_secs(30),
+        || {
+            let s = ca_status(&fleet);
+            (s["agents_moved"] == 2).then_some(s)
+        },
+    );
+    assert_eq!(status["agents"], 4, "{status}");
+    assert_eq!(pending_agents(&status), ["c", "d"], "{status}");
+    for name in ["a", "b"] {
+        let ca = fs::read_to_string(fleet.path(&format!("agents/{name}/ca.crt"))).expect("ca");
+        assert_eq!(
+            fingerprints(&ca),
+            [old_fp.clone(), new_fp.clone()],
+            "{name}"
+        );
+    }
+    // Backups go on during the rotation, with the new certificates.
+    fleet.backup("b", "data");
+    // A controller restart midway keeps the rotation where it was.
+    fleet.stop_controller();
+    fleet.start_controller();
+    fleet.wait_connected(2);
+    let status = ca_status(&fleet);
+    assert_eq!(status["rotating"], true, "{status}");
+    assert_eq!(status["next_fingerprint"], new_fp.as_str(), "{status}");
+    assert_eq!(status["agents_moved"], 2, "{status}");
+
+    // Finishing is refused while anyone has not moved, and says who.
+    let out = fleet.cli(&["ca", "finish"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "finished with c and d behind");
+    assert!(
+        err.contains("agent c") && err.contains("agent d") && err.contains("--force"),
+        "{err}"
+    );
+    // c comes back and moves at its first session.
+    fleet.run_agent(&agents[2], &[("data", src.as_path())], &[root.as_path()]);
+    wait_for("c to move to the new CA", Duration::from_secs(30), || {
+        (ca_status(&fleet)["agents_moved"] == 3).then_some(())
+    });
+
+    // Finish, cutting off d, which never came back.
+    let finished = fleet.cli_json(&["ca", "finish", "--force"]);
+    assert_eq!(finished["rotating"], false, "{finished}");
+    assert_eq!(finished["ca_fingerprint"], new_fp.as_str(), "{finished}");
+    assert!(!ctl_dir.join("ca-next.key").exists());
+    assert!(!ctl_dir.join("ca-next.crt").exists());
+    let key_now = fs::read_to_string(ctl_dir.join("ca.key")).expect("ca.key");
+    assert_ne!(key_now, old_key, "the old CA key is gone");
+    assert_eq!(
+        fingerprints(&fs::read_to_string(ctl_dir.join("ca.crt")).expect("ca.crt")),
+        [new_fp.as_str()]
+    );
+    // Everyone who moved trusts the new CA alone.
+    let admin = IdentityFile::load(&fleet.identity).expect("identity");
+    assert_eq!(fingerprints(&admin.ca_pem), [new_fp.as_str()]);
+    for name in ["a", "b", "c"] {
+        wait_for(
+            &format!("{name} to trust the new CA alone"),
+            Duration::from_secs(30),
+            || {
+                let ca = fs::read_to_string(fleet.path(&format!("agents/{name}/ca.crt"))).ok()?;
+                (fingerprints(&ca) == [new_fp.as_str()]).then_some(())
+            },
+        );
+    }
+    // The copied CA no longer gets through the door: the handshake refuses it, audited.
+    let audited = audit(&fleet).len();
+    let refused = reach(&fleet, minted_tls(&admin.ca_pem)).await;
+    assert!(
+        refused.is_err(),
+        "a certificate of the copied CA reached the API after the rotation: {refused:?}"
+    );
+    wait_for(
+        "the refused handshake in the audit log",
+        Duration::from_secs(10),
+        || {
+            audit(&fleet)[audited..]
+                .iter()
+                .any(|e| {
+                    e["target"] == "tls.handshake"
+                        && e["detail"]["reason"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .contains("UnknownIssuer")
+                })
+                .then_some(())
+        },
+    );
+
+    // The fleet works on: a backup of an agent that moved late, and the snapshot from
+    // before the rotation restores identical.
+    fleet.backup("c", "data");
+    let target = root.join("before");
+    let (ok, job) = fleet.restore_to(&before, "a", &target, &[]);
+    assert!(
+        ok,
+        "restore after the rotation: {job}\n{}",
+        fleet.agent_log("a")
+    );
+    lifeboat_tests::tree::assert_same(&expected, &target);
+    // d was cut off: it cannot connect, and enrolls again to come back.
+    let log_before = fleet.agent_log("d").len();
+    fleet.spawn_agent(
+        &agents[3],
+        &[("data", src.as_path())],
+        &[root.as_path()],
+        &[],
+    );
+    wait_for(
+        "d to fail connecting and say so",
+        Duration::from_secs(30),
+        || {
+            let log = fleet.agent_log("d");
+            log[log_before..]
+                .contains("if the fleet's CA was rotated while it was offline")
+                .then_some(())
+        },
+    );
+    let d = fleet
+        .cli_json(&["agents"])
+        .as_array()
+        .expect("agents")
+        .iter()
+        .find(|a| a["name"] == "d")
+        .cloned()
+        .expect("d is listed");
+    assert_eq!(d["connected"], false, "{d}");
+    // The audit log says who rotated and whom the finish cut off.
+    let entries = audit(&fleet);
+    let find = |action: &str| {
+        entries
+            .iter()
+            .find(|e| e["action"] == action)
+            .unwrap_or_else(|| panic!("{action} audited: {entries:?}"))
+            .clone()
+    };
+    assert_eq!(find("ca.rotate")["actor"], "operator:admin");
+    let finish = find("ca.finish");
+    assert_eq!(finish["detail"]["forced"], true, "{finish}");
+    assert_eq!(
+        finish["detail"]["cut_off"],
+        serde_json::json!(["agent d"]),
+        "{finish}"
     );
 }

@@ -192,6 +192,14 @@ async fn identity_cmd(
             );
         }
         IdentityCmd::Pem { out } => identity_pem(identity, &out)?,
+        IdentityCmd::Renew => {
+            let (path, not_after_ms) = super::ca::renew_own_identity(api, identity).await?;
+            out!(
+                "identity renewed under the CA that signs now and written to {} (valid until {}); the previous one is refused from now on",
+                path.display(),
+                time(not_after_ms)
+            );
+        }
         IdentityCmd::Revoke { name } => {
             let i = api
                 .revoke_identity(pb::NameRef { name })

@@ -2,6 +2,7 @@
 //! a parsed command line to its group.
 
 mod access;
+mod ca;
 mod fleet;
 mod inventory;
 mod jobs;
@@ -77,6 +78,7 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         | Cmd::Approvals(_)
         | Cmd::Approve { .. }
         | Cmd::Reject { .. }) => access::run(&mut api, c, cli.controller, cli.identity).await,
+        Cmd::Ca { cmd } => ca::run(&mut api, cmd, cli.controller, cli.identity).await,
         Cmd::Drill { cmd } => recovery::drill(&mut api, cmd).await,
         Cmd::Drills { limit, json } => recovery::drills(&mut api, limit, json.json).await,
         Cmd::Recover { cmd } => recovery::recover(&mut api, cmd).await,

@@ -99,9 +99,11 @@ pub fn create_identity(
         return Err(AccessError::IdentityExists(name.to_string()));
     }
     let validity = Validity::from_now(Duration::from_secs(ttl));
-    let (cert_pem, serial) = ctl
-        .ca
-        .sign_csr(csr_pem, &format!("operator:{name}"), validity)?;
+    let trust = ctl.authority.trust();
+    let (cert_pem, serial) =
+        trust
+            .issuer
+            .sign_csr(csr_pem, &format!("operator:{name}"), validity)?;
     ctl.catalog.add_operator(
         name,
         role.as_str(),
@@ -110,6 +112,8 @@ pub fn create_identity(
         validity.not_after_ms(),
         admin,
     )?;
+    ctl.catalog
+        .set_operator_cert_ca(name, &trust.issuer_fingerprint)?;
     ctl.audit.ok(
         &format!("operator:{admin}"),
         "identity.create",
@@ -156,16 +160,23 @@ pub fn renew(
     csr_pem: &str,
 ) -> Result<String, AccessError> {
     let validity = Validity::from_now(ctl.agent_cert_lifetime);
-    let (cert_pem, serial) = ctl
-        .ca
-        .sign_csr(csr_pem, &format!("agent:{}", agent.id), validity)?;
-    ctl.catalog
-        .renew_agent_cert(&agent.id, presented, &serial, validity.not_after_ms())?;
+    let trust = ctl.authority.trust();
+    let (cert_pem, serial) =
+        trust
+            .issuer
+            .sign_csr(csr_pem, &format!("agent:{}", agent.id), validity)?;
+    ctl.catalog.renew_agent_cert(
+        &agent.id,
+        presented,
+        &serial,
+        validity.not_after_ms(),
+        &trust.issuer_fingerprint,
+    )?;
     ctl.audit.ok(
         &format!("agent:{}", agent.name),
         "cert.renew",
         &agent.name,
-        serde_json::json!({ "serial": serial, "previous": presented, "not_after_ms": validity.not_after_ms() }),
+        serde_json::json!({ "serial": serial, "previous": presented, "not_after_ms": validity.not_after_ms(), "ca": trust.issuer_fingerprint }),
     );
     tracing::info!(agent = %agent.name, "certificate renewed");
     Ok(cert_pem)

@@ -136,8 +136,9 @@ pub fn join(
         (_, d) => return Err(AccessError::WrongDevice(d.to_string())),
     };
     let validity = lifeboat_core::pki::Validity::from_now(ctl.agent_cert_lifetime);
-    let (cert_pem, serial) = ctl
-        .ca
+    let trust = ctl.authority.trust();
+    let (cert_pem, serial) = trust
+        .issuer
         .sign_csr(&req.csr_pem, &format!("agent:{agent_id}"), validity)
         .map_err(|e| AccessError::BadCsr(e.to_string()))?;
     // Labels from the token (chosen by an operator) win over labels the machine asks for.
@@ -176,6 +177,8 @@ pub fn join(
         ctl.catalog.enroll_agent(&hash, now_ms(), &agent)?;
         "agent.enroll"
     };
+    ctl.catalog
+        .set_agent_cert_ca(&agent_id, &trust.issuer_fingerprint)?;
     tracing::info!(agent = %agent.name, id = %agent_id, action, "agent enrolled");
     ctl.audit.ok(
         &format!("agent:{}", agent.name),

@@ -7,6 +7,7 @@
 
 mod identities;
 mod join;
+pub mod rotation;
 
 use std::collections::BTreeMap;
 

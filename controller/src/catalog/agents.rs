@@ -227,10 +227,11 @@ impl Catalog {
         old_serial: &str,
         new_serial: &str,
         expires_ms: i64,
+        ca: &str,
     ) -> Result<(), CatalogError> {
         let n = self.lock().cached_exec(
-            "UPDATE agents SET prev_serial = ?2, cert_serial = ?3, cert_expires_ms = ?4 WHERE id = ?1 AND revoked_ms = 0",
-            params![id, old_serial, new_serial, expires_ms],
+            "UPDATE agents SET prev_serial = ?2, cert_serial = ?3, cert_expires_ms = ?4, cert_ca = ?5 WHERE id = ?1 AND revoked_ms = 0",
+            params![id, old_serial, new_serial, expires_ms, ca],
         )?;
         if n != 1 {
             return Err(CatalogError::Revoked(format!("agent {id} is revoked")));

@@ -344,4 +344,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE drills ADD COLUMN rto_ms INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 20: the fingerprint of the CA that issued each agent's and operator's current
+    // certificate ('' before this column), so a CA rotation knows who has moved.
+    r#"
+    ALTER TABLE agents ADD COLUMN cert_ca TEXT NOT NULL DEFAULT '';
+    ALTER TABLE operators ADD COLUMN cert_ca TEXT NOT NULL DEFAULT '';
+    "#,
 ];

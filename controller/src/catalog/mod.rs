@@ -13,6 +13,7 @@
 mod agents;
 mod anomalies;
 mod approvals;
+mod ca;
 mod copies;
 mod error;
 mod inventory;
@@ -33,6 +34,7 @@ use rusqlite::{Connection, OptionalExtension, Params, Row, params};
 pub use agents::{AgentRow, TokenCheck};
 pub use anomalies::AnomalyRow;
 pub use approvals::ApprovalRow;
+pub use ca::Holder;
 pub use inventory::InventoryLink;
 pub use jobs::JobRow;
 pub use recovery::{DrillHistory, DrillRow, SampleRow};
