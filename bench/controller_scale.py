@@ -39,7 +39,8 @@ SECTION = "## Controller scale"
 
 
 def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, plan=False, restores=0, restore_mb=16,
-              controller_args=(), run_plan=False, restart=False, backup_mib=0, store="local", after=None):
+              controller_args=(), run_plan=False, restart=False, backup_mib=0, store="local", after=None,
+              rotate=False):
     """One fleet of `n` simulated agents on a fresh controller; the load generator's
     report. `store`: "local", or "s3" (SeaweedFS on loopback). `after(env, d)`, if given,
     runs once the load generator is done, with the controller still up (the CLI's
@@ -65,7 +66,7 @@ def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, pla
                                  "--sources", str(sources), *(["--plan"] if plan else []), *(["--run-plan"] if plan and run_plan else []),
                                  *(["--restores", str(restores), "--restore-mb", str(restore_mb)] if restores else []),
                                  *(["--backup-mib", str(backup_mib)] if backup_mib else []),
-                                 *(["--restart"] if restart else [])],
+                                 *(["--restart"] if restart else []), *(["--rotate"] if rotate else [])],
                                 env={**env, "LIFEBOAT_CONTROLLER_PID": str(ctl.pid)}, stdout=subprocess.PIPE,
                                 stderr=open(d / "load.log", "w"), text=True)
         request, restarted = d / "sim" / "restart-request", d / "sim" / "restarted"
@@ -109,12 +110,17 @@ def main():
     ap.add_argument("--restart", action="store_true",
                     help="instead of commits and restores: restart the controller (SIGTERM, same address) once the fleet is "
                          "connected and follow every session back (writes the \"Controller restart\" section)")
+    ap.add_argument("--rotate", action="store_true",
+                    help="instead of commits and restores: rotate the fleet's CA once the fleet is connected, wait until "
+                         "every agent moved, finish (writes the \"CA rotation at fleet size\" section)")
     ap.add_argument("--work", type=Path, default=Path("/var/tmp/lifeboat-scale"))
     ap.add_argument("--bin", type=Path, default=BIN)
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     args = ap.parse_args()
     if args.restart:
         return restart_rounds(args)
+    if args.rotate:
+        return rotate_rounds(args)
     rows = []
     for i, n in enumerate(args.agents):
         print(f"{n} agents ...", flush=True)
@@ -191,6 +197,45 @@ def main():
     text = "\n".join(lines) + "\n"
     print(text)
     replace_section(args.out, SECTION, text)
+
+
+ROTATE_SECTION = "## CA rotation at fleet size"
+
+
+def rotate_rounds(args):
+    rows = []
+    for n in args.agents:
+        print(f"{n} agents, CA rotation ...", flush=True)
+        r = one_round(n, args.work, args.bin, args.measure_s, 0, args.heartbeat_ms, controller_args=args.controller_arg,
+                      rotate=True)
+        print(json.dumps(r["rotation"]), flush=True)
+        rows.append(r)
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    lines = [
+        ROTATE_SECTION,
+        "",
+        f"Command: `python3 bench/controller_scale.py --rotate --agents {' '.join(map(str, args.agents))} --measure-s {args.measure_s}"
+        f"{''.join(f' --controller-arg={a}' for a in args.controller_arg)}` (after `cargo build --release --workspace --bins --examples`).",
+        f"Machine: {os.cpu_count()} cores, {mem / 2**30:.0f} GiB RAM, the load generator on the same machine. The simulated agents",
+        f"(as in \"Controller scale\", heartbeating every {args.heartbeat_ms / 1000:g} s) are connected; then the admin starts a CA",
+        "rotation (`RotateCa`). Each agent, told over its session, trusts both CAs, renews with a new key under the new CA",
+        "(`RenewCertificate`), and reconnects with it, as `lifeboat-agent` does; `CaStatus` is polled every 500 ms until every",
+        "agent has moved (renewed and its previous certificate retired by use of the new one); the admin renews its own",
+        "identity and finishes (`RotateCa` finish: the old key deleted, the new CA presented).",
+        "",
+        "| agents | start | all moved | controller CPU until all moved | finish |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        r = row["rotation"]
+        lines.append(f"| {r['agents']} | {r['start_ms']} ms | {r['all_moved_s']:.1f} s | {r['controller_cpu_s']:.1f} CPU-s | "
+                     f"{r['finish_ms']} ms |")
+    last = rows[-1]["rotation"]
+    lines += ["", f"Agents moved over time, {last['agents']} agents (s, moved): "
+              + ", ".join(f"{t:.0f}/{m}" for t, m in last["moved_over_time"]) + "."]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    replace_section(args.out, ROTATE_SECTION, text)
 
 
 RESTART_SECTION = "## Controller restart under load"

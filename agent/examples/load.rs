@@ -6,6 +6,7 @@
 //!         --controller URL --tokens T1,T2 --ca-fingerprint FP --identity ADMIN.identity \
 //!         --agents 10000 --dir DIR [--heartbeat-ms 15000] [--measure-s 60] [--commits 1000] \
 //!         [--sources 3] [--backup-mib 4] [--plan [--run-plan]] [--restores 1000 --restore-mb 16]
+//!         [--restart] [--rotate]
 //!
 //! Every agent keeps one session (a TLS connection and an HTTP/2 stream) and heartbeats;
 //! the controller acknowledges each heartbeat, and the round trip is the heartbeat latency.
@@ -31,7 +32,11 @@
 //! (it writes `DIR/restart-request` and waits for `DIR/restarted`, holding the new
 //! controller's pid, which bench/controller_scale.py writes once the new one listens): how
 //! long until every session is back, each agent's time from break to return, and the new
-//! controller's CPU per second of the storm against the steady state's. Prints one JSON
+//! controller's CPU per second of the storm against the steady state's. With `--rotate`,
+//! after the heartbeats the fleet's CA is rotated (`RotateCa`, as the admin): every agent,
+//! told over its session, trusts both CAs, renews with a new key and reconnects with it, as
+//! `lifeboat-agent` does; `CaStatus` is polled until every agent has moved, the rotation is
+//! then finished, and both steps are timed with the controller's CPU. Prints one JSON
 //! object (bench/controller_scale.py runs it).
 
 use std::collections::HashMap;
@@ -71,6 +76,7 @@ struct Args {
     restore_mb: usize,
     backup_mib: usize,
     restart: bool,
+    rotate: bool,
 }
 
 fn args() -> Result<Args, Error> {
@@ -101,7 +107,76 @@ fn args() -> Result<Args, Error> {
         restore_mb: get("--restore-mb").map_or(Ok(16), |s| s.parse())?,
         backup_mib: get("--backup-mib").map_or(Ok(0), |s| s.parse())?,
         restart: all.iter().any(|a| a == "--restart"),
+        rotate: all.iter().any(|a| a == "--rotate"),
     })
+}
+
+/// Rotates the fleet's CA as the admin (`RotateCa`), waits until `CaStatus` says every
+/// one of `n` agents moved (renewed under the new CA and reconnected with it), finishes the
+/// rotation, and times both with the controller's CPU.
+async fn rotate(
+    a: &Args,
+    n: usize,
+    shared: &Arc<Shared>,
+    pid: Option<u32>,
+) -> Result<serde_json::Value, Error> {
+    let id = IdentityFile::load(&a.identity)?;
+    let tls = ClientTls::with_identity(&id.ca_pem, &id.cert_pem, &id.key_pem)?;
+    let mut op = OperatorApiClient::new(transport::connect(&a.controller, tls).await?);
+    let cpu0 = pid.map(proc_stat);
+    let t = Instant::now();
+    op.rotate_ca(pb::RotateCaRequest::default()).await?;
+    let started_ms = t.elapsed().as_millis() as u64;
+    let mut progress = Vec::new();
+    let mut last_report = Instant::now();
+    let moved_s = loop {
+        let s = op.ca_status(pb::Empty {}).await?.into_inner();
+        if last_report.elapsed() >= Duration::from_secs(5) || s.agents_moved as usize >= n {
+            progress.push(serde_json::json!([t.elapsed().as_secs_f64(), s.agents_moved]));
+            last_report = Instant::now();
+        }
+        if s.agents_moved as usize >= n {
+            break t.elapsed().as_secs_f64();
+        }
+        if t.elapsed() > Duration::from_secs(3600) {
+            return Err(format!("{} of {n} agents moved after an hour", s.agents_moved).into());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let cpu1 = pid.map(proc_stat);
+    // The admin's identity moves too (as `lifeboat ca rotate` does), else finishing is
+    // refused: renewed over this connection, which then reconnects with it.
+    let (csr_pem, key_pem) = lifeboat_core::pki::make_csr("lifeboat operator")?;
+    let r = op
+        .renew_identity(pb::RenewRequest { csr_pem })
+        .await?
+        .into_inner();
+    let tls = ClientTls::with_identity(&r.ca_pem, &r.cert_pem, &key_pem)?;
+    let mut op = OperatorApiClient::new(transport::connect(&a.controller, tls).await?);
+    let t2 = Instant::now();
+    let finished = op
+        .rotate_ca(pb::RotateCaRequest {
+            finish: true,
+            force: false,
+        })
+        .await?
+        .into_inner();
+    let finish_ms = t2.elapsed().as_millis() as u64;
+    let cpu = |from: Option<(f64, u64, u64)>, to: Option<(f64, u64, u64)>| match (from, to) {
+        (Some(b), Some(a)) => a.0 - b.0,
+        _ => 0.0,
+    };
+    Ok(serde_json::json!({
+        "agents": n,
+        "start_ms": started_ms,
+        "all_moved_s": moved_s,
+        "renewed": shared.renewed.load(Ordering::Relaxed),
+        "moved_over_time": progress,
+        "controller_cpu_s": cpu(cpu0, cpu1),
+        "finish_ms": finish_ms,
+        "agents_moved_at_finish": finished.agents_moved,
+        "ca_fingerprint_after": finished.ca_fingerprint,
+    }))
 }
 
 /// Runs plan `id` and follows it as `lifeboat recover watch` does (`GetPlan` every
@@ -246,6 +321,8 @@ struct Shared {
     restores: Mutex<Vec<(u64, u64)>>,
     /// With `--restart`: each return of a session, milliseconds from its break.
     reconnects: Mutex<Vec<u64>>,
+    /// With `--rotate`: certificates renewed for a CA rotation.
+    renewed: AtomicUsize,
 }
 
 fn now_ms() -> u64 {
@@ -407,6 +484,20 @@ async fn session(
                     if shared.measuring.load(Ordering::Relaxed) {
                         let rtt = now_ms().saturating_sub(ack.unix_ms);
                         shared.rtts.lock().map_err(|_| "poisoned")?.push(rtt);
+                    }
+                }
+                Some(pb::ControllerMessage { msg: Some(controller_message::Msg::Trust(trust)) }) => {
+                    // As lifeboat-agent: trust what the controller says, renew when told,
+                    // then reconnect with the new certificate.
+                    if trust.ca_pem != state.ca_pem() {
+                        state.replace_trust(&trust.ca_pem)?;
+                    }
+                    if trust.renew {
+                        let (csr_pem, key_pem) = lifeboat_core::pki::make_csr("lifeboat agent")?;
+                        let reply = api.clone().renew_certificate(pb::RenewRequest { csr_pem }).await?.into_inner();
+                        state.replace_credentials(lifeboat_agent::state::Credentials { cert_pem: reply.cert_pem, key_pem })?;
+                        shared.renewed.fetch_add(1, Ordering::Relaxed);
+                        return Ok(());
                     }
                 }
                 Some(pb::ControllerMessage { msg: Some(controller_message::Msg::Job(pb::Job {
@@ -794,7 +885,7 @@ async fn main() -> Result<(), Error> {
             shared.clone(),
             a.heartbeat,
         );
-        tokio::spawn(agent(url, state, sources, hb, shared, a.restart));
+        tokio::spawn(agent(url, state, sources, hb, shared, a.restart || a.rotate));
     }
     while shared.connected.load(Ordering::Relaxed) < states.len() {
         if t.elapsed() > Duration::from_secs(600) {
@@ -837,6 +928,12 @@ async fn main() -> Result<(), Error> {
 
     let restart = if a.restart {
         restart_storm(&a, states.len(), &shared, 100.0 * cpu / secs).await?
+    } else {
+        serde_json::Value::Null
+    };
+
+    let rotation = if a.rotate {
+        rotate(&a, states.len(), &shared, pid).await?
     } else {
         serde_json::Value::Null
     };
@@ -959,6 +1056,7 @@ async fn main() -> Result<(), Error> {
         "commits": commit,
         "restores": restores,
         "restart": restart,
+        "rotation": rotation,
         "failures": failures.len(),
         "first_failures": failures.iter().take(5).collect::<Vec<_>>(),
     });
