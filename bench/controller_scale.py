@@ -83,7 +83,7 @@ def one_round(n, work, bin_dir, measure_s, commits, heartbeat_ms, sources=1, pla
             time.sleep(0.02)
         out = proc.stdout.read()
         if proc.returncode != 0:
-            sys.exit(f"load generator failed: {(d / 'load.log').read_text()[-3000:]}")
+            sys.exit(f"load generator failed (exit status {proc.returncode}): {(d / 'load.log').read_text()[-3000:]}")
         report = json.loads(out.strip().splitlines()[-1])
         if after:
             report["after"] = after(env, d)

@@ -132,7 +132,10 @@ async fn rotate(
     let moved_s = loop {
         let s = op.ca_status(pb::Empty {}).await?.into_inner();
         if last_report.elapsed() >= Duration::from_secs(5) || s.agents_moved as usize >= n {
-            progress.push(serde_json::json!([t.elapsed().as_secs_f64(), s.agents_moved]));
+            progress.push(serde_json::json!([
+                t.elapsed().as_secs_f64(),
+                s.agents_moved
+            ]));
             last_report = Instant::now();
         }
         if s.agents_moved as usize >= n {
@@ -488,14 +491,20 @@ async fn session(
                 }
                 Some(pb::ControllerMessage { msg: Some(controller_message::Msg::Trust(trust)) }) => {
                     // As lifeboat-agent: trust what the controller says, renew when told,
-                    // then reconnect with the new certificate.
+                    // then reconnect with the new certificate. (The state files are written
+                    // off the async threads: ten thousand agents' fsyncs share this process.)
                     if trust.ca_pem != state.ca_pem() {
-                        state.replace_trust(&trust.ca_pem)?;
+                        let state = state.clone();
+                        tokio::task::spawn_blocking(move || state.replace_trust(&trust.ca_pem)).await??;
                     }
                     if trust.renew {
                         let (csr_pem, key_pem) = lifeboat_core::pki::make_csr("lifeboat agent")?;
                         let reply = api.clone().renew_certificate(pb::RenewRequest { csr_pem }).await?.into_inner();
-                        state.replace_credentials(lifeboat_agent::state::Credentials { cert_pem: reply.cert_pem, key_pem })?;
+                        let state = state.clone();
+                        tokio::task::spawn_blocking(move || {
+                            state.replace_credentials(lifeboat_agent::state::Credentials { cert_pem: reply.cert_pem, key_pem })
+                        })
+                        .await??;
                         shared.renewed.fetch_add(1, Ordering::Relaxed);
                         return Ok(());
                     }
@@ -885,7 +894,14 @@ async fn main() -> Result<(), Error> {
             shared.clone(),
             a.heartbeat,
         );
-        tokio::spawn(agent(url, state, sources, hb, shared, a.restart || a.rotate));
+        tokio::spawn(agent(
+            url,
+            state,
+            sources,
+            hb,
+            shared,
+            a.restart || a.rotate,
+        ));
     }
     while shared.connected.load(Ordering::Relaxed) < states.len() {
         if t.elapsed() > Duration::from_secs(600) {

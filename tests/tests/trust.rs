@@ -2266,6 +2266,9 @@ async fn c9_a_ca_rotation_moves_the_fleet_and_shuts_out_the_copied_ca() {
     // Finish, cutting off d, which never came back.
     let finished = fleet.cli_json(&["ca", "finish", "--force"]);
     assert_eq!(finished["rotating"], false, "{finished}");
+    assert_eq!(finished["finished"], true, "{finished}");
+    assert_eq!(finished["agents_moved"], 3, "{finished}");
+    assert_eq!(pending_agents(&finished), ["d"], "the one cut off");
     assert_eq!(finished["ca_fingerprint"], new_fp.as_str(), "{finished}");
     assert!(!ctl_dir.join("ca-next.key").exists());
     assert!(!ctl_dir.join("ca-next.crt").exists());

@@ -97,6 +97,7 @@ fn show(s: &pb::CaStatusReply, json: bool, renewed: Option<&std::path::Path>) {
             serde_json::json!({
                 "ca_fingerprint": s.ca_fingerprint,
                 "rotating": rotating,
+                "finished": !rotating && s.agents > 0,
                 "next_fingerprint": (!s.next_fingerprint.is_empty()).then_some(&s.next_fingerprint),
                 "rotation_started": rotating.then(|| time(s.rotation_started_unix_ms)),
                 "agents": s.agents,
@@ -121,7 +122,31 @@ fn show(s: &pb::CaStatusReply, json: bool, renewed: Option<&std::path::Path>) {
         );
     }
     if !rotating {
-        out!("rotation:  none under way (`lifeboat ca rotate` starts one)");
+        if s.agents > 0 {
+            // The reply of `ca finish`: how the rotation ended.
+            out!(
+                "finished:  {} of {} agents and {} of {} operators moved; the old CA is deleted",
+                s.agents_moved,
+                s.agents,
+                s.operators_moved,
+                s.operators
+            );
+            for h in &s.agents_pending {
+                out!(
+                    "  cut off: agent {} (enroll it again: `lifeboat token create --device {}`)",
+                    h.name,
+                    h.name
+                );
+            }
+            for h in &s.operators_pending {
+                out!(
+                    "  cut off: operator {} (give them a new identity: `lifeboat identity create`)",
+                    h.name
+                );
+            }
+        } else {
+            out!("rotation:  none under way (`lifeboat ca rotate` starts one)");
+        }
         return;
     }
     out!(

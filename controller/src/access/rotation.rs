@@ -90,9 +90,11 @@ pub fn start(ctl: &Controller, admin: &str) -> Result<pb::CaStatusReply, AccessE
         &trust.issuer_fingerprint,
         serde_json::json!({ "ca": trust.presented_fingerprint, "next": trust.issuer_fingerprint }),
     );
+    // The answer first: the agents' renewals that follow would queue it behind them.
+    let reply = ca_status(ctl)?;
     // Nobody holds a certificate of the new CA yet: every agent renews.
     ctl.jobs.tell_sessions(told(trust.for_agent("")));
-    ca_status(ctl)
+    Ok(reply)
 }
 
 /// Finishes the rotation (admin `admin`): the new CA becomes the only one. Refused while
@@ -146,9 +148,28 @@ pub fn finish(
         &trust.presented_fingerprint,
         serde_json::json!({ "ca": trust.presented_fingerprint, "forced": force, "agents_cut_off": agents_cut, "operators_cut_off": operators_cut, "cut_off": left }),
     );
+    // How the rotation ended: who had moved, and whom it cut off.
+    let mut reply = ca_status(ctl)?;
+    reply.agents = c.agents.len() as u32;
+    reply.agents_moved = (c.agents.len() - c.agents_pending.len()) as u32;
+    reply.operators = c.operators.len() as u32;
+    reply.operators_moved = (c.operators.len() - c.operators_pending.len()) as u32;
+    let cut_off = |holders: &[Holder]| {
+        holders
+            .iter()
+            .take(PENDING_LISTED)
+            .map(|h| pb::PendingHolder {
+                name: h.name.clone(),
+                last_seen_unix_ms: h.last_seen_ms,
+                connected: false,
+            })
+            .collect()
+    };
+    reply.agents_pending = cut_off(&c.agents_pending);
+    reply.operators_pending = cut_off(&c.operators_pending);
     ctl.jobs
         .tell_sessions(told(trust.for_agent(&trust.issuer_fingerprint)));
-    ca_status(ctl)
+    Ok(reply)
 }
 
 fn told(trust: pb::Trust) -> pb::ControllerMessage {
