@@ -229,6 +229,8 @@ struct Fleet {
     scrubbed: f64,
     /// Suspect snapshots by device and source.
     suspects: Vec<(String, String, u64)>,
+    /// A CA rotation under way: since when, and the agents and operators not moved yet.
+    rotation: Option<(i64, u64, u64)>,
 }
 
 impl Fleet {
@@ -250,6 +252,16 @@ impl Fleet {
             bad_chunks: ctl.catalog.bad_chunk_counts()?,
             scrubbed: ctl.catalog.verified_coverage(now - ctl.scrub_period_ms)?,
             suspects: ctl.catalog.suspect_counts()?,
+            rotation: {
+                let s = crate::access::rotation::ca_status(ctl)?;
+                (s.rotation_started_unix_ms > 0).then(|| {
+                    (
+                        s.rotation_started_unix_ms,
+                        u64::from(s.agents - s.agents_moved),
+                        u64::from(s.operators - s.operators_moved),
+                    )
+                })
+            },
         })
     }
 
@@ -331,6 +343,27 @@ impl Fleet {
                 &[("agent", name)],
                 *expires as f64 / 1000.0,
             );
+        }
+        let (started, agents, operators) = self.rotation.unwrap_or_default();
+        for (name, help, v) in [
+            (
+                "lifeboat_ca_rotation_started_timestamp_seconds",
+                "When the CA rotation under way started (0: none is): until it finishes, two CAs are trusted.",
+                (started / 1000) as f64,
+            ),
+            (
+                "lifeboat_ca_rotation_agents_pending",
+                "Agents not yet moved to the new CA of the rotation under way (`lifeboat ca status` names them).",
+                agents as f64,
+            ),
+            (
+                "lifeboat_ca_rotation_operators_pending",
+                "Operator identities not yet renewed under the new CA of the rotation under way.",
+                operators as f64,
+            ),
+        ] {
+            m.family(name, "gauge", help);
+            m.sample(name, &[], v);
         }
         type Of = fn(&lifeboat_proto::pb::DeviceSource) -> f64;
         for (name, help, value) in [

@@ -146,6 +146,7 @@ impl OperatorApi for OperatorService {
             store_encrypted: self.0.store.is_encrypted(),
             store_object_lock: self.0.store.object_lock(),
             recovery_recipient: self.0.recovery_recipient.clone().unwrap_or_default(),
+            ca_rotation_started_unix_ms: self.0.authority.trust().rotation_started_ms.unwrap_or(0),
         }))
     }
 

@@ -2230,6 +2230,19 @@ async fn c9_a_ca_rotation_moves_the_fleet_and_shuts_out_the_copied_ca() {
     );
     assert_eq!(status["agents"], 4, "{status}");
     assert_eq!(pending_agents(&status), ["c", "d"], "{status}");
+    // Monitoring sees it too: `lifeboat status`, and /metrics (an alert fires after a day).
+    let s = fleet.cli_json(&["status"]);
+    assert!(s["ca_rotation_started"].is_string(), "{s}");
+    let page = tokio::task::block_in_place(|| lifeboat_tests::metrics(&fleet));
+    assert_eq!(
+        lifeboat_tests::counter(&page, "lifeboat_ca_rotation_agents_pending"),
+        2
+    );
+    assert_eq!(
+        lifeboat_tests::counter(&page, "lifeboat_ca_rotation_operators_pending"),
+        0
+    );
+    assert!(lifeboat_tests::counter(&page, "lifeboat_ca_rotation_started_timestamp_seconds") > 0);
     for name in ["a", "b"] {
         let ca = fs::read_to_string(fleet.path(&format!("agents/{name}/ca.crt"))).expect("ca");
         assert_eq!(
@@ -2269,6 +2282,11 @@ async fn c9_a_ca_rotation_moves_the_fleet_and_shuts_out_the_copied_ca() {
     assert_eq!(finished["finished"], true, "{finished}");
     assert_eq!(finished["agents_moved"], 3, "{finished}");
     assert_eq!(pending_agents(&finished), ["d"], "the one cut off");
+    let page = tokio::task::block_in_place(|| lifeboat_tests::metrics(&fleet));
+    assert_eq!(
+        lifeboat_tests::counter(&page, "lifeboat_ca_rotation_started_timestamp_seconds"),
+        0
+    );
     assert_eq!(finished["ca_fingerprint"], new_fp.as_str(), "{finished}");
     assert!(!ctl_dir.join("ca-next.key").exists());
     assert!(!ctl_dir.join("ca-next.crt").exists());

@@ -29,7 +29,7 @@ pub async fn run(
                     .collect();
                 out!(
                     "{}",
-                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "role": s.role, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes, "store": s.store, "store_encrypted": s.store_encrypted, "store_object_lock": s.store_object_lock, "recovery_recipient": s.recovery_recipient, "controller_key": hex::encode(&s.controller_signing_key), "workers": workers})
+                    serde_json::json!({"version": s.version, "ca_fingerprint": s.ca_fingerprint, "operator": s.operator, "role": s.role, "agents": s.agents, "snapshots": s.snapshots, "chunks": s.chunks, "stored_bytes": s.stored_bytes, "store": s.store, "store_encrypted": s.store_encrypted, "store_object_lock": s.store_object_lock, "ca_rotation_started": (s.ca_rotation_started_unix_ms > 0).then(|| time(s.ca_rotation_started_unix_ms)), "recovery_recipient": s.recovery_recipient, "controller_key": hex::encode(&s.controller_signing_key), "workers": workers})
                 );
             } else {
                 out!(
@@ -64,6 +64,12 @@ pub async fn run(
                         "none: whoever holds the store's credentials (or root on the controller, for a local store) can delete backups; use an S3 bucket created with Object Lock"
                     }
                 );
+                if s.ca_rotation_started_unix_ms > 0 {
+                    out!(
+                        "CA rotation: under way since {}; two CAs are trusted until it finishes (`lifeboat ca status`)",
+                        time(s.ca_rotation_started_unix_ms)
+                    );
+                }
                 let rows = s
                     .workers
                     .iter()
