@@ -91,13 +91,15 @@ fn show(s: &pb::CaStatusReply, json: bool, renewed: Option<&std::path::Path>) {
             .collect()
     };
     let rotating = s.rotation_started_unix_ms > 0;
+    // `ca finish` answers with how the rotation ended: who had moved.
+    let finished = !rotating && s.agents + s.operators > 0;
     if json {
         out!(
             "{}",
             serde_json::json!({
                 "ca_fingerprint": s.ca_fingerprint,
                 "rotating": rotating,
-                "finished": !rotating && s.agents > 0,
+                "finished": finished,
                 "next_fingerprint": (!s.next_fingerprint.is_empty()).then_some(&s.next_fingerprint),
                 "rotation_started": rotating.then(|| time(s.rotation_started_unix_ms)),
                 "agents": s.agents,
@@ -122,8 +124,7 @@ fn show(s: &pb::CaStatusReply, json: bool, renewed: Option<&std::path::Path>) {
         );
     }
     if !rotating {
-        if s.agents > 0 {
-            // The reply of `ca finish`: how the rotation ended.
+        if finished {
             out!(
                 "finished:  {} of {} agents and {} of {} operators moved; the old CA is deleted",
                 s.agents_moved,

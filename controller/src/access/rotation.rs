@@ -58,26 +58,29 @@ pub fn ca_status(ctl: &Controller) -> Result<pb::CaStatusReply, AccessError> {
         return Ok(reply);
     };
     let c = census(ctl)?;
-    let pending = |holders: &[Holder], agents: bool| -> Vec<pb::PendingHolder> {
-        holders
-            .iter()
-            .take(PENDING_LISTED)
-            .map(|h| pb::PendingHolder {
-                name: h.name.clone(),
-                last_seen_unix_ms: ctl.jobs.last_seen(&h.id).unwrap_or(h.last_seen_ms),
-                connected: agents && ctl.jobs.connected(&h.id),
-            })
-            .collect()
-    };
     reply.next_fingerprint = trust.issuer_fingerprint.clone();
     reply.rotation_started_unix_ms = started;
     reply.agents = c.agents.len() as u32;
     reply.agents_moved = (c.agents.len() - c.agents_pending.len()) as u32;
-    reply.agents_pending = pending(&c.agents_pending, true);
+    reply.agents_pending = listed(ctl, &c.agents_pending, true);
     reply.operators = c.operators.len() as u32;
     reply.operators_moved = (c.operators.len() - c.operators_pending.len()) as u32;
-    reply.operators_pending = pending(&c.operators_pending, false);
+    reply.operators_pending = listed(ctl, &c.operators_pending, false);
     Ok(reply)
+}
+
+/// The first [`PENDING_LISTED`] of `holders` as a status lists them (`agents`: with when
+/// each was last heard from and whether it is connected now).
+fn listed(ctl: &Controller, holders: &[Holder], agents: bool) -> Vec<pb::PendingHolder> {
+    holders
+        .iter()
+        .take(PENDING_LISTED)
+        .map(|h| pb::PendingHolder {
+            name: h.name.clone(),
+            last_seen_unix_ms: ctl.jobs.last_seen(&h.id).unwrap_or(h.last_seen_ms),
+            connected: agents && ctl.jobs.connected(&h.id),
+        })
+        .collect()
 }
 
 /// Starts a rotation (admin `admin`): a new CA signs every certificate from now on, and
@@ -154,19 +157,8 @@ pub fn finish(
     reply.agents_moved = (c.agents.len() - c.agents_pending.len()) as u32;
     reply.operators = c.operators.len() as u32;
     reply.operators_moved = (c.operators.len() - c.operators_pending.len()) as u32;
-    let cut_off = |holders: &[Holder]| {
-        holders
-            .iter()
-            .take(PENDING_LISTED)
-            .map(|h| pb::PendingHolder {
-                name: h.name.clone(),
-                last_seen_unix_ms: h.last_seen_ms,
-                connected: false,
-            })
-            .collect()
-    };
-    reply.agents_pending = cut_off(&c.agents_pending);
-    reply.operators_pending = cut_off(&c.operators_pending);
+    reply.agents_pending = listed(ctl, &c.agents_pending, true);
+    reply.operators_pending = listed(ctl, &c.operators_pending, false);
     ctl.jobs
         .tell_sessions(told(trust.for_agent(&trust.issuer_fingerprint)));
     Ok(reply)
