@@ -142,22 +142,40 @@ pub fn finish(
     let (agents_cut, operators_cut) = ctl
         .catalog
         .finish_ca_rotation(&trust.presented_fingerprint)?;
+    // Sessions on a certificate of the old CA end here. An agent that renewed but had not
+    // reconnected yet keeps its new certificate and comes back with it; the others are cut
+    // off, as are operators who did not renew.
     for a in &c.agents_pending {
         ctl.jobs.kick(&a.id);
     }
+    let cut_agents: Vec<Holder> = c
+        .agents_pending
+        .iter()
+        .filter(|a| a.cert_ca != trust.presented_fingerprint)
+        .cloned()
+        .collect();
+    let cut_off: Vec<String> = cut_agents
+        .iter()
+        .map(|a| format!("agent {}", a.name))
+        .chain(
+            c.operators_pending
+                .iter()
+                .map(|o| format!("operator {}", o.name)),
+        )
+        .collect();
     ctl.audit.ok(
         &format!("operator:{admin}"),
         "ca.finish",
         &trust.presented_fingerprint,
-        serde_json::json!({ "ca": trust.presented_fingerprint, "forced": force, "agents_cut_off": agents_cut, "operators_cut_off": operators_cut, "cut_off": left }),
+        serde_json::json!({ "ca": trust.presented_fingerprint, "forced": force, "agents_cut_off": agents_cut, "operators_cut_off": operators_cut, "cut_off": cut_off }),
     );
-    // How the rotation ended: who had moved, and whom it cut off.
+    // How the rotation ended: who holds a certificate of the new CA, and whom it cut off.
     let mut reply = ca_status(ctl)?;
     reply.agents = c.agents.len() as u32;
-    reply.agents_moved = (c.agents.len() - c.agents_pending.len()) as u32;
+    reply.agents_moved = (c.agents.len() - cut_agents.len()) as u32;
     reply.operators = c.operators.len() as u32;
     reply.operators_moved = (c.operators.len() - c.operators_pending.len()) as u32;
-    reply.agents_pending = listed(ctl, &c.agents_pending, true);
+    reply.agents_pending = listed(ctl, &cut_agents, true);
     reply.operators_pending = listed(ctl, &c.operators_pending, false);
     ctl.jobs
         .tell_sessions(told(trust.for_agent(&trust.issuer_fingerprint)));
