@@ -115,16 +115,7 @@ pub fn finish(
         .into());
     }
     let c = census(ctl)?;
-    let left: Vec<String> = c
-        .agents_pending
-        .iter()
-        .map(|a| format!("agent {}", a.name))
-        .chain(
-            c.operators_pending
-                .iter()
-                .map(|o| format!("operator {}", o.name)),
-        )
-        .collect();
+    let left = named(&c.agents_pending, &c.operators_pending);
     if !left.is_empty() {
         if !force {
             let more = left.len().saturating_sub(PENDING_NAMED);
@@ -154,15 +145,7 @@ pub fn finish(
         .filter(|a| a.cert_ca != trust.presented_fingerprint)
         .cloned()
         .collect();
-    let cut_off: Vec<String> = cut_agents
-        .iter()
-        .map(|a| format!("agent {}", a.name))
-        .chain(
-            c.operators_pending
-                .iter()
-                .map(|o| format!("operator {}", o.name)),
-        )
-        .collect();
+    let cut_off = named(&cut_agents, &c.operators_pending);
     ctl.audit.ok(
         &format!("operator:{admin}"),
         "ca.finish",
@@ -180,6 +163,14 @@ pub fn finish(
     ctl.jobs
         .tell_sessions(told(trust.for_agent(&trust.issuer_fingerprint)));
     Ok(reply)
+}
+
+/// "agent NAME" and "operator NAME", as refusals and the audit log name them.
+fn named(agents: &[Holder], operators: &[Holder]) -> Vec<String> {
+    let agents = agents.iter().map(|a| format!("agent {}", a.name));
+    agents
+        .chain(operators.iter().map(|o| format!("operator {}", o.name)))
+        .collect()
 }
 
 fn told(trust: pb::Trust) -> pb::ControllerMessage {
