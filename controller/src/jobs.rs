@@ -104,6 +104,11 @@ impl Jobs {
 
     /// Records that backup job `job_id` committed `snapshot_id`. A job's snapshots are the
     /// ones the controller saw it commit, never the ones its agent names.
+    ///
+    /// A commit accepted while the job ran can land after its agent's session was seen to
+    /// end (the agent died between sending the commit and hearing the answer): the job,
+    /// ended as interrupted meanwhile, succeeded once every source is committed, or a
+    /// retry would back it up a second time.
     pub fn committed(&self, job_id: &str, snapshot_id: &str) -> Result<(), ApiError> {
         let _rows = self.rows();
         let mut row = self
@@ -112,6 +117,15 @@ impl Jobs {
             .ok_or_else(|| ApiError::NotFound(format!("no job {job_id}")))?;
         if !row.snapshot_ids.iter().any(|s| s == snapshot_id) {
             row.snapshot_ids.push(snapshot_id.to_string());
+            if row.state == JobState::Interrupted as i32 && Self::committed_every_source(&row) {
+                tracing::info!(
+                    job = job_id,
+                    snapshot = snapshot_id,
+                    "a commit landed after its agent went away: the job succeeded"
+                );
+                row.state = JobState::Succeeded as i32;
+                row.error.clear();
+            }
             self.save(&row);
         }
         Ok(())

@@ -1042,3 +1042,24 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.path).status();
     }
 }
+
+/// How many times a fault test repeats its fault: `quick` by default (what `.ci/run` runs),
+/// the checklist's `soak` count with `LIFEBOAT_SOAK=1`, or exactly
+/// `LIFEBOAT_<ROW>_ITERATIONS` (e.g. `LIFEBOAT_A1_ITERATIONS=50`) for one row.
+pub fn iterations(row: &str, quick: usize, soak: usize) -> usize {
+    let var = format!("LIFEBOAT_{row}_ITERATIONS");
+    if let Ok(v) = std::env::var(&var) {
+        return v
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={v:?}: a number of iterations"));
+    }
+    match soaking() {
+        true => soak,
+        false => quick,
+    }
+}
+
+/// Whether the fault suite runs in soak mode (`LIFEBOAT_SOAK=1`).
+pub fn soaking() -> bool {
+    std::env::var("LIFEBOAT_SOAK").is_ok_and(|v| v == "1")
+}
