@@ -1,12 +1,5 @@
-//! A chunk blob comes from the network (uploads) or from disk (packs): decoding must never
-//! panic, never produce more than the maximum chunk size, and never more than it declares.
+//! `codec_decode`: see the function of that name in `../checks.rs` for what it asserts.
 #![no_main]
-use libfuzzer_sys::fuzz_target;
-use lifeboat_core::{chunker::MAX_SIZE, codec};
+include!("../checks.rs");
 
-fuzz_target!(|blob: &[u8]| {
-    if let Ok(data) = codec::decode(blob) {
-        assert!(data.len() <= MAX_SIZE);
-        assert_eq!(Some(data.len()), codec::declared_len(blob).ok());
-    }
-});
+libfuzzer_sys::fuzz_target!(|bytes: &[u8]| codec_decode(bytes));

@@ -2308,6 +2308,16 @@ fn a16_a_data_directory_of_the_previous_release_migrates_and_restores_identical(
         .expect("run tar");
     assert!(untar.success(), "tar -xzf {}", fixture.display());
     let made_by = fs::read_to_string(dir.path().join("made-by")).expect("made-by");
+    // The fixture's admin identity lasts the year its release gave it: past that, this
+    // test cannot speak to the controller, and says how to make the fixture again.
+    let identity =
+        lifeboat_core::identity::IdentityFile::load(&dir.path().join("ctl/admin.identity"))
+            .expect("the fixture's admin identity");
+    let validity = lifeboat_core::pki::validity_of(&identity.cert_pem).expect("its validity");
+    assert!(
+        validity.not_after_ms() > lifeboat_tests::now_ms() + 86_400_000,
+        "the admin identity in tests/fixtures/previous-release.tar.gz expired (or expires within a day): make the fixture again with tests/fixtures/make-previous-release.sh and the binaries of the latest release"
+    );
     let catalog_version = |path: &std::path::Path| -> i64 {
         rusqlite::Connection::open(path)
             .expect("catalog")

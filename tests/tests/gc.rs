@@ -105,7 +105,9 @@ fn gc_race(mut fleet: Fleet) -> Fleet {
     fleet.run_agent(&a, &[("data", src.path())], &[root.path()]);
     apply_keep_last(&fleet, 2);
     let mut failed_for_lease = 0;
-    for round in 0..10 {
+    // D4 soaking: the checklist's 100 backups, each beside prune and GC.
+    let rounds = lifeboat_tests::iterations("D4", 10, 100);
+    for round in 0..rounds {
         churn(&mut rng);
         let id = fleet.start_job(&["backup", "a"]);
         match rng.next_u64() % 3 {
@@ -148,7 +150,9 @@ fn gc_race(mut fleet: Fleet) -> Fleet {
         }
         assert!(fleet.cli(&["gc"]).status.success());
     }
-    eprintln!("{failed_for_lease} backups were refused at commit after a pause past the lease");
+    eprintln!(
+        "D4: {rounds} backups beside prune and GC; {failed_for_lease} refused at commit after a pause past the lease"
+    );
     // A final backup succeeds (the agent dropped its cache after a refusal), and every
     // committed snapshot restores whole.
     let last = fleet.backup("a", "data");
