@@ -664,6 +664,29 @@ impl Fleet {
             .collect()
     }
 
+    /// Waits out the GC lease (`--gc-lease`, as `lease`), runs `lifeboat gc`, and asserts it
+    /// left no orphan: a second GC (dry run) finds nothing to sweep nor still leased, and the
+    /// chunk index holds exactly the chunks the snapshots reference. Returns the first GC's
+    /// JSON and how long it took.
+    pub fn gc_past_the_lease(&self, lease: Duration, when: &str) -> (Value, Duration) {
+        std::thread::sleep(lease + Duration::from_millis(100));
+        let started = Instant::now();
+        let first = self.cli_json(&["gc"]);
+        let took = started.elapsed();
+        let second = self.cli_json(&["gc", "--dry-run"]);
+        assert_eq!(
+            (second["swept"].as_u64(), second["leased"].as_u64()),
+            (Some(0), Some(0)),
+            "{when}: orphans outlived a GC past the lease: first {first}, then {second}"
+        );
+        assert_eq!(
+            Some(self.chunk_index().len() as u64),
+            second["referenced"].as_u64(),
+            "{when}: the index holds other chunks than the snapshots reference: {second}"
+        );
+        (first, took)
+    }
+
     /// Backs up and returns the snapshot info of the new snapshot.
     pub fn backup(&self, agent: &str, source: &str) -> Value {
         let (ok, job) = self.job(&["backup", agent, "--source", source]);

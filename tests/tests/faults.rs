@@ -2135,7 +2135,7 @@ fn a1_an_agent_killed_at_random_points_of_its_backups_loses_nothing_committed() 
     let span = |fresh: u64| (overhead + per_byte * fresh as u32).mul_f64(1.25);
     let (mut shortest, mut longest) = (Duration::MAX, Duration::ZERO);
 
-    let (mut mid_backup, mut after_commit, mut before_dispatch) = (0, 0, 0);
+    let (mut mid_backup, mut after_commit, mut before_dispatch, mut landed_late) = (0, 0, 0, 0);
     let (mut verified, mut restored, mut compared_bytes, mut swept) = (0u64, 0, 0u64, 0u64);
     let mut again: Vec<u64> = Vec::new();
     for kill in 1..=kills {
@@ -2148,10 +2148,22 @@ fn a1_an_agent_killed_at_random_points_of_its_backups_loses_nothing_committed() 
         (shortest, longest) = (shortest.min(span), longest.max(span));
         std::thread::sleep(span.mul_f64((rng.next_u64() % 10_000) as f64 / 10_000.0));
         fleet.kill_agent("a");
-        let end =
+        let at_kill =
             lifeboat_tests::wait_for("the killed job to settle", Duration::from_secs(30), || {
                 let j = fleet.job_info(&job);
                 (j["state"] != "running").then_some(j)
+            })["state"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+        // The job is judged once the agent is back: a commit it sent just before it died
+        // can land after its session was seen to end (the job then succeeds), and a job it
+        // never took runs now.
+        start_agent(&mut fleet);
+        let end =
+            lifeboat_tests::wait_for("the killed job to end", Duration::from_secs(60), || {
+                let j = fleet.job_info(&job);
+                (j["state"] != "running" && j["state"] != "queued").then_some(j)
             });
         let snapshot_ids = end["snapshot_ids"].as_array().cloned().unwrap_or_default();
         match end["state"].as_str().unwrap_or_default() {
@@ -2175,7 +2187,6 @@ fn a1_an_agent_killed_at_random_points_of_its_backups_loses_nothing_committed() 
                     }
                     expected = tree::manifest(&src);
                 }
-                start_agent(&mut fleet);
                 let s = fleet.backup("a", "data");
                 let new = s["bytes_new"].as_u64().expect("bytes_new");
                 if !orphaning {
@@ -2195,19 +2206,12 @@ fn a1_an_agent_killed_at_random_points_of_its_backups_loses_nothing_committed() 
                 }
                 committed.push((s["id"].as_str().expect("id").to_string(), expected));
             }
-            state @ ("succeeded" | "queued") => {
-                // After the commit, or before the agent took the job (which it runs once
-                // it is back).
-                start_agent(&mut fleet);
-                let end =
-                    lifeboat_tests::wait_for("the job to end", Duration::from_secs(60), || {
-                        let j = fleet.job_info(&job);
-                        (j["state"] != "running" && j["state"] != "queued").then_some(j)
-                    });
-                assert_eq!(end["state"], "succeeded", "kill {kill}: {end}");
-                match state {
+            "succeeded" => {
+                // Killed after the commit, or before it took the job.
+                match at_kill.as_str() {
                     "succeeded" => after_commit += 1,
-                    _ => before_dispatch += 1,
+                    "queued" => before_dispatch += 1,
+                    _ => landed_late += 1,
                 }
                 let id = end["snapshot_ids"][0]
                     .as_str()
@@ -2250,20 +2254,8 @@ fn a1_an_agent_killed_at_random_points_of_its_backups_loses_nothing_committed() 
         }
         // Orphans: the first GC past the lease reclaims them all, a second finds none.
         assert!(fleet.cli(&["prune"]).status.success());
-        std::thread::sleep(Duration::from_millis(2_100));
-        let first = fleet.cli_json(&["gc"]);
+        let (first, _) = fleet.gc_past_the_lease(Duration::from_secs(2), &format!("kill {kill}"));
         swept += first["swept"].as_u64().expect("swept");
-        let second = fleet.cli_json(&["gc", "--dry-run"]);
-        assert_eq!(
-            (second["swept"].as_u64(), second["leased"].as_u64()),
-            (Some(0), Some(0)),
-            "kill {kill}: orphans outlived a GC past the lease: first {first}, then {second}"
-        );
-        assert_eq!(
-            Some(fleet.chunk_index().len() as u64),
-            second["referenced"].as_u64(),
-            "kill {kill}: the index holds other chunks than the snapshots reference"
-        );
         let listed = fleet.snapshot_ids();
         committed.retain(|(id, _)| listed.contains(id));
         eprintln!(
@@ -2273,7 +2265,7 @@ fn a1_an_agent_killed_at_random_points_of_its_backups_loses_nothing_committed() 
     again.sort_unstable();
     let mib = |b: u64| b as f64 / f64::from(1 << 20);
     eprintln!(
-        "A1: {kills} agent kills, each at a uniform moment of 1.25 x the backup's expected length ({shortest:?} to {longest:?}): {mid_backup} mid-backup, {after_commit} after the commit, {before_dispatch} before the agent took the job; \
+        "A1: {kills} agent kills, each at a uniform moment of 1.25 x the backup's expected length ({shortest:?} to {longest:?}): {mid_backup} mid-backup, {after_commit} after the commit ({landed_late} more whose commit landed after the agent's session ended), {before_dispatch} before the agent took the job; \
          {kills} verifications read {:.0} MiB, 0 bad; {restored} restores compared {:.0} MiB, 0 differences; \
          uploaded again after a kill: median {:.1} MiB, max {:.1} MiB (window {:.0} MiB); {swept} orphan chunks swept by the first GC past the lease, none left for a second",
         mib(verified),
