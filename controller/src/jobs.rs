@@ -664,3 +664,74 @@ impl Jobs {
         state == JobState::Succeeded as i32 || state == JobState::Failed as i32
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backup job of `sources` in `state`, as the catalog holds it.
+    fn backup_job(id: &str, sources: &[&str], state: JobState) -> JobRow {
+        let job = pb::Job {
+            job_id: id.into(),
+            kind: Some(pb::job::Kind::Backup(pb::BackupJob {
+                sources: sources.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })),
+        };
+        JobRow {
+            id: id.into(),
+            kind: "backup".into(),
+            agent_id: "a1".into(),
+            state: state as i32,
+            detail: String::new(),
+            job: job.encode_to_vec(),
+            created_ms: 1,
+            started_ms: 1,
+            finished_ms: 2,
+            progress: None,
+            error: "agent disconnected while the job ran".into(),
+            snapshot_ids: Vec::new(),
+            policy: String::new(),
+            attempts: 0,
+            result: None,
+            refusal: 0,
+        }
+    }
+
+    /// A commit that lands after the agent's session was seen to end makes the job, ended
+    /// as interrupted meanwhile, succeeded once every source is in, so no retry backs it up
+    /// again; a job with a source still missing stays interrupted.
+    #[test]
+    fn a_commit_landing_after_the_agent_went_away_makes_its_job_succeeded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = Arc::new(Catalog::open(&dir.path().join("catalog.db")).expect("catalog"));
+        let jobs = Jobs::new(
+            catalog.clone(),
+            Arc::new(crate::SystemClock),
+            Box::new(|_, _, _| {}),
+        );
+        catalog
+            .insert_job(&backup_job("one", &["data"], JobState::Interrupted))
+            .expect("insert");
+        catalog
+            .insert_job(&backup_job("two", &["data", "etc"], JobState::Interrupted))
+            .expect("insert");
+
+        jobs.committed("one", "s1").expect("commit");
+        jobs.committed("two", "s2").expect("commit");
+        let one = catalog.job("one").expect("read").expect("job");
+        assert_eq!(
+            (one.state, one.error.as_str(), one.snapshot_ids.as_slice()),
+            (JobState::Succeeded as i32, "", &["s1".to_string()][..])
+        );
+        let two = catalog.job("two").expect("read").expect("job");
+        assert_eq!(two.state, JobState::Interrupted as i32);
+
+        jobs.committed("two", "s3").expect("commit");
+        let two = catalog.job("two").expect("read").expect("job");
+        assert_eq!(
+            (two.state, two.snapshot_ids.len()),
+            (JobState::Succeeded as i32, 2)
+        );
+    }
+}
