@@ -242,9 +242,12 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>> {
     let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap_or([0; 4]));
     let index_offset = le64(&footer[0..8]);
     let count = le32(&footer[8..12]) as u64;
-    if index_offset < HEADER.len() as u64
-        || index_offset + count * ENTRY_LEN as u64 + FOOTER_LEN as u64 != size
-    {
+    // Checked: a hostile trailer's offset near 2^64 must not wrap around to the file's
+    // size (and have a huge index allocated, or entries accepted outside the data).
+    let end = (count * ENTRY_LEN as u64)
+        .checked_add(index_offset)
+        .and_then(|e| e.checked_add(FOOTER_LEN as u64));
+    if index_offset < HEADER.len() as u64 || end != Some(size) {
         return Err(corrupt(
             "index offset and count do not match the file size".into(),
         ));
@@ -266,7 +269,10 @@ pub fn read_index(path: &Path) -> Result<Vec<IndexEntry>> {
                 length: le32(&e[40..44]),
             };
             if entry.offset < HEADER.len() as u64
-                || entry.offset + entry.length as u64 > index_offset
+                || entry
+                    .offset
+                    .checked_add(entry.length as u64)
+                    .is_none_or(|end| end > index_offset)
             {
                 return Err(corrupt(format!(
                     "entry for {} points outside the data area",
@@ -496,6 +502,30 @@ mod tests {
         assert!(matches!(
             read_index(&sealed.path),
             Err(Error::CorruptPack { .. })
+        ));
+    }
+
+    /// B2's find: a trailer whose index offset lies near 2^64, so that offset, index and
+    /// footer add up to the file's size only by wrapping around, is refused (it panicked
+    /// on the overflow, or with overflow unchecked passed, with a 189 GB index to read).
+    #[test]
+    fn an_index_offset_that_wraps_around_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("hostile.pack");
+        let count = u32::MAX;
+        let size = (HEADER.len() + 100 + FOOTER_LEN) as u64;
+        let offset = size.wrapping_sub(count as u64 * ENTRY_LEN as u64 + FOOTER_LEN as u64);
+        let mut bytes = HEADER.to_vec();
+        bytes.extend_from_slice(&[0x50; 100]);
+        bytes.extend_from_slice(&offset.to_le_bytes());
+        bytes.extend_from_slice(&count.to_le_bytes());
+        bytes.extend_from_slice(&[0xff; 36]);
+        bytes.extend_from_slice(END_MAGIC);
+        assert_eq!(bytes.len() as u64, size);
+        fs::write(&path, &bytes).expect("write");
+        assert!(matches!(
+            read_index(&path),
+            Err(Error::CorruptPack { reason, .. }) if reason.contains("do not match the file size")
         ));
     }
 }
