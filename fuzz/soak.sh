@@ -17,7 +17,7 @@ seconds=${1:?usage: fuzz/soak.sh SECONDS [TARGET...]}
 shift
 targets=("$@")
 if [ ${#targets[@]} = 0 ]; then
-    targets=(codec_decode envelope_parse pack_index tree_parse)
+    targets=(codec_decode envelope_parse pack_index pack_salvage tree_parse)
 fi
 cargo fuzz build -s none
 crashed=0
@@ -26,7 +26,11 @@ for t in "${targets[@]}"; do
     before=$(find "corpus/$t" -type f | wc -l)
     log=$(mktemp)
     # -rss_limit_mb and -timeout: the checklist's limits (2 GiB, 10 s per input).
-    if ! cargo fuzz run -s none "$t" "corpus/$t" -- -max_total_time="$seconds" \
+    # New inputs go to the first directory; regressions/ (inputs that once broke the
+    # target, kept by hand) is read as seeds and never minimized away.
+    seeds=()
+    [ -d "regressions/$t" ] && seeds=("regressions/$t")
+    if ! cargo fuzz run -s none "$t" "corpus/$t" "${seeds[@]}" -- -max_total_time="$seconds" \
         -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 >"$log" 2>&1; then
         crashed=1
         echo "$t: CRASH, input kept in fuzz/artifacts/$t:" >&2

@@ -1076,16 +1076,22 @@ fn b10_a_terabyte_sparse_file_backs_up_and_restores_at_the_cost_of_its_data() {
 /// target's handle with symlinks refused (`openat2` RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS),
 /// so a swapped component fails the open instead of being followed. A restore may fail
 /// (it met a symlink where its tree has a directory), or succeed where the race missed.
+/// The tree holds 2,000 files; soaking (`LIFEBOAT_SOAK=1`), the checklist's million.
 #[test]
 fn b6_directories_swapped_for_symlinks_during_a_restore_lead_nowhere() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     const SWAPS: u64 = 10_000;
+    // Directories, and files in each and in its `sub`.
+    let (dirs, files) = match lifeboat_tests::soaking() {
+        true => (5_000, 100),
+        false => (100, 10),
+    };
     let mut fleet = Fleet::start();
     let src = fleet.path("src");
-    for d in 0..100 {
-        let dir = src.join(format!("d{d:03}"));
+    for d in 0..dirs {
+        let dir = src.join(format!("d{d:04}"));
         fs::create_dir_all(dir.join("sub")).expect("mkdir");
-        for f in 0..10 {
+        for f in 0..files {
             fs::write(dir.join(format!("f{f}")), format!("{d}/{f}")).expect("write");
             fs::write(
                 dir.join("sub").join(format!("g{f}")),
@@ -1119,7 +1125,7 @@ fn b6_directories_swapped_for_symlinks_during_a_restore_lead_nowhere() {
             std::thread::spawn(move || {
                 let mut i = 0usize;
                 while !stop.load(Ordering::Relaxed) {
-                    let d = format!("d{:03}", i % 100);
+                    let d = format!("d{:04}", i % dirs);
                     let (dir, moved) = (target.join(&d), target.join(format!("{d}.moved")));
                     i += 1;
                     if fs::rename(&dir, &moved).is_err() {
@@ -1142,7 +1148,7 @@ fn b6_directories_swapped_for_symlinks_during_a_restore_lead_nowhere() {
         let job = fleet.start_job(&["restore", &snap, "--agent", "a", "--to", &to]);
         let end = lifeboat_tests::wait_for(
             "the restore to end",
-            std::time::Duration::from_secs(120),
+            std::time::Duration::from_secs(3_600),
             || {
                 let j = fleet.job_info(&job);
                 (j["state"] != "running" && j["state"] != "queued").then_some(j)
@@ -1163,7 +1169,62 @@ fn b6_directories_swapped_for_symlinks_during_a_restore_lead_nowhere() {
     }
     let swaps = swaps.load(Ordering::Relaxed);
     eprintln!(
-        "B6: {swaps} swaps over {runs} restores ({failed} failed, the last: {why}); nothing outside the target changed"
+        "B6: {swaps} swaps over {runs} restores of {} files ({failed} failed, the last: {why}); nothing outside the target changed",
+        dirs * files * 2
     );
     assert!(swaps >= SWAPS, "only {swaps} swaps in {runs} restores");
+}
+
+/// B2 on every run: each input the fuzzers kept (`fuzz/corpus/TARGET/`, the inputs that
+/// reached new code in their timed runs, minimized) and every input that once broke a
+/// target (`fuzz/regressions/TARGET/`, kept by hand, out of minimization's reach) goes
+/// through the same assertion as its fuzz target (`fuzz/checks.rs`): refused with an error,
+/// or parsed to something sound; never a panic. The timed runs themselves are
+/// `fuzz/soak.sh` (`BENCHMARKS.md`).
+#[test]
+fn b2_every_kept_fuzz_input_is_refused_or_parsed_soundly() {
+    mod checks {
+        include!("../../fuzz/checks.rs");
+    }
+    type Check = fn(&[u8]);
+    let targets: [(&str, Check); 5] = [
+        ("codec_decode", checks::codec_decode),
+        ("envelope_parse", checks::envelope_parse),
+        ("pack_index", checks::pack_index),
+        ("pack_salvage", checks::pack_salvage),
+        ("tree_parse", checks::tree_parse),
+    ];
+    let fuzz = lifeboat_tests::repo_dir().join("fuzz");
+    let mut counts = Vec::new();
+    for (target, check) in targets {
+        let dir = fuzz.join("corpus").join(target);
+        let mut inputs: Vec<_> = fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert!(
+            !inputs.is_empty(),
+            "{target}: no kept input in {}",
+            dir.display()
+        );
+        if let Ok(found) = fs::read_dir(fuzz.join("regressions").join(target)) {
+            inputs.extend(found.map(|e| e.expect("entry").path()));
+        }
+        for input in &inputs {
+            let bytes = fs::read(input).expect("read");
+            if let Err(panic) = std::panic::catch_unwind(|| check(&bytes)) {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("a panic");
+                panic!("{target} on {}: {why}", input.display());
+            }
+        }
+        counts.push(format!("{target} {}", inputs.len()));
+    }
+    eprintln!(
+        "B2 (kept corpus): every input replayed, 0 panics: {}",
+        counts.join(", ")
+    );
 }
