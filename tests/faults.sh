@@ -56,6 +56,6 @@ mkdir -p target
 cargo nextest run --workspace --no-fail-fast -E "$filter" --success-output final \
     --failure-output final "$@" 2>&1 | tee target/faults.log
 status=${PIPESTATUS[0]}
-grep -E '^[ABCD][0-9]+[ (:,]' target/faults.log >target/faults-figures.txt || true
+grep -E '^\s*[ABCD][0-9]+[ (:,]' target/faults.log | sed 's/^\s*//' | awk '!seen[$0]++' >target/faults-figures.txt || true
 echo "fault suite ($mode): $(wc -l <target/faults-figures.txt) figures in target/faults-figures.txt" >&2
 exit "$status"
