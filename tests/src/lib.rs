@@ -664,6 +664,11 @@ impl Fleet {
             .collect()
     }
 
+    /// The bytes the store holds for every indexed chunk (as stored: sealed, compressed).
+    pub fn stored_bytes(&self) -> u64 {
+        self.chunk_index().iter().map(|c| c.3).sum()
+    }
+
     /// Waits out the GC lease (`--gc-lease`, as `lease`), runs `lifeboat gc`, and asserts it
     /// left no orphan: a second GC (dry run) finds nothing to sweep nor still leased, and the
     /// chunk index holds exactly the chunks the snapshots reference. Returns the first GC's

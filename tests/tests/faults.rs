@@ -2101,7 +2101,6 @@ fn a1_an_agent_killed_at_random_points_of_its_backups_loses_nothing_committed() 
         }
         (added, bytes)
     };
-    let stored = |fleet: &Fleet| -> u64 { fleet.chunk_index().iter().map(|c| c.3).sum() };
 
     // Each kill falls uniformly over 1.25 × the backup's expected length (from the job's
     // creation to its end, as the controller times it), so some land after the commit, as
@@ -2141,7 +2140,7 @@ fn a1_an_agent_killed_at_random_points_of_its_backups_loses_nothing_committed() 
         let (fresh_files, fresh) = churn(&mut rng);
         let mut expected = tree::manifest(&src);
         let listed = fleet.snapshot_ids();
-        let stored_before = stored(&fleet);
+        let stored_before = fleet.stored_bytes();
         let job = fleet.start_job(&["backup", "a", "--source", "data"]);
         let span = span(fresh);
         (shortest, longest) = (shortest.min(span), longest.max(span));
@@ -2174,7 +2173,8 @@ fn a1_an_agent_killed_at_random_points_of_its_backups_loses_nothing_committed() 
                     listed,
                     "kill {kill}: a killed backup left a listed snapshot"
                 );
-                let left = stored(&fleet)
+                let left = fleet
+                    .stored_bytes()
                     .checked_sub(stored_before)
                     .expect("the store lost chunks while a backup was killed");
                 // One kill in three: the files it was backing up are gone before the next
@@ -2358,11 +2358,10 @@ fn a16_a_data_directory_of_the_previous_release_migrates_and_restores_identical(
     }
     // The new agent is told the old one's chunks are missing and uploads them (an agent
     // learns nothing of what others hold, B14), but the store keeps them once.
-    let stored = |fleet: &Fleet| -> u64 { fleet.chunk_index().iter().map(|c| c.3).sum() };
-    let stored_before = stored(&fleet);
+    let stored_before = fleet.stored_bytes();
     let s = fleet.backup("new-1", "data");
     let bytes = s["bytes"].as_u64().expect("bytes");
-    let new = stored(&fleet) - stored_before;
+    let new = fleet.stored_bytes() - stored_before;
     assert!(
         new < bytes / 10,
         "a backup of the tree the old store holds stored {new} of its {bytes} bytes again"
