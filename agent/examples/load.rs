@@ -375,7 +375,8 @@ fn source_name(k: usize) -> String {
 }
 
 /// One simulated agent: its session, and with `reconnect` the next one after a break, as
-/// `lifeboat-agent` reconnects.
+/// `lifeboat-agent` reconnects. Until its first session is up it retries as the agent
+/// does either way (a controller pacing handshakes closes what cannot wait).
 async fn agent(
     url: String,
     state: Arc<AgentState>,
@@ -386,6 +387,7 @@ async fn agent(
 ) {
     let mut backoff = lifeboat_agent::reconnect_backoff();
     let mut broke: Option<Instant> = None;
+    let mut ever_up = false;
     loop {
         let started = Instant::now();
         let mut up = false;
@@ -396,7 +398,8 @@ async fn agent(
         if up {
             shared.connected.fetch_sub(1, Ordering::Relaxed);
         }
-        if !reconnect {
+        ever_up |= up;
+        if !reconnect && ever_up {
             if let Err(e) = res
                 && let Ok(mut f) = shared.failures.lock()
             {

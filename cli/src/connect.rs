@@ -44,7 +44,7 @@ pub async fn connect(controller: Option<String>, identity: Option<PathBuf>) -> R
         )
     })?;
     let url = controller.unwrap_or(id.controller.clone());
-    let tls = ClientTls::with_identity(&id.ca_pem, &id.cert_pem, &id.key_pem)?;
+    let tls = ClientTls::operator(&id.ca_pem, &id.cert_pem, &id.key_pem)?;
     let channel = transport::connect(&url, tls).await?;
     Ok(OperatorApiClient::new(channel))
 }

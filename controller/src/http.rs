@@ -124,7 +124,27 @@ async fn render(ctl: Arc<Controller>) -> String {
         ctl.restore_admission.waiting() as u64,
     );
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    gauge(
+        "lifeboat_tls_handshakes_per_second_limit",
+        "TLS handshakes the controller starts per second at most (--max-handshakes-per-second; 0: no limit).",
+        u64::from(ctl.handshakes.per_second()),
+    );
+    gauge(
+        "lifeboat_tls_handshakes_waiting",
+        "Accepted connections waiting for their TLS handshake to start.",
+        load(&ctl.handshakes.waiting),
+    );
     for (name, help, v) in [
+        (
+            "lifeboat_tls_handshakes_started_total",
+            "TLS handshakes the controller started (completed or refused).",
+            load(&ctl.handshakes.started),
+        ),
+        (
+            "lifeboat_tls_handshakes_shed_total",
+            "Connections closed before their TLS handshake: too many waiting, or waited past 8 s (their agents back off and return).",
+            load(&ctl.handshakes.shed),
+        ),
         (
             "lifeboat_restore_bytes_sent_total",
             "Chunk bytes the controller sent to restoring agents.",

@@ -159,10 +159,17 @@ pub struct Controller {
     /// `--dedup-scope fleet`: `MissingChunks` answers for the whole store (each agent
     /// learns what others hold), instead of for what the agent holds itself.
     pub fleet_dedup: bool,
+    /// How fast TLS handshakes start (`--max-handshakes-per-second`), and what the
+    /// pacing did (for `/metrics`).
+    pub handshakes: Arc<transport::HandshakePace>,
 }
 
 /// The default of `--upload-quota`: bytes one backup job may upload.
 pub const DEFAULT_UPLOAD_QUOTA: u64 = 1 << 40;
+
+/// The default of `--max-handshakes-per-second`: 10,000 agents reconnect in under a
+/// minute, at about a third of a core (BENCHMARKS.md "Controller restart under load").
+pub const DEFAULT_MAX_HANDSHAKES_PER_SECOND: u32 = 300;
 
 /// The default of `--restore-memory` (32 restores served at once).
 pub const DEFAULT_RESTORE_MEMORY: u64 = 256 << 20;
@@ -208,6 +215,9 @@ pub struct ServeConfig {
     pub require_approval: Option<Duration>,
     /// Deduplicate answers across the fleet (`--dedup-scope fleet`).
     pub fleet_dedup: bool,
+    /// TLS handshakes started per second at most (0: unpaced): bounds what a reconnect
+    /// storm costs.
+    pub max_handshakes_per_second: u32,
     /// Read every new snapshot's packages, match them against the vulnerability feed and
     /// judge its ransomware signals, in the background (`--no-scan`: only on request).
     pub scan: bool,
@@ -433,6 +443,7 @@ pub fn start_with_clock(
         data_dir: cfg.data_dir.clone(),
         require_approval: cfg.require_approval,
         fleet_dedup: cfg.fleet_dedup,
+        handshakes: Arc::new(transport::HandshakePace::new(cfg.max_handshakes_per_second)),
     });
     let ctl_has_recovery_key = ctl.recovery_recipient.is_some();
     if !ctl.fleet_dedup {
@@ -632,7 +643,8 @@ impl Running {
             let ctl = ctl.clone();
             Arc::new(move || ctl.authority.trust().tls.clone())
         };
-        let incoming = transport::incoming(self.listener, tls, Some(refused));
+        let incoming =
+            transport::incoming(self.listener, tls, Some(refused), ctl.handshakes.clone());
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let ctl_for_stop = ctl.clone();
         let serve = router.serve_with_incoming_shutdown(incoming, async move {

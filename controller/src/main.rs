@@ -109,6 +109,11 @@ struct ServeArgs {
     /// turn. Restores straight from an S3 store do not count.
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     restore_memory: u64,
+    /// TLS handshakes started per second at most (0: no limit). Bounds the CPU a
+    /// reconnect storm takes after a restart; connections beyond what can start within
+    /// 8 s are closed, and their agents come back after their backoff.
+    #[arg(long, default_value_t = lifeboat_controller::DEFAULT_MAX_HANDSHAKES_PER_SECOND)]
+    max_handshakes_per_second: u32,
     /// Do not scan new snapshots in the background (packages, vulnerabilities, ransomware
     /// signals); `lifeboat sbom` and `vulns` still read a snapshot when asked, and
     /// nothing is judged suspect.
@@ -222,6 +227,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 gc_lease,
                 upload_quota,
                 restore_memory,
+                max_handshakes_per_second,
                 no_scan,
                 store_url_ttl,
                 state_every,
@@ -273,6 +279,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     gc_lease,
                     upload_quota,
                     restore_memory,
+                    max_handshakes_per_second,
                     store_url_ttl,
                     state_every: (!state_every.is_zero()).then_some(state_every),
                     copy,

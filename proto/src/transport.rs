@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -78,14 +80,20 @@ impl ClientTls {
         cert_pem: &str,
         key_pem: &str,
     ) -> Result<Self, TransportError> {
-        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(tls_err)?;
-        let config = ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(tls_err)?
-            .with_root_certificates(roots(ca_pem)?)
-            .with_client_auth_cert(certs(cert_pem)?, key)
-            .map_err(tls_err)?;
+        let config = identity_config(ca_pem, cert_pem, key_pem)?;
         Ok(Self::from_config(config, CONTROLLER_NAME))
+    }
+
+    /// An operator's client: as [`ClientTls::with_identity`], and it offers
+    /// [`OPERATOR_ALPN`] beside `h2`, so a controller pacing handshakes serves it in the
+    /// operators' lane while the fleet reconnects.
+    pub fn operator(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Self, TransportError> {
+        let config = identity_config(ca_pem, cert_pem, key_pem)?;
+        let mut tls = Self::from_config(config, CONTROLLER_NAME);
+        Arc::make_mut(&mut tls.config)
+            .alpn_protocols
+            .push(OPERATOR_ALPN.to_vec());
+        Ok(tls)
     }
 
     /// A machine enrolling: it has no CA certificate yet, only the fingerprint the operator
@@ -120,6 +128,20 @@ impl ClientTls {
             server_name,
         }
     }
+}
+
+fn identity_config(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<ClientConfig, TransportError> {
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(tls_err)?;
+    ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(tls_err)?
+        .with_root_certificates(roots(ca_pem)?)
+        .with_client_auth_cert(certs(cert_pem)?, key)
+        .map_err(tls_err)
 }
 
 /// Verifies the controller against a CA known only by its SHA-256 fingerprint.
@@ -384,14 +406,188 @@ pub type RefusalHook = Arc<dyn Fn(SocketAddr, String) + Send + Sync>;
 /// controller serves).
 pub type TlsSource = Arc<dyn Fn() -> Arc<ServerTls> + Send + Sync>;
 
+/// Longest an accepted connection waits for its handshake to start. A client gives up
+/// after 10 s ([`connect`]'s timeout), so a connection that waited longer is closed
+/// rather than spend a handshake on a peer that has left.
+const MAX_HANDSHAKE_WAIT: Duration = Duration::from_secs(8);
+
+/// The whole handshake, ClientHello to the last flight, within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The ALPN protocol id an operator's client offers beside `h2`: its handshakes wait in
+/// a lane of their own, so `lifeboat status` answers while thousands of agents reconnect.
+/// It is only a hint for the queue (the certificate still decides who the caller is); a
+/// client that claims it falsely just waits in the smaller lane.
+pub const OPERATOR_ALPN: &[u8] = b"lifeboat-operator";
+
+/// How fast the accept loop starts TLS handshakes, and what the pacing did.
+///
+/// A handshake is most of what a reconnecting agent costs the controller (signatures,
+/// key exchange, certificate checks). When a controller restarts under thousands of
+/// agents, all of them come back within seconds; paced, the storm costs at most
+/// `per_second` handshakes' worth of CPU in any second, and the agents are taken in the
+/// order they sent their ClientHello. Operators (who offer [`OPERATOR_ALPN`]) have a
+/// lane of their own at a tenth of the rate (at least 10 a second). A connection that
+/// cannot start its handshake within [`MAX_HANDSHAKE_WAIT`] of its arrival, or finds its
+/// lane's queue full, is closed (shed): its client backs off and comes back.
+#[derive(Debug, Default)]
+pub struct HandshakePace {
+    /// Handshakes started per second on average (0: as fast as they come).
+    per_second: u32,
+    /// Connections waiting for their handshake to start (their ClientHello read).
+    pub waiting: AtomicU64,
+    /// Connections closed before their handshake: a full queue, or a wait too long.
+    pub shed: AtomicU64,
+    /// Handshakes started (completed or not).
+    pub started: AtomicU64,
+}
+
+impl HandshakePace {
+    /// `per_second` handshakes a second at most; 0 paces nothing.
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            ..Self::default()
+        }
+    }
+
+    pub fn per_second(&self) -> u32 {
+        self.per_second
+    }
+}
+
+/// One queue of connections waiting to start their handshakes, at its own rate. Waiters
+/// take turns on the bucket's (first-come, first-served) lock.
+struct Lane {
+    bucket: Option<tokio::sync::Mutex<Bucket>>,
+    /// As many as can start within the longest wait.
+    capacity: u64,
+    waiting: AtomicU64,
+}
+
+impl Lane {
+    fn new(per_second: u32) -> Self {
+        Self {
+            bucket: (per_second > 0).then(|| {
+                tokio::sync::Mutex::new(Bucket::new(per_second, tokio::time::Instant::now()))
+            }),
+            capacity: (u64::from(per_second) * MAX_HANDSHAKE_WAIT.as_secs()).max(64),
+            waiting: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits for this connection's turn (arrived at `arrived`): true once its handshake
+    /// may start, false when it is to be shed.
+    async fn admit(&self, pace: &HandshakePace, arrived: tokio::time::Instant) -> bool {
+        let Some(bucket) = &self.bucket else {
+            pace.started.fetch_add(1, Relaxed);
+            return true;
+        };
+        // Counted while waiting, also when the handshake's timeout drops this future.
+        let _waiting = Waiting::count([&self.waiting, &pace.waiting]);
+        if self.waiting.load(Relaxed) > self.capacity {
+            return false;
+        }
+        let admitted = {
+            let mut bucket = bucket.lock().await;
+            let fresh = arrived.elapsed() <= MAX_HANDSHAKE_WAIT;
+            if fresh {
+                bucket.take().await;
+            }
+            fresh
+        };
+        if admitted {
+            pace.started.fetch_add(1, Relaxed);
+        }
+        admitted
+    }
+}
+
+/// One waiting connection on the counters it is counted in, for as long as it lives.
+struct Waiting<'a>([&'a AtomicU64; 2]);
+
+impl<'a> Waiting<'a> {
+    fn count(counters: [&'a AtomicU64; 2]) -> Self {
+        for c in counters {
+            c.fetch_add(1, Relaxed);
+        }
+        Self(counters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        for c in self.0 {
+            c.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// A token bucket: `rate` tokens a second, holding at most a tenth of a second's worth,
+/// so no second ever starts more than 1.1 × `rate` handshakes.
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    capacity: f64,
+    tokens: f64,
+    at: tokio::time::Instant,
+}
+
+impl Bucket {
+    fn new(per_second: u32, now: tokio::time::Instant) -> Self {
+        let rate = f64::from(per_second);
+        let capacity = (rate / 10.0).max(1.0);
+        Self {
+            rate,
+            capacity,
+            tokens: capacity,
+            at: now,
+        }
+    }
+
+    /// Takes a token at `now` if one is there; otherwise how long until one will be.
+    fn take_at(&mut self, now: tokio::time::Instant) -> Result<(), Duration> {
+        let earned = now.saturating_duration_since(self.at).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.capacity);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+        }
+    }
+
+    async fn take(&mut self) {
+        while let Err(wait) = self.take_at(tokio::time::Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Why a connection got no TLS session.
+enum Refusal {
+    /// Closed before its handshake (see [`HandshakePace`]).
+    Shed,
+    Failed(std::io::Error),
+}
+
 /// Accepts TCP connections and completes TLS handshakes concurrently (a slow or hostile
-/// client cannot stall the others), yielding authenticated connections for tonic.
+/// client cannot stall the others), started no faster than `pace` allows, yielding
+/// authenticated connections for tonic.
 pub fn incoming(
     listener: TcpListener,
     tls: TlsSource,
     on_refused: Option<RefusalHook>,
+    pace: Arc<HandshakePace>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let agents = Arc::new(Lane::new(pace.per_second));
+    let operators = Arc::new(Lane::new(if pace.per_second == 0 {
+        0
+    } else {
+        (pace.per_second / 10).max(10)
+    }));
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -408,15 +604,27 @@ pub fn incoming(
             let conn_tx = tx.clone();
             let tls = tls();
             let on_refused = on_refused.clone();
+            let (pace, agents, operators) = (pace.clone(), agents.clone(), operators.clone());
             tokio::spawn(async move {
+                let arrived = tokio::time::Instant::now();
                 let _ = tcp.set_nodelay(true);
-                match tokio::time::timeout(Duration::from_secs(10), handshake(tcp, remote, &tls))
-                    .await
-                {
+                let lanes = |operator: bool| if operator { &*operators } else { &*agents };
+                let outcome = tokio::time::timeout(
+                    HANDSHAKE_TIMEOUT,
+                    handshake(tcp, remote, &tls, |operator| {
+                        lanes(operator).admit(&pace, arrived)
+                    }),
+                )
+                .await;
+                match outcome {
                     Ok(Ok(conn)) => {
                         let _ = conn_tx.send(Ok(conn)).await;
                     }
-                    Ok(Err(e)) => {
+                    Ok(Err(Refusal::Shed)) => {
+                        pace.shed.fetch_add(1, Relaxed);
+                        tracing::debug!(%remote, "no turn for a handshake in time; connection closed");
+                    }
+                    Ok(Err(Refusal::Failed(e))) => {
                         let e = explained(e, Side::Server);
                         tracing::info!(%remote, error = %e, "tls handshake refused");
                         if let Some(hook) = &on_refused {
@@ -431,20 +639,31 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-async fn handshake(
+/// Reads the ClientHello, waits for its turn (`turn(operator)`: false sheds it), then
+/// completes the handshake and names the peer.
+async fn handshake<F: Future<Output = bool>>(
     tcp: TcpStream,
     remote: SocketAddr,
     tls: &ServerTls,
-) -> std::io::Result<TlsConn> {
-    let start =
-        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-    let enrolling = start.client_hello().server_name() == Some(ENROLL_NAME);
+    turn: impl FnOnce(bool) -> F,
+) -> Result<TlsConn, Refusal> {
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+        .await
+        .map_err(Refusal::Failed)?;
+    let hello = start.client_hello();
+    let enrolling = hello.server_name() == Some(ENROLL_NAME);
+    let operator = hello
+        .alpn()
+        .is_some_and(|mut offered| offered.any(|p| p == OPERATOR_ALPN));
+    if !turn(operator).await {
+        return Err(Refusal::Shed);
+    }
     let config = if enrolling {
         tls.enroll.clone()
     } else {
         tls.main.clone()
     };
-    let stream = start.into_stream(config).await?;
+    let stream = start.into_stream(config).await.map_err(Refusal::Failed)?;
     let peer = if enrolling {
         Peer::Enrolling
     } else {
@@ -453,9 +672,11 @@ async fn handshake(
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .ok_or_else(|| std::io::Error::other("no client certificate"))?;
+            .ok_or_else(|| Refusal::Failed(std::io::Error::other("no client certificate")))?;
         peer_from_cert(der.as_ref()).ok_or_else(|| {
-            std::io::Error::other("client certificate names neither an agent nor an operator")
+            Refusal::Failed(std::io::Error::other(
+                "client certificate names neither an agent nor an operator",
+            ))
         })?
     };
     Ok(TlsConn {
@@ -510,4 +731,121 @@ fn explained(e: std::io::Error, side: Side) -> std::io::Error {
         _ => return e,
     };
     std::io::Error::new(e.kind(), format!("{why} ({tls})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    /// Handshakes the bucket lets start in `window` when asked every `step`, from `start`.
+    fn started(bucket: &mut Bucket, start: Instant, window: Duration, step: Duration) -> u32 {
+        let mut n = 0;
+        let mut at = start;
+        while at < start + window {
+            if bucket.take_at(at).is_ok() {
+                n += 1;
+            }
+            at += step;
+        }
+        n
+    }
+
+    #[test]
+    fn a_storm_of_handshakes_starts_at_the_paced_rate() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(300, t0);
+        // Asked a hundred thousand times a second for ten seconds: the tenth of a
+        // second's tokens it holds at once, then one every 1/300 s (the 3,000th falls
+        // at 10 s, just past the window).
+        let n = started(
+            &mut bucket,
+            t0,
+            Duration::from_secs(10),
+            Duration::from_micros(10),
+        );
+        assert_eq!(n, 30 + 2999, "handshakes started in 10 s at 300/s");
+        // No one-second window starts more than 1.1 × the rate, even after a rest.
+        let rested = t0 + Duration::from_secs(60);
+        let n = started(
+            &mut bucket,
+            rested,
+            Duration::from_secs(1),
+            Duration::from_micros(10),
+        );
+        assert!(n <= 330, "{n} handshakes in the first second after a rest");
+    }
+
+    #[test]
+    fn a_refused_token_says_how_long_to_wait() {
+        let t0 = Instant::now();
+        let mut bucket = Bucket::new(10, t0);
+        assert_eq!(
+            bucket.take_at(t0),
+            Ok(()),
+            "a full bucket lends its one token"
+        );
+        let wait = bucket.take_at(t0).expect_err("an empty bucket");
+        assert_eq!(
+            wait,
+            Duration::from_millis(100),
+            "one token takes 1/10 s at 10/s"
+        );
+        assert_eq!(
+            bucket.take_at(t0 + wait),
+            Ok(()),
+            "and is there after that wait"
+        );
+    }
+
+    #[test]
+    fn a_lane_queues_what_can_start_within_the_longest_wait() {
+        assert!(Lane::new(0).bucket.is_none(), "0 paces nothing");
+        assert_eq!(Lane::new(300).capacity, 2400);
+        assert_eq!(Lane::new(1).capacity, 64);
+    }
+
+    /// Connections past a full lane are shed at once, and one that waited past the
+    /// longest wait is shed when its turn comes; the counters say so.
+    #[tokio::test]
+    async fn a_full_or_stale_queue_sheds() {
+        let pace = HandshakePace::new(1);
+        let lane = Lane::new(1);
+        lane.waiting.store(lane.capacity, Relaxed);
+        let now = tokio::time::Instant::now();
+        assert!(
+            !lane.admit(&pace, now).await,
+            "a full lane admitted a connection"
+        );
+        lane.waiting.store(0, Relaxed);
+        let long_ago = now - MAX_HANDSHAKE_WAIT - Duration::from_millis(1);
+        assert!(
+            !lane.admit(&pace, long_ago).await,
+            "a stale connection admitted"
+        );
+        assert!(
+            lane.admit(&pace, now).await,
+            "a fresh connection in an empty lane"
+        );
+        assert_eq!(pace.started.load(Relaxed), 1);
+        assert_eq!(pace.waiting.load(Relaxed), 0);
+    }
+
+    /// A connection whose handshake timed out while it waited its turn is no longer
+    /// counted as waiting (else a lane would fill with the departed and shed everyone).
+    #[tokio::test]
+    async fn a_connection_given_up_while_waiting_leaves_the_queue() {
+        let pace = HandshakePace::new(1);
+        let lane = Lane::new(1);
+        let turn = lane.bucket.as_ref().expect("paced").lock().await;
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(20),
+            lane.admit(&pace, tokio::time::Instant::now()),
+        )
+        .await;
+        assert!(gave_up.is_err(), "admitted while another held the turn");
+        drop(turn);
+        assert_eq!(lane.waiting.load(Relaxed), 0, "the lane still counts it");
+        assert_eq!(pace.waiting.load(Relaxed), 0, "/metrics still counts it");
+    }
 }

@@ -1266,6 +1266,104 @@ async fn d7_an_enrollment_storm_enrolls_each_machine_exactly_once() {
     );
 }
 
+/// D2's storm, bounded: a controller paced at 5 handshakes a second meets 120 agent
+/// connections at once (as after a restart under a fleet). Handshakes complete no faster
+/// than the pace allows (the k-th no sooner than (k − 1)/5 s in), every connection is
+/// either served or closed before its handshake (shed: the queue was full, or it waited
+/// past 8 s) and `/metrics` counts each, nothing is left waiting; meanwhile `lifeboat
+/// status` gets through in the operators' lane. How long a real fleet takes to come back
+/// is the benchmark's (`bench/controller_scale.py --restart`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn d2_a_handshake_storm_is_paced_and_what_cannot_wait_is_shed() {
+    const N: usize = 120;
+    const RATE: f64 = 5.0;
+    transport::install_crypto_provider();
+    let fleet =
+        tokio::task::spawn_blocking(|| Fleet::start_with(&["--max-handshakes-per-second", "5"]))
+            .await
+            .expect("fleet");
+    let metric = |name: &str| lifeboat_tests::counter(&lifeboat_tests::metrics(&fleet), name);
+    let (started_before, shed_before) = tokio::task::block_in_place(|| {
+        assert_eq!(metric("lifeboat_tls_handshakes_per_second_limit"), 5);
+        (
+            metric("lifeboat_tls_handshakes_started_total"),
+            metric("lifeboat_tls_handshakes_shed_total"),
+        )
+    });
+    // The admin's certificate without the operators' ALPN hint: queued as agents are.
+    let tls = identity_tls(&fleet.identity);
+    let storm = std::time::Instant::now();
+    let connects = (0..N).map(|_| {
+        let (url, tls) = (fleet.url.clone(), tls.clone());
+        async move {
+            let r = transport::connect(&url, tls).await;
+            (r.map(|_| ()), storm.elapsed())
+        }
+    });
+    let operator = {
+        let cli = fleet.cli_command(&["status"]);
+        tokio::task::spawn_blocking(move || {
+            // Once the storm fills the agents' lane.
+            std::thread::sleep(Duration::from_millis(500));
+            let mut cli = cli;
+            let t = std::time::Instant::now();
+            (cli.output().expect("lifeboat status"), t.elapsed())
+        })
+    };
+    let results = futures::future::join_all(connects).await;
+    let (status, status_took) = operator.await.expect("status");
+    assert!(
+        status.status.success(),
+        "lifeboat status during the storm: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let mut served: Vec<Duration> = results
+        .iter()
+        .filter_map(|(r, t)| r.is_ok().then_some(*t))
+        .collect();
+    served.sort();
+    let refused = N - served.len();
+    for (k, t) in served.iter().enumerate() {
+        // One token in the bucket at the start, then one every 1/5 s.
+        let earliest = k as f64 / RATE - 0.01;
+        assert!(
+            t.as_secs_f64() >= earliest,
+            "handshake {} of the storm completed {t:?} in, before the pace allows ({earliest:.2} s)",
+            k + 1
+        );
+    }
+    assert!(!served.is_empty(), "no connection of the storm was served");
+    assert!(refused > 0, "120 connections at 5/s: some must be shed");
+    let (started, shed) = tokio::task::block_in_place(|| {
+        wait_for(
+            "every waiting connection handled",
+            Duration::from_secs(30),
+            || (metric("lifeboat_tls_handshakes_waiting") == 0).then_some(()),
+        );
+        (
+            metric("lifeboat_tls_handshakes_started_total") - started_before,
+            metric("lifeboat_tls_handshakes_shed_total") - shed_before,
+        )
+    });
+    // The storm's connections and the operator's one.
+    assert_eq!(
+        started + shed,
+        N as u64 + 1,
+        "each connection is started or shed ({started} started, {shed} shed)"
+    );
+    assert!(
+        started > served.len() as u64 && shed <= refused as u64,
+        "{} served and {refused} refused, but {started} handshakes started and {shed} shed",
+        served.len()
+    );
+    eprintln!(
+        "D2 storm: {N} connections at once, paced at 5/s: {} served (last {:?} in), {shed} shed, {} started but not finished in time; `lifeboat status` meanwhile took {status_took:?}",
+        served.len(),
+        served.last().expect("served"),
+        started - served.len() as u64 - 1
+    );
+}
+
 /// A job names only the snapshots the controller saw it commit: an agent that reports its
 /// backup succeeded with another agent's snapshot gets a failed job that lists nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

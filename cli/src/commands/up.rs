@@ -51,6 +51,7 @@ pub async fn up(
             copy: None,
             require_approval: None,
             fleet_dedup: false,
+            max_handshakes_per_second: lifeboat_controller::DEFAULT_MAX_HANDSHAKES_PER_SECOND,
             scan: true,
             show_recovery_key,
         },
