@@ -238,7 +238,7 @@ pub async fn connect(url: &str, tls: ClientTls) -> Result<Channel, TransportErro
     // tonic only sees plain HTTP/2 URIs; TLS happens in the connector below.
     let endpoint = Endpoint::from_shared(format!("http://{hostport}"))
         .map_err(|_| TransportError::InvalidUrl(url.into()))?
-        .connect_timeout(Duration::from_secs(10))
+        .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true)
@@ -406,13 +406,17 @@ pub type RefusalHook = Arc<dyn Fn(SocketAddr, String) + Send + Sync>;
 /// controller serves).
 pub type TlsSource = Arc<dyn Fn() -> Arc<ServerTls> + Send + Sync>;
 
-/// Longest an accepted connection waits for its handshake to start. A client gives up
-/// after 10 s ([`connect`]'s timeout), so a connection that waited longer is closed
-/// rather than spend a handshake on a peer that has left.
-const MAX_HANDSHAKE_WAIT: Duration = Duration::from_secs(8);
+/// How long [`connect`] waits for the TCP connection and the TLS handshake: long enough
+/// to wait its turn at a controller pacing handshakes.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Longest an accepted connection waits for its handshake to start: a little less than a
+/// client waits ([`CONNECT_TIMEOUT`]). A client that left sooner (an older one gave up
+/// after 10 s) is noticed when its turn comes and closed without a handshake.
+const MAX_HANDSHAKE_WAIT: Duration = Duration::from_secs(25);
 
 /// The whole handshake, ClientHello to the last flight, within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The ALPN protocol id an operator's client offers beside `h2`: its handshakes wait in
 /// a lane of their own, so `lifeboat status` answers while thousands of agents reconnect.
@@ -428,8 +432,9 @@ pub const OPERATOR_ALPN: &[u8] = b"lifeboat-operator";
 /// `per_second` handshakes' worth of CPU in any second, and the agents are taken in the
 /// order they sent their ClientHello. Operators (who offer [`OPERATOR_ALPN`]) have a
 /// lane of their own at a tenth of the rate (at least 10 a second). A connection that
-/// cannot start its handshake within [`MAX_HANDSHAKE_WAIT`] of its arrival, or finds its
-/// lane's queue full, is closed (shed): its client backs off and comes back.
+/// finds its lane's queue full, cannot start its handshake within [`MAX_HANDSHAKE_WAIT`]
+/// of its arrival, or whose client has hung up by its turn, is closed (shed) without a
+/// signature or key exchange spent on it: its client backs off and comes back.
 #[derive(Debug, Default)]
 pub struct HandshakePace {
     /// Handshakes started per second on average (0: as fast as they come).
@@ -476,9 +481,15 @@ impl Lane {
         }
     }
 
-    /// Waits for this connection's turn (arrived at `arrived`): true once its handshake
-    /// may start, false when it is to be shed.
-    async fn admit(&self, pace: &HandshakePace, arrived: tokio::time::Instant) -> bool {
+    /// Waits for this connection's turn (arrived at `arrived`; `present` says whether its
+    /// client is still there): true once its handshake may start, false when it is to be
+    /// shed.
+    async fn admit(
+        &self,
+        pace: &HandshakePace,
+        arrived: tokio::time::Instant,
+        present: impl Fn() -> bool,
+    ) -> bool {
         let Some(bucket) = &self.bucket else {
             pace.started.fetch_add(1, Relaxed);
             return true;
@@ -490,7 +501,7 @@ impl Lane {
         }
         let admitted = {
             let mut bucket = bucket.lock().await;
-            let fresh = arrived.elapsed() <= MAX_HANDSHAKE_WAIT;
+            let fresh = arrived.elapsed() <= MAX_HANDSHAKE_WAIT && present();
             if fresh {
                 bucket.take().await;
             }
@@ -611,8 +622,8 @@ pub fn incoming(
                 let lanes = |operator: bool| if operator { &*operators } else { &*agents };
                 let outcome = tokio::time::timeout(
                     HANDSHAKE_TIMEOUT,
-                    handshake(tcp, remote, &tls, |operator| {
-                        lanes(operator).admit(&pace, arrived)
+                    handshake(tcp, remote, &tls, |operator, present| {
+                        lanes(operator).admit(&pace, arrived, present)
                     }),
                 )
                 .await;
@@ -639,14 +650,20 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// Reads the ClientHello, waits for its turn (`turn(operator)`: false sheds it), then
-/// completes the handshake and names the peer.
+/// Reads the ClientHello, waits for its turn (`turn(operator, present)`: false sheds it),
+/// then completes the handshake and names the peer.
 async fn handshake<F: Future<Output = bool>>(
     tcp: TcpStream,
     remote: SocketAddr,
     tls: &ServerTls,
-    turn: impl FnOnce(bool) -> F,
+    turn: impl FnOnce(bool, Box<dyn Fn() -> bool + Send>) -> F,
 ) -> Result<TlsConn, Refusal> {
+    // A second descriptor on the socket, to see whether the client is still there when
+    // its turn comes (the first belongs to the TLS stream by then).
+    let probe = std::os::fd::AsFd::as_fd(&tcp)
+        .try_clone_to_owned()
+        .map(std::net::TcpStream::from)
+        .map_err(Refusal::Failed)?;
     let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
         .await
         .map_err(Refusal::Failed)?;
@@ -655,7 +672,9 @@ async fn handshake<F: Future<Output = bool>>(
     let operator = hello
         .alpn()
         .is_some_and(|mut offered| offered.any(|p| p == OPERATOR_ALPN));
-    if !turn(operator).await {
+    // The socket is non-blocking: nothing to read is WouldBlock, a hang-up reads 0.
+    let present = Box::new(move || !matches!(probe.peek(&mut [0u8; 1]), Ok(0)));
+    if !turn(operator, present).await {
         return Err(Refusal::Shed);
     }
     let config = if enrolling {
@@ -801,12 +820,13 @@ mod tests {
     #[test]
     fn a_lane_queues_what_can_start_within_the_longest_wait() {
         assert!(Lane::new(0).bucket.is_none(), "0 paces nothing");
-        assert_eq!(Lane::new(300).capacity, 2400);
+        assert_eq!(Lane::new(300).capacity, 7500);
         assert_eq!(Lane::new(1).capacity, 64);
     }
 
     /// Connections past a full lane are shed at once, and one that waited past the
-    /// longest wait is shed when its turn comes; the counters say so.
+    /// longest wait or whose client hung up is shed when its turn comes, without a
+    /// token; the counters say so.
     #[tokio::test]
     async fn a_full_or_stale_queue_sheds() {
         let pace = HandshakePace::new(1);
@@ -814,17 +834,23 @@ mod tests {
         lane.waiting.store(lane.capacity, Relaxed);
         let now = tokio::time::Instant::now();
         assert!(
-            !lane.admit(&pace, now).await,
+            !lane.admit(&pace, now, || true).await,
             "a full lane admitted a connection"
         );
         lane.waiting.store(0, Relaxed);
         let long_ago = now - MAX_HANDSHAKE_WAIT - Duration::from_millis(1);
         assert!(
-            !lane.admit(&pace, long_ago).await,
+            !lane.admit(&pace, long_ago, || true).await,
             "a stale connection admitted"
         );
         assert!(
-            lane.admit(&pace, now).await,
+            !lane.admit(&pace, now, || false).await,
+            "a connection whose client left admitted"
+        );
+        let tokens = lane.bucket.as_ref().expect("paced").lock().await.tokens;
+        assert_eq!(tokens, 1.0, "a shed connection took the bucket's one token");
+        assert!(
+            lane.admit(&pace, now, || true).await,
             "a fresh connection in an empty lane"
         );
         assert_eq!(pace.started.load(Relaxed), 1);
@@ -840,7 +866,7 @@ mod tests {
         let turn = lane.bucket.as_ref().expect("paced").lock().await;
         let gave_up = tokio::time::timeout(
             Duration::from_millis(20),
-            lane.admit(&pace, tokio::time::Instant::now()),
+            lane.admit(&pace, tokio::time::Instant::now(), || true),
         )
         .await;
         assert!(gave_up.is_err(), "admitted while another held the turn");
