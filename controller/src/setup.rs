@@ -39,6 +39,9 @@ pub const ADMIN_CERT_DAYS: u64 = 365;
 pub const DEFAULT_AGENT_CERT_LIFETIME: std::time::Duration =
     std::time::Duration::from_secs(7 * 86_400);
 
+/// Where a store lies when `--store` is not given, inside the data directory.
+const DEFAULT_STORE: &str = "store";
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
@@ -151,10 +154,14 @@ pub fn prepare(
             &std::fs::read(&settings_path).map_err(io("reading", &settings_path))?,
         )
         .map_err(|e| ApiError::internal(format!("{}: {e}", settings_path.display())))?;
-        let location = match saved.location() {
-            StoreLocation::S3(loc) => StoreLocation::S3(loc.with_options(s3)),
-            local => local,
+        let recorded = saved.location();
+        let location = match &recorded {
+            StoreLocation::S3(loc) => StoreLocation::S3(loc.clone().with_options(s3)),
+            // Recorded relative to the data directory (the default, since 2026-12), or
+            // absolute (a --store of its own, and every store before).
+            StoreLocation::Local(dir) => StoreLocation::Local(data_dir.join(dir)),
         };
+
         let same = match (&given, &location) {
             (None, _) => true,
             (Some(StoreLocation::Local(a)), StoreLocation::Local(b)) => a == b,
@@ -172,7 +179,7 @@ pub fn prepare(
             encrypted: saved.encrypted,
             recovery_recipient: saved.recovery_recipient.clone(),
         };
-        if location != saved.location() {
+        if matches!(location, StoreLocation::S3(_)) && location != recorded {
             write_settings(&settings_path, &location, &keys)?;
         }
         if recovery_recipient.is_some_and(|r| Some(r) != keys.recovery_recipient.as_deref()) {
@@ -195,7 +202,7 @@ pub fn prepare(
                 StoreLocation::Local(std::path::absolute(&p).map_err(io("resolving", &p))?)
             }
             Some(s3) => s3,
-            None => StoreLocation::Local(data_dir.join("store")),
+            None => StoreLocation::Local(data_dir.join(DEFAULT_STORE)),
         };
         // Keys first: settings that say "encrypted" always have their key file.
         let store_keys = StoreKeys::create(data_dir, recovery_recipient)?;
@@ -214,7 +221,14 @@ pub fn prepare(
             encrypted: true,
             recovery_recipient: store_keys.recovery_recipient.clone(),
         };
-        write_settings(&settings_path, &location, &keys)?;
+        // The default store is recorded relative to the data directory, which can then
+        // move (a new disk, a restore of the whole directory elsewhere) with its store.
+        let recorded = if location == StoreLocation::Local(data_dir.join(DEFAULT_STORE)) {
+            StoreLocation::Local(DEFAULT_STORE.into())
+        } else {
+            location.clone()
+        };
+        write_settings(&settings_path, &recorded, &keys)?;
         (location, keys, store_keys)
     };
     let anchor_dir = location
@@ -247,6 +261,20 @@ pub fn prepare(
     )?;
 
     let catalog = Catalog::open(&data_dir.join("catalog.db"))?;
+    // A catalog that lists snapshots or chunks of a local store that is not there: never
+    // serve it as an empty store (a moved data directory, an unmounted disk).
+    if let StoreLocation::Local(dir) = &location
+        && !dir.is_dir()
+    {
+        let (_, snapshots, chunks, _) = catalog.totals()?;
+        if snapshots + chunks > 0 {
+            return Err(ApiError::FailedPrecondition(format!(
+                "the store recorded in {} is {}, which is not there, and the catalog lists {snapshots} snapshots in it: if the data directory was moved or restored elsewhere, set \"store\" in that file to where the store is now (\"store\" when it lies inside the data directory) and start again; if it is on a disk that is not mounted, mount it first",
+                settings_path.display(),
+                dir.display()
+            )));
+        }
+    }
     Ok(Prepared {
         cas,
         chunk_key,

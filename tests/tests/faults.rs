@@ -2286,8 +2286,10 @@ fn a1_an_agent_killed_at_random_points_of_its_backups_loses_nothing_committed() 
 /// A16 across releases: the data directory a controller of the previous release wrote
 /// (`tests/fixtures/previous-release.tar.gz`, made by `make-previous-release.sh` with the
 /// binaries of the commit in its `made-by`: a catalog some migrations behind, a store from
-/// before encryption, two snapshots of a small tree) is opened by this release. The
-/// catalog is migrated to the latest version, `lifeboat verify` reads it all clean, both
+/// before encryption, two snapshots of a small tree) is opened by this release, in
+/// another place than it was written (that release recorded the store's absolute path:
+/// the controller refuses to serve from a store that is not there and says what to set;
+/// a new data directory records it relative to itself). The catalog is migrated to the latest version, `lifeboat verify` reads it all clean, both
 /// snapshots restore onto a new agent identical to the tree each saw, and a new backup of
 /// the same tree into the old store stores none of its data again.
 #[test]
@@ -2321,9 +2323,54 @@ fn a16_a_data_directory_of_the_previous_release_migrates_and_restores_identical(
     };
     let before = catalog_version(&dir.path().join("ctl/catalog.db"));
 
+    // The fixture was made in a directory of its own, which the release before this
+    // recorded as the store's absolute path: here it was moved, as a data directory
+    // restored onto another machine is. The controller refuses to serve the catalog's
+    // snapshots from a store that is not there, and says what to do.
+    let settings = dir.path().join("ctl/controller.json");
+    let recorded: serde_json::Value =
+        serde_json::from_slice(&fs::read(&settings).expect("controller.json")).expect("json");
+    let recorded = recorded["store"].as_str().expect("store").to_string();
+    assert!(
+        recorded.starts_with('/') && !std::path::Path::new(&recorded).exists(),
+        "the fixture's store path {recorded} is there: this test means to move it"
+    );
+    let refused = lifeboat_tests::bin("lifeboat-controller")
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(dir.path().join("ctl"))
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("run the controller");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && stderr.contains(&recorded)
+            && stderr.contains("which is not there")
+            && stderr.contains("set \"store\" in that file"),
+        "a controller over a moved data directory: {}\n{stderr}",
+        refused.status
+    );
+    // As the operator does: the store lies inside the data directory.
+    let text = fs::read_to_string(&settings).expect("controller.json");
+    fs::write(
+        &settings,
+        text.replace(&format!("\"{recorded}\""), "\"store\""),
+    )
+    .expect("write controller.json");
+
     let mut fleet = Fleet::start_in(dir);
     let after = catalog_version(&fleet.path("ctl/catalog.db"));
-    let latest = catalog_version(&Fleet::start().path("ctl/catalog.db"));
+    let fresh = Fleet::start();
+    let latest = catalog_version(&fresh.path("ctl/catalog.db"));
+    let fresh_settings: serde_json::Value = serde_json::from_slice(
+        &fs::read(fresh.path("ctl/controller.json")).expect("controller.json"),
+    )
+    .expect("json");
+    assert_eq!(
+        fresh_settings["store"], "store",
+        "a new data directory records its store relative to itself, so that it can move"
+    );
     assert!(
         before < after && after == latest,
         "the catalog stood at {before} and is at {after}, the latest being {latest}"
