@@ -110,8 +110,9 @@ struct ServeArgs {
     #[arg(long, default_value = "256MiB", value_parser = parse_size)]
     restore_memory: u64,
     /// TLS handshakes started per second at most (0: no limit). Bounds the CPU a
-    /// reconnect storm takes after a restart; connections beyond what can start within
-    /// 8 s are closed, and their agents come back after their backoff.
+    /// reconnect storm takes after a restart: connections wait their turn, those that
+    /// cannot start within 25 s are closed, and their agents come back after their
+    /// backoff. `lifeboat` commands have a lane of their own.
     #[arg(long, default_value_t = lifeboat_controller::DEFAULT_MAX_HANDSHAKES_PER_SECOND)]
     max_handshakes_per_second: u32,
     /// Do not scan new snapshots in the background (packages, vulnerabilities, ransomware
