@@ -132,7 +132,7 @@ async fn render(ctl: Arc<Controller>) -> String {
     gauge(
         "lifeboat_tls_handshakes_waiting",
         "Accepted connections waiting for their TLS handshake to start.",
-        load(&ctl.handshakes.waiting),
+        ctl.handshakes.waiting(),
     );
     for (name, help, v) in [
         (

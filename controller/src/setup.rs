@@ -161,7 +161,6 @@ pub fn prepare(
             // absolute (a --store of its own, and every store before).
             StoreLocation::Local(dir) => StoreLocation::Local(data_dir.join(dir)),
         };
-
         let same = match (&given, &location) {
             (None, _) => true,
             (Some(StoreLocation::Local(a)), StoreLocation::Local(b)) => a == b,

@@ -435,13 +435,13 @@ pub const OPERATOR_ALPN: &[u8] = b"lifeboat-operator";
 /// finds its lane's queue full, cannot start its handshake within [`MAX_HANDSHAKE_WAIT`]
 /// of its arrival, or whose client has hung up by its turn, is closed (shed) without a
 /// signature or key exchange spent on it: its client backs off and comes back.
-#[derive(Debug, Default)]
 pub struct HandshakePace {
     /// Handshakes started per second on average (0: as fast as they come).
     per_second: u32,
-    /// Connections waiting for their handshake to start (their ClientHello read).
-    pub waiting: AtomicU64,
-    /// Connections closed before their handshake: a full queue, or a wait too long.
+    agents: Lane,
+    operators: Lane,
+    /// Connections closed before their handshake: a full queue, a wait too long, a
+    /// client gone.
     pub shed: AtomicU64,
     /// Handshakes started (completed or not).
     pub started: AtomicU64,
@@ -450,14 +450,53 @@ pub struct HandshakePace {
 impl HandshakePace {
     /// `per_second` handshakes a second at most; 0 paces nothing.
     pub fn new(per_second: u32) -> Self {
+        let operators = if per_second == 0 {
+            0
+        } else {
+            (per_second / 10).max(10)
+        };
         Self {
             per_second,
-            ..Self::default()
+            agents: Lane::new(per_second),
+            operators: Lane::new(operators),
+            shed: AtomicU64::new(0),
+            started: AtomicU64::new(0),
         }
     }
 
     pub fn per_second(&self) -> u32 {
         self.per_second
+    }
+
+    /// Connections waiting for their handshake to start (their ClientHello read).
+    pub fn waiting(&self) -> u64 {
+        self.agents.waiting.load(Relaxed) + self.operators.waiting.load(Relaxed)
+    }
+
+    /// Whether a connection waits at all (it needs a way to tell its client left).
+    fn paced(&self) -> bool {
+        self.per_second > 0
+    }
+
+    /// Waits for this connection's turn in its lane (arrived at `arrived`; `present` says
+    /// whether its client is still there): true once its handshake may start, false when
+    /// it is to be shed.
+    async fn admit(
+        &self,
+        operator: bool,
+        arrived: tokio::time::Instant,
+        present: impl Fn() -> bool,
+    ) -> bool {
+        let lane = if operator {
+            &self.operators
+        } else {
+            &self.agents
+        };
+        let admitted = lane.admit(arrived, present).await;
+        if admitted {
+            self.started.fetch_add(1, Relaxed);
+        }
+        admitted
     }
 }
 
@@ -481,56 +520,37 @@ impl Lane {
         }
     }
 
-    /// Waits for this connection's turn (arrived at `arrived`; `present` says whether its
-    /// client is still there): true once its handshake may start, false when it is to be
-    /// shed.
-    async fn admit(
-        &self,
-        pace: &HandshakePace,
-        arrived: tokio::time::Instant,
-        present: impl Fn() -> bool,
-    ) -> bool {
+    async fn admit(&self, arrived: tokio::time::Instant, present: impl Fn() -> bool) -> bool {
         let Some(bucket) = &self.bucket else {
-            pace.started.fetch_add(1, Relaxed);
             return true;
         };
         // Counted while waiting, also when the handshake's timeout drops this future.
-        let _waiting = Waiting::count([&self.waiting, &pace.waiting]);
+        let _waiting = Waiting::count(&self.waiting);
         if self.waiting.load(Relaxed) > self.capacity {
             return false;
         }
-        let admitted = {
-            let mut bucket = bucket.lock().await;
-            let fresh = arrived.elapsed() <= MAX_HANDSHAKE_WAIT && present();
-            if fresh {
-                bucket.take().await;
-            }
-            fresh
-        };
-        if admitted {
-            pace.started.fetch_add(1, Relaxed);
+        let mut bucket = bucket.lock().await;
+        let fresh = arrived.elapsed() <= MAX_HANDSHAKE_WAIT && present();
+        if fresh {
+            bucket.take().await;
         }
-        admitted
+        fresh
     }
 }
 
-/// One waiting connection on the counters it is counted in, for as long as it lives.
-struct Waiting<'a>([&'a AtomicU64; 2]);
+/// One waiting connection on its lane's count, for as long as it lives.
+struct Waiting<'a>(&'a AtomicU64);
 
 impl<'a> Waiting<'a> {
-    fn count(counters: [&'a AtomicU64; 2]) -> Self {
-        for c in counters {
-            c.fetch_add(1, Relaxed);
-        }
-        Self(counters)
+    fn count(counter: &'a AtomicU64) -> Self {
+        counter.fetch_add(1, Relaxed);
+        Self(counter)
     }
 }
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        for c in self.0 {
-            c.fetch_sub(1, Relaxed);
-        }
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 
@@ -583,6 +603,12 @@ enum Refusal {
     Failed(std::io::Error),
 }
 
+impl From<std::io::Error> for Refusal {
+    fn from(e: std::io::Error) -> Self {
+        Refusal::Failed(e)
+    }
+}
+
 /// Accepts TCP connections and completes TLS handshakes concurrently (a slow or hostile
 /// client cannot stall the others), started no faster than `pace` allows, yielding
 /// authenticated connections for tonic.
@@ -593,12 +619,6 @@ pub fn incoming(
     pace: Arc<HandshakePace>,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let agents = Arc::new(Lane::new(pace.per_second));
-    let operators = Arc::new(Lane::new(if pace.per_second == 0 {
-        0
-    } else {
-        (pace.per_second / 10).max(10)
-    }));
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = match listener.accept().await {
@@ -615,18 +635,12 @@ pub fn incoming(
             let conn_tx = tx.clone();
             let tls = tls();
             let on_refused = on_refused.clone();
-            let (pace, agents, operators) = (pace.clone(), agents.clone(), operators.clone());
+            let pace = pace.clone();
             tokio::spawn(async move {
-                let arrived = tokio::time::Instant::now();
                 let _ = tcp.set_nodelay(true);
-                let lanes = |operator: bool| if operator { &*operators } else { &*agents };
-                let outcome = tokio::time::timeout(
-                    HANDSHAKE_TIMEOUT,
-                    handshake(tcp, remote, &tls, |operator, present| {
-                        lanes(operator).admit(&pace, arrived, present)
-                    }),
-                )
-                .await;
+                let outcome =
+                    tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(tcp, remote, &tls, &pace))
+                        .await;
                 match outcome {
                     Ok(Ok(conn)) => {
                         let _ = conn_tx.send(Ok(conn)).await;
@@ -650,31 +664,38 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// Reads the ClientHello, waits for its turn (`turn(operator, present)`: false sheds it),
-/// then completes the handshake and names the peer.
-async fn handshake<F: Future<Output = bool>>(
+/// Reads the ClientHello, waits for its turn in `pace` (or is shed), then completes the
+/// handshake and names the peer.
+async fn handshake(
     tcp: TcpStream,
     remote: SocketAddr,
     tls: &ServerTls,
-    turn: impl FnOnce(bool, Box<dyn Fn() -> bool + Send>) -> F,
+    pace: &HandshakePace,
 ) -> Result<TlsConn, Refusal> {
+    let arrived = tokio::time::Instant::now();
     // A second descriptor on the socket, to see whether the client is still there when
     // its turn comes (the first belongs to the TLS stream by then).
-    let probe = std::os::fd::AsFd::as_fd(&tcp)
-        .try_clone_to_owned()
-        .map(std::net::TcpStream::from)
-        .map_err(Refusal::Failed)?;
-    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
-        .await
-        .map_err(Refusal::Failed)?;
+    let probe = if pace.paced() {
+        Some(std::net::TcpStream::from(
+            std::os::fd::AsFd::as_fd(&tcp).try_clone_to_owned()?,
+        ))
+    } else {
+        None
+    };
+    let start =
+        tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
     let hello = start.client_hello();
     let enrolling = hello.server_name() == Some(ENROLL_NAME);
     let operator = hello
         .alpn()
         .is_some_and(|mut offered| offered.any(|p| p == OPERATOR_ALPN));
     // The socket is non-blocking: nothing to read is WouldBlock, a hang-up reads 0.
-    let present = Box::new(move || !matches!(probe.peek(&mut [0u8; 1]), Ok(0)));
-    if !turn(operator, present).await {
+    let present = || {
+        probe
+            .as_ref()
+            .is_none_or(|p| !matches!(p.peek(&mut [0u8; 1]), Ok(0)))
+    };
+    if !pace.admit(operator, arrived, present).await {
         return Err(Refusal::Shed);
     }
     let config = if enrolling {
@@ -682,7 +703,7 @@ async fn handshake<F: Future<Output = bool>>(
     } else {
         tls.main.clone()
     };
-    let stream = start.into_stream(config).await.map_err(Refusal::Failed)?;
+    let stream = start.into_stream(config).await?;
     let peer = if enrolling {
         Peer::Enrolling
     } else {
@@ -691,11 +712,9 @@ async fn handshake<F: Future<Output = bool>>(
             .1
             .peer_certificates()
             .and_then(|c| c.first())
-            .ok_or_else(|| Refusal::Failed(std::io::Error::other("no client certificate")))?;
+            .ok_or_else(|| std::io::Error::other("no client certificate"))?;
         peer_from_cert(der.as_ref()).ok_or_else(|| {
-            Refusal::Failed(std::io::Error::other(
-                "client certificate names neither an agent nor an operator",
-            ))
+            std::io::Error::other("client certificate names neither an agent nor an operator")
         })?
     };
     Ok(TlsConn {
@@ -830,31 +849,31 @@ mod tests {
     #[tokio::test]
     async fn a_full_or_stale_queue_sheds() {
         let pace = HandshakePace::new(1);
-        let lane = Lane::new(1);
+        let lane = &pace.agents;
         lane.waiting.store(lane.capacity, Relaxed);
         let now = tokio::time::Instant::now();
         assert!(
-            !lane.admit(&pace, now, || true).await,
+            !pace.admit(false, now, || true).await,
             "a full lane admitted a connection"
         );
         lane.waiting.store(0, Relaxed);
         let long_ago = now - MAX_HANDSHAKE_WAIT - Duration::from_millis(1);
         assert!(
-            !lane.admit(&pace, long_ago, || true).await,
+            !pace.admit(false, long_ago, || true).await,
             "a stale connection admitted"
         );
         assert!(
-            !lane.admit(&pace, now, || false).await,
+            !pace.admit(false, now, || false).await,
             "a connection whose client left admitted"
         );
         let tokens = lane.bucket.as_ref().expect("paced").lock().await.tokens;
         assert_eq!(tokens, 1.0, "a shed connection took the bucket's one token");
         assert!(
-            lane.admit(&pace, now, || true).await,
+            pace.admit(false, now, || true).await,
             "a fresh connection in an empty lane"
         );
         assert_eq!(pace.started.load(Relaxed), 1);
-        assert_eq!(pace.waiting.load(Relaxed), 0);
+        assert_eq!(pace.waiting(), 0);
     }
 
     /// A connection whose handshake timed out while it waited its turn is no longer
@@ -862,16 +881,16 @@ mod tests {
     #[tokio::test]
     async fn a_connection_given_up_while_waiting_leaves_the_queue() {
         let pace = HandshakePace::new(1);
-        let lane = Lane::new(1);
+        let lane = &pace.agents;
         let turn = lane.bucket.as_ref().expect("paced").lock().await;
         let gave_up = tokio::time::timeout(
             Duration::from_millis(20),
-            lane.admit(&pace, tokio::time::Instant::now(), || true),
+            pace.admit(false, tokio::time::Instant::now(), || true),
         )
         .await;
         assert!(gave_up.is_err(), "admitted while another held the turn");
         drop(turn);
         assert_eq!(lane.waiting.load(Relaxed), 0, "the lane still counts it");
-        assert_eq!(pace.waiting.load(Relaxed), 0, "/metrics still counts it");
+        assert_eq!(pace.waiting(), 0, "/metrics still counts it");
     }
 }
