@@ -142,7 +142,7 @@ async fn render(ctl: Arc<Controller>) -> String {
         ),
         (
             "lifeboat_tls_handshakes_shed_total",
-            "Connections closed before their TLS handshake: too many waiting, or waited past 8 s (their agents back off and return).",
+            "Connections closed before their TLS handshake: too many waiting, waited past 25 s, or their client hung up (their agents back off and return).",
             load(&ctl.handshakes.shed),
         ),
         (
@@ -162,6 +162,16 @@ async fn render(ctl: Arc<Controller>) -> String {
 # TYPE {name} counter
 {name} {v}"
         );
+    }
+    let requests = ctl.store.objects().requests();
+    if !requests.is_empty() {
+        let _ = writeln!(
+            out,
+            "# HELP lifeboat_store_requests_total Requests the controller sent to the object store since it started, by kind, retries included (what the provider bills; agents' reads of restores are not counted here).\n# TYPE lifeboat_store_requests_total counter"
+        );
+        for (op, n) in requests {
+            let _ = writeln!(out, "lifeboat_store_requests_total{{op=\"{op}\"}} {n}");
+        }
     }
     let denials = ctl.audit.denial_counts();
     let _ = writeln!(

@@ -193,6 +193,11 @@ pub trait Objects: Send + Sync {
     /// Where packs are sealed: the local directory's `packs/` (the seal's rename is the
     /// store), the staging directory otherwise.
     fn seal_dir(&self) -> PathBuf;
+    /// Requests sent so far, by kind (`get`, `put`, `head`, `list`, `delete`), retries
+    /// included: what an object store's provider bills. Empty for a local directory.
+    fn requests(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
     /// A URL that lets its holder GET object `key` until `ttl` passes, without
     /// credentials; `None` where objects are local files (restores then go through the
     /// controller).

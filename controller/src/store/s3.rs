@@ -26,6 +26,7 @@
 
 use lifeboat_proto::http::{ErrorAnswer, xml_tag};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -57,6 +58,32 @@ pub struct S3Objects {
     first_backoff: Duration,
     /// The bucket has Object Lock (and so versioning).
     object_lock: bool,
+    /// Requests sent, by [`Op`], retries included.
+    requests: [AtomicU64; Op::ALL.len()],
+}
+
+/// The kinds of request an object store's provider bills apart.
+#[derive(Clone, Copy)]
+enum Op {
+    Get,
+    Put,
+    Head,
+    List,
+    Delete,
+}
+
+impl Op {
+    const ALL: [Op; 5] = [Op::Get, Op::Put, Op::Head, Op::List, Op::Delete];
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::Head => "head",
+            Op::List => "list",
+            Op::Delete => "delete",
+        }
+    }
 }
 
 /// What a HEAD of one object version reports.
@@ -137,6 +164,7 @@ impl S3Objects {
             staging: staging.to_owned(),
             first_backoff,
             object_lock: false,
+            requests: Default::default(),
         };
         objects.check_bucket()?;
         objects.object_lock = objects.check_object_lock()?;
@@ -186,7 +214,7 @@ impl S3Objects {
     fn check_object_lock(&self) -> Result<bool, StoreError> {
         let url = self.signed(Method::Get, None, &[("object-lock", "")], &[], SIGNED_FOR)?;
         self.retrying("checking the bucket's Object Lock", || {
-            let resp = self.send(self.http.get(url.as_str()).call())?;
+            let resp = self.send(Op::Get, self.http.get(url.as_str()).call())?;
             match resp.status().as_u16() {
                 200..=299 => {
                     let body = read_body(resp, "the Object Lock configuration", None)?;
@@ -206,7 +234,7 @@ impl S3Objects {
             .head_bucket(Some(&self.credentials))
             .sign(SIGNED_FOR);
         self.retrying("checking the bucket", || {
-            let resp = self.send(self.http.head(url.as_str()).call())?;
+            let resp = self.send(Op::Head, self.http.head(url.as_str()).call())?;
             match resp.status().as_u16() {
                 200..=299 => Ok(()),
                 404 => Err(Failure::Final(StoreError::Refused(format!(
@@ -225,11 +253,14 @@ impl S3Objects {
         format!("{}{key}", self.prefix)
     }
 
-    /// A transport failure is transient (the server may be restarting).
+    /// Counts a request of kind `op` that was sent, and judges how it went: a transport
+    /// failure is transient (the server may be restarting).
     fn send(
         &self,
+        op: Op,
         r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<ureq::http::Response<ureq::Body>, Failure> {
+        self.requests[op as usize].fetch_add(1, Ordering::Relaxed);
         r.map_err(|e| {
             Failure::Transient(format!(
                 "the object store at {} did not answer: {e}",
@@ -292,7 +323,7 @@ impl S3Objects {
             for (h, v) in &headers {
                 req = req.header(*h, *v);
             }
-            let resp = self.send(req.send(body))?;
+            let resp = self.send(Op::Put, req.send(body))?;
             match resp.status().as_u16() {
                 200..=299 => Ok(header(&resp, "x-amz-version-id")),
                 _ => Err(classify(resp, &format!("storing {key}"))),
@@ -352,7 +383,7 @@ impl S3Objects {
             }
             let url = self.signed(Method::Get, None, &query, &[], SIGNED_FOR)?;
             let body = self.retrying(&format!("listing versions of {prefix}"), || {
-                let resp = self.send(self.http.get(url.as_str()).call())?;
+                let resp = self.send(Op::List, self.http.get(url.as_str()).call())?;
                 read_body(resp, prefix, None)
             })?;
             let text = String::from_utf8_lossy(&body).into_owned();
@@ -396,7 +427,7 @@ impl S3Objects {
         let query = version_query(version);
         let url = self.signed(Method::Head, Some(key), &query, &[], SIGNED_FOR)?;
         self.retrying(&format!("looking up {key}"), || {
-            let resp = self.send(self.http.head(url.as_str()).call())?;
+            let resp = self.send(Op::Head, self.http.head(url.as_str()).call())?;
             match resp.status().as_u16() {
                 200..=299 => {
                     let until = header(&resp, "x-amz-object-lock-retain-until-date");
@@ -487,7 +518,7 @@ impl Objects for S3Objects {
     fn get(&self, key: &str, version: &str) -> Result<Vec<u8>, StoreError> {
         let url = self.get_url(key, version, SIGNED_FOR)?;
         self.retrying(&format!("reading {key}"), || {
-            let resp = self.send(self.http.get(url.as_str()).call())?;
+            let resp = self.send(Op::Get, self.http.get(url.as_str()).call())?;
             read_body(resp, key, None)
         })
     }
@@ -505,7 +536,10 @@ impl Objects for S3Objects {
         let url = self.get_url(key, version, SIGNED_FOR)?;
         let range = format!("bytes={offset}-{}", offset + length as u64 - 1);
         self.retrying(&format!("reading {key}"), || {
-            let resp = self.send(self.http.get(url.as_str()).header("range", &range).call())?;
+            let resp = self.send(
+                Op::Get,
+                self.http.get(url.as_str()).header("range", &range).call(),
+            )?;
             read_body(resp, key, Some(length as usize))
         })
     }
@@ -532,7 +566,7 @@ impl Objects for S3Objects {
             SIGNED_FOR,
         )?;
         self.retrying(&format!("deleting {key}"), || {
-            let resp = self.send(self.http.delete(url.as_str()).call())?;
+            let resp = self.send(Op::Delete, self.http.delete(url.as_str()).call())?;
             match resp.status().as_u16() {
                 200..=299 | 404 => Ok(()),
                 403 if self.object_lock => Err(Failure::Final(StoreError::Locked(format!(
@@ -565,6 +599,7 @@ impl Objects for S3Objects {
         let what = format!("extending the retention of {key}");
         self.retrying(&what, || {
             let resp = self.send(
+                Op::Put,
                 self.http
                     .put(url.as_str())
                     .header("content-md5", &md5_b64)
@@ -601,7 +636,7 @@ impl Objects for S3Objects {
             }
             let url = action.sign(SIGNED_FOR);
             let page = self.retrying(&format!("listing {prefix}"), || {
-                let resp = self.send(self.http.get(url.as_str()).call())?;
+                let resp = self.send(Op::List, self.http.get(url.as_str()).call())?;
                 let body = read_body(resp, prefix, None)?;
                 rusty_s3::actions::ListObjectsV2::parse_response(&body).map_err(|e| {
                     Failure::Final(StoreError::Corrupt(format!(
@@ -641,6 +676,18 @@ impl Objects for S3Objects {
 
     fn describe(&self) -> String {
         self.described.clone()
+    }
+
+    fn requests(&self) -> Vec<(&'static str, u64)> {
+        Op::ALL
+            .iter()
+            .map(|op| {
+                (
+                    op.name(),
+                    self.requests[*op as usize].load(Ordering::Relaxed),
+                )
+            })
+            .collect()
     }
 
     fn presign_get(&self, key: &str, version: &str, ttl: Duration) -> Option<String> {
