@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -127,8 +128,9 @@ class Fleet:
             self.s3.stop()
 
 
-def run_plan(fleet: Fleet, n: int, bandwidth):
-    """Plans and runs the restore of every device; returns its figures."""
+def run_plan(fleet: Fleet, n: int, bandwidth, perf_to: Path | None = None):
+    """Plans and runs the restore of every device; returns its figures. With `perf_to`,
+    the controller is profiled while the plan runs (`perf record -g`, written there)."""
     before = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2))
     args = ["recover", "plan", "--selector", "bench=mass", "--before", before, "--concurrency", n]
     if bandwidth:
@@ -143,9 +145,18 @@ def run_plan(fleet: Fleet, n: int, bandwidth):
     cpu0 = proc_cpu(pid)
     rss_before = proc_rss(pid)
     t0 = time.monotonic()
+    perf = None
+    if perf_to:
+        perf = subprocess.Popen(["perf", "record", "-q", "-F", "999", "--call-graph", "dwarf,32768", "-p", str(pid), "-o", str(perf_to)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # perf attaches before the plan starts
+        cpu0, t0 = proc_cpu(pid), time.monotonic()
     with RssPeak(pid) as peak:
         out = fleet.cli("recover", "run", plan["id"], "--wait", "--json", check=False)
     wall = time.monotonic() - t0
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
     done = json.loads(out.stdout)
     if done["state"] != "finished":
         sys.exit(f"plan did not finish: {out.stderr}")
@@ -177,7 +188,7 @@ def run_plan(fleet: Fleet, n: int, bandwidth):
     }
 
 
-def one_round(n: int, data: Path, work: Path, bin_dir: Path, bandwidth, store="local"):
+def one_round(n: int, data: Path, work: Path, bin_dir: Path, bandwidth, store="local", perf: Path | None = None):
     """A fleet of n: backups, one drill per device, then two plans: the first estimated
     from the drills and their calibration burst, the second also from what the first plan
     moved."""
@@ -188,8 +199,8 @@ def one_round(n: int, data: Path, work: Path, bin_dir: Path, bandwidth, store="l
         drills = fleet.cli("drill", "run", "--selector", "bench=mass", "--json", check=False)
         if drills.returncode != 0:
             sys.exit(f"drills failed: {drills.stderr}")
-        first = run_plan(fleet, n, bandwidth)
-        second = run_plan(fleet, n, bandwidth)
+        first = run_plan(fleet, n, bandwidth, perf and perf / f"controller-n{n}-first.data")
+        second = run_plan(fleet, n, bandwidth, perf and perf / f"controller-n{n}-second.data")
         return {**first, "second": second}
     finally:
         fleet.stop()
@@ -206,7 +217,13 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="one round of 3 agents at scale 0.001; prints JSON, writes nothing")
     ap.add_argument("--store", choices=["local", "s3"], default="local",
                     help="the controller's store: its own directory, or SeaweedFS on this machine (restores read it directly)")
+    ap.add_argument("--perf", type=Path, default=None, metavar="DIR",
+                    help="profile the controller during each plan with `perf record -g` into DIR "
+                         "(`perf report -i DIR/controller-nN-first.data`); the profiler costs CPU, so "
+                         "figures from such a run are for finding where time goes, not for the tables")
     args = ap.parse_args()
+    if args.perf:
+        args.perf.mkdir(parents=True, exist_ok=True)
     if args.smoke:
         args.agents, args.scale = [3], 0.001
     data_root = args.work / f"data-{args.scale}"
@@ -215,7 +232,7 @@ def main():
     rows = []
     for n in args.agents:
         print(f"{n} agents ...", flush=True)
-        rows.append(one_round(n, data_root / "day1", args.work, args.bin, args.bandwidth, args.store))
+        rows.append(one_round(n, data_root / "day1", args.work, args.bin, args.bandwidth, args.store, args.perf))
         print(json.dumps(rows[-1]), flush=True)
     if args.smoke:
         for r in rows:

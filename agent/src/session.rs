@@ -18,7 +18,7 @@ use crate::{AgentError, RunConfig, chain, restore};
 const HEARTBEAT: Duration = Duration::from_secs(15);
 const PROGRESS_EVERY: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// The Docker inventory is re-sent this often, and after every job.
+/// The Docker inventory is looked at this often, and after every job; sent when it changed.
 const INVENTORY_EVERY: Duration = Duration::from_secs(30);
 
 struct Shared {
@@ -204,6 +204,9 @@ async fn serve_session(
 ) -> Result<(), AgentError> {
     let mut api = client::client(channel);
     let (out_tx, out_rx) = mpsc::channel(64);
+    // What the controller holds of this machine's Docker inventory: sent again only when
+    // it changed (after each job, and every INVENTORY_EVERY), not on every tick.
+    let mut inventory_sent = shared.inventory().await;
     let hello = pb::Hello {
         version: env!("CARGO_PKG_VERSION").into(),
         hostname: crate::hostname(),
@@ -228,7 +231,7 @@ async fn serve_session(
             .lock()
             .map(|r| r.iter().cloned().collect())
             .unwrap_or_default(),
-        docker: Some(shared.inventory().await),
+        docker: Some(inventory_sent.clone()),
     };
     out_tx
         .send(pb::AgentMessage {
@@ -316,8 +319,11 @@ async fn serve_session(
             }
             () = shared.inventory_changed.notified() => {
                 let inv = shared.inventory().await;
-                if out_tx.send(pb::AgentMessage { msg: Some(Msg::Inventory(inv)) }).await.is_err() {
-                    return Err(AgentError::Rpc("session closed".into()));
+                if inv != inventory_sent {
+                    inventory_sent = inv.clone();
+                    if out_tx.send(pb::AgentMessage { msg: Some(Msg::Inventory(inv)) }).await.is_err() {
+                        return Err(AgentError::Rpc("session closed".into()));
+                    }
                 }
             }
             _ = inventory_tick.tick() => shared.inventory_changed.notify_one(),

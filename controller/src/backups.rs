@@ -410,7 +410,7 @@ pub fn backfill_ownership(ctl: &Controller) -> Result<usize, ApiError> {
                 continue;
             }
         };
-        let mut ids: Vec<_> = chunks.into_iter().collect();
+        let mut ids: Vec<_> = chunks.iter().copied().collect();
         ids.extend(record.tree_chunks()?);
         ctl.catalog.own_chunks(&s.agent_id, &ids)?;
     }

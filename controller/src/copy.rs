@@ -93,7 +93,7 @@ fn copy_snapshot(
             i.missing, i.first
         )));
     }
-    let mut needed: Vec<ChunkId> = chunks.into_iter().collect();
+    let mut needed: Vec<ChunkId> = chunks.iter().copied().collect();
     needed.extend(record.tree_chunks()?);
     let retain = if copy.objects.object_lock() {
         until_ms

@@ -33,7 +33,20 @@ struct SessionHandle {
 }
 
 /// The chunks a restore job may read: those its snapshot references.
-pub type Grant = Arc<HashSet<ChunkId>>;
+pub type Grant = Arc<Granted>;
+
+/// The chunks of one snapshot: its tree's own, and those the tree references (shared with
+/// every other grant and check of the same tree: `crate::checked`).
+pub struct Granted {
+    pub tree: HashSet<ChunkId>,
+    pub chunks: crate::checked::TreeChunks,
+}
+
+impl Granted {
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.chunks.contains(id) || self.tree.contains(id)
+    }
+}
 
 #[derive(Default)]
 struct Inner {

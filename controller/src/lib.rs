@@ -31,6 +31,7 @@ pub(crate) mod auth;
 pub mod authority;
 pub(crate) mod backups;
 pub mod catalog;
+pub(crate) mod checked;
 pub(crate) mod copy;
 pub(crate) mod devices;
 pub(crate) mod diff;
@@ -162,6 +163,9 @@ pub struct Controller {
     /// How fast TLS handshakes start (`--max-handshakes-per-second`), and what the
     /// pacing did (for `/metrics`).
     pub handshakes: Arc<transport::HandshakePace>,
+    /// Envelopes verified and trees read lately (a plan's run does not pay again for
+    /// what its planning checked).
+    pub checked: checked::Checked,
 }
 
 /// The default of `--upload-quota`: bytes one backup job may upload.
@@ -444,6 +448,7 @@ pub fn start_with_clock(
         require_approval: cfg.require_approval,
         fleet_dedup: cfg.fleet_dedup,
         handshakes: Arc::new(transport::HandshakePace::new(cfg.max_handshakes_per_second)),
+        checked: Default::default(),
     });
     let ctl_has_recovery_key = ctl.recovery_recipient.is_some();
     if !ctl.fleet_dedup {

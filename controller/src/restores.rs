@@ -293,22 +293,28 @@ pub fn job(
 }
 
 /// A restore job for `snap` without a destination, with both signatures checked: the
-/// record, as a restore point (`recovery::last_known_good`) is judged by it.
+/// record, as a restore point (`recovery::last_known_good`) is judged by it. An envelope
+/// verified lately at the same object version under the same agent key is not read again
+/// (`crate::checked`).
 pub fn verified(ctl: &Controller, snap: &SnapshotRow) -> Result<pb::RestoreJob, RestoreError> {
+    let recorded_key = ctl.catalog.agent(&snap.agent_id)?.map(|a| a.signing_key);
+    if let Some(key) = &recorded_key
+        && let Some(job) = ctl.checked.envelope(&snap.id, &snap.envelope_version, key)
+    {
+        return Ok(job);
+    }
     let env = ctl.store.read_snapshot(&snap.id)?;
     // The agent key recorded at enrollment, or (if the catalog was rebuilt without the
     // agent's row) the key the controller's countersignature vouches for.
-    let origin_key = ctl
-        .catalog
-        .agent(&snap.agent_id)?
-        .map(|a| a.signing_key)
+    let origin_key = recorded_key
+        .clone()
         .unwrap_or_else(|| env.public_key.clone());
     env.verify(&origin_key, &ctl.signer_public_key)
         .map_err(|e| RestoreError::Unverified {
             id: snap.id[..12].to_string(),
             why: e.to_string(),
         })?;
-    Ok(pb::RestoreJob {
+    let job = pb::RestoreJob {
         snapshot_id: snap.id.clone(),
         record: env.record,
         signature: env.signature,
@@ -317,7 +323,12 @@ pub fn verified(ctl: &Controller, snap: &SnapshotRow) -> Result<pb::RestoreJob, 
         received_unix_ms: env.received_unix_ms,
         direct_from_store: ctl.store.direct_reads(),
         ..Default::default()
-    })
+    };
+    if recorded_key.is_some() {
+        ctl.checked
+            .put_envelope(&snap.id, &snap.envelope_version, &job);
+    }
+    Ok(job)
 }
 
 /// What an operator asks of `lifeboat restore`: one snapshot onto one agent.

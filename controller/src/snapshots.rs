@@ -16,8 +16,9 @@ use lifeboat_proto::pb::{self, JobState};
 
 use crate::Controller;
 use crate::catalog::{AgentRow, CatalogError, JobRow, SnapshotRow};
+use crate::checked::TreeChunks;
 use crate::error::{ApiError, DomainError, Kind, core_kind};
-use crate::jobs::Grant;
+use crate::jobs::{Grant, Granted};
 
 /// Why a snapshot was not committed, read, deleted or locked.
 #[derive(Debug, thiserror::Error)]
@@ -141,21 +142,45 @@ pub struct Incomplete {
 }
 
 /// Every chunk a snapshot's tree references (its tree chunks excluded), after checking the
-/// tree against the record; and, if any of them is not indexed, how many and which first.
+/// tree against the record; and, if any of them or of the tree's own chunks is not
+/// indexed, how many and which first.
 pub fn referenced_chunks(
     ctl: &Controller,
     record: &Record,
-) -> Result<(HashSet<ChunkId>, Option<Incomplete>), SnapshotError> {
-    chunks_of(ctl, &load_tree(ctl, record)?)
+) -> Result<(TreeChunks, Option<Incomplete>), SnapshotError> {
+    let chunks = referenced(ctl, record)?;
+    let tree = record.tree_chunks()?;
+    let all: Vec<ChunkId> = chunks.iter().chain(&tree).copied().collect();
+    Ok((chunks, unindexed(ctl, &all)?))
 }
 
-/// [`referenced_chunks`] of a tree already loaded.
+/// Every chunk the tree of `record` references (its tree chunks excluded), from the tree
+/// as read from the store and checked against the record, or as read lately: a tree is
+/// known by its own chunk ids (`crate::checked`). Says nothing of whether the chunks are
+/// still indexed.
+pub fn referenced(ctl: &Controller, record: &Record) -> Result<TreeChunks, SnapshotError> {
+    let tree = record.tree_chunks()?;
+    if let Some(chunks) = ctl.checked.tree(&tree) {
+        return Ok(chunks);
+    }
+    let chunks: TreeChunks = Arc::new(load_tree(ctl, record)?.chunk_ids().copied().collect());
+    ctl.checked.put_tree(tree, chunks.clone());
+    Ok(chunks)
+}
+
+/// [`referenced_chunks`] of a tree already loaded (its own chunks were just read).
 fn chunks_of(
     ctl: &Controller,
     tree: &Tree,
 ) -> Result<(HashSet<ChunkId>, Option<Incomplete>), SnapshotError> {
     let chunks: HashSet<ChunkId> = tree.chunk_ids().copied().collect();
     let all: Vec<ChunkId> = chunks.iter().copied().collect();
+    Ok((chunks, unindexed(ctl, &all)?))
+}
+
+/// How many of `all` the catalog does not index (missing, reclaimed or found bad), and
+/// which first; None when every one is.
+fn unindexed(ctl: &Controller, all: &[ChunkId]) -> Result<Option<Incomplete>, SnapshotError> {
     let mut incomplete: Option<Incomplete> = None;
     for batch in all.chunks(ID_BATCH) {
         let missing = ctl.catalog.unknown_chunks(batch)?;
@@ -167,7 +192,7 @@ fn chunks_of(
             i.missing += missing.len();
         }
     }
-    Ok((chunks, incomplete))
+    Ok(incomplete)
 }
 
 /// Commits a snapshot `agent` signed under its backup job `job_id`: the record must name
@@ -536,7 +561,7 @@ pub fn extend_lock(
         let env = ctl.store.read_snapshot(&snap.id)?;
         let record = Record::parse(&env.record)?;
         let (chunks, _) = referenced_chunks(ctl, &record)?;
-        let mut needed: Vec<ChunkId> = chunks.into_iter().collect();
+        let mut needed: Vec<ChunkId> = chunks.iter().copied().collect();
         needed.extend(record.tree_chunks()?);
         let _commits = ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner());
         ctl.store
@@ -593,7 +618,7 @@ pub fn granted_read(
             g
         }
     };
-    if let Some(outside) = wanted.iter().find(|id| !granted.contains(*id)) {
+    if let Some(outside) = wanted.iter().find(|id| !granted.contains(id)) {
         ctl.audit.denied(
             &format!("agent:{}", agent.name),
             rpc,
@@ -618,9 +643,10 @@ pub fn grant(ctl: &Controller, job: &JobRow) -> Result<Grant, SnapshotError> {
         return Err(SnapshotError::NotARestore(job.id.clone()));
     };
     let record = Record::parse(&r.record)?;
-    let mut ids: HashSet<ChunkId> = record.tree_chunks()?.into_iter().collect();
-    ids.extend(load_tree(ctl, &record)?.chunk_ids().copied());
-    Ok(Arc::new(ids))
+    Ok(Arc::new(Granted {
+        tree: record.tree_chunks()?.into_iter().collect(),
+        chunks: referenced(ctl, &record)?,
+    }))
 }
 
 /// The catalog row of a snapshot, from its record; its lock not fixed yet (-1: a commit

@@ -393,7 +393,8 @@ fn the_s3_server_killed_mid_backup_and_mid_restore_leaves_no_short_snapshot_nor_
 }
 
 /// With the store in a bucket, a restore reads the data from the bucket itself: the
-/// controller grants and paces, and sends only the tree.
+/// controller grants and paces, and sends only the tree; restoring the same snapshot again
+/// costs the controller no request to the bucket.
 #[test]
 fn restores_from_s3_read_the_bucket_not_the_controller() {
     let Some(s3) = S3Server::start() else {
@@ -426,6 +427,30 @@ fn restores_from_s3_read_the_bucket_not_the_controller() {
     );
     assert_eq!(counter("lifeboat_store_encrypted"), 1);
     assert_eq!(counter("lifeboat_store_local"), 0);
+    // The controller read the envelope (to verify it) and the tree (to grant its chunks)
+    // once: a second restore of the same snapshot, as a recovery plan's run after its
+    // planning, or a drill and then the real thing, sends the store no request for them.
+    let gets = |metrics: &str| {
+        lifeboat_tests::counter(metrics, "lifeboat_store_requests_total{op=\"get\"}")
+    };
+    let first = gets(&metrics);
+    assert!(
+        first >= 2,
+        "{first} GETs: the envelope and the tree were read"
+    );
+    restores_whole(
+        &fleet,
+        &snap,
+        "b",
+        &root.path().join("again"),
+        src.path(),
+        (0..8).map(|i| format!("f{i}")),
+    );
+    assert_eq!(
+        gets(&lifeboat_tests::metrics(&fleet)),
+        first,
+        "GETs the controller sent for the second restore of one snapshot"
+    );
 }
 
 /// What a restore job's grant yields to an agent that reads the store itself: URLs of

@@ -9,9 +9,6 @@ pub mod outcome;
 pub mod plan;
 pub mod runner;
 
-use std::collections::HashSet;
-
-use lifeboat_core::ChunkId;
 use lifeboat_core::snapshot::Record;
 use lifeboat_proto::pb;
 
@@ -19,6 +16,7 @@ use lifeboat_core::inventory::osv::Severity;
 
 use crate::auth::Role;
 use crate::catalog::SnapshotRow;
+use crate::checked::TreeChunks;
 use crate::error::ApiError;
 use crate::{Controller, restores, snapshots};
 
@@ -27,13 +25,13 @@ pub struct Good {
     pub snap: SnapshotRow,
     pub job: pb::RestoreJob,
     /// Every chunk its tree references.
-    pub chunks: HashSet<ChunkId>,
+    pub chunks: TreeChunks,
 }
 
 /// The chunks a snapshot's tree references (the tree's own chunks excluded), after
 /// checking the tree against the record and that every chunk is indexed (not missing,
 /// not found bad by scrub).
-pub fn complete_chunks(ctl: &Controller, record: &Record) -> Result<HashSet<ChunkId>, ApiError> {
+pub fn complete_chunks(ctl: &Controller, record: &Record) -> Result<TreeChunks, ApiError> {
     match snapshots::referenced_chunks(ctl, record)? {
         (chunks, None) => Ok(chunks),
         (_, Some(i)) => Err(ApiError::FailedPrecondition(format!(

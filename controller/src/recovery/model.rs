@@ -102,6 +102,30 @@ impl Plan {
         p
     }
 
+    /// Whether the plan differs from `settled` (a [`Plan::settled`] form) only in what
+    /// moves on every step: `self.settled() == *settled`, without copying the plan (the
+    /// runner asks every tick).
+    pub fn settles_as(&mut self, settled: &Plan) -> bool {
+        let eta = std::mem::take(&mut self.eta_ms);
+        let progress: Vec<Option<pb::Progress>> = self
+            .devices
+            .iter_mut()
+            .flat_map(|d| d.sources.iter_mut())
+            .map(|s| s.progress.take())
+            .collect();
+        let same = *self == *settled;
+        self.eta_ms = eta;
+        for (s, p) in self
+            .devices
+            .iter_mut()
+            .flat_map(|d| d.sources.iter_mut())
+            .zip(progress)
+        {
+            s.progress = p;
+        }
+        same
+    }
+
     /// Whether any device still waits or runs.
     pub fn active(&self) -> bool {
         self.devices.iter().any(|d| !d.state.ended())
@@ -256,5 +280,66 @@ impl Source {
             chosen_because: s.chosen_because,
             passed_over: s.passed_over,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running_plan() -> Plan {
+        let source = |name: &str| pb::PlanSource {
+            source: name.into(),
+            state: "running".into(),
+            job_id: format!("job-{name}"),
+            progress: Some(pb::Progress {
+                bytes_done: 1,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        Plan::from_wire(pb::PlanInfo {
+            id: "p".into(),
+            state: "running".into(),
+            mode: "replace".into(),
+            eta_ms: 5_000,
+            devices: (0..3)
+                .map(|i| pb::PlanDevice {
+                    agent: format!("a{i}"),
+                    state: "running".into(),
+                    estimate_basis: "measured".into(),
+                    sources: vec![source("data"), source("volume:db")],
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .expect("plan")
+    }
+
+    #[test]
+    fn a_plan_settles_as_its_settled_form_whatever_its_progress_and_eta_and_keeps_them() {
+        let mut plan = running_plan();
+        let settled = plan.settled();
+        plan.eta_ms = 1_234;
+        plan.devices[2].sources[1].progress = Some(pb::Progress {
+            bytes_done: 99,
+            ..Default::default()
+        });
+        let before = plan.clone();
+        assert!(plan.settles_as(&settled));
+        // Asking leaves the plan as it was: the progress and ETA are put back.
+        assert_eq!(plan, before);
+        // Any other change is not settled alike.
+        plan.devices[1].sources[0].state = StepState::Done;
+        assert!(!plan.settles_as(&settled));
+        assert_eq!(
+            plan.devices[2].sources[1].progress,
+            before.devices[2].sources[1].progress
+        );
+        let mut plan = before.clone();
+        plan.devices[0].error = "failed".into();
+        assert!(!plan.settles_as(&settled));
+        assert_eq!(plan.settled() == settled, plan.settles_as(&settled));
     }
 }

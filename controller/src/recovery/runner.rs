@@ -34,6 +34,10 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often a running plan is written back when only its progress moved (bytes done, the
 /// ETA); a change of any state is written at once.
 const PROGRESS_SAVE_EVERY: Duration = Duration::from_secs(1);
+/// How often a running plan's ETA is estimated again (a simulation of every device left,
+/// after reloading the downtime model if a restore ended): what `recover watch` shows
+/// changes no faster than it is written.
+const REESTIMATE_EVERY: Duration = PROGRESS_SAVE_EVERY;
 
 /// Starts running a planned plan.
 pub fn start(ctl: &Arc<Controller>, operator: &str, id: &str) -> Result<Plan, ApiError> {
@@ -128,17 +132,16 @@ struct Runner {
 /// plan has ended.
 fn tick(ctl: &Arc<Controller>, r: &mut Runner) -> Result<bool, ApiError> {
     let done = step(ctl, &mut r.plan, &mut r.cache);
-    let settled = r.plan.settled();
     let write = match &r.cache.saved {
         None => true,
         Some((saved, at)) => {
-            *saved != settled
+            !r.plan.settles_as(saved)
                 || (at.elapsed() >= PROGRESS_SAVE_EVERY && r.cache.progressed(&r.plan))
         }
     };
     if write {
         save(ctl, &r.plan)?;
-        r.cache.saved = Some((settled, std::time::Instant::now()));
+        r.cache.saved = Some((r.plan.settled(), std::time::Instant::now()));
         r.cache.last = Some(r.plan.clone());
     }
     done
@@ -153,6 +156,8 @@ struct Cache {
     /// The downtime model, and how many restores had ended when it was loaded (new samples
     /// arrive only when one ends).
     model: Option<(usize, Model)>,
+    /// When the ETA was last estimated.
+    estimated: Option<std::time::Instant>,
     /// The plan as last written, settled (see `Plan::settled`), and when; and as written.
     saved: Option<(Plan, std::time::Instant)>,
     last: Option<Plan>,
@@ -456,6 +461,13 @@ fn reestimate(
     now: i64,
     cache: &mut Cache,
 ) -> Result<(), ApiError> {
+    if cache
+        .estimated
+        .is_some_and(|at| at.elapsed() < REESTIMATE_EVERY)
+    {
+        return Ok(());
+    }
+    cache.estimated = Some(std::time::Instant::now());
     let ended = plan
         .devices
         .iter()
