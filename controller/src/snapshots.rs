@@ -148,34 +148,27 @@ pub fn referenced_chunks(
     ctl: &Controller,
     record: &Record,
 ) -> Result<(TreeChunks, Option<Incomplete>), SnapshotError> {
-    let chunks = referenced(ctl, record)?;
     let tree = record.tree_chunks()?;
+    let chunks = referenced(ctl, record, &tree)?;
     let all: Vec<ChunkId> = chunks.iter().chain(&tree).copied().collect();
     Ok((chunks, unindexed(ctl, &all)?))
 }
 
-/// Every chunk the tree of `record` references (its tree chunks excluded), from the tree
-/// as read from the store and checked against the record, or as read lately: a tree is
-/// known by its own chunk ids (`crate::checked`). Says nothing of whether the chunks are
-/// still indexed.
-pub fn referenced(ctl: &Controller, record: &Record) -> Result<TreeChunks, SnapshotError> {
-    let tree = record.tree_chunks()?;
-    if let Some(chunks) = ctl.checked.tree(&tree) {
+/// Every chunk the tree of `record` (made of the chunks `tree`) references, its own chunks
+/// excluded: from the tree as read from the store and checked against the record, or as
+/// read lately, a tree being known by its own chunk ids (`crate::checked`). Says nothing
+/// of whether the chunks are still indexed.
+fn referenced(
+    ctl: &Controller,
+    record: &Record,
+    tree: &[ChunkId],
+) -> Result<TreeChunks, SnapshotError> {
+    if let Some(chunks) = ctl.checked.tree(tree) {
         return Ok(chunks);
     }
     let chunks: TreeChunks = Arc::new(load_tree(ctl, record)?.chunk_ids().copied().collect());
-    ctl.checked.put_tree(tree, chunks.clone());
+    ctl.checked.put_tree(tree.to_vec(), chunks.clone());
     Ok(chunks)
-}
-
-/// [`referenced_chunks`] of a tree already loaded (its own chunks were just read).
-fn chunks_of(
-    ctl: &Controller,
-    tree: &Tree,
-) -> Result<(HashSet<ChunkId>, Option<Incomplete>), SnapshotError> {
-    let chunks: HashSet<ChunkId> = tree.chunk_ids().copied().collect();
-    let all: Vec<ChunkId> = chunks.iter().copied().collect();
-    Ok((chunks, unindexed(ctl, &all)?))
 }
 
 /// How many of `all` the catalog does not index (missing, reclaimed or found bad), and
@@ -320,13 +313,12 @@ fn prepare(
 /// references is indexed. Returns every chunk it needs, its tree's included, and the tree.
 fn whole(ctl: &Controller, record: &Record) -> Result<(Vec<ChunkId>, Tree), SnapshotError> {
     let tree = load_tree(ctl, record)?;
-    match chunks_of(ctl, &tree)? {
-        (chunks, None) => {
-            let mut all: Vec<ChunkId> = chunks.into_iter().collect();
-            all.extend(record.tree_chunks()?);
-            Ok((all, tree))
-        }
-        (_, Some(i)) => Err(SnapshotError::MissingChunks {
+    let chunks: HashSet<ChunkId> = tree.chunk_ids().copied().collect();
+    let mut all: Vec<ChunkId> = chunks.into_iter().collect();
+    all.extend(record.tree_chunks()?);
+    match unindexed(ctl, &all)? {
+        None => Ok((all, tree)),
+        Some(i) => Err(SnapshotError::MissingChunks {
             missing: i.missing,
             first: i.first,
         }),
@@ -643,9 +635,10 @@ pub fn grant(ctl: &Controller, job: &JobRow) -> Result<Grant, SnapshotError> {
         return Err(SnapshotError::NotARestore(job.id.clone()));
     };
     let record = Record::parse(&r.record)?;
+    let tree = record.tree_chunks()?;
     Ok(Arc::new(Granted {
-        tree: record.tree_chunks()?.into_iter().collect(),
-        chunks: referenced(ctl, &record)?,
+        chunks: referenced(ctl, &record, &tree)?,
+        tree: tree.into_iter().collect(),
     }))
 }
 
