@@ -8,6 +8,17 @@
 //! snapshots protect`), or the newest of its source; and a policy without any rule removes
 //! nothing.
 //!
+//! Snapshots taken while a device was being attacked are held, not counted. A quarantined
+//! snapshot, or one the anomalies worker judged suspect, is kept as evidence (until an
+//! admin lifts the quarantine with `lifeboat snapshots quarantine --clear`, or deletes it)
+//! and takes no place under `last` or a period's rule; the newest good snapshot received
+//! before it is kept too. A compromised agent flooding its source's history with empty or
+//! fake snapshots therefore pushes out no snapshot from before the breach (checklist row
+//! C4): under quarantine the flood is held whole (a device's later commits inherit its
+//! quarantine, `Catalog::insert_snapshots`); with a suspect snapshot alone, the last good
+//! one before it stays. A prune first judges the snapshots the anomalies worker has not
+//! reached yet, and holds any it could not judge within its budget.
+//!
 //! A snapshot's lock is its own: fixed when it is committed (its receive time plus the
 //! longest `lock` of the policies covering its source then), stored with it, and only ever
 //! extended (`lifeboat snapshots lock`). Deleting or changing a policy later never
@@ -28,7 +39,32 @@ pub struct Candidate {
     pub protected: bool,
     /// Until when nobody may delete it (see the module's doc).
     pub locked_until_ms: i64,
+    /// Quarantined (`lifeboat snapshots quarantine`, or a policy's anomaly quarantine).
+    pub quarantined: bool,
+    /// Judged suspect by the anomalies worker.
+    pub suspect: bool,
+    /// Not judged yet (a prune analyzes what is pending first; this is what it could not
+    /// reach within its budget).
+    pub unjudged: bool,
 }
+
+impl Candidate {
+    /// Why it is held out of the rules' counts, if it is.
+    fn held(&self) -> Option<&'static str> {
+        if self.quarantined {
+            Some("quarantined")
+        } else if self.suspect {
+            Some("suspect")
+        } else if self.unjudged {
+            Some("not yet analyzed for ransomware signals")
+        } else {
+            None
+        }
+    }
+}
+
+/// How long a prune may spend analyzing snapshots not judged yet before it decides.
+const ANALYSIS_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The verdict for one source.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -70,6 +106,38 @@ pub fn decide(snaps: &[Candidate], keep: &Keep, tz: &TimeZone, now_ms: i64) -> V
     if let Some(newest) = sorted.first() {
         marks.push((newest.id.clone(), "newest of its source".into()));
     }
+    // What the rules count: snapshots neither quarantined nor suspect, newest first.
+    let counted: Vec<&Candidate> = sorted
+        .iter()
+        .copied()
+        .filter(|s| s.held().is_none())
+        .collect();
+    if let Some(good) = counted.first() {
+        marks.push((
+            good.id.clone(),
+            "newest neither quarantined nor suspect".into(),
+        ));
+    }
+    for s in &sorted {
+        let Some(why) = s.held() else { continue };
+        marks.push((
+            s.id.clone(),
+            if s.unjudged && !s.quarantined && !s.suspect {
+                format!("{why}: held until it is")
+            } else {
+                format!("{why}: held until an admin lifts or deletes it")
+            },
+        ));
+        if let Some(before) = counted
+            .iter()
+            .find(|c| (c.received_ms, &c.id) < (s.received_ms, &s.id))
+        {
+            marks.push((
+                before.id.clone(),
+                format!("last good before {why} {}", short(&s.id)),
+            ));
+        }
+    }
     for s in &sorted {
         if s.protected {
             marks.push((s.id.clone(), "protected".into()));
@@ -81,7 +149,7 @@ pub fn decide(snaps: &[Candidate], keep: &Keep, tz: &TimeZone, now_ms: i64) -> V
             marks.push((s.id.clone(), "within".into()));
         }
     }
-    for s in sorted.iter().take(keep.last as usize) {
+    for s in counted.iter().take(keep.last as usize) {
         marks.push((s.id.clone(), "last".into()));
     }
     for (rule, n) in [
@@ -93,7 +161,7 @@ pub fn decide(snaps: &[Candidate], keep: &Keep, tz: &TimeZone, now_ms: i64) -> V
     ] {
         let mut periods = 0u32;
         let mut last_key = None;
-        for s in &sorted {
+        for s in &counted {
             if periods >= n {
                 break;
             }
@@ -125,6 +193,11 @@ pub fn decide(snaps: &[Candidate], keep: &Keep, tz: &TimeZone, now_ms: i64) -> V
         }
     }
     verdict
+}
+
+/// The first 12 characters of a snapshot id, as listings show it.
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
 }
 
 /// One snapshot's fate in a prune.
@@ -191,6 +264,9 @@ pub fn prune(
     dry_run: bool,
     actor: &str,
 ) -> Result<Vec<Outcome>, ApiError> {
+    // Judged first: a suspect snapshot the anomalies worker has not reached yet must not
+    // count under `last` before it is held.
+    crate::anomalies::catch_up(ctl, ANALYSIS_BUDGET)?;
     let policies = crate::policy::policies(ctl)?;
     let agents: HashMap<String, crate::catalog::AgentRow> = ctl
         .catalog
@@ -208,6 +284,9 @@ pub fn prune(
                 received_ms: r.received_ms,
                 protected: r.protected,
                 locked_until_ms: r.locked_until_ms,
+                quarantined: r.quarantined,
+                suspect: r.suspect,
+                unjudged: !r.analyzed,
             });
     }
     let mut out = Vec::new();
@@ -282,6 +361,9 @@ mod tests {
                 received_ms: ms,
                 protected: false,
                 locked_until_ms: 0,
+                quarantined: false,
+                suspect: false,
+                unjudged: false,
             })
             .collect()
     }
@@ -391,6 +473,55 @@ mod tests {
             now,
         );
         assert_eq!(kept(&v), vec!["s01"]);
+    }
+
+    /// C4: three good snapshots, then a breach and ten more. Quarantined, the ten take no
+    /// place under `last 2`; only suspect (the first of them), the good one before it stays.
+    #[test]
+    fn a_flood_after_a_breach_pushes_out_no_good_snapshot() {
+        let utc = TimeZone::UTC;
+        let now = t("2026-11-29T12:00:00Z");
+        let times: Vec<i64> = (0..13).map(|i| now - (13 - i) * H).collect();
+        let keep = Keep {
+            last: 2,
+            ..Keep::default()
+        };
+
+        let mut quarantined = snaps(&times);
+        for c in &mut quarantined[3..] {
+            c.quarantined = true;
+        }
+        let v = decide(&quarantined, &keep, &utc, now);
+        assert_eq!(v.remove, vec!["s00".to_string()]);
+        assert!(v.keep["s01"].contains(&"last".to_string()), "{v:?}");
+        assert!(
+            v.keep["s02"].contains(&"last good before quarantined s03".to_string()),
+            "{v:?}"
+        );
+        assert!(v.keep["s07"][0].starts_with("quarantined: held"), "{v:?}");
+
+        let mut suspect = snaps(&times);
+        suspect[3].suspect = true;
+        let v = decide(&suspect, &keep, &utc, now);
+        assert_eq!(kept(&v), vec!["s02", "s03", "s11", "s12"]);
+        assert_eq!(
+            v.keep["s02"],
+            vec!["last good before suspect s03".to_string()]
+        );
+        assert_eq!(
+            v.keep["s03"],
+            vec!["suspect: held until an admin lifts or deletes it".to_string()]
+        );
+
+        // One not judged yet is held like a suspect one until it is.
+        let mut pending = snaps(&times);
+        pending[12].unjudged = true;
+        let v = decide(&pending, &keep, &utc, now);
+        assert_eq!(kept(&v), vec!["s10", "s11", "s12"]);
+
+        // Nothing held: the same history keeps the two newest only.
+        let v = decide(&snaps(&times), &keep, &utc, now);
+        assert_eq!(kept(&v), vec!["s11", "s12"]);
     }
 
     #[test]

@@ -376,15 +376,25 @@ pub fn commit_group(
         })
         .collect();
     let stored: Vec<&SnapshotRow> = listed.iter().flatten().map(|(row, _)| row).collect();
-    if let Err(e) = ctl.catalog.insert_snapshots(&stored) {
-        tracing::error!(error = %e, snapshots = stored.len(), "cannot list a group of committed snapshots; their envelopes are in the store (rebuild-catalog lists them)");
-        let (kind, why) = (crate::error::DomainError::kind(&e), e.to_string());
-        for l in listed.iter_mut().filter(|l| l.is_ok()) {
-            *l = Err(ApiError::new(
-                kind,
-                format!("listing the snapshot in the catalog failed: {why}"),
-            )
-            .into());
+    match ctl.catalog.insert_snapshots(&stored) {
+        Ok(inherited) => {
+            for (row, _) in listed.iter_mut().flatten() {
+                if inherited.contains(&row.id) {
+                    row.quarantined_ms = row.received_ms;
+                    quarantined_on_arrival(ctl, row);
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %e, snapshots = stored.len(), "cannot list a group of committed snapshots; their envelopes are in the store (rebuild-catalog lists them)");
+            let (kind, why) = (crate::error::DomainError::kind(&e), e.to_string());
+            for l in listed.iter_mut().filter(|l| l.is_ok()) {
+                *l = Err(ApiError::new(
+                    kind,
+                    format!("listing the snapshot in the catalog failed: {why}"),
+                )
+                .into());
+            }
         }
     }
     listed
@@ -395,6 +405,19 @@ pub fn commit_group(
             Ok(row)
         })
         .collect()
+}
+
+/// A snapshot listed under its device's quarantine: said in the log and the audit log, as a
+/// quarantine set by hand or by the anomalies worker is.
+fn quarantined_on_arrival(ctl: &Controller, row: &SnapshotRow) {
+    tracing::warn!(snapshot = %row.id, device = %row.agent_name, source = %row.source,
+        "the device is under quarantine: its new snapshot is quarantined too (an admin lifts it: lifeboat snapshots quarantine --clear)");
+    ctl.audit.ok(
+        "controller:quarantine",
+        "snapshot.quarantine",
+        &row.agent_name,
+        serde_json::json!({"because": "the device is under quarantine", "snapshots": [row.id]}),
+    );
 }
 
 /// Checks a prepared commit again under the commit lock: its job may have ended or

@@ -82,7 +82,8 @@ impl Catalog {
     pub fn retention_view(&self) -> Result<Vec<RetentionRow>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare_cached(
-            "SELECT agent_id, source, id, received_ms, protected, locked_until_ms FROM snapshots ORDER BY agent_id, source, received_ms DESC",
+            "SELECT s.agent_id, s.source, s.id, s.received_ms, s.protected, s.locked_until_ms, s.quarantined_ms != 0, COALESCE(a.suspect, 0) != 0, a.snapshot_id IS NOT NULL \
+             FROM snapshots s LEFT JOIN anomalies a ON a.snapshot_id = s.id ORDER BY s.agent_id, s.source, s.received_ms DESC",
         )?;
         let rows = st
             .query_map([], |r| {
@@ -93,6 +94,9 @@ impl Catalog {
                     received_ms: r.get(3)?,
                     protected: r.get(4)?,
                     locked_until_ms: r.get(5)?,
+                    quarantined: r.get(6)?,
+                    suspect: r.get(7)?,
+                    analyzed: r.get(8)?,
                 })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;

@@ -14,6 +14,11 @@ pub struct RetentionRow {
     pub received_ms: i64,
     pub protected: bool,
     pub locked_until_ms: i64,
+    pub quarantined: bool,
+    /// Judged suspect by the anomalies worker.
+    pub suspect: bool,
+    /// Judged at all (an anomaly report exists).
+    pub analyzed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -70,7 +75,7 @@ const SNAP_COLS: &str = "id, agent_id, agent_name, source, source_path, hostname
 impl Catalog {
     // ---- snapshots ----
 
-    pub fn insert_snapshot(&self, s: &SnapshotRow) -> Result<(), CatalogError> {
+    pub fn insert_snapshot(&self, s: &SnapshotRow) -> Result<Vec<String>, CatalogError> {
         self.insert_snapshots(&[s])
     }
 
@@ -78,7 +83,12 @@ impl Catalog {
     /// The catalog runs with `synchronous = NORMAL`: in WAL mode a commit then survives the
     /// process dying but not a power cut. A listed snapshot is acknowledged to its agent,
     /// so this one commit is FULL: SQLite fsyncs the WAL, and with it every commit before.
-    pub fn insert_snapshots(&self, rows: &[&SnapshotRow]) -> Result<(), CatalogError> {
+    ///
+    /// A device's quarantine covers what it commits later: a snapshot whose device's newest
+    /// earlier snapshot is quarantined is listed quarantined (since its receive time) until
+    /// an admin lifts it. Returns the ids listed so; decided in the same transaction as the
+    /// listing, so a quarantine being set meanwhile cannot slip between them.
+    pub fn insert_snapshots(&self, rows: &[&SnapshotRow]) -> Result<Vec<String>, CatalogError> {
         let mut conn = self.lock();
         conn.pragma_update(None, "synchronous", "FULL")?;
         let listed = Self::insert_snapshot_rows(&mut conn, rows);
@@ -89,12 +99,26 @@ impl Catalog {
     fn insert_snapshot_rows(
         conn: &mut rusqlite::Connection,
         rows: &[&SnapshotRow],
-    ) -> Result<(), CatalogError> {
+    ) -> Result<Vec<String>, CatalogError> {
         let tx = conn.transaction()?;
+        let mut inherited = Vec::new();
         {
             let mut st = tx.prepare_cached(&format!("INSERT OR IGNORE INTO snapshots({SNAP_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"))?;
+            let mut before = tx.prepare_cached(
+                "SELECT quarantined_ms FROM snapshots WHERE agent_id = ?1 AND received_ms <= ?2 AND id != ?3 \
+                 ORDER BY received_ms DESC, id DESC LIMIT 1",
+            )?;
             for s in rows {
-                st.execute(params![
+                let mut quarantined_ms = s.quarantined_ms;
+                if quarantined_ms == 0 {
+                    let previous: Option<i64> = before
+                        .query_row(params![s.agent_id, s.received_ms, s.id], |r| r.get(0))
+                        .optional()?;
+                    if previous.is_some_and(|q| q != 0) {
+                        quarantined_ms = s.received_ms;
+                    }
+                }
+                let listed = st.execute(params![
                     s.id,
                     s.agent_id,
                     s.agent_name,
@@ -109,14 +133,17 @@ impl Catalog {
                     s.bytes_new as i64,
                     s.parent,
                     s.bytes_read as i64,
-                    s.quarantined_ms,
+                    quarantined_ms,
                     s.locked_until_ms,
                     s.envelope_version
                 ])?;
+                if listed == 1 && quarantined_ms != s.quarantined_ms {
+                    inherited.push(s.id.clone());
+                }
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(inherited)
     }
 
     /// Snapshots, newest first, optionally of one agent (id) and one source.
