@@ -5,6 +5,7 @@ mod direct;
 mod fetch;
 mod image;
 mod resume;
+pub mod targets;
 mod tree;
 mod volume;
 
@@ -94,6 +95,8 @@ pub struct RestoreRun<'a> {
     pub allowed: Permissions<'a>,
     pub engine: Option<Arc<Engine>>,
     pub counters: Arc<Counters>,
+    /// The destinations of the restores running on this agent.
+    pub targets: &'a targets::Targets,
 }
 
 /// Runs a restore job: verification, the restore itself, and for a drill the probe and
@@ -212,6 +215,7 @@ async fn restore_into(
         allowed,
         engine,
         counters,
+        targets,
     } = run;
     let job_id: &str = job_id;
     let roots = allowed.roots;
@@ -303,6 +307,16 @@ async fn restore_into(
                 }
             }
         }
+    };
+    // Held until this function returns, however the restore ends.
+    let _claim = match &destination {
+        Destination::Dir { target, .. } => {
+            Some(targets.claim(targets::Target::Dir(target.clone()), job_id)?)
+        }
+        Destination::Volume { volume, .. } => {
+            Some(targets.claim(targets::Target::Volume(volume.clone()), job_id)?)
+        }
+        Destination::Image(_) => None,
     };
 
     counters.set_phase("fetching tree");

@@ -43,6 +43,8 @@ struct Shared {
     /// controller, told at the hello that the job no longer runs here, would take it for
     /// interrupted. The controller ignores a second report of a job that ended.
     finished: Mutex<std::collections::VecDeque<pb::JobUpdate>>,
+    /// Where the running restores write: one writer per place.
+    targets: crate::restore::targets::Targets,
 }
 
 /// Final updates kept to send again ([`Shared::finished`]).
@@ -129,6 +131,7 @@ pub async fn run(
         inventory_changed: tokio::sync::Notify::new(),
         link: tokio::sync::watch::Sender::new(crate::restore::Link::default()),
         finished: Mutex::new(std::collections::VecDeque::new()),
+        targets: Default::default(),
     });
     tokio::pin!(shutdown);
     let mut backoff = reconnect_backoff();
@@ -502,6 +505,7 @@ async fn run_job(
                 allowed,
                 engine,
                 counters,
+                targets: &shared.targets,
             })
             .await?;
             tracing::info!(files = result.files, bytes = result.bytes, written = result.bytes_written, target = %r.target, sandbox = r.sandbox, "restore finished");

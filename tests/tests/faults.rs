@@ -1818,6 +1818,103 @@ impl Drop for Partition {
     }
 }
 
+/// A10's split brain: a restore held on its agent while the controller restarts (the job
+/// is interrupted, then running again once the agent's new session says it still runs it),
+/// and an operator who meanwhile starts a restore again into the same place, and into a
+/// directory inside it. Two writers would each rename their files into place, both jobs
+/// succeeding over a tree that is neither's. The agent refuses both at their start,
+/// naming the job that writes there; a restore into a directory beside it runs; the first
+/// restore ends identical.
+#[test]
+fn a10_a_restore_started_again_while_the_first_still_writes_is_refused_not_interleaved() {
+    let mut fleet = Fleet::start();
+    let pause = fleet.path("paused");
+    fleet.agent_env = vec![
+        ("LIFEBOAT_PAUSE_AT".into(), "restore-before-tree".into()),
+        (
+            "LIFEBOAT_PAUSE_FILE".into(),
+            pause.to_str().expect("path").into(),
+        ),
+    ];
+    let (expected, root, snap) = restore_under_way_fixture(&mut fleet, 47);
+    let target = root.join("web");
+    let to = target.to_str().expect("utf-8").to_string();
+    let first = fleet.start_job(&["restore", &snap, "--agent", "a", "--to", &to]);
+    lifeboat_tests::wait_for(
+        "the restore to reach its tree",
+        Duration::from_secs(60),
+        || pause.exists().then_some(()),
+    );
+    fleet.kill_controller();
+    fleet.start_controller();
+    fleet.wait_connected(1);
+    lifeboat_tests::wait_for(
+        "the restore to run again once the agent says it still runs it",
+        Duration::from_secs(30),
+        || (fleet.job_info(&first)["state"] == "running").then_some(()),
+    );
+
+    let mut refused = 0;
+    for (what, place) in [
+        ("the same directory", target.clone()),
+        ("a directory inside it", target.join("d03")),
+    ] {
+        let second = fleet.start_job(&[
+            "restore",
+            &snap,
+            "--agent",
+            "a",
+            "--to",
+            place.to_str().expect("utf-8"),
+        ]);
+        // Refused at its start; or else held at the same pause as the first, running.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let job = loop {
+            let job = fleet.job_info(&second);
+            if job["state"] == "failed" || std::time::Instant::now() > deadline {
+                break job;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(
+            job["state"], "failed",
+            "a second restore into {what} runs beside the first: {job}"
+        );
+        let error = job["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains(&format!("restore job {first} is writing")),
+            "{what}: {error}"
+        );
+        refused += 1;
+    }
+    let beside = root.join("beside");
+    let beside_job = fleet.start_job(&[
+        "restore",
+        &snap,
+        "--agent",
+        "a",
+        "--to",
+        beside.to_str().expect("utf-8"),
+    ]);
+    fs::remove_file(&pause).expect("release the agent");
+    for job in [&first, &beside_job] {
+        let end = lifeboat_tests::wait_for("the job to end", Duration::from_secs(120), || {
+            // The restore beside it may reach the pause point after the first was released.
+            let _ = fs::remove_file(&pause);
+            let j = fleet.job_info(job);
+            matches!(j["state"].as_str(), Some("succeeded" | "failed")).then_some(j)
+        });
+        assert_eq!(end["state"], "succeeded", "{end}\n{}", fleet.agent_log("a"));
+    }
+    tree::assert_same(&expected, &target);
+    tree::assert_same(&expected, &beside);
+    eprintln!(
+        "A10 (one writer per place): {refused} restores into a place another restore was writing refused \
+         after the controller restarted under it, one beside it ran; both ended identical ({} entries)",
+        expected.len()
+    );
+}
+
 /// A10: the network between a restoring agent and the controller partitioned mid-restore
 /// (every packet to and from the controller's port dropped), for 5 s and then 30 s. Shorter
 /// than what ends a session, neither needs an operator: the restore goes on when the
