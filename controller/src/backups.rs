@@ -289,8 +289,8 @@ pub fn upload_allowance(
         return Err(refuse(BackupError::UploadWithoutJob));
     }
     let job = ctl
-        .catalog
-        .job(job_id)?
+        .jobs
+        .row(job_id)?
         .filter(|j| j.agent_id == agent.id && j.kind == "backup")
         .ok_or_else(|| {
             refuse(BackupError::NotItsBackup {

@@ -152,7 +152,7 @@ impl From<lifeboat_core::Error> for ApiError {
     fn from(e: lifeboat_core::Error) -> Self {
         match core_kind(&e) {
             Kind::ResourceExhausted => ApiError::ResourceExhausted(format!(
-                "the store is full ({e}): free space where the controller keeps its store (or let GC reclaim unreferenced packs), then back up again"
+                "the store is full ({e}): free space where the controller keeps its store (prune and GC reclaim what no snapshot needs), then try again"
             )),
             Kind::Unavailable if e.is_disk_failure() => ApiError::Unavailable(disk_failed(&e)),
             kind => ApiError::new(kind, e.to_string()),

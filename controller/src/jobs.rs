@@ -64,6 +64,10 @@ struct Inner {
     /// catalog: a running job's progress is written at most every [`PROGRESS_SAVE_EVERY`]
     /// (a restart interrupts running jobs anyway), and always with its end.
     progress: HashMap<String, Live>,
+    /// Job rows whose last change the catalog could not take (its disk full, say): what
+    /// the job is now, shown to watchers and listings and written again with the
+    /// heartbeats until the catalog takes it.
+    unsaved: HashMap<String, JobRow>,
     next_session: u64,
 }
 
@@ -389,8 +393,7 @@ impl Jobs {
         }
         let rows = self.rows();
         let mut row = self
-            .catalog
-            .job(&upd.job_id)?
+            .row(&upd.job_id)?
             .ok_or_else(|| ApiError::NotFound(format!("no job {}", upd.job_id)))?;
         if row.agent_id != agent_id {
             return Err(ApiError::PermissionDenied(format!(
@@ -531,9 +534,31 @@ impl Jobs {
 
     /// Writes the heartbeats gathered since the last flush in one transaction.
     pub fn flush_seen(&self) -> Result<usize, ApiError> {
+        self.save_unsaved();
         let seen: Vec<(String, i64)> = self.lock().seen.drain().collect();
         self.catalog.touch_agents(&seen)?;
         Ok(seen.len())
+    }
+
+    /// A job's row as it is now: a change the catalog could not take yet, else the
+    /// catalog's.
+    pub fn row(&self, id: &str) -> Result<Option<JobRow>, ApiError> {
+        if let Some(row) = self.lock().unsaved.get(id) {
+            return Ok(Some(row.clone()));
+        }
+        Ok(self.catalog.job(id)?)
+    }
+
+    /// Writes again the job rows the catalog could not take; each stays kept until it does.
+    fn save_unsaved(&self) {
+        let _rows = self.rows();
+        let pending: Vec<JobRow> = self.lock().unsaved.values().cloned().collect();
+        for row in pending {
+            if self.catalog.update_job(&row).is_ok() {
+                tracing::info!(job = %row.id, "the job's state, kept while the catalog could not take it, is saved");
+                self.lock().unsaved.remove(&row.id);
+            }
+        }
     }
 
     /// Counts `bytes` uploaded by backup job `job_id` against `quota`: refused, with the
@@ -591,9 +616,16 @@ impl Jobs {
             }
             None => row,
         };
-        if let Err(e) = self.catalog.update_job(row) {
-            tracing::error!(job = %row.id, error = %e, "cannot save job");
-            return;
+        match self.catalog.update_job(row) {
+            Ok(()) => {
+                self.lock().unsaved.remove(&row.id);
+            }
+            Err(e) => {
+                // Kept, and written again with the heartbeats: the job's watchers and
+                // listings see it now, and its end still ends its grants.
+                tracing::error!(job = %row.id, error = %e, "cannot save the job's state yet; kept in memory and saved again every 5 s");
+                self.lock().unsaved.insert(row.id.clone(), row.clone());
+            }
         }
         if Self::is_terminal(row.state) {
             let mut inner = self.lock();
@@ -627,6 +659,8 @@ impl Jobs {
     }
 
     pub fn info(&self, row: &JobRow) -> Result<pb::JobInfo, ApiError> {
+        let unsaved = self.lock().unsaved.get(&row.id).cloned();
+        let row = unsaved.as_ref().unwrap_or(row);
         let agent_name = self
             .catalog
             .agent(&row.agent_id)?

@@ -232,7 +232,7 @@ impl OperatorApi for OperatorService {
     async fn get_job(&self, req: Request<pb::JobRef>) -> Result<Response<pb::JobInfo>, Status> {
         auth::operator(&req)?;
         let id = req.into_inner().id;
-        let row = self.0.catalog.job(&id)?.ok_or_else(|| {
+        let row = self.0.jobs.row(&id)?.ok_or_else(|| {
             ApiError::NotFound(format!("no job {id}; `lifeboat jobs` lists them"))
         })?;
         Ok(Response::new(self.0.jobs.info(&row)?))
@@ -244,7 +244,7 @@ impl OperatorApi for OperatorService {
     ) -> Result<Response<Self::WatchJobStream>, Status> {
         auth::operator(&req)?;
         let id = req.into_inner().id;
-        let row = self.0.catalog.job(&id)?.ok_or_else(|| {
+        let row = self.0.jobs.row(&id)?.ok_or_else(|| {
             ApiError::NotFound(format!("no job {id}; `lifeboat jobs` lists them"))
         })?;
         let mut rx = self.0.jobs.watch(&row)?;

@@ -258,8 +258,8 @@ fn prepare(
         return Err(SnapshotError::FromTheFuture((claimed - now) / 1000));
     }
     let job = ctl
-        .catalog
-        .job(job_id)?
+        .jobs
+        .row(job_id)?
         .ok_or_else(|| SnapshotError::NoJob(job_id.to_string()))?;
     may_commit(ctl, agent, &job, &record)?;
     ctl.store.flush_for(&record.tree_chunks()?)?;
@@ -435,8 +435,8 @@ fn still_committable(
         whole(ctl, &p.record)?;
     }
     let job = ctl
-        .catalog
-        .job(&p.job_id)?
+        .jobs
+        .row(&p.job_id)?
         .ok_or_else(|| SnapshotError::NoJob(p.job_id.clone()))?;
     may_commit(ctl, &p.agent, &job, &p.record)?;
     let already = |earlier: &str| {
@@ -611,8 +611,8 @@ pub fn granted_read(
     rpc: &str,
 ) -> Result<JobRow, SnapshotError> {
     let job = ctl
-        .catalog
-        .job(job_id)?
+        .jobs
+        .row(job_id)?
         .ok_or_else(|| SnapshotError::NoJob(format!("{job_id:?}")))?;
     if !may_read(&job, agent) {
         // A read that reached a restarted controller before the agent's new session

@@ -177,7 +177,8 @@ impl Fleet {
         Self::start_in_with(dir, &[], Vec::new())
     }
 
-    fn start_in_with(
+    /// [`Fleet::start_in`] with extra `serve` arguments and controller environment.
+    pub fn start_in_with(
         dir: tempfile::TempDir,
         serve_args: &[&str],
         controller_env: Vec<(String, String)>,

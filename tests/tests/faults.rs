@@ -82,6 +82,240 @@ fn store_full_then_freed(leave_mib: u64) -> bool {
     true
 }
 
+/// A8 for GC: the store's filesystem is full when a GC runs whose compaction must write a
+/// new pack (the live tenth of a pack whose rest a prune made dead). The GC fails saying the
+/// store is full, or reclaims what needs no writing; either way nothing is lost: `verify`
+/// is clean and the kept snapshot restores identical. Once space is freed the next GC
+/// finishes the compaction and a third finds nothing left.
+#[test]
+fn a8_store_full_during_gc_loses_nothing_and_the_next_gc_finishes() {
+    let mnt = tempfile::tempdir().expect("mount point");
+    let Some(disk) = Tmpfs::mount(mnt.path(), 32) else {
+        return;
+    };
+    let store = disk.path.join("store");
+    let mut fleet = Fleet::start_with(&[
+        "--store",
+        store.to_str().expect("utf8"),
+        "--gc-lease",
+        "0s",
+        "--prune-every",
+        "0s",
+    ]);
+    let src = fleet.path("src");
+    fs::create_dir_all(&src).expect("src");
+    let mut rng = Rng::new(81);
+    fs::write(src.join("stays.txt"), rng.text(400_000)).expect("write");
+    fs::write(src.join("big.bin"), rng.bytes(4 << 20)).expect("write");
+    let restores = fleet.path("restores");
+    let a = fleet.enroll("a");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[restores.as_path()]);
+    fleet.backup("a", "data");
+    fs::write(src.join("big.bin"), rng.bytes(4 << 20)).expect("write");
+    let kept = fleet.backup("a", "data")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let expected = tree::manifest(&src);
+    fleet.apply_policy(
+        "[[policy]]\nname = \"keep\"\nsources = [\"data\"]\nschedule = \"0 3 1 1 *\"\nkeep = { last = 1 }\n",
+    );
+    let pruned = fleet.cli_json(&["prune"]);
+    assert_eq!(pruned["removed"], 1, "{pruned}");
+
+    disk.fill(0);
+    let full = fleet.cli(&["gc", "--json"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&full.stdout),
+        String::from_utf8_lossy(&full.stderr)
+    );
+    if !full.status.success() {
+        assert!(
+            said.contains("store is full"),
+            "a GC on a full store failed without saying so: {said}\ncontroller log:\n{}",
+            fleet.controller_log()
+        );
+    }
+    let whole = |when: &str| {
+        let verify = fleet.cli(&["verify", "--json"]);
+        assert!(
+            verify.status.success(),
+            "verify {when}: {}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        let target = restores.join(when.replace(' ', "-"));
+        let (ok, job) = fleet.restore_to(&kept, "a", &target, &[]);
+        assert!(ok, "restore {when}: {job}\n{}", fleet.agent_log("a"));
+        tree::assert_same(&expected, &target);
+    };
+    whole("after the full GC");
+
+    disk.free();
+    let done = fleet.cli_json(&["gc"]);
+    assert!(
+        done["packs_compacted"].as_u64().unwrap_or(0) + done["packs_deleted"].as_u64().unwrap_or(0)
+            > 0
+            || full.status.success(),
+        "the GC after freeing space left the dead pack: {done}"
+    );
+    whole("after the freed GC");
+    let again = fleet.cli_json(&["gc"]);
+    assert_eq!(again["swept"], 0, "{again}");
+    assert_eq!(again["packs_compacted"], 0, "{again}");
+    eprintln!(
+        "A8 store full during GC: the GC {} ({}), nothing lost; after freeing: {done}",
+        if full.status.success() {
+            "succeeded"
+        } else {
+            "failed"
+        },
+        said.trim()
+    );
+}
+
+/// A8 for the catalog: the controller's data directory (its SQLite catalog and WAL, the
+/// audit log) fills while the store, elsewhere, has room. Backups of a growing source run
+/// until the catalog cannot take one: each failure says the controller's disk is full and
+/// lists nothing; reads (listings, a restore of an earlier snapshot) keep working; once
+/// space is freed a backup commits, the catalog passes SQLite's integrity check, `verify`
+/// is clean, and every listed snapshot restores identical.
+#[test]
+fn a8_catalog_disk_full_fails_backups_clearly_and_loses_nothing() {
+    // Nothing left (the job cannot be recorded), and room for a job but not its chunks'
+    // index rows or its snapshot's (the backup runs and cannot commit).
+    for leave_kib in [0, 256, 1024] {
+        if !catalog_full_then_freed(leave_kib) {
+            return;
+        }
+    }
+}
+
+/// One catalog A8 round with `leave_kib` KiB free; false where no tmpfs can be mounted.
+fn catalog_full_then_freed(leave_kib: u64) -> bool {
+    let dir = tempfile::Builder::new()
+        .prefix("lifeboat-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    let Some(disk) = Tmpfs::mount(&dir.path().join("ctl"), 24) else {
+        return false;
+    };
+    let store = dir.path().join("store");
+    let mut fleet =
+        Fleet::start_in_with(dir, &["--store", store.to_str().expect("utf8")], Vec::new());
+    let src = fleet.path("src");
+    fs::create_dir_all(&src).expect("src");
+    let restores = fleet.path("restores");
+    let a = fleet.enroll("a");
+    fleet.run_agent(&a, &[("data", src.as_path())], &[restores.as_path()]);
+    let mut rng = Rng::new(82);
+    // Each round adds 1,500 small files: as many chunks for the catalog to index.
+    let mut grow = |round: usize| {
+        let d = src.join(format!("r{round:02}"));
+        fs::create_dir_all(&d).expect("dir");
+        for f in 0..1500 {
+            fs::write(d.join(format!("f{f:04}.txt")), rng.text(600)).expect("write");
+        }
+        tree::manifest(&src)
+    };
+    let mut listed: Vec<(String, Vec<tree::Item>)> = Vec::new();
+    let first = grow(0);
+    listed.push((
+        fleet.backup("a", "data")["id"].as_str().expect("id").into(),
+        first,
+    ));
+
+    disk.fill(leave_kib << 10);
+    let mut failures = Vec::new();
+    for round in 1..=12 {
+        let manifest = grow(round);
+        // Refused when the job cannot even be recorded, or failed when its commit cannot.
+        let out = fleet.cli(&["backup", "a", "--source", "data", "--wait", "--json"]);
+        let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if out.status.success() {
+            listed.push((
+                job["snapshot_ids"][0].as_str().expect("id").into(),
+                manifest,
+            ));
+            continue;
+        }
+        let error = match job["error"].as_str() {
+            Some(e) => e.to_string(),
+            None => String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        };
+        assert!(
+            error.contains("disk is full"),
+            "a backup failed without saying the controller's disk is full: {job}\ncontroller log:\n{}",
+            fleet.controller_log()
+        );
+        failures.push((job.get("error").is_some(), error));
+        if failures.len() == 2 {
+            break;
+        }
+    }
+    assert!(
+        !failures.is_empty(),
+        "12 backups fitted in a full catalog disk: the test did not fill it"
+    );
+    let ids: Vec<String> = fleet.snapshot_ids();
+    assert_eq!(
+        ids.len(),
+        listed.len(),
+        "listed {ids:?}, acknowledged {:?}",
+        listed.iter().map(|(id, _)| id).collect::<Vec<_>>()
+    );
+
+    disk.free();
+    let manifest = tree::manifest(&src);
+    listed.push((
+        fleet.backup("a", "data")["id"].as_str().expect("id").into(),
+        manifest,
+    ));
+    let db = rusqlite::Connection::open(fleet.path("ctl/catalog.db")).expect("catalog");
+    // The ends the catalog could not take while full were kept and reach it now.
+    lifeboat_tests::wait_for(
+        "every job's end to reach the catalog",
+        Duration::from_secs(30),
+        || {
+            let open: i64 = db
+                .query_row("SELECT count(*) FROM jobs WHERE finished_ms = 0", [], |r| {
+                    r.get(0)
+                })
+                .ok()?;
+            (open == 0).then_some(())
+        },
+    );
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
+    let verify = fleet.cli(&["verify", "--json"]);
+    assert!(
+        verify.status.success(),
+        "verify after the catalog's disk was freed: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    for (i, (id, manifest)) in listed.iter().enumerate() {
+        let target = restores.join(format!("listed-{i}"));
+        let (ok, job) = fleet.restore_to(id, "a", &target, &[]);
+        assert!(ok, "restore of {id}: {job}\n{}", fleet.agent_log("a"));
+        tree::assert_same(manifest, &target);
+    }
+    let ran = failures.iter().filter(|(ran, _)| *ran).count();
+    eprintln!(
+        "A8 catalog disk full ({leave_kib} KiB free): {} backups committed first, then {} refused before they ran \
+         and {ran} failed as they ran, each saying so ({}); nothing half-listed; after freeing: integrity ok, \
+         verify clean, {} snapshots restored identical",
+        listed.len() - 2,
+        failures.len() - ran,
+        failures.last().map(|(_, e)| e.as_str()).unwrap_or_default(),
+        listed.len()
+    );
+    true
+}
+
 /// A9: the restore target's filesystem fills during a restore. The restore fails saying
 /// so, no byte that was there before changes, and the same restore run again once space is
 /// freed ends identical to the snapshot.

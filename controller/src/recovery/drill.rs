@@ -249,7 +249,7 @@ async fn calibrate(ctl: &Arc<Controller>, devices: Vec<(String, String)>) -> Res
         tokio::time::sleep(Duration::from_millis(100)).await;
         let rows = jobs
             .iter()
-            .map(|id| ctl.catalog.job(id))
+            .map(|id| ctl.jobs.row(id))
             .collect::<Result<Vec<_>, _>>()?;
         let ended = |state: i32| {
             state == JobState::Succeeded as i32
@@ -335,7 +335,7 @@ async fn run_one(
     let mut interrupted: Option<std::time::Instant> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let Some(mut job) = ctl.catalog.job(&row.id)? else {
+        let Some(mut job) = ctl.jobs.row(&row.id)? else {
             return Err(ApiError::internal(format!("drill job {} vanished", row.id)));
         };
         let state = JobState::try_from(job.state).unwrap_or(JobState::Unspecified);

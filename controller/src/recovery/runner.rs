@@ -171,7 +171,7 @@ impl Cache {
     /// Job `id` as it stands now; its catalog row is read once, when it is first followed.
     fn job(&mut self, ctl: &Controller, id: &str) -> Result<Option<pb::JobInfo>, ApiError> {
         if !self.jobs.contains_key(id) {
-            let Some(row) = ctl.catalog.job(id)? else {
+            let Some(row) = ctl.jobs.row(id)? else {
                 return Ok(None);
             };
             self.jobs.insert(id.to_string(), ctl.jobs.watch(&row)?);
@@ -397,7 +397,7 @@ fn follow_device(
             }
             // Queued again under the same id once the agent is back.
             JobState::Interrupted if ctl.jobs.connected(&job.agent_id) => {
-                if let Some(mut row) = ctl.catalog.job(&job.id)? {
+                if let Some(mut row) = ctl.jobs.row(&job.id)? {
                     ctl.jobs.requeue_interrupted(&mut row, now)?;
                 }
             }

@@ -73,7 +73,7 @@ impl StoreError {
             std::io::ErrorKind::NotFound => StoreError::NotFound { key: what },
             std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
                 StoreError::Full(format!(
-                    "the store is full ({what}: {e}): free space where the controller keeps its store (or let GC reclaim unreferenced packs), then back up again"
+                    "the store is full ({what}: {e}): free space where the controller keeps its store (prune and GC reclaim what no snapshot needs), then try again"
                 ))
             }
             _ if lifeboat_core::is_eio(&e) => {
