@@ -543,6 +543,8 @@ impl Running {
                 every,
                 Start::AfterOnePeriod,
                 |c| {
+                    // Judged first, so that no suspect snapshot counts under `last`.
+                    anomalies::catch_up(c, retention::ANALYSIS_BUDGET)?;
                     let o = retention::prune(c, c.clock.now_ms(), false, "controller:retention")?;
                     let g = gc::gc(c, c.clock.now_ms(), c.gc_lease_ms, 0.5, false)?;
                     let n = o.iter().filter(|x| x.removed).count();

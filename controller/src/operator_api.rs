@@ -621,6 +621,7 @@ impl OperatorApi for OperatorService {
         let ctl = self.0.clone();
         let actor = format!("operator:{admin}");
         let outcomes = tokio::task::spawn_blocking(move || {
+            crate::anomalies::catch_up(&ctl, crate::retention::ANALYSIS_BUDGET)?;
             crate::retention::prune(&ctl, ctl.clock.now_ms(), dry_run, &actor)
         })
         .await

@@ -64,7 +64,7 @@ impl Candidate {
 }
 
 /// How long a prune may spend analyzing snapshots not judged yet before it decides.
-const ANALYSIS_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
+pub const ANALYSIS_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The verdict for one source.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -258,15 +258,17 @@ pub fn fix_unset_locks(ctl: &crate::Controller) -> Result<usize, ApiError> {
 
 /// Applies every policy's retention to the snapshots it covers (sources no policy covers
 /// keep everything). With `dry_run` nothing is removed. Every removal is audited.
+///
+/// Callers judge first (`anomalies::catch_up` within [`ANALYSIS_BUDGET`]): a suspect
+/// snapshot the anomalies worker has not reached yet would otherwise count under `last`
+/// before it is held. (Called from here, the anomalies module would close a circle of
+/// imports through `snapshots`.)
 pub fn prune(
     ctl: &crate::Controller,
     now_ms: i64,
     dry_run: bool,
     actor: &str,
 ) -> Result<Vec<Outcome>, ApiError> {
-    // Judged first: a suspect snapshot the anomalies worker has not reached yet must not
-    // count under `last` before it is held.
-    crate::anomalies::catch_up(ctl, ANALYSIS_BUDGET)?;
     let policies = crate::policy::policies(ctl)?;
     let agents: HashMap<String, crate::catalog::AgentRow> = ctl
         .catalog

@@ -1822,23 +1822,10 @@ fn a4_a_controller_down_while_a_restore_reads_its_tree_is_waited_for() {
             Fleet::start_on_s3(&s3, "fleet", &[]),
         ),
     ] {
-        let pause = fleet.path("paused");
-        fleet.agent_env = vec![
-            ("LIFEBOAT_PAUSE_AT".into(), "restore-before-tree".into()),
-            (
-                "LIFEBOAT_PAUSE_FILE".into(),
-                pause.to_str().expect("path").into(),
-            ),
-        ];
+        let pause = hold_restores_at_their_tree(&mut fleet);
         let (expected, root, snap) = restore_under_way_fixture(&mut fleet, 46);
         let target = root.join("tree-read-waited");
-        let to = target.to_str().expect("utf-8").to_string();
-        let job = fleet.start_job(&["restore", &snap, "--agent", "a", "--to", &to]);
-        lifeboat_tests::wait_for(
-            "the restore to reach its tree",
-            Duration::from_secs(60),
-            || pause.exists().then_some(()),
-        );
+        let job = start_held_restore(&fleet, &snap, &target, &pause);
         fleet.kill_controller();
         fs::remove_file(&pause).expect("release the agent");
         std::thread::sleep(Duration::from_secs(2));
@@ -1980,6 +1967,38 @@ fn restore_under_way_fixture(
     (expected, root, snap)
 }
 
+/// Has the agents the fleet starts from now on hold every restore just before it reads
+/// its snapshot's tree, while the returned pause file exists (`LIFEBOAT_PAUSE_AT`).
+fn hold_restores_at_their_tree(fleet: &mut Fleet) -> std::path::PathBuf {
+    let pause = fleet.path("paused");
+    fleet.agent_env = vec![
+        ("LIFEBOAT_PAUSE_AT".into(), "restore-before-tree".into()),
+        (
+            "LIFEBOAT_PAUSE_FILE".into(),
+            pause.to_str().expect("path").into(),
+        ),
+    ];
+    pause
+}
+
+/// Starts a restore of `snap` by agent `a` into `target` and waits until the agent holds
+/// it at its tree; returns the job's id.
+fn start_held_restore(
+    fleet: &Fleet,
+    snap: &str,
+    target: &std::path::Path,
+    pause: &std::path::Path,
+) -> String {
+    let to = target.to_str().expect("utf-8");
+    let job = fleet.start_job(&["restore", snap, "--agent", "a", "--to", to]);
+    lifeboat_tests::wait_for(
+        "the restore to reach its tree",
+        Duration::from_secs(60),
+        || pause.exists().then_some(()),
+    );
+    job
+}
+
 /// Entries in a restore's target so far (two levels, temp files included), counted as
 /// the restore writes.
 fn written(target: &std::path::Path) -> usize {
@@ -2062,23 +2081,10 @@ impl Drop for Partition {
 #[test]
 fn a10_a_restore_started_again_while_the_first_still_writes_is_refused_not_interleaved() {
     let mut fleet = Fleet::start();
-    let pause = fleet.path("paused");
-    fleet.agent_env = vec![
-        ("LIFEBOAT_PAUSE_AT".into(), "restore-before-tree".into()),
-        (
-            "LIFEBOAT_PAUSE_FILE".into(),
-            pause.to_str().expect("path").into(),
-        ),
-    ];
+    let pause = hold_restores_at_their_tree(&mut fleet);
     let (expected, root, snap) = restore_under_way_fixture(&mut fleet, 47);
     let target = root.join("web");
-    let to = target.to_str().expect("utf-8").to_string();
-    let first = fleet.start_job(&["restore", &snap, "--agent", "a", "--to", &to]);
-    lifeboat_tests::wait_for(
-        "the restore to reach its tree",
-        Duration::from_secs(60),
-        || pause.exists().then_some(()),
-    );
+    let first = start_held_restore(&fleet, &snap, &target, &pause);
     fleet.kill_controller();
     fleet.start_controller();
     fleet.wait_connected(1);
