@@ -269,7 +269,12 @@ impl Jobs {
     pub fn reconcile(&self, agent_id: &str, still_running: &[String]) -> Result<(), ApiError> {
         let _rows = self.rows();
         for state in [JobState::Running, JobState::Interrupted] {
-            for mut job in self.catalog.jobs_in_state(agent_id, state as i32)? {
+            for job in self.catalog.jobs_in_state(agent_id, state as i32)? {
+                // A change the catalog could not take yet is what the job is now.
+                let mut job = self.lock().unsaved.get(&job.id).cloned().unwrap_or(job);
+                if job.state != state as i32 {
+                    continue;
+                }
                 let runs = still_running.contains(&job.id);
                 if runs && state == JobState::Interrupted {
                     job.state = JobState::Running as i32;
