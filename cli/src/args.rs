@@ -255,6 +255,8 @@ pub enum Cmd {
     /// like encryption in place (files rewritten, content that stopped compressing, new
     /// extensions, ransom notes), with their score and reasons; suspect ones by default.
     Anomalies {
+        #[command(subcommand)]
+        cmd: Option<AnomaliesCmd>,
         /// Every analyzed snapshot, with its score, not only the suspect ones.
         #[arg(long)]
         all: bool,
@@ -658,6 +660,22 @@ impl AuditFilter {
             && wanted(&self.action, &e.action)
             && wanted(&self.outcome, &e.outcome)
     }
+}
+
+#[derive(Subcommand)]
+pub enum AnomaliesCmd {
+    /// Clear a suspect snapshot's suspicion after review (admin; audited with the note):
+    /// recovery plans may pick it and retention counts it again. A quarantine stays until
+    /// lifted (`lifeboat snapshots quarantine --clear`).
+    Dismiss {
+        /// Snapshot id or unique prefix.
+        snapshot: String,
+        /// Why it is not suspect (required; kept in the audit log).
+        #[arg(long)]
+        note: String,
+        #[command(flatten)]
+        json: Json,
+    },
 }
 
 #[derive(Subcommand)]

@@ -192,20 +192,74 @@ pub fn list(ctl: &Controller, all: bool, device: &str) -> Result<pb::AnomalyList
         if agent_id.as_ref().is_some_and(|a| *a != snap.agent_id) {
             continue;
         }
-        let report: Report = serde_json::from_str(&row.report).unwrap_or_default();
-        out.anomalies.push(pb::Anomaly {
-            snapshot_id: snap.id,
-            agent_name: snap.agent_name,
-            source: snap.source,
-            received_ms: snap.received_ms,
-            parent: row.parent,
-            score: row.score,
-            threshold: row.threshold,
-            suspect: row.suspect,
-            quarantined: snap.quarantined_ms != 0,
-            reasons: report.reasons.clone(),
-            report_json: row.report,
-        });
+        out.anomalies.push(info(snap, row));
     }
     Ok(out)
+}
+
+/// A snapshot's judgement as the operator API shows it.
+fn info(snap: SnapshotRow, row: AnomalyRow) -> pb::Anomaly {
+    let report: Report = serde_json::from_str(&row.report).unwrap_or_default();
+    pb::Anomaly {
+        snapshot_id: snap.id,
+        agent_name: snap.agent_name,
+        source: snap.source,
+        received_ms: snap.received_ms,
+        parent: row.parent,
+        score: row.score,
+        threshold: row.threshold,
+        suspect: row.suspect,
+        quarantined: snap.quarantined_ms != 0,
+        reasons: report.reasons,
+        report_json: row.report,
+    }
+}
+
+/// Clears a suspect snapshot's suspicion after an admin reviewed it (a false positive: a
+/// cache emptied, an archive recompressed): recovery plans may pick it, and retention counts
+/// it again instead of holding it. Gated by a second admin's approval where approvals are
+/// required; the note is kept in its report and the audit log. Its quarantine, if any,
+/// stays until lifted on its own.
+pub fn dismiss(
+    ctl: &Controller,
+    operator: &str,
+    snapshot: &str,
+    note: &str,
+) -> Result<pb::Anomaly, ApiError> {
+    let note = note.trim();
+    if note.is_empty() {
+        return Err(ApiError::InvalidArgument(
+            "--note is required: say why the snapshot is not suspect (it is kept in the audit log)"
+                .into(),
+        ));
+    }
+    let snap = ctl.catalog.find_snapshot(snapshot)?;
+    let mut row = ctl
+        .catalog
+        .anomaly(&snap.id)?
+        .filter(|r| r.suspect)
+        .ok_or_else(|| {
+            ApiError::FailedPrecondition(format!(
+                "snapshot {} is not suspect; `lifeboat anomalies` lists those that are",
+                &snap.id[..12]
+            ))
+        })?;
+    crate::approvals::gate(ctl, operator, "anomaly.dismiss", &snap.id)?;
+    let mut report: Report = serde_json::from_str(&row.report).unwrap_or_default();
+    report.reasons.push(format!(
+        "dismissed by {operator} at {}: {note}",
+        crate::when(ctl.clock.now_ms())
+    ));
+    row.suspect = false;
+    row.report = serde_json::to_string(&report)
+        .map_err(|e| ApiError::internal(format!("encoding an anomaly report: {e}")))?;
+    ctl.catalog.insert_anomaly(&row)?;
+    ctl.audit.ok(
+        &format!("operator:{operator}"),
+        "snapshot.unsuspect",
+        &snap.id,
+        serde_json::json!({"device": snap.agent_name, "source": snap.source, "score": row.score, "note": note}),
+    );
+    tracing::warn!(snapshot = %snap.id, device = %snap.agent_name, %operator, %note, "suspicion dismissed");
+    Ok(info(snap, row))
 }

@@ -133,6 +133,7 @@ pub const POLICY: &[(&str, &[Class])] = &[
     ("/lifeboat.v1.OperatorApi/ImportAdvisories", OPERATORS),
     ("/lifeboat.v1.OperatorApi/ListFindings", READERS),
     ("/lifeboat.v1.OperatorApi/ListAnomalies", READERS),
+    ("/lifeboat.v1.OperatorApi/DismissAnomaly", ADMINS),
     ("/lifeboat.v1.OperatorApi/AddVendorKey", ADMINS),
     ("/lifeboat.v1.OperatorApi/ImportTrustedDigests", ADMINS),
     ("/lifeboat.v1.OperatorApi/ListVendorKeys", READERS),

@@ -841,6 +841,21 @@ impl OperatorApi for OperatorService {
         Ok(Response::new(reply))
     }
 
+    async fn dismiss_anomaly(
+        &self,
+        req: Request<pb::DismissAnomalyRequest>,
+    ) -> Result<Response<pb::Anomaly>, Status> {
+        let (admin, _) = auth::operator(&req)?;
+        let req = req.into_inner();
+        let ctl = self.0.clone();
+        let reply = tokio::task::spawn_blocking(move || {
+            crate::anomalies::dismiss(&ctl, &admin, &req.snapshot_id, &req.note)
+        })
+        .await
+        .map_err(ApiError::from)??;
+        Ok(Response::new(reply))
+    }
+
     async fn add_vendor_key(
         &self,
         req: Request<pb::VendorKeyRequest>,

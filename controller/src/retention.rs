@@ -10,8 +10,8 @@
 //!
 //! Snapshots taken while a device was being attacked are held, not counted. A quarantined
 //! snapshot, or one the anomalies worker judged suspect, is kept as evidence (until an
-//! admin lifts the quarantine with `lifeboat snapshots quarantine --clear`, or deletes it)
-//! and takes no place under `last` or a period's rule; the newest good snapshot received
+//! admin lifts the quarantine, `lifeboat snapshots quarantine --clear`, or dismisses the
+//! suspicion, `lifeboat anomalies dismiss`; or deletes it) and takes no place under `last` or a period's rule; the newest good snapshot received
 //! before it is kept too. A compromised agent flooding its source's history with empty or
 //! fake snapshots therefore pushes out no snapshot from before the breach (checklist row
 //! C4): under quarantine the flood is held whole (a device's later commits inherit its
@@ -106,7 +106,8 @@ pub fn decide(snaps: &[Candidate], keep: &Keep, tz: &TimeZone, now_ms: i64) -> V
     if let Some(newest) = sorted.first() {
         marks.push((newest.id.clone(), "newest of its source".into()));
     }
-    // What the rules count: snapshots neither quarantined nor suspect, newest first.
+    // What the rules count: snapshots neither quarantined, suspect nor unjudged, newest
+    // first.
     let counted: Vec<&Candidate> = sorted
         .iter()
         .copied()
@@ -122,10 +123,10 @@ pub fn decide(snaps: &[Candidate], keep: &Keep, tz: &TimeZone, now_ms: i64) -> V
         let Some(why) = s.held() else { continue };
         marks.push((
             s.id.clone(),
-            if s.unjudged && !s.quarantined && !s.suspect {
-                format!("{why}: held until it is")
-            } else {
-                format!("{why}: held until an admin lifts or deletes it")
+            match why {
+                "quarantined" => format!("{why}: held until an admin lifts the quarantine"),
+                "suspect" => format!("{why}: held until an admin dismisses it"),
+                _ => format!("{why}: held until it is"),
             },
         ));
         if let Some(before) = counted
@@ -512,7 +513,7 @@ mod tests {
         );
         assert_eq!(
             v.keep["s03"],
-            vec!["suspect: held until an admin lifts or deletes it".to_string()]
+            vec!["suspect: held until an admin dismisses it".to_string()]
         );
 
         // One not judged yet is held like a suspect one until it is.

@@ -373,6 +373,32 @@ fn c4_a_flood_of_snapshots_after_a_breach_pushes_out_no_snapshot_from_before_it(
         .count();
     assert_eq!(on_arrival, web_flood.len(), "{audit}");
 
+    // Reviewed, db's suspect snapshot is taken for a false alarm: dismissed with a note
+    // (an admin's, audited), it is an ordinary snapshot again, and retention counts it.
+    let no_note = fleet.cli(&["anomalies", "dismiss", db_suspect]);
+    assert!(!no_note.status.success(), "a dismissal without a note");
+    let why = "the db's export job rewrites its files each night";
+    let dismissed = fleet.cli_json(&["anomalies", "dismiss", db_suspect, "--note", why]);
+    assert_eq!(dismissed["suspect"], false, "{dismissed}");
+    let twice = fleet.cli(&["anomalies", "dismiss", db_suspect, "--note", why]);
+    assert!(
+        !twice.status.success()
+            && String::from_utf8_lossy(&twice.stderr).contains("is not suspect"),
+        "a second dismissal: {}",
+        String::from_utf8_lossy(&twice.stderr)
+    );
+    let audit = fleet.cli_json(&["audit", "--since", "1h", "--action", "snapshot.unsuspect"]);
+    assert!(audit.to_string().contains(why), "{audit}");
+    let dry = fleet.cli_json(&["prune", "--dry-run"]);
+    let action = |id: &str| {
+        dry["snapshots"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["id"] == id))
+            .map(|s| s["action"].clone())
+    };
+    assert_eq!(action(db_suspect), Some("remove".into()), "{dry}");
+    assert_eq!(action(&db_good[2]), Some("remove".into()), "{dry}");
+
     // The day of the breach: web's plan goes back to its last good day; both restore it.
     let plan = fleet.cli_json(&["recover", "plan", "--agent", "web", "--before", "0s"]);
     assert_eq!(

@@ -80,6 +80,7 @@ const ADMIN_RPCS: &[&str] = &[
     "AddVendorKey",
     "ImportTrustedDigests",
     "RotateCa",
+    "DismissAnomaly",
 ];
 
 fn all_rpcs() -> Vec<&'static str> {
@@ -223,6 +224,11 @@ async fn call(channel: &Channel, rpc: &str) -> Result<(), tonic::Status> {
             .await
             .map(drop),
         "ListVendorKeys" => op.list_vendor_keys(pb::Empty {}).await.map(drop),
+        // No snapshot named: past authorization, nothing is dismissed.
+        "DismissAnomaly" => op
+            .dismiss_anomaly(pb::DismissAnomalyRequest::default())
+            .await
+            .map(drop),
         // Invalid on purpose: the matrix must not add a key or trust a digest.
         "AddVendorKey" => op
             .add_vendor_key(pb::VendorKeyRequest::default())

@@ -621,6 +621,41 @@ pub async fn anomalies(api: &mut Api, all: bool, device: String, json: bool) -> 
     Ok(0)
 }
 
+/// `lifeboat anomalies dismiss SNAPSHOT --note WHY`.
+pub async fn dismiss(api: &mut Api, snapshot: String, note: String, json: bool) -> Result<i32> {
+    let a = api
+        .dismiss_anomaly(pb::DismissAnomalyRequest {
+            snapshot_id: snapshot,
+            note,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if json {
+        out!(
+            "{}",
+            serde_json::json!({
+                "snapshot": a.snapshot_id, "device": a.agent_name, "source": a.source,
+                "suspect": a.suspect, "quarantined": a.quarantined, "reasons": a.reasons,
+            })
+        );
+        return Ok(0);
+    }
+    out!(
+        "snapshot {} of {} ({}) is no longer suspect",
+        short(&a.snapshot_id),
+        a.agent_name,
+        a.source
+    );
+    if a.quarantined {
+        out!(
+            "it is still quarantined: lifeboat snapshots quarantine --agent {} --after TIME --clear lifts that",
+            a.agent_name
+        );
+    }
+    Ok(0)
+}
+
 /// `lifeboat trust add-key | import | list`.
 pub async fn trust(api: &mut Api, cmd: TrustCmd) -> Result<i32> {
     match cmd {

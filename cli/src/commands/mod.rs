@@ -13,7 +13,7 @@ mod up;
 
 use anyhow::Result;
 
-use crate::args::{Cli, Cmd, IdentityCmd, default_data_dir};
+use crate::args::{AnomaliesCmd, Cli, Cmd, IdentityCmd, default_data_dir};
 use crate::connect::connect;
 
 pub async fn dispatch(cli: Cli) -> Result<i32> {
@@ -69,9 +69,21 @@ pub async fn dispatch(cli: Cli) -> Result<i32> {
         c @ Cmd::Sbom { .. } => inventory::run(&mut api, c).await,
         c @ Cmd::Vulns { .. } => inventory::vulns(&mut api, c).await,
         Cmd::Trust { cmd } => inventory::trust(&mut api, cmd).await,
-        Cmd::Anomalies { all, device, json } => {
-            inventory::anomalies(&mut api, all, device.unwrap_or_default(), json.json).await
-        }
+        Cmd::Anomalies {
+            cmd:
+                Some(AnomaliesCmd::Dismiss {
+                    snapshot,
+                    note,
+                    json,
+                }),
+            ..
+        } => inventory::dismiss(&mut api, snapshot, note, json.json).await,
+        Cmd::Anomalies {
+            cmd: None,
+            all,
+            device,
+            json,
+        } => inventory::anomalies(&mut api, all, device.unwrap_or_default(), json.json).await,
         Cmd::Policy { cmd } => policy::run(&mut api, cmd).await,
         c @ (Cmd::Identity { .. }
         | Cmd::Audit { .. }
