@@ -890,6 +890,83 @@ fn a_target_map_sends_a_device_to_its_replacement() {
     assert_eq!(manifest(&data), expected);
 }
 
+/// A device with one source inside another (`srv/db` inside `srv`, named so that the inner
+/// sorts first): the plan restores the outer one first, says so, and each ends as its own
+/// restore point. Before, the plan restored them in name order, and the outer restore
+/// (exact, extras removed) put its older copy of `db` back over `db`'s own restore point
+/// while the plan reported both restored.
+#[test]
+fn a_source_inside_another_ends_as_its_own_restore_point() {
+    let mut fleet = Fleet::start();
+    let root = fleet.path("machines/m");
+    let srv = root.join("srv");
+    let db = srv.join("db");
+    fill(&srv, 31, 6, 20_000);
+    fs::create_dir_all(&db).expect("mkdir");
+    fs::write(db.join("table"), b"rows as of the first backup").expect("write");
+    let agent = fleet.enroll("m");
+    fleet.run_agent_with(
+        &agent,
+        &[("srv", &srv), ("db", &db)],
+        &[&root],
+        &["--no-docker"],
+    );
+    // Everything but `db` and what lies in it, as the outer source's restore leaves it.
+    let outside_db = |m: Vec<tree::Item>| -> Vec<tree::Item> {
+        m.into_iter()
+            .filter(|i| !i.path.starts_with("db"))
+            .collect()
+    };
+    fleet.backup("m", "srv");
+    let srv_expected = outside_db(manifest(&srv));
+    fs::write(db.join("table"), b"rows as of the second backup, newer").expect("write");
+    fs::write(db.join("journal"), b"only in db's own snapshot").expect("write");
+    fleet.backup("m", "db");
+    let db_expected = manifest(&db);
+
+    // The breach: both changed, db's new file gone.
+    tamper(&srv);
+    fs::write(db.join("table"), b"encrypted").expect("tamper");
+    fs::remove_file(db.join("journal")).expect("delete");
+
+    let plan = plan_json(&fleet, &["--agent", "m", "--before", &rfc(now_ms() + 1000)]);
+    let sources: Vec<&str> = plan["devices"][0]["sources"]
+        .as_array()
+        .expect("sources")
+        .iter()
+        .map(|s| s["source"].as_str().expect("source"))
+        .collect();
+    assert_eq!(
+        sources,
+        ["srv", "db"],
+        "the outer source goes first: {plan}"
+    );
+    let warnings = plan["warnings"].to_string();
+    assert!(
+        warnings.contains("inside source srv") && warnings.contains("srv is restored first"),
+        "the plan says why: {plan}"
+    );
+    let id = plan["id"].as_str().expect("id");
+    let out = fleet.cli(&["recover", "run", id, "--wait"]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fs::read(db.join("table")).expect("read"),
+        b"rows as of the second backup, newer",
+        "db ended as srv's older copy of it"
+    );
+    assert_eq!(manifest(&db), db_expected, "db is its own restore point");
+    assert_eq!(
+        outside_db(manifest(&srv)),
+        srv_expected,
+        "srv is its restore point"
+    );
+}
+
 /// Agent `name`, enrolled with `tok`, backs up `NAME/data` (`files` random files of `size`
 /// bytes) once and runs probes.
 fn drillable(fleet: &mut Fleet, name: &str, tok: &str, seed: u64, files: usize, size: usize) {

@@ -420,6 +420,7 @@ fn plan_device(
             passed_over,
         });
     }
+    nested_outer_first(&mut dev, &mut steps, &mut out.warnings);
     if !dev.sources.is_empty() {
         dev.basis = Basis::of(measured);
         let work = Work {
@@ -429,6 +430,50 @@ fn plan_device(
         out.device = Some((dev, work));
     }
     Ok(out)
+}
+
+/// Orders a device's restores so that a directory is restored before any source that lies
+/// inside it, and warns of each such pair.
+///
+/// A plan restores a host path exactly as its restore point (`delete_extra`), one source
+/// after another. A source inside another (`/srv/db` beside `/srv`) is also in the outer
+/// source's snapshots, as it was when that one was taken; restored after the inner one, the
+/// outer restore would put that older copy back over the inner source's chosen restore
+/// point (and remove what the older copy lacks), the plan still reporting the inner
+/// source restored. Outer first, then inner over it: each source ends as its own restore
+/// point. Sorting by path does it, since a path sorts before every path below it.
+fn nested_outer_first(dev: &mut Device, steps: &mut Vec<Step>, warnings: &mut Vec<String>) {
+    let path = |s: &Source| (s.target.is_empty(), std::path::PathBuf::from(&s.target));
+    let mut order: Vec<usize> = (0..dev.sources.len()).collect();
+    order.sort_by_key(|&i| path(&dev.sources[i]));
+    let mut sources = Vec::with_capacity(order.len());
+    let mut ordered = Vec::with_capacity(order.len());
+    for &i in &order {
+        sources.push(dev.sources[i].clone());
+        ordered.push(steps[i].clone());
+    }
+    for (i, inner) in sources.iter().enumerate() {
+        let outer = sources[..i].iter().rev().find(|o| {
+            !o.target.is_empty()
+                && !inner.target.is_empty()
+                && std::path::Path::new(&inner.target).starts_with(&o.target)
+        });
+        if let Some(outer) = outer {
+            warnings.push(format!(
+                "{} {}: {} lies inside source {} ({}), whose restore also writes it; {} is \
+                 restored first, then {} over it, so each ends as its own restore point",
+                dev.agent,
+                inner.source,
+                inner.target,
+                outer.source,
+                outer.target,
+                outer.source,
+                inner.source
+            ));
+        }
+    }
+    dev.sources = sources;
+    *steps = ordered;
 }
 
 /// `f` of every item, on as many threads as the machine has cores (at most 8), in order;
