@@ -37,6 +37,10 @@ const ANCHOR_CONTEXT: &[u8] = b"lifeboat audit head v1\0";
 /// that identity).
 const DENIALS_PER_SOURCE_PER_MINUTE: u32 = 120;
 const ANONYMOUS_DENIALS_PER_MINUTE: u32 = 1200;
+/// Entries kept in memory while the catalog cannot take them (its disk full): about 15 MiB
+/// at most. Past that the oldest are kept (how it began) and the rest counted, and the
+/// count is recorded with them.
+const UNSAVED_MAX: usize = 50_000;
 
 /// One audit entry.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +118,25 @@ impl Verification {
     }
 }
 
+/// An entry not yet in the catalog: what happened, and when.
+struct Pending {
+    ts_ms: i64,
+    actor: String,
+    action: String,
+    target: String,
+    outcome: String,
+    detail: String,
+}
+
+/// Entries the catalog could not take yet, oldest first, and how many more there were.
+#[derive(Default)]
+struct Unsaved {
+    entries: std::collections::VecDeque<Pending>,
+    lost: u64,
+    lost_from_ms: i64,
+    lost_to_ms: i64,
+}
+
 #[derive(Default)]
 struct DenialWindow {
     minute: i64,
@@ -138,6 +161,9 @@ pub struct Audit {
     denied_anonymous: AtomicU64,
     /// Refusals since the controller started, by the rule broken (the entry's action).
     refusals: Mutex<BTreeMap<String, u64>>,
+    /// Entries waiting for the catalog to take them. Held while entries are written, so
+    /// that they reach the chain in the order they happened.
+    unsaved: Mutex<Unsaved>,
 }
 
 /// What `/metrics` counts of denials and refusals since the controller started.
@@ -170,7 +196,17 @@ impl Audit {
                     .map(|a| (a.to_string(), 0))
                     .collect(),
             ),
+            unsaved: Mutex::new(Unsaved::default()),
         }
+    }
+
+    /// Entries waiting for the catalog to take them, for `/metrics`.
+    pub fn unsaved(&self) -> usize {
+        self.unsaved
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .len()
     }
 
     /// Denials and refusals counted since the controller started.
@@ -186,15 +222,60 @@ impl Audit {
         }
     }
 
-    /// Appends an entry; `detail` is a JSON object.
-    pub fn record(
+    /// Appends an entry (`detail` is a JSON object) after any the catalog could not take
+    /// before. When it cannot take this one either (its disk full), the entry waits in
+    /// memory with its time, and the next entry or the anchor worker writes it: filling
+    /// the controller's disk hides nobody's actions or denials from the log.
+    fn record(
         &self,
         actor: &str,
         action: &str,
         target: &str,
         outcome: &str,
         detail: serde_json::Value,
-    ) -> Result<u64, CatalogError> {
+    ) {
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = Pending {
+            ts_ms: now_ms(),
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            outcome: outcome.to_string(),
+            detail: detail.to_string(),
+        };
+        if unsaved.entries.len() < UNSAVED_MAX {
+            unsaved.entries.push_back(entry);
+        } else {
+            if unsaved.lost == 0 {
+                unsaved.lost_from_ms = entry.ts_ms;
+            }
+            unsaved.lost += 1;
+            unsaved.lost_to_ms = entry.ts_ms;
+        }
+        let waiting = unsaved.entries.len();
+        if let Err(e) = self.write(&mut unsaved) {
+            tracing::error!(%actor, %action, %target, waiting, error = %e, "could not write the audit log; the entry waits in memory until the catalog takes it");
+        }
+    }
+
+    /// Writes the entries waiting, if any (the anchor worker calls this every few seconds).
+    fn flush(&self) -> Result<(), CatalogError> {
+        let mut unsaved = self.unsaved.lock().unwrap_or_else(|p| p.into_inner());
+        if unsaved.entries.is_empty() && unsaved.lost == 0 {
+            return Ok(());
+        }
+        let n = unsaved.entries.len();
+        self.write(&mut unsaved)?;
+        tracing::info!(
+            entries = n,
+            "audit entries that waited for the catalog are written"
+        );
+        Ok(())
+    }
+
+    /// Appends every waiting entry to the chain in one transaction (all or none), then a
+    /// count of those past [`UNSAVED_MAX`].
+    fn write(&self, unsaved: &mut Unsaved) -> Result<(), CatalogError> {
         let mut conn = self.catalog.lock();
         let tx = conn.transaction()?;
         let last: Option<(i64, Vec<u8>)> = tx
@@ -204,34 +285,52 @@ impl Audit {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
-        let (seq, prev) = match last {
+        let (mut seq, mut prev) = match last {
             Some((seq, hash)) => (seq as u64 + 1, hash_array(&hash)),
             None => (1, [0u8; 32]),
         };
-        let entry = Entry {
-            seq,
+        let lost = (unsaved.lost > 0).then(|| Pending {
             ts_ms: now_ms(),
-            actor: actor.to_string(),
-            action: action.to_string(),
-            target: target.to_string(),
-            outcome: outcome.to_string(),
-            detail: detail.to_string(),
-        };
-        let hash = entry.hash(&prev);
-        tx.execute(
-            "INSERT INTO audit(seq, ts_ms, actor, action, target, outcome, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![seq as i64, entry.ts_ms, entry.actor, entry.action, entry.target, entry.outcome, entry.detail, &prev[..], &hash[..]],
-        )?;
+            actor: "controller".into(),
+            action: "audit.lost".into(),
+            target: String::new(),
+            outcome: "ok".into(),
+            detail: serde_json::json!({
+                "entries_not_recorded": unsaved.lost,
+                "reason": "the catalog could not take them and more waited than the controller keeps in memory",
+                "from_unix_ms": unsaved.lost_from_ms,
+                "to_unix_ms": unsaved.lost_to_ms,
+            })
+            .to_string(),
+        });
+        for p in unsaved.entries.iter().chain(lost.as_ref()) {
+            let entry = Entry {
+                seq,
+                ts_ms: p.ts_ms,
+                actor: p.actor.clone(),
+                action: p.action.clone(),
+                target: p.target.clone(),
+                outcome: p.outcome.clone(),
+                detail: p.detail.clone(),
+            };
+            let hash = entry.hash(&prev);
+            tx.execute(
+                "INSERT INTO audit(seq, ts_ms, actor, action, target, outcome, detail, prev, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![seq as i64, entry.ts_ms, entry.actor, entry.action, entry.target, entry.outcome, entry.detail, &prev[..], &hash[..]],
+            )?;
+            seq += 1;
+            prev = hash;
+        }
         tx.commit()?;
+        *unsaved = Unsaved::default();
         self.dirty.store(true, Ordering::Relaxed);
-        Ok(seq)
+        Ok(())
     }
 
-    /// Records an action that succeeded; an audit failure is logged, never silent.
+    /// Records an action that succeeded; an audit failure is logged, never silent, and the
+    /// entry is written once the catalog takes it.
     pub fn ok(&self, actor: &str, action: &str, target: &str, detail: serde_json::Value) {
-        if let Err(e) = self.record(actor, action, target, "ok", detail) {
-            tracing::error!(%actor, %action, %target, error = %e, "could not write the audit log");
-        }
+        self.record(actor, action, target, "ok", detail);
     }
 
     /// Records a call an authenticated identity (an agent or operator the catalog
@@ -252,15 +351,13 @@ impl Audit {
             .unwrap_or_else(|p| p.into_inner())
             .entry(action.to_string())
             .or_default() += 1;
-        if let Err(e) = self.record(
+        self.record(
             actor,
             action,
             target,
             "denied",
             serde_json::json!({ "reason": why }),
-        ) {
-            tracing::error!(error = %e, "could not write the audit log");
-        }
+        );
     }
 
     /// Records a denial of a caller without an identity the catalog honours, within the
@@ -310,15 +407,13 @@ impl Audit {
 
     fn record_denial(&self, actor: &str, what: &str, remote: &str, why: &str) {
         tracing::warn!(%actor, %what, %remote, reason = %why, "denied");
-        if let Err(e) = self.record(
+        self.record(
             actor,
             "authz.denied",
             what,
             "denied",
             serde_json::json!({ "remote": remote, "reason": why }),
-        ) {
-            tracing::error!(error = %e, "could not write the audit log");
-        }
+        );
     }
 
     /// Entries with `seq > after_seq` and time `>= since_ms`, oldest first.
@@ -458,6 +553,7 @@ impl Audit {
     /// Verifies the chain and, if it holds and moved on, writes the head into the store.
     /// A failed verification freezes anchoring for the life of the process.
     pub fn anchor(&self) -> Result<(), ApiError> {
+        self.flush()?;
         if self.frozen.load(Ordering::Relaxed) || !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }

@@ -181,6 +181,11 @@ async fn render(ctl: Arc<Controller>) -> String {
     );
     let _ = writeln!(
         out,
+        "# HELP lifeboat_audit_unsaved Audit entries the catalog could not take yet (its disk full), kept in memory and written once it does.\n# TYPE lifeboat_audit_unsaved gauge\nlifeboat_audit_unsaved {}",
+        ctl.audit.unsaved()
+    );
+    let _ = writeln!(
+        out,
         "# HELP lifeboat_refusals_total Requests of an authenticated identity refused by the rule they broke (the audit entry's action) since the controller started.\n# TYPE lifeboat_refusals_total counter"
     );
     for (action, n) in &denials.refusals {

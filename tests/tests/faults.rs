@@ -180,27 +180,34 @@ fn a8_store_full_during_gc_loses_nothing_and_the_next_gc_finishes() {
 /// until the catalog cannot take one: each failure says the controller's disk is full and
 /// lists nothing; reads (listings, a restore of an earlier snapshot) keep working; once
 /// space is freed a backup commits, the catalog passes SQLite's integrity check, `verify`
-/// is clean, and every listed snapshot restores identical.
+/// is clean, and every listed snapshot restores identical. What was audited meanwhile (a
+/// call denied while the disk was full, every backup's start) reaches the audit log once it
+/// is freed, the chain intact: filling the disk hides nothing from it.
 #[test]
 fn a8_catalog_disk_full_fails_backups_clearly_and_loses_nothing() {
     // Nothing left (the job cannot be recorded), and room for a job but not its chunks'
     // index rows or its snapshot's (the backup runs and cannot commit).
+    let mut waited = 0;
     for leave_kib in [0, 256, 1024] {
-        if !catalog_full_then_freed(leave_kib) {
-            return;
+        match catalog_full_then_freed(leave_kib) {
+            Some(n) => waited += n,
+            None => return,
         }
     }
+    assert!(
+        waited > 0,
+        "no audit entry ever waited for the catalog: the test did not exercise it"
+    );
 }
 
-/// One catalog A8 round with `leave_kib` KiB free; false where no tmpfs can be mounted.
-fn catalog_full_then_freed(leave_kib: u64) -> bool {
+/// One catalog A8 round with `leave_kib` KiB free: how many audit entries waited for the
+/// catalog; None where no tmpfs can be mounted.
+fn catalog_full_then_freed(leave_kib: u64) -> Option<u64> {
     let dir = tempfile::Builder::new()
         .prefix("lifeboat-e2e-")
         .tempdir()
         .expect("tempdir");
-    let Some(disk) = Tmpfs::mount(&dir.path().join("ctl"), 24) else {
-        return false;
-    };
+    let disk = Tmpfs::mount(&dir.path().join("ctl"), 24)?;
     let store = dir.path().join("store");
     let mut fleet =
         Fleet::start_in_with(dir, &["--store", store.to_str().expect("utf8")], Vec::new());
@@ -219,6 +226,22 @@ fn catalog_full_then_freed(leave_kib: u64) -> bool {
         }
         tree::manifest(&src)
     };
+    // An identity whose calls beyond its role are denied, and audited.
+    let viewer = fleet.path("viewer.identity");
+    let out = fleet.cli(&[
+        "identity",
+        "create",
+        "viewer",
+        "--role",
+        "viewer",
+        "--out",
+        viewer.to_str().expect("utf8"),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut listed: Vec<(String, Vec<tree::Item>)> = Vec::new();
     let first = grow(0);
     listed.push((
@@ -258,6 +281,16 @@ fn catalog_full_then_freed(leave_kib: u64) -> bool {
         !failures.is_empty(),
         "12 backups fitted in a full catalog disk: the test did not fill it"
     );
+    // Someone uses the full disk as cover: a call beyond its role, denied, whose audit
+    // entry the catalog cannot take now.
+    let out = fleet
+        .cli_command(&["agents", "revoke", "a"])
+        .env("LIFEBOAT_IDENTITY", &viewer)
+        .output()
+        .expect("lifeboat");
+    assert!(!out.status.success(), "a viewer revoked an agent");
+    let waiting =
+        lifeboat_tests::counter(&lifeboat_tests::metrics(&fleet), "lifeboat_audit_unsaved");
     let ids: Vec<String> = fleet.snapshot_ids();
     assert_eq!(
         ids.len(),
@@ -290,6 +323,38 @@ fn catalog_full_then_freed(leave_kib: u64) -> bool {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .expect("integrity_check");
     assert_eq!(check, "ok");
+    // What was audited while the disk was full reached the log once it was freed: the
+    // denial, and the start of every backup job the catalog holds, the chain intact.
+    let audited = lifeboat_tests::wait_for(
+        "the audit entries kept in memory to reach the log",
+        Duration::from_secs(30),
+        || {
+            let log = fleet.cli_json(&["audit"]);
+            let log = log.as_array()?.clone();
+            log.iter()
+                .any(|e| e["action"] == "authz.denied" && e["actor"].to_string().contains("viewer"))
+                .then_some(log)
+        },
+    );
+    let jobs: Vec<String> = db
+        .prepare("SELECT id FROM jobs WHERE kind = 'backup'")
+        .and_then(|mut st| st.query_map([], |r| r.get(0))?.collect())
+        .expect("jobs");
+    for job in &jobs {
+        assert!(
+            audited
+                .iter()
+                .any(|e| e["action"] == "backup.start" && e["detail"]["job"] == job.as_str()),
+            "backup job {job} has no backup.start entry in the audit log"
+        );
+    }
+    let chain = fleet.cli(&["audit", "verify"]);
+    assert!(
+        chain.status.success(),
+        "the audit chain after the disk was freed: {}{}",
+        String::from_utf8_lossy(&chain.stdout),
+        String::from_utf8_lossy(&chain.stderr)
+    );
     let verify = fleet.cli(&["verify", "--json"]);
     assert!(
         verify.status.success(),
@@ -306,14 +371,16 @@ fn catalog_full_then_freed(leave_kib: u64) -> bool {
     let ran = failures.iter().filter(|(ran, _)| *ran).count();
     eprintln!(
         "A8 catalog disk full ({leave_kib} KiB free): {} backups committed first, then {} refused before they ran \
-         and {ran} failed as they ran, each saying so ({}); nothing half-listed; after freeing: integrity ok, \
-         verify clean, {} snapshots restored identical",
+         and {ran} failed as they ran, each saying so ({}); nothing half-listed; {waiting} audit entries waited \
+         in memory; after freeing: integrity ok, the denial and {} backup starts in the audit log, its chain \
+         intact, verify clean, {} snapshots restored identical",
         listed.len() - 2,
         failures.len() - ran,
         failures.last().map(|(_, e)| e.as_str()).unwrap_or_default(),
+        jobs.len(),
         listed.len()
     );
-    true
+    Some(waiting)
 }
 
 /// A9: the restore target's filesystem fills during a restore. The restore fails saying
