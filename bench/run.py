@@ -256,6 +256,7 @@ class Lifeboat:
                 self.s3.stop()
             self.s3 = SeaweedFS(self.work)
             extra, env = self.s3.serve_args(), self.s3.env
+        extra = [*extra, *getattr(self, "controller_args", [])]
         self.controller, self.url, fingerprint = start_controller(BIN, self.dir, self.prefix, extra, env)
         token = json.loads(self.cli("token", "create", "--json"))["token"]
         sh(BIN / "lifeboat-agent", "enroll", "--controller", self.url, "--token", token, "--ca-fingerprint", fingerprint, "--name", "bench", "--state-dir", self.dir / "agent", capture_output=True)

@@ -3,7 +3,7 @@
 # the reliability checklist, run as one command.
 #
 #   tests/faults.sh            quick mode: the iteration counts `.ci/run` runs with the
-#                              rest of the suite (68 tests)
+#                              rest of the suite (69 tests)
 #   tests/faults.sh --soak     the checklist's counts (LIFEBOAT_SOAK=1): 1,000 agent kills
 #                              for A1, 200 power cuts for A2, 100 controller kills for A4,
 #                              partitions of 2 and 10 minutes for A10; hours

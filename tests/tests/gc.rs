@@ -86,6 +86,150 @@ fn gc_races_backups_and_never_loses_a_referenced_chunk_on_s3() {
 
 const GC_RACE_ARGS: &[&str] = &["--gc-lease", "2s", "--prune-every", "0s"];
 
+/// Checklist row D4 as written: GC runs without pause (prune, GC, prune, GC...) while ten
+/// agents back up round after round, in each round one of them (10%) SIGSTOPped past the
+/// 2 s lease mid-backup. 0 missing chunks: a backup whose chunks were swept while it was
+/// paused is refused at commit (typed `missing_chunks`), never committed with holes, and
+/// every committed snapshot restores whole; once the fleet stops, one GC past the lease
+/// reclaims every orphan. GC's throughput over the run is printed. Quick: 30 s; soaking
+/// (`LIFEBOAT_SOAK=1`): the checklist's hour and at least 100 backups;
+/// `LIFEBOAT_D4_SECONDS` sets the time.
+#[test]
+fn d4_gc_runs_without_pause_beside_a_fleet_backing_up() {
+    const AGENTS: usize = 10;
+    let seconds: u64 = match std::env::var("LIFEBOAT_D4_SECONDS") {
+        Ok(v) => v.parse().expect("LIFEBOAT_D4_SECONDS: seconds"),
+        Err(_) if lifeboat_tests::soaking() => 3600,
+        Err(_) => 30,
+    };
+    let min_backups = if lifeboat_tests::soaking() { 100 } else { 20 };
+    let mut fleet = Fleet::start_with(GC_RACE_ARGS);
+    let root = tempfile::tempdir().expect("root");
+    let mut rng = Rng::new(404);
+    let sources: Vec<tempfile::TempDir> = (0..AGENTS)
+        .map(|_| tempfile::tempdir().expect("src"))
+        .collect();
+    let churn = |rng: &mut Rng, dir: &std::path::Path| {
+        for _ in 0..3 {
+            let name = format!("f{}", rng.next_u64() % 10);
+            let size = 1000 + (rng.next_u64() % 200_000) as usize;
+            fs::write(dir.join(&name), rng.bytes(size)).expect("write");
+        }
+        let _ = fs::remove_file(dir.join(format!("f{}", rng.next_u64() % 10)));
+    };
+    // `a` first: `everything_restores` restores onto it.
+    let names: Vec<String> = (b'a'..)
+        .take(AGENTS)
+        .map(|c| char::from(c).to_string())
+        .collect();
+    for (name, src) in names.iter().zip(&sources) {
+        churn(&mut rng, src.path());
+        let agent = fleet.enroll(name);
+        fleet.run_agent(&agent, &[("data", src.path())], &[root.path()]);
+    }
+    apply_keep_last(&fleet, 2);
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let started = std::time::Instant::now();
+    let (mut committed, mut refused, mut rounds) = (0, 0, 0);
+    let gc = std::thread::scope(|s| {
+        let gc = s.spawn(|| {
+            // (cycles, chunks marked and swept, seconds inside `gc`)
+            let (mut cycles, mut chunks, mut busy) = (0u64, 0u64, 0f64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = fleet.cli(&["prune"]);
+                assert!(
+                    out.status.success(),
+                    "prune: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                let t = std::time::Instant::now();
+                let out = fleet.cli(&["gc", "--json"]);
+                assert!(
+                    out.status.success(),
+                    "gc: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                busy += t.elapsed().as_secs_f64();
+                let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("gc json");
+                chunks += r["referenced"].as_u64().expect("referenced")
+                    + r["swept"].as_u64().expect("swept");
+                cycles += 1;
+            }
+            (cycles, chunks, busy)
+        });
+        while started.elapsed() < Duration::from_secs(seconds) || committed + refused < min_backups
+        {
+            for src in &sources {
+                churn(&mut rng, src.path());
+            }
+            let jobs: Vec<String> = names
+                .iter()
+                .map(|n| fleet.start_job(&["backup", n]))
+                .collect();
+            let paused = &names[rounds % AGENTS];
+            std::thread::sleep(Duration::from_millis(rng.next_u64() % 400));
+            fleet.signal_agent(paused, Signal::STOP);
+            std::thread::sleep(Duration::from_millis(2500));
+            fleet.signal_agent(paused, Signal::CONT);
+            for (name, id) in names.iter().zip(&jobs) {
+                let done = wait_for(
+                    &format!("round {rounds}: {name}'s backup to end"),
+                    Duration::from_secs(120),
+                    || {
+                        let j = fleet.job_info(id);
+                        matches!(j["state"].as_str(), Some("succeeded" | "failed")).then_some(j)
+                    },
+                );
+                if done["state"] == "succeeded" {
+                    committed += 1;
+                    continue;
+                }
+                // Only a backup paused past the lease may lose its chunks to GC, and it
+                // is refused for it at commit.
+                assert_eq!(
+                    name, paused,
+                    "round {rounds}: {name} was not paused: {done}"
+                );
+                assert_eq!(done["refusal"], "missing_chunks", "round {rounds}: {done}");
+                refused += 1;
+            }
+            rounds += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        gc.join().expect("the GC thread")
+    });
+    let (cycles, chunks, busy) = gc;
+    let ran = started.elapsed().as_secs_f64();
+    assert!(cycles >= 2, "GC ran {cycles} times beside the backups");
+
+    // 0 missing chunks: every snapshot kept restores whole, and scrub is clean.
+    let kept = everything_restores(&fleet, root.path(), "d4");
+    assert!(kept >= AGENTS, "{kept} snapshots kept for {AGENTS} agents");
+    // Orphans: GC without pause left few; new ones (the chunks of snapshots pruned now)
+    // are all reclaimed by one GC past the lease.
+    for _ in 0..2 {
+        for (name, src) in names.iter().zip(&sources) {
+            churn(&mut rng, src.path());
+            fleet.backup(name, "data");
+        }
+    }
+    assert!(fleet.cli(&["prune"]).status.success());
+    let (last, _) = fleet.gc_past_the_lease(Duration::from_secs(2), "after the fleet stopped");
+    assert!(
+        last["swept"].as_u64() > Some(0),
+        "no orphan to reclaim after a prune: {last}"
+    );
+    eprintln!(
+        "D4 continuous: {ran:.0} s, {rounds} rounds of {AGENTS} backups ({committed} committed, {refused} refused at \
+         commit after a pause past the lease, every refusal typed missing_chunks); GC ran {cycles} times without pause, \
+         {chunks} chunks marked or swept in {busy:.1} s inside GC ({:.0} chunks/s); {kept} kept snapshots restored whole, \
+         verify clean; then 20 more backups and a prune: one GC past the lease swept {} orphans and left none",
+        chunks as f64 / busy.max(0.001),
+        last["swept"]
+    );
+}
+
 fn gc_race(mut fleet: Fleet) -> Fleet {
     let src = tempfile::tempdir().expect("src");
     let root = tempfile::tempdir().expect("root");
