@@ -7,11 +7,14 @@ For each tool and run: a fresh store holding day1 and day2 of the shared dataset
 `bench/run.py` makes them, untimed); day1's snapshot is deleted (`lifeboat snapshots
 delete`, `restic forget`, `borg delete`, untimed), then the timed step reads what every
 remaining snapshot references, and removes or rewrites the packs that hold what nothing
-references. Lifeboat runs with `--gc-lease 0s` so that everything unreferenced may go at
-once (in service the lease keeps a running backup's chunks), from a local store and from
-SeaweedFS (`--tools lifeboat,lifeboat-s3,restic,borg`). Reported: wall and CPU time (the
-controller's for Lifeboat), bytes reclaimed, and for Lifeboat the chunks it marked and
-swept per second. Writes the section "Garbage collection" of BENCHMARKS.md.
+references, with each tool's default threshold for rewriting a pack that is partly dead;
+then a second timed step rewrites every pack still holding a dead byte (`lifeboat gc
+--compact-below 1`, `restic prune --max-unused 0`, `borg compact --threshold 0`). Lifeboat
+runs with `--gc-lease 0s` so that everything unreferenced may go at once (in service the
+lease keeps a running backup's chunks), from a local store and from SeaweedFS (`--tools
+lifeboat,lifeboat-s3,restic,borg`). Reported: wall and CPU time (the controller's for
+Lifeboat), bytes reclaimed, and for Lifeboat the chunks it marked and swept per second.
+Writes the section "Garbage collection" of BENCHMARKS.md.
 
     python3 bench/gc.py --scale 1.0 --runs 3
 """
@@ -44,24 +47,32 @@ def tools(names, work, src):
     return out
 
 
-def collect(tool, day1):
-    """Deletes day1's snapshot (untimed), then times the collection: a result dict."""
+def forget(tool, day1):
+    """Deletes day1's snapshot (untimed)."""
     if isinstance(tool, run.Lifeboat):
         tool.cli("snapshots", "delete", day1)
+    elif isinstance(tool, run.Restic):
+        run.sh("restic", "--repo", tool.repo, "forget", "--tag", "day1", env=tool.env, capture_output=True)
+    else:
+        run.sh("borg", "delete", f"{tool.repo}::day1", env=tool.env, capture_output=True)
+
+
+def collect(tool, everything):
+    """Times one collection, with the tool's default threshold or (`everything`) rewriting
+    every pack that holds a dead byte: a result dict."""
+    if isinstance(tool, run.Lifeboat):
         cpu0 = run.proc_cpu(tool.controller.pid)
         t = time.monotonic()
-        report = json.loads(tool.cli("gc", "--json"))
+        report = json.loads(tool.cli("gc", "--json", *(["--compact-below", "1"] if everything else [])))
         wall = time.monotonic() - t
         cpu = run.proc_cpu(tool.controller.pid) - cpu0
         # As GC counts it: SeaweedFS frees a deleted object's disk space later, by itself.
         return {"wall": wall, "cpu": cpu, "reclaimed": report["bytes_reclaimed"], "report": report}
     before = tool.store_bytes()
     if isinstance(tool, run.Restic):
-        run.sh("restic", "--repo", tool.repo, "forget", "--tag", "day1", env=tool.env, capture_output=True)
-        wall, cpu, rss = run.timed(["restic", "--repo", tool.repo, "prune"], env=tool.env)
+        wall, cpu, rss = run.timed(["restic", "--repo", tool.repo, "prune", *(["--max-unused", "0"] if everything else [])], env=tool.env)
     else:
-        run.sh("borg", "delete", f"{tool.repo}::day1", env=tool.env, capture_output=True)
-        wall, cpu, rss = run.timed(["borg", "compact", str(tool.repo)], env=tool.env)
+        wall, cpu, rss = run.timed(["borg", "compact", *(["--threshold", "0"] if everything else []), str(tool.repo)], env=tool.env)
     return {"wall": wall, "cpu": cpu, "rss": rss, "reclaimed": before - tool.store_bytes()}
 
 
@@ -89,8 +100,10 @@ def main():
             run.to_day2(data, src)
             tool.backup(src, "day2")
             stored = tool.store_bytes()
-            r = collect(tool, day1)
+            forget(tool, day1)
+            r = collect(tool, False)
             r["store"] = stored
+            r["everything"] = collect(tool, True)
             if isinstance(tool, run.Lifeboat):
                 # What is left still restores: GC removed nothing day2 needs.
                 tool.cli("verify")
@@ -104,6 +117,24 @@ def main():
 def write_report(args, results, versions):
     med = lambda xs: (statistics.median(xs), min(xs), max(xs))
     span = lambda m, d=1: f"{m[0]:.{d}f} ({m[1]:.{d}f}–{m[2]:.{d}f})"
+
+    def rows(step):
+        out = []
+        for name, runs in results.items():
+            runs = [step(r) for r in runs]
+            store = statistics.median(r["store"] for r in results[name])
+            reclaimed = statistics.median(r["reclaimed"] for r in runs)
+            wall, cpu = med([r["wall"] for r in runs]), med([r["cpu"] for r in runs])
+            if "report" in runs[0]:
+                ref = statistics.median(r["report"]["referenced"] for r in runs)
+                swept = statistics.median(r["report"]["swept"] for r in runs)
+                rate = med([(r["report"]["referenced"] + r["report"]["swept"]) / r["wall"] for r in runs])
+                packs = f"{statistics.median(r['report']['packs_deleted'] for r in runs):.0f} / {statistics.median(r['report']['packs_compacted'] for r in runs):.0f}"
+                chunks = f"{ref:,.0f} | {swept:,.0f} | {span(rate, 0)}"
+            else:
+                chunks, packs = "– | – | –", "–"
+            out.append(f"| {name} | {store / 1e6:.0f} MB | {reclaimed / 1e6:.0f} MB | {span(wall, 2)} s | {span(cpu)} | {chunks} | {packs} |")
+        return out
     lines = [
         SECTION,
         "",
@@ -119,22 +150,20 @@ def write_report(args, results, versions):
         f"- Figures: median (min–max) of {args.runs} runs. MB = 10^6 bytes. Reclaimed: as `lifeboat gc` reports it"
         " (packs deleted, and what compaction saved), the store's size before and after for the others.",
         "",
+        "With each tool's default threshold (Lifeboat rewrites a pack once less than half of it is referenced, restic once"
+        " more than 5% of the repository is unused, borg a segment once 10% of it is free):",
+        "",
         "| tool | store before | reclaimed | wall | CPU s | chunks referenced | chunks swept | chunks/s | packs deleted / compacted |",
         "|---|---|---|---|---|---|---|---|---|",
+        *rows(lambda r: r),
+        "",
+        "Then every pack still holding a dead byte rewritten (`lifeboat gc --compact-below 1`, `restic prune --max-unused 0`,"
+        " `borg compact --threshold 0`):",
+        "",
+        "| tool | store before | reclaimed | wall | CPU s | chunks referenced | chunks swept | chunks/s | packs deleted / compacted |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *rows(lambda r: r["everything"]),
     ]
-    for name, runs in results.items():
-        store = statistics.median(r["store"] for r in runs)
-        reclaimed = statistics.median(r["reclaimed"] for r in runs)
-        wall, cpu = med([r["wall"] for r in runs]), med([r["cpu"] for r in runs])
-        if "report" in runs[0]:
-            ref = statistics.median(r["report"]["referenced"] for r in runs)
-            swept = statistics.median(r["report"]["swept"] for r in runs)
-            rate = med([(r["report"]["referenced"] + r["report"]["swept"]) / r["wall"] for r in runs])
-            packs = f"{statistics.median(r['report']['packs_deleted'] for r in runs):.0f} / {statistics.median(r['report']['packs_compacted'] for r in runs):.0f}"
-            chunks = f"{ref:,.0f} | {swept:,.0f} | {span(rate, 0)}"
-        else:
-            chunks, packs = "– | – | –", "–"
-        lines.append(f"| {name} | {store / 1e6:.0f} MB | {reclaimed / 1e6:.0f} MB | {span(wall, 2)} s | {span(cpu)} | {chunks} | {packs} |")
     run.replace_section(args.out, SECTION, "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -198,6 +198,11 @@ pub enum Cmd {
         /// Count what would be reclaimed; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Rewrite packs with less than this fraction of their bytes still referenced
+        /// (default 0.5; 1 rewrites every pack holding anything unreferenced, reclaiming
+        /// all of it at the cost of rewriting the rest).
+        #[arg(long, value_name = "FRACTION", value_parser = fraction)]
+        compact_below: Option<f64>,
         #[command(flatten)]
         json: Json,
     },
@@ -700,6 +705,16 @@ pub enum JobsCmd {
         #[command(flatten)]
         json: Json,
     },
+}
+
+/// A fraction above 0 and at most 1.
+fn fraction(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        _ => Err(format!(
+            "{s:?} is not a fraction above 0 and at most 1 (such as 0.5)"
+        )),
+    }
 }
 
 /// The per-user data directory `lifeboat up` uses by default.

@@ -13,7 +13,9 @@
 //! * **Compact** copies each low pack's live blobs (each verified against its id) into a new
 //!   pack, made durable first; then one transaction points the index at the copies; only then
 //!   is the old pack deleted. A crash at any point leaves either the old or the new location
-//!   indexed, both complete.
+//!   indexed, both complete. A pack with nothing dead is never rewritten, whatever the
+//!   threshold: a pack is named by its trailer, so the copy of a pack whose blobs are all
+//!   live is the same pack, and deleting the old one deleted the only one.
 //!
 //! `LIFEBOAT_CRASH_AT=gc-after-sweep|compact-after-new-pack|compact-after-relocate` aborts the
 //! process at that point (the crash tests use it); unset, it does nothing.
@@ -117,9 +119,13 @@ pub fn gc(
         return Ok(report);
     }
 
-    // Compact: packs whose live bytes fell below the threshold (or to nothing).
-    for (name, size, live) in ctl.catalog.pack_liveness()? {
-        if size > 0 && (live as f64) >= compact_below * size as f64 {
+    // Compact: packs whose live bytes fell below the threshold (or to nothing). A pack
+    // with nothing dead is never rewritten, whatever the threshold (its trailer alone can
+    // put its live bytes below it): the copy would be the same pack under the same name,
+    // and deleting "the old one" would delete the only one.
+    for p in ctl.catalog.pack_liveness()? {
+        let (name, size, live) = (p.name.as_str(), p.size, p.live);
+        if p.all_live() || (size > 0 && (live as f64) >= compact_below * size as f64) {
             continue;
         }
         // Retained: nobody may delete it before its date, and a locked snapshot's chunks
@@ -129,13 +135,14 @@ pub fn gc(
             .store
             .object_lock()
             .then(|| ctl.commit_lock.lock().unwrap_or_else(|p| p.into_inner()));
-        if ctl.store.pack_retained_until(&name)? > now_ms {
+        if ctl.store.pack_retained_until(name)? > now_ms {
             report.packs_retained += 1;
             continue;
         }
-        let entries = ctl.catalog.chunks_in_pack(&name)?;
+        let entries = ctl.catalog.chunks_in_pack(name)?;
+        let mut kept = 0;
         if !entries.is_empty() {
-            let old = ctl.store.pack_file(&name)?;
+            let old = ctl.store.pack_file(name)?;
             let file = std::fs::File::open(&old.path)
                 .map_err(|e| ApiError::internal(format!("opening {}: {e}", old.path.display())))?;
             let mut w = ctl.store.new_pack()?;
@@ -153,12 +160,18 @@ pub fn gc(
                 w.add(*id, &stored)?;
             }
             let (sealed, stored) = ctl.store.store_pack(w)?;
+            if sealed.name == name {
+                // The same blobs at the same offsets: the same pack. Keep it.
+                tracing::warn!(pack = %name, "compaction rewrote a pack unchanged; kept");
+                continue;
+            }
             crash_point("compact-after-new-pack");
             ctl.catalog.relocate(&sealed, &stored, now_ms)?;
             crash_point("compact-after-relocate");
+            kept = sealed.size;
         }
-        ctl.store.delete_pack(&name)?;
-        report.bytes_reclaimed += size.saturating_sub(live);
+        ctl.store.delete_pack(name)?;
+        report.bytes_reclaimed += size.saturating_sub(kept);
         if entries.is_empty() {
             report.packs_deleted += 1;
         } else {

@@ -343,6 +343,26 @@ fn gc_race(mut fleet: Fleet) -> Fleet {
         "D4: one GC after the lease swept {} orphans ({} chunks referenced, {took:?} with the CLI's start), a second found none left",
         first["swept"], first["referenced"]
     );
+    // What the default threshold (half a pack dead) left in place, `--compact-below 1`
+    // rewrites: a second such run finds no pack with a dead byte; everything restores.
+    let bad = fleet.cli(&["gc", "--compact-below", "0"]);
+    assert_eq!(bad.status.code(), Some(1), "--compact-below 0 was accepted");
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a fraction above 0 and at most 1"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let all = fleet.cli_json(&["gc", "--compact-below", "1"]);
+    let again = fleet.cli_json(&["gc", "--compact-below", "1"]);
+    assert_eq!(
+        (
+            again["packs_compacted"].as_u64(),
+            again["packs_deleted"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "a pack kept dead bytes through --compact-below 1: first {all}, then {again}"
+    );
+    everything_restores(&fleet, root.path(), "compacted");
     fleet
 }
 

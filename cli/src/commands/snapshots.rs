@@ -173,11 +173,15 @@ pub async fn run(api: &mut Api, cmd: Cmd) -> Result<i32> {
                 return Ok(2);
             }
         }
-        Cmd::Gc { dry_run, json } => {
+        Cmd::Gc {
+            dry_run,
+            compact_below,
+            json,
+        } => {
             let r = api
                 .gc(pb::GcRequest {
                     dry_run,
-                    ..Default::default()
+                    compact_below: compact_below.unwrap_or(0.0),
                 })
                 .await
                 .map_err(rpc)?

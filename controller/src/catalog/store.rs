@@ -21,6 +21,26 @@ pub struct ChunkPlace {
     pub length: u32,
 }
 
+/// A pack as GC sees it.
+pub struct PackLiveness {
+    pub name: String,
+    /// The pack's bytes (blobs, their frames, the trailer).
+    pub size: u64,
+    /// Bytes of its blobs still indexed there.
+    pub live: u64,
+    /// Blobs it was sealed with, and how many of them the index still points at.
+    pub chunks: u64,
+    pub indexed: u64,
+}
+
+impl PackLiveness {
+    /// Every blob it was sealed with is still the indexed copy: rewriting it would give
+    /// the same pack (a pack's name is its trailer's hash) and reclaim nothing.
+    pub fn all_live(&self) -> bool {
+        self.indexed > 0 && self.indexed >= self.chunks
+    }
+}
+
 /// A pack as Object Lock sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RetainedPack {
@@ -148,19 +168,21 @@ impl Catalog {
         Ok(())
     }
 
-    /// `(pack, size, bytes of its blobs still indexed there)`.
-    pub fn pack_liveness(&self) -> Result<Vec<(String, u64, u64)>, CatalogError> {
+    /// Every pack: its size, and what of it is still indexed there.
+    pub fn pack_liveness(&self) -> Result<Vec<PackLiveness>, CatalogError> {
         let conn = self.lock();
         let mut st = conn.prepare_cached(
-            "SELECT p.name, p.size, COALESCE(SUM(c.length), 0) FROM packs p LEFT JOIN chunks c ON c.pack = p.name GROUP BY p.name ORDER BY p.name",
+            "SELECT p.name, p.size, COALESCE(SUM(c.length), 0), p.chunks, COUNT(c.id) FROM packs p LEFT JOIN chunks c ON c.pack = p.name GROUP BY p.name ORDER BY p.name",
         )?;
         let rows = st
             .query_map([], |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get::<_, i64>(1)? as u64,
-                    r.get::<_, i64>(2)? as u64,
-                ))
+                Ok(PackLiveness {
+                    name: r.get(0)?,
+                    size: r.get::<_, i64>(1)? as u64,
+                    live: r.get::<_, i64>(2)? as u64,
+                    chunks: r.get::<_, i64>(3)? as u64,
+                    indexed: r.get::<_, i64>(4)? as u64,
+                })
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
