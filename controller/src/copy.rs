@@ -237,15 +237,29 @@ pub fn gc(ctl: &Controller, now_ms: i64) -> Result<u64, ApiError> {
             }
         }
         let mut needed = std::collections::HashSet::new();
+        let primary: std::collections::HashSet<String> =
+            ctl.catalog.snapshot_ids()?.into_iter().collect();
         for snapshot in ctl.catalog.copied(&copy.name)? {
-            let env = ctl.store.read_snapshot(&snapshot)?;
-            let record = Record::parse(&env.record)?;
+            // A copy outlives its snapshot in the primary when its lock runs longer than
+            // retention there: what it needs is then read from the copy itself (through
+            // the primary it would read as a primary failure, and turn off restores'
+            // direct reads after every GC).
+            let (record, tree) = if primary.contains(&snapshot) {
+                let record = Record::parse(&ctl.store.read_snapshot(&snapshot)?.record)?;
+                let tree = crate::snapshots::load_tree(ctl, &record)?;
+                (record, tree)
+            } else {
+                let record = Record::parse(&ctl.store.read_copy_envelope(copy, &snapshot)?.record)?;
+                let chunks = record
+                    .tree_chunks()?
+                    .iter()
+                    .map(|id| ctl.store.read_copy_chunk(copy, id))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let tree = record.read_tree(&ctl.chunk_key, chunks)?;
+                (record, tree)
+            };
             needed.extend(record.tree_chunks()?);
-            needed.extend(
-                crate::snapshots::load_tree(ctl, &record)?
-                    .chunk_ids()
-                    .copied(),
-            );
+            needed.extend(tree.chunk_ids().copied());
         }
         for (pack, version) in ctl.catalog.copy_packs(&copy.name)? {
             let entries = ctl.catalog.copy_chunks_in(&copy.name, &pack)?;

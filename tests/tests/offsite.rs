@@ -170,6 +170,40 @@ fn snapshots_are_copied_off_site_verified_and_restore_from_there_when_the_primar
     assert_eq!(copies_of(&fleet, &first), ["offsite"]);
     assert_eq!(copies_of(&fleet, &second), ["offsite"]);
 
+    // Retention in the primary shorter than the copy lock: the first snapshot goes from the
+    // primary while its copy stays locked off-site. GC keeps everything that copy holds
+    // (reading what it needs from the copy itself) and does not take the copy's answers for
+    // a failing primary: a restore afterwards still reads the primary directly. (It did
+    // not: each GC read the deleted snapshot through the primary, fell back to the copy,
+    // and turned direct reads off for ten minutes.)
+    let out = fleet.cli(&["snapshots", "delete", &first]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let off_site = offsite.versions(VAULT, "fleet/");
+    assert!(fleet.cli(&["gc"]).status.success());
+    assert_eq!(
+        offsite.versions(VAULT, "fleet/"),
+        off_site,
+        "GC changed the off-site copy of a snapshot deleted from the primary"
+    );
+    let direct = |fleet: &Fleet| {
+        lifeboat_tests::counter(
+            &lifeboat_tests::metrics(fleet),
+            "lifeboat_restore_bytes_direct_total",
+        )
+    };
+    let before = direct(&fleet);
+    let (ok, job) = fleet.restore_to(&second, "a", &machine.path().join("after-gc"), &[]);
+    assert!(ok, "{job}");
+    assert!(
+        direct(&fleet) > before,
+        "after GC the restore did not read the primary directly: GC took the copy's answers \
+         for a failing primary"
+    );
+
     // The primary bucket is emptied (every object deleted, as a ransomware run with the
     // controller's credentials would on a bucket without Object Lock).
     for (key, _) in primary.versions(lifeboat_tests::s3::BUCKET, "fleet/") {

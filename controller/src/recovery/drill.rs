@@ -210,7 +210,11 @@ async fn calibrate(ctl: &Arc<Controller>, devices: Vec<(String, String)>) -> Res
     let n = devices
         .len()
         .min(CALIBRATION_DEVICES)
-        .min(super::plan::served_at_once(ctl, devices.len() as u32));
+        .min(super::plan::served_at_once(
+            ctl,
+            devices.len() as u32,
+            false,
+        ));
     if n < 2 {
         return Ok(());
     }

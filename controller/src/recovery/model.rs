@@ -37,6 +37,10 @@ pub struct Plan {
     pub eta_ms: u64,
     /// Sources without a restore point before the cut-off, and similar.
     pub warnings: Vec<String>,
+    /// The copy store its restore points come from (`--from`); empty: the primary. Its
+    /// restores read through the controller, which falls back to the copy, never
+    /// straight from the primary the operator has given up on.
+    pub from_store: String,
     /// Once ended: the same sums, measured.
     pub actual_total_downtime_ms: u64,
     pub actual_longest_downtime_ms: u64,
@@ -153,6 +157,7 @@ impl Plan {
             actual_total_downtime_ms: self.actual_total_downtime_ms,
             actual_longest_downtime_ms: self.actual_longest_downtime_ms,
             bytes_moved: self.bytes_moved,
+            from_store: self.from_store.clone(),
         }
     }
 
@@ -186,6 +191,7 @@ impl Plan {
             actual_total_downtime_ms: p.actual_total_downtime_ms,
             actual_longest_downtime_ms: p.actual_longest_downtime_ms,
             bytes_moved: p.bytes_moved,
+            from_store: p.from_store,
         })
     }
 }

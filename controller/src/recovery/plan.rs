@@ -120,6 +120,7 @@ pub fn create(
         finished_ms: 0,
         eta_ms: 0,
         warnings: Vec::new(),
+        from_store: from.unwrap_or_default().to_string(),
         actual_total_downtime_ms: 0,
         actual_longest_downtime_ms: 0,
         bytes_moved: 0,
@@ -175,7 +176,7 @@ pub fn create(
     }
     // Plan order: tier, then shortest first.
     let bandwidth = model.plan_bandwidth(plan.bandwidth);
-    let at_once = served_at_once(ctl, concurrency);
+    let at_once = served_at_once(ctl, concurrency, from.is_some());
     let order = estimate::order(&works, at_once, bandwidth);
     let spans = estimate::simulate(&works, &[], &order, at_once, bandwidth, 0.0);
     let mut devices = Vec::with_capacity(order.len());
@@ -563,10 +564,11 @@ fn first_of(lines: &[String]) -> String {
 
 /// Devices whose restores really run at once under a plan's `concurrency`: through the
 /// controller, no more than it serves at once (`admission`); straight from an S3 store,
-/// the plan's own limit.
-pub(crate) fn served_at_once(ctl: &Controller, concurrency: u32) -> usize {
+/// the plan's own limit (never for a plan from a copy store: its restores go through the
+/// controller).
+pub(crate) fn served_at_once(ctl: &Controller, concurrency: u32, from_copy: bool) -> usize {
     let plan = concurrency.max(1) as usize;
-    if ctl.store.direct_reads() {
+    if ctl.store.direct_reads() && !from_copy {
         plan
     } else {
         plan.min(ctl.restore_admission.limit())

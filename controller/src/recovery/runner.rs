@@ -218,7 +218,7 @@ fn step(ctl: &Controller, plan: &mut Plan, cache: &mut Cache) -> Result<bool, Ap
         .iter()
         .filter(|d| d.state == StepState::Running)
         .count();
-    let at_once = super::plan::served_at_once(ctl, plan.concurrency);
+    let at_once = super::plan::served_at_once(ctl, plan.concurrency, !plan.from_store.is_empty());
     for d in 0..plan.devices.len() {
         if running >= at_once {
             break;
@@ -329,6 +329,7 @@ fn follow_device(
     let since_start = |t: i64| (t - started).max(0) as u64;
     let mode = plan.mode;
     let plan_id = plan.id.clone();
+    let from_copy = !plan.from_store.is_empty();
     let dev = &mut plan.devices[d];
     loop {
         let Some(s) = dev
@@ -351,7 +352,7 @@ fn follow_device(
             let target = ctl.catalog.find_agent(&dev.target_agent)?;
             let src = &mut dev.sources[s];
             src.attempts += 1;
-            match submit(ctl, mode, &target, src, tag) {
+            match submit(ctl, mode, &target, src, tag, from_copy) {
                 Ok(job) => {
                     src.job_id = job;
                     src.state = StepState::Running;
@@ -419,6 +420,7 @@ fn submit(
     target: &AgentRow,
     src: &Source,
     tag: &str,
+    from_copy: bool,
 ) -> Result<String, ApiError> {
     let snap = ctl.catalog.find_snapshot(&src.snapshot)?;
     let destination = match SourceKind::of(&snap.source) {
@@ -435,10 +437,13 @@ fn submit(
         SourceKind::Image => Destination::Image,
     };
     // Privileges (device nodes, setuid, capabilities) only onto the device itself.
-    let job = restores::job(ctl, &snap, target, destination, false).map_err(|e| match e {
+    let mut job = restores::job(ctl, &snap, target, destination, false).map_err(|e| match e {
         RestoreError::Target(t) => ApiError::FailedPrecondition(plan_target_refused(t)),
         other => other.into(),
     })?;
+    // A plan from a copy store: the primary may be gone (its objects deleted), whatever
+    // the last reads from it said; the controller serves the chunks, from the copy.
+    job.direct_from_store &= !from_copy;
     let detail = format!(
         "{} snapshot {} of {} ({})",
         tag,
@@ -534,7 +539,7 @@ fn reestimate(
         &works,
         &running,
         &pending,
-        super::plan::served_at_once(ctl, plan.concurrency),
+        super::plan::served_at_once(ctl, plan.concurrency, !plan.from_store.is_empty()),
         model.plan_bandwidth(plan.bandwidth),
         at,
     );

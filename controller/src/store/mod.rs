@@ -326,27 +326,50 @@ impl Store {
     /// Chunk `id`'s stored blob from the first copy store that has it, opened.
     fn read_blob_from_copies(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, ApiError> {
         for copy in &self.copies {
-            let Some(place) = self.catalog.copy_chunk_location(&copy.name, id)? else {
-                continue;
-            };
-            let read = copy
-                .objects
-                .get_range(
-                    &pack_key(&place.pack),
-                    &place.version,
-                    place.offset,
-                    place.length,
-                )
-                .map_err(|e| e.to_string())
-                .and_then(|stored| self.open_blob(id, stored).map_err(|e| e.to_string()));
-            match read {
-                Ok(blob) => return Ok(Some(blob)),
+            match self.read_copy_blob(copy, id) {
+                Ok(Some(blob)) => return Ok(Some(blob)),
+                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(copy = %copy.name, chunk = %id, error = %e, "the copy could not produce a chunk either")
                 }
             }
         }
         Ok(None)
+    }
+
+    /// Chunk `id`'s blob as copy store `copy` holds it (None: not copied there).
+    fn read_copy_blob(&self, copy: &CopyStore, id: &ChunkId) -> Result<Option<Vec<u8>>, ApiError> {
+        let Some(place) = self.catalog.copy_chunk_location(&copy.name, id)? else {
+            return Ok(None);
+        };
+        let stored = copy.objects.get_range(
+            &pack_key(&place.pack),
+            &place.version,
+            place.offset,
+            place.length,
+        )?;
+        Ok(Some(self.open_blob(id, stored)?))
+    }
+
+    /// Chunk `id` from copy store `copy` alone, checked against its id: what the copy
+    /// holds, whatever the primary does. Blocking.
+    pub fn read_copy_chunk(&self, copy: &CopyStore, id: &ChunkId) -> Result<Vec<u8>, ApiError> {
+        let blob = self.read_copy_blob(copy, id)?.ok_or_else(|| {
+            ApiError::NotFound(format!("chunk {id} is not in copy store {}", copy.name))
+        })?;
+        Ok(codec::decode_verified(&self.key, id, &blob)?)
+    }
+
+    /// Snapshot `id`'s envelope from copy store `copy` alone. Blocking.
+    pub fn read_copy_envelope(&self, copy: &CopyStore, id: &str) -> Result<Envelope, ApiError> {
+        let version = self.catalog.copy_of(&copy.name, id)?.ok_or_else(|| {
+            ApiError::NotFound(format!(
+                "snapshot {id} has no copy in copy store {}",
+                copy.name
+            ))
+        })?;
+        let stored = copy.objects.get(&snapshot_key(id), &version)?;
+        self.open_envelope(id, stored)
     }
 
     /// The object store itself (the controller's state lives beside the packs).
