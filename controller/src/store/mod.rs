@@ -326,9 +326,11 @@ impl Store {
     /// Chunk `id`'s stored blob from the first copy store that has it, opened.
     fn read_blob_from_copies(&self, id: &ChunkId) -> Result<Option<Vec<u8>>, ApiError> {
         for copy in &self.copies {
-            match self.read_copy_blob(copy, id) {
-                Ok(Some(blob)) => return Ok(Some(blob)),
-                Ok(None) => {}
+            let Some(place) = self.catalog.copy_chunk_location(&copy.name, id)? else {
+                continue;
+            };
+            match self.fetch_copy_blob(copy, &place, id) {
+                Ok(blob) => return Ok(Some(blob)),
                 Err(e) => {
                     tracing::warn!(copy = %copy.name, chunk = %id, error = %e, "the copy could not produce a chunk either")
                 }
@@ -337,26 +339,32 @@ impl Store {
         Ok(None)
     }
 
-    /// Chunk `id`'s blob as copy store `copy` holds it (None: not copied there).
-    fn read_copy_blob(&self, copy: &CopyStore, id: &ChunkId) -> Result<Option<Vec<u8>>, ApiError> {
-        let Some(place) = self.catalog.copy_chunk_location(&copy.name, id)? else {
-            return Ok(None);
-        };
+    /// Chunk `id`'s blob at `place` in copy store `copy`, opened.
+    fn fetch_copy_blob(
+        &self,
+        copy: &CopyStore,
+        place: &crate::catalog::ChunkPlace,
+        id: &ChunkId,
+    ) -> Result<Vec<u8>, ApiError> {
         let stored = copy.objects.get_range(
             &pack_key(&place.pack),
             &place.version,
             place.offset,
             place.length,
         )?;
-        Ok(Some(self.open_blob(id, stored)?))
+        Ok(self.open_blob(id, stored)?)
     }
 
     /// Chunk `id` from copy store `copy` alone, checked against its id: what the copy
     /// holds, whatever the primary does. Blocking.
     pub fn read_copy_chunk(&self, copy: &CopyStore, id: &ChunkId) -> Result<Vec<u8>, ApiError> {
-        let blob = self.read_copy_blob(copy, id)?.ok_or_else(|| {
-            ApiError::NotFound(format!("chunk {id} is not in copy store {}", copy.name))
-        })?;
+        let place = self
+            .catalog
+            .copy_chunk_location(&copy.name, id)?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("chunk {id} is not in copy store {}", copy.name))
+            })?;
+        let blob = self.fetch_copy_blob(copy, &place, id)?;
         Ok(codec::decode_verified(&self.key, id, &blob)?)
     }
 
